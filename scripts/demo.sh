@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The README's first command: a local homeserver with isthmus beside it, and a conversation
+# crossing the bridge both ways, printed as a transcript.
+#
+#   scripts/demo.sh        start everything (installs what is missing), run the conversation,
+#                          and leave the stack running
+#   scripts/demo.sh stop   stop the stack (by PID)
+#
+# The remote side is the loopback network, driven through its control socket; the XMPP
+# network replaces it once the XMPP connector lands (see docs/roadmap.md).
+set -euo pipefail
+
+ISTHMUS_STACK=${ISTHMUS_STACK:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/demo}
+export ISTHMUS_STACK
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+HS_PORT=${ISTHMUS_DEMO_HS_PORT:-8008}
+BRIDGE_PORT=29431
+CONTROL_PORT=29440
+BRIDGE_PID="$STACK/isthmus.pid"
+BRIDGE_LOG="$STACK/isthmus.log"
+
+stop() {
+    if [ -f "$BRIDGE_PID" ]; then
+        stop_pidfile "$BRIDGE_PID"
+        log "isthmus stopped"
+    fi
+    bash "$ROOT/scripts/synapse.sh" down
+}
+
+if [ "${1:-}" = "stop" ]; then
+    stop
+    exit 0
+fi
+
+if [ -f "$BRIDGE_PID" ] && kill -0 "$(cat "$BRIDGE_PID")" 2>/dev/null; then
+    log "the demo is already running; stop it first with: scripts/demo.sh stop"
+    exit 1
+fi
+
+log "== building isthmus"
+(cd "$ROOT" && cargo build --quiet --bin isthmus)
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/isthmus"
+
+log "== writing the demo configuration to $STACK/config.yaml"
+rm -rf "$STACK/store"
+cat >"$STACK/config.yaml" <<YAML
+homeserver:
+  url: http://127.0.0.1:$HS_PORT
+  domain: localhost
+appservice:
+  id: isthmus-demo
+  listen: 127.0.0.1:$BRIDGE_PORT
+  url: http://127.0.0.1:$BRIDGE_PORT
+  as_token: demo_as_token_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  hs_token: demo_hs_token_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+database:
+  path: $STACK/store
+bridge:
+  permissions:
+    "*": relay
+    localhost: user
+    "@alice:localhost": admin
+  relay:
+    enabled: true
+networks:
+  loopback:
+    control: 127.0.0.1:$CONTROL_PORT
+YAML
+"$BIN" check-config -c "$STACK/config.yaml" >/dev/null
+"$BIN" generate-registration -c "$STACK/config.yaml" -o "$STACK/registration.yaml" >/dev/null
+
+log "== starting Synapse on 127.0.0.1:$HS_PORT"
+bash "$ROOT/scripts/synapse.sh" up "$STACK/registration.yaml" "$HS_PORT"
+
+log "== starting isthmus on 127.0.0.1:$BRIDGE_PORT"
+"$BIN" -c "$STACK/config.yaml" run >"$BRIDGE_LOG" 2>&1 </dev/null &
+echo "$!" >"$BRIDGE_PID"
+for _ in $(seq 1 300); do
+    grep -q "isthmus is ready" "$BRIDGE_LOG" 2>/dev/null && break
+    if ! kill -0 "$(cat "$BRIDGE_PID")" 2>/dev/null; then
+        log "isthmus exited; last lines of $BRIDGE_LOG:"
+        tail -n 30 "$BRIDGE_LOG" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+grep -q "isthmus is ready" "$BRIDGE_LOG" || { tail -n 30 "$BRIDGE_LOG" >&2; exit 1; }
+
+log "== the conversation"
+"$VENV/bin/python" "$ROOT/scripts/demo_chat.py" "http://127.0.0.1:$HS_PORT" "127.0.0.1:$CONTROL_PORT"
+
+cat <<TEXT
+
+The stack keeps running:
+  Matrix homeserver  http://127.0.0.1:$HS_PORT   user alice / password alicepass (admin of the bridge)
+                     (any Matrix client, e.g. Element: homeserver http://127.0.0.1:$HS_PORT)
+  isthmus            http://127.0.0.1:$BRIDGE_PORT (metrics at /metrics), log $BRIDGE_LOG
+  loopback network   control socket 127.0.0.1:$CONTROL_PORT (JSON lines, see src/loopback/mod.rs)
+In Element, open the direct chat with "bob (Loopback)", or talk to @_isthmus_bot:localhost
+(send "help"). Stop everything with: scripts/demo.sh stop
+TEXT

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Run every check CI runs: rustfmt, clippy, build, then all tests against a
+# throwaway Synapse (scripts/synapse.sh) that is stopped again on exit.
+#
+#   scripts/test.sh                      everything
+#   scripts/test.sh -- ARGS...           pass ARGS to `cargo test`, e.g.
+#                                        scripts/test.sh -- --test matrix ping
+#
+# Installs what is missing first (curl, the Synapse venv). Exits with the
+# status of `cargo test`.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+extra=()
+if [ "$#" -gt 0 ]; then
+    if [ "$1" != "--" ]; then
+        log "usage: $0 [-- CARGO_TEST_ARGS...]"
+        exit 2
+    fi
+    shift
+    extra=("$@")
+fi
+
+# `--all-targets` would override a target chosen in the extra arguments.
+targets=(--all-targets)
+for arg in "${extra[@]}"; do
+    case "$arg" in
+    --) break ;;
+    --lib | --bin | --bin=* | --bins | --test | --test=* | --tests | \
+        --bench | --bench=* | --benches | --example | --example=* | \
+        --examples | --doc | --all-targets)
+        targets=()
+        break
+        ;;
+    esac
+done
+
+cd "$ROOT"
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+SYNAPSE_PORT=18008
+export ISTHMUS_STACK=$STACK
+
+section() {
+    printf '\n== %s\n' "$*"
+}
+
+section "setup"
+need_apt curl
+ensure_venv
+
+section "fmt"
+cargo fmt --all -- --check
+
+section "clippy"
+cargo clippy --all-targets -- -D warnings
+
+section "build"
+cargo build --all-targets
+
+section "registration"
+"$TARGET_DIR/debug/isthmus" generate-registration \
+    -c tests/fixtures/bridge.yaml -o "$STACK/registration.yaml"
+
+section "synapse"
+synapse_started=0
+test_status=0
+# Called through the EXIT trap, which shellcheck does not follow.
+# shellcheck disable=SC2317
+cleanup() {
+    if [ "$synapse_started" -eq 1 ]; then
+        if [ "$test_status" -ne 0 ]; then
+            printf '\n== synapse log (last 50 lines of %s)\n' "$STACK/synapse/synapse.log"
+            tail -n 50 "$STACK/synapse/synapse.log" || true
+        fi
+        bash "$ROOT/scripts/synapse.sh" down || true
+    fi
+}
+trap cleanup EXIT
+synapse_started=1
+bash "$ROOT/scripts/synapse.sh" up "$STACK/registration.yaml" "$SYNAPSE_PORT"
+export ISTHMUS_TEST_HOMESERVER="http://127.0.0.1:$SYNAPSE_PORT"
+
+section "test"
+# Integration tests serialise themselves; unit tests run in parallel.
+cargo test "${targets[@]}" "${extra[@]}" || test_status=$?
+if [ "$test_status" -eq 0 ]; then
+    section "all checks passed"
+else
+    section "cargo test failed (status $test_status)"
+fi
+exit "$test_status"

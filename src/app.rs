@@ -1,0 +1,380 @@
+//! Start-up and shutdown: the command line, config, tracing, and wiring the parts together.
+//!
+//! This is the only module that reads the environment or installs the tracing subscriber.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use crate::appservice::{self, AppState};
+use crate::bridge::{Bridge, CoreSink};
+use crate::config::{Config, LogFormat, ResolvedSecrets};
+use crate::matrix::{HomeserverClient, HsConfig};
+use crate::metrics::Metrics;
+use crate::network::{Connector, EventSink};
+use crate::store::Store;
+
+/// isthmus: a Matrix bridge to other IM networks.
+#[derive(Parser, Debug)]
+#[command(name = "isthmus", version, about)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(short, long, global = true, default_value = "config.yaml")]
+    pub config: PathBuf,
+    /// What to do; `run` when left out.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the bridge.
+    Run,
+    /// Write the appservice registration file for the homeserver.
+    GenerateRegistration {
+        /// Where to write it.
+        #[arg(short, long, default_value = "registration.yaml")]
+        output: PathBuf,
+    },
+    /// Check the configuration and exit.
+    CheckConfig,
+    /// Dump the whole store as JSON (for backups). The bridge must be stopped.
+    Export {
+        /// Output file; standard output when left out.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Replace the whole store with a JSON dump made by `export`. The bridge must be stopped.
+    Import {
+        /// The dump.
+        #[arg(short, long)]
+        input: PathBuf,
+    },
+}
+
+/// Runs the command line; the error is printed by `main`.
+pub fn main(cli: Cli) -> Result<()> {
+    let config = Config::load(&cli.config)?;
+    let env = |name: &str| std::env::var(name).ok();
+    let secrets = config
+        .validate(&env)
+        .with_context(|| format!("configuration {} is not valid", cli.config.display()))?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            println!("{}: the configuration is valid", cli.config.display());
+            Ok(())
+        }
+        Command::GenerateRegistration { output } => {
+            let yaml = registration_yaml(&config, &secrets)?;
+            std::fs::write(&output, yaml)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            println!(
+                "wrote {}; add it to the homeserver's app_service_config_files and restart the homeserver",
+                output.display()
+            );
+            Ok(())
+        }
+        Command::Export { output } => {
+            let store = open_store(&config.database.path)?;
+            let dump = serde_json::to_vec_pretty(&store.export()?)?;
+            match output {
+                Some(path) => std::fs::write(&path, dump)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&dump)?;
+                }
+            }
+            Ok(())
+        }
+        Command::Import { input } => {
+            let text = std::fs::read(&input)
+                .with_context(|| format!("cannot read {}", input.display()))?;
+            let dump: serde_json::Value = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not JSON", input.display()))?;
+            let store = open_store(&config.database.path)?;
+            tokio::runtime::Runtime::new()?.block_on(store.import(&dump))?;
+            println!(
+                "imported {} into {}",
+                input.display(),
+                config.database.path.display()
+            );
+            Ok(())
+        }
+        Command::Run => {
+            init_tracing(&config);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(run(config, secrets))
+        }
+    }
+}
+
+fn open_store(path: &Path) -> Result<Store> {
+    Store::open(path).with_context(|| {
+        format!(
+            "cannot open the store at {} (is another isthmus running on it?)",
+            path.display()
+        )
+    })
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.logging.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.logging.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+/// The connectors the config enables.
+pub fn connectors(config: &Config) -> Vec<Arc<dyn Connector>> {
+    let mut out: Vec<Arc<dyn Connector>> = Vec::new();
+    if let Some(lb) = &config.networks.loopback {
+        out.push(Arc::new(crate::loopback::Loopback::new(lb.control)));
+    }
+    out
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The registration file for the homeserver, as YAML.
+pub fn registration_yaml(config: &Config, secrets: &ResolvedSecrets) -> Result<String> {
+    let domain = regex_escape(&config.homeserver.domain);
+    let networks = connectors(config);
+    if networks.is_empty() {
+        bail!(
+            "no network is enabled in `networks`; enable at least one before generating the registration"
+        );
+    }
+    let mut users = vec![json!({
+        "exclusive": true,
+        "regex": format!("@{}:{domain}", regex_escape(&config.appservice.bot_localpart)),
+    })];
+    let mut aliases = Vec::new();
+    let template_regex = |template: &str, network: &str| {
+        let t = template.replace("{network}", network);
+        let (before, after) = t.split_once("{id}").expect("validated template");
+        format!("{}.+{}", regex_escape(before), regex_escape(after))
+    };
+    for n in &networks {
+        let id = n.info().id.as_str();
+        users.push(json!({
+            "exclusive": true,
+            "regex": format!("@{}:{domain}", template_regex(&config.bridge.ghost_localpart_template, id)),
+        }));
+        aliases.push(json!({
+            "exclusive": true,
+            "regex": format!("#{}:{domain}", template_regex(&config.bridge.alias_localpart_template, id)),
+        }));
+    }
+    let reg = json!({
+        "id": config.appservice.id,
+        "url": config.appservice.url,
+        "as_token": secrets.as_token,
+        "hs_token": secrets.hs_token,
+        "sender_localpart": config.appservice.bot_localpart,
+        "rate_limited": false,
+        "receive_ephemeral": config.appservice.receive_ephemeral,
+        "de.sorunome.msc2409.push_ephemeral": config.appservice.receive_ephemeral,
+        "protocols": networks.iter().map(|n| n.info().protocol.clone()).collect::<Vec<_>>(),
+        "namespaces": {"users": users, "aliases": aliases, "rooms": []},
+    });
+    let body = serde_saphyr::to_string(&reg).context("cannot serialise the registration")?;
+    Ok(format!(
+        "# Appservice registration for isthmus, generated by `isthmus generate-registration`.\n# It holds secrets: keep it readable by the homeserver only.\n{body}"
+    ))
+}
+
+/// Runs the bridge until SIGINT or SIGTERM.
+async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
+    let config = Arc::new(config);
+    info!(version = env!("CARGO_PKG_VERSION"), "isthmus starting");
+    std::fs::create_dir_all(&config.database.path)
+        .with_context(|| format!("cannot create {}", config.database.path.display()))?;
+    let store = open_store(&config.database.path)?;
+    let week_ago = crate::bridge::now_ms().saturating_sub(7 * 24 * 3600 * 1000);
+    let pruned = store.prune_transactions(week_ago)?;
+    let metrics = Metrics::new();
+    let hs = HomeserverClient::new(
+        HsConfig {
+            url: config.homeserver.url.clone(),
+            server_name: config.homeserver.domain.clone(),
+            as_token: secrets.as_token.clone(),
+            appservice_id: config.appservice.id.clone(),
+            bot_localpart: config.appservice.bot_localpart.clone(),
+            max_concurrency: config.homeserver.max_concurrency,
+            max_retries: config.homeserver.max_retries,
+        },
+        Some(metrics.matrix_request_seconds.clone()),
+    )?;
+    let bridge = Bridge::new(
+        Arc::clone(&config),
+        hs.clone(),
+        store.clone(),
+        metrics,
+        connectors(&config),
+    )?;
+    info!(
+        pruned,
+        inbox = store.inbox_len(),
+        portals = store.portal_count(),
+        "store opened"
+    );
+
+    let listen: SocketAddr = config.appservice.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (appservice.listen)"))?;
+
+    let sink = CoreSink::new(&bridge);
+    for (id, connector) in &bridge.networks {
+        connector
+            .start(EventSink::new(id.clone(), sink.clone()))
+            .await
+            .with_context(|| format!("network {id} failed to start"))?;
+        bridge.set_state(id, None, crate::network::BridgeState::Connecting, None);
+    }
+    let logins = bridge.load_logins().await?;
+    let replayed = bridge.replay_inbox()?;
+    info!(
+        logins,
+        replayed, "networks started; pending inbox handed to portals"
+    );
+
+    let state = Arc::new(AppState {
+        bridge: Arc::clone(&bridge),
+        hs_token: secrets.hs_token.clone(),
+        allow_query_token: config.appservice.allow_query_token,
+    });
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, appservice::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.changed().await;
+            })
+            .await
+    });
+    info!(%listen, "appservice listening");
+
+    if let Err(e) = check_homeserver(&bridge, &config).await {
+        error!(error = %e, "start-up checks failed");
+        let _ = stop_tx.send(true);
+        return Err(e);
+    }
+    for (id, connector) in &bridge.networks {
+        for (_, s) in connector.status() {
+            bridge.set_state(id, None, s, None);
+        }
+    }
+    info!("isthmus is ready");
+
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    for connector in bridge.networks.values() {
+        connector.stop().await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    store.flush().await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Checks the homeserver both ways: reachable, accepts our token, and reaches us.
+async fn check_homeserver(bridge: &Arc<Bridge>, config: &Config) -> Result<()> {
+    let hs = &bridge.hs;
+    let mut attempt = 0;
+    let versions = loop {
+        match hs.versions().await {
+            Ok(v) => break v,
+            Err(e) if attempt < 15 => {
+                warn!(error = %e, url = %config.homeserver.url, "homeserver not reachable yet, retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => bail!(
+                "the homeserver at {} (homeserver.url) is unreachable: {e}",
+                config.homeserver.url
+            ),
+        }
+    };
+    info!(versions = ?versions, "homeserver reachable");
+    let me = hs.whoami(None).await.with_context(|| {
+        "the homeserver refused the as_token: is the registration file installed and the homeserver restarted?"
+    })?;
+    if me.as_str() != bridge.bot().as_str() {
+        bail!(
+            "the homeserver says the as_token belongs to {me}, expected {}",
+            bridge.bot()
+        );
+    }
+    hs.register_ghost(&config.appservice.bot_localpart).await?;
+    let bot = bridge.bot().to_owned();
+    let current = hs.get_profile(&bot).await.ok().and_then(|(d, _)| d);
+    if current.as_deref() != Some(config.appservice.bot_displayname.as_str()) {
+        hs.set_displayname(Some(&bot), &config.appservice.bot_displayname)
+            .await?;
+    }
+    let mut attempt = 0;
+    loop {
+        match hs
+            .ping_appservice(&format!("isthmus-startup-{}", crate::bridge::now_ms()))
+            .await
+        {
+            Ok(d) => {
+                info!(
+                    duration_ms = d.as_millis() as u64,
+                    "homeserver reached the bridge (ping)"
+                );
+                return Ok(());
+            }
+            Err(e) if attempt < 5 => {
+                warn!(error = %e, "homeserver could not ping the bridge yet, retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => bail!(
+                "the homeserver cannot reach the bridge at {} (appservice.url): {e}",
+                config.appservice.url
+            ),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

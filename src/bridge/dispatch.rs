@@ -1,0 +1,186 @@
+//! Ordered processing: one task per portal queue, in inbox order, parallel across queues.
+//!
+//! Every item in the inbox is handed to the queue of the portal it belongs to. The queue's task
+//! handles items one by one and removes each from the inbox only once handled, so a crash at
+//! any point leaves the item to be handled again after the restart. Idle tasks end after a
+//! while and are started again by the next item.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use super::Bridge;
+use crate::store::{InboxItem, PortalKey};
+
+/// Names one ordered queue.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum QueueKey {
+    /// Everything about one Matrix room.
+    Room(String),
+    /// A remote chat that has no room yet.
+    Portal(PortalKey),
+    /// Ephemeral events that belong to no room (presence), per sender.
+    User(String),
+}
+
+impl std::fmt::Display for QueueKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueKey::Room(r) => f.write_str(r),
+            QueueKey::Portal(p) => write!(f, "{p}"),
+            QueueKey::User(u) => write!(f, "presence of {u}"),
+        }
+    }
+}
+
+type Sender = mpsc::UnboundedSender<(u64, InboxItem)>;
+
+/// The running queues.
+pub(super) struct Queues {
+    map: Mutex<HashMap<QueueKey, Sender>>,
+    idle: Duration,
+}
+
+impl Queues {
+    pub(super) fn new(idle: Duration) -> Self {
+        Self {
+            map: Mutex::default(),
+            idle,
+        }
+    }
+}
+
+/// Delays between attempts for an item that failed with a passing error.
+const RETRY_DELAYS: [Duration; 6] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(15),
+    Duration::from_secs(30),
+];
+
+impl Bridge {
+    /// The queue an item belongs to.
+    pub fn queue_key(&self, item: &InboxItem) -> QueueKey {
+        match item {
+            InboxItem::Matrix { room_id, .. } => QueueKey::Room(room_id.clone()),
+            InboxItem::Ephemeral { room_id, event } => match room_id {
+                Some(r) => QueueKey::Room(r.clone()),
+                None => QueueKey::User(ephemeral_sender(event.get()).unwrap_or_default()),
+            },
+            InboxItem::Remote { network, event } => {
+                let key = super::remote_events::portal_key(network, event);
+                match self.store.portal(&key) {
+                    Ok(Some(p)) => QueueKey::Room(p.room_id),
+                    _ => QueueKey::Portal(key),
+                }
+            }
+        }
+    }
+
+    /// Hands a stored inbox item to its queue, starting the queue's task if needed.
+    pub fn dispatch(self: &Arc<Self>, seq: u64, item: InboxItem) {
+        let key = self.queue_key(&item);
+        let mut map = self.queues.map.lock().expect("queues lock");
+        let mut item = Some((seq, item));
+        if let Some(tx) = map.get(&key) {
+            match tx.send(item.take().expect("item present")) {
+                Ok(()) => return,
+                // The task ended after its last check; start a new one below.
+                Err(mpsc::error::SendError(back)) => item = Some(back),
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(item.take().expect("item present"))
+            .expect("receiver is alive");
+        map.insert(key.clone(), tx);
+        drop(map);
+        let span = info_span!("portal", queue = %key);
+        let bridge = Arc::clone(self);
+        self.metrics.portal_tasks.inc();
+        tokio::spawn(async move { bridge.run_queue(key, rx).await }.instrument(span));
+    }
+
+    async fn run_queue(
+        self: Arc<Self>,
+        key: QueueKey,
+        mut rx: mpsc::UnboundedReceiver<(u64, InboxItem)>,
+    ) {
+        loop {
+            let next = tokio::time::timeout(self.queues.idle, rx.recv()).await;
+            let (seq, item) = match next {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(_) => {
+                    // Idle: end unless something arrived meanwhile. Senders hold the map
+                    // lock while sending, so checking under it is race-free.
+                    let mut map = self.queues.map.lock().expect("queues lock");
+                    if rx.is_empty() {
+                        map.remove(&key);
+                        break;
+                    }
+                    continue;
+                }
+            };
+            self.process(seq, item).await;
+        }
+        self.metrics.portal_tasks.dec();
+        debug!("portal queue idle, task ended");
+    }
+
+    /// Handles one item with retries, then removes it from the inbox.
+    async fn process(&self, seq: u64, item: InboxItem) {
+        let mut attempt = 0;
+        loop {
+            match self.handle_item(seq, &item).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() && attempt < RETRY_DELAYS.len() => {
+                    warn!(seq, attempt, error = %e, "handling failed, will retry");
+                    tokio::time::sleep(RETRY_DELAYS[attempt]).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    error!(seq, error = %e, "handling failed, giving up");
+                    self.report_failure(&item, &e).await;
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.store.inbox_remove(seq) {
+            error!(seq, error = %e, "could not remove handled item from the inbox");
+        }
+        self.metrics.inbox_depth.set(self.store.inbox_len() as i64);
+    }
+
+    async fn handle_item(&self, seq: u64, item: &InboxItem) -> Result<(), super::BridgeError> {
+        match item {
+            InboxItem::Matrix { event, .. } => self.handle_matrix_event(seq, event.get()).await,
+            InboxItem::Ephemeral { event, .. } => self.handle_ephemeral(event.get()).await,
+            InboxItem::Remote { network, event } => {
+                self.handle_remote_event(seq, network, event).await
+            }
+        }
+    }
+
+    /// Dispatches everything left in the inbox by an earlier run, oldest first.
+    pub fn replay_inbox(self: &Arc<Self>) -> Result<usize, crate::store::StoreError> {
+        let pending = self.store.inbox_pending()?;
+        let n = pending.len();
+        for (seq, item) in pending {
+            self.dispatch(seq, item);
+        }
+        Ok(n)
+    }
+}
+
+fn ephemeral_sender(json: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct E {
+        sender: Option<String>,
+    }
+    serde_json::from_str::<E>(json).ok()?.sender
+}

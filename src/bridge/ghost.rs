@@ -1,0 +1,96 @@
+//! Ghosts: Matrix users standing for remote users. Registered on first use, profile written
+//! only when it changed.
+
+use tracing::{debug, info};
+
+use super::{Bridge, BridgeError, room_id, user_id};
+use crate::network::{NetworkId, RemoteUserId};
+use crate::store::GhostRecord;
+
+impl Bridge {
+    /// Makes sure the ghost of `remote` exists on the homeserver with an up-to-date display
+    /// name; returns its user ID. `name` is the remote display name, when known.
+    pub async fn ensure_ghost(
+        &self,
+        network: &NetworkId,
+        remote: &RemoteUserId,
+        name: Option<&str>,
+    ) -> Result<String, BridgeError> {
+        let mxid = self.ghost_user_id(network, remote.as_str());
+        let existing = self.store.ghost(&mxid)?;
+        let mut record = existing.clone().unwrap_or_else(|| GhostRecord {
+            user_id: mxid.clone(),
+            network: network.to_string(),
+            remote_id: remote.to_string(),
+            displayname: None,
+            avatar_url: None,
+            registered: false,
+        });
+        if !record.registered {
+            let local = mxid
+                .strip_prefix('@')
+                .and_then(|s| s.split_once(':'))
+                .map(|(l, _)| l)
+                .unwrap_or_default();
+            self.hs.register_ghost(local).await?;
+            record.registered = true;
+            info!(ghost = %mxid, network = %network, "registered ghost");
+        }
+        let base_name = match name {
+            Some(n) if !n.trim().is_empty() => n.trim().to_owned(),
+            _ => self.network(network)?.default_display_name(remote),
+        };
+        let displayname = self
+            .config
+            .bridge
+            .ghost_displayname_template
+            .replace("{name}", &base_name)
+            .replace("{network}", &self.network(network)?.info().display_name);
+        if record.displayname.as_deref() != Some(displayname.as_str()) {
+            let uid = user_id(&mxid)?;
+            self.hs.set_displayname(Some(&uid), &displayname).await?;
+            debug!(ghost = %mxid, name = %displayname, "updated ghost display name");
+            record.displayname = Some(displayname);
+        }
+        if existing.as_ref() != Some(&record) {
+            self.store.put_ghost(&record)?;
+            self.metrics.ghosts.set(self.store.ghost_count() as i64);
+        }
+        Ok(mxid)
+    }
+
+    /// Joins `ghost` to `room` unless it is known to be there already.
+    pub async fn ensure_joined(&self, ghost: &str, room: &str) -> Result<(), BridgeError> {
+        let key = (ghost.to_owned(), room.to_owned());
+        if self.joined.lock().expect("joined lock").contains(&key) {
+            return Ok(());
+        }
+        let uid = user_id(ghost)?;
+        self.hs.join(Some(&uid), room).await?;
+        self.joined.lock().expect("joined lock").insert(key);
+        Ok(())
+    }
+
+    /// Remembers that `user` is in `room` (or no longer is).
+    pub(super) fn note_joined(&self, user: &str, room: &str, joined: bool) {
+        let key = (user.to_owned(), room.to_owned());
+        let mut set = self.joined.lock().expect("joined lock");
+        if joined {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
+    /// Makes `ghost` leave `room`.
+    pub async fn ghost_leave(&self, ghost: &str, room: &str) -> Result<(), BridgeError> {
+        let uid = user_id(ghost)?;
+        let rid = room_id(room)?;
+        self.note_joined(ghost, room, false);
+        match self.hs.leave(Some(&uid), &rid).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.errcode() == Some("M_FORBIDDEN") || e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

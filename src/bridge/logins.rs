@@ -1,0 +1,366 @@
+//! Logins: per-user clients, login flows in progress, and the sink connectors report to.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use tracing::{info, warn};
+
+use super::{Bridge, BridgeError, UserLogin};
+use crate::network::{
+    BridgeState, LoginData, LoginField, LoginId, LoginProcess, LoginStep, NetworkClient,
+    NetworkError, NetworkId, RemoteEvent, RemoteEventHandler, SinkError,
+};
+use crate::store::InboxItem;
+
+/// A login flow a user is going through in the management room.
+pub struct LoginSession {
+    /// The network.
+    pub network: NetworkId,
+    /// The connector's process.
+    pub process: Box<dyn LoginProcess>,
+    /// Fields of the current step.
+    pub fields: Vec<LoginField>,
+    /// Values given so far for the current step.
+    pub values: BTreeMap<String, String>,
+}
+
+impl LoginSession {
+    /// The field asked next.
+    pub fn next_field(&self) -> Option<&LoginField> {
+        self.fields.get(self.values.len())
+    }
+}
+
+/// What the management room shows after a login step.
+pub enum LoginProgress {
+    /// Ask for this field.
+    Ask(LoginField, Option<String>),
+    /// Logged in as this remote account.
+    Done(String),
+}
+
+impl Bridge {
+    /// Live logins of `user` on `network`.
+    pub fn logins_of(&self, user: &str, network: &NetworkId) -> Vec<UserLogin> {
+        self.logins
+            .lock()
+            .expect("logins lock")
+            .get(&(user.to_owned(), network.clone()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every live login of `user`, with its network.
+    pub fn all_logins_of(&self, user: &str) -> Vec<(NetworkId, UserLogin)> {
+        let map = self.logins.lock().expect("logins lock");
+        let mut out: Vec<_> = map
+            .iter()
+            .filter(|((u, _), _)| u == user)
+            .flat_map(|((_, n), ls)| ls.iter().map(move |l| (n.clone(), l.clone())))
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1.id.as_str()).cmp(&(&b.0, b.1.id.as_str())));
+        out
+    }
+
+    /// The client of one login.
+    pub fn login_client(
+        &self,
+        user: &str,
+        network: &NetworkId,
+        id: &LoginId,
+    ) -> Option<Arc<dyn NetworkClient>> {
+        self.logins_of(user, network)
+            .into_iter()
+            .find(|l| &l.id == id)
+            .map(|l| l.client)
+    }
+
+    fn register_login(&self, user: &str, network: &NetworkId, login: UserLogin) {
+        let mut map = self.logins.lock().expect("logins lock");
+        let list = map.entry((user.to_owned(), network.clone())).or_default();
+        list.retain(|l| l.id != login.id);
+        list.push(login);
+    }
+
+    /// Restores every stored login at start-up. A login that fails is kept in the store with
+    /// its state reported, so `relogin` or `logout` can deal with it.
+    pub async fn load_logins(&self) -> Result<usize, BridgeError> {
+        let mut n = 0;
+        for (user, network, data) in self.store.all_logins()? {
+            let network = NetworkId::new(network);
+            let Some(connector) = self.networks.get(&network) else {
+                warn!(user, network = %network, "stored login for a network that is not enabled");
+                continue;
+            };
+            match connector.load_login(&user, &data).await {
+                Ok(client) => {
+                    self.register_login(
+                        &user,
+                        &network,
+                        UserLogin {
+                            id: data.id.clone(),
+                            remote_name: data.remote_name.clone(),
+                            client,
+                        },
+                    );
+                    n += 1;
+                }
+                Err(e) => {
+                    let state = match e {
+                        NetworkError::BadCredentials(_) => BridgeState::BadCredentials,
+                        _ => BridgeState::UnknownError,
+                    };
+                    warn!(user, network = %network, error = %e, "could not restore login");
+                    self.set_state(&network, Some(&user), state, Some(e.to_string()));
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Starts a login flow for `user`; returns the first question.
+    pub async fn begin_login(
+        &self,
+        user: &str,
+        network: &NetworkId,
+        flow: Option<&str>,
+    ) -> Result<LoginProgress, BridgeError> {
+        let connector = self.network(network)?;
+        let flows = connector.login_flows();
+        let flow_id = match flow {
+            Some(f) => f.to_owned(),
+            None => flows
+                .first()
+                .map(|f| f.id.clone())
+                .ok_or_else(|| BridgeError::Invalid(format!("{network} has no login flows")))?,
+        };
+        if !flows.iter().any(|f| f.id == flow_id) {
+            let names: Vec<_> = flows.iter().map(|f| f.id.as_str()).collect();
+            return Err(BridgeError::Invalid(format!(
+                "unknown login flow `{flow_id}`; {network} offers: {}",
+                names.join(", ")
+            )));
+        }
+        let mut process = connector
+            .start_login(user, &flow_id)
+            .await
+            .map_err(|source| BridgeError::Network {
+                network: network.clone(),
+                source,
+            })?;
+        let step = process.first_step();
+        let session = LoginSession {
+            network: network.clone(),
+            process,
+            fields: Vec::new(),
+            values: BTreeMap::new(),
+        };
+        self.advance_login(user, session, step).await
+    }
+
+    /// Whether `user` is in the middle of a login.
+    pub async fn login_pending(&self, user: &str) -> Option<LoginField> {
+        self.login_sessions
+            .lock()
+            .await
+            .get(user)
+            .and_then(|s| s.next_field().cloned())
+    }
+
+    /// Abandons a login in progress; returns whether there was one.
+    pub async fn cancel_login(&self, user: &str) -> bool {
+        self.login_sessions.lock().await.remove(user).is_some()
+    }
+
+    /// Gives the answer to the field asked last.
+    pub async fn login_input(&self, user: &str, value: &str) -> Result<LoginProgress, BridgeError> {
+        let Some(mut session) = self.login_sessions.lock().await.remove(user) else {
+            return Err(BridgeError::Invalid("no login in progress".into()));
+        };
+        let field = session
+            .next_field()
+            .cloned()
+            .ok_or_else(|| BridgeError::Invalid("no question pending".into()))?;
+        session.values.insert(field.id.clone(), value.to_owned());
+        if let Some(next) = session.next_field().cloned() {
+            self.login_sessions
+                .lock()
+                .await
+                .insert(user.to_owned(), session);
+            return Ok(LoginProgress::Ask(next, None));
+        }
+        let values = std::mem::take(&mut session.values);
+        let step = session
+            .process
+            .submit(values)
+            .await
+            .map_err(|source| BridgeError::Network {
+                network: session.network.clone(),
+                source,
+            })?;
+        self.advance_login(user, session, step).await
+    }
+
+    async fn advance_login(
+        &self,
+        user: &str,
+        mut session: LoginSession,
+        step: LoginStep,
+    ) -> Result<LoginProgress, BridgeError> {
+        match step {
+            LoginStep::Input {
+                instructions,
+                fields,
+            } => {
+                let first = fields
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| BridgeError::Invalid("login step asks for nothing".into()))?;
+                session.fields = fields;
+                session.values.clear();
+                self.login_sessions
+                    .lock()
+                    .await
+                    .insert(user.to_owned(), session);
+                Ok(LoginProgress::Ask(first, Some(instructions)))
+            }
+            LoginStep::Complete { login, client } => {
+                self.complete_login(user, &session.network, login, client)
+            }
+        }
+    }
+
+    fn complete_login(
+        &self,
+        user: &str,
+        network: &NetworkId,
+        login: LoginData,
+        client: Arc<dyn NetworkClient>,
+    ) -> Result<LoginProgress, BridgeError> {
+        self.store.put_login(user, network.as_str(), &login)?;
+        let name = login.remote_name.clone();
+        self.set_state(network, Some(user), client.state(), None);
+        self.register_login(
+            user,
+            network,
+            UserLogin {
+                id: login.id,
+                remote_name: name.clone(),
+                client,
+            },
+        );
+        info!(user, network = %network, remote = %name, "logged in");
+        Ok(LoginProgress::Done(name))
+    }
+
+    /// Logs out one login (or every login of `user` on `network` when `id` is `None`).
+    /// Returns the names of the accounts logged out.
+    pub async fn logout(
+        &self,
+        user: &str,
+        network: &NetworkId,
+        id: Option<&LoginId>,
+    ) -> Result<Vec<String>, BridgeError> {
+        let removed: Vec<UserLogin> = {
+            let mut map = self.logins.lock().expect("logins lock");
+            let list = map.entry((user.to_owned(), network.clone())).or_default();
+            let (gone, keep): (Vec<_>, Vec<_>) =
+                list.drain(..).partition(|l| id.is_none_or(|i| &l.id == i));
+            *list = keep;
+            gone
+        };
+        let mut names = Vec::new();
+        for l in &removed {
+            if let Err(e) = l.client.logout().await {
+                warn!(user, network = %network, error = %e, "remote logout failed; forgetting the login anyway");
+            }
+            self.store.delete_login(user, network.as_str(), &l.id)?;
+            names.push(l.remote_name.clone());
+        }
+        // Logins that failed to load are only in the store.
+        for (n, data) in self.store.logins_of(user)? {
+            if n == network.as_str() && id.is_none_or(|i| &data.id == i) {
+                self.store.delete_login(user, &n, &data.id)?;
+                names.push(data.remote_name);
+            }
+        }
+        if !names.is_empty() {
+            self.set_state(network, Some(user), BridgeState::LoggedOut, None);
+        }
+        Ok(names)
+    }
+}
+
+/// The core side of [`crate::network::EventSink`]: stores remote events durably, then
+/// schedules them on their portal's queue.
+pub struct CoreSink {
+    bridge: Weak<Bridge>,
+}
+
+impl CoreSink {
+    /// A sink feeding `bridge`.
+    pub fn new(bridge: &Arc<Bridge>) -> Arc<Self> {
+        Arc::new(Self {
+            bridge: Arc::downgrade(bridge),
+        })
+    }
+}
+
+#[async_trait]
+impl RemoteEventHandler for CoreSink {
+    async fn push(&self, network: &NetworkId, event: RemoteEvent) -> Result<(), SinkError> {
+        let bridge = self
+            .bridge
+            .upgrade()
+            .ok_or_else(|| SinkError("the bridge is stopping".into()))?;
+        let item = InboxItem::Remote {
+            network: network.clone(),
+            event,
+        };
+        let seq = bridge
+            .store
+            .enqueue(&item)
+            .await
+            .map_err(|e| SinkError(e.to_string()))?;
+        bridge.dispatch(seq, item);
+        Ok(())
+    }
+
+    async fn report_state(
+        &self,
+        network: &NetworkId,
+        user_id: Option<&str>,
+        state: BridgeState,
+        message: Option<String>,
+    ) {
+        let Some(bridge) = self.bridge.upgrade() else {
+            return;
+        };
+        let previous = bridge.set_state(network, user_id, state, message.clone());
+        if previous == Some(state) {
+            return;
+        }
+        info!(network = %network, user = user_id.unwrap_or("(bridge)"), state = state.as_str(), "state changed");
+        let Some(user) = user_id else { return };
+        let notable = matches!(
+            state,
+            BridgeState::BadCredentials | BridgeState::LoggedOut | BridgeState::UnknownError
+        ) || (state == BridgeState::Connected
+            && previous
+                .is_some_and(|p| p != BridgeState::Connecting && p != BridgeState::Starting));
+        if !notable {
+            return;
+        }
+        if let Ok(Some(u)) = bridge.store.user(user)
+            && let Some(room) = u.management_room
+        {
+            let detail = message.map(|m| format!(": {m}")).unwrap_or_default();
+            let text = format!("{network} login is now {}{detail}", state.as_str());
+            let txn = format!("isthmus.state.{}.{}", super::now_ms(), state.as_str());
+            if let Err(e) = bridge.send_notice(None, &room, &txn, &text).await {
+                warn!(error = %e, "could not tell the user about a state change");
+            }
+        }
+    }
+}

@@ -1,0 +1,803 @@
+//! Matrix → remote network.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use super::{Bridge, BridgeError, room_id, user_id};
+use crate::config::PermissionLevel;
+use crate::network::{
+    ChatKind, MatrixSender, MessageContent, MessageKind, NetworkClient, NetworkError, NetworkId,
+    OutgoingMessage, PortalRef, Presence, PresenceState,
+};
+use crate::store::{InboxItem, MessageRecord, PortalKey, PortalRecord, UserRecord};
+
+/// The parts of a timeline event the core reads.
+#[derive(Debug, Deserialize)]
+pub struct MatrixEvent {
+    /// Event type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Sender.
+    pub sender: String,
+    /// Room.
+    pub room_id: String,
+    /// Event ID.
+    pub event_id: String,
+    /// State key, for state events.
+    #[serde(default)]
+    pub state_key: Option<String>,
+    /// Content.
+    #[serde(default)]
+    pub content: Value,
+    /// Redacted event (room versions before 11 put it here).
+    #[serde(default)]
+    pub redacts: Option<String>,
+}
+
+impl Bridge {
+    pub(super) async fn handle_matrix_event(
+        &self,
+        seq: u64,
+        json: &str,
+    ) -> Result<(), BridgeError> {
+        let ev: MatrixEvent = serde_json::from_str(json)
+            .map_err(|e| BridgeError::Invalid(format!("event does not parse: {e}")))?;
+        if self.in_namespace(&ev.sender) {
+            return Ok(());
+        }
+        match ev.kind.as_str() {
+            "m.room.member" => self.handle_membership(seq, &ev).await,
+            "m.room.message" => self.handle_message(seq, &ev).await,
+            "m.reaction" => self.handle_reaction(seq, &ev).await,
+            "m.room.redaction" => self.handle_redaction(seq, &ev).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn handle_membership(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
+        let Some(target) = ev.state_key.as_deref() else {
+            return Ok(());
+        };
+        let membership = ev
+            .content
+            .get("membership")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let is_direct = ev
+            .content
+            .get("is_direct")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if target == self.bot().as_str() {
+            return match membership {
+                "invite" => self.bot_invited(seq, ev, is_direct).await,
+                "leave" | "ban" => {
+                    self.note_joined(target, &ev.room_id, false);
+                    if let Some(mut u) = self.store.user_by_management_room(&ev.room_id)? {
+                        u.management_room = None;
+                        self.store.put_user(&u)?;
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+        }
+        if let Some((network, remote)) = self.parse_ghost(target) {
+            return match membership {
+                "invite" => {
+                    self.ghost_invited(seq, ev, target, &network, &remote, is_direct)
+                        .await
+                }
+                "leave" | "ban" => {
+                    self.note_joined(target, &ev.room_id, false);
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+        }
+        if membership == "leave" || membership == "ban" {
+            if let Some(p) = self.store.portal_by_room(&ev.room_id)?
+                && p.kind == ChatKind::Direct
+                && p.key.receiver.as_deref() == Some(target)
+            {
+                info!(room_id = %ev.room_id, user = target, "user left a direct chat; removing the portal");
+                self.delete_portal(&p).await?;
+            }
+            if let Some(mut u) = self.store.user(target)?
+                && u.management_room.as_deref() == Some(ev.room_id.as_str())
+            {
+                u.management_room = None;
+                self.store.put_user(&u)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn bot_invited(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        is_direct: bool,
+    ) -> Result<(), BridgeError> {
+        let rid = room_id(&ev.room_id)?;
+        if self.level(&ev.sender) < PermissionLevel::Relay {
+            info!(room_id = %ev.room_id, inviter = %ev.sender, "refusing invite from a user without permission");
+            self.hs.leave(None, &rid).await?;
+            return Ok(());
+        }
+        self.hs.join(None, ev.room_id.as_str()).await?;
+        self.note_joined(self.bot().as_str(), &ev.room_id, true);
+        let members = self.hs.joined_members(None, &rid).await.unwrap_or_default();
+        if is_direct || members.len() <= 2 {
+            let mut user = self.store.user(&ev.sender)?.unwrap_or(UserRecord {
+                user_id: ev.sender.clone(),
+                management_room: None,
+            });
+            user.management_room = Some(ev.room_id.clone());
+            self.store.put_user(&user)?;
+            info!(room_id = %ev.room_id, user = %ev.sender, "management room set");
+            let text = format!(
+                "Hello! This is your management room for the isthmus bridge. Send `help` to see the commands; no prefix is needed here (elsewhere, start commands with `{}`).",
+                self.config.bridge.command_prefix
+            );
+            self.send_notice(None, &ev.room_id, &format!("isthmus.{seq}.welcome"), &text)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn ghost_invited(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        ghost: &str,
+        network: &NetworkId,
+        remote: &str,
+        is_direct: bool,
+    ) -> Result<(), BridgeError> {
+        let rid = room_id(&ev.room_id)?;
+        let gid = user_id(ghost)?;
+        let connector = self.network(network)?;
+        let refuse = |why: String| {
+            let gid = gid.clone();
+            let rid = rid.clone();
+            async move {
+                info!(room_id = %ev.room_id, ghost, why, "refusing invite to a ghost");
+                // Joining first lets the ghost say why; a failed join still rejects the invite.
+                if self.hs.join(Some(&gid), ev.room_id.as_str()).await.is_ok() {
+                    let _ = self
+                        .send_notice(
+                            Some(ghost),
+                            &ev.room_id,
+                            &format!("isthmus.{seq}.refuse"),
+                            &why,
+                        )
+                        .await;
+                }
+                self.hs
+                    .leave(Some(&gid), &rid)
+                    .await
+                    .map_err(BridgeError::from)
+            }
+        };
+        if self.level(&ev.sender) < PermissionLevel::User {
+            return refuse("You are not allowed to start chats through this bridge.".into()).await;
+        }
+        let remote_id = match connector.parse_user_id(remote) {
+            Ok(r) => r,
+            Err(e) => {
+                return refuse(format!(
+                    "This is not a valid {} address: {e}",
+                    connector.info().display_name
+                ))
+                .await;
+            }
+        };
+        if !is_direct {
+            return match self.store.portal_by_room(&ev.room_id)? {
+                Some(_) => {
+                    self.ensure_ghost(network, &remote_id, None).await?;
+                    self.ensure_joined(ghost, &ev.room_id).await
+                }
+                None => {
+                    refuse("Invite me in a direct chat to talk to me, or bridge this room to a group chat first.".into())
+                        .await
+                }
+            };
+        }
+        self.ensure_ghost(network, &remote_id, None).await?;
+        self.hs.join(Some(&gid), ev.room_id.as_str()).await?;
+        self.note_joined(ghost, &ev.room_id, true);
+        let key = PortalKey::new(network.as_str(), remote_id.as_str(), Some(&ev.sender));
+        let mut record = PortalRecord::new(key.clone(), &ev.room_id, ChatKind::Direct);
+        if let Some(old) = self.store.portal(&key)?
+            && old.room_id != ev.room_id
+        {
+            info!(old_room = %old.room_id, new_room = %ev.room_id, "direct chat moved to a new room");
+            record.relay = old.relay;
+        }
+        self.store.put_portal(&record)?;
+        self.metrics.portals.set(self.store.portal_count() as i64);
+        if let Err(e) = self.write_bridge_info(&record, Some(ghost)).await {
+            debug!(error = %e, "could not write bridge info into a user-created direct chat");
+        }
+        info!(room_id = %ev.room_id, portal = %key, "direct chat portal created by invite");
+        Ok(())
+    }
+
+    async fn handle_message(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
+        let body = ev.content.get("body").and_then(Value::as_str).unwrap_or("");
+        let msgtype = ev
+            .content
+            .get("msgtype")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let is_edit = relation(&ev.content, "m.replace").is_some();
+        let management = self
+            .store
+            .user(&ev.sender)?
+            .and_then(|u| u.management_room)
+            .is_some_and(|r| r == ev.room_id);
+        if !is_edit && msgtype == "m.text" {
+            if management {
+                return crate::commands::handle(self, seq, ev, body, true).await;
+            }
+            if let Some(rest) = body.strip_prefix(&self.config.bridge.command_prefix)
+                && (rest.is_empty() || rest.starts_with(char::is_whitespace))
+            {
+                return crate::commands::handle(self, seq, ev, rest.trim_start(), false).await;
+            }
+        }
+        let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
+            return Ok(());
+        };
+        if self
+            .store
+            .message_by_event(&ev.room_id, &ev.event_id)?
+            .is_some()
+        {
+            debug!(event_id = %ev.event_id, "already bridged");
+            return Ok(());
+        }
+        if msgtype == "m.notice" && !self.config.bridge.bridge_notices {
+            self.metrics.event("to_remote", "message", "notice_skipped");
+            return Ok(());
+        }
+        let content_src = match (is_edit, ev.content.get("m.new_content")) {
+            (true, Some(c)) => c,
+            _ => &ev.content,
+        };
+        let Some(mut content) = message_content(content_src) else {
+            self.metrics.event("to_remote", "message", "unsupported");
+            self.portal_notice(
+                &portal,
+                &format!("isthmus.{seq}.unsupported"),
+                "⚠ This kind of message (files and media) is not bridged yet; it was not delivered.",
+            )
+            .await;
+            return Ok(());
+        };
+        let (client, relayed) = match self.client_for(&portal, &ev.sender) {
+            Ok(c) => c,
+            Err(e) => return self.network_failure(seq, &portal, "message", e).await,
+        };
+        let sender = self.matrix_sender(&ev.sender).await;
+        if relayed {
+            content = self.relay_format(&sender, content);
+        }
+        let portal_ref = portal_ref(&portal);
+        let network = portal.key.network.clone();
+        let started = Instant::now();
+        if is_edit {
+            let Some(target) = relation(&ev.content, "m.replace") else {
+                return Ok(());
+            };
+            let Some(orig) = self.store.message_by_event(&ev.room_id, target)? else {
+                self.metrics.event("to_remote", "edit", "unknown_target");
+                return Ok(());
+            };
+            let r = client
+                .send_edit(&portal_ref, &sender, &orig.remote_id, &content)
+                .await;
+            self.observe(&network, "edit", started);
+            return match r {
+                Ok(()) => {
+                    self.metrics.event("to_remote", "edit", "ok");
+                    Ok(())
+                }
+                Err(e) => self.network_failure(seq, &portal, "edit", e).await,
+            };
+        }
+        let reply_to = match ev
+            .content
+            .get("m.relates_to")
+            .and_then(|r| r.get("m.in_reply_to"))
+            .and_then(|r| r.get("event_id"))
+            .and_then(Value::as_str)
+        {
+            // Looked up in this room only: a reply never pulls anything from another room.
+            Some(target) => self
+                .store
+                .message_by_event(&ev.room_id, target)?
+                .map(|m| m.remote_id),
+            None => None,
+        };
+        let out = OutgoingMessage {
+            sender,
+            event_id: ev.event_id.clone(),
+            content,
+            reply_to,
+            relayed,
+        };
+        let r = client.send_message(&portal_ref, &out).await;
+        self.observe(&network, "message", started);
+        match r {
+            Ok(remote_id) => {
+                self.store.put_message(&MessageRecord {
+                    portal: portal.key.clone(),
+                    room_id: ev.room_id.clone(),
+                    event_id: ev.event_id.clone(),
+                    remote_id,
+                    sender: ev.sender.clone(),
+                    timestamp_ms: super::now_ms(),
+                    reaction: None,
+                })?;
+                self.metrics.event("to_remote", "message", "ok");
+                Ok(())
+            }
+            Err(e) => self.network_failure(seq, &portal, "message", e).await,
+        }
+    }
+
+    async fn handle_reaction(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
+        let Some(rel) = ev.content.get("m.relates_to") else {
+            return Ok(());
+        };
+        let (Some(target), Some(key)) = (
+            rel.get("event_id").and_then(Value::as_str),
+            rel.get("key").and_then(Value::as_str),
+        ) else {
+            return Ok(());
+        };
+        let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
+            return Ok(());
+        };
+        let Some(orig) = self.store.message_by_event(&ev.room_id, target)? else {
+            self.metrics
+                .event("to_remote", "reaction", "unknown_target");
+            return Ok(());
+        };
+        let (client, _) = match self.client_for(&portal, &ev.sender) {
+            Ok(c) => c,
+            Err(e) => return self.network_failure(seq, &portal, "reaction", e).await,
+        };
+        let sender = self.matrix_sender(&ev.sender).await;
+        let started = Instant::now();
+        let r = client
+            .send_reaction(&portal_ref(&portal), &sender, &orig.remote_id, key, false)
+            .await;
+        self.observe(&portal.key.network, "reaction", started);
+        match r {
+            Ok(()) => {
+                self.store.put_message(&MessageRecord {
+                    portal: portal.key.clone(),
+                    room_id: ev.room_id.clone(),
+                    event_id: ev.event_id.clone(),
+                    remote_id: super::remote_events::reaction_id(&orig.remote_id, &ev.sender, key),
+                    sender: ev.sender.clone(),
+                    timestamp_ms: super::now_ms(),
+                    reaction: Some((orig.remote_id.clone(), key.to_owned())),
+                })?;
+                self.metrics.event("to_remote", "reaction", "ok");
+                Ok(())
+            }
+            Err(e) => self.network_failure(seq, &portal, "reaction", e).await,
+        }
+    }
+
+    async fn handle_redaction(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
+        let Some(redacts) = ev
+            .content
+            .get("redacts")
+            .and_then(Value::as_str)
+            .or(ev.redacts.as_deref())
+        else {
+            return Ok(());
+        };
+        let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
+            return Ok(());
+        };
+        let Some(orig) = self.store.message_by_event(&ev.room_id, redacts)? else {
+            self.metrics
+                .event("to_remote", "redaction", "unknown_target");
+            return Ok(());
+        };
+        let (client, _) = match self.client_for(&portal, &ev.sender) {
+            Ok(c) => c,
+            Err(e) => return self.network_failure(seq, &portal, "redaction", e).await,
+        };
+        let sender = self.matrix_sender(&ev.sender).await;
+        let started = Instant::now();
+        let r = match &orig.reaction {
+            Some((target, key)) => {
+                client
+                    .send_reaction(&portal_ref(&portal), &sender, target, key, true)
+                    .await
+            }
+            None => {
+                client
+                    .send_redaction(&portal_ref(&portal), &sender, &orig.remote_id)
+                    .await
+            }
+        };
+        self.observe(&portal.key.network, "redaction", started);
+        match r {
+            Ok(()) => {
+                self.store.delete_message(&orig)?;
+                self.metrics.event("to_remote", "redaction", "ok");
+                Ok(())
+            }
+            Err(e) => self.network_failure(seq, &portal, "redaction", e).await,
+        }
+    }
+
+    /// Ephemeral events: typing, receipts, presence.
+    pub(super) async fn handle_ephemeral(&self, json: &str) -> Result<(), BridgeError> {
+        #[derive(Deserialize)]
+        struct Eph {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            room_id: Option<String>,
+            #[serde(default)]
+            sender: Option<String>,
+            #[serde(default)]
+            content: Value,
+        }
+        let ev: Eph = serde_json::from_str(json)
+            .map_err(|e| BridgeError::Invalid(format!("ephemeral event does not parse: {e}")))?;
+        match ev.kind.as_str() {
+            "m.typing" => {
+                let Some(room) = ev.room_id else {
+                    return Ok(());
+                };
+                let now: HashSet<String> = ev
+                    .content
+                    .get("user_ids")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .filter(|u| !self.in_namespace(u))
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let before = {
+                    let mut typing = self.typing.lock().expect("typing lock");
+                    typing.insert(room.clone(), now.clone()).unwrap_or_default()
+                };
+                let Some(portal) = self.store.portal_by_room(&room)? else {
+                    return Ok(());
+                };
+                let changes = now
+                    .difference(&before)
+                    .map(|u| (u.clone(), true))
+                    .chain(before.difference(&now).map(|u| (u.clone(), false)));
+                for (user, active) in changes.collect::<Vec<_>>() {
+                    let Ok((client, false)) = self.client_for(&portal, &user) else {
+                        continue;
+                    };
+                    let sender = self.matrix_sender(&user).await;
+                    let r = client
+                        .send_typing(&portal_ref(&portal), &sender, active)
+                        .await;
+                    self.count_ephemeral("typing", r);
+                }
+            }
+            "m.receipt" => {
+                let Some(room) = ev.room_id else {
+                    return Ok(());
+                };
+                let Some(portal) = self.store.portal_by_room(&room)? else {
+                    return Ok(());
+                };
+                let Some(events) = ev.content.as_object() else {
+                    return Ok(());
+                };
+                for (event_id, receipt) in events {
+                    let Some(readers) = receipt.get("m.read").and_then(Value::as_object) else {
+                        continue;
+                    };
+                    let Some(msg) = self.store.message_by_event(&room, event_id)? else {
+                        continue;
+                    };
+                    for user in readers.keys().filter(|u| !self.in_namespace(u)) {
+                        let Ok((client, false)) = self.client_for(&portal, user) else {
+                            continue;
+                        };
+                        let sender = self.matrix_sender(user).await;
+                        let r = client
+                            .send_receipt(&portal_ref(&portal), &sender, &msg.remote_id)
+                            .await;
+                        self.count_ephemeral("receipt", r);
+                    }
+                }
+            }
+            "m.presence" => {
+                let Some(user) = ev.sender.filter(|u| !self.in_namespace(u)) else {
+                    return Ok(());
+                };
+                if self.level(&user) < PermissionLevel::User {
+                    return Ok(());
+                }
+                let state = match ev.content.get("presence").and_then(Value::as_str) {
+                    Some("online") => PresenceState::Online,
+                    Some("unavailable") => PresenceState::Unavailable,
+                    _ => PresenceState::Offline,
+                };
+                let presence = Presence {
+                    state,
+                    status: ev
+                        .content
+                        .get("status_msg")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                };
+                let sender = self.matrix_sender(&user).await;
+                for network in self.networks.keys() {
+                    if let Some(client) = self.user_client(&user, network) {
+                        let r = client.set_presence(&sender, &presence).await;
+                        self.count_ephemeral("presence", r);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn count_ephemeral(&self, kind: &str, r: Result<(), NetworkError>) {
+        let result = match r {
+            Ok(()) => "ok",
+            Err(NetworkError::Unsupported(_)) => "unsupported",
+            Err(e) => {
+                debug!(kind, error = %e, "ephemeral event not bridged");
+                "failed"
+            }
+        };
+        self.metrics.event("to_remote", kind, result);
+    }
+
+    fn observe(&self, network: &NetworkId, op: &str, started: Instant) {
+        self.metrics
+            .remote_request_seconds
+            .with_label_values(&[network.as_str(), op])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The identity that sends for `user` in `portal`, and whether it relays.
+    pub fn client_for(
+        &self,
+        portal: &PortalRecord,
+        user: &str,
+    ) -> Result<(Arc<dyn NetworkClient>, bool), NetworkError> {
+        let level = self.level(user);
+        if level >= PermissionLevel::User
+            && let Some(c) = self.user_client(user, &portal.key.network)
+        {
+            return Ok((c, false));
+        }
+        if level >= PermissionLevel::Relay
+            && self.config.bridge.relay.enabled
+            && let Some((relay_user, login_id)) = &portal.relay
+            && let Some(c) = self.login_client(relay_user, &portal.key.network, login_id)
+        {
+            return Ok((c, true));
+        }
+        Err(NetworkError::NotLoggedIn)
+    }
+
+    /// The user's own login on a network, else the network's bridge-wide identity.
+    pub fn user_client(&self, user: &str, network: &NetworkId) -> Option<Arc<dyn NetworkClient>> {
+        if self.level(user) < PermissionLevel::User {
+            return None;
+        }
+        if let Some(l) = self.logins_of(user, network).into_iter().next() {
+            return Some(l.client);
+        }
+        self.networks.get(network).and_then(|c| c.bridge_client())
+    }
+
+    /// The sender as networks see it: user ID and display name.
+    pub async fn matrix_sender(&self, user: &str) -> MatrixSender {
+        let displayname = match ruma::UserId::parse(user) {
+            Ok(uid) => self.hs.get_profile(&uid).await.ok().and_then(|(d, _)| d),
+            Err(_) => None,
+        };
+        let fallback = user
+            .strip_prefix('@')
+            .and_then(|u| u.split(':').next())
+            .unwrap_or(user)
+            .to_owned();
+        MatrixSender {
+            user_id: user.to_owned(),
+            displayname: displayname.unwrap_or(fallback),
+        }
+    }
+
+    fn relay_format(&self, sender: &MatrixSender, mut content: MessageContent) -> MessageContent {
+        let fmt = &self.config.bridge.relay.message_format;
+        let apply = |body: &str, name: &str| {
+            fmt.replace("{sender}", name)
+                .replace("{user_id}", &sender.user_id)
+                .replace("{body}", body)
+        };
+        content.body = apply(&content.body, &sender.displayname);
+        if let Some(html) = content.html.take() {
+            content.html = Some(apply(&html, &html_escape(&sender.displayname)));
+        }
+        if content.kind == MessageKind::Emote {
+            content.kind = MessageKind::Text;
+            content.body = format!("* {}", content.body);
+        }
+        content
+    }
+
+    /// Tells the Matrix side that something was not bridged; passes transient errors up for
+    /// a retry.
+    async fn network_failure(
+        &self,
+        seq: u64,
+        portal: &PortalRecord,
+        what: &str,
+        e: NetworkError,
+    ) -> Result<(), BridgeError> {
+        let network = portal.key.network.clone();
+        let display = self
+            .networks
+            .get(&network)
+            .map(|n| n.info().display_name.clone())
+            .unwrap_or_else(|| network.to_string());
+        let (result, text) = match &e {
+            NetworkError::Transient(_) => {
+                return Err(BridgeError::Network { network, source: e });
+            }
+            NetworkError::Unsupported(thing) => (
+                "unsupported",
+                format!("⚠ {display} does not support {thing}; this was not bridged."),
+            ),
+            NetworkError::NotLoggedIn => (
+                "not_logged_in",
+                format!(
+                    "⚠ Not delivered: you are not logged in to {display} and this room has no relay. Log in from your management room with `login {network}`."
+                ),
+            ),
+            NetworkError::Undeliverable(why) => (
+                "undeliverable",
+                format!("⚠ Your {what} could not be delivered: {why}"),
+            ),
+            other => (
+                "failed",
+                format!("⚠ Your {what} could not be bridged: {other}"),
+            ),
+        };
+        warn!(portal = %portal.key, what, error = %e, "not bridged");
+        self.metrics.event("to_remote", what, result);
+        self.portal_notice(portal, &format!("isthmus.{seq}.failure"), &text)
+            .await;
+        Ok(())
+    }
+
+    /// Called when an item failed for good: tells the Matrix side where there is one.
+    pub(super) async fn report_failure(&self, item: &InboxItem, e: &BridgeError) {
+        if let InboxItem::Matrix { room_id, event } = item
+            && let Ok(ev) = serde_json::from_str::<MatrixEvent>(event.get())
+            && ev.kind == "m.room.message"
+            && let Ok(Some(portal)) = self.store.portal_by_room(room_id)
+        {
+            let text = format!("⚠ Your message could not be bridged: {e}");
+            self.portal_notice(&portal, &format!("isthmus.fail.{}", ev.event_id), &text)
+                .await;
+        }
+        self.metrics.event("any", "item", "failed");
+    }
+}
+
+/// The event an `m.relates_to` of the given type points at.
+fn relation<'a>(content: &'a Value, rel_type: &str) -> Option<&'a str> {
+    let rel = content.get("m.relates_to")?;
+    (rel.get("rel_type")?.as_str()? == rel_type)
+        .then(|| rel.get("event_id")?.as_str())
+        .flatten()
+}
+
+/// The network-neutral content of a Matrix message; `None` for kinds not bridged (media).
+pub fn message_content(content: &Value) -> Option<MessageContent> {
+    let kind = match content.get("msgtype").and_then(Value::as_str)? {
+        "m.text" => MessageKind::Text,
+        "m.emote" => MessageKind::Emote,
+        "m.notice" => MessageKind::Notice,
+        _ => return None,
+    };
+    let body = strip_reply_fallback(content.get("body").and_then(Value::as_str).unwrap_or(""));
+    let html = (content.get("format").and_then(Value::as_str) == Some("org.matrix.custom.html"))
+        .then(|| content.get("formatted_body").and_then(Value::as_str))
+        .flatten()
+        .map(strip_html_reply_fallback);
+    Some(MessageContent { kind, body, html })
+}
+
+/// Removes the `> <@user> quoted` lines older clients put before a reply's text.
+fn strip_reply_fallback(body: &str) -> String {
+    if !body.starts_with("> <") {
+        return body.to_owned();
+    }
+    let mut lines = body.lines().skip_while(|l| l.starts_with('>'));
+    let mut out: Vec<&str> = Vec::new();
+    if let Some(first) = lines.next()
+        && !first.is_empty()
+    {
+        out.push(first);
+    }
+    out.extend(lines);
+    out.join("\n")
+}
+
+fn strip_html_reply_fallback(html: &str) -> String {
+    match (html.find("<mx-reply>"), html.find("</mx-reply>")) {
+        (Some(a), Some(b)) if b > a => {
+            format!("{}{}", &html[..a], &html[b + "</mx-reply>".len()..])
+        }
+        _ => html.to_owned(),
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// How a connector sees a portal.
+pub fn portal_ref(p: &PortalRecord) -> PortalRef {
+    PortalRef {
+        chat: p.key.chat.clone(),
+        kind: p.kind,
+        receiver: p.key.receiver.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn content_conversion() {
+        let c = message_content(&json!({"msgtype": "m.emote", "body": "waves"})).unwrap();
+        assert_eq!(c.kind, MessageKind::Emote);
+        assert!(message_content(&json!({"msgtype": "m.image", "body": "x.png"})).is_none());
+        let c = message_content(&json!({
+            "msgtype": "m.text", "body": "> <@a:hs> old\n> more\n\nnew text",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<mx-reply><blockquote>old</blockquote></mx-reply><b>new</b> text"
+        }))
+        .unwrap();
+        assert_eq!(c.body, "new text");
+        assert_eq!(c.html.as_deref(), Some("<b>new</b> text"));
+    }
+
+    #[test]
+    fn relation_reads_type() {
+        let c = json!({"m.relates_to": {"rel_type": "m.replace", "event_id": "$a"}});
+        assert_eq!(relation(&c, "m.replace"), Some("$a"));
+        assert_eq!(relation(&c, "m.annotation"), None);
+    }
+}

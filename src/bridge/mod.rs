@@ -1,0 +1,331 @@
+//! The core: portals, ghosts, users, logins, relay, and the ordered per-portal processing of
+//! everything that reaches the bridge.
+//!
+//! Nothing here names a particular network. Remote networks are reached through
+//! [`crate::network::Connector`] and [`crate::network::NetworkClient`]; the homeserver through
+//! [`crate::matrix::HomeserverClient`]; state through [`crate::store::Store`].
+
+mod dispatch;
+mod ghost;
+mod logins;
+mod matrix_events;
+mod permissions;
+mod portal;
+mod remote_events;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+
+pub use self::dispatch::QueueKey;
+pub use self::logins::LoginSession;
+pub use self::logins::{CoreSink, LoginProgress};
+pub use self::matrix_events::{MatrixEvent, message_content, portal_ref};
+pub use self::permissions::Permissions;
+pub use self::remote_events::matrix_content;
+
+use crate::config::{Config, PermissionLevel};
+use crate::matrix::{HomeserverClient, MatrixError, escape};
+use crate::metrics::Metrics;
+use crate::network::{BridgeState, Connector, LoginId, NetworkClient, NetworkError, NetworkId};
+use crate::store::{Store, StoreError};
+
+/// Why handling an event failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The homeserver refused or could not be reached.
+    #[error("homeserver: {0}")]
+    Matrix(#[from] MatrixError),
+    /// The remote network failed.
+    #[error("{network}: {source}")]
+    Network {
+        /// Which network.
+        network: NetworkId,
+        /// What it said.
+        source: NetworkError,
+    },
+    /// Something in the event is not valid.
+    #[error("invalid event: {0}")]
+    Invalid(String),
+}
+
+impl BridgeError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BridgeError::Network { source, .. } => source.is_transient(),
+            BridgeError::Matrix(MatrixError::Http(_)) => true,
+            BridgeError::Matrix(MatrixError::Api { status, .. }) => {
+                *status >= 500 || *status == 429
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A client registered for a Matrix user on a network.
+#[derive(Clone)]
+pub struct UserLogin {
+    /// The login's ID.
+    pub id: LoginId,
+    /// The remote account's name.
+    pub remote_name: String,
+    /// The client.
+    pub client: Arc<dyn NetworkClient>,
+}
+
+/// The bridge core. Shared as `Arc<Bridge>`.
+pub struct Bridge {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Homeserver client.
+    pub hs: HomeserverClient,
+    /// The store.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Connectors by network ID.
+    pub networks: BTreeMap<NetworkId, Arc<dyn Connector>>,
+    /// Who may do what.
+    pub permissions: Permissions,
+    bot: OwnedUserId,
+    /// Live clients of logins, by (Matrix user, network).
+    logins: Mutex<HashMap<(String, NetworkId), Vec<UserLogin>>>,
+    /// Login flows in progress, by Matrix user.
+    login_sessions: tokio::sync::Mutex<HashMap<String, LoginSession>>,
+    /// Last reported state of each login or link, by (network, Matrix user or "").
+    states: Mutex<HashMap<(NetworkId, String), (BridgeState, Option<String>)>>,
+    /// Ghosts known to be registered and (ghost, room) pairs known to be joined, to avoid
+    /// repeating requests; both are rebuilt lazily after a restart.
+    joined: Mutex<HashSet<(String, String)>>,
+    /// Users currently typing per room, to turn Matrix typing lists into start/stop changes.
+    typing: Mutex<HashMap<String, HashSet<String>>>,
+    /// Portal queues.
+    queues: dispatch::Queues,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Bridge {
+    /// Builds the core. Connectors are started by [`Bridge::start_networks`].
+    pub fn new(
+        config: Arc<Config>,
+        hs: HomeserverClient,
+        store: Store,
+        metrics: Metrics,
+        connectors: Vec<Arc<dyn Connector>>,
+    ) -> Result<Arc<Bridge>, BridgeError> {
+        let bot = user_id(&format!(
+            "@{}:{}",
+            config.appservice.bot_localpart, config.homeserver.domain
+        ))?;
+        let networks = connectors
+            .into_iter()
+            .map(|c| (c.info().id.clone(), c))
+            .collect();
+        let permissions = Permissions::new(config.bridge.permissions.clone());
+        Ok(Arc::new(Bridge {
+            hs,
+            store,
+            metrics,
+            networks,
+            permissions,
+            bot,
+            logins: Mutex::default(),
+            login_sessions: tokio::sync::Mutex::default(),
+            states: Mutex::default(),
+            joined: Mutex::default(),
+            typing: Mutex::default(),
+            queues: dispatch::Queues::new(Duration::from_secs(config.bridge.portal_idle_seconds)),
+            config,
+        }))
+    }
+
+    /// The bridge bot's user ID.
+    pub fn bot(&self) -> &UserId {
+        &self.bot
+    }
+
+    /// The homeserver's server name.
+    pub fn server_name(&self) -> &str {
+        &self.config.homeserver.domain
+    }
+
+    /// Permission level of a Matrix user.
+    pub fn level(&self, user_id: &str) -> PermissionLevel {
+        self.permissions.level(user_id)
+    }
+
+    /// Whether a user ID belongs to the bridge (the bot or a ghost of any network).
+    pub fn is_bridge_user(&self, user_id: &str) -> bool {
+        user_id == self.bot.as_str() || self.parse_ghost(user_id).is_some()
+    }
+
+    /// Whether a user ID is in the bridge's exclusive namespace: the bot, or anything shaped
+    /// like a ghost of an enabled network. Cheaper than [`Bridge::parse_ghost`] (no
+    /// unescaping); used to drop the bridge's own echoes.
+    pub fn in_namespace(&self, user_id: &str) -> bool {
+        if user_id == self.bot.as_str() {
+            return true;
+        }
+        let Some((local, server)) = user_id.strip_prefix('@').and_then(|u| u.split_once(':'))
+        else {
+            return false;
+        };
+        server == self.server_name()
+            && self.networks.keys().any(|n| {
+                let t = self
+                    .config
+                    .bridge
+                    .ghost_localpart_template
+                    .replace("{network}", n.as_str());
+                t.split_once("{id}").is_some_and(|(before, after)| {
+                    local.len() > before.len() + after.len()
+                        && local.starts_with(before)
+                        && local.ends_with(after)
+                })
+            })
+    }
+
+    /// The Matrix user ID of the ghost of `remote` on `network`.
+    pub fn ghost_user_id(&self, network: &NetworkId, remote: &str) -> String {
+        let local = self
+            .config
+            .bridge
+            .ghost_localpart_template
+            .replace("{network}", network.as_str())
+            .replace("{id}", &escape::escape_localpart(remote));
+        format!("@{}:{}", local, self.server_name())
+    }
+
+    /// The network and remote ID a ghost user ID stands for, if it is one of ours.
+    pub fn parse_ghost(&self, user_id: &str) -> Option<(NetworkId, String)> {
+        let (local, server) = user_id.strip_prefix('@')?.split_once(':')?;
+        if server != self.server_name() {
+            return None;
+        }
+        parse_template(
+            &self.config.bridge.ghost_localpart_template,
+            local,
+            &self.networks,
+        )
+    }
+
+    /// The room alias localpart for a remote group chat.
+    pub fn alias_localpart(&self, network: &NetworkId, chat: &str) -> String {
+        self.config
+            .bridge
+            .alias_localpart_template
+            .replace("{network}", network.as_str())
+            .replace("{id}", &escape::escape_localpart(chat))
+    }
+
+    /// The network and remote chat a room alias localpart stands for.
+    pub fn parse_alias_localpart(&self, local: &str) -> Option<(NetworkId, String)> {
+        parse_template(
+            &self.config.bridge.alias_localpart_template,
+            local,
+            &self.networks,
+        )
+    }
+
+    /// The connector of a network.
+    pub fn network(&self, id: &NetworkId) -> Result<&Arc<dyn Connector>, BridgeError> {
+        self.networks.get(id).ok_or_else(|| {
+            BridgeError::Invalid(format!("the network {id} is not enabled on this bridge"))
+        })
+    }
+
+    /// Records the state of a login (`user_id` Some) or bridge-wide link and updates metrics.
+    pub fn set_state(
+        &self,
+        network: &NetworkId,
+        user_id: Option<&str>,
+        state: BridgeState,
+        message: Option<String>,
+    ) -> Option<BridgeState> {
+        let key = (network.clone(), user_id.unwrap_or_default().to_owned());
+        let previous = {
+            let mut states = self.states.lock().expect("states lock");
+            states.insert(key, (state, message)).map(|(s, _)| s)
+        };
+        if previous != Some(state) {
+            if let Some(p) = previous {
+                self.metrics
+                    .logins
+                    .with_label_values(&[network.as_str(), p.as_str()])
+                    .dec();
+            }
+            self.metrics
+                .logins
+                .with_label_values(&[network.as_str(), state.as_str()])
+                .inc();
+        }
+        previous
+    }
+
+    /// Last reported state of a login or link.
+    pub fn state_of(
+        &self,
+        network: &NetworkId,
+        user_id: Option<&str>,
+    ) -> Option<(BridgeState, Option<String>)> {
+        self.states
+            .lock()
+            .expect("states lock")
+            .get(&(network.clone(), user_id.unwrap_or_default().to_owned()))
+            .cloned()
+    }
+
+    /// Refreshes the gauges that mirror the store.
+    pub fn refresh_gauges(&self) {
+        self.metrics.portals.set(self.store.portal_count() as i64);
+        self.metrics.ghosts.set(self.store.ghost_count() as i64);
+        self.metrics.inbox_depth.set(self.store.inbox_len() as i64);
+        self.metrics
+            .store_size_bytes
+            .set(self.store.size_on_disk() as i64);
+    }
+}
+
+/// Splits `local` according to a `{network}`/`{id}` template; the network must be enabled and
+/// the ID must unescape.
+fn parse_template(
+    template: &str,
+    local: &str,
+    networks: &BTreeMap<NetworkId, Arc<dyn Connector>>,
+) -> Option<(NetworkId, String)> {
+    for network in networks.keys() {
+        let with_net = template.replace("{network}", network.as_str());
+        let (before, after) = with_net.split_once("{id}")?;
+        if let Some(rest) = local.strip_prefix(before)
+            && let Some(escaped) = rest.strip_suffix(after)
+            && !escaped.is_empty()
+            && let Some(id) = escape::unescape_localpart(escaped)
+        {
+            return Some((network.clone(), id));
+        }
+    }
+    None
+}
+
+/// Parses a user ID, as a bridge error.
+pub fn user_id(s: &str) -> Result<OwnedUserId, BridgeError> {
+    UserId::parse(s).map_err(|e| BridgeError::Invalid(format!("bad user ID {s}: {e}")))
+}
+
+/// Parses a room ID, as a bridge error.
+pub fn room_id(s: &str) -> Result<OwnedRoomId, BridgeError> {
+    RoomId::parse(s).map_err(|e| BridgeError::Invalid(format!("bad room ID {s}: {e}")))
+}

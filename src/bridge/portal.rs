@@ -1,0 +1,223 @@
+//! Portals: creating the Matrix room for a remote chat, bridge info, notices, clean-up.
+
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Bridge, BridgeError, room_id, user_id};
+use crate::matrix::RoomCreation;
+use crate::network::{ChatKind, NetworkId, RemoteUserId};
+use crate::store::{PortalKey, PortalRecord};
+
+/// State event types that describe a bridged room (MSC2346 and its older name).
+pub const BRIDGE_INFO_TYPES: [&str; 2] = ["m.bridge", "uk.half-shot.bridge"];
+
+impl Bridge {
+    /// The content of the `m.bridge` state of a portal, and its state key.
+    pub fn bridge_info(&self, key: &PortalKey, name: Option<&str>) -> (String, serde_json::Value) {
+        let network = self.networks.get(&key.network);
+        let (protocol, display) = network
+            .map(|n| (n.info().protocol.clone(), n.info().display_name.clone()))
+            .unwrap_or_else(|| (key.network.to_string(), key.network.to_string()));
+        let state_key = format!("net.isthmus://{}/{}", key.network, key.chat);
+        let content = json!({
+            "bridgebot": self.bot().as_str(),
+            "creator": self.bot().as_str(),
+            "protocol": {"id": protocol, "displayname": display},
+            "channel": {"id": key.chat.as_str(), "displayname": name.unwrap_or(key.chat.as_str())},
+        });
+        (state_key, content)
+    }
+
+    fn bridge_info_state(
+        &self,
+        key: &PortalKey,
+        name: Option<&str>,
+    ) -> Vec<(String, String, serde_json::Value)> {
+        let (state_key, content) = self.bridge_info(key, name);
+        BRIDGE_INFO_TYPES
+            .iter()
+            .map(|t| (t.to_string(), state_key.clone(), content.clone()))
+            .collect()
+    }
+
+    /// Writes the bridge info state into an existing portal room, as `sender`.
+    pub async fn write_bridge_info(
+        &self,
+        portal: &PortalRecord,
+        sender: Option<&str>,
+    ) -> Result<(), BridgeError> {
+        let rid = room_id(&portal.room_id)?;
+        let as_user = sender.map(user_id).transpose()?;
+        for (t, key, content) in self.bridge_info_state(&portal.key, portal.name.as_deref()) {
+            self.hs
+                .send_state(as_user.as_deref(), &rid, &t, &key, &content)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The user who speaks for the bridge in a portal: the contact's ghost in a direct chat
+    /// (the bot is not in those rooms), the bot in a group chat.
+    pub fn portal_speaker(&self, portal: &PortalRecord) -> String {
+        match portal.kind {
+            ChatKind::Direct => self.ghost_user_id(&portal.key.network, portal.key.chat.as_str()),
+            ChatKind::Group => self.bot().to_string(),
+        }
+    }
+
+    /// Creates the room of a direct chat between Matrix user `receiver` and the remote contact
+    /// the portal key names. The ghost creates the room and invites the user, so the room is a
+    /// plain two-person DM.
+    pub async fn create_dm_portal(
+        &self,
+        key: &PortalKey,
+        receiver: &str,
+        contact_name: Option<&str>,
+    ) -> Result<PortalRecord, BridgeError> {
+        let ghost = self
+            .ensure_ghost(
+                &key.network,
+                &RemoteUserId::new(key.chat.as_str()),
+                contact_name,
+            )
+            .await?;
+        let ghost_id = user_id(&ghost)?;
+        let receiver_id = user_id(receiver)?;
+        let creation = RoomCreation {
+            name: None,
+            topic: None,
+            alias_localpart: None,
+            invite: vec![receiver_id.clone()],
+            is_direct: true,
+            preset_private: true,
+            initial_state: self.bridge_info_state(key, contact_name),
+            power_level_users: vec![(receiver_id, 100)],
+        };
+        let room = self.hs.create_room(Some(&ghost_id), &creation).await?;
+        self.note_joined(&ghost, room.as_str(), true);
+        let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Direct);
+        record.name = contact_name.map(str::to_owned);
+        self.store.put_portal(&record)?;
+        self.metrics.portals.set(self.store.portal_count() as i64);
+        info!(room_id = %room, portal = %key, "created direct chat portal");
+        Ok(record)
+    }
+
+    /// Creates the room of a group chat, owned by the bot, optionally with an alias and
+    /// inviting `invite`.
+    pub async fn create_group_portal(
+        &self,
+        key: &PortalKey,
+        name: Option<&str>,
+        topic: Option<&str>,
+        alias_localpart: Option<String>,
+        invite: Vec<String>,
+    ) -> Result<PortalRecord, BridgeError> {
+        let invite = invite
+            .iter()
+            .map(|u| user_id(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let creation = RoomCreation {
+            name: name.map(str::to_owned),
+            topic: topic.map(str::to_owned),
+            alias_localpart,
+            invite,
+            is_direct: false,
+            preset_private: true,
+            initial_state: self.bridge_info_state(key, name),
+            power_level_users: Vec::new(),
+        };
+        let room = self.hs.create_room(None, &creation).await?;
+        let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
+        record.name = name.map(str::to_owned);
+        record.topic = topic.map(str::to_owned);
+        self.store.put_portal(&record)?;
+        self.metrics.portals.set(self.store.portal_count() as i64);
+        info!(room_id = %room, portal = %key, "created group chat portal");
+        Ok(record)
+    }
+
+    /// Sends an `m.notice` into a portal as its speaker. Failures are logged, not returned:
+    /// a notice is best effort.
+    pub async fn portal_notice(&self, portal: &PortalRecord, txn_id: &str, text: &str) {
+        let speaker = self.portal_speaker(portal);
+        if let Err(e) = self
+            .send_notice(Some(&speaker), &portal.room_id, txn_id, text)
+            .await
+        {
+            warn!(room_id = %portal.room_id, error = %e, "could not send notice");
+        }
+    }
+
+    /// Sends an `m.notice` as `sender` (the bot when `None`).
+    pub async fn send_notice(
+        &self,
+        sender: Option<&str>,
+        room: &str,
+        txn_id: &str,
+        text: &str,
+    ) -> Result<(), BridgeError> {
+        let rid = room_id(room)?;
+        let as_user = sender.map(user_id).transpose()?;
+        let content = json!({"msgtype": "m.notice", "body": text});
+        self.hs
+            .send_message(
+                as_user.as_deref(),
+                &rid,
+                "m.room.message",
+                txn_id,
+                &content,
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a portal: every ghost and the bot leave the room, and the store forgets it.
+    pub async fn delete_portal(&self, portal: &PortalRecord) -> Result<(), BridgeError> {
+        let rid = room_id(&portal.room_id)?;
+        let members = match self.hs.joined_members(Some(self.bot()), &rid).await {
+            Ok(m) => m,
+            Err(_) => {
+                // The bot is not in DM rooms: ask as the contact's ghost.
+                let speaker = user_id(&self.portal_speaker(portal))?;
+                self.hs
+                    .joined_members(Some(&speaker), &rid)
+                    .await
+                    .unwrap_or_default()
+            }
+        };
+        for m in members
+            .iter()
+            .filter(|m| self.parse_ghost(m.as_str()).is_some())
+        {
+            self.ghost_leave(m.as_str(), &portal.room_id).await?;
+        }
+        if members.iter().any(|m| m.as_str() == self.bot().as_str()) {
+            self.ghost_leave(self.bot().as_str(), &portal.room_id)
+                .await?;
+        }
+        self.store.delete_portal(portal)?;
+        self.metrics.portals.set(self.store.portal_count() as i64);
+        info!(room_id = %portal.room_id, portal = %portal.key, "deleted portal");
+        Ok(())
+    }
+
+    /// The portal of a direct chat between `receiver` and remote `contact`, created if missing.
+    pub async fn get_or_create_dm(
+        &self,
+        network: &NetworkId,
+        contact: &RemoteUserId,
+        receiver: &str,
+        contact_name: Option<&str>,
+    ) -> Result<(PortalRecord, bool), BridgeError> {
+        let key = PortalKey::new(network.as_str(), contact.as_str(), Some(receiver));
+        if let Some(p) = self.store.portal(&key)? {
+            return Ok((p, false));
+        }
+        Ok((
+            self.create_dm_portal(&key, receiver, contact_name).await?,
+            true,
+        ))
+    }
+}

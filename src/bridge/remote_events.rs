@@ -1,0 +1,322 @@
+//! Remote network → Matrix.
+
+use serde_json::{Value, json};
+use tracing::{debug, warn};
+
+use super::{Bridge, BridgeError, now_ms, room_id, user_id};
+use crate::config::PermissionLevel;
+use crate::network::{
+    ChatKind, MembershipChange, MessageContent, MessageKind, NetworkId, PresenceState, RemoteEvent,
+    RemoteEventKind, RemoteMessageId,
+};
+use crate::store::{MessageRecord, PortalKey, PortalRecord};
+
+/// The portal an event belongs to: per receiver for direct chats, shared for group chats.
+pub(super) fn portal_key(network: &NetworkId, ev: &RemoteEvent) -> PortalKey {
+    match ev.chat_kind {
+        ChatKind::Direct => {
+            PortalKey::new(network.as_str(), ev.chat.as_str(), ev.receiver.as_deref())
+        }
+        ChatKind::Group => PortalKey::new(network.as_str(), ev.chat.as_str(), None),
+    }
+}
+
+/// The Matrix content of a message.
+pub fn matrix_content(c: &MessageContent) -> Value {
+    let msgtype = match c.kind {
+        MessageKind::Text => "m.text",
+        MessageKind::Emote => "m.emote",
+        MessageKind::Notice => "m.notice",
+    };
+    let mut v = json!({"msgtype": msgtype, "body": c.body});
+    if let Some(html) = &c.html {
+        v["format"] = json!("org.matrix.custom.html");
+        v["formatted_body"] = json!(html);
+    }
+    v
+}
+
+/// The ID under which a reaction is mapped: one per message, reacting user and key.
+pub(super) fn reaction_id(target: &RemoteMessageId, sender: &str, key: &str) -> RemoteMessageId {
+    RemoteMessageId::new(format!("{target}\u{1e}{sender}\u{1e}{key}"))
+}
+
+impl Bridge {
+    /// Bridges one remote event to Matrix. `seq` is the event's inbox sequence, from which
+    /// homeserver transaction IDs are derived so that a retry never duplicates.
+    pub(super) async fn handle_remote_event(
+        &self,
+        seq: u64,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+    ) -> Result<(), BridgeError> {
+        let kind = ev.kind.name();
+        if let RemoteEventKind::Presence(p) = &ev.kind {
+            let ghost = self
+                .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
+                .await?;
+            let state = match p.state {
+                PresenceState::Online => "online",
+                PresenceState::Unavailable => "unavailable",
+                PresenceState::Offline => "offline",
+            };
+            self.hs
+                .set_presence(Some(&user_id(&ghost)?), state, p.status.as_deref())
+                .await?;
+            self.metrics.event("to_matrix", kind, "ok");
+            return Ok(());
+        }
+        let key = portal_key(network, ev);
+        let portal = match self.store.portal(&key)? {
+            Some(p) => p,
+            None => match self.create_portal_for(&key, ev).await? {
+                Some(p) => p,
+                None => {
+                    self.metrics.event("to_matrix", kind, "no_portal");
+                    return Ok(());
+                }
+            },
+        };
+        let ghost = self
+            .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
+            .await?;
+        let leaving = matches!(
+            ev.kind,
+            RemoteEventKind::Membership {
+                change: MembershipChange::Leave
+            }
+        );
+        if !leaving {
+            self.ensure_joined(&ghost, &portal.room_id).await?;
+        }
+        let gid = user_id(&ghost)?;
+        let rid = room_id(&portal.room_id)?;
+        let txn = format!("isthmus.{seq}");
+        let result = match &ev.kind {
+            RemoteEventKind::Message {
+                id,
+                content,
+                reply_to,
+            } => {
+                if self.store.message_by_remote(&key, id)?.is_some() {
+                    debug!(remote_id = %id, "message already bridged");
+                    self.metrics.event("to_matrix", kind, "duplicate");
+                    return Ok(());
+                }
+                let mut c = matrix_content(content);
+                if let Some(r) = reply_to
+                    && let Some(orig) = self.store.message_by_remote(&key, r)?
+                {
+                    c["m.relates_to"] = json!({"m.in_reply_to": {"event_id": orig.event_id}});
+                }
+                let event_id = self
+                    .hs
+                    .send_message(
+                        Some(&gid),
+                        &rid,
+                        "m.room.message",
+                        &txn,
+                        &c,
+                        ev.timestamp_ms,
+                    )
+                    .await?;
+                self.store.put_message(&MessageRecord {
+                    portal: key.clone(),
+                    room_id: portal.room_id.clone(),
+                    event_id: event_id.to_string(),
+                    remote_id: id.clone(),
+                    sender: ghost.clone(),
+                    timestamp_ms: ev.timestamp_ms.unwrap_or_else(now_ms),
+                    reaction: None,
+                })?;
+                "ok"
+            }
+            RemoteEventKind::Edit { target, content } => {
+                match self.store.message_by_remote(&key, target)? {
+                    None => "unknown_target",
+                    Some(orig) => {
+                        let new = matrix_content(content);
+                        let mut c = new.clone();
+                        c["body"] = json!(format!("* {}", content.body));
+                        if let Some(html) = &content.html {
+                            c["formatted_body"] = json!(format!("* {html}"));
+                        }
+                        c["m.new_content"] = new;
+                        c["m.relates_to"] =
+                            json!({"rel_type": "m.replace", "event_id": orig.event_id});
+                        self.hs
+                            .send_message(
+                                Some(&gid),
+                                &rid,
+                                "m.room.message",
+                                &txn,
+                                &c,
+                                ev.timestamp_ms,
+                            )
+                            .await?;
+                        "ok"
+                    }
+                }
+            }
+            RemoteEventKind::Redaction { target } => {
+                match self.store.message_by_remote(&key, target)? {
+                    None => "unknown_target",
+                    Some(orig) => {
+                        let eid = ruma::EventId::parse(&orig.event_id)
+                            .map_err(|e| BridgeError::Invalid(e.to_string()))?;
+                        self.hs.redact(Some(&gid), &rid, &eid, &txn, None).await?;
+                        self.store.delete_message(&orig)?;
+                        "ok"
+                    }
+                }
+            }
+            RemoteEventKind::Reaction {
+                target,
+                key: emoji,
+                remove,
+            } => {
+                let rid_key = reaction_id(target, &ghost, emoji);
+                let existing = self.store.message_by_remote(&key, &rid_key)?;
+                match (remove, existing) {
+                    (true, Some(r)) => {
+                        let eid = ruma::EventId::parse(&r.event_id)
+                            .map_err(|e| BridgeError::Invalid(e.to_string()))?;
+                        self.hs.redact(Some(&gid), &rid, &eid, &txn, None).await?;
+                        self.store.delete_message(&r)?;
+                        "ok"
+                    }
+                    (true, None) | (false, Some(_)) => "unchanged",
+                    (false, None) => match self.store.message_by_remote(&key, target)? {
+                        None => "unknown_target",
+                        Some(orig) => {
+                            let c = json!({"m.relates_to": {
+                                "rel_type": "m.annotation", "event_id": orig.event_id, "key": emoji}});
+                            let event_id = self
+                                .hs
+                                .send_message(
+                                    Some(&gid),
+                                    &rid,
+                                    "m.reaction",
+                                    &txn,
+                                    &c,
+                                    ev.timestamp_ms,
+                                )
+                                .await?;
+                            self.store.put_message(&MessageRecord {
+                                portal: key.clone(),
+                                room_id: portal.room_id.clone(),
+                                event_id: event_id.to_string(),
+                                remote_id: rid_key,
+                                sender: ghost.clone(),
+                                timestamp_ms: now_ms(),
+                                reaction: Some((target.clone(), emoji.clone())),
+                            })?;
+                            "ok"
+                        }
+                    },
+                }
+            }
+            RemoteEventKind::Typing { active } => {
+                self.hs
+                    .set_typing(Some(&gid), &rid, *active, 30_000)
+                    .await?;
+                "ok"
+            }
+            RemoteEventKind::Receipt { up_to } => {
+                match self.store.message_by_remote(&key, up_to)? {
+                    None => "unknown_target",
+                    Some(m) => {
+                        let eid = ruma::EventId::parse(&m.event_id)
+                            .map_err(|e| BridgeError::Invalid(e.to_string()))?;
+                        self.hs.send_read_receipt(Some(&gid), &rid, &eid).await?;
+                        "ok"
+                    }
+                }
+            }
+            RemoteEventKind::ChatInfo { name, topic } => {
+                self.update_chat_info(&portal, name.as_deref(), topic.as_deref())
+                    .await?;
+                "ok"
+            }
+            RemoteEventKind::Membership { change } => {
+                if *change == MembershipChange::Leave {
+                    self.ghost_leave(&ghost, &portal.room_id).await?;
+                }
+                "ok"
+            }
+            RemoteEventKind::Presence(_) => unreachable!("handled above"),
+        };
+        self.metrics.event("to_matrix", kind, result);
+        Ok(())
+    }
+
+    /// Creates the portal for an event that has none, when the event may create one.
+    async fn create_portal_for(
+        &self,
+        key: &PortalKey,
+        ev: &RemoteEvent,
+    ) -> Result<Option<PortalRecord>, BridgeError> {
+        if !matches!(ev.kind, RemoteEventKind::Message { .. }) {
+            debug!(portal = %key, kind = ev.kind.name(), "no portal for this event; dropped");
+            return Ok(None);
+        }
+        let Some(receiver) = ev.receiver.as_deref() else {
+            warn!(portal = %key, "event for a chat without portal names no Matrix user; dropped");
+            return Ok(None);
+        };
+        if self.level(receiver) < PermissionLevel::User {
+            warn!(portal = %key, receiver, "receiver may not use the bridge; message dropped");
+            return Ok(None);
+        }
+        let portal = match ev.chat_kind {
+            ChatKind::Direct => {
+                self.create_dm_portal(key, receiver, ev.sender_name.as_deref())
+                    .await?
+            }
+            ChatKind::Group => {
+                let alias = self.alias_localpart(&key.network, key.chat.as_str());
+                self.create_group_portal(key, None, None, Some(alias), vec![receiver.to_owned()])
+                    .await?
+            }
+        };
+        Ok(Some(portal))
+    }
+
+    /// Writes a changed name or topic into a portal room.
+    async fn update_chat_info(
+        &self,
+        portal: &PortalRecord,
+        name: Option<&str>,
+        topic: Option<&str>,
+    ) -> Result<(), BridgeError> {
+        let speaker = user_id(&self.portal_speaker(portal))?;
+        let rid = room_id(&portal.room_id)?;
+        let mut updated = portal.clone();
+        if let Some(n) = name
+            && portal.name.as_deref() != Some(n)
+        {
+            self.hs
+                .send_state(Some(&speaker), &rid, "m.room.name", "", &json!({"name": n}))
+                .await?;
+            updated.name = Some(n.to_owned());
+        }
+        if let Some(t) = topic
+            && portal.topic.as_deref() != Some(t)
+        {
+            self.hs
+                .send_state(
+                    Some(&speaker),
+                    &rid,
+                    "m.room.topic",
+                    "",
+                    &json!({"topic": t}),
+                )
+                .await?;
+            updated.topic = Some(t.to_owned());
+        }
+        if &updated != portal {
+            self.store.put_portal(&updated)?;
+        }
+        Ok(())
+    }
+}

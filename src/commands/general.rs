@@ -1,0 +1,160 @@
+//! help, version, status, whoami, cancel.
+
+use std::time::Instant;
+
+use futures::FutureExt;
+
+use super::{Command, Ctx, Place, Reply, check};
+use crate::config::PermissionLevel;
+
+pub(super) fn commands() -> Vec<Command> {
+    vec![
+        Command {
+            name: "help",
+            aliases: &[],
+            args: "",
+            help: "Show the commands you may run here.",
+            section: "General",
+            level: PermissionLevel::Relay,
+            place: Place::Anywhere,
+            run: |ctx, args| help(ctx, args).boxed(),
+        },
+        Command {
+            name: "version",
+            aliases: &[],
+            args: "",
+            help: "Show the bridge's version.",
+            section: "General",
+            level: PermissionLevel::Relay,
+            place: Place::Anywhere,
+            run: |_, _| async { Ok(format!("isthmus {}", env!("CARGO_PKG_VERSION"))) }.boxed(),
+        },
+        Command {
+            name: "status",
+            aliases: &["ping"],
+            args: "",
+            help: "Show the state of the homeserver connection, every network and your logins.",
+            section: "General",
+            level: PermissionLevel::Relay,
+            place: Place::Anywhere,
+            run: |ctx, args| status(ctx, args).boxed(),
+        },
+        Command {
+            name: "whoami",
+            aliases: &[],
+            args: "",
+            help: "Show who you are to the bridge: permission level, management room, logins.",
+            section: "General",
+            level: PermissionLevel::Relay,
+            place: Place::Anywhere,
+            run: |ctx, args| whoami(ctx, args).boxed(),
+        },
+        Command {
+            name: "cancel",
+            aliases: &[],
+            args: "",
+            help: "Cancel a login in progress.",
+            section: "General",
+            level: PermissionLevel::Relay,
+            place: Place::Anywhere,
+            run: |ctx, _| {
+                async move {
+                    Ok(if ctx.bridge.cancel_login(ctx.sender).await {
+                        "Login cancelled.".to_owned()
+                    } else {
+                        "Nothing to cancel.".to_owned()
+                    })
+                }
+                .boxed()
+            },
+        },
+    ]
+}
+
+async fn help(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
+    let prefix = if ctx.management {
+        String::new()
+    } else {
+        format!("{} ", ctx.bridge.config.bridge.command_prefix)
+    };
+    let mut out = String::new();
+    let mut section = "";
+    for c in super::commands() {
+        if check(c, ctx.level, ctx.portal.as_ref()).is_err() {
+            continue;
+        }
+        if c.section != section {
+            section = c.section;
+            out.push_str(&format!("\n**{section}**\n"));
+        }
+        let args = if c.args.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", c.args)
+        };
+        out.push_str(&format!("- `{prefix}{}{args}`: {}\n", c.name, c.help));
+    }
+    Ok(format!("Commands you can run here:\n{out}")
+        .trim_end()
+        .to_owned())
+}
+
+async fn status(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
+    let b = ctx.bridge;
+    let started = Instant::now();
+    let hs = match b.hs.whoami(None).await {
+        Ok(_) => format!("connected ({} ms)", started.elapsed().as_millis()),
+        Err(e) => format!("ERROR: {e}"),
+    };
+    let mut out = format!("Homeserver: {hs}\n");
+    for (id, connector) in &b.networks {
+        let info = connector.info();
+        out.push_str(&format!("{} ({id}):\n", info.display_name));
+        let links = connector.status();
+        if links.is_empty() && connector.bridge_client().is_none() {
+            out.push_str("- no bridge-wide link; log in with your own account\n");
+        }
+        for (name, state) in links {
+            out.push_str(&format!("- {name}: {}\n", state.as_str()));
+        }
+    }
+    let logins = b.all_logins_of(ctx.sender);
+    if logins.is_empty() {
+        out.push_str("Your logins: none\n");
+    } else {
+        out.push_str("Your logins:\n");
+        for (network, l) in logins {
+            out.push_str(&format!(
+                "- {network} {} ({}): {}\n",
+                l.id,
+                l.remote_name,
+                l.client.state().as_str()
+            ));
+        }
+    }
+    Ok(out.trim_end().to_owned())
+}
+
+async fn whoami(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
+    let b = ctx.bridge;
+    let management = b
+        .store
+        .user(ctx.sender)?
+        .and_then(|u| u.management_room)
+        .unwrap_or_else(|| "none (start a direct chat with the bot)".into());
+    let logins: Vec<String> = b
+        .all_logins_of(ctx.sender)
+        .into_iter()
+        .map(|(n, l)| format!("{n}:{} ({})", l.id, l.remote_name))
+        .collect();
+    Ok(format!(
+        "You are {}\nPermission level: {:?}\nManagement room: {management}\nLogins: {}",
+        ctx.sender,
+        ctx.level,
+        if logins.is_empty() {
+            "none".into()
+        } else {
+            logins.join(", ")
+        }
+    ))
+}

@@ -1,0 +1,296 @@
+//! Bot commands: data (name, help, permission, where it may run) checked in one place, with
+//! handlers grouped by topic.
+//!
+//! In the management room (a direct chat with the bot) commands need no prefix; elsewhere they
+//! start with the configured prefix. Arguments with line breaks or control characters are
+//! refused before any handler sees them.
+
+mod general;
+mod login;
+mod portals;
+
+use futures::future::BoxFuture;
+use ruma::EventId;
+use tracing::{info, warn};
+
+use crate::bridge::MatrixEvent;
+use crate::bridge::{Bridge, BridgeError, room_id};
+use crate::config::PermissionLevel;
+use crate::network::ChatKind;
+use crate::store::PortalRecord;
+
+/// Where a command runs and who runs it.
+pub struct Ctx<'a> {
+    /// The bridge.
+    pub bridge: &'a Bridge,
+    /// Inbox sequence of the command message (for transaction IDs).
+    pub seq: u64,
+    /// Who sent the command.
+    pub sender: &'a str,
+    /// Where.
+    pub room_id: &'a str,
+    /// Whether this is the sender's management room.
+    pub management: bool,
+    /// The sender's permission level.
+    pub level: PermissionLevel,
+    /// The portal of this room, if it is one.
+    pub portal: Option<PortalRecord>,
+}
+
+/// What a handler answers: a text for the room.
+pub type Reply = Result<String, BridgeError>;
+
+/// A command handler.
+pub type Handler = for<'a> fn(&'a Ctx<'a>, Vec<String>) -> BoxFuture<'a, Reply>;
+
+/// Where a command may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// Anywhere.
+    Anywhere,
+    /// Only in a portal room.
+    Portal,
+    /// Only in a room that is not a portal.
+    NotPortal,
+}
+
+/// One command, as data.
+pub struct Command {
+    /// Name typed by the user.
+    pub name: &'static str,
+    /// Other names.
+    pub aliases: &'static [&'static str],
+    /// Argument synopsis for help.
+    pub args: &'static str,
+    /// One line of help.
+    pub help: &'static str,
+    /// Section in help.
+    pub section: &'static str,
+    /// Lowest level allowed to run it.
+    pub level: PermissionLevel,
+    /// Where it may run.
+    pub place: Place,
+    /// The handler.
+    pub run: Handler,
+}
+
+/// Every command, in help order.
+pub fn commands() -> &'static [Command] {
+    static ALL: std::sync::OnceLock<Vec<Command>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut v = general::commands();
+        v.extend(login::commands());
+        v.extend(portals::commands());
+        v
+    })
+}
+
+/// Finds a command by name or alias (case-insensitive).
+pub fn find(name: &str) -> Option<&'static Command> {
+    let name = name.to_ascii_lowercase();
+    commands()
+        .iter()
+        .find(|c| c.name == name || c.aliases.contains(&name.as_str()))
+}
+
+/// Splits a command line into words; refuses control characters.
+pub fn parse(text: &str) -> Result<Vec<String>, String> {
+    if text.chars().any(char::is_control) {
+        return Err(
+            "Commands and their arguments must be on one line, without control characters.".into(),
+        );
+    }
+    Ok(text.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Checks whether `cmd` may run for this caller in this place; the error says why not.
+pub fn check(
+    cmd: &Command,
+    level: PermissionLevel,
+    portal: Option<&PortalRecord>,
+) -> Result<(), String> {
+    if level < cmd.level {
+        return Err(format!(
+            "`{}` needs the {:?} permission level; you have {:?}.",
+            cmd.name, cmd.level, level
+        ));
+    }
+    match (cmd.place, portal) {
+        (Place::Portal, None) => Err(format!("`{}` only works in a bridged room.", cmd.name)),
+        (Place::NotPortal, Some(_)) => Err(format!(
+            "`{}` does not work in a room that is already bridged.",
+            cmd.name
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Handles a command message (or an answer to a login question in the management room).
+pub async fn handle(
+    bridge: &Bridge,
+    seq: u64,
+    ev: &MatrixEvent,
+    text: &str,
+    management: bool,
+) -> Result<(), BridgeError> {
+    let level = bridge.level(&ev.sender);
+    let portal = bridge.store.portal_by_room(&ev.room_id)?;
+    let ctx = Ctx {
+        bridge,
+        seq,
+        sender: &ev.sender,
+        room_id: &ev.room_id,
+        management,
+        level,
+        portal,
+    };
+    let reply = if level == PermissionLevel::None {
+        "You are not allowed to use this bridge.".to_owned()
+    } else if let Some(field) = bridge
+        .login_pending(&ev.sender)
+        .await
+        .filter(|_| management)
+    {
+        if text.trim().eq_ignore_ascii_case("cancel") {
+            bridge.cancel_login(&ev.sender).await;
+            "Login cancelled.".to_owned()
+        } else {
+            if field.secret {
+                redact_secret(&ctx, &ev.event_id).await;
+            }
+            login::answer(&ctx, text.trim()).await
+        }
+    } else {
+        run_line(&ctx, text).await
+    };
+    send_reply(&ctx, &reply).await;
+    Ok(())
+}
+
+async fn run_line(ctx: &Ctx<'_>, text: &str) -> String {
+    let words = match parse(text) {
+        Ok(w) => w,
+        Err(e) => return e,
+    };
+    let Some((name, args)) = words.split_first() else {
+        return "Send `help` for the list of commands.".to_owned();
+    };
+    let Some(cmd) = find(name) else {
+        return format!("Unknown command `{name}`. Send `help` for the list of commands.");
+    };
+    if let Err(e) = check(cmd, ctx.level, ctx.portal.as_ref()) {
+        return e;
+    }
+    info!(
+        command = cmd.name,
+        user = ctx.sender,
+        room_id = ctx.room_id,
+        "running command"
+    );
+    match (cmd.run)(ctx, args.to_vec()).await {
+        Ok(text) => text,
+        Err(e) => {
+            warn!(command = cmd.name, error = %e, "command failed");
+            format!("`{}` failed: {e}", cmd.name)
+        }
+    }
+}
+
+/// Sends the answer: as the bot, or in a direct-chat portal (where the bot is not a member)
+/// as the contact's ghost.
+async fn send_reply(ctx: &Ctx<'_>, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    let speaker = match &ctx.portal {
+        Some(p) if p.kind == ChatKind::Direct => Some(ctx.bridge.portal_speaker(p)),
+        _ => None,
+    };
+    let txn = format!("isthmus.{}.reply.{}", ctx.seq, text.len());
+    if let Err(e) = ctx
+        .bridge
+        .send_notice(speaker.as_deref(), ctx.room_id, &txn, text)
+        .await
+    {
+        warn!(room_id = ctx.room_id, error = %e, "could not send command reply");
+    }
+}
+
+/// Redacts a message that holds a secret (a password typed during login).
+async fn redact_secret(ctx: &Ctx<'_>, event_id: &str) {
+    let (Ok(rid), Ok(eid)) = (room_id(ctx.room_id), EventId::parse(event_id)) else {
+        return;
+    };
+    let txn = format!("isthmus.{}.redact", ctx.seq);
+    if let Err(e) = ctx
+        .bridge
+        .hs
+        .redact(None, &rid, &eid, &txn, Some("contained a password"))
+        .await
+    {
+        warn!(room_id = ctx.room_id, error = %e, "could not redact the message holding a password; delete it yourself");
+    }
+}
+
+/// Picks the network a command is about: the named one, or the only one enabled.
+pub fn pick_network(
+    bridge: &Bridge,
+    arg: Option<&String>,
+) -> Result<crate::network::NetworkId, BridgeError> {
+    match arg {
+        Some(n) => {
+            let id = crate::network::NetworkId::new(n.to_ascii_lowercase());
+            bridge.network(&id)?;
+            Ok(id)
+        }
+        None if bridge.networks.len() == 1 => {
+            Ok(bridge.networks.keys().next().cloned().expect("one network"))
+        }
+        None => Err(BridgeError::Invalid(format!(
+            "name the network: {}",
+            bridge
+                .networks
+                .keys()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_refused() {
+        assert!(parse("login xmpp\nrm").is_err());
+        assert!(parse("login\u{0}").is_err());
+        assert!(parse("start-chat\rx").is_err());
+        assert_eq!(
+            parse("  start-chat  loopback bob ").unwrap(),
+            vec!["start-chat", "loopback", "bob"]
+        );
+    }
+
+    #[test]
+    fn names_and_aliases_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for c in commands() {
+            for n in std::iter::once(c.name).chain(c.aliases.iter().copied()) {
+                assert!(seen.insert(n), "duplicate command name {n}");
+            }
+        }
+        assert!(find("HELP").is_some());
+        assert!(find("pm").is_some_and(|c| c.name == "start-chat"));
+    }
+
+    #[test]
+    fn permission_and_place_checks() {
+        let admin_cmd = find("delete-portal").unwrap();
+        assert!(check(admin_cmd, PermissionLevel::User, None).is_err());
+        assert!(check(find("set-relay").unwrap(), PermissionLevel::User, None).is_err());
+        assert!(check(find("help").unwrap(), PermissionLevel::Relay, None).is_ok());
+        assert!(check(find("login").unwrap(), PermissionLevel::Relay, None).is_err());
+    }
+}

@@ -1,0 +1,271 @@
+//! list-portals, start-chat, bridge, unbridge, delete-portal, set-relay, unset-relay.
+
+use futures::FutureExt;
+
+use super::{Command, Ctx, Place, Reply, pick_network};
+use crate::bridge::{BridgeError, room_id, user_id};
+use crate::config::PermissionLevel;
+use crate::network::{ChatKind, NetworkId};
+use crate::store::{PortalKey, PortalRecord};
+
+pub(super) fn commands() -> Vec<Command> {
+    vec![
+        Command {
+            name: "list-portals",
+            aliases: &["portals"],
+            args: "",
+            help: "List your bridged chats (admins see all).",
+            section: "Chats",
+            level: PermissionLevel::User,
+            place: Place::Anywhere,
+            run: |ctx, args| list_portals(ctx, args).boxed(),
+        },
+        Command {
+            name: "start-chat",
+            aliases: &["pm"],
+            args: "<network> <user>",
+            help: "Open a direct chat with someone on another network.",
+            section: "Chats",
+            level: PermissionLevel::User,
+            place: Place::Anywhere,
+            run: |ctx, args| start_chat(ctx, args).boxed(),
+        },
+        Command {
+            name: "bridge",
+            aliases: &[],
+            args: "<network> <group chat>",
+            help: "Bridge this room to a group chat on another network.",
+            section: "Chats",
+            level: PermissionLevel::User,
+            place: Place::NotPortal,
+            run: |ctx, args| bridge_room(ctx, args).boxed(),
+        },
+        Command {
+            name: "unbridge",
+            aliases: &[],
+            args: "",
+            help: "Stop bridging this room; the room stays.",
+            section: "Chats",
+            level: PermissionLevel::User,
+            place: Place::Portal,
+            run: |ctx, args| unbridge(ctx, args).boxed(),
+        },
+        Command {
+            name: "set-relay",
+            aliases: &[],
+            args: "",
+            help: "Relay messages of users without their own login through your account in this room.",
+            section: "Chats",
+            level: PermissionLevel::User,
+            place: Place::Portal,
+            run: |ctx, args| set_relay(ctx, args).boxed(),
+        },
+        Command {
+            name: "unset-relay",
+            aliases: &[],
+            args: "",
+            help: "Stop relaying in this room.",
+            section: "Chats",
+            level: PermissionLevel::User,
+            place: Place::Portal,
+            run: |ctx, args| unset_relay(ctx, args).boxed(),
+        },
+        Command {
+            name: "delete-portal",
+            aliases: &[],
+            args: "",
+            help: "Remove the bridge from this room: ghosts leave and the mapping is forgotten.",
+            section: "Administration",
+            level: PermissionLevel::Admin,
+            place: Place::Portal,
+            run: |ctx, args| delete_portal(ctx, args).boxed(),
+        },
+    ]
+}
+
+/// Whether the caller may manage this portal: its owner for a direct chat, or an admin.
+fn may_manage(ctx: &Ctx<'_>, p: &PortalRecord) -> bool {
+    ctx.level >= PermissionLevel::Admin
+        || p.key.receiver.is_none()
+        || p.key.receiver.as_deref() == Some(ctx.sender)
+}
+
+async fn list_portals(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
+    let all = ctx.bridge.store.list_portals()?;
+    let mine: Vec<_> = all
+        .iter()
+        .filter(|p| {
+            ctx.level >= PermissionLevel::Admin || p.key.receiver.as_deref() == Some(ctx.sender)
+        })
+        .collect();
+    if mine.is_empty() {
+        return Ok("No bridged chats yet. Use `start-chat` to open one.".into());
+    }
+    let mut out = format!("{} bridged chats:\n", mine.len());
+    for p in mine {
+        let kind = match p.kind {
+            ChatKind::Direct => "direct",
+            ChatKind::Group => "group",
+        };
+        out.push_str(&format!(
+            "- {} {} ({kind}{}): {}\n",
+            p.key.network,
+            p.key.chat,
+            p.key
+                .receiver
+                .as_deref()
+                .map(|r| format!(", for {r}"))
+                .unwrap_or_default(),
+            p.room_id
+        ));
+    }
+    Ok(out.trim_end().to_owned())
+}
+
+async fn start_chat(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
+    let (network, raw) = match args.as_slice() {
+        [user] if ctx.bridge.networks.len() == 1 => (pick_network(ctx.bridge, None)?, user.clone()),
+        [network, user] => (pick_network(ctx.bridge, Some(network))?, user.clone()),
+        _ => return Ok("Usage: `start-chat <network> <user>`".into()),
+    };
+    let connector = ctx.bridge.network(&network)?;
+    let contact = connector.parse_user_id(&raw).map_err(|e| {
+        BridgeError::Invalid(format!(
+            "{e} (a {} address looks like {})",
+            connector.info().display_name,
+            connector.info().user_id_example
+        ))
+    })?;
+    let (portal, created) = ctx
+        .bridge
+        .get_or_create_dm(&network, &contact, ctx.sender, None)
+        .await?;
+    if !created {
+        // Make sure the user is (again) in the room.
+        let ghost = user_id(&ctx.bridge.portal_speaker(&portal))?;
+        let _ = ctx
+            .bridge
+            .hs
+            .invite(
+                Some(&ghost),
+                &room_id(&portal.room_id)?,
+                &user_id(ctx.sender)?,
+            )
+            .await;
+        return Ok(format!(
+            "You already have a chat with {contact}: {}",
+            portal.room_id
+        ));
+    }
+    Ok(format!(
+        "Started a chat with {contact}: {} (you have been invited)",
+        portal.room_id
+    ))
+}
+
+async fn bridge_room(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
+    let [network, chat] = args.as_slice() else {
+        return Ok("Usage: `bridge <network> <group chat>`".into());
+    };
+    let network: NetworkId = pick_network(ctx.bridge, Some(network))?;
+    let connector = ctx.bridge.network(&network)?;
+    let Some(chat) =
+        connector
+            .parse_group_chat_id(chat)
+            .map_err(|source| BridgeError::Network {
+                network: network.clone(),
+                source,
+            })?
+    else {
+        return Ok(format!(
+            "{} has no group chats.",
+            connector.info().display_name
+        ));
+    };
+    let key = PortalKey::new(network.as_str(), chat.as_str(), None);
+    if let Some(existing) = ctx.bridge.store.portal(&key)? {
+        return Ok(format!(
+            "{chat} is already bridged to {}.",
+            existing.room_id
+        ));
+    }
+    let record = PortalRecord::new(key, ctx.room_id, ChatKind::Group);
+    ctx.bridge.store.put_portal(&record)?;
+    if let Err(e) = ctx.bridge.write_bridge_info(&record, None).await {
+        tracing::warn!(error = %e, "could not write bridge info (the bot may lack power in this room)");
+    }
+    ctx.bridge.refresh_gauges();
+    Ok(format!(
+        "This room is now bridged to {chat} on {}.",
+        connector.info().display_name
+    ))
+}
+
+async fn unbridge(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
+    let portal = ctx.portal.clone().expect("checked: in a portal");
+    if !may_manage(ctx, &portal) {
+        return Ok("Only the owner of this chat or an admin can do that.".into());
+    }
+    if portal.kind == ChatKind::Direct {
+        super::send_reply(
+            ctx,
+            "This direct chat is no longer bridged; the contact is leaving.",
+        )
+        .await;
+        ctx.bridge.delete_portal(&portal).await?;
+        return Ok(String::new());
+    }
+    ctx.bridge.store.delete_portal(&portal)?;
+    ctx.bridge.refresh_gauges();
+    Ok(format!(
+        "This room is no longer bridged to {}.",
+        portal.key.chat
+    ))
+}
+
+async fn set_relay(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
+    let mut portal = ctx.portal.clone().expect("checked: in a portal");
+    if !ctx.bridge.config.bridge.relay.enabled {
+        return Ok("Relay mode is turned off in the bridge configuration.".into());
+    }
+    if !may_manage(ctx, &portal) {
+        return Ok("Only the owner of this chat or an admin can do that.".into());
+    }
+    let Some(login) = ctx
+        .bridge
+        .logins_of(ctx.sender, &portal.key.network)
+        .into_iter()
+        .next()
+    else {
+        return Ok(format!(
+            "You need your own {} login to relay for others; send `login {}` in your management room.",
+            portal.key.network, portal.key.network
+        ));
+    };
+    portal.relay = Some((ctx.sender.to_owned(), login.id.clone()));
+    ctx.bridge.store.put_portal(&portal)?;
+    Ok(format!(
+        "Messages of users without their own login are now relayed through {} in this room.",
+        login.remote_name
+    ))
+}
+
+async fn unset_relay(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
+    let mut portal = ctx.portal.clone().expect("checked: in a portal");
+    if !may_manage(ctx, &portal) {
+        return Ok("Only the owner of this chat or an admin can do that.".into());
+    }
+    if portal.relay.take().is_none() {
+        return Ok("This room has no relay.".into());
+    }
+    ctx.bridge.store.put_portal(&portal)?;
+    Ok("Relay turned off for this room.".into())
+}
+
+async fn delete_portal(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
+    let portal = ctx.portal.clone().expect("checked: in a portal");
+    // Say it first: the speaker leaves the room with the portal.
+    super::send_reply(ctx, "Deleting this portal: the bridge is leaving the room.").await;
+    ctx.bridge.delete_portal(&portal).await?;
+    Ok(String::new())
+}

@@ -1,0 +1,664 @@
+//! Configuration: typed sections, loaded from YAML and validated before anything starts.
+//!
+//! The doc comments on the fields are the configuration reference (`docs/configuration.md`
+//! follows them). Secrets can be written inline, or as `{file: PATH}` or `{env: NAME}`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Values that mark a setting as not filled in yet; `check-config` refuses them.
+const PLACEHOLDERS: &[&str] = &["CHANGE_ME", "changeme", "generate", "REPLACE_ME"];
+
+/// Everything wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML does not match the expected structure.
+    #[error("config file {path} is not valid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A setting has a wrong value.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the setting.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// A secret value: inline, read from a file, or read from an environment variable. Never
+/// printed: its `Debug` output is `<redacted>`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Secret {
+    /// Written in the config file.
+    Inline(String),
+    /// Read from a file (surrounding whitespace trimmed).
+    File {
+        /// Path of the file.
+        file: PathBuf,
+    },
+    /// Read from an environment variable.
+    Env {
+        /// Name of the variable.
+        env: String,
+    },
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Inline(_) => f.write_str("Secret(<redacted>)"),
+            Secret::File { file } => write!(f, "Secret(file {})", file.display()),
+            Secret::Env { env } => write!(f, "Secret(env {env})"),
+        }
+    }
+}
+
+impl Secret {
+    /// Resolves the secret. `env` looks up environment variables (passed in so that only the
+    /// application's edge reads the environment).
+    pub fn resolve(
+        &self,
+        key: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<String, ConfigError> {
+        let value = match self {
+            Secret::Inline(s) => s.clone(),
+            Secret::File { file } => std::fs::read_to_string(file)
+                .map_err(|e| {
+                    invalid(
+                        key,
+                        format!("cannot read secret file {}: {e}", file.display()),
+                    )
+                })?
+                .trim()
+                .to_owned(),
+            Secret::Env { env: name } => env(name).ok_or_else(|| {
+                invalid(
+                    key,
+                    format!("environment variable {name} is not set; set it or write the value in the file"),
+                )
+            })?,
+        };
+        if value.is_empty() {
+            return Err(invalid(key, "is empty; give a value"));
+        }
+        if PLACEHOLDERS.iter().any(|p| value.eq_ignore_ascii_case(p)) {
+            return Err(invalid(
+                key,
+                "still holds the example placeholder; put a long random value here (for example the output of `openssl rand -hex 32`)",
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The homeserver the bridge registers with.
+    pub homeserver: HomeserverConfig,
+    /// The bridge's own appservice endpoint and identity.
+    pub appservice: AppserviceConfig,
+    /// Behaviour of the bridge core.
+    #[serde(default)]
+    pub bridge: BridgeConfig,
+    /// The embedded database.
+    pub database: DatabaseConfig,
+    /// Logging.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// Remote networks, each with its own section.
+    #[serde(default)]
+    pub networks: NetworksConfig,
+}
+
+/// `homeserver` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeserverConfig {
+    /// URL the bridge uses to reach the homeserver's client-server API, e.g.
+    /// `http://127.0.0.1:8008`.
+    pub url: String,
+    /// The homeserver's server name (the part after `:` in user IDs), e.g. `example.org`.
+    pub domain: String,
+    /// Most requests in flight towards the homeserver at once.
+    #[serde(default = "default_hs_concurrency")]
+    pub max_concurrency: usize,
+    /// How often a failed homeserver request (429, 5xx, connection error) is retried.
+    #[serde(default = "default_hs_retries")]
+    pub max_retries: u32,
+}
+
+fn default_hs_concurrency() -> usize {
+    64
+}
+fn default_hs_retries() -> u32 {
+    6
+}
+
+/// `appservice` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppserviceConfig {
+    /// Registration ID; never change it after registering.
+    #[serde(default = "default_as_id")]
+    pub id: String,
+    /// Address the appservice HTTP server listens on.
+    pub listen: SocketAddr,
+    /// URL the homeserver uses to reach this bridge (written into the registration).
+    pub url: String,
+    /// Token the bridge uses towards the homeserver.
+    pub as_token: Secret,
+    /// Token the homeserver uses towards the bridge.
+    pub hs_token: Secret,
+    /// Localpart of the bridge bot.
+    #[serde(default = "default_bot_localpart")]
+    pub bot_localpart: String,
+    /// Display name of the bridge bot.
+    #[serde(default = "default_bot_displayname")]
+    pub bot_displayname: String,
+    /// Prefix of every user ID and alias the bridge owns; must start with `_`.
+    #[serde(default = "default_namespace_prefix")]
+    pub namespace_prefix: String,
+    /// Largest transaction body accepted, in bytes. Never set this below what the homeserver
+    /// may send: a refused transaction is retried by the homeserver forever.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Accept the hs_token in the deprecated `access_token` query parameter.
+    #[serde(default)]
+    pub allow_query_token: bool,
+    /// Ask for typing, receipts and presence (ephemeral events) in the registration.
+    #[serde(default = "default_true")]
+    pub receive_ephemeral: bool,
+}
+
+fn default_as_id() -> String {
+    "isthmus".into()
+}
+fn default_bot_localpart() -> String {
+    "_isthmus_bot".into()
+}
+fn default_bot_displayname() -> String {
+    "isthmus bridge bot".into()
+}
+fn default_namespace_prefix() -> String {
+    "_".into()
+}
+fn default_max_body() -> usize {
+    32 << 20
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Permission level of a Matrix user on the bridge, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PermissionLevel {
+    /// May not use the bridge at all.
+    None,
+    /// May talk in portals where relay mode is on; messages go out through the relay.
+    Relay,
+    /// May log in, start chats and use the bridge.
+    User,
+    /// Everything, including other users' portals and admin commands.
+    Admin,
+}
+
+/// `bridge` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// Command prefix in rooms other than the management room.
+    #[serde(default = "default_command_prefix")]
+    pub command_prefix: String,
+    /// Template of ghost user localparts; `{network}` and `{id}` (the escaped remote ID) are
+    /// replaced. Must start with the namespace prefix and contain both placeholders.
+    #[serde(default = "default_ghost_template")]
+    pub ghost_localpart_template: String,
+    /// Template of ghost display names; `{name}` and `{network}` are replaced.
+    #[serde(default = "default_displayname_template")]
+    pub ghost_displayname_template: String,
+    /// Template of room alias localparts for group chats; `{network}` and `{id}` replaced.
+    #[serde(default = "default_ghost_template")]
+    pub alias_localpart_template: String,
+    /// Who may do what: keys are `*`, a server name, or a full user ID; the most specific wins.
+    #[serde(default = "default_permissions")]
+    pub permissions: BTreeMap<String, PermissionLevel>,
+    /// Relay mode.
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// Bridge `m.notice` messages to remote networks.
+    #[serde(default)]
+    pub bridge_notices: bool,
+    /// How long an idle portal task stays in memory, in seconds.
+    #[serde(default = "default_portal_idle")]
+    pub portal_idle_seconds: u64,
+}
+
+fn default_command_prefix() -> String {
+    "!isthmus".into()
+}
+fn default_ghost_template() -> String {
+    "_{network}_{id}".into()
+}
+fn default_displayname_template() -> String {
+    "{name} ({network})".into()
+}
+fn default_permissions() -> BTreeMap<String, PermissionLevel> {
+    BTreeMap::new()
+}
+fn default_portal_idle() -> u64 {
+    300
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            command_prefix: default_command_prefix(),
+            ghost_localpart_template: default_ghost_template(),
+            ghost_displayname_template: default_displayname_template(),
+            alias_localpart_template: default_ghost_template(),
+            permissions: default_permissions(),
+            relay: RelayConfig::default(),
+            bridge_notices: false,
+            portal_idle_seconds: default_portal_idle(),
+        }
+    }
+}
+
+/// `bridge.relay` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Allow `set-relay` in portals.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Format of a relayed message: `{sender}` (display name), `{user_id}` and `{body}` are
+    /// replaced.
+    #[serde(default = "default_relay_format")]
+    pub message_format: String,
+}
+
+fn default_relay_format() -> String {
+    "{sender}: {body}".into()
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            message_format: default_relay_format(),
+        }
+    }
+}
+
+/// `database` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Folder of the embedded store; created when missing.
+    pub path: PathBuf,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `logging` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Filter in `tracing` syntax, e.g. `info` or `isthmus=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// Output format.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+/// `networks` section: one optional subsection per network.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworksConfig {
+    /// The loopback test network (for tests and demos only).
+    #[serde(default)]
+    pub loopback: Option<LoopbackConfig>,
+}
+
+/// `networks.loopback` section: an in-process network driven over a local control socket.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopbackConfig {
+    /// Address of the control socket (JSON lines); loopback addresses only.
+    pub control: SocketAddr,
+}
+
+/// The secrets of a configuration, resolved.
+#[derive(Clone)]
+pub struct ResolvedSecrets {
+    /// Token towards the homeserver.
+    pub as_token: String,
+    /// Token from the homeserver.
+    pub hs_token: String,
+}
+
+impl fmt::Debug for ResolvedSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResolvedSecrets(<redacted>)")
+    }
+}
+
+impl Config {
+    /// Reads and parses `path` (no validation).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses YAML text (no validation).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every setting and resolves the secrets. The first problem found is returned,
+    /// naming the key and saying how to fix it.
+    pub fn validate(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ResolvedSecrets, ConfigError> {
+        let hs = &self.homeserver;
+        if !(hs.url.starts_with("http://") || hs.url.starts_with("https://")) {
+            return Err(invalid(
+                "homeserver.url",
+                "must start with http:// or https://",
+            ));
+        }
+        check_placeholder("homeserver.url", &hs.url)?;
+        if hs.domain.is_empty() || hs.domain.contains(['/', '@', ' ']) {
+            return Err(invalid(
+                "homeserver.domain",
+                "must be the server name only, such as example.org",
+            ));
+        }
+        check_placeholder("homeserver.domain", &hs.domain)?;
+        if hs.max_concurrency == 0 {
+            return Err(invalid("homeserver.max_concurrency", "must be at least 1"));
+        }
+        let asc = &self.appservice;
+        if asc.id.is_empty() {
+            return Err(invalid("appservice.id", "must not be empty"));
+        }
+        if !(asc.url.starts_with("http://") || asc.url.starts_with("https://")) {
+            return Err(invalid(
+                "appservice.url",
+                "must be the http(s) URL where the homeserver reaches the bridge",
+            ));
+        }
+        check_placeholder("appservice.url", &asc.url)?;
+        if !asc.namespace_prefix.starts_with('_') {
+            return Err(invalid(
+                "appservice.namespace_prefix",
+                "must start with `_` so that it cannot collide with normal users",
+            ));
+        }
+        if !asc.bot_localpart.starts_with(&asc.namespace_prefix) {
+            return Err(invalid(
+                "appservice.bot_localpart",
+                format!(
+                    "must start with the namespace prefix `{}`",
+                    asc.namespace_prefix
+                ),
+            ));
+        }
+        if asc.max_body_bytes < (1 << 20) {
+            return Err(invalid(
+                "appservice.max_body_bytes",
+                "must be at least 1 MiB (16 MiB or more recommended): a refused transaction is retried forever",
+            ));
+        }
+        let b = &self.bridge;
+        for (key, tpl) in [
+            (
+                "bridge.ghost_localpart_template",
+                &b.ghost_localpart_template,
+            ),
+            (
+                "bridge.alias_localpart_template",
+                &b.alias_localpart_template,
+            ),
+        ] {
+            if !tpl.contains("{network}") || !tpl.contains("{id}") {
+                return Err(invalid(key, "must contain both {network} and {id}"));
+            }
+            if !tpl.starts_with(&asc.namespace_prefix) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must start with the namespace prefix `{}`",
+                        asc.namespace_prefix
+                    ),
+                ));
+            }
+        }
+        if !b.ghost_displayname_template.contains("{name}") {
+            return Err(invalid(
+                "bridge.ghost_displayname_template",
+                "must contain {name}",
+            ));
+        }
+        if b.permissions.is_empty() {
+            return Err(invalid(
+                "bridge.permissions",
+                "is empty, so nobody could use the bridge; add for example `example.org: user` and `@you:example.org: admin`",
+            ));
+        }
+        for key in b.permissions.keys() {
+            let ok = key == "*"
+                || (key.starts_with('@') && key.contains(':'))
+                || (!key.is_empty() && !key.contains(['@', ':', ' ', '/']));
+            if !ok {
+                return Err(invalid(
+                    &format!("bridge.permissions.{key}"),
+                    "keys are `*`, a server name, or a full user ID such as @you:example.org",
+                ));
+            }
+            check_placeholder(&format!("bridge.permissions.{key}"), key)?;
+        }
+        if !b.command_prefix.starts_with('!') || b.command_prefix.contains(char::is_whitespace) {
+            return Err(invalid(
+                "bridge.command_prefix",
+                "must start with `!` and contain no spaces",
+            ));
+        }
+        if let Some(lb) = &self.networks.loopback
+            && !lb.control.ip().is_loopback()
+        {
+            return Err(invalid(
+                "networks.loopback.control",
+                "must be a loopback address such as 127.0.0.1:29340",
+            ));
+        }
+        let as_token = asc.as_token.resolve("appservice.as_token", env)?;
+        let hs_token = asc.hs_token.resolve("appservice.hs_token", env)?;
+        if as_token == hs_token {
+            return Err(invalid(
+                "appservice.hs_token",
+                "must differ from appservice.as_token",
+            ));
+        }
+        Ok(ResolvedSecrets { as_token, hs_token })
+    }
+}
+
+fn check_placeholder(key: &str, value: &str) -> Result<(), ConfigError> {
+    if PLACEHOLDERS
+        .iter()
+        .any(|p| value.to_ascii_lowercase().contains(&p.to_ascii_lowercase()))
+    {
+        return Err(invalid(
+            key,
+            "still holds the example placeholder; put your real value here",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+homeserver:
+  url: http://127.0.0.1:8008
+  domain: localhost
+appservice:
+  listen: 127.0.0.1:29331
+  url: http://127.0.0.1:29331
+  as_token: as_secret_value_1
+  hs_token: {env: HS_TOKEN}
+database:
+  path: /tmp/x
+bridge:
+  permissions:
+    "*": relay
+    localhost: user
+    "@admin:localhost": admin
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "HS_TOKEN").then(|| "hs_secret_value_2".to_owned())
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn err_key(cfg: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+        match Config::parse(cfg).unwrap().validate(env) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_config_resolves_secrets_from_env() {
+        let cfg = Config::parse(GOOD).unwrap();
+        let s = cfg.validate(&env).unwrap();
+        assert_eq!(s.as_token, "as_secret_value_1");
+        assert_eq!(s.hs_token, "hs_secret_value_2");
+        assert_eq!(cfg.appservice.max_body_bytes, 32 << 20);
+    }
+
+    #[test]
+    fn missing_env_secret_names_the_key() {
+        assert_eq!(err_key(GOOD, &no_env), "appservice.hs_token");
+    }
+
+    #[test]
+    fn secret_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("hs");
+        std::fs::write(&f, "from_file_secret\n").unwrap();
+        let s = Secret::File { file: f.clone() };
+        assert_eq!(s.resolve("k", &no_env).unwrap(), "from_file_secret");
+        let missing = Secret::File {
+            file: dir.path().join("nope"),
+        };
+        assert!(missing.resolve("k", &no_env).is_err());
+    }
+
+    #[test]
+    fn placeholders_are_refused() {
+        let cfg = GOOD.replace("as_secret_value_1", "CHANGE_ME");
+        assert_eq!(err_key(&cfg, &env), "appservice.as_token");
+        let cfg = GOOD.replace("domain: localhost", "domain: CHANGE_ME.example");
+        assert_eq!(err_key(&cfg, &env), "homeserver.domain");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(
+            err_key(
+                &GOOD.replace("http://127.0.0.1:8008", "127.0.0.1:8008"),
+                &env
+            ),
+            "homeserver.url"
+        );
+        let no_perms = GOOD.replace(
+            "  permissions:\n    \"*\": relay\n    localhost: user\n    \"@admin:localhost\": admin\n",
+            "  permissions: {}\n",
+        );
+        assert_eq!(err_key(&no_perms, &env), "bridge.permissions");
+        let bad_tpl = format!("{GOOD}  ghost_localpart_template: \"_x_{{id}}\"\n");
+        assert_eq!(err_key(&bad_tpl, &env), "bridge.ghost_localpart_template");
+        let same = GOOD.replace("as_secret_value_1", "hs_secret_value_2");
+        assert_eq!(err_key(&same, &env), "appservice.hs_token");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_position() {
+        let err = Config::parse(&format!("{GOOD}bogus: 1\n")).unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::Inline("topsecret".into());
+        assert!(!format!("{s:?}").contains("topsecret"));
+        let cfg = Config::parse(GOOD).unwrap();
+        assert!(!format!("{cfg:?}").contains("as_secret_value_1"));
+    }
+}

@@ -1,0 +1,27 @@
+//! isthmus: a Matrix application-service bridge to other IM networks.
+//!
+//! | module | role |
+//! |---|---|
+//! | [`app`] | start-up and shutdown: command line, config, tracing, wiring |
+//! | [`config`] | typed configuration and its validation |
+//! | [`appservice`] | homeserver → bridge: the Application Service API server |
+//! | [`matrix`] | bridge → homeserver: the client-server API client |
+//! | [`store`] | the embedded sled store |
+//! | [`bridge`] | the core: portals, ghosts, users, logins, relay, ordered dispatch |
+//! | [`commands`] | bot commands |
+//! | [`network`] | the connector boundary |
+//! | [`loopback`] | an in-process network for tests and demonstrations |
+//! | [`metrics`] | Prometheus metrics |
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod appservice;
+pub mod bridge;
+pub mod commands;
+pub mod config;
+pub mod loopback;
+pub mod matrix;
+pub mod metrics;
+pub mod network;
+pub mod store;

@@ -1,0 +1,186 @@
+//! Events that cross the connector boundary, in both directions.
+
+use serde::{Deserialize, Serialize};
+
+use super::{RemoteChatId, RemoteMessageId, RemoteUserId};
+
+/// Direct (two parties) or group chat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatKind {
+    /// One remote contact and one Matrix user.
+    Direct,
+    /// A group chat.
+    Group,
+}
+
+/// How a message is meant, as Matrix distinguishes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// Ordinary text.
+    #[default]
+    Text,
+    /// `/me` action.
+    Emote,
+    /// Automated notice.
+    Notice,
+}
+
+/// The content of a message, network-neutral.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageContent {
+    /// Text or emote or notice.
+    #[serde(default)]
+    pub kind: MessageKind,
+    /// Plain-text body; always present.
+    pub body: String,
+    /// Sanitised HTML, when the message is formatted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+}
+
+impl MessageContent {
+    /// A plain text message.
+    pub fn text(body: impl Into<String>) -> Self {
+        Self {
+            kind: MessageKind::Text,
+            body: body.into(),
+            html: None,
+        }
+    }
+}
+
+/// Presence of a user, modelled on PIDF (RFC 3863) so that every network maps onto it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Basic status.
+    pub state: PresenceState,
+    /// Free text ("in a meeting").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// Basic presence status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceState {
+    /// Available.
+    Online,
+    /// Reachable but away or busy.
+    Unavailable,
+    /// Not reachable.
+    Offline,
+}
+
+/// A change of membership in a remote group chat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipChange {
+    /// Joined.
+    Join,
+    /// Left.
+    Leave,
+}
+
+/// Something that happened on a remote network, to be bridged to Matrix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RemoteEvent {
+    /// The conversation it happened in.
+    pub chat: RemoteChatId,
+    /// Direct or group.
+    pub chat_kind: ChatKind,
+    /// For a direct chat: the Matrix user on this side (full user ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver: Option<String>,
+    /// Who did it.
+    pub sender: RemoteUserId,
+    /// The sender's display name, when the network told it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<String>,
+    /// When it happened, milliseconds since the Unix epoch; `None` means now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_ms: Option<u64>,
+    /// What happened.
+    pub kind: RemoteEventKind,
+}
+
+/// What happened, with what it refers to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RemoteEventKind {
+    /// A new message.
+    Message {
+        /// The network's ID of the message.
+        id: RemoteMessageId,
+        /// The content.
+        content: MessageContent,
+        /// The message it replies to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<RemoteMessageId>,
+    },
+    /// A new content for an earlier message.
+    Edit {
+        /// The original message.
+        target: RemoteMessageId,
+        /// The new content.
+        content: MessageContent,
+    },
+    /// An earlier message was retracted.
+    Redaction {
+        /// The retracted message.
+        target: RemoteMessageId,
+    },
+    /// A reaction was added or removed.
+    Reaction {
+        /// The message reacted to.
+        target: RemoteMessageId,
+        /// The emoji.
+        key: String,
+        /// Removed rather than added.
+        remove: bool,
+    },
+    /// The sender started or stopped typing.
+    Typing {
+        /// Typing now.
+        active: bool,
+    },
+    /// The sender read everything up to a message.
+    Receipt {
+        /// The last message read.
+        up_to: RemoteMessageId,
+    },
+    /// The sender's presence changed.
+    Presence(Presence),
+    /// The chat's name or topic changed.
+    ChatInfo {
+        /// New name; `None` means unchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// New topic; `None` means unchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+    },
+    /// Someone joined or left a group chat (the sender).
+    Membership {
+        /// Joined or left.
+        change: MembershipChange,
+    },
+}
+
+impl RemoteEventKind {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RemoteEventKind::Message { .. } => "message",
+            RemoteEventKind::Edit { .. } => "edit",
+            RemoteEventKind::Redaction { .. } => "redaction",
+            RemoteEventKind::Reaction { .. } => "reaction",
+            RemoteEventKind::Typing { .. } => "typing",
+            RemoteEventKind::Receipt { .. } => "receipt",
+            RemoteEventKind::Presence(_) => "presence",
+            RemoteEventKind::ChatInfo { .. } => "chat_info",
+            RemoteEventKind::Membership { .. } => "membership",
+        }
+    }
+}

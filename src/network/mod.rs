@@ -1,0 +1,480 @@
+//! The connector boundary: what a remote network implements to plug into the core.
+//!
+//! The shape follows the bridgev2 model: a [`Connector`] per network, a [`NetworkClient`] per
+//! identity that can act on the network (a bridge-wide identity such as a gateway component or
+//! trunk, or one login of one Matrix user), login flows as steps ([`LoginProcess`]), and
+//! [`RemoteEvent`]s flowing into the core through an [`EventSink`].
+//!
+//! Contracts that hold for every connector:
+//! - A connector never calls the homeserver and never touches the store. It reports what happens
+//!   on its network through the [`EventSink`] and answers the calls the core makes.
+//! - IDs ([`RemoteUserId`], [`RemoteChatId`], [`RemoteMessageId`]) are opaque to the core: only
+//!   the connector that issued one parses it.
+//! - Methods that send to the network may take as long as the network takes; the core calls them
+//!   from the portal's own task, one at a time per portal, so they must not block the thread.
+
+mod events;
+mod ids;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use self::events::*;
+pub use self::ids::{LoginId, NetworkId, RemoteChatId, RemoteMessageId, RemoteUserId};
+
+/// Why a call into a connector failed. The variant carries the policy: whether it is worth a
+/// retry and whether the Matrix user is told.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The network or this connector cannot do this at all; the user is told once, no retry.
+    #[error("not supported by this network: {0}")]
+    Unsupported(&'static str),
+    /// There is no identity that could act for this user on this network.
+    #[error("not logged in to this network")]
+    NotLoggedIn,
+    /// The network refused the credentials; the login needs `relogin`.
+    #[error("bad credentials: {0}")]
+    BadCredentials(String),
+    /// What the user typed is not valid here (the message says what is expected).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The network answered that the message cannot be delivered; certain, no retry.
+    #[error("undeliverable: {0}")]
+    Undeliverable(String),
+    /// A passing failure (connection down, timeout); the core retries with backoff.
+    #[error("temporary failure: {0}")]
+    Transient(String),
+    /// Anything else; logged, and the user sees a generic failure notice.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl NetworkError {
+    /// Whether the core should retry the same operation later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, NetworkError::Transient(_))
+    }
+}
+
+/// What a network can carry, per portal. The core uses these flags to tell a Matrix user that
+/// something was not bridged instead of dropping it silently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Formatted (HTML) bodies.
+    pub formatting: bool,
+    /// Edits of earlier messages.
+    pub edits: bool,
+    /// Deleting (retracting) earlier messages.
+    pub redactions: bool,
+    /// Emoji reactions.
+    pub reactions: bool,
+    /// Replies that point at an earlier message.
+    pub replies: bool,
+    /// Typing notifications.
+    pub typing: bool,
+    /// Read receipts.
+    pub receipts: bool,
+    /// Presence of users.
+    pub presence: bool,
+    /// Group chats (more than two parties).
+    pub group_chats: bool,
+}
+
+impl Capabilities {
+    /// Every capability on.
+    pub const ALL: Capabilities = Capabilities {
+        formatting: true,
+        edits: true,
+        redactions: true,
+        reactions: true,
+        replies: true,
+        typing: true,
+        receipts: true,
+        presence: true,
+        group_chats: true,
+    };
+}
+
+/// One field of a third-party lookup (Matrix `thirdparty` API).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThirdPartyField {
+    /// Field name, such as `jid`.
+    pub name: String,
+    /// Regular expression a valid value matches.
+    pub regexp: String,
+    /// Placeholder shown to users.
+    pub placeholder: String,
+}
+
+/// Static description of a network, shown to users and used for the `thirdparty` endpoints.
+#[derive(Clone, Debug)]
+pub struct NetworkInfo {
+    /// Short ID used in ghost IDs and commands.
+    pub id: NetworkId,
+    /// Human-readable name ("XMPP").
+    pub display_name: String,
+    /// Protocol ID advertised to Matrix clients in the `thirdparty` API.
+    pub protocol: String,
+    /// What the network carries.
+    pub capabilities: Capabilities,
+    /// Fields that identify a user of this network in third-party lookups.
+    pub user_fields: Vec<ThirdPartyField>,
+    /// Fields that identify a group chat of this network in third-party lookups.
+    pub location_fields: Vec<ThirdPartyField>,
+    /// Example of a user ID, shown in help texts (`bob@example.org`).
+    pub user_id_example: String,
+}
+
+/// Bridge-level state of a login or of a bridge-wide link, as mautrix bridges report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BridgeState {
+    /// Not connected yet.
+    Starting,
+    /// Connecting or logging in.
+    Connecting,
+    /// Working.
+    Connected,
+    /// Lost the connection; reconnecting by itself.
+    TransientDisconnect,
+    /// The network refused the credentials; needs `relogin`.
+    BadCredentials,
+    /// Logged out (by the user or the network).
+    LoggedOut,
+    /// Failed for another reason; see the logs.
+    UnknownError,
+}
+
+impl BridgeState {
+    /// The state name as it appears in `status`, metrics and state events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BridgeState::Starting => "STARTING",
+            BridgeState::Connecting => "CONNECTING",
+            BridgeState::Connected => "CONNECTED",
+            BridgeState::TransientDisconnect => "TRANSIENT_DISCONNECT",
+            BridgeState::BadCredentials => "BAD_CREDENTIALS",
+            BridgeState::LoggedOut => "LOGGED_OUT",
+            BridgeState::UnknownError => "UNKNOWN_ERROR",
+        }
+    }
+
+    /// All states, for metrics that show every state.
+    pub const ALL: [BridgeState; 7] = [
+        BridgeState::Starting,
+        BridgeState::Connecting,
+        BridgeState::Connected,
+        BridgeState::TransientDisconnect,
+        BridgeState::BadCredentials,
+        BridgeState::LoggedOut,
+        BridgeState::UnknownError,
+    ];
+}
+
+/// A login as the store keeps it. `data` is the connector's own, opaque to the core.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoginData {
+    /// Unique per network and Matrix user.
+    pub id: LoginId,
+    /// The remote account this login acts as.
+    pub remote_user: RemoteUserId,
+    /// A name for the account, shown in `logins`.
+    pub remote_name: String,
+    /// Whatever the connector needs to restore the session (may hold credentials).
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// One input a login step asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginField {
+    /// Key under which the value is submitted.
+    pub id: String,
+    /// Label shown to the user.
+    pub name: String,
+    /// Whether the value is secret (the command message holding it is redacted).
+    pub secret: bool,
+}
+
+/// A login flow a connector offers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginFlow {
+    /// ID passed to [`Connector::start_login`].
+    pub id: String,
+    /// Name shown to the user.
+    pub name: String,
+    /// One line on what the flow does.
+    pub description: String,
+}
+
+/// What a login process wants next.
+pub enum LoginStep {
+    /// Ask the user for these fields, with instructions.
+    Input {
+        /// Text shown before asking.
+        instructions: String,
+        /// The fields, asked one by one in the management room.
+        fields: Vec<LoginField>,
+    },
+    /// Logged in: store `login` and use `client`.
+    Complete {
+        /// What to store.
+        login: LoginData,
+        /// The client, already connected or connecting.
+        client: Arc<dyn NetworkClient>,
+    },
+}
+
+/// A login in progress, driven step by step by the core.
+#[async_trait]
+pub trait LoginProcess: Send {
+    /// The first step.
+    fn first_step(&mut self) -> LoginStep;
+
+    /// Submits the values for the fields of the last `Input` step.
+    async fn submit(&mut self, input: BTreeMap<String, String>) -> Result<LoginStep, NetworkError>;
+}
+
+/// The Matrix user on whose behalf something is sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatrixSender {
+    /// Full Matrix user ID.
+    pub user_id: String,
+    /// Display name (falls back to the localpart).
+    pub displayname: String,
+}
+
+/// The conversation a call is about, as the connector named it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalRef {
+    /// The remote conversation.
+    pub chat: RemoteChatId,
+    /// Direct or group.
+    pub kind: ChatKind,
+    /// For a direct chat: the Matrix user on this side of it.
+    pub receiver: Option<String>,
+}
+
+/// A Matrix message to send to the network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutgoingMessage {
+    /// Who wrote it on Matrix.
+    pub sender: MatrixSender,
+    /// The Matrix event ID, for connectors that keep their own correlation.
+    pub event_id: String,
+    /// The content.
+    pub content: MessageContent,
+    /// The remote message this one replies to, when it is bridged.
+    pub reply_to: Option<RemoteMessageId>,
+    /// Sent through someone else's identity (relay): `content` already carries the sender's name.
+    pub relayed: bool,
+}
+
+/// An identity that can act on a remote network: a bridge-wide identity that can speak for any
+/// Matrix user (a gateway), or one Matrix user's own login.
+///
+/// The `send_*` methods must not return before the network accepted the operation or refused
+/// it; a [`NetworkError::Transient`] makes the core retry later.
+#[async_trait]
+pub trait NetworkClient: Send + Sync {
+    /// Current state of this identity.
+    fn state(&self) -> BridgeState;
+
+    /// Whether this is a bridge-wide identity that sends as any Matrix user.
+    fn is_bridge_wide(&self) -> bool {
+        false
+    }
+
+    /// Sends a message and returns the ID the network gave it.
+    async fn send_message(
+        &self,
+        portal: &PortalRef,
+        message: &OutgoingMessage,
+    ) -> Result<RemoteMessageId, NetworkError>;
+
+    /// Replaces the content of an earlier message, aimed at the original's ID.
+    async fn send_edit(
+        &self,
+        _portal: &PortalRef,
+        _sender: &MatrixSender,
+        _target: &RemoteMessageId,
+        _content: &MessageContent,
+    ) -> Result<(), NetworkError> {
+        Err(NetworkError::Unsupported("edits"))
+    }
+
+    /// Retracts an earlier message.
+    async fn send_redaction(
+        &self,
+        _portal: &PortalRef,
+        _sender: &MatrixSender,
+        _target: &RemoteMessageId,
+    ) -> Result<(), NetworkError> {
+        Err(NetworkError::Unsupported("deleting messages"))
+    }
+
+    /// Adds (`remove == false`) or removes a reaction.
+    async fn send_reaction(
+        &self,
+        _portal: &PortalRef,
+        _sender: &MatrixSender,
+        _target: &RemoteMessageId,
+        _key: &str,
+        _remove: bool,
+    ) -> Result<(), NetworkError> {
+        Err(NetworkError::Unsupported("reactions"))
+    }
+
+    /// Starts or stops a typing notification.
+    async fn send_typing(
+        &self,
+        _portal: &PortalRef,
+        _sender: &MatrixSender,
+        _typing: bool,
+    ) -> Result<(), NetworkError> {
+        Err(NetworkError::Unsupported("typing notifications"))
+    }
+
+    /// Marks everything up to `up_to` as read.
+    async fn send_receipt(
+        &self,
+        _portal: &PortalRef,
+        _sender: &MatrixSender,
+        _up_to: &RemoteMessageId,
+    ) -> Result<(), NetworkError> {
+        Err(NetworkError::Unsupported("read receipts"))
+    }
+
+    /// Publishes a Matrix user's presence.
+    async fn set_presence(
+        &self,
+        _sender: &MatrixSender,
+        _presence: &Presence,
+    ) -> Result<(), NetworkError> {
+        Err(NetworkError::Unsupported("presence"))
+    }
+
+    /// Ends this session on the network. Called on `logout`.
+    async fn logout(&self) -> Result<(), NetworkError> {
+        Ok(())
+    }
+}
+
+/// A remote network plugged into the bridge.
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    /// Static description.
+    fn info(&self) -> &NetworkInfo;
+
+    /// Starts the connector's background work (connections, listeners). Must return once the
+    /// work is spawned; events go to `sink`.
+    async fn start(&self, sink: EventSink) -> Result<(), NetworkError>;
+
+    /// Stops the background work; idempotent.
+    async fn stop(&self);
+
+    /// The bridge-wide identity, if this network has one (a gateway component, a trunk).
+    fn bridge_client(&self) -> Option<Arc<dyn NetworkClient>> {
+        None
+    }
+
+    /// Login flows a Matrix user can use; empty when the network has no per-user logins.
+    fn login_flows(&self) -> Vec<LoginFlow> {
+        Vec::new()
+    }
+
+    /// Begins a login for Matrix user `user_id` with flow `flow_id`.
+    async fn start_login(
+        &self,
+        _user_id: &str,
+        _flow_id: &str,
+    ) -> Result<Box<dyn LoginProcess>, NetworkError> {
+        Err(NetworkError::Unsupported("logging in"))
+    }
+
+    /// Restores a stored login at start-up (or after `relogin`).
+    async fn load_login(
+        &self,
+        _user_id: &str,
+        _login: &LoginData,
+    ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
+        Err(NetworkError::Unsupported("logging in"))
+    }
+
+    /// Parses what a user typed (or what a ghost user ID decodes to) into a user ID of this
+    /// network, normalised; an error says what a valid ID looks like.
+    fn parse_user_id(&self, raw: &str) -> Result<RemoteUserId, NetworkError>;
+
+    /// Parses a group chat address; `Ok(None)` when the network has no group chats.
+    fn parse_group_chat_id(&self, _raw: &str) -> Result<Option<RemoteChatId>, NetworkError> {
+        Ok(None)
+    }
+
+    /// A display name for a remote user the core has no name for yet.
+    fn default_display_name(&self, user: &RemoteUserId) -> String {
+        user.as_str().to_owned()
+    }
+
+    /// Lines for `status`: the state of bridge-wide links, with a short detail each.
+    fn status(&self) -> Vec<(String, BridgeState)> {
+        Vec::new()
+    }
+}
+
+/// Where a connector delivers what happens on its network. Implemented by the core.
+///
+/// `push` returns once the event is stored durably, so a connector may acknowledge the remote
+/// side afterwards and nothing is lost if the bridge stops.
+#[async_trait]
+pub trait RemoteEventHandler: Send + Sync {
+    /// Stores and schedules one event.
+    async fn push(&self, network: &NetworkId, event: RemoteEvent) -> Result<(), SinkError>;
+
+    /// Reports the state of a login (`Some`) or of the bridge-wide link (`None`).
+    async fn report_state(
+        &self,
+        network: &NetworkId,
+        user_id: Option<&str>,
+        state: BridgeState,
+        message: Option<String>,
+    );
+}
+
+/// The event sink failed to store an event (the store is broken or the bridge is stopping).
+#[derive(Debug, thiserror::Error)]
+#[error("could not store remote event: {0}")]
+pub struct SinkError(pub String);
+
+/// A connector's handle on the core, bound to its network.
+#[derive(Clone)]
+pub struct EventSink {
+    network: NetworkId,
+    handler: Arc<dyn RemoteEventHandler>,
+}
+
+impl EventSink {
+    /// Binds `handler` to `network`.
+    pub fn new(network: NetworkId, handler: Arc<dyn RemoteEventHandler>) -> Self {
+        Self { network, handler }
+    }
+
+    /// Stores and schedules one event; see [`RemoteEventHandler::push`].
+    pub async fn push(&self, event: RemoteEvent) -> Result<(), SinkError> {
+        self.handler.push(&self.network, event).await
+    }
+
+    /// Reports a state change.
+    pub async fn report_state(
+        &self,
+        user_id: Option<&str>,
+        state: BridgeState,
+        message: Option<String>,
+    ) {
+        self.handler
+            .report_state(&self.network, user_id, state, message)
+            .await
+    }
+}

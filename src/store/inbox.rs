@@ -1,0 +1,217 @@
+//! Homeserver transaction dedup and the durable inbox of events waiting to be bridged.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sled::Transactional;
+
+use super::{Store, StoreError, decode, encode};
+use crate::network::{NetworkId, RemoteEvent};
+
+/// What the store remembers of a homeserver transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRecord {
+    /// When it was committed, milliseconds since the Unix epoch.
+    pub received_ms: u64,
+    /// How many items it put in the inbox.
+    pub items: u32,
+}
+
+/// One unit of work waiting in the inbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboxItem {
+    /// A timeline event from the homeserver.
+    Matrix {
+        /// The room, used to pick the portal queue.
+        room_id: String,
+        /// The event as the homeserver sent it.
+        event: Box<RawValue>,
+    },
+    /// An ephemeral event (typing, receipt, presence) from the homeserver.
+    Ephemeral {
+        /// The room, when the event has one.
+        #[serde(default)]
+        room_id: Option<String>,
+        /// The event as the homeserver sent it.
+        event: Box<RawValue>,
+    },
+    /// An event from a remote network.
+    Remote {
+        /// The network it came from.
+        network: NetworkId,
+        /// The event.
+        event: RemoteEvent,
+    },
+}
+
+/// Result of committing a homeserver transaction.
+#[derive(Debug)]
+pub enum TxnOutcome {
+    /// New: the items are in the inbox under these sequence numbers.
+    New(Vec<u64>),
+    /// Seen before; nothing was stored.
+    Duplicate,
+}
+
+impl Store {
+    /// Commits a homeserver transaction: records `txn_id` and puts `items` into the inbox in
+    /// one atomic step, then waits until it is on disk. A transaction ID seen before stores
+    /// nothing and returns [`TxnOutcome::Duplicate`].
+    pub async fn commit_transaction(
+        &self,
+        txn_id: &str,
+        items: &[InboxItem],
+        now_ms: u64,
+    ) -> Result<TxnOutcome, StoreError> {
+        let encoded: Vec<Vec<u8>> = items.iter().map(encode).collect();
+        let record = encode(&TxnRecord {
+            received_ms: now_ms,
+            items: items.len() as u32,
+        });
+        let mut seqs = Vec::with_capacity(items.len());
+        for _ in items {
+            seqs.push(self.db.generate_id()?);
+        }
+        let result = (&self.txns, &self.inbox).transaction(|(txns, inbox)| {
+            if txns.get(txn_id.as_bytes())?.is_some() {
+                return Ok(false);
+            }
+            txns.insert(txn_id.as_bytes(), record.as_slice())?;
+            for (seq, value) in seqs.iter().zip(&encoded) {
+                inbox.insert(&seq.to_be_bytes(), value.as_slice())?;
+            }
+            Ok(true)
+        });
+        let fresh = result.map_err(|e: sled::transaction::TransactionError<()>| match e {
+            sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
+            sled::transaction::TransactionError::Abort(()) => unreachable!("never aborts"),
+        })?;
+        if !fresh {
+            return Ok(TxnOutcome::Duplicate);
+        }
+        self.flush().await?;
+        Ok(TxnOutcome::New(seqs))
+    }
+
+    /// Whether a homeserver transaction ID was committed before.
+    pub fn has_transaction(&self, txn_id: &str) -> Result<bool, StoreError> {
+        Ok(self.txns.contains_key(txn_id.as_bytes())?)
+    }
+
+    /// Puts one item into the inbox and waits until it is on disk; returns its sequence.
+    pub async fn enqueue(&self, item: &InboxItem) -> Result<u64, StoreError> {
+        let seq = self.db.generate_id()?;
+        self.inbox.insert(seq.to_be_bytes(), encode(item))?;
+        self.flush().await?;
+        Ok(seq)
+    }
+
+    /// One inbox item, if it is still there.
+    pub fn inbox_get(&self, seq: u64) -> Result<Option<InboxItem>, StoreError> {
+        self.inbox
+            .get(seq.to_be_bytes())?
+            .map(|v| decode("inbox", &v))
+            .transpose()
+    }
+
+    /// Every item still in the inbox, oldest first.
+    pub fn inbox_pending(&self) -> Result<Vec<(u64, InboxItem)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inbox.iter() {
+            let (k, v) = kv?;
+            let seq =
+                u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Decode {
+                    tree: "inbox",
+                    message: "key is not a u64".into(),
+                })?);
+            out.push((seq, decode("inbox", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Removes a handled item.
+    pub fn inbox_remove(&self, seq: u64) -> Result<(), StoreError> {
+        self.inbox.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Items waiting in the inbox.
+    pub fn inbox_len(&self) -> usize {
+        self.inbox.len()
+    }
+
+    /// Forgets transactions committed before `before_ms` whose items were all handled; the
+    /// homeserver never retries a transaction that old.
+    pub fn prune_transactions(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for kv in self.txns.iter() {
+            let (k, v) = kv?;
+            let rec: TxnRecord = decode("txns", &v)?;
+            if rec.received_ms < before_ms {
+                self.txns.remove(k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: u32) -> InboxItem {
+        InboxItem::Matrix {
+            room_id: "!r:hs".into(),
+            event: RawValue::from_string(format!(r#"{{"n":{n}}}"#)).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicate_transaction_stores_nothing() {
+        let s = Store::temporary().unwrap();
+        let TxnOutcome::New(seqs) = s
+            .commit_transaction("1", &[item(1), item(2)], 5)
+            .await
+            .unwrap()
+        else {
+            panic!("first commit must be new");
+        };
+        assert_eq!(seqs.len(), 2);
+        assert!(matches!(
+            s.commit_transaction("1", &[item(3)], 6).await.unwrap(),
+            TxnOutcome::Duplicate
+        ));
+        assert_eq!(s.inbox_len(), 2);
+        let pending = s.inbox_pending().unwrap();
+        assert!(pending[0].0 < pending[1].0, "inbox keeps order");
+        s.inbox_remove(seqs[0]).unwrap();
+        assert_eq!(s.inbox_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn transaction_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.commit_transaction("7", &[item(1)], 5).await.unwrap();
+        }
+        let s = Store::reopen(dir.path()).unwrap();
+        assert!(s.has_transaction("7").unwrap());
+        assert_eq!(s.inbox_pending().unwrap().len(), 1);
+        assert!(matches!(
+            s.commit_transaction("7", &[item(1)], 6).await.unwrap(),
+            TxnOutcome::Duplicate
+        ));
+    }
+
+    #[tokio::test]
+    async fn prune_forgets_old_transactions() {
+        let s = Store::temporary().unwrap();
+        s.commit_transaction("old", &[], 10).await.unwrap();
+        s.commit_transaction("new", &[], 1000).await.unwrap();
+        assert_eq!(s.prune_transactions(500).unwrap(), 1);
+        assert!(!s.has_transaction("old").unwrap());
+        assert!(s.has_transaction("new").unwrap());
+    }
+}

@@ -1,0 +1,140 @@
+//! The message map: Matrix event ID ↔ remote message ID, per portal.
+
+use serde::{Deserialize, Serialize};
+
+use super::{PortalKey, PortalRecord, Store, StoreError, codec, decode, encode};
+use crate::network::RemoteMessageId;
+
+/// One bridged message (or edit, or reaction), as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// The portal.
+    pub portal: PortalKey,
+    /// The Matrix room.
+    pub room_id: String,
+    /// The Matrix event.
+    pub event_id: String,
+    /// The remote message.
+    pub remote_id: RemoteMessageId,
+    /// The Matrix user (or ghost) that sent it.
+    pub sender: String,
+    /// When it was bridged, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// For a reaction: the message reacted to and the key (emoji).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<(RemoteMessageId, String)>,
+}
+
+impl Store {
+    /// Records a bridged message in both directions of the map.
+    pub fn put_message(&self, m: &MessageRecord) -> Result<(), StoreError> {
+        let by_event = codec::key(&[&m.room_id, &m.event_id]);
+        let remote_key = remote_key(&m.portal, &m.remote_id);
+        let mut batch_a = sled::Batch::default();
+        batch_a.insert(by_event.clone(), encode(m));
+        self.messages.apply_batch(batch_a)?;
+        self.messages_remote.insert(remote_key, by_event)?;
+        Ok(())
+    }
+
+    /// The bridged message for a Matrix event.
+    pub fn message_by_event(
+        &self,
+        room_id: &str,
+        event_id: &str,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.messages
+            .get(codec::key(&[room_id, event_id]))?
+            .map(|v| decode("messages", &v))
+            .transpose()
+    }
+
+    /// The bridged message for a remote message in a portal.
+    pub fn message_by_remote(
+        &self,
+        portal: &PortalKey,
+        remote_id: &RemoteMessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        match self.messages_remote.get(remote_key(portal, remote_id))? {
+            None => Ok(None),
+            Some(k) => self
+                .messages
+                .get(k)?
+                .map(|v| decode("messages", &v))
+                .transpose(),
+        }
+    }
+
+    /// Forgets a bridged message.
+    pub fn delete_message(&self, m: &MessageRecord) -> Result<(), StoreError> {
+        self.messages
+            .remove(codec::key(&[&m.room_id, &m.event_id]))?;
+        self.messages_remote
+            .remove(remote_key(&m.portal, &m.remote_id))?;
+        Ok(())
+    }
+
+    pub(super) fn delete_messages_of_portal(&self, p: &PortalRecord) -> Result<(), StoreError> {
+        for kv in self.messages.scan_prefix(codec::prefix(&[&p.room_id])) {
+            let (k, _) = kv?;
+            self.messages.remove(k)?;
+        }
+        let mut portal_prefix = p.key.encode();
+        portal_prefix.push(codec::SEP);
+        for kv in self.messages_remote.scan_prefix(portal_prefix) {
+            let (k, _) = kv?;
+            self.messages_remote.remove(k)?;
+        }
+        Ok(())
+    }
+}
+
+fn remote_key(portal: &PortalKey, remote_id: &RemoteMessageId) -> Vec<u8> {
+    let mut k = portal.encode();
+    k.push(codec::SEP);
+    k.extend_from_slice(remote_id.as_str().as_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::ChatKind;
+
+    #[test]
+    fn both_directions_and_portal_cleanup() {
+        let s = Store::temporary().unwrap();
+        let key = PortalKey::new("loopback", "bob", Some("@alice:hs"));
+        let m = MessageRecord {
+            portal: key.clone(),
+            room_id: "!r:hs".into(),
+            event_id: "$e1".into(),
+            remote_id: RemoteMessageId::new("lb-1"),
+            sender: "@alice:hs".into(),
+            timestamp_ms: 1,
+            reaction: None,
+        };
+        s.put_message(&m).unwrap();
+        assert_eq!(s.message_by_event("!r:hs", "$e1").unwrap(), Some(m.clone()));
+        assert_eq!(
+            s.message_by_remote(&key, &RemoteMessageId::new("lb-1"))
+                .unwrap(),
+            Some(m.clone())
+        );
+        // Another portal with the same chat but another receiver does not see it.
+        let other = PortalKey::new("loopback", "bob", Some("@carol:hs"));
+        assert!(
+            s.message_by_remote(&other, &RemoteMessageId::new("lb-1"))
+                .unwrap()
+                .is_none()
+        );
+        s.delete_portal(&PortalRecord::new(key.clone(), "!r:hs", ChatKind::Direct))
+            .unwrap();
+        assert!(s.message_by_event("!r:hs", "$e1").unwrap().is_none());
+        assert!(
+            s.message_by_remote(&key, &RemoteMessageId::new("lb-1"))
+                .unwrap()
+                .is_none()
+        );
+    }
+}

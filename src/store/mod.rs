@@ -1,0 +1,329 @@
+//! The embedded store (sled): every mapping the bridge keeps, and the durable inbox.
+//!
+//! Only this module imports `sled`. Each table lives in its own file with the methods that read
+//! and write it; keys are built by [`codec`]. Values are JSON so that `export` and `import`
+//! can dump and restore them, and so that fields can be added without a migration.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta` | `schema_version` | u32, big endian |
+//! | `txns` | homeserver transaction ID | [`TxnRecord`] |
+//! | `inbox` | u64 sequence, big endian | [`InboxItem`] |
+//! | `ghosts` | ghost user ID | [`GhostRecord`] |
+//! | `portals` | [`PortalKey`] encoded | [`PortalRecord`] |
+//! | `portal_rooms` | room ID | [`PortalKey`] encoded |
+//! | `messages` | room ID, event ID | [`MessageRecord`] |
+//! | `messages_remote` | portal key, remote message ID | room ID, event ID |
+//! | `users` | user ID | [`UserRecord`] |
+//! | `logins` | user ID, network, login ID | [`crate::network::LoginData`] |
+
+mod codec;
+mod ghosts;
+mod inbox;
+mod logins;
+mod messages;
+mod portals;
+mod schema;
+mod users;
+
+use std::path::Path;
+
+pub use self::codec::PortalKey;
+pub use self::ghosts::GhostRecord;
+pub use self::inbox::{InboxItem, TxnOutcome, TxnRecord};
+pub use self::messages::MessageRecord;
+pub use self::portals::PortalRecord;
+pub use self::schema::SCHEMA_VERSION;
+pub use self::users::UserRecord;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an I/O or corruption error.
+    #[error("database error: {0}")]
+    Db(#[from] sled::Error),
+    /// A stored value could not be decoded.
+    #[error("stored value in `{tree}` could not be decoded: {message}")]
+    Decode {
+        /// The tree.
+        tree: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The store was written by a newer version of the bridge.
+    #[error(
+        "the database has schema version {found}, newer than this bridge understands ({supported}); run a newer isthmus or restore a backup"
+    )]
+    NewerSchema {
+        /// Version in the database.
+        found: u32,
+        /// Newest version this build knows.
+        supported: u32,
+    },
+    /// An import file is not a valid dump.
+    #[error("invalid dump: {0}")]
+    InvalidDump(String),
+}
+
+/// Handle on the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    txns: sled::Tree,
+    inbox: sled::Tree,
+    ghosts: sled::Tree,
+    portals: sled::Tree,
+    portal_rooms: sled::Tree,
+    messages: sled::Tree,
+    messages_remote: sled::Tree,
+    users: sled::Tree,
+    logins: sled::Tree,
+}
+
+/// Names of every tree, in export order.
+const TREES: [&str; 10] = [
+    "meta",
+    "txns",
+    "inbox",
+    "ghosts",
+    "portals",
+    "portal_rooms",
+    "messages",
+    "messages_remote",
+    "users",
+    "logins",
+];
+
+impl Store {
+    /// Opens (or creates) the store in folder `path`, migrating it to the current schema.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        Self::from_db(db)
+    }
+
+    /// Opens a store that another handle in this process just dropped: sled releases its file
+    /// lock from a background thread, so the first attempts may find it still held.
+    #[cfg(test)]
+    pub(crate) fn reopen(path: &Path) -> Result<Store, StoreError> {
+        let mut last = None;
+        for _ in 0..100 {
+            match Self::open(path) {
+                Ok(s) => return Ok(s),
+                Err(e @ StoreError::Db(_)) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Err(last.expect("tried at least once"))
+    }
+
+    /// A store in memory that disappears when dropped, for tests and benchmarks.
+    pub fn temporary() -> Result<Store, StoreError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Store, StoreError> {
+        schema::migrate(&db)?;
+        let t = |name: &str| db.open_tree(name);
+        Ok(Store {
+            meta: t("meta")?,
+            txns: t("txns")?,
+            inbox: t("inbox")?,
+            ghosts: t("ghosts")?,
+            portals: t("portals")?,
+            portal_rooms: t("portal_rooms")?,
+            messages: t("messages")?,
+            messages_remote: t("messages_remote")?,
+            users: t("users")?,
+            logins: t("logins")?,
+            db,
+        })
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// The schema version the store is at.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        schema::read_version(&self.meta)
+    }
+
+    fn tree(&self, name: &str) -> &sled::Tree {
+        match name {
+            "meta" => &self.meta,
+            "txns" => &self.txns,
+            "inbox" => &self.inbox,
+            "ghosts" => &self.ghosts,
+            "portals" => &self.portals,
+            "portal_rooms" => &self.portal_rooms,
+            "messages" => &self.messages,
+            "messages_remote" => &self.messages_remote,
+            "users" => &self.users,
+            "logins" => &self.logins,
+            _ => unreachable!("unknown tree {name}"),
+        }
+    }
+
+    /// Dumps every tree as JSON: `{"format": "isthmus-dump", "schema_version": N, "trees":
+    /// {"name": [[key, value], ...]}}`. Keys and values that are UTF-8 are written as strings;
+    /// others as `hex:` followed by hex digits.
+    pub fn export(&self) -> Result<serde_json::Value, StoreError> {
+        let mut trees = serde_json::Map::new();
+        for name in TREES {
+            let mut rows = Vec::new();
+            for kv in self.tree(name).iter() {
+                let (k, v) = kv?;
+                rows.push(serde_json::json!([
+                    codec::dump_bytes(&k),
+                    codec::dump_bytes(&v)
+                ]));
+            }
+            trees.insert(name.to_owned(), serde_json::Value::Array(rows));
+        }
+        Ok(serde_json::json!({
+            "format": "isthmus-dump",
+            "schema_version": self.schema_version()?,
+            "trees": trees,
+        }))
+    }
+
+    /// Replaces the whole content of the store with a dump made by [`Store::export`], then
+    /// migrates it to the current schema. Refuses a dump from a newer schema.
+    pub async fn import(&self, dump: &serde_json::Value) -> Result<(), StoreError> {
+        if dump.get("format").and_then(|f| f.as_str()) != Some("isthmus-dump") {
+            return Err(StoreError::InvalidDump(
+                "not an isthmus dump (missing \"format\": \"isthmus-dump\")".into(),
+            ));
+        }
+        let version = dump
+            .get("schema_version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| StoreError::InvalidDump("missing schema_version".into()))?
+            as u32;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let trees = dump
+            .get("trees")
+            .and_then(|t| t.as_object())
+            .ok_or_else(|| StoreError::InvalidDump("missing trees".into()))?;
+        // Decode everything before touching the store, so a broken dump changes nothing.
+        let mut decoded = Vec::new();
+        for (name, rows) in trees {
+            if !TREES.contains(&name.as_str()) {
+                return Err(StoreError::InvalidDump(format!("unknown tree {name}")));
+            }
+            let rows = rows
+                .as_array()
+                .ok_or_else(|| StoreError::InvalidDump(format!("tree {name} is not a list")))?;
+            let mut batch = sled::Batch::default();
+            for row in rows {
+                let pair = row.as_array().filter(|p| p.len() == 2).ok_or_else(|| {
+                    StoreError::InvalidDump(format!("a row of {name} is not a [key, value] pair"))
+                })?;
+                let k = codec::undump_bytes(&pair[0]).map_err(StoreError::InvalidDump)?;
+                let v = codec::undump_bytes(&pair[1]).map_err(StoreError::InvalidDump)?;
+                batch.insert(k, v);
+            }
+            decoded.push((name.clone(), batch));
+        }
+        for name in TREES {
+            self.tree(name).clear()?;
+        }
+        for (name, batch) in decoded {
+            self.tree(&name).apply_batch(batch)?;
+        }
+        if self.meta.get(schema::VERSION_KEY)?.is_none() {
+            schema::write_version(&self.meta, version)?;
+        }
+        schema::migrate(&self.db)?;
+        self.flush().await
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
+        tree,
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records always serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn export_import_round_trip() {
+        let a = Store::temporary().unwrap();
+        a.put_ghost(&GhostRecord {
+            user_id: "@_loopback_bob:hs".into(),
+            network: "loopback".into(),
+            remote_id: "bob".into(),
+            displayname: Some("Bob".into()),
+            avatar_url: None,
+            registered: true,
+        })
+        .unwrap();
+        let key = PortalKey::new("loopback", "bob", Some("@alice:hs"));
+        a.put_portal(&PortalRecord::new(
+            key.clone(),
+            "!r:hs",
+            crate::network::ChatKind::Direct,
+        ))
+        .unwrap();
+        let dump = a.export().unwrap();
+        let b = Store::temporary().unwrap();
+        b.import(&dump).await.unwrap();
+        assert_eq!(b.export().unwrap(), dump);
+        assert_eq!(b.portal_by_room("!r:hs").unwrap().unwrap().key, key);
+        assert_eq!(
+            b.ghost("@_loopback_bob:hs").unwrap().unwrap().remote_id,
+            "bob"
+        );
+    }
+
+    #[tokio::test]
+    async fn import_refuses_garbage_and_keeps_data() {
+        let a = Store::temporary().unwrap();
+        a.put_user(&UserRecord {
+            user_id: "@alice:hs".into(),
+            management_room: Some("!m:hs".into()),
+        })
+        .unwrap();
+        let bad = serde_json::json!({"format": "isthmus-dump", "schema_version": 1, "trees": {"users": [["k"]]}});
+        assert!(matches!(
+            a.import(&bad).await,
+            Err(StoreError::InvalidDump(_))
+        ));
+        assert!(a.user("@alice:hs").unwrap().is_some());
+        let newer =
+            serde_json::json!({"format": "isthmus-dump", "schema_version": 999, "trees": {}});
+        assert!(matches!(
+            a.import(&newer).await,
+            Err(StoreError::NewerSchema { .. })
+        ));
+    }
+}

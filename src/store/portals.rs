@@ -1,0 +1,140 @@
+//! Portals: remote chats and the Matrix rooms that stand for them.
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+
+use super::{PortalKey, Store, StoreError, codec, decode, encode};
+use crate::network::{ChatKind, LoginId};
+
+/// A portal as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalRecord {
+    /// Which remote chat.
+    pub key: PortalKey,
+    /// The Matrix room.
+    pub room_id: String,
+    /// Direct or group.
+    pub kind: ChatKind,
+    /// Room name last set.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Room topic last set.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// The login that relays messages of users without their own, when relay mode is on:
+    /// (Matrix user, login).
+    #[serde(default)]
+    pub relay: Option<(String, LoginId)>,
+}
+
+impl PortalRecord {
+    /// A new portal record with no name, topic or relay.
+    pub fn new(key: PortalKey, room_id: &str, kind: ChatKind) -> Self {
+        Self {
+            key,
+            room_id: room_id.to_owned(),
+            kind,
+            name: None,
+            topic: None,
+            relay: None,
+        }
+    }
+}
+
+fn storage(e: sled::transaction::TransactionError<()>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
+        sled::transaction::TransactionError::Abort(()) => unreachable!("never aborts"),
+    }
+}
+
+impl Store {
+    /// The portal for a remote chat.
+    pub fn portal(&self, key: &PortalKey) -> Result<Option<PortalRecord>, StoreError> {
+        self.portals
+            .get(key.encode())?
+            .map(|v| decode("portals", &v))
+            .transpose()
+    }
+
+    /// The portal bridged to a room.
+    pub fn portal_by_room(&self, room_id: &str) -> Result<Option<PortalRecord>, StoreError> {
+        match self.portal_rooms.get(codec::key(&[room_id]))? {
+            None => Ok(None),
+            Some(k) => self
+                .portals
+                .get(k)?
+                .map(|v| decode("portals", &v))
+                .transpose(),
+        }
+    }
+
+    /// Inserts or replaces a portal and its room index, atomically.
+    pub fn put_portal(&self, portal: &PortalRecord) -> Result<(), StoreError> {
+        let key = portal.key.encode();
+        let value = encode(portal);
+        let room = codec::key(&[&portal.room_id]);
+        (&self.portals, &self.portal_rooms)
+            .transaction(|(portals, rooms)| {
+                if let Some(old) = portals.insert(key.as_slice(), value.as_slice())?
+                    && let Ok(old) = serde_json::from_slice::<PortalRecord>(&old)
+                    && old.room_id != portal.room_id
+                {
+                    rooms.remove(codec::key(&[&old.room_id]))?;
+                }
+                rooms.insert(room.as_slice(), key.as_slice())?;
+                Ok(())
+            })
+            .map_err(storage)
+    }
+
+    /// Removes a portal, its room index and its message map.
+    pub fn delete_portal(&self, portal: &PortalRecord) -> Result<(), StoreError> {
+        let key = portal.key.encode();
+        (&self.portals, &self.portal_rooms)
+            .transaction(|(portals, rooms)| {
+                portals.remove(key.as_slice())?;
+                rooms.remove(codec::key(&[&portal.room_id]))?;
+                Ok(())
+            })
+            .map_err(storage)?;
+        self.delete_messages_of_portal(portal)
+    }
+
+    /// Every portal.
+    pub fn list_portals(&self) -> Result<Vec<PortalRecord>, StoreError> {
+        self.portals
+            .iter()
+            .values()
+            .map(|v| decode("portals", &v?))
+            .collect()
+    }
+
+    /// Number of portals.
+    pub fn portal_count(&self) -> usize {
+        self.portals.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_index_follows_changes() {
+        let s = Store::temporary().unwrap();
+        let key = PortalKey::new("loopback", "grp", None);
+        let mut p = PortalRecord::new(key.clone(), "!a:hs", ChatKind::Group);
+        s.put_portal(&p).unwrap();
+        assert_eq!(s.portal_by_room("!a:hs").unwrap().unwrap().key, key);
+        p.room_id = "!b:hs".into();
+        s.put_portal(&p).unwrap();
+        assert!(s.portal_by_room("!a:hs").unwrap().is_none());
+        assert!(s.portal_by_room("!b:hs").unwrap().is_some());
+        assert_eq!(s.list_portals().unwrap().len(), 1);
+        s.delete_portal(&p).unwrap();
+        assert!(s.portal(&key).unwrap().is_none());
+        assert!(s.portal_by_room("!b:hs").unwrap().is_none());
+        assert_eq!(s.portal_count(), 0);
+    }
+}

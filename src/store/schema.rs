@@ -1,0 +1,152 @@
+//! Schema version and migrations.
+//!
+//! Each migration moves the store from version `n` to `n + 1` and is idempotent: the version key
+//! is written only after the migration finished, so a crash in the middle runs it again from the
+//! start on the next open, and running it twice leaves the same state.
+
+use super::{PortalKey, StoreError, codec};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 2;
+
+pub(super) const VERSION_KEY: &[u8] = b"schema_version";
+
+type Migration = fn(&sled::Db) -> Result<(), StoreError>;
+
+/// `MIGRATIONS[n]` moves version `n` to `n + 1`.
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [v0_to_v1, v1_to_v2];
+
+pub(super) fn read_version(meta: &sled::Tree) -> Result<u32, StoreError> {
+    match meta.get(VERSION_KEY)? {
+        None => Ok(0),
+        Some(v) => {
+            let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| StoreError::Decode {
+                tree: "meta",
+                message: "schema_version is not 4 bytes".into(),
+            })?;
+            Ok(u32::from_be_bytes(bytes))
+        }
+    }
+}
+
+pub(super) fn write_version(meta: &sled::Tree, version: u32) -> Result<(), StoreError> {
+    meta.insert(VERSION_KEY, &version.to_be_bytes())?;
+    Ok(())
+}
+
+/// Brings the store to [`SCHEMA_VERSION`]; refuses a newer store.
+pub(super) fn migrate(db: &sled::Db) -> Result<(), StoreError> {
+    let meta = db.open_tree("meta")?;
+    let mut version = read_version(&meta)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    while version < SCHEMA_VERSION {
+        tracing::info!(from = version, to = version + 1, "migrating store schema");
+        MIGRATIONS[version as usize](db)?;
+        version += 1;
+        write_version(&meta, version)?;
+        db.flush()?;
+    }
+    Ok(())
+}
+
+/// Version 1: the first layout. Nothing to convert; the trees are created on first use.
+fn v0_to_v1(_db: &sled::Db) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Version 2 adds `portal_rooms`, the index from room ID to portal, built from `portals`.
+fn v1_to_v2(db: &sled::Db) -> Result<(), StoreError> {
+    let portals = db.open_tree("portals")?;
+    let portal_rooms = db.open_tree("portal_rooms")?;
+    for kv in portals.iter() {
+        let (k, v) = kv?;
+        let record: serde_json::Value = super::decode("portals", &v)?;
+        if PortalKey::decode(&k).is_none() {
+            return Err(StoreError::Decode {
+                tree: "portals",
+                message: "a portal key has the wrong shape".into(),
+            });
+        }
+        if let Some(room) = record.get("room_id").and_then(|r| r.as_str()) {
+            portal_rooms.insert(codec::key(&[room]), k)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn v1_store(dir: &std::path::Path) {
+        let db = sled::open(dir).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        write_version(&meta, 1).unwrap();
+        let portals = db.open_tree("portals").unwrap();
+        let key = PortalKey::new("loopback", "bob", Some("@alice:hs"));
+        portals
+            .insert(
+                key.encode(),
+                serde_json::to_vec(&serde_json::json!({
+                    "key": key, "room_id": "!room:hs", "kind": "direct"
+                }))
+                .unwrap(),
+            )
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn fresh_store_is_at_current_version() {
+        let s = Store::temporary().unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn v1_store_migrates_and_builds_room_index() {
+        let dir = tempfile::tempdir().unwrap();
+        v1_store(dir.path());
+        let s = Store::reopen(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let p = s.portal_by_room("!room:hs").unwrap().expect("index built");
+        assert_eq!(p.key.chat.as_str(), "bob");
+    }
+
+    #[test]
+    fn migration_interrupted_before_version_write_reruns() {
+        let dir = tempfile::tempdir().unwrap();
+        v1_store(dir.path());
+        {
+            // Simulate a crash after the migration body ran but before the version was bumped.
+            let db = sled::open(dir.path()).unwrap();
+            v1_to_v2(&db).unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::reopen(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        assert!(s.portal_by_room("!room:hs").unwrap().is_some());
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            write_version(&db.open_tree("meta").unwrap(), SCHEMA_VERSION + 1).unwrap();
+            db.flush().unwrap();
+        }
+        match Store::reopen(dir.path()) {
+            Err(StoreError::NewerSchema { found, supported }) => {
+                assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            Err(e) => panic!("wrong error {e}"),
+            Ok(_) => panic!("opened a newer store"),
+        }
+    }
+}
