@@ -655,6 +655,20 @@ bridge:
     }
 
     #[test]
+    fn example_config_parses_and_its_placeholders_are_refused() {
+        let example = include_str!("../config.example.yaml");
+        let cfg = Config::parse(example).expect("the example config parses");
+        let env = |_: &str| Some("a_real_secret_from_env".to_owned());
+        match cfg.validate(&env) {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert_eq!(key, "homeserver.domain");
+                assert!(message.contains("placeholder"), "{message}");
+            }
+            other => panic!("the example must be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn secret_debug_is_redacted() {
         let s = Secret::Inline("topsecret".into());
         assert!(!format!("{s:?}").contains("topsecret"));

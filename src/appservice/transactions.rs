@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use tracing::{debug, error, warn};
 
 use super::{AppState, matrix_error};
-use crate::bridge::{Bridge, now_ms};
+use crate::bridge::now_ms;
 use crate::store::{InboxItem, TxnOutcome};
 
 /// The body of a transaction, events kept raw.
@@ -46,7 +46,8 @@ struct Head<'a> {
 
 /// Turns a transaction body into inbox items, dropping echoes and events without a room.
 /// Returns the items and how many events were dropped.
-fn to_items(bridge: &Bridge, body: TxnBody) -> Result<(Vec<InboxItem>, usize), String> {
+/// `ours` tells the bridge's own users (the bot and ghosts), whose events are echoes.
+fn to_items(ours: &dyn Fn(&str) -> bool, body: TxnBody) -> Result<(Vec<InboxItem>, usize), String> {
     let mut items = Vec::with_capacity(body.events.len());
     let mut dropped = 0;
     for raw in body.events {
@@ -56,7 +57,7 @@ fn to_items(bridge: &Bridge, body: TxnBody) -> Result<(Vec<InboxItem>, usize), S
             dropped += 1;
             continue;
         };
-        if bridge.in_namespace(&sender) {
+        if ours(&sender) {
             dropped += 1;
             continue;
         }
@@ -74,11 +75,7 @@ fn to_items(bridge: &Bridge, body: TxnBody) -> Result<(Vec<InboxItem>, usize), S
     for raw in ephemeral {
         let head: Head = serde_json::from_str(raw.get())
             .map_err(|e| format!("an ephemeral event is not an object: {e}"))?;
-        if head
-            .sender
-            .as_deref()
-            .is_some_and(|s| bridge.in_namespace(s))
-        {
+        if head.sender.as_deref().is_some_and(ours) {
             dropped += 1;
             continue;
         }
@@ -118,7 +115,7 @@ pub(super) async fn push(
             );
         }
     };
-    let (items, dropped) = match to_items(bridge, parsed) {
+    let (items, dropped) = match to_items(&|u| bridge.in_namespace(u), parsed) {
         Ok(x) => x,
         Err(e) => {
             warn!(txn_id, error = %e, "transaction has malformed events");
@@ -162,4 +159,60 @@ pub(super) async fn push(
         }
     }
     (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(body: &str) -> (Vec<InboxItem>, usize) {
+        let parsed: TxnBody = serde_json::from_str(body).unwrap();
+        to_items(&|u: &str| u.starts_with("@_"), parsed).unwrap()
+    }
+
+    const TYPING: &str =
+        r#"{"type":"m.typing","room_id":"!r:hs","content":{"user_ids":["@a:hs"]}}"#;
+
+    #[test]
+    fn ephemeral_is_read_under_both_keys() {
+        for key in ["ephemeral", "de.sorunome.msc2409.ephemeral"] {
+            let (items, _) = items(&format!(r#"{{"events":[],"{key}":[{TYPING}]}}"#));
+            assert_eq!(items.len(), 1, "key {key}");
+            assert!(
+                matches!(&items[0], InboxItem::Ephemeral { room_id: Some(r), .. } if r == "!r:hs")
+            );
+        }
+        // Both keys with the same events: taken once.
+        let (items, _) = items(&format!(
+            r#"{{"ephemeral":[{TYPING}],"de.sorunome.msc2409.ephemeral":[{TYPING}]}}"#
+        ));
+        assert_eq!(items.len(), 1);
+    }
+
+    #[test]
+    fn echoes_and_roomless_events_are_dropped() {
+        let body = r#"{"events":[
+            {"type":"m.room.message","room_id":"!r:hs","sender":"@_ghost:hs","content":{}},
+            {"type":"m.room.message","sender":"@a:hs","content":{}},
+            {"type":"m.room.message","room_id":"!r:hs","sender":"@a:hs","content":{"body":"x"}}
+        ],"ephemeral":[{"type":"m.presence","sender":"@_ghost:hs","content":{}}]}"#;
+        let (items, dropped) = items(body);
+        assert_eq!((items.len(), dropped), (1, 3));
+        match &items[0] {
+            InboxItem::Matrix { room_id, event } => {
+                assert_eq!(room_id, "!r:hs");
+                assert!(
+                    event.get().contains(r#""body":"x""#),
+                    "raw event kept as sent"
+                );
+            }
+            other => panic!("unexpected item {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_object_event_is_an_error() {
+        let parsed: TxnBody = serde_json::from_str(r#"{"events":[42]}"#).unwrap();
+        assert!(to_items(&|_: &str| false, parsed).is_err());
+    }
 }

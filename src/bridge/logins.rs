@@ -316,7 +316,7 @@ impl RemoteEventHandler for CoreSink {
             .ok_or_else(|| SinkError("the bridge is stopping".into()))?;
         let item = InboxItem::Remote {
             network: network.clone(),
-            event,
+            event: Box::new(event),
         };
         let seq = bridge
             .store

@@ -99,7 +99,7 @@ pub struct Bridge {
     /// Login flows in progress, by Matrix user.
     login_sessions: tokio::sync::Mutex<HashMap<String, LoginSession>>,
     /// Last reported state of each login or link, by (network, Matrix user or "").
-    states: Mutex<HashMap<(NetworkId, String), (BridgeState, Option<String>)>>,
+    states: Mutex<HashMap<(NetworkId, String), StateReport>>,
     /// Ghosts known to be registered and (ghost, room) pairs known to be joined, to avoid
     /// repeating requests; both are rebuilt lazily after a restart.
     joined: Mutex<HashSet<(String, String)>>,
@@ -108,6 +108,9 @@ pub struct Bridge {
     /// Portal queues.
     queues: dispatch::Queues,
 }
+
+/// A reported state and its optional detail.
+pub type StateReport = (BridgeState, Option<String>);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

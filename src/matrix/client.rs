@@ -272,7 +272,11 @@ impl HomeserverClient {
     }
 
     /// [`new`](Self::new) with an explicit retry policy (tests shorten the backoff).
-    fn with_policy(cfg: HsConfig, metrics: Option<HistogramVec>, policy: RetryPolicy) -> Result<Self, MatrixError> {
+    fn with_policy(
+        cfg: HsConfig,
+        metrics: Option<HistogramVec>,
+        policy: RetryPolicy,
+    ) -> Result<Self, MatrixError> {
         let bot = UserId::parse(format!("@{}:{}", cfg.bot_localpart, cfg.server_name))
             .map_err(|e| MatrixError::InvalidId(format!("bot user: {e}")))?;
         // reqwest is built without a default crypto provider; installing one twice fails
@@ -1030,7 +1034,10 @@ mod tests {
 
     impl Seen {
         fn header(&self, name: &str) -> Option<&str> {
-            self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
         }
         fn json(&self) -> JsonValue {
             serde_json::from_str(&self.body).expect("JSON body")
@@ -1068,15 +1075,25 @@ mod tests {
             let (seen2, max2) = (seen.clone(), max_in_flight.clone());
             tokio::spawn(async move {
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else { return };
-                    let (seen, script, in_flight, max) =
-                        (seen2.clone(), script.clone(), in_flight.clone(), max2.clone());
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (seen, script, in_flight, max) = (
+                        seen2.clone(),
+                        script.clone(),
+                        in_flight.clone(),
+                        max2.clone(),
+                    );
                     tokio::spawn(async move {
                         serve(stream, seen, script, in_flight, max, delay).await;
                     });
                 }
             });
-            Self { url, seen, max_in_flight }
+            Self {
+                url,
+                seen,
+                max_in_flight,
+            }
         }
 
         fn seen(&self) -> Vec<Seen> {
@@ -1125,9 +1142,19 @@ mod tests {
         let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
         let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         max.fetch_max(now, Ordering::SeqCst);
-        seen.lock().unwrap().push(Seen { method, target, headers, body });
+        seen.lock().unwrap().push(Seen {
+            method,
+            target,
+            headers,
+            body,
+        });
         tokio::time::sleep(delay).await;
-        let (status, extra, body) = script.lock().unwrap().pop_front().unwrap_or((200, Vec::new(), "{}".into()));
+        let (status, extra, body) =
+            script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or((200, Vec::new(), "{}".into()));
         let mut out = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
             body.len()
@@ -1143,7 +1170,13 @@ mod tests {
     }
 
     fn config(url: &str) -> HsConfig {
-        HsConfig::new(url, "localhost", "as_secret_token", "isthmus", "_bridge_bot")
+        HsConfig::new(
+            url,
+            "localhost",
+            "as_secret_token",
+            "isthmus",
+            "_bridge_bot",
+        )
     }
 
     /// A client against `url` whose backoff starts at 1 ms, so retry tests run fast.
@@ -1167,7 +1200,14 @@ mod tests {
         let c = client(&hs.url, 0);
         let content = json!({"msgtype": "m.text", "body": "hi"});
         let id = c
-            .send_message(Some(&ghost()), &room(), "m.room.message", "isthmus.42", &content, Some(1_700_000_000_000))
+            .send_message(
+                Some(&ghost()),
+                &room(),
+                "m.room.message",
+                "isthmus.42",
+                &content,
+                Some(1_700_000_000_000),
+            )
             .await
             .unwrap();
         assert_eq!(id.as_str(), "$ev1");
@@ -1176,10 +1216,13 @@ mod tests {
         assert_eq!(seen[0].method, "PUT");
         assert_eq!(
             seen[0].target,
-            "/_matrix/client/v3/rooms/%21room%3Alocalhost/send/m.room.message/isthmus.42\
+            "/_matrix/client/v3/rooms/!room:localhost/send/m.room.message/isthmus.42\
              ?ts=1700000000000&user_id=%40_x_alice%3Alocalhost"
         );
-        assert_eq!(seen[0].header("authorization"), Some("Bearer as_secret_token"));
+        assert_eq!(
+            seen[0].header("authorization"),
+            Some("Bearer as_secret_token")
+        );
         assert_eq!(seen[0].json(), content);
     }
 
@@ -1191,31 +1234,64 @@ mod tests {
         ])
         .await;
         let c = client(&hs.url, 0);
-        assert_eq!(c.whoami(None).await.unwrap().as_str(), "@_bridge_bot:localhost");
-        c.send_message(None, &room(), "m.room.message", "t1", &json!({"body": "x"}), None).await.unwrap();
+        assert_eq!(
+            c.whoami(None).await.unwrap().as_str(),
+            "@_bridge_bot:localhost"
+        );
+        // Path parameters are percent-encoded: a transaction ID cannot escape its segment.
+        c.send_message(
+            None,
+            &room(),
+            "m.room.message",
+            "t/1?x",
+            &json!({"body": "x"}),
+            None,
+        )
+        .await
+        .unwrap();
         let seen = hs.seen();
         assert_eq!(seen[0].target, "/_matrix/client/v3/account/whoami");
-        assert_eq!(seen[1].target, "/_matrix/client/v3/rooms/%21room%3Alocalhost/send/m.room.message/t1");
+        assert_eq!(
+            seen[1].target,
+            "/_matrix/client/v3/rooms/!room:localhost/send/m.room.message/t%2F1%3Fx"
+        );
     }
 
     #[tokio::test]
     async fn rate_limit_is_retried_after_retry_after_ms_with_the_same_transaction() {
         let hs = MockHs::start(vec![
-            reply(429, json!({"errcode": "M_LIMIT_EXCEEDED", "error": "slow down", "retry_after_ms": 150})),
+            reply(
+                429,
+                json!({"errcode": "M_LIMIT_EXCEEDED", "error": "slow down", "retry_after_ms": 150}),
+            ),
             reply(200, json!({"event_id": "$ev3"})),
         ])
         .await;
         let c = client(&hs.url, 6);
         let started = Instant::now();
         let id = c
-            .send_message(Some(&ghost()), &room(), "m.room.message", "stable", &json!({"body": "x"}), None)
+            .send_message(
+                Some(&ghost()),
+                &room(),
+                "m.room.message",
+                "stable",
+                &json!({"body": "x"}),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(id.as_str(), "$ev3");
-        assert!(started.elapsed() >= Duration::from_millis(150), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
         let seen = hs.seen();
         assert_eq!(seen.len(), 2);
-        assert_eq!(seen[0].target, seen[1].target, "a retry reuses the transaction ID");
+        assert_eq!(
+            seen[0].target, seen[1].target,
+            "a retry reuses the transaction ID"
+        );
         assert_eq!(seen[0].body, seen[1].body);
     }
 
@@ -1227,7 +1303,11 @@ mod tests {
         let err = c.leave(None, &room()).await.unwrap_err();
         assert_eq!(hs.seen().len(), 3, "one try plus two retries");
         match err {
-            MatrixError::Api { status: 502, errcode, message } => {
+            MatrixError::Api {
+                status: 502,
+                errcode,
+                message,
+            } => {
                 assert_eq!(errcode, "");
                 assert!(message.contains("Bad Gateway"), "{message}");
             }
@@ -1237,16 +1317,34 @@ mod tests {
 
     #[tokio::test]
     async fn client_errors_are_not_retried() {
-        let hs = MockHs::start(vec![reply(403, json!({"errcode": "M_FORBIDDEN", "error": "not in room"}))]).await;
+        let hs = MockHs::start(vec![reply(
+            403,
+            json!({"errcode": "M_FORBIDDEN", "error": "not in room"}),
+        )])
+        .await;
         let c = client(&hs.url, 6);
-        let err = c.invite(Some(&ghost()), &room(), &UserId::parse("@bob:localhost").unwrap()).await.unwrap_err();
+        let err = c
+            .invite(
+                Some(&ghost()),
+                &room(),
+                &UserId::parse("@bob:localhost").unwrap(),
+            )
+            .await
+            .unwrap_err();
         assert_eq!(
             err,
-            MatrixError::Api { status: 403, errcode: "M_FORBIDDEN".into(), message: "not in room".into() }
+            MatrixError::Api {
+                status: 403,
+                errcode: "M_FORBIDDEN".into(),
+                message: "not in room".into()
+            }
         );
         let seen = hs.seen();
         assert_eq!(seen.len(), 1);
-        assert_eq!(seen[0].target, "/_matrix/client/v3/rooms/%21room%3Alocalhost/invite?user_id=%40_x_alice%3Alocalhost");
+        assert_eq!(
+            seen[0].target,
+            "/_matrix/client/v3/rooms/!room:localhost/invite?user_id=%40_x_alice%3Alocalhost"
+        );
         assert_eq!(seen[0].json(), json!({"user_id": "@bob:localhost"}));
     }
 
@@ -1278,7 +1376,10 @@ mod tests {
         let c = client(&hs.url, 0);
         c.register_ghost("_x_alice").await.unwrap();
         c.register_ghost("_x_alice").await.unwrap();
-        assert_eq!(c.register_ghost("alice").await.unwrap_err().errcode(), Some("M_EXCLUSIVE"));
+        assert_eq!(
+            c.register_ghost("alice").await.unwrap_err().errcode(),
+            Some("M_EXCLUSIVE")
+        );
         let seen = hs.seen();
         assert_eq!(seen[0].method, "POST");
         assert_eq!(seen[0].target, "/_matrix/client/v3/register");
@@ -1292,7 +1393,10 @@ mod tests {
     async fn profile_reads_and_writes() {
         let hs = MockHs::start(vec![
             reply(200, json!({"displayname": "Alice", "avatar_url": ""})),
-            reply(404, json!({"errcode": "M_NOT_FOUND", "error": "no profile"})),
+            reply(
+                404,
+                json!({"errcode": "M_NOT_FOUND", "error": "no profile"}),
+            ),
             reply(200, json!({})),
             reply(200, json!({})),
             reply(200, json!({})),
@@ -1300,18 +1404,28 @@ mod tests {
         .await;
         let c = client(&hs.url, 0);
         let bob = UserId::parse("@bob:localhost").unwrap();
-        assert_eq!(c.get_profile(&bob).await.unwrap(), (Some("Alice".into()), None));
+        assert_eq!(
+            c.get_profile(&bob).await.unwrap(),
+            (Some("Alice".into()), None)
+        );
         assert_eq!(c.get_profile(&bob).await.unwrap(), (None, None));
-        c.set_displayname(Some(&ghost()), "Alice (XMPP)").await.unwrap();
-        c.set_avatar_url(Some(&ghost()), Some("mxc://localhost/abc")).await.unwrap();
+        c.set_displayname(Some(&ghost()), "Alice (XMPP)")
+            .await
+            .unwrap();
+        c.set_avatar_url(Some(&ghost()), Some("mxc://localhost/abc"))
+            .await
+            .unwrap();
         c.set_avatar_url(Some(&ghost()), None).await.unwrap();
         let seen = hs.seen();
-        assert_eq!(seen[0].target, "/_matrix/client/v3/profile/%40bob%3Alocalhost");
+        assert_eq!(seen[0].target, "/_matrix/client/v3/profile/@bob:localhost");
         // Profile lookups authenticate even though the spec does not require it.
-        assert_eq!(seen[0].header("authorization"), Some("Bearer as_secret_token"));
+        assert_eq!(
+            seen[0].header("authorization"),
+            Some("Bearer as_secret_token")
+        );
         assert_eq!(
             seen[2].target,
-            "/_matrix/client/v3/profile/%40_x_alice%3Alocalhost/displayname?user_id=%40_x_alice%3Alocalhost"
+            "/_matrix/client/v3/profile/@_x_alice:localhost/displayname?user_id=%40_x_alice%3Alocalhost"
         );
         assert_eq!(seen[2].json(), json!({"displayname": "Alice (XMPP)"}));
         assert_eq!(seen[3].json(), json!({"avatar_url": "mxc://localhost/abc"}));
@@ -1330,13 +1444,20 @@ mod tests {
             invite: vec![bob.clone()],
             is_direct: true,
             preset_private: true,
-            initial_state: vec![("m.bridge".into(), "isthmus://x".into(), json!({"protocol": {"id": "x"}}))],
+            initial_state: vec![(
+                "m.bridge".into(),
+                "isthmus://x".into(),
+                json!({"protocol": {"id": "x"}}),
+            )],
             power_level_users: vec![(bob, 100), (ghost(), 50)],
         };
         let id = c.create_room(Some(&ghost()), &creation).await.unwrap();
         assert_eq!(id.as_str(), "!new:localhost");
         let seen = hs.seen();
-        assert_eq!(seen[0].target, "/_matrix/client/v3/createRoom?user_id=%40_x_alice%3Alocalhost");
+        assert_eq!(
+            seen[0].target,
+            "/_matrix/client/v3/createRoom?user_id=%40_x_alice%3Alocalhost"
+        );
         let body = seen[0].json();
         assert_eq!(body["name"], "Chat");
         assert!(body.get("topic").is_none());
@@ -1377,70 +1498,133 @@ mod tests {
         let ev = EventId::parse("$target").unwrap();
         let bob = UserId::parse("@bob:localhost").unwrap();
         assert_eq!(c.join(Some(&g), "#_x_chat:localhost").await.unwrap(), r);
-        assert_eq!(c.send_state(None, &r, "m.room.topic", "", &json!({"topic": "t"})).await.unwrap().as_str(), "$st");
-        assert_eq!(c.redact(Some(&g), &r, &ev, "red1", Some("oops")).await.unwrap().as_str(), "$red");
+        assert_eq!(
+            c.send_state(None, &r, "m.room.topic", "", &json!({"topic": "t"}))
+                .await
+                .unwrap()
+                .as_str(),
+            "$st"
+        );
+        assert_eq!(
+            c.redact(Some(&g), &r, &ev, "red1", Some("oops"))
+                .await
+                .unwrap()
+                .as_str(),
+            "$red"
+        );
         let mut members = c.joined_members(None, &r).await.unwrap();
         members.sort();
-        assert_eq!(members.iter().map(|m| m.as_str()).collect::<Vec<_>>(), ["@_x_alice:localhost", "@a:localhost"]);
+        assert_eq!(
+            members.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            ["@_x_alice:localhost", "@a:localhost"]
+        );
         c.set_typing(Some(&g), &r, true, 30_000).await.unwrap();
         c.send_read_receipt(Some(&g), &r, &ev).await.unwrap();
-        c.set_presence(Some(&g), "unavailable", Some("away")).await.unwrap();
+        c.set_presence(Some(&g), "unavailable", Some("away"))
+            .await
+            .unwrap();
         c.kick(None, &r, &bob, Some("bye")).await.unwrap();
-        assert_eq!(c.get_event(None, &r, &ev).await.unwrap()["content"]["body"], "x");
-        assert_eq!(c.membership(None, &r, &bob).await.unwrap(), Some(Membership::Invite));
+        assert_eq!(
+            c.get_event(None, &r, &ev).await.unwrap()["content"]["body"],
+            "x"
+        );
+        assert_eq!(
+            c.membership(None, &r, &bob).await.unwrap(),
+            Some(Membership::Invite)
+        );
         assert_eq!(c.membership(None, &r, &bob).await.unwrap(), None);
 
         let seen = hs.seen();
-        let lines: Vec<String> = seen.iter().map(|s| format!("{} {}", s.method, s.target)).collect();
+        let lines: Vec<String> = seen
+            .iter()
+            .map(|s| format!("{} {}", s.method, s.target))
+            .collect();
         let a = "user_id=%40_x_alice%3Alocalhost";
         assert_eq!(
             lines,
             [
-                format!("POST /_matrix/client/v3/join/%23_x_chat%3Alocalhost?{a}"),
-                "PUT /_matrix/client/v3/rooms/%21room%3Alocalhost/state/m.room.topic/".to_owned(),
-                format!("PUT /_matrix/client/v3/rooms/%21room%3Alocalhost/redact/%24target/red1?{a}"),
-                "GET /_matrix/client/v3/rooms/%21room%3Alocalhost/joined_members".to_owned(),
-                format!("PUT /_matrix/client/v3/rooms/%21room%3Alocalhost/typing/%40_x_alice%3Alocalhost?{a}"),
-                format!("POST /_matrix/client/v3/rooms/%21room%3Alocalhost/receipt/m.read/%24target?{a}"),
-                format!("PUT /_matrix/client/v3/presence/%40_x_alice%3Alocalhost/status?{a}"),
-                "POST /_matrix/client/v3/rooms/%21room%3Alocalhost/kick".to_owned(),
-                "GET /_matrix/client/v3/rooms/%21room%3Alocalhost/event/%24target".to_owned(),
-                "GET /_matrix/client/v3/rooms/%21room%3Alocalhost/state/m.room.member/%40bob%3Alocalhost".to_owned(),
-                "GET /_matrix/client/v3/rooms/%21room%3Alocalhost/state/m.room.member/%40bob%3Alocalhost".to_owned(),
+                format!("POST /_matrix/client/v3/join/%23_x_chat:localhost?{a}"),
+                "PUT /_matrix/client/v3/rooms/!room:localhost/state/m.room.topic/".to_owned(),
+                format!("PUT /_matrix/client/v3/rooms/!room:localhost/redact/$target/red1?{a}"),
+                "GET /_matrix/client/v3/rooms/!room:localhost/joined_members".to_owned(),
+                format!(
+                    "PUT /_matrix/client/v3/rooms/!room:localhost/typing/@_x_alice:localhost?{a}"
+                ),
+                format!("POST /_matrix/client/v3/rooms/!room:localhost/receipt/m.read/$target?{a}"),
+                format!("PUT /_matrix/client/v3/presence/@_x_alice:localhost/status?{a}"),
+                "POST /_matrix/client/v3/rooms/!room:localhost/kick".to_owned(),
+                "GET /_matrix/client/v3/rooms/!room:localhost/event/$target".to_owned(),
+                "GET /_matrix/client/v3/rooms/!room:localhost/state/m.room.member/@bob:localhost"
+                    .to_owned(),
+                "GET /_matrix/client/v3/rooms/!room:localhost/state/m.room.member/@bob:localhost"
+                    .to_owned(),
             ]
         );
         assert_eq!(seen[1].json(), json!({"topic": "t"}));
         assert_eq!(seen[2].json(), json!({"reason": "oops"}));
         assert_eq!(seen[4].json(), json!({"typing": true, "timeout": 30000}));
-        assert_eq!(seen[6].json(), json!({"presence": "unavailable", "status_msg": "away"}));
-        assert_eq!(seen[7].json(), json!({"user_id": "@bob:localhost", "reason": "bye"}));
+        assert_eq!(
+            seen[6].json(),
+            json!({"presence": "unavailable", "status_msg": "away"})
+        );
+        assert_eq!(
+            seen[7].json(),
+            json!({"user_id": "@bob:localhost", "reason": "bye"})
+        );
     }
 
     #[tokio::test]
     async fn aliases_ping_and_versions() {
         let hs = MockHs::start(vec![
-            reply(200, json!({"versions": ["r0.6.1", "v1.1", "v1.12"], "unstable_features": {}})),
+            reply(
+                200,
+                json!({"versions": ["r0.6.1", "v1.1", "v1.12"], "unstable_features": {}}),
+            ),
             reply(200, json!({})),
-            reply(200, json!({"room_id": "!room:localhost", "servers": ["localhost"]})),
-            reply(404, json!({"errcode": "M_NOT_FOUND", "error": "unknown alias"})),
+            reply(
+                200,
+                json!({"room_id": "!room:localhost", "servers": ["localhost"]}),
+            ),
+            reply(
+                404,
+                json!({"errcode": "M_NOT_FOUND", "error": "unknown alias"}),
+            ),
             reply(200, json!({"duration_ms": 7})),
         ])
         .await;
         let c = client(&hs.url, 0);
         assert_eq!(c.versions().await.unwrap(), ["r0.6.1", "v1.1", "v1.12"]);
         c.create_alias("#_x_chat:localhost", &room()).await.unwrap();
-        assert_eq!(c.resolve_alias("#_x_chat:localhost").await.unwrap(), Some(room()));
+        assert_eq!(
+            c.resolve_alias("#_x_chat:localhost").await.unwrap(),
+            Some(room())
+        );
         assert_eq!(c.resolve_alias("#_x_gone:localhost").await.unwrap(), None);
-        assert_eq!(c.ping_appservice("ping-1").await.unwrap(), Duration::from_millis(7));
-        assert!(matches!(c.resolve_alias("not an alias").await, Err(MatrixError::InvalidId(_))));
-        assert!(matches!(c.join(None, "bogus").await, Err(MatrixError::InvalidId(_))));
+        assert_eq!(
+            c.ping_appservice("ping-1").await.unwrap(),
+            Duration::from_millis(7)
+        );
+        assert!(matches!(
+            c.resolve_alias("not an alias").await,
+            Err(MatrixError::InvalidId(_))
+        ));
+        assert!(matches!(
+            c.join(None, "bogus").await,
+            Err(MatrixError::InvalidId(_))
+        ));
 
         let seen = hs.seen();
         assert_eq!(seen[0].target, "/_matrix/client/versions");
         assert_eq!(seen[1].method, "PUT");
-        assert_eq!(seen[1].target, "/_matrix/client/v3/directory/room/%23_x_chat%3Alocalhost");
+        assert_eq!(
+            seen[1].target,
+            "/_matrix/client/v3/directory/room/%23_x_chat:localhost"
+        );
         assert_eq!(seen[1].json(), json!({"room_id": "!room:localhost"}));
-        assert_eq!(seen[2].header("authorization"), Some("Bearer as_secret_token"));
+        assert_eq!(
+            seen[2].header("authorization"),
+            Some("Bearer as_secret_token")
+        );
         assert_eq!(seen[4].target, "/_matrix/client/v1/appservice/isthmus/ping");
         assert_eq!(seen[4].json(), json!({"transaction_id": "ping-1"}));
         assert_eq!(seen.len(), 5, "invalid IDs never reach the homeserver");
@@ -1462,14 +1646,23 @@ mod tests {
     #[tokio::test]
     async fn concurrency_is_bounded_and_latency_recorded() {
         let hs = MockHs::start_with_delay(Vec::new(), Duration::from_millis(30)).await;
-        let histogram = HistogramVec::new(prometheus::HistogramOpts::new("t", "t"), &["endpoint"]).unwrap();
+        let histogram =
+            HistogramVec::new(prometheus::HistogramOpts::new("t", "t"), &["endpoint"]).unwrap();
         let mut cfg = config(&hs.url);
         cfg.max_concurrency = 2;
         let c = HomeserverClient::new(cfg, Some(histogram.clone())).unwrap();
         let calls = (0..6).map(|i| {
             let c = c.clone();
             tokio::spawn(async move {
-                c.send_message(None, &room(), "m.room.message", &format!("t{i}"), &json!({}), None).await
+                c.send_message(
+                    None,
+                    &room(),
+                    "m.room.message",
+                    &format!("t{i}"),
+                    &json!({}),
+                    None,
+                )
+                .await
             })
         });
         for call in calls.collect::<Vec<_>>() {
@@ -1498,22 +1691,56 @@ mod tests {
         assert_eq!(err.errcode(), Some("M_LIMIT_EXCEEDED"));
         assert_eq!(hint, Some(Duration::from_millis(1500)));
 
-        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("3"));
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("3"),
+        );
         let (_, hint) = api_error(status(429), &headers, body);
-        assert_eq!(hint, Some(Duration::from_secs(3)), "the header takes precedence");
+        assert_eq!(
+            hint,
+            Some(Duration::from_secs(3)),
+            "the header takes precedence"
+        );
         let (err, hint) = api_error(status(503), &headers, b"");
         assert_eq!(hint, Some(Duration::from_secs(3)));
-        assert_eq!(err, MatrixError::Api { status: 503, errcode: String::new(), message: "Service Unavailable".into() });
+        assert_eq!(
+            err,
+            MatrixError::Api {
+                status: 503,
+                errcode: String::new(),
+                message: "Service Unavailable".into()
+            }
+        );
 
-        let (err, _) = api_error(status(400), &http::HeaderMap::new(), br#"{"errcode":"M_WEIRD"}"#);
+        let (err, _) = api_error(
+            status(400),
+            &http::HeaderMap::new(),
+            br#"{"errcode":"M_WEIRD"}"#,
+        );
         assert_eq!(err.errcode(), Some("M_WEIRD"));
-        let (err, _) = api_error(status(400), &http::HeaderMap::new(), br#"{"errcode":"ORG_CUSTOM","error":"x"}"#);
+        let (err, _) = api_error(
+            status(400),
+            &http::HeaderMap::new(),
+            br#"{"errcode":"ORG_CUSTOM","error":"x"}"#,
+        );
         assert_eq!(err.errcode(), Some("ORG_CUSTOM"));
 
-        assert!(matches!(classify(status(500), http::HeaderMap::new(), Vec::new()), Attempt::Retry { .. }));
-        assert!(matches!(classify(status(429), http::HeaderMap::new(), Vec::new()), Attempt::Retry { .. }));
-        assert!(matches!(classify(status(404), http::HeaderMap::new(), Vec::new()), Attempt::Fail(_)));
-        assert!(matches!(classify(status(200), http::HeaderMap::new(), Vec::new()), Attempt::Done(_)));
+        assert!(matches!(
+            classify(status(500), http::HeaderMap::new(), Vec::new()),
+            Attempt::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(status(429), http::HeaderMap::new(), Vec::new()),
+            Attempt::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(status(404), http::HeaderMap::new(), Vec::new()),
+            Attempt::Fail(_)
+        ));
+        assert!(matches!(
+            classify(status(200), http::HeaderMap::new(), Vec::new()),
+            Attempt::Done(_)
+        ));
     }
 
     #[test]
@@ -1529,7 +1756,10 @@ mod tests {
         cfg.bot_localpart = "has space".into();
         // ruma accepts historical localparts, but not every string.
         cfg.server_name = "bad server".into();
-        assert!(matches!(HomeserverClient::new(cfg, None), Err(MatrixError::InvalidId(_))));
+        assert!(matches!(
+            HomeserverClient::new(cfg, None),
+            Err(MatrixError::InvalidId(_))
+        ));
     }
 
     #[test]

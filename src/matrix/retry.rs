@@ -194,7 +194,10 @@ mod tests {
         let p = RetryPolicy::new(6);
         let (out, calls, slept) = script(&p, |n| {
             if n < 2 {
-                Attempt::Retry { error: err(), after: Some(ms(5000)) }
+                Attempt::Retry {
+                    error: err(),
+                    after: Some(ms(5000)),
+                }
             } else {
                 Attempt::Done(n)
             }
@@ -210,8 +213,11 @@ mod tests {
     #[tokio::test]
     async fn gives_up_after_max_retries_with_the_last_error() {
         let p = RetryPolicy::new(3);
-        let (out, calls, slept) =
-            script(&p, |_| Attempt::Retry { error: err(), after: None }).await;
+        let (out, calls, slept) = script(&p, |_| Attempt::Retry {
+            error: err(),
+            after: None,
+        })
+        .await;
         assert_eq!(out, Err(err()));
         assert_eq!(calls, 4, "one try plus three retries");
         // Jittered exponential backoff: [125, 250), [250, 500), [500, 1000) ms.
@@ -224,8 +230,11 @@ mod tests {
     #[tokio::test]
     async fn permanent_failures_are_not_retried() {
         let p = RetryPolicy::new(6);
-        let forbidden =
-            MatrixError::Api { status: 403, errcode: "M_FORBIDDEN".into(), message: "no".into() };
+        let forbidden = MatrixError::Api {
+            status: 403,
+            errcode: "M_FORBIDDEN".into(),
+            message: "no".into(),
+        };
         let (out, calls, slept) = script(&p, |_| Attempt::Fail(forbidden.clone())).await;
         assert_eq!(out, Err(forbidden));
         assert_eq!(calls, 1);
@@ -235,7 +244,11 @@ mod tests {
     #[tokio::test]
     async fn zero_retries_means_one_attempt() {
         let p = RetryPolicy::new(0);
-        let (out, calls, _) = script(&p, |_| Attempt::Retry { error: err(), after: None }).await;
+        let (out, calls, _) = script(&p, |_| Attempt::Retry {
+            error: err(),
+            after: None,
+        })
+        .await;
         assert_eq!(out, Err(err()));
         assert_eq!(calls, 1);
     }

@@ -40,7 +40,7 @@ pub enum InboxItem {
         /// The network it came from.
         network: NetworkId,
         /// The event.
-        event: RemoteEvent,
+        event: Box<RemoteEvent>,
     },
 }
 
