@@ -18,9 +18,9 @@ use crate::store::{InboxItem, PortalKey};
 /// Names one ordered queue.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum QueueKey {
-    /// Everything about one Matrix room.
+    /// A Matrix room that is not a portal (management rooms, invites).
     Room(String),
-    /// A remote chat that has no room yet.
+    /// A portal: its remote events and the Matrix events of its room.
     Portal(PortalKey),
     /// Ephemeral events that belong to no room (presence), per sender.
     User(String),
@@ -64,20 +64,21 @@ const RETRY_DELAYS: [Duration; 6] = [
 ];
 
 impl Bridge {
-    /// The queue an item belongs to.
+    /// The queue an item belongs to: the portal's, when the item is about a portal (so a
+    /// remote chat keeps one queue before and after its room exists); else the room's.
     pub fn queue_key(&self, item: &InboxItem) -> QueueKey {
+        let by_room = |room: &str| match self.store.portal_by_room(room) {
+            Ok(Some(p)) => QueueKey::Portal(p.key),
+            _ => QueueKey::Room(room.to_owned()),
+        };
         match item {
-            InboxItem::Matrix { room_id, .. } => QueueKey::Room(room_id.clone()),
+            InboxItem::Matrix { room_id, .. } => by_room(room_id),
             InboxItem::Ephemeral { room_id, event } => match room_id {
-                Some(r) => QueueKey::Room(r.clone()),
+                Some(r) => by_room(r),
                 None => QueueKey::User(ephemeral_sender(event.get()).unwrap_or_default()),
             },
             InboxItem::Remote { network, event } => {
-                let key = super::remote_events::portal_key(network, event);
-                match self.store.portal(&key) {
-                    Ok(Some(p)) => QueueKey::Room(p.room_id),
-                    _ => QueueKey::Portal(key),
-                }
+                QueueKey::Portal(super::remote_events::portal_key(network, event))
             }
         }
     }

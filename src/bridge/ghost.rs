@@ -66,7 +66,17 @@ impl Bridge {
             return Ok(());
         }
         let uid = user_id(ghost)?;
-        self.hs.join(Some(&uid), room).await?;
+        match self.hs.join(Some(&uid), room).await {
+            Ok(_) => {}
+            Err(e) if e.errcode() == Some("M_FORBIDDEN") => {
+                // A private room the ghost was not invited to: the bot invites it, when the
+                // bot is in the room (group portals).
+                debug!(ghost, room, "ghost not invited; inviting as the bot");
+                self.hs.invite(None, &room_id(room)?, &uid).await?;
+                self.hs.join(Some(&uid), room).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.joined.lock().expect("joined lock").insert(key);
         Ok(())
     }

@@ -104,7 +104,8 @@ impl Bridge {
     }
 
     /// Creates the room of a group chat, owned by the bot, optionally with an alias and
-    /// inviting `invite`.
+    /// inviting `invite`. A room with an alias is public, so anyone on the homeserver can join
+    /// it through the alias; without one it is private.
     pub async fn create_group_portal(
         &self,
         key: &PortalKey,
@@ -120,10 +121,10 @@ impl Bridge {
         let creation = RoomCreation {
             name: name.map(str::to_owned),
             topic: topic.map(str::to_owned),
+            preset_private: alias_localpart.is_none(),
             alias_localpart,
             invite,
             is_direct: false,
-            preset_private: true,
             initial_state: self.bridge_info_state(key, name),
             power_level_users: Vec::new(),
         };

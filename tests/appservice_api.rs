@@ -1,0 +1,366 @@
+//! The Application Service API as the homeserver sees it, over real HTTP on 127.0.0.1, without
+//! a homeserver: authentication, errors, body limits, durable idempotent ingest, ephemeral
+//! events under both keys, third-party lookups and metrics.
+//!
+//! The events used here are in rooms that are not portals, so handling them needs no
+//! homeserver; the homeserver URL points at a closed port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus::appservice::{AppState, router};
+use isthmus::bridge::Bridge;
+use isthmus::config::Config;
+use isthmus::loopback::Loopback;
+use isthmus::matrix::{HomeserverClient, HsConfig};
+use isthmus::metrics::Metrics;
+use isthmus::network::Connector;
+use isthmus::store::Store;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "hs_token_for_api_tests";
+
+struct Api {
+    url: String,
+    http: reqwest::Client,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(max_body: usize) -> Api {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+homeserver: {{url: "http://127.0.0.1:9", domain: localhost}}
+appservice:
+  listen: 127.0.0.1:0
+  url: http://127.0.0.1:0
+  as_token: as_token_for_api_tests
+  hs_token: {TOKEN}
+  max_body_bytes: {max_body}
+database: {{path: "{}"}}
+bridge:
+  permissions: {{localhost: user}}
+"#,
+        dir.path().display()
+    );
+    let config = Arc::new(Config::parse(&text).unwrap());
+    let store = Store::open(dir.path()).unwrap();
+    let hs = HomeserverClient::new(
+        HsConfig {
+            url: config.homeserver.url.clone(),
+            server_name: "localhost".into(),
+            as_token: "as_token_for_api_tests".into(),
+            appservice_id: "isthmus".into(),
+            bot_localpart: "_isthmus_bot".into(),
+            max_concurrency: 4,
+            max_retries: 0,
+        },
+        None,
+    )
+    .unwrap();
+    let loopback: Arc<dyn Connector> = Arc::new(Loopback::new("127.0.0.1:0".parse().unwrap()));
+    let bridge = Bridge::new(config, hs, store.clone(), Metrics::new(), vec![loopback]).unwrap();
+    let state = Arc::new(AppState {
+        bridge,
+        hs_token: TOKEN.into(),
+        allow_query_token: false,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    Api {
+        url,
+        http: reqwest::Client::new(),
+        store,
+        _dir: dir,
+    }
+}
+
+impl Api {
+    async fn put_txn(&self, id: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .put(format!("{}/_matrix/app/v1/transactions/{id}", self.url))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the portal queues handled everything in the inbox.
+    async fn drained(&self) {
+        for _ in 0..200 {
+            if self.store.inbox_len() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("inbox not drained: {} items left", self.store.inbox_len());
+    }
+}
+
+fn message(n: usize, body_len: usize) -> Value {
+    json!({
+        "type": "m.room.message",
+        "room_id": format!("!room{}:localhost", n % 5),
+        "sender": "@alice:localhost",
+        "event_id": format!("$event{n}"),
+        "origin_server_ts": 1_700_000_000_000u64,
+        "content": {"msgtype": "m.text", "body": "x".repeat(body_len)},
+    })
+}
+
+#[tokio::test]
+async fn wrong_missing_or_misplaced_token_is_forbidden() {
+    let api = start(32 << 20).await;
+    for (path, token) in [
+        (
+            "/_matrix/app/v1/users/@_loopback_bob:localhost",
+            Some("wrong"),
+        ),
+        ("/_matrix/app/v1/users/@_loopback_bob:localhost", None),
+        (
+            "/_matrix/app/v1/rooms/%23_loopback_x:localhost",
+            Some("wrong"),
+        ),
+        ("/_matrix/app/v1/thirdparty/protocol/loopback", None),
+        ("/users/@_loopback_bob:localhost", Some("wrong")),
+        (
+            &format!("/_matrix/app/v1/thirdparty/protocol/loopback?access_token={TOKEN}"),
+            None,
+        ),
+    ] {
+        let (status, body) = api.get(path, token).await;
+        assert_eq!(status, 403, "{path}");
+        assert_eq!(body["errcode"], "M_FORBIDDEN", "{path}");
+    }
+    let r = api
+        .http
+        .put(format!("{}/_matrix/app/v1/transactions/1", api.url))
+        .bearer_auth("wrong")
+        .json(&json!({"events": [message(1, 10)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(api.store.inbox_len(), 0);
+    assert!(
+        !api.store.has_transaction("1").unwrap(),
+        "a refused transaction is not recorded"
+    );
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods() {
+    let api = start(32 << 20).await;
+    let (status, body) = api.get("/_matrix/app/v1/nonsense", Some(TOKEN)).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_UNRECOGNIZED"))
+    );
+    let (status, body) = api.get("/somewhere/else", None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_UNRECOGNIZED"))
+    );
+    let (status, body) = api.get("/_matrix/app/v1/transactions/5", Some(TOKEN)).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (405, Some("M_UNRECOGNIZED"))
+    );
+    let r = api
+        .http
+        .post(format!("{}/_matrix/app/v1/ping", api.url))
+        .bearer_auth(TOKEN)
+        .json(&json!({"transaction_id": "t"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn malformed_transactions_are_refused_and_store_nothing() {
+    let api = start(32 << 20).await;
+    let r = api
+        .http
+        .put(format!("{}/_matrix/app/v1/transactions/bad", api.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let (status, body) = api.put_txn("bad2", &json!({"events": [1, 2]})).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_BAD_JSON"))
+    );
+    assert!(!api.store.has_transaction("bad").unwrap());
+    assert!(!api.store.has_transaction("bad2").unwrap());
+    // The same ID works once the homeserver sends a valid body.
+    let (status, _) = api
+        .put_txn("bad2", &json!({"events": [message(1, 5)]}))
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn large_valid_transaction_is_accepted_and_over_limit_is_413() {
+    let api = start(16 << 20).await;
+    // 100 events of 64 KiB each: about 6.5 MB, what a busy homeserver may send.
+    let events: Vec<Value> = (0..100).map(|n| message(n, 64 * 1024)).collect();
+    let (status, _) = api.put_txn("big", &json!({ "events": events })).await;
+    assert_eq!(status, 200);
+    api.drained().await;
+    let events: Vec<Value> = (0..300).map(|n| message(n, 64 * 1024)).collect();
+    let (status, _) = api.put_txn("too-big", &json!({ "events": events })).await;
+    assert_eq!(status, 413);
+    assert!(!api.store.has_transaction("too-big").unwrap());
+}
+
+#[tokio::test]
+async fn replayed_transaction_is_stored_once() {
+    let api = start(32 << 20).await;
+    let body = json!({"events": [message(1, 10), message(2, 10)]});
+    assert_eq!(api.put_txn("42", &body).await.0, 200);
+    api.drained().await;
+    let (status, body_again) = api.put_txn("42", &body).await;
+    assert_eq!((status, body_again), (200, json!({})));
+    assert_eq!(api.store.inbox_len(), 0, "a replay enqueues nothing");
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"bridge_txn_seconds_count{result="duplicate"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn ephemeral_events_under_both_keys_reach_the_inbox() {
+    let api = start(32 << 20).await;
+    let typing = json!({"type": "m.typing", "room_id": "!r:localhost", "content": {"user_ids": ["@alice:localhost"]}});
+    for (id, key) in [("e1", "ephemeral"), ("e2", "de.sorunome.msc2409.ephemeral")] {
+        let mut body = json!({"events": []});
+        body[key] = json!([typing]);
+        assert_eq!(api.put_txn(id, &body).await.0, 200);
+        let dump = api.store.export().unwrap();
+        let txn = dump["trees"]["txns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row[0] == id)
+            .unwrap_or_else(|| panic!("transaction {id} recorded"));
+        let record: Value = serde_json::from_str(txn[1].as_str().unwrap()).unwrap();
+        assert_eq!(
+            record["items"], 1,
+            "the typing event under `{key}` was stored"
+        );
+    }
+}
+
+#[tokio::test]
+async fn third_party_lookups_follow_the_connector() {
+    let api = start(32 << 20).await;
+    let (status, proto) = api
+        .get("/_matrix/app/v1/thirdparty/protocol/loopback", Some(TOKEN))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(proto["user_fields"], json!(["user"]));
+    assert_eq!(proto["location_fields"], json!(["room"]));
+    assert_eq!(proto["instances"][0]["network_id"], "loopback");
+    let (status, _) = api
+        .get("/_matrix/app/v1/thirdparty/protocol/nope", Some(TOKEN))
+        .await;
+    assert_eq!(status, 404);
+    let (_, users) = api
+        .get(
+            "/_matrix/app/v1/thirdparty/user/loopback?user=Bob",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(users[0]["userid"], "@_loopback_bob:localhost");
+    let (_, back) = api
+        .get(
+            "/_matrix/app/v1/thirdparty/user?userid=%40_loopback_bob%3Alocalhost",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(back[0]["fields"]["user"], "bob");
+    let (_, rooms) = api
+        .get(
+            "/_matrix/app/v1/thirdparty/location/loopback?room=%23lobby",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(rooms[0]["alias"], "#_loopback_=23lobby:localhost");
+    let (_, back) = api
+        .get(
+            "/_matrix/app/v1/thirdparty/location?alias=%23_loopback_%3D23lobby%3Alocalhost",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(back[0]["fields"]["room"], "#lobby");
+    let (_, none) = api
+        .get(
+            "/_matrix/app/v1/thirdparty/user/loopback?user=has%20space",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(none, json!([]));
+}
+
+#[tokio::test]
+async fn metrics_and_health() {
+    let api = start(32 << 20).await;
+    assert_eq!(api.get("/health", None).await.0, 200);
+    assert_eq!(api.get("/_matrix/mau/live", None).await.0, 200);
+    assert_eq!(
+        api.put_txn("m1", &json!({"events": [message(1, 3)]}))
+            .await
+            .0,
+        200
+    );
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "bridge_txn_seconds",
+        "bridge_inbox_depth",
+        "portals_total",
+        "ghosts_total",
+        "sled_size_bytes",
+        "bridge_portal_tasks",
+    ] {
+        assert!(text.contains(name), "metric {name} missing:\n{text}");
+    }
+}
