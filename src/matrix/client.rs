@@ -42,7 +42,7 @@ use ruma::profile::ProfileFieldValue;
 use ruma::serde::Raw;
 use ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedMxcUri, OwnedRoomAliasId, OwnedRoomId,
-    OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId, UInt, UserId,
+    OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId, RoomVersionId, UInt, UserId,
 };
 use serde_json::Value as JsonValue;
 use tokio::sync::Semaphore;
