@@ -75,7 +75,7 @@ log "== starting Synapse on 127.0.0.1:$HS_PORT"
 bash "$ROOT/scripts/synapse.sh" up "$STACK/registration.yaml" "$HS_PORT"
 
 log "== starting isthmus on 127.0.0.1:$BRIDGE_PORT"
-"$BIN" -c "$STACK/config.yaml" run >"$BRIDGE_LOG" 2>&1 </dev/null &
+(close_fds; exec "$BIN" -c "$STACK/config.yaml" run) >"$BRIDGE_LOG" 2>&1 </dev/null &
 echo "$!" >"$BRIDGE_PID"
 for _ in $(seq 1 300); do
     grep -q "isthmus is ready" "$BRIDGE_LOG" 2>/dev/null && break

@@ -24,6 +24,8 @@ export ROOT STACK VENV
 
 # Synapse version the tests and the demo are checked against.
 SYNAPSE_VERSION=1.163.2
+# slixmpp plays the XMPP user in the tests and the demo.
+SLIXMPP_VERSION=1.17.0
 
 _isthmus_apt_updated=0
 
@@ -64,11 +66,11 @@ need_apt() {
 # An existing venv that already has synapse_homeserver is kept as it is.
 ensure_venv() {
     local venv="$VENV"
-    if [ -x "$venv/bin/synapse_homeserver" ]; then
+    if [ -x "$venv/bin/synapse_homeserver" ] && "$venv/bin/python" -c 'import slixmpp' 2>/dev/null; then
         return 0
     fi
     command -v python3 >/dev/null 2>&1 || need_apt python3
-    if [ ! -x "$venv/bin/pip" ]; then
+    if [ ! -x "$venv/bin/python" ]; then
         # Debian's python3 needs the python3-venv package for `-m venv`;
         # a failed attempt can leave a venv without pip behind.
         if ! python3 -m venv "$venv" >/dev/null 2>&1 || [ ! -x "$venv/bin/pip" ]; then
@@ -77,9 +79,22 @@ ensure_venv() {
             python3 -m venv "$venv"
         fi
     fi
-    log "installing matrix-synapse==$SYNAPSE_VERSION into $venv (about 30 s)"
-    "$venv/bin/pip" install -q --disable-pip-version-check \
-        "matrix-synapse==$SYNAPSE_VERSION"
+    log "installing matrix-synapse==$SYNAPSE_VERSION and slixmpp==$SLIXMPP_VERSION into $venv (about 30 s)"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+        "matrix-synapse==$SYNAPSE_VERSION" "slixmpp==$SLIXMPP_VERSION"
+}
+
+# close_fds : close every file descriptor above 2 of the current shell. Call it in
+# the subshell that execs a long-running server, so the server does not keep open
+# what its caller held (such as a lock file, which would then stay locked).
+close_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ] 2>/dev/null; then
+            eval "exec $fd>&-" 2>/dev/null || true
+        fi
+    done
 }
 
 # tcp_open HOST PORT : true if a TCP connection to HOST:PORT succeeds now.

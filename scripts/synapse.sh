@@ -107,7 +107,7 @@ EOF
 
     # Synapse writes pid_file only when it daemonizes, so keep $! instead.
     # No log_config: Synapse logs to stderr, which goes to the log file.
-    "$python" -m synapse.app.homeserver -c "$SYN/homeserver.yaml" \
+    (close_fds; exec "$python" -m synapse.app.homeserver -c "$SYN/homeserver.yaml") \
         >>"$LOGFILE" 2>&1 </dev/null &
     echo "$!" >"$PIDFILE"
 

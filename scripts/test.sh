@@ -63,8 +63,9 @@ section "registration"
 "$TARGET_DIR/debug/isthmus" generate-registration \
     -c tests/fixtures/bridge.yaml -o "$STACK/registration.yaml"
 
-section "synapse"
+section "synapse and prosody"
 synapse_started=0
+prosody_started=0
 test_status=0
 # Called through the EXIT trap, which shellcheck does not follow.
 # shellcheck disable=SC2317
@@ -76,11 +77,21 @@ cleanup() {
         fi
         bash "$ROOT/scripts/synapse.sh" down || true
     fi
+    if [ "$prosody_started" -eq 1 ]; then
+        if [ "$test_status" -ne 0 ]; then
+            printf '\n== prosody log (last 30 lines of %s)\n' "$STACK/prosody/prosody.log"
+            tail -n 30 "$STACK/prosody/prosody.log" || true
+        fi
+        bash "$ROOT/scripts/prosody.sh" down || true
+    fi
 }
 trap cleanup EXIT
 synapse_started=1
 bash "$ROOT/scripts/synapse.sh" up "$STACK/registration.yaml" "$SYNAPSE_PORT"
+prosody_started=1
+bash "$ROOT/scripts/prosody.sh" up 15222 15347
 export ISTHMUS_TEST_HOMESERVER="http://127.0.0.1:$SYNAPSE_PORT"
+export ISTHMUS_TEST_PYTHON="$VENV/bin/python"
 
 section "test"
 # Integration tests serialise themselves; unit tests run in parallel.

@@ -142,10 +142,17 @@ fn init_tracing(config: &Config) {
 }
 
 /// The connectors the config enables.
-pub fn connectors(config: &Config) -> Vec<Arc<dyn Connector>> {
+pub fn connectors(config: &Config, secrets: &ResolvedSecrets) -> Vec<Arc<dyn Connector>> {
     let mut out: Vec<Arc<dyn Connector>> = Vec::new();
     if let Some(lb) = &config.networks.loopback {
         out.push(Arc::new(crate::loopback::Loopback::new(lb.control)));
+    }
+    if let (Some(x), Some(secret)) = (&config.networks.xmpp, &secrets.xmpp_component_secret) {
+        out.push(Arc::new(crate::xmpp::Xmpp::new(
+            x,
+            secret.clone(),
+            &config.homeserver.domain,
+        )));
     }
     out
 }
@@ -164,7 +171,7 @@ fn regex_escape(s: &str) -> String {
 /// The registration file for the homeserver, as YAML.
 pub fn registration_yaml(config: &Config, secrets: &ResolvedSecrets) -> Result<String> {
     let domain = regex_escape(&config.homeserver.domain);
-    let networks = connectors(config);
+    let networks = connectors(config, secrets);
     if networks.is_empty() {
         bail!(
             "no network is enabled in `networks`; enable at least one before generating the registration"
@@ -236,7 +243,7 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
         hs.clone(),
         store.clone(),
         metrics,
-        connectors(&config),
+        connectors(&config, &secrets),
     )?;
     info!(
         pruned,

@@ -370,6 +370,53 @@ pub struct NetworksConfig {
     /// The loopback test network (for tests and demos only).
     #[serde(default)]
     pub loopback: Option<LoopbackConfig>,
+    /// XMPP, as a gateway component of the organisation's XMPP server.
+    #[serde(default)]
+    pub xmpp: Option<XmppConfig>,
+}
+
+/// `networks.xmpp` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmppConfig {
+    /// The component link (XEP-0114) to the XMPP server.
+    pub component: XmppComponentConfig,
+    /// Largest inbound stanza, in bytes; a larger one closes the link (which reconnects).
+    #[serde(default = "default_max_stanza")]
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting accepted in an inbound stanza.
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+}
+
+/// `networks.xmpp.component` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmppComponentConfig {
+    /// Host of the XMPP server's component port.
+    #[serde(default = "default_xmpp_host")]
+    pub host: String,
+    /// The component port (5347 by convention).
+    #[serde(default = "default_xmpp_port")]
+    pub port: u16,
+    /// The component's domain, as declared in the XMPP server (`Component "matrix.example.org"`);
+    /// Matrix users are reachable at addresses on it.
+    pub domain: String,
+    /// The component secret shared with the XMPP server.
+    pub secret: Secret,
+}
+
+fn default_max_stanza() -> usize {
+    512 * 1024
+}
+fn default_max_depth() -> usize {
+    32
+}
+fn default_xmpp_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_xmpp_port() -> u16 {
+    5347
 }
 
 /// `networks.loopback` section: an in-process network driven over a local control socket.
@@ -387,6 +434,8 @@ pub struct ResolvedSecrets {
     pub as_token: String,
     /// Token from the homeserver.
     pub hs_token: String,
+    /// The XMPP component secret, when XMPP is enabled.
+    pub xmpp_component_secret: Option<String>,
 }
 
 impl fmt::Debug for ResolvedSecrets {
@@ -531,6 +580,36 @@ impl Config {
                 "must be a loopback address such as 127.0.0.1:29340",
             ));
         }
+        let xmpp_component_secret = match &self.networks.xmpp {
+            None => None,
+            Some(x) => {
+                let d = &x.component.domain;
+                if d.is_empty() || d.contains(['@', '/', ' ', ':']) || d != &d.to_lowercase() {
+                    return Err(invalid(
+                        "networks.xmpp.component.domain",
+                        "must be the component's domain in lowercase, such as matrix.example.org",
+                    ));
+                }
+                check_placeholder("networks.xmpp.component.domain", d)?;
+                if x.max_stanza_bytes < 4096 {
+                    return Err(invalid(
+                        "networks.xmpp.max_stanza_bytes",
+                        "must be at least 4096",
+                    ));
+                }
+                if !(4..=256).contains(&x.max_depth) {
+                    return Err(invalid(
+                        "networks.xmpp.max_depth",
+                        "must be between 4 and 256",
+                    ));
+                }
+                Some(
+                    x.component
+                        .secret
+                        .resolve("networks.xmpp.component.secret", env)?,
+                )
+            }
+        };
         let as_token = asc.as_token.resolve("appservice.as_token", env)?;
         let hs_token = asc.hs_token.resolve("appservice.hs_token", env)?;
         if as_token == hs_token {
@@ -539,7 +618,11 @@ impl Config {
                 "must differ from appservice.as_token",
             ));
         }
-        Ok(ResolvedSecrets { as_token, hs_token })
+        Ok(ResolvedSecrets {
+            as_token,
+            hs_token,
+            xmpp_component_secret,
+        })
     }
 }
 

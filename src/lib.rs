@@ -12,6 +12,7 @@
 //! | [`network`] | the connector boundary |
 //! | [`loopback`] | an in-process network for tests and demonstrations |
 //! | [`metrics`] | Prometheus metrics |
+//! | [`xmpp`] | the XMPP network, as a gateway component |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,3 +26,4 @@ pub mod matrix;
 pub mod metrics;
 pub mod network;
 pub mod store;
+pub mod xmpp;

@@ -37,14 +37,14 @@ impl MatrixError {
         }
     }
 
-    /// Whether the homeserver said the thing asked for does not exist: `M_NOT_FOUND`, or a 404
-    /// without a Matrix error code. An unknown endpoint (404 `M_UNRECOGNIZED`) is not "not
-    /// found".
+    /// Whether the homeserver said the thing asked for does not exist: `M_NOT_FOUND`, or any
+    /// other 404 (Synapse answers 404 `M_UNKNOWN` for a missing profile or an unknown room to
+    /// join). An unknown endpoint (404 `M_UNRECOGNIZED`) is not "not found".
     pub fn is_not_found(&self) -> bool {
         match self {
             MatrixError::Api {
                 status, errcode, ..
-            } => errcode == "M_NOT_FOUND" || (*status == 404 && errcode.is_empty()),
+            } => errcode == "M_NOT_FOUND" || (*status == 404 && errcode != "M_UNRECOGNIZED"),
             _ => false,
         }
     }
@@ -77,6 +77,7 @@ mod tests {
         assert_eq!(MatrixError::Http("x".into()).errcode(), None);
         assert!(api(404, "M_NOT_FOUND").is_not_found());
         assert!(api(404, "").is_not_found());
+        assert!(api(404, "M_UNKNOWN").is_not_found());
         assert!(!api(404, "M_UNRECOGNIZED").is_not_found());
         assert!(!api(403, "M_FORBIDDEN").is_not_found());
         assert!(!MatrixError::Decode("x".into()).is_not_found());

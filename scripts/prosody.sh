@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Start or stop a throwaway Prosody XMPP server for the tests and the demo.
+#
+#   scripts/prosody.sh up [C2S_PORT COMPONENT_PORT]    (defaults 15222 15347)
+#   scripts/prosody.sh down
+#   scripts/prosody.sh restart                         (same data, same ports)
+#
+# `up` installs the Debian package when missing, writes the config from
+# tests/fixtures/prosody.cfg.lua (virtual host "localhost", component
+# "matrix.localhost" with the secret ISTHMUS_COMPONENT_SECRET, default
+# "component_secret_test"), registers the users alice, bob, carol, dave and erin with
+# the password "<name>pass", and waits until both ports accept connections.
+# Everything lives under "$STACK/prosody"; the PID is in prosody.fg.pid there.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+P="$STACK/prosody"
+PIDFILE="$P/prosody.fg.pid"
+CFG="$P/prosody.cfg.lua"
+
+start() {
+    local c2s component
+    c2s=$(cat "$P/ports" | cut -d' ' -f1)
+    component=$(cat "$P/ports" | cut -d' ' -f2)
+    (close_fds; exec prosody --config "$CFG" -F) >"$P/console.log" 2>&1 </dev/null &
+    echo "$!" >"$PIDFILE"
+    if ! wait_tcp 127.0.0.1 "$c2s" 20 || ! wait_tcp 127.0.0.1 "$component" 20; then
+        log "Prosody did not come up; last lines of its logs:"
+        tail -n 20 "$P/console.log" "$P/prosody.log" >&2 || true
+        stop_pidfile "$PIDFILE"
+        exit 1
+    fi
+    log "Prosody is up: c2s 127.0.0.1:$c2s, component port 127.0.0.1:$component (PID $(cat "$PIDFILE"))"
+}
+
+up() {
+    local c2s=${1:-15222} component=${2:-15347}
+    if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+        log "Prosody is already running (PID $(cat "$PIDFILE")); run '$0 down' first"
+        exit 1
+    fi
+    for port in "$c2s" "$component"; do
+        if tcp_open 127.0.0.1 "$port"; then
+            log "port 127.0.0.1:$port is already in use; stop what listens there first"
+            exit 1
+        fi
+    done
+    command -v prosody >/dev/null 2>&1 || need_apt prosody
+    rm -rf "$P"
+    mkdir -p "$P/data" "$P/certs"
+    echo "$c2s $component" >"$P/ports"
+    sed -e "s#@DIR@#$P#g" -e "s#@C2S_PORT@#$c2s#g" -e "s#@COMPONENT_PORT@#$component#g" \
+        -e "s#@COMPONENT_DOMAIN@#matrix.localhost#g" \
+        -e "s#@COMPONENT_SECRET@#${ISTHMUS_COMPONENT_SECRET:-component_secret_test}#g" \
+        "$ROOT/tests/fixtures/prosody.cfg.lua" >"$CFG"
+    for user in alice bob carol dave erin; do
+        prosodyctl --config "$CFG" register "$user" localhost "${user}pass" >/dev/null
+    done
+    start
+}
+
+down() {
+    if [ -f "$PIDFILE" ]; then
+        local pid
+        pid=$(cat "$PIDFILE")
+        stop_pidfile "$PIDFILE"
+        log "Prosody stopped (PID $pid)"
+    else
+        log "Prosody is not running (no $PIDFILE)"
+    fi
+}
+
+case "${1:-}" in
+up) shift; up "$@" ;;
+down) down ;;
+restart)
+    down
+    start
+    ;;
+*)
+    log "usage: $0 up [C2S_PORT COMPONENT_PORT] | down | restart"
+    exit 2
+    ;;
+esac

@@ -1,0 +1,154 @@
+//! The XMPP network: the bridge as a gateway component (XEP-0114) of the organisation's XMPP
+//! server. Any XMPP user can reach the organisation's Matrix users at addresses on the
+//! component domain, and XMPP contacts appear on Matrix as ghosts. No XMPP passwords are
+//! needed.
+//!
+//! | file | role |
+//! |---|---|
+//! | `component.rs` | the link: connect, authenticate, reconnect with backoff |
+//! | `limits.rs` | inbound limits enforced before the XML parser |
+//! | `ids.rs` | addressing both ways |
+//! | `handle_xmpp.rs` | XMPP → bridge |
+//! | `handle_matrix.rs` | bridge → XMPP |
+
+mod component;
+mod handle_matrix;
+mod handle_xmpp;
+pub mod ids;
+pub mod limits;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+
+use self::component::{LinkConfig, Outgoing};
+use self::handle_matrix::Gateway;
+use self::handle_xmpp::Handler;
+use self::ids::Addressing;
+use crate::config::XmppConfig;
+use crate::network::{
+    BridgeState, Capabilities, Connector, EventSink, NetworkClient, NetworkError, NetworkId,
+    NetworkInfo, RemoteUserId, ThirdPartyField,
+};
+
+/// The XMPP connector.
+pub struct Xmpp {
+    info: NetworkInfo,
+    link: LinkConfig,
+    handler: Arc<Handler>,
+    gateway: Arc<Gateway>,
+    outgoing: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Xmpp {
+    /// A connector for the component described by `cfg`, with its resolved secret, bridging
+    /// for the homeserver `homeserver`.
+    pub fn new(cfg: &XmppConfig, secret: String, homeserver: &str) -> Self {
+        let addressing = Addressing::new(&cfg.component.domain, homeserver);
+        let (state_tx, state_rx) = watch::channel(BridgeState::Starting);
+        let (out_tx, out_rx) = mpsc::channel(1024);
+        Self {
+            info: NetworkInfo {
+                id: NetworkId::new("xmpp"),
+                display_name: "XMPP".into(),
+                protocol: "xmpp".into(),
+                capabilities: Capabilities {
+                    formatting: false,
+                    edits: false,
+                    redactions: false,
+                    reactions: false,
+                    replies: false,
+                    typing: true,
+                    receipts: false,
+                    presence: true,
+                    group_chats: false,
+                },
+                user_fields: vec![ThirdPartyField {
+                    name: "jid".into(),
+                    regexp: r"[^@/\s]+@[^@/\s]+".into(),
+                    placeholder: "bob@example.org".into(),
+                }],
+                location_fields: vec![ThirdPartyField {
+                    name: "muc".into(),
+                    regexp: r"[^@/\s]+@[^@/\s]+".into(),
+                    placeholder: "room@conference.example.org".into(),
+                }],
+                user_id_example: "bob@example.org".into(),
+            },
+            link: LinkConfig {
+                host: cfg.component.host.clone(),
+                port: cfg.component.port,
+                domain: cfg.component.domain.clone(),
+                secret,
+                max_stanza_bytes: cfg.max_stanza_bytes,
+                max_depth: cfg.max_depth,
+            },
+            handler: Arc::new(Handler {
+                addressing: addressing.clone(),
+                sink: OnceLock::new(),
+                state: state_tx,
+            }),
+            gateway: Arc::new(Gateway {
+                addressing,
+                out: out_tx,
+                state: state_rx,
+                counter: AtomicU64::new(0),
+            }),
+            outgoing: Mutex::new(Some(out_rx)),
+            stop: watch::channel(false).0,
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for Xmpp {
+    fn info(&self) -> &NetworkInfo {
+        &self.info
+    }
+
+    async fn start(&self, sink: EventSink) -> Result<(), NetworkError> {
+        let _ = self.handler.sink.set(sink);
+        let Some(outgoing) = self.outgoing.lock().expect("outgoing lock").take() else {
+            return Err(NetworkError::Internal(
+                "the XMPP connector was started twice".into(),
+            ));
+        };
+        let inbound: Arc<dyn component::Inbound> = self.handler.clone();
+        tokio::spawn(component::run(
+            self.link.clone(),
+            inbound,
+            outgoing,
+            self.stop.subscribe(),
+        ));
+        Ok(())
+    }
+
+    async fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    fn bridge_client(&self) -> Option<Arc<dyn NetworkClient>> {
+        Some(self.gateway.clone())
+    }
+
+    fn parse_user_id(&self, raw: &str) -> Result<RemoteUserId, NetworkError> {
+        self.gateway
+            .addressing
+            .contact(raw)
+            .map(|j| RemoteUserId::new(j.to_string()))
+            .map_err(NetworkError::InvalidInput)
+    }
+
+    fn status(&self) -> Vec<(String, BridgeState)> {
+        vec![(
+            format!(
+                "component {} via {}:{}",
+                self.link.domain, self.link.host, self.link.port
+            ),
+            *self.gateway.state.borrow(),
+        )]
+    }
+}

@@ -1,0 +1,696 @@
+//! The bridge core end to end: the real `isthmus` binary between a real Synapse and the
+//! loopback network, driven as a Matrix user and through the loopback control socket.
+//!
+//! Needs Synapse with the test registration: run with `scripts/test.sh`. Each test starts its
+//! own bridge with a fresh store; the tests take turns because they share fixed ports.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use common::{
+    AS_TOKEN, BOT, BridgeProcess, Control, HS_TOKEN, LOOPBACK_PASSWORD, MatrixUser, appservice,
+    direct_message, enc, ghost, is_message_op, is_text_from, metric, remote_event, serial, unique,
+    with_permission,
+};
+
+/// How long any single expected thing may take.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The user creates a direct chat with the ghost of `contact` and waits until it joined
+/// (Synapse delivers room messages to the bridge only from then on).
+async fn dm_portal(user: &MatrixUser, contact: &str) -> String {
+    let room = user.create_dm(&ghost(contact)).await;
+    user.wait_joined(&room, &ghost(contact), WAIT).await;
+    room
+}
+
+/// Injects a direct message from `from` to `user` and, when the bridge creates the room for
+/// it, joins the invite; returns the room and the Matrix event of the message.
+async fn receive_first_message(
+    control: &mut Control,
+    user: &MatrixUser,
+    from: &str,
+    id: &str,
+    body: &str,
+) -> (String, Value) {
+    control
+        .inject(direct_message(from, &user.user_id, id, body))
+        .await;
+    let room = user.wait_for_invite(WAIT).await;
+    user.join(&room).await;
+    let event = user
+        .wait_for_event(&room, &format!("{body:?} from the ghost"), WAIT, |e| {
+            is_text_from(e, &ghost(from), body)
+        })
+        .await;
+    (room, event)
+}
+
+/// Sends `text` and returns the bot's (or `from`'s) notice that answers it.
+async fn command(user: &MatrixUser, room: &str, text: &str) -> String {
+    let sent = user.send_text(room, text).await;
+    user.wait_reply(room, &sent, BOT, WAIT).await
+}
+
+/// Opens the user's management room (a direct chat with the bot) and waits for the welcome.
+async fn management_room(user: &MatrixUser) -> String {
+    let room = user.create_dm(BOT).await;
+    user.wait_joined(&room, BOT, WAIT).await;
+    user.wait_for_event(&room, "the bot's welcome notice", WAIT, |e| {
+        e["sender"] == BOT
+            && e["content"]["msgtype"] == "m.notice"
+            && e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("management room"))
+    })
+    .await;
+    room
+}
+
+/// Logs the user in to loopback as `username` from the management room; returns the event
+/// ID of the message that held the password.
+async fn loopback_login(user: &MatrixUser, room: &str, username: &str) -> String {
+    let reply = command(user, room, "login").await;
+    assert!(reply.contains("Send your username"), "{reply}");
+    let reply = command(user, room, username).await;
+    assert!(reply.contains("Send your password"), "{reply}");
+    let password = user.send_text(room, LOOPBACK_PASSWORD).await;
+    let reply = user.wait_reply(room, &password, BOT, WAIT).await;
+    assert!(
+        reply.contains(&format!("Logged in as {username}")),
+        "{reply}"
+    );
+    password
+}
+
+/// Whether an event was redacted (its content stripped, the redaction noted).
+fn is_redacted(e: &Value) -> bool {
+    e["unsigned"]["redacted_because"].is_object()
+        && e["content"]
+            .as_object()
+            .is_some_and(|c| !c.contains_key("body"))
+}
+
+/// How many `message` operations with this body the network has seen (the `sent` log of the
+/// current bridge process).
+async fn count_messages(control: &mut Control, body: &str) -> usize {
+    control
+        .sent_log()
+        .await
+        .iter()
+        .filter(|op| is_message_op(op, body))
+        .count()
+}
+
+/// Polls `/metrics` until the durable inbox holds at least one item.
+async fn wait_inbox_not_empty(bridge: &BridgeProcess) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = bridge.metrics().await;
+        let depth = metric(&text, "bridge_inbox_depth");
+        if depth.is_some_and(|d| d >= 1.0) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bridge_inbox_depth stayed at {depth:?} for {WAIT:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dm_from_matrix_reaches_network() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let room = dm_portal(&alice, "bob").await;
+
+    let body = format!("hello bob {}", unique());
+    let event_id = alice.send_text(&room, &body).await;
+    let op = control
+        .wait_sent("alice's message", WAIT, |op| is_message_op(op, &body))
+        .await;
+
+    assert_eq!(
+        op["portal"],
+        json!({"chat": "bob", "kind": "direct", "receiver": alice.user_id})
+    );
+    assert_eq!(op["message"]["sender"]["user_id"], alice.user_id.as_str());
+    assert_eq!(
+        op["message"]["sender"]["displayname"],
+        alice.localpart.as_str()
+    );
+    assert_eq!(op["message"]["event_id"], event_id.as_str());
+    assert_eq!(op["message"]["content"]["kind"], "text");
+    assert_eq!(op["message"]["relayed"], false);
+    assert_eq!(op["message"]["reply_to"], Value::Null);
+    assert_eq!(op["via"], "bridge");
+    assert!(
+        op["remote_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("lb-")),
+        "{op}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn network_message_reaches_matrix_in_one_room() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let run = unique();
+
+    let first = format!("hi alice {run}");
+    let (room, _) =
+        receive_first_message(&mut control, &alice, "bob", &format!("m1-{run}"), &first).await;
+    let members = alice.joined_members(&room).await;
+    assert_eq!(
+        members.len(),
+        2,
+        "a direct chat has two members: {members:?}"
+    );
+    assert!(members.contains(&ghost("bob")), "{members:?}");
+    assert_eq!(
+        alice.displayname_of(&ghost("bob")).await.as_deref(),
+        Some("Bob (Loopback)")
+    );
+
+    let second = format!("are you there? {run}");
+    control
+        .inject(direct_message(
+            "bob",
+            &alice.user_id,
+            &format!("m2-{run}"),
+            &second,
+        ))
+        .await;
+    let event = alice
+        .wait_for_event(&room, "the second message in the same room", WAIT, |e| {
+            is_text_from(e, &ghost("bob"), &second)
+        })
+        .await;
+    assert_eq!(event["content"]["msgtype"], "m.text");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ghost_ids_are_escaped() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+
+    // Uppercase → `_` + lowercase, `_` → `__`, other bytes → `=xx`; a-z0-9.- stay.
+    let contact = "Dave_O'Neil.x-1";
+    let expected = "@_loopback__dave___o=27_neil.x-1:localhost";
+    assert_eq!(ghost(contact), expected, "the test's own escaping");
+    let body = format!("escaped {}", unique());
+    let (room, _) =
+        receive_first_message(&mut control, &alice, contact, &format!("m1-{body}"), &body).await;
+    let members = alice.joined_members(&room).await;
+    assert!(members.iter().any(|m| m == expected), "{members:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edit_and_redaction_reach_network_with_original_id() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let room = dm_portal(&alice, "bob").await;
+    let run = unique();
+
+    // Matrix → network.
+    let original = format!("original {run}");
+    let event_id = alice.send_text(&room, &original).await;
+    let sent = control
+        .wait_sent("the original message", WAIT, |op| {
+            is_message_op(op, &original)
+        })
+        .await;
+    let remote_id = sent["remote_id"].clone();
+
+    let edited = format!("edited {run}");
+    alice.edit(&room, &event_id, &edited).await;
+    let edit = control
+        .wait_sent("the edit", WAIT, |op| op["op"] == "edit")
+        .await;
+    assert_eq!(edit["target"], remote_id, "{edit}");
+    assert_eq!(edit["content"]["body"], edited.as_str(), "{edit}");
+    assert_eq!(edit["sender"]["user_id"], alice.user_id.as_str());
+
+    alice.redact(&room, &event_id).await;
+    let redaction = control
+        .wait_sent("the redaction", WAIT, |op| op["op"] == "redaction")
+        .await;
+    assert_eq!(redaction["target"], remote_id, "{redaction}");
+
+    // Network → Matrix.
+    let id = format!("m1-{run}");
+    let body = format!("typo here {run}");
+    control
+        .inject(direct_message("bob", &alice.user_id, &id, &body))
+        .await;
+    let bridged = alice
+        .wait_for_event(&room, "bob's message", WAIT, |e| {
+            is_text_from(e, &ghost("bob"), &body)
+        })
+        .await;
+    let bridged_id = bridged["event_id"].as_str().expect("event_id").to_owned();
+
+    let fixed = format!("no typo {run}");
+    let edit = remote_event(
+        "bob",
+        "direct",
+        &alice.user_id,
+        "bob",
+        json!({"type": "edit", "target": id, "content": {"kind": "text", "body": fixed}}),
+    );
+    control.inject(edit).await;
+    alice
+        .wait_for_event(&room, "an m.replace of bob's message", WAIT, |e| {
+            e["sender"] == ghost("bob").as_str()
+                && e["content"]["m.relates_to"]["rel_type"] == "m.replace"
+                && e["content"]["m.relates_to"]["event_id"] == bridged_id.as_str()
+                && e["content"]["m.new_content"]["body"] == fixed.as_str()
+        })
+        .await;
+
+    let redaction = remote_event(
+        "bob",
+        "direct",
+        &alice.user_id,
+        "bob",
+        json!({"type": "redaction", "target": id}),
+    );
+    control.inject(redaction).await;
+    alice
+        .wait_for_event(&room, "bob's message redacted", WAIT, |e| {
+            e["event_id"] == bridged_id.as_str() && is_redacted(e)
+        })
+        .await;
+    let redaction_event = alice
+        .wait_for_event(&room, "the redaction event", WAIT, |e| {
+            e["type"] == "m.room.redaction"
+                && e["sender"] == ghost("bob").as_str()
+                && (e["redacts"] == bridged_id.as_str()
+                    || e["content"]["redacts"] == bridged_id.as_str())
+        })
+        .await;
+    assert_eq!(redaction_event["room_id"], room.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reactions_both_ways() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let room = dm_portal(&alice, "bob").await;
+    let run = unique();
+
+    let body = format!("react to this {run}");
+    let event_id = alice.send_text(&room, &body).await;
+    let sent = control
+        .wait_sent("alice's message", WAIT, |op| is_message_op(op, &body))
+        .await;
+    alice.react(&room, &event_id, "👍").await;
+    let reaction = control
+        .wait_sent("alice's reaction", WAIT, |op| op["op"] == "reaction")
+        .await;
+    assert_eq!(reaction["target"], sent["remote_id"], "{reaction}");
+    assert_eq!(reaction["key"], "👍");
+    assert_eq!(reaction["remove"], false);
+
+    let id = format!("m1-{run}");
+    let theirs = format!("bob says {run}");
+    control
+        .inject(direct_message("bob", &alice.user_id, &id, &theirs))
+        .await;
+    let bridged = alice
+        .wait_for_event(&room, "bob's message", WAIT, |e| {
+            is_text_from(e, &ghost("bob"), &theirs)
+        })
+        .await;
+    let reaction = remote_event(
+        "bob",
+        "direct",
+        &alice.user_id,
+        "bob",
+        json!({"type": "reaction", "target": id, "key": "🎉", "remove": false}),
+    );
+    control.inject(reaction).await;
+    alice
+        .wait_for_event(&room, "bob's 🎉 reaction", WAIT, |e| {
+            let rel = &e["content"]["m.relates_to"];
+            e["type"] == "m.reaction"
+                && e["sender"] == ghost("bob").as_str()
+                && rel["rel_type"] == "m.annotation"
+                && rel["event_id"] == bridged["event_id"]
+                && rel["key"] == "🎉"
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_between_ack_and_handling_delivers_once() {
+    let _serial = serial();
+    let mut bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let room = dm_portal(&alice, "bob").await;
+
+    control.pause().await;
+    let body = format!("survives a crash {}", unique());
+    alice.send_text(&room, &body).await;
+    // Synapse got its 200 once the transaction is in the inbox.
+    wait_inbox_not_empty(&bridge).await;
+    bridge.kill();
+    drop(control);
+
+    bridge.restart().await;
+    let mut control = Control::connect().await;
+    control
+        .wait_sent("the message after the restart", WAIT, |op| {
+            is_message_op(op, &body)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        count_messages(&mut control, &body).await,
+        1,
+        "the message must reach the network exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_transaction_bridges_once() {
+    let _serial = serial();
+    let mut bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let room = dm_portal(&alice, "bob").await;
+
+    let run = unique();
+    let body = format!("sent once {run}");
+    let txn = json!({"events": [{
+        "type": "m.room.message",
+        "event_id": format!("$fake{run}"),
+        "room_id": room,
+        "sender": alice.user_id,
+        "origin_server_ts": now_ms(),
+        "content": {"msgtype": "m.text", "body": body},
+        "unsigned": {"age": 1},
+    }]})
+    .to_string();
+    let path = format!("/_matrix/app/v1/transactions/replay-{run}");
+    for attempt in 1..=2 {
+        let answer = appservice("PUT", &path, Some(HS_TOKEN), Some(&txn)).await;
+        assert_eq!(answer.status, 200, "attempt {attempt}: {answer:?}");
+        assert_eq!(answer.json, json!({}), "attempt {attempt}: {answer:?}");
+    }
+    control
+        .wait_sent("the replayed message", WAIT, |op| is_message_op(op, &body))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count_messages(&mut control, &body).await, 1);
+
+    drop(control);
+    bridge.restart().await;
+    let mut control = Control::connect().await;
+    let answer = appservice("PUT", &path, Some(HS_TOKEN), Some(&txn)).await;
+    assert_eq!(answer.status, 200, "after restart: {answer:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        count_messages(&mut control, &body).await,
+        0,
+        "a transaction replayed after a restart must not be bridged again"
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn appservice_api_rejects_bad_requests() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let txn = "/_matrix/app/v1/transactions/bad-requests";
+    let empty = Some(r#"{"events":[]}"#);
+
+    let wrong = appservice("PUT", txn, Some("not_the_hs_token"), empty).await;
+    assert_eq!(wrong.status, 403, "{wrong:?}");
+    assert_eq!(wrong.json["errcode"], "M_FORBIDDEN", "{wrong:?}");
+
+    let as_token = appservice("PUT", txn, Some(AS_TOKEN), empty).await;
+    assert_eq!(
+        as_token.status, 403,
+        "the as_token is not the hs_token: {as_token:?}"
+    );
+
+    let missing = appservice("PUT", txn, None, empty).await;
+    assert_eq!(missing.status, 403, "{missing:?}");
+    assert_eq!(missing.json["errcode"], "M_FORBIDDEN", "{missing:?}");
+
+    let user = format!("/_matrix/app/v1/users/{}", enc(&ghost("nobody")));
+    let query = appservice("GET", &user, None, None).await;
+    assert_eq!(query.status, 403, "{query:?}");
+    assert_eq!(query.json["errcode"], "M_FORBIDDEN", "{query:?}");
+
+    let unknown = appservice("GET", "/_matrix/app/v1/no-such-thing", Some(HS_TOKEN), None).await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert_eq!(unknown.json["errcode"], "M_UNRECOGNIZED", "{unknown:?}");
+
+    let method = appservice("GET", txn, Some(HS_TOKEN), None).await;
+    assert_eq!(method.status, 405, "{method:?}");
+    assert_eq!(method.json["errcode"], "M_UNRECOGNIZED", "{method:?}");
+
+    let broken = appservice("PUT", txn, Some(HS_TOKEN), Some("{\"events\": [")).await;
+    assert_eq!(broken.status, 400, "{broken:?}");
+    assert_eq!(broken.json["errcode"], "M_NOT_JSON", "{broken:?}");
+
+    let fine = appservice("PUT", txn, Some(HS_TOKEN), empty).await;
+    assert_eq!(fine.status, 200, "{fine:?}");
+    assert_eq!(fine.json, json!({}));
+
+    let health = appservice("GET", "/health", None, None).await;
+    assert_eq!(health.status, 200, "{health:?}");
+
+    let metrics = appservice("GET", "/metrics", None, None).await;
+    assert_eq!(metrics.status, 200, "{metrics:?}");
+    for name in [
+        "bridge_events_total",
+        "bridge_txn_seconds",
+        "bridge_inbox_depth",
+        "portals_total",
+        "ghosts_total",
+        "matrix_request_seconds",
+    ] {
+        assert!(
+            metrics.text.contains(name),
+            "/metrics lacks {name}:\n{}",
+            metrics.text
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_query_registers_ghost() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let observer = MatrixUser::register("observer").await;
+    let dave = ghost(&format!("dave{}", unique()));
+    let profile = format!("/profile/{}", enc(&dave));
+
+    let (before, _) = observer.call("GET", &profile, None).await;
+    assert_eq!(before, 404, "{dave} must not exist before the query");
+
+    let query = format!("/_matrix/app/v1/users/{}", enc(&dave));
+    let answer = appservice("GET", &query, Some(HS_TOKEN), None).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let (after, body) = observer.call("GET", &profile, None).await;
+    assert_eq!(after, 200, "{dave} has no profile after the query: {body}");
+
+    let foreign = format!("/_matrix/app/v1/users/{}", enc("@someone:localhost"));
+    let answer = appservice("GET", &foreign, Some(HS_TOKEN), None).await;
+    assert_eq!(answer.status, 404, "not a ghost: {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn echo_is_not_bridged_back() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let run = unique();
+
+    let body = format!("only one way {run}");
+    receive_first_message(&mut control, &alice, "bob", &format!("m1-{run}"), &body).await;
+    // Synapse sends the ghost's own event to the bridge within milliseconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let echoes: Vec<Value> = control
+        .sent_log()
+        .await
+        .into_iter()
+        .filter(|op| op["op"] == "message")
+        .collect();
+    assert!(echoes.is_empty(), "echoes reached the network: {echoes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn management_room_commands() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let room = management_room(&alice).await;
+
+    let help = command(&alice, &room, "help").await;
+    assert!(help.contains("start-chat"), "{help}");
+    assert!(
+        help.contains("`login"),
+        "no prefix in the management room: {help}"
+    );
+    let whoami = command(&alice, &room, "whoami").await;
+    assert!(whoami.contains(&alice.user_id), "{whoami}");
+    assert!(whoami.contains("User"), "{whoami}");
+    assert!(
+        whoami.contains(&room),
+        "the management room is named: {whoami}"
+    );
+    let version = command(&alice, &room, "version").await;
+    assert!(version.contains("isthmus"), "{version}");
+    let status = command(&alice, &room, "status").await;
+    assert!(status.contains("Loopback"), "{status}");
+
+    // A wrong password: refused, and the message that held it is redacted anyway.
+    let username = format!("alicelb{}", unique());
+    let reply = command(&alice, &room, "login").await;
+    assert!(reply.contains("Send your username"), "{reply}");
+    let reply = command(&alice, &room, &username).await;
+    assert!(reply.contains("Send your password"), "{reply}");
+    let wrong = alice.send_text(&room, "not-the-password").await;
+    let reply = alice.wait_reply(&room, &wrong, BOT, WAIT).await;
+    assert!(reply.contains("Login failed"), "{reply}");
+
+    let password = loopback_login(&alice, &room, &username).await;
+    for event_id in [&wrong, &password] {
+        let event = alice.event(&room, event_id).await;
+        assert!(
+            is_redacted(&event),
+            "the password is still readable: {event}"
+        );
+    }
+
+    let logins = command(&alice, &room, "logins").await;
+    assert!(logins.contains(&username), "{logins}");
+    let logout = command(&alice, &room, "logout loopback").await;
+    assert!(logout.contains("Logged out"), "{logout}");
+    let op = control
+        .wait_sent("the logout", WAIT, |op| op["op"] == "logout")
+        .await;
+    assert_eq!(op["via"], username.as_str());
+    let logins = command(&alice, &room, "logins").await;
+    assert!(!logins.contains(&username), "{logins}");
+
+    let carol = format!("carol{}", unique());
+    let reply = command(&alice, &room, &format!("start-chat loopback {carol}")).await;
+    assert!(reply.contains("Started a chat"), "{reply}");
+    let dm = alice.wait_for_invite(WAIT).await;
+    alice.join(&dm).await;
+    let members = alice.joined_members(&dm).await;
+    assert!(members.contains(&ghost(&carol)), "{members:?}");
+
+    let unknown = command(&alice, &room, "frobnicate").await;
+    assert!(unknown.contains("Unknown command"), "{unknown}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undeliverable_message_is_reported() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let room = dm_portal(&alice, "bob").await;
+
+    control.fail_next_undeliverable("bob does not exist").await;
+    let sent = alice.send_text(&room, "are you there?").await;
+    let notice = alice.wait_reply(&room, &sent, &ghost("bob"), WAIT).await;
+    assert!(notice.contains("could not be delivered"), "{notice}");
+    assert!(notice.contains("bob does not exist"), "{notice}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_mode() {
+    let _serial = serial();
+    let relay_local = format!("relay{}", unique());
+    let relay_id = format!("@{relay_local}:localhost");
+    let _bridge = BridgeProcess::start_with(with_permission(&relay_id, "relay")).await;
+    let mut control = Control::connect().await;
+    let owner = MatrixUser::register("owner").await;
+    let relay = MatrixUser::register_as(&relay_local).await;
+    let run = unique();
+
+    let management = management_room(&owner).await;
+    let username = format!("ownerlb{run}");
+    loopback_login(&owner, &management, &username).await;
+
+    // A group chat on the network: the bot creates its room and invites the owner.
+    let chat = format!("#grp{run}");
+    let first = format!("hello group {run}");
+    let message = remote_event(
+        &chat,
+        "group",
+        &owner.user_id,
+        "bob",
+        json!({"type": "message", "id": format!("g1-{run}"), "content": {"kind": "text", "body": first}}),
+    );
+    control.inject(message).await;
+    let room = owner.wait_for_invite(WAIT).await;
+    owner.join(&room).await;
+    owner
+        .wait_for_event(&room, "bob's group message", WAIT, |e| {
+            is_text_from(e, &ghost("bob"), &first)
+        })
+        .await;
+    relay.join(&room).await;
+
+    let before = relay.send_text(&room, "before relay").await;
+    let notice = relay.wait_reply(&room, &before, BOT, WAIT).await;
+    assert!(notice.contains("not logged in"), "{notice}");
+
+    let help = command(&owner, &room, "!isthmus help").await;
+    assert!(help.contains("!isthmus set-relay"), "{help}");
+    let reply = command(&owner, &room, "!isthmus set-relay").await;
+    assert!(reply.contains(&username), "{reply}");
+
+    relay.send_text(&room, "hi via relay").await;
+    let name = relay
+        .displayname_of(&relay_id)
+        .await
+        .unwrap_or(relay_local.clone());
+    let expected = format!("{name}: hi via relay");
+    let op = control
+        .wait_sent("the relayed message", WAIT, |op| {
+            is_message_op(op, &expected)
+        })
+        .await;
+    assert_eq!(op["message"]["relayed"], true, "{op}");
+    assert_eq!(op["via"], username.as_str(), "{op}");
+    assert_eq!(
+        op["message"]["sender"]["user_id"],
+        relay_id.as_str(),
+        "{op}"
+    );
+    assert_eq!(op["portal"]["chat"], chat.as_str(), "{op}");
+    assert_eq!(op["portal"]["kind"], "group", "{op}");
+}

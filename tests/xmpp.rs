@@ -1,0 +1,401 @@
+//! The XMPP gateway against a real Prosody (component on 127.0.0.1:15347, clients on
+//! 127.0.0.1:15222) and the real Synapse, with tokio-xmpp playing the XMPP user.
+//! `scripts/test.sh` starts both servers.
+
+mod common;
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use common::{BridgeProcess, MatrixUser, enc, serial, unique};
+use tokio_xmpp::Stanza;
+use tokio_xmpp::parsers::jid::{BareJid, Jid};
+use tokio_xmpp::parsers::message::{Lang, Message, MessageType};
+use tokio_xmpp::parsers::minidom::Element;
+use tokio_xmpp::parsers::presence::{Presence, Show, Type as PresenceType};
+
+const C2S: &str = "127.0.0.1:15222";
+const COMPONENT_DOMAIN: &str = "matrix.localhost";
+
+/// An XMPP user logged in to Prosody: slixmpp, driven through `tests/xmpp_client.py`.
+struct XmppUser {
+    jid: BareJid,
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Drop for XmppUser {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl XmppUser {
+    /// Logs in `name@localhost` (registered by scripts/prosody.sh with password `<name>pass`).
+    async fn login(name: &str) -> XmppUser {
+        use tokio::io::AsyncBufReadExt;
+        let python = std::env::var("ISTHMUS_TEST_PYTHON").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python").to_owned()
+        });
+        let jid = BareJid::from_str(&format!("{name}@localhost")).unwrap();
+        let (host, port) = C2S.split_once(':').unwrap();
+        let mut child = tokio::process::Command::new(&python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/xmpp_client.py"))
+            .args([&format!("{jid}/test"), &format!("{name}pass"), host, port])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run the XMPP test client with {python}: {e} (scripts/test.sh installs slixmpp)"));
+        let stdin = child.stdin.take().unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut user = XmppUser {
+            jid,
+            child,
+            stdin,
+            lines,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match user.next_event(left).await {
+                Some(v) if v["event"] == "online" => return user,
+                Some(v) if v["event"] == "stanza" => continue,
+                other => panic!(
+                    "{} could not log in to Prosody at {C2S} (is it running? scripts/test.sh starts it): {other:?}",
+                    user.jid
+                ),
+            }
+        }
+    }
+
+    async fn next_event(&mut self, timeout: Duration) -> Option<serde_json::Value> {
+        match tokio::time::timeout(timeout, self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => serde_json::from_str(&line).ok(),
+            _ => None,
+        }
+    }
+
+    async fn send_xml(&mut self, xml: &str) {
+        use tokio::io::AsyncWriteExt;
+        let line = serde_json::json!({"op": "send", "xml": xml}).to_string() + "\n";
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to the XMPP client");
+    }
+
+    async fn say(&mut self, to: &str, body: &str) {
+        let mut m = Message::new(Some(Jid::from_str(to).unwrap()));
+        m.type_ = MessageType::Chat;
+        m.id = Some(tokio_xmpp::parsers::message::Id(unique()));
+        m.bodies.insert(Lang::default(), body.to_owned());
+        self.send(m.into()).await;
+    }
+
+    async fn send(&mut self, stanza: Stanza) {
+        let xml = String::from(&Element::from(stanza))
+            .replace("jabber:component:accept", "jabber:client");
+        self.send_xml(&xml).await;
+    }
+
+    /// Waits for a received stanza whose XML matches `pred`; returns it parsed.
+    async fn wait(&mut self, what: &str, pred: impl Fn(&Element) -> bool) -> Element {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(ev) = self.next_event(left).await else {
+                panic!(
+                    "{} waited 20 s for {what}; received instead:\n{}",
+                    self.jid,
+                    seen.join("\n")
+                );
+            };
+            let Some(xml) = ev["xml"].as_str() else {
+                continue;
+            };
+            let el = parse_stanza(xml);
+            if pred(&el) {
+                return el;
+            }
+            seen.push(xml.to_owned());
+        }
+    }
+
+    /// Waits for a chat message with this body; returns its sender.
+    async fn wait_message(&mut self, body: &str) -> Jid {
+        let el = self
+            .wait(&format!("a message {body:?}"), |e| {
+                e.name() == "message"
+                    && e.children().any(|c| c.name() == "body" && c.text() == body)
+            })
+            .await;
+        Jid::from_str(el.attr("from").expect("message has a sender")).unwrap()
+    }
+}
+
+/// Parses a stanza as slixmpp prints it: without the default namespace on the top element.
+fn parse_stanza(xml: &str) -> Element {
+    let with_ns = match Element::from_str(xml) {
+        Ok(el) => return el,
+        Err(_) => {
+            let end = xml[1..]
+                .find([' ', '>', '/'])
+                .map(|i| i + 1)
+                .unwrap_or(xml.len());
+            format!("{} xmlns=\"jabber:client\"{}", &xml[..end], &xml[end..])
+        }
+    };
+    Element::from_str(&with_ns).unwrap_or_else(|e| panic!("unparsable stanza {xml}: {e}"))
+}
+
+/// The ghost of an XMPP user.
+fn xmpp_ghost(jid: &str) -> String {
+    format!("@_xmpp_{}:localhost", jid.replace('@', "=40"))
+}
+
+async fn wait_metric(bridge: &BridgeProcess, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = bridge.metrics().await;
+        if m.lines().any(|l| l == needle) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "metric line {needle:?} not seen in 30 s; metrics:\n{}",
+                m.lines()
+                    .filter(|l| l.starts_with("logins"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const CONNECTED: &str = r#"logins{network="xmpp",state="CONNECTED"} 1"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_chat_started_on_matrix_crosses_both_ways() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let mut bob = XmppUser::login("bob").await;
+    let alice = MatrixUser::register("xalice").await;
+    let ghost = xmpp_ghost("bob@localhost");
+    let room = alice.create_dm(&ghost).await;
+    alice
+        .wait_joined(&room, &ghost, Duration::from_secs(20))
+        .await;
+
+    let text = format!("hello bob over xmpp {}", unique());
+    alice.send_text(&room, &text).await;
+    let from = bob.wait_message(&text).await;
+    let local = alice.localpart.clone();
+    assert_eq!(
+        from.to_bare().to_string(),
+        format!("{local}@{COMPONENT_DOMAIN}"),
+        "sent from alice's gateway address"
+    );
+
+    let reply = format!("hi alice from xmpp {}", unique());
+    bob.say(&from.to_bare().to_string(), &reply).await;
+    let ev = alice
+        .wait_for_event(&room, "bob's reply", Duration::from_secs(20), |e| {
+            e["content"]["body"] == reply.as_str()
+        })
+        .await;
+    assert_eq!(
+        ev["sender"],
+        ghost.as_str(),
+        "the reply comes from bob's ghost in the same room"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn xmpp_user_reaches_a_matrix_user_at_the_gateway_address() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let dave = MatrixUser::register("xdave").await;
+    let mut carol = XmppUser::login("carol").await;
+    let local = dave.localpart.clone();
+    let address = format!("{local}@{COMPONENT_DOMAIN}");
+
+    let first = format!("hello dave from carol {}", unique());
+    carol.say(&address, &first).await;
+    let room = dave.wait_for_invite(Duration::from_secs(20)).await;
+    dave.join(&room).await;
+    let ghost = xmpp_ghost("carol@localhost");
+    let ev = dave
+        .wait_for_event(
+            &room,
+            "carol's first message",
+            Duration::from_secs(20),
+            |e| e["content"]["body"] == first.as_str(),
+        )
+        .await;
+    assert_eq!(ev["sender"], ghost.as_str());
+
+    let second = format!("and a second one {}", unique());
+    carol.say(&address, &second).await;
+    dave.wait_for_event(
+        &room,
+        "carol's second message in the same room",
+        Duration::from_secs(20),
+        |e| e["content"]["body"] == second.as_str(),
+    )
+    .await;
+
+    // And back: dave answers in the portal.
+    let answer = format!("hi carol {}", unique());
+    dave.send_text(&room, &answer).await;
+    let from = carol.wait_message(&answer).await;
+    assert_eq!(from.to_bare().to_string(), address);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn xmpp_presence_becomes_ghost_presence() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let erin_matrix = MatrixUser::register("xerin").await;
+    let mut dave = XmppUser::login("dave").await;
+    let ghost = xmpp_ghost("dave@localhost");
+    // Presence is visible to users who share a room.
+    let room = erin_matrix.create_dm(&ghost).await;
+    erin_matrix
+        .wait_joined(&room, &ghost, Duration::from_secs(20))
+        .await;
+    let local = erin_matrix.localpart.clone();
+    let mut p = Presence::new(PresenceType::None);
+    p.to = Some(Jid::from_str(&format!("{local}@{COMPONENT_DOMAIN}")).unwrap());
+    p.show = Some(Show::Away);
+    p.statuses.insert(Lang::default(), "in a meeting".into());
+    dave.send(p.into()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = erin_matrix
+            .call("GET", &format!("/presence/{}/status", enc(&ghost)), None)
+            .await;
+        if status == 200
+            && body["presence"] == "unavailable"
+            && body["status_msg"] == "in a meeting"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ghost presence never became unavailable/in a meeting: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_answers_discovery_version_and_ping() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let mut erin = XmppUser::login("erin").await;
+    let get = |id: &str, child: &str| {
+        format!(
+            "<iq type='get' id='{id}' to='{COMPONENT_DOMAIN}' xmlns='jabber:client'>{child}</iq>"
+        )
+    };
+    erin.send_xml(&get(
+        "d1",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    ))
+    .await;
+    let xml = String::from(
+        &erin
+            .wait("disco#info result", |e| e.attr("id") == Some("d1"))
+            .await,
+    );
+    assert!(xml.contains("category='gateway'"), "{xml}");
+    for feature in [
+        "http://jabber.org/protocol/disco#info",
+        "jabber:iq:version",
+        "urn:xmpp:ping",
+        "http://jabber.org/protocol/chatstates",
+    ] {
+        assert!(xml.contains(feature), "feature {feature} missing: {xml}");
+    }
+    erin.send_xml(&get("v1", "<query xmlns='jabber:iq:version'/>"))
+        .await;
+    let xml = String::from(
+        &erin
+            .wait("version result", |e| e.attr("id") == Some("v1"))
+            .await,
+    );
+    assert!(xml.contains("<name>isthmus</name>"), "{xml}");
+    erin.send_xml(&get("p1", "<ping xmlns='urn:xmpp:ping'/>"))
+        .await;
+    let e = erin
+        .wait("ping result", |e| e.attr("id") == Some("p1"))
+        .await;
+    assert_eq!(e.attr("type"), Some("result"), "{}", String::from(&e));
+    erin.send_xml(&get("u1", "<query xmlns='urn:example:unknown'/>"))
+        .await;
+    let e = erin
+        .wait("error for an unknown query", |e| e.attr("id") == Some("u1"))
+        .await;
+    assert_eq!(e.attr("type"), Some("error"), "{}", String::from(&e));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_component_secret_is_reported_clearly() {
+    let _s = serial();
+    let bridge = BridgeProcess::start_with(|cfg| {
+        cfg.replace("secret: component_secret_test", "secret: not_the_secret")
+    })
+    .await;
+    wait_metric(
+        &bridge,
+        r#"logins{network="xmpp",state="BAD_CREDENTIALS"} 1"#,
+    )
+    .await;
+    let log = bridge.log();
+    assert!(
+        log.contains("networks.xmpp.component.secret"),
+        "the log names the setting:\n{}",
+        bridge.log_tail(20)
+    );
+    assert!(
+        !log.contains("not_the_secret"),
+        "the secret must never be logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_flow_again_after_a_prosody_restart() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let status = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/prosody.sh"))
+        .arg("restart")
+        .status()
+        .expect("run scripts/prosody.sh restart");
+    assert!(status.success(), "prosody restart failed");
+    wait_metric(&bridge, CONNECTED).await;
+    let mut bob = XmppUser::login("bob").await;
+    let alice = MatrixUser::register("xrestart").await;
+    let ghost = xmpp_ghost("bob@localhost");
+    let room = alice.create_dm(&ghost).await;
+    alice
+        .wait_joined(&room, &ghost, Duration::from_secs(20))
+        .await;
+    let text = format!("after the restart {}", unique());
+    alice.send_text(&room, &text).await;
+    bob.wait_message(&text).await;
+    let log = bridge.log();
+    assert!(
+        log.matches("XMPP component link up").count() >= 2,
+        "the link reconnected without a bridge restart"
+    );
+}
