@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# The README's first command: a local homeserver with isthmus beside it, and a conversation
-# crossing the bridge both ways, printed as a transcript.
+# The README's first command: a local Matrix homeserver (Synapse) and a local XMPP server
+# (Prosody) with isthmus between them as an XMPP gateway, and a conversation crossing the
+# bridge both ways, printed as a transcript.
 #
 #   scripts/demo.sh        start everything (installs what is missing), run the conversation,
 #                          and leave the stack running
 #   scripts/demo.sh stop   stop the stack (by PID)
-#
-# The remote side is the loopback network, driven through its control socket; the XMPP
-# network replaces it once the XMPP connector lands (see docs/roadmap.md).
 set -euo pipefail
 
 ISTHMUS_STACK=${ISTHMUS_STACK:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/demo}
@@ -17,7 +15,8 @@ export ISTHMUS_STACK
 
 HS_PORT=${ISTHMUS_DEMO_HS_PORT:-8008}
 BRIDGE_PORT=29431
-CONTROL_PORT=29440
+XMPP_C2S_PORT=${ISTHMUS_DEMO_XMPP_PORT:-5222}
+XMPP_COMPONENT_PORT=5347
 BRIDGE_PID="$STACK/isthmus.pid"
 BRIDGE_LOG="$STACK/isthmus.log"
 
@@ -27,6 +26,7 @@ stop() {
         log "isthmus stopped"
     fi
     bash "$ROOT/scripts/synapse.sh" down
+    bash "$ROOT/scripts/prosody.sh" down
 }
 
 if [ "${1:-}" = "stop" ]; then
@@ -65,14 +65,20 @@ bridge:
   relay:
     enabled: true
 networks:
-  loopback:
-    control: 127.0.0.1:$CONTROL_PORT
+  xmpp:
+    component:
+      host: 127.0.0.1
+      port: $XMPP_COMPONENT_PORT
+      domain: matrix.localhost
+      secret: demo_component_secret
 YAML
 "$BIN" check-config -c "$STACK/config.yaml" >/dev/null
 "$BIN" generate-registration -c "$STACK/config.yaml" -o "$STACK/registration.yaml" >/dev/null
 
 log "== starting Synapse on 127.0.0.1:$HS_PORT"
 bash "$ROOT/scripts/synapse.sh" up "$STACK/registration.yaml" "$HS_PORT"
+log "== starting Prosody on 127.0.0.1:$XMPP_C2S_PORT (component port $XMPP_COMPONENT_PORT)"
+ISTHMUS_COMPONENT_SECRET=demo_component_secret bash "$ROOT/scripts/prosody.sh" up "$XMPP_C2S_PORT" "$XMPP_COMPONENT_PORT"
 
 log "== starting isthmus on 127.0.0.1:$BRIDGE_PORT"
 (close_fds; exec "$BIN" -c "$STACK/config.yaml" run) >"$BRIDGE_LOG" 2>&1 </dev/null &
@@ -89,15 +95,19 @@ done
 grep -q "isthmus is ready" "$BRIDGE_LOG" || { tail -n 30 "$BRIDGE_LOG" >&2; exit 1; }
 
 log "== the conversation"
-"$VENV/bin/python" "$ROOT/scripts/demo_chat.py" "http://127.0.0.1:$HS_PORT" "127.0.0.1:$CONTROL_PORT"
+"$VENV/bin/python" "$ROOT/scripts/demo_chat.py" "http://127.0.0.1:$HS_PORT" "127.0.0.1:$XMPP_C2S_PORT"
 
 cat <<TEXT
 
 The stack keeps running:
   Matrix homeserver  http://127.0.0.1:$HS_PORT   user alice / password alicepass (admin of the bridge)
                      (any Matrix client, e.g. Element: homeserver http://127.0.0.1:$HS_PORT)
+  XMPP server        127.0.0.1:$XMPP_C2S_PORT, domain localhost, users alice bob carol dave erin,
+                     password <name>pass (e.g. bob / bobpass); plaintext, no TLS: for this demo only
+                     (any XMPP client, e.g. Gajim, Dino, Conversations: server 127.0.0.1 port $XMPP_C2S_PORT)
   isthmus            http://127.0.0.1:$BRIDGE_PORT (metrics at /metrics), log $BRIDGE_LOG
-  loopback network   control socket 127.0.0.1:$CONTROL_PORT (JSON lines, see src/loopback/mod.rs)
-In Element, open the direct chat with "bob (Loopback)", or talk to @_isthmus_bot:localhost
-(send "help"). Stop everything with: scripts/demo.sh stop
+Matrix users are reachable from XMPP at <localpart>@matrix.localhost (alice@matrix.localhost);
+XMPP users appear on Matrix as @_xmpp_<user>=40<domain>:localhost (@_xmpp_bob=40localhost:localhost).
+In Element, open the direct chat with "Bob (XMPP)", or talk to @_isthmus_bot:localhost (send "help").
+Stop everything with: scripts/demo.sh stop
 TEXT

@@ -370,6 +370,11 @@ async fn crash_between_ack_and_handling_delivers_once() {
     alice.send_text(&room, &body).await;
     // Synapse got its 200 once the transaction is in the inbox.
     wait_inbox_not_empty(&bridge).await;
+    assert_eq!(
+        count_messages(&mut control, &body).await,
+        0,
+        "the message reached the network although it was paused"
+    );
     bridge.kill();
     drop(control);
 

@@ -311,16 +311,20 @@ impl Drop for BridgeProcess {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            // Keep the whole log: the temporary directory goes away with `self`.
-            let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-                "bridge-{}-{}.log",
-                std::process::id(),
-                unique()
-            ));
-            let _ = std::fs::copy(&self.log_path, &kept);
+            // Keep the logs of every start: the temporary directory goes away with `self`.
+            let run = unique();
+            let mut kept = Vec::new();
+            for n in 1..=self.starts {
+                let from = self.dir.path().join(format!("bridge-{n}.log"));
+                let to = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                    .join(format!("bridge-{run}-start{n}.log"));
+                if std::fs::copy(&from, &to).is_ok() {
+                    kept.push(to.display().to_string());
+                }
+            }
             eprintln!(
-                "--- last lines of the bridge log (whole log kept in {}):\n{}",
-                kept.display(),
+                "--- last lines of the bridge log (whole logs kept in {}):\n{}",
+                kept.join(", "),
                 self.log_tail(40)
             );
         }
