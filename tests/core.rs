@@ -73,7 +73,7 @@ async fn management_room(user: &MatrixUser) -> String {
 /// Logs the user in to loopback as `username` from the management room; returns the event
 /// ID of the message that held the password.
 async fn loopback_login(user: &MatrixUser, room: &str, username: &str) -> String {
-    let reply = command(user, room, "login").await;
+    let reply = command(user, room, "login loopback").await;
     assert!(reply.contains("Send your username"), "{reply}");
     let reply = command(user, room, username).await;
     assert!(reply.contains("Send your password"), "{reply}");
@@ -579,7 +579,7 @@ async fn management_room_commands() {
 
     // A wrong password: refused, and the message that held it is redacted anyway.
     let username = format!("alicelb{}", unique());
-    let reply = command(&alice, &room, "login").await;
+    let reply = command(&alice, &room, "login loopback").await;
     assert!(reply.contains("Send your username"), "{reply}");
     let reply = command(&alice, &room, &username).await;
     assert!(reply.contains("Send your password"), "{reply}");
