@@ -260,7 +260,11 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
     let sink = CoreSink::new(&bridge);
     for (id, connector) in &bridge.networks {
         connector
-            .start(EventSink::new(id.clone(), sink.clone()))
+            .start(EventSink::new(
+                id.clone(),
+                sink.clone(),
+                Arc::new(store.connector_kv(id.as_str())),
+            ))
             .await
             .with_context(|| format!("network {id} failed to start"))?;
         bridge.set_state(id, None, crate::network::BridgeState::Connecting, None);

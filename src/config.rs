@@ -387,6 +387,9 @@ pub struct XmppConfig {
     /// Deepest element nesting accepted in an inbound stanza.
     #[serde(default = "default_max_depth")]
     pub max_depth: usize,
+    /// What to do when an XMPP contact asks to see a Matrix user's presence.
+    #[serde(default)]
+    pub subscriptions: crate::xmpp::roster::SubscriptionPolicy,
 }
 
 /// `networks.xmpp.component` section.

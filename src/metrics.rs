@@ -98,6 +98,12 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        // Series that exist from the start, so dashboards and alerts see zeros rather than
+        // nothing on a bridge that has not handled anything yet.
+        for direction in ["to_remote", "to_matrix"] {
+            events.with_label_values(&[direction, "message", "ok"]);
+        }
+        txn_seconds.with_label_values(&["ok"]);
         Self {
             registry,
             txn_seconds,

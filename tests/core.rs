@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use common::{
     AS_TOKEN, BOT, BridgeProcess, Control, HS_TOKEN, LOOPBACK_PASSWORD, MatrixUser, appservice,
-    direct_message, enc, ghost, is_message_op, is_text_from, metric, remote_event, serial, unique,
-    with_permission,
+    command, direct_message, enc, ghost, is_message_op, is_text_from, management_room, metric,
+    remote_event, serial, unique, with_permission,
 };
 
 /// How long any single expected thing may take.
@@ -49,27 +49,6 @@ async fn receive_first_message(
     (room, event)
 }
 
-/// Sends `text` and returns the bot's (or `from`'s) notice that answers it.
-async fn command(user: &MatrixUser, room: &str, text: &str) -> String {
-    let sent = user.send_text(room, text).await;
-    user.wait_reply(room, &sent, BOT, WAIT).await
-}
-
-/// Opens the user's management room (a direct chat with the bot) and waits for the welcome.
-async fn management_room(user: &MatrixUser) -> String {
-    let room = user.create_dm(BOT).await;
-    user.wait_joined(&room, BOT, WAIT).await;
-    user.wait_for_event(&room, "the bot's welcome notice", WAIT, |e| {
-        e["sender"] == BOT
-            && e["content"]["msgtype"] == "m.notice"
-            && e["content"]["body"]
-                .as_str()
-                .is_some_and(|b| b.contains("management room"))
-    })
-    .await;
-    room
-}
-
 /// Logs the user in to loopback as `username` from the management room; returns the event
 /// ID of the message that held the password.
 async fn loopback_login(user: &MatrixUser, room: &str, username: &str) -> String {
@@ -103,6 +82,14 @@ async fn count_messages(control: &mut Control, body: &str) -> usize {
         .iter()
         .filter(|op| is_message_op(op, body))
         .count()
+}
+
+/// Milliseconds since the Unix epoch, for hand-made events.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Polls `/metrics` until the durable inbox holds at least one item.
@@ -436,13 +423,6 @@ async fn replayed_transaction_bridges_once() {
         0,
         "a transaction replayed after a restart must not be bridged again"
     );
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,7 @@ mod common;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::{BridgeProcess, MatrixUser, enc, serial, unique};
+use common::{BOT, BridgeProcess, MatrixUser, command, enc, management_room, serial, unique};
 use tokio_xmpp::Stanza;
 use tokio_xmpp::parsers::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::message::{Lang, Message, MessageType};
@@ -398,4 +398,140 @@ async fn messages_flow_again_after_a_prosody_restart() {
         log.matches("XMPP component link up").count() >= 2,
         "the link reconnected without a bridge restart"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscription_request_reaches_the_matrix_user_who_accepts_then_presence_flows() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let user = MatrixUser::register("xsub").await;
+    let room = management_room(&user).await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", user.localpart);
+    let mut carol = XmppUser::login("carol").await;
+    carol
+        .send_xml(&format!(
+            "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
+        ))
+        .await;
+    let request = user
+        .wait_for_event(
+            &room,
+            "the contact request notice",
+            Duration::from_secs(20),
+            |e| {
+                e["sender"] == BOT
+                    && e["content"]["body"]
+                        .as_str()
+                        .is_some_and(|b| b.contains("carol@localhost") && b.contains("presence"))
+            },
+        )
+        .await;
+    let body = request["content"]["body"].as_str().unwrap();
+    assert!(body.contains("accept xmpp carol@localhost"), "{body}");
+    let pending = command(&user, &room, "contacts").await;
+    assert!(
+        pending.contains("carol@localhost") && pending.contains("asks"),
+        "{pending}"
+    );
+
+    let reply = command(&user, &room, "accept xmpp carol@localhost").await;
+    assert!(reply.contains("may now see your presence"), "{reply}");
+    carol
+        .wait("subscribed from the gateway address", |e| {
+            e.name() == "presence"
+                && e.attr("type") == Some("subscribed")
+                && e.attr("from") == Some(address.as_str())
+        })
+        .await;
+    let listed = command(&user, &room, "contacts").await;
+    assert!(
+        listed.contains("carol@localhost: sees your presence"),
+        "{listed}"
+    );
+
+    // The Matrix user's presence now reaches carol.
+    user.ok(
+        "PUT",
+        &format!("/presence/{}/status", enc(&user.user_id)),
+        Some(&serde_json::json!({"presence": "unavailable", "status_msg": "at lunch"})),
+    )
+    .await;
+    let p = carol
+        .wait("the Matrix user's presence", |e| {
+            e.name() == "presence"
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with(address.as_str()))
+                && e.children()
+                    .any(|c| c.name() == "status" && c.text() == "at lunch")
+        })
+        .await;
+    assert!(
+        p.children()
+            .any(|c| c.name() == "show" && c.text() == "away"),
+        "{}",
+        String::from(&p)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_subscription_is_refused_over_xmpp() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let user = MatrixUser::register("xdeny").await;
+    let room = management_room(&user).await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", user.localpart);
+    let mut dave = XmppUser::login("dave").await;
+    dave.send_xml(&format!(
+        "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
+    ))
+    .await;
+    user.wait_for_event(
+        &room,
+        "the contact request notice",
+        Duration::from_secs(20),
+        |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("dave@localhost"))
+        },
+    )
+    .await;
+    let reply = command(&user, &room, "deny xmpp dave@localhost").await;
+    assert!(reply.contains("may not see"), "{reply}");
+    dave.wait("unsubscribed from the gateway address", |e| {
+        e.name() == "presence"
+            && e.attr("type") == Some("unsubscribed")
+            && e.attr("from") == Some(address.as_str())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn matrix_typing_becomes_a_chat_state() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let mut erin = XmppUser::login("erin").await;
+    let alice = MatrixUser::register("xtype").await;
+    let ghost = xmpp_ghost("erin@localhost");
+    let room = alice.create_dm(&ghost).await;
+    alice
+        .wait_joined(&room, &ghost, Duration::from_secs(20))
+        .await;
+    alice
+        .ok(
+            "PUT",
+            &format!("/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
+            Some(&serde_json::json!({"typing": true, "timeout": 30000})),
+        )
+        .await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+    erin.wait("composing from the gateway address", |e| {
+        e.name() == "message"
+            && e.attr("from") == Some(address.as_str())
+            && e.children().any(|c| c.name() == "composing")
+    })
+    .await;
 }

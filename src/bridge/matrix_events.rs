@@ -132,8 +132,9 @@ impl Bridge {
         }
         self.hs.join(None, ev.room_id.as_str()).await?;
         self.note_joined(self.bot().as_str(), &ev.room_id, true);
-        let members = self.hs.joined_members(None, &rid).await.unwrap_or_default();
-        if is_direct || members.len() <= 2 {
+        // A direct chat with the bot is the user's management room; in other rooms the bot
+        // only answers prefixed commands.
+        if is_direct {
             let mut user = self.store.user(&ev.sender)?.unwrap_or(UserRecord {
                 user_id: ev.sender.clone(),
                 management_room: None,

@@ -66,6 +66,11 @@ impl Bridge {
             self.metrics.event("to_matrix", kind, "ok");
             return Ok(());
         }
+        if matches!(ev.kind, RemoteEventKind::ContactRequest) {
+            let result = self.contact_request(seq, network, ev).await?;
+            self.metrics.event("to_matrix", kind, result);
+            return Ok(());
+        }
         let key = portal_key(network, ev);
         let portal = match self.store.portal(&key)? {
             Some(p) => p,
@@ -244,10 +249,40 @@ impl Bridge {
                 }
                 "ok"
             }
-            RemoteEventKind::Presence(_) => unreachable!("handled above"),
+            RemoteEventKind::Presence(_) | RemoteEventKind::ContactRequest => {
+                unreachable!("handled above")
+            }
         };
         self.metrics.event("to_matrix", kind, result);
         Ok(())
+    }
+
+    /// Tells the receiver, in the management room, that a contact asks to see their presence.
+    async fn contact_request(
+        &self,
+        seq: u64,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+    ) -> Result<&'static str, BridgeError> {
+        let Some(user) = ev.receiver.as_deref() else {
+            return Ok("no_receiver");
+        };
+        let Some(room) = self.store.user(user)?.and_then(|u| u.management_room) else {
+            debug!(user, contact = %ev.sender, "contact request waits: the user has no management room");
+            return Ok("pending");
+        };
+        let display = self.network(network)?.info().display_name.clone();
+        let who = match &ev.sender_name {
+            Some(n) => format!("{n} ({})", ev.sender),
+            None => ev.sender.to_string(),
+        };
+        let text = format!(
+            "{who} on {display} wants to see your presence and add you as a contact. Send `accept {network} {}` or `deny {network} {}`.",
+            ev.sender, ev.sender
+        );
+        self.send_notice(None, &room, &format!("isthmus.{seq}.contact"), &text)
+            .await?;
+        Ok("ok")
     }
 
     /// Creates the portal for an event that has none, when the event may create one.

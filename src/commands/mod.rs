@@ -5,6 +5,7 @@
 //! start with the configured prefix. Arguments with line breaks or control characters are
 //! refused before any handler sees them.
 
+mod contacts;
 mod general;
 mod login;
 mod portals;
@@ -81,6 +82,7 @@ pub fn commands() -> &'static [Command] {
         let mut v = general::commands();
         v.extend(login::commands());
         v.extend(portals::commands());
+        v.extend(contacts::commands());
         v
     })
 }

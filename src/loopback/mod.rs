@@ -134,7 +134,7 @@ impl Connector for Loopback {
     }
 
     async fn stop(&self) {
-        let _ = self.shared.stop.send(true);
+        self.shared.stop.send_replace(true);
     }
 
     fn bridge_client(&self) -> Option<Arc<dyn NetworkClient>> {
@@ -442,11 +442,11 @@ async fn handle_request(shared: &Shared, line: &str) -> Value {
         }
         Request::Sent => json!({"ok": true, "sent": *shared.log.lock().expect("log lock")}),
         Request::Pause => {
-            let _ = shared.paused.send(true);
+            shared.paused.send_replace(true);
             json!({"ok": true})
         }
         Request::Resume => {
-            let _ = shared.paused.send(false);
+            shared.paused.send_replace(false);
             json!({"ok": true})
         }
         Request::FailNext { error, message } => {

@@ -166,6 +166,9 @@ pub enum RemoteEventKind {
         /// Joined or left.
         change: MembershipChange,
     },
+    /// The sender asks to see the receiver's presence (a contact request); the receiver answers
+    /// with `accept` or `deny`.
+    ContactRequest,
 }
 
 impl RemoteEventKind {
@@ -181,6 +184,7 @@ impl RemoteEventKind {
             RemoteEventKind::Presence(_) => "presence",
             RemoteEventKind::ChatInfo { .. } => "chat_info",
             RemoteEventKind::Membership { .. } => "membership",
+            RemoteEventKind::ContactRequest => "contact_request",
         }
     }
 }

@@ -357,6 +357,22 @@ pub trait NetworkClient: Send + Sync {
         Err(NetworkError::Unsupported("presence"))
     }
 
+    /// Answers a contact's request to see `user`'s presence (see
+    /// [`RemoteEventKind::ContactRequest`]).
+    async fn answer_contact_request(
+        &self,
+        _user: &MatrixSender,
+        _contact: &RemoteUserId,
+        _accept: bool,
+    ) -> Result<(), NetworkError> {
+        Err(NetworkError::Unsupported("contact requests"))
+    }
+
+    /// The contacts of `user` on this network, with whether each may see the user's presence.
+    async fn contacts(&self, _user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
+        Err(NetworkError::Unsupported("contact lists"))
+    }
+
     /// Ends this session on the network. Called on `logout`.
     async fn logout(&self) -> Result<(), NetworkError> {
         Ok(())
@@ -443,22 +459,64 @@ pub trait RemoteEventHandler: Send + Sync {
     );
 }
 
+/// A contact of a Matrix user on a network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// The contact.
+    pub id: RemoteUserId,
+    /// The contact may see the user's presence.
+    pub sees_presence: bool,
+    /// The user asked to see the contact's presence.
+    pub watched: bool,
+    /// A request from the contact waits for `accept` or `deny`.
+    pub pending: bool,
+}
+
+/// Small persistent storage for a connector's own state (presence subscriptions and the
+/// like), kept by the core in its store and namespaced per network. Keys and values are the
+/// connector's; keep them small.
+pub trait ConnectorStore: Send + Sync {
+    /// The value under `key`.
+    fn get(&self, key: &str) -> Result<Option<serde_json::Value>, SinkError>;
+    /// Stores `value` under `key` (durable once it returns).
+    fn put(&self, key: &str, value: &serde_json::Value) -> Result<(), SinkError>;
+    /// Removes `key`.
+    fn delete(&self, key: &str) -> Result<(), SinkError>;
+    /// Every key starting with `prefix`, with its value, in key order.
+    fn scan(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, SinkError>;
+}
+
 /// The event sink failed to store an event (the store is broken or the bridge is stopping).
 #[derive(Debug, thiserror::Error)]
 #[error("could not store remote event: {0}")]
 pub struct SinkError(pub String);
 
-/// A connector's handle on the core, bound to its network.
+/// A connector's handle on the core, bound to its network: where events go, and the
+/// connector's own storage.
 #[derive(Clone)]
 pub struct EventSink {
     network: NetworkId,
     handler: Arc<dyn RemoteEventHandler>,
+    store: Arc<dyn ConnectorStore>,
 }
 
 impl EventSink {
-    /// Binds `handler` to `network`.
-    pub fn new(network: NetworkId, handler: Arc<dyn RemoteEventHandler>) -> Self {
-        Self { network, handler }
+    /// Binds `handler` and `store` to `network`.
+    pub fn new(
+        network: NetworkId,
+        handler: Arc<dyn RemoteEventHandler>,
+        store: Arc<dyn ConnectorStore>,
+    ) -> Self {
+        Self {
+            network,
+            handler,
+            store,
+        }
+    }
+
+    /// The connector's own storage.
+    pub fn store(&self) -> &dyn ConnectorStore {
+        self.store.as_ref()
     }
 
     /// Stores and schedules one event; see [`RemoteEventHandler::push`].

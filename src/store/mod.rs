@@ -16,8 +16,10 @@
 //! | `messages_remote` | portal key, remote message ID | room ID, event ID |
 //! | `users` | user ID | [`UserRecord`] |
 //! | `logins` | user ID, network, login ID | [`crate::network::LoginData`] |
+//! | `connector_kv` | network, the connector's key | the connector's JSON value |
 
 mod codec;
+mod connector_kv;
 mod ghosts;
 mod inbox;
 mod logins;
@@ -29,6 +31,7 @@ mod users;
 use std::path::Path;
 
 pub use self::codec::PortalKey;
+pub use self::connector_kv::ConnectorKv;
 pub use self::ghosts::GhostRecord;
 pub use self::inbox::{InboxItem, TxnOutcome, TxnRecord};
 pub use self::messages::MessageRecord;
@@ -79,10 +82,11 @@ pub struct Store {
     messages_remote: sled::Tree,
     users: sled::Tree,
     logins: sled::Tree,
+    connector_kv: sled::Tree,
 }
 
 /// Names of every tree, in export order.
-const TREES: [&str; 10] = [
+const TREES: [&str; 11] = [
     "meta",
     "txns",
     "inbox",
@@ -93,6 +97,7 @@ const TREES: [&str; 10] = [
     "messages_remote",
     "users",
     "logins",
+    "connector_kv",
 ];
 
 impl Store {
@@ -141,6 +146,7 @@ impl Store {
             messages_remote: t("messages_remote")?,
             users: t("users")?,
             logins: t("logins")?,
+            connector_kv: t("connector_kv")?,
             db,
         })
     }
@@ -173,6 +179,7 @@ impl Store {
             "messages_remote" => &self.messages_remote,
             "users" => &self.users,
             "logins" => &self.logins,
+            "connector_kv" => &self.connector_kv,
             _ => unreachable!("unknown tree {name}"),
         }
     }

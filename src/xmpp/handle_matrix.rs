@@ -2,6 +2,7 @@
 //! address on the component domain.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
@@ -12,16 +13,19 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
 use xmpp_parsers::stanza::Stanza;
 
+use super::Shared;
 use super::component::Outgoing;
-use super::ids::Addressing;
+use super::handle_xmpp::{presence_stanza, subscription_stanza};
+use super::roster;
 use crate::network::{
-    BridgeState, ChatKind, MatrixSender, MessageKind, NetworkClient, NetworkError, OutgoingMessage,
-    PortalRef, RemoteMessageId,
+    BridgeState, ChatKind, Contact, MatrixSender, MessageKind, NetworkClient, NetworkError,
+    OutgoingMessage, PortalRef, Presence, RemoteMessageId, RemoteUserId,
 };
+use xmpp_parsers::presence::Type as PresenceType;
 
 /// The bridge-wide identity on XMPP.
 pub(super) struct Gateway {
-    pub addressing: Addressing,
+    pub shared: Arc<Shared>,
     pub out: mpsc::Sender<Outgoing>,
     pub state: watch::Receiver<BridgeState>,
     pub counter: AtomicU64,
@@ -29,7 +33,8 @@ pub(super) struct Gateway {
 
 impl Gateway {
     fn puppet(&self, sender: &MatrixSender) -> Result<Jid, NetworkError> {
-        self.addressing
+        self.shared
+            .addressing
             .puppet(&sender.user_id)
             .map(Jid::from)
             .ok_or_else(|| {
@@ -69,6 +74,37 @@ impl Gateway {
             Err(_) => Err(NetworkError::Transient(
                 "the XMPP link dropped the stanza".into(),
             )),
+        }
+    }
+}
+
+fn store_error(e: crate::network::SinkError) -> NetworkError {
+    NetworkError::Internal(e.to_string())
+}
+
+impl Gateway {
+    /// After the first message to a contact, asks to see the contact's presence on the user's
+    /// behalf (once; the contact's client asks its user).
+    async fn ask_presence_once(&self, sender: &MatrixSender, portal: &PortalRef) {
+        let Ok(store) = self.shared.store() else {
+            return;
+        };
+        let contact = portal.chat.as_str();
+        let Ok(sub) = roster::get(store, &sender.user_id, contact) else {
+            return;
+        };
+        if sub.asked_out || sub.to {
+            return;
+        }
+        let (Ok(from), Ok(to)) = (self.puppet(sender), Self::contact(portal)) else {
+            return;
+        };
+        if self
+            .send(subscription_stanza(from, to, PresenceType::Subscribe))
+            .await
+            .is_ok()
+        {
+            let _ = roster::update(store, &sender.user_id, contact, |s| s.asked_out = true);
         }
     }
 }
@@ -119,6 +155,7 @@ impl NetworkClient for Gateway {
                 .build(),
         );
         self.send(msg.into()).await?;
+        self.ask_presence_once(&message.sender, portal).await;
         Ok(RemoteMessageId::new(id))
     }
 
@@ -135,5 +172,78 @@ impl NetworkClient for Gateway {
         msg.payloads
             .push(chat_state(if typing { "composing" } else { "paused" }));
         self.send(msg.into()).await
+    }
+
+    async fn set_presence(
+        &self,
+        sender: &MatrixSender,
+        presence: &Presence,
+    ) -> Result<(), NetworkError> {
+        {
+            let mut last = self.shared.presence.lock().expect("presence lock");
+            if last.get(&sender.user_id) == Some(presence) {
+                return Ok(());
+            }
+            last.insert(sender.user_id.clone(), presence.clone());
+        }
+        let from = self.puppet(sender)?;
+        let store = self.shared.store()?;
+        for (contact, sub) in roster::of_user(store, &sender.user_id).map_err(store_error)? {
+            if !sub.from {
+                continue;
+            }
+            let Ok(to) = BareJid::from_str(&contact) else {
+                continue;
+            };
+            self.send(presence_stanza(from.clone(), Jid::from(to), Some(presence)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn answer_contact_request(
+        &self,
+        user: &MatrixSender,
+        contact: &RemoteUserId,
+        accept: bool,
+    ) -> Result<(), NetworkError> {
+        let store = self.shared.store()?;
+        roster::update(store, &user.user_id, contact.as_str(), |s| {
+            s.from = accept;
+            s.pending_in = false;
+        })
+        .map_err(store_error)?;
+        let from = self.puppet(user)?;
+        let to = Jid::from(
+            BareJid::from_str(contact.as_str())
+                .map_err(|e| NetworkError::InvalidInput(e.to_string()))?,
+        );
+        if accept {
+            self.send(subscription_stanza(
+                from.clone(),
+                to.clone(),
+                PresenceType::Subscribed,
+            ))
+            .await?;
+            let now = self.shared.presence_of(&user.user_id);
+            self.send(presence_stanza(from, to, now.as_ref())).await
+        } else {
+            self.send(subscription_stanza(from, to, PresenceType::Unsubscribed))
+                .await
+        }
+    }
+
+    async fn contacts(&self, user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
+        let store = self.shared.store()?;
+        Ok(roster::of_user(store, &user.user_id)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|(c, s)| Contact {
+                id: RemoteUserId::new(c),
+                sees_presence: s.from,
+                watched: s.to,
+                pending: s.pending_in,
+            })
+            .collect())
     }
 }

@@ -1,7 +1,7 @@
 //! XMPP → bridge: messages, chat states, presence and IQs arriving on the component.
 
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tracing::{debug, info, warn};
@@ -16,11 +16,12 @@ use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 use xmpp_parsers::version::VersionResult;
 
+use super::Shared;
 use super::component::Inbound;
-use super::ids::Addressing;
+use super::roster::{self, Policy};
 use crate::network::{
-    BridgeState, ChatKind, EventSink, MessageContent, MessageKind, Presence as NetPresence,
-    PresenceState, RemoteChatId, RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
+    BridgeState, ChatKind, MessageContent, MessageKind, Presence as NetPresence, PresenceState,
+    RemoteChatId, RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
 };
 
 /// The features the gateway advertises: exactly what it implements.
@@ -34,9 +35,35 @@ pub(super) const FEATURES: [&str; 5] = [
 
 /// Handles what the component receives.
 pub(super) struct Handler {
-    pub addressing: Addressing,
-    pub sink: OnceLock<EventSink>,
+    pub shared: Arc<Shared>,
     pub state: tokio::sync::watch::Sender<BridgeState>,
+}
+
+/// A presence stanza from a gateway address: `None` means plain available.
+pub(super) fn presence_stanza(from: Jid, to: Jid, p: Option<&NetPresence>) -> Stanza {
+    let mut out = match p.map(|p| p.state) {
+        Some(PresenceState::Offline) => Presence::new(PresenceType::Unavailable),
+        _ => Presence::new(PresenceType::None),
+    };
+    if let Some(p) = p {
+        if p.state == PresenceState::Unavailable {
+            out.show = Some(Show::Away);
+        }
+        if let Some(status) = &p.status {
+            out.statuses.insert(Default::default(), status.clone());
+        }
+    }
+    out.from = Some(from);
+    out.to = Some(to);
+    out.into()
+}
+
+/// A subscription-handshake stanza.
+pub(super) fn subscription_stanza(from: Jid, to: Jid, type_: PresenceType) -> Stanza {
+    let mut out = Presence::new(type_);
+    out.from = Some(from);
+    out.to = Some(to);
+    out.into()
 }
 
 fn error_reply(
@@ -62,7 +89,9 @@ fn error_reply(
 
 impl Handler {
     async fn push(&self, event: RemoteEvent) {
-        let Some(sink) = self.sink.get() else { return };
+        let Some(sink) = self.shared.sink.get() else {
+            return;
+        };
         if let Err(e) = sink.push(event).await {
             warn!(error = %e, "could not store an XMPP event");
         }
@@ -73,8 +102,8 @@ impl Handler {
         let from = from.as_ref()?.to_bare();
         let to = to.as_ref()?.to_bare();
         // Loop prevention: an address on our own domain is a Matrix user, never a contact.
-        let contact = self.addressing.contact(&from.to_string()).ok()?;
-        let user = self.addressing.matrix_user(&to)?;
+        let contact = self.shared.addressing.contact(&from.to_string()).ok()?;
+        let user = self.shared.addressing.matrix_user(&to)?;
         Some((contact, user))
     }
 
@@ -153,13 +182,18 @@ impl Handler {
         let Some((contact, user)) = self.parties(&p.from, &p.to) else {
             return Vec::new();
         };
-        let puppet = p.to.clone().map(|j| Jid::from(j.to_bare()));
+        let Some(puppet) = p.to.clone().map(|j| Jid::from(j.to_bare())) else {
+            return Vec::new();
+        };
         let contact_jid = Jid::from(contact.clone());
-        let from_puppet = |type_| {
-            let mut out = Presence::new(type_);
-            out.from = puppet.clone();
-            out.to = Some(contact_jid.clone());
-            Stanza::from(out)
+        let contact_str = contact.to_string();
+        let handshake = |t| subscription_stanza(puppet.clone(), contact_jid.clone(), t);
+        let Ok(store) = self.shared.store() else {
+            return Vec::new();
+        };
+        let update = |f: &dyn Fn(&mut roster::Subscription)| {
+            roster::update(store, &user, &contact_str, f)
+                .map_err(|e| warn!(error = %e, "could not store a subscription"))
         };
         let state = match p.type_ {
             PresenceType::None => {
@@ -171,14 +205,70 @@ impl Handler {
             }
             PresenceType::Unavailable => Some(PresenceState::Offline),
             PresenceType::Subscribe => {
-                // Contacts may see a Matrix user's presence; the user is told in a later version.
-                info!(contact = %contact, user, "presence subscription accepted");
-                return vec![
-                    from_puppet(PresenceType::Subscribed),
-                    from_puppet(PresenceType::None),
-                ];
+                let current = roster::get(store, &user, &contact_str).unwrap_or_default();
+                let policy = if current.from {
+                    Policy::Accept
+                } else {
+                    self.shared.policy.for_contact(&contact_str)
+                };
+                info!(contact = %contact, user, ?policy, "presence subscription request");
+                return match policy {
+                    Policy::Accept => {
+                        let _ = update(&|s| {
+                            s.from = true;
+                            s.pending_in = false;
+                        });
+                        let now = self.shared.presence_of(&user);
+                        vec![
+                            handshake(PresenceType::Subscribed),
+                            presence_stanza(puppet.clone(), contact_jid.clone(), now.as_ref()),
+                        ]
+                    }
+                    Policy::Deny => vec![handshake(PresenceType::Unsubscribed)],
+                    Policy::Ask => {
+                        let _ = update(&|s| s.pending_in = true);
+                        self.push(RemoteEvent {
+                            chat: RemoteChatId::new(contact_str.clone()),
+                            chat_kind: ChatKind::Direct,
+                            receiver: Some(user.clone()),
+                            sender: RemoteUserId::new(contact_str.clone()),
+                            sender_name: None,
+                            timestamp_ms: None,
+                            kind: RemoteEventKind::ContactRequest,
+                        })
+                        .await;
+                        Vec::new()
+                    }
+                };
             }
-            PresenceType::Probe => return vec![from_puppet(PresenceType::None)],
+            PresenceType::Unsubscribe => {
+                let _ = update(&|s| {
+                    s.from = false;
+                    s.pending_in = false;
+                });
+                return vec![handshake(PresenceType::Unsubscribed)];
+            }
+            PresenceType::Subscribed => {
+                let _ = update(&|s| s.to = true);
+                return Vec::new();
+            }
+            PresenceType::Unsubscribed => {
+                let _ = update(&|s| s.to = false);
+                return Vec::new();
+            }
+            PresenceType::Probe => {
+                let sub = roster::get(store, &user, &contact_str).unwrap_or_default();
+                return if sub.from {
+                    let now = self.shared.presence_of(&user);
+                    vec![presence_stanza(
+                        puppet.clone(),
+                        contact_jid.clone(),
+                        now.as_ref(),
+                    )]
+                } else {
+                    Vec::new()
+                };
+            }
             _ => None,
         };
         if let Some(state) = state {
@@ -289,8 +379,8 @@ impl Inbound for Handler {
     }
 
     async fn state(&self, state: BridgeState, detail: Option<String>) {
-        let _ = self.state.send(state);
-        if let Some(sink) = self.sink.get() {
+        self.state.send_replace(state);
+        if let Some(sink) = self.shared.sink.get() {
             sink.report_state(None, state, detail).await;
         }
     }

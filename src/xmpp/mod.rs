@@ -16,7 +16,9 @@ mod handle_matrix;
 mod handle_xmpp;
 pub mod ids;
 pub mod limits;
+pub mod roster;
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -29,9 +31,37 @@ use self::handle_xmpp::Handler;
 use self::ids::Addressing;
 use crate::config::XmppConfig;
 use crate::network::{
-    BridgeState, Capabilities, Connector, EventSink, NetworkClient, NetworkError, NetworkId,
-    NetworkInfo, RemoteUserId, ThirdPartyField,
+    BridgeState, Capabilities, Connector, ConnectorStore, EventSink, NetworkClient, NetworkError,
+    NetworkId, NetworkInfo, Presence, RemoteUserId, ThirdPartyField,
 };
+
+/// What the inbound handler and the gateway identity share.
+pub(crate) struct Shared {
+    addressing: Addressing,
+    sink: OnceLock<EventSink>,
+    policy: roster::SubscriptionPolicy,
+    /// Last presence published per Matrix user, to skip repeats.
+    presence: Mutex<HashMap<String, Presence>>,
+}
+
+impl Shared {
+    /// The connector's storage, once started.
+    fn store(&self) -> Result<&dyn ConnectorStore, NetworkError> {
+        self.sink
+            .get()
+            .map(|s| s.store())
+            .ok_or_else(|| NetworkError::Transient("the XMPP connector is not started".into()))
+    }
+
+    /// The presence last published for a Matrix user.
+    fn presence_of(&self, user: &str) -> Option<Presence> {
+        self.presence
+            .lock()
+            .expect("presence lock")
+            .get(user)
+            .cloned()
+    }
+}
 
 /// The XMPP connector.
 pub struct Xmpp {
@@ -47,7 +77,12 @@ impl Xmpp {
     /// A connector for the component described by `cfg`, with its resolved secret, bridging
     /// for the homeserver `homeserver`.
     pub fn new(cfg: &XmppConfig, secret: String, homeserver: &str) -> Self {
-        let addressing = Addressing::new(&cfg.component.domain, homeserver);
+        let shared = Arc::new(Shared {
+            addressing: Addressing::new(&cfg.component.domain, homeserver),
+            sink: OnceLock::new(),
+            policy: cfg.subscriptions.clone(),
+            presence: Mutex::default(),
+        });
         let (state_tx, state_rx) = watch::channel(BridgeState::Starting);
         let (out_tx, out_rx) = mpsc::channel(1024);
         Self {
@@ -87,12 +122,11 @@ impl Xmpp {
                 max_depth: cfg.max_depth,
             },
             handler: Arc::new(Handler {
-                addressing: addressing.clone(),
-                sink: OnceLock::new(),
+                shared: shared.clone(),
                 state: state_tx,
             }),
             gateway: Arc::new(Gateway {
-                addressing,
+                shared,
                 out: out_tx,
                 state: state_rx,
                 counter: AtomicU64::new(0),
@@ -110,7 +144,7 @@ impl Connector for Xmpp {
     }
 
     async fn start(&self, sink: EventSink) -> Result<(), NetworkError> {
-        let _ = self.handler.sink.set(sink);
+        let _ = self.handler.shared.sink.set(sink);
         let Some(outgoing) = self.outgoing.lock().expect("outgoing lock").take() else {
             return Err(NetworkError::Internal(
                 "the XMPP connector was started twice".into(),
@@ -127,7 +161,7 @@ impl Connector for Xmpp {
     }
 
     async fn stop(&self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
     }
 
     fn bridge_client(&self) -> Option<Arc<dyn NetworkClient>> {
@@ -136,6 +170,7 @@ impl Connector for Xmpp {
 
     fn parse_user_id(&self, raw: &str) -> Result<RemoteUserId, NetworkError> {
         self.gateway
+            .shared
             .addressing
             .contact(raw)
             .map(|j| RemoteUserId::new(j.to_string()))

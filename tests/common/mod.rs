@@ -34,6 +34,9 @@ pub const CONTROL: &str = "127.0.0.1:29340";
 /// The password the loopback network accepts.
 pub const LOOPBACK_PASSWORD: &str = "loopback-password";
 
+/// How long a test waits for the bot's answer to a command.
+pub const COMMAND_WAIT: Duration = Duration::from_secs(20);
+
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bridge.yaml");
 const DEFAULT_HOMESERVER: &str = "http://127.0.0.1:18008";
 
@@ -936,4 +939,25 @@ pub fn is_message_op(op: &Value, body: &str) -> bool {
 /// Whether `e` is an `m.room.message` from `sender` with this body.
 pub fn is_text_from(e: &Value, sender: &str, body: &str) -> bool {
     e["type"] == "m.room.message" && e["sender"] == sender && e["content"]["body"] == body
+}
+
+/// Sends `text` and returns the bot's notice that answers it.
+pub async fn command(user: &MatrixUser, room: &str, text: &str) -> String {
+    let sent = user.send_text(room, text).await;
+    user.wait_reply(room, &sent, BOT, COMMAND_WAIT).await
+}
+
+/// Opens the user's management room (a direct chat with the bot) and waits for the welcome.
+pub async fn management_room(user: &MatrixUser) -> String {
+    let room = user.create_dm(BOT).await;
+    user.wait_joined(&room, BOT, COMMAND_WAIT).await;
+    user.wait_for_event(&room, "the bot's welcome notice", COMMAND_WAIT, |e| {
+        e["sender"] == BOT
+            && e["content"]["msgtype"] == "m.notice"
+            && e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("management room"))
+    })
+    .await;
+    room
 }
