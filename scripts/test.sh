@@ -95,7 +95,7 @@ export ISTHMUS_TEST_PYTHON="$VENV/bin/python"
 
 section "test"
 # Integration tests serialise themselves; unit tests run in parallel.
-cargo test "${targets[@]}" "${extra[@]}" || test_status=$?
+cargo test --no-fail-fast "${targets[@]}" "${extra[@]}" || test_status=$?
 if [ "$test_status" -eq 0 ]; then
     section "all checks passed"
 else

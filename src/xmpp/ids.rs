@@ -208,7 +208,7 @@ mod tests {
         #[test]
         fn puppet_addresses_round_trip(
             local in "[a-z0-9._=/-]{1,30}",
-            server in prop_oneof![Just("example.org".to_owned()), "[a-z][a-z0-9-]{0,10}\\.[a-z]{2,5}(:[0-9]{2,5})?"],
+            server in prop_oneof![Just("example.org".to_owned()), "[a-z][a-z0-9]{0,10}\\.[a-z]{2,5}(:[1-9][0-9]{0,3})?"],
         ) {
             let a = a();
             let user = format!("@{local}:{server}");
@@ -223,7 +223,7 @@ mod tests {
         }
 
         #[test]
-        fn contact_normalisation_is_idempotent(node in "[a-zA-Z0-9._-]{1,20}", domain in "[a-zA-Z][a-zA-Z0-9-]{0,10}\\.[a-zA-Z]{2,5}") {
+        fn contact_normalisation_is_idempotent(node in "[a-zA-Z0-9._-]{1,20}", domain in "[a-zA-Z][a-zA-Z0-9]{0,10}\\.[a-zA-Z]{2,5}") {
             let a = a();
             let once = a.contact(&format!("{node}@{domain}")).unwrap();
             let twice = a.contact(&once.to_string()).unwrap();
