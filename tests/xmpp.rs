@@ -437,11 +437,11 @@ async fn subscription_request_reaches_the_matrix_user_who_accepts_then_presence_
 
     let reply = command(&user, &room, "accept xmpp carol@localhost").await;
     assert!(reply.contains("may now see your presence"), "{reply}");
+    // Prosody applies the approval to carol's roster (it does not pass the `subscribed`
+    // stanza on); what carol sees is the user's presence, sent right after.
     carol
-        .wait("subscribed from the gateway address", |e| {
-            e.name() == "presence"
-                && e.attr("type") == Some("subscribed")
-                && e.attr("from") == Some(address.as_str())
+        .wait("presence from the gateway address", |e| {
+            e.name() == "presence" && e.attr("from") == Some(address.as_str())
         })
         .await;
     let listed = command(&user, &room, "contacts").await;
@@ -500,12 +500,31 @@ async fn denied_subscription_is_refused_over_xmpp() {
     .await;
     let reply = command(&user, &room, "deny xmpp dave@localhost").await;
     assert!(reply.contains("may not see"), "{reply}");
-    dave.wait("unsubscribed from the gateway address", |e| {
-        e.name() == "presence"
-            && e.attr("type") == Some("unsubscribed")
-            && e.attr("from") == Some(address.as_str())
-    })
+    let listed = command(&user, &room, "contacts").await;
+    assert!(
+        !listed.contains("sees your presence") && !listed.contains("asks"),
+        "{listed}"
+    );
+    // The user's presence does not reach dave.
+    user.ok(
+        "PUT",
+        &format!("/presence/{}/status", enc(&user.user_id)),
+        Some(&serde_json::json!({"presence": "online", "status_msg": "not for dave"})),
+    )
     .await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while let Some(ev) = dave
+        .next_event(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        if let Some(xml) = ev["xml"].as_str() {
+            assert!(
+                !xml.contains("not for dave"),
+                "a denied contact got the presence: {xml}"
+            );
+        }
+    }
+    let _ = address;
 }
 
 #[tokio::test(flavor = "multi_thread")]
