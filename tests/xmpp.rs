@@ -554,3 +554,96 @@ async fn matrix_typing_becomes_a_chat_state() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn matrix_user_joins_an_xmpp_group_chat_through_its_alias() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let room_jid = format!("lobby{}@conference.localhost", unique());
+    let mut bob = XmppUser::login("bob").await;
+    bob.send_xml(&format!(
+        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    bob.wait("bob's own presence in the new room", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/bob").as_str())
+    })
+    .await;
+
+    let alice = MatrixUser::register("xmuc").await;
+    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
+    let joined = alice
+        .ok(
+            "POST",
+            &format!("/join/{}", enc(&alias)),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+    let room = joined["room_id"]
+        .as_str()
+        .expect("joined through the alias")
+        .to_owned();
+
+    // The bridge joins the group chat for alice: bob sees her arrive under her nick.
+    let nick = alice.localpart.clone();
+    bob.wait("alice's puppet joining the group chat", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/{nick}").as_str())
+    })
+    .await;
+
+    // XMPP → Matrix, from bob's occupant ghost.
+    let hello = format!("hello room from bob {}", unique());
+    bob.send_xml(&format!(
+        "<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{hello}</body></message>"
+    ))
+    .await;
+    let ghost = format!("@_xmpp_{}=2fbob:localhost", room_jid.replace('@', "=40"));
+    let ev = alice
+        .wait_for_event(&room, "bob's group message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == hello.as_str()
+        })
+        .await;
+    assert_eq!(ev["sender"], ghost.as_str());
+
+    // Matrix → XMPP, from alice's nick, and not echoed back into Matrix.
+    let reply = format!("hello bob from matrix {}", unique());
+    alice.send_text(&room, &reply).await;
+    let got = bob
+        .wait("alice's group message", |e| {
+            e.name() == "message"
+                && e.children()
+                    .any(|c| c.name() == "body" && c.text() == reply)
+        })
+        .await;
+    assert_eq!(
+        got.attr("from"),
+        Some(format!("{room_jid}/{nick}").as_str())
+    );
+    assert_eq!(got.attr("type"), Some("groupchat"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let copies = alice
+        .messages(&room)
+        .await
+        .into_iter()
+        .filter(|e| e["content"]["body"] == reply.as_str())
+        .count();
+    assert_eq!(
+        copies, 1,
+        "the room's reflection of alice's message is not bridged back"
+    );
+
+    // bob leaves: his ghost leaves the Matrix room.
+    bob.send_xml(&format!(
+        "<presence to='{room_jid}/bob' type='unavailable' xmlns='jabber:client'/>"
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alice.joined_members(&room).await.contains(&ghost) {
+        assert!(
+            Instant::now() < deadline,
+            "bob's ghost is still in the room after he left"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -100,6 +100,27 @@ impl Bridge {
                 _ => Ok(()),
             };
         }
+        if let Some(p) = self.store.portal_by_room(&ev.room_id)?
+            && p.kind == ChatKind::Group
+            && matches!(membership, "join" | "leave" | "ban")
+            && let Ok((client, false)) = self.client_for(&p, target)
+        {
+            let user = self.matrix_sender(target).await;
+            let r = if membership == "join" {
+                client.join_chat(&portal_ref(&p), &user).await
+            } else {
+                client.leave_chat(&portal_ref(&p), &user).await
+            };
+            if let Err(e) = r {
+                if e.is_transient() {
+                    return Err(BridgeError::Network {
+                        network: p.key.network.clone(),
+                        source: e,
+                    });
+                }
+                warn!(room_id = %ev.room_id, user = target, error = %e, "could not follow a membership change");
+            }
+        }
         if membership == "leave" || membership == "ban" {
             if let Some(p) = self.store.portal_by_room(&ev.room_id)?
                 && p.kind == ChatKind::Direct

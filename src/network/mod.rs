@@ -357,6 +357,25 @@ pub trait NetworkClient: Send + Sync {
         Err(NetworkError::Unsupported("presence"))
     }
 
+    /// A Matrix user joined a group portal: join the remote group chat for them, where the
+    /// network needs each participant to join. The default does nothing.
+    async fn join_chat(
+        &self,
+        _portal: &PortalRef,
+        _user: &MatrixSender,
+    ) -> Result<(), NetworkError> {
+        Ok(())
+    }
+
+    /// A Matrix user left a group portal. The default does nothing.
+    async fn leave_chat(
+        &self,
+        _portal: &PortalRef,
+        _user: &MatrixSender,
+    ) -> Result<(), NetworkError> {
+        Ok(())
+    }
+
     /// Answers a contact's request to see `user`'s presence (see
     /// [`RemoteEventKind::ContactRequest`]).
     async fn answer_contact_request(

@@ -16,6 +16,7 @@ use xmpp_parsers::stanza::Stanza;
 use super::Shared;
 use super::component::Outgoing;
 use super::handle_xmpp::{presence_stanza, subscription_stanza};
+use super::muc;
 use super::roster;
 use crate::network::{
     BridgeState, ChatKind, Contact, MatrixSender, MessageKind, NetworkClient, NetworkError,
@@ -42,9 +43,23 @@ impl Gateway {
             })
     }
 
+    fn puppet_bare(&self, sender: &MatrixSender) -> Result<BareJid, NetworkError> {
+        self.shared
+            .addressing
+            .puppet(&sender.user_id)
+            .ok_or_else(|| {
+                NetworkError::Undeliverable(format!("{} has no XMPP address", sender.user_id))
+            })
+    }
+
+    fn room(portal: &PortalRef) -> Result<BareJid, NetworkError> {
+        BareJid::from_str(portal.chat.as_str())
+            .map_err(|e| NetworkError::Internal(format!("stored group chat is not a JID: {e}")))
+    }
+
     fn contact(portal: &PortalRef) -> Result<Jid, NetworkError> {
         if portal.kind != ChatKind::Direct {
-            return Err(NetworkError::Unsupported("group chats on XMPP yet"));
+            return Err(NetworkError::Unsupported("this in group chats"));
         }
         BareJid::from_str(portal.chat.as_str())
             .map(Jid::from)
@@ -128,26 +143,37 @@ impl NetworkClient for Gateway {
         portal: &PortalRef,
         message: &OutgoingMessage,
     ) -> Result<RemoteMessageId, NetworkError> {
-        let to = Self::contact(portal)?;
-        let from = self.puppet(&message.sender)?;
         let id = self.new_id();
         let body = match message.content.kind {
             MessageKind::Emote => format!("/me {}", message.content.body),
             _ => message.content.body.clone(),
         };
+        let origin_id = Element::builder("origin-id", ns::SID)
+            .attr(
+                xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
+                id.clone(),
+            )
+            .build();
+        if portal.kind == ChatKind::Group {
+            self.join_chat(portal, &message.sender).await?;
+            let room = Self::room(portal)?;
+            let mut msg = Message::new(Some(Jid::from(room)));
+            msg.type_ = MessageType::Groupchat;
+            msg.from = Some(muc::puppet_full(&self.puppet_bare(&message.sender)?));
+            msg.id = Some(Id(id.clone()));
+            msg.bodies.insert(Lang::default(), body);
+            msg.payloads.push(origin_id);
+            self.send(msg.into()).await?;
+            return Ok(RemoteMessageId::new(id));
+        }
+        let to = Self::contact(portal)?;
+        let from = self.puppet(&message.sender)?;
         let mut msg = Message::new(Some(to));
         msg.type_ = MessageType::Chat;
         msg.from = Some(from);
         msg.id = Some(Id(id.clone()));
         msg.bodies.insert(Lang::default(), body);
-        msg.payloads.push(
-            Element::builder("origin-id", ns::SID)
-                .attr(
-                    xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
-                    id.clone(),
-                )
-                .build(),
-        );
+        msg.payloads.push(origin_id);
         msg.payloads.push(chat_state("active"));
         msg.payloads.push(
             Element::builder("nick", ns::NICK)
@@ -157,6 +183,64 @@ impl NetworkClient for Gateway {
         self.send(msg.into()).await?;
         self.ask_presence_once(&message.sender, portal).await;
         Ok(RemoteMessageId::new(id))
+    }
+
+    async fn join_chat(&self, portal: &PortalRef, user: &MatrixSender) -> Result<(), NetworkError> {
+        let room = Self::room(portal)?;
+        let room_str = room.to_string();
+        let nick = muc::nick_for(&user.displayname, &user.user_id);
+        let already = self
+            .shared
+            .rooms
+            .lock()
+            .expect("rooms lock")
+            .get(&room_str)
+            .and_then(|r| r.puppets.get(&user.user_id).cloned());
+        if already.as_deref() == Some(nick.as_str()) {
+            return Ok(());
+        }
+        let from = muc::puppet_full(&self.puppet_bare(user)?);
+        let stanza = muc::join_presence(from, &room, &nick, false)
+            .ok_or_else(|| NetworkError::InvalidInput(format!("{nick:?} is not a usable nick")))?;
+        self.send(stanza).await?;
+        self.shared
+            .rooms
+            .lock()
+            .expect("rooms lock")
+            .entry(room_str.clone())
+            .or_default()
+            .puppets
+            .insert(user.user_id.clone(), nick.clone());
+        muc::remember(self.shared.store()?, &room_str, &user.user_id, &nick)
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn leave_chat(
+        &self,
+        portal: &PortalRef,
+        user: &MatrixSender,
+    ) -> Result<(), NetworkError> {
+        let room = Self::room(portal)?;
+        let room_str = room.to_string();
+        let nick = {
+            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
+            let Some(r) = rooms.get_mut(&room_str) else {
+                return Ok(());
+            };
+            let nick = r.puppets.remove(&user.user_id);
+            if r.puppets.is_empty() {
+                rooms.remove(&room_str);
+            }
+            nick
+        };
+        muc::forget(self.shared.store()?, &room_str, &user.user_id).map_err(store_error)?;
+        let Some(nick) = nick else { return Ok(()) };
+        let from = muc::puppet_full(&self.puppet_bare(user)?);
+        if let Some(stanza) = muc::join_presence(from, &room, &nick, true) {
+            self.send(stanza).await?;
+        }
+        Ok(())
     }
 
     async fn send_typing(

@@ -1,6 +1,7 @@
 //! XMPP → bridge: messages, chat states, presence and IQs arriving on the component.
 
 use std::collections::BTreeSet;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,10 +19,11 @@ use xmpp_parsers::version::VersionResult;
 
 use super::Shared;
 use super::component::Inbound;
+use super::muc;
 use super::roster::{self, Policy};
 use crate::network::{
-    BridgeState, ChatKind, MessageContent, MessageKind, Presence as NetPresence, PresenceState,
-    RemoteChatId, RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
+    BridgeState, ChatKind, MembershipChange, MessageContent, MessageKind, Presence as NetPresence,
+    PresenceState, RemoteChatId, RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
 };
 
 /// The features the gateway advertises: exactly what it implements.
@@ -112,6 +114,10 @@ impl Handler {
             info!(from = ?msg.from, "XMPP message bounced with an error");
             return;
         }
+        if msg.type_ == MessageType::Groupchat {
+            self.muc_message(msg).await;
+            return;
+        }
         if !matches!(msg.type_, MessageType::Chat | MessageType::Normal) {
             debug!(type_ = ?msg.type_, "message type not bridged yet");
             return;
@@ -178,7 +184,187 @@ impl Handler {
         }
     }
 
+    /// A message in a group chat the bridge is in.
+    async fn muc_message(&self, msg: Message) {
+        let (Some(from), Some(to)) = (msg.from.as_ref(), msg.to.as_ref()) else {
+            return;
+        };
+        let room = from.to_bare();
+        let room_str = room.to_string();
+        let Some(nick) = from.resource().map(|r| r.as_str().to_owned()) else {
+            return; // from the room itself
+        };
+        let Some(user) = self.shared.addressing.matrix_user(&to.to_bare()) else {
+            return;
+        };
+        if self.shared.primary(&room_str).as_deref() != Some(user.as_str()) {
+            return; // another puppet's copy of the same message
+        }
+        if self.shared.is_puppet_nick(&room_str, &nick) {
+            return; // our own message, reflected by the room
+        }
+        let real = self
+            .shared
+            .rooms
+            .lock()
+            .expect("rooms lock")
+            .get(&room_str)
+            .and_then(|r| r.occupants.get(&nick).cloned().flatten());
+        let sender = muc::occupant_id(&room, &nick, real.as_deref());
+        let base = |kind| RemoteEvent {
+            chat: RemoteChatId::new(room_str.clone()),
+            chat_kind: ChatKind::Group,
+            receiver: None,
+            sender: RemoteUserId::new(sender.clone()),
+            sender_name: Some(nick.clone()),
+            timestamp_ms: None,
+            kind,
+        };
+        if let Some(body) = msg.bodies.values().next().cloned() {
+            let id = msg
+                .payloads
+                .iter()
+                .find(|p| p.is("stanza-id", ns::SID) && p.attr("by") == Some(room_str.as_str()))
+                .or_else(|| msg.payloads.iter().find(|p| p.is("origin-id", ns::SID)))
+                .and_then(|p| p.attr("id").map(str::to_owned))
+                .or_else(|| msg.id.as_ref().map(|i| format!("{nick}/{}", i.0)))
+                .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()));
+            let (kind, body) = match body.strip_prefix("/me ") {
+                Some(rest) => (MessageKind::Emote, rest.to_owned()),
+                None => (MessageKind::Text, body),
+            };
+            self.push(base(RemoteEventKind::Message {
+                id: RemoteMessageId::new(id),
+                content: MessageContent {
+                    kind,
+                    body,
+                    html: None,
+                },
+                reply_to: None,
+            }))
+            .await;
+        } else if let Some(subject) = msg.subjects.values().next() {
+            self.push(base(RemoteEventKind::ChatInfo {
+                name: None,
+                topic: Some(subject.clone()),
+            }))
+            .await;
+        }
+    }
+
+    /// Presence of an occupant of a group chat the bridge is in.
+    async fn muc_presence(&self, p: Presence) {
+        let (Some(from), Some(to)) = (p.from.as_ref(), p.to.as_ref()) else {
+            return;
+        };
+        let room = from.to_bare();
+        let room_str = room.to_string();
+        let Some(nick) = from.resource().map(|r| r.as_str().to_owned()) else {
+            return;
+        };
+        let Some(user) = self.shared.addressing.matrix_user(&to.to_bare()) else {
+            return;
+        };
+        if p.type_ == PresenceType::Error {
+            warn!(room = %room_str, nick, user, "the group chat refused a join (nick taken, members only, banned?)");
+            return;
+        }
+        if self.shared.primary(&room_str).as_deref() != Some(user.as_str())
+            || self.shared.is_puppet_nick(&room_str, &nick)
+        {
+            return;
+        }
+        let real = p
+            .payloads
+            .iter()
+            .find(|x| x.is("x", ns::MUC_USER))
+            .and_then(|x| x.children().find(|c| c.name() == "item"))
+            .and_then(|item| item.attr("jid"))
+            .and_then(|j| Jid::from_str(j).ok())
+            .map(|j| j.to_bare().to_string().to_lowercase());
+        let leaving = p.type_ == PresenceType::Unavailable;
+        {
+            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
+            if let Some(r) = rooms.get_mut(&room_str) {
+                if leaving {
+                    r.occupants.remove(&nick);
+                } else {
+                    r.occupants.insert(nick.clone(), real.clone());
+                }
+            }
+        }
+        let change = if leaving {
+            MembershipChange::Leave
+        } else {
+            MembershipChange::Join
+        };
+        self.push(RemoteEvent {
+            chat: RemoteChatId::new(room_str.clone()),
+            chat_kind: ChatKind::Group,
+            receiver: None,
+            sender: RemoteUserId::new(muc::occupant_id(&room, &nick, real.as_deref())),
+            sender_name: Some(nick),
+            timestamp_ms: None,
+            kind: RemoteEventKind::Membership { change },
+        })
+        .await;
+    }
+
+    /// Joins again every group chat the bridge was in (after the link came up).
+    fn rejoin_rooms(&self) {
+        let Ok(store) = self.shared.store() else {
+            return;
+        };
+        let joined = match muc::all_joined(store) {
+            Ok(j) => j,
+            Err(e) => {
+                warn!(error = %e, "could not read the group chats to rejoin");
+                return;
+            }
+        };
+        let mut stanzas = Vec::new();
+        {
+            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
+            for (room, user, nick) in joined {
+                let (Ok(room_jid), Some(puppet)) = (
+                    BareJid::from_str(&room),
+                    self.shared.addressing.puppet(&user),
+                ) else {
+                    continue;
+                };
+                rooms
+                    .entry(room.clone())
+                    .or_default()
+                    .puppets
+                    .insert(user, nick.clone());
+                if let Some(s) =
+                    muc::join_presence(muc::puppet_full(&puppet), &room_jid, &nick, false)
+                {
+                    stanzas.push(s);
+                }
+            }
+        }
+        if stanzas.is_empty() {
+            return;
+        }
+        info!(count = stanzas.len(), "rejoining group chats");
+        let out = self.shared.out.clone();
+        tokio::spawn(async move {
+            for s in stanzas {
+                if out.send((s, None)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     async fn presence(&self, p: Presence) -> Vec<Stanza> {
+        if let Some(from) = &p.from
+            && self.shared.is_room(&from.to_bare().to_string())
+        {
+            self.muc_presence(p).await;
+            return Vec::new();
+        }
         let Some((contact, user)) = self.parties(&p.from, &p.to) else {
             return Vec::new();
         };
@@ -380,6 +566,9 @@ impl Inbound for Handler {
 
     async fn state(&self, state: BridgeState, detail: Option<String>) {
         self.state.send_replace(state);
+        if state == BridgeState::Connected {
+            self.rejoin_rooms();
+        }
         if let Some(sink) = self.shared.sink.get() {
             sink.report_state(None, state, detail).await;
         }

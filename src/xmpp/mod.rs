@@ -16,6 +16,7 @@ mod handle_matrix;
 mod handle_xmpp;
 pub mod ids;
 pub mod limits;
+mod muc;
 pub mod roster;
 
 use std::collections::HashMap;
@@ -32,7 +33,7 @@ use self::ids::Addressing;
 use crate::config::XmppConfig;
 use crate::network::{
     BridgeState, Capabilities, Connector, ConnectorStore, EventSink, NetworkClient, NetworkError,
-    NetworkId, NetworkInfo, Presence, RemoteUserId, ThirdPartyField,
+    NetworkId, NetworkInfo, Presence, RemoteChatId, RemoteUserId, ThirdPartyField,
 };
 
 /// What the inbound handler and the gateway identity share.
@@ -42,6 +43,10 @@ pub(crate) struct Shared {
     policy: roster::SubscriptionPolicy,
     /// Last presence published per Matrix user, to skip repeats.
     presence: Mutex<HashMap<String, Presence>>,
+    /// Group chats the bridge is in, by room JID.
+    rooms: Mutex<HashMap<String, muc::Room>>,
+    /// Stanzas to write on the link.
+    out: mpsc::Sender<Outgoing>,
 }
 
 impl Shared {
@@ -77,14 +82,16 @@ impl Xmpp {
     /// A connector for the component described by `cfg`, with its resolved secret, bridging
     /// for the homeserver `homeserver`.
     pub fn new(cfg: &XmppConfig, secret: String, homeserver: &str) -> Self {
+        let (state_tx, state_rx) = watch::channel(BridgeState::Starting);
+        let (out_tx, out_rx) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             addressing: Addressing::new(&cfg.component.domain, homeserver),
             sink: OnceLock::new(),
             policy: cfg.subscriptions.clone(),
             presence: Mutex::default(),
+            rooms: Mutex::default(),
+            out: out_tx.clone(),
         });
-        let (state_tx, state_rx) = watch::channel(BridgeState::Starting);
-        let (out_tx, out_rx) = mpsc::channel(1024);
         Self {
             info: NetworkInfo {
                 id: NetworkId::new("xmpp"),
@@ -99,7 +106,7 @@ impl Xmpp {
                     typing: true,
                     receipts: false,
                     presence: true,
-                    group_chats: false,
+                    group_chats: true,
                 },
                 user_fields: vec![ThirdPartyField {
                     name: "jid".into(),
@@ -175,6 +182,19 @@ impl Connector for Xmpp {
             .contact(raw)
             .map(|j| RemoteUserId::new(j.to_string()))
             .map_err(NetworkError::InvalidInput)
+    }
+
+    fn parse_group_chat_id(&self, raw: &str) -> Result<Option<RemoteChatId>, NetworkError> {
+        self.gateway
+            .shared
+            .addressing
+            .contact(raw)
+            .map(|j| Some(RemoteChatId::new(j.to_string())))
+            .map_err(|_| {
+                NetworkError::InvalidInput(
+                    "a group chat address looks like room@conference.example.org".into(),
+                )
+            })
     }
 
     fn status(&self) -> Vec<(String, BridgeState)> {
