@@ -390,6 +390,11 @@ pub struct XmppConfig {
     /// What to do when an XMPP contact asks to see a Matrix user's presence.
     #[serde(default)]
     pub subscriptions: crate::xmpp::roster::SubscriptionPolicy,
+    /// Matrix rooms (by alias) that XMPP users may join as group chats hosted on the component:
+    /// `#lobby:example.org` is `#lobby@<component domain>` on XMPP. The bot must be able to
+    /// join the room (public, or invited).
+    #[serde(default)]
+    pub hosted_rooms: Vec<String>,
 }
 
 /// `networks.xmpp.component` section.
@@ -599,6 +604,14 @@ impl Config {
                         "networks.xmpp.max_stanza_bytes",
                         "must be at least 4096",
                     ));
+                }
+                for alias in &x.hosted_rooms {
+                    if !alias.starts_with('#') || !alias.contains(':') {
+                        return Err(invalid(
+                            "networks.xmpp.hosted_rooms",
+                            format!("{alias:?} is not a room alias such as #lobby:example.org"),
+                        ));
+                    }
                 }
                 if !(4..=256).contains(&x.max_depth) {
                     return Err(invalid(

@@ -647,3 +647,107 @@ async fn matrix_user_joins_an_xmpp_group_chat_through_its_alias() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
+    let _s = serial();
+    let alice = MatrixUser::register("xhost").await;
+    let local = format!("hosted{}", unique());
+    let alias = format!("#{local}:localhost");
+    let created = alice
+        .ok(
+            "POST",
+            "/createRoom",
+            Some(&serde_json::json!({"preset": "public_chat", "room_alias_name": local, "name": "Hosted"})),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let allowed = alias.clone();
+    let bridge = BridgeProcess::start_with(move |cfg| {
+        cfg.replace(
+            "      secret: component_secret_test",
+            &format!("      secret: component_secret_test\n    hosted_rooms: [\"{allowed}\"]"),
+        )
+    })
+    .await;
+    wait_metric(&bridge, CONNECTED).await;
+
+    let muc = format!("#{local}@{COMPONENT_DOMAIN}");
+    let mut carol = XmppUser::login("carol").await;
+    carol
+        .send_xml(&format!(
+            "<presence to='{muc}/carol' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    let own = carol
+        .wait("carol's own presence with status 110", |e| {
+            e.name() == "presence" && e.attr("from") == Some(format!("{muc}/carol").as_str())
+        })
+        .await;
+    assert!(
+        String::from(&own).contains("code='110'"),
+        "{}",
+        String::from(&own)
+    );
+    carol
+        .wait("the subject that ends the join", |e| {
+            e.name() == "message" && e.children().any(|c| c.name() == "subject")
+        })
+        .await;
+    // The Matrix member appears as an occupant.
+    let alice_nick = alice.localpart.clone();
+    carol
+        .wait("alice as an occupant", |e| {
+            e.name() == "presence" && e.attr("from") == Some(format!("{muc}/{alice_nick}").as_str())
+        })
+        .await;
+    let ghost = xmpp_ghost("carol@localhost");
+    alice
+        .wait_joined(&room, &ghost, Duration::from_secs(20))
+        .await;
+
+    // XMPP → Matrix (and reflected to carol, as a MUC does).
+    let hi = format!("hi matrix room {}", unique());
+    carol
+        .send_xml(&format!(
+            "<message to='{muc}' type='groupchat' xmlns='jabber:client'><body>{hi}</body></message>"
+        ))
+        .await;
+    carol
+        .wait("the reflection of carol's message", |e| {
+            e.name() == "message"
+                && e.attr("from") == Some(format!("{muc}/carol").as_str())
+                && e.children().any(|c| c.name() == "body" && c.text() == hi)
+        })
+        .await;
+    let ev = alice
+        .wait_for_event(&room, "carol's message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == hi.as_str()
+        })
+        .await;
+    assert_eq!(ev["sender"], ghost.as_str());
+
+    // Matrix → XMPP, from alice's nick.
+    let answer = format!("hello carol {}", unique());
+    alice.send_text(&room, &answer).await;
+    carol
+        .wait("alice's message in the group chat", |e| {
+            e.name() == "message"
+                && e.attr("from") == Some(format!("{muc}/{alice_nick}").as_str())
+                && e.children()
+                    .any(|c| c.name() == "body" && c.text() == answer)
+        })
+        .await;
+
+    // A room that is not allowed does not exist for XMPP users.
+    carol
+        .send_xml(&format!(
+            "<presence to='#secret@{COMPONENT_DOMAIN}/carol' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    carol
+        .wait("an error for a room that is not hosted", |e| {
+            e.name() == "presence" && e.attr("type") == Some("error")
+        })
+        .await;
+}

@@ -291,6 +291,11 @@ impl Bridge {
         key: &PortalKey,
         ev: &RemoteEvent,
     ) -> Result<Option<PortalRecord>, BridgeError> {
+        if ev.chat_kind == ChatKind::Group
+            && let Some(alias) = self.network(&key.network)?.hosted_room_alias(&key.chat)
+        {
+            return self.adopt_hosted_room(key, &alias).await.map(Some);
+        }
         if !matches!(ev.kind, RemoteEventKind::Message { .. }) {
             debug!(portal = %key, kind = ev.kind.name(), "no portal for this event; dropped");
             return Ok(None);
@@ -315,6 +320,35 @@ impl Bridge {
             }
         };
         Ok(Some(portal))
+    }
+
+    /// Makes an existing Matrix room (by alias) the portal of a group chat the network hosts
+    /// for it: the bot joins, and the network learns who is already in the room.
+    async fn adopt_hosted_room(
+        &self,
+        key: &PortalKey,
+        alias: &str,
+    ) -> Result<PortalRecord, BridgeError> {
+        let room = self.hs.join(None, alias).await?;
+        self.note_joined(self.bot().as_str(), room.as_str(), true);
+        let record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
+        self.store.put_portal(&record)?;
+        self.metrics.portals.set(self.store.portal_count() as i64);
+        if let Err(e) = self.write_bridge_info(&record, None).await {
+            debug!(error = %e, "could not write bridge info into a hosted room (the bot may lack power)");
+        }
+        let members = self.hs.joined_members(None, &room).await?;
+        let portal = super::portal_ref(&record);
+        for member in members.iter().filter(|m| !self.in_namespace(m.as_str())) {
+            if let Ok((client, false)) = self.client_for(&record, member.as_str()) {
+                let sender = self.matrix_sender(member.as_str()).await;
+                if let Err(e) = client.join_chat(&portal, &sender).await {
+                    warn!(user = %member, error = %e, "could not show a member in the hosted group chat");
+                }
+            }
+        }
+        tracing::info!(room_id = %room, alias, portal = %key, "hosted group chat bridged to its room");
+        Ok(record)
     }
 
     /// Writes a changed name or topic into a portal room.

@@ -448,6 +448,13 @@ pub trait Connector: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// When `chat` is a group chat this network hosts for a Matrix room (the room is on Matrix,
+    /// the network's users join it), the room's alias. The core then bridges the chat into
+    /// that room instead of creating one.
+    fn hosted_room_alias(&self, _chat: &RemoteChatId) -> Option<String> {
+        None
+    }
+
     /// A display name for a remote user the core has no name for yet.
     fn default_display_name(&self, user: &RemoteUserId) -> String {
         user.as_str().to_owned()

@@ -16,8 +16,8 @@ use xmpp_parsers::stanza::Stanza;
 use super::Shared;
 use super::component::Outgoing;
 use super::handle_xmpp::{presence_stanza, subscription_stanza};
-use super::muc;
 use super::roster;
+use super::{hosted, muc};
 use crate::network::{
     BridgeState, ChatKind, Contact, MatrixSender, MessageKind, NetworkClient, NetworkError,
     OutgoingMessage, PortalRef, Presence, RemoteMessageId, RemoteUserId,
@@ -98,6 +98,67 @@ fn store_error(e: crate::network::SinkError) -> NetworkError {
 }
 
 impl Gateway {
+    /// The hosted group chat a portal is, if it is one.
+    fn hosted(&self, portal: &PortalRef) -> Option<BareJid> {
+        if portal.kind != ChatKind::Group {
+            return None;
+        }
+        let room = BareJid::from_str(portal.chat.as_str()).ok()?;
+        self.shared.allowed_alias(&room).map(|_| room)
+    }
+
+    /// The nick of a Matrix member in a hosted room (recorded on join, else from the name).
+    fn member_nick(&self, room: &BareJid, user: &MatrixSender) -> String {
+        self.shared
+            .hosted
+            .lock()
+            .expect("hosted lock")
+            .get(&room.to_string())
+            .and_then(|r| r.members.get(&user.user_id).cloned())
+            .unwrap_or_else(|| muc::nick_for(&user.displayname, &user.user_id))
+    }
+
+    /// A Matrix member arrives in (or leaves) a hosted room: the XMPP occupants see it.
+    async fn hosted_membership(
+        &self,
+        room: &BareJid,
+        user: &MatrixSender,
+        leaving: bool,
+    ) -> Result<(), NetworkError> {
+        let (nick, targets) = {
+            let mut rooms = self.shared.hosted.lock().expect("hosted lock");
+            let r = rooms.entry(room.to_string()).or_default();
+            let nick = if leaving {
+                match r.members.remove(&user.user_id) {
+                    Some(n) => n,
+                    None => return Ok(()),
+                }
+            } else {
+                let mut nick = muc::nick_for(&user.displayname, &user.user_id);
+                if r.occupants.values().any(|n| n == &nick) {
+                    nick = format!("{nick} (Matrix)");
+                }
+                if r.members.get(&user.user_id) == Some(&nick) {
+                    return Ok(());
+                }
+                r.members.insert(user.user_id.clone(), nick.clone());
+                nick
+            };
+            let targets: Vec<Jid> = r
+                .occupants
+                .keys()
+                .filter_map(|j| Jid::from_str(j).ok())
+                .collect();
+            (nick, targets)
+        };
+        for to in targets {
+            if let Some(p) = hosted::occupant_presence(room, &nick, &to, leaving, false, None) {
+                self.send(p).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// After the first message to a contact, asks to see the contact's presence on the user's
     /// behalf (once; the contact's client asks its user).
     async fn ask_presence_once(&self, sender: &MatrixSender, portal: &PortalRef) {
@@ -154,6 +215,28 @@ impl NetworkClient for Gateway {
                 id.clone(),
             )
             .build();
+        if let Some(room) = self.hosted(portal) {
+            let nick = self.member_nick(&room, &message.sender);
+            let targets: Vec<Jid> = self
+                .shared
+                .hosted
+                .lock()
+                .expect("hosted lock")
+                .get(&room.to_string())
+                .map(|r| {
+                    r.occupants
+                        .keys()
+                        .filter_map(|j| Jid::from_str(j).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for to in targets {
+                if let Some(stanza) = hosted::groupchat(&room, &nick, &to, &id, &body) {
+                    self.send(stanza).await?;
+                }
+            }
+            return Ok(RemoteMessageId::new(id));
+        }
         if portal.kind == ChatKind::Group {
             self.join_chat(portal, &message.sender).await?;
             let room = Self::room(portal)?;
@@ -186,6 +269,9 @@ impl NetworkClient for Gateway {
     }
 
     async fn join_chat(&self, portal: &PortalRef, user: &MatrixSender) -> Result<(), NetworkError> {
+        if let Some(room) = self.hosted(portal) {
+            return self.hosted_membership(&room, user, false).await;
+        }
         let room = Self::room(portal)?;
         let room_str = room.to_string();
         let nick = muc::nick_for(&user.displayname, &user.user_id);

@@ -19,8 +19,8 @@ use xmpp_parsers::version::VersionResult;
 
 use super::Shared;
 use super::component::Inbound;
-use super::muc;
 use super::roster::{self, Policy};
+use super::{hosted, muc};
 use crate::network::{
     BridgeState, ChatKind, MembershipChange, MessageContent, MessageKind, Presence as NetPresence,
     PresenceState, RemoteChatId, RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
@@ -109,22 +109,27 @@ impl Handler {
         Some((contact, user))
     }
 
-    async fn message(&self, msg: Message) {
+    async fn message(&self, msg: Message) -> Vec<Stanza> {
         if msg.type_ == MessageType::Error {
             info!(from = ?msg.from, "XMPP message bounced with an error");
-            return;
+            return Vec::new();
+        }
+        if let Some(to) = &msg.to
+            && to.node().is_some_and(|n| n.as_str().starts_with('#'))
+        {
+            return self.hosted_message(msg).await;
         }
         if msg.type_ == MessageType::Groupchat {
             self.muc_message(msg).await;
-            return;
+            return Vec::new();
         }
         if !matches!(msg.type_, MessageType::Chat | MessageType::Normal) {
             debug!(type_ = ?msg.type_, "message type not bridged yet");
-            return;
+            return Vec::new();
         }
         let Some((contact, user)) = self.parties(&msg.from, &msg.to) else {
             debug!(from = ?msg.from, to = ?msg.to, "message not between a contact and a Matrix user; ignored");
-            return;
+            return Vec::new();
         };
         let nick = msg
             .payloads
@@ -164,7 +169,7 @@ impl Handler {
                 reply_to: None,
             }))
             .await;
-            return;
+            return Vec::new();
         }
         let chat_state = msg
             .payloads
@@ -182,6 +187,7 @@ impl Handler {
             }
             _ => {}
         }
+        Vec::new()
     }
 
     /// A message in a group chat the bridge is in.
@@ -310,6 +316,210 @@ impl Handler {
         .await;
     }
 
+    /// An XMPP user joins, changes presence in, or leaves a hosted group chat.
+    async fn hosted_presence(&self, p: Presence) -> Vec<Stanza> {
+        let (Some(from), Some(to)) = (p.from.clone(), p.to.clone()) else {
+            return Vec::new();
+        };
+        let room = to.to_bare();
+        let room_str = room.to_string();
+        let Some(nick) = to.resource().map(|r| r.as_str().to_owned()) else {
+            return Vec::new();
+        };
+        let Some(_alias) = self.shared.allowed_alias(&room) else {
+            return vec![hosted::join_error(
+                &to,
+                &from,
+                DefinedCondition::ItemNotFound,
+                "no such group chat",
+            )];
+        };
+        let Ok(contact) = self.shared.addressing.contact(&from.to_bare().to_string()) else {
+            return vec![hosted::join_error(
+                &to,
+                &from,
+                DefinedCondition::NotAllowed,
+                "Matrix users join the Matrix room itself",
+            )];
+        };
+        let who = from.to_string();
+        let leaving = p.type_ == PresenceType::Unavailable;
+        if p.type_ != PresenceType::None && !leaving {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let joined = {
+            let mut rooms = self.shared.hosted.lock().expect("hosted lock");
+            let r = rooms.entry(room_str.clone()).or_default();
+            if leaving {
+                let Some(nick) = r.occupants.remove(&who) else {
+                    return Vec::new();
+                };
+                out.extend(hosted::occupant_presence(
+                    &room, &nick, &from, true, true, None,
+                ));
+                for other in r.occupants.keys().filter_map(|j| Jid::from_str(j).ok()) {
+                    out.extend(hosted::occupant_presence(
+                        &room,
+                        &nick,
+                        &other,
+                        true,
+                        false,
+                        Some(&contact.to_string()),
+                    ));
+                }
+                false
+            } else if r.occupants.contains_key(&who) {
+                return Vec::new(); // a presence update of someone already in
+            } else if r.nick_taken(&nick, &who) {
+                return vec![hosted::join_error(
+                    &to,
+                    &from,
+                    DefinedCondition::Conflict,
+                    "that nick is taken",
+                )];
+            } else {
+                for (member, mnick) in &r.members {
+                    let _ = member;
+                    out.extend(hosted::occupant_presence(
+                        &room, mnick, &from, false, false, None,
+                    ));
+                }
+                for (jid, onick) in &r.occupants {
+                    let real = Jid::from_str(jid).ok().map(|j| j.to_bare().to_string());
+                    out.extend(hosted::occupant_presence(
+                        &room,
+                        onick,
+                        &from,
+                        false,
+                        false,
+                        real.as_deref(),
+                    ));
+                    if let Ok(other) = Jid::from_str(jid) {
+                        out.extend(hosted::occupant_presence(
+                            &room,
+                            &nick,
+                            &other,
+                            false,
+                            false,
+                            Some(&contact.to_string()),
+                        ));
+                    }
+                }
+                out.extend(hosted::occupant_presence(
+                    &room,
+                    &nick,
+                    &from,
+                    false,
+                    true,
+                    Some(&contact.to_string()),
+                ));
+                out.push(hosted::subject_message(&room, &from, ""));
+                r.occupants.insert(who.clone(), nick.clone());
+                true
+            }
+        };
+        info!(room = %room_str, nick, joined, "hosted group chat membership");
+        self.push(RemoteEvent {
+            chat: RemoteChatId::new(room_str),
+            chat_kind: ChatKind::Group,
+            receiver: None,
+            sender: RemoteUserId::new(contact.to_string()),
+            sender_name: Some(nick),
+            timestamp_ms: None,
+            kind: RemoteEventKind::Membership {
+                change: if joined {
+                    MembershipChange::Join
+                } else {
+                    MembershipChange::Leave
+                },
+            },
+        })
+        .await;
+        out
+    }
+
+    /// A message from an XMPP occupant to a hosted group chat: reflected to every occupant
+    /// and bridged to the Matrix room.
+    async fn hosted_message(&self, msg: Message) -> Vec<Stanza> {
+        let (Some(from), Some(to)) = (msg.from.clone(), msg.to.clone()) else {
+            return Vec::new();
+        };
+        let room = to.to_bare();
+        let room_str = room.to_string();
+        if msg.type_ != MessageType::Groupchat {
+            return Vec::new(); // private messages to occupants are not supported yet
+        }
+        let (nick, targets) = {
+            let rooms = self.shared.hosted.lock().expect("hosted lock");
+            let Some(r) = rooms.get(&room_str) else {
+                return Vec::new();
+            };
+            let Some(nick) = r.occupants.get(&from.to_string()).cloned() else {
+                let mut err = Message::new(Some(from.clone()));
+                err.type_ = MessageType::Error;
+                err.from = Some(Jid::from(room.clone()));
+                err.payloads.push(
+                    StanzaError::new(
+                        ErrorType::Modify,
+                        DefinedCondition::NotAcceptable,
+                        "en",
+                        "join the group chat first",
+                    )
+                    .into(),
+                );
+                return vec![err.into()];
+            };
+            (
+                nick,
+                r.occupants
+                    .keys()
+                    .filter_map(|j| Jid::from_str(j).ok())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let Some(body) = msg.bodies.values().next().cloned() else {
+            return Vec::new();
+        };
+        let id = msg
+            .payloads
+            .iter()
+            .find(|p| p.is("origin-id", ns::SID))
+            .and_then(|p| p.attr("id").map(str::to_owned))
+            .or_else(|| msg.id.as_ref().map(|i| i.0.clone()))
+            .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()));
+        let out: Vec<Stanza> = targets
+            .iter()
+            .filter_map(|t| hosted::groupchat(&room, &nick, t, &id, &body))
+            .collect();
+        let Ok(contact) = self.shared.addressing.contact(&from.to_bare().to_string()) else {
+            return out;
+        };
+        let (kind, body) = match body.strip_prefix("/me ") {
+            Some(rest) => (MessageKind::Emote, rest.to_owned()),
+            None => (MessageKind::Text, body),
+        };
+        self.push(RemoteEvent {
+            chat: RemoteChatId::new(room_str),
+            chat_kind: ChatKind::Group,
+            receiver: None,
+            sender: RemoteUserId::new(contact.to_string()),
+            sender_name: Some(nick),
+            timestamp_ms: None,
+            kind: RemoteEventKind::Message {
+                id: RemoteMessageId::new(format!("{}/{id}", contact)),
+                content: MessageContent {
+                    kind,
+                    body,
+                    html: None,
+                },
+                reply_to: None,
+            },
+        })
+        .await;
+        out
+    }
+
     /// Joins again every group chat the bridge was in (after the link came up).
     fn rejoin_rooms(&self) {
         let Ok(store) = self.shared.store() else {
@@ -359,6 +569,11 @@ impl Handler {
     }
 
     async fn presence(&self, p: Presence) -> Vec<Stanza> {
+        if let Some(to) = &p.to
+            && to.node().is_some_and(|n| n.as_str().starts_with('#'))
+        {
+            return self.hosted_presence(p).await;
+        }
         if let Some(from) = &p.from
             && self.shared.is_room(&from.to_bare().to_string())
         {
@@ -555,10 +770,7 @@ impl Handler {
 impl Inbound for Handler {
     async fn stanza(&self, stanza: Stanza) -> Vec<Stanza> {
         match stanza {
-            Stanza::Message(m) => {
-                self.message(m).await;
-                Vec::new()
-            }
+            Stanza::Message(m) => self.message(m).await,
             Stanza::Presence(p) => self.presence(p).await,
             Stanza::Iq(iq) => self.iq(iq),
         }

@@ -119,13 +119,49 @@ impl Addressing {
         BareJid::from_str(&format!("{node}@{}", self.component)).ok()
     }
 
+    /// The address of a Matrix room hosted as a group chat: its alias with the `#` kept, so
+    /// `#lobby:example.org` is `#lobby@matrix.example.org` (`#room%other.org@...` for aliases
+    /// of other servers).
+    pub fn hosted_room(&self, alias: &str) -> Option<BareJid> {
+        let (local, server) = alias.strip_prefix('#')?.split_once(':')?;
+        if local.is_empty() || local.contains('%') {
+            return None;
+        }
+        let node = if server == self.homeserver {
+            format!("#{}", escape_node(local))
+        } else {
+            format!(
+                "#{}%{}",
+                escape_node(local),
+                escape_node(&server.to_lowercase())
+            )
+        };
+        BareJid::from_str(&format!("{node}@{}", self.component)).ok()
+    }
+
+    /// The room alias a hosted group chat address stands for.
+    pub fn hosted_alias(&self, jid: &BareJid) -> Option<String> {
+        if jid.domain().as_str() != self.component {
+            return None;
+        }
+        let node = jid.node()?.as_str().strip_prefix('#')?;
+        let (local, server) = match node.rsplit_once('%') {
+            Some((l, s)) => (unescape_node(l), unescape_node(s)),
+            None => (unescape_node(node), self.homeserver.clone()),
+        };
+        (!local.is_empty()).then(|| format!("#{local}:{server}"))
+    }
+
     /// The Matrix user a gateway address stands for; `None` when the address is not on the
-    /// component domain or has no node.
+    /// component domain, has no node, or is a hosted room.
     pub fn matrix_user(&self, jid: &BareJid) -> Option<String> {
         if jid.domain().as_str() != self.component {
             return None;
         }
         let node = jid.node()?.as_str();
+        if node.starts_with('#') {
+            return None;
+        }
         let (local, server) = match node.rsplit_once('%') {
             Some((l, s)) => (unescape_node(l), unescape_node(s)),
             None => (unescape_node(node), self.homeserver.clone()),
@@ -200,6 +236,21 @@ mod tests {
         );
         assert_eq!(
             a.matrix_user(&BareJid::from_str("matrix.example.org").unwrap()),
+            None
+        );
+    }
+
+    #[test]
+    fn hosted_rooms_keep_the_alias_sigil() {
+        let a = a();
+        let jid = a.hosted_room("#lobby:example.org").unwrap();
+        assert_eq!(jid.to_string(), "#lobby@matrix.example.org");
+        assert_eq!(a.hosted_alias(&jid).as_deref(), Some("#lobby:example.org"));
+        assert_eq!(a.matrix_user(&jid), None, "a room is not a user");
+        let other = a.hosted_room("#x:other.net").unwrap();
+        assert_eq!(a.hosted_alias(&other).as_deref(), Some("#x:other.net"));
+        assert_eq!(
+            a.hosted_alias(&BareJid::from_str("alice@matrix.example.org").unwrap()),
             None
         );
     }

@@ -14,12 +14,14 @@
 mod component;
 mod handle_matrix;
 mod handle_xmpp;
+mod hosted;
 pub mod ids;
 pub mod limits;
 mod muc;
 pub mod roster;
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -47,6 +49,10 @@ pub(crate) struct Shared {
     rooms: Mutex<HashMap<String, muc::Room>>,
     /// Stanzas to write on the link.
     out: mpsc::Sender<Outgoing>,
+    /// Room aliases XMPP users may join as hosted group chats.
+    hosted_allowed: Vec<String>,
+    /// Hosted group chats in use, by room JID.
+    hosted: Mutex<HashMap<String, hosted::Room>>,
 }
 
 impl Shared {
@@ -56,6 +62,12 @@ impl Shared {
             .get()
             .map(|s| s.store())
             .ok_or_else(|| NetworkError::Transient("the XMPP connector is not started".into()))
+    }
+
+    /// The alias of a hosted group chat address, when the config allows it.
+    fn allowed_alias(&self, room: &xmpp_parsers::jid::BareJid) -> Option<String> {
+        let alias = self.addressing.hosted_alias(room)?;
+        self.hosted_allowed.contains(&alias).then_some(alias)
     }
 
     /// The presence last published for a Matrix user.
@@ -91,6 +103,8 @@ impl Xmpp {
             presence: Mutex::default(),
             rooms: Mutex::default(),
             out: out_tx.clone(),
+            hosted_allowed: cfg.hosted_rooms.clone(),
+            hosted: Mutex::default(),
         });
         Self {
             info: NetworkInfo {
@@ -195,6 +209,11 @@ impl Connector for Xmpp {
                     "a group chat address looks like room@conference.example.org".into(),
                 )
             })
+    }
+
+    fn hosted_room_alias(&self, chat: &RemoteChatId) -> Option<String> {
+        let jid = xmpp_parsers::jid::BareJid::from_str(chat.as_str()).ok()?;
+        self.gateway.shared.allowed_alias(&jid)
     }
 
     fn status(&self) -> Vec<(String, BridgeState)> {

@@ -1,0 +1,147 @@
+//! Matrix rooms hosted as group chats (XEP-0045) on the component: XMPP users join
+//! `#lobby@matrix.example.org` and talk with the room's Matrix members, who appear as
+//! occupants under their display names. The gateway plays the MUC service: it answers joins
+//! with the occupant list, the joiner's own presence (status 110) and the subject, reflects
+//! messages to every occupant, and announces arrivals and departures.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::message::{Lang, Message, MessageType};
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::ns;
+use xmpp_parsers::presence::{Presence, Type as PresenceType};
+use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
+
+/// One hosted room.
+#[derive(Debug, Default)]
+pub(super) struct Room {
+    /// XMPP occupants: full JID → nick.
+    pub occupants: BTreeMap<String, String>,
+    /// Matrix members: user ID → nick.
+    pub members: BTreeMap<String, String>,
+}
+
+impl Room {
+    /// Whether `nick` is taken by someone other than `jid`.
+    pub fn nick_taken(&self, nick: &str, jid: &str) -> bool {
+        self.members.values().any(|n| n == nick)
+            || self.occupants.iter().any(|(j, n)| n == nick && j != jid)
+    }
+}
+
+fn ncname(s: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
+    xmpp_parsers::minidom::rxml::NcName::try_from(s).expect("a valid attribute name")
+}
+
+/// The presence of occupant `nick` of `room`, sent to `to`. `own` marks the joiner's own
+/// presence (status 110); `real` reveals the occupant's JID (the room is non-anonymous).
+pub(super) fn occupant_presence(
+    room: &BareJid,
+    nick: &str,
+    to: &Jid,
+    leaving: bool,
+    own: bool,
+    real: Option<&str>,
+) -> Option<Stanza> {
+    let from = Jid::from_str(&format!("{room}/{nick}")).ok()?;
+    let mut p = Presence::new(if leaving {
+        PresenceType::Unavailable
+    } else {
+        PresenceType::None
+    });
+    p.from = Some(from);
+    p.to = Some(to.clone());
+    let mut item = Element::builder("item", ns::MUC_USER)
+        .attr(ncname("affiliation"), "none")
+        .attr(ncname("role"), if leaving { "none" } else { "participant" });
+    if let Some(jid) = real {
+        item = item.attr(ncname("jid"), jid);
+    }
+    let mut x = Element::builder("x", ns::MUC_USER).append(item.build());
+    if own {
+        for code in ["100", "110"] {
+            x = x.append(
+                Element::builder("status", ns::MUC_USER)
+                    .attr(ncname("code"), code)
+                    .build(),
+            );
+        }
+    }
+    p.payloads.push(x.build());
+    Some(p.into())
+}
+
+/// The subject message that ends a join (an empty subject when the room has none).
+pub(super) fn subject_message(room: &BareJid, to: &Jid, subject: &str) -> Stanza {
+    let mut m = Message::new(Some(to.clone()));
+    m.type_ = MessageType::Groupchat;
+    m.from = Some(Jid::from(room.clone()));
+    m.subjects.insert(Lang::default(), subject.to_owned());
+    m.into()
+}
+
+/// A groupchat message from occupant `nick` to `to`.
+pub(super) fn groupchat(
+    room: &BareJid,
+    nick: &str,
+    to: &Jid,
+    id: &str,
+    body: &str,
+) -> Option<Stanza> {
+    let mut m = Message::new(Some(to.clone()));
+    m.type_ = MessageType::Groupchat;
+    m.from = Some(Jid::from_str(&format!("{room}/{nick}")).ok()?);
+    m.id = Some(xmpp_parsers::message::Id(id.to_owned()));
+    m.bodies.insert(Lang::default(), body.to_owned());
+    Some(m.into())
+}
+
+/// An error presence refusing a join.
+pub(super) fn join_error(from: &Jid, to: &Jid, condition: DefinedCondition, text: &str) -> Stanza {
+    let mut p = Presence::new(PresenceType::Error);
+    p.from = Some(from.clone());
+    p.to = Some(to.clone());
+    p.payloads
+        .push(StanzaError::new(ErrorType::Cancel, condition, "en", text).into());
+    p.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_presence_carries_status_110() {
+        let room = BareJid::from_str("#lobby@matrix.example.org").unwrap();
+        let to = Jid::from_str("bob@example.net/phone").unwrap();
+        let xml = String::from(&Element::from(
+            occupant_presence(&room, "bob", &to, false, true, None).unwrap(),
+        ));
+        assert!(xml.contains("code='110'"), "{xml}");
+        assert!(
+            xml.contains("from='#lobby@matrix.example.org/bob'"),
+            "{xml}"
+        );
+        let other = String::from(&Element::from(
+            occupant_presence(&room, "Alice", &to, false, false, None).unwrap(),
+        ));
+        assert!(!other.contains("110"), "{other}");
+    }
+
+    #[test]
+    fn nicks_are_unique_across_both_sides() {
+        let mut r = Room::default();
+        r.members.insert("@alice:hs".into(), "Alice".into());
+        r.occupants.insert("bob@x/1".into(), "bob".into());
+        assert!(r.nick_taken("Alice", "carol@x/1"));
+        assert!(r.nick_taken("bob", "carol@x/1"));
+        assert!(
+            !r.nick_taken("bob", "bob@x/1"),
+            "one's own nick is not taken"
+        );
+        assert!(!r.nick_taken("carol", "carol@x/1"));
+    }
+}
