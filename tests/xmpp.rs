@@ -751,3 +751,126 @@ async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn formatting_crosses_both_ways_and_xhtml_is_sanitised() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let mut bob = XmppUser::login("bob").await;
+    let alice = MatrixUser::register("xfmt").await;
+    let ghost = xmpp_ghost("bob@localhost");
+    let room = alice.create_dm(&ghost).await;
+    alice
+        .wait_joined(&room, &ghost, Duration::from_secs(20))
+        .await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+
+    // Matrix HTML → XEP-0393 styling; a pill becomes the name.
+    let tag = unique();
+    alice
+        .send(
+            &room,
+            "m.room.message",
+            &serde_json::json!({
+                "msgtype": "m.text",
+                "body": format!("**bold** {tag} and _it_ for Bob"),
+                "format": "org.matrix.custom.html",
+                "formatted_body": format!("<strong>bold</strong> {tag} and <em>it</em> for <a href=\"https://matrix.to/#/{ghost}\">Bob</a>"),
+            }),
+        )
+        .await;
+    bob.wait_message(&format!("*bold* {tag} and _it_ for Bob"))
+        .await;
+
+    // XEP-0393 → Matrix HTML, with m.mentions set and empty.
+    let styled = format!("*hi* there `code` @room {}", unique());
+    bob.say(&address, &styled).await;
+    let ev = alice
+        .wait_for_event(
+            &room,
+            "bob's styled message",
+            Duration::from_secs(20),
+            |e| e["content"]["body"] == styled.as_str(),
+        )
+        .await;
+    let html = ev["content"]["formatted_body"].as_str().unwrap_or_default();
+    assert!(
+        html.starts_with("<strong>hi</strong> there <code>code</code>"),
+        "{html}"
+    );
+    assert_eq!(
+        ev["content"]["m.mentions"],
+        serde_json::json!({}),
+        "@room in XMPP text pings nobody"
+    );
+
+    // XHTML-IM is sanitised to the Matrix allow-list.
+    let plain = format!("xhtml {}", unique());
+    bob.send_xml(&format!(
+        "<message to='{address}' type='chat' xmlns='jabber:client'><body>{plain}</body>\
+         <html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>\
+         <p onclick='evil()'><em>{plain}</em><script>alert(1)</script><a href='javascript:alert(2)'>x</a></p></body></html></message>"
+    ))
+    .await;
+    let ev = alice
+        .wait_for_event(
+            &room,
+            "bob's XHTML-IM message",
+            Duration::from_secs(20),
+            |e| e["content"]["body"] == plain.as_str(),
+        )
+        .await;
+    let html = ev["content"]["formatted_body"].as_str().unwrap_or_default();
+    assert_eq!(html, format!("<p><em>{plain}</em><a>x</a></p>"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nick_mentions_in_group_chats_become_real_mentions() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let room_jid = format!("mention{}@conference.localhost", unique());
+    let mut bob = XmppUser::login("bob").await;
+    bob.send_xml(&format!(
+        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    let alice = MatrixUser::register("xment").await;
+    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
+    let joined = alice
+        .ok(
+            "POST",
+            &format!("/join/{}", enc(&alias)),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+    let room = joined["room_id"].as_str().unwrap().to_owned();
+    let nick = alice.localpart.clone();
+    bob.wait("alice's puppet joining", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/{nick}").as_str())
+    })
+    .await;
+    let text = format!("{nick}: are you there? {}", unique());
+    bob.send_xml(&format!(
+        "<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{text}</body></message>"
+    ))
+    .await;
+    let ev = alice
+        .wait_for_event(&room, "the mention", Duration::from_secs(20), |e| {
+            e["content"]["body"] == text.as_str()
+        })
+        .await;
+    assert_eq!(
+        ev["content"]["m.mentions"]["user_ids"],
+        serde_json::json!([alice.user_id])
+    );
+    let html = ev["content"]["formatted_body"].as_str().unwrap_or_default();
+    assert!(
+        html.starts_with(&format!(
+            "<a href=\"https://matrix.to/#/{}\">{nick}</a>:",
+            alice.user_id
+        )),
+        "{html}"
+    );
+}

@@ -752,7 +752,12 @@ pub fn message_content(content: &Value) -> Option<MessageContent> {
         .then(|| content.get("formatted_body").and_then(Value::as_str))
         .flatten()
         .map(strip_html_reply_fallback);
-    Some(MessageContent { kind, body, html })
+    Some(MessageContent {
+        kind,
+        body,
+        html,
+        mentions: Vec::new(),
+    })
 }
 
 /// Removes the `> <@user> quoted` lines older clients put before a reply's text.

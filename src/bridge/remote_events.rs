@@ -28,7 +28,12 @@ pub fn matrix_content(c: &MessageContent) -> Value {
         MessageKind::Emote => "m.emote",
         MessageKind::Notice => "m.notice",
     };
-    let mut v = json!({"msgtype": msgtype, "body": c.body});
+    // `m.mentions` is always set, from real mentions only: text such as "@room" in a remote
+    // message never pings anyone.
+    let mut v = json!({"msgtype": msgtype, "body": c.body, "m.mentions": {}});
+    if !c.mentions.is_empty() {
+        v["m.mentions"] = json!({"user_ids": c.mentions});
+    }
     if let Some(html) = &c.html {
         v["format"] = json!("org.matrix.custom.html");
         v["formatted_body"] = json!(html);

@@ -38,6 +38,9 @@ pub struct MessageContent {
     /// Sanitised HTML, when the message is formatted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub html: Option<String>,
+    /// Matrix users this message mentions for real (never guessed from the text by the core).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 impl MessageContent {
@@ -47,6 +50,7 @@ impl MessageContent {
             kind: MessageKind::Text,
             body: body.into(),
             html: None,
+            mentions: Vec::new(),
         }
     }
 }

@@ -19,8 +19,8 @@ use super::handle_xmpp::{presence_stanza, subscription_stanza};
 use super::roster;
 use super::{hosted, muc};
 use crate::network::{
-    BridgeState, ChatKind, Contact, MatrixSender, MessageKind, NetworkClient, NetworkError,
-    OutgoingMessage, PortalRef, Presence, RemoteMessageId, RemoteUserId,
+    BridgeState, ChatKind, Contact, MatrixSender, NetworkClient, NetworkError, OutgoingMessage,
+    PortalRef, Presence, RemoteMessageId, RemoteUserId,
 };
 use xmpp_parsers::presence::Type as PresenceType;
 
@@ -205,10 +205,7 @@ impl NetworkClient for Gateway {
         message: &OutgoingMessage,
     ) -> Result<RemoteMessageId, NetworkError> {
         let id = self.new_id();
-        let body = match message.content.kind {
-            MessageKind::Emote => format!("/me {}", message.content.body),
-            _ => message.content.body.clone(),
-        };
+        let body = super::convert::outbound_body(&message.content);
         let origin_id = Element::builder("origin-id", ns::SID)
             .attr(
                 xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),

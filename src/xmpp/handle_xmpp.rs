@@ -20,10 +20,10 @@ use xmpp_parsers::version::VersionResult;
 use super::Shared;
 use super::component::Inbound;
 use super::roster::{self, Policy};
-use super::{hosted, muc};
+use super::{convert, hosted, muc};
 use crate::network::{
-    BridgeState, ChatKind, MembershipChange, MessageContent, MessageKind, Presence as NetPresence,
-    PresenceState, RemoteChatId, RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
+    BridgeState, ChatKind, MembershipChange, Presence as NetPresence, PresenceState, RemoteChatId,
+    RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
 };
 
 /// The features the gateway advertises: exactly what it implements.
@@ -146,6 +146,7 @@ impl Handler {
             timestamp_ms: None,
             kind,
         };
+        let nicks: Vec<(String, String)> = Vec::new();
         let body = msg.bodies.values().next().cloned();
         if let Some(body) = body {
             let id = msg
@@ -155,17 +156,9 @@ impl Handler {
                 .and_then(|p| p.attr("id").map(str::to_owned))
                 .or_else(|| msg.id.as_ref().map(|i| i.0.clone()))
                 .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()));
-            let (kind, body) = match body.strip_prefix("/me ") {
-                Some(rest) => (MessageKind::Emote, rest.to_owned()),
-                None => (MessageKind::Text, body),
-            };
             self.push(base(RemoteEventKind::Message {
                 id: RemoteMessageId::new(id),
-                content: MessageContent {
-                    kind,
-                    body,
-                    html: None,
-                },
+                content: convert::inbound_content(&body, &msg.payloads, &nicks),
                 reply_to: None,
             }))
             .await;
@@ -226,6 +219,19 @@ impl Handler {
             timestamp_ms: None,
             kind,
         };
+        let nicks: Vec<(String, String)> = self
+            .shared
+            .rooms
+            .lock()
+            .expect("rooms lock")
+            .get(&room_str)
+            .map(|r| {
+                r.puppets
+                    .iter()
+                    .map(|(u, n)| (n.clone(), u.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         if let Some(body) = msg.bodies.values().next().cloned() {
             let id = msg
                 .payloads
@@ -235,17 +241,9 @@ impl Handler {
                 .and_then(|p| p.attr("id").map(str::to_owned))
                 .or_else(|| msg.id.as_ref().map(|i| format!("{nick}/{}", i.0)))
                 .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()));
-            let (kind, body) = match body.strip_prefix("/me ") {
-                Some(rest) => (MessageKind::Emote, rest.to_owned()),
-                None => (MessageKind::Text, body),
-            };
             self.push(base(RemoteEventKind::Message {
                 id: RemoteMessageId::new(id),
-                content: MessageContent {
-                    kind,
-                    body,
-                    html: None,
-                },
+                content: convert::inbound_content(&body, &msg.payloads, &nicks),
                 reply_to: None,
             }))
             .await;
@@ -450,7 +448,7 @@ impl Handler {
         if msg.type_ != MessageType::Groupchat {
             return Vec::new(); // private messages to occupants are not supported yet
         }
-        let (nick, targets) = {
+        let (nick, targets, nicks) = {
             let rooms = self.shared.hosted.lock().expect("hosted lock");
             let Some(r) = rooms.get(&room_str) else {
                 return Vec::new();
@@ -476,6 +474,10 @@ impl Handler {
                     .keys()
                     .filter_map(|j| Jid::from_str(j).ok())
                     .collect::<Vec<_>>(),
+                r.members
+                    .iter()
+                    .map(|(u, n)| (n.clone(), u.clone()))
+                    .collect::<Vec<_>>(),
             )
         };
         let Some(body) = msg.bodies.values().next().cloned() else {
@@ -495,10 +497,6 @@ impl Handler {
         let Ok(contact) = self.shared.addressing.contact(&from.to_bare().to_string()) else {
             return out;
         };
-        let (kind, body) = match body.strip_prefix("/me ") {
-            Some(rest) => (MessageKind::Emote, rest.to_owned()),
-            None => (MessageKind::Text, body),
-        };
         self.push(RemoteEvent {
             chat: RemoteChatId::new(room_str),
             chat_kind: ChatKind::Group,
@@ -508,11 +506,7 @@ impl Handler {
             timestamp_ms: None,
             kind: RemoteEventKind::Message {
                 id: RemoteMessageId::new(format!("{}/{id}", contact)),
-                content: MessageContent {
-                    kind,
-                    body,
-                    html: None,
-                },
+                content: convert::inbound_content(&body, &msg.payloads, &nicks),
                 reply_to: None,
             },
         })

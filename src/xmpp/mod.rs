@@ -12,6 +12,7 @@
 //! | `handle_matrix.rs` | bridge → XMPP |
 
 mod component;
+pub mod convert;
 mod handle_matrix;
 mod handle_xmpp;
 mod hosted;
