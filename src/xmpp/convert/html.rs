@@ -17,6 +17,9 @@ enum Node {
 
 const VOID: [&str; 4] = ["br", "hr", "img", "input"];
 
+/// An element still open while parsing: name, attributes, children so far.
+type Open = (String, Vec<(String, String)>, Vec<Node>);
+
 fn decode_entities(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -103,8 +106,7 @@ fn parse_attrs(s: &str) -> Vec<(String, String)> {
 
 fn parse(html: &str) -> Vec<Node> {
     // A stack of open elements; the bottom one collects the top-level nodes.
-    let mut stack: Vec<(String, Vec<(String, String)>, Vec<Node>)> =
-        vec![(String::new(), Vec::new(), Vec::new())];
+    let mut stack: Vec<Open> = vec![(String::new(), Vec::new(), Vec::new())];
     let mut rest = html;
     while !rest.is_empty() {
         let Some(lt) = rest.find('<') else {
