@@ -874,3 +874,75 @@ async fn nick_mentions_in_group_chats_become_real_mentions() {
         "{html}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn join_and_presence_commands() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let room_jid = format!("cmd{}@conference.localhost", unique());
+    let mut bob = XmppUser::login("bob").await;
+    bob.send_xml(&format!(
+        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    let user = MatrixUser::register("xcmd").await;
+    let management = management_room(&user).await;
+    let reply = command(&user, &management, &format!("join xmpp {room_jid}")).await;
+    assert!(reply.contains("You are invited"), "{reply}");
+    let room = user.wait_for_invite(Duration::from_secs(20)).await;
+    user.join(&room).await;
+    let nick = user.localpart.clone();
+    bob.wait("the user's puppet joining after `join`", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/{nick}").as_str())
+    })
+    .await;
+    let reply = command(&user, &management, "presence away at the dentist").await;
+    assert!(
+        reply.contains("Presence set on") && reply.contains("xmpp"),
+        "{reply}"
+    );
+    let reply = command(&user, &management, "presence sideways").await;
+    assert!(reply.contains("Usage"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn xmpp_chat_states_become_matrix_typing() {
+    let _s = serial();
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let mut carol = XmppUser::login("carol").await;
+    let alice = MatrixUser::register("xtypein").await;
+    let ghost = xmpp_ghost("carol@localhost");
+    let room = alice.create_dm(&ghost).await;
+    alice
+        .wait_joined(&room, &ghost, Duration::from_secs(20))
+        .await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+    carol
+        .send_xml(&format!(
+            "<message to='{address}' type='chat' xmlns='jabber:client'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        ))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sync = alice.ok("GET", "/sync?timeout=500", None).await;
+        let typing = sync["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| {
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|u| u.iter().any(|x| x == ghost.as_str()))
+            });
+        if typing {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ghost never showed as typing"
+        );
+    }
+}

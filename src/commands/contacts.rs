@@ -5,7 +5,7 @@ use futures::FutureExt;
 use super::{Command, Ctx, Place, Reply, pick_network};
 use crate::bridge::BridgeError;
 use crate::config::PermissionLevel;
-use crate::network::{NetworkError, NetworkId};
+use crate::network::{NetworkError, NetworkId, Presence, PresenceState};
 
 pub(super) fn commands() -> Vec<Command> {
     vec![
@@ -28,6 +28,16 @@ pub(super) fn commands() -> Vec<Command> {
             level: PermissionLevel::User,
             place: Place::Anywhere,
             run: |ctx, args| answer(ctx, args, false).boxed(),
+        },
+        Command {
+            name: "presence",
+            aliases: &[],
+            args: "<online|away|offline> [status text]",
+            help: "Set the presence your contacts on other networks see.",
+            section: "Contacts",
+            level: PermissionLevel::User,
+            place: Place::Anywhere,
+            run: |ctx, args| presence(ctx, args).boxed(),
         },
         Command {
             name: "contacts",
@@ -72,6 +82,34 @@ async fn answer(ctx: &Ctx<'_>, args: Vec<String>, accept: bool) -> Reply {
         format!("{contact} may now see your presence.")
     } else {
         format!("{contact} may not see your presence.")
+    })
+}
+
+async fn presence(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
+    let state = match args.first().map(|s| s.to_ascii_lowercase()).as_deref() {
+        Some("online") => PresenceState::Online,
+        Some("away" | "unavailable" | "busy") => PresenceState::Unavailable,
+        Some("offline") => PresenceState::Offline,
+        _ => return Ok("Usage: `presence <online|away|offline> [status text]`".into()),
+    };
+    let status = (args.len() > 1).then(|| args[1..].join(" "));
+    let presence = Presence { state, status };
+    let sender = ctx.bridge.matrix_sender(ctx.sender).await;
+    let mut set = Vec::new();
+    for network in ctx.bridge.networks.keys() {
+        let Some(client) = ctx.bridge.user_client(ctx.sender, network) else {
+            continue;
+        };
+        match client.set_presence(&sender, &presence).await {
+            Ok(()) => set.push(network.to_string()),
+            Err(NetworkError::Unsupported(_)) => {}
+            Err(e) => return Err(network_error(network, e)),
+        }
+    }
+    Ok(if set.is_empty() {
+        "No network shows your presence.".into()
+    } else {
+        format!("Presence set on {}.", set.join(", "))
     })
 }
 

@@ -31,6 +31,16 @@ pub(super) fn commands() -> Vec<Command> {
             run: |ctx, args| start_chat(ctx, args).boxed(),
         },
         Command {
+            name: "join",
+            aliases: &[],
+            args: "<network> <group chat>",
+            help: "Join a group chat on another network: you are invited to its room.",
+            section: "Chats",
+            level: PermissionLevel::User,
+            place: Place::Anywhere,
+            run: |ctx, args| join(ctx, args).boxed(),
+        },
+        Command {
             name: "bridge",
             aliases: &[],
             args: "<network> <group chat>",
@@ -160,6 +170,57 @@ async fn start_chat(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     Ok(format!(
         "Started a chat with {contact}: {} (you have been invited)",
         portal.room_id
+    ))
+}
+
+async fn join(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
+    let (network, raw) = match args.as_slice() {
+        [chat] if ctx.bridge.networks.len() == 1 => (pick_network(ctx.bridge, None)?, chat.clone()),
+        [network, chat] => (pick_network(ctx.bridge, Some(network))?, chat.clone()),
+        _ => return Ok("Usage: `join <network> <group chat>`".into()),
+    };
+    let connector = ctx.bridge.network(&network)?;
+    let Some(chat) =
+        connector
+            .parse_group_chat_id(&raw)
+            .map_err(|source| BridgeError::Network {
+                network: network.clone(),
+                source,
+            })?
+    else {
+        return Ok(format!(
+            "{} has no group chats.",
+            connector.info().display_name
+        ));
+    };
+    let key = PortalKey::new(network.as_str(), chat.as_str(), None);
+    let portal = match ctx.bridge.store.portal(&key)? {
+        Some(p) => p,
+        None => {
+            let alias = ctx.bridge.alias_localpart(&network, chat.as_str());
+            ctx.bridge
+                .create_group_portal(&key, Some(chat.as_str()), None, Some(alias), Vec::new())
+                .await?
+        }
+    };
+    let room = room_id(&portal.room_id)?;
+    match ctx
+        .bridge
+        .hs
+        .invite(None, &room, &user_id(ctx.sender)?)
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.errcode() == Some("M_FORBIDDEN") => {
+            // Already in the room, or it is public: joining through the alias works too.
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(format!(
+        "You are invited to {chat}: {} (#{}:{})",
+        portal.room_id,
+        ctx.bridge.alias_localpart(&network, chat.as_str()),
+        ctx.bridge.server_name()
     ))
 }
 
