@@ -739,6 +739,33 @@ async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
         })
         .await;
 
+    // Discovery lists the hosted room and describes it as a group chat.
+    carol
+        .send_xml(&format!(
+            "<iq type='get' id='items1' to='{COMPONENT_DOMAIN}' xmlns='jabber:client'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
+        ))
+        .await;
+    let items = String::from(
+        &carol
+            .wait("disco#items", |e| e.attr("id") == Some("items1"))
+            .await,
+    );
+    assert!(items.contains(&format!("jid='{muc}'")), "{items}");
+    carol
+        .send_xml(&format!(
+            "<iq type='get' id='info1' to='{muc}' xmlns='jabber:client'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+        ))
+        .await;
+    let info = String::from(
+        &carol
+            .wait("disco#info of the room", |e| e.attr("id") == Some("info1"))
+            .await,
+    );
+    assert!(
+        info.contains("category='conference'") && info.contains("http://jabber.org/protocol/muc"),
+        "{info}"
+    );
+
     // A room that is not allowed does not exist for XMPP users.
     carol
         .send_xml(&format!(

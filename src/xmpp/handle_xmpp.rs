@@ -715,27 +715,71 @@ impl Handler {
             }
             .into()
         };
+        let hosting = !self.shared.hosted_allowed.is_empty();
+        let hosted_room = to
+            .as_ref()
+            .filter(|t| t.node().is_some_and(|n| n.as_str().starts_with('#')))
+            .and_then(|t| self.shared.allowed_alias(&t.to_bare()));
         if payload.is("query", ns::DISCO_INFO) && payload.attr("node").is_none() {
-            let identity = if to_component {
-                Identity::new("gateway", "matrix", "en", "isthmus Matrix gateway")
+            let mut identities = Vec::new();
+            let mut features: BTreeSet<String> = FEATURES.iter().map(|f| f.to_string()).collect();
+            if let Some(alias) = &hosted_room {
+                identities.push(Identity::new("conference", "text", "en", alias.clone()));
+                features = [
+                    ns::DISCO_INFO,
+                    ns::MUC,
+                    "muc_open",
+                    "muc_nonanonymous",
+                    "muc_unmoderated",
+                    "muc_public",
+                ]
+                .iter()
+                .map(|f| f.to_string())
+                .collect();
+            } else if to_component {
+                identities.push(Identity::new(
+                    "gateway",
+                    "matrix",
+                    "en",
+                    "isthmus Matrix gateway",
+                ));
+                if hosting {
+                    identities.push(Identity::new("conference", "text", "en", "Matrix rooms"));
+                    features.insert(ns::MUC.to_owned());
+                }
             } else {
-                Identity::new_anonymous::<_, _, String, String>("client", "pc")
-            };
+                identities.push(Identity::new_anonymous::<_, _, String, String>(
+                    "client", "pc",
+                ));
+            }
             let info = DiscoInfoResult {
                 node: None,
-                identities: vec![identity],
-                features: FEATURES
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect::<BTreeSet<_>>(),
+                identities,
+                features,
                 extensions: Vec::new(),
             };
             return vec![result(Some(info.into()))];
         }
         if payload.is("query", ns::DISCO_ITEMS) && payload.attr("node").is_none() {
+            let items = if to_component {
+                self.shared
+                    .hosted_allowed
+                    .iter()
+                    .filter_map(|alias| {
+                        let jid = self.shared.addressing.hosted_room(alias)?;
+                        Some(xmpp_parsers::disco::Item {
+                            jid: Jid::from(jid),
+                            node: None,
+                            name: Some(alias.clone()),
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let items = DiscoItemsResult {
                 node: None,
-                items: Vec::new(),
+                items,
                 rsm: None,
             };
             return vec![result(Some(items.into()))];
