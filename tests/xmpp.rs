@@ -572,6 +572,16 @@ async fn matrix_user_joins_an_xmpp_group_chat_through_its_alias() {
     .await;
 
     let alice = MatrixUser::register("xmuc").await;
+    // A group chat that does not exist has no room: the alias is not found.
+    let missing = format!("#_xmpp_nosuch{}=40conference.localhost:localhost", unique());
+    let (status, body) = alice
+        .call(
+            "POST",
+            &format!("/join/{}", enc(&missing)),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
     let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
     let joined = alice
         .ok(
@@ -915,6 +925,13 @@ async fn join_and_presence_commands() {
     .await;
     let user = MatrixUser::register("xcmd").await;
     let management = management_room(&user).await;
+    let reply = command(
+        &user,
+        &management,
+        "join xmpp nosuchroom@conference.localhost",
+    )
+    .await;
+    assert!(reply.contains("There is no group chat"), "{reply}");
     let reply = command(&user, &management, &format!("join xmpp {room_jid}")).await;
     assert!(reply.contains("You are invited"), "{reply}");
     let room = user.wait_for_invite(Duration::from_secs(20)).await;

@@ -73,6 +73,16 @@ pub(super) async fn room_alias(
         Ok(None) | Err(_) => return not_found("No such group chat"),
     };
     let key = crate::store::PortalKey::new(network.as_str(), chat.as_str(), None);
+    if !matches!(bridge.store.portal(&key), Ok(Some(_))) {
+        match connector.group_chat_exists(&chat).await {
+            Ok(true) => {}
+            Ok(false) => return not_found("No such group chat"),
+            Err(e) => {
+                info!(alias, error = %e, "could not check that the group chat exists");
+                return not_found("The group chat could not be reached");
+            }
+        }
+    }
     let result = match bridge.store.portal(&key) {
         Ok(Some(existing)) => match crate::bridge::room_id(&existing.room_id) {
             Ok(rid) => bridge

@@ -197,6 +197,18 @@ async fn join(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     let portal = match ctx.bridge.store.portal(&key)? {
         Some(p) => p,
         None => {
+            let exists = connector.group_chat_exists(&chat).await.map_err(|source| {
+                BridgeError::Network {
+                    network: network.clone(),
+                    source,
+                }
+            })?;
+            if !exists {
+                return Ok(format!(
+                    "There is no group chat {chat} on {}.",
+                    connector.info().display_name
+                ));
+            }
             let alias = ctx.bridge.alias_localpart(&network, chat.as_str());
             ctx.bridge
                 .create_group_portal(&key, Some(chat.as_str()), None, Some(alias), Vec::new())

@@ -448,6 +448,12 @@ pub trait Connector: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Whether a group chat exists on the network (asked before its portal is created, so a
+    /// mistyped address gets a clear "not found"). The default trusts the address.
+    async fn group_chat_exists(&self, _chat: &RemoteChatId) -> Result<bool, NetworkError> {
+        Ok(true)
+    }
+
     /// When `chat` is a group chat this network hosts for a Matrix room (the room is on Matrix,
     /// the network's users join it), the room's alias. The core then bridges the chat into
     /// that room instead of creating one.

@@ -703,7 +703,15 @@ impl Handler {
                     DefinedCondition::ServiceUnavailable,
                 )];
             }
-            Iq::Result { .. } | Iq::Error { .. } => return Vec::new(),
+            Iq::Result { id, payload, .. } => {
+                self.shared.answer(&id, Ok(payload));
+                return Vec::new();
+            }
+            Iq::Error { id, error, .. } => {
+                self.shared
+                    .answer(&id, Err(format!("{:?}", error.defined_condition)));
+                return Vec::new();
+            }
         };
         let to_component = to.as_ref().is_some_and(|t| t.node().is_none());
         let result = |payload: Option<Element>| -> Stanza {

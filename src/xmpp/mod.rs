@@ -54,7 +54,14 @@ pub(crate) struct Shared {
     hosted_allowed: Vec<String>,
     /// Hosted group chats in use, by room JID.
     hosted: Mutex<HashMap<String, hosted::Room>>,
+    /// IQ requests the bridge sent and waits on, by ID.
+    pending_iqs: Mutex<HashMap<String, tokio::sync::oneshot::Sender<IqAnswer>>>,
+    /// Source of unique IDs.
+    counter: AtomicU64,
 }
+
+/// The answer to an IQ request: the result's payload, or the error condition.
+pub(crate) type IqAnswer = Result<Option<xmpp_parsers::minidom::Element>, String>;
 
 impl Shared {
     /// The connector's storage, once started.
@@ -69,6 +76,58 @@ impl Shared {
     fn allowed_alias(&self, room: &xmpp_parsers::jid::BareJid) -> Option<String> {
         let alias = self.addressing.hosted_alias(room)?;
         self.hosted_allowed.contains(&alias).then_some(alias)
+    }
+
+    /// Sends an IQ get from the component and waits (up to 10 s) for the answer.
+    async fn query(
+        &self,
+        to: xmpp_parsers::jid::Jid,
+        payload: xmpp_parsers::minidom::Element,
+    ) -> Result<IqAnswer, NetworkError> {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("isthmus-q-{:x}-{n}", crate::bridge::now_ms());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending_iqs
+            .lock()
+            .expect("iq lock")
+            .insert(id.clone(), tx);
+        let iq = xmpp_parsers::iq::Iq::Get {
+            from: Some(
+                xmpp_parsers::jid::Jid::from_str(self.addressing.component())
+                    .map_err(|e| NetworkError::Internal(e.to_string()))?,
+            ),
+            to: Some(to),
+            id: id.clone(),
+            payload,
+        };
+        let sent = self.out.send((iq.into(), None)).await;
+        let answer = match sent {
+            Ok(()) => tokio::time::timeout(std::time::Duration::from_secs(10), rx).await,
+            Err(_) => {
+                self.pending_iqs.lock().expect("iq lock").remove(&id);
+                return Err(NetworkError::Transient("the XMPP link is stopping".into()));
+            }
+        };
+        self.pending_iqs.lock().expect("iq lock").remove(&id);
+        match answer {
+            Ok(Ok(a)) => Ok(a),
+            _ => Err(NetworkError::Transient(
+                "no answer from the XMPP server within 10 s".into(),
+            )),
+        }
+    }
+
+    /// Hands an IQ result or error to whoever waits on it; false when nobody does.
+    fn answer(&self, id: &str, answer: IqAnswer) -> bool {
+        match self.pending_iqs.lock().expect("iq lock").remove(id) {
+            Some(tx) => {
+                let _ = tx.send(answer);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The presence last published for a Matrix user.
@@ -106,6 +165,8 @@ impl Xmpp {
             out: out_tx.clone(),
             hosted_allowed: cfg.hosted_rooms.clone(),
             hosted: Mutex::default(),
+            pending_iqs: Mutex::default(),
+            counter: AtomicU64::new(0),
         });
         Self {
             info: NetworkInfo {
@@ -210,6 +271,26 @@ impl Connector for Xmpp {
                     "a group chat address looks like room@conference.example.org".into(),
                 )
             })
+    }
+
+    async fn group_chat_exists(&self, chat: &RemoteChatId) -> Result<bool, NetworkError> {
+        let room = xmpp_parsers::jid::BareJid::from_str(chat.as_str())
+            .map_err(|e| NetworkError::InvalidInput(e.to_string()))?;
+        if room.domain().as_str() == self.gateway.shared.addressing.component() {
+            return Ok(self.gateway.shared.allowed_alias(&room).is_some());
+        }
+        let query =
+            xmpp_parsers::minidom::Element::builder("query", xmpp_parsers::ns::DISCO_INFO).build();
+        match self.gateway.shared.query(room.into(), query).await? {
+            Ok(Some(info)) => Ok(info
+                .children()
+                .any(|c| c.name() == "identity" && c.attr("category") == Some("conference"))),
+            Ok(None) => Ok(false),
+            Err(condition) => {
+                tracing::info!(room = %chat, condition, "group chat not found");
+                Ok(false)
+            }
+        }
     }
 
     fn hosted_room_alias(&self, chat: &RemoteChatId) -> Option<String> {
