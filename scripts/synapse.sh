@@ -95,6 +95,8 @@ rc_joins:
 rc_invites:
   per_room: {per_second: 1000, burst_count: 1000}
   per_user: {per_second: 1000, burst_count: 1000}
+rc_presence:
+  per_user: {per_second: 1000, burst_count: 1000}
 EOF
 
     local python="$VENV/bin/python"

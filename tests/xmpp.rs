@@ -472,6 +472,39 @@ async fn subscription_request_reaches_the_matrix_user_who_accepts_then_presence_
         "{}",
         String::from(&p)
     );
+
+    // Rapid changes are coalesced: carol gets the last one, in fewer stanzas than changes.
+    for n in 1..=5 {
+        user.ok(
+            "PUT",
+            &format!("/presence/{}/status", enc(&user.user_id)),
+            Some(&serde_json::json!({"presence": "online", "status_msg": format!("burst {n}")})),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while let Some(ev) = carol
+        .next_event(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        if let Some(xml) = ev["xml"].as_str()
+            && xml.contains("burst ")
+        {
+            seen.push(xml.to_owned());
+            if xml.contains("burst 5") {
+                break;
+            }
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|x| x.contains("burst 5")),
+        "the last status arrives: {seen:#?}"
+    );
+    assert!(
+        seen.len() < 5,
+        "five quick changes are not five stanzas: {seen:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

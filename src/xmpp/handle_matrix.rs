@@ -93,6 +93,38 @@ impl Gateway {
     }
 }
 
+/// Shortest time between two presence broadcasts of one user.
+const PRESENCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What to do with a presence change.
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    /// Broadcast now.
+    Now,
+    /// Broadcast the latest presence after this delay.
+    Later(std::time::Duration),
+    /// A later broadcast is already scheduled; it will carry this change.
+    Skip,
+}
+
+/// The rate limit of one user's presence: `entry` is (last broadcast, trailing one scheduled).
+fn presence_gate(entry: &mut (Option<std::time::Instant>, bool), now: std::time::Instant) -> Gate {
+    match entry.0 {
+        Some(sent) if now.duration_since(sent) < PRESENCE_INTERVAL => {
+            if entry.1 {
+                Gate::Skip
+            } else {
+                entry.1 = true;
+                Gate::Later(PRESENCE_INTERVAL - now.duration_since(sent))
+            }
+        }
+        _ => {
+            *entry = (Some(now), false);
+            Gate::Now
+        }
+    }
+}
+
 fn store_error(e: crate::network::SinkError) -> NetworkError {
     NetworkError::Internal(e.to_string())
 }
@@ -353,19 +385,43 @@ impl NetworkClient for Gateway {
             }
             last.insert(sender.user_id.clone(), presence.clone());
         }
-        let from = self.puppet(sender)?;
-        let store = self.shared.store()?;
-        for (contact, sub) in roster::of_user(store, &sender.user_id).map_err(store_error)? {
-            if !sub.from {
-                continue;
+        // Rate limit: at most one broadcast per user per interval; changes in between are
+        // coalesced into one trailing broadcast of the latest presence.
+        let wait = {
+            let mut limit = self
+                .shared
+                .presence_limit
+                .lock()
+                .expect("presence limit lock");
+            let entry = limit.entry(sender.user_id.clone()).or_insert((None, false));
+            match presence_gate(entry, std::time::Instant::now()) {
+                Gate::Now => None,
+                Gate::Later(delay) => Some(delay),
+                Gate::Skip => return Ok(()),
             }
-            let Ok(to) = BareJid::from_str(&contact) else {
-                continue;
-            };
-            self.send(presence_stanza(from.clone(), Jid::from(to), Some(presence)))
-                .await?;
+        };
+        match wait {
+            None => self.shared.broadcast_presence(&sender.user_id).await,
+            Some(delay) => {
+                let shared = Arc::clone(&self.shared);
+                let user = sender.user_id.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Some(e) = shared
+                        .presence_limit
+                        .lock()
+                        .expect("presence limit lock")
+                        .get_mut(&user)
+                    {
+                        *e = (Some(std::time::Instant::now()), false);
+                    }
+                    if let Err(e) = shared.broadcast_presence(&user).await {
+                        tracing::debug!(user, error = %e, "trailing presence broadcast failed");
+                    }
+                });
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     async fn answer_contact_request(
@@ -412,5 +468,32 @@ impl NetworkClient for Gateway {
                 pending: s.pending_in,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn presence_changes_are_rate_limited_and_coalesced() {
+        let t0 = Instant::now();
+        let mut entry = (None, false);
+        assert_eq!(presence_gate(&mut entry, t0), Gate::Now);
+        assert_eq!(
+            presence_gate(&mut entry, t0 + Duration::from_millis(500)),
+            Gate::Later(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            presence_gate(&mut entry, t0 + Duration::from_millis(600)),
+            Gate::Skip
+        );
+        // The trailing broadcast ran and reset the entry.
+        entry = (Some(t0 + Duration::from_secs(2)), false);
+        assert_eq!(
+            presence_gate(&mut entry, t0 + Duration::from_secs(5)),
+            Gate::Now
+        );
     }
 }

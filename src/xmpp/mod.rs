@@ -58,6 +58,9 @@ pub(crate) struct Shared {
     pending_iqs: Mutex<HashMap<String, tokio::sync::oneshot::Sender<IqAnswer>>>,
     /// Source of unique IDs.
     counter: AtomicU64,
+    /// Per Matrix user: when presence was last broadcast, and whether a trailing broadcast is
+    /// scheduled.
+    presence_limit: Mutex<HashMap<String, (Option<std::time::Instant>, bool)>>,
 }
 
 /// The answer to an IQ request: the result's payload, or the error condition.
@@ -130,6 +133,31 @@ impl Shared {
         }
     }
 
+    /// Sends a Matrix user's latest presence to every contact allowed to see it.
+    async fn broadcast_presence(&self, user: &str) -> Result<(), NetworkError> {
+        let Some(presence) = self.presence_of(user) else {
+            return Ok(());
+        };
+        let Some(from) = self.addressing.puppet(user) else {
+            return Ok(());
+        };
+        let store = self.store()?;
+        let contacts =
+            roster::of_user(store, user).map_err(|e| NetworkError::Internal(e.to_string()))?;
+        for (contact, _) in contacts.into_iter().filter(|(_, s)| s.from) {
+            let Ok(to) = xmpp_parsers::jid::BareJid::from_str(&contact) else {
+                continue;
+            };
+            let stanza =
+                handle_xmpp::presence_stanza(from.clone().into(), to.into(), Some(&presence));
+            self.out
+                .send((stanza, None))
+                .await
+                .map_err(|_| NetworkError::Transient("the XMPP link is stopping".into()))?;
+        }
+        Ok(())
+    }
+
     /// The presence last published for a Matrix user.
     fn presence_of(&self, user: &str) -> Option<Presence> {
         self.presence
@@ -167,6 +195,7 @@ impl Xmpp {
             hosted: Mutex::default(),
             pending_iqs: Mutex::default(),
             counter: AtomicU64::new(0),
+            presence_limit: Mutex::default(),
         });
         Self {
             info: NetworkInfo {
