@@ -178,18 +178,30 @@ async fn wait_metric(bridge: &BridgeProcess, needle: &str) {
 
 const CONNECTED: &str = r#"logins{network="xmpp",state="CONNECTED"} 1"#;
 
+/// Starts a bridge and waits until its XMPP link is up.
+async fn xmpp_bridge() -> BridgeProcess {
+    let bridge = BridgeProcess::start().await;
+    wait_metric(&bridge, CONNECTED).await;
+    bridge
+}
+
+/// Registers a Matrix user who opens a direct chat with the ghost of XMPP user `contact`;
+/// returns the user, the room and the ghost once the ghost has joined.
+async fn dm_with(prefix: &str, contact: &str) -> (MatrixUser, String, String) {
+    let user = MatrixUser::register(prefix).await;
+    let ghost = xmpp_ghost(contact);
+    let room = user.create_dm(&ghost).await;
+    user.wait_joined(&room, &ghost, Duration::from_secs(20))
+        .await;
+    (user, room, ghost)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn direct_chat_started_on_matrix_crosses_both_ways() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let mut bob = XmppUser::login("bob").await;
-    let alice = MatrixUser::register("xalice").await;
-    let ghost = xmpp_ghost("bob@localhost");
-    let room = alice.create_dm(&ghost).await;
-    alice
-        .wait_joined(&room, &ghost, Duration::from_secs(20))
-        .await;
+    let (alice, room, ghost) = dm_with("xalice", "bob@localhost").await;
 
     let text = format!("hello bob over xmpp {}", unique());
     alice.send_text(&room, &text).await;
@@ -218,8 +230,7 @@ async fn direct_chat_started_on_matrix_crosses_both_ways() {
 #[tokio::test(flavor = "multi_thread")]
 async fn xmpp_user_reaches_a_matrix_user_at_the_gateway_address() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let dave = MatrixUser::register("xdave").await;
     let mut carol = XmppUser::login("carol").await;
     let local = dave.localpart.clone();
@@ -260,8 +271,7 @@ async fn xmpp_user_reaches_a_matrix_user_at_the_gateway_address() {
 #[tokio::test(flavor = "multi_thread")]
 async fn xmpp_presence_becomes_ghost_presence() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let erin_matrix = MatrixUser::register("xerin").await;
     let mut dave = XmppUser::login("dave").await;
     let ghost = xmpp_ghost("dave@localhost");
@@ -298,8 +308,7 @@ async fn xmpp_presence_becomes_ghost_presence() {
 #[tokio::test(flavor = "multi_thread")]
 async fn gateway_answers_discovery_version_and_ping() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let mut erin = XmppUser::login("erin").await;
     let get = |id: &str, child: &str| {
         format!(
@@ -374,8 +383,7 @@ async fn wrong_component_secret_is_reported_clearly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_flow_again_after_a_prosody_restart() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let bridge = xmpp_bridge().await;
     let status = std::process::Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/prosody.sh"))
         .arg("restart")
@@ -384,12 +392,7 @@ async fn messages_flow_again_after_a_prosody_restart() {
     assert!(status.success(), "prosody restart failed");
     wait_metric(&bridge, CONNECTED).await;
     let mut bob = XmppUser::login("bob").await;
-    let alice = MatrixUser::register("xrestart").await;
-    let ghost = xmpp_ghost("bob@localhost");
-    let room = alice.create_dm(&ghost).await;
-    alice
-        .wait_joined(&room, &ghost, Duration::from_secs(20))
-        .await;
+    let (alice, room, _) = dm_with("xrestart", "bob@localhost").await;
     let text = format!("after the restart {}", unique());
     alice.send_text(&room, &text).await;
     bob.wait_message(&text).await;
@@ -403,8 +406,7 @@ async fn messages_flow_again_after_a_prosody_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn subscription_request_reaches_the_matrix_user_who_accepts_then_presence_flows() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let user = MatrixUser::register("xsub").await;
     let room = management_room(&user).await;
     let address = format!("{}@{COMPONENT_DOMAIN}", user.localpart);
@@ -510,8 +512,7 @@ async fn subscription_request_reaches_the_matrix_user_who_accepts_then_presence_
 #[tokio::test(flavor = "multi_thread")]
 async fn denied_subscription_is_refused_over_xmpp() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let user = MatrixUser::register("xdeny").await;
     let room = management_room(&user).await;
     let address = format!("{}@{COMPONENT_DOMAIN}", user.localpart);
@@ -563,15 +564,9 @@ async fn denied_subscription_is_refused_over_xmpp() {
 #[tokio::test(flavor = "multi_thread")]
 async fn matrix_typing_becomes_a_chat_state() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let mut erin = XmppUser::login("erin").await;
-    let alice = MatrixUser::register("xtype").await;
-    let ghost = xmpp_ghost("erin@localhost");
-    let room = alice.create_dm(&ghost).await;
-    alice
-        .wait_joined(&room, &ghost, Duration::from_secs(20))
-        .await;
+    let (alice, room, _) = dm_with("xtype", "erin@localhost").await;
     alice
         .ok(
             "PUT",
@@ -591,8 +586,7 @@ async fn matrix_typing_becomes_a_chat_state() {
 #[tokio::test(flavor = "multi_thread")]
 async fn matrix_user_joins_an_xmpp_group_chat_through_its_alias() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let room_jid = format!("lobby{}@conference.localhost", unique());
     let mut bob = XmppUser::login("bob").await;
     bob.send_xml(&format!(
@@ -825,15 +819,9 @@ async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
 #[tokio::test(flavor = "multi_thread")]
 async fn formatting_crosses_both_ways_and_xhtml_is_sanitised() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let mut bob = XmppUser::login("bob").await;
-    let alice = MatrixUser::register("xfmt").await;
-    let ghost = xmpp_ghost("bob@localhost");
-    let room = alice.create_dm(&ghost).await;
-    alice
-        .wait_joined(&room, &ghost, Duration::from_secs(20))
-        .await;
+    let (alice, room, ghost) = dm_with("xfmt", "bob@localhost").await;
     let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
 
     // Matrix HTML → XEP-0393 styling; a pill becomes the name.
@@ -898,8 +886,7 @@ async fn formatting_crosses_both_ways_and_xhtml_is_sanitised() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nick_mentions_in_group_chats_become_real_mentions() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let room_jid = format!("mention{}@conference.localhost", unique());
     let mut bob = XmppUser::login("bob").await;
     bob.send_xml(&format!(
@@ -948,8 +935,7 @@ async fn nick_mentions_in_group_chats_become_real_mentions() {
 #[tokio::test(flavor = "multi_thread")]
 async fn join_and_presence_commands() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let room_jid = format!("cmd{}@conference.localhost", unique());
     let mut bob = XmppUser::login("bob").await;
     bob.send_xml(&format!(
@@ -986,15 +972,9 @@ async fn join_and_presence_commands() {
 #[tokio::test(flavor = "multi_thread")]
 async fn xmpp_chat_states_become_matrix_typing() {
     let _s = serial();
-    let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    let _bridge = xmpp_bridge().await;
     let mut carol = XmppUser::login("carol").await;
-    let alice = MatrixUser::register("xtypein").await;
-    let ghost = xmpp_ghost("carol@localhost");
-    let room = alice.create_dm(&ghost).await;
-    alice
-        .wait_joined(&room, &ghost, Duration::from_secs(20))
-        .await;
+    let (alice, room, ghost) = dm_with("xtypein", "carol@localhost").await;
     let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
     carol
         .send_xml(&format!(

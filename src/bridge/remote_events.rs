@@ -41,6 +41,11 @@ pub fn matrix_content(c: &MessageContent) -> Value {
     v
 }
 
+/// Parses a stored event ID.
+fn event_id(id: &str) -> Result<ruma::OwnedEventId, BridgeError> {
+    ruma::EventId::parse(id).map_err(|e| BridgeError::Invalid(format!("bad event ID {id}: {e}")))
+}
+
 /// The ID under which a reaction is mapped: one per message, reacting user and key.
 pub(super) fn reaction_id(target: &RemoteMessageId, sender: &str, key: &str) -> RemoteMessageId {
     RemoteMessageId::new(format!("{target}\u{1e}{sender}\u{1e}{key}"))
@@ -172,8 +177,7 @@ impl Bridge {
                 match self.store.message_by_remote(&key, target)? {
                     None => "unknown_target",
                     Some(orig) => {
-                        let eid = ruma::EventId::parse(&orig.event_id)
-                            .map_err(|e| BridgeError::Invalid(e.to_string()))?;
+                        let eid = event_id(&orig.event_id)?;
                         self.hs.redact(Some(&gid), &rid, &eid, &txn, None).await?;
                         self.store.delete_message(&orig)?;
                         "ok"
@@ -189,8 +193,7 @@ impl Bridge {
                 let existing = self.store.message_by_remote(&key, &rid_key)?;
                 match (remove, existing) {
                     (true, Some(r)) => {
-                        let eid = ruma::EventId::parse(&r.event_id)
-                            .map_err(|e| BridgeError::Invalid(e.to_string()))?;
+                        let eid = event_id(&r.event_id)?;
                         self.hs.redact(Some(&gid), &rid, &eid, &txn, None).await?;
                         self.store.delete_message(&r)?;
                         "ok"
@@ -236,8 +239,7 @@ impl Bridge {
                 match self.store.message_by_remote(&key, up_to)? {
                     None => "unknown_target",
                     Some(m) => {
-                        let eid = ruma::EventId::parse(&m.event_id)
-                            .map_err(|e| BridgeError::Invalid(e.to_string()))?;
+                        let eid = event_id(&m.event_id)?;
                         self.hs.send_read_receipt(Some(&gid), &rid, &eid).await?;
                         "ok"
                     }

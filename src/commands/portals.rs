@@ -93,6 +93,22 @@ pub(super) fn commands() -> Vec<Command> {
     ]
 }
 
+/// Parses a group chat address of `network`; `Err` is the reply when it has no group chats.
+fn group_chat(
+    ctx: &Ctx<'_>,
+    network: &NetworkId,
+    raw: &str,
+) -> Result<Result<crate::network::RemoteChatId, String>, BridgeError> {
+    let connector = ctx.bridge.network(network)?;
+    let chat = connector
+        .parse_group_chat_id(raw)
+        .map_err(|source| BridgeError::Network {
+            network: network.clone(),
+            source,
+        })?;
+    Ok(chat.ok_or_else(|| format!("{} has no group chats.", connector.info().display_name)))
+}
+
 /// Whether the caller may manage this portal: its owner for a direct chat, or an admin.
 fn may_manage(ctx: &Ctx<'_>, p: &PortalRecord) -> bool {
     ctx.level >= PermissionLevel::Admin
@@ -180,18 +196,9 @@ async fn join(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
         _ => return Ok("Usage: `join <network> <group chat>`".into()),
     };
     let connector = ctx.bridge.network(&network)?;
-    let Some(chat) =
-        connector
-            .parse_group_chat_id(&raw)
-            .map_err(|source| BridgeError::Network {
-                network: network.clone(),
-                source,
-            })?
-    else {
-        return Ok(format!(
-            "{} has no group chats.",
-            connector.info().display_name
-        ));
+    let chat = match group_chat(ctx, &network, &raw)? {
+        Ok(chat) => chat,
+        Err(reply) => return Ok(reply),
     };
     let key = PortalKey::new(network.as_str(), chat.as_str(), None);
     let portal = match ctx.bridge.store.portal(&key)? {
@@ -242,18 +249,9 @@ async fn bridge_room(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     };
     let network: NetworkId = pick_network(ctx.bridge, Some(network))?;
     let connector = ctx.bridge.network(&network)?;
-    let Some(chat) =
-        connector
-            .parse_group_chat_id(chat)
-            .map_err(|source| BridgeError::Network {
-                network: network.clone(),
-                source,
-            })?
-    else {
-        return Ok(format!(
-            "{} has no group chats.",
-            connector.info().display_name
-        ));
+    let chat = match group_chat(ctx, &network, chat)? {
+        Ok(chat) => chat,
+        Err(reply) => return Ok(reply),
     };
     let key = PortalKey::new(network.as_str(), chat.as_str(), None);
     if let Some(existing) = ctx.bridge.store.portal(&key)? {

@@ -89,6 +89,17 @@ fn error_reply(
     .into()
 }
 
+/// The ID under which a message is remembered: its origin-id (XEP-0359), else its `id`
+/// attribute, else a fresh one.
+fn message_id(msg: &Message) -> String {
+    msg.payloads
+        .iter()
+        .find(|p| p.is("origin-id", ns::SID))
+        .and_then(|p| p.attr("id").map(str::to_owned))
+        .or_else(|| msg.id.as_ref().map(|i| i.0.clone()))
+        .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()))
+}
+
 impl Handler {
     async fn push(&self, event: RemoteEvent) {
         let Some(sink) = self.shared.sink.get() else {
@@ -149,13 +160,7 @@ impl Handler {
         let nicks: Vec<(String, String)> = Vec::new();
         let body = msg.bodies.values().next().cloned();
         if let Some(body) = body {
-            let id = msg
-                .payloads
-                .iter()
-                .find(|p| p.is("origin-id", ns::SID))
-                .and_then(|p| p.attr("id").map(str::to_owned))
-                .or_else(|| msg.id.as_ref().map(|i| i.0.clone()))
-                .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()));
+            let id = message_id(&msg);
             self.push(base(RemoteEventKind::Message {
                 id: RemoteMessageId::new(id),
                 content: convert::inbound_content(&body, &msg.payloads, &nicks),
@@ -483,13 +488,7 @@ impl Handler {
         let Some(body) = msg.bodies.values().next().cloned() else {
             return Vec::new();
         };
-        let id = msg
-            .payloads
-            .iter()
-            .find(|p| p.is("origin-id", ns::SID))
-            .and_then(|p| p.attr("id").map(str::to_owned))
-            .or_else(|| msg.id.as_ref().map(|i| i.0.clone()))
-            .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()));
+        let id = message_id(&msg);
         let out: Vec<Stanza> = targets
             .iter()
             .filter_map(|t| hosted::groupchat(&room, &nick, t, &id, &body))
