@@ -1003,3 +1003,189 @@ async fn xmpp_chat_states_become_matrix_typing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edits_retractions_reactions_and_replies_cross_both_ways() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let mut bob = XmppUser::login("bob").await;
+    let (alice, room, ghost) = dm_with("xfid", "bob@localhost").await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+    let has = |e: &Element, name: &str, ns: &str| e.children().any(|c| c.is(name, ns));
+    let child_id = |e: &Element, name: &str| {
+        e.children()
+            .find(|c| c.name() == name)
+            .and_then(|c| c.attr("id"))
+            .map(str::to_owned)
+    };
+
+    // Matrix → XMPP: an edit aims at the original's ID, also after a second edit.
+    let text = format!("original {}", unique());
+    let original = alice.send_text(&room, &text).await;
+    let got = bob
+        .wait("the original", |e| {
+            e.name() == "message" && e.children().any(|c| c.name() == "body" && c.text() == text)
+        })
+        .await;
+    let xmpp_id = got.attr("id").unwrap().to_owned();
+    alice.edit(&room, &original, "edited once").await;
+    let edit = bob
+        .wait("the correction", |e| {
+            has(e, "replace", "urn:xmpp:message-correct:0")
+        })
+        .await;
+    assert_eq!(
+        child_id(&edit, "replace").as_deref(),
+        Some(xmpp_id.as_str())
+    );
+    alice.edit(&room, &original, "edited twice").await;
+    let edit = bob
+        .wait("the second correction", |e| {
+            has(e, "replace", "urn:xmpp:message-correct:0")
+                && e.children()
+                    .any(|c| c.name() == "body" && c.text() == "edited twice")
+        })
+        .await;
+    assert_eq!(
+        child_id(&edit, "replace").as_deref(),
+        Some(xmpp_id.as_str()),
+        "always the original"
+    );
+
+    // Reactions: the full set each time.
+    let r1 = alice.react(&room, &original, "👍").await;
+    let set = bob
+        .wait("a reaction set", |e| {
+            has(e, "reactions", "urn:xmpp:reactions:0")
+        })
+        .await;
+    assert!(String::from(&set).contains("👍"));
+    alice.react(&room, &original, "🎉").await;
+    bob.wait("the set with both", |e| {
+        let x = String::from(e);
+        has(e, "reactions", "urn:xmpp:reactions:0") && x.contains("👍") && x.contains("🎉")
+    })
+    .await;
+    alice.redact(&room, &r1).await;
+    bob.wait("the set without the removed one", |e| {
+        let x = String::from(e);
+        has(e, "reactions", "urn:xmpp:reactions:0") && !x.contains("👍") && x.contains("🎉")
+    })
+    .await;
+
+    // A reply points at the original.
+    let reply_body = format!("replying {}", unique());
+    alice
+        .send(
+            &room,
+            "m.room.message",
+            &serde_json::json!({"msgtype": "m.text", "body": reply_body, "m.relates_to": {"m.in_reply_to": {"event_id": original}}}),
+        )
+        .await;
+    let reply = bob
+        .wait("the reply", |e| has(e, "reply", "urn:xmpp:reply:0"))
+        .await;
+    assert_eq!(child_id(&reply, "reply").as_deref(), Some(xmpp_id.as_str()));
+
+    // Retraction.
+    alice.redact(&room, &original).await;
+    let retract = bob
+        .wait("the retraction", |e| {
+            has(e, "retract", "urn:xmpp:message-retract:1")
+        })
+        .await;
+    assert_eq!(
+        child_id(&retract, "retract").as_deref(),
+        Some(xmpp_id.as_str())
+    );
+
+    // XMPP → Matrix.
+    let mid = format!("bobmsg{}", unique());
+    let body = format!("from bob {}", unique());
+    bob.send_xml(&format!("<message to='{address}' id='{mid}' type='chat' xmlns='jabber:client'><body>{body}</body></message>")).await;
+    let ev = alice
+        .wait_for_event(&room, "bob's message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == body.as_str()
+        })
+        .await;
+    let event_id = ev["event_id"].as_str().unwrap().to_owned();
+    bob.send_xml(&format!(
+        "<message to='{address}' id='c{mid}' type='chat' xmlns='jabber:client'><body>fixed</body><replace xmlns='urn:xmpp:message-correct:0' id='{mid}'/></message>"
+    ))
+    .await;
+    let edit = alice
+        .wait_for_event(
+            &room,
+            "the correction as an edit",
+            Duration::from_secs(20),
+            |e| e["content"]["m.new_content"]["body"] == "fixed",
+        )
+        .await;
+    assert_eq!(edit["content"]["m.relates_to"]["rel_type"], "m.replace");
+    assert_eq!(
+        edit["content"]["m.relates_to"]["event_id"],
+        event_id.as_str()
+    );
+    bob.send_xml(&format!(
+        "<message to='{address}' id='r{mid}' type='chat' xmlns='jabber:client'><reactions xmlns='urn:xmpp:reactions:0' id='{mid}'><reaction>❤</reaction></reactions></message>"
+    ))
+    .await;
+    let reaction = alice
+        .wait_for_event(&room, "bob's reaction", Duration::from_secs(20), |e| {
+            e["type"] == "m.reaction" && e["sender"] == ghost.as_str()
+        })
+        .await;
+    assert_eq!(reaction["content"]["m.relates_to"]["key"], "❤");
+    assert_eq!(
+        reaction["content"]["m.relates_to"]["event_id"],
+        event_id.as_str()
+    );
+    bob.send_xml(&format!(
+        "<message to='{address}' id='r2{mid}' type='chat' xmlns='jabber:client'><reactions xmlns='urn:xmpp:reactions:0' id='{mid}'/></message>"
+    ))
+    .await;
+    let reaction_id = reaction["event_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alice.event(&room, &reaction_id).await["content"]
+        .as_object()
+        .is_some_and(|c| !c.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the removed reaction was not redacted"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let answer = format!("the answer {}", unique());
+    let quote = "> from bob\n";
+    let fallback_end = quote.chars().count();
+    bob.send_xml(&format!(
+        "<message to='{address}' id='q{mid}' type='chat' xmlns='jabber:client'><body>{quote}{answer}</body>\
+         <reply xmlns='urn:xmpp:reply:0' id='{mid}'/><fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'><body start='0' end='{fallback_end}'/></fallback></message>"
+    ))
+    .await;
+    let reply = alice
+        .wait_for_event(&room, "bob's reply", Duration::from_secs(20), |e| {
+            e["content"]["body"] == answer.as_str()
+        })
+        .await;
+    assert_eq!(
+        reply["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],
+        event_id.as_str()
+    );
+    bob.send_xml(&format!(
+        "<message to='{address}' id='x{mid}' type='chat' xmlns='jabber:client'><retract xmlns='urn:xmpp:message-retract:1' id='{mid}'/></message>"
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alice.event(&room, &event_id).await["content"]
+        .as_object()
+        .is_some_and(|c| !c.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the retracted message was not redacted"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

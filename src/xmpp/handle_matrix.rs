@@ -17,10 +17,10 @@ use super::Shared;
 use super::component::Outgoing;
 use super::handle_xmpp::{presence_stanza, subscription_stanza};
 use super::roster;
-use super::{hosted, muc};
+use super::{fidelity, hosted, muc};
 use crate::network::{
-    BridgeState, ChatKind, Contact, MatrixSender, NetworkClient, NetworkError, OutgoingMessage,
-    PortalRef, Presence, RemoteMessageId, RemoteUserId,
+    BridgeState, ChatKind, Contact, MatrixSender, MessageContent, NetworkClient, NetworkError,
+    OutgoingMessage, PortalRef, Presence, RemoteMessageId, RemoteUserId,
 };
 use xmpp_parsers::presence::Type as PresenceType;
 
@@ -130,6 +130,68 @@ fn store_error(e: crate::network::SinkError) -> NetworkError {
 }
 
 impl Gateway {
+    /// Sends a message into the conversation of `portal` as `sender`, with `fill` adding the
+    /// body and payloads: to the contact in a direct chat, to the room in a group chat (joining
+    /// it first), to every occupant in a hosted room.
+    async fn deliver(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        id: &str,
+        fill: &(dyn Fn(&mut Message) + Sync),
+    ) -> Result<(), NetworkError> {
+        let origin_id = Element::builder("origin-id", ns::SID)
+            .attr(
+                xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
+                id,
+            )
+            .build();
+        if let Some(room) = self.hosted(portal) {
+            let nick = self.member_nick(&room, sender);
+            let targets: Vec<Jid> = self
+                .shared
+                .hosted
+                .lock()
+                .expect("hosted lock")
+                .get(&room.to_string())
+                .map(|r| {
+                    r.occupants
+                        .keys()
+                        .filter_map(|j| Jid::from_str(j).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let from = Jid::from_str(&format!("{room}/{nick}"))
+                .map_err(|e| NetworkError::Undeliverable(format!("nick {nick:?}: {e}")))?;
+            for to in targets {
+                let mut m = Message::new(Some(to));
+                m.type_ = MessageType::Groupchat;
+                m.from = Some(from.clone());
+                m.id = Some(Id(id.to_owned()));
+                fill(&mut m);
+                m.payloads.push(origin_id.clone());
+                self.send(m.into()).await?;
+            }
+            return Ok(());
+        }
+        let mut m = if portal.kind == ChatKind::Group {
+            self.join_chat(portal, sender).await?;
+            let mut m = Message::new(Some(Jid::from(Self::room(portal)?)));
+            m.type_ = MessageType::Groupchat;
+            m.from = Some(muc::puppet_full(&self.puppet_bare(sender)?));
+            m
+        } else {
+            let mut m = Message::new(Some(Self::contact(portal)?));
+            m.type_ = MessageType::Chat;
+            m.from = Some(self.puppet(sender)?);
+            m
+        };
+        m.id = Some(Id(id.to_owned()));
+        fill(&mut m);
+        m.payloads.push(origin_id);
+        self.send(m.into()).await
+    }
+
     /// The hosted group chat a portal is, if it is one.
     fn hosted(&self, portal: &PortalRef) -> Option<BareJid> {
         if portal.kind != ChatKind::Group {
@@ -238,63 +300,91 @@ impl NetworkClient for Gateway {
     ) -> Result<RemoteMessageId, NetworkError> {
         let id = self.new_id();
         let body = super::convert::outbound_body(&message.content);
-        let origin_id = Element::builder("origin-id", ns::SID)
-            .attr(
-                xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
-                id.clone(),
-            )
-            .build();
-        if let Some(room) = self.hosted(portal) {
-            let nick = self.member_nick(&room, &message.sender);
-            let targets: Vec<Jid> = self
-                .shared
-                .hosted
-                .lock()
-                .expect("hosted lock")
-                .get(&room.to_string())
-                .map(|r| {
-                    r.occupants
-                        .keys()
-                        .filter_map(|j| Jid::from_str(j).ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            for to in targets {
-                if let Some(stanza) = hosted::groupchat(&room, &nick, &to, &id, &body) {
-                    self.send(stanza).await?;
-                }
+        let direct = portal.kind == ChatKind::Direct;
+        let displayname = message.sender.displayname.clone();
+        let reply_to = message.reply_to.clone();
+        self.deliver(portal, &message.sender, &id, &|m: &mut Message| {
+            m.bodies.insert(Lang::default(), body.clone());
+            if let Some(target) = &reply_to {
+                m.payloads.push(fidelity::reply(target.as_str()));
             }
-            return Ok(RemoteMessageId::new(id));
+            if direct {
+                m.payloads.push(chat_state("active"));
+                m.payloads.push(
+                    Element::builder("nick", ns::NICK)
+                        .append(displayname.clone())
+                        .build(),
+                );
+            }
+        })
+        .await?;
+        if direct {
+            self.ask_presence_once(&message.sender, portal).await;
         }
-        if portal.kind == ChatKind::Group {
-            self.join_chat(portal, &message.sender).await?;
-            let room = Self::room(portal)?;
-            let mut msg = Message::new(Some(Jid::from(room)));
-            msg.type_ = MessageType::Groupchat;
-            msg.from = Some(muc::puppet_full(&self.puppet_bare(&message.sender)?));
-            msg.id = Some(Id(id.clone()));
-            msg.bodies.insert(Lang::default(), body);
-            msg.payloads.push(origin_id);
-            self.send(msg.into()).await?;
-            return Ok(RemoteMessageId::new(id));
-        }
-        let to = Self::contact(portal)?;
-        let from = self.puppet(&message.sender)?;
-        let mut msg = Message::new(Some(to));
-        msg.type_ = MessageType::Chat;
-        msg.from = Some(from);
-        msg.id = Some(Id(id.clone()));
-        msg.bodies.insert(Lang::default(), body);
-        msg.payloads.push(origin_id);
-        msg.payloads.push(chat_state("active"));
-        msg.payloads.push(
-            Element::builder("nick", ns::NICK)
-                .append(message.sender.displayname.clone())
-                .build(),
-        );
-        self.send(msg.into()).await?;
-        self.ask_presence_once(&message.sender, portal).await;
         Ok(RemoteMessageId::new(id))
+    }
+
+    async fn send_edit(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        target: &RemoteMessageId,
+        content: &MessageContent,
+    ) -> Result<(), NetworkError> {
+        let body = super::convert::outbound_body(content);
+        let id = self.new_id();
+        self.deliver(portal, sender, &id, &|m: &mut Message| {
+            m.bodies.insert(Lang::default(), body.clone());
+            m.payloads.push(fidelity::replace(target.as_str()));
+        })
+        .await
+    }
+
+    async fn send_redaction(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        target: &RemoteMessageId,
+    ) -> Result<(), NetworkError> {
+        let id = self.new_id();
+        self.deliver(portal, sender, &id, &|m: &mut Message| {
+            m.bodies
+                .insert(Lang::default(), fidelity::RETRACT_FALLBACK.to_owned());
+            m.payloads.extend(fidelity::retract(target.as_str()));
+        })
+        .await
+    }
+
+    async fn send_reaction(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        target: &RemoteMessageId,
+        key: &str,
+        remove: bool,
+    ) -> Result<(), NetworkError> {
+        // XMPP carries the full set of a user's reactions to a message: keep it, change one
+        // key, send the set.
+        let store = self.shared.store()?;
+        let set_key = format!("rout:{}\u{1f}{}", sender.user_id, target);
+        let mut set: std::collections::BTreeSet<String> = store
+            .get(&set_key)
+            .map_err(store_error)?
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        if remove {
+            set.remove(key);
+        } else {
+            set.insert(key.to_owned());
+        }
+        let id = self.new_id();
+        let payload = fidelity::reactions(target.as_str(), &set);
+        self.deliver(portal, sender, &id, &|m: &mut Message| {
+            m.payloads.push(payload.clone());
+        })
+        .await?;
+        fidelity::diff_reactions(store, &set_key, &set).map_err(store_error)?;
+        Ok(())
     }
 
     async fn join_chat(&self, portal: &PortalRef, user: &MatrixSender) -> Result<(), NetworkError> {

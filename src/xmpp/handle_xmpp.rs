@@ -20,7 +20,7 @@ use xmpp_parsers::version::VersionResult;
 use super::Shared;
 use super::component::Inbound;
 use super::roster::{self, Policy};
-use super::{convert, hosted, muc};
+use super::{convert, fidelity, hosted, muc};
 use crate::network::{
     BridgeState, ChatKind, MembershipChange, Presence as NetPresence, PresenceState, RemoteChatId,
     RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
@@ -101,6 +101,81 @@ fn message_id(msg: &Message) -> String {
 }
 
 impl Handler {
+    /// Pushes what an inbound message with content carries: a correction, a retraction or a
+    /// reaction set (diffed against the sender's previous set), else a new message (a reply
+    /// when it says so, its fallback quote removed). Returns false when there was nothing to
+    /// push (no body and no fidelity payload). `scope` names the conversation for the stored
+    /// reaction sets.
+    async fn push_message(
+        &self,
+        base: &(dyn Fn(RemoteEventKind) -> RemoteEvent + Sync),
+        msg: &Message,
+        scope: &str,
+        sender: &str,
+        id: String,
+        nicks: &[(String, String)],
+    ) -> bool {
+        let body = msg.bodies.values().next().cloned();
+        match fidelity::classify(&msg.payloads) {
+            Some(fidelity::Kind::Correction(target)) => {
+                let Some(body) = body else { return false };
+                let content = convert::inbound_content(&body, &msg.payloads, nicks);
+                self.push(base(RemoteEventKind::Edit {
+                    target: RemoteMessageId::new(target),
+                    content,
+                }))
+                .await;
+            }
+            Some(fidelity::Kind::Retraction(target)) => {
+                self.push(base(RemoteEventKind::Redaction {
+                    target: RemoteMessageId::new(target),
+                }))
+                .await;
+            }
+            Some(fidelity::Kind::Reactions(target, keys)) => {
+                let Ok(store) = self.shared.store() else {
+                    return true;
+                };
+                let key = format!("rin:{scope}\u{1f}{sender}\u{1f}{target}");
+                let (added, removed) = match fidelity::diff_reactions(store, &key, &keys) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        warn!(error = %e, "could not store a reaction set");
+                        return true;
+                    }
+                };
+                let changes = added
+                    .into_iter()
+                    .map(|k| (k, false))
+                    .chain(removed.into_iter().map(|k| (k, true)));
+                for (key, remove) in changes {
+                    self.push(base(RemoteEventKind::Reaction {
+                        target: RemoteMessageId::new(target.clone()),
+                        key,
+                        remove,
+                    }))
+                    .await;
+                }
+            }
+            None => {
+                let Some(body) = body else { return false };
+                let reply_to = fidelity::reply_target(&msg.payloads).map(RemoteMessageId::new);
+                let body = if reply_to.is_some() {
+                    fidelity::strip_fallback(&body, &msg.payloads, fidelity::REPLY)
+                } else {
+                    body
+                };
+                self.push(base(RemoteEventKind::Message {
+                    id: RemoteMessageId::new(id),
+                    content: convert::inbound_content(&body, &msg.payloads, nicks),
+                    reply_to,
+                }))
+                .await;
+            }
+        }
+        true
+    }
+
     async fn push(&self, event: RemoteEvent) {
         let Some(sink) = self.shared.sink.get() else {
             return;
@@ -157,16 +232,18 @@ impl Handler {
             timestamp_ms: None,
             kind,
         };
-        let nicks: Vec<(String, String)> = Vec::new();
-        let body = msg.bodies.values().next().cloned();
-        if let Some(body) = body {
-            let id = message_id(&msg);
-            self.push(base(RemoteEventKind::Message {
-                id: RemoteMessageId::new(id),
-                content: convert::inbound_content(&body, &msg.payloads, &nicks),
-                reply_to: None,
-            }))
-            .await;
+        let scope = format!("{user}\u{1f}{contact}");
+        if self
+            .push_message(
+                &base,
+                &msg,
+                &scope,
+                &contact.to_string(),
+                message_id(&msg),
+                &[],
+            )
+            .await
+        {
             return Vec::new();
         }
         let chat_state = msg
@@ -237,22 +314,21 @@ impl Handler {
                     .collect()
             })
             .unwrap_or_default();
-        if let Some(body) = msg.bodies.values().next().cloned() {
-            let id = msg
-                .payloads
-                .iter()
-                .find(|p| p.is("stanza-id", ns::SID) && p.attr("by") == Some(room_str.as_str()))
-                .or_else(|| msg.payloads.iter().find(|p| p.is("origin-id", ns::SID)))
-                .and_then(|p| p.attr("id").map(str::to_owned))
-                .or_else(|| msg.id.as_ref().map(|i| format!("{nick}/{}", i.0)))
-                .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()));
-            self.push(base(RemoteEventKind::Message {
-                id: RemoteMessageId::new(id),
-                content: convert::inbound_content(&body, &msg.payloads, &nicks),
-                reply_to: None,
-            }))
-            .await;
-        } else if let Some(subject) = msg.subjects.values().next() {
+        let id = msg
+            .payloads
+            .iter()
+            .find(|p| p.is("stanza-id", ns::SID) && p.attr("by") == Some(room_str.as_str()))
+            .or_else(|| msg.payloads.iter().find(|p| p.is("origin-id", ns::SID)))
+            .and_then(|p| p.attr("id").map(str::to_owned))
+            .or_else(|| msg.id.as_ref().map(|i| format!("{nick}/{}", i.0)))
+            .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()));
+        if self
+            .push_message(&base, &msg, &room_str, &sender, id, &nicks)
+            .await
+        {
+            return;
+        }
+        if let Some(subject) = msg.subjects.values().next() {
             self.push(base(RemoteEventKind::ChatInfo {
                 name: None,
                 topic: Some(subject.clone()),
@@ -485,31 +561,35 @@ impl Handler {
                     .collect::<Vec<_>>(),
             )
         };
-        let Some(body) = msg.bodies.values().next().cloned() else {
+        let id = message_id(&msg);
+        // Reflected to every occupant as the room shows it: from the sender's nick.
+        let Ok(from_nick) = Jid::from_str(&format!("{room}/{nick}")) else {
             return Vec::new();
         };
-        let id = message_id(&msg);
         let out: Vec<Stanza> = targets
-            .iter()
-            .filter_map(|t| hosted::groupchat(&room, &nick, t, &id, &body))
+            .into_iter()
+            .map(|t| {
+                let mut copy = msg.clone();
+                copy.from = Some(from_nick.clone());
+                copy.to = Some(t);
+                copy.into()
+            })
             .collect();
         let Ok(contact) = self.shared.addressing.contact(&from.to_bare().to_string()) else {
             return out;
         };
-        self.push(RemoteEvent {
-            chat: RemoteChatId::new(room_str),
+        let sender = contact.to_string();
+        let base = |kind| RemoteEvent {
+            chat: RemoteChatId::new(room_str.clone()),
             chat_kind: ChatKind::Group,
             receiver: None,
-            sender: RemoteUserId::new(contact.to_string()),
-            sender_name: Some(nick),
+            sender: RemoteUserId::new(sender.clone()),
+            sender_name: Some(nick.clone()),
             timestamp_ms: None,
-            kind: RemoteEventKind::Message {
-                id: RemoteMessageId::new(format!("{}/{id}", contact)),
-                content: convert::inbound_content(&body, &msg.payloads, &nicks),
-                reply_to: None,
-            },
-        })
-        .await;
+            kind,
+        };
+        self.push_message(&base, &msg, &room_str, &sender, id, &nicks)
+            .await;
         out
     }
 

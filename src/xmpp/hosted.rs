@@ -83,22 +83,6 @@ pub(super) fn subject_message(room: &BareJid, to: &Jid, subject: &str) -> Stanza
     m.into()
 }
 
-/// A groupchat message from occupant `nick` to `to`.
-pub(super) fn groupchat(
-    room: &BareJid,
-    nick: &str,
-    to: &Jid,
-    id: &str,
-    body: &str,
-) -> Option<Stanza> {
-    let mut m = Message::new(Some(to.clone()));
-    m.type_ = MessageType::Groupchat;
-    m.from = Some(Jid::from_str(&format!("{room}/{nick}")).ok()?);
-    m.id = Some(xmpp_parsers::message::Id(id.to_owned()));
-    m.bodies.insert(Lang::default(), body.to_owned());
-    Some(m.into())
-}
-
 /// An error presence refusing a join.
 pub(super) fn join_error(from: &Jid, to: &Jid, condition: DefinedCondition, text: &str) -> Stanza {
     let mut p = Presence::new(PresenceType::Error);

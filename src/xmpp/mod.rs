@@ -13,6 +13,7 @@
 
 mod component;
 pub mod convert;
+mod fidelity;
 mod handle_matrix;
 mod handle_xmpp;
 mod hosted;
@@ -203,11 +204,11 @@ impl Xmpp {
                 display_name: "XMPP".into(),
                 protocol: "xmpp".into(),
                 capabilities: Capabilities {
-                    formatting: false,
-                    edits: false,
-                    redactions: false,
-                    reactions: false,
-                    replies: false,
+                    formatting: true,
+                    edits: true,
+                    redactions: true,
+                    reactions: true,
+                    replies: true,
                     typing: true,
                     receipts: false,
                     presence: true,

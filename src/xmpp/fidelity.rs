@@ -1,0 +1,265 @@
+//! Edits (XEP-0308), retractions (XEP-0424), reactions (XEP-0444) and replies (XEP-0461 with
+//! the XEP-0428 fallback): the payloads, both ways.
+
+use std::collections::BTreeSet;
+
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::minidom::rxml::NcName;
+
+use crate::network::{ConnectorStore, SinkError};
+
+/// XEP-0308 corrections.
+pub const CORRECT: &str = "urn:xmpp:message-correct:0";
+/// XEP-0424 retractions (current and older versions).
+pub const RETRACT: &str = "urn:xmpp:message-retract:1";
+const RETRACT_0: &str = "urn:xmpp:message-retract:0";
+const FASTEN: &str = "urn:xmpp:fasten:0";
+/// XEP-0444 reactions.
+pub const REACTIONS: &str = "urn:xmpp:reactions:0";
+/// XEP-0461 replies.
+pub const REPLY: &str = "urn:xmpp:reply:0";
+/// XEP-0428 fallback indication.
+pub const FALLBACK: &str = "urn:xmpp:fallback:0";
+/// XEP-0334 store hint.
+const HINTS: &str = "urn:xmpp:hints";
+
+fn name(s: &'static str) -> NcName {
+    NcName::try_from(s).expect("a valid attribute name")
+}
+
+/// `<replace id=target/>`.
+pub fn replace(target: &str) -> Element {
+    Element::builder("replace", CORRECT)
+        .attr(name("id"), target)
+        .build()
+}
+
+/// The payloads of a retraction of `target`, with a fallback body for old clients.
+pub fn retract(target: &str) -> Vec<Element> {
+    vec![
+        Element::builder("retract", RETRACT)
+            .attr(name("id"), target)
+            .build(),
+        Element::builder("fallback", FALLBACK)
+            .attr(name("for"), RETRACT)
+            .build(),
+        Element::builder("store", HINTS).build(),
+    ]
+}
+
+/// The body old clients show for a retraction.
+pub const RETRACT_FALLBACK: &str =
+    "This person attempted to retract a previous message, but your client does not support it.";
+
+/// `<reactions id=target>` with the full set of one user's reactions.
+pub fn reactions(target: &str, keys: &BTreeSet<String>) -> Element {
+    let mut b = Element::builder("reactions", REACTIONS).attr(name("id"), target);
+    for k in keys {
+        b = b.append(
+            Element::builder("reaction", REACTIONS)
+                .append(k.clone())
+                .build(),
+        );
+    }
+    b.build()
+}
+
+/// `<reply id=target/>`.
+pub fn reply(target: &str) -> Element {
+    Element::builder("reply", REPLY)
+        .attr(name("id"), target)
+        .build()
+}
+
+/// What an inbound message is about, beyond a plain new message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A correction of `target`.
+    Correction(String),
+    /// A retraction of `target`.
+    Retraction(String),
+    /// The sender's full set of reactions to `target`.
+    Reactions(String, BTreeSet<String>),
+}
+
+/// Reads the fidelity payloads of an inbound message.
+pub fn classify(payloads: &[Element]) -> Option<Kind> {
+    for p in payloads {
+        if p.is("replace", CORRECT)
+            && let Some(id) = p.attr("id")
+        {
+            return Some(Kind::Correction(id.to_owned()));
+        }
+        if p.is("retract", RETRACT)
+            && let Some(id) = p.attr("id")
+        {
+            return Some(Kind::Retraction(id.to_owned()));
+        }
+        if p.is("apply-to", FASTEN)
+            && p.children().any(|c| c.is("retract", RETRACT_0))
+            && let Some(id) = p.attr("id")
+        {
+            return Some(Kind::Retraction(id.to_owned()));
+        }
+        if p.is("reactions", REACTIONS)
+            && let Some(id) = p.attr("id")
+        {
+            let keys = p
+                .children()
+                .filter(|c| c.is("reaction", REACTIONS))
+                .map(|c| c.text())
+                .filter(|k| !k.is_empty() && k.chars().count() <= 16)
+                .collect();
+            return Some(Kind::Reactions(id.to_owned(), keys));
+        }
+    }
+    None
+}
+
+/// The message a reply points at, if the message is a reply.
+pub fn reply_target(payloads: &[Element]) -> Option<String> {
+    payloads
+        .iter()
+        .find(|p| p.is("reply", REPLY))
+        .and_then(|p| p.attr("id"))
+        .map(str::to_owned)
+}
+
+/// Removes the parts of `body` that a XEP-0428 fallback marks for `namespace` (indexes are in
+/// Unicode code points; a fallback without a range covers the whole body).
+pub fn strip_fallback(body: &str, payloads: &[Element], namespace: &str) -> String {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for f in payloads
+        .iter()
+        .filter(|p| p.is("fallback", FALLBACK) && p.attr("for") == Some(namespace))
+    {
+        let mut any = false;
+        for b in f.children().filter(|c| c.name() == "body") {
+            any = true;
+            if let (Some(s), Some(e)) = (
+                b.attr("start").and_then(|v| v.parse().ok()),
+                b.attr("end").and_then(|v| v.parse().ok()),
+            ) {
+                ranges.push((s, e));
+            }
+        }
+        if !any {
+            return String::new();
+        }
+    }
+    if ranges.is_empty() {
+        return body.to_owned();
+    }
+    body.chars()
+        .enumerate()
+        .filter(|(i, _)| !ranges.iter().any(|(s, e)| i >= s && i < e))
+        .map(|(_, c)| c)
+        .collect::<String>()
+        .trim_start_matches('\n')
+        .to_owned()
+}
+
+/// Replaces a stored set of reaction keys and returns (added, removed).
+pub fn diff_reactions(
+    store: &dyn ConnectorStore,
+    key: &str,
+    new: &BTreeSet<String>,
+) -> Result<(Vec<String>, Vec<String>), SinkError> {
+    let old: BTreeSet<String> = store
+        .get(key)?
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let added = new.difference(&old).cloned().collect();
+    let removed = old.difference(new).cloned().collect();
+    if new.is_empty() {
+        store.delete(key)?;
+    } else {
+        let v = serde_json::to_value(new).map_err(|e| SinkError(e.to_string()))?;
+        store.put(key, &v)?;
+    }
+    Ok((added, removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use std::str::FromStr;
+
+    fn el(xml: &str) -> Element {
+        Element::from_str(xml).unwrap()
+    }
+
+    #[test]
+    fn classify_payloads() {
+        assert_eq!(
+            classify(&[el("<replace xmlns='urn:xmpp:message-correct:0' id='m1'/>")]),
+            Some(Kind::Correction("m1".into()))
+        );
+        assert_eq!(
+            classify(&[el("<retract xmlns='urn:xmpp:message-retract:1' id='m2'/>")]),
+            Some(Kind::Retraction("m2".into()))
+        );
+        assert_eq!(
+            classify(&[el(
+                "<apply-to xmlns='urn:xmpp:fasten:0' id='m3'><retract xmlns='urn:xmpp:message-retract:0'/></apply-to>"
+            )]),
+            Some(Kind::Retraction("m3".into()))
+        );
+        let r = classify(&[el(
+            "<reactions xmlns='urn:xmpp:reactions:0' id='m4'><reaction>👍</reaction><reaction>🎉</reaction></reactions>",
+        )]);
+        assert_eq!(
+            r,
+            Some(Kind::Reactions(
+                "m4".into(),
+                ["👍".to_owned(), "🎉".to_owned()].into()
+            ))
+        );
+        assert_eq!(
+            classify(&[el(
+                "<active xmlns='http://jabber.org/protocol/chatstates'/>"
+            )]),
+            None
+        );
+    }
+
+    #[test]
+    fn reply_fallback_is_stripped() {
+        let payloads = [
+            el("<reply xmlns='urn:xmpp:reply:0' id='m1'/>"),
+            el(
+                "<fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'><body start='0' end='13'/></fallback>",
+            ),
+        ];
+        assert_eq!(reply_target(&payloads).as_deref(), Some("m1"));
+        assert_eq!(
+            strip_fallback("> quoted ✓ x\nthe answer", &payloads, REPLY),
+            "the answer"
+        );
+        assert_eq!(
+            strip_fallback("no fallback here", &payloads[..1], REPLY),
+            "no fallback here"
+        );
+    }
+
+    #[test]
+    fn reaction_sets_are_diffed() {
+        let s = Store::temporary().unwrap();
+        let kv = s.connector_kv("xmpp");
+        let set = |k: &[&str]| k.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            diff_reactions(&kv, "r", &set(&["a", "b"])).unwrap(),
+            (vec!["a".into(), "b".into()], vec![])
+        );
+        assert_eq!(
+            diff_reactions(&kv, "r", &set(&["b", "c"])).unwrap(),
+            (vec!["c".into()], vec!["a".into()])
+        );
+        assert_eq!(
+            diff_reactions(&kv, "r", &set(&[])).unwrap(),
+            (vec![], vec!["b".into(), "c".into()])
+        );
+        assert_eq!(kv.get("r").unwrap(), None);
+    }
+}
