@@ -1189,3 +1189,111 @@ async fn edits_retractions_reactions_and_replies_cross_both_ways() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receipts_and_bounces() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let mut dave = XmppUser::login("dave").await;
+    let (alice, room, ghost) = dm_with("xrcpt", "dave@localhost").await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+
+    // XMPP → Matrix message asking for a delivery receipt: it gets one, from the gateway.
+    let mid = format!("d{}", unique());
+    let body = format!("receipt please {}", unique());
+    dave.send_xml(&format!(
+        "<message to='{address}' id='{mid}' type='chat' xmlns='jabber:client'><body>{body}</body><request xmlns='urn:xmpp:receipts'/><markable xmlns='urn:xmpp:chat-markers:0'/></message>"
+    ))
+    .await;
+    dave.wait("the delivery receipt", |e| {
+        e.children()
+            .any(|c| c.is("received", "urn:xmpp:receipts") && c.attr("id") == Some(mid.as_str()))
+    })
+    .await;
+    let ev = alice
+        .wait_for_event(&room, "dave's message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == body.as_str()
+        })
+        .await;
+    // Matrix read receipt → XEP-0333 displayed marker.
+    alice
+        .ok(
+            "POST",
+            &format!(
+                "/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(ev["event_id"].as_str().unwrap())
+            ),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+    dave.wait("the displayed marker", |e| {
+        e.children().any(|c| {
+            c.is("displayed", "urn:xmpp:chat-markers:0") && c.attr("id") == Some(mid.as_str())
+        })
+    })
+    .await;
+
+    // XEP-0333 displayed → the ghost's read receipt on alice's message.
+    let text = format!("read me {}", unique());
+    let sent = alice.send_text(&room, &text).await;
+    let got = dave
+        .wait("alice's message", |e| {
+            e.children().any(|c| c.name() == "body" && c.text() == text)
+        })
+        .await;
+    assert!(
+        got.children()
+            .any(|c| c.is("markable", "urn:xmpp:chat-markers:0")),
+        "outbound messages are markable"
+    );
+    let xmpp_id = got.attr("id").unwrap().to_owned();
+    let mut since = alice.ok("GET", "/sync?timeout=0", None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    dave.send_xml(&format!(
+        "<message to='{address}' type='chat' xmlns='jabber:client'><displayed xmlns='urn:xmpp:chat-markers:0' id='{xmpp_id}'/></message>"
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sync = alice
+            .ok(
+                "GET",
+                &format!("/sync?timeout=500&since={}", enc(&since)),
+                None,
+            )
+            .await;
+        since = sync["next_batch"].as_str().unwrap_or(&since).to_owned();
+        let read = sync["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "m.receipt" && !e["content"][&sent]["m.read"][&ghost].is_null());
+        if read {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ghost's read receipt never appeared"
+        );
+    }
+
+    // A message to an XMPP address that does not exist bounces: the sender is told.
+    let (bob, room2, _) = dm_with("xbounce", "nosuchuser@localhost").await;
+    let lost = format!("into the void {}", unique());
+    let lost_id = bob.send_text(&room2, &lost).await;
+    let notice = bob
+        .wait_for_event(&room2, "the bounce notice", Duration::from_secs(20), |e| {
+            e["content"]["msgtype"] == "m.notice"
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("could not be delivered"))
+        })
+        .await;
+    assert_eq!(
+        notice["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],
+        lost_id.as_str()
+    );
+}

@@ -92,6 +92,13 @@ impl Bridge {
                 }
             },
         };
+        if let RemoteEventKind::DeliveryFailed { target, reason } = &ev.kind {
+            let result = self
+                .delivery_failed(seq, &key, &portal, target, reason)
+                .await?;
+            self.metrics.event("to_matrix", kind, result);
+            return Ok(());
+        }
         let ghost = self
             .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
             .await?;
@@ -256,12 +263,44 @@ impl Bridge {
                 }
                 "ok"
             }
-            RemoteEventKind::Presence(_) | RemoteEventKind::ContactRequest => {
-                unreachable!("handled above")
-            }
+            RemoteEventKind::Presence(_)
+            | RemoteEventKind::ContactRequest
+            | RemoteEventKind::DeliveryFailed { .. } => unreachable!("handled above"),
         };
         self.metrics.event("to_matrix", kind, result);
         Ok(())
+    }
+
+    /// Tells the Matrix sender, as a reply to their message, that the network bounced it.
+    async fn delivery_failed(
+        &self,
+        seq: u64,
+        key: &PortalKey,
+        portal: &PortalRecord,
+        target: &RemoteMessageId,
+        reason: &str,
+    ) -> Result<&'static str, BridgeError> {
+        let Some(orig) = self.store.message_by_remote(key, target)? else {
+            return Ok("unknown_target");
+        };
+        let c = json!({
+            "msgtype": "m.notice",
+            "body": format!("⚠ Your message could not be delivered: {reason}"),
+            "m.mentions": {},
+            "m.relates_to": {"m.in_reply_to": {"event_id": orig.event_id}},
+        });
+        let speaker = user_id(&self.portal_speaker(portal))?;
+        self.hs
+            .send_message(
+                Some(&speaker),
+                &room_id(&portal.room_id)?,
+                "m.room.message",
+                &format!("isthmus.{seq}"),
+                &c,
+                None,
+            )
+            .await?;
+        Ok("ok")
     }
 
     /// Tells the receiver, in the management room, that a contact asks to see their presence.

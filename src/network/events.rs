@@ -173,6 +173,14 @@ pub enum RemoteEventKind {
     /// The sender asks to see the receiver's presence (a contact request); the receiver answers
     /// with `accept` or `deny`.
     ContactRequest,
+    /// A message sent from Matrix could not be delivered (the network bounced it); the Matrix
+    /// sender is told.
+    DeliveryFailed {
+        /// The message that bounced.
+        target: RemoteMessageId,
+        /// Why, in words for the user.
+        reason: String,
+    },
 }
 
 impl RemoteEventKind {
@@ -189,6 +197,7 @@ impl RemoteEventKind {
             RemoteEventKind::ChatInfo { .. } => "chat_info",
             RemoteEventKind::Membership { .. } => "membership",
             RemoteEventKind::ContactRequest => "contact_request",
+            RemoteEventKind::DeliveryFailed { .. } => "delivery_failed",
         }
     }
 }

@@ -310,6 +310,10 @@ impl NetworkClient for Gateway {
             }
             if direct {
                 m.payloads.push(chat_state("active"));
+                m.payloads
+                    .push(Element::builder("markable", "urn:xmpp:chat-markers:0").build());
+                m.payloads
+                    .push(Element::builder("request", ns::RECEIPTS).build());
                 m.payloads.push(
                     Element::builder("nick", ns::NICK)
                         .append(displayname.clone())
@@ -353,6 +357,29 @@ impl NetworkClient for Gateway {
             m.payloads.extend(fidelity::retract(target.as_str()));
         })
         .await
+    }
+
+    async fn send_receipt(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        up_to: &RemoteMessageId,
+    ) -> Result<(), NetworkError> {
+        if portal.kind != ChatKind::Direct {
+            return Err(NetworkError::Unsupported("read markers in group chats"));
+        }
+        let mut m = Message::new(Some(Self::contact(portal)?));
+        m.type_ = MessageType::Chat;
+        m.from = Some(self.puppet(sender)?);
+        m.payloads.push(
+            Element::builder("displayed", "urn:xmpp:chat-markers:0")
+                .attr(
+                    xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
+                    up_to.as_str(),
+                )
+                .build(),
+        );
+        self.send(m.into()).await
     }
 
     async fn send_reaction(

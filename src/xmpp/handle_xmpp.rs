@@ -27,12 +27,19 @@ use crate::network::{
 };
 
 /// The features the gateway advertises: exactly what it implements.
-pub(super) const FEATURES: [&str; 5] = [
+pub(super) const FEATURES: [&str; 12] = [
     ns::DISCO_INFO,
     ns::DISCO_ITEMS,
     ns::VERSION,
     ns::PING,
     ns::CHATSTATES,
+    ns::RECEIPTS,
+    CHAT_MARKERS,
+    fidelity::CORRECT,
+    fidelity::RETRACT,
+    fidelity::REACTIONS,
+    fidelity::REPLY,
+    ns::SID,
 ];
 
 /// Handles what the component receives.
@@ -88,6 +95,9 @@ fn error_reply(
     }
     .into()
 }
+
+/// XEP-0333 chat markers.
+const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
 
 /// The ID under which a message is remembered: its origin-id (XEP-0359), else its `id`
 /// attribute, else a fresh one.
@@ -176,6 +186,49 @@ impl Handler {
         true
     }
 
+    /// A message of ours came back as an error: the Matrix sender is told.
+    async fn bounced(&self, msg: &Message) {
+        let (Some(from), Some(to), Some(id)) = (&msg.from, &msg.to, &msg.id) else {
+            return;
+        };
+        let Some(user) = self.shared.addressing.matrix_user(&to.to_bare()) else {
+            return;
+        };
+        let error = msg.payloads.iter().find(|p| p.name() == "error");
+        let condition = error
+            .and_then(|e| e.children().find(|c| c.name() != "text"))
+            .map(|c| c.name().replace('-', " "))
+            .unwrap_or_else(|| "unknown error".into());
+        let text = error
+            .and_then(|e| e.children().find(|c| c.name() == "text"))
+            .map(|t| t.text())
+            .filter(|t| !t.is_empty());
+        let reason = match text {
+            Some(t) => format!("{condition} ({t})"),
+            None => condition,
+        };
+        info!(from = %from, user, reason, "an XMPP message bounced");
+        let room = from.to_bare();
+        let (chat, chat_kind, receiver) = if self.shared.is_room(&room.to_string()) {
+            (room.to_string(), ChatKind::Group, None)
+        } else {
+            (room.to_string(), ChatKind::Direct, Some(user))
+        };
+        self.push(RemoteEvent {
+            chat: RemoteChatId::new(chat.clone()),
+            chat_kind,
+            receiver,
+            sender: RemoteUserId::new(chat),
+            sender_name: None,
+            timestamp_ms: None,
+            kind: RemoteEventKind::DeliveryFailed {
+                target: RemoteMessageId::new(id.0.clone()),
+                reason,
+            },
+        })
+        .await;
+    }
+
     async fn push(&self, event: RemoteEvent) {
         let Some(sink) = self.shared.sink.get() else {
             return;
@@ -197,7 +250,7 @@ impl Handler {
 
     async fn message(&self, msg: Message) -> Vec<Stanza> {
         if msg.type_ == MessageType::Error {
-            info!(from = ?msg.from, "XMPP message bounced with an error");
+            self.bounced(&msg).await;
             return Vec::new();
         }
         if let Some(to) = &msg.to
@@ -233,6 +286,40 @@ impl Handler {
             kind,
         };
         let scope = format!("{user}\u{1f}{contact}");
+        // Chat markers (XEP-0333): `displayed` is a read receipt.
+        if let Some(id) = msg
+            .payloads
+            .iter()
+            .find(|p| p.is("displayed", CHAT_MARKERS))
+            .and_then(|p| p.attr("id"))
+        {
+            self.push(base(RemoteEventKind::Receipt {
+                up_to: RemoteMessageId::new(id),
+            }))
+            .await;
+            return Vec::new();
+        }
+        // A delivery receipt (XEP-0184) is asked for: given once the message is stored.
+        let receipt_to = msg
+            .payloads
+            .iter()
+            .any(|p| p.is("request", ns::RECEIPTS))
+            .then(|| msg.id.clone())
+            .flatten()
+            .map(|id| {
+                let mut r = Message::new(msg.from.clone());
+                r.type_ = MessageType::Chat;
+                r.from = msg.to.clone();
+                r.payloads.push(
+                    Element::builder("received", ns::RECEIPTS)
+                        .attr(
+                            xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
+                            id.0,
+                        )
+                        .build(),
+                );
+                Stanza::from(r)
+            });
         if self
             .push_message(
                 &base,
@@ -244,7 +331,7 @@ impl Handler {
             )
             .await
         {
-            return Vec::new();
+            return receipt_to.into_iter().collect();
         }
         let chat_state = msg
             .payloads

@@ -210,7 +210,7 @@ impl Xmpp {
                     reactions: true,
                     replies: true,
                     typing: true,
-                    receipts: false,
+                    receipts: true,
                     presence: true,
                     group_chats: true,
                 },
