@@ -257,6 +257,9 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} (appservice.listen)"))?;
 
+    // What an earlier run left in the inbox goes to the portal queues first, so events the
+    // networks deliver from now on queue up behind it.
+    let replayed = bridge.replay_inbox()?;
     let sink = CoreSink::new(&bridge);
     for (id, connector) in &bridge.networks {
         connector
@@ -270,7 +273,6 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
         bridge.set_state(id, None, crate::network::BridgeState::Connecting, None);
     }
     let logins = bridge.load_logins().await?;
-    let replayed = bridge.replay_inbox()?;
     info!(
         logins,
         replayed, "networks started; pending inbox handed to portals"

@@ -11,10 +11,8 @@ use std::time::Duration;
 use isthmus::appservice::{AppState, router};
 use isthmus::bridge::Bridge;
 use isthmus::config::Config;
-use isthmus::loopback::Loopback;
 use isthmus::matrix::{HomeserverClient, HsConfig};
 use isthmus::metrics::Metrics;
-use isthmus::network::Connector;
 use isthmus::store::Store;
 use serde_json::{Value, json};
 
@@ -42,6 +40,9 @@ appservice:
 database: {{path: "{}"}}
 bridge:
   permissions: {{localhost: user}}
+networks:
+  loopback: {{control: "127.0.0.1:0"}}
+  xmpp: {{component: {{domain: matrix.localhost, secret: component_secret, port: 9}}}}
 "#,
         dir.path().display()
     );
@@ -60,8 +61,10 @@ bridge:
         None,
     )
     .unwrap();
-    let loopback: Arc<dyn Connector> = Arc::new(Loopback::new("127.0.0.1:0".parse().unwrap()));
-    let bridge = Bridge::new(config, hs, store.clone(), Metrics::new(), vec![loopback]).unwrap();
+    // The connectors the config enables (not started: no network is needed here).
+    let secrets = config.validate(&|_| None).unwrap();
+    let connectors = isthmus::app::connectors(&config, &secrets);
+    let bridge = Bridge::new(config, hs, store.clone(), Metrics::new(), connectors).unwrap();
     let state = Arc::new(AppState {
         bridge,
         hs_token: TOKEN.into(),
@@ -331,6 +334,45 @@ async fn third_party_lookups_follow_the_connector() {
         )
         .await;
     assert_eq!(none, json!([]));
+}
+
+#[tokio::test]
+async fn third_party_protocol_xmpp() {
+    let api = start(32 << 20).await;
+    let (status, proto) = api
+        .get("/_matrix/app/v1/thirdparty/protocol/xmpp", Some(TOKEN))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(proto["user_fields"], json!(["jid"]));
+    assert_eq!(proto["location_fields"], json!(["muc"]));
+    let (_, users) = api
+        .get(
+            "/_matrix/app/v1/thirdparty/user/xmpp?jid=Bob%40Example.org",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(users[0]["userid"], "@_xmpp_bob=40example.org:localhost");
+    let (_, rooms) = api
+        .get(
+            "/_matrix/app/v1/thirdparty/location/xmpp?muc=lobby%40conference.example.org",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(
+        rooms[0]["alias"],
+        "#_xmpp_lobby=40conference.example.org:localhost"
+    );
+    let (_, none) = api
+        .get(
+            "/_matrix/app/v1/thirdparty/user/xmpp?jid=alice%40matrix.localhost",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(
+        none,
+        json!([]),
+        "a Matrix user's own gateway address is no XMPP contact"
+    );
 }
 
 #[tokio::test]

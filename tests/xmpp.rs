@@ -1297,3 +1297,33 @@ async fn receipts_and_bounces() {
         lost_id.as_str()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ghost_display_name_comes_from_the_vcard() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let mut erin = XmppUser::login("erin").await;
+    let full_name = format!("Erin Example {}", unique());
+    erin.send_xml(&format!(
+        "<iq type='set' id='vc1' xmlns='jabber:client'><vCard xmlns='vcard-temp'><FN>{full_name}</FN></vCard></iq>"
+    ))
+    .await;
+    erin.wait("the vCard stored", |e| e.attr("id") == Some("vc1"))
+        .await;
+    let alice = MatrixUser::register("xvcard").await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+    erin.say(&address, &format!("hello {}", unique())).await;
+    let ghost = xmpp_ghost("erin@localhost");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let name = alice.displayname_of(&ghost).await;
+        if name.as_deref().is_some_and(|n| n.contains(&full_name)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ghost's name never came from the vCard: {name:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -53,7 +53,10 @@ impl Queues {
     }
 }
 
-/// Delays between attempts for an item that failed with a passing error.
+/// Delay between attempts once the first ones are spent.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// Delays between the first attempts for an item that failed with a passing error.
 const RETRY_DELAYS: [Duration; 6] = [
     Duration::from_millis(500),
     Duration::from_secs(1),
@@ -72,7 +75,12 @@ impl Bridge {
             _ => QueueKey::Room(room.to_owned()),
         };
         match item {
-            InboxItem::Matrix { room_id, .. } => by_room(room_id),
+            InboxItem::Matrix { room_id, event } => match self.direct_invite_key(event.get()) {
+                // A direct chat with a ghost starting: the portal's queue, so that messages
+                // from the contact cannot race the invite into a second room.
+                Some(key) => QueueKey::Portal(key),
+                None => by_room(room_id),
+            },
             InboxItem::Ephemeral { room_id, event } => match room_id {
                 Some(r) => by_room(r),
                 None => QueueKey::User(ephemeral_sender(event.get()).unwrap_or_default()),
@@ -81,6 +89,34 @@ impl Bridge {
                 QueueKey::Portal(super::remote_events::portal_key(network, event))
             }
         }
+    }
+
+    /// The portal a direct-chat invite of a ghost will create.
+    fn direct_invite_key(&self, json: &str) -> Option<PortalKey> {
+        #[derive(serde::Deserialize)]
+        struct Invite {
+            #[serde(rename = "type")]
+            kind: String,
+            sender: String,
+            #[serde(default)]
+            state_key: Option<String>,
+            #[serde(default)]
+            content: serde_json::Value,
+        }
+        let ev: Invite = serde_json::from_str(json).ok()?;
+        if ev.kind != "m.room.member"
+            || ev.content.get("membership").and_then(|m| m.as_str()) != Some("invite")
+            || ev.content.get("is_direct").and_then(|d| d.as_bool()) != Some(true)
+        {
+            return None;
+        }
+        let (network, remote) = self.parse_ghost(ev.state_key.as_deref()?)?;
+        let remote = self.networks.get(&network)?.parse_user_id(&remote).ok()?;
+        Some(PortalKey::new(
+            network.as_str(),
+            remote.as_str(),
+            Some(&ev.sender),
+        ))
     }
 
     /// Hands a stored inbox item to its queue, starting the queue's task if needed.
@@ -133,19 +169,30 @@ impl Bridge {
         debug!("portal queue idle, task ended");
     }
 
-    /// Handles one item with retries, then removes it from the inbox.
+    /// Handles one item, then removes it from the inbox. Passing failures (the homeserver or
+    /// the network is down) are retried for as long as it takes, with backoff capped at a
+    /// minute, holding the portal's queue so that order is kept; after the first few tries the
+    /// Matrix sender is told that delivery is delayed. Only a permanent failure ends the tries
+    /// (and the sender is told that too).
     async fn process(&self, seq: u64, item: InboxItem) {
         let mut attempt = 0;
         loop {
             match self.handle_item(seq, &item).await {
                 Ok(()) => break,
-                Err(e) if e.is_transient() && attempt < RETRY_DELAYS.len() => {
-                    warn!(seq, attempt, error = %e, "handling failed, will retry");
-                    tokio::time::sleep(RETRY_DELAYS[attempt]).await;
+                Err(e) if e.is_transient() => {
+                    if attempt == RETRY_DELAYS.len() {
+                        self.report_delay(&item, &e).await;
+                    }
+                    let delay = RETRY_DELAYS
+                        .get(attempt)
+                        .copied()
+                        .unwrap_or(MAX_RETRY_DELAY);
+                    warn!(seq, attempt, error = %e, delay_ms = delay.as_millis() as u64, "handling failed, will retry");
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
                 Err(e) => {
-                    error!(seq, error = %e, "handling failed, giving up");
+                    error!(seq, error = %e, "handling failed for good");
                     self.report_failure(&item, &e).await;
                     break;
                 }

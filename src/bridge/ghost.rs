@@ -9,7 +9,8 @@ use crate::store::GhostRecord;
 
 impl Bridge {
     /// Makes sure the ghost of `remote` exists on the homeserver with an up-to-date display
-    /// name; returns its user ID. `name` is the remote display name, when known.
+    /// name; returns its user ID. `name` is the remote display name; `None` means unchanged
+    /// (a new ghost then gets the network's default name).
     pub async fn ensure_ghost(
         &self,
         network: &NetworkId,
@@ -38,6 +39,13 @@ impl Bridge {
         }
         let base_name = match name {
             Some(n) if !n.trim().is_empty() => n.trim().to_owned(),
+            // No name given: keep the one the ghost has (it may have come from a profile).
+            _ if record.displayname.is_some() => {
+                if existing.as_ref() != Some(&record) {
+                    self.store.put_ghost(&record)?;
+                }
+                return Ok(mxid);
+            }
             _ => self.network(network)?.default_display_name(remote),
         };
         let displayname = self

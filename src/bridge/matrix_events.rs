@@ -319,7 +319,11 @@ impl Bridge {
             let Some(target) = relation(&ev.content, "m.replace") else {
                 return Ok(());
             };
-            let Some(orig) = self.store.message_by_event(&ev.room_id, target)? else {
+            let Some(orig) = self
+                .store
+                .message_by_event(&ev.room_id, target)?
+                .filter(|o| o.sender == ev.sender)
+            else {
                 self.metrics.event("to_remote", "edit", "unknown_target");
                 return Ok(());
             };
@@ -439,6 +443,12 @@ impl Bridge {
                 .event("to_remote", "redaction", "unknown_target");
             return Ok(());
         };
+        if orig.sender != ev.sender {
+            // A moderator removing someone else's message: networks only accept retractions
+            // from the author, so it stays on the other side (moderation comes later).
+            self.metrics.event("to_remote", "redaction", "not_own");
+            return Ok(());
+        }
         let (client, _) = match self.client_for(&portal, &ev.sender) {
             Ok(c) => c,
             Err(e) => return self.network_failure(seq, &portal, "redaction", e).await,
@@ -714,6 +724,22 @@ impl Bridge {
         self.portal_notice(portal, &format!("isthmus.{seq}.failure"), &text)
             .await;
         Ok(())
+    }
+
+    /// Called when an item keeps failing with a passing error: tells the Matrix sender that
+    /// delivery is delayed (once per item), where there is one.
+    pub(super) async fn report_delay(&self, item: &InboxItem, e: &BridgeError) {
+        if let InboxItem::Matrix { room_id, event } = item
+            && let Ok(ev) = serde_json::from_str::<MatrixEvent>(event.get())
+            && ev.kind == "m.room.message"
+            && let Ok(Some(portal)) = self.store.portal_by_room(room_id)
+        {
+            let text = format!(
+                "⏳ Delivery is delayed ({e}); the bridge keeps trying and sends it as soon as it can."
+            );
+            self.portal_notice(&portal, &format!("isthmus.delay.{}", ev.event_id), &text)
+                .await;
+        }
     }
 
     /// Called when an item failed for good: tells the Matrix side where there is one.

@@ -104,7 +104,7 @@ impl Bridge {
     }
 
     /// Creates the room of a group chat, owned by the bot, optionally with an alias and
-    /// inviting `invite`. A room with an alias is public, so anyone on the homeserver can join
+    /// inviting `invite` (who get moderator power). A room with an alias is public, so anyone on the homeserver can join
     /// it through the alias; without one it is private.
     pub async fn create_group_portal(
         &self,
@@ -123,12 +123,28 @@ impl Bridge {
             topic: topic.map(str::to_owned),
             preset_private: alias_localpart.is_none(),
             alias_localpart,
+            // The users the chat is bridged for moderate the room (and may manage its bridging).
+            power_level_users: invite.iter().map(|u| (u.clone(), 50)).collect(),
             invite,
             is_direct: false,
             initial_state: self.bridge_info_state(key, name),
-            power_level_users: Vec::new(),
         };
-        let room = self.hs.create_room(None, &creation).await?;
+        let alias = creation
+            .alias_localpart
+            .as_ref()
+            .map(|l| format!("#{l}:{}", self.server_name()));
+        let room = match self.hs.create_room(None, &creation).await {
+            Ok(room) => room,
+            // An earlier attempt created the room but its answer was lost: adopt that room.
+            Err(e) if e.errcode() == Some("M_ROOM_IN_USE") && alias.is_some() => {
+                let alias = alias.expect("checked");
+                let room = self.hs.resolve_alias(&alias).await?.ok_or(e)?;
+                self.hs.join(None, room.as_str()).await?;
+                info!(room_id = %room, alias, "adopted the room an earlier attempt created");
+                room
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
         record.name = name.map(str::to_owned);
         record.topic = topic.map(str::to_owned);

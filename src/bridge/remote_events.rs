@@ -76,6 +76,12 @@ impl Bridge {
             self.metrics.event("to_matrix", kind, "ok");
             return Ok(());
         }
+        if matches!(ev.kind, RemoteEventKind::Profile) {
+            self.ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
+                .await?;
+            self.metrics.event("to_matrix", kind, "ok");
+            return Ok(());
+        }
         if matches!(ev.kind, RemoteEventKind::ContactRequest) {
             let result = self.contact_request(seq, network, ev).await?;
             self.metrics.event("to_matrix", kind, result);
@@ -156,6 +162,8 @@ impl Bridge {
             RemoteEventKind::Edit { target, content } => {
                 match self.store.message_by_remote(&key, target)? {
                     None => "unknown_target",
+                    // Only the author edits a message.
+                    Some(orig) if orig.sender != ghost => "not_own",
                     Some(orig) => {
                         let new = matrix_content(content);
                         let mut c = new.clone();
@@ -183,6 +191,8 @@ impl Bridge {
             RemoteEventKind::Redaction { target } => {
                 match self.store.message_by_remote(&key, target)? {
                     None => "unknown_target",
+                    // Only the author retracts a message (moderation is not bridged yet).
+                    Some(orig) if orig.sender != ghost => "not_own",
                     Some(orig) => {
                         let eid = event_id(&orig.event_id)?;
                         self.hs.redact(Some(&gid), &rid, &eid, &txn, None).await?;
@@ -265,6 +275,7 @@ impl Bridge {
             }
             RemoteEventKind::Presence(_)
             | RemoteEventKind::ContactRequest
+            | RemoteEventKind::Profile
             | RemoteEventKind::DeliveryFailed { .. } => unreachable!("handled above"),
         };
         self.metrics.event("to_matrix", kind, result);
@@ -350,7 +361,7 @@ impl Bridge {
             warn!(portal = %key, "event for a chat without portal names no Matrix user; dropped");
             return Ok(None);
         };
-        if self.level(receiver) < PermissionLevel::User {
+        if self.in_namespace(receiver) || self.level(receiver) < PermissionLevel::User {
             warn!(portal = %key, receiver, "receiver may not use the bridge; message dropped");
             return Ok(None);
         }
@@ -383,18 +394,28 @@ impl Bridge {
         if let Err(e) = self.write_bridge_info(&record, None).await {
             debug!(error = %e, "could not write bridge info into a hosted room (the bot may lack power)");
         }
-        let members = self.hs.joined_members(None, &room).await?;
-        let portal = super::portal_ref(&record);
+        self.join_members(&record).await?;
+        tracing::info!(room_id = %room, alias, portal = %key, "hosted group chat bridged to its room");
+        Ok(record)
+    }
+
+    /// Tells the network about the Matrix users already in a group portal's room (the network
+    /// joins them to the group chat where it needs to).
+    pub async fn join_members(&self, record: &PortalRecord) -> Result<(), BridgeError> {
+        let members = self
+            .hs
+            .joined_members(None, &room_id(&record.room_id)?)
+            .await?;
+        let portal = super::portal_ref(record);
         for member in members.iter().filter(|m| !self.in_namespace(m.as_str())) {
-            if let Ok((client, false)) = self.client_for(&record, member.as_str()) {
+            if let Ok((client, false)) = self.client_for(record, member.as_str()) {
                 let sender = self.matrix_sender(member.as_str()).await;
                 if let Err(e) = client.join_chat(&portal, &sender).await {
-                    warn!(user = %member, error = %e, "could not show a member in the hosted group chat");
+                    warn!(user = %member, error = %e, "could not join a member to the group chat");
                 }
             }
         }
-        tracing::info!(room_id = %room, alias, portal = %key, "hosted group chat bridged to its room");
-        Ok(record)
+        Ok(())
     }
 
     /// Writes a changed name or topic into a portal room.

@@ -178,7 +178,8 @@ async fn run_line(ctx: &Ctx<'_>, text: &str) -> String {
         return "Send `help` for the list of commands.".to_owned();
     };
     let Some(cmd) = find(name) else {
-        return format!("Unknown command `{name}`. Send `help` for the list of commands.");
+        // The word is not repeated: after an interrupted login it may be a password.
+        return "Unknown command. Send `help` for the list of commands.".to_owned();
     };
     if let Err(e) = check(cmd, ctx.level, ctx.portal.as_ref()) {
         return e;

@@ -109,11 +109,44 @@ fn group_chat(
     Ok(chat.ok_or_else(|| format!("{} has no group chats.", connector.info().display_name)))
 }
 
-/// Whether the caller may manage this portal: its owner for a direct chat, or an admin.
-fn may_manage(ctx: &Ctx<'_>, p: &PortalRecord) -> bool {
-    ctx.level >= PermissionLevel::Admin
-        || p.key.receiver.is_none()
-        || p.key.receiver.as_deref() == Some(ctx.sender)
+/// Whether the caller may change what this room is bridged to: a bridge admin, or a room
+/// member with the power to change the room's state (`m.bridge`, else `state_default`).
+async fn may_change_bridging(ctx: &Ctx<'_>) -> Result<bool, BridgeError> {
+    if ctx.level >= PermissionLevel::Admin {
+        return Ok(true);
+    }
+    let levels = ctx
+        .bridge
+        .hs
+        .get_state(None, &room_id(ctx.room_id)?, "m.room.power_levels", "")
+        .await?
+        .unwrap_or_default();
+    let int = |v: &serde_json::Value| {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    let user_level = levels
+        .get("users")
+        .and_then(|u| u.get(ctx.sender))
+        .and_then(int)
+        .or_else(|| levels.get("users_default").and_then(int))
+        .unwrap_or(0);
+    let needed = levels
+        .get("events")
+        .and_then(|e| e.get("m.bridge"))
+        .and_then(int)
+        .or_else(|| levels.get("state_default").and_then(int))
+        .unwrap_or(50);
+    Ok(user_level >= needed)
+}
+
+/// Whether the caller may manage this portal: its owner for a direct chat, an admin, or
+/// for a group chat someone with the power to change the room's state.
+async fn may_manage(ctx: &Ctx<'_>, p: &PortalRecord) -> Result<bool, BridgeError> {
+    match &p.key.receiver {
+        Some(owner) => Ok(owner == ctx.sender || ctx.level >= PermissionLevel::Admin),
+        None => may_change_bridging(ctx).await,
+    }
 }
 
 async fn list_portals(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
@@ -253,6 +286,9 @@ async fn bridge_room(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
         Ok(chat) => chat,
         Err(reply) => return Ok(reply),
     };
+    if !may_change_bridging(ctx).await? {
+        return Ok("Only room members who may change the room's settings can bridge it.".into());
+    }
     let key = PortalKey::new(network.as_str(), chat.as_str(), None);
     if let Some(existing) = ctx.bridge.store.portal(&key)? {
         return Ok(format!(
@@ -262,6 +298,9 @@ async fn bridge_room(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     }
     let record = PortalRecord::new(key, ctx.room_id, ChatKind::Group);
     ctx.bridge.store.put_portal(&record)?;
+    if let Err(e) = ctx.bridge.join_members(&record).await {
+        tracing::warn!(error = %e, "could not join the room's members to the group chat");
+    }
     if let Err(e) = ctx.bridge.write_bridge_info(&record, None).await {
         tracing::warn!(error = %e, "could not write bridge info (the bot may lack power in this room)");
     }
@@ -274,8 +313,10 @@ async fn bridge_room(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
 
 async fn unbridge(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
     let portal = ctx.portal.clone().expect("checked: in a portal");
-    if !may_manage(ctx, &portal) {
-        return Ok("Only the owner of this chat or an admin can do that.".into());
+    if !may_manage(ctx, &portal).await? {
+        return Ok(
+            "Only the owner of this chat, a room moderator or a bridge admin can do that.".into(),
+        );
     }
     if portal.kind == ChatKind::Direct {
         super::send_reply(
@@ -299,8 +340,10 @@ async fn set_relay(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
     if !ctx.bridge.config.bridge.relay.enabled {
         return Ok("Relay mode is turned off in the bridge configuration.".into());
     }
-    if !may_manage(ctx, &portal) {
-        return Ok("Only the owner of this chat or an admin can do that.".into());
+    if !may_manage(ctx, &portal).await? {
+        return Ok(
+            "Only the owner of this chat, a room moderator or a bridge admin can do that.".into(),
+        );
     }
     let Some(login) = ctx
         .bridge
@@ -323,8 +366,10 @@ async fn set_relay(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
 
 async fn unset_relay(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
     let mut portal = ctx.portal.clone().expect("checked: in a portal");
-    if !may_manage(ctx, &portal) {
-        return Ok("Only the owner of this chat or an admin can do that.".into());
+    if !may_manage(ctx, &portal).await? {
+        return Ok(
+            "Only the owner of this chat, a room moderator or a bridge admin can do that.".into(),
+        );
     }
     if portal.relay.take().is_none() {
         return Ok("This room has no relay.".into());

@@ -173,6 +173,8 @@ pub enum RemoteEventKind {
     /// The sender asks to see the receiver's presence (a contact request); the receiver answers
     /// with `accept` or `deny`.
     ContactRequest,
+    /// The sender's profile changed or became known: `sender_name` is the name to show.
+    Profile,
     /// A message sent from Matrix could not be delivered (the network bounced it); the Matrix
     /// sender is told.
     DeliveryFailed {
@@ -197,6 +199,7 @@ impl RemoteEventKind {
             RemoteEventKind::ChatInfo { .. } => "chat_info",
             RemoteEventKind::Membership { .. } => "membership",
             RemoteEventKind::ContactRequest => "contact_request",
+            RemoteEventKind::Profile => "profile",
             RemoteEventKind::DeliveryFailed { .. } => "delivery_failed",
         }
     }

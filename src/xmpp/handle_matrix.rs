@@ -93,6 +93,16 @@ impl Gateway {
     }
 }
 
+/// An XMPP message ID derived from a Matrix event ID (FNV-1a, 64 bits).
+fn stable_id(event_id: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in event_id.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("isthmus-{hash:016x}")
+}
+
 /// Shortest time between two presence broadcasts of one user.
 const PRESENCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -298,7 +308,8 @@ impl NetworkClient for Gateway {
         portal: &PortalRef,
         message: &OutgoingMessage,
     ) -> Result<RemoteMessageId, NetworkError> {
-        let id = self.new_id();
+        // Derived from the Matrix event, so a retry or a replay sends the same ID.
+        let id = stable_id(&message.event_id);
         let body = super::convert::outbound_body(&message.content);
         let direct = portal.kind == ChatKind::Direct;
         let displayname = message.sender.displayname.clone();
@@ -592,6 +603,13 @@ impl NetworkClient for Gateway {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn message_ids_are_stable_per_event() {
+        assert_eq!(stable_id("$abc:hs"), stable_id("$abc:hs"));
+        assert_ne!(stable_id("$abc:hs"), stable_id("$abd:hs"));
+        assert!(stable_id("$x").starts_with("isthmus-"));
+    }
 
     #[test]
     fn presence_changes_are_rate_limited_and_coalesced() {

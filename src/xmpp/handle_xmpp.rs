@@ -124,34 +124,37 @@ impl Handler {
         sender: &str,
         id: String,
         nicks: &[(String, String)],
-    ) -> bool {
+    ) -> Option<bool> {
         let body = msg.bodies.values().next().cloned();
+        let mut stored = true;
         match fidelity::classify(&msg.payloads) {
             Some(fidelity::Kind::Correction(target)) => {
-                let Some(body) = body else { return false };
+                let body = body?;
                 let content = convert::inbound_content(&body, &msg.payloads, nicks);
-                self.push(base(RemoteEventKind::Edit {
-                    target: RemoteMessageId::new(target),
-                    content,
-                }))
-                .await;
+                stored &= self
+                    .push(base(RemoteEventKind::Edit {
+                        target: RemoteMessageId::new(target),
+                        content,
+                    }))
+                    .await;
             }
             Some(fidelity::Kind::Retraction(target)) => {
-                self.push(base(RemoteEventKind::Redaction {
-                    target: RemoteMessageId::new(target),
-                }))
-                .await;
+                stored &= self
+                    .push(base(RemoteEventKind::Redaction {
+                        target: RemoteMessageId::new(target),
+                    }))
+                    .await;
             }
             Some(fidelity::Kind::Reactions(target, keys)) => {
                 let Ok(store) = self.shared.store() else {
-                    return true;
+                    return Some(false);
                 };
                 let key = format!("rin:{scope}\u{1f}{sender}\u{1f}{target}");
                 let (added, removed) = match fidelity::diff_reactions(store, &key, &keys) {
                     Ok(d) => d,
                     Err(e) => {
                         warn!(error = %e, "could not store a reaction set");
-                        return true;
+                        return Some(false);
                     }
                 };
                 let changes = added
@@ -159,31 +162,87 @@ impl Handler {
                     .map(|k| (k, false))
                     .chain(removed.into_iter().map(|k| (k, true)));
                 for (key, remove) in changes {
-                    self.push(base(RemoteEventKind::Reaction {
-                        target: RemoteMessageId::new(target.clone()),
-                        key,
-                        remove,
-                    }))
-                    .await;
+                    stored &= self
+                        .push(base(RemoteEventKind::Reaction {
+                            target: RemoteMessageId::new(target.clone()),
+                            key,
+                            remove,
+                        }))
+                        .await;
                 }
             }
             None => {
-                let Some(body) = body else { return false };
+                let body = body?;
                 let reply_to = fidelity::reply_target(&msg.payloads).map(RemoteMessageId::new);
                 let body = if reply_to.is_some() {
                     fidelity::strip_fallback(&body, &msg.payloads, fidelity::REPLY)
                 } else {
                     body
                 };
-                self.push(base(RemoteEventKind::Message {
-                    id: RemoteMessageId::new(id),
-                    content: convert::inbound_content(&body, &msg.payloads, nicks),
-                    reply_to,
-                }))
-                .await;
+                stored &= self
+                    .push(base(RemoteEventKind::Message {
+                        id: RemoteMessageId::new(id),
+                        content: convert::inbound_content(&body, &msg.payloads, nicks),
+                        reply_to,
+                    }))
+                    .await;
             }
         }
-        true
+        Some(stored)
+    }
+
+    /// Asks a contact's server for the contact's vCard (XEP-0054) once per run, in the
+    /// background; a full name found becomes the ghost's display name.
+    fn fetch_name(&self, contact: &BareJid, receiver: &str) {
+        if !self
+            .shared
+            .vcards_asked
+            .lock()
+            .expect("vcard lock")
+            .insert(contact.to_string())
+        {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let contact = contact.clone();
+        let receiver = receiver.to_owned();
+        tokio::spawn(async move {
+            let query = Element::builder("vCard", "vcard-temp").build();
+            let Ok(Ok(Some(card))) = shared.query(Jid::from(contact.clone()), query).await else {
+                return;
+            };
+            let name = card
+                .children()
+                .find(|c| c.name() == "FN")
+                .map(|f| f.text())
+                .or_else(|| {
+                    card.children()
+                        .find(|c| c.name() == "NICKNAME")
+                        .map(|n| n.text())
+                })
+                .map(|n| {
+                    n.trim()
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(100)
+                        .collect::<String>()
+                })
+                .filter(|n| !n.is_empty());
+            let (Some(name), Some(sink)) = (name, shared.sink.get()) else {
+                return;
+            };
+            let _ = sink
+                .push(RemoteEvent {
+                    chat: RemoteChatId::new(contact.to_string()),
+                    chat_kind: ChatKind::Direct,
+                    receiver: Some(receiver),
+                    sender: RemoteUserId::new(contact.to_string()),
+                    sender_name: Some(name),
+                    timestamp_ms: None,
+                    kind: RemoteEventKind::Profile,
+                })
+                .await;
+        });
     }
 
     /// A message of ours came back as an error: the Matrix sender is told.
@@ -229,12 +288,17 @@ impl Handler {
         .await;
     }
 
-    async fn push(&self, event: RemoteEvent) {
+    /// Stores an event for the core; false when it could not be stored.
+    async fn push(&self, event: RemoteEvent) -> bool {
         let Some(sink) = self.shared.sink.get() else {
-            return;
+            return false;
         };
-        if let Err(e) = sink.push(event).await {
-            warn!(error = %e, "could not store an XMPP event");
+        match sink.push(event).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "could not store an XMPP event");
+                false
+            }
         }
     }
 
@@ -285,6 +349,9 @@ impl Handler {
             timestamp_ms: None,
             kind,
         };
+        if nick.is_none() {
+            self.fetch_name(&contact, &user);
+        }
         let scope = format!("{user}\u{1f}{contact}");
         // Chat markers (XEP-0333): `displayed` is a read receipt.
         if let Some(id) = msg
@@ -320,7 +387,7 @@ impl Handler {
                 );
                 Stanza::from(r)
             });
-        if self
+        match self
             .push_message(
                 &base,
                 &msg,
@@ -331,7 +398,10 @@ impl Handler {
             )
             .await
         {
-            return receipt_to.into_iter().collect();
+            // The receipt only once the message is safely stored.
+            Some(true) => return receipt_to.into_iter().collect(),
+            Some(false) => return Vec::new(),
+            None => {}
         }
         let chat_state = msg
             .payloads
@@ -341,11 +411,11 @@ impl Handler {
         match chat_state.as_deref() {
             Some("composing") => {
                 self.push(base(RemoteEventKind::Typing { active: true }))
-                    .await
+                    .await;
             }
             Some("paused" | "active" | "inactive" | "gone") => {
                 self.push(base(RemoteEventKind::Typing { active: false }))
-                    .await
+                    .await;
             }
             _ => {}
         }
@@ -412,6 +482,7 @@ impl Handler {
         if self
             .push_message(&base, &msg, &room_str, &sender, id, &nicks)
             .await
+            .is_some()
         {
             return;
         }
@@ -437,8 +508,34 @@ impl Handler {
         let Some(user) = self.shared.addressing.matrix_user(&to.to_bare()) else {
             return;
         };
-        if p.type_ == PresenceType::Error {
-            warn!(room = %room_str, nick, user, "the group chat refused a join (nick taken, members only, banned?)");
+        let own = p
+            .payloads
+            .iter()
+            .filter(|x| x.is("x", ns::MUC_USER))
+            .flat_map(|x| x.children())
+            .any(|c| c.name() == "status" && c.attr("code") == Some("110"));
+        if p.type_ == PresenceType::Error || (own && p.type_ == PresenceType::Unavailable) {
+            // Our join failed (nick taken, members only, banned) or we were removed: the
+            // puppet is out, so the next one becomes the room's primary, and a later message
+            // from the user joins again.
+            warn!(room = %room_str, nick, user, error = p.type_ == PresenceType::Error, "a Matrix user's puppet is not in the group chat");
+            self.forget_puppet(&room_str, &user);
+            return;
+        }
+        if own {
+            // The room confirms (or changes, status 210) the nick it gave the puppet.
+            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
+            if let Some(n) = rooms
+                .get_mut(&room_str)
+                .and_then(|r| r.puppets.get_mut(&user))
+                && *n != nick
+            {
+                info!(room = %room_str, user, old = %n, new = %nick, "the group chat changed a puppet's nick");
+                *n = nick.clone();
+                if let Ok(store) = self.shared.store() {
+                    let _ = muc::remember(store, &room_str, &user, &nick);
+                }
+            }
             return;
         }
         if self.shared.primary(&room_str).as_deref() != Some(user.as_str())
@@ -678,6 +775,22 @@ impl Handler {
         self.push_message(&base, &msg, &room_str, &sender, id, &nicks)
             .await;
         out
+    }
+
+    /// Forgets that a Matrix user's puppet is in a group chat.
+    fn forget_puppet(&self, room: &str, user: &str) {
+        {
+            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
+            if let Some(r) = rooms.get_mut(room) {
+                r.puppets.remove(user);
+                if r.puppets.is_empty() {
+                    rooms.remove(room);
+                }
+            }
+        }
+        if let Ok(store) = self.shared.store() {
+            let _ = muc::forget(store, room, user);
+        }
     }
 
     /// Joins again every group chat the bridge was in (after the link came up).

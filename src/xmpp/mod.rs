@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     /// Per Matrix user: when presence was last broadcast, and whether a trailing broadcast is
     /// scheduled.
     presence_limit: Mutex<HashMap<String, (Option<std::time::Instant>, bool)>>,
+    /// Contacts whose vCard was asked for in this run.
+    vcards_asked: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The answer to an IQ request: the result's payload, or the error condition.
@@ -197,6 +199,7 @@ impl Xmpp {
             pending_iqs: Mutex::default(),
             counter: AtomicU64::new(0),
             presence_limit: Mutex::default(),
+            vcards_asked: Mutex::default(),
         });
         Self {
             info: NetworkInfo {

@@ -17,6 +17,9 @@ enum Node {
 
 const VOID: [&str; 4] = ["br", "hr", "img", "input"];
 
+/// Deepest element nesting kept when parsing Matrix HTML.
+const MAX_DEPTH: usize = 32;
+
 /// An element still open while parsing: name, attributes, children so far.
 type Open = (String, Vec<(String, String)>, Vec<Node>);
 
@@ -173,6 +176,11 @@ fn parse(html: &str) -> Vec<Node> {
             None => (inner, Vec::new()),
         };
         let name = name.to_ascii_lowercase();
+        if stack.len() > MAX_DEPTH {
+            // Deeper nesting is flattened: the text stays, the tags go (bounded recursion
+            // when rendering, whatever the sender wrote).
+            continue;
+        }
         if VOID.contains(&name.as_str()) || inner.ends_with('/') {
             stack.last_mut().expect("root").2.push(Node::Elem {
                 name,
@@ -446,6 +454,13 @@ mod tests {
         );
         assert_eq!(html_to_styled_text("a<script>alert(1)</script>b"), "ab");
         assert_eq!(html_to_styled_text("unclosed <b>bold"), "unclosed *bold*");
+    }
+
+    #[test]
+    fn deep_nesting_is_flattened_not_recursed() {
+        let html = format!("{}deep{}", "<b>".repeat(50_000), "</b>".repeat(50_000));
+        let text = html_to_styled_text(&html);
+        assert!(text.contains("deep"), "{}", &text[..text.len().min(200)]);
     }
 
     #[test]

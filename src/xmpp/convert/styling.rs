@@ -56,10 +56,17 @@ pub fn styled_text_to_html(text: &str) -> Option<String> {
     styled.then_some(out)
 }
 
+/// Longest line (bytes) whose inline spans are parsed.
+const MAX_STYLED_LINE: usize = 2048;
+
 /// Inline spans of one line: `*strong*`, `_emphasis_`, `~strike~`, `` `pre` ``. A span opens
 /// on a directive not followed by whitespace and closes on the same directive not preceded by
 /// whitespace; spans are never empty.
 fn spans(line: &str) -> (String, bool) {
+    // Long lines are not styled: finding closers is quadratic in the worst case.
+    if line.len() > MAX_STYLED_LINE {
+        return (escape_html(line), false);
+    }
     let chars: Vec<char> = line.chars().collect();
     let mut out = String::new();
     let mut styled = false;
@@ -131,6 +138,14 @@ mod tests {
             styled_text_to_html("> quoted *line*\n> two\nreply").unwrap(),
             "<blockquote>quoted <strong>line</strong><br>two</blockquote>reply"
         );
+    }
+
+    #[test]
+    fn hostile_lines_stay_cheap() {
+        let line = " *a".repeat(80_000);
+        let started = std::time::Instant::now();
+        assert!(styled_text_to_html(&line).is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]
