@@ -658,6 +658,35 @@ async fn matrix_user_joins_an_xmpp_group_chat_through_its_alias() {
         Some(format!("{room_jid}/{nick}").as_str())
     );
     assert_eq!(got.attr("type"), Some("groupchat"));
+
+    // XMPP clients react to group messages by the room's stanza-id: it reaches alice's event.
+    let stanza_id = got
+        .children()
+        .find(|c| c.name() == "stanza-id" && c.attr("by") == Some(room_jid.as_str()))
+        .and_then(|c| c.attr("id"))
+        .expect("the room (with MAM) gives messages a stanza-id")
+        .to_owned();
+    bob.send_xml(&format!(
+        "<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><reactions xmlns='urn:xmpp:reactions:0' id='{stanza_id}'><reaction>👀</reaction></reactions></message>"
+    ))
+    .await;
+    let mine = alice
+        .wait_for_event(&room, "alice's own message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == reply.as_str()
+        })
+        .await;
+    let reaction = alice
+        .wait_for_event(
+            &room,
+            "bob's reaction by stanza-id",
+            Duration::from_secs(20),
+            |e| e["type"] == "m.reaction" && e["sender"] == ghost.as_str(),
+        )
+        .await;
+    assert_eq!(
+        reaction["content"]["m.relates_to"]["event_id"],
+        mine["event_id"]
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let copies = alice
         .messages(&room)

@@ -98,6 +98,17 @@ impl Bridge {
                 }
             },
         };
+        if let RemoteEventKind::MessageAlias { target, alias } = &ev.kind {
+            let result = match self.store.message_by_remote(&key, target)? {
+                Some(m) => {
+                    self.store.put_remote_alias(&m, alias)?;
+                    "ok"
+                }
+                None => "unknown_target",
+            };
+            self.metrics.event("to_matrix", kind, result);
+            return Ok(());
+        }
         if let RemoteEventKind::DeliveryFailed { target, reason } = &ev.kind {
             let result = self
                 .delivery_failed(seq, &key, &portal, target, reason)
@@ -276,6 +287,7 @@ impl Bridge {
             RemoteEventKind::Presence(_)
             | RemoteEventKind::ContactRequest
             | RemoteEventKind::Profile
+            | RemoteEventKind::MessageAlias { .. }
             | RemoteEventKind::DeliveryFailed { .. } => unreachable!("handled above"),
         };
         self.metrics.event("to_matrix", kind, result);

@@ -173,6 +173,14 @@ pub enum RemoteEventKind {
     /// The sender asks to see the receiver's presence (a contact request); the receiver answers
     /// with `accept` or `deny`.
     ContactRequest,
+    /// The network also names message `target` by `alias` (a group chat's own ID for a
+    /// message, say), so later references by either ID find it.
+    MessageAlias {
+        /// The ID the message is known by.
+        target: RemoteMessageId,
+        /// Its other ID.
+        alias: RemoteMessageId,
+    },
     /// The sender's profile changed or became known: `sender_name` is the name to show.
     Profile,
     /// A message sent from Matrix could not be delivered (the network bounced it); the Matrix
@@ -200,6 +208,7 @@ impl RemoteEventKind {
             RemoteEventKind::Membership { .. } => "membership",
             RemoteEventKind::ContactRequest => "contact_request",
             RemoteEventKind::Profile => "profile",
+            RemoteEventKind::MessageAlias { .. } => "message_alias",
             RemoteEventKind::DeliveryFailed { .. } => "delivery_failed",
         }
     }

@@ -65,6 +65,19 @@ impl Store {
         }
     }
 
+    /// Makes `alias` a second remote ID of an already bridged message.
+    pub fn put_remote_alias(
+        &self,
+        m: &MessageRecord,
+        alias: &RemoteMessageId,
+    ) -> Result<(), StoreError> {
+        self.messages_remote.insert(
+            remote_key(&m.portal, alias),
+            codec::key(&[&m.room_id, &m.event_id]),
+        )?;
+        Ok(())
+    }
+
     /// Forgets a bridged message.
     pub fn delete_message(&self, m: &MessageRecord) -> Result<(), StoreError> {
         self.messages
@@ -127,6 +140,14 @@ mod tests {
             s.message_by_remote(&other, &RemoteMessageId::new("lb-1"))
                 .unwrap()
                 .is_none()
+        );
+        s.put_remote_alias(&m, &RemoteMessageId::new("stanza-1"))
+            .unwrap();
+        assert_eq!(
+            s.message_by_remote(&key, &RemoteMessageId::new("stanza-1"))
+                .unwrap(),
+            Some(m.clone()),
+            "an alias finds the same message"
         );
         s.delete_portal(&PortalRecord::new(key.clone(), "!r:hs", ChatKind::Direct))
             .unwrap();

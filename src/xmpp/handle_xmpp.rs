@@ -438,8 +438,38 @@ impl Handler {
         if self.shared.primary(&room_str).as_deref() != Some(user.as_str()) {
             return; // another puppet's copy of the same message
         }
+        let room_id = msg
+            .payloads
+            .iter()
+            .find(|p| p.is("stanza-id", ns::SID) && p.attr("by") == Some(room_str.as_str()))
+            .and_then(|p| p.attr("id"))
+            .map(str::to_owned);
         if self.shared.is_puppet_nick(&room_str, &nick) {
-            return; // our own message, reflected by the room
+            // Our own message, reflected by the room: not bridged again, but the room's ID for
+            // it is remembered, since XMPP clients reply and react to it by that ID.
+            let ours = msg
+                .payloads
+                .iter()
+                .find(|p| p.is("origin-id", ns::SID))
+                .and_then(|p| p.attr("id"))
+                .map(str::to_owned)
+                .or_else(|| msg.id.as_ref().map(|i| i.0.clone()));
+            if let (Some(target), Some(alias)) = (ours, room_id) {
+                self.push(RemoteEvent {
+                    chat: RemoteChatId::new(room_str.clone()),
+                    chat_kind: ChatKind::Group,
+                    receiver: None,
+                    sender: RemoteUserId::new(room_str.clone()),
+                    sender_name: None,
+                    timestamp_ms: None,
+                    kind: RemoteEventKind::MessageAlias {
+                        target: RemoteMessageId::new(target),
+                        alias: RemoteMessageId::new(alias),
+                    },
+                })
+                .await;
+            }
+            return;
         }
         let real = self
             .shared
@@ -480,10 +510,21 @@ impl Handler {
             .or_else(|| msg.id.as_ref().map(|i| format!("{nick}/{}", i.0)))
             .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()));
         if self
-            .push_message(&base, &msg, &room_str, &sender, id, &nicks)
+            .push_message(&base, &msg, &room_str, &sender, id.clone(), &nicks)
             .await
             .is_some()
         {
+            // Corrections name the original by its `id`: remember that one too.
+            if let Some(raw) = msg.id.as_ref().map(|i| i.0.clone())
+                && raw != id
+                && fidelity::classify(&msg.payloads).is_none()
+            {
+                self.push(base(RemoteEventKind::MessageAlias {
+                    target: RemoteMessageId::new(id),
+                    alias: RemoteMessageId::new(raw),
+                }))
+                .await;
+            }
             return;
         }
         if let Some(subject) = msg.subjects.values().next() {
