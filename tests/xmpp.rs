@@ -1356,3 +1356,73 @@ async fn ghost_display_name_comes_from_the_vcard() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_chat_messages_sent_while_the_bridge_was_down_arrive_once_in_order() {
+    let _s = serial();
+    let mut bridge = xmpp_bridge().await;
+    let room_jid = format!("gap{}@conference.localhost", unique());
+    let mut bob = XmppUser::login("bob").await;
+    bob.send_xml(&format!(
+        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    let alice = MatrixUser::register("xgap").await;
+    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
+    let joined = alice
+        .ok(
+            "POST",
+            &format!("/join/{}", enc(&alias)),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+    let room = joined["room_id"].as_str().unwrap().to_owned();
+    let nick = alice.localpart.clone();
+    bob.wait("alice's puppet joining", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/{nick}").as_str())
+    })
+    .await;
+    let tag = unique();
+    let before = format!("before the gap {tag}");
+    bob.send_xml(&format!("<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{before}</body></message>")).await;
+    alice
+        .wait_for_event(
+            &room,
+            "the message before the gap",
+            Duration::from_secs(20),
+            |e| e["content"]["body"] == before.as_str(),
+        )
+        .await;
+
+    bridge.stop().await;
+    let during: Vec<String> = (1..=5)
+        .map(|n| format!("during the gap {tag} #{n}"))
+        .collect();
+    for body in &during {
+        bob.send_xml(&format!("<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{body}</body></message>")).await;
+    }
+    bridge.restart().await;
+    wait_metric(&bridge, CONNECTED).await;
+    let last = during.last().unwrap().clone();
+    alice
+        .wait_for_event(
+            &room,
+            "the last message of the gap",
+            Duration::from_secs(30),
+            |e| e["content"]["body"] == last.as_str(),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Oldest first: each message exactly once, in the order sent.
+    let mut bodies: Vec<String> = alice
+        .messages(&room)
+        .await
+        .into_iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .filter(|b| b.contains(&tag))
+        .collect();
+    bodies.reverse();
+    let mut expected = vec![before.clone()];
+    expected.extend(during.iter().cloned());
+    assert_eq!(bodies, expected);
+}

@@ -479,13 +479,21 @@ impl Handler {
             .get(&room_str)
             .and_then(|r| r.occupants.get(&nick).cloned().flatten());
         let sender = muc::occupant_id(&room, &nick, real.as_deref());
+        // History replayed on (re)join keeps its original time.
+        let delayed = msg
+            .payloads
+            .iter()
+            .find(|p| p.is("delay", ns::DELAY))
+            .and_then(|d| d.attr("stamp"))
+            .and_then(super::time::parse);
+        self.note_seen(&room_str, delayed.unwrap_or_else(crate::bridge::now_ms));
         let base = |kind| RemoteEvent {
             chat: RemoteChatId::new(room_str.clone()),
             chat_kind: ChatKind::Group,
             receiver: None,
             sender: RemoteUserId::new(sender.clone()),
             sender_name: Some(nick.clone()),
-            timestamp_ms: None,
+            timestamp_ms: delayed,
             kind,
         };
         let nicks: Vec<(String, String)> = self
@@ -818,6 +826,24 @@ impl Handler {
         out
     }
 
+    /// Remembers that the room had traffic at `ms`, persisted at most every 30 s (the rejoin
+    /// after a restart asks for history from there).
+    fn note_seen(&self, room: &str, ms: u64) {
+        let due = {
+            let mut seen = self.shared.seen.lock().expect("seen lock");
+            let last = seen.entry(room.to_owned()).or_insert(0);
+            if ms >= last.saturating_add(30_000) {
+                *last = ms;
+                true
+            } else {
+                false
+            }
+        };
+        if due && let Ok(store) = self.shared.store() {
+            let _ = muc::remember_seen(store, room, ms);
+        }
+    }
+
     /// Forgets that a Matrix user's puppet is in a group chat.
     fn forget_puppet(&self, room: &str, user: &str) {
         {
@@ -861,9 +887,16 @@ impl Handler {
                     .or_default()
                     .puppets
                     .insert(user, nick.clone());
-                if let Some(s) =
-                    muc::join_presence(muc::puppet_full(&puppet), &room_jid, &nick, false)
-                {
+                // Ask for what was said since the bridge last saw the room (a little before,
+                // the overlap is dropped by message ID).
+                let since = muc::last_seen(store, &room).map(|t| t.saturating_sub(5_000));
+                if let Some(s) = muc::join_presence_since(
+                    muc::puppet_full(&puppet),
+                    &room_jid,
+                    &nick,
+                    false,
+                    since,
+                ) {
                     stanzas.push(s);
                 }
             }

@@ -21,6 +21,7 @@ pub mod ids;
 pub mod limits;
 mod muc;
 pub mod roster;
+mod time;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -62,6 +63,8 @@ pub(crate) struct Shared {
     /// Per Matrix user: when presence was last broadcast, and whether a trailing broadcast is
     /// scheduled.
     presence_limit: Mutex<HashMap<String, (Option<std::time::Instant>, bool)>>,
+    /// Per group chat: when its traffic time was last persisted.
+    seen: Mutex<HashMap<String, u64>>,
     /// Contacts whose vCard was asked for in this run.
     vcards_asked: Mutex<std::collections::HashSet<String>>,
 }
@@ -200,6 +203,7 @@ impl Xmpp {
             counter: AtomicU64::new(0),
             presence_limit: Mutex::default(),
             vcards_asked: Mutex::default(),
+            seen: Mutex::default(),
         });
         Self {
             info: NetworkInfo {

@@ -61,6 +61,18 @@ pub(super) fn puppet_full(bare: &BareJid) -> Jid {
 
 /// The presence that joins (or, with `leave`, leaves) `room` as `nick`.
 pub(super) fn join_presence(from: Jid, room: &BareJid, nick: &str, leave: bool) -> Option<Stanza> {
+    join_presence_since(from, room, nick, leave, None)
+}
+
+/// Like [`join_presence`]; with `since` (milliseconds since the Unix epoch) the room is asked
+/// for what was said since then (XEP-0045 history), else for no history at all.
+pub(super) fn join_presence_since(
+    from: Jid,
+    room: &BareJid,
+    nick: &str,
+    leave: bool,
+    since: Option<u64>,
+) -> Option<Stanza> {
     let to = Jid::from_str(&format!("{room}/{nick}")).ok()?;
     let mut p = Presence::new(if leave {
         PresenceType::Unavailable
@@ -70,17 +82,42 @@ pub(super) fn join_presence(from: Jid, room: &BareJid, nick: &str, leave: bool) 
     p.from = Some(from);
     p.to = Some(to);
     if !leave {
-        // No history on join: what happened before is not replayed into Matrix twice.
-        let history = Element::builder("history", ns::MUC)
-            .attr(
-                xmpp_parsers::minidom::rxml::xml_ncname!("maxstanzas").to_owned(),
-                "0",
-            )
-            .build();
+        let history = match since {
+            Some(ms) => Element::builder("history", ns::MUC)
+                .attr(
+                    xmpp_parsers::minidom::rxml::xml_ncname!("since").to_owned(),
+                    super::time::rfc3339(ms),
+                )
+                .build(),
+            None => Element::builder("history", ns::MUC)
+                .attr(
+                    xmpp_parsers::minidom::rxml::xml_ncname!("maxstanzas").to_owned(),
+                    "0",
+                )
+                .build(),
+        };
         p.payloads
             .push(Element::builder("x", ns::MUC).append(history).build());
     }
     Some(p.into())
+}
+
+/// Remembers when the bridge last saw traffic in `room` (milliseconds since the epoch).
+pub(super) fn remember_seen(
+    store: &dyn ConnectorStore,
+    room: &str,
+    ms: u64,
+) -> Result<(), SinkError> {
+    store.put(&format!("mucseen:{room}"), &serde_json::Value::from(ms))
+}
+
+/// When the bridge last saw traffic in `room`.
+pub(super) fn last_seen(store: &dyn ConnectorStore, room: &str) -> Option<u64> {
+    store
+        .get(&format!("mucseen:{room}"))
+        .ok()
+        .flatten()
+        .and_then(|v| v.as_u64())
 }
 
 fn key(room: &str, user: &str) -> String {
