@@ -196,6 +196,10 @@ pub struct AppserviceConfig {
     /// Ask for typing, receipts and presence (ephemeral events) in the registration.
     #[serde(default = "default_true")]
     pub receive_ephemeral: bool,
+    /// Shared secret of the provisioning API (`/_matrix/provision/v3`); the API is off when
+    /// unset.
+    #[serde(default)]
+    pub provisioning_secret: Option<Secret>,
 }
 
 fn default_as_id() -> String {
@@ -444,6 +448,8 @@ pub struct ResolvedSecrets {
     pub hs_token: String,
     /// The XMPP component secret, when XMPP is enabled.
     pub xmpp_component_secret: Option<String>,
+    /// The provisioning API secret, when the API is on.
+    pub provisioning_secret: Option<String>,
 }
 
 impl fmt::Debug for ResolvedSecrets {
@@ -634,10 +640,16 @@ impl Config {
                 "must differ from appservice.as_token",
             ));
         }
+        let provisioning_secret = asc
+            .provisioning_secret
+            .as_ref()
+            .map(|s| s.resolve("appservice.provisioning_secret", env))
+            .transpose()?;
         Ok(ResolvedSecrets {
             as_token,
             hs_token,
             xmpp_component_secret,
+            provisioning_secret,
         })
     }
 }

@@ -168,6 +168,16 @@ impl Bridge {
             .and_then(|s| s.next_field().cloned())
     }
 
+    /// The fields still asked for in the login in progress, in order.
+    pub async fn login_remaining_fields(&self, user: &str) -> Vec<LoginField> {
+        self.login_sessions
+            .lock()
+            .await
+            .get(user)
+            .map(|s| s.fields[s.values.len().min(s.fields.len())..].to_vec())
+            .unwrap_or_default()
+    }
+
     /// Abandons a login in progress; returns whether there was one.
     pub async fn cancel_login(&self, user: &str) -> bool {
         self.login_sessions.lock().await.remove(user).is_some()
