@@ -136,6 +136,7 @@ async fn main() {
         bridge,
         hs_token: HS_TOKEN.into(),
         allow_query_token: false,
+        provisioning_secret: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

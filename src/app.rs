@@ -282,6 +282,7 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
         bridge: Arc::clone(&bridge),
         hs_token: secrets.hs_token.clone(),
         allow_query_token: config.appservice.allow_query_token,
+        provisioning_secret: secrets.provisioning_secret.clone(),
     });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {

@@ -69,6 +69,7 @@ networks:
         bridge,
         hs_token: TOKEN.into(),
         allow_query_token: false,
+        provisioning_secret: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -43,7 +43,8 @@ fn presented_token(req: &Request, allow_query: bool) -> Result<Option<String>, &
     }
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes and `+` of a query value.
+pub(super) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -6,6 +6,7 @@
 //! room) because the homeserver waits for their answer anyway.
 
 mod auth;
+mod provisioning;
 mod query;
 mod thirdparty;
 mod transactions;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub hs_token: String,
     /// Whether `?access_token=` is accepted.
     pub allow_query_token: bool,
+    /// The provisioning API's shared secret; the API answers 404 without one.
+    pub provisioning_secret: Option<String>,
 }
 
 /// A Matrix-style error response.
@@ -73,6 +76,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             auth::require_hs_token,
         ));
     Router::new()
+        .nest(
+            "/_matrix/provision/v3",
+            provisioning::router(Arc::clone(&state)),
+        )
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/_matrix/mau/live", get(health))

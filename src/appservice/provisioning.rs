@@ -1,0 +1,403 @@
+//! The provisioning API, `/_matrix/provision/v3/...`: what the management room offers, as JSON
+//! over HTTP, for integration managers and web front ends. The shape follows the mautrix
+//! bridges' API. Documented in `docs/provisioning.md` (with an OpenAPI file).
+//!
+//! Every request carries `Authorization: Bearer <provisioning secret>` and the Matrix user it
+//! acts for as `?user_id=@user:server`; the user's permission level applies as in the
+//! management room.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::{AppState, matrix_error};
+use crate::bridge::{Bridge, BridgeError, LoginProgress};
+use crate::config::PermissionLevel;
+use crate::network::{LoginId, NetworkError, NetworkId};
+
+/// The routes, to nest under `/_matrix/provision/v3`.
+pub(super) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/whoami", get(whoami))
+        .route("/login/flows", get(flows))
+        .route("/login/start/{flow}", post(login_start))
+        .route("/login/step/{process}/{step}/user_input", post(login_step))
+        .route("/logout/{login}", post(logout))
+        .route("/logins", get(logins))
+        .route("/contacts", get(contacts))
+        .route("/resolve_identifier/{identifier}", get(resolve))
+        .route("/create_dm/{identifier}", post(create_dm))
+        .layer(axum::middleware::from_fn_with_state(state, auth))
+}
+
+/// Query parameters every call takes.
+#[derive(Deserialize)]
+struct Who {
+    user_id: String,
+    #[serde(default)]
+    network: Option<String>,
+}
+
+fn error(status: StatusCode, errcode: &str, message: impl std::fmt::Display) -> Response {
+    matrix_error(status, errcode, &message.to_string())
+}
+
+fn bridge_error(e: BridgeError) -> Response {
+    match e {
+        BridgeError::Invalid(m) => error(StatusCode::BAD_REQUEST, "M_BAD_JSON", m),
+        BridgeError::Network {
+            source: NetworkError::BadCredentials(m),
+            ..
+        } => error(StatusCode::FORBIDDEN, "FI.MAU.BAD_CREDENTIALS", m),
+        BridgeError::Network {
+            source: NetworkError::InvalidInput(m),
+            ..
+        } => error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", m),
+        other => error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", other),
+    }
+}
+
+/// Checks the shared secret (constant time) and that the user may use the bridge.
+async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(secret) = state.provisioning_secret.as_deref() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "M_UNRECOGNIZED",
+            "the provisioning API is not enabled",
+        );
+    };
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(given.as_bytes().ct_eq(secret.as_bytes())) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+            "invalid provisioning secret",
+        );
+    }
+    let user = req.uri().query().and_then(query_user);
+    match user {
+        Some(u) if state.bridge.level(&u) >= PermissionLevel::User => next.run(req).await,
+        Some(_) => error(
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+            "this user may not use the bridge",
+        ),
+        None => error(
+            StatusCode::BAD_REQUEST,
+            "M_MISSING_PARAM",
+            "user_id is required",
+        ),
+    }
+}
+
+/// The `user_id` query parameter, decoded.
+fn query_user(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "user_id")
+        .map(|(_, v)| super::auth::percent_decode(v))
+        .filter(|u| u.starts_with('@'))
+}
+
+/// The network a call is about: the named one, or the only one with logins / enabled.
+fn network(bridge: &Bridge, who: &Who) -> Result<NetworkId, Response> {
+    match &who.network {
+        Some(n) => {
+            let id = NetworkId::new(n.as_str());
+            bridge
+                .network(&id)
+                .map(|_| id)
+                .map_err(|e| error(StatusCode::NOT_FOUND, "M_NOT_FOUND", e))
+        }
+        None if bridge.networks.len() == 1 => {
+            Ok(bridge.networks.keys().next().cloned().expect("one"))
+        }
+        None => Err(error(
+            StatusCode::BAD_REQUEST,
+            "M_MISSING_PARAM",
+            "name the network with ?network=",
+        )),
+    }
+}
+
+async fn whoami(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> Response {
+    let b = &state.bridge;
+    let logins: Vec<Value> = b
+        .all_logins_of(&who.user_id)
+        .into_iter()
+        .map(|(n, l)| json!({"network": n, "id": l.id, "name": l.remote_name, "state": l.client.state().as_str()}))
+        .collect();
+    let networks: Vec<Value> = b
+        .networks
+        .iter()
+        .map(|(id, c)| {
+            json!({
+                "id": id,
+                "displayname": c.info().display_name,
+                "login_flows": c.login_flows(),
+                "bridge_wide_identity": c.bridge_client().is_some(),
+            })
+        })
+        .collect();
+    let management_room = b
+        .store
+        .user(&who.user_id)
+        .ok()
+        .flatten()
+        .and_then(|u| u.management_room);
+    Json(json!({
+        "user_id": who.user_id,
+        "permission_level": format!("{:?}", b.level(&who.user_id)).to_lowercase(),
+        "management_room": management_room,
+        "logins": logins,
+        "networks": networks,
+    }))
+    .into_response()
+}
+
+async fn flows(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> Response {
+    let network = match network(&state.bridge, &who) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let connector = state.bridge.network(&network).expect("checked");
+    Json(json!({"flows": connector.login_flows()})).into_response()
+}
+
+/// The next step of a login, as the API shows it.
+async fn step_json(
+    bridge: &Bridge,
+    user: &str,
+    progress: LoginProgress,
+    instructions: Option<String>,
+) -> Value {
+    match progress {
+        LoginProgress::Done(name) => json!({
+            "type": "complete",
+            "complete": {"user_login_id": name},
+        }),
+        LoginProgress::Ask(_, step_instructions) => {
+            let fields: Vec<Value> = bridge
+                .login_remaining_fields(user)
+                .await
+                .into_iter()
+                .map(|f| json!({"id": f.id, "name": f.name, "type": if f.secret { "password" } else { "text" }}))
+                .collect();
+            json!({
+                "type": "user_input",
+                "login_id": user,
+                "step_id": "fields",
+                "instructions": step_instructions.or(instructions).unwrap_or_default(),
+                "user_input": {"fields": fields},
+            })
+        }
+    }
+}
+
+async fn login_start(
+    State(state): State<Arc<AppState>>,
+    Path(flow): Path<String>,
+    Query(who): Query<Who>,
+) -> Response {
+    let network = match network(&state.bridge, &who) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    state.bridge.cancel_login(&who.user_id).await;
+    match state
+        .bridge
+        .begin_login(&who.user_id, &network, Some(&flow))
+        .await
+    {
+        Ok(p) => Json(step_json(&state.bridge, &who.user_id, p, None).await).into_response(),
+        Err(e) => bridge_error(e),
+    }
+}
+
+async fn login_step(
+    State(state): State<Arc<AppState>>,
+    Path((process, _step)): Path<(String, String)>,
+    Query(who): Query<Who>,
+    Json(input): Json<BTreeMap<String, String>>,
+) -> Response {
+    if process != who.user_id {
+        return error(
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+            "no such login process",
+        );
+    }
+    let fields = state.bridge.login_remaining_fields(&who.user_id).await;
+    if fields.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+            "no login in progress; start one",
+        );
+    }
+    let mut last = None;
+    for f in fields {
+        let Some(value) = input.get(&f.id) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "M_MISSING_PARAM",
+                format!("field {} is required", f.id),
+            );
+        };
+        if value.chars().any(char::is_control) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "M_INVALID_PARAM",
+                format!("field {} has control characters", f.id),
+            );
+        }
+        match state.bridge.login_input(&who.user_id, value).await {
+            Ok(p) => last = Some(p),
+            Err(e) => return bridge_error(e),
+        }
+    }
+    match last {
+        Some(p) => Json(step_json(&state.bridge, &who.user_id, p, None).await).into_response(),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "no step"),
+    }
+}
+
+async fn logout(
+    State(state): State<Arc<AppState>>,
+    Path(login): Path<String>,
+    Query(who): Query<Who>,
+) -> Response {
+    let network = match network(&state.bridge, &who) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let id = (login != "all").then(|| LoginId::new(login.as_str()));
+    match state
+        .bridge
+        .logout(&who.user_id, &network, id.as_ref())
+        .await
+    {
+        Ok(names) if names.is_empty() => {
+            error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such login")
+        }
+        Ok(names) => Json(json!({"logged_out": names})).into_response(),
+        Err(e) => bridge_error(e),
+    }
+}
+
+async fn logins(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> Response {
+    let list: Vec<Value> = state
+        .bridge
+        .store
+        .logins_of(&who.user_id)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(network, l)| {
+            let state_now = state
+                .bridge
+                .login_client(&who.user_id, &NetworkId::new(network.as_str()), &l.id)
+                .map(|c| c.state().as_str());
+            json!({"network": network, "id": l.id, "name": l.remote_name, "state": state_now.unwrap_or("UNKNOWN_ERROR")})
+        })
+        .collect();
+    Json(json!({"logins": list})).into_response()
+}
+
+async fn contacts(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> Response {
+    let network = match network(&state.bridge, &who) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let Some(client) = state.bridge.user_client(&who.user_id, &network) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+            "no identity on this network",
+        );
+    };
+    let sender = state.bridge.matrix_sender(&who.user_id).await;
+    match client.contacts(&sender).await {
+        Ok(list) => {
+            let b = &state.bridge;
+            let out: Vec<Value> = list
+                .into_iter()
+                .map(|c| {
+                    json!({
+                        "id": c.id,
+                        "mxid": b.ghost_user_id(&network, c.id.as_str()),
+                        "sees_presence": c.sees_presence,
+                        "watched": c.watched,
+                        "pending": c.pending,
+                    })
+                })
+                .collect();
+            Json(json!({"contacts": out})).into_response()
+        }
+        Err(NetworkError::Unsupported(_)) => Json(json!({"contacts": []})).into_response(),
+        Err(e) => bridge_error(BridgeError::Network { network, source: e }),
+    }
+}
+
+/// Resolves an identifier; with `create`, also opens the direct chat.
+async fn resolve_or_create(
+    state: &AppState,
+    who: &Who,
+    identifier: &str,
+    create: bool,
+) -> Response {
+    let network = match network(&state.bridge, who) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let b = &state.bridge;
+    let connector = b.network(&network).expect("checked");
+    let id = match connector.parse_user_id(identifier) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::NOT_FOUND, "M_NOT_FOUND", e),
+    };
+    let key = crate::store::PortalKey::new(network.as_str(), id.as_str(), Some(&who.user_id));
+    let mut room = b.store.portal(&key).ok().flatten().map(|p| p.room_id);
+    if create && room.is_none() {
+        match b.get_or_create_dm(&network, &id, &who.user_id, None).await {
+            Ok((p, _)) => room = Some(p.room_id),
+            Err(e) => return bridge_error(e),
+        }
+    }
+    Json(json!({
+        "id": id,
+        "mxid": b.ghost_user_id(&network, id.as_str()),
+        "dm_room_mxid": room,
+    }))
+    .into_response()
+}
+
+async fn resolve(
+    State(state): State<Arc<AppState>>,
+    Path(identifier): Path<String>,
+    Query(who): Query<Who>,
+) -> Response {
+    resolve_or_create(&state, &who, &identifier, false).await
+}
+
+async fn create_dm(
+    State(state): State<Arc<AppState>>,
+    Path(identifier): Path<String>,
+    Query(who): Query<Who>,
+) -> Response {
+    resolve_or_create(&state, &who, &identifier, true).await
+}
