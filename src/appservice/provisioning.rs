@@ -115,23 +115,23 @@ fn query_user(query: &str) -> Option<String> {
 }
 
 /// The network a call is about: the named one, or the only one with logins / enabled.
-fn network(bridge: &Bridge, who: &Who) -> Result<NetworkId, Response> {
+fn network(bridge: &Bridge, who: &Who) -> Result<NetworkId, Box<Response>> {
     match &who.network {
         Some(n) => {
             let id = NetworkId::new(n.as_str());
             bridge
                 .network(&id)
                 .map(|_| id)
-                .map_err(|e| error(StatusCode::NOT_FOUND, "M_NOT_FOUND", e))
+                .map_err(|e| Box::new(error(StatusCode::NOT_FOUND, "M_NOT_FOUND", e)))
         }
         None if bridge.networks.len() == 1 => {
             Ok(bridge.networks.keys().next().cloned().expect("one"))
         }
-        None => Err(error(
+        None => Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "M_MISSING_PARAM",
             "name the network with ?network=",
-        )),
+        ))),
     }
 }
 
@@ -173,7 +173,7 @@ async fn whoami(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> R
 async fn flows(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> Response {
     let network = match network(&state.bridge, &who) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let connector = state.bridge.network(&network).expect("checked");
     Json(json!({"flows": connector.login_flows()})).into_response()
@@ -216,7 +216,7 @@ async fn login_start(
 ) -> Response {
     let network = match network(&state.bridge, &who) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     state.bridge.cancel_login(&who.user_id).await;
     match state
@@ -284,7 +284,7 @@ async fn logout(
 ) -> Response {
     let network = match network(&state.bridge, &who) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let id = (login != "all").then(|| LoginId::new(login.as_str()));
     match state
@@ -321,7 +321,7 @@ async fn logins(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> R
 async fn contacts(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> Response {
     let network = match network(&state.bridge, &who) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(client) = state.bridge.user_client(&who.user_id, &network) else {
         return error(
@@ -362,7 +362,7 @@ async fn resolve_or_create(
 ) -> Response {
     let network = match network(&state.bridge, who) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let b = &state.bridge;
     let connector = b.network(&network).expect("checked");
