@@ -264,6 +264,9 @@ pub struct BridgeConfig {
     /// How long an idle portal task stays in memory, in seconds.
     #[serde(default = "default_portal_idle")]
     pub portal_idle_seconds: u64,
+    /// How long a login must stay disconnected before its user is told, in seconds.
+    #[serde(default = "default_state_notice_delay")]
+    pub state_notice_delay_seconds: u64,
 }
 
 fn default_command_prefix() -> String {
@@ -281,6 +284,9 @@ fn default_permissions() -> BTreeMap<String, PermissionLevel> {
 fn default_portal_idle() -> u64 {
     300
 }
+fn default_state_notice_delay() -> u64 {
+    30
+}
 
 impl Default for BridgeConfig {
     fn default() -> Self {
@@ -293,6 +299,7 @@ impl Default for BridgeConfig {
             relay: RelayConfig::default(),
             bridge_notices: false,
             portal_idle_seconds: default_portal_idle(),
+            state_notice_delay_seconds: default_state_notice_delay(),
         }
     }
 }

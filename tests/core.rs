@@ -679,3 +679,71 @@ async fn relay_mode() {
     assert_eq!(op["portal"]["chat"], chat.as_str(), "{op}");
     assert_eq!(op["portal"]["kind"], "group", "{op}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_state_changes_reach_the_management_room_debounced() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start_with(|cfg| {
+        cfg.replace("bridge:\n", "bridge:\n  state_notice_delay_seconds: 2\n")
+    })
+    .await;
+    let mut control = Control::connect().await;
+    let user = MatrixUser::register("state").await;
+    let room = management_room(&user).await;
+    let state = |s: &str| json!({"op": "state", "user": user.user_id, "state": s});
+    let notices = |events: &[Value], needle: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["sender"] == BOT
+                    && e["content"]["body"]
+                        .as_str()
+                        .is_some_and(|b| b.contains(needle))
+            })
+            .count()
+    };
+
+    // A blip shorter than the delay: no notice at all.
+    control.ok(state("TRANSIENT_DISCONNECT")).await;
+    control.ok(state("CONNECTED")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = user.messages(&room).await;
+    assert_eq!(
+        notices(&events, "connection lost"),
+        0,
+        "a short blip is not announced"
+    );
+    assert_eq!(notices(&events, "connected again"), 0);
+
+    // A lasting disconnection is announced, and so is the recovery.
+    control.ok(state("TRANSIENT_DISCONNECT")).await;
+    user.wait_for_event(&room, "the disconnection notice", WAIT, |e| {
+        e["content"]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("connection lost"))
+    })
+    .await;
+    control.ok(state("CONNECTED")).await;
+    user.wait_for_event(&room, "the recovery notice", WAIT, |e| {
+        e["content"]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("connected again"))
+    })
+    .await;
+
+    // Refused credentials: told at once, with what to do.
+    control.ok(state("BAD_CREDENTIALS")).await;
+    let ev = user
+        .wait_for_event(&room, "the bad credentials notice", WAIT, |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("refused"))
+        })
+        .await;
+    assert!(
+        ev["content"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("login loopback")
+    );
+}

@@ -302,6 +302,39 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// Tells a user, in the management room, how one of their logins is doing.
+    async fn state_notice(
+        &self,
+        network: &NetworkId,
+        user: &str,
+        state: BridgeState,
+        message: Option<String>,
+    ) {
+        let Ok(Some(u)) = self.store.user(user) else {
+            return;
+        };
+        let Some(room) = u.management_room else {
+            return;
+        };
+        let detail = message.map(|m| format!(": {m}")).unwrap_or_default();
+        let text = match state {
+            BridgeState::Connected => format!("{network}: connected again."),
+            BridgeState::TransientDisconnect => {
+                format!("{network}: connection lost, reconnecting{detail}.")
+            }
+            BridgeState::BadCredentials => format!(
+                "{network}: the login was refused{detail}. Send `login {network}` to log in again."
+            ),
+            other => format!("{network} login is now {}{detail}", other.as_str()),
+        };
+        let txn = format!("isthmus.state.{}.{}", super::now_ms(), state.as_str());
+        if let Err(e) = self.send_notice(None, &room, &txn, &text).await {
+            warn!(error = %e, "could not tell the user about a state change");
+        }
+    }
+}
+
 /// The core side of [`crate::network::EventSink`]: stores remote events durably, then
 /// schedules them on their portal's queue.
 pub struct CoreSink {
@@ -353,24 +386,51 @@ impl RemoteEventHandler for CoreSink {
         }
         info!(network = %network, user = user_id.unwrap_or("(bridge)"), state = state.as_str(), "state changed");
         let Some(user) = user_id else { return };
-        let notable = matches!(
-            state,
-            BridgeState::BadCredentials | BridgeState::LoggedOut | BridgeState::UnknownError
-        ) || (state == BridgeState::Connected
-            && previous
-                .is_some_and(|p| p != BridgeState::Connecting && p != BridgeState::Starting));
-        if !notable {
-            return;
-        }
-        if let Ok(Some(u)) = bridge.store.user(user)
-            && let Some(room) = u.management_room
-        {
-            let detail = message.map(|m| format!(": {m}")).unwrap_or_default();
-            let text = format!("{network} login is now {}{detail}", state.as_str());
-            let txn = format!("isthmus.state.{}.{}", super::now_ms(), state.as_str());
-            if let Err(e) = bridge.send_notice(None, &room, &txn, &text).await {
-                warn!(error = %e, "could not tell the user about a state change");
+        let key = (network.clone(), user.to_owned());
+        match state {
+            BridgeState::BadCredentials | BridgeState::LoggedOut | BridgeState::UnknownError => {
+                bridge.announced.lock().expect("announced lock").insert(key);
+                bridge.state_notice(network, user, state, message).await;
             }
+            BridgeState::TransientDisconnect => {
+                // Debounced: only a disconnection that lasts is worth a notice.
+                let delay =
+                    std::time::Duration::from_secs(bridge.config.bridge.state_notice_delay_seconds);
+                let network = network.clone();
+                let user = user.to_owned();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let still = bridge.state_of(&network, Some(&user)).map(|(s, _)| s)
+                        == Some(BridgeState::TransientDisconnect);
+                    if still {
+                        bridge
+                            .announced
+                            .lock()
+                            .expect("announced lock")
+                            .insert((network.clone(), user.clone()));
+                        bridge
+                            .state_notice(
+                                &network,
+                                &user,
+                                BridgeState::TransientDisconnect,
+                                message,
+                            )
+                            .await;
+                    }
+                });
+            }
+            BridgeState::Connected => {
+                // "Back" only after a problem the user was told about.
+                if bridge
+                    .announced
+                    .lock()
+                    .expect("announced lock")
+                    .remove(&key)
+                {
+                    bridge.state_notice(network, user, state, None).await;
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -107,6 +107,8 @@ pub struct Bridge {
     typing: Mutex<HashMap<String, HashSet<String>>>,
     /// Portal queues.
     queues: dispatch::Queues,
+    /// Logins whose problem the user was told about (so recovery is announced too).
+    announced: Mutex<HashSet<(NetworkId, String)>>,
 }
 
 /// A reported state and its optional detail.
@@ -150,6 +152,7 @@ impl Bridge {
             states: Mutex::default(),
             joined: Mutex::default(),
             typing: Mutex::default(),
+            announced: Mutex::default(),
             queues: dispatch::Queues::new(Duration::from_secs(config.bridge.portal_idle_seconds)),
             config,
         }))
