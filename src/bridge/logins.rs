@@ -421,12 +421,12 @@ impl RemoteEventHandler for CoreSink {
             }
             BridgeState::Connected => {
                 // "Back" only after a problem the user was told about.
-                if bridge
+                let was_announced = bridge
                     .announced
                     .lock()
                     .expect("announced lock")
-                    .remove(&key)
-                {
+                    .remove(&key);
+                if was_announced {
                     bridge.state_notice(network, user, state, None).await;
                 }
             }
