@@ -256,6 +256,15 @@ impl Store {
         for (name, batch) in decoded {
             self.tree(&name).apply_batch(batch)?;
         }
+        // Inbox keys come from this store's ID counter, which a dump does not carry: give the
+        // imported items fresh keys, in their order, so new items never overwrite them.
+        let imported: Vec<(sled::IVec, sled::IVec)> =
+            self.inbox.iter().collect::<Result<_, _>>()?;
+        self.inbox.clear()?;
+        for (_, value) in imported {
+            self.inbox
+                .insert(self.db.generate_id()?.to_be_bytes(), value)?;
+        }
         if self.meta.get(schema::VERSION_KEY)?.is_none() {
             schema::write_version(&self.meta, version)?;
         }
@@ -310,6 +319,30 @@ mod tests {
             b.ghost("@_loopback_bob:hs").unwrap().unwrap().remote_id,
             "bob"
         );
+    }
+
+    #[tokio::test]
+    async fn imported_inbox_items_are_not_overwritten_by_new_ones() {
+        let a = Store::temporary().unwrap();
+        let item = |n: u32| InboxItem::Matrix {
+            room_id: "!r:hs".into(),
+            event: serde_json::value::RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
+        };
+        for n in 0..5 {
+            a.enqueue(&item(n)).await.unwrap();
+        }
+        let dump = a.export().unwrap();
+        let b = Store::temporary().unwrap();
+        b.import(&dump).await.unwrap();
+        b.enqueue(&item(99)).await.unwrap();
+        let pending = b.inbox_pending().unwrap();
+        assert_eq!(pending.len(), 6, "nothing imported was overwritten");
+        match &pending[5].1 {
+            InboxItem::Matrix { event, .. } => {
+                assert_eq!(event.get(), r#"{"n":99}"#, "the new item comes last")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]
