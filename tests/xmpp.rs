@@ -136,6 +136,40 @@ impl XmppUser {
     }
 }
 
+/// XMPP user bob opens group chat `<prefix><unique>@conference.localhost`, and a new Matrix
+/// user joins it through its alias; returns bob, the Matrix user, the room JID and the
+/// Matrix room once bob has seen the user's puppet arrive.
+async fn shared_group_chat(
+    prefix: &str,
+    user_prefix: &str,
+) -> (XmppUser, MatrixUser, String, String) {
+    let room_jid = format!("{prefix}{}@conference.localhost", unique());
+    let mut bob = XmppUser::login("bob").await;
+    bob.send_xml(&format!(
+        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    let alice = MatrixUser::register(user_prefix).await;
+    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
+    let joined = alice
+        .ok(
+            "POST",
+            &format!("/join/{}", enc(&alias)),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+    let room = joined["room_id"]
+        .as_str()
+        .expect("joined through the alias")
+        .to_owned();
+    let nick = alice.localpart.clone();
+    bob.wait("the Matrix user's puppet joining", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/{nick}").as_str())
+    })
+    .await;
+    (bob, alice, room_jid, room)
+}
+
 /// Parses a stanza as slixmpp prints it: without the default namespace on the top element.
 fn parse_stanza(xml: &str) -> Element {
     let with_ns = match Element::from_str(xml) {
@@ -916,27 +950,8 @@ async fn formatting_crosses_both_ways_and_xhtml_is_sanitised() {
 async fn nick_mentions_in_group_chats_become_real_mentions() {
     let _s = serial();
     let _bridge = xmpp_bridge().await;
-    let room_jid = format!("mention{}@conference.localhost", unique());
-    let mut bob = XmppUser::login("bob").await;
-    bob.send_xml(&format!(
-        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
-    ))
-    .await;
-    let alice = MatrixUser::register("xment").await;
-    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
-    let joined = alice
-        .ok(
-            "POST",
-            &format!("/join/{}", enc(&alias)),
-            Some(&serde_json::json!({})),
-        )
-        .await;
-    let room = joined["room_id"].as_str().unwrap().to_owned();
+    let (mut bob, alice, room_jid, room) = shared_group_chat("mention", "xment").await;
     let nick = alice.localpart.clone();
-    bob.wait("alice's puppet joining", |e| {
-        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/{nick}").as_str())
-    })
-    .await;
     let text = format!("{nick}: are you there? {}", unique());
     bob.send_xml(&format!(
         "<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{text}</body></message>"
@@ -1361,27 +1376,7 @@ async fn ghost_display_name_comes_from_the_vcard() {
 async fn group_chat_messages_sent_while_the_bridge_was_down_arrive_once_in_order() {
     let _s = serial();
     let mut bridge = xmpp_bridge().await;
-    let room_jid = format!("gap{}@conference.localhost", unique());
-    let mut bob = XmppUser::login("bob").await;
-    bob.send_xml(&format!(
-        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
-    ))
-    .await;
-    let alice = MatrixUser::register("xgap").await;
-    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
-    let joined = alice
-        .ok(
-            "POST",
-            &format!("/join/{}", enc(&alias)),
-            Some(&serde_json::json!({})),
-        )
-        .await;
-    let room = joined["room_id"].as_str().unwrap().to_owned();
-    let nick = alice.localpart.clone();
-    bob.wait("alice's puppet joining", |e| {
-        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/{nick}").as_str())
-    })
-    .await;
+    let (mut bob, alice, room_jid, room) = shared_group_chat("gap", "xgap").await;
     let tag = unique();
     let before = format!("before the gap {tag}");
     bob.send_xml(&format!("<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{before}</body></message>")).await;
