@@ -866,6 +866,31 @@ async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
         "{info}"
     );
 
+    // Self-ping (XEP-0410): an occupant gets a result, anyone else `not-acceptable`.
+    carol
+        .send_xml(&format!(
+            "<iq type='get' id='sp1' to='{muc}/carol' xmlns='jabber:client'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+    let pong = carol
+        .wait("the self-ping answer", |e| e.attr("id") == Some("sp1"))
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"));
+    let mut dave = XmppUser::login("dave").await;
+    dave.send_xml(&format!(
+        "<iq type='get' id='sp2' to='{muc}/dave' xmlns='jabber:client'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ))
+    .await;
+    let refused = dave
+        .wait("the self-ping refusal", |e| e.attr("id") == Some("sp2"))
+        .await;
+    assert_eq!(refused.attr("type"), Some("error"));
+    assert!(
+        String::from(&refused).contains("not-acceptable"),
+        "{}",
+        String::from(&refused)
+    );
+
     // A room that is not allowed does not exist for XMPP users.
     carol
         .send_xml(&format!(

@@ -1154,6 +1154,24 @@ impl Handler {
             return vec![result(Some(v.into()))];
         }
         if payload.is("ping", ns::PING) {
+            // A self-ping (XEP-0410) to a hosted room's occupant address: only a joined
+            // occupant gets a result, so clients notice they must rejoin (after a restart).
+            if let (Some(room), Some(t)) = (&hosted_room, &to)
+                && t.resource().is_some()
+            {
+                let joined = from.as_ref().is_some_and(|f| {
+                    self.shared
+                        .hosted
+                        .lock()
+                        .expect("hosted lock")
+                        .get(&t.to_bare().to_string())
+                        .is_some_and(|r| r.occupants.contains_key(&f.to_string()))
+                });
+                if !joined {
+                    tracing::debug!(room, "self-ping from someone not in the hosted room");
+                    return vec![error_reply(from, to, id, DefinedCondition::NotAcceptable)];
+                }
+            }
             return vec![result(None)];
         }
         vec![error_reply(
