@@ -1045,6 +1045,10 @@ async fn xmpp_chat_states_become_matrix_typing() {
     let mut carol = XmppUser::login("carol").await;
     let (alice, room, ghost) = dm_with("xtypein", "carol@localhost").await;
     let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+    let mut since = alice.ok("GET", "/sync?timeout=0", None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     carol
         .send_xml(&format!(
             "<message to='{address}' type='chat' xmlns='jabber:client'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
@@ -1052,7 +1056,14 @@ async fn xmpp_chat_states_become_matrix_typing() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let sync = alice.ok("GET", "/sync?timeout=500", None).await;
+        let sync = alice
+            .ok(
+                "GET",
+                &format!("/sync?timeout=1000&since={}", enc(&since)),
+                None,
+            )
+            .await;
+        since = sync["next_batch"].as_str().unwrap_or(&since).to_owned();
         let typing = sync["rooms"]["join"][&room]["ephemeral"]["events"]
             .as_array()
             .into_iter()

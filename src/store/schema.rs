@@ -84,8 +84,19 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
+    /// Opens the raw database, waiting while the previous handle's lock is released.
+    fn open_raw(dir: &std::path::Path) -> sled::Db {
+        for _ in 0..100 {
+            if let Ok(db) = sled::open(dir) {
+                return db;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        sled::open(dir).expect("the database opens once the lock is released")
+    }
+
     fn v1_store(dir: &std::path::Path) {
-        let db = sled::open(dir).unwrap();
+        let db = open_raw(dir);
         let meta = db.open_tree("meta").unwrap();
         write_version(&meta, 1).unwrap();
         let portals = db.open_tree("portals").unwrap();
@@ -124,7 +135,7 @@ mod tests {
         v1_store(dir.path());
         {
             // Simulate a crash after the migration body ran but before the version was bumped.
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_raw(dir.path());
             v1_to_v2(&db).unwrap();
             db.flush().unwrap();
         }
@@ -137,7 +148,7 @@ mod tests {
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_raw(dir.path());
             write_version(&db.open_tree("meta").unwrap(), SCHEMA_VERSION + 1).unwrap();
             db.flush().unwrap();
         }
