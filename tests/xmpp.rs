@@ -149,6 +149,10 @@ async fn shared_group_chat(
         "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
     ))
     .await;
+    bob.wait("bob's own presence in the new room", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/bob").as_str())
+    })
+    .await;
     let alice = MatrixUser::register(user_prefix).await;
     let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
     let joined = alice
@@ -621,18 +625,11 @@ async fn matrix_typing_becomes_a_chat_state() {
 async fn matrix_user_joins_an_xmpp_group_chat_through_its_alias() {
     let _s = serial();
     let _bridge = xmpp_bridge().await;
-    let room_jid = format!("lobby{}@conference.localhost", unique());
-    let mut bob = XmppUser::login("bob").await;
-    bob.send_xml(&format!(
-        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
-    ))
-    .await;
-    bob.wait("bob's own presence in the new room", |e| {
-        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/bob").as_str())
-    })
-    .await;
+    // The bridge joins the group chat for alice through the alias: bob sees her arrive
+    // under her nick.
+    let (mut bob, alice, room_jid, room) = shared_group_chat("lobby", "xmuc").await;
+    let nick = alice.localpart.clone();
 
-    let alice = MatrixUser::register("xmuc").await;
     // A group chat that does not exist has no room: the alias is not found.
     let missing = format!("#_xmpp_nosuch{}=40conference.localhost:localhost", unique());
     let (status, body) = alice
@@ -643,25 +640,6 @@ async fn matrix_user_joins_an_xmpp_group_chat_through_its_alias() {
         )
         .await;
     assert_eq!(status, 404, "{body}");
-    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
-    let joined = alice
-        .ok(
-            "POST",
-            &format!("/join/{}", enc(&alias)),
-            Some(&serde_json::json!({})),
-        )
-        .await;
-    let room = joined["room_id"]
-        .as_str()
-        .expect("joined through the alias")
-        .to_owned();
-
-    // The bridge joins the group chat for alice: bob sees her arrive under her nick.
-    let nick = alice.localpart.clone();
-    bob.wait("alice's puppet joining the group chat", |e| {
-        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/{nick}").as_str())
-    })
-    .await;
 
     // XMPP → Matrix, from bob's occupant ghost.
     let hello = format!("hello room from bob {}", unique());

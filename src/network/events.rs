@@ -109,6 +109,47 @@ pub struct RemoteEvent {
     pub kind: RemoteEventKind,
 }
 
+impl RemoteEvent {
+    /// An event by remote user `contact` in the direct chat between `contact` and Matrix
+    /// user `receiver` (the chat of a direct chat is the contact's ID).
+    pub fn direct(contact: &str, receiver: &str, kind: RemoteEventKind) -> Self {
+        Self {
+            chat: RemoteChatId::new(contact),
+            chat_kind: ChatKind::Direct,
+            receiver: Some(receiver.to_owned()),
+            sender: RemoteUserId::new(contact),
+            sender_name: None,
+            timestamp_ms: None,
+            kind,
+        }
+    }
+
+    /// An event by `sender` in group chat `chat`.
+    pub fn group(chat: &str, sender: &str, kind: RemoteEventKind) -> Self {
+        Self {
+            chat: RemoteChatId::new(chat),
+            chat_kind: ChatKind::Group,
+            receiver: None,
+            sender: RemoteUserId::new(sender),
+            sender_name: None,
+            timestamp_ms: None,
+            kind,
+        }
+    }
+
+    /// With the sender's display name (`None` means unchanged).
+    pub fn named(mut self, name: Option<String>) -> Self {
+        self.sender_name = name;
+        self
+    }
+
+    /// With the time it happened (`None` means now).
+    pub fn at(mut self, timestamp_ms: Option<u64>) -> Self {
+        self.timestamp_ms = timestamp_ms;
+        self
+    }
+}
+
 /// What happened, with what it refers to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

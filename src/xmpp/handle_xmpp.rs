@@ -22,8 +22,8 @@ use super::component::Inbound;
 use super::roster::{self, Policy};
 use super::{convert, fidelity, hosted, muc};
 use crate::network::{
-    BridgeState, ChatKind, MembershipChange, Presence as NetPresence, PresenceState, RemoteChatId,
-    RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
+    BridgeState, MembershipChange, Presence as NetPresence, PresenceState, RemoteEvent,
+    RemoteEventKind, RemoteMessageId,
 };
 
 /// The features the gateway advertises: exactly what it implements.
@@ -232,15 +232,10 @@ impl Handler {
                 return;
             };
             let _ = sink
-                .push(RemoteEvent {
-                    chat: RemoteChatId::new(contact.to_string()),
-                    chat_kind: ChatKind::Direct,
-                    receiver: Some(receiver),
-                    sender: RemoteUserId::new(contact.to_string()),
-                    sender_name: Some(name),
-                    timestamp_ms: None,
-                    kind: RemoteEventKind::Profile,
-                })
+                .push(
+                    RemoteEvent::direct(&contact.to_string(), &receiver, RemoteEventKind::Profile)
+                        .named(Some(name)),
+                )
                 .await;
         });
     }
@@ -268,24 +263,17 @@ impl Handler {
         };
         info!(from = %from, user, reason, "an XMPP message bounced");
         let room = from.to_bare();
-        let (chat, chat_kind, receiver) = if self.shared.is_room(&room.to_string()) {
-            (room.to_string(), ChatKind::Group, None)
-        } else {
-            (room.to_string(), ChatKind::Direct, Some(user))
+        let chat = room.to_string();
+        let receiver = (!self.shared.is_room(&chat)).then_some(user);
+        let kind = RemoteEventKind::DeliveryFailed {
+            target: RemoteMessageId::new(id.0.clone()),
+            reason,
         };
-        self.push(RemoteEvent {
-            chat: RemoteChatId::new(chat.clone()),
-            chat_kind,
-            receiver,
-            sender: RemoteUserId::new(chat),
-            sender_name: None,
-            timestamp_ms: None,
-            kind: RemoteEventKind::DeliveryFailed {
-                target: RemoteMessageId::new(id.0.clone()),
-                reason,
-            },
-        })
-        .await;
+        let event = match receiver {
+            Some(user) => RemoteEvent::direct(&chat, &user, kind),
+            None => RemoteEvent::group(&chat, &chat, kind),
+        };
+        self.push(event).await;
     }
 
     /// Stores an event for the core; false when it could not be stored.
@@ -340,15 +328,8 @@ impl Handler {
             .find(|p| p.is("nick", ns::NICK))
             .map(Element::text)
             .filter(|n| !n.trim().is_empty());
-        let base = |kind| RemoteEvent {
-            chat: RemoteChatId::new(contact.to_string()),
-            chat_kind: ChatKind::Direct,
-            receiver: Some(user.clone()),
-            sender: RemoteUserId::new(contact.to_string()),
-            sender_name: nick.clone(),
-            timestamp_ms: None,
-            kind,
-        };
+        let base =
+            |kind| RemoteEvent::direct(&contact.to_string(), &user, kind).named(nick.clone());
         if nick.is_none() {
             self.fetch_name(&contact, &user);
         }
@@ -455,18 +436,14 @@ impl Handler {
                 .map(str::to_owned)
                 .or_else(|| msg.id.as_ref().map(|i| i.0.clone()));
             if let (Some(target), Some(alias)) = (ours, room_id) {
-                self.push(RemoteEvent {
-                    chat: RemoteChatId::new(room_str.clone()),
-                    chat_kind: ChatKind::Group,
-                    receiver: None,
-                    sender: RemoteUserId::new(room_str.clone()),
-                    sender_name: None,
-                    timestamp_ms: None,
-                    kind: RemoteEventKind::MessageAlias {
+                self.push(RemoteEvent::group(
+                    &room_str,
+                    &room_str,
+                    RemoteEventKind::MessageAlias {
                         target: RemoteMessageId::new(target),
                         alias: RemoteMessageId::new(alias),
                     },
-                })
+                ))
                 .await;
             }
             return;
@@ -487,14 +464,10 @@ impl Handler {
             .and_then(|d| d.attr("stamp"))
             .and_then(super::time::parse);
         self.note_seen(&room_str, delayed.unwrap_or_else(crate::bridge::now_ms));
-        let base = |kind| RemoteEvent {
-            chat: RemoteChatId::new(room_str.clone()),
-            chat_kind: ChatKind::Group,
-            receiver: None,
-            sender: RemoteUserId::new(sender.clone()),
-            sender_name: Some(nick.clone()),
-            timestamp_ms: delayed,
-            kind,
+        let base = |kind| {
+            RemoteEvent::group(&room_str, &sender, kind)
+                .named(Some(nick.clone()))
+                .at(delayed)
         };
         let nicks: Vec<(String, String)> = self
             .shared
@@ -616,15 +589,11 @@ impl Handler {
         } else {
             MembershipChange::Join
         };
-        self.push(RemoteEvent {
-            chat: RemoteChatId::new(room_str.clone()),
-            chat_kind: ChatKind::Group,
-            receiver: None,
-            sender: RemoteUserId::new(muc::occupant_id(&room, &nick, real.as_deref())),
-            sender_name: Some(nick),
-            timestamp_ms: None,
-            kind: RemoteEventKind::Membership { change },
-        })
+        let occupant = muc::occupant_id(&room, &nick, real.as_deref());
+        self.push(
+            RemoteEvent::group(&room_str, &occupant, RemoteEventKind::Membership { change })
+                .named(Some(nick)),
+        )
         .await;
     }
 
@@ -732,21 +701,19 @@ impl Handler {
             }
         };
         info!(room = %room_str, nick, joined, "hosted group chat membership");
-        self.push(RemoteEvent {
-            chat: RemoteChatId::new(room_str),
-            chat_kind: ChatKind::Group,
-            receiver: None,
-            sender: RemoteUserId::new(contact.to_string()),
-            sender_name: Some(nick),
-            timestamp_ms: None,
-            kind: RemoteEventKind::Membership {
-                change: if joined {
-                    MembershipChange::Join
-                } else {
-                    MembershipChange::Leave
-                },
-            },
-        })
+        let change = if joined {
+            MembershipChange::Join
+        } else {
+            MembershipChange::Leave
+        };
+        self.push(
+            RemoteEvent::group(
+                &room_str,
+                &contact.to_string(),
+                RemoteEventKind::Membership { change },
+            )
+            .named(Some(nick)),
+        )
         .await;
         out
     }
@@ -812,15 +779,7 @@ impl Handler {
             return out;
         };
         let sender = contact.to_string();
-        let base = |kind| RemoteEvent {
-            chat: RemoteChatId::new(room_str.clone()),
-            chat_kind: ChatKind::Group,
-            receiver: None,
-            sender: RemoteUserId::new(sender.clone()),
-            sender_name: Some(nick.clone()),
-            timestamp_ms: None,
-            kind,
-        };
+        let base = |kind| RemoteEvent::group(&room_str, &sender, kind).named(Some(nick.clone()));
         self.push_message(&base, &msg, &room_str, &sender, id, &nicks)
             .await;
         out
@@ -975,15 +934,11 @@ impl Handler {
                     Policy::Deny => vec![handshake(PresenceType::Unsubscribed)],
                     Policy::Ask => {
                         let _ = update(&|s| s.pending_in = true);
-                        self.push(RemoteEvent {
-                            chat: RemoteChatId::new(contact_str.clone()),
-                            chat_kind: ChatKind::Direct,
-                            receiver: Some(user.clone()),
-                            sender: RemoteUserId::new(contact_str.clone()),
-                            sender_name: None,
-                            timestamp_ms: None,
-                            kind: RemoteEventKind::ContactRequest,
-                        })
+                        self.push(RemoteEvent::direct(
+                            &contact_str,
+                            &user,
+                            RemoteEventKind::ContactRequest,
+                        ))
                         .await;
                         Vec::new()
                     }
@@ -1026,15 +981,11 @@ impl Handler {
                 .next()
                 .cloned()
                 .filter(|s| !s.is_empty());
-            self.push(RemoteEvent {
-                chat: RemoteChatId::new(contact.to_string()),
-                chat_kind: ChatKind::Direct,
-                receiver: Some(user),
-                sender: RemoteUserId::new(contact.to_string()),
-                sender_name: None,
-                timestamp_ms: None,
-                kind: RemoteEventKind::Presence(NetPresence { state, status }),
-            })
+            self.push(RemoteEvent::direct(
+                &contact.to_string(),
+                &user,
+                RemoteEventKind::Presence(NetPresence { state, status }),
+            ))
             .await;
         }
         Vec::new()

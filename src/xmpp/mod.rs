@@ -210,17 +210,7 @@ impl Xmpp {
                 id: NetworkId::new("xmpp"),
                 display_name: "XMPP".into(),
                 protocol: "xmpp".into(),
-                capabilities: Capabilities {
-                    formatting: true,
-                    edits: true,
-                    redactions: true,
-                    reactions: true,
-                    replies: true,
-                    typing: true,
-                    receipts: true,
-                    presence: true,
-                    group_chats: true,
-                },
+                capabilities: Capabilities::ALL,
                 user_fields: vec![ThirdPartyField {
                     name: "jid".into(),
                     regexp: r"[^@/\s]+@[^@/\s]+".into(),
