@@ -129,7 +129,9 @@ fn open_store(path: &Path) -> Result<Store> {
 
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.logging.level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.logging.level))
+        // The SIP stack logs whole messages (with their text) at info: never let it.
+        .add_directive("rsipstack=warn".parse().expect("a valid directive"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -153,6 +155,9 @@ pub fn connectors(config: &Config, secrets: &ResolvedSecrets) -> Vec<Arc<dyn Con
             secret.clone(),
             &config.homeserver.domain,
         )));
+    }
+    if let Some(s) = &config.networks.sip {
+        out.push(Arc::new(crate::sip::Sip::new(s, &config.homeserver.domain)));
     }
     out
 }

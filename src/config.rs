@@ -384,6 +384,60 @@ pub struct NetworksConfig {
     /// XMPP, as a gateway component of the organisation's XMPP server.
     #[serde(default)]
     pub xmpp: Option<XmppConfig>,
+    /// SIP/SIMPLE, as a gateway for a SIP domain next to the organisation's SIP proxy.
+    #[serde(default)]
+    pub sip: Option<SipConfig>,
+}
+
+/// `networks.sip` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// The gateway domain the SIP proxy routes to the bridge: Matrix user `@alice:example.org`
+    /// is `sip:alice@<domain>`.
+    pub domain: String,
+    /// Address the bridge listens on for SIP, over UDP and TCP.
+    #[serde(default = "default_sip_listen")]
+    pub listen: SocketAddr,
+    /// The SIP proxy every outgoing request goes through (the enterprise proxy or registrar).
+    pub proxy: SocketAddr,
+    /// Transport towards the proxy.
+    #[serde(default)]
+    pub transport: SipTransport,
+    /// Source addresses whose requests are accepted (the proxy's address is always
+    /// accepted); requests from anywhere else get 403, so only the proxy, which
+    /// authenticates its users, can speak for them.
+    #[serde(default)]
+    pub trusted: Vec<std::net::IpAddr>,
+    /// What to do when a SIP user asks to see a Matrix user's presence.
+    #[serde(default)]
+    pub subscriptions: crate::network::contacts::SubscriptionPolicy,
+    /// Lifetime asked for presence subscriptions, in seconds; they are refreshed before
+    /// they expire.
+    #[serde(default = "default_sip_expires")]
+    pub subscription_seconds: u32,
+    /// Lifetime asked for registrations of users' own accounts, in seconds; refreshed
+    /// before they expire.
+    #[serde(default = "default_sip_expires")]
+    pub register_seconds: u32,
+}
+
+/// Transport of SIP requests towards the proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SipTransport {
+    /// UDP: messages above about 1300 bytes are split (RFC 3428).
+    #[default]
+    Udp,
+    /// TCP: messages up to 64 KiB go in one request.
+    Tcp,
+}
+
+fn default_sip_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5070))
+}
+fn default_sip_expires() -> u32 {
+    3600
 }
 
 /// `networks.xmpp` section.
@@ -400,7 +454,7 @@ pub struct XmppConfig {
     pub max_depth: usize,
     /// What to do when an XMPP contact asks to see a Matrix user's presence.
     #[serde(default)]
-    pub subscriptions: crate::xmpp::roster::SubscriptionPolicy,
+    pub subscriptions: crate::network::contacts::SubscriptionPolicy,
     /// Matrix rooms (by alias) that XMPP users may join as group chats hosted on the component:
     /// `#lobby:example.org` is `#lobby@<component domain>` on XMPP. The bot must be able to
     /// join the room (public, or invited).
@@ -639,6 +693,38 @@ impl Config {
                 )
             }
         };
+        if let Some(sip) = &self.networks.sip {
+            let d = &sip.domain;
+            if d.is_empty() || d.contains(['@', '/', ' ', ':', ';']) || d != &d.to_lowercase() {
+                return Err(invalid(
+                    "networks.sip.domain",
+                    "must be the gateway's SIP domain in lowercase, such as matrix.example.org",
+                ));
+            }
+            check_placeholder("networks.sip.domain", d)?;
+            if self
+                .networks
+                .xmpp
+                .as_ref()
+                .is_some_and(|x| &x.component.domain == d)
+            {
+                return Err(invalid(
+                    "networks.sip.domain",
+                    "must differ from networks.xmpp.component.domain",
+                ));
+            }
+            for (key, v) in [
+                (
+                    "networks.sip.subscription_seconds",
+                    sip.subscription_seconds,
+                ),
+                ("networks.sip.register_seconds", sip.register_seconds),
+            ] {
+                if !(10..=86_400).contains(&v) {
+                    return Err(invalid(key, "must be between 10 and 86400"));
+                }
+            }
+        }
         let as_token = asc.as_token.resolve("appservice.as_token", env)?;
         let hs_token = asc.hs_token.resolve("appservice.hs_token", env)?;
         if as_token == hs_token {

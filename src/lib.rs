@@ -25,5 +25,6 @@ pub mod loopback;
 pub mod matrix;
 pub mod metrics;
 pub mod network;
+pub mod sip;
 pub mod store;
 pub mod xmpp;

@@ -46,8 +46,12 @@ struct Head<'a> {
 
 /// Turns a transaction body into inbox items, dropping echoes and events without a room.
 /// Returns the items and how many events were dropped.
-/// `ours` tells the bridge's own users (the bot and ghosts), whose events are echoes.
-fn to_items(ours: &dyn Fn(&str) -> bool, body: TxnBody) -> Result<(Vec<InboxItem>, usize), String> {
+/// `echo` tells, by sender and room, the events of the bridge's own users (the bot and
+/// ghosts) that are echoes; a ghost's message in a room shared with another network is not.
+fn to_items(
+    echo: &dyn Fn(&str, &str) -> bool,
+    body: TxnBody,
+) -> Result<(Vec<InboxItem>, usize), String> {
     let mut items = Vec::with_capacity(body.events.len());
     let mut dropped = 0;
     for raw in body.events {
@@ -57,7 +61,7 @@ fn to_items(ours: &dyn Fn(&str) -> bool, body: TxnBody) -> Result<(Vec<InboxItem
             dropped += 1;
             continue;
         };
-        if ours(&sender) {
+        if echo(&sender, &room) {
             dropped += 1;
             continue;
         }
@@ -75,7 +79,7 @@ fn to_items(ours: &dyn Fn(&str) -> bool, body: TxnBody) -> Result<(Vec<InboxItem
     for raw in ephemeral {
         let head: Head = serde_json::from_str(raw.get())
             .map_err(|e| format!("an ephemeral event is not an object: {e}"))?;
-        if head.sender.as_deref().is_some_and(ours) {
+        if head.sender.as_deref().is_some_and(|s| echo(s, "")) {
             dropped += 1;
             continue;
         }
@@ -115,7 +119,11 @@ pub(super) async fn push(
             );
         }
     };
-    let (items, dropped) = match to_items(&|u| bridge.in_namespace(u), parsed) {
+    let echo = |user: &str, room: &str| {
+        bridge.in_namespace(user)
+            && (room.is_empty() || user == bridge.bot().as_str() || !bridge.store.has_fanout(room))
+    };
+    let (items, dropped) = match to_items(&echo, parsed) {
         Ok(x) => x,
         Err(e) => {
             warn!(txn_id, error = %e, "transaction has malformed events");
@@ -167,7 +175,12 @@ mod tests {
 
     fn items(body: &str) -> (Vec<InboxItem>, usize) {
         let parsed: TxnBody = serde_json::from_str(body).unwrap();
-        to_items(&|u: &str| u.starts_with("@_"), parsed).unwrap()
+        // `!hub:hs` has members on another network: ghost events there are not echoes.
+        to_items(
+            &|u: &str, room: &str| u.starts_with("@_") && room != "!hub:hs",
+            parsed,
+        )
+        .unwrap()
     }
 
     const TYPING: &str =
@@ -213,6 +226,15 @@ mod tests {
     #[test]
     fn non_object_event_is_an_error() {
         let parsed: TxnBody = serde_json::from_str(r#"{"events":[42]}"#).unwrap();
-        assert!(to_items(&|_: &str| false, parsed).is_err());
+        assert!(to_items(&|_: &str, _: &str| false, parsed).is_err());
+    }
+
+    #[test]
+    fn ghost_messages_in_shared_rooms_are_kept() {
+        let body = r#"{"events":[
+            {"type":"m.room.message","room_id":"!hub:hs","sender":"@_ghost:hs","content":{}}
+        ],"ephemeral":[{"type":"m.typing","room_id":"!hub:hs","sender":"@_ghost:hs","content":{}}]}"#;
+        let (items, dropped) = items(body);
+        assert_eq!((items.len(), dropped), (1, 1));
     }
 }

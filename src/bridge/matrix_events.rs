@@ -10,9 +10,10 @@ use tracing::{debug, info, warn};
 
 use super::{Bridge, BridgeError, room_id, user_id};
 use crate::config::PermissionLevel;
+use crate::network::RemoteMessageId;
 use crate::network::{
     ChatKind, MatrixSender, MessageContent, MessageKind, NetworkClient, NetworkError, NetworkId,
-    OutgoingMessage, PortalRef, Presence, PresenceState,
+    OutgoingMessage, PortalRef, Presence, PresenceState, RemoteUserId,
 };
 use crate::store::{InboxItem, MessageRecord, PortalKey, PortalRecord, UserRecord};
 
@@ -48,6 +49,14 @@ impl Bridge {
         let ev: MatrixEvent = serde_json::from_str(json)
             .map_err(|e| BridgeError::Invalid(format!("event does not parse: {e}")))?;
         if self.in_namespace(&ev.sender) {
+            // A ghost's message in a room shared with another network's members goes on to
+            // them (Matrix is the hub); everything else from the bridge's own users is an echo.
+            if ev.kind == "m.room.message"
+                && ev.sender != self.bot().as_str()
+                && self.store.has_fanout(&ev.room_id)
+            {
+                return self.ghost_message(seq, &ev).await;
+            }
             return Ok(());
         }
         match ev.kind.as_str() {
@@ -95,7 +104,7 @@ impl Bridge {
                 }
                 "leave" | "ban" => {
                     self.note_joined(target, &ev.room_id, false);
-                    Ok(())
+                    self.fanout_member_left(&ev.room_id, &network, &remote)
                 }
                 _ => Ok(()),
             };
@@ -221,7 +230,14 @@ impl Bridge {
             }
         };
         if !is_direct {
-            return match self.store.portal_by_room(&ev.room_id)? {
+            let main = self.store.portal_by_room(&ev.room_id)?;
+            let own_chat = main.as_ref().is_some_and(|p| &p.key.network == network);
+            if !own_chat && let Some(chat) = connector.fanout_chat(&ev.room_id) {
+                return self
+                    .add_fanout_member(&ev.room_id, network, chat.as_str(), &remote_id, ghost)
+                    .await;
+            }
+            return match main {
                 Some(_) => {
                     self.ensure_ghost(network, &remote_id, None).await?;
                     self.ensure_joined(ghost, &ev.room_id).await
@@ -275,9 +291,28 @@ impl Bridge {
                 return crate::commands::handle(self, seq, ev, rest.trim_start(), false).await;
             }
         }
+        if self.store.has_fanout(&ev.room_id) && !is_edit {
+            for f in self.store.fanout_portals(&ev.room_id)? {
+                self.fanout_message(seq, ev, &f, None).await?;
+            }
+        }
         let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
             return Ok(());
         };
+        self.message_to_portal(seq, ev, &portal, is_edit, msgtype)
+            .await
+    }
+
+    /// Sends a Matrix message (or edit) to the room's main portal.
+    async fn message_to_portal(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        portal: &PortalRecord,
+        is_edit: bool,
+        msgtype: &str,
+    ) -> Result<(), BridgeError> {
+        let portal = portal.clone();
         if self
             .store
             .message_by_event(&ev.room_id, &ev.event_id)?
@@ -378,6 +413,194 @@ impl Bridge {
             }
             Err(e) => self.network_failure(seq, &portal, "message", e).await,
         }
+    }
+
+    /// A ghost's message in a room with fan-out members: on to the main portal when it is on
+    /// another network, and to the fan-out members of every network but the sender.
+    async fn ghost_message(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
+        let Some((network, remote)) = self.parse_ghost(&ev.sender) else {
+            return Ok(());
+        };
+        let msgtype = ev.content.get("msgtype").and_then(Value::as_str);
+        if msgtype == Some("m.notice") || relation(&ev.content, "m.replace").is_some() {
+            return Ok(());
+        }
+        for f in self.store.fanout_portals(&ev.room_id)? {
+            let skip = (f.key.network == network).then_some(remote.as_str());
+            self.fanout_message(seq, ev, &f, skip).await?;
+        }
+        let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
+            return Ok(());
+        };
+        if portal.key.network == network
+            || self
+                .store
+                .message_by_event(&ev.room_id, &ev.event_id)?
+                .is_some()
+        {
+            return Ok(());
+        }
+        let Some(content) = message_content(&ev.content) else {
+            return Ok(());
+        };
+        let Some(client) = self
+            .networks
+            .get(&portal.key.network)
+            .and_then(|c| c.bridge_client())
+        else {
+            return Ok(());
+        };
+        let out = OutgoingMessage {
+            sender: self.matrix_sender(&ev.sender).await,
+            event_id: ev.event_id.clone(),
+            content,
+            reply_to: None,
+            relayed: false,
+        };
+        match client.send_message(&portal_ref(&portal), &out).await {
+            Ok(remote_id) => {
+                self.store.put_message(&MessageRecord {
+                    portal: portal.key.clone(),
+                    room_id: ev.room_id.clone(),
+                    event_id: ev.event_id.clone(),
+                    remote_id,
+                    sender: ev.sender.clone(),
+                    timestamp_ms: super::now_ms(),
+                    reaction: None,
+                })?;
+                self.metrics.event("to_remote", "message", "ok");
+                Ok(())
+            }
+            Err(e) => self.network_failure(seq, &portal, "message", e).await,
+        }
+    }
+
+    /// Sends a room message to the remote members of a fan-out portal, leaving out `skip`
+    /// (the sender, when a member wrote it). Sent once per event, also across retries.
+    async fn fanout_message(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        portal: &PortalRecord,
+        skip: Option<&str>,
+    ) -> Result<(), BridgeError> {
+        let marker = RemoteMessageId::new(format!("mx:{}", ev.event_id));
+        if self
+            .store
+            .message_by_remote(&portal.key, &marker)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let msgtype = ev.content.get("msgtype").and_then(Value::as_str);
+        if msgtype == Some("m.notice") && !self.config.bridge.bridge_notices {
+            return Ok(());
+        }
+        if !self.in_namespace(&ev.sender) && self.level(&ev.sender) < PermissionLevel::Relay {
+            return Ok(());
+        }
+        let mut pref = portal_ref(portal);
+        pref.members.retain(|m| Some(m.as_str()) != skip);
+        if pref.members.is_empty() {
+            return Ok(());
+        }
+        let Some(content) = message_content(&ev.content) else {
+            if !self.in_namespace(&ev.sender) {
+                self.portal_notice(
+                    portal,
+                    &format!("isthmus.{seq}.unsupported.{}", portal.key.network),
+                    "⚠ Files and media are not bridged to members on other networks yet; this was not delivered to them.",
+                )
+                .await;
+            }
+            return Ok(());
+        };
+        let Some(client) = self
+            .networks
+            .get(&portal.key.network)
+            .and_then(|c| c.bridge_client())
+        else {
+            return Ok(());
+        };
+        let out = OutgoingMessage {
+            sender: self.matrix_sender(&ev.sender).await,
+            event_id: ev.event_id.clone(),
+            content,
+            reply_to: None,
+            relayed: false,
+        };
+        let started = Instant::now();
+        let r = client.send_message(&pref, &out).await;
+        self.observe(&portal.key.network, "message", started);
+        match r {
+            Ok(_) => {
+                self.store.put_message(&MessageRecord {
+                    portal: portal.key.clone(),
+                    room_id: ev.room_id.clone(),
+                    event_id: format!("{}\u{1e}{}", ev.event_id, portal.key.network),
+                    remote_id: marker,
+                    sender: ev.sender.clone(),
+                    timestamp_ms: super::now_ms(),
+                    reaction: None,
+                })?;
+                self.metrics.event("to_remote", "message", "ok");
+                Ok(())
+            }
+            Err(e) => self.network_failure(seq, portal, "message", e).await,
+        }
+    }
+
+    /// Adds a remote user to a room's fan-out portal (creating it), and joins their ghost.
+    async fn add_fanout_member(
+        &self,
+        room: &str,
+        network: &NetworkId,
+        chat: &str,
+        remote: &RemoteUserId,
+        ghost: &str,
+    ) -> Result<(), BridgeError> {
+        self.ensure_ghost(network, remote, None).await?;
+        let key = PortalKey::new(network.as_str(), chat, None);
+        let mut record = match self.store.portal(&key)? {
+            Some(p) if p.room_id == room => p,
+            _ => PortalRecord::new(key.clone(), room, ChatKind::Fanout),
+        };
+        if !record.members.iter().any(|m| m == remote.as_str()) {
+            record.members.push(remote.as_str().to_owned());
+        }
+        self.store.put_portal(&record)?;
+        self.metrics.portals.set(self.store.portal_count() as i64);
+        self.hs.join(Some(&user_id(ghost)?), room).await?;
+        self.note_joined(ghost, room, true);
+        info!(room_id = room, portal = %key, member = %remote, members = record.members.len(), "remote member added to a room");
+        Ok(())
+    }
+
+    /// A remote member's ghost left a room: it no longer gets the room's messages.
+    fn fanout_member_left(
+        &self,
+        room: &str,
+        network: &NetworkId,
+        remote: &str,
+    ) -> Result<(), BridgeError> {
+        for mut p in self.store.fanout_portals(room)? {
+            if &p.key.network != network {
+                continue;
+            }
+            // The ghost ID holds the normalised remote ID; compare both forms.
+            let before = p.members.len();
+            p.members.retain(|m| m != remote);
+            if p.members.len() == before {
+                continue;
+            }
+            info!(room_id = room, portal = %p.key, member = remote, "remote member left a room");
+            if p.members.is_empty() {
+                self.store.delete_portal(&p)?;
+            } else {
+                self.store.put_portal(&p)?;
+            }
+        }
+        Ok(())
     }
 
     async fn handle_reaction(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
@@ -824,6 +1047,7 @@ pub fn portal_ref(p: &PortalRecord) -> PortalRef {
         chat: p.key.chat.clone(),
         kind: p.kind,
         receiver: p.key.receiver.clone(),
+        members: p.members.iter().map(RemoteUserId::new).collect(),
     }
 }
 

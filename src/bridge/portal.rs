@@ -62,6 +62,11 @@ impl Bridge {
         match portal.kind {
             ChatKind::Direct => self.ghost_user_id(&portal.key.network, portal.key.chat.as_str()),
             ChatKind::Group => self.bot().to_string(),
+            // The bot may not be in a room a user opened to remote members; a member is.
+            ChatKind::Fanout => match portal.members.first() {
+                Some(m) => self.ghost_user_id(&portal.key.network, m),
+                None => self.bot().to_string(),
+            },
         }
     }
 

@@ -1,7 +1,7 @@
 //! Remote network → Matrix.
 
 use serde_json::{Value, json};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{Bridge, BridgeError, now_ms, room_id, user_id};
 use crate::config::PermissionLevel;
@@ -17,7 +17,9 @@ pub(super) fn portal_key(network: &NetworkId, ev: &RemoteEvent) -> PortalKey {
         ChatKind::Direct => {
             PortalKey::new(network.as_str(), ev.chat.as_str(), ev.receiver.as_deref())
         }
-        ChatKind::Group => PortalKey::new(network.as_str(), ev.chat.as_str(), None),
+        ChatKind::Group | ChatKind::Fanout => {
+            PortalKey::new(network.as_str(), ev.chat.as_str(), None)
+        }
     }
 }
 
@@ -114,6 +116,13 @@ impl Bridge {
                 .delivery_failed(seq, &key, &portal, target, reason)
                 .await?;
             self.metrics.event("to_matrix", kind, result);
+            return Ok(());
+        }
+        if portal.kind == ChatKind::Fanout
+            && !portal.members.iter().any(|m| m == ev.sender.as_str())
+        {
+            info!(portal = %key, sender = %ev.sender, "event from someone who is not a member of the room; dropped");
+            self.metrics.event("to_matrix", kind, "not_member");
             return Ok(());
         }
         let ghost = self
@@ -365,6 +374,11 @@ impl Bridge {
         {
             return self.adopt_hosted_room(key, &alias).await.map(Some);
         }
+        if ev.chat_kind == ChatKind::Fanout {
+            // Fan-out chats exist only once a Matrix user invited someone into the room.
+            info!(portal = %key, sender = %ev.sender, "event for a room that has no such remote members; dropped");
+            return Ok(None);
+        }
         if !matches!(ev.kind, RemoteEventKind::Message { .. }) {
             debug!(portal = %key, kind = ev.kind.name(), "no portal for this event; dropped");
             return Ok(None);
@@ -382,6 +396,7 @@ impl Bridge {
                 self.create_dm_portal(key, receiver, ev.sender_name.as_deref())
                     .await?
             }
+            ChatKind::Fanout => return Ok(None),
             ChatKind::Group => {
                 let alias = self.alias_localpart(&key.network, key.chat.as_str());
                 self.create_group_portal(key, None, None, Some(alias), vec![receiver.to_owned()])

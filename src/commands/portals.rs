@@ -165,6 +165,7 @@ async fn list_portals(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
         let kind = match p.kind {
             ChatKind::Direct => "direct",
             ChatKind::Group => "group",
+            ChatKind::Fanout => "room members",
         };
         out.push_str(&format!(
             "- {} {} ({kind}{}): {}\n",

@@ -12,6 +12,9 @@ pub enum ChatKind {
     Direct,
     /// A group chat.
     Group,
+    /// A Matrix room whose members on a network without group chats (SIP) get each room
+    /// message one by one, and whose messages from them come back into the room.
+    Fanout,
 }
 
 /// How a message is meant, as Matrix distinguishes it.

@@ -13,6 +13,7 @@
 //! - Methods that send to the network may take as long as the network takes; the core calls them
 //!   from the portal's own task, one at a time per portal, so they must not block the thread.
 
+pub mod contacts;
 mod events;
 mod ids;
 
@@ -256,6 +257,9 @@ pub struct PortalRef {
     pub kind: ChatKind,
     /// For a direct chat: the Matrix user on this side of it.
     pub receiver: Option<String>,
+    /// For a fan-out chat: the remote users to deliver to (the sender left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<RemoteUserId>,
 }
 
 /// A Matrix message to send to the network.
@@ -452,6 +456,13 @@ pub trait Connector: Send + Sync + 'static {
     /// mistyped address gets a clear "not found"). The default trusts the address.
     async fn group_chat_exists(&self, _chat: &RemoteChatId) -> Result<bool, NetworkError> {
         Ok(true)
+    }
+
+    /// For networks without group chats of their own: the chat that stands for Matrix room
+    /// `room_id` when users of this network are invited into it (see [`ChatKind::Fanout`]).
+    /// `None` (the default) when the network's users cannot join Matrix rooms that way.
+    fn fanout_chat(&self, _room_id: &str) -> Option<RemoteChatId> {
+        None
     }
 
     /// When `chat` is a group chat this network hosts for a Matrix room (the room is on Matrix,

@@ -11,7 +11,7 @@
 //! | `inbox` | u64 sequence, big endian | [`InboxItem`] |
 //! | `ghosts` | ghost user ID | [`GhostRecord`] |
 //! | `portals` | [`PortalKey`] encoded | [`PortalRecord`] |
-//! | `portal_rooms` | room ID | [`PortalKey`] encoded |
+//! | `portal_rooms` | room ID (main portal); room ID, network (fan-out portals) | [`PortalKey`] encoded |
 //! | `messages` | room ID, event ID | [`MessageRecord`] |
 //! | `messages_remote` | portal key, remote message ID | room ID, event ID |
 //! | `users` | user ID | [`UserRecord`] |

@@ -25,6 +25,9 @@ pub struct PortalRecord {
     /// (Matrix user, login).
     #[serde(default)]
     pub relay: Option<(String, LoginId)>,
+    /// For a fan-out portal: the remote users in the room.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
 }
 
 impl PortalRecord {
@@ -37,6 +40,7 @@ impl PortalRecord {
             name: None,
             topic: None,
             relay: None,
+            members: Vec::new(),
         }
     }
 }
@@ -69,18 +73,44 @@ impl Store {
         }
     }
 
-    /// Inserts or replaces a portal and its room index, atomically.
+    /// The fan-out portals in a room (one per network at most).
+    pub fn fanout_portals(&self, room_id: &str) -> Result<Vec<PortalRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.portal_rooms.scan_prefix(codec::prefix(&[room_id])) {
+            let (_, k) = entry?;
+            if let Some(v) = self.portals.get(k)? {
+                out.push(decode("portals", &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a room has a fan-out portal (its ghosts' events are bridged to the others).
+    pub fn has_fanout(&self, room_id: &str) -> bool {
+        self.portal_rooms
+            .scan_prefix(codec::prefix(&[room_id]))
+            .next()
+            .is_some()
+    }
+
+    /// Inserts or replaces a portal and its room index, atomically. A room has one main
+    /// portal (indexed by room ID) and any number of fan-out portals (indexed by room ID and
+    /// network).
     pub fn put_portal(&self, portal: &PortalRecord) -> Result<(), StoreError> {
         let key = portal.key.encode();
         let value = encode(portal);
-        let room = codec::key(&[&portal.room_id]);
+        let index = |p: &PortalRecord| match p.kind {
+            ChatKind::Fanout => codec::key(&[&p.room_id, p.key.network.as_str()]),
+            _ => codec::key(&[&p.room_id]),
+        };
+        let room = index(portal);
         (&self.portals, &self.portal_rooms)
             .transaction(|(portals, rooms)| {
                 if let Some(old) = portals.insert(key.as_slice(), value.as_slice())?
                     && let Ok(old) = serde_json::from_slice::<PortalRecord>(&old)
                     && old.room_id != portal.room_id
                 {
-                    rooms.remove(codec::key(&[&old.room_id]))?;
+                    rooms.remove(index(&old))?;
                 }
                 rooms.insert(room.as_slice(), key.as_slice())?;
                 Ok(())
@@ -91,10 +121,14 @@ impl Store {
     /// Removes a portal, its room index and its message map.
     pub fn delete_portal(&self, portal: &PortalRecord) -> Result<(), StoreError> {
         let key = portal.key.encode();
+        let room = match portal.kind {
+            ChatKind::Fanout => codec::key(&[&portal.room_id, portal.key.network.as_str()]),
+            _ => codec::key(&[&portal.room_id]),
+        };
         (&self.portals, &self.portal_rooms)
             .transaction(|(portals, rooms)| {
                 portals.remove(key.as_slice())?;
-                rooms.remove(codec::key(&[&portal.room_id]))?;
+                rooms.remove(room.as_slice())?;
                 Ok(())
             })
             .map_err(storage)?;
@@ -136,5 +170,30 @@ mod tests {
         assert!(s.portal(&key).unwrap().is_none());
         assert!(s.portal_by_room("!b:hs").unwrap().is_none());
         assert_eq!(s.portal_count(), 0);
+    }
+
+    #[test]
+    fn fanout_portals_sit_beside_the_main_portal() {
+        let s = Store::temporary().unwrap();
+        let main = PortalRecord::new(
+            PortalKey::new("xmpp", "r@x", None),
+            "!a:hs",
+            ChatKind::Group,
+        );
+        let fan = PortalRecord::new(
+            PortalKey::new("sip", "~r.x", None),
+            "!a:hs",
+            ChatKind::Fanout,
+        );
+        s.put_portal(&main).unwrap();
+        assert!(!s.has_fanout("!a:hs"));
+        s.put_portal(&fan).unwrap();
+        assert_eq!(s.portal_by_room("!a:hs").unwrap().unwrap().key, main.key);
+        assert_eq!(s.fanout_portals("!a:hs").unwrap(), vec![fan.clone()]);
+        assert!(s.has_fanout("!a:hs"));
+        assert!(s.fanout_portals("!a:h").unwrap().is_empty());
+        s.delete_portal(&fan).unwrap();
+        assert!(!s.has_fanout("!a:hs"));
+        assert!(s.portal_by_room("!a:hs").unwrap().is_some());
     }
 }

@@ -16,8 +16,8 @@ use xmpp_parsers::stanza::Stanza;
 use super::Shared;
 use super::component::Outgoing;
 use super::handle_xmpp::{presence_stanza, subscription_stanza};
-use super::roster;
 use super::{fidelity, hosted, muc};
+use crate::network::contacts as roster;
 use crate::network::{
     BridgeState, ChatKind, Contact, MatrixSender, MessageContent, NetworkClient, NetworkError,
     OutgoingMessage, PortalRef, Presence, RemoteMessageId, RemoteUserId,

@@ -19,8 +19,8 @@ use xmpp_parsers::version::VersionResult;
 
 use super::Shared;
 use super::component::Inbound;
-use super::roster::{self, Policy};
 use super::{convert, fidelity, hosted, muc};
+use crate::network::contacts::{self as roster, Policy};
 use crate::network::{
     BridgeState, MembershipChange, Presence as NetPresence, PresenceState, RemoteEvent,
     RemoteEventKind, RemoteMessageId,

@@ -20,7 +20,7 @@ mod hosted;
 pub mod ids;
 pub mod limits;
 mod muc;
-pub mod roster;
+
 mod time;
 
 use std::collections::HashMap;
@@ -36,6 +36,7 @@ use self::handle_matrix::Gateway;
 use self::handle_xmpp::Handler;
 use self::ids::Addressing;
 use crate::config::XmppConfig;
+use crate::network::contacts as roster;
 use crate::network::{
     BridgeState, Capabilities, Connector, ConnectorStore, EventSink, NetworkClient, NetworkError,
     NetworkId, NetworkInfo, Presence, RemoteChatId, RemoteUserId, ThirdPartyField,

@@ -1,6 +1,6 @@
-//! Presence subscriptions between Matrix users' gateway addresses and XMPP contacts, kept in
-//! the connector's storage, and the per-domain policy for incoming requests (like a Lync
-//! federation partner list).
+//! Presence subscriptions between Matrix users' gateway addresses and remote contacts, kept in
+//! a connector's storage, and the per-domain policy for incoming requests (like a Lync
+//! federation partner list). Shared by the networks that have contact lists.
 
 use std::collections::BTreeMap;
 

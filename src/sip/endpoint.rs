@@ -1,0 +1,446 @@
+//! The SIP endpoint: UDP and TCP listeners, requests out through the proxy, and dialogs kept
+//! by hand (small, serialisable, so presence subscriptions survive a restart).
+//!
+//! Every request leaves through the configured proxy, in-dialog ones included: the proxy
+//! routes on the Request-URI and Route headers. That is the outbound-proxy model of
+//! RFC 3261 §8.1.2 and what enterprise proxies expect of a gateway.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rsipstack::EndpointBuilder;
+use rsipstack::dialog::authenticate::{Credential, handle_client_authenticate};
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{self, Header, Method, SipMessage, StatusCode, StatusCodeKind, Uri};
+use rsipstack::transaction::endpoint::{EndpointInnerRef, EndpointOption, TargetLocator};
+use rsipstack::transaction::key::{TransactionKey, TransactionRole};
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transaction::{TransactionReceiver, make_tag};
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::{SipAddr, TcpListenerConnection, TransportLayer};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SipTransport;
+
+/// The methods the bridge accepts.
+pub const ALLOW: &str = "MESSAGE, SUBSCRIBE, NOTIFY, OPTIONS";
+
+/// Sends every request without an explicit destination to the proxy.
+struct ViaProxy(SipAddr);
+
+#[async_trait::async_trait]
+impl TargetLocator for ViaProxy {
+    async fn locate(&self, _uri: &Uri) -> rsipstack::Result<SipAddr> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Why a request got no final answer from the network.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The request could not be built from what was given.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The transport failed (connection refused, socket error).
+    #[error("transport failure: {0}")]
+    Transport(String),
+}
+
+/// The final answer to a request.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub code: u16,
+    /// Reason phrase (or the status code's usual phrase).
+    pub reason: String,
+    /// The response.
+    pub response: sip::Response,
+}
+
+/// A request to send.
+pub struct Outgoing<'a> {
+    /// Method.
+    pub method: Method,
+    /// Request-URI.
+    pub uri: &'a str,
+    /// From header value (with its tag).
+    pub from: String,
+    /// To header value (with the remote tag inside a dialog).
+    pub to: String,
+    /// Call-ID; a new one when `None`.
+    pub call_id: Option<String>,
+    /// CSeq number.
+    pub cseq: u32,
+    /// Further headers.
+    pub headers: Vec<Header>,
+    /// Body (Content-Length is set on sending).
+    pub body: Vec<u8>,
+    /// Credentials to answer a 401/407 challenge with, once.
+    pub credential: Option<&'a Credential>,
+}
+
+/// The bridge's SIP endpoint.
+pub struct Endpoint {
+    inner: EndpointInnerRef,
+    proxy: SipAddr,
+    listen: SocketAddr,
+    transport: SipTransport,
+    cancel: CancellationToken,
+    counter: AtomicU64,
+}
+
+impl Endpoint {
+    /// Binds UDP and TCP on `listen` and starts the endpoint's loop. Incoming requests come
+    /// out of the returned receiver.
+    pub async fn start(
+        listen: SocketAddr,
+        proxy: SocketAddr,
+        transport: SipTransport,
+        user_agent: &str,
+    ) -> Result<(Self, TransactionReceiver), String> {
+        let cancel = CancellationToken::new();
+        let layer = TransportLayer::new(cancel.child_token());
+        let udp = UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
+            .await
+            .map_err(|e| format!("cannot bind UDP {listen}: {e}"))?;
+        layer.add_transport(udp.into());
+        let tcp = TcpListenerConnection::new(listen, None)
+            .await
+            .map_err(|e| format!("cannot bind TCP {listen}: {e}"))?;
+        layer.add_transport(tcp.into());
+        let proxy = SipAddr {
+            r#type: Some(match transport {
+                SipTransport::Udp => sip::Transport::Udp,
+                SipTransport::Tcp => sip::Transport::Tcp,
+            }),
+            addr: proxy.into(),
+        };
+        let option = EndpointOption {
+            // Timer F: how long a request waits for its final answer (64 × T1 = 32 s by
+            // default; a shorter wait tells a Matrix user sooner that a message is stuck).
+            t1x64: Duration::from_secs(16),
+            ..EndpointOption::default()
+        };
+        let endpoint = EndpointBuilder::new()
+            .with_target_locator(Box::new(ViaProxy(proxy.clone())))
+            .with_user_agent(user_agent)
+            .with_transport_layer(layer)
+            .with_cancel_token(cancel.clone())
+            .with_option(option)
+            .with_allows(vec![
+                Method::Message,
+                Method::Subscribe,
+                Method::Notify,
+                Method::Options,
+            ])
+            .build();
+        let incoming = endpoint
+            .incoming_transactions()
+            .map_err(|e| format!("SIP endpoint: {e}"))?;
+        let inner = endpoint.inner.clone();
+        tokio::spawn(async move { endpoint.serve().await });
+        Ok((
+            Self {
+                inner,
+                proxy,
+                listen,
+                transport,
+                cancel,
+                counter: AtomicU64::new(0),
+            },
+            incoming,
+        ))
+    }
+
+    /// Stops the listeners and timers.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    /// The Contact URI for `user` at this endpoint.
+    pub fn contact(&self, user: &str) -> String {
+        let transport = match self.transport {
+            SipTransport::Udp => "",
+            SipTransport::Tcp => ";transport=tcp",
+        };
+        format!(
+            "<sip:{}@{}{transport}>",
+            super::ids::escape_user(user),
+            self.listen
+        )
+    }
+
+    /// A fresh tag.
+    pub fn tag(&self) -> String {
+        make_tag().to_string()
+    }
+
+    /// A fresh Call-ID.
+    pub fn call_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}@isthmus", rsipstack::transaction::random_text(12))
+    }
+
+    /// Sends a request through the proxy and waits for its final answer; a 401/407 is
+    /// answered once with the credentials when there are some.
+    pub async fn send(&self, out: Outgoing<'_>) -> Result<Answer, SendError> {
+        let uri = Uri::try_from(out.uri).map_err(|e| SendError::Invalid(e.to_string()))?;
+        let (conn, _) = self
+            .inner
+            .transport_layer
+            .lookup(&self.proxy, None)
+            .await
+            .map_err(|e| SendError::Transport(e.to_string()))?;
+        let via = self
+            .inner
+            .get_via(Some(conn.get_addr().clone()), None)
+            .map_err(|e| SendError::Invalid(e.to_string()))?;
+        let call_id = out.call_id.unwrap_or_else(|| self.call_id());
+        let mut req = self.inner.make_request(
+            out.method,
+            uri.clone(),
+            via,
+            sip::typed::From::from(uri.clone()),
+            sip::typed::To::from(uri),
+            out.cseq,
+            Some(call_id.into()),
+        );
+        req.headers.unique_push(Header::From(out.from.into()));
+        req.headers.unique_push(Header::To(out.to.into()));
+        req.headers.extend(out.headers);
+        req.body = out.body;
+        let key = TransactionKey::from_request(&req, TransactionRole::Client)
+            .map_err(|e| SendError::Invalid(e.to_string()))?;
+        let mut tx = Transaction::new_client(key, req, self.inner.clone(), None);
+        tx.destination = Some(self.proxy.clone());
+        tx.send()
+            .await
+            .map_err(|e| SendError::Transport(e.to_string()))?;
+        let mut challenged = false;
+        while let Some(msg) = tx.receive().await {
+            let SipMessage::Response(resp) = msg else {
+                continue;
+            };
+            if resp.status_code.kind() == StatusCodeKind::Provisional {
+                continue;
+            }
+            if matches!(
+                resp.status_code,
+                StatusCode::Unauthorized | StatusCode::ProxyAuthenticationRequired
+            ) && !challenged
+                && let Some(cred) = out.credential
+            {
+                challenged = true;
+                tx = handle_client_authenticate(out.cseq + 1, &tx, resp, cred)
+                    .await
+                    .map_err(|e| SendError::Invalid(e.to_string()))?;
+                tx.send()
+                    .await
+                    .map_err(|e| SendError::Transport(e.to_string()))?;
+                continue;
+            }
+            let code = u16::from(resp.status_code.clone());
+            let reason = resp.status_code.to_string();
+            return Ok(Answer {
+                code,
+                reason,
+                response: resp,
+            });
+        }
+        Err(SendError::Transport(
+            "the transaction ended without an answer".into(),
+        ))
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// One side of a SIP dialog, kept by hand: enough to send in-dialog requests and to match
+/// incoming ones, and serialisable so it survives a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dialog {
+    /// Call-ID.
+    pub call_id: String,
+    /// Our URI (From of our requests).
+    pub local_uri: String,
+    /// Our tag.
+    pub local_tag: String,
+    /// The peer's URI (To of our requests).
+    pub remote_uri: String,
+    /// The peer's tag; empty until the dialog is confirmed.
+    pub remote_tag: String,
+    /// Where in-dialog requests go (the peer's Contact).
+    pub remote_target: String,
+    /// Route set, in the order of the Route headers to send.
+    pub routes: Vec<String>,
+    /// Our last CSeq.
+    pub cseq: u32,
+    /// When the subscription ends, milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+impl Dialog {
+    /// From header value for our requests.
+    pub fn local_header(&self) -> String {
+        format!("<{}>;tag={}", self.local_uri, self.local_tag)
+    }
+
+    /// To header value for our requests.
+    pub fn remote_header(&self) -> String {
+        if self.remote_tag.is_empty() {
+            format!("<{}>", self.remote_uri)
+        } else {
+            format!("<{}>;tag={}", self.remote_uri, self.remote_tag)
+        }
+    }
+
+    /// The next CSeq.
+    pub fn next_cseq(&mut self) -> u32 {
+        self.cseq += 1;
+        self.cseq
+    }
+
+    /// Route headers for an in-dialog request.
+    pub fn route_headers(&self) -> Vec<Header> {
+        self.routes
+            .iter()
+            .map(|r| Header::Route(format!("<{r}>").into()))
+            .collect()
+    }
+}
+
+/// A name-addr or addr-spec header value, split: display name, URI, and the `tag` param.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NameAddr {
+    /// Display name, unquoted.
+    pub display: Option<String>,
+    /// The URI.
+    pub uri: String,
+    /// The tag parameter.
+    pub tag: Option<String>,
+}
+
+/// Parses a From/To/Contact/Record-Route value.
+pub fn name_addr(value: &str) -> NameAddr {
+    let value = value.trim();
+    let (display, uri, params) = match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => {
+            let display = value[..a].trim().trim_matches('"').trim();
+            (
+                (!display.is_empty()).then(|| display.replace("\\\"", "\"")),
+                value[a + 1..b].trim().to_owned(),
+                &value[b + 1..],
+            )
+        }
+        _ => {
+            let (uri, params) = value.split_once(';').unwrap_or((value, ""));
+            (None, uri.trim().to_owned(), params)
+        }
+    };
+    let tag = params
+        .split(';')
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("tag"))
+        .map(|(_, v)| v.trim().to_owned());
+    NameAddr { display, uri, tag }
+}
+
+/// Splits a header value holding several comma-separated name-addrs (commas inside `<>` or
+/// quotes do not split).
+pub fn split_list(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => depth += 1,
+            '>' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                out.push(value[start..i].trim().to_owned());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let last = value[start..].trim();
+    if !last.is_empty() {
+        out.push(last.to_owned());
+    }
+    out
+}
+
+/// Every value of header `name` in a message, in order (list values split).
+pub fn header_values(headers: &sip::Headers, name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case(name))
+        .flat_map(|h| split_list(h.value()))
+        .collect()
+}
+
+/// The request's Call-ID.
+pub fn call_id(req: &sip::Request) -> String {
+    req.call_id_header()
+        .map(|c| c.value().to_owned())
+        .unwrap_or_default()
+}
+
+/// A quoted display name for a From header.
+pub fn quoted(display: &str) -> String {
+    let clean: String = display
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect::<String>()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    format!("\"{clean}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_addrs() {
+        let n = name_addr("\"Bob \\\"B\\\" Smith\" <sip:bob@x.org;transport=tcp>;tag=12ab");
+        assert_eq!(n.display.as_deref(), Some("Bob \"B\" Smith"));
+        assert_eq!(n.uri, "sip:bob@x.org;transport=tcp");
+        assert_eq!(n.tag.as_deref(), Some("12ab"));
+        let n = name_addr("sip:bob@x.org;tag=9");
+        assert_eq!(n.uri, "sip:bob@x.org");
+        assert_eq!(n.tag.as_deref(), Some("9"));
+        assert_eq!(
+            split_list("<sip:a@x;lr>, \"b, c\" <sip:b@y>,<sip:c@z>"),
+            vec!["<sip:a@x;lr>", "\"b, c\" <sip:b@y>", "<sip:c@z>"]
+        );
+        assert_eq!(quoted("a\"b\\"), "\"a\\\"b\\\\\"");
+    }
+
+    #[test]
+    fn dialog_headers() {
+        let mut d = Dialog {
+            call_id: "c".into(),
+            local_uri: "sip:a@gw".into(),
+            local_tag: "1".into(),
+            remote_uri: "sip:b@x".into(),
+            remote_tag: String::new(),
+            remote_target: "sip:b@1.2.3.4".into(),
+            routes: vec!["sip:proxy;lr".into()],
+            cseq: 1,
+            expires_at_ms: 0,
+        };
+        assert_eq!(d.remote_header(), "<sip:b@x>");
+        d.remote_tag = "2".into();
+        assert_eq!(d.remote_header(), "<sip:b@x>;tag=2");
+        assert_eq!(d.local_header(), "<sip:a@gw>;tag=1");
+        assert_eq!(d.next_cseq(), 2);
+        assert_eq!(d.route_headers().len(), 1);
+    }
+}

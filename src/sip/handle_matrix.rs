@@ -1,0 +1,231 @@
+//! Bridge → SIP: the gateway identity, which speaks for every Matrix user at their address
+//! on the gateway domain.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rsipstack::sip::{Header, Method};
+use tracing::{debug, warn};
+
+use super::Shared;
+use super::body;
+use super::endpoint::{self, Answer, Outgoing, SendError};
+use super::ids;
+use super::presence;
+use crate::network::contacts;
+use crate::network::{
+    BridgeState, ChatKind, Contact, MatrixSender, MessageKind, NetworkClient, NetworkError,
+    OutgoingMessage, PortalRef, Presence, RemoteMessageId, RemoteUserId,
+};
+
+/// The bridge-wide SIP identity.
+pub(crate) struct Gateway {
+    pub(super) shared: Arc<Shared>,
+}
+
+/// What a final answer means for the Matrix sender.
+fn outcome(answer: Result<Answer, SendError>) -> Result<(), NetworkError> {
+    match answer {
+        Ok(a) if (200..300).contains(&a.code) => Ok(()),
+        Ok(a) => {
+            let what = format!("{} {}", a.code, a.reason);
+            match a.code {
+                // Timeouts, busy, offline for now, server trouble: worth another try.
+                408 | 480 | 486 | 500 | 502..=504 | 580 => Err(NetworkError::Transient(what)),
+                401 | 407 => Err(NetworkError::Undeliverable(format!(
+                    "{what}: the SIP proxy does not trust the bridge (add it as a trusted peer)"
+                ))),
+                _ => Err(NetworkError::Undeliverable(what)),
+            }
+        }
+        Err(SendError::Transport(e)) => Err(NetworkError::Transient(e)),
+        Err(SendError::Invalid(e)) => Err(NetworkError::Internal(e)),
+    }
+}
+
+impl Gateway {
+    fn puppet_uri(&self, sender: &MatrixSender) -> Result<String, NetworkError> {
+        self.shared
+            .addressing
+            .puppet_uri(&sender.user_id)
+            .ok_or_else(|| {
+                NetworkError::Undeliverable(format!(
+                    "{} has no SIP address (only lowercase Matrix IDs have one)",
+                    sender.user_id
+                ))
+            })
+    }
+
+    /// Sends `text` from `from` (name-addr with tag) to `to_uri`, split into as many MESSAGEs
+    /// as the transport's size rule needs; returns the first one's Call-ID.
+    async fn send_text(
+        &self,
+        from: &str,
+        to_uri: &str,
+        text: &str,
+    ) -> Result<String, NetworkError> {
+        let ep = self.shared.endpoint()?;
+        let parts = body::split(text, self.shared.max_body());
+        let mut first = None;
+        for part in parts {
+            let call_id = ep.call_id();
+            let out = Outgoing {
+                method: Method::Message,
+                uri: to_uri,
+                from: from.to_owned(),
+                to: format!("<{to_uri}>"),
+                call_id: Some(call_id.clone()),
+                cseq: 1,
+                headers: vec![Header::ContentType("text/plain;charset=UTF-8".into())],
+                body: part.into_bytes(),
+                credential: None,
+            };
+            outcome(ep.send(out).await)?;
+            first.get_or_insert(call_id);
+        }
+        Ok(first.unwrap_or_default())
+    }
+
+    fn sender_header(&self, display: &str, uri: &str) -> Result<String, NetworkError> {
+        let tag = self.shared.endpoint()?.tag();
+        Ok(format!("{} <{uri}>;tag={tag}", endpoint::quoted(display)))
+    }
+}
+
+/// The text of a Matrix message as a SIP user reads it.
+fn text_of(message: &OutgoingMessage) -> String {
+    let body = message.content.body.trim_end();
+    match message.content.kind {
+        MessageKind::Emote => format!("* {} {body}", message.sender.displayname),
+        _ => body.to_owned(),
+    }
+}
+
+#[async_trait]
+impl NetworkClient for Gateway {
+    fn state(&self) -> BridgeState {
+        *self.shared.state.borrow()
+    }
+
+    fn is_bridge_wide(&self) -> bool {
+        true
+    }
+
+    async fn send_message(
+        &self,
+        portal: &PortalRef,
+        message: &OutgoingMessage,
+    ) -> Result<RemoteMessageId, NetworkError> {
+        let text = text_of(message);
+        match portal.kind {
+            ChatKind::Direct => {
+                let from_uri = self.puppet_uri(&message.sender)?;
+                let from = self.sender_header(&message.sender.displayname, &from_uri)?;
+                let contact = portal.chat.as_str();
+                let id = self
+                    .send_text(&from, &ids::contact_uri(contact), &text)
+                    .await?;
+                // After the first message, ask to see the contact's presence.
+                let shared = self.shared.clone();
+                let (user, contact) = (message.sender.user_id.clone(), contact.to_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = presence::watch(&shared, &user, &contact).await {
+                        debug!(error = %e, %contact, "could not subscribe to a contact's presence");
+                    }
+                });
+                Ok(RemoteMessageId::new(id))
+            }
+            ChatKind::Fanout => {
+                // SIP has no group chats: each SIP member gets the room's message from the
+                // room's address, with the sender's name.
+                let room_uri = self.shared.addressing.room_uri(portal.chat.as_str());
+                let from = self.sender_header(&message.sender.displayname, &room_uri)?;
+                let line = match message.content.kind {
+                    MessageKind::Emote => text,
+                    _ => format!("{}: {text}", message.sender.displayname),
+                };
+                let mut first = None;
+                let mut failed = Vec::new();
+                for member in &portal.members {
+                    match self
+                        .send_text(&from, &ids::contact_uri(member.as_str()), &line)
+                        .await
+                    {
+                        Ok(id) => {
+                            first.get_or_insert(id);
+                        }
+                        Err(e) => {
+                            warn!(member = %member, error = %e, "room message not delivered to a SIP member");
+                            failed.push(format!("{member} ({e})"));
+                        }
+                    }
+                }
+                if !failed.is_empty() {
+                    return Err(NetworkError::Undeliverable(format!(
+                        "not delivered to {}",
+                        failed.join(", ")
+                    )));
+                }
+                Ok(RemoteMessageId::new(first.unwrap_or_default()))
+            }
+            ChatKind::Group => Err(NetworkError::Unsupported("group chats")),
+        }
+    }
+
+    async fn send_typing(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        typing: bool,
+    ) -> Result<(), NetworkError> {
+        if portal.kind != ChatKind::Direct {
+            return Ok(());
+        }
+        let ep = self.shared.endpoint()?;
+        let from_uri = self.puppet_uri(sender)?;
+        let to_uri = ids::contact_uri(portal.chat.as_str());
+        let out = Outgoing {
+            method: Method::Message,
+            uri: &to_uri,
+            from: self.sender_header(&sender.displayname, &from_uri)?,
+            to: format!("<{to_uri}>"),
+            call_id: None,
+            cseq: 1,
+            headers: vec![Header::ContentType(body::ISCOMPOSING.into())],
+            body: body::iscomposing(typing),
+            credential: None,
+        };
+        outcome(ep.send(out).await)
+    }
+
+    async fn set_presence(
+        &self,
+        sender: &MatrixSender,
+        presence: &Presence,
+    ) -> Result<(), NetworkError> {
+        presence::publish(&self.shared, &sender.user_id, presence).await
+    }
+
+    async fn answer_contact_request(
+        &self,
+        user: &MatrixSender,
+        contact: &RemoteUserId,
+        accept: bool,
+    ) -> Result<(), NetworkError> {
+        presence::answer(&self.shared, &user.user_id, contact.as_str(), accept).await
+    }
+
+    async fn contacts(&self, user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
+        let store = self.shared.store()?;
+        Ok(contacts::of_user(store, &user.user_id)
+            .map_err(|e| NetworkError::Internal(e.to_string()))?
+            .into_iter()
+            .map(|(contact, s)| Contact {
+                id: RemoteUserId::new(contact),
+                sees_presence: s.from,
+                watched: s.to,
+                pending: s.pending_in,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,183 @@
+//! SIP → bridge: requests from the proxy.
+//!
+//! A MESSAGE is answered 200 only once its event is stored, so a message the bridge
+//! acknowledged is never lost; what the bridge refuses gets the 4xx that says why.
+
+use std::sync::Arc;
+
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Header, Method, StatusCode};
+use rsipstack::transaction::TransactionReceiver;
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::SipConnection;
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use super::body;
+use super::endpoint::{self, ALLOW};
+use super::ids::Local;
+use crate::network::{MessageContent, MessageKind, RemoteEvent, RemoteEventKind, RemoteMessageId};
+
+/// Largest MESSAGE body accepted.
+const MAX_BODY: usize = 64 * 1024;
+/// Content types a MESSAGE may carry.
+const ACCEPT: &str = "text/plain, text/html, application/im-iscomposing+xml";
+
+/// Handles incoming requests until the endpoint stops. MESSAGEs are handled in the order they
+/// arrive; presence work that waits on the network runs in its own tasks.
+pub(super) async fn serve(shared: Arc<Shared>, mut incoming: TransactionReceiver) {
+    while let Some(mut tx) = incoming.recv().await {
+        if let Err(e) = handle(&shared, &mut tx).await {
+            debug!(error = %e, "could not answer a SIP request");
+        }
+    }
+    debug!("SIP endpoint stopped");
+}
+
+async fn handle(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsipstack::Error> {
+    let req = tx.original.clone();
+    if !trusted_source(shared, &req) {
+        warn!(method = %req.method, "SIP request from an untrusted address refused");
+        return tx.reply(StatusCode::Forbidden).await;
+    }
+    match req.method {
+        Method::Message => message(shared, tx).await,
+        Method::Subscribe => super::presence::subscribe_in(shared, tx).await,
+        Method::Notify => super::presence::notify_in(shared, tx).await,
+        Method::Options => {
+            tx.reply_with(
+                StatusCode::OK,
+                vec![Header::Allow(ALLOW.into()), Header::Accept(ACCEPT.into())],
+                None,
+            )
+            .await
+        }
+        Method::Ack => Ok(()),
+        _ => {
+            tx.reply_with(
+                StatusCode::MethodNotAllowed,
+                vec![Header::Allow(ALLOW.into())],
+                None,
+            )
+            .await
+        }
+    }
+}
+
+/// Whether the request came from the proxy or another trusted address (the top Via's
+/// `received`, or its host when the address matched).
+fn trusted_source(shared: &Shared, req: &rsipstack::sip::Request) -> bool {
+    let Ok(via) = req.via_header() else {
+        return false;
+    };
+    let Ok((_, hostport)) = SipConnection::parse_target_from_via(via) else {
+        return false;
+    };
+    let host = hostport.host.to_string();
+    let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    ip == shared.proxy.ip() || shared.trusted.contains(&ip)
+}
+
+/// The user part of the Request-URI, when its host is the gateway domain.
+pub(super) fn local_target(shared: &Shared, req: &rsipstack::sip::Request) -> Option<Local> {
+    let aor = super::ids::parse_aor(&req.uri.to_string()).ok()?;
+    let (user, host) = aor.rsplit_once('@')?;
+    let host = host.split(':').next().unwrap_or(host);
+    if host != shared.addressing.domain() {
+        return None;
+    }
+    shared.addressing.local(&super::ids::escape_user(user))
+}
+
+/// The sender of a request: its address and display name.
+pub(super) fn sender(
+    shared: &Shared,
+    req: &rsipstack::sip::Request,
+) -> Option<(String, Option<String>)> {
+    let from = endpoint::name_addr(req.from_header().ok()?.value());
+    let aor = shared.addressing.contact(&from.uri).ok()?;
+    Some((aor, from.display))
+}
+
+async fn message(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsipstack::Error> {
+    let req = tx.original.clone();
+    let Some(target) = local_target(shared, &req) else {
+        return tx.reply(StatusCode::NotFound).await;
+    };
+    let Some((contact, display)) = sender(shared, &req) else {
+        return tx.reply(StatusCode::BadRequest).await;
+    };
+    if req.body.len() > MAX_BODY {
+        return tx.reply(StatusCode::RequestEntityTooLarge).await;
+    }
+    let content_type = req
+        .header_value("Content-Type")
+        .unwrap_or_else(|| "text/plain".into())
+        .to_ascii_lowercase();
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let kind = match media {
+        "text/plain" | "text/html" => {
+            let Ok(text) = std::str::from_utf8(&req.body) else {
+                return tx.reply(StatusCode::BadRequest).await;
+            };
+            let text = if media == "text/html" {
+                body::html_to_text(text)
+            } else {
+                text.trim_end().to_owned()
+            };
+            if text.trim().is_empty() {
+                return tx.reply(StatusCode::OK).await;
+            }
+            let content = match text.strip_prefix("/me ") {
+                Some(rest) => MessageContent {
+                    kind: MessageKind::Emote,
+                    ..MessageContent::text(rest)
+                },
+                None => MessageContent::text(text),
+            };
+            let cseq = req.cseq_header().ok().and_then(|c| c.seq().ok());
+            RemoteEventKind::Message {
+                id: RemoteMessageId::new(format!(
+                    "{}#{}",
+                    endpoint::call_id(&req),
+                    cseq.unwrap_or(0)
+                )),
+                content,
+                reply_to: None,
+            }
+        }
+        body::ISCOMPOSING => match body::parse_iscomposing(&req.body) {
+            Some(active) => RemoteEventKind::Typing { active },
+            None => return tx.reply(StatusCode::BadRequest).await,
+        },
+        _ => {
+            return tx
+                .reply_with(
+                    StatusCode::UnsupportedMediaType,
+                    vec![Header::Accept(ACCEPT.into())],
+                    None,
+                )
+                .await;
+        }
+    };
+    let event = match &target {
+        Local::User(user) => RemoteEvent::direct(&contact, user, kind),
+        Local::Room(chat) => RemoteEvent::group(chat, &contact, kind),
+    }
+    .named(display);
+    let Some(sink) = shared.sink.get() else {
+        return tx.reply(StatusCode::ServiceUnavailable).await;
+    };
+    match sink.push(event).await {
+        Ok(()) => {
+            debug!(from = %contact, "SIP MESSAGE stored");
+            tx.reply(StatusCode::OK).await
+        }
+        Err(e) => {
+            info!(error = %e, "could not store a SIP MESSAGE; answering 500");
+            tx.reply(StatusCode::ServerInternalError).await
+        }
+    }
+}

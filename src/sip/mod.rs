@@ -1,0 +1,281 @@
+//! The SIP/SIMPLE network: the bridge as a SIP endpoint for a gateway domain next to the
+//! organisation's SIP proxy (the proxy routes `sip:*@<gateway domain>` to the bridge). SIP
+//! users reach Matrix users at addresses on that domain and appear on Matrix as ghosts; no
+//! SIP passwords are needed. See `docs/sip.md`.
+//!
+//! | file | role |
+//! |---|---|
+//! | `endpoint.rs` | listeners, requests through the proxy, hand-kept dialogs |
+//! | `ids.rs` | addressing both ways |
+//! | `body.rs` | PIDF, typing notifications, HTML to text, splitting |
+//! | `handle_sip.rs` | SIP → bridge |
+//! | `handle_matrix.rs` | bridge → SIP |
+//! | `presence.rs` | presence subscriptions both ways, kept across restarts |
+
+mod body;
+mod endpoint;
+mod handle_matrix;
+mod handle_sip;
+pub mod ids;
+mod presence;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use self::endpoint::Endpoint;
+use self::handle_matrix::Gateway;
+use self::ids::Addressing;
+use crate::config::{SipConfig, SipTransport};
+use crate::network::contacts::SubscriptionPolicy;
+use crate::network::{
+    BridgeState, Capabilities, Connector, ConnectorStore, EventSink, NetworkClient, NetworkError,
+    NetworkId, NetworkInfo, Presence, RemoteChatId, RemoteUserId, ThirdPartyField,
+};
+
+/// What the inbound handler, the gateway identity and the timers share.
+pub(crate) struct Shared {
+    addressing: Addressing,
+    sink: OnceLock<EventSink>,
+    endpoint: OnceLock<Endpoint>,
+    policy: SubscriptionPolicy,
+    /// Source addresses accepted besides the proxy's.
+    trusted: Vec<IpAddr>,
+    proxy: std::net::SocketAddr,
+    transport: SipTransport,
+    subscription_seconds: u32,
+    state: watch::Sender<BridgeState>,
+    /// Last presence published per Matrix user.
+    presence: Mutex<HashMap<String, Presence>>,
+    /// Serialises changes to the stored subscriptions.
+    subscriptions: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// The connector's storage, once started.
+    fn store(&self) -> Result<&dyn ConnectorStore, NetworkError> {
+        self.sink
+            .get()
+            .map(|s| s.store())
+            .ok_or_else(|| NetworkError::Transient("the SIP connector is not started".into()))
+    }
+
+    /// The endpoint, once started.
+    fn endpoint(&self) -> Result<&Endpoint, NetworkError> {
+        self.endpoint
+            .get()
+            .ok_or_else(|| NetworkError::Transient("the SIP connector is not started".into()))
+    }
+
+    /// Largest text body of one MESSAGE: RFC 3428 keeps a MESSAGE over UDP under 1300
+    /// bytes when the path MTU is unknown (about 700 bytes go to headers); over TCP a body
+    /// may be much larger.
+    fn max_body(&self) -> usize {
+        match self.transport {
+            SipTransport::Udp => 700,
+            SipTransport::Tcp => 60_000,
+        }
+    }
+
+    /// Records the link state and reports changes.
+    async fn set_state(&self, state: BridgeState, message: Option<String>) {
+        let changed = self.state.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+        if changed {
+            tracing::info!(state = state.as_str(), detail = ?message, "SIP link state");
+            if let Some(sink) = self.sink.get() {
+                sink.report_state(None, state, message).await;
+            }
+        }
+    }
+}
+
+/// The SIP connector.
+pub struct Sip {
+    info: NetworkInfo,
+    listen: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    gateway: Arc<Gateway>,
+    stop: watch::Sender<bool>,
+}
+
+impl Sip {
+    /// A connector for the gateway described by `cfg`, bridging for homeserver `homeserver`.
+    pub fn new(cfg: &SipConfig, homeserver: &str) -> Self {
+        let shared = Arc::new(Shared {
+            addressing: Addressing::new(&cfg.domain, homeserver),
+            sink: OnceLock::new(),
+            endpoint: OnceLock::new(),
+            policy: cfg.subscriptions.clone(),
+            trusted: cfg.trusted.clone(),
+            proxy: cfg.proxy,
+            transport: cfg.transport,
+            subscription_seconds: cfg.subscription_seconds,
+            state: watch::channel(BridgeState::Starting).0,
+            presence: Mutex::default(),
+            subscriptions: tokio::sync::Mutex::new(()),
+        });
+        Self {
+            info: NetworkInfo {
+                id: NetworkId::new("sip"),
+                display_name: "SIP".into(),
+                protocol: "sip".into(),
+                capabilities: Capabilities {
+                    typing: true,
+                    presence: true,
+                    ..Capabilities::default()
+                },
+                user_fields: vec![ThirdPartyField {
+                    name: "uri".into(),
+                    regexp: r"(sips?:)?[^@\s]+@[^@\s]+".into(),
+                    placeholder: "sip:bob@example.org".into(),
+                }],
+                location_fields: Vec::new(),
+                user_id_example: "sip:bob@example.org".into(),
+            },
+            listen: cfg.listen,
+            gateway: Arc::new(Gateway {
+                shared: shared.clone(),
+            }),
+            shared,
+            stop: watch::channel(false).0,
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for Sip {
+    fn info(&self) -> &NetworkInfo {
+        &self.info
+    }
+
+    async fn start(&self, sink: EventSink) -> Result<(), NetworkError> {
+        let _ = self.shared.sink.set(sink);
+        let (endpoint, incoming) = Endpoint::start(
+            self.listen,
+            self.shared.proxy,
+            self.shared.transport,
+            concat!("isthmus/", env!("CARGO_PKG_VERSION")),
+        )
+        .await
+        .map_err(NetworkError::Internal)?;
+        if self.shared.endpoint.set(endpoint).is_err() {
+            return Err(NetworkError::Internal(
+                "the SIP connector was started twice".into(),
+            ));
+        }
+        tracing::info!(listen = %self.listen, proxy = %self.shared.proxy, domain = self.shared.addressing.domain(), "SIP endpoint listening on UDP and TCP");
+        self.shared.set_state(BridgeState::Connecting, None).await;
+        tokio::spawn(handle_sip::serve(self.shared.clone(), incoming));
+        tokio::spawn(keepalive(self.shared.clone(), self.stop.subscribe()));
+        tokio::spawn(presence::maintain(
+            self.shared.clone(),
+            self.stop.subscribe(),
+        ));
+        Ok(())
+    }
+
+    async fn stop(&self) {
+        self.stop.send_replace(true);
+        if let Some(e) = self.shared.endpoint.get() {
+            e.stop();
+        }
+    }
+
+    fn bridge_client(&self) -> Option<Arc<dyn NetworkClient>> {
+        Some(self.gateway.clone())
+    }
+
+    fn parse_user_id(&self, raw: &str) -> Result<RemoteUserId, NetworkError> {
+        self.shared
+            .addressing
+            .contact(raw)
+            .map(RemoteUserId::new)
+            .map_err(NetworkError::InvalidInput)
+    }
+
+    fn fanout_chat(&self, room_id: &str) -> Option<RemoteChatId> {
+        Some(RemoteChatId::new(ids::room_chat(room_id)))
+    }
+
+    fn default_display_name(&self, user: &RemoteUserId) -> String {
+        // The user part reads best ("bob" for bob@corp.example).
+        user.as_str()
+            .rsplit_once('@')
+            .map(|(u, _)| u.to_owned())
+            .unwrap_or_else(|| user.as_str().to_owned())
+    }
+
+    fn status(&self) -> Vec<(String, BridgeState)> {
+        vec![(
+            format!(
+                "gateway {} via proxy {} ({})",
+                self.shared.addressing.domain(),
+                self.shared.proxy,
+                match self.shared.transport {
+                    SipTransport::Udp => "udp",
+                    SipTransport::Tcp => "tcp",
+                }
+            ),
+            *self.shared.state.borrow(),
+        )]
+    }
+}
+
+/// Asks the proxy for OPTIONS every 30 s (every 5 s while it does not answer): an answer
+/// means the link is up, whatever its status code.
+async fn keepalive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let up = match shared.endpoint() {
+            Ok(ep) => {
+                let uri = format!("sip:{}", shared.proxy);
+                let from = format!(
+                    "<sip:isthmus@{}>;tag={}",
+                    shared.addressing.domain(),
+                    ep.tag()
+                );
+                let out = endpoint::Outgoing {
+                    method: rsipstack::sip::Method::Options,
+                    uri: &uri,
+                    from,
+                    to: format!("<{uri}>"),
+                    call_id: None,
+                    cseq: 1,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    credential: None,
+                };
+                match ep.send(out).await {
+                    // A locally generated 408 means no answer came.
+                    Ok(a) if a.code != 408 => Ok(()),
+                    Ok(a) => Err(format!("the proxy did not answer ({})", a.reason)),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let wait = match up {
+            Ok(()) => {
+                shared.set_state(BridgeState::Connected, None).await;
+                Duration::from_secs(30)
+            }
+            Err(e) => {
+                shared
+                    .set_state(BridgeState::TransientDisconnect, Some(e))
+                    .await;
+                Duration::from_secs(5)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! Presence both ways (RFC 3856 SUBSCRIBE/NOTIFY with PIDF bodies).
+//!
+//! - SIP users watching Matrix users ("watchers"): the bridge is the notifier for its gateway
+//!   domain. A new watcher is accepted, refused or asked about by the per-domain policy; the
+//!   Matrix user answers with `accept` / `deny`. The answer is remembered, so a watcher that
+//!   subscribes again (after expiry or a restart) is not asked twice.
+//! - Matrix users watching SIP contacts: after the first message to a contact the bridge
+//!   subscribes on the user's behalf and turns NOTIFYs into ghost presence.
+//!
+//! Both kinds of dialog are stored in the connector's storage under their Call-ID, refreshed
+//! before they expire, and so survive a restart of the bridge.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Header, Method, StatusCode};
+use rsipstack::transaction::transaction::Transaction;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use super::body;
+use super::endpoint::{self, Dialog, Outgoing};
+use super::handle_sip::{local_target, sender};
+use super::ids::{self, Local};
+use crate::bridge::now_ms;
+use crate::network::contacts::{self, Policy};
+use crate::network::{NetworkError, Presence, PresenceState, RemoteEvent, RemoteEventKind};
+
+/// A SIP user watching a Matrix user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Watcher {
+    /// The Matrix user watched.
+    user: String,
+    /// The SIP contact watching.
+    contact: String,
+    /// The subscription dialog (we are the notifier).
+    dialog: Dialog,
+    /// Whether the Matrix user allowed it (otherwise pending).
+    active: bool,
+}
+
+/// A Matrix user watching a SIP contact.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Watch {
+    user: String,
+    contact: String,
+    /// The subscription dialog (we are the subscriber).
+    dialog: Dialog,
+}
+
+const WATCHER: &str = "watcher:";
+const WATCH: &str = "watch:";
+const PRESENCE: &str = "presence:";
+
+fn sink_err(e: impl std::fmt::Display) -> NetworkError {
+    NetworkError::Internal(e.to_string())
+}
+
+fn load<T: for<'de> Deserialize<'de>>(shared: &Shared, key: &str) -> Option<T> {
+    let store = shared.store().ok()?;
+    serde_json::from_value(store.get(key).ok()??).ok()
+}
+
+fn save<T: Serialize>(shared: &Shared, key: &str, value: &T) -> Result<(), NetworkError> {
+    let v = serde_json::to_value(value).map_err(sink_err)?;
+    shared.store()?.put(key, &v).map_err(sink_err)
+}
+
+fn all<T: for<'de> Deserialize<'de>>(shared: &Shared, prefix: &str) -> Vec<(String, T)> {
+    let Ok(store) = shared.store() else {
+        return Vec::new();
+    };
+    store
+        .scan(prefix)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, serde_json::from_value(v).ok()?)))
+        .collect()
+}
+
+/// The presence a Matrix user last published (kept across restarts).
+fn presence_of(shared: &Shared, user: &str) -> Presence {
+    if let Some(p) = shared.presence.lock().expect("presence lock").get(user) {
+        return p.clone();
+    }
+    load(shared, &format!("{PRESENCE}{user}")).unwrap_or(Presence {
+        state: PresenceState::Offline,
+        status: None,
+    })
+}
+
+/// Requested expiry of a SUBSCRIBE, bounded by the configured lifetime.
+fn expiry(shared: &Shared, req: &rsipstack::sip::Request) -> u32 {
+    let asked = req
+        .expires_header()
+        .and_then(|e| e.value().trim().parse::<u32>().ok())
+        .unwrap_or(3600);
+    asked.min(shared.subscription_seconds)
+}
+
+/// SUBSCRIBE from a SIP user.
+pub(super) async fn subscribe_in(
+    shared: &Arc<Shared>,
+    tx: &mut Transaction,
+) -> Result<(), rsipstack::Error> {
+    let req = tx.original.clone();
+    let event = req.header_value("Event").unwrap_or_default();
+    if event.split(';').next().map(str::trim) != Some("presence") {
+        return tx
+            .reply_with(
+                StatusCode::BadEvent,
+                vec![Header::Other("Allow-Events".into(), "presence".into())],
+                None,
+            )
+            .await;
+    }
+    let call_id = endpoint::call_id(&req);
+    let expires = expiry(shared, &req);
+    let to_tag = req
+        .to_header()
+        .ok()
+        .map(|t| endpoint::name_addr(t.value()))
+        .and_then(|n| n.tag);
+    if to_tag.is_some() {
+        return refresh_in(shared, tx, &call_id, expires).await;
+    }
+    let Some(Local::User(user)) = local_target(shared, &req) else {
+        return tx.reply(StatusCode::NotFound).await;
+    };
+    let Some((contact, display)) = sender(shared, &req) else {
+        return tx.reply(StatusCode::BadRequest).await;
+    };
+    let Ok(store) = shared.store() else {
+        return tx.reply(StatusCode::ServiceUnavailable).await;
+    };
+    let sub = contacts::get(store, &user, &contact).unwrap_or_default();
+    let policy = shared.policy.for_contact(&contact);
+    if policy == Policy::Deny {
+        info!(%contact, %user, "presence subscription refused by policy");
+        return tx.reply(StatusCode::Forbidden).await;
+    }
+    let active = sub.from || policy == Policy::Accept;
+    let from = endpoint::name_addr(req.from_header().map(|f| f.value()).unwrap_or(""));
+    let remote_target = endpoint::header_values(&req.headers, "Contact")
+        .first()
+        .map(|c| endpoint::name_addr(c).uri)
+        .unwrap_or_else(|| from.uri.clone());
+    let Ok(ep) = shared.endpoint() else {
+        return tx.reply(StatusCode::ServiceUnavailable).await;
+    };
+    let local_tag = ep.tag();
+    let dialog = Dialog {
+        call_id: call_id.clone(),
+        local_uri: req.uri.to_string(),
+        local_tag: local_tag.clone(),
+        remote_uri: from.uri.clone(),
+        remote_tag: from.tag.clone().unwrap_or_default(),
+        remote_target,
+        // As the notifier, the route set is the Record-Route list in order.
+        routes: endpoint::header_values(&req.headers, "Record-Route")
+            .iter()
+            .map(|r| endpoint::name_addr(r).uri)
+            .collect(),
+        cseq: 0,
+        expires_at_ms: now_ms() + u64::from(expires) * 1000,
+    };
+    let watcher = Watcher {
+        user: user.clone(),
+        contact: contact.clone(),
+        dialog,
+        active,
+    };
+    {
+        let _guard = shared.subscriptions.lock().await;
+        if save(shared, &format!("{WATCHER}{call_id}"), &watcher).is_err() {
+            return tx.reply(StatusCode::ServerInternalError).await;
+        }
+        let _ = contacts::update(store, &user, &contact, |s| {
+            if active {
+                s.from = true;
+                s.pending_in = false;
+            } else {
+                s.pending_in = true;
+            }
+        });
+    }
+    let local_user = ids::escape_user(
+        &shared
+            .addressing
+            .puppet_user(&user)
+            .unwrap_or_else(|| "isthmus".into()),
+    );
+    // The To tag of the 2xx must be the dialog's local tag.
+    let mut to = req.to_header()?.clone();
+    to = format!("{};tag={local_tag}", to.value()).into();
+    tx.original.headers.unique_push(Header::To(to));
+    tx.reply_with(
+        StatusCode::OK,
+        vec![
+            Header::Expires(expires.into()),
+            Header::Contact(ep.contact(&local_user).into()),
+        ],
+        None,
+    )
+    .await?;
+    info!(%contact, %user, active, "SIP presence subscription");
+    if !active && sub.pending_in {
+        debug!("contact request already pending");
+    } else if !active && let Some(sink) = shared.sink.get() {
+        let ev =
+            RemoteEvent::direct(&contact, &user, RemoteEventKind::ContactRequest).named(display);
+        if let Err(e) = sink.push(ev).await {
+            warn!(error = %e, "could not store a contact request");
+        }
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _ = notify(&shared, &call_id, false).await;
+    });
+    Ok(())
+}
+
+/// A refresh or an unsubscription inside an existing watcher dialog.
+async fn refresh_in(
+    shared: &Arc<Shared>,
+    tx: &mut Transaction,
+    call_id: &str,
+    expires: u32,
+) -> Result<(), rsipstack::Error> {
+    let key = format!("{WATCHER}{call_id}");
+    let Some(mut w) = load::<Watcher>(shared, &key) else {
+        // Unknown dialog (expired or never seen): the watcher subscribes anew.
+        return tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+    };
+    w.dialog.expires_at_ms = now_ms() + u64::from(expires) * 1000;
+    let ok = {
+        let _guard = shared.subscriptions.lock().await;
+        save(shared, &key, &w).is_ok()
+    };
+    if !ok {
+        return tx.reply(StatusCode::ServerInternalError).await;
+    }
+    tx.reply_with(StatusCode::OK, vec![Header::Expires(expires.into())], None)
+        .await?;
+    let shared = shared.clone();
+    let call_id = call_id.to_owned();
+    tokio::spawn(async move {
+        let _ = notify(&shared, &call_id, expires == 0).await;
+        if expires == 0 {
+            let _guard = shared.subscriptions.lock().await;
+            if let Ok(store) = shared.store() {
+                let _ = store.delete(&format!("{WATCHER}{call_id}"));
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Sends a watcher the current state of its subscription: the Matrix user's presence when
+/// active, no body while pending, `terminated` when `end` (or when refused).
+async fn notify(shared: &Shared, call_id: &str, end: bool) -> Result<(), NetworkError> {
+    let key = format!("{WATCHER}{call_id}");
+    let (mut w, cseq) = {
+        let _guard = shared.subscriptions.lock().await;
+        let Some(mut w) = load::<Watcher>(shared, &key) else {
+            return Ok(());
+        };
+        let cseq = w.dialog.next_cseq();
+        save(shared, &key, &w)?;
+        (w, cseq)
+    };
+    let now = now_ms();
+    let left = w.dialog.expires_at_ms.saturating_sub(now) / 1000;
+    let refused = !w.active
+        && contacts::get(shared.store()?, &w.user, &w.contact)
+            .map(|s| !s.pending_in && !s.from)
+            .unwrap_or(false);
+    let (state, body) = if end || left == 0 {
+        ("terminated;reason=timeout".to_owned(), None)
+    } else if refused {
+        ("terminated;reason=rejected".to_owned(), None)
+    } else if w.active {
+        let entity = w.dialog.local_uri.clone();
+        (
+            format!("active;expires={left}"),
+            Some(body::pidf(&entity, &presence_of(shared, &w.user))),
+        )
+    } else {
+        (format!("pending;expires={left}"), None)
+    };
+    let mut headers = w.dialog.route_headers();
+    headers.push(Header::Event("presence".into()));
+    headers.push(Header::SubscriptionState(state.clone().into()));
+    if body.is_some() {
+        headers.push(Header::ContentType(body::PIDF.into()));
+    }
+    let ep = shared.endpoint()?;
+    let out = Outgoing {
+        method: Method::Notify,
+        uri: &w.dialog.remote_target,
+        from: w.dialog.local_header(),
+        to: w.dialog.remote_header(),
+        call_id: Some(w.dialog.call_id.clone()),
+        cseq,
+        headers,
+        body: body.unwrap_or_default(),
+        credential: None,
+    };
+    let answer = ep
+        .send(out)
+        .await
+        .map_err(|e| NetworkError::Transient(e.to_string()))?;
+    debug!(
+        call_id,
+        state,
+        code = answer.code,
+        "NOTIFY sent to a watcher"
+    );
+    if answer.code == 481 || state.starts_with("terminated") {
+        let _guard = shared.subscriptions.lock().await;
+        shared.store()?.delete(&key).map_err(sink_err)?;
+    }
+    w.dialog.cseq = cseq;
+    Ok(())
+}
+
+/// Sends a Matrix user's presence to every watcher allowed to see it.
+pub(super) async fn publish(
+    shared: &Shared,
+    user: &str,
+    presence: &Presence,
+) -> Result<(), NetworkError> {
+    shared
+        .presence
+        .lock()
+        .expect("presence lock")
+        .insert(user.to_owned(), presence.clone());
+    save(shared, &format!("{PRESENCE}{user}"), presence)?;
+    for (_, w) in all::<Watcher>(shared, WATCHER) {
+        if w.user == user && w.active {
+            notify(shared, &w.dialog.call_id, false).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The Matrix user's answer to a watcher's request.
+pub(super) async fn answer(
+    shared: &Shared,
+    user: &str,
+    contact: &str,
+    accept: bool,
+) -> Result<(), NetworkError> {
+    {
+        let _guard = shared.subscriptions.lock().await;
+        contacts::update(shared.store()?, user, contact, |s| {
+            s.pending_in = false;
+            s.from = accept;
+        })
+        .map_err(sink_err)?;
+        for (key, mut w) in all::<Watcher>(shared, WATCHER) {
+            if w.user == user && w.contact == contact {
+                w.active = accept;
+                save(shared, &key, &w)?;
+            }
+        }
+    }
+    for (_, w) in all::<Watcher>(shared, WATCHER) {
+        if w.user == user && w.contact == contact {
+            notify(shared, &w.dialog.call_id, false).await?;
+        }
+    }
+    Ok(())
+}
+
+/// NOTIFY for one of our own subscriptions.
+pub(super) async fn notify_in(
+    shared: &Arc<Shared>,
+    tx: &mut Transaction,
+) -> Result<(), rsipstack::Error> {
+    let req = tx.original.clone();
+    let call_id = endpoint::call_id(&req);
+    let key = format!("{WATCH}{call_id}");
+    let Some(mut w) = load::<Watch>(shared, &key) else {
+        return tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+    };
+    let state = req
+        .header_value("Subscription-State")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    // A NOTIFY may come before the 2xx of the SUBSCRIBE: it confirms the dialog.
+    if w.dialog.remote_tag.is_empty()
+        && let Some(tag) = req
+            .from_header()
+            .ok()
+            .and_then(|f| endpoint::name_addr(f.value()).tag)
+    {
+        w.dialog.remote_tag = tag;
+        let _guard = shared.subscriptions.lock().await;
+        let _ = save(shared, &key, &w);
+    }
+    tx.reply(StatusCode::OK).await?;
+    let presence = if state.starts_with("terminated") {
+        let _guard = shared.subscriptions.lock().await;
+        if let Ok(store) = shared.store() {
+            let _ = store.delete(&key);
+            let _ = contacts::update(store, &w.user, &w.contact, |s| {
+                s.to = false;
+                s.asked_out = false;
+            });
+        }
+        info!(contact = %w.contact, user = %w.user, %state, "presence subscription ended by the contact");
+        None
+    } else {
+        if state.starts_with("active")
+            && let Ok(store) = shared.store()
+        {
+            let _ = contacts::update(store, &w.user, &w.contact, |s| s.to = true);
+        }
+        body::parse_pidf(&req.body)
+    };
+    if let (Some(p), Some(sink)) = (presence, shared.sink.get()) {
+        let ev = RemoteEvent::direct(&w.contact, &w.user, RemoteEventKind::Presence(p));
+        if let Err(e) = sink.push(ev).await {
+            warn!(error = %e, "could not store a presence update");
+        }
+    }
+    Ok(())
+}
+
+/// Subscribes to a contact's presence for a Matrix user, unless already subscribed.
+pub(super) async fn watch(shared: &Shared, user: &str, contact: &str) -> Result<(), NetworkError> {
+    let existing = all::<Watch>(shared, WATCH)
+        .into_iter()
+        .any(|(_, w)| w.user == user && w.contact == contact);
+    if existing {
+        return Ok(());
+    }
+    let ep = shared.endpoint()?;
+    let Some(local_uri) = shared.addressing.puppet_uri(user) else {
+        return Err(NetworkError::InvalidInput(
+            "this Matrix user has no SIP address".into(),
+        ));
+    };
+    let target = ids::contact_uri(contact);
+    let dialog = Dialog {
+        call_id: ep.call_id(),
+        local_uri,
+        local_tag: ep.tag(),
+        remote_uri: target.clone(),
+        remote_tag: String::new(),
+        remote_target: target,
+        routes: Vec::new(),
+        cseq: 0,
+        expires_at_ms: 0,
+    };
+    let w = Watch {
+        user: user.to_owned(),
+        contact: contact.to_owned(),
+        dialog,
+    };
+    {
+        let _guard = shared.subscriptions.lock().await;
+        save(shared, &format!("{WATCH}{}", w.dialog.call_id), &w)?;
+        let _ = contacts::update(shared.store()?, user, contact, |s| s.asked_out = true);
+    }
+    subscribe_out(shared, &w.dialog.call_id).await
+}
+
+/// Sends (or refreshes) our SUBSCRIBE for a stored watch.
+async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkError> {
+    let key = format!("{WATCH}{call_id}");
+    let (w, cseq) = {
+        let _guard = shared.subscriptions.lock().await;
+        let Some(mut w) = load::<Watch>(shared, &key) else {
+            return Ok(());
+        };
+        let cseq = w.dialog.next_cseq();
+        save(shared, &key, &w)?;
+        (w, cseq)
+    };
+    let ep = shared.endpoint()?;
+    let local_user = shared
+        .addressing
+        .puppet_user(&w.user)
+        .unwrap_or_else(|| "isthmus".into());
+    let mut headers = w.dialog.route_headers();
+    headers.extend([
+        Header::Event("presence".into()),
+        Header::Accept(body::PIDF.into()),
+        Header::Expires(shared.subscription_seconds.into()),
+        Header::Contact(ep.contact(&local_user).into()),
+    ]);
+    let out = Outgoing {
+        method: Method::Subscribe,
+        uri: &w.dialog.remote_target,
+        from: w.dialog.local_header(),
+        to: w.dialog.remote_header(),
+        call_id: Some(w.dialog.call_id.clone()),
+        cseq,
+        headers,
+        body: Vec::new(),
+        credential: None,
+    };
+    let answer = ep
+        .send(out)
+        .await
+        .map_err(|e| NetworkError::Transient(e.to_string()))?;
+    let _guard = shared.subscriptions.lock().await;
+    let Some(mut w) = load::<Watch>(shared, &key) else {
+        return Ok(());
+    };
+    if (200..300).contains(&answer.code) {
+        let resp = &answer.response;
+        let granted = resp
+            .expires_header()
+            .and_then(|e| e.value().trim().parse::<u64>().ok())
+            .unwrap_or(u64::from(shared.subscription_seconds));
+        w.dialog.expires_at_ms = now_ms() + granted * 1000;
+        if w.dialog.remote_tag.is_empty() {
+            if let Some(tag) = resp
+                .to_header()
+                .ok()
+                .and_then(|t| endpoint::name_addr(t.value()).tag)
+            {
+                w.dialog.remote_tag = tag;
+            }
+            if let Some(c) = endpoint::header_values(&resp.headers, "Contact").first() {
+                w.dialog.remote_target = endpoint::name_addr(c).uri;
+            }
+            // As the subscriber, the route set is the Record-Route list reversed.
+            let mut routes: Vec<String> = endpoint::header_values(&resp.headers, "Record-Route")
+                .iter()
+                .map(|r| endpoint::name_addr(r).uri)
+                .collect();
+            routes.reverse();
+            w.dialog.routes = routes;
+        }
+        save(shared, &key, &w)?;
+        debug!(contact = %w.contact, granted, "presence subscription confirmed");
+        Ok(())
+    } else {
+        // Refused or the dialog is gone: forget it; a 481 on refresh starts a new one.
+        shared.store()?.delete(&key).map_err(sink_err)?;
+        let restart = answer.code == 481;
+        let _ = contacts::update(shared.store()?, &w.user, &w.contact, |s| {
+            s.asked_out = false;
+        });
+        info!(contact = %w.contact, code = answer.code, "presence subscription not accepted");
+        drop(_guard);
+        if restart {
+            return Box::pin(watch(shared, &w.user, &w.contact)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Every 10 s: refreshes our subscriptions when a quarter of their time is left (or they
+/// were never confirmed), and forgets watchers whose subscription ran out.
+pub(super) async fn maintain(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.changed() => return,
+        }
+        if shared.endpoint().is_err() || shared.store().is_err() {
+            continue;
+        }
+        let now = now_ms();
+        let period = u64::from(shared.subscription_seconds) * 1000;
+        for (_, w) in all::<Watch>(&shared, WATCH) {
+            let due = w.dialog.expires_at_ms == 0
+                || w.dialog.expires_at_ms.saturating_sub(now) < period / 4;
+            if due && let Err(e) = subscribe_out(&shared, &w.dialog.call_id).await {
+                debug!(error = %e, contact = %w.contact, "presence subscription refresh failed; retrying");
+            }
+        }
+        for (key, w) in all::<Watcher>(&shared, WATCHER) {
+            if w.dialog.expires_at_ms < now {
+                let _guard = shared.subscriptions.lock().await;
+                if let Ok(store) = shared.store() {
+                    let _ = store.delete(&key);
+                }
+            }
+        }
+    }
+}
