@@ -118,6 +118,37 @@ pub fn main(cli: Cli) -> Result<()> {
     }
 }
 
+/// The key that seals login credentials: from the config, else from `login.key` in the
+/// database folder (generated, readable by the owner only, on first start).
+fn login_key(folder: &Path, configured: Option<&str>) -> Result<crate::store::LoginKey> {
+    if let Some(secret) = configured {
+        return crate::store::LoginKey::from_secret(secret)
+            .map_err(|e| anyhow::anyhow!("bridge.login_key {e}"));
+    }
+    let file = folder.join("login.key");
+    let secret = match std::fs::read_to_string(&file) {
+        Ok(s) => s.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret =
+                crate::store::LoginKey::generate_secret().map_err(|e| anyhow::anyhow!(e))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options
+                .open(&file)
+                .with_context(|| format!("cannot create {}", file.display()))?;
+            std::io::Write::write_all(&mut f, secret.as_bytes())?;
+            f.sync_all()?;
+            info!(file = %file.display(), "generated the key that seals login credentials; back it up with the store");
+            secret
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    crate::store::LoginKey::from_secret(&secret)
+        .map_err(|e| anyhow::anyhow!("{} {e}", file.display()))
+}
+
 fn open_store(path: &Path) -> Result<Store> {
     Store::open(path).with_context(|| {
         format!(
@@ -227,7 +258,10 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
     info!(version = env!("CARGO_PKG_VERSION"), "isthmus starting");
     std::fs::create_dir_all(&config.database.path)
         .with_context(|| format!("cannot create {}", config.database.path.display()))?;
-    let store = open_store(&config.database.path)?;
+    let store = open_store(&config.database.path)?.with_login_key(login_key(
+        &config.database.path,
+        secrets.login_key.as_deref(),
+    )?);
     let week_ago = crate::bridge::now_ms().saturating_sub(7 * 24 * 3600 * 1000);
     let pruned = store.prune_transactions(week_ago)?;
     let metrics = Metrics::new();

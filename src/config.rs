@@ -267,6 +267,10 @@ pub struct BridgeConfig {
     /// How long a login must stay disconnected before its user is told, in seconds.
     #[serde(default = "default_state_notice_delay")]
     pub state_notice_delay_seconds: u64,
+    /// The secret (at least 32 characters) that seals stored login credentials. Unset: a
+    /// random one is generated into `login.key` in the database folder on first start.
+    #[serde(default)]
+    pub login_key: Option<Secret>,
 }
 
 fn default_command_prefix() -> String {
@@ -300,6 +304,7 @@ impl Default for BridgeConfig {
             bridge_notices: false,
             portal_idle_seconds: default_portal_idle(),
             state_notice_delay_seconds: default_state_notice_delay(),
+            login_key: None,
         }
     }
 }
@@ -511,6 +516,8 @@ pub struct ResolvedSecrets {
     pub xmpp_component_secret: Option<String>,
     /// The provisioning API secret, when the API is on.
     pub provisioning_secret: Option<String>,
+    /// The login sealing secret, when configured.
+    pub login_key: Option<String>,
 }
 
 impl fmt::Debug for ResolvedSecrets {
@@ -738,7 +745,19 @@ impl Config {
             .as_ref()
             .map(|s| s.resolve("appservice.provisioning_secret", env))
             .transpose()?;
+        let login_key = self
+            .bridge
+            .login_key
+            .as_ref()
+            .map(|s| s.resolve("bridge.login_key", env))
+            .transpose()?;
+        if let Some(k) = &login_key
+            && let Err(why) = crate::store::LoginKey::from_secret(k)
+        {
+            return Err(invalid("bridge.login_key", why));
+        }
         Ok(ResolvedSecrets {
+            login_key,
             as_token,
             hs_token,
             xmpp_component_secret,

@@ -79,6 +79,8 @@ pub struct Outgoing<'a> {
     pub body: Vec<u8>,
     /// Credentials to answer a 401/407 challenge with, once.
     pub credential: Option<&'a Credential>,
+    /// The proxy to send through, when not the configured one (a user's own account).
+    pub proxy: Option<SocketAddr>,
 }
 
 /// The bridge's SIP endpoint.
@@ -187,10 +189,17 @@ impl Endpoint {
     /// answered once with the credentials when there are some.
     pub async fn send(&self, out: Outgoing<'_>) -> Result<Answer, SendError> {
         let uri = Uri::try_from(out.uri).map_err(|e| SendError::Invalid(e.to_string()))?;
+        let proxy = match out.proxy {
+            Some(addr) => SipAddr {
+                r#type: self.proxy.r#type,
+                addr: addr.into(),
+            },
+            None => self.proxy.clone(),
+        };
         let (conn, _) = self
             .inner
             .transport_layer
-            .lookup(&self.proxy, None)
+            .lookup(&proxy, None)
             .await
             .map_err(|e| SendError::Transport(e.to_string()))?;
         let via = self
@@ -214,7 +223,7 @@ impl Endpoint {
         let key = TransactionKey::from_request(&req, TransactionRole::Client)
             .map_err(|e| SendError::Invalid(e.to_string()))?;
         let mut tx = Transaction::new_client(key, req, self.inner.clone(), None);
-        tx.destination = Some(self.proxy.clone());
+        tx.destination = Some(proxy);
         tx.send()
             .await
             .map_err(|e| SendError::Transport(e.to_string()))?;

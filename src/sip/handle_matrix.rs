@@ -24,7 +24,7 @@ pub(crate) struct Gateway {
 }
 
 /// What a final answer means for the Matrix sender.
-fn outcome(answer: Result<Answer, SendError>) -> Result<(), NetworkError> {
+pub(super) fn outcome(answer: Result<Answer, SendError>) -> Result<(), NetworkError> {
     match answer {
         Ok(a) if (200..300).contains(&a.code) => Ok(()),
         Ok(a) => {
@@ -79,6 +79,7 @@ impl Gateway {
                 headers: vec![Header::ContentType("text/plain;charset=UTF-8".into())],
                 body: part.into_bytes(),
                 credential: None,
+                proxy: None,
             };
             outcome(ep.send(out).await)?;
             first.get_or_insert(call_id);
@@ -194,6 +195,7 @@ impl NetworkClient for Gateway {
             headers: vec![Header::ContentType(body::ISCOMPOSING.into())],
             body: body::iscomposing(typing),
             credential: None,
+            proxy: None,
         };
         outcome(ep.send(out).await)
     }

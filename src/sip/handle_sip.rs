@@ -84,6 +84,11 @@ fn trusted_source(shared: &Shared, req: &rsipstack::sip::Request) -> bool {
 pub(super) fn local_target(shared: &Shared, req: &rsipstack::sip::Request) -> Option<Local> {
     let aor = super::ids::parse_aor(&req.uri.to_string()).ok()?;
     let (user, host) = aor.rsplit_once('@')?;
+    if user.starts_with(super::account::ACCOUNT_PREFIX) {
+        // The contact registered for a user's own account.
+        let accounts = shared.accounts.lock().expect("accounts lock");
+        return accounts.get(user).map(|(u, _)| Local::User(u.clone()));
+    }
     let host = host.split(':').next().unwrap_or(host);
     if host != shared.addressing.domain() {
         return None;

@@ -11,7 +11,9 @@
 //! | `handle_sip.rs` | SIP → bridge |
 //! | `handle_matrix.rs` | bridge → SIP |
 //! | `presence.rs` | presence subscriptions both ways, kept across restarts |
+//! | `account.rs` | users' own SIP accounts: REGISTER with digest, refresh, messages as the account |
 
+mod account;
 mod body;
 mod endpoint;
 mod handle_matrix;
@@ -33,8 +35,9 @@ use self::ids::Addressing;
 use crate::config::{SipConfig, SipTransport};
 use crate::network::contacts::SubscriptionPolicy;
 use crate::network::{
-    BridgeState, Capabilities, Connector, ConnectorStore, EventSink, NetworkClient, NetworkError,
-    NetworkId, NetworkInfo, Presence, RemoteChatId, RemoteUserId, ThirdPartyField,
+    BridgeState, Capabilities, Connector, ConnectorStore, EventSink, LoginData, LoginFlow,
+    LoginProcess, NetworkClient, NetworkError, NetworkId, NetworkInfo, Presence, RemoteChatId,
+    RemoteUserId, ThirdPartyField,
 };
 
 /// What the inbound handler, the gateway identity and the timers share.
@@ -48,6 +51,9 @@ pub(crate) struct Shared {
     proxy: std::net::SocketAddr,
     transport: SipTransport,
     subscription_seconds: u32,
+    register_seconds: u32,
+    /// Own accounts by the user part of their registered contact: (Matrix user, address).
+    accounts: Mutex<HashMap<String, (String, String)>>,
     state: watch::Sender<BridgeState>,
     /// Last presence published per Matrix user.
     presence: Mutex<HashMap<String, Presence>>,
@@ -118,6 +124,8 @@ impl Sip {
             proxy: cfg.proxy,
             transport: cfg.transport,
             subscription_seconds: cfg.subscription_seconds,
+            register_seconds: cfg.register_seconds,
+            accounts: Mutex::default(),
             state: watch::channel(BridgeState::Starting).0,
             presence: Mutex::default(),
             subscriptions: tokio::sync::Mutex::new(()),
@@ -193,6 +201,41 @@ impl Connector for Sip {
         Some(self.gateway.clone())
     }
 
+    fn login_flows(&self) -> Vec<LoginFlow> {
+        vec![LoginFlow {
+            id: "password".into(),
+            name: "SIP account".into(),
+            description:
+                "Log in with your own SIP address and password; the bridge registers for you."
+                    .into(),
+        }]
+    }
+
+    async fn start_login(
+        &self,
+        user_id: &str,
+        flow_id: &str,
+    ) -> Result<Box<dyn LoginProcess>, NetworkError> {
+        if flow_id != "password" {
+            return Err(NetworkError::InvalidInput(format!(
+                "unknown login flow {flow_id}; the SIP flow is `password`"
+            )));
+        }
+        self.shared.endpoint()?;
+        Ok(Box::new(account::PasswordLogin {
+            shared: self.shared.clone(),
+            user: user_id.to_owned(),
+        }))
+    }
+
+    async fn load_login(
+        &self,
+        user_id: &str,
+        login: &LoginData,
+    ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
+        account::load(self.shared.clone(), user_id, login)
+    }
+
     fn parse_user_id(&self, raw: &str) -> Result<RemoteUserId, NetworkError> {
         self.shared
             .addressing
@@ -251,6 +294,7 @@ async fn keepalive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     headers: Vec::new(),
                     body: Vec::new(),
                     credential: None,
+                    proxy: None,
                 };
                 match ep.send(out).await {
                     // A locally generated 408 means no answer came.

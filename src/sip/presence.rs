@@ -308,6 +308,7 @@ async fn notify(shared: &Shared, call_id: &str, end: bool) -> Result<(), Network
         headers,
         body: body.unwrap_or_default(),
         credential: None,
+        proxy: None,
     };
     let answer = ep
         .send(out)
@@ -504,6 +505,7 @@ async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkErro
         headers,
         body: Vec::new(),
         credential: None,
+        proxy: None,
     };
     let answer = ep
         .send(out)

@@ -4,6 +4,33 @@ use super::{Store, StoreError, codec, decode, encode};
 use crate::network::{LoginData, LoginId};
 
 impl Store {
+    /// The login as stored: its data sealed when there is a key.
+    fn sealed(&self, place: &[u8], login: &LoginData) -> Result<Vec<u8>, StoreError> {
+        let Some(key) = &self.login_key else {
+            return Ok(encode(login));
+        };
+        let plain = serde_json::to_vec(&login.data).expect("JSON values serialise");
+        let mut stored = login.clone();
+        stored.data = serde_json::json!({ "sealed": key.seal(place, &plain)? });
+        Ok(encode(&stored))
+    }
+
+    /// The login as connectors see it: its data opened.
+    fn opened(&self, place: &[u8], bytes: &[u8]) -> Result<LoginData, StoreError> {
+        let mut login: LoginData = decode("logins", bytes)?;
+        if let Some(sealed) = login.data.get("sealed").and_then(|s| s.as_str()) {
+            let key = self.login_key.as_ref().ok_or_else(|| {
+                StoreError::Sealed("login data is sealed and no key is configured".into())
+            })?;
+            let plain = key.open(place, sealed)?;
+            login.data = serde_json::from_slice(&plain).map_err(|e| StoreError::Decode {
+                tree: "logins",
+                message: e.to_string(),
+            })?;
+        }
+        Ok(login)
+    }
+
     /// Inserts or replaces a login of `user_id` on `network`.
     pub fn put_login(
         &self,
@@ -11,10 +38,9 @@ impl Store {
         network: &str,
         login: &LoginData,
     ) -> Result<(), StoreError> {
-        self.logins.insert(
-            codec::key(&[user_id, network, login.id.as_str()]),
-            encode(login),
-        )?;
+        let key = codec::key(&[user_id, network, login.id.as_str()]);
+        let value = self.sealed(&key, login)?;
+        self.logins.insert(key, value)?;
         Ok(())
     }
 
@@ -42,7 +68,7 @@ impl Store {
                 .and_then(|n| std::str::from_utf8(n).ok())
                 .unwrap_or_default()
                 .to_owned();
-            out.push((network, decode("logins", &v)?));
+            out.push((network, self.opened(&k, &v)?));
         }
         Ok(out)
     }
@@ -57,7 +83,7 @@ impl Store {
                 .map(|p| String::from_utf8_lossy(p).into_owned());
             let user = parts.next().unwrap_or_default();
             let network = parts.next().unwrap_or_default();
-            out.push((user, network, decode("logins", &v)?));
+            out.push((user, network, self.opened(&k, &v)?));
         }
         Ok(out)
     }
@@ -86,5 +112,29 @@ mod tests {
         assert_eq!(s.all_logins().unwrap().len(), 2);
         assert!(s.delete_login("@alice:hs", "loopback", &l.id).unwrap());
         assert!(s.logins_of("@alice:hs").unwrap().is_empty());
+    }
+
+    #[test]
+    fn login_data_is_sealed_at_rest() {
+        let key = || super::super::LoginKey::from_secret(&"s".repeat(40)).unwrap();
+        let s = Store::temporary().unwrap().with_login_key(key());
+        let l = LoginData {
+            id: LoginId::new("bob"),
+            remote_user: RemoteUserId::new("bob@x"),
+            remote_name: "Bob".into(),
+            data: serde_json::json!({"password": "hunter2-secret"}),
+        };
+        s.put_login("@alice:hs", "sip", &l).unwrap();
+        let raw: Vec<u8> = s.logins.iter().values().next().unwrap().unwrap().to_vec();
+        let raw = String::from_utf8(raw).unwrap();
+        assert!(!raw.contains("hunter2"), "{raw}");
+        assert!(raw.contains("sealed") && raw.contains("Bob"), "{raw}");
+        assert_eq!(s.logins_of("@alice:hs").unwrap()[0].1, l);
+        assert_eq!(s.all_logins().unwrap()[0].2, l);
+        // Without the key the data does not open, and says why.
+        let mut plain = s.clone();
+        plain.login_key = None;
+        let err = plain.all_logins().unwrap_err().to_string();
+        assert!(err.contains("no key"), "{err}");
     }
 }

@@ -26,6 +26,7 @@ mod logins;
 mod messages;
 mod portals;
 mod schema;
+mod seal;
 mod users;
 
 use std::path::Path;
@@ -37,6 +38,7 @@ pub use self::inbox::{InboxItem, TxnOutcome, TxnRecord};
 pub use self::messages::MessageRecord;
 pub use self::portals::PortalRecord;
 pub use self::schema::SCHEMA_VERSION;
+pub use self::seal::LoginKey;
 pub use self::users::UserRecord;
 
 /// Everything that can go wrong in the store.
@@ -66,6 +68,9 @@ pub enum StoreError {
     /// An import file is not a valid dump.
     #[error("invalid dump: {0}")]
     InvalidDump(String),
+    /// Sealed login data could not be sealed or opened.
+    #[error("login data: {0}")]
+    Sealed(String),
 }
 
 /// Handle on the store; cheap to clone.
@@ -83,6 +88,8 @@ pub struct Store {
     users: sled::Tree,
     logins: sled::Tree,
     connector_kv: sled::Tree,
+    /// Seals the data of logins; without it, login data is stored as the connector gave it.
+    login_key: Option<std::sync::Arc<LoginKey>>,
 }
 
 /// Names of every tree, in export order.
@@ -147,8 +154,15 @@ impl Store {
             users: t("users")?,
             logins: t("logins")?,
             connector_kv: t("connector_kv")?,
+            login_key: None,
             db,
         })
+    }
+
+    /// Seals the data of logins written from now on with `key`, and opens sealed data with it.
+    pub fn with_login_key(mut self, key: LoginKey) -> Self {
+        self.login_key = Some(std::sync::Arc::new(key));
+        self
     }
 
     /// Waits until everything written so far is on disk.

@@ -1,0 +1,439 @@
+//! Own-account mode: a Matrix user's own SIP account. The bridge REGISTERs a contact for the
+//! account at its own endpoint (digest authentication, refreshed at three quarters of the
+//! granted time), sends the user's messages as the account, and turns what reaches the
+//! contact into the user's direct chats. The password lives in the login data, which the
+//! core seals at rest.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rsipstack::dialog::authenticate::Credential;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Header, Method};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::Shared;
+use super::body;
+use super::endpoint::{Outgoing, SendError};
+use super::ids;
+use crate::network::{
+    BridgeState, ChatKind, LoginData, LoginField, LoginId, LoginProcess, LoginStep, MatrixSender,
+    MessageKind, NetworkClient, NetworkError, OutgoingMessage, PortalRef, RemoteMessageId,
+    RemoteUserId,
+};
+
+/// The prefix of the contact user part the bridge registers for an account.
+pub const ACCOUNT_PREFIX: &str = "~a.";
+
+/// What a login stores (sealed by the core).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct AccountData {
+    /// The address of record, `user@host`.
+    pub address: String,
+    /// Digest user name, when it differs from the address's user part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_user: Option<String>,
+    /// The password.
+    pub password: String,
+    /// The account's outbound proxy, when not the bridge's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<SocketAddr>,
+}
+
+/// One Matrix user's SIP account.
+pub(crate) struct Account {
+    shared: Arc<Shared>,
+    /// The Matrix user.
+    user: String,
+    data: AccountData,
+    credential: Credential,
+    /// The user part of the registered contact (routes incoming requests to this account).
+    contact_user: String,
+    call_id: String,
+    cseq: tokio::sync::Mutex<u32>,
+    state: watch::Sender<BridgeState>,
+    stop: watch::Sender<bool>,
+}
+
+impl Account {
+    fn new(shared: Arc<Shared>, user: &str, data: AccountData) -> Arc<Self> {
+        let (name, _) = data.address.rsplit_once('@').unwrap_or((&data.address, ""));
+        let credential = Credential {
+            username: name.to_owned(),
+            password: data.password.clone(),
+            realm: None,
+            auth_username: data.auth_user.clone(),
+        };
+        let contact_user = format!(
+            "{ACCOUNT_PREFIX}{}",
+            &ids::room_chat(&format!("{user}\u{1f}{}", data.address))[ids::ROOM_PREFIX.len()..]
+        );
+        let call_id = shared
+            .endpoint()
+            .map(|e| e.call_id())
+            .unwrap_or_else(|_| format!("{contact_user}@isthmus"));
+        Arc::new(Self {
+            shared,
+            user: user.to_owned(),
+            data,
+            credential,
+            contact_user,
+            call_id,
+            cseq: tokio::sync::Mutex::new(0),
+            state: watch::channel(BridgeState::Connecting).0,
+            stop: watch::channel(false).0,
+        })
+    }
+
+    fn aor_uri(&self) -> String {
+        ids::contact_uri(&self.data.address)
+    }
+
+    /// Registers the contact for `expires` seconds (0 removes it); returns the time granted.
+    async fn register(&self, expires: u32) -> Result<u64, NetworkError> {
+        let ep = self.shared.endpoint()?;
+        let host = self
+            .data
+            .address
+            .rsplit_once('@')
+            .map(|(_, h)| h)
+            .unwrap_or("");
+        let registrar = format!("sip:{host}");
+        let aor = self.aor_uri();
+        let mut asked = expires;
+        for _ in 0..2 {
+            let cseq = {
+                let mut c = self.cseq.lock().await;
+                // The challenge retry takes the next number.
+                *c += 2;
+                *c
+            };
+            let out = Outgoing {
+                method: Method::Register,
+                uri: &registrar,
+                from: format!("<{aor}>;tag={}", ep.tag()),
+                to: format!("<{aor}>"),
+                call_id: Some(self.call_id.clone()),
+                cseq,
+                headers: vec![
+                    Header::Contact(ep.contact(&self.contact_user).into()),
+                    Header::Expires(asked.into()),
+                ],
+                body: Vec::new(),
+                credential: Some(&self.credential),
+                proxy: self.data.proxy,
+            };
+            let answer = match ep.send(out).await {
+                Ok(a) => a,
+                Err(SendError::Transport(e)) => return Err(NetworkError::Transient(e)),
+                Err(SendError::Invalid(e)) => return Err(NetworkError::InvalidInput(e)),
+            };
+            match answer.code {
+                200..=299 => {
+                    let granted = answer
+                        .response
+                        .expires_header()
+                        .and_then(|e| e.value().trim().parse::<u64>().ok())
+                        .unwrap_or(u64::from(asked));
+                    return Ok(granted);
+                }
+                // Interval too brief: ask again with the registrar's minimum.
+                423 => {
+                    asked = answer
+                        .response
+                        .min_expires_header()
+                        .and_then(|e| e.value().trim().parse::<u32>().ok())
+                        .unwrap_or(asked.saturating_mul(2));
+                }
+                401 | 403 | 407 => {
+                    return Err(NetworkError::BadCredentials(format!(
+                        "the registrar refused the credentials ({} {})",
+                        answer.code, answer.reason
+                    )));
+                }
+                404 => {
+                    return Err(NetworkError::BadCredentials(format!(
+                        "the registrar does not know this address ({} {})",
+                        answer.code, answer.reason
+                    )));
+                }
+                code => {
+                    return Err(NetworkError::Transient(format!(
+                        "the registrar answered {code} {}",
+                        answer.reason
+                    )));
+                }
+            }
+        }
+        Err(NetworkError::Transient(
+            "the registrar keeps asking for a longer registration".into(),
+        ))
+    }
+
+    async fn set_state(&self, state: BridgeState, message: Option<String>) {
+        let changed = self.state.send_if_modified(|s| {
+            let c = *s != state;
+            *s = state;
+            c
+        });
+        if changed && let Some(sink) = self.shared.sink.get() {
+            sink.report_state(Some(&self.user), state, message).await;
+        }
+    }
+
+    /// Keeps the registration alive until logout: refreshes at three quarters of the granted
+    /// time, retries passing failures every 10 s, stops on refused credentials.
+    async fn keep_registered(self: Arc<Self>, mut wait: Duration) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            match self.register(self.shared.register_seconds).await {
+                Ok(granted) => {
+                    self.set_state(BridgeState::Connected, None).await;
+                    wait = Duration::from_secs((granted * 3 / 4).max(5));
+                }
+                Err(NetworkError::BadCredentials(why)) => {
+                    warn!(user = %self.user, address = %self.data.address, "SIP registration refused");
+                    self.set_state(BridgeState::BadCredentials, Some(why)).await;
+                    return;
+                }
+                Err(e) => {
+                    self.set_state(BridgeState::TransientDisconnect, Some(e.to_string()))
+                        .await;
+                    wait = Duration::from_secs(10);
+                }
+            }
+        }
+    }
+
+    fn track(self: &Arc<Self>) {
+        self.shared.accounts.lock().expect("accounts lock").insert(
+            self.contact_user.clone(),
+            (self.user.clone(), self.data.address.clone()),
+        );
+    }
+
+    fn login_data(&self) -> LoginData {
+        LoginData {
+            id: LoginId::new(self.data.address.as_str()),
+            remote_user: RemoteUserId::new(self.data.address.as_str()),
+            remote_name: format!("sip:{}", self.data.address),
+            data: serde_json::to_value(&self.data).expect("account data serialises"),
+        }
+    }
+
+    async fn send_to(
+        &self,
+        to_aor: &str,
+        display: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<String, NetworkError> {
+        let ep = self.shared.endpoint()?;
+        let to_uri = ids::contact_uri(to_aor);
+        let call_id = ep.call_id();
+        let out = Outgoing {
+            method: Method::Message,
+            uri: &to_uri,
+            from: format!(
+                "{} <{}>;tag={}",
+                super::endpoint::quoted(display),
+                self.aor_uri(),
+                ep.tag()
+            ),
+            to: format!("<{to_uri}>"),
+            call_id: Some(call_id.clone()),
+            cseq: 1,
+            headers: vec![Header::ContentType(content_type.into())],
+            body,
+            credential: Some(&self.credential),
+            proxy: self.data.proxy,
+        };
+        super::handle_matrix::outcome(ep.send(out).await).map(|()| call_id)
+    }
+}
+
+#[async_trait]
+impl NetworkClient for Account {
+    fn state(&self) -> BridgeState {
+        *self.state.borrow()
+    }
+
+    async fn send_message(
+        &self,
+        portal: &PortalRef,
+        message: &OutgoingMessage,
+    ) -> Result<RemoteMessageId, NetworkError> {
+        if portal.kind != ChatKind::Direct {
+            return Err(NetworkError::Unsupported("group chats"));
+        }
+        let body = message.content.body.trim_end();
+        let text = match message.content.kind {
+            MessageKind::Emote => format!("/me {body}"),
+            _ => body.to_owned(),
+        };
+        let mut first = None;
+        for part in body::split(&text, self.shared.max_body()) {
+            let id = self
+                .send_to(
+                    portal.chat.as_str(),
+                    &message.sender.displayname,
+                    "text/plain;charset=UTF-8",
+                    part.into_bytes(),
+                )
+                .await?;
+            first.get_or_insert(id);
+        }
+        Ok(RemoteMessageId::new(first.unwrap_or_default()))
+    }
+
+    async fn send_typing(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        typing: bool,
+    ) -> Result<(), NetworkError> {
+        if portal.kind != ChatKind::Direct {
+            return Ok(());
+        }
+        self.send_to(
+            portal.chat.as_str(),
+            &sender.displayname,
+            body::ISCOMPOSING,
+            body::iscomposing(typing),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn logout(&self) -> Result<(), NetworkError> {
+        self.stop.send_replace(true);
+        self.shared
+            .accounts
+            .lock()
+            .expect("accounts lock")
+            .remove(&self.contact_user);
+        let r = self.register(0).await.map(|_| ());
+        info!(user = %self.user, address = %self.data.address, "SIP account unregistered");
+        r
+    }
+}
+
+/// The login flow: address, authentication user, password, outbound proxy.
+pub(super) struct PasswordLogin {
+    pub shared: Arc<Shared>,
+    pub user: String,
+}
+
+fn field(id: &str, name: &str, secret: bool) -> LoginField {
+    LoginField {
+        id: id.into(),
+        name: name.into(),
+        secret,
+    }
+}
+
+/// Parses the values of a login into account data.
+fn parse_input(
+    shared: &Shared,
+    input: &BTreeMap<String, String>,
+) -> Result<AccountData, NetworkError> {
+    let get = |k: &str| {
+        input
+            .get(k)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty() && *v != "-")
+            .map(str::to_owned)
+    };
+    let address = get("address")
+        .ok_or_else(|| NetworkError::InvalidInput("the SIP address is missing".into()))?;
+    let address = shared
+        .addressing
+        .contact(&address)
+        .map_err(NetworkError::InvalidInput)?;
+    let password = input
+        .get("password")
+        .filter(|p| !p.is_empty())
+        .cloned()
+        .ok_or_else(|| NetworkError::InvalidInput("the password is missing".into()))?;
+    let proxy = get("proxy")
+        .map(|p| {
+            p.parse::<SocketAddr>().map_err(|_| {
+                NetworkError::InvalidInput(format!(
+                    "{p:?} is not a proxy address such as 192.0.2.10:5060"
+                ))
+            })
+        })
+        .transpose()?;
+    Ok(AccountData {
+        address,
+        auth_user: get("auth_user"),
+        password,
+        proxy,
+    })
+}
+
+#[async_trait]
+impl LoginProcess for PasswordLogin {
+    fn first_step(&mut self) -> LoginStep {
+        LoginStep::Input {
+            instructions: "Log in with your own SIP account. Send `-` for an optional value to use the default.".into(),
+            fields: vec![
+                field("address", "SIP address (sip:you@example.org)", false),
+                field("auth_user", "authentication user (`-`: the address's user)", false),
+                field("password", "password", true),
+                field("proxy", "outbound proxy host:port (`-`: the bridge's proxy)", false),
+            ],
+        }
+    }
+
+    async fn submit(&mut self, input: BTreeMap<String, String>) -> Result<LoginStep, NetworkError> {
+        let data = parse_input(&self.shared, &input)?;
+        let account = Account::new(self.shared.clone(), &self.user, data);
+        account.track();
+        let granted = match account.register(self.shared.register_seconds).await {
+            Ok(g) => g,
+            Err(e) => {
+                self.shared
+                    .accounts
+                    .lock()
+                    .expect("accounts lock")
+                    .remove(&account.contact_user);
+                return Err(e);
+            }
+        };
+        account.state.send_replace(BridgeState::Connected);
+        info!(user = %self.user, address = %account.data.address, granted, "SIP account registered");
+        tokio::spawn(
+            account
+                .clone()
+                .keep_registered(Duration::from_secs((granted * 3 / 4).max(5))),
+        );
+        Ok(LoginStep::Complete {
+            login: account.login_data(),
+            client: account,
+        })
+    }
+}
+
+/// Restores a stored account: registers in the background and reports the state.
+pub(super) fn load(
+    shared: Arc<Shared>,
+    user: &str,
+    login: &LoginData,
+) -> Result<Arc<dyn NetworkClient>, NetworkError> {
+    let data: AccountData = serde_json::from_value(login.data.clone())
+        .map_err(|e| NetworkError::Internal(format!("stored SIP login does not read: {e}")))?;
+    let account = Account::new(shared, user, data);
+    account.track();
+    tokio::spawn(account.clone().keep_registered(Duration::ZERO));
+    Ok(account)
+}
