@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Run every check CI runs: rustfmt, clippy, build, then all tests against a
-# throwaway Synapse (scripts/synapse.sh) that is stopped again on exit.
+# throwaway Synapse (scripts/synapse.sh), Prosody (scripts/prosody.sh) and
+# Kamailio (scripts/kamailio.sh), which are stopped again on exit.
 #
 #   scripts/test.sh                      everything
 #   scripts/test.sh -- ARGS...           pass ARGS to `cargo test`, e.g.
 #                                        scripts/test.sh -- --test matrix ping
 #
-# Installs what is missing first (curl, the Synapse venv). Exits with the
-# status of `cargo test`.
+# Installs what is missing first (curl, Kamailio, SIPp, the Synapse venv).
+# Exits with the status of `cargo test`.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -47,7 +48,8 @@ section() {
 }
 
 section "setup"
-need_apt curl
+# kamailio is the SIP server of the tests; sip-tester is SIPp, which plays the SIP users.
+need_apt curl kamailio sip-tester
 ensure_venv
 
 section "fmt"
@@ -63,9 +65,10 @@ section "registration"
 "$TARGET_DIR/debug/isthmus" generate-registration \
     -c tests/fixtures/bridge.yaml -o "$STACK/registration.yaml"
 
-section "synapse and prosody"
+section "synapse, prosody and kamailio"
 synapse_started=0
 prosody_started=0
+kamailio_started=0
 test_status=0
 # Called through the EXIT trap, which shellcheck does not follow.
 # shellcheck disable=SC2317
@@ -84,12 +87,22 @@ cleanup() {
         fi
         bash "$ROOT/scripts/prosody.sh" down || true
     fi
+    if [ "$kamailio_started" -eq 1 ]; then
+        if [ "$test_status" -ne 0 ]; then
+            printf '\n== kamailio log (last 40 lines of %s)\n' "$STACK/kamailio/kamailio.log"
+            tail -n 40 "$STACK/kamailio/kamailio.log" || true
+        fi
+        bash "$ROOT/scripts/kamailio.sh" down || true
+    fi
 }
 trap cleanup EXIT
 synapse_started=1
 bash "$ROOT/scripts/synapse.sh" up "$STACK/registration.yaml" "$SYNAPSE_PORT"
 prosody_started=1
 bash "$ROOT/scripts/prosody.sh" up 15222 15347
+# SIP domain corp.localhost on 15060; the gateway domain goes to the bridge on 15070.
+kamailio_started=1
+bash "$ROOT/scripts/kamailio.sh" up 15060 15070
 export ISTHMUS_TEST_HOMESERVER="http://127.0.0.1:$SYNAPSE_PORT"
 export ISTHMUS_TEST_PYTHON="$VENV/bin/python"
 

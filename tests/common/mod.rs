@@ -7,6 +7,8 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod sipp;
+
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::PathBuf;
