@@ -195,23 +195,7 @@ fn xmpp_ghost(jid: &str) -> String {
 }
 
 async fn wait_metric(bridge: &BridgeProcess, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = bridge.metrics().await;
-        if m.lines().any(|l| l == needle) {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "metric line {needle:?} not seen in 30 s; metrics:\n{}",
-                m.lines()
-                    .filter(|l| l.starts_with("logins"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::wait_metric(bridge, needle, Duration::from_secs(30)).await
 }
 
 const CONNECTED: &str = r#"logins{network="xmpp",state="CONNECTED"} 1"#;
@@ -1434,4 +1418,133 @@ async fn group_chat_messages_sent_while_the_bridge_was_down_arrive_once_in_order
     let mut expected = vec![before.clone()];
     expected.extend(during.iter().cloned());
     assert_eq!(bodies, expected);
+}
+
+/// The mission's scenario: an enterprise SIP user, an XMPP consumer and a Matrix user in one
+/// room. The room is bridged to an XMPP group chat; the SIP user is invited into it and gets
+/// every message one by one from the room's SIP address, and writes back to that address.
+#[tokio::test(flavor = "multi_thread")]
+async fn sip_xmpp_and_matrix_users_share_one_room() {
+    let _s = serial();
+    let bridge = xmpp_bridge().await;
+    common::sipp::require_kamailio();
+    wait_metric(&bridge, r#"logins{network="sip",state="CONNECTED"} 1"#).await;
+    // bob opens an XMPP group chat; alice bridges a room of hers to it.
+    let room_jid = format!("hub{}@conference.localhost", unique());
+    let mut bob = XmppUser::login("bob").await;
+    bob.send_xml(&format!(
+        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    bob.wait("bob's own presence in the new room", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/bob").as_str())
+    })
+    .await;
+    let alice = MatrixUser::register("xhub").await;
+    let room = alice.create_room(&[BOT]).await;
+    alice.wait_joined(&room, BOT, Duration::from_secs(20)).await;
+    let reply = command(&alice, &room, &format!("!isthmus bridge xmpp {room_jid}")).await;
+    assert!(reply.contains("now bridged"), "{reply}");
+    let nick = alice.localpart.clone();
+    bob.wait("alice's puppet joining", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/{nick}").as_str())
+    })
+    .await;
+    common::sipp::unregister_all("frank").await;
+    let frank = common::sipp::MessageSink::start(15086).await;
+    assert_eq!(common::sipp::register("frank", 15086, 300).await, 200);
+    let frank_ghost = "@_sip_frank=40corp.localhost:localhost";
+    alice.invite(&room, frank_ghost).await;
+    alice
+        .wait_joined(&room, frank_ghost, Duration::from_secs(20))
+        .await;
+    let wait = Duration::from_secs(30);
+
+    // Matrix → XMPP and SIP.
+    let hello = format!("hello everyone {}", unique());
+    alice.send_text(&room, &hello).await;
+    bob.wait("alice's message in the group chat", |e| {
+        e.name() == "message"
+            && e.children()
+                .any(|c| c.name() == "body" && c.text() == hello)
+    })
+    .await;
+    let got = frank
+        .wait_for("alice's message at the SIP member", wait, |m| {
+            m.body.ends_with(&hello)
+        })
+        .await;
+    assert!(
+        got.body.starts_with(&alice.localpart),
+        "the sender's name comes first: {}",
+        got.body
+    );
+    assert!(
+        got.from.starts_with("sip:~r.") && got.from.ends_with("@matrix.corp.localhost"),
+        "room messages come from the room's address: {}",
+        got.from
+    );
+    let room_address = got.from.clone();
+
+    // XMPP → Matrix and SIP.
+    let from_xmpp = format!("hi from xmpp {}", unique());
+    bob.send_xml(&format!(
+        "<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{from_xmpp}</body></message>"
+    ))
+    .await;
+    alice
+        .wait_for_event(&room, "bob's message", wait, |e| {
+            e["content"]["body"] == from_xmpp.as_str()
+        })
+        .await;
+    let got = frank
+        .wait_for("bob's message at the SIP member", wait, |m| {
+            m.body.ends_with(&from_xmpp)
+        })
+        .await;
+    assert!(got.body.starts_with("bob"), "{}", got.body);
+
+    // SIP → Matrix and XMPP.
+    let from_sip = format!("hi from sip {}", unique());
+    let status = common::sipp::send_message("frank", &room_address, "text/plain", &from_sip).await;
+    assert_eq!(status, 200);
+    let ev = alice
+        .wait_for_event(&room, "frank's message", wait, |e| {
+            e["content"]["body"] == from_sip.as_str()
+        })
+        .await;
+    assert_eq!(ev["sender"], frank_ghost);
+    let got = bob
+        .wait("frank's message in the group chat", |e| {
+            e.name() == "message"
+                && e.children()
+                    .any(|c| c.name() == "body" && c.text() == from_sip)
+        })
+        .await;
+    assert!(
+        got.attr("from")
+            .is_some_and(|f| f.starts_with(&format!("{room_jid}/frank"))),
+        "{:?}",
+        got.attr("from")
+    );
+    // frank's own message is not sent back to frank.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !frank.received().iter().any(|m| m.body.contains(&from_sip)),
+        "no echo to the SIP sender"
+    );
+
+    // Someone who is not a member cannot write into the room by its address.
+    let status = common::sipp::send_message("carol", &room_address, "text/plain", "intruder").await;
+    assert_eq!(status, 200, "accepted on the wire, then dropped");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !alice
+            .messages(&room)
+            .await
+            .iter()
+            .any(|e| e["content"]["body"] == "intruder"),
+        "a non-member's message does not reach the room"
+    );
+    common::sipp::unregister_all("frank").await;
 }

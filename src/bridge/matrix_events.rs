@@ -432,11 +432,13 @@ impl Bridge {
         let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
             return Ok(());
         };
+        // The record of the event's arrival from the ghost's network does not count: only
+        // one made by sending it to this portal does.
         if portal.key.network == network
             || self
                 .store
                 .message_by_event(&ev.room_id, &ev.event_id)?
-                .is_some()
+                .is_some_and(|m| m.portal == portal.key)
         {
             return Ok(());
         }

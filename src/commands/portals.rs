@@ -115,6 +115,18 @@ async fn may_change_bridging(ctx: &Ctx<'_>) -> Result<bool, BridgeError> {
     if ctx.level >= PermissionLevel::Admin {
         return Ok(true);
     }
+    // Room version 12 and later: creators hold every power without a power level.
+    let room = room_id(ctx.room_id)?;
+    if ctx
+        .bridge
+        .hs
+        .room_creators(&room)
+        .await?
+        .iter()
+        .any(|c| c == ctx.sender)
+    {
+        return Ok(true);
+    }
     let levels = ctx
         .bridge
         .hs

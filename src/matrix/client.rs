@@ -610,6 +610,53 @@ impl HomeserverClient {
         }
     }
 
+    /// The users a room's version privileges as creators (room version 12 and later: the
+    /// create event's sender and its `additional_creators`); empty for older versions, where
+    /// power comes from the power levels alone.
+    pub async fn room_creators(&self, room: &RoomId) -> Result<Vec<String>, MatrixError> {
+        let mut req = get_state_event_for_key::v3::Request::new(
+            room.to_owned(),
+            "m.room.create".into(),
+            String::new(),
+        );
+        req.format = get_state_event_for_key::v3::StateEventFormat::Event;
+        let resp = match self.call("state_get", None, Token::Appservice, req).await {
+            Ok(resp) => resp,
+            Err(e) if e.is_not_found() => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let event: JsonValue = serde_json::from_str(resp.event_or_content.get())
+            .map_err(|e| MatrixError::Decode(format!("create event: {e}")))?;
+        let content = event.get("content").unwrap_or(&event);
+        let version = content
+            .get("room_version")
+            .and_then(JsonValue::as_str)
+            .unwrap_or("1");
+        let privileged = ruma::RoomVersionId::try_from(version)
+            .ok()
+            .and_then(|v| {
+                v.rules()
+                    .map(|r| r.authorization.explicitly_privilege_room_creators)
+            })
+            .unwrap_or(true);
+        if !privileged {
+            return Ok(Vec::new());
+        }
+        let mut creators: Vec<String> = event
+            .get("sender")
+            .and_then(JsonValue::as_str)
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        if let Some(more) = content
+            .get("additional_creators")
+            .and_then(JsonValue::as_array)
+        {
+            creators.extend(more.iter().filter_map(JsonValue::as_str).map(str::to_owned));
+        }
+        Ok(creators)
+    }
+
     /// `PUT /rooms/{room}/state/{type}/{state_key}`: sets a state event as `as_user`.
     pub async fn send_state(
         &self,

@@ -715,6 +715,27 @@ impl MatrixUser {
     }
 }
 
+/// Waits until the bridge's metrics hold exactly the line `needle` (such as a link state).
+pub async fn wait_metric(bridge: &BridgeProcess, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = bridge.metrics().await;
+        if m.lines().any(|l| l == needle) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "metric line {needle:?} not seen in {timeout:?}; metrics:\n{}",
+                m.lines()
+                    .filter(|l| l.starts_with("logins"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// One line per event: sender, type and body, for panic messages.
 pub fn summarize(events: &[Value]) -> String {
     events

@@ -376,8 +376,11 @@ impl Sipp {
             .arg("-p")
             .arg(port.to_string())
             // No BYE when a call is aborted: there is no call here, only MESSAGE and
-            // SUBSCRIBE dialogs.
-            .args(["-nostdin", "-default_behaviors", "all,-bye"])
+            // SUBSCRIBE dialogs. A request that arrives while SIPp is between two steps of a
+            // scenario (a NOTIFY right behind the SUBSCRIBE's 200, say) is not an abort: it
+            // goes unanswered, and the sender's retransmission over UDP is taken in the step
+            // that expects it.
+            .args(["-nostdin", "-default_behaviors", "all,-bye,-abortunexp"])
             .args(["-trace_msg", "-message_file"])
             .arg(dir.path().join("messages.log"))
             .args(["-trace_err", "-error_file"])

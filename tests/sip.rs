@@ -1,0 +1,479 @@
+//! The SIP network against the real Kamailio (`scripts/kamailio.sh`), real SIP user agents
+//! (SIPp, `tests/common/sipp.rs`) and the real Synapse: messages and typing both ways,
+//! undeliverable messages, presence both ways, users' own accounts, and a Kamailio restart.
+//!
+//! SIP users live on `corp.localhost`; Matrix users are reachable at
+//! `sip:<localpart>@matrix.corp.localhost`, which Kamailio routes to the bridge.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::sipp::{self, MessageSink, Notifier, Watcher};
+use common::{BOT, BridgeProcess, MatrixUser, command, enc, management_room, serial, unique};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The ghost of SIP user `user@corp.localhost`.
+fn sip_ghost(user: &str) -> String {
+    format!("@_sip_{user}=40{}:localhost", sipp::DOMAIN)
+}
+
+/// The size of a message on the wire (CRLF line ends).
+fn wire_len(m: &sipp::SipMessage) -> usize {
+    m.start_line.len()
+        + 2
+        + m.headers
+            .iter()
+            .map(|(n, v)| n.len() + 2 + v.len() + 2)
+            .sum::<usize>()
+        + 2
+        + m.body.len()
+}
+
+/// Starts a bridge and waits until its SIP link to Kamailio is up.
+async fn sip_bridge() -> BridgeProcess {
+    sipp::require_kamailio();
+    let bridge = BridgeProcess::start().await;
+    common::wait_metric(
+        &bridge,
+        r#"logins{network="sip",state="CONNECTED"} 1"#,
+        WAIT,
+    )
+    .await;
+    bridge
+}
+
+/// A SIP user registered with a MESSAGE sink as its contact.
+async fn sip_user(user: &str, port: u16) -> MessageSink {
+    sipp::unregister_all(user).await;
+    let sink = MessageSink::start(port).await;
+    assert_eq!(
+        sipp::register(user, port, 300).await,
+        200,
+        "{user} registers"
+    );
+    sink
+}
+
+/// Registers a Matrix user who opens a direct chat with SIP user `user`.
+async fn dm_with(prefix: &str, user: &str) -> (MatrixUser, String, String) {
+    let matrix = MatrixUser::register(prefix).await;
+    let ghost = sip_ghost(user);
+    let room = matrix.create_dm(&ghost).await;
+    matrix.wait_joined(&room, &ghost, WAIT).await;
+    (matrix, room, ghost)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_messages_cross_both_ways() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    let bob = sip_user("bob", 15081).await;
+    let (alice, room, ghost) = dm_with("salice", "bob").await;
+
+    // Matrix → SIP, from the Matrix user's gateway address.
+    let text = format!("hello bob {}", unique());
+    alice.send_text(&room, &text).await;
+    let got = bob
+        .wait_for("alice's message", WAIT, |m| m.body == text)
+        .await;
+    assert_eq!(got.from, sipp::gateway_uri(&alice.localpart));
+    assert!(got.content_type.starts_with("text/plain"), "{got:?}");
+
+    // SIP → Matrix, into the same room, as bob's ghost.
+    let answer = format!("hi alice {}", unique());
+    let status = sipp::send_message(
+        "bob",
+        &sipp::gateway_uri(&alice.localpart),
+        "text/plain",
+        &answer,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ev = alice
+        .wait_for_event(&room, "bob's answer", WAIT, |e| {
+            e["content"]["body"] == answer.as_str()
+        })
+        .await;
+    assert_eq!(ev["sender"], ghost.as_str());
+
+    // HTML is reduced to its text; unknown content types are refused with 415.
+    let html = format!("<p>bold <b>move</b> {}</p><script>x()</script>", unique());
+    let status = sipp::send_message(
+        "bob",
+        &sipp::gateway_uri(&alice.localpart),
+        "text/html",
+        &html,
+    )
+    .await;
+    assert_eq!(status, 200);
+    alice
+        .wait_for_event(&room, "bob's HTML message as text", WAIT, |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("bold move ") && !b.contains('<'))
+        })
+        .await;
+    let status = sipp::send_message(
+        "bob",
+        &sipp::gateway_uri(&alice.localpart),
+        "application/octet-stream",
+        "x",
+    )
+    .await;
+    assert_eq!(status, 415);
+
+    // A long message over UDP is split into MESSAGEs under the RFC 3428 limit.
+    let words: Vec<String> = (0..400).map(|i| format!("w{i}")).collect();
+    let long = words.join(" ");
+    alice.send_text(&room, &long).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let parts: Vec<String> = bob
+            .received()
+            .into_iter()
+            .map(|m| m.body)
+            .filter(|b| b.starts_with('w') && b.contains(' '))
+            .collect();
+        if parts.join(" ") == long {
+            assert!(parts.len() >= 2, "{parts:?}");
+            for p in &bob.received() {
+                let len = wire_len(&p.message);
+                assert!(
+                    len <= 1300,
+                    "a MESSAGE over UDP stays under 1300 bytes: {len}"
+                );
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the long message never arrived whole: {parts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A SIP user writing to a Matrix user without a room gets one.
+    let dave = MatrixUser::register("sdave").await;
+    let first = format!("hello dave {}", unique());
+    let status = sipp::send_message(
+        "carol",
+        &sipp::gateway_uri(&dave.localpart),
+        "text/plain;charset=UTF-8",
+        &first,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let dm = dave.wait_for_invite(WAIT).await;
+    dave.join(&dm).await;
+    let ev = dave
+        .wait_for_event(&dm, "carol's first message", WAIT, |e| {
+            e["content"]["body"] == first.as_str()
+        })
+        .await;
+    assert_eq!(ev["sender"], sip_ghost("carol").as_str());
+    // Nobody at an address that is no Matrix user: 404.
+    let status = sipp::send_message(
+        "carol",
+        &sipp::gateway_uri("No%20Such%20User"),
+        "text/plain",
+        "x",
+    )
+    .await;
+    assert_eq!(status, 404);
+    sipp::unregister_all("bob").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typing_crosses_both_ways() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    let bob = sip_user("bob", 15082).await;
+    let (alice, room, ghost) = dm_with("styping", "bob").await;
+
+    // Matrix → SIP: an RFC 3994 notification.
+    alice
+        .ok(
+            "PUT",
+            &format!("/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
+            Some(&serde_json::json!({"typing": true, "timeout": 10000})),
+        )
+        .await;
+    let got = bob
+        .wait_for("a typing notification", WAIT, |m| {
+            m.content_type.starts_with(sipp::IS_COMPOSING)
+        })
+        .await;
+    assert!(got.body.contains("active"), "{}", got.body);
+
+    // SIP → Matrix: the ghost types.
+    let mut since = alice.ok("GET", "/sync?timeout=0", None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = sipp::send_message(
+        "bob",
+        &sipp::gateway_uri(&alice.localpart),
+        sipp::IS_COMPOSING,
+        &sipp::is_composing("active"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sync = alice
+            .ok(
+                "GET",
+                &format!("/sync?timeout=1000&since={}", enc(&since)),
+                None,
+            )
+            .await;
+        since = sync["next_batch"].as_str().unwrap_or(&since).to_owned();
+        let typing = sync["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| {
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|u| u.iter().any(|x| x == ghost.as_str()))
+            });
+        if typing {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ghost never showed as typing"
+        );
+    }
+    sipp::unregister_all("bob").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undeliverable_message_is_reported_to_the_sender() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    // frank is not registered: Kamailio answers 404.
+    sipp::unregister_all("frank").await;
+    let (alice, room, ghost) = dm_with("sundeliv", "frank").await;
+    let text = format!("are you there {}", unique());
+    let event = alice.send_text(&room, &text).await;
+    let notice = alice.wait_reply(&room, &event, &ghost, WAIT).await;
+    assert!(
+        notice.contains("could not be delivered") && notice.contains("404"),
+        "{notice}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sip_user_watches_a_matrix_user_once_accepted() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    let alice = MatrixUser::register("swatch").await;
+    let mgmt = management_room(&alice).await;
+    let target = sipp::gateway_uri(&alice.localpart);
+    let watcher = Watcher::subscribe("carol", &target, 600);
+    assert!(
+        matches!(watcher.status(WAIT).await, 200 | 202),
+        "the SUBSCRIBE is accepted (pending)"
+    );
+    let first = watcher.wait(1, WAIT).await;
+    assert!(
+        first[0].state.starts_with("pending"),
+        "{:?}",
+        first[0].state
+    );
+    let request = alice
+        .wait_for_event(&mgmt, "the contact request notice", WAIT, |e| {
+            e["sender"] == BOT
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("carol@corp.localhost"))
+        })
+        .await;
+    let body = request["content"]["body"].as_str().unwrap();
+    assert!(body.contains("accept sip carol@corp.localhost"), "{body}");
+
+    let reply = command(&alice, &mgmt, "accept sip carol@corp.localhost").await;
+    assert!(reply.contains("may now see your presence"), "{reply}");
+    watcher
+        .wait_for("an active NOTIFY", WAIT, |n| n.state.starts_with("active"))
+        .await;
+
+    alice
+        .ok(
+            "PUT",
+            &format!("/presence/{}/status", enc(&alice.user_id)),
+            Some(&serde_json::json!({"presence": "unavailable", "status_msg": "at lunch"})),
+        )
+        .await;
+    let n = watcher
+        .wait_for("the Matrix user's presence", WAIT, |n| {
+            n.note().as_deref() == Some("at lunch")
+        })
+        .await;
+    assert_eq!(n.basic().as_deref(), Some("open"));
+    assert!(
+        n.body.contains("away"),
+        "away is an RPID activity: {}",
+        n.body
+    );
+    let listed = command(&alice, &mgmt, "contacts sip").await;
+    assert!(
+        listed.contains("carol@corp.localhost: sees your presence"),
+        "{listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_watcher_is_told_the_subscription_ended() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    let alice = MatrixUser::register("sdeny").await;
+    let mgmt = management_room(&alice).await;
+    let watcher = Watcher::subscribe("dave", &sipp::gateway_uri(&alice.localpart), 600);
+    assert!(matches!(watcher.status(WAIT).await, 200 | 202));
+    alice
+        .wait_for_event(&mgmt, "the contact request notice", WAIT, |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("dave@corp.localhost"))
+        })
+        .await;
+    let reply = command(&alice, &mgmt, "deny sip dave@corp.localhost").await;
+    assert!(reply.contains("may not see"), "{reply}");
+    let all = watcher.finish(WAIT).await;
+    let last = all.last().expect("NOTIFYs");
+    assert!(last.state.contains("terminated"), "{:?}", last.state);
+    assert!(
+        all.iter().all(|n| n.basic().is_none()),
+        "no presence leaked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn matrix_user_sees_a_sip_contacts_presence() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    // dave has two bindings, as a desk phone and a softphone would: a presence agent and
+    // an IM client. The proxy forks each request to both; the one that knows it answers.
+    let _im = sip_user("dave", 15087).await;
+    let notifier = Notifier::start(15083, true, "at my desk").await;
+    assert_eq!(sipp::register("dave", 15083, 300).await, 200);
+    let (alice, room, ghost) = dm_with("spres", "dave").await;
+    // After the first message the bridge subscribes for alice.
+    alice
+        .send_text(&room, &format!("hello dave {}", unique()))
+        .await;
+    let sub = notifier.wait(WAIT).await;
+    assert_eq!(sub.from, sipp::gateway_uri(&alice.localpart));
+    assert_eq!(sub.event, "presence");
+    assert_eq!(sub.notify_status, 200);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = alice
+            .call("GET", &format!("/presence/{}/status", enc(&ghost)), None)
+            .await;
+        if status == 200 && body["presence"] == "online" && body["status_msg"] == "at my desk" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ghost presence never became online / at my desk: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    sipp::unregister_all("dave").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn own_account_logs_in_refreshes_and_messages_as_the_account() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    sipp::unregister_all("erin").await;
+    let carol = sip_user("carol", 15084).await;
+    let alice = MatrixUser::register("sown").await;
+    let mgmt = management_room(&alice).await;
+
+    // A wrong password is refused with BAD_CREDENTIALS.
+    command(&alice, &mgmt, "login sip").await;
+    command(&alice, &mgmt, "sip:erin@corp.localhost").await;
+    command(&alice, &mgmt, "-").await;
+    command(&alice, &mgmt, "not-the-password").await;
+    let refused = command(&alice, &mgmt, "-").await;
+    assert!(
+        refused.to_lowercase().contains("refused") || refused.contains("BAD_CREDENTIALS"),
+        "{refused}"
+    );
+
+    command(&alice, &mgmt, "login sip").await;
+    command(&alice, &mgmt, "sip:erin@corp.localhost").await;
+    command(&alice, &mgmt, "-").await;
+    let pw = command(&alice, &mgmt, &sipp::password("erin")).await;
+    assert!(!pw.contains(&sipp::password("erin")), "{pw}");
+    let done = command(&alice, &mgmt, "-").await;
+    assert!(done.contains("erin@corp.localhost"), "{done}");
+
+    // The registration is refreshed before it runs out (20 s in the test config): after
+    // 30 s a MESSAGE to erin still reaches the bridge.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let text = format!("for erin {}", unique());
+    let status = sipp::send_message("carol", &sipp::uri("erin"), "text/plain", &text).await;
+    assert_eq!(status, 200, "erin's registration is alive");
+    let room = alice.wait_for_invite(WAIT).await;
+    alice.join(&room).await;
+    let ev = alice
+        .wait_for_event(&room, "carol's message to erin", WAIT, |e| {
+            e["content"]["body"] == text.as_str()
+        })
+        .await;
+    assert_eq!(ev["sender"], sip_ghost("carol").as_str());
+
+    // The answer goes out as erin's own account (authenticated at the proxy).
+    let answer = format!("erin here {}", unique());
+    alice.send_text(&room, &answer).await;
+    let got = carol
+        .wait_for("erin's answer", WAIT, |m| m.body == answer)
+        .await;
+    assert_eq!(got.from, sipp::uri("erin"));
+
+    // Logout unregisters: erin is unreachable again.
+    let out = command(&alice, &mgmt, "logout sip").await;
+    assert!(out.contains("erin"), "{out}");
+    let status = sipp::send_message("carol", &sipp::uri("erin"), "text/plain", "x").await;
+    assert_eq!(status, 404);
+    sipp::unregister_all("carol").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_flow_again_after_a_kamailio_restart() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    let bob = sip_user("bob", 15085).await;
+    let (alice, room, ghost) = dm_with("srestart", "bob").await;
+    sipp::restart_kamailio();
+    // Registrations live in Kamailio's memory: bob registers again, as phones do.
+    assert_eq!(sipp::register("bob", 15085, 300).await, 200);
+    let text = format!("after the restart {}", unique());
+    alice.send_text(&room, &text).await;
+    bob.wait_for("a message after the restart", WAIT, |m| m.body == text)
+        .await;
+    let answer = format!("back {}", unique());
+    let status = sipp::send_message(
+        "bob",
+        &sipp::gateway_uri(&alice.localpart),
+        "text/plain",
+        &answer,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ev = alice
+        .wait_for_event(&room, "bob's answer after the restart", WAIT, |e| {
+            e["content"]["body"] == answer.as_str()
+        })
+        .await;
+    assert_eq!(ev["sender"], ghost.as_str());
+    sipp::unregister_all("bob").await;
+}
