@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's first command: a local Matrix homeserver (Synapse) and a local XMPP server
-# (Prosody) with isthmus between them as an XMPP gateway, and a conversation crossing the
-# bridge both ways, printed as a transcript.
+# The README's first command: a local Matrix homeserver (Synapse), a local XMPP server
+# (Prosody) and a local SIP proxy (Kamailio) with isthmus between them, and conversations
+# crossing the bridge, printed as a transcript: a direct chat between Matrix and XMPP, then
+# one room shared by a Matrix user, an XMPP user and a SIP user.
 #
 #   scripts/demo.sh        start everything (installs what is missing), run the conversation,
 #                          and leave the stack running
@@ -17,6 +18,8 @@ HS_PORT=${ISTHMUS_DEMO_HS_PORT:-8008}
 BRIDGE_PORT=29431
 XMPP_C2S_PORT=${ISTHMUS_DEMO_XMPP_PORT:-5222}
 XMPP_COMPONENT_PORT=5347
+SIP_PORT=${ISTHMUS_DEMO_SIP_PORT:-5060}
+SIP_GATEWAY_PORT=5070
 BRIDGE_PID="$STACK/isthmus.pid"
 BRIDGE_LOG="$STACK/isthmus.log"
 
@@ -27,6 +30,7 @@ stop() {
     fi
     bash "$ROOT/scripts/synapse.sh" down
     bash "$ROOT/scripts/prosody.sh" down
+    bash "$ROOT/scripts/kamailio.sh" down
 }
 
 if [ "${1:-}" = "stop" ]; then
@@ -71,6 +75,10 @@ networks:
       port: $XMPP_COMPONENT_PORT
       domain: matrix.localhost
       secret: demo_component_secret
+  sip:
+    domain: matrix.corp.localhost
+    listen: 127.0.0.1:$SIP_GATEWAY_PORT
+    proxy: 127.0.0.1:$SIP_PORT
 YAML
 "$BIN" check-config -c "$STACK/config.yaml" >/dev/null
 "$BIN" generate-registration -c "$STACK/config.yaml" -o "$STACK/registration.yaml" >/dev/null
@@ -79,6 +87,9 @@ log "== starting Synapse on 127.0.0.1:$HS_PORT"
 bash "$ROOT/scripts/synapse.sh" up "$STACK/registration.yaml" "$HS_PORT"
 log "== starting Prosody on 127.0.0.1:$XMPP_C2S_PORT (component port $XMPP_COMPONENT_PORT)"
 ISTHMUS_COMPONENT_SECRET=demo_component_secret bash "$ROOT/scripts/prosody.sh" up "$XMPP_C2S_PORT" "$XMPP_COMPONENT_PORT"
+
+log "== starting Kamailio on 127.0.0.1:$SIP_PORT (gateway domain routed to 127.0.0.1:$SIP_GATEWAY_PORT)"
+bash "$ROOT/scripts/kamailio.sh" up "$SIP_PORT" "$SIP_GATEWAY_PORT"
 
 log "== starting isthmus on 127.0.0.1:$BRIDGE_PORT"
 (close_fds; exec "$BIN" -c "$STACK/config.yaml" run) >"$BRIDGE_LOG" 2>&1 </dev/null &
@@ -94,8 +105,8 @@ for _ in $(seq 1 300); do
 done
 grep -q "isthmus is ready" "$BRIDGE_LOG" || { tail -n 30 "$BRIDGE_LOG" >&2; exit 1; }
 
-log "== the conversation"
-"$VENV/bin/python" "$ROOT/scripts/demo_chat.py" "http://127.0.0.1:$HS_PORT" "127.0.0.1:$XMPP_C2S_PORT"
+log "== the conversations"
+"$VENV/bin/python" "$ROOT/scripts/demo_chat.py" "http://127.0.0.1:$HS_PORT" "127.0.0.1:$XMPP_C2S_PORT" "127.0.0.1:$SIP_PORT"
 
 cat <<TEXT
 
@@ -105,9 +116,13 @@ The stack keeps running:
   XMPP server        127.0.0.1:$XMPP_C2S_PORT, domain localhost, users alice bob carol dave erin,
                      password <name>pass (e.g. bob / bobpass); plaintext, no TLS: for this demo only
                      (any XMPP client, e.g. Gajim, Dino, Conversations: server 127.0.0.1 port $XMPP_C2S_PORT)
+  SIP proxy          Kamailio on 127.0.0.1:$SIP_PORT (UDP/TCP), domain corp.localhost, users bob carol dave
+                     erin frank, password <name>pass (any SIP client, e.g. Linphone, baresip)
   isthmus            http://127.0.0.1:$BRIDGE_PORT (metrics at /metrics), log $BRIDGE_LOG
 Matrix users are reachable from XMPP at <localpart>@matrix.localhost (alice@matrix.localhost);
 XMPP users appear on Matrix as @_xmpp_<user>=40<domain>:localhost (@_xmpp_bob=40localhost:localhost).
+From SIP, Matrix users are sip:<localpart>@matrix.corp.localhost; SIP users appear on Matrix as
+@_sip_<user>=40corp.localhost:localhost. The room "Lobby" holds alice, bob's group chat and carol.
 In Element, open the direct chat with "Bob (XMPP)", or talk to @_isthmus_bot:localhost (send "help").
 Stop everything with: scripts/demo.sh stop
 TEXT

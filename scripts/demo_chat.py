@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The demo conversation: alice on Matrix and bob on XMPP talk through isthmus.
+"""The demo conversations through isthmus: alice on Matrix and bob on XMPP in a direct chat,
+then alice, bob and carol (an enterprise SIP user) in one room.
 
-Usage: demo_chat.py HOMESERVER_URL XMPP_HOST:PORT
+Usage: demo_chat.py HOMESERVER_URL XMPP_HOST:PORT SIP_PROXY_HOST:PORT
 Prints a transcript; exits non-zero if a message does not cross.
 """
 import asyncio
@@ -14,9 +15,15 @@ import urllib.request
 
 from slixmpp import ClientXMPP
 
+from demo_sip import SipUser
+
 HS = sys.argv[1]
 XMPP_HOST, XMPP_PORT = sys.argv[2].rsplit(":", 1)
+SIP_HOST, SIP_PORT = sys.argv[3].rsplit(":", 1)
 BOB_GHOST = "@_xmpp_bob=40localhost:localhost"
+CAROL_GHOST = "@_sip_carol=40corp.localhost:localhost"
+BOT = "@_isthmus_bot:localhost"
+LOBBY = "lobby@conference.localhost"
 ALICE_ADDRESS = "alice@matrix.localhost"
 
 
@@ -48,12 +55,15 @@ class Bob(ClientXMPP):
         self.enable_starttls = False
         self.enable_plaintext = True
         self.register_plugin("feature_mechanisms")
+        self.register_plugin("xep_0045")
         self.plugin["feature_mechanisms"].unencrypted_scram = True
         self.plugin["feature_mechanisms"].unencrypted_plain = True
         self.online = asyncio.Event()
         self.inbox = asyncio.Queue()
         self.add_event_handler("session_start", self.start)
         self.add_event_handler("message", lambda m: self.inbox.put_nowait(m))
+        self.room_inbox = asyncio.Queue()
+        self.add_event_handler("groupchat_message", lambda m: self.room_inbox.put_nowait(m))
 
     async def start(self, _):
         self.send_presence(pshow="chat", pstatus="writing from XMPP")
@@ -99,17 +109,95 @@ async def main():
     reply = "Hi Alice, Bob on XMPP. It crossed!"
     say("bob (XMPP)", f"to {ALICE_ADDRESS}: {reply}")
     bob.send_message(mto=ALICE_ADDRESS, mbody=reply, mtype="chat")
+    await wait_in_room(token, room, BOB_GHOST, reply)
+    say("alice (Matrix)", f"sees in {room}, from {BOB_GHOST}: {reply!r}")
+
+    await three_networks(token, bob)
+    bob.disconnect()
+    await asyncio.sleep(0.2)
+
+
+async def wait_in_room(token, room, sender, body):
     deadline = time.time() + 30
     while time.time() < deadline:
-        msgs = call("GET", f"/_matrix/client/v3/rooms/{q(room)}/messages?dir=b&limit=20", token=token)
+        msgs = call("GET", f"/_matrix/client/v3/rooms/{q(room)}/messages?dir=b&limit=30", token=token)
         for ev in msgs.get("chunk", []):
-            if ev.get("sender") == BOB_GHOST and ev.get("content", {}).get("body") == reply:
-                say("alice (Matrix)", f"sees in {room}, from {BOB_GHOST}: {reply!r}")
-                bob.disconnect()
-                await asyncio.sleep(0.2)
-                return
+            if ev.get("sender") == sender and ev.get("content", {}).get("body", "").endswith(body):
+                return ev
         await asyncio.sleep(0.2)
-    sys.exit("bob's reply did not reach Matrix")
+    sys.exit(f"{body!r} from {sender} did not reach Matrix")
+
+
+async def room_message(bob, text):
+    while True:
+        msg = await asyncio.wait_for(bob.room_inbox.get(), 30)
+        if msg["body"] == text:
+            return msg
+
+
+async def sip_message(carol, text):
+    while True:
+        sender, body = await asyncio.wait_for(carol.inbox.get(), 30)
+        if body.endswith(text):
+            return sender, body
+
+
+async def three_networks(token, bob):
+    """alice (Matrix), bob (XMPP) and carol (SIP) in one room."""
+    print(flush=True)
+    bob.plugin["xep_0045"].join_muc(LOBBY, "bob")
+    await asyncio.sleep(1)
+    say("bob (XMPP)", f"opened the group chat {LOBBY}")
+    carol = await SipUser.start("carol", "carolpass", "corp.localhost", (SIP_HOST, int(SIP_PORT)))
+    if await carol.register() != 200:
+        sys.exit("carol could not register with the SIP proxy")
+    say("carol (SIP)", "registered as sip:carol@corp.localhost")
+
+    room = call("POST", "/_matrix/client/v3/createRoom",
+                {"name": "Lobby", "invite": [BOT], "preset": "private_chat"}, token)["room_id"]
+    for _ in range(100):
+        if BOT in call("GET", f"/_matrix/client/v3/rooms/{q(room)}/joined_members", token=token).get("joined", {}):
+            break
+        await asyncio.sleep(0.1)
+    command = f"!isthmus bridge xmpp {LOBBY}"
+    call("PUT", f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/demo{time.time_ns()}",
+         {"msgtype": "m.text", "body": command}, token)
+    answer = await wait_in_room(token, room, BOT, "")
+    say("alice (Matrix)", f"{command!r} -> {answer['content']['body']!r}")
+    call("POST", f"/_matrix/client/v3/rooms/{q(room)}/invite", {"user_id": CAROL_GHOST}, token)
+    for _ in range(100):
+        if CAROL_GHOST in call("GET", f"/_matrix/client/v3/rooms/{q(room)}/joined_members", token=token).get("joined", {}):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        sys.exit("carol's ghost did not join the room")
+    say("alice (Matrix)", f"invited carol ({CAROL_GHOST}) into the room")
+
+    text = "Hello Bob and Carol, one room for all three of us."
+    say("alice (Matrix)", text)
+    call("PUT", f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/demo{time.time_ns()}",
+         {"msgtype": "m.text", "body": text}, token)
+    await room_message(bob, text)
+    say("bob (XMPP)", f"received in {LOBBY}: {text!r}")
+    room_address, body = await sip_message(carol, text)
+    say("carol (SIP)", f"received from {room_address}: {body!r}")
+
+    text = "Carol here, on the enterprise SIP system."
+    say("carol (SIP)", f"to {room_address}: {text}")
+    if await carol.message(room_address, text) != 200:
+        sys.exit("carol's message was refused")
+    await wait_in_room(token, room, CAROL_GHOST, text)
+    say("alice (Matrix)", f"sees from {CAROL_GHOST}: {text!r}")
+    msg = await room_message(bob, text)
+    say("bob (XMPP)", f"received in {LOBBY} from {msg['from'].resource}: {text!r}")
+
+    text = "And Bob from XMPP. Matrix is the hub."
+    say("bob (XMPP)", text)
+    bob.send_message(mto=LOBBY, mbody=text, mtype="groupchat")
+    await wait_in_room(token, room, "@_xmpp_lobby=40conference.localhost=2fbob:localhost", text)
+    say("alice (Matrix)", f"sees from bob: {text!r}")
+    _, body = await sip_message(carol, text)
+    say("carol (SIP)", f"received: {body!r}")
 
 
 asyncio.run(main())

@@ -477,3 +477,24 @@ async fn messages_flow_again_after_a_kamailio_restart() {
     assert_eq!(ev["sender"], ghost.as_str());
     sipp::unregister_all("bob").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_chat_with_a_sip_uri_opens_a_direct_chat() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    let bob = sip_user("bob", 15088).await;
+    let alice = MatrixUser::register("sstart").await;
+    let mgmt = management_room(&alice).await;
+    // The URI's scheme names the network.
+    let reply = command(&alice, &mgmt, "start-chat sip:bob@corp.localhost").await;
+    assert!(reply.contains("bob@corp.localhost"), "{reply}");
+    let room = alice.wait_for_invite(WAIT).await;
+    alice.join(&room).await;
+    let text = format!("started from a command {}", unique());
+    alice.send_text(&room, &text).await;
+    bob.wait_for("the message in the new chat", WAIT, |m| m.body == text)
+        .await;
+    let bad = command(&alice, &mgmt, "start-chat sip:not-an-address").await;
+    assert!(bad.contains("sip:bob@example.org"), "{bad}");
+    sipp::unregister_all("bob").await;
+}

@@ -195,8 +195,18 @@ async fn list_portals(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
 }
 
 async fn start_chat(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
+    let by_scheme = |user: &str| {
+        // A URI names its network by its scheme (`sip:bob@...`, `xmpp:bob@...`).
+        let scheme = user.split_once(':')?.0.to_ascii_lowercase();
+        ctx.bridge
+            .networks
+            .iter()
+            .find(|(_, c)| c.info().protocol == scheme)
+            .map(|(id, _)| id.clone())
+    };
     let (network, raw) = match args.as_slice() {
         [user] if ctx.bridge.networks.len() == 1 => (pick_network(ctx.bridge, None)?, user.clone()),
+        [user] if by_scheme(user).is_some() => (by_scheme(user).expect("checked"), user.clone()),
         [network, user] => (pick_network(ctx.bridge, Some(network))?, user.clone()),
         _ => return Ok("Usage: `start-chat <network> <user>`".into()),
     };
