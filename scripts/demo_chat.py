@@ -122,7 +122,8 @@ async def wait_in_room(token, room, sender, body):
     while time.time() < deadline:
         msgs = call("GET", f"/_matrix/client/v3/rooms/{q(room)}/messages?dir=b&limit=30", token=token)
         for ev in msgs.get("chunk", []):
-            if ev.get("sender") == sender and ev.get("content", {}).get("body", "").endswith(body):
+            if (ev.get("type") == "m.room.message" and ev.get("sender") == sender
+                    and ev.get("content", {}).get("body", "").endswith(body)):
                 return ev
         await asyncio.sleep(0.2)
     sys.exit(f"{body!r} from {sender} did not reach Matrix")
