@@ -284,6 +284,15 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
         metrics,
         connectors(&config, &secrets),
     )?;
+    if let Some(public) = &config.bridge.media.public_url {
+        // Links are signed with a key derived from the homeserver token, a secret the
+        // homeserver and the bridge already share.
+        let _ = bridge.links.set(crate::media::Links::new(
+            public,
+            &secrets.hs_token,
+            config.bridge.media.link_lifetime_seconds,
+        ));
+    }
     info!(
         pruned,
         inbox = store.inbox_len(),

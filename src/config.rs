@@ -271,6 +271,48 @@ pub struct BridgeConfig {
     /// random one is generated into `login.key` in the database folder on first start.
     #[serde(default)]
     pub login_key: Option<Secret>,
+    /// Files and media between Matrix and the networks.
+    #[serde(default)]
+    pub media: MediaConfig,
+}
+
+/// `bridge.media` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Where remote users can reach the bridge's HTTP listener (`appservice.listen`), such as
+    /// `https://bridge.example.org`. Matrix files go to networks as links under it, signed and
+    /// expiring. Unset: Matrix files are not sent to networks (the sender is told).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Largest file bridged either way, in bytes (the homeserver's upload limit also applies).
+    #[serde(default = "default_media_max")]
+    pub max_bytes: u64,
+    /// Hosts whose files may be fetched although they resolve to loopback, private or
+    /// link-local addresses (by default those are refused, also after redirects).
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// How long a link to a Matrix file stays valid, in seconds.
+    #[serde(default = "default_link_lifetime")]
+    pub link_lifetime_seconds: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            max_bytes: default_media_max(),
+            allow_hosts: Vec::new(),
+            link_lifetime_seconds: default_link_lifetime(),
+        }
+    }
+}
+
+fn default_media_max() -> u64 {
+    50 * 1024 * 1024
+}
+fn default_link_lifetime() -> u64 {
+    7 * 24 * 3600
 }
 
 fn default_command_prefix() -> String {
@@ -305,6 +347,7 @@ impl Default for BridgeConfig {
             portal_idle_seconds: default_portal_idle(),
             state_notice_delay_seconds: default_state_notice_delay(),
             login_key: None,
+            media: MediaConfig::default(),
         }
     }
 }
@@ -745,6 +788,14 @@ impl Config {
             .as_ref()
             .map(|s| s.resolve("appservice.provisioning_secret", env))
             .transpose()?;
+        if let Some(url) = &self.bridge.media.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "bridge.media.public_url",
+                "must be an http:// or https:// URL, such as https://bridge.example.org",
+            ));
+        }
         let login_key = self
             .bridge
             .login_key

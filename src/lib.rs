@@ -23,6 +23,7 @@ pub mod commands;
 pub mod config;
 pub mod loopback;
 pub mod matrix;
+pub mod media;
 pub mod metrics;
 pub mod network;
 pub mod sip;

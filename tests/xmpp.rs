@@ -1548,3 +1548,150 @@ async fn sip_xmpp_and_matrix_users_share_one_room() {
     );
     common::sipp::unregister_all("frank").await;
 }
+
+/// A small PNG (3 × 2) as bytes: enough header for the type and the dimensions.
+fn tiny_png() -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    png.extend_from_slice(&3u32.to_be_bytes());
+    png.extend_from_slice(&2u32.to_be_bytes());
+    png.extend_from_slice(b"\x08\x06\0\0\0 rest of a tiny test image");
+    png
+}
+
+/// Serves `dir` over HTTP on 127.0.0.1:`port` until dropped.
+struct FileServer(std::process::Child);
+
+impl FileServer {
+    async fn start(dir: &std::path::Path, port: u16) -> FileServer {
+        let python = std::env::var("ISTHMUS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let child = std::process::Command::new(python)
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start python -m http.server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the file server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        FileServer(child)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_cross_both_ways_and_private_addresses_are_refused() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let mut bob = XmppUser::login("bob").await;
+    let (alice, room, ghost) = dm_with("xfile", "bob@localhost").await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+    let png = tiny_png();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pixel.png"), &png).unwrap();
+    let _server = FileServer::start(dir.path(), 15091).await;
+    let wait = Duration::from_secs(30);
+
+    // XMPP → Matrix: an XEP-0066 link (as XEP-0363 uploads send it) becomes an m.image.
+    let url = "http://127.0.0.1:15091/pixel.png";
+    bob.send_xml(&format!(
+        "<message to='{address}' type='chat' xmlns='jabber:client'><body>{url}</body><x xmlns='jabber:x:oob'><url>{url}</url></x></message>"
+    ))
+    .await;
+    let ev = alice
+        .wait_for_event(&room, "bob's image", wait, |e| {
+            e["content"]["msgtype"] == "m.image"
+        })
+        .await;
+    assert_eq!(ev["sender"], ghost.as_str());
+    let c = &ev["content"];
+    assert_eq!(c["info"]["mimetype"], "image/png", "{c}");
+    assert_eq!(c["info"]["w"], 3, "{c}");
+    assert_eq!(c["info"]["h"], 2, "{c}");
+    assert_eq!(c["info"]["size"], png.len(), "{c}");
+    assert_eq!(c["filename"], "pixel.png", "{c}");
+    let stored = alice.download(c["url"].as_str().unwrap()).await;
+    assert_eq!(stored, png, "the file on Matrix is the one bob sent");
+
+    // A link to a non-public address that the config does not allow is not fetched: the
+    // message arrives as text with the link and the reason.
+    let private = "http://127.0.0.2:15091/pixel.png";
+    bob.send_xml(&format!(
+        "<message to='{address}' type='chat' xmlns='jabber:client'><body>{private}</body><x xmlns='jabber:x:oob'><url>{private}</url></x></message>"
+    ))
+    .await;
+    let ev = alice
+        .wait_for_event(&room, "the refused file as text", wait, |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains(private))
+        })
+        .await;
+    let body = ev["content"]["body"].as_str().unwrap();
+    assert!(
+        body.contains("not bridged") && body.contains("non-public"),
+        "{body}"
+    );
+
+    // Matrix → XMPP: the file goes as a signed link to the bridge, with XEP-0066 data.
+    let mxc = alice.upload(png.clone(), "image/png").await;
+    alice
+        .send(
+            &room,
+            "m.room.message",
+            &serde_json::json!({"msgtype": "m.image", "body": "photo.png", "url": mxc,
+                "info": {"mimetype": "image/png", "size": png.len()}}),
+        )
+        .await;
+    let got = bob
+        .wait("the image link", |e| {
+            e.name() == "message"
+                && e.children()
+                    .any(|c| c.name() == "body" && c.text().contains("/_isthmus/media/"))
+        })
+        .await;
+    let link = got
+        .children()
+        .find(|c| c.name() == "x")
+        .and_then(|x| x.children().find(|u| u.name() == "url"))
+        .map(|u| u.text())
+        .expect("XEP-0066 data with the link");
+    assert!(
+        link.starts_with("http://127.0.0.1:29331/_isthmus/media/"),
+        "{link}"
+    );
+    let resp = reqwest::get(&link).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let csp = resp
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(csp.contains("sandbox"), "{csp}");
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), png);
+    // A forged signature is refused.
+    let mut parts: Vec<String> = link.split('/').map(str::to_owned).collect();
+    let sig = parts.len() - 2;
+    parts[sig] = "0".repeat(parts[sig].len());
+    let forged = reqwest::get(parts.join("/")).await.unwrap();
+    assert_eq!(forged.status(), 403);
+}

@@ -80,6 +80,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/_matrix/provision/v3",
             provisioning::router(Arc::clone(&state)),
         )
+        .route(
+            "/_isthmus/media/{server}/{media_id}/{expires}/{signature}/{name}",
+            get(media_link),
+        )
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/_matrix/mau/live", get(health))
@@ -109,6 +113,65 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.bridge.metrics.render(),
     )
         .into_response()
+}
+
+/// A signed, expiring link to a Matrix file (see `crate::media`): the file, from the
+/// homeserver's authenticated media, served so that a browser never runs it.
+async fn media_link(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path((server, media_id, expires, signature, _name)): axum::extract::Path<(
+        String,
+        String,
+        u64,
+        String,
+        String,
+    )>,
+) -> Response {
+    let bridge = &state.bridge;
+    let Some(links) = bridge.links.get() else {
+        return not_found().await;
+    };
+    let now = crate::bridge::now_ms() / 1000;
+    match links.check(&server, &media_id, expires, &signature, now) {
+        Ok(()) => {}
+        Err("expired") => {
+            return matrix_error(StatusCode::GONE, "M_EXPIRED", "This link has expired");
+        }
+        Err(_) => {
+            return matrix_error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "Invalid link");
+        }
+    }
+    match bridge.hs.download(&server, &media_id).await {
+        Ok((bytes, content_type)) => {
+            bridge.metrics.event("to_remote", "file_served", "ok");
+            let ct = content_type.unwrap_or_else(|| "application/octet-stream".into());
+            (
+                [
+                    (axum::http::header::CONTENT_TYPE, ct),
+                    (
+                        axum::http::header::CONTENT_SECURITY_POLICY,
+                        "sandbox; default-src 'none'".into(),
+                    ),
+                    (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff".into()),
+                    (
+                        axum::http::header::CACHE_CONTROL,
+                        "private, max-age=3600".into(),
+                    ),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "a linked file could not be read from the homeserver");
+            bridge.metrics.event("to_remote", "file_served", "failed");
+            matrix_error(
+                StatusCode::NOT_FOUND,
+                "M_NOT_FOUND",
+                "The file is not available",
+            )
+        }
+    }
 }
 
 async fn not_found() -> Response {

@@ -329,7 +329,7 @@ impl Bridge {
             (true, Some(c)) => c,
             _ => &ev.content,
         };
-        let Some(mut content) = message_content(content_src) else {
+        let Some(mut content) = self.outgoing_content(content_src) else {
             self.metrics.event("to_remote", "message", "unsupported");
             self.portal_notice(
                 &portal,
@@ -442,7 +442,7 @@ impl Bridge {
         {
             return Ok(());
         }
-        let Some(content) = message_content(&ev.content) else {
+        let Some(content) = self.outgoing_content(&ev.content) else {
             return Ok(());
         };
         let Some(client) = self
@@ -506,7 +506,7 @@ impl Bridge {
         if pref.members.is_empty() {
             return Ok(());
         }
-        let Some(content) = message_content(&ev.content) else {
+        let Some(content) = self.outgoing_content(&ev.content) else {
             if !self.in_namespace(&ev.sender) {
                 self.portal_notice(
                     portal,
@@ -1008,6 +1008,7 @@ pub fn message_content(content: &Value) -> Option<MessageContent> {
         body,
         html,
         mentions: Vec::new(),
+        attachment: None,
     })
 }
 

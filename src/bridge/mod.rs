@@ -9,6 +9,7 @@ mod dispatch;
 mod ghost;
 mod logins;
 mod matrix_events;
+mod media;
 mod permissions;
 mod portal;
 mod remote_events;
@@ -109,6 +110,12 @@ pub struct Bridge {
     queues: dispatch::Queues,
     /// Logins whose problem the user was told about (so recovery is announced too).
     announced: Mutex<HashSet<(NetworkId, String)>>,
+    /// Downloads files that networks send.
+    pub fetcher: crate::media::Fetcher,
+    /// Signs links to Matrix files for networks, when `bridge.media.public_url` is set.
+    pub links: std::sync::OnceLock<crate::media::Links>,
+    /// The homeserver's upload limit, once read.
+    upload_limit: std::sync::OnceLock<u64>,
 }
 
 /// A reported state and its optional detail.
@@ -153,6 +160,9 @@ impl Bridge {
             joined: Mutex::default(),
             typing: Mutex::default(),
             announced: Mutex::default(),
+            fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
+            links: std::sync::OnceLock::new(),
+            upload_limit: std::sync::OnceLock::new(),
             queues: dispatch::Queues::new(Duration::from_secs(config.bridge.portal_idle_seconds)),
             config,
         }))

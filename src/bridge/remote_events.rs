@@ -151,7 +151,10 @@ impl Bridge {
                     self.metrics.event("to_matrix", kind, "duplicate");
                     return Ok(());
                 }
-                let mut c = matrix_content(content);
+                let mut c = match &content.attachment {
+                    Some(att) => self.media_content(&gid, content, att).await,
+                    None => matrix_content(content),
+                };
                 if let Some(r) = reply_to
                     && let Some(orig) = self.store.message_by_remote(&key, r)?
                 {

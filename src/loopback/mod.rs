@@ -379,7 +379,7 @@ impl NetworkClient for LoopbackClient {
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Request {
     Inject {
-        event: RemoteEvent,
+        event: Box<RemoteEvent>,
     },
     Sent,
     Pause,
@@ -435,7 +435,7 @@ async fn handle_request(shared: &Shared, line: &str) -> Value {
             let Some(sink) = shared.sink.get() else {
                 return json!({"ok": false, "error": "not started"});
             };
-            match sink.push(event).await {
+            match sink.push(*event).await {
                 Ok(()) => json!({"ok": true}),
                 Err(e) => json!({"ok": false, "error": e.to_string()}),
             }

@@ -44,6 +44,25 @@ pub struct MessageContent {
     /// Matrix users this message mentions for real (never guessed from the text by the core).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<String>,
+    /// A file the message carries; `body` is then its caption (or its name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+}
+
+/// A file in a message, by link. From a network, the core downloads it (under the media
+/// rules) and stores it on Matrix; to a network, the link is one the bridge serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Where the file is (http or https).
+    pub url: String,
+    /// File name.
+    pub name: String,
+    /// Content type, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mimetype: Option<String>,
+    /// Size in bytes, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 impl MessageContent {
@@ -54,6 +73,7 @@ impl MessageContent {
             body: body.into(),
             html: None,
             mentions: Vec::new(),
+            attachment: None,
         }
     }
 }

@@ -95,6 +95,14 @@ impl Gateway {
 
 /// The text of a Matrix message as a SIP user reads it.
 fn text_of(message: &OutgoingMessage) -> String {
+    if let Some(a) = &message.content.attachment {
+        let caption = message.content.body.trim();
+        return if caption.is_empty() || caption == a.name {
+            format!("{}: {}", a.name, a.url)
+        } else {
+            format!("{caption}\n{}: {}", a.name, a.url)
+        };
+    }
     let body = message.content.body.trim_end();
     match message.content.kind {
         MessageKind::Emote => format!("* {} {body}", message.sender.displayname),

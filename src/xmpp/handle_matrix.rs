@@ -310,12 +310,36 @@ impl NetworkClient for Gateway {
     ) -> Result<RemoteMessageId, NetworkError> {
         // Derived from the Matrix event, so a retry or a replay sends the same ID.
         let id = stable_id(&message.event_id);
-        let body = super::convert::outbound_body(&message.content);
+        // A file goes as its link in the body and as XEP-0066 out-of-band data, which
+        // clients show inline; a caption goes as a message of its own before it.
+        let attachment = message.content.attachment.clone();
+        let body = match &attachment {
+            Some(a) => a.url.clone(),
+            None => super::convert::outbound_body(&message.content),
+        };
+        if let Some(a) = &attachment
+            && !message.content.body.is_empty()
+            && message.content.body != a.name
+        {
+            let caption = message.content.body.clone();
+            let caption_id = format!("{id}-caption");
+            self.deliver(portal, &message.sender, &caption_id, &|m: &mut Message| {
+                m.bodies.insert(Lang::default(), caption.clone());
+            })
+            .await?;
+        }
         let direct = portal.kind == ChatKind::Direct;
         let displayname = message.sender.displayname.clone();
         let reply_to = message.reply_to.clone();
         self.deliver(portal, &message.sender, &id, &|m: &mut Message| {
             m.bodies.insert(Lang::default(), body.clone());
+            if let Some(a) = &attachment {
+                m.payloads.push(
+                    Element::builder("x", super::convert::OOB)
+                        .append(Element::builder("url", super::convert::OOB).append(a.url.clone()))
+                        .build(),
+                );
+            }
             if let Some(target) = &reply_to {
                 m.payloads.push(fidelity::reply(target.as_str()));
             }

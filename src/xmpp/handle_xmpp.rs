@@ -22,8 +22,8 @@ use super::component::Inbound;
 use super::{convert, fidelity, hosted, muc};
 use crate::network::contacts::{self as roster, Policy};
 use crate::network::{
-    BridgeState, MembershipChange, Presence as NetPresence, PresenceState, RemoteEvent,
-    RemoteEventKind, RemoteMessageId,
+    BridgeState, MembershipChange, MessageContent, Presence as NetPresence, PresenceState,
+    RemoteEvent, RemoteEventKind, RemoteMessageId,
 };
 
 /// The features the gateway advertises: exactly what it implements.
@@ -179,10 +179,17 @@ impl Handler {
                 } else {
                     body
                 };
+                let content = match convert::attachment(&body, &msg.payloads) {
+                    Some((attachment, caption)) => MessageContent {
+                        attachment: Some(attachment),
+                        ..MessageContent::text(caption)
+                    },
+                    None => convert::inbound_content(&body, &msg.payloads, nicks),
+                };
                 stored &= self
                     .push(base(RemoteEventKind::Message {
                         id: RemoteMessageId::new(id),
-                        content: convert::inbound_content(&body, &msg.payloads, nicks),
+                        content,
                         reply_to,
                     }))
                     .await;

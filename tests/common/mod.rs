@@ -454,6 +454,40 @@ impl MatrixUser {
 
     /// Calls the client-server API at `path` (below `/_matrix/client/v3`); returns status and
     /// body.
+    /// Uploads a file to the homeserver; returns its `mxc://` URI.
+    pub async fn upload(&self, bytes: Vec<u8>, content_type: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload", self.hs))
+            .bearer_auth(&self.token)
+            .header("Content-Type", content_type)
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload");
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "upload: {status} {v}");
+        v["content_uri"].as_str().expect("content_uri").to_owned()
+    }
+
+    /// Downloads a file through authenticated media.
+    pub async fn download(&self, mxc: &str) -> Vec<u8> {
+        let path = mxc.strip_prefix("mxc://").expect("an mxc URI");
+        let r = self
+            .http
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/{path}",
+                self.hs
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("download");
+        assert!(r.status().is_success(), "download {mxc}: {}", r.status());
+        r.bytes().await.expect("body").to_vec()
+    }
+
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
         let mut req = self

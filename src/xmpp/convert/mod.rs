@@ -14,7 +14,7 @@ pub use self::styling::styled_text_to_html;
 
 use xmpp_parsers::minidom::Element;
 
-use crate::network::{MessageContent, MessageKind};
+use crate::network::{Attachment, MessageContent, MessageKind};
 
 const XHTML_IM: &str = "http://jabber.org/protocol/xhtml-im";
 
@@ -34,6 +34,39 @@ pub fn mentions(body: &str, nicks: &[(String, String)]) -> Vec<(String, String)>
         }
     }
     found
+}
+
+/// XEP-0066 out-of-band data, the way XMPP clients send files (with XEP-0363 uploads).
+pub const OOB: &str = "jabber:x:oob";
+
+/// The file an inbound message carries by XEP-0066, with the body as its caption unless the
+/// body is just the link (as clients send it).
+pub fn attachment(body: &str, payloads: &[Element]) -> Option<(Attachment, String)> {
+    let url = payloads
+        .iter()
+        .find(|p| p.is("x", OOB))?
+        .get_child("url", OOB)?
+        .text()
+        .trim()
+        .to_owned();
+    if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 4096 {
+        return None;
+    }
+    let name = crate::media::name_from_url(&url);
+    let caption = if body.trim() == url {
+        String::new()
+    } else {
+        body.trim().to_owned()
+    };
+    Some((
+        Attachment {
+            url,
+            name,
+            mimetype: None,
+            size: None,
+        },
+        caption,
+    ))
 }
 
 /// The content of an inbound XMPP message: `/me` becomes an emote; XHTML-IM (sanitised) or
@@ -75,6 +108,7 @@ pub fn inbound_content(
         body,
         html,
         mentions: mentioned.into_iter().map(|(_, u)| u).collect(),
+        attachment: None,
     }
 }
 
@@ -138,6 +172,7 @@ mod tests {
             body: "waves **hard**".into(),
             html: Some("waves <strong>hard</strong>".into()),
             mentions: Vec::new(),
+            attachment: None,
         };
         assert_eq!(outbound_body(&out), "/me waves *hard*");
     }

@@ -1,0 +1,133 @@
+//! Files in messages, both ways (the rules are in `crate::media`).
+
+use ruma::UserId;
+use serde_json::{Value, json};
+use tracing::{debug, info};
+
+use super::Bridge;
+use super::matrix_events::message_content;
+use crate::media::{MediaError, msgtype};
+use crate::network::{Attachment, MessageContent, MessageKind};
+
+impl Bridge {
+    /// The largest file bridged: the configured cap, lowered to the homeserver's limit.
+    async fn max_media_bytes(&self) -> u64 {
+        let cap = self.config.bridge.media.max_bytes;
+        if let Some(limit) = self.upload_limit.get() {
+            return cap.min(*limit);
+        }
+        match self.hs.media_upload_limit().await {
+            Ok(Some(limit)) => {
+                let _ = self.upload_limit.set(limit);
+                cap.min(limit)
+            }
+            _ => cap,
+        }
+    }
+
+    /// The Matrix content for a remote message with a file: the file downloaded, stored on
+    /// the homeserver as `ghost`, and described (type, size, image dimensions). When the file
+    /// cannot be bridged, a text message with the link and the reason, so nothing is lost.
+    pub(super) async fn media_content(
+        &self,
+        ghost: &UserId,
+        content: &MessageContent,
+        att: &Attachment,
+    ) -> Value {
+        let max = self.max_media_bytes().await;
+        let fetched = match self.fetcher.fetch(&att.url, max).await {
+            Ok(f) => f,
+            Err(e) => {
+                let result = match e {
+                    MediaError::Refused(_) => "refused",
+                    MediaError::TooLarge(_) => "too_large",
+                    MediaError::Failed(_) => "failed",
+                };
+                info!(error = %e, result, "remote file not bridged");
+                self.metrics.event("to_matrix", "file", result);
+                let mut text = format!("📎 {} ({}) — not bridged: {e}", att.name, att.url);
+                if !content.body.is_empty() {
+                    text = format!("{}\n{text}", content.body);
+                }
+                return json!({"msgtype": "m.text", "body": text});
+            }
+        };
+        let mimetype = att
+            .mimetype
+            .clone()
+            .or(fetched.mimetype)
+            .or_else(|| crate::media::sniff(&fetched.bytes).map(str::to_owned))
+            .unwrap_or_else(|| "application/octet-stream".into());
+        let size = fetched.bytes.len();
+        let dims = crate::media::image_size(&fetched.bytes);
+        let mxc = match self
+            .hs
+            .upload(Some(ghost), fetched.bytes, &mimetype, &att.name)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(error = %e, "upload to the homeserver failed");
+                self.metrics.event("to_matrix", "file", "upload_failed");
+                return json!({"msgtype": "m.text", "body": format!("📎 {} ({}) — not bridged: the homeserver refused the upload ({e})", att.name, att.url)});
+            }
+        };
+        let mut info = json!({"mimetype": mimetype, "size": size});
+        if let Some((w, h)) = dims {
+            info["w"] = json!(w);
+            info["h"] = json!(h);
+        }
+        let caption = content.body.trim();
+        let body = if caption.is_empty() {
+            att.name.as_str()
+        } else {
+            caption
+        };
+        self.metrics.event("to_matrix", "file", "ok");
+        json!({
+            "msgtype": msgtype(&mimetype),
+            "body": body,
+            "filename": att.name,
+            "url": mxc,
+            "info": info,
+        })
+    }
+
+    /// A Matrix message as networks get it. Files (`m.image`, `m.file`, `m.video`,
+    /// `m.audio`) become a signed link to the bridge, when links are configured; `None` for
+    /// what cannot be bridged.
+    pub fn outgoing_content(&self, content: &Value) -> Option<MessageContent> {
+        if let Some(c) = message_content(content) {
+            return Some(c);
+        }
+        let kind = content.get("msgtype").and_then(Value::as_str)?;
+        if !matches!(kind, "m.image" | "m.file" | "m.video" | "m.audio") {
+            return None;
+        }
+        let links = self.links.get()?;
+        // Encrypted files (`file` instead of `url`) cannot be served.
+        let mxc = content.get("url").and_then(Value::as_str)?;
+        let body = content.get("body").and_then(Value::as_str).unwrap_or("");
+        let name = content
+            .get("filename")
+            .and_then(Value::as_str)
+            .unwrap_or(if body.is_empty() { "file" } else { body });
+        let info = content.get("info");
+        let url = links.link(mxc, name, super::now_ms() / 1000)?;
+        Some(MessageContent {
+            kind: MessageKind::Text,
+            body: body.to_owned(),
+            html: None,
+            mentions: Vec::new(),
+            attachment: Some(Attachment {
+                url,
+                name: name.to_owned(),
+                mimetype: info
+                    .and_then(|i| i.get("mimetype"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                size: info.and_then(|i| i.get("size")).and_then(Value::as_u64),
+            }),
+        })
+    }
+}
