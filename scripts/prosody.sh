@@ -48,6 +48,8 @@ up() {
         fi
     done
     command -v prosody >/dev/null 2>&1 || need_apt prosody
+    # prosody-modules brings mod_muc_moderation (XEP-0425) for the group chats.
+    need_apt prosody-modules
     rm -rf "$P"
     mkdir -p "$P/data" "$P/certs"
     echo "$c2s $component" >"$P/ports"

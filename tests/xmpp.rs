@@ -1695,3 +1695,125 @@ async fn files_cross_both_ways_and_private_addresses_are_refused() {
     let forged = reqwest::get(parts.join("/")).await.unwrap();
     assert_eq!(forged.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moderation_crosses_both_ways() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let wait = Duration::from_secs(30);
+    // bob owns an XMPP group chat (so he is its moderator); alice bridges her own room to it,
+    // giving the bot the power to redact there.
+    let room_jid = format!("mod{}@conference.localhost", unique());
+    let mut bob = XmppUser::login("bob").await;
+    bob.send_xml(&format!(
+        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    bob.wait("bob in the new room", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/bob").as_str())
+    })
+    .await;
+    let alice = MatrixUser::register("xmod").await;
+    let created = alice
+        .ok(
+            "POST",
+            "/createRoom",
+            Some(
+                &serde_json::json!({"invite": [BOT], "preset": "private_chat",
+                "power_level_content_override": {"users": {BOT: 100}}}),
+            ),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    alice.wait_joined(&room, BOT, wait).await;
+    let reply = command(&alice, &room, &format!("!isthmus bridge xmpp {room_jid}")).await;
+    assert!(reply.contains("now bridged"), "{reply}");
+    let nick = alice.localpart.clone();
+    bob.wait("alice's puppet joining", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/{nick}").as_str())
+    })
+    .await;
+
+    // XMPP → Matrix: bob moderates a message away; it is redacted on Matrix.
+    let spam = format!("buy now {}", unique());
+    bob.send_xml(&format!(
+        "<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{spam}</body></message>"
+    ))
+    .await;
+    let echoed = bob
+        .wait("the room's copy of the spam", |e| {
+            e.name() == "message" && e.children().any(|c| c.name() == "body" && c.text() == spam)
+        })
+        .await;
+    let stanza_id = echoed
+        .children()
+        .find(|c| c.name() == "stanza-id")
+        .and_then(|c| c.attr("id"))
+        .expect("a stanza-id")
+        .to_owned();
+    let ev = alice
+        .wait_for_event(&room, "the spam on Matrix", wait, |e| {
+            e["content"]["body"] == spam.as_str()
+        })
+        .await;
+    let spam_event = ev["event_id"].as_str().unwrap().to_owned();
+    bob.send_xml(&format!(
+        "<iq type='set' to='{room_jid}' id='mod1' xmlns='jabber:client'><apply-to xmlns='urn:xmpp:fasten:0' id='{stanza_id}'><moderate xmlns='urn:xmpp:message-moderate:0'><retract xmlns='urn:xmpp:message-retract:0'/><reason>spam</reason></moderate></apply-to></iq>"
+    ))
+    .await;
+    let deadline = Instant::now() + wait;
+    loop {
+        let e = alice.event(&room, &spam_event).await;
+        if e["content"].as_object().is_some_and(|c| c.is_empty()) {
+            let because = &e["unsigned"]["redacted_because"];
+            assert_eq!(because["sender"], BOT, "{e}");
+            assert!(
+                because["content"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("moderator") && r.contains("spam")),
+                "{e}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spam was never redacted: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Matrix → XMPP: bob makes alice's puppet a moderator; alice redacts bob's message.
+    bob.send_xml(&format!(
+        "<iq type='set' to='{room_jid}' id='role1' xmlns='jabber:client'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='{nick}' role='moderator'/></query></iq>"
+    ))
+    .await;
+    bob.wait("the role change", |e| {
+        e.name() == "iq" && e.attr("id") == Some("role1")
+    })
+    .await;
+    let rude = format!("rude words {}", unique());
+    bob.send_xml(&format!(
+        "<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{rude}</body></message>"
+    ))
+    .await;
+    let ev = alice
+        .wait_for_event(&room, "bob's rude message", wait, |e| {
+            e["content"]["body"] == rude.as_str()
+        })
+        .await;
+    alice.redact(&room, ev["event_id"].as_str().unwrap()).await;
+    let announced = bob
+        .wait("the moderation announcement", |e| {
+            e.name() == "message"
+                && e.attr("from") == Some(room_jid.as_str())
+                && e.children().any(|c| c.name() == "apply-to")
+        })
+        .await;
+    let target = announced
+        .children()
+        .find(|c| c.name() == "apply-to")
+        .and_then(|c| c.attr("id"))
+        .unwrap()
+        .to_owned();
+    assert_ne!(target, stanza_id, "the second message was moderated");
+}

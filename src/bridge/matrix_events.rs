@@ -669,10 +669,29 @@ impl Bridge {
             return Ok(());
         };
         if orig.sender != ev.sender {
-            // A moderator removing someone else's message: networks only accept retractions
-            // from the author, so it stays on the other side (moderation comes later).
-            self.metrics.event("to_remote", "redaction", "not_own");
-            return Ok(());
+            // Someone else's message: the homeserver accepted the redaction, so the redacter
+            // has the power; in a group chat it becomes a moderation there.
+            if portal.kind != ChatKind::Group || orig.reaction.is_some() {
+                self.metrics.event("to_remote", "redaction", "not_own");
+                return Ok(());
+            }
+            let Some(client) = self.user_client(&ev.sender, &portal.key.network) else {
+                self.metrics.event("to_remote", "moderation", "no_identity");
+                return Ok(());
+            };
+            let moderator = self.matrix_sender(&ev.sender).await;
+            let reason = ev.content.get("reason").and_then(Value::as_str);
+            let r = client
+                .send_moderation(&portal_ref(&portal), &moderator, &orig.remote_id, reason)
+                .await;
+            return match r {
+                Ok(()) => {
+                    self.store.delete_message(&orig)?;
+                    self.metrics.event("to_remote", "moderation", "ok");
+                    Ok(())
+                }
+                Err(e) => self.network_failure(seq, &portal, "moderation", e).await,
+            };
         }
         let (client, _) = match self.client_for(&portal, &ev.sender) {
             Ok(c) => c,

@@ -111,6 +111,51 @@ impl Bridge {
             self.metrics.event("to_matrix", kind, result);
             return Ok(());
         }
+        if let RemoteEventKind::Moderation { target, reason } = &ev.kind {
+            let result = match self.store.message_by_remote(&key, target)? {
+                None => "unknown_target",
+                Some(orig) => {
+                    // Redacted by whoever speaks for the bridge in the room (the bot in group
+                    // chats), which needs the power to redact others' events.
+                    let speaker = self.portal_speaker(&portal);
+                    let display = self
+                        .networks
+                        .get(network)
+                        .map(|n| n.info().display_name.clone())
+                        .unwrap_or_else(|| network.to_string());
+                    let why = match reason {
+                        Some(r) => format!("removed by a moderator on {display}: {r}"),
+                        None => format!("removed by a moderator on {display}"),
+                    };
+                    let r = self
+                        .hs
+                        .redact(
+                            Some(&user_id(&speaker)?),
+                            &room_id(&portal.room_id)?,
+                            &event_id(&orig.event_id)?,
+                            &format!("isthmus.{seq}"),
+                            Some(&why),
+                        )
+                        .await;
+                    match r {
+                        Ok(_) => {
+                            self.store.delete_message(&orig)?;
+                            "ok"
+                        }
+                        Err(e) => {
+                            let e = BridgeError::from(e);
+                            if e.is_transient() {
+                                return Err(e);
+                            }
+                            warn!(room_id = %portal.room_id, error = %e, "could not apply a remote moderation (the bridge may lack power in the room)");
+                            "forbidden"
+                        }
+                    }
+                }
+            };
+            self.metrics.event("to_matrix", kind, result);
+            return Ok(());
+        }
         if let RemoteEventKind::DeliveryFailed { target, reason } = &ev.kind {
             let result = self
                 .delivery_failed(seq, &key, &portal, target, reason)
@@ -297,6 +342,7 @@ impl Bridge {
                 "ok"
             }
             RemoteEventKind::Presence(_)
+            | RemoteEventKind::Moderation { .. }
             | RemoteEventKind::ContactRequest
             | RemoteEventKind::Profile
             | RemoteEventKind::MessageAlias { .. }

@@ -199,6 +199,14 @@ pub enum RemoteEventKind {
         /// The retracted message.
         target: RemoteMessageId,
     },
+    /// A moderator of the group chat removed a message (anyone's); the sender is the chat.
+    Moderation {
+        /// The removed message.
+        target: RemoteMessageId,
+        /// Why, when the moderator said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// A reaction was added or removed.
     Reaction {
         /// The message reacted to.
@@ -264,6 +272,7 @@ impl RemoteEventKind {
             RemoteEventKind::Message { .. } => "message",
             RemoteEventKind::Edit { .. } => "edit",
             RemoteEventKind::Redaction { .. } => "redaction",
+            RemoteEventKind::Moderation { .. } => "moderation",
             RemoteEventKind::Reaction { .. } => "reaction",
             RemoteEventKind::Typing { .. } => "typing",
             RemoteEventKind::Receipt { .. } => "receipt",

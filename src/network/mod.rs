@@ -320,6 +320,18 @@ pub trait NetworkClient: Send + Sync {
         Err(NetworkError::Unsupported("deleting messages"))
     }
 
+    /// Removes someone else's message from a group chat as a moderator (the Matrix sender
+    /// redacted it with the power to do so in the room).
+    async fn send_moderation(
+        &self,
+        _portal: &PortalRef,
+        _moderator: &MatrixSender,
+        _target: &RemoteMessageId,
+        _reason: Option<&str>,
+    ) -> Result<(), NetworkError> {
+        Err(NetworkError::Unsupported("moderation"))
+    }
+
     /// Adds (`remove == false`) or removes a reaction.
     async fn send_reaction(
         &self,

@@ -82,6 +82,51 @@ pub enum Kind {
     Reactions(String, BTreeSet<String>),
 }
 
+/// XEP-0425 moderation, the version Prosody's module speaks and the current one.
+pub const MODERATE_0: &str = "urn:xmpp:message-moderate:0";
+const MODERATE_1: &str = "urn:xmpp:message-moderate:1";
+
+/// A group chat's announcement that a moderator removed message `target`, with the reason.
+pub fn moderation(payloads: &[Element]) -> Option<(String, Option<String>)> {
+    let reason = |e: &Element| {
+        e.children()
+            .find(|c| c.name() == "reason")
+            .map(|r| r.text().chars().take(512).collect::<String>())
+            .filter(|r| !r.trim().is_empty())
+    };
+    for p in payloads {
+        if p.is("apply-to", FASTEN)
+            && let Some(m) = p.get_child("moderated", MODERATE_0)
+            && let Some(id) = p.attr("id")
+        {
+            return Some((id.to_owned(), reason(m).or_else(|| reason(p))));
+        }
+        if p.is("retract", RETRACT)
+            && p.get_child("moderated", MODERATE_1).is_some()
+            && let Some(id) = p.attr("id")
+        {
+            return Some((id.to_owned(), reason(p)));
+        }
+    }
+    None
+}
+
+/// The request to moderate `target` (the room's stanza-id) out of a group chat.
+pub fn moderate(target: &str, reason: Option<&str>) -> Element {
+    let mut m =
+        Element::builder("moderate", MODERATE_0).append(Element::builder("retract", RETRACT_0));
+    if let Some(r) = reason {
+        m = m.append(Element::builder("reason", MODERATE_0).append(r.to_owned()));
+    }
+    Element::builder("apply-to", FASTEN)
+        .attr(
+            xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
+            target,
+        )
+        .append(m)
+        .build()
+}
+
 /// Reads the fidelity payloads of an inbound message.
 pub fn classify(payloads: &[Element]) -> Option<Kind> {
     for p in payloads {
@@ -188,6 +233,23 @@ mod tests {
 
     fn el(xml: &str) -> Element {
         Element::from_str(xml).unwrap()
+    }
+
+    #[test]
+    fn moderation_both_versions() {
+        let v0 = el(
+            "<apply-to xmlns='urn:xmpp:fasten:0' id='s1'><moderated xmlns='urn:xmpp:message-moderate:0' by='r@c/mod'><retract xmlns='urn:xmpp:message-retract:0'/><reason>spam</reason></moderated></apply-to>",
+        );
+        assert_eq!(moderation(&[v0]), Some(("s1".into(), Some("spam".into()))));
+        let v1 = el(
+            "<retract xmlns='urn:xmpp:message-retract:1' id='s2'><moderated xmlns='urn:xmpp:message-moderate:1' by='r@c/mod'/></retract>",
+        );
+        assert_eq!(moderation(&[v1]), Some(("s2".into(), None)));
+        let plain = el("<retract xmlns='urn:xmpp:message-retract:1' id='s3'/>");
+        assert_eq!(moderation(&[plain]), None);
+        let req = moderate("s4", Some("off topic"));
+        assert_eq!(req.attr("id"), Some("s4"));
+        assert!(req.get_child("moderate", MODERATE_0).is_some());
     }
 
     #[test]

@@ -363,6 +363,45 @@ impl NetworkClient for Gateway {
         Ok(RemoteMessageId::new(id))
     }
 
+    async fn send_moderation(
+        &self,
+        portal: &PortalRef,
+        moderator: &MatrixSender,
+        target: &RemoteMessageId,
+        reason: Option<&str>,
+    ) -> Result<(), NetworkError> {
+        if portal.kind != ChatKind::Group || self.hosted(portal).is_some() {
+            return Err(NetworkError::Unsupported("moderation in this chat"));
+        }
+        let room = Self::room(portal)?;
+        // The moderator's puppet asks, so the room checks the moderator's own role.
+        self.join_chat(portal, moderator).await?;
+        let from = muc::puppet_full(&self.puppet_bare(moderator)?);
+        let answer = self
+            .shared
+            .request(
+                from.into(),
+                room.into(),
+                true,
+                fidelity::moderate(target.as_str(), reason),
+            )
+            .await?;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(condition)
+                if condition.to_lowercase().contains("forbidden")
+                    || condition.to_lowercase().contains("notallowed") =>
+            {
+                Err(NetworkError::Undeliverable(
+                    "you are not a moderator of the XMPP group chat".into(),
+                ))
+            }
+            Err(condition) => Err(NetworkError::Undeliverable(format!(
+                "the XMPP group chat refused the moderation ({condition})"
+            ))),
+        }
+    }
+
     async fn send_edit(
         &self,
         portal: &PortalRef,

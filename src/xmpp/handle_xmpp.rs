@@ -417,15 +417,27 @@ impl Handler {
         };
         let room = from.to_bare();
         let room_str = room.to_string();
-        let Some(nick) = from.resource().map(|r| r.as_str().to_owned()) else {
-            return; // from the room itself
-        };
         let Some(user) = self.shared.addressing.matrix_user(&to.to_bare()) else {
             return;
         };
         if self.shared.primary(&room_str).as_deref() != Some(user.as_str()) {
             return; // another puppet's copy of the same message
         }
+        let Some(nick) = from.resource().map(|r| r.as_str().to_owned()) else {
+            // From the room itself: a moderator removed a message (XEP-0425).
+            if let Some((target, reason)) = fidelity::moderation(&msg.payloads) {
+                self.push(RemoteEvent::group(
+                    &room_str,
+                    &room_str,
+                    RemoteEventKind::Moderation {
+                        target: RemoteMessageId::new(target),
+                        reason,
+                    },
+                ))
+                .await;
+            }
+            return;
+        };
         let room_id = msg
             .payloads
             .iter()

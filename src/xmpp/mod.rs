@@ -94,6 +94,19 @@ impl Shared {
         to: xmpp_parsers::jid::Jid,
         payload: xmpp_parsers::minidom::Element,
     ) -> Result<IqAnswer, NetworkError> {
+        let from = xmpp_parsers::jid::Jid::from_str(self.addressing.component())
+            .map_err(|e| NetworkError::Internal(e.to_string()))?;
+        self.request(from, to, false, payload).await
+    }
+
+    /// Sends an IQ get (or set) from `from` and waits (up to 10 s) for the answer.
+    async fn request(
+        &self,
+        from: xmpp_parsers::jid::Jid,
+        to: xmpp_parsers::jid::Jid,
+        set: bool,
+        payload: xmpp_parsers::minidom::Element,
+    ) -> Result<IqAnswer, NetworkError> {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -103,14 +116,20 @@ impl Shared {
             .lock()
             .expect("iq lock")
             .insert(id.clone(), tx);
-        let iq = xmpp_parsers::iq::Iq::Get {
-            from: Some(
-                xmpp_parsers::jid::Jid::from_str(self.addressing.component())
-                    .map_err(|e| NetworkError::Internal(e.to_string()))?,
-            ),
-            to: Some(to),
-            id: id.clone(),
-            payload,
+        let iq = if set {
+            xmpp_parsers::iq::Iq::Set {
+                from: Some(from),
+                to: Some(to),
+                id: id.clone(),
+                payload,
+            }
+        } else {
+            xmpp_parsers::iq::Iq::Get {
+                from: Some(from),
+                to: Some(to),
+                id: id.clone(),
+                payload,
+            }
         };
         let sent = self.out.send((iq.into(), None)).await;
         let answer = match sent {
