@@ -380,7 +380,7 @@ impl NetworkClient for Gateway {
         let answer = self
             .shared
             .request(
-                from.into(),
+                from,
                 room.into(),
                 true,
                 fidelity::moderate(target.as_str(), reason),
