@@ -1817,3 +1817,88 @@ async fn moderation_crosses_both_ways() {
         .to_owned();
     assert_ne!(target, stanza_id, "the second message was moderated");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_group_chat_portal_gets_recent_history_in_order() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let room_jid = format!("old{}@conference.localhost", unique());
+    let mut bob = XmppUser::login("bob").await;
+    bob.send_xml(&format!(
+        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    bob.wait("bob in the new room", |e| {
+        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/bob").as_str())
+    })
+    .await;
+    let tag = unique();
+    let sent_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for n in 1..=3 {
+        bob.send_xml(&format!(
+            "<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>before the bridge {tag} #{n}</body></message>"
+        ))
+        .await;
+    }
+    bob.wait("the room's copy of the last one", |e| {
+        e.name() == "message"
+            && e.children()
+                .any(|c| c.name() == "body" && c.text().ends_with(&format!("{tag} #3")))
+    })
+    .await;
+    // Later, so the original times are distinguishable from the bridging time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alice = MatrixUser::register("xhist").await;
+    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
+    let joined = alice
+        .ok(
+            "POST",
+            &format!("/join/{}", enc(&alias)),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+    let room = joined["room_id"].as_str().unwrap().to_owned();
+    alice
+        .wait_for_event(
+            &room,
+            "the third old message",
+            Duration::from_secs(30),
+            |e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.ends_with(&format!("{tag} #3")))
+            },
+        )
+        .await;
+    let events = alice.messages(&room).await;
+    let old: Vec<&serde_json::Value> = events
+        .iter()
+        .rev()
+        .filter(|e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains(&tag))
+        })
+        .collect();
+    let bodies: Vec<&str> = old
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        (1..=3)
+            .map(|n| format!("before the bridge {tag} #{n}"))
+            .collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    for e in old {
+        let ts = e["origin_server_ts"].as_i64().unwrap();
+        assert!(
+            (ts - sent_at).abs() < 1500,
+            "original time kept: {ts} vs sent {sent_at}"
+        );
+    }
+}

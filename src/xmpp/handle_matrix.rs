@@ -506,8 +506,22 @@ impl NetworkClient for Gateway {
             return Ok(());
         }
         let from = muc::puppet_full(&self.puppet_bare(user)?);
-        let stanza = muc::join_presence(from, &room, &nick, false)
-            .ok_or_else(|| NetworkError::InvalidInput(format!("{nick:?} is not a usable nick")))?;
+        // The bridge's first join of a room brings its recent history into the new portal;
+        // later joins ask for none (the room's traffic is already bridged).
+        let first = muc::last_seen(self.shared.store()?, &room_str).is_none()
+            && self
+                .shared
+                .rooms
+                .lock()
+                .expect("rooms lock")
+                .get(&room_str)
+                .is_none_or(|r| r.puppets.is_empty());
+        let stanza = if first {
+            muc::join_presence_backfill(from, &room, &nick)
+        } else {
+            muc::join_presence(from, &room, &nick, false)
+        }
+        .ok_or_else(|| NetworkError::InvalidInput(format!("{nick:?} is not a usable nick")))?;
         self.send(stanza).await?;
         self.shared
             .rooms

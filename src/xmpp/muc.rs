@@ -64,6 +64,31 @@ pub(super) fn join_presence(from: Jid, room: &BareJid, nick: &str, leave: bool) 
     join_presence_since(from, room, nick, leave, None)
 }
 
+/// How many earlier messages a new portal gets from the room's history (which rooms with
+/// XEP-0313 archives serve from the archive), with their original times.
+pub(super) const BACKFILL_MESSAGES: u32 = 20;
+
+/// The presence that joins `room` for the first time: the last [`BACKFILL_MESSAGES`]
+/// messages come with it.
+pub(super) fn join_presence_backfill(from: Jid, room: &BareJid, nick: &str) -> Option<Stanza> {
+    let mut stanza = join_presence_since(from, room, nick, false, None)?;
+    if let Stanza::Presence(p) = &mut stanza
+        && let Some(x) = p.payloads.iter_mut().find(|x| x.is("x", ns::MUC))
+    {
+        *x = Element::builder("x", ns::MUC)
+            .append(
+                Element::builder("history", ns::MUC)
+                    .attr(
+                        xmpp_parsers::minidom::rxml::xml_ncname!("maxstanzas").to_owned(),
+                        BACKFILL_MESSAGES.to_string(),
+                    )
+                    .build(),
+            )
+            .build();
+    }
+    Some(stanza)
+}
+
 /// Like [`join_presence`]; with `since` (milliseconds since the Unix epoch) the room is asked
 /// for what was said since then (XEP-0045 history), else for no history at all.
 pub(super) fn join_presence_since(
