@@ -864,6 +864,22 @@ async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
             e.name() == "presence" && e.attr("type") == Some("error")
         })
         .await;
+
+    // A Matrix member who leaves the room leaves the group chat for the XMPP occupants.
+    alice
+        .ok(
+            "POST",
+            &format!("/rooms/{}/leave", enc(&room)),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+    carol
+        .wait("alice leaving the hosted room", |e| {
+            e.name() == "presence"
+                && e.attr("type") == Some("unavailable")
+                && e.attr("from") == Some(format!("{muc}/{alice_nick}").as_str())
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1901,4 +1917,42 @@ async fn a_new_group_chat_portal_gets_recent_history_in_order() {
             "original time kept: {ts} vs sent {sent_at}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_chat_retractions_name_the_rooms_stanza_id() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let (mut bob, alice, room_jid, room) = shared_group_chat("sid", "xsid").await;
+    let text = format!("soon gone {}", unique());
+    let event = alice.send_text(&room, &text).await;
+    let got = bob
+        .wait("alice's message", |e| {
+            e.name() == "message" && e.children().any(|c| c.name() == "body" && c.text() == text)
+        })
+        .await;
+    let stanza_id = got
+        .children()
+        .find(|c| c.name() == "stanza-id" && c.attr("by") == Some(room_jid.as_str()))
+        .and_then(|c| c.attr("id"))
+        .expect("the room's stanza-id")
+        .to_owned();
+    // The bridge learns the stanza-id from the room's reflection of the message.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    alice.redact(&room, &event).await;
+    let retraction = bob
+        .wait("the retraction", |e| {
+            e.name() == "message" && e.children().any(|c| c.name() == "retract")
+        })
+        .await;
+    let target = retraction
+        .children()
+        .find(|c| c.name() == "retract")
+        .and_then(|c| c.attr("id"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        target, stanza_id,
+        "XEP-0424 in a group chat names the room's ID"
+    );
 }

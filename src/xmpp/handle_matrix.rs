@@ -140,6 +140,21 @@ fn store_error(e: crate::network::SinkError) -> NetworkError {
 }
 
 impl Gateway {
+    /// How to name message `target` in `portal`: in an external group chat, by the room's
+    /// stanza-id when the bridge knows it (XEP-0424, 0444 and 0461 ask for it there), else
+    /// by its own ID.
+    fn room_ref(&self, portal: &PortalRef, target: &RemoteMessageId) -> String {
+        if portal.kind == ChatKind::Group
+            && self.hosted(portal).is_none()
+            && let Ok(store) = self.shared.store()
+            && let Ok(Some(serde_json::Value::String(sid))) =
+                store.get(&muc::stanza_id_key(portal.chat.as_str(), target.as_str()))
+        {
+            return sid;
+        }
+        target.as_str().to_owned()
+    }
+
     /// Sends a message into the conversation of `portal` as `sender`, with `fill` adding the
     /// body and payloads: to the contact in a direct chat, to the room in a group chat (joining
     /// it first), to every occupant in a hosted room.
@@ -330,7 +345,7 @@ impl NetworkClient for Gateway {
         }
         let direct = portal.kind == ChatKind::Direct;
         let displayname = message.sender.displayname.clone();
-        let reply_to = message.reply_to.clone();
+        let reply_to = message.reply_to.as_ref().map(|t| self.room_ref(portal, t));
         self.deliver(portal, &message.sender, &id, &|m: &mut Message| {
             m.bodies.insert(Lang::default(), body.clone());
             if let Some(a) = &attachment {
@@ -341,7 +356,7 @@ impl NetworkClient for Gateway {
                 );
             }
             if let Some(target) = &reply_to {
-                m.payloads.push(fidelity::reply(target.as_str()));
+                m.payloads.push(fidelity::reply(target));
             }
             if direct {
                 m.payloads.push(chat_state("active"));
@@ -424,11 +439,12 @@ impl NetworkClient for Gateway {
         sender: &MatrixSender,
         target: &RemoteMessageId,
     ) -> Result<(), NetworkError> {
+        let target = self.room_ref(portal, target);
         let id = self.new_id();
         self.deliver(portal, sender, &id, &|m: &mut Message| {
             m.bodies
                 .insert(Lang::default(), fidelity::RETRACT_FALLBACK.to_owned());
-            m.payloads.extend(fidelity::retract(target.as_str()));
+            m.payloads.extend(fidelity::retract(&target));
         })
         .await
     }
@@ -479,7 +495,7 @@ impl NetworkClient for Gateway {
             set.insert(key.to_owned());
         }
         let id = self.new_id();
-        let payload = fidelity::reactions(target.as_str(), &set);
+        let payload = fidelity::reactions(&self.room_ref(portal, target), &set);
         self.deliver(portal, sender, &id, &|m: &mut Message| {
             m.payloads.push(payload.clone());
         })
@@ -541,6 +557,10 @@ impl NetworkClient for Gateway {
         portal: &PortalRef,
         user: &MatrixSender,
     ) -> Result<(), NetworkError> {
+        if let Some(room) = self.hosted(portal) {
+            // The XMPP occupants see the Matrix member leave.
+            return self.hosted_membership(&room, user, true).await;
+        }
         let room = Self::room(portal)?;
         let room_str = room.to_string();
         let nick = {

@@ -455,6 +455,14 @@ impl Handler {
                 .map(str::to_owned)
                 .or_else(|| msg.id.as_ref().map(|i| i.0.clone()));
             if let (Some(target), Some(alias)) = (ours, room_id) {
+                // Retractions, reactions and replies in a group chat name a message by the
+                // room's ID: remember it for the ones the bridge sends.
+                if let Ok(store) = self.shared.store() {
+                    let _ = store.put(
+                        &muc::stanza_id_key(&room_str, &target),
+                        &serde_json::Value::String(alias.clone()),
+                    );
+                }
                 self.push(RemoteEvent::group(
                     &room_str,
                     &room_str,

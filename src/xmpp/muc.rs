@@ -127,6 +127,11 @@ pub(super) fn join_presence_since(
     Some(p.into())
 }
 
+/// The connector-store key of the room's stanza-id for a message the bridge sent as `id`.
+pub(super) fn stanza_id_key(room: &str, id: &str) -> String {
+    format!("sid:{room}\u{1f}{id}")
+}
+
 /// Remembers when the bridge last saw traffic in `room` (milliseconds since the epoch).
 pub(super) fn remember_seen(
     store: &dyn ConnectorStore,
