@@ -498,3 +498,56 @@ async fn start_chat_with_a_sip_uri_opens_a_direct_chat() {
     assert!(bad.contains("sip:bob@example.org"), "{bad}");
     sipp::unregister_all("bob").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_not_from_the_proxy_are_refused() {
+    let _s = serial();
+    let bridge = sip_bridge().await;
+    let alice = MatrixUser::register("strust").await;
+    // Straight to the bridge from another address, forging the marks of the proxy: a Via
+    // `received` naming it, and the header the bridge records the real source in.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let local = sock.local_addr().unwrap();
+    let to = sipp::gateway_uri(&alice.localpart);
+    let forged = |n: u32, received: &str| {
+        let body = format!("forged {n}");
+        format!(
+            "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKforged{n}{received}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:bob@corp.localhost>;tag=f{n}\r\nTo: <{to}>\r\n\
+             Call-ID: forged-{n}-{}\r\nCSeq: 1 MESSAGE\r\nX-Isthmus-Source: 127.0.0.1\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            unique(),
+            body.len()
+        )
+    };
+    // With `received` forged the answer goes to the forged address; the request is refused.
+    sock.send_to(
+        forged(1, ";received=127.0.0.1").as_bytes(),
+        ("127.0.0.1", sipp::GATEWAY_PORT),
+    )
+    .await
+    .unwrap();
+    sock.send_to(forged(2, "").as_bytes(), ("127.0.0.1", sipp::GATEWAY_PORT))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+        .await
+        .expect("an answer from the bridge")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("SIP/2.0 403"), "{answer}");
+    let deadline = Instant::now() + WAIT;
+    while bridge.log().matches("untrusted address").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both forged requests are refused:\n{}",
+            bridge.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !bridge.log().contains("forged 1"),
+        "message text never logged"
+    );
+}

@@ -37,6 +37,33 @@ impl TargetLocator for ViaProxy {
     }
 }
 
+/// The header in which the endpoint records where a request really came from (the transport
+/// source address), for the trusted-source check. A header of that name that arrives from
+/// the network is removed first, so it cannot be forged.
+pub const SOURCE_HEADER: &str = "X-Isthmus-Source";
+
+/// Records the transport source of every received request in [`SOURCE_HEADER`].
+struct SourceRecorder;
+
+impl rsipstack::transaction::endpoint::MessageInspector for SourceRecorder {
+    fn before_send(&self, msg: SipMessage, _dest: Option<&SipAddr>) -> SipMessage {
+        msg
+    }
+
+    fn after_received(&self, msg: SipMessage, from: Option<&SipAddr>) -> SipMessage {
+        let SipMessage::Request(mut req) = msg else {
+            return msg;
+        };
+        req.headers
+            .retain(|h| !h.name().eq_ignore_ascii_case(SOURCE_HEADER));
+        if let Some(from) = from {
+            let host = from.addr.host.to_string();
+            req.headers.push(Header::Other(SOURCE_HEADER.into(), host));
+        }
+        SipMessage::Request(req)
+    }
+}
+
 /// Why a request got no final answer from the network.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -126,6 +153,7 @@ impl Endpoint {
             ..EndpointOption::default()
         };
         let endpoint = EndpointBuilder::new()
+            .with_inspector(Box::new(SourceRecorder))
             .with_target_locator(Box::new(ViaProxy(proxy.clone())))
             .with_user_agent(user_agent)
             .with_transport_layer(layer)

@@ -9,7 +9,6 @@ use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, Method, StatusCode};
 use rsipstack::transaction::TransactionReceiver;
 use rsipstack::transaction::transaction::Transaction;
-use rsipstack::transport::SipConnection;
 use tracing::{debug, info, warn};
 
 use super::Shared;
@@ -64,17 +63,13 @@ async fn handle(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsipst
     }
 }
 
-/// Whether the request came from the proxy or another trusted address (the top Via's
-/// `received`, or its host when the address matched).
+/// Whether the request came from the proxy or another trusted address: the transport source
+/// the endpoint recorded, never anything the sender wrote.
 fn trusted_source(shared: &Shared, req: &rsipstack::sip::Request) -> bool {
-    let Ok(via) = req.via_header() else {
+    let Some(source) = req.header_value(endpoint::SOURCE_HEADER) else {
         return false;
     };
-    let Ok((_, hostport)) = SipConnection::parse_target_from_via(via) else {
-        return false;
-    };
-    let host = hostport.host.to_string();
-    let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() else {
+    let Ok(ip) = source.trim_matches(['[', ']']).parse::<std::net::IpAddr>() else {
         return false;
     };
     ip == shared.proxy.ip() || shared.trusted.contains(&ip)
