@@ -351,6 +351,9 @@ async fn denied_watcher_is_told_the_subscription_ended() {
         all.iter().all(|n| n.basic().is_none()),
         "no presence leaked"
     );
+    // The answer is remembered: a new subscription is refused without asking again.
+    let again = Watcher::subscribe("dave", &sipp::gateway_uri(&alice.localpart), 600);
+    assert_eq!(again.status(WAIT).await, 403);
 }
 
 #[tokio::test(flavor = "multi_thread")]

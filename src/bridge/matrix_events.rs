@@ -565,7 +565,15 @@ impl Bridge {
         let key = PortalKey::new(network.as_str(), chat, None);
         let mut record = match self.store.portal(&key)? {
             Some(p) if p.room_id == room => p,
-            _ => PortalRecord::new(key.clone(), room, ChatKind::Fanout),
+            Some(p) => {
+                // Chat IDs are derived from room IDs; another room holding this one is a
+                // collision, never silently taken over.
+                warn!(room_id = room, other_room = %p.room_id, portal = %key, "fan-out chat already belongs to another room; invite refused");
+                let gid = user_id(ghost)?;
+                self.hs.leave(Some(&gid), &room_id(room)?).await?;
+                return Ok(());
+            }
+            None => PortalRecord::new(key.clone(), room, ChatKind::Fanout),
         };
         if !record.members.iter().any(|m| m == remote.as_str()) {
             record.members.push(remote.as_str().to_owned());
@@ -585,13 +593,19 @@ impl Bridge {
         network: &NetworkId,
         remote: &str,
     ) -> Result<(), BridgeError> {
+        // Members are stored normalised; a ghost ID may hold another spelling.
+        let normalised = self
+            .networks
+            .get(network)
+            .and_then(|c| c.parse_user_id(remote).ok())
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_else(|| remote.to_owned());
         for mut p in self.store.fanout_portals(room)? {
             if &p.key.network != network {
                 continue;
             }
-            // The ghost ID holds the normalised remote ID; compare both forms.
             let before = p.members.len();
-            p.members.retain(|m| m != remote);
+            p.members.retain(|m| m != remote && *m != normalised);
             if p.members.len() == before {
                 continue;
             }
@@ -970,13 +984,24 @@ impl Bridge {
         Ok(())
     }
 
+    /// The portal that speaks in a room for notices: the main one, else a fan-out one.
+    fn notice_portal(&self, room_id: &str) -> Option<PortalRecord> {
+        if let Ok(Some(p)) = self.store.portal_by_room(room_id) {
+            return Some(p);
+        }
+        self.store
+            .fanout_portals(room_id)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+    }
+
     /// Called when an item keeps failing with a passing error: tells the Matrix sender that
     /// delivery is delayed (once per item), where there is one.
     pub(super) async fn report_delay(&self, item: &InboxItem, e: &BridgeError) {
         if let InboxItem::Matrix { room_id, event } = item
             && let Ok(ev) = serde_json::from_str::<MatrixEvent>(event.get())
             && ev.kind == "m.room.message"
-            && let Ok(Some(portal)) = self.store.portal_by_room(room_id)
+            && let Some(portal) = self.notice_portal(room_id)
         {
             let text = format!(
                 "⏳ Delivery is delayed ({e}); the bridge keeps trying and sends it as soon as it can."
@@ -991,7 +1016,7 @@ impl Bridge {
         if let InboxItem::Matrix { room_id, event } = item
             && let Ok(ev) = serde_json::from_str::<MatrixEvent>(event.get())
             && ev.kind == "m.room.message"
-            && let Ok(Some(portal)) = self.store.portal_by_room(room_id)
+            && let Some(portal) = self.notice_portal(room_id)
         {
             let text = format!("⚠ Your message could not be bridged: {e}");
             self.portal_notice(&portal, &format!("isthmus.fail.{}", ev.event_id), &text)

@@ -56,6 +56,9 @@ pub struct Subscription {
     /// The bridge asked the contact on the user's behalf.
     #[serde(default)]
     pub asked_out: bool,
+    /// The user refused the contact's request; later requests are refused without asking.
+    #[serde(default)]
+    pub denied: bool,
 }
 
 fn key(user: &str, contact: &str) -> String {

@@ -160,6 +160,15 @@ impl RemoteEvent {
         }
     }
 
+    /// An event by remote user `sender` in fan-out chat `chat` (a Matrix room with members on
+    /// a network without group chats).
+    pub fn fanout(chat: &str, sender: &str, kind: RemoteEventKind) -> Self {
+        Self {
+            chat_kind: ChatKind::Fanout,
+            ..Self::group(chat, sender, kind)
+        }
+    }
+
     /// With the sender's display name (`None` means unchanged).
     pub fn named(mut self, name: Option<String>) -> Self {
         self.sender_name = name;

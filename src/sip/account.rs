@@ -135,12 +135,29 @@ impl Account {
             };
             match answer.code {
                 200..=299 => {
-                    let granted = answer
-                        .response
-                        .expires_header()
-                        .and_then(|e| e.value().trim().parse::<u64>().ok())
-                        .unwrap_or(u64::from(asked));
-                    return Ok(granted);
+                    // The registrar states the granted time as the `expires` of our binding
+                    // in the 200's Contact list (RFC 3261 §10.2.4), else in Expires.
+                    let ours = format!("{}@", self.contact_user);
+                    let from_contact =
+                        super::endpoint::header_values(&answer.response.headers, "Contact")
+                            .into_iter()
+                            .find(|c| c.contains(&ours))
+                            .and_then(|c| {
+                                c.split(';')
+                                    .filter_map(|p| p.trim().split_once('='))
+                                    .find(|(k, _)| k.eq_ignore_ascii_case("expires"))
+                                    .and_then(|(_, v)| v.trim().parse::<u32>().ok())
+                            });
+                    let granted = from_contact
+                        .or_else(|| {
+                            answer
+                                .response
+                                .expires_header()
+                                .and_then(|e| e.value().trim().parse::<u32>().ok())
+                        })
+                        .unwrap_or(asked)
+                        .min(asked);
+                    return Ok(u64::from(granted));
                 }
                 // Interval too brief: ask again with the registrar's minimum.
                 423 => {
@@ -198,7 +215,7 @@ impl Account {
             match self.register(self.shared.register_seconds).await {
                 Ok(granted) => {
                     self.set_state(BridgeState::Connected, None).await;
-                    wait = Duration::from_secs((granted * 3 / 4).max(5));
+                    wait = Duration::from_secs((granted.saturating_mul(3) / 4).max(5));
                 }
                 Err(NetworkError::BadCredentials(why)) => {
                     warn!(user = %self.user, address = %self.data.address, "SIP registration refused");
@@ -214,11 +231,21 @@ impl Account {
         }
     }
 
+    /// Routes requests for this account's contact to its user, and stops the registration
+    /// loop of an earlier login of the same account (a `login` again, say after a password
+    /// change), so only this one keeps the binding.
     fn track(self: &Arc<Self>) {
-        self.shared.accounts.lock().expect("accounts lock").insert(
+        let previous = self.shared.accounts.lock().expect("accounts lock").insert(
             self.contact_user.clone(),
-            (self.user.clone(), self.data.address.clone()),
+            (
+                self.user.clone(),
+                self.data.address.clone(),
+                self.stop.clone(),
+            ),
         );
+        if let Some((_, _, stop)) = previous {
+            stop.send_replace(true);
+        }
     }
 
     fn login_data(&self) -> LoginData {
@@ -275,10 +302,11 @@ impl NetworkClient for Account {
         if portal.kind != ChatKind::Direct {
             return Err(NetworkError::Unsupported("group chats"));
         }
-        let body = message.content.body.trim_end();
         let text = match message.content.kind {
-            MessageKind::Emote => format!("/me {body}"),
-            _ => body.to_owned(),
+            MessageKind::Emote if message.content.attachment.is_none() => {
+                format!("/me {}", message.content.body.trim_end())
+            }
+            _ => super::handle_matrix::text_of(message),
         };
         let mut first = None;
         for part in body::split(&text, self.shared.max_body()) {
@@ -316,11 +344,16 @@ impl NetworkClient for Account {
 
     async fn logout(&self) -> Result<(), NetworkError> {
         self.stop.send_replace(true);
-        self.shared
-            .accounts
-            .lock()
-            .expect("accounts lock")
-            .remove(&self.contact_user);
+        {
+            let mut accounts = self.shared.accounts.lock().expect("accounts lock");
+            // Only this login's entry: a newer login of the same account keeps its own.
+            if accounts
+                .get(&self.contact_user)
+                .is_some_and(|(_, _, s)| s.same_channel(&self.stop))
+            {
+                accounts.remove(&self.contact_user);
+            }
+        }
         let r = self.register(0).await.map(|_| ());
         info!(user = %self.user, address = %self.data.address, "SIP account unregistered");
         r
@@ -373,6 +406,17 @@ fn parse_input(
             })
         })
         .transpose()?;
+    // The bridge only speaks to proxies the administrator trusts (and accepts requests only
+    // from them).
+    if let Some(p) = proxy
+        && p != shared.proxy
+        && !shared.trusted.contains(&p.ip())
+    {
+        return Err(NetworkError::InvalidInput(format!(
+            "the bridge may not use {p} as a proxy; ask its administrator to add {} to sip.trusted",
+            p.ip()
+        )));
+    }
     Ok(AccountData {
         address,
         auth_user: get("auth_user"),
@@ -398,24 +442,16 @@ impl LoginProcess for PasswordLogin {
     async fn submit(&mut self, input: BTreeMap<String, String>) -> Result<LoginStep, NetworkError> {
         let data = parse_input(&self.shared, &input)?;
         let account = Account::new(self.shared.clone(), &self.user, data);
+        // Tracked (and an earlier login of the account replaced) only once registered, so a
+        // failed attempt leaves a working login alone.
+        let granted = account.register(self.shared.register_seconds).await?;
         account.track();
-        let granted = match account.register(self.shared.register_seconds).await {
-            Ok(g) => g,
-            Err(e) => {
-                self.shared
-                    .accounts
-                    .lock()
-                    .expect("accounts lock")
-                    .remove(&account.contact_user);
-                return Err(e);
-            }
-        };
         account.state.send_replace(BridgeState::Connected);
         info!(user = %self.user, address = %account.data.address, granted, "SIP account registered");
         tokio::spawn(
             account
                 .clone()
-                .keep_registered(Duration::from_secs((granted * 3 / 4).max(5))),
+                .keep_registered(Duration::from_secs((granted.saturating_mul(3) / 4).max(5))),
         );
         Ok(LoginStep::Complete {
             login: account.login_data(),

@@ -35,7 +35,12 @@ pub fn unescape(s: &str) -> String {
     while let Some(i) = rest.find('&') {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
-        let Some(end) = tail[..tail.len().min(12)].find(';') else {
+        // An entity is short: look for its `;` in the first 12 bytes (by byte, so a
+        // multi-byte character there cannot split the slice).
+        let Some(end) = tail.as_bytes()[..tail.len().min(12)]
+            .iter()
+            .position(|&b| b == b';')
+        else {
             out.push('&');
             rest = &tail[1..];
             continue;
@@ -311,6 +316,23 @@ mod tests {
         assert_eq!(html_to_text("a<script>alert(1)</script>b"), "ab");
         assert_eq!(html_to_text("<unclosed"), "");
         assert_eq!(unescape("&bogus; &#x1F600;"), "&bogus; 😀");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn text_conversions_never_panic(s in "\\PC{0,64}") {
+            let _ = unescape(&s);
+            let _ = html_to_text(&s);
+            let _ = parse_pidf(s.as_bytes());
+            let _ = parse_iscomposing(s.as_bytes());
+            let _ = split(&s, 17);
+        }
+    }
+
+    #[test]
+    fn entities_next_to_wide_characters() {
+        assert_eq!(unescape("&中文中文"), "&中文中文");
+        assert_eq!(html_to_text("<p>&中文中文 &amp;</p>"), "&中文中文 &");
     }
 
     #[test]

@@ -121,7 +121,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Binds UDP and TCP on `listen` and starts the endpoint's loop. Incoming requests come
+    /// Binds TCP (and UDP when that is the proxy's transport) on `listen` and starts the
+    /// endpoint's loop. Incoming requests come
     /// out of the returned receiver.
     pub async fn start(
         listen: SocketAddr,
@@ -131,10 +132,14 @@ impl Endpoint {
     ) -> Result<(Self, TransactionReceiver), String> {
         let cancel = CancellationToken::new();
         let layer = TransportLayer::new(cancel.child_token());
-        let udp = UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
-            .await
-            .map_err(|e| format!("cannot bind UDP {listen}: {e}"))?;
-        layer.add_transport(udp.into());
+        // UDP only when the proxy speaks UDP: over UDP a source address can be forged where
+        // the network allows it, and the bridge trusts requests by their source.
+        if transport == SipTransport::Udp {
+            let udp = UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
+                .await
+                .map_err(|e| format!("cannot bind UDP {listen}: {e}"))?;
+            layer.add_transport(udp.into());
+        }
         let tcp = TcpListenerConnection::new(listen, None)
             .await
             .map_err(|e| format!("cannot bind TCP {listen}: {e}"))?;
@@ -320,6 +325,9 @@ pub struct Dialog {
     pub cseq: u32,
     /// When the subscription ends, milliseconds since the Unix epoch.
     pub expires_at_ms: u64,
+    /// The lifetime the other side granted, in seconds (0 until known).
+    #[serde(default)]
+    pub granted_s: u64,
 }
 
 impl Dialog {
@@ -472,6 +480,7 @@ mod tests {
             routes: vec!["sip:proxy;lr".into()],
             cseq: 1,
             expires_at_ms: 0,
+            granted_s: 0,
         };
         assert_eq!(d.remote_header(), "<sip:b@x>");
         d.remote_tag = "2".into();

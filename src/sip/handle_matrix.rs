@@ -94,7 +94,7 @@ impl Gateway {
 }
 
 /// The text of a Matrix message as a SIP user reads it.
-fn text_of(message: &OutgoingMessage) -> String {
+pub(super) fn text_of(message: &OutgoingMessage) -> String {
     if let Some(a) = &message.content.attachment {
         let caption = message.content.body.trim();
         return if caption.is_empty() || caption == a.name {
@@ -153,21 +153,46 @@ impl NetworkClient for Gateway {
                     MessageKind::Emote => text,
                     _ => format!("{}: {text}", message.sender.displayname),
                 };
+                // Each member's delivery is remembered until the message reached everyone, so
+                // a retry after a passing failure goes only to those still missing it.
+                let store = self.shared.store()?;
+                let done_key = |m: &str| format!("fo:{}\u{1f}{m}", message.event_id);
                 let mut first = None;
                 let mut failed = Vec::new();
+                let mut passing = Vec::new();
                 for member in &portal.members {
+                    let key = done_key(member.as_str());
+                    if store.get(&key).ok().flatten().is_some() {
+                        continue;
+                    }
                     match self
                         .send_text(&from, &ids::contact_uri(member.as_str()), &line)
                         .await
                     {
                         Ok(id) => {
                             first.get_or_insert(id);
+                            store
+                                .put(&key, &serde_json::Value::Bool(true))
+                                .map_err(|e| NetworkError::Internal(e.to_string()))?;
+                        }
+                        Err(e) if e.is_transient() => {
+                            debug!(member = %member, error = %e, "room message delayed for a SIP member");
+                            passing.push(format!("{member} ({e})"));
                         }
                         Err(e) => {
                             warn!(member = %member, error = %e, "room message not delivered to a SIP member");
                             failed.push(format!("{member} ({e})"));
                         }
                     }
+                }
+                if !passing.is_empty() {
+                    return Err(NetworkError::Transient(format!(
+                        "not yet delivered to {}",
+                        passing.join(", ")
+                    )));
+                }
+                for member in &portal.members {
+                    let _ = store.delete(&done_key(member.as_str()));
                 }
                 if !failed.is_empty() {
                     return Err(NetworkError::Undeliverable(format!(

@@ -72,6 +72,7 @@ fn trusted_source(shared: &Shared, req: &rsipstack::sip::Request) -> bool {
     let Ok(ip) = source.trim_matches(['[', ']']).parse::<std::net::IpAddr>() else {
         return false;
     };
+    let ip = ip.to_canonical();
     ip == shared.proxy.ip() || shared.trusted.contains(&ip)
 }
 
@@ -82,7 +83,7 @@ pub(super) fn local_target(shared: &Shared, req: &rsipstack::sip::Request) -> Op
     if user.starts_with(super::account::ACCOUNT_PREFIX) {
         // The contact registered for a user's own account.
         let accounts = shared.accounts.lock().expect("accounts lock");
-        return accounts.get(user).map(|(u, _)| Local::User(u.clone()));
+        return accounts.get(user).map(|(u, _, _)| Local::User(u.clone()));
     }
     let host = host.split(':').next().unwrap_or(host);
     if host != shared.addressing.domain() {
@@ -98,7 +99,19 @@ pub(super) fn sender(
 ) -> Option<(String, Option<String>)> {
     let from = endpoint::name_addr(req.from_header().ok()?.value());
     let aor = shared.addressing.contact(&from.uri).ok()?;
-    Some((aor, from.display))
+    // A display name becomes a Matrix display name: short, printable, or none.
+    let display = from
+        .display
+        .map(|d| {
+            d.chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect::<String>()
+                .trim()
+                .to_owned()
+        })
+        .filter(|d| !d.is_empty());
+    Some((aor, display))
 }
 
 async fn message(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsipstack::Error> {
@@ -164,7 +177,7 @@ async fn message(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsips
     };
     let event = match &target {
         Local::User(user) => RemoteEvent::direct(&contact, user, kind),
-        Local::Room(chat) => RemoteEvent::group(chat, &contact, kind),
+        Local::Room(chat) => RemoteEvent::fanout(chat, &contact, kind),
     }
     .named(display);
     let Some(sink) = shared.sink.get() else {

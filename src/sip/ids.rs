@@ -111,18 +111,18 @@ impl Addressing {
     }
 }
 
-/// The chat ID of a Matrix room's fan-out chat: `~r.` and 13 base-32 characters of a
-/// 64-bit FNV-1a hash of the room ID (stable across restarts and versions).
+/// The chat ID of a Matrix room's fan-out chat: `~r.` and 26 base-32 characters (130 bits)
+/// of the SHA-256 of the room ID: stable, and no room can be made to share another's.
 pub fn room_chat(room_id: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in room_id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, room_id.as_bytes());
+    let bytes = digest.as_ref();
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let mut out = String::from(ROOM_PREFIX);
-    for i in 0..13 {
-        out.push(char::from(ALPHABET[((h >> (i * 5)) & 31) as usize]));
+    for i in 0..26 {
+        let bit = i * 5;
+        let word = u16::from(bytes[bit / 8]) << 8 | u16::from(bytes[bit / 8 + 1]);
+        let v = (word >> (11 - bit % 8)) & 31;
+        out.push(char::from(ALPHABET[v as usize]));
     }
     out
 }
@@ -266,7 +266,7 @@ mod tests {
             Some(Local::User("@alice:other.net".into()))
         );
         let chat = room_chat("!abc:example.org");
-        assert_eq!(chat.len(), 16);
+        assert_eq!(chat.len(), 29);
         assert_eq!(chat, room_chat("!abc:example.org"));
         assert_ne!(chat, room_chat("!abd:example.org"));
         assert_eq!(a.local(&chat), Some(Local::Room(chat.clone())));

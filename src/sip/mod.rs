@@ -40,6 +40,10 @@ use crate::network::{
     RemoteUserId, ThirdPartyField,
 };
 
+/// Where requests for an own account's contact go: (Matrix user, address, the stop switch of
+/// its registration loop).
+type AccountRoute = (String, String, watch::Sender<bool>);
+
 /// What the inbound handler, the gateway identity and the timers share.
 pub(crate) struct Shared {
     addressing: Addressing,
@@ -52,13 +56,17 @@ pub(crate) struct Shared {
     transport: SipTransport,
     subscription_seconds: u32,
     register_seconds: u32,
-    /// Own accounts by the user part of their registered contact: (Matrix user, address).
-    accounts: Mutex<HashMap<String, (String, String)>>,
+    /// Own accounts by the user part of their registered contact: (Matrix user, address,
+    /// the stop switch of its registration loop).
+    accounts: Mutex<HashMap<String, AccountRoute>>,
     state: watch::Sender<BridgeState>,
     /// Last presence published per Matrix user.
     presence: Mutex<HashMap<String, Presence>>,
     /// Serialises changes to the stored subscriptions.
     subscriptions: tokio::sync::Mutex<()>,
+    /// (Matrix user, contact) pairs whose contact refused a presence subscription in this
+    /// run: not asked again on every message.
+    refused: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Shared {
@@ -129,6 +137,7 @@ impl Sip {
             state: watch::channel(BridgeState::Starting).0,
             presence: Mutex::default(),
             subscriptions: tokio::sync::Mutex::new(()),
+            refused: Mutex::default(),
         });
         Self {
             info: NetworkInfo {

@@ -138,8 +138,8 @@ pub(super) async fn subscribe_in(
     };
     let sub = contacts::get(store, &user, &contact).unwrap_or_default();
     let policy = shared.policy.for_contact(&contact);
-    if policy == Policy::Deny {
-        info!(%contact, %user, "presence subscription refused by policy");
+    if policy == Policy::Deny || sub.denied {
+        info!(%contact, %user, denied = sub.denied, "presence subscription refused");
         return tx.reply(StatusCode::Forbidden).await;
     }
     let active = sub.from || policy == Policy::Accept;
@@ -166,6 +166,7 @@ pub(super) async fn subscribe_in(
             .collect(),
         cseq: 0,
         expires_at_ms: now_ms() + u64::from(expires) * 1000,
+        granted_s: u64::from(expires),
     };
     let watcher = Watcher {
         user: user.clone(),
@@ -175,6 +176,12 @@ pub(super) async fn subscribe_in(
     };
     {
         let _guard = shared.subscriptions.lock().await;
+        // One subscription per watcher and user: a new one replaces the older.
+        for (key, old) in all::<Watcher>(shared, WATCHER) {
+            if old.user == user && old.contact == contact {
+                let _ = store.delete(&key);
+            }
+        }
         if save(shared, &format!("{WATCHER}{call_id}"), &watcher).is_err() {
             return tx.reply(StatusCode::ServerInternalError).await;
         }
@@ -231,13 +238,14 @@ async fn refresh_in(
     expires: u32,
 ) -> Result<(), rsipstack::Error> {
     let key = format!("{WATCHER}{call_id}");
-    let Some(mut w) = load::<Watcher>(shared, &key) else {
-        // Unknown dialog (expired or never seen): the watcher subscribes anew.
-        return tx.reply(StatusCode::CallTransactionDoesNotExist).await;
-    };
-    w.dialog.expires_at_ms = now_ms() + u64::from(expires) * 1000;
     let ok = {
         let _guard = shared.subscriptions.lock().await;
+        let Some(mut w) = load::<Watcher>(shared, &key) else {
+            drop(_guard);
+            // Unknown dialog (expired or never seen): the watcher subscribes anew.
+            return tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+        };
+        w.dialog.expires_at_ms = now_ms() + u64::from(expires) * 1000;
         save(shared, &key, &w).is_ok()
     };
     if !ok {
@@ -341,8 +349,11 @@ pub(super) async fn publish(
         .insert(user.to_owned(), presence.clone());
     save(shared, &format!("{PRESENCE}{user}"), presence)?;
     for (_, w) in all::<Watcher>(shared, WATCHER) {
-        if w.user == user && w.active {
-            notify(shared, &w.dialog.call_id, false).await?;
+        if w.user == user
+            && w.active
+            && let Err(e) = notify(shared, &w.dialog.call_id, false).await
+        {
+            debug!(error = %e, contact = %w.contact, "presence not delivered to a watcher");
         }
     }
     Ok(())
@@ -360,6 +371,7 @@ pub(super) async fn answer(
         contacts::update(shared.store()?, user, contact, |s| {
             s.pending_in = false;
             s.from = accept;
+            s.denied = !accept;
         })
         .map_err(sink_err)?;
         for (key, mut w) in all::<Watcher>(shared, WATCHER) {
@@ -385,23 +397,35 @@ pub(super) async fn notify_in(
     let req = tx.original.clone();
     let call_id = endpoint::call_id(&req);
     let key = format!("{WATCH}{call_id}");
-    let Some(mut w) = load::<Watch>(shared, &key) else {
+    let Some(w) = load::<Watch>(shared, &key) else {
         return tx.reply(StatusCode::CallTransactionDoesNotExist).await;
     };
     let state = req
         .header_value("Subscription-State")
         .unwrap_or_default()
         .to_ascii_lowercase();
-    // A NOTIFY may come before the 2xx of the SUBSCRIBE: it confirms the dialog.
+    // A NOTIFY may come before the 2xx of the SUBSCRIBE: it confirms the dialog, with its
+    // Contact as the remote target and its Record-Route (in order) as the route set.
     if w.dialog.remote_tag.is_empty()
         && let Some(tag) = req
             .from_header()
             .ok()
             .and_then(|f| endpoint::name_addr(f.value()).tag)
     {
-        w.dialog.remote_tag = tag;
         let _guard = shared.subscriptions.lock().await;
-        let _ = save(shared, &key, &w);
+        if let Some(mut fresh) = load::<Watch>(shared, &key)
+            && fresh.dialog.remote_tag.is_empty()
+        {
+            fresh.dialog.remote_tag = tag;
+            if let Some(c) = endpoint::header_values(&req.headers, "Contact").first() {
+                fresh.dialog.remote_target = endpoint::name_addr(c).uri;
+            }
+            fresh.dialog.routes = endpoint::header_values(&req.headers, "Record-Route")
+                .iter()
+                .map(|r| endpoint::name_addr(r).uri)
+                .collect();
+            let _ = save(shared, &key, &fresh);
+        }
     }
     tx.reply(StatusCode::OK).await?;
     let presence = if state.starts_with("terminated") {
@@ -434,12 +458,6 @@ pub(super) async fn notify_in(
 
 /// Subscribes to a contact's presence for a Matrix user, unless already subscribed.
 pub(super) async fn watch(shared: &Shared, user: &str, contact: &str) -> Result<(), NetworkError> {
-    let existing = all::<Watch>(shared, WATCH)
-        .into_iter()
-        .any(|(_, w)| w.user == user && w.contact == contact);
-    if existing {
-        return Ok(());
-    }
     let ep = shared.endpoint()?;
     let Some(local_uri) = shared.addressing.puppet_uri(user) else {
         return Err(NetworkError::InvalidInput(
@@ -457,6 +475,7 @@ pub(super) async fn watch(shared: &Shared, user: &str, contact: &str) -> Result<
         routes: Vec::new(),
         cseq: 0,
         expires_at_ms: 0,
+        granted_s: 0,
     };
     let w = Watch {
         user: user.to_owned(),
@@ -465,6 +484,19 @@ pub(super) async fn watch(shared: &Shared, user: &str, contact: &str) -> Result<
     };
     {
         let _guard = shared.subscriptions.lock().await;
+        // Checked and inserted under the lock, so two quick messages make one subscription;
+        // a contact that refused is not asked again (until the user writes after a restart).
+        let existing = all::<Watch>(shared, WATCH)
+            .into_iter()
+            .any(|(_, w)| w.user == user && w.contact == contact);
+        let refused = shared
+            .refused
+            .lock()
+            .expect("refused lock")
+            .contains(&(user.to_owned(), contact.to_owned()));
+        if existing || refused {
+            return Ok(());
+        }
         save(shared, &format!("{WATCH}{}", w.dialog.call_id), &w)?;
         let _ = contacts::update(shared.store()?, user, contact, |s| s.asked_out = true);
     }
@@ -521,7 +553,9 @@ async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkErro
             .expires_header()
             .and_then(|e| e.value().trim().parse::<u64>().ok())
             .unwrap_or(u64::from(shared.subscription_seconds));
+        let granted = granted.min(u64::from(shared.subscription_seconds));
         w.dialog.expires_at_ms = now_ms() + granted * 1000;
+        w.dialog.granted_s = granted;
         if w.dialog.remote_tag.is_empty() {
             if let Some(tag) = resp
                 .to_header()
@@ -544,13 +578,27 @@ async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkErro
         save(shared, &key, &w)?;
         debug!(contact = %w.contact, granted, "presence subscription confirmed");
         Ok(())
+    } else if matches!(answer.code, 408 | 480 | 500..=599) {
+        // A passing failure: the dialog stays, the next round tries again.
+        debug!(contact = %w.contact, code = answer.code, "presence subscription refresh failed; will retry");
+        Ok(())
     } else {
-        // Refused or the dialog is gone: forget it; a 481 on refresh starts a new one.
+        // Refused, or the dialog is gone: forget it. A 481 to a refresh (the contact forgot
+        // the dialog) starts a new subscription; any other refusal is remembered.
+        let refresh = !w.dialog.remote_tag.is_empty();
         shared.store()?.delete(&key).map_err(sink_err)?;
-        let restart = answer.code == 481;
+        let restart = answer.code == 481 && refresh;
         let _ = contacts::update(shared.store()?, &w.user, &w.contact, |s| {
             s.asked_out = false;
+            s.to = false;
         });
+        if !restart {
+            shared
+                .refused
+                .lock()
+                .expect("refused lock")
+                .insert((w.user.clone(), w.contact.clone()));
+        }
         info!(contact = %w.contact, code = answer.code, "presence subscription not accepted");
         drop(_guard);
         if restart {
@@ -572,8 +620,9 @@ pub(super) async fn maintain(shared: Arc<Shared>, mut stop: watch::Receiver<bool
             continue;
         }
         let now = now_ms();
-        let period = u64::from(shared.subscription_seconds) * 1000;
         for (_, w) in all::<Watch>(&shared, WATCH) {
+            // A quarter of the time the notifier granted.
+            let period = w.dialog.granted_s.max(40).saturating_mul(1000);
             let due = w.dialog.expires_at_ms == 0
                 || w.dialog.expires_at_ms.saturating_sub(now) < period / 4;
             if due && let Err(e) = subscribe_out(&shared, &w.dialog.call_id).await {

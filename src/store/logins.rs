@@ -15,20 +15,41 @@ impl Store {
         Ok(encode(&stored))
     }
 
-    /// The login as connectors see it: its data opened.
+    /// The login as connectors see it: its data opened. Data that does not open (the key
+    /// changed, a damaged record) is replaced by `{"unreadable": why}`, so one bad login
+    /// neither stops the bridge nor blocks `logout`; the connector then refuses to load it.
     fn opened(&self, place: &[u8], bytes: &[u8]) -> Result<LoginData, StoreError> {
         let mut login: LoginData = decode("logins", bytes)?;
-        if let Some(sealed) = login.data.get("sealed").and_then(|s| s.as_str()) {
-            let key = self.login_key.as_ref().ok_or_else(|| {
-                StoreError::Sealed("login data is sealed and no key is configured".into())
-            })?;
-            let plain = key.open(place, sealed)?;
-            login.data = serde_json::from_slice(&plain).map_err(|e| StoreError::Decode {
-                tree: "logins",
-                message: e.to_string(),
-            })?;
+        match self.open_data(place, &login) {
+            Ok(Some(data)) => login.data = data,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(login = %login.id, error = %e, "stored login data does not open");
+                login.data = serde_json::json!({ "unreadable": e.to_string() });
+            }
         }
         Ok(login)
+    }
+
+    /// The opened data of a sealed login; `None` when it is not sealed.
+    fn open_data(
+        &self,
+        place: &[u8],
+        login: &LoginData,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let Some(sealed) = login.data.get("sealed").and_then(|s| s.as_str()) else {
+            return Ok(None);
+        };
+        let key = self.login_key.as_ref().ok_or_else(|| {
+            StoreError::Sealed("login data is sealed and no key is configured".into())
+        })?;
+        let plain = key.open(place, sealed)?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| StoreError::Decode {
+                tree: "logins",
+                message: e.to_string(),
+            })
     }
 
     /// Inserts or replaces a login of `user_id` on `network`.
@@ -131,10 +152,13 @@ mod tests {
         assert!(raw.contains("sealed") && raw.contains("Bob"), "{raw}");
         assert_eq!(s.logins_of("@alice:hs").unwrap()[0].1, l);
         assert_eq!(s.all_logins().unwrap()[0].2, l);
-        // Without the key the data does not open, and says why.
+        // Without the key the data does not open: the login is listed, its data says why.
         let mut plain = s.clone();
         plain.login_key = None;
-        let err = plain.all_logins().unwrap_err().to_string();
-        assert!(err.contains("no key"), "{err}");
+        let listed = plain.all_logins().unwrap();
+        assert_eq!(listed[0].2.remote_name, "Bob");
+        let why = listed[0].2.data["unreadable"].as_str().unwrap();
+        assert!(why.contains("no key"), "{why}");
+        assert!(plain.delete_login("@alice:hs", "sip", &l.id).unwrap());
     }
 }
