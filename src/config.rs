@@ -752,6 +752,12 @@ impl Config {
                 ));
             }
             check_placeholder("networks.sip.domain", d)?;
+            if sip.listen.ip().is_unspecified() {
+                return Err(invalid(
+                    "networks.sip.listen",
+                    "must be the bridge's own address, such as 192.0.2.20:5070, not 0.0.0.0: it is also the contact address the bridge gives the proxy",
+                ));
+            }
             if self
                 .networks
                 .xmpp

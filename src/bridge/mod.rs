@@ -16,7 +16,7 @@ mod remote_events;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
@@ -121,13 +121,7 @@ pub struct Bridge {
 /// A reported state and its optional detail.
 pub type StateReport = (BridgeState, Option<String>);
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::network::now_ms;
 
 impl Bridge {
     /// Builds the core. Connectors are started by [`Bridge::start_networks`].

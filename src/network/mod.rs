@@ -26,6 +26,14 @@ use serde::{Deserialize, Serialize};
 pub use self::events::*;
 pub use self::ids::{LoginId, NetworkId, RemoteChatId, RemoteMessageId, RemoteUserId};
 
+/// Milliseconds since the Unix epoch (shared by the core and the connectors).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Why a call into a connector failed. The variant carries the policy: whether it is worth a
 /// retry and whether the Matrix user is told.
 #[derive(Debug, thiserror::Error)]

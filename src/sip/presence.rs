@@ -25,8 +25,8 @@ use super::body;
 use super::endpoint::{self, Dialog, Outgoing};
 use super::handle_sip::{local_target, sender};
 use super::ids::{self, Local};
-use crate::bridge::now_ms;
 use crate::network::contacts::{self, Policy};
+use crate::network::now_ms;
 use crate::network::{NetworkError, Presence, PresenceState, RemoteEvent, RemoteEventKind};
 
 /// A SIP user watching a Matrix user.
@@ -154,7 +154,11 @@ pub(super) async fn subscribe_in(
     let local_tag = ep.tag();
     let dialog = Dialog {
         call_id: call_id.clone(),
-        local_uri: req.uri.to_string(),
+        // Our URI is the To of the SUBSCRIBE (a proxy may have rewritten the Request-URI).
+        local_uri: req
+            .to_header()
+            .map(|t| endpoint::name_addr(t.value()).uri)
+            .unwrap_or_else(|_| req.uri.to_string()),
         local_tag: local_tag.clone(),
         remote_uri: from.uri.clone(),
         remote_tag: from.tag.clone().unwrap_or_default(),
@@ -302,6 +306,14 @@ async fn notify(shared: &Shared, call_id: &str, end: bool) -> Result<(), Network
     let mut headers = w.dialog.route_headers();
     headers.push(Header::Event("presence".into()));
     headers.push(Header::SubscriptionState(state.clone().into()));
+    // NOTIFY refreshes the dialog's target (RFC 6665): it carries our Contact.
+    let local_user = shared
+        .addressing
+        .puppet_user(&w.user)
+        .unwrap_or_else(|| "isthmus".into());
+    headers.push(Header::Contact(
+        shared.endpoint()?.contact(&local_user).into(),
+    ));
     if body.is_some() {
         headers.push(Header::ContentType(body::PIDF.into()));
     }

@@ -68,7 +68,7 @@ impl Gateway {
 
     fn new_id(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("isthmus-{:x}-{n}", crate::bridge::now_ms())
+        format!("isthmus-{:x}-{n}", crate::network::now_ms())
     }
 
     /// Writes a stanza and waits until it is on the wire.

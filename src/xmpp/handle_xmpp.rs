@@ -107,7 +107,7 @@ fn message_id(msg: &Message) -> String {
         .find(|p| p.is("origin-id", ns::SID))
         .and_then(|p| p.attr("id").map(str::to_owned))
         .or_else(|| msg.id.as_ref().map(|i| i.0.clone()))
-        .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()))
+        .unwrap_or_else(|| format!("noid-{}", crate::network::now_ms()))
 }
 
 impl Handler {
@@ -490,7 +490,7 @@ impl Handler {
             .find(|p| p.is("delay", ns::DELAY))
             .and_then(|d| d.attr("stamp"))
             .and_then(super::time::parse);
-        self.note_seen(&room_str, delayed.unwrap_or_else(crate::bridge::now_ms));
+        self.note_seen(&room_str, delayed.unwrap_or_else(crate::network::now_ms));
         let base = |kind| {
             RemoteEvent::group(&room_str, &sender, kind)
                 .named(Some(nick.clone()))
@@ -516,7 +516,7 @@ impl Handler {
             .or_else(|| msg.payloads.iter().find(|p| p.is("origin-id", ns::SID)))
             .and_then(|p| p.attr("id").map(str::to_owned))
             .or_else(|| msg.id.as_ref().map(|i| format!("{nick}/{}", i.0)))
-            .unwrap_or_else(|| format!("noid-{}", crate::bridge::now_ms()));
+            .unwrap_or_else(|| format!("noid-{}", crate::network::now_ms()));
         if self
             .push_message(&base, &msg, &room_str, &sender, id.clone(), &nicks)
             .await

@@ -110,7 +110,7 @@ impl Shared {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("isthmus-q-{:x}-{n}", crate::bridge::now_ms());
+        let id = format!("isthmus-q-{:x}-{n}", crate::network::now_ms());
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pending_iqs
             .lock()
