@@ -205,7 +205,10 @@ route[AUTH] {
         }
         consume_credentials();
     } else if ($fd == "@GATEWAY_DOMAIN@") {
-        if ($si != "127.0.0.1" || $sp != @GATEWAY_PORT@) {
+        # Over UDP the bridge sends from its listening port; over TCP from a new port each
+        # connection, so there the address alone identifies it (a deployment would use TLS
+        # or a dedicated address).
+        if ($si != "127.0.0.1" || ($sp != @GATEWAY_PORT@ && $pr != "tcp")) {
             xlog("L_INFO", "403 for $rm from $fu: sent from $si:$sp, not from the bridge\n");
             sl_send_reply("403", "Forbidden: only the bridge sends for @GATEWAY_DOMAIN@");
             exit;

@@ -554,3 +554,84 @@ async fn requests_not_from_the_proxy_are_refused() {
         "message text never logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_go_out_over_tcp_when_configured() {
+    let _s = serial();
+    sipp::require_kamailio();
+    let bridge = BridgeProcess::start_with(|cfg| {
+        cfg.replace(
+            "    proxy: 127.0.0.1:15060\n",
+            "    proxy: 127.0.0.1:15060\n    transport: tcp\n",
+        )
+    })
+    .await;
+    common::wait_metric(
+        &bridge,
+        r#"logins{network="sip",state="CONNECTED"} 1"#,
+        WAIT,
+    )
+    .await;
+    let bob = sip_user("bob", 15089).await;
+    let (alice, room, _) = dm_with("stcp", "bob").await;
+    let text = format!("over tcp {}", unique());
+    alice.send_text(&room, &text).await;
+    let got = bob
+        .wait_for("alice's message over TCP", WAIT, |m| m.body == text)
+        .await;
+    // The proxy received it from the bridge over TCP: the bridge's Via says so.
+    let vias: Vec<&String> = got
+        .message
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("via") || n == "v")
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        vias.iter().any(|v| v.starts_with("SIP/2.0/TCP 127.0.0.1:")),
+        "{vias:?}"
+    );
+    sipp::unregister_all("bob").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watchers_subscription_survives_a_bridge_restart() {
+    let _s = serial();
+    let mut bridge = sip_bridge().await;
+    let alice = MatrixUser::register("ssurvive").await;
+    let mgmt = management_room(&alice).await;
+    let watcher = Watcher::subscribe("erin", &sipp::gateway_uri(&alice.localpart), 600);
+    assert!(matches!(watcher.status(WAIT).await, 200 | 202));
+    alice
+        .wait_for_event(&mgmt, "the contact request notice", WAIT, |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("erin@corp.localhost"))
+        })
+        .await;
+    let reply = command(&alice, &mgmt, "accept sip erin@corp.localhost").await;
+    assert!(reply.contains("may now see"), "{reply}");
+    watcher
+        .wait_for("an active NOTIFY", WAIT, |n| n.state.starts_with("active"))
+        .await;
+    bridge.restart().await;
+    common::wait_metric(
+        &bridge,
+        r#"logins{network="sip",state="CONNECTED"} 1"#,
+        WAIT,
+    )
+    .await;
+    // The dialog was kept: a presence change after the restart reaches the same watcher.
+    alice
+        .ok(
+            "PUT",
+            &format!("/presence/{}/status", enc(&alice.user_id)),
+            Some(&serde_json::json!({"presence": "online", "status_msg": "after the restart"})),
+        )
+        .await;
+    watcher
+        .wait_for("presence after the restart", WAIT, |n| {
+            n.note().as_deref() == Some("after the restart")
+        })
+        .await;
+}
