@@ -28,4 +28,5 @@ pub mod metrics;
 pub mod network;
 pub mod sip;
 pub mod store;
+pub mod text;
 pub mod xmpp;

@@ -10,7 +10,6 @@ use tracing::{debug, info, warn};
 
 use super::{Bridge, BridgeError, room_id, user_id};
 use crate::config::PermissionLevel;
-use crate::network::RemoteMessageId;
 use crate::network::{
     ChatKind, MatrixSender, MessageContent, MessageKind, NetworkClient, NetworkError, NetworkId,
     OutgoingMessage, PortalRef, Presence, PresenceState, RemoteUserId,
@@ -445,19 +444,11 @@ impl Bridge {
         let Some(content) = self.outgoing_content(&ev.content) else {
             return Ok(());
         };
-        let Some(client) = self
-            .networks
-            .get(&portal.key.network)
-            .and_then(|c| c.bridge_client())
+        let Some((client, out)) = self
+            .bridge_wide_send(&portal.key.network, ev, content)
+            .await
         else {
             return Ok(());
-        };
-        let out = OutgoingMessage {
-            sender: self.matrix_sender(&ev.sender).await,
-            event_id: ev.event_id.clone(),
-            content,
-            reply_to: None,
-            relayed: false,
         };
         match client.send_message(&portal_ref(&portal), &out).await {
             Ok(remote_id) => {
@@ -477,6 +468,26 @@ impl Bridge {
         }
     }
 
+    /// A network's bridge-wide identity, and `ev` as it sends it: from the event's sender
+    /// under their own name (ghosts of other networks included), no reply, not relayed.
+    /// `None` when the network has no bridge-wide identity.
+    async fn bridge_wide_send(
+        &self,
+        network: &NetworkId,
+        ev: &MatrixEvent,
+        content: MessageContent,
+    ) -> Option<(Arc<dyn NetworkClient>, OutgoingMessage)> {
+        let client = self.networks.get(network)?.bridge_client()?;
+        let out = OutgoingMessage {
+            sender: self.matrix_sender(&ev.sender).await,
+            event_id: ev.event_id.clone(),
+            content,
+            reply_to: None,
+            relayed: false,
+        };
+        Some((client, out))
+    }
+
     /// Sends a room message to the remote members of a fan-out portal, leaving out `skip`
     /// (the sender, when a member wrote it). Sent once per event, also across retries.
     async fn fanout_message(
@@ -486,12 +497,7 @@ impl Bridge {
         portal: &PortalRecord,
         skip: Option<&str>,
     ) -> Result<(), BridgeError> {
-        let marker = RemoteMessageId::new(format!("mx:{}", ev.event_id));
-        if self
-            .store
-            .message_by_remote(&portal.key, &marker)?
-            .is_some()
-        {
+        if self.store.delivered(&portal.key, &ev.event_id)? {
             return Ok(());
         }
         let msgtype = ev.content.get("msgtype").and_then(Value::as_str);
@@ -517,34 +523,18 @@ impl Bridge {
             }
             return Ok(());
         };
-        let Some(client) = self
-            .networks
-            .get(&portal.key.network)
-            .and_then(|c| c.bridge_client())
+        let Some((client, out)) = self
+            .bridge_wide_send(&portal.key.network, ev, content)
+            .await
         else {
             return Ok(());
-        };
-        let out = OutgoingMessage {
-            sender: self.matrix_sender(&ev.sender).await,
-            event_id: ev.event_id.clone(),
-            content,
-            reply_to: None,
-            relayed: false,
         };
         let started = Instant::now();
         let r = client.send_message(&pref, &out).await;
         self.observe(&portal.key.network, "message", started);
         match r {
             Ok(_) => {
-                self.store.put_message(&MessageRecord {
-                    portal: portal.key.clone(),
-                    room_id: ev.room_id.clone(),
-                    event_id: format!("{}\u{1e}{}", ev.event_id, portal.key.network),
-                    remote_id: marker,
-                    sender: ev.sender.clone(),
-                    timestamp_ms: super::now_ms(),
-                    reaction: None,
-                })?;
+                self.store.mark_delivered(&portal.key, &ev.event_id)?;
                 self.metrics.event("to_remote", "message", "ok");
                 Ok(())
             }
@@ -930,7 +920,10 @@ impl Bridge {
         };
         content.body = apply(&content.body, &sender.displayname);
         if let Some(html) = content.html.take() {
-            content.html = Some(apply(&html, &html_escape(&sender.displayname)));
+            content.html = Some(apply(
+                &html,
+                &crate::text::escape_markup(&sender.displayname),
+            ));
         }
         if content.kind == MessageKind::Emote {
             content.kind = MessageKind::Text;
@@ -1079,13 +1072,6 @@ fn strip_html_reply_fallback(html: &str) -> String {
         }
         _ => html.to_owned(),
     }
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// How a connector sees a portal.

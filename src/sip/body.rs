@@ -6,73 +6,12 @@
 //! prefixes and attributes are ignored, and nothing is ever evaluated.
 
 use crate::network::{Presence, PresenceState};
+use crate::text::{decode_entities, escape_markup};
 
 /// Content type of PIDF documents.
 pub const PIDF: &str = "application/pidf+xml";
 /// Content type of typing notifications.
 pub const ISCOMPOSING: &str = "application/im-iscomposing+xml";
-
-/// Escapes text for XML.
-pub fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Decodes the XML/HTML character references that matter (named basics and numeric).
-pub fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        // An entity is short: look for its `;` in the first 12 bytes (by byte, so a
-        // multi-byte character there cannot split the slice).
-        let Some(end) = tail.as_bytes()[..tail.len().min(12)]
-            .iter()
-            .position(|&b| b == b';')
-        else {
-            out.push('&');
-            rest = &tail[1..];
-            continue;
-        };
-        let entity = &tail[1..end];
-        let decoded = match entity {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            "nbsp" => Some('\u{a0}'),
-            e if e.starts_with("#x") || e.starts_with("#X") => u32::from_str_radix(&e[2..], 16)
-                .ok()
-                .and_then(char::from_u32),
-            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
-            _ => None,
-        };
-        match decoded {
-            Some(c) => {
-                out.push(c);
-                rest = &tail[end + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &tail[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
 
 /// The text content of the first element with local name `name` (any namespace prefix).
 fn element_text<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
@@ -110,7 +49,7 @@ pub fn parse_pidf(body: &[u8]) -> Option<Presence> {
     let xml = std::str::from_utf8(body).ok()?;
     let basic = element_text(xml, "basic")?.trim().to_ascii_lowercase();
     let note = element_text(xml, "note")
-        .map(|n| unescape(n.trim()))
+        .map(|n| decode_entities(n.trim()))
         .filter(|n| !n.is_empty())
         .map(|n| n.chars().take(256).collect());
     let away = [
@@ -149,14 +88,14 @@ pub fn pidf(entity: &str, presence: &Presence) -> Vec<u8> {
     let note = presence
         .status
         .as_deref()
-        .map(|n| format!("<note>{}</note>", xml_escape(n)))
+        .map(|n| format!("<note>{}</note>", escape_markup(n)))
         .unwrap_or_default();
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
          xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" \
          entity=\"{}\"><tuple id=\"isthmus\"><status><basic>{basic}</basic></status>{note}</tuple>\
          <dm:person id=\"p\">{activity}</dm:person></presence>",
-        xml_escape(entity)
+        escape_markup(entity)
     )
     .into_bytes()
 }
@@ -193,7 +132,7 @@ pub fn html_to_text(html: &str) -> String {
     let mut skip_until: Option<&str> = None;
     while let Some(i) = rest.find('<') {
         if skip_until.is_none() {
-            out.push_str(&unescape(&rest[..i]));
+            out.push_str(&decode_entities(&rest[..i]));
         }
         let Some(end) = rest[i..].find('>') else {
             rest = "";
@@ -226,7 +165,7 @@ pub fn html_to_text(html: &str) -> String {
         }
     }
     if skip_until.is_none() {
-        out.push_str(&unescape(rest));
+        out.push_str(&decode_entities(rest));
     }
     out.trim().to_owned()
 }
@@ -315,13 +254,13 @@ mod tests {
         );
         assert_eq!(html_to_text("a<script>alert(1)</script>b"), "ab");
         assert_eq!(html_to_text("<unclosed"), "");
-        assert_eq!(unescape("&bogus; &#x1F600;"), "&bogus; 😀");
+        assert_eq!(decode_entities("&bogus; &#x1F600;"), "&bogus; 😀");
     }
 
     proptest::proptest! {
         #[test]
         fn text_conversions_never_panic(s in "\\PC{0,64}") {
-            let _ = unescape(&s);
+            let _ = decode_entities(&s);
             let _ = html_to_text(&s);
             let _ = parse_pidf(s.as_bytes());
             let _ = parse_iscomposing(s.as_bytes());
@@ -331,7 +270,7 @@ mod tests {
 
     #[test]
     fn entities_next_to_wide_characters() {
-        assert_eq!(unescape("&中文中文"), "&中文中文");
+        assert_eq!(decode_entities("&中文中文"), "&中文中文");
         assert_eq!(html_to_text("<p>&中文中文 &amp;</p>"), "&中文中文 &");
     }
 

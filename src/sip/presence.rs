@@ -275,7 +275,7 @@ async fn refresh_in(
 /// active, no body while pending, `terminated` when `end` (or when refused).
 async fn notify(shared: &Shared, call_id: &str, end: bool) -> Result<(), NetworkError> {
     let key = format!("{WATCHER}{call_id}");
-    let (mut w, cseq) = {
+    let (w, cseq) = {
         let _guard = shared.subscriptions.lock().await;
         let Some(mut w) = load::<Watcher>(shared, &key) else {
             return Ok(());
@@ -344,7 +344,6 @@ async fn notify(shared: &Shared, call_id: &str, end: bool) -> Result<(), Network
         let _guard = shared.subscriptions.lock().await;
         shared.store()?.delete(&key).map_err(sink_err)?;
     }
-    w.dialog.cseq = cseq;
     Ok(())
 }
 

@@ -87,10 +87,28 @@ impl Store {
         Ok(())
     }
 
+    /// Remembers that Matrix event `event_id` reached `portal`, where there is no remote
+    /// message to map it to (a fan-out chat's members each get their own copy).
+    pub fn mark_delivered(&self, portal: &PortalKey, event_id: &str) -> Result<(), StoreError> {
+        self.messages_remote
+            .insert(delivered_key(portal, event_id), &[] as &[u8])?;
+        Ok(())
+    }
+
+    /// Whether [`Store::mark_delivered`] was called for this event and portal.
+    pub fn delivered(&self, portal: &PortalKey, event_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .messages_remote
+            .contains_key(delivered_key(portal, event_id))?)
+    }
+
     pub(super) fn delete_messages_of_portal(&self, p: &PortalRecord) -> Result<(), StoreError> {
+        // Only this portal's records: a room may hold other portals (fan-out ones) too.
         for kv in self.messages.scan_prefix(codec::prefix(&[&p.room_id])) {
-            let (k, _) = kv?;
-            self.messages.remove(k)?;
+            let (k, v) = kv?;
+            if decode::<MessageRecord>("messages", &v).is_ok_and(|m| m.portal == p.key) {
+                self.messages.remove(k)?;
+            }
         }
         let mut portal_prefix = p.key.encode();
         portal_prefix.push(codec::SEP);
@@ -100,6 +118,14 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A delivery mark lives beside the remote IDs, under a prefix no remote ID starts with.
+fn delivered_key(portal: &PortalKey, event_id: &str) -> Vec<u8> {
+    remote_key(
+        portal,
+        &RemoteMessageId::new(format!("\u{1e}delivered\u{1e}{event_id}")),
+    )
 }
 
 fn remote_key(portal: &PortalKey, remote_id: &RemoteMessageId) -> Vec<u8> {
@@ -113,6 +139,35 @@ fn remote_key(portal: &PortalKey, remote_id: &RemoteMessageId) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::network::ChatKind;
+
+    #[test]
+    fn deleting_a_fanout_portal_keeps_the_rooms_other_messages() {
+        let s = Store::temporary().unwrap();
+        let main = PortalRecord::new(PortalKey::new("a", "chat", None), "!r:hs", ChatKind::Group);
+        let fan = PortalRecord::new(PortalKey::new("b", "~r", None), "!r:hs", ChatKind::Fanout);
+        s.put_message(&MessageRecord {
+            portal: main.key.clone(),
+            room_id: "!r:hs".into(),
+            event_id: "$e1".into(),
+            remote_id: RemoteMessageId::new("m1"),
+            sender: "@u:hs".into(),
+            timestamp_ms: 1,
+            reaction: None,
+        })
+        .unwrap();
+        assert!(!s.delivered(&fan.key, "$e1").unwrap());
+        s.mark_delivered(&fan.key, "$e1").unwrap();
+        assert!(s.delivered(&fan.key, "$e1").unwrap());
+        assert!(!s.delivered(&main.key, "$e1").unwrap());
+        s.delete_messages_of_portal(&fan).unwrap();
+        assert!(!s.delivered(&fan.key, "$e1").unwrap());
+        assert!(s.message_by_event("!r:hs", "$e1").unwrap().is_some());
+        assert!(
+            s.message_by_remote(&main.key, &RemoteMessageId::new("m1"))
+                .unwrap()
+                .is_some()
+        );
+    }
 
     #[test]
     fn both_directions_and_portal_cleanup() {

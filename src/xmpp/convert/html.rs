@@ -3,6 +3,7 @@
 use xmpp_parsers::minidom::{Element, Node as XmlNode};
 
 use super::escape_html;
+use crate::text::decode_entities;
 
 /// A parsed HTML node (Matrix's HTML is a small, known subset; this parser is lenient).
 #[derive(Debug)]
@@ -22,46 +23,6 @@ const MAX_DEPTH: usize = 32;
 
 /// An element still open while parsing: name, attributes, children so far.
 type Open = (String, Vec<(String, String)>, Vec<Node>);
-
-fn decode_entities(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(pos) = rest.find('&') {
-        out.push_str(&rest[..pos]);
-        let tail = &rest[pos..];
-        let Some(end) = tail.find(';').filter(|e| *e <= 10) else {
-            out.push('&');
-            rest = &tail[1..];
-            continue;
-        };
-        let entity = &tail[1..end];
-        let decoded = match entity {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            "nbsp" => Some(' '),
-            e if e.starts_with("#x") || e.starts_with("#X") => u32::from_str_radix(&e[2..], 16)
-                .ok()
-                .and_then(char::from_u32),
-            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
-            _ => None,
-        };
-        match decoded {
-            Some(c) => {
-                out.push(c);
-                rest = &tail[end + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &tail[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
 
 fn parse_attrs(s: &str) -> Vec<(String, String)> {
     let mut attrs = Vec::new();
