@@ -208,10 +208,7 @@ async fn typing_crosses_both_ways() {
     assert!(got.body.contains("active"), "{}", got.body);
 
     // SIP → Matrix: the ghost types.
-    let mut since = alice.ok("GET", "/sync?timeout=0", None).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = alice.sync_now().await;
     let status = sipp::send_message(
         "bob",
         &sipp::gateway_uri(&alice.localpart),
@@ -220,34 +217,7 @@ async fn typing_crosses_both_ways() {
     )
     .await;
     assert_eq!(status, 200);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let sync = alice
-            .ok(
-                "GET",
-                &format!("/sync?timeout=1000&since={}", enc(&since)),
-                None,
-            )
-            .await;
-        since = sync["next_batch"].as_str().unwrap_or(&since).to_owned();
-        let typing = sync["rooms"]["join"][&room]["ephemeral"]["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| {
-                e["type"] == "m.typing"
-                    && e["content"]["user_ids"]
-                        .as_array()
-                        .is_some_and(|u| u.iter().any(|x| x == ghost.as_str()))
-            });
-        if typing {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the ghost never showed as typing"
-        );
-    }
+    alice.wait_typing(&room, &ghost, since, WAIT).await;
     sipp::unregister_all("bob").await;
 }
 

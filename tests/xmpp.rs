@@ -125,6 +125,19 @@ impl XmppUser {
     }
 
     /// Waits for a chat message with this body; returns its sender.
+    /// Joins (creating it) group chat `room_jid` as `nick`; returns once the room confirms.
+    async fn open_room(&mut self, room_jid: &str, nick: &str) {
+        self.send_xml(&format!(
+            "<presence to='{room_jid}/{nick}' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+        let me = format!("{room_jid}/{nick}");
+        self.wait("our own presence in the room", |e| {
+            e.name() == "presence" && e.attr("from") == Some(me.as_str())
+        })
+        .await;
+    }
+
     async fn wait_message(&mut self, body: &str) -> Jid {
         let el = self
             .wait(&format!("a message {body:?}"), |e| {
@@ -145,14 +158,7 @@ async fn shared_group_chat(
 ) -> (XmppUser, MatrixUser, String, String) {
     let room_jid = format!("{prefix}{}@conference.localhost", unique());
     let mut bob = XmppUser::login("bob").await;
-    bob.send_xml(&format!(
-        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
-    ))
-    .await;
-    bob.wait("bob's own presence in the new room", |e| {
-        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/bob").as_str())
-    })
-    .await;
+    bob.open_room(&room_jid, "bob").await;
     let alice = MatrixUser::register(user_prefix).await;
     let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
     let joined = alice
@@ -1023,43 +1029,15 @@ async fn xmpp_chat_states_become_matrix_typing() {
     let mut carol = XmppUser::login("carol").await;
     let (alice, room, ghost) = dm_with("xtypein", "carol@localhost").await;
     let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
-    let mut since = alice.ok("GET", "/sync?timeout=0", None).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = alice.sync_now().await;
     carol
         .send_xml(&format!(
             "<message to='{address}' type='chat' xmlns='jabber:client'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
         ))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let sync = alice
-            .ok(
-                "GET",
-                &format!("/sync?timeout=1000&since={}", enc(&since)),
-                None,
-            )
-            .await;
-        since = sync["next_batch"].as_str().unwrap_or(&since).to_owned();
-        let typing = sync["rooms"]["join"][&room]["ephemeral"]["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| {
-                e["type"] == "m.typing"
-                    && e["content"]["user_ids"]
-                        .as_array()
-                        .is_some_and(|u| u.iter().any(|x| x == ghost.as_str()))
-            });
-        if typing {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the ghost never showed as typing"
-        );
-    }
+    alice
+        .wait_typing(&room, &ghost, since, Duration::from_secs(20))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1306,10 +1284,7 @@ async fn receipts_and_bounces() {
         "outbound messages are markable"
     );
     let xmpp_id = got.attr("id").unwrap().to_owned();
-    let mut since = alice.ok("GET", "/sync?timeout=0", None).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let mut since = alice.sync_now().await;
     dave.send_xml(&format!(
         "<message to='{address}' type='chat' xmlns='jabber:client'><displayed xmlns='urn:xmpp:chat-markers:0' id='{xmpp_id}'/></message>"
     ))
@@ -1448,14 +1423,7 @@ async fn sip_xmpp_and_matrix_users_share_one_room() {
     // bob opens an XMPP group chat; alice bridges a room of hers to it.
     let room_jid = format!("hub{}@conference.localhost", unique());
     let mut bob = XmppUser::login("bob").await;
-    bob.send_xml(&format!(
-        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
-    ))
-    .await;
-    bob.wait("bob's own presence in the new room", |e| {
-        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/bob").as_str())
-    })
-    .await;
+    bob.open_room(&room_jid, "bob").await;
     let alice = MatrixUser::register("xhub").await;
     let room = alice.create_room(&[BOT]).await;
     alice.wait_joined(&room, BOT, Duration::from_secs(20)).await;
@@ -1721,14 +1689,7 @@ async fn moderation_crosses_both_ways() {
     // giving the bot the power to redact there.
     let room_jid = format!("mod{}@conference.localhost", unique());
     let mut bob = XmppUser::login("bob").await;
-    bob.send_xml(&format!(
-        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
-    ))
-    .await;
-    bob.wait("bob in the new room", |e| {
-        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/bob").as_str())
-    })
-    .await;
+    bob.open_room(&room_jid, "bob").await;
     let alice = MatrixUser::register("xmod").await;
     let created = alice
         .ok(
@@ -1840,14 +1801,7 @@ async fn a_new_group_chat_portal_gets_recent_history_in_order() {
     let _bridge = xmpp_bridge().await;
     let room_jid = format!("old{}@conference.localhost", unique());
     let mut bob = XmppUser::login("bob").await;
-    bob.send_xml(&format!(
-        "<presence to='{room_jid}/bob' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
-    ))
-    .await;
-    bob.wait("bob in the new room", |e| {
-        e.name() == "presence" && e.attr("from") == Some(format!("{room_jid}/bob").as_str())
-    })
-    .await;
+    bob.open_room(&room_jid, "bob").await;
     let tag = unique();
     let sent_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

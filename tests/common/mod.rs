@@ -454,6 +454,47 @@ impl MatrixUser {
 
     /// Calls the client-server API at `path` (below `/_matrix/client/v3`); returns status and
     /// body.
+    /// The position of this user's sync stream now, to wait for what comes after it.
+    pub async fn sync_now(&self) -> String {
+        self.ok("GET", "/sync?timeout=0", None).await["next_batch"]
+            .as_str()
+            .expect("next_batch")
+            .to_owned()
+    }
+
+    /// Follows the sync stream from `since` until `user` shows as typing in `room`. (An
+    /// initial sync does not reliably carry typing, hence the incremental one.)
+    pub async fn wait_typing(&self, room: &str, user: &str, mut since: String, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let sync = self
+                .ok(
+                    "GET",
+                    &format!("/sync?timeout=1000&since={}", enc(&since)),
+                    None,
+                )
+                .await;
+            since = sync["next_batch"].as_str().unwrap_or(&since).to_owned();
+            let typing = sync["rooms"]["join"][room]["ephemeral"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| {
+                    e["type"] == "m.typing"
+                        && e["content"]["user_ids"]
+                            .as_array()
+                            .is_some_and(|u| u.iter().any(|x| x == user))
+                });
+            if typing {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{user} never showed as typing in {room} within {timeout:?}"
+            );
+        }
+    }
+
     /// Uploads a file to the homeserver; returns its `mxc://` URI.
     pub async fn upload(&self, bytes: Vec<u8>, content_type: &str) -> String {
         let r = self
