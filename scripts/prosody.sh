@@ -9,7 +9,9 @@
 # tests/fixtures/prosody.cfg.lua (virtual host "localhost", component
 # "matrix.localhost" with the secret ISTHMUS_COMPONENT_SECRET, default
 # "component_secret_test"), registers the users alice, bob, carol, dave and erin with
-# the password "<name>pass", and waits until both ports accept connections.
+# the password "<name>pass", makes a throwaway CA ("$STACK/prosody/certs/ca.crt") and a
+# certificate for "localhost" signed by it (STARTTLS for own-account logins), and waits
+# until both ports accept connections.
 # Everything lives under "$STACK/prosody"; the PID is in prosody.fg.pid there.
 set -euo pipefail
 
@@ -48,11 +50,13 @@ up() {
         fi
     done
     command -v prosody >/dev/null 2>&1 || need_apt prosody
+    command -v openssl >/dev/null 2>&1 || need_apt openssl
     # prosody-modules brings mod_muc_moderation (XEP-0425) for the group chats.
     need_apt prosody-modules
     rm -rf "$P"
     mkdir -p "$P/data" "$P/certs"
     echo "$c2s $component" >"$P/ports"
+    make_certs
     sed -e "s#@DIR@#$P#g" -e "s#@C2S_PORT@#$c2s#g" -e "s#@COMPONENT_PORT@#$component#g" \
         -e "s#@COMPONENT_DOMAIN@#matrix.localhost#g" \
         -e "s#@COMPONENT_SECRET@#${ISTHMUS_COMPONENT_SECRET:-component_secret_test}#g" \
@@ -61,6 +65,20 @@ up() {
         prosodyctl --config "$CFG" register "$user" localhost "${user}pass" >/dev/null
     done
     start
+}
+
+# A test CA and a certificate for the virtual host "localhost" signed by it.
+make_certs() {
+    local d="$P/certs"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj "/CN=isthmus test CA" -keyout "$d/ca.key" -out "$d/ca.crt" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/CN=localhost" -keyout "$d/localhost.key" -out "$d/localhost.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$d/ext.cnf"
+    openssl x509 -req -in "$d/localhost.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
+        -CAcreateserial -days 30 -out "$d/localhost.crt" -extfile "$d/ext.cnf" 2>/dev/null
 }
 
 down() {

@@ -508,6 +508,22 @@ pub struct XmppConfig {
     /// join the room (public, or invited).
     #[serde(default)]
     pub hosted_rooms: Vec<String>,
+    /// Own-account logins: Matrix users who log in with their own XMPP account.
+    #[serde(default)]
+    pub accounts: XmppAccountsConfig,
+}
+
+/// `networks.xmpp.accounts` section.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmppAccountsConfig {
+    /// A PEM file of certificates to trust beside the system's (a private CA, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Servers (host names or IP addresses) that users may connect to although they resolve
+    /// to loopback or private addresses. Others must be public.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_hosts: Vec<String>,
 }
 
 /// `networks.xmpp.component` section.
@@ -735,6 +751,10 @@ impl Config {
                         "networks.xmpp.max_depth",
                         "must be between 4 and 256",
                     ));
+                }
+                if let Some(ca) = &x.accounts.ca_file {
+                    crate::xmpp::load_ca_file(ca)
+                        .map_err(|e| invalid("networks.xmpp.accounts.ca_file", e))?;
                 }
                 Some(
                     x.component

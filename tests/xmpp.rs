@@ -1910,3 +1910,252 @@ async fn group_chat_retractions_name_the_rooms_stanza_id() {
         "XEP-0424 in a group chat names the room's ID"
     );
 }
+
+/// The CA that signed Prosody's certificate (made by scripts/prosody.sh).
+fn prosody_ca() -> String {
+    let stack = std::env::var("ISTHMUS_STACK")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/stack").to_owned());
+    let ca = format!("{stack}/prosody/certs/ca.crt");
+    assert!(
+        std::path::Path::new(&ca).exists(),
+        "{ca} is missing: start Prosody with scripts/prosody.sh (scripts/test.sh does)"
+    );
+    ca
+}
+
+/// Starts a bridge that lets users log in with their own accounts on the test Prosody.
+async fn own_account_bridge() -> BridgeProcess {
+    let ca = prosody_ca();
+    let bridge = BridgeProcess::start_with(|cfg| {
+        assert!(cfg.contains("  xmpp:\n"), "the fixture has no xmpp section");
+        cfg.replacen(
+            "  xmpp:\n",
+            &format!(
+                "  xmpp:\n    accounts:\n      ca_file: {ca}\n      allow_hosts: [127.0.0.1]\n"
+            ),
+            1,
+        )
+    })
+    .await;
+    wait_metric(&bridge, CONNECTED).await;
+    bridge
+}
+
+/// `login xmpp` in the management room with Prosody's client port as the server; returns
+/// the bot's last answer.
+async fn login_xmpp(user: &MatrixUser, mgmt: &str, jid: &str, password: &str) -> String {
+    login_xmpp_via(user, mgmt, jid, password, C2S).await
+}
+
+/// `login xmpp` with `server` as the server to connect to.
+async fn login_xmpp_via(
+    user: &MatrixUser,
+    mgmt: &str,
+    jid: &str,
+    password: &str,
+    server: &str,
+) -> String {
+    command(user, mgmt, "login xmpp").await;
+    command(user, mgmt, jid).await;
+    let after_password = command(user, mgmt, password).await;
+    assert!(
+        !after_password.contains(password),
+        "the bot repeated the password: {after_password}"
+    );
+    command(user, mgmt, server).await
+}
+
+/// A TCP relay to Prosody's client port whose connections the test can cut at once, as a
+/// network failure would (no stream end is sent).
+struct CutProxy {
+    addr: String,
+    cut: tokio::sync::watch::Sender<u32>,
+}
+
+impl CutProxy {
+    async fn start() -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (cut, rx) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let mut rx = rx.clone();
+                rx.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(C2S).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = rx.changed() => {}
+                    }
+                });
+            }
+        });
+        CutProxy { addr, cut }
+    }
+
+    /// Drops every relayed connection.
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn own_account_carries_direct_chats_roster_and_carbons() {
+    let _s = serial();
+    let bridge = own_account_bridge().await;
+    // erin's own client puts bob in erin's roster.
+    let mut erin_phone = XmppUser::login("erin").await;
+    erin_phone
+        .send_xml("<iq type='set' id='roster-1' xmlns='jabber:client'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='Bob Roster'/></query></iq>")
+        .await;
+    erin_phone
+        .wait("the roster change", |e| {
+            e.name() == "iq" && e.attr("id") == Some("roster-1")
+        })
+        .await;
+    let mut bob = XmppUser::login("bob").await;
+    let alice = MatrixUser::register("xown").await;
+    let mgmt = management_room(&alice).await;
+
+    // A wrong password is refused, and says so.
+    let refused = login_xmpp(&alice, &mgmt, "erin@localhost", "not-erins-password").await;
+    assert!(
+        refused.to_lowercase().contains("refused") || refused.contains("BAD_CREDENTIALS"),
+        "{refused}"
+    );
+    let done = login_xmpp(&alice, &mgmt, "erin@localhost", "erinpass").await;
+    assert!(done.contains("erin@localhost"), "{done}");
+    wait_metric(&bridge, r#"logins{network="xmpp",state="CONNECTED"} 2"#).await;
+
+    // The roster becomes a direct chat with bob's ghost, named from the roster.
+    let room = alice.wait_for_invite(Duration::from_secs(20)).await;
+    alice.join(&room).await;
+    let bob_ghost = xmpp_ghost("bob@localhost");
+    alice
+        .wait_joined(&room, &bob_ghost, Duration::from_secs(20))
+        .await;
+
+    // Matrix → XMPP goes out as erin's own account.
+    let text = format!("from alice as erin {}", unique());
+    alice.send_text(&room, &text).await;
+    let from = bob.wait_message(&text).await;
+    assert_eq!(from.to_bare().to_string(), "erin@localhost");
+
+    // XMPP → Matrix: bob answers erin's account.
+    let answer = format!("bob to erin {}", unique());
+    bob.say("erin@localhost", &answer).await;
+    let ev = alice
+        .wait_for_event(&room, "bob's answer", Duration::from_secs(20), |e| {
+            e["content"]["body"] == answer.as_str()
+        })
+        .await;
+    assert_eq!(ev["sender"], bob_ghost.as_str());
+
+    // What erin writes from another client appears too, from erin's own ghost (carbons).
+    let elsewhere = format!("erin from the phone {}", unique());
+    erin_phone.say("bob@localhost", &elsewhere).await;
+    bob.wait_message(&elsewhere).await;
+    let ev = alice
+        .wait_for_event(
+            &room,
+            "erin's message from the phone",
+            Duration::from_secs(20),
+            |e| e["content"]["body"] == elsewhere.as_str(),
+        )
+        .await;
+    assert_eq!(ev["sender"], xmpp_ghost("erin@localhost").as_str());
+
+    // A forged carbon (from bob, claiming erin sent something) is dropped: a message that
+    // follows it arrives, the forgery never does.
+    let forged = format!("forged carbon {}", unique());
+    bob.send_xml(&format!(
+        "<message xmlns='jabber:client' to='erin@localhost' type='chat'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='erin@localhost/x' to='bob@localhost' type='chat'><body>{forged}</body></message></forwarded></sent></message>"
+    ))
+    .await;
+    let after = format!("after the forgery {}", unique());
+    bob.say("erin@localhost", &after).await;
+    alice
+        .wait_for_event(
+            &room,
+            "bob's message after the forgery",
+            Duration::from_secs(20),
+            |e| e["content"]["body"] == after.as_str(),
+        )
+        .await;
+    let timeline = alice.messages(&room).await;
+    assert!(
+        !timeline
+            .iter()
+            .any(|e| e["content"]["body"] == forged.as_str()),
+        "the forged carbon reached Matrix"
+    );
+
+    // Logout ends the account's connection.
+    let out = command(&alice, &mgmt, "logout xmpp").await;
+    assert!(out.contains("erin"), "{out}");
+    wait_metric(&bridge, CONNECTED).await;
+    let log = bridge.log();
+    assert!(!log.contains("erinpass"), "the password reached the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn own_account_resumes_its_stream_and_loses_nothing_after_a_network_cut() {
+    let _s = serial();
+    let bridge = own_account_bridge().await;
+    let proxy = CutProxy::start().await;
+    let mut bob = XmppUser::login("bob").await;
+    let alice = MatrixUser::register("xresume").await;
+    let mgmt = management_room(&alice).await;
+    let done = login_xmpp_via(&alice, &mgmt, "dave@localhost", "davepass", &proxy.addr).await;
+    assert!(done.contains("dave@localhost"), "{done}");
+
+    // bob's first message opens the portal.
+    let first = format!("bob to dave {}", unique());
+    bob.say("dave@localhost", &first).await;
+    let room = alice.wait_for_invite(Duration::from_secs(20)).await;
+    alice.join(&room).await;
+    alice
+        .wait_for_event(&room, "bob's first message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == first.as_str()
+        })
+        .await;
+
+    // The network drops the account's connection; bob writes on, and alice too.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tag = unique();
+    let during: Vec<String> = (1..=5)
+        .map(|n| format!("during the cut {n} {tag}"))
+        .collect();
+    for text in &during {
+        bob.say("dave@localhost", text).await;
+    }
+    let from_alice = format!("alice during the cut {tag}");
+    alice.send_text(&room, &from_alice).await;
+
+    // All of bob's arrive once, in order; alice's reaches bob.
+    let last = during.last().unwrap().clone();
+    alice
+        .wait_for_event(&room, "bob's last message", Duration::from_secs(40), |e| {
+            e["content"]["body"] == last.as_str()
+        })
+        .await;
+    bob.wait_message(&from_alice).await;
+    // Newest first from the homeserver.
+    let bodies: Vec<String> = alice
+        .messages(&room)
+        .await
+        .iter()
+        .rev()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .filter(|b| b.ends_with(tag.as_str()) && b.starts_with("during"))
+        .collect();
+    assert_eq!(bodies, during, "each message once, in order");
+    let log = bridge.log();
+    assert!(
+        log.contains("XMPP stream resumed"),
+        "the account resumed its stream (XEP-0198) instead of starting a new session"
+    );
+}

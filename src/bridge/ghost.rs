@@ -69,6 +69,18 @@ impl Bridge {
 
     /// Joins `ghost` to `room` unless it is known to be there already.
     pub async fn ensure_joined(&self, ghost: &str, room: &str) -> Result<(), BridgeError> {
+        self.ensure_joined_via(ghost, room, None).await
+    }
+
+    /// Makes `ghost` join `room`; when it was not invited, `inviter` (a member with the
+    /// power to invite, such as the ghost that created a direct chat) or else the bot invites
+    /// it first.
+    pub async fn ensure_joined_via(
+        &self,
+        ghost: &str,
+        room: &str,
+        inviter: Option<&str>,
+    ) -> Result<(), BridgeError> {
         let key = (ghost.to_owned(), room.to_owned());
         if self.joined.lock().expect("joined lock").contains(&key) {
             return Ok(());
@@ -79,8 +91,9 @@ impl Bridge {
             Err(e) if e.errcode() == Some("M_FORBIDDEN") => {
                 // A private room the ghost was not invited to: the bot invites it, when the
                 // bot is in the room (group portals).
-                debug!(ghost, room, "ghost not invited; inviting as the bot");
-                self.hs.invite(None, &room_id(room)?, &uid).await?;
+                debug!(ghost, room, inviter, "ghost not invited; inviting it");
+                let by = inviter.map(user_id).transpose()?;
+                self.hs.invite(by.as_deref(), &room_id(room)?, &uid).await?;
                 self.hs.join(Some(&uid), room).await?;
             }
             Err(e) => return Err(e.into()),

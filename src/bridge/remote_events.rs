@@ -100,6 +100,10 @@ impl Bridge {
                 }
             },
         };
+        if matches!(ev.kind, RemoteEventKind::ChatExists) {
+            self.metrics.event("to_matrix", kind, "ok");
+            return Ok(());
+        }
         if let RemoteEventKind::MessageAlias { target, alias } = &ev.kind {
             let result = match self.store.message_by_remote(&key, target)? {
                 Some(m) => {
@@ -180,7 +184,14 @@ impl Bridge {
             }
         );
         if !leaving {
-            self.ensure_joined(&ghost, &portal.room_id).await?;
+            // In a direct chat, someone other than the contact (the user's own account,
+            // writing from another device) is invited by the contact's ghost, who made the
+            // room.
+            let inviter = (portal.kind == ChatKind::Direct
+                && ev.sender.as_str() != key.chat.as_str())
+            .then(|| self.ghost_user_id(network, key.chat.as_str()));
+            self.ensure_joined_via(&ghost, &portal.room_id, inviter.as_deref())
+                .await?;
         }
         let gid = user_id(&ghost)?;
         let rid = room_id(&portal.room_id)?;
@@ -345,6 +356,7 @@ impl Bridge {
             | RemoteEventKind::Moderation { .. }
             | RemoteEventKind::ContactRequest
             | RemoteEventKind::Profile
+            | RemoteEventKind::ChatExists
             | RemoteEventKind::MessageAlias { .. }
             | RemoteEventKind::DeliveryFailed { .. } => unreachable!("handled above"),
         };
@@ -428,7 +440,9 @@ impl Bridge {
             info!(portal = %key, sender = %ev.sender, "event for a room that has no such remote members; dropped");
             return Ok(None);
         }
-        if !matches!(ev.kind, RemoteEventKind::Message { .. }) {
+        let direct_exists =
+            ev.chat_kind == ChatKind::Direct && matches!(ev.kind, RemoteEventKind::ChatExists);
+        if !matches!(ev.kind, RemoteEventKind::Message { .. }) && !direct_exists {
             debug!(portal = %key, kind = ev.kind.name(), "no portal for this event; dropped");
             return Ok(None);
         }

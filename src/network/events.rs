@@ -264,6 +264,9 @@ pub enum RemoteEventKind {
     },
     /// The sender's profile changed or became known: `sender_name` is the name to show.
     Profile,
+    /// The chat exists on the network (a direct chat with someone in the receiver's contact
+    /// list, say): its portal is created when missing, with nothing posted in it.
+    ChatExists,
     /// A message sent from Matrix could not be delivered (the network bounced it); the Matrix
     /// sender is told.
     DeliveryFailed {
@@ -290,6 +293,7 @@ impl RemoteEventKind {
             RemoteEventKind::Membership { .. } => "membership",
             RemoteEventKind::ContactRequest => "contact_request",
             RemoteEventKind::Profile => "profile",
+            RemoteEventKind::ChatExists => "chat_exists",
             RemoteEventKind::MessageAlias { .. } => "message_alias",
             RemoteEventKind::DeliveryFailed { .. } => "delivery_failed",
         }

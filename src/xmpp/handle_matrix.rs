@@ -24,16 +24,23 @@ use crate::network::{
 };
 use xmpp_parsers::presence::Type as PresenceType;
 
-/// The bridge-wide identity on XMPP.
+/// The bridge-wide identity on XMPP, which sends as any Matrix user from that user's gateway
+/// address; or, with `own` set, one user's own account, which sends on that account's
+/// connection.
 pub(super) struct Gateway {
     pub shared: Arc<Shared>,
     pub out: mpsc::Sender<Outgoing>,
     pub state: watch::Receiver<BridgeState>,
     pub counter: AtomicU64,
+    /// The own account this identity is, when it is one.
+    pub own: Option<BareJid>,
 }
 
 impl Gateway {
     fn puppet(&self, sender: &MatrixSender) -> Result<Jid, NetworkError> {
+        if let Some(own) = &self.own {
+            return Ok(Jid::from(own.clone()));
+        }
         self.shared
             .addressing
             .puppet(&sender.user_id)
@@ -74,9 +81,10 @@ impl Gateway {
     /// Writes a stanza and waits until it is on the wire.
     async fn send(&self, stanza: Stanza) -> Result<(), NetworkError> {
         if *self.state.borrow() != BridgeState::Connected {
-            return Err(NetworkError::Transient(
-                "the XMPP component link is down".into(),
-            ));
+            return Err(NetworkError::Transient(match self.own {
+                Some(_) => "the connection of the XMPP account is down".into(),
+                None => "the XMPP component link is down".into(),
+            }));
         }
         let (tx, rx) = oneshot::channel();
         self.out

@@ -252,7 +252,7 @@ impl Handler {
         let (Some(from), Some(to), Some(id)) = (&msg.from, &msg.to, &msg.id) else {
             return;
         };
-        let Some(user) = self.shared.addressing.matrix_user(&to.to_bare()) else {
+        let Some(user) = self.shared.user_of(&to.to_bare()) else {
             return;
         };
         let error = msg.payloads.iter().find(|p| p.name() == "error");
@@ -303,8 +303,33 @@ impl Handler {
         let to = to.as_ref()?.to_bare();
         // Loop prevention: an address on our own domain is a Matrix user, never a contact.
         let contact = self.shared.addressing.contact(&from.to_string()).ok()?;
-        let user = self.shared.addressing.matrix_user(&to)?;
+        let user = self.shared.user_of(&to)?;
         Some((contact, user))
+    }
+
+    /// A message the user of own account `own` sent to a contact from another client (a
+    /// carbon copy, XEP-0280): it appears in Matrix from the account's own puppet.
+    pub(super) async fn sent_elsewhere(&self, msg: Message, own: &BareJid, user: &str) {
+        if !matches!(msg.type_, MessageType::Chat | MessageType::Normal) {
+            return;
+        }
+        let Some(contact) = msg.to.as_ref().and_then(|t| {
+            self.shared
+                .addressing
+                .contact(&t.to_bare().to_string())
+                .ok()
+        }) else {
+            return;
+        };
+        let me = own.to_string();
+        let base = |kind| {
+            let mut ev = RemoteEvent::direct(&contact.to_string(), user, kind);
+            ev.sender = crate::network::RemoteUserId::new(me.as_str());
+            ev
+        };
+        let scope = format!("{user}\u{1f}{contact}");
+        self.push_message(&base, &msg, &scope, &me, message_id(&msg), &[])
+            .await;
     }
 
     async fn message(&self, msg: Message) -> Vec<Stanza> {
@@ -919,6 +944,22 @@ impl Handler {
         let Some(puppet) = p.to.clone().map(|j| Jid::from(j.to_bare())) else {
             return Vec::new();
         };
+        // An own account's server keeps its roster and answers probes: only requests reach
+        // the user, who answers them (never a policy: the account is the user's own).
+        let own = self.shared.is_account(&puppet.to_bare());
+        if own && p.type_ == PresenceType::Subscribe {
+            info!(contact = %contact, user, "presence subscription request to an own account");
+            self.push(RemoteEvent::direct(
+                &contact.to_string(),
+                &user,
+                RemoteEventKind::ContactRequest,
+            ))
+            .await;
+            return Vec::new();
+        }
+        if own && !matches!(p.type_, PresenceType::None | PresenceType::Unavailable) {
+            return Vec::new();
+        }
         let contact_jid = Jid::from(contact.clone());
         let contact_str = contact.to_string();
         let handshake = |t| subscription_stanza(puppet.clone(), contact_jid.clone(), t);

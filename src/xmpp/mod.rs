@@ -11,6 +11,8 @@
 //! | `handle_xmpp.rs` | XMPP → bridge |
 //! | `handle_matrix.rs` | bridge → XMPP |
 
+mod account;
+mod c2s;
 mod component;
 pub mod convert;
 mod fidelity;
@@ -20,6 +22,7 @@ mod hosted;
 pub mod ids;
 pub mod limits;
 mod muc;
+mod scram;
 
 mod time;
 
@@ -38,8 +41,9 @@ use self::ids::Addressing;
 use crate::config::XmppConfig;
 use crate::network::contacts as roster;
 use crate::network::{
-    BridgeState, Capabilities, Connector, ConnectorStore, EventSink, NetworkClient, NetworkError,
-    NetworkId, NetworkInfo, Presence, RemoteChatId, RemoteUserId, ThirdPartyField,
+    BridgeState, Capabilities, Connector, ConnectorStore, EventSink, LoginData, LoginFlow,
+    LoginProcess, NetworkClient, NetworkError, NetworkId, NetworkInfo, Presence, RemoteChatId,
+    RemoteUserId, ThirdPartyField,
 };
 
 /// What the inbound handler and the gateway identity share.
@@ -68,6 +72,11 @@ pub(crate) struct Shared {
     seen: Mutex<HashMap<String, u64>>,
     /// Contacts whose vCard was asked for in this run.
     vcards_asked: Mutex<std::collections::HashSet<String>>,
+    /// Own-account logins, by account (bare JID): the Matrix user, and the switch that
+    /// stops the account's connection.
+    accounts: Mutex<HashMap<String, (String, watch::Sender<bool>)>>,
+    /// Settings for own-account connections.
+    client: account::ClientSettings,
 }
 
 /// The answer to an IQ request: the result's payload, or the error condition.
@@ -107,6 +116,39 @@ impl Shared {
         set: bool,
         payload: xmpp_parsers::minidom::Element,
     ) -> Result<IqAnswer, NetworkError> {
+        self.request_via(&self.out, Some(from), to, set, payload)
+            .await
+    }
+
+    /// The Matrix user an address belongs to: a gateway address, or an own account online.
+    fn user_of(&self, jid: &xmpp_parsers::jid::BareJid) -> Option<String> {
+        self.addressing.matrix_user(jid).or_else(|| {
+            self.accounts
+                .lock()
+                .expect("accounts lock")
+                .get(&jid.to_string())
+                .map(|(user, _)| user.clone())
+        })
+    }
+
+    /// Whether `jid` is an own account online through the bridge.
+    fn is_account(&self, jid: &xmpp_parsers::jid::BareJid) -> bool {
+        self.accounts
+            .lock()
+            .expect("accounts lock")
+            .contains_key(&jid.to_string())
+    }
+
+    /// Sends an IQ on `out` (the component link or an account's connection) and waits (up
+    /// to 10 s) for the answer.
+    async fn request_via(
+        &self,
+        out: &mpsc::Sender<Outgoing>,
+        from: Option<xmpp_parsers::jid::Jid>,
+        to: xmpp_parsers::jid::Jid,
+        set: bool,
+        payload: xmpp_parsers::minidom::Element,
+    ) -> Result<IqAnswer, NetworkError> {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -118,20 +160,20 @@ impl Shared {
             .insert(id.clone(), tx);
         let iq = if set {
             xmpp_parsers::iq::Iq::Set {
-                from: Some(from),
+                from,
                 to: Some(to),
                 id: id.clone(),
                 payload,
             }
         } else {
             xmpp_parsers::iq::Iq::Get {
-                from: Some(from),
+                from,
                 to: Some(to),
                 id: id.clone(),
                 payload,
             }
         };
-        let sent = self.out.send((iq.into(), None)).await;
+        let sent = out.send((iq.into(), None)).await;
         let answer = match sent {
             Ok(()) => tokio::time::timeout(std::time::Duration::from_secs(10), rx).await,
             Err(_) => {
@@ -208,6 +250,7 @@ impl Xmpp {
     /// A connector for the component described by `cfg`, with its resolved secret, bridging
     /// for the homeserver `homeserver`.
     pub fn new(cfg: &XmppConfig, secret: String, homeserver: &str) -> Self {
+        let client = account::ClientSettings::new(cfg);
         let (state_tx, state_rx) = watch::channel(BridgeState::Starting);
         let (out_tx, out_rx) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
@@ -224,6 +267,8 @@ impl Xmpp {
             presence_limit: Mutex::default(),
             vcards_asked: Mutex::default(),
             seen: Mutex::default(),
+            accounts: Mutex::default(),
+            client,
         });
         Self {
             info: NetworkInfo {
@@ -260,12 +305,25 @@ impl Xmpp {
                 out: out_tx,
                 state: state_rx,
                 counter: AtomicU64::new(0),
+                own: None,
             }),
             outgoing: Mutex::new(Some(out_rx)),
             stop: watch::channel(false).0,
         }
     }
 }
+
+impl Xmpp {
+    fn parts(&self) -> account::Parts {
+        account::Parts {
+            shared: self.handler.shared.clone(),
+            handler: self.handler.clone(),
+            gateway: self.gateway.clone(),
+        }
+    }
+}
+
+pub use account::load_ca_file;
 
 #[async_trait]
 impl Connector for Xmpp {
@@ -296,6 +354,38 @@ impl Connector for Xmpp {
 
     fn bridge_client(&self) -> Option<Arc<dyn NetworkClient>> {
         Some(self.gateway.clone())
+    }
+
+    fn login_flows(&self) -> Vec<LoginFlow> {
+        vec![LoginFlow {
+            id: "password".into(),
+            name: "XMPP account".into(),
+            description: "Log in with your own XMPP address and password; your direct chats then go through your account.".into(),
+        }]
+    }
+
+    async fn start_login(
+        &self,
+        user_id: &str,
+        flow_id: &str,
+    ) -> Result<Box<dyn LoginProcess>, NetworkError> {
+        if flow_id != "password" {
+            return Err(NetworkError::InvalidInput(format!(
+                "unknown login flow {flow_id}; the XMPP flow is `password`"
+            )));
+        }
+        Ok(Box::new(account::PasswordLogin {
+            parts: self.parts(),
+            user: user_id.to_owned(),
+        }))
+    }
+
+    async fn load_login(
+        &self,
+        user_id: &str,
+        login: &LoginData,
+    ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
+        account::load(self.parts(), user_id, login)
     }
 
     fn parse_user_id(&self, raw: &str) -> Result<RemoteUserId, NetworkError> {

@@ -1,0 +1,917 @@
+//! Own-account mode: a Matrix user logs in with their own XMPP account. The bridge keeps a
+//! client connection for the account ([`super::c2s`]); the account's direct chats go out on
+//! it, what its contacts write comes in on it, its roster becomes direct-chat portals, and
+//! carbons (XEP-0280) show what the user wrote from other clients. Group chats keep going
+//! through the gateway, so a login changes nothing there. The password lives in the login
+//! data, which the core seals at rest.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::{BareJid, FullJid, Jid};
+use xmpp_parsers::message::Message;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::ns;
+use xmpp_parsers::presence::{Presence as XmppPresence, Show, Type as PresenceType};
+use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
+
+use super::c2s;
+use super::component::{Inbound, Outgoing};
+use super::handle_matrix::Gateway;
+use super::handle_xmpp::Handler;
+use super::{Shared, fidelity};
+use crate::config::XmppConfig;
+use crate::network::{
+    BridgeState, ChatKind, Contact, LoginData, LoginField, LoginId, LoginProcess, LoginStep,
+    MatrixSender, MessageContent, NetworkClient, NetworkError, OutgoingMessage, PortalRef,
+    Presence, PresenceState, RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
+};
+
+const CARBONS: &str = "urn:xmpp:carbons:2";
+const FORWARD: &str = "urn:xmpp:forward:0";
+const ROSTER: &str = "jabber:iq:roster";
+/// At most this many roster contacts get a portal at login; the rest get one when they write.
+const ROSTER_PORTALS: usize = 100;
+
+/// Reads a PEM file of CA certificates.
+pub fn load_ca_file(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// What own-account connections share: TLS trust and limits.
+pub(crate) struct ClientSettings {
+    ca_file: Option<std::path::PathBuf>,
+    allow_hosts: Vec<String>,
+    tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    max_stanza_bytes: usize,
+    max_depth: usize,
+}
+
+impl ClientSettings {
+    pub fn new(cfg: &XmppConfig) -> Self {
+        Self {
+            ca_file: cfg.accounts.ca_file.clone(),
+            allow_hosts: cfg.accounts.allow_hosts.clone(),
+            tls: OnceLock::new(),
+            max_stanza_bytes: cfg.max_stanza_bytes,
+            max_depth: cfg.max_depth,
+        }
+    }
+
+    /// The TLS client configuration: the system's trust roots and the configured CA file.
+    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, NetworkError> {
+        self.tls
+            .get_or_init(|| {
+                let mut roots = rustls::RootCertStore::empty();
+                let native = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(native.certs);
+                if let Some(path) = &self.ca_file {
+                    for cert in load_ca_file(path)? {
+                        roots
+                            .add(cert)
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
+                }
+                if roots.is_empty() {
+                    return Err("no trusted certificates: install the system's CA certificates or set networks.xmpp.accounts.ca_file".into());
+                }
+                debug!(system_roots = added, "TLS roots for XMPP accounts loaded");
+                let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                Ok(Arc::new(config))
+            })
+            .clone()
+            .map_err(NetworkError::Internal)
+    }
+}
+
+/// What a login stores (sealed by the core).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct AccountData {
+    /// The account, `user@domain`.
+    pub jid: String,
+    /// The password.
+    pub password: String,
+    /// The server to connect to, when not the account's domain on port 5222.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// TLS from the first byte instead of STARTTLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub direct_tls: bool,
+}
+
+/// The parts of the connector an account works with.
+#[derive(Clone)]
+pub(super) struct Parts {
+    pub shared: Arc<Shared>,
+    pub handler: Arc<Handler>,
+    pub gateway: Arc<Gateway>,
+}
+
+/// One Matrix user's own XMPP account.
+pub(crate) struct Account {
+    parts: Parts,
+    user: String,
+    jid: BareJid,
+    data: AccountData,
+    this: std::sync::Weak<Account>,
+    /// The account as a sending identity (direct chats).
+    direct: Gateway,
+    out: mpsc::Sender<Outgoing>,
+    /// What the identity sends, until the connection starts reading it.
+    rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    state: watch::Sender<BridgeState>,
+    stop: watch::Sender<bool>,
+    /// The roster: contact → name.
+    roster: Mutex<BTreeMap<String, Option<String>>>,
+    /// The user's presence as last published on the account.
+    presence: Mutex<Option<Presence>>,
+    /// The first session's outcome, for the login step that waits on it.
+    first: Mutex<Option<tokio::sync::oneshot::Sender<Result<(), NetworkError>>>>,
+}
+
+/// Splits `host:port` (IPv6 in brackets); a missing port is 5222.
+fn host_port(s: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{s:?} is not a server such as xmpp.example.org:5222");
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if tail.is_empty() => 5222,
+            None => return Err(bad()),
+        };
+        return Ok((host.to_owned(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Ok((h.to_owned(), p.parse().map_err(|_| bad())?)),
+        Some(_) => Err(bad()),
+        None => Ok((s.to_owned(), 5222)),
+    }
+    .and_then(|(h, p)| {
+        if h.is_empty() || h.contains(['/', '@', ' ']) || p == 0 {
+            Err(bad())
+        } else {
+            Ok((h, p))
+        }
+    })
+}
+
+impl Account {
+    fn new(parts: Parts, user: &str, data: AccountData) -> Result<Arc<Self>, NetworkError> {
+        let jid = BareJid::from_str(&data.jid)
+            .map_err(|e| NetworkError::InvalidInput(format!("{:?} is not a JID: {e}", data.jid)))?;
+        let (out, rx) = mpsc::channel(256);
+        let state = watch::channel(BridgeState::Connecting).0;
+        let direct = Gateway {
+            shared: parts.shared.clone(),
+            out: out.clone(),
+            state: state.subscribe(),
+            counter: AtomicU64::new(0),
+            own: Some(jid.clone()),
+        };
+        Ok(Arc::new_cyclic(|this| Self {
+            this: this.clone(),
+            parts,
+            user: user.to_owned(),
+            jid,
+            data,
+            direct,
+            out,
+            rx: Mutex::new(Some(rx)),
+            state,
+            stop: watch::channel(false).0,
+            roster: Mutex::default(),
+            presence: Mutex::default(),
+            first: Mutex::default(),
+        }))
+    }
+
+    fn login_data(&self) -> LoginData {
+        LoginData {
+            id: LoginId::new(self.jid.to_string()),
+            remote_user: RemoteUserId::new(self.jid.to_string()),
+            remote_name: format!("xmpp:{}", self.jid),
+            data: serde_json::to_value(&self.data).expect("account data serialises"),
+        }
+    }
+
+    /// Starts the connection; `first` learns how the first attempt went.
+    fn start(
+        self: &Arc<Self>,
+        first: Option<tokio::sync::oneshot::Sender<Result<(), NetworkError>>>,
+    ) -> Result<(), NetworkError> {
+        let (host, port) = match &self.data.server {
+            Some(s) => host_port(s).map_err(NetworkError::InvalidInput)?,
+            None => (self.jid.domain().to_string(), 5222),
+        };
+        let client = &self.parts.shared.client;
+        let settings = c2s::Settings {
+            jid: self.jid.clone(),
+            password: self.data.password.clone(),
+            allow_private: client
+                .allow_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&host)),
+            host,
+            port,
+            direct_tls: self.data.direct_tls,
+            tls: client.tls()?,
+            max_stanza_bytes: client.max_stanza_bytes,
+            max_depth: client.max_depth,
+            resource: format!("isthmus-{:08x}", rand::random::<u32>()),
+        };
+        let Some(rx) = self.rx.lock().expect("rx lock").take() else {
+            return Err(NetworkError::Internal(
+                "the XMPP account was started twice".into(),
+            ));
+        };
+        *self.first.lock().expect("first lock") = first;
+        // Stop an earlier login of the same account (a `login` again after a password
+        // change): one connection per account.
+        let previous = self
+            .parts
+            .shared
+            .accounts
+            .lock()
+            .expect("accounts lock")
+            .insert(self.jid.to_string(), (self.user.clone(), self.stop.clone()));
+        if let Some((other, stop)) = previous
+            && !stop.same_channel(&self.stop)
+        {
+            info!(jid = %self.jid, previous_user = other, user = self.user, "a new login of this XMPP account replaces the old one");
+            stop.send_replace(true);
+        }
+        let events: Arc<dyn c2s::Events> = self.clone();
+        tokio::spawn(c2s::run(settings, events, rx, self.stop.subscribe()));
+        Ok(())
+    }
+
+    fn untrack(&self) {
+        let mut accounts = self.parts.shared.accounts.lock().expect("accounts lock");
+        if accounts
+            .get(&self.jid.to_string())
+            .is_some_and(|(_, s)| s.same_channel(&self.stop))
+        {
+            accounts.remove(&self.jid.to_string());
+        }
+    }
+
+    fn client_for(&self, portal: &PortalRef) -> &dyn NetworkClient {
+        if portal.kind == ChatKind::Direct {
+            &self.direct
+        } else {
+            self.parts.gateway.as_ref()
+        }
+    }
+
+    /// Fetches the roster and makes sure each contact has a portal.
+    async fn sync_roster(self: Arc<Self>) {
+        let query = Element::builder("query", ROSTER).build();
+        let answer = self
+            .parts
+            .shared
+            .request_via(&self.out, None, Jid::from(self.jid.clone()), false, query)
+            .await;
+        let items = match answer {
+            Ok(Ok(Some(q))) => roster_items(&q),
+            Ok(Ok(None)) => Vec::new(),
+            Ok(Err(e)) => {
+                warn!(jid = %self.jid, error = e, "the server refused the roster");
+                return;
+            }
+            Err(e) => {
+                warn!(jid = %self.jid, error = %e, "no roster");
+                return;
+            }
+        };
+        info!(jid = %self.jid, contacts = items.len(), "roster received");
+        self.apply_roster(items, true).await;
+    }
+
+    /// Records roster items; new contacts (up to a limit at login) get a portal.
+    async fn apply_roster(&self, items: Vec<RosterItem>, full: bool) {
+        let mut fresh = Vec::new();
+        {
+            let mut roster = self.roster.lock().expect("roster lock");
+            if full {
+                let keep: BTreeSet<&str> = items.iter().map(|i| i.jid.as_str()).collect();
+                roster.retain(|k, _| keep.contains(k.as_str()));
+            }
+            for item in items {
+                if item.removed {
+                    roster.remove(&item.jid);
+                    continue;
+                }
+                if roster.insert(item.jid.clone(), item.name.clone()).is_none() {
+                    fresh.push(item);
+                }
+            }
+        }
+        let Some(sink) = self.parts.shared.sink.get() else {
+            return;
+        };
+        if fresh.len() > ROSTER_PORTALS {
+            info!(jid = %self.jid, contacts = fresh.len(), limit = ROSTER_PORTALS, "large roster: the other contacts get a portal when they write");
+        }
+        for item in fresh.into_iter().take(ROSTER_PORTALS) {
+            if self.parts.shared.addressing.contact(&item.jid).is_err() {
+                continue;
+            }
+            let ev = RemoteEvent::direct(&item.jid, &self.user, RemoteEventKind::ChatExists)
+                .named(item.name);
+            if let Err(e) = sink.push(ev).await {
+                warn!(error = %e, "could not store a roster contact");
+            }
+        }
+    }
+
+    /// Answers IQs addressed to the account's connection.
+    async fn iq(&self, iq: Iq) -> Vec<Stanza> {
+        let own = Jid::from(self.jid.clone());
+        match iq {
+            Iq::Set {
+                from, id, payload, ..
+            } if payload.is("query", ROSTER) => {
+                // Roster pushes come from the account itself (RFC 6121 §2.1.6); others
+                // are forgeries.
+                if from.as_ref().is_some_and(|f| f != &own) {
+                    return vec![error(from, id, DefinedCondition::Forbidden)];
+                }
+                self.apply_roster(roster_items(&payload), false).await;
+                vec![
+                    Iq::Result {
+                        from: None,
+                        to: from,
+                        id,
+                        payload: None,
+                    }
+                    .into(),
+                ]
+            }
+            Iq::Get {
+                from, id, payload, ..
+            } if payload.is("ping", ns::PING) => vec![
+                Iq::Result {
+                    from: None,
+                    to: from,
+                    id,
+                    payload: None,
+                }
+                .into(),
+            ],
+            Iq::Get {
+                from, id, payload, ..
+            } if payload.is("query", ns::DISCO_INFO) => {
+                let mut q = Element::builder("query", ns::DISCO_INFO)
+                    .append(
+                        Element::builder("identity", ns::DISCO_INFO)
+                            .attr(xml_name("category"), "client")
+                            .attr(xml_name("type"), "bot")
+                            .attr(xml_name("name"), "isthmus")
+                            .build(),
+                    )
+                    .build();
+                for f in CLIENT_FEATURES {
+                    q.append_child(
+                        Element::builder("feature", ns::DISCO_INFO)
+                            .attr(xml_name("var"), f)
+                            .build(),
+                    );
+                }
+                vec![
+                    Iq::Result {
+                        from: None,
+                        to: from,
+                        id,
+                        payload: Some(q),
+                    }
+                    .into(),
+                ]
+            }
+            Iq::Get { from, id, .. } | Iq::Set { from, id, .. } => {
+                vec![error(from, id, DefinedCondition::ServiceUnavailable)]
+            }
+            answer @ (Iq::Result { .. } | Iq::Error { .. }) => {
+                self.parts.handler.stanza(answer.into()).await
+            }
+        }
+    }
+}
+
+/// The account's presence for the Matrix user's: "offline" in Matrix keeps the connection
+/// (else the server would stop delivering messages) and shows as extended away.
+fn own_presence(presence: Option<&Presence>) -> Stanza {
+    let mut p = XmppPresence::new(PresenceType::None);
+    if let Some(presence) = presence {
+        p.show = match presence.state {
+            PresenceState::Online => None,
+            PresenceState::Unavailable => Some(Show::Away),
+            PresenceState::Offline => Some(Show::Xa),
+        };
+        if let Some(status) = &presence.status {
+            p.statuses.insert(Default::default(), status.clone());
+        }
+    }
+    p.into()
+}
+
+/// What the account's connection tells others it supports.
+const CLIENT_FEATURES: [&str; 10] = [
+    ns::DISCO_INFO,
+    ns::PING,
+    ns::CHATSTATES,
+    ns::RECEIPTS,
+    "urn:xmpp:chat-markers:0",
+    fidelity::CORRECT,
+    fidelity::RETRACT,
+    fidelity::REACTIONS,
+    fidelity::REPLY,
+    ns::SID,
+];
+
+fn xml_name(n: &str) -> xmpp_parsers::minidom::rxml::NcName {
+    xmpp_parsers::minidom::rxml::NcName::try_from(n).expect("valid name")
+}
+
+fn error(to: Option<Jid>, id: String, condition: DefinedCondition) -> Stanza {
+    Iq::Error {
+        from: None,
+        to,
+        id,
+        error: StanzaError::new(ErrorType::Cancel, condition, "en", ""),
+        payload: None,
+    }
+    .into()
+}
+
+struct RosterItem {
+    jid: String,
+    name: Option<String>,
+    removed: bool,
+}
+
+fn roster_items(query: &Element) -> Vec<RosterItem> {
+    query
+        .children()
+        .filter(|c| c.is("item", ROSTER))
+        .filter_map(|c| {
+            let jid = BareJid::from_str(c.attr("jid")?).ok()?.to_string();
+            let name = c
+                .attr("name")
+                .map(|n| {
+                    n.trim()
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(100)
+                        .collect::<String>()
+                })
+                .filter(|n| !n.is_empty());
+            Some(RosterItem {
+                jid,
+                name,
+                removed: c.attr("subscription") == Some("remove"),
+            })
+        })
+        .collect()
+}
+
+/// Kind of carbon copy.
+enum Carbon {
+    Sent(Message),
+    Received(Message),
+}
+
+/// The copied message of a carbon, when `msg` is one from the account itself.
+fn carbon(msg: &Message, own: &BareJid) -> Option<Carbon> {
+    let wrapper = msg
+        .payloads
+        .iter()
+        .find(|p| p.has_ns(CARBONS) && matches!(p.name(), "sent" | "received"))?;
+    // Only the account's own server may send carbons (to the bare JID): anything else is
+    // a forgery (CVE-2017-5589 style) and is dropped.
+    if msg.from.as_ref() != Some(&Jid::from(own.clone())) {
+        warn!(from = ?msg.from, "forged carbon copy dropped");
+        return None;
+    }
+    let inner = wrapper
+        .get_child("forwarded", FORWARD)?
+        .children()
+        .find(|c| c.name() == "message")?
+        .clone();
+    let inner = Message::try_from(inner).ok()?;
+    Some(if wrapper.name() == "sent" {
+        Carbon::Sent(inner)
+    } else {
+        Carbon::Received(inner)
+    })
+}
+
+#[async_trait]
+impl c2s::Events for Account {
+    async fn stanza(&self, stanza: Stanza) -> Vec<Stanza> {
+        match stanza {
+            Stanza::Message(msg) => {
+                let is_carbon = msg
+                    .payloads
+                    .iter()
+                    .any(|p| p.has_ns(CARBONS) && matches!(p.name(), "sent" | "received"));
+                if is_carbon {
+                    match carbon(&msg, &self.jid) {
+                        Some(Carbon::Sent(inner)) => {
+                            self.parts
+                                .handler
+                                .sent_elsewhere(inner, &self.jid, &self.user)
+                                .await;
+                        }
+                        Some(Carbon::Received(inner)) => {
+                            // Another client of the user got it; it answers receipts.
+                            let _ = self.parts.handler.stanza(inner.into()).await;
+                        }
+                        None => {}
+                    }
+                    return Vec::new();
+                }
+                if msg.from.as_ref().is_some_and(|f| f.to_bare() == self.jid) {
+                    return Vec::new();
+                }
+                if msg.type_ == xmpp_parsers::message::MessageType::Groupchat {
+                    return Vec::new();
+                }
+                self.parts.handler.stanza(msg.into()).await
+            }
+            Stanza::Presence(p) => {
+                // The account's other clients, and group chats joined from them.
+                if p.from.as_ref().is_none_or(|f| f.to_bare() == self.jid) {
+                    return Vec::new();
+                }
+                if p.payloads.iter().any(|e| e.has_ns(ns::MUC_USER)) {
+                    return Vec::new();
+                }
+                self.parts.handler.stanza(p.into()).await
+            }
+            Stanza::Iq(iq) => self.iq(iq).await,
+        }
+    }
+
+    async fn online(&self, jid: &FullJid, resumed: bool) -> Vec<Stanza> {
+        debug!(jid = %jid, resumed, "XMPP account session ready");
+        if resumed {
+            return Vec::new();
+        }
+        if let Some(me) = self.this.upgrade() {
+            tokio::spawn(me.sync_roster());
+        }
+        let carbons = Iq::Set {
+            from: None,
+            to: None,
+            id: format!("carbons-{}", crate::network::now_ms()),
+            payload: Element::builder("enable", CARBONS).build(),
+        };
+        let presence = self.presence.lock().expect("presence lock").clone();
+        vec![carbons.into(), own_presence(presence.as_ref())]
+    }
+
+    async fn state(&self, state: BridgeState, detail: Option<String>) {
+        let changed = self.state.send_if_modified(|s| {
+            let c = *s != state;
+            *s = state;
+            c
+        });
+        if state == BridgeState::Connected
+            && let Some(first) = self.first.lock().expect("first lock").take()
+        {
+            let _ = first.send(Ok(()));
+        }
+        if state == BridgeState::BadCredentials
+            && let Some(first) = self.first.lock().expect("first lock").take()
+        {
+            let _ = first.send(Err(NetworkError::BadCredentials(
+                detail
+                    .clone()
+                    .unwrap_or_else(|| "the server refused the login".into()),
+            )));
+            return;
+        }
+        if changed && let Some(sink) = self.parts.shared.sink.get() {
+            sink.report_state(Some(&self.user), state, detail).await;
+        }
+    }
+}
+
+#[async_trait]
+impl NetworkClient for Account {
+    fn state(&self) -> BridgeState {
+        *self.state.borrow()
+    }
+
+    async fn send_message(
+        &self,
+        portal: &PortalRef,
+        message: &OutgoingMessage,
+    ) -> Result<RemoteMessageId, NetworkError> {
+        self.client_for(portal).send_message(portal, message).await
+    }
+
+    async fn send_edit(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        target: &RemoteMessageId,
+        content: &MessageContent,
+    ) -> Result<(), NetworkError> {
+        self.client_for(portal)
+            .send_edit(portal, sender, target, content)
+            .await
+    }
+
+    async fn send_redaction(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        target: &RemoteMessageId,
+    ) -> Result<(), NetworkError> {
+        self.client_for(portal)
+            .send_redaction(portal, sender, target)
+            .await
+    }
+
+    async fn send_moderation(
+        &self,
+        portal: &PortalRef,
+        moderator: &MatrixSender,
+        target: &RemoteMessageId,
+        reason: Option<&str>,
+    ) -> Result<(), NetworkError> {
+        self.client_for(portal)
+            .send_moderation(portal, moderator, target, reason)
+            .await
+    }
+
+    async fn send_reaction(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        target: &RemoteMessageId,
+        key: &str,
+        remove: bool,
+    ) -> Result<(), NetworkError> {
+        self.client_for(portal)
+            .send_reaction(portal, sender, target, key, remove)
+            .await
+    }
+
+    async fn send_typing(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        typing: bool,
+    ) -> Result<(), NetworkError> {
+        self.client_for(portal)
+            .send_typing(portal, sender, typing)
+            .await
+    }
+
+    async fn send_receipt(
+        &self,
+        portal: &PortalRef,
+        sender: &MatrixSender,
+        up_to: &RemoteMessageId,
+    ) -> Result<(), NetworkError> {
+        self.client_for(portal)
+            .send_receipt(portal, sender, up_to)
+            .await
+    }
+
+    async fn set_presence(
+        &self,
+        sender: &MatrixSender,
+        presence: &Presence,
+    ) -> Result<(), NetworkError> {
+        let changed = self
+            .presence
+            .lock()
+            .expect("presence lock")
+            .replace(presence.clone())
+            .is_none_or(|old| &old != presence);
+        if changed && *self.state.borrow() == BridgeState::Connected {
+            let _ = self.out.send((own_presence(Some(presence)), None)).await;
+        }
+        // Gateway contacts and group chats see the gateway address.
+        self.parts.gateway.set_presence(sender, presence).await
+    }
+
+    async fn join_chat(&self, portal: &PortalRef, user: &MatrixSender) -> Result<(), NetworkError> {
+        self.client_for(portal).join_chat(portal, user).await
+    }
+
+    async fn leave_chat(
+        &self,
+        portal: &PortalRef,
+        user: &MatrixSender,
+    ) -> Result<(), NetworkError> {
+        self.client_for(portal).leave_chat(portal, user).await
+    }
+
+    async fn answer_contact_request(
+        &self,
+        user: &MatrixSender,
+        contact: &RemoteUserId,
+        accept: bool,
+    ) -> Result<(), NetworkError> {
+        self.direct
+            .answer_contact_request(user, contact, accept)
+            .await
+    }
+
+    async fn contacts(&self, _user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
+        Ok(self
+            .roster
+            .lock()
+            .expect("roster lock")
+            .keys()
+            .map(|c| Contact {
+                id: RemoteUserId::new(c.as_str()),
+                sees_presence: false,
+                watched: false,
+                pending: false,
+            })
+            .collect())
+    }
+
+    async fn logout(&self) -> Result<(), NetworkError> {
+        self.untrack();
+        self.stop.send_replace(true);
+        info!(user = %self.user, jid = %self.jid, "XMPP account logged out");
+        Ok(())
+    }
+}
+
+/// The login flow: JID, password, server.
+pub(super) struct PasswordLogin {
+    pub parts: Parts,
+    pub user: String,
+}
+
+fn field(id: &str, name: &str, secret: bool) -> LoginField {
+    LoginField {
+        id: id.into(),
+        name: name.into(),
+        secret,
+    }
+}
+
+/// Parses the values of a login into account data.
+fn parse_input(
+    parts: &Parts,
+    input: &BTreeMap<String, String>,
+) -> Result<AccountData, NetworkError> {
+    let get = |k: &str| {
+        input
+            .get(k)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty() && *v != "-")
+            .map(str::to_owned)
+    };
+    let raw = get("jid").ok_or_else(|| NetworkError::InvalidInput("the JID is missing".into()))?;
+    let raw = raw.strip_prefix("xmpp:").unwrap_or(&raw);
+    let jid = BareJid::from_str(raw)
+        .ok()
+        .filter(|j| j.node().is_some())
+        .ok_or_else(|| {
+            NetworkError::InvalidInput(format!("{raw:?} is not an account such as you@example.org"))
+        })?;
+    // A gateway address is a Matrix user, not an account.
+    if jid.domain().as_str() == parts.shared.addressing.component() {
+        return Err(NetworkError::InvalidInput(format!(
+            "{jid} is your address through the bridge, not an XMPP account"
+        )));
+    }
+    let password = input
+        .get("password")
+        .filter(|p| !p.is_empty())
+        .cloned()
+        .ok_or_else(|| NetworkError::InvalidInput("the password is missing".into()))?;
+    let (server, direct_tls) = match get("server") {
+        None => (None, false),
+        Some(s) => {
+            let (direct, rest) = match s.strip_prefix("tls:") {
+                Some(r) => (true, r.to_owned()),
+                None => (false, s),
+            };
+            host_port(&rest).map_err(NetworkError::InvalidInput)?;
+            (Some(rest), direct)
+        }
+    };
+    Ok(AccountData {
+        jid: jid.to_string(),
+        password,
+        server,
+        direct_tls,
+    })
+}
+
+#[async_trait]
+impl LoginProcess for PasswordLogin {
+    fn first_step(&mut self) -> LoginStep {
+        LoginStep::Input {
+            instructions: "Log in with your own XMPP account. Send `-` for an optional value to use the default.".into(),
+            fields: vec![
+                field("jid", "XMPP address (you@example.org)", false),
+                field("password", "password", true),
+                field(
+                    "server",
+                    "server host:port (`-`: the address's domain on port 5222; `tls:host:port` for direct TLS)",
+                    false,
+                ),
+            ],
+        }
+    }
+
+    async fn submit(&mut self, input: BTreeMap<String, String>) -> Result<LoginStep, NetworkError> {
+        let data = parse_input(&self.parts, &input)?;
+        let account = Account::new(self.parts.clone(), &self.user, data)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        account.start(Some(tx))?;
+        let running = account;
+        let outcome = tokio::time::timeout(Duration::from_secs(30), rx).await;
+        let failed = match outcome {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => Some(e),
+            Ok(Err(_)) => Some(NetworkError::Transient("the connection stopped".into())),
+            Err(_) => Some(NetworkError::Transient(
+                "could not log in within 30 s (is the server reachable?)".into(),
+            )),
+        };
+        if let Some(e) = failed {
+            running.untrack();
+            running.stop.send_replace(true);
+            return Err(e);
+        }
+        info!(user = %self.user, jid = %running.jid, "XMPP account logged in");
+        Ok(LoginStep::Complete {
+            login: running.login_data(),
+            client: running,
+        })
+    }
+}
+
+/// Restores a stored account: connects in the background and reports the state.
+pub(super) fn load(
+    parts: Parts,
+    user: &str,
+    login: &LoginData,
+) -> Result<Arc<dyn NetworkClient>, NetworkError> {
+    let data: AccountData = serde_json::from_value(login.data.clone())
+        .map_err(|e| NetworkError::Internal(format!("stored XMPP login does not read: {e}")))?;
+    let account = Account::new(parts, user, data)?;
+    account.start(None)?;
+    Ok(account)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_parse() {
+        assert_eq!(
+            host_port("xmpp.example.org").unwrap(),
+            ("xmpp.example.org".into(), 5222)
+        );
+        assert_eq!(
+            host_port("127.0.0.1:15222").unwrap(),
+            ("127.0.0.1".into(), 15222)
+        );
+        assert_eq!(host_port("[::1]:5223").unwrap(), ("::1".into(), 5223));
+        assert!(host_port("a:b").is_err());
+        assert!(host_port("::1").is_err());
+        assert!(host_port(":5222").is_err());
+        assert!(host_port("x@y:1").is_err());
+        assert!(host_port("h:0").is_err());
+    }
+}

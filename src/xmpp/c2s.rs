@@ -1,0 +1,822 @@
+//! Client connections (RFC 6120) for own-account logins: TLS (STARTTLS, or direct TLS on
+//! request), SASL SCRAM (PLAIN only inside TLS and only when no SCRAM is offered), resource
+//! binding, and stream management (XEP-0198) with resumption, so that a dropped connection
+//! loses no stanza in either direction. Reconnects with the component link's backoff.
+//!
+//! Stanzas cross this module as the connector's [`Stanza`] type. The parsers are built for
+//! the component namespace (`jabber:component:accept`), so stanzas are renamed from and to
+//! `jabber:client` at this boundary.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, BufStream};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_xmpp::xmlstream::{
+    PendingFeaturesRecv, ReadError, StreamHeader, Timeouts, XmlStream, initiate_stream,
+};
+use tracing::{debug, info, warn};
+use xmpp_parsers::jid::{BareJid, FullJid};
+use xmpp_parsers::minidom::{Element, Node};
+use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stream_features::StreamFeatures;
+
+use super::component::{Outgoing, backoff};
+use super::limits::{Guard, Limited};
+use super::scram::{Hash, Scram};
+use crate::network::BridgeState;
+
+const CLIENT_NS: &str = "jabber:client";
+const COMPONENT_NS: &str = "jabber:component:accept";
+const TLS_NS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+const SASL_NS: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+const BIND_NS: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+const SM_NS: &str = "urn:xmpp:sm:3";
+const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
+
+/// Any byte stream the session runs on (plain TCP before STARTTLS, TLS after).
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+type Io = BufStream<Limited<Box<dyn Conn>>>;
+type Xml = XmlStream<Io, Element>;
+
+/// How to reach and log in to the account's server.
+#[derive(Clone)]
+pub(super) struct Settings {
+    pub jid: BareJid,
+    pub password: String,
+    pub host: String,
+    pub port: u16,
+    /// The server may resolve to loopback or private addresses (allowed by the config).
+    pub allow_private: bool,
+    /// TLS from the first byte (XEP-0368 style) instead of STARTTLS.
+    pub direct_tls: bool,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub max_stanza_bytes: usize,
+    pub max_depth: usize,
+    /// The resource asked for.
+    pub resource: String,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("jid", &self.jid)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("direct_tls", &self.direct_tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a session could not be set up or ended.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SessionError {
+    /// The server refused the credentials; retrying will not help.
+    #[error("{0}")]
+    Auth(String),
+    /// Anything that may pass (network, server restart, a timeout).
+    #[error("{0}")]
+    Transient(String),
+}
+
+fn transient(e: impl std::fmt::Display) -> SessionError {
+    SessionError::Transient(e.to_string())
+}
+
+/// What the session reports to the account that owns it.
+#[async_trait::async_trait]
+pub(super) trait Events: Send + Sync {
+    /// One stanza from the server (in the component namespace); returns stanzas to answer.
+    async fn stanza(&self, stanza: Stanza) -> Vec<Stanza>;
+    /// The session is usable. `resumed` is false for a new session, which then needs its
+    /// initial stanzas (carbons, roster, presence): they are returned.
+    async fn online(&self, jid: &FullJid, resumed: bool) -> Vec<Stanza>;
+    /// The state changed.
+    async fn state(&self, state: BridgeState, detail: Option<String>);
+}
+
+/// Renames `from` to `to` as the namespace of `el` and of every descendant in `from`.
+pub(super) fn rename_ns(mut el: Element, from: &str, to: &str) -> Element {
+    let ns = el.ns();
+    let nodes = el.take_nodes();
+    let attrs = el.attrs().clone();
+    let mut out = Element::builder(el.name(), if ns == from { to } else { &ns }).build();
+    *out.attrs_mut() = attrs;
+    for node in nodes {
+        match node {
+            Node::Element(child) => {
+                out.append_child(rename_ns(child, from, to));
+            }
+            Node::Text(text) => out.append_text_node(text),
+        }
+    }
+    out
+}
+
+/// A stanza read in the client namespace, as the connector's type.
+pub(super) fn from_client(el: Element) -> Option<Stanza> {
+    let el = rename_ns(el, CLIENT_NS, COMPONENT_NS);
+    match el.name() {
+        "message" => xmpp_parsers::message::Message::try_from(el)
+            .ok()
+            .map(Stanza::Message),
+        "presence" => xmpp_parsers::presence::Presence::try_from(el)
+            .ok()
+            .map(Stanza::Presence),
+        "iq" => xmpp_parsers::iq::Iq::try_from(el).ok().map(Stanza::Iq),
+        _ => None,
+    }
+}
+
+/// The connector's stanza as it goes on a client stream.
+pub(super) fn to_client(stanza: Stanza) -> Element {
+    // The server stamps the session's address (RFC 6120 §8.1.2.1).
+    let el = match stanza {
+        Stanza::Message(m) => Element::from(m),
+        Stanza::Presence(p) => Element::from(p),
+        Stanza::Iq(iq) => Element::from(iq),
+    };
+    let mut el = rename_ns(el, COMPONENT_NS, CLIENT_NS);
+    el.attrs_mut()
+        .remove(xmpp_parsers::minidom::rxml::Namespace::none(), "from");
+    el
+}
+
+fn is_stanza(el: &Element) -> bool {
+    el.ns() == CLIENT_NS && matches!(el.name(), "message" | "presence" | "iq")
+}
+
+/// Stream management state that outlives one connection.
+#[derive(Default)]
+struct Sm {
+    /// The resumption ID, when the server allows resumption.
+    id: Option<String>,
+    /// Stanzas handled from the server (mod 2^32).
+    inbound: u32,
+    /// Stanzas sent and not yet acknowledged, with their sequence numbers.
+    unacked: VecDeque<(u32, Element)>,
+    /// Sequence number of the next stanza sent.
+    next_out: u32,
+    /// Whether the current connection has stream management enabled.
+    enabled: bool,
+    /// The full JID of the session.
+    bound: Option<FullJid>,
+}
+
+impl Sm {
+    /// Drops the stanzas the server acknowledged (`h` = count of stanzas it handled).
+    fn acked(&mut self, h: u32) {
+        while let Some((seq, _)) = self.unacked.front() {
+            // Sequence numbers are mod 2^32: `seq` is acknowledged when it is before `h`.
+            if h.wrapping_sub(*seq).wrapping_sub(1) < u32::MAX / 2 {
+                self.unacked.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn sent(&mut self, el: Element) {
+        if self.unacked.len() >= 10_000 {
+            // Never acknowledged: the oldest is given up rather than grow without bound.
+            self.unacked.pop_front();
+        }
+        self.unacked.push_back((self.next_out, el));
+        self.next_out = self.next_out.wrapping_add(1);
+    }
+}
+
+async fn read(xml: &mut Xml, guard: &Guard) -> Result<Element, SessionError> {
+    loop {
+        match xml.next().await {
+            Some(Ok(el)) => {
+                guard.stanza_done();
+                if el.is("error", STREAMS_NS) {
+                    let cond = el
+                        .children()
+                        .next()
+                        .map(|c| c.name().to_owned())
+                        .unwrap_or_default();
+                    return Err(SessionError::Transient(format!(
+                        "the server ended the stream ({cond})"
+                    )));
+                }
+                return Ok(el);
+            }
+            Some(Err(ReadError::SoftTimeout)) => continue,
+            Some(Err(e)) => return Err(transient(format!("read failed: {e}"))),
+            None => return Err(transient("the server closed the connection")),
+        }
+    }
+}
+
+async fn send(xml: &mut Xml, el: &Element) -> Result<(), SessionError> {
+    xml.send(el)
+        .await
+        .map_err(|e| transient(format!("write failed: {e}")))
+}
+
+fn header(domain: &str) -> StreamHeader<'static> {
+    StreamHeader {
+        to: Some(Cow::Owned(domain.to_owned())),
+        from: None,
+        id: None,
+    }
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        read_timeout: Duration::from_secs(60),
+        response_timeout: Duration::from_secs(30),
+    }
+}
+
+async fn recv_features(
+    pending: PendingFeaturesRecv<Io>,
+) -> Result<(StreamFeatures, Xml), SessionError> {
+    pending
+        .recv_features::<Element>()
+        .await
+        .map_err(|e| transient(format!("no stream features: {e}")))
+}
+
+fn limited(conn: Box<dyn Conn>, guard: &Guard) -> Io {
+    BufStream::new(Limited::new(conn, guard.clone()))
+}
+
+async fn tls(settings: &Settings, tcp: TcpStream) -> Result<Box<dyn Conn>, SessionError> {
+    let name = rustls::pki_types::ServerName::try_from(settings.jid.domain().as_str().to_owned())
+        .map_err(|e| {
+        transient(format!(
+            "{} is not a TLS server name: {e}",
+            settings.jid.domain()
+        ))
+    })?;
+    let tls = tokio_rustls::TlsConnector::from(settings.tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| transient(format!("TLS with {}: {e}", settings.jid.domain())))?;
+    Ok(Box::new(tls))
+}
+
+/// Connects, secures and authenticates: returns the stream ready for `bind` or `resume`.
+async fn authenticate(
+    settings: &Settings,
+    guard: &Guard,
+) -> Result<(StreamFeatures, Xml), SessionError> {
+    let domain = settings.jid.domain().as_str();
+    let addr = format!("{}:{}", settings.host, settings.port);
+    // Users choose the server: it must be public unless the config allows it, so that a
+    // login cannot make the bridge probe its own network. The address checked is the one
+    // connected to.
+    let target = tokio::net::lookup_host((settings.host.as_str(), settings.port))
+        .await
+        .map_err(|e| transient(format!("{addr}: {e}")))?
+        .find(|a| settings.allow_private || crate::media::is_public(a.ip()))
+        .ok_or_else(|| {
+            SessionError::Auth(format!(
+                "{addr} is not a public address; the bridge's administrator can allow it in networks.xmpp.accounts.allow_hosts"
+            ))
+        })?;
+    let tcp = tokio::time::timeout(Duration::from_secs(20), TcpStream::connect(target))
+        .await
+        .map_err(|_| transient(format!("{addr}: connection timed out")))?
+        .map_err(|e| transient(format!("{addr}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let secured = if settings.direct_tls {
+        tls(settings, tcp).await?
+    } else {
+        let pending = initiate_stream(BufStream::new(tcp), CLIENT_NS, header(domain), timeouts())
+            .await
+            .map_err(|e| transient(format!("stream with {addr}: {e}")))?;
+        let (features, mut xml) = pending
+            .recv_features::<Element>()
+            .await
+            .map_err(|e| transient(format!("no stream features: {e}")))?;
+        if !features.can_starttls() {
+            return Err(SessionError::Auth(format!(
+                "{domain} does not offer STARTTLS; the bridge never sends a password in the clear"
+            )));
+        }
+        xml.send(&Element::builder("starttls", TLS_NS).build())
+            .await
+            .map_err(|e| transient(format!("write failed: {e}")))?;
+        let answer = loop {
+            match xml.next().await {
+                Some(Ok(el)) => break el,
+                Some(Err(ReadError::SoftTimeout)) => continue,
+                Some(Err(e)) => return Err(transient(format!("read failed: {e}"))),
+                None => return Err(transient("the server closed the connection")),
+            }
+        };
+        if !answer.is("proceed", TLS_NS) {
+            return Err(transient(format!("{domain} refused STARTTLS")));
+        }
+        let tcp = xml.into_inner().into_inner();
+        tls(settings, tcp).await?
+    };
+    let pending = initiate_stream(
+        limited(secured, guard),
+        CLIENT_NS,
+        header(domain),
+        timeouts(),
+    )
+    .await
+    .map_err(|e| transient(format!("stream with {addr}: {e}")))?;
+    let (features, mut xml) = recv_features(pending).await?;
+    let offered: Vec<&str> = features
+        .sasl_mechanisms
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let user = settings.jid.node().map(|n| n.as_str()).unwrap_or_default();
+    match Hash::choose(offered.iter().copied()) {
+        Some(hash) => {
+            let mut scram = Scram::new(hash, user, &settings.password);
+            send(
+                &mut xml,
+                &Element::builder("auth", SASL_NS)
+                    .attr(
+                        xmpp_parsers::minidom::rxml::xml_ncname!("mechanism").to_owned(),
+                        hash.mechanism(),
+                    )
+                    .append(B64.encode(scram.client_first()))
+                    .build(),
+            )
+            .await?;
+            let challenge = sasl_step(&mut xml, guard).await?;
+            let SaslStep::Challenge(server_first) = challenge else {
+                return Err(transient("the server skipped the SCRAM challenge"));
+            };
+            let fin = scram
+                .client_final(&server_first)
+                .map_err(|e| SessionError::Auth(e.to_string()))?;
+            send(
+                &mut xml,
+                &Element::builder("response", SASL_NS)
+                    .append(B64.encode(fin))
+                    .build(),
+            )
+            .await?;
+            match sasl_step(&mut xml, guard).await? {
+                SaslStep::Success(server_final) => scram
+                    .verify(&server_final)
+                    .map_err(|e| SessionError::Auth(e.to_string()))?,
+                SaslStep::Challenge(server_final) => {
+                    scram
+                        .verify(&server_final)
+                        .map_err(|e| SessionError::Auth(e.to_string()))?;
+                    send(&mut xml, &Element::builder("response", SASL_NS).build()).await?;
+                    let SaslStep::Success(_) = sasl_step(&mut xml, guard).await? else {
+                        return Err(transient("the server did not finish SCRAM"));
+                    };
+                }
+            }
+        }
+        None if offered.contains(&"PLAIN") => {
+            let payload = format!("\0{user}\0{}", settings.password);
+            send(
+                &mut xml,
+                &Element::builder("auth", SASL_NS)
+                    .attr(
+                        xmpp_parsers::minidom::rxml::xml_ncname!("mechanism").to_owned(),
+                        "PLAIN",
+                    )
+                    .append(B64.encode(payload))
+                    .build(),
+            )
+            .await?;
+            let SaslStep::Success(_) = sasl_step(&mut xml, guard).await? else {
+                return Err(transient("the server sent a challenge for PLAIN"));
+            };
+        }
+        None => {
+            return Err(SessionError::Auth(format!(
+                "{domain} offers no SASL mechanism the bridge speaks (offered: {})",
+                offered.join(", ")
+            )));
+        }
+    }
+    let pending = xml
+        .initiate_reset()
+        .send_header(header(domain))
+        .await
+        .map_err(|e| transient(format!("stream restart: {e}")))?;
+    recv_features(pending).await
+}
+
+enum SaslStep {
+    Challenge(String),
+    Success(String),
+}
+
+async fn sasl_step(xml: &mut Xml, guard: &Guard) -> Result<SaslStep, SessionError> {
+    let el = read(xml, guard).await?;
+    let text = || {
+        B64.decode(el.text().trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default()
+    };
+    if el.is("challenge", SASL_NS) {
+        Ok(SaslStep::Challenge(text()))
+    } else if el.is("success", SASL_NS) {
+        Ok(SaslStep::Success(text()))
+    } else if el.is("failure", SASL_NS) {
+        let cond = el
+            .children()
+            .find(|c| c.name() != "text")
+            .map(|c| c.name().to_owned())
+            .unwrap_or_else(|| "failure".into());
+        let words = el
+            .children()
+            .find(|c| c.name() == "text")
+            .map(|t| format!(": {}", t.text()))
+            .unwrap_or_default();
+        if cond == "temporary-auth-failure" {
+            Err(transient(format!(
+                "the server could not check the password now{words}"
+            )))
+        } else {
+            Err(SessionError::Auth(format!(
+                "the server refused the login ({cond}{words})"
+            )))
+        }
+    } else {
+        Err(transient(format!(
+            "unexpected <{}/> during SASL",
+            el.name()
+        )))
+    }
+}
+
+/// Binds a resource; returns the full JID the server gave.
+async fn bind(xml: &mut Xml, guard: &Guard, resource: &str) -> Result<FullJid, SessionError> {
+    let iq = Element::builder("iq", CLIENT_NS)
+        .attr(
+            xmpp_parsers::minidom::rxml::xml_ncname!("type").to_owned(),
+            "set",
+        )
+        .attr(
+            xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
+            "bind-1",
+        )
+        .append(
+            Element::builder("bind", BIND_NS)
+                .append(
+                    Element::builder("resource", BIND_NS)
+                        .append(resource)
+                        .build(),
+                )
+                .build(),
+        )
+        .build();
+    send(xml, &iq).await?;
+    loop {
+        let el = read(xml, guard).await?;
+        if !(el.name() == "iq" && el.attr("id") == Some("bind-1")) {
+            debug!(name = el.name(), "ignored before the resource is bound");
+            continue;
+        }
+        if el.attr("type") != Some("result") {
+            return Err(transient("the server refused to bind a resource"));
+        }
+        let jid = el
+            .get_child("bind", BIND_NS)
+            .and_then(|b| b.get_child("jid", BIND_NS))
+            .map(|j| j.text())
+            .ok_or_else(|| transient("the bind result has no JID"))?;
+        return jid
+            .parse::<FullJid>()
+            .map_err(|e| transient(format!("the server bound an invalid JID: {e}")));
+    }
+}
+
+/// What ended one connection.
+enum Ended {
+    Stop,
+    Dropped(String),
+}
+
+/// Runs the account's session until `stop` turns true.
+pub(super) async fn run(
+    settings: Settings,
+    events: Arc<dyn Events>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sm = Sm::default();
+    let mut attempt = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        events.state(BridgeState::Connecting, None).await;
+        let guard = Guard::new(settings.max_stanza_bytes, settings.max_depth);
+        let connected = tokio::select! {
+            c = connect(&settings, &guard, &mut sm) => c,
+            _ = stop.changed() => return,
+        };
+        match connected {
+            Ok((mut xml, jid, resumed, early)) => {
+                attempt = 0;
+                info!(jid = %jid, resumed, "XMPP account online");
+                events.state(BridgeState::Connected, None).await;
+                let mut initial = events.online(&jid, resumed).await;
+                for el in early.into_iter().filter(is_stanza) {
+                    if let Some(stanza) = from_client(el) {
+                        initial.extend(events.stanza(stanza).await);
+                    }
+                }
+                match serve(
+                    &mut xml,
+                    &settings,
+                    &guard,
+                    &mut sm,
+                    events.as_ref(),
+                    initial,
+                    &mut outgoing,
+                    &mut stop,
+                )
+                .await
+                {
+                    Ended::Stop => {
+                        let _ = send(
+                            &mut xml,
+                            &Element::builder("presence", CLIENT_NS)
+                                .attr(
+                                    xmpp_parsers::minidom::rxml::xml_ncname!("type").to_owned(),
+                                    "unavailable",
+                                )
+                                .build(),
+                        )
+                        .await;
+                        let _ = SinkExt::<&Element>::close(&mut xml).await;
+                        return;
+                    }
+                    Ended::Dropped(why) => {
+                        warn!(jid = %settings.jid, reason = %why, "XMPP account connection lost; reconnecting");
+                        events
+                            .state(BridgeState::TransientDisconnect, Some(why))
+                            .await;
+                    }
+                }
+            }
+            Err(SessionError::Auth(why)) => {
+                warn!(jid = %settings.jid, reason = %why, "XMPP account login refused");
+                events.state(BridgeState::BadCredentials, Some(why)).await;
+                // Nothing will change until the user logs in again.
+                let _ = stop.changed().await;
+                return;
+            }
+            Err(SessionError::Transient(why)) => {
+                warn!(jid = %settings.jid, reason = %why, attempt, "XMPP account connection failed; retrying");
+                events
+                    .state(BridgeState::TransientDisconnect, Some(why))
+                    .await;
+            }
+        }
+        let delay = backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Sets up a session: resumes the previous one when the server still has it, else binds a
+/// new resource (and resends what the old session never got acknowledged).
+async fn connect(
+    settings: &Settings,
+    guard: &Guard,
+    sm: &mut Sm,
+) -> Result<(Xml, FullJid, bool, Vec<Element>), SessionError> {
+    let (features, mut xml) = authenticate(settings, guard).await?;
+    let offers_sm = features.stream_management.is_some();
+    sm.enabled = false;
+    if offers_sm && let Some(previd) = sm.id.clone() {
+        send(
+            &mut xml,
+            &Element::builder("resume", SM_NS)
+                .attr(
+                    xmpp_parsers::minidom::rxml::xml_ncname!("previd").to_owned(),
+                    previd.as_str(),
+                )
+                .attr(
+                    xmpp_parsers::minidom::rxml::xml_ncname!("h").to_owned(),
+                    sm.inbound.to_string(),
+                )
+                .build(),
+        )
+        .await?;
+        let el = read(&mut xml, guard).await?;
+        if el.is("resumed", SM_NS) {
+            let h = el.attr("h").and_then(|h| h.parse().ok()).unwrap_or(0);
+            sm.acked(h);
+            sm.enabled = true;
+            let resend: Vec<Element> = sm.unacked.iter().map(|(_, e)| e.clone()).collect();
+            for el in &resend {
+                send(&mut xml, el).await?;
+            }
+            info!(jid = %settings.jid, resent = resend.len(), "XMPP stream resumed");
+            let jid = sm
+                .bound
+                .clone()
+                .ok_or_else(|| transient("resumed a stream never bound"))?;
+            return Ok((xml, jid, true, Vec::new()));
+        }
+        debug!(jid = %settings.jid, "the server could not resume the stream; starting a new session");
+        if let Some(h) = el.attr("h").and_then(|h| h.parse().ok()) {
+            sm.acked(h);
+        }
+        sm.id = None;
+    }
+    let jid = bind(&mut xml, guard, &settings.resource).await?;
+    sm.inbound = 0;
+    // What the old session never got acknowledged goes out again on the new one.
+    let pending: Vec<Element> = std::mem::take(&mut sm.unacked)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    sm.next_out = 0;
+    let mut early = Vec::new();
+    if offers_sm {
+        send(
+            &mut xml,
+            &Element::builder("enable", SM_NS)
+                .attr(
+                    xmpp_parsers::minidom::rxml::xml_ncname!("resume").to_owned(),
+                    "true",
+                )
+                .build(),
+        )
+        .await?;
+        // Stanzas before the answer are not counted; they are handled first once the
+        // session runs.
+        let el = loop {
+            let el = read(&mut xml, guard).await?;
+            if el.has_ns(SM_NS) {
+                break el;
+            }
+            early.push(el);
+        };
+        if el.is("enabled", SM_NS) {
+            sm.enabled = true;
+            sm.id = (el.attr("resume") == Some("true") || el.attr("resume") == Some("1"))
+                .then(|| el.attr("id").map(str::to_owned))
+                .flatten();
+            debug!(jid = %settings.jid, resumable = sm.id.is_some(), "stream management on");
+        } else {
+            debug!(jid = %settings.jid, "the server refused stream management");
+        }
+    }
+    for el in pending {
+        send(&mut xml, &el).await?;
+        if sm.enabled {
+            sm.sent(el);
+        }
+    }
+    sm.bound = Some(jid.clone());
+    Ok((xml, jid, false, early))
+}
+
+fn ack(h: u32) -> Element {
+    Element::builder("a", SM_NS)
+        .attr(
+            xmpp_parsers::minidom::rxml::xml_ncname!("h").to_owned(),
+            h.to_string(),
+        )
+        .build()
+}
+
+/// Reads and writes until the connection drops or the account stops.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    xml: &mut Xml,
+    settings: &Settings,
+    guard: &Guard,
+    sm: &mut Sm,
+    events: &dyn Events,
+    initial: Vec<Stanza>,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let write = async |xml: &mut Xml, sm: &mut Sm, stanza: Stanza| -> Result<(), String> {
+        let el = to_client(stanza);
+        xml.send(&el)
+            .await
+            .map_err(|e| format!("write failed: {e}"))?;
+        if sm.enabled {
+            sm.sent(el);
+            if sm.unacked.len().is_multiple_of(5) {
+                xml.send(&Element::builder("r", SM_NS).build())
+                    .await
+                    .map_err(|e| format!("write failed: {e}"))?;
+            }
+        }
+        Ok(())
+    };
+    for s in initial {
+        if let Err(e) = write(xml, sm, s).await {
+            return Ended::Dropped(e);
+        }
+    }
+    let mut ping = tokio::time::interval(Duration::from_secs(60));
+    ping.tick().await;
+    let mut waiting_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            read = xml.next() => {
+                let el = match read {
+                    Some(Ok(el)) => el,
+                    Some(Err(ReadError::SoftTimeout)) => continue,
+                    Some(Err(e)) => return Ended::Dropped(format!("read failed: {e}")),
+                    None => return Ended::Dropped("the server closed the connection".into()),
+                };
+                guard.stanza_done();
+                waiting_since = None;
+                if el.is("r", SM_NS) {
+                    if let Err(e) = xml.send(&ack(sm.inbound)).await {
+                        return Ended::Dropped(format!("write failed: {e}"));
+                    }
+                    continue;
+                }
+                if el.is("a", SM_NS) {
+                    if let Some(h) = el.attr("h").and_then(|h| h.parse().ok()) {
+                        sm.acked(h);
+                    }
+                    continue;
+                }
+                if el.is("error", STREAMS_NS) {
+                    let cond = el.children().next().map(|c| c.name().to_owned()).unwrap_or_default();
+                    if cond == "conflict" {
+                        // Another session took our resource: resumption is over.
+                        sm.id = None;
+                    }
+                    return Ended::Dropped(format!("the server ended the stream ({cond})"));
+                }
+                if !is_stanza(&el) {
+                    debug!(name = el.name(), ns = el.ns(), "unexpected element on the client stream; ignored");
+                    continue;
+                }
+                if sm.enabled {
+                    sm.inbound = sm.inbound.wrapping_add(1);
+                }
+                let Some(stanza) = from_client(el) else {
+                    debug!("unparsable stanza from the account's server; ignored");
+                    continue;
+                };
+                for answer in events.stanza(stanza).await {
+                    if let Err(e) = write(xml, sm, answer).await {
+                        return Ended::Dropped(e);
+                    }
+                }
+            }
+            out = outgoing.recv() => {
+                let Some((stanza, done)) = out else {
+                    return Ended::Stop;
+                };
+                let result = write(xml, sm, stanza).await;
+                let failed = result.as_ref().err().cloned();
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+                if let Some(e) = failed {
+                    return Ended::Dropped(e);
+                }
+            }
+            _ = ping.tick() => {
+                // A silent connection may be dead: ask for an acknowledgement (or send
+                // whitespace without stream management), and give up when nothing comes.
+                if let Some(since) = waiting_since && since.elapsed() > Duration::from_secs(90) {
+                    return Ended::Dropped("the server stopped answering".into());
+                }
+                let probe = if sm.enabled {
+                    xml.send(&Element::builder("r", SM_NS).build()).await
+                } else {
+                    let iq = xmpp_parsers::iq::Iq::Get {
+                        from: None,
+                        to: Some(BareJid::from_parts(None, settings.jid.domain()).into()),
+                        id: format!("ping-{}", crate::network::now_ms()),
+                        payload: Element::builder("ping", xmpp_parsers::ns::PING).build(),
+                    };
+                    xml.send(&to_client(Stanza::Iq(iq))).await
+                };
+                if let Err(e) = probe {
+                    return Ended::Dropped(format!("write failed: {e}"));
+                }
+                waiting_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            _ = stop.changed() => return Ended::Stop,
+        }
+    }
+}
