@@ -2159,3 +2159,89 @@ async fn own_account_resumes_its_stream_and_loses_nothing_after_a_network_cut() 
         "the account resumed its stream (XEP-0198) instead of starting a new session"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn own_account_catches_up_from_the_archive_after_the_bridge_was_down() {
+    let _s = serial();
+    let mut bridge = own_account_bridge().await;
+    // carol's phone stays online: what bob writes while the bridge is down goes there, and
+    // into carol's archive.
+    let mut carol_phone = XmppUser::login("carol").await;
+    let mut bob = XmppUser::login("bob").await;
+    let alice = MatrixUser::register("xmam").await;
+    let mgmt = management_room(&alice).await;
+    let done = login_xmpp(&alice, &mgmt, "carol@localhost", "carolpass").await;
+    assert!(done.contains("carol@localhost"), "{done}");
+    wait_metric(&bridge, r#"logins{network="xmpp",state="CONNECTED"} 2"#).await;
+
+    let tag = unique();
+    let first = format!("before the gap {tag}");
+    bob.say("carol@localhost", &first).await;
+    let room = alice.wait_for_invite(Duration::from_secs(20)).await;
+    alice.join(&room).await;
+    alice
+        .wait_for_event(&room, "bob's first message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == first.as_str()
+        })
+        .await;
+    // And one from alice, which the archive also holds: it must not come back.
+    let mine = format!("alice before the gap {tag}");
+    alice.send_text(&room, &mine).await;
+    bob.wait_message(&mine).await;
+
+    bridge.stop().await;
+    let gap_started = common::now_ms();
+    let during: Vec<String> = (1..=10)
+        .map(|n| format!("during the gap {n} {tag}"))
+        .collect();
+    for text in &during {
+        bob.say("carol@localhost", text).await;
+        carol_phone.wait_message(text).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarted = common::now_ms();
+    bridge.restart().await;
+
+    let last = during.last().unwrap().clone();
+    alice
+        .wait_for_event(
+            &room,
+            "the gap's last message",
+            Duration::from_secs(40),
+            |e| e["content"]["body"] == last.as_str(),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = alice.messages(&room).await;
+    let ours: Vec<&serde_json::Value> = events
+        .iter()
+        .rev()
+        .filter(|e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.ends_with(tag.as_str()))
+        })
+        .collect();
+    let bodies: Vec<&str> = ours
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    let mut expected = vec![first.as_str(), mine.as_str()];
+    expected.extend(during.iter().map(String::as_str));
+    assert_eq!(bodies, expected, "each message once, in order, and no echo");
+    assert!(
+        bridge.log().contains("archive page bridged"),
+        "the gap came from the archive (XEP-0313)"
+    );
+    for e in ours.iter().filter(|e| {
+        e["content"]["body"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("during"))
+    }) {
+        let ts = e["origin_server_ts"].as_u64().unwrap();
+        assert!(
+            ts >= gap_started.saturating_sub(1000) && ts < restarted,
+            "a message from the gap keeps the time it was sent ({ts}, gap {gap_started}..{restarted})"
+        );
+    }
+}

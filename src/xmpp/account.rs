@@ -40,6 +40,14 @@ use crate::network::{
 const CARBONS: &str = "urn:xmpp:carbons:2";
 const FORWARD: &str = "urn:xmpp:forward:0";
 const ROSTER: &str = "jabber:iq:roster";
+const MAM: &str = "urn:xmpp:mam:2";
+const RSM: &str = "http://jabber.org/protocol/rsm";
+/// Pages of archive asked for at most in one catch-up.
+const MAM_PAGES: usize = 20;
+/// Messages per archive page.
+const MAM_PAGE: usize = 100;
+/// Messages fetched from the archive at the first login.
+const MAM_FIRST: usize = 20;
 /// At most this many roster contacts get a portal at login; the rest get one when they write.
 const ROSTER_PORTALS: usize = 100;
 
@@ -350,6 +358,159 @@ impl Account {
         }
     }
 
+    /// The store key of the last archived message (XEP-0313) the bridge has seen.
+    fn archive_key(&self) -> String {
+        format!("mam:{}\u{1f}{}", self.user, self.jid)
+    }
+
+    /// Remembers the archive ID of a message handled live, so that the next catch-up
+    /// starts after it.
+    fn note_archived(&self, msg: &Message) {
+        let own = self.jid.to_string();
+        let Some(id) = msg
+            .payloads
+            .iter()
+            .find(|p| p.is("stanza-id", ns::SID) && p.attr("by") == Some(own.as_str()))
+            .and_then(|p| p.attr("id"))
+        else {
+            return;
+        };
+        if let Ok(store) = self.parts.shared.store()
+            && let Err(e) = store.put(&self.archive_key(), &serde_json::Value::from(id))
+        {
+            warn!(error = %e, "could not store the archive position");
+        }
+    }
+
+    /// Catches up from the account's archive (XEP-0313): every message after the last one
+    /// the bridge saw, page by page; at the first login, the latest few. Results arrive as
+    /// messages before the answer and are bridged as they come; the core drops what it
+    /// already has, by message ID.
+    async fn catch_up(self: Arc<Self>) {
+        let Ok(store) = self.parts.shared.store() else {
+            return;
+        };
+        let key = self.archive_key();
+        let mut after = store
+            .get(&key)
+            .ok()
+            .flatten()
+            .and_then(|v| v.as_str().map(str::to_owned));
+        let mut fetched_latest = false;
+        for _ in 0..MAM_PAGES {
+            let set = match &after {
+                Some(a) => Element::builder("set", RSM)
+                    .append(
+                        Element::builder("max", RSM)
+                            .append(MAM_PAGE.to_string())
+                            .build(),
+                    )
+                    .append(Element::builder("after", RSM).append(a.as_str()).build())
+                    .build(),
+                None => {
+                    fetched_latest = true;
+                    Element::builder("set", RSM)
+                        .append(
+                            Element::builder("max", RSM)
+                                .append(MAM_FIRST.to_string())
+                                .build(),
+                        )
+                        .append(Element::builder("before", RSM).build())
+                        .build()
+                }
+            };
+            let query = Element::builder("query", MAM)
+                .attr(xml_name("queryid"), format!("q{:x}", rand::random::<u64>()))
+                .append(set)
+                .build();
+            let answer = self
+                .parts
+                .shared
+                .request_via(&self.out, None, Jid::from(self.jid.clone()), true, query)
+                .await;
+            let fin = match answer {
+                Ok(Ok(Some(fin))) => fin,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) if after.is_some() && !fetched_latest && e.contains("ItemNotFound") => {
+                    // The last message seen left the archive: start again from the latest.
+                    warn!(jid = %self.jid, "the archive no longer has the last message seen; fetching the latest");
+                    after = None;
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    warn!(jid = %self.jid, error = e, "the server refused the archive query");
+                    return;
+                }
+                Err(e) => {
+                    warn!(jid = %self.jid, error = %e, "no answer to the archive query");
+                    return;
+                }
+            };
+            let complete = matches!(fin.attr("complete"), Some("true" | "1"));
+            let last = fin
+                .get_child("set", RSM)
+                .and_then(|s| s.get_child("last", RSM))
+                .map(|l| l.text());
+            if let Some(last) = &last
+                && let Err(e) = store.put(&key, &serde_json::Value::from(last.as_str()))
+            {
+                warn!(error = %e, "could not store the archive position");
+            }
+            debug!(jid = %self.jid, complete, last = ?last, "archive page bridged");
+            if complete || fetched_latest || last.is_none() {
+                return;
+            }
+            after = last;
+        }
+        info!(jid = %self.jid, pages = MAM_PAGES, "archive catch-up stopped at its page limit");
+    }
+
+    /// A message from the account's archive: the copied message, at its archived time.
+    async fn archived(&self, msg: &Message) -> bool {
+        let Some(result) = msg.payloads.iter().find(|p| p.is("result", MAM)) else {
+            return false;
+        };
+        // Only the account's own archive answers to the account.
+        if msg
+            .from
+            .as_ref()
+            .is_some_and(|f| f != &Jid::from(self.jid.clone()))
+        {
+            warn!(from = ?msg.from, "archive result from someone else dropped");
+            return true;
+        }
+        let Some(forwarded) = result.get_child("forwarded", FORWARD) else {
+            return true;
+        };
+        let Some(inner) = forwarded.children().find(|c| c.name() == "message") else {
+            return true;
+        };
+        let Ok(mut inner) = Message::try_from(inner.clone()) else {
+            return true;
+        };
+        if !inner.payloads.iter().any(|p| p.is("delay", ns::DELAY))
+            && let Some(delay) = forwarded.get_child("delay", ns::DELAY)
+        {
+            inner.payloads.push(delay.clone());
+        }
+        if !matches!(
+            inner.type_,
+            xmpp_parsers::message::MessageType::Chat | xmpp_parsers::message::MessageType::Normal
+        ) {
+            return true;
+        }
+        if inner.from.as_ref().is_some_and(|f| f.to_bare() == self.jid) {
+            self.parts
+                .handler
+                .sent_elsewhere(inner, &self.jid, &self.user)
+                .await;
+        } else {
+            // Receipts and the like were answered when the message was new.
+            let _ = self.parts.handler.stanza(inner.into()).await;
+        }
+        true
+    }
+
     /// Answers IQs addressed to the account's connection.
     async fn iq(&self, iq: Iq) -> Vec<Stanza> {
         let own = Jid::from(self.jid.clone());
@@ -556,13 +717,18 @@ impl c2s::Events for Account {
                     }
                     return Vec::new();
                 }
+                if self.archived(&msg).await {
+                    return Vec::new();
+                }
                 if msg.from.as_ref().is_some_and(|f| f.to_bare() == self.jid) {
                     return Vec::new();
                 }
                 if msg.type_ == xmpp_parsers::message::MessageType::Groupchat {
                     return Vec::new();
                 }
-                self.parts.handler.stanza(msg.into()).await
+                let answers = self.parts.handler.stanza(msg.clone().into()).await;
+                self.note_archived(&msg);
+                answers
             }
             Stanza::Presence(p) => {
                 // The account's other clients, and group chats joined from them.
@@ -584,7 +750,10 @@ impl c2s::Events for Account {
             return Vec::new();
         }
         if let Some(me) = self.this.upgrade() {
-            tokio::spawn(me.sync_roster());
+            tokio::spawn(async move {
+                me.clone().sync_roster().await;
+                me.catch_up().await;
+            });
         }
         let carbons = Iq::Set {
             from: None,

@@ -110,6 +110,15 @@ fn message_id(msg: &Message) -> String {
         .unwrap_or_else(|| format!("noid-{}", crate::network::now_ms()))
 }
 
+/// The original time of a delayed message (XEP-0203), in milliseconds.
+fn delay_ms(msg: &Message) -> Option<u64> {
+    msg.payloads
+        .iter()
+        .find(|p| p.is("delay", ns::DELAY))
+        .and_then(|d| d.attr("stamp"))
+        .and_then(super::time::parse)
+}
+
 impl Handler {
     /// Pushes what an inbound message with content carries: a correction, a retraction or a
     /// reaction set (diffed against the sender's previous set), else a new message (a reply
@@ -322,8 +331,9 @@ impl Handler {
             return;
         };
         let me = own.to_string();
+        let sent_at = delay_ms(&msg);
         let base = |kind| {
-            let mut ev = RemoteEvent::direct(&contact.to_string(), user, kind);
+            let mut ev = RemoteEvent::direct(&contact.to_string(), user, kind).at(sent_at);
             ev.sender = crate::network::RemoteUserId::new(me.as_str());
             ev
         };
@@ -360,8 +370,13 @@ impl Handler {
             .find(|p| p.is("nick", ns::NICK))
             .map(Element::text)
             .filter(|n| !n.trim().is_empty());
-        let base =
-            |kind| RemoteEvent::direct(&contact.to_string(), &user, kind).named(nick.clone());
+        // Offline storage and archives mark the original time (XEP-0203).
+        let sent_at = delay_ms(&msg);
+        let base = |kind| {
+            RemoteEvent::direct(&contact.to_string(), &user, kind)
+                .named(nick.clone())
+                .at(sent_at)
+        };
         if nick.is_none() {
             self.fetch_name(&contact, &user);
         }
@@ -509,12 +524,7 @@ impl Handler {
             .and_then(|r| r.occupants.get(&nick).cloned().flatten());
         let sender = muc::occupant_id(&room, &nick, real.as_deref());
         // History replayed on (re)join keeps its original time.
-        let delayed = msg
-            .payloads
-            .iter()
-            .find(|p| p.is("delay", ns::DELAY))
-            .and_then(|d| d.attr("stamp"))
-            .and_then(super::time::parse);
+        let delayed = delay_ms(&msg);
         self.note_seen(&room_str, delayed.unwrap_or_else(crate::network::now_ms));
         let base = |kind| {
             RemoteEvent::group(&room_str, &sender, kind)

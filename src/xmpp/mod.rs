@@ -350,6 +350,24 @@ impl Connector for Xmpp {
 
     async fn stop(&self) {
         self.stop.send_replace(true);
+        // Own accounts end their sessions cleanly, so that their servers deliver to the
+        // users' other clients (or store) instead of holding messages for a session that
+        // will not come back.
+        let accounts: Vec<_> = self
+            .handler
+            .shared
+            .accounts
+            .lock()
+            .expect("accounts lock")
+            .values()
+            .map(|(_, stop)| stop.clone())
+            .collect();
+        for stop in &accounts {
+            stop.send_replace(true);
+        }
+        if !accounts.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
     }
 
     fn bridge_client(&self) -> Option<Arc<dyn NetworkClient>> {
