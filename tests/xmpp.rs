@@ -2245,3 +2245,113 @@ async fn own_account_catches_up_from_the_archive_after_the_bridge_was_down() {
         );
     }
 }
+
+/// The avatar URL of `user`'s profile, as `viewer` sees it.
+async fn avatar_of(viewer: &MatrixUser, user: &str) -> Option<String> {
+    let (status, v) = viewer
+        .call("GET", &format!("/profile/{}", enc(user)), None)
+        .await;
+    (status == 200)
+        .then(|| v["avatar_url"].as_str().map(str::to_owned))
+        .flatten()
+        .filter(|u| !u.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn avatars_cross_both_ways_and_an_unchanged_one_is_not_uploaded_again() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let _s = serial();
+    let mut bridge = xmpp_bridge().await;
+    let mut frank = XmppUser::login("frank").await;
+    let picture = tiny_png();
+    frank
+        .send_xml(&format!(
+            "<iq type='set' id='vc-a' xmlns='jabber:client'><vCard xmlns='vcard-temp'><FN>Frank Avatar</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>{}</BINVAL></PHOTO></vCard></iq>",
+            b64.encode(&picture)
+        ))
+        .await;
+    frank
+        .wait("the vCard stored", |e| e.attr("id") == Some("vc-a"))
+        .await;
+    let hash: String = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &picture)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let alice = MatrixUser::register("xavatar").await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+    let announce = format!(
+        "<presence xmlns='jabber:client' to='{address}'><x xmlns='vcard-temp:x:update'><photo>{hash}</photo></x></presence>"
+    );
+
+    // XMPP → Matrix: the announced picture becomes the ghost's avatar.
+    frank.send_xml(&announce).await;
+    let ghost = xmpp_ghost("frank@localhost");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mxc = loop {
+        if let Some(url) = avatar_of(&alice, &ghost).await {
+            break url;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ghost never got frank's picture"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(alice.download(&mxc).await, picture);
+
+    // After a restart the same picture is announced again: it is recognised by its hash and
+    // not uploaded again.
+    bridge.restart().await;
+    wait_metric(&bridge, CONNECTED).await;
+    frank.send_xml(&announce).await;
+    wait_metric(
+        &bridge,
+        r#"bridge_events_total{direction="to_matrix",result="unchanged",type="avatar"} 1"#,
+    )
+    .await;
+    assert_eq!(avatar_of(&alice, &ghost).await, Some(mxc));
+
+    // Matrix → XMPP: alice's avatar and name answer a vCard request to her address.
+    let mut mine = tiny_png();
+    mine.extend_from_slice(b" alice's own");
+    let alice_mxc = alice.upload(mine.clone(), "image/png").await;
+    let me = enc(&alice.user_id);
+    alice
+        .ok(
+            "PUT",
+            &format!("/profile/{me}/avatar_url"),
+            Some(&serde_json::json!({"avatar_url": alice_mxc})),
+        )
+        .await;
+    alice
+        .ok(
+            "PUT",
+            &format!("/profile/{me}/displayname"),
+            Some(&serde_json::json!({"displayname": "Alice Avatar"})),
+        )
+        .await;
+    frank
+        .send_xml(&format!(
+            "<iq type='get' id='vc-b' to='{address}' xmlns='jabber:client'><vCard xmlns='vcard-temp'/></iq>"
+        ))
+        .await;
+    let answer = frank
+        .wait("alice's vCard", |e| e.attr("id") == Some("vc-b"))
+        .await;
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    let card = answer
+        .children()
+        .find(|c| c.name() == "vCard")
+        .expect("a vCard");
+    let fname = card.children().find(|c| c.name() == "FN").map(|f| f.text());
+    assert_eq!(fname.as_deref(), Some("Alice Avatar"));
+    let binval = card
+        .children()
+        .find(|c| c.name() == "PHOTO")
+        .and_then(|p| p.children().find(|c| c.name() == "BINVAL"))
+        .map(|b| b.text())
+        .expect("a picture in the vCard");
+    assert_eq!(b64.decode(binval.trim()).unwrap(), mine);
+}

@@ -1,11 +1,14 @@
 //! Ghosts: Matrix users standing for remote users. Registered on first use, profile written
 //! only when it changed.
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Bridge, BridgeError, room_id, user_id};
 use crate::network::{NetworkId, RemoteUserId};
 use crate::store::GhostRecord;
+
+/// Largest remote avatar the bridge uploads.
+const AVATAR_MAX_BYTES: usize = 1 << 20;
 
 impl Bridge {
     /// Makes sure the ghost of `remote` exists on the homeserver with an up-to-date display
@@ -25,6 +28,7 @@ impl Bridge {
             remote_id: remote.to_string(),
             displayname: None,
             avatar_url: None,
+            avatar_hash: None,
             registered: false,
         });
         if !record.registered {
@@ -65,6 +69,83 @@ impl Bridge {
             self.metrics.ghosts.set(self.store.ghost_count() as i64);
         }
         Ok(mxid)
+    }
+
+    /// Sets the avatar of the ghost of `remote` from the network's picture, unless the ghost
+    /// already shows the picture with this hash. Returns what happened, for the metrics.
+    pub async fn set_ghost_avatar(
+        &self,
+        network: &NetworkId,
+        remote: &RemoteUserId,
+        name: Option<&str>,
+        hash: &str,
+        data: Option<&[u8]>,
+    ) -> Result<&'static str, BridgeError> {
+        let mxid = self.ensure_ghost(network, remote, name).await?;
+        let Some(mut record) = self.store.ghost(&mxid)? else {
+            return Ok("no_ghost");
+        };
+        if record.avatar_hash.as_deref() == Some(hash) {
+            return Ok("unchanged");
+        }
+        let uid = user_id(&mxid)?;
+        let url = match data {
+            None => None,
+            Some(bytes) => {
+                if bytes.len() > AVATAR_MAX_BYTES {
+                    warn!(ghost = %mxid, bytes = bytes.len(), "avatar too large; not set");
+                    return Ok("too_large");
+                }
+                let Some(mimetype) = crate::media::sniff(bytes).filter(|m| m.starts_with("image/"))
+                else {
+                    warn!(ghost = %mxid, "avatar is not a known image format; not set");
+                    return Ok("not_an_image");
+                };
+                Some(
+                    self.hs
+                        .upload(Some(&uid), bytes.to_vec(), mimetype, "avatar")
+                        .await?,
+                )
+            }
+        };
+        self.hs.set_avatar_url(Some(&uid), url.as_deref()).await?;
+        debug!(ghost = %mxid, avatar = ?url, "updated ghost avatar");
+        record.avatar_url = url;
+        record.avatar_hash = Some(hash.to_owned());
+        self.store.put_ghost(&record)?;
+        Ok("ok")
+    }
+
+    /// The profile of a Matrix user who may use the bridge, avatar included when it is
+    /// small enough, for networks that show it.
+    pub async fn matrix_profile(&self, user: &str) -> Option<crate::network::MatrixProfile> {
+        if self.in_namespace(user) || self.level(user) < super::PermissionLevel::User {
+            return None;
+        }
+        let uid = ruma::UserId::parse(user).ok()?;
+        let (displayname, avatar_url) = self.hs.get_profile(&uid).await.ok()?;
+        let avatar = match avatar_url.as_deref().and_then(|u| u.strip_prefix("mxc://")) {
+            Some(rest) => {
+                let (server, id) = rest.split_once('/')?;
+                match self.hs.download(server, id).await {
+                    Ok((bytes, _)) if bytes.len() <= AVATAR_MAX_BYTES => {
+                        crate::media::sniff(&bytes)
+                            .filter(|m| m.starts_with("image/"))
+                            .map(|m| (m.to_owned(), bytes))
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        debug!(user, error = %e, "could not download the avatar");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        Some(crate::network::MatrixProfile {
+            displayname,
+            avatar,
+        })
     }
 
     /// Joins `ghost` to `room` unless it is known to be there already.

@@ -370,6 +370,11 @@ impl RemoteEventHandler for CoreSink {
         Ok(())
     }
 
+    async fn matrix_profile(&self, user_id: &str) -> Option<crate::network::MatrixProfile> {
+        let bridge = self.bridge.upgrade()?;
+        bridge.matrix_profile(user_id).await
+    }
+
     async fn report_state(
         &self,
         network: &NetworkId,

@@ -84,6 +84,19 @@ impl Bridge {
             self.metrics.event("to_matrix", kind, "ok");
             return Ok(());
         }
+        if let RemoteEventKind::Avatar { hash, data } = &ev.kind {
+            let result = self
+                .set_ghost_avatar(
+                    network,
+                    &ev.sender,
+                    ev.sender_name.as_deref(),
+                    hash,
+                    data.as_deref(),
+                )
+                .await?;
+            self.metrics.event("to_matrix", kind, result);
+            return Ok(());
+        }
         if matches!(ev.kind, RemoteEventKind::ContactRequest) {
             let result = self.contact_request(seq, network, ev).await?;
             self.metrics.event("to_matrix", kind, result);
@@ -357,6 +370,7 @@ impl Bridge {
             | RemoteEventKind::ContactRequest
             | RemoteEventKind::Profile
             | RemoteEventKind::ChatExists
+            | RemoteEventKind::Avatar { .. }
             | RemoteEventKind::MessageAlias { .. }
             | RemoteEventKind::DeliveryFailed { .. } => unreachable!("handled above"),
         };

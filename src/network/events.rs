@@ -264,6 +264,20 @@ pub enum RemoteEventKind {
     },
     /// The sender's profile changed or became known: `sender_name` is the name to show.
     Profile,
+    /// The sender's picture changed or became known. `hash` names the picture as the
+    /// network does (unchanged hash, nothing to do); `data` is the picture, `None` when the
+    /// sender removed it.
+    Avatar {
+        /// The network's hash of the picture ("" when removed).
+        hash: String,
+        /// The picture's bytes.
+        #[serde(
+            default,
+            with = "base64_bytes",
+            skip_serializing_if = "Option::is_none"
+        )]
+        data: Option<Vec<u8>>,
+    },
     /// The chat exists on the network (a direct chat with someone in the receiver's contact
     /// list, say): its portal is created when missing, with nothing posted in it.
     ChatExists,
@@ -294,8 +308,29 @@ impl RemoteEventKind {
             RemoteEventKind::ContactRequest => "contact_request",
             RemoteEventKind::Profile => "profile",
             RemoteEventKind::ChatExists => "chat_exists",
+            RemoteEventKind::Avatar { .. } => "avatar",
             RemoteEventKind::MessageAlias { .. } => "message_alias",
             RemoteEventKind::DeliveryFailed { .. } => "delivery_failed",
         }
+    }
+}
+
+/// Bytes as base64 in the stored form of an event.
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }

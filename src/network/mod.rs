@@ -512,6 +512,12 @@ pub trait RemoteEventHandler: Send + Sync {
     /// Stores and schedules one event.
     async fn push(&self, network: &NetworkId, event: RemoteEvent) -> Result<(), SinkError>;
 
+    /// The profile of Matrix user `user_id` as networks may show it (a puppet's vCard, say):
+    /// `None` when the user may not use the bridge or the homeserver does not answer.
+    async fn matrix_profile(&self, _user_id: &str) -> Option<MatrixProfile> {
+        None
+    }
+
     /// Reports the state of a login (`Some`) or of the bridge-wide link (`None`).
     async fn report_state(
         &self,
@@ -520,6 +526,15 @@ pub trait RemoteEventHandler: Send + Sync {
         state: BridgeState,
         message: Option<String>,
     );
+}
+
+/// A Matrix user's profile, for networks that show one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MatrixProfile {
+    /// Display name.
+    pub displayname: Option<String>,
+    /// The avatar: content type and bytes (small pictures only).
+    pub avatar: Option<(String, Vec<u8>)>,
 }
 
 /// A contact of a Matrix user on a network.
@@ -585,6 +600,11 @@ impl EventSink {
     /// Stores and schedules one event; see [`RemoteEventHandler::push`].
     pub async fn push(&self, event: RemoteEvent) -> Result<(), SinkError> {
         self.handler.push(&self.network, event).await
+    }
+
+    /// A Matrix user's profile; see [`RemoteEventHandler::matrix_profile`].
+    pub async fn matrix_profile(&self, user_id: &str) -> Option<MatrixProfile> {
+        self.handler.matrix_profile(user_id).await
     }
 
     /// Reports a state change.

@@ -19,6 +19,9 @@ pub struct GhostRecord {
     /// Avatar last written to the homeserver.
     #[serde(default)]
     pub avatar_url: Option<String>,
+    /// The network's hash of that avatar, so an unchanged picture is not uploaded again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_hash: Option<String>,
     /// Registered on the homeserver.
     #[serde(default)]
     pub registered: bool,

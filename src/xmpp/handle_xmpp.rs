@@ -19,7 +19,7 @@ use xmpp_parsers::version::VersionResult;
 
 use super::Shared;
 use super::component::Inbound;
-use super::{convert, fidelity, hosted, muc};
+use super::{avatar, convert, fidelity, hosted, muc};
 use crate::network::contacts::{self as roster, Policy};
 use crate::network::{
     BridgeState, MembershipChange, MessageContent, Presence as NetPresence, PresenceState,
@@ -27,7 +27,7 @@ use crate::network::{
 };
 
 /// The features the gateway advertises: exactly what it implements.
-pub(super) const FEATURES: [&str; 12] = [
+pub(super) const FEATURES: [&str; 13] = [
     ns::DISCO_INFO,
     ns::DISCO_ITEMS,
     ns::VERSION,
@@ -40,6 +40,7 @@ pub(super) const FEATURES: [&str; 12] = [
     fidelity::REACTIONS,
     fidelity::REPLY,
     ns::SID,
+    avatar::VCARD,
 ];
 
 /// Handles what the component receives.
@@ -207,23 +208,24 @@ impl Handler {
         Some(stored)
     }
 
-    /// Asks a contact's server for the contact's vCard (XEP-0054) once per run, in the
-    /// background; a full name found becomes the ghost's display name.
-    fn fetch_name(&self, contact: &BareJid, receiver: &str) {
-        if !self
+    /// Asks a contact's server for the contact's vCard (XEP-0054) once per run (or again
+    /// when `again`: the contact announced a new picture), in the background; a full name
+    /// becomes the ghost's display name and a picture its avatar.
+    fn fetch_vcard(&self, contact: &BareJid, receiver: &str, again: bool) {
+        let first = self
             .shared
             .vcards_asked
             .lock()
             .expect("vcard lock")
-            .insert(contact.to_string())
-        {
+            .insert(contact.to_string());
+        if !first && !again {
             return;
         }
         let shared = Arc::clone(&self.shared);
         let contact = contact.clone();
         let receiver = receiver.to_owned();
         tokio::spawn(async move {
-            let query = Element::builder("vCard", "vcard-temp").build();
+            let query = Element::builder("vCard", avatar::VCARD).build();
             let Ok(Ok(Some(card))) = shared.query(Jid::from(contact.clone()), query).await else {
                 return;
             };
@@ -244,15 +246,99 @@ impl Handler {
                         .collect::<String>()
                 })
                 .filter(|n| !n.is_empty());
-            let (Some(name), Some(sink)) = (name, shared.sink.get()) else {
+            let Some(sink) = shared.sink.get() else {
                 return;
             };
-            let _ = sink
-                .push(
-                    RemoteEvent::direct(&contact.to_string(), &receiver, RemoteEventKind::Profile)
-                        .named(Some(name)),
-                )
-                .await;
+            let chat = contact.to_string();
+            if let Some(name) = &name {
+                let _ = sink
+                    .push(
+                        RemoteEvent::direct(&chat, &receiver, RemoteEventKind::Profile)
+                            .named(Some(name.clone())),
+                    )
+                    .await;
+            }
+            if let Some(picture) = avatar::photo(&card) {
+                let hash = avatar::sha1_hex(&picture);
+                let known = shared
+                    .avatar_hashes
+                    .lock()
+                    .expect("avatar lock")
+                    .insert(chat.clone(), hash.clone());
+                if known.as_deref() != Some(hash.as_str()) {
+                    let _ = sink
+                        .push(
+                            RemoteEvent::direct(
+                                &chat,
+                                &receiver,
+                                RemoteEventKind::Avatar {
+                                    hash,
+                                    data: Some(picture),
+                                },
+                            )
+                            .named(name),
+                        )
+                        .await;
+                }
+            }
+        });
+    }
+
+    /// A contact's presence announced its picture (XEP-0153): fetch it when it changed.
+    async fn picture_announced(&self, contact: &BareJid, user: &str, hash: String) {
+        let chat = contact.to_string();
+        let known = self
+            .shared
+            .avatar_hashes
+            .lock()
+            .expect("avatar lock")
+            .get(&chat)
+            .cloned();
+        if known.as_deref() == Some(hash.as_str()) {
+            return;
+        }
+        if hash.is_empty() {
+            self.shared
+                .avatar_hashes
+                .lock()
+                .expect("avatar lock")
+                .insert(chat.clone(), hash.clone());
+            self.push(RemoteEvent::direct(
+                &chat,
+                user,
+                RemoteEventKind::Avatar { hash, data: None },
+            ))
+            .await;
+        } else {
+            self.fetch_vcard(contact, user, true);
+        }
+    }
+
+    /// Answers a vCard request to a Matrix user's gateway address with the user's name and
+    /// avatar, in the background (the profile comes from the homeserver).
+    fn answer_vcard(&self, from: Option<Jid>, to: Option<Jid>, id: String, user: String) {
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let Some(sink) = shared.sink.get() else {
+                return;
+            };
+            let answer: Stanza = match sink.matrix_profile(&user).await {
+                Some(profile) => Iq::Result {
+                    from: to,
+                    to: from,
+                    id,
+                    payload: Some(avatar::vcard(
+                        profile.displayname.as_deref(),
+                        profile
+                            .avatar
+                            .as_ref()
+                            .map(|(m, b)| (m.as_str(), b.as_slice())),
+                    )),
+                }
+                .into(),
+                None => error_reply(from, to, id, DefinedCondition::ItemNotFound),
+            };
+            let _ = shared.out.send((answer, None)).await;
         });
     }
 
@@ -378,7 +464,7 @@ impl Handler {
                 .at(sent_at)
         };
         if nick.is_none() {
-            self.fetch_name(&contact, &user);
+            self.fetch_vcard(&contact, &user, false);
         }
         let scope = format!("{user}\u{1f}{contact}");
         // Chat markers (XEP-0333): `displayed` is a read receipt.
@@ -982,6 +1068,9 @@ impl Handler {
         };
         let state = match p.type_ {
             PresenceType::None => {
+                if let Some(hash) = avatar::announced(&p) {
+                    self.picture_announced(&contact, &user, hash).await;
+                }
                 let state = match p.show {
                     None | Some(Show::Chat) => PresenceState::Online,
                     Some(_) => PresenceState::Unavailable,
@@ -1173,6 +1262,19 @@ impl Handler {
                 rsm: None,
             };
             return vec![result(Some(items.into()))];
+        }
+        if payload.is("vCard", avatar::VCARD) {
+            let user = to
+                .as_ref()
+                .filter(|t| t.node().is_some())
+                .and_then(|t| self.shared.addressing.matrix_user(&t.to_bare()));
+            return match user {
+                Some(user) => {
+                    self.answer_vcard(from, to, id, user);
+                    Vec::new()
+                }
+                None => vec![error_reply(from, to, id, DefinedCondition::ItemNotFound)],
+            };
         }
         if payload.is("query", ns::VERSION) {
             let v = VersionResult {

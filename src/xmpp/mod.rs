@@ -12,6 +12,7 @@
 //! | `handle_matrix.rs` | bridge → XMPP |
 
 mod account;
+mod avatar;
 mod c2s;
 mod component;
 pub mod convert;
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     seen: Mutex<HashMap<String, u64>>,
     /// Contacts whose vCard was asked for in this run.
     vcards_asked: Mutex<std::collections::HashSet<String>>,
+    /// The picture hash each contact had when last bridged, in this run.
+    avatar_hashes: Mutex<HashMap<String, String>>,
     /// Own-account logins, by account (bare JID): the Matrix user, and the switch that
     /// stops the account's connection.
     accounts: Mutex<HashMap<String, (String, watch::Sender<bool>)>>,
@@ -266,6 +269,7 @@ impl Xmpp {
             counter: AtomicU64::new(0),
             presence_limit: Mutex::default(),
             vcards_asked: Mutex::default(),
+            avatar_hashes: Mutex::default(),
             seen: Mutex::default(),
             accounts: Mutex::default(),
             client,
