@@ -62,6 +62,7 @@ mod tests {
             remote_id: "bob".into(),
             displayname: None,
             avatar_url: None,
+            avatar_hash: Some("da39a3ee".into()),
             registered: false,
         };
         assert_eq!(s.ghost(&g.user_id).unwrap(), None);

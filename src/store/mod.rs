@@ -314,6 +314,7 @@ mod tests {
             remote_id: "bob".into(),
             displayname: Some("Bob".into()),
             avatar_url: None,
+            avatar_hash: None,
             registered: true,
         })
         .unwrap();
