@@ -162,7 +162,10 @@ fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.logging.level))
         // The SIP stack logs whole messages (with their text) at info: never let it.
-        .add_directive("rsipstack=warn".parse().expect("a valid directive"));
+        .add_directive("rsipstack=warn".parse().expect("a valid directive"))
+        // tokio-xmpp traces every frame, SASL exchanges of own-account logins included.
+        .add_directive("tokio_xmpp=info".parse().expect("a valid directive"))
+        .add_directive("xso=info".parse().expect("a valid directive"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

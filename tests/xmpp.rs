@@ -2092,6 +2092,23 @@ async fn own_account_carries_direct_chats_roster_and_carbons() {
         "the forged carbon reached Matrix"
     );
 
+    // A second login with a wrong password is refused and leaves the working one alone.
+    let refused = login_xmpp(&alice, &mgmt, "erin@localhost", "wrong-again").await;
+    assert!(
+        refused.to_lowercase().contains("refused") || refused.contains("BAD_CREDENTIALS"),
+        "{refused}"
+    );
+    let still = format!("still through erin {}", unique());
+    bob.say("erin@localhost", &still).await;
+    alice
+        .wait_for_event(
+            &room,
+            "a message after the refused login",
+            Duration::from_secs(20),
+            |e| e["content"]["body"] == still.as_str(),
+        )
+        .await;
+
     // Logout ends the account's connection.
     let out = command(&alice, &mgmt, "logout xmpp").await;
     assert!(out.contains("erin"), "{out}");
@@ -2164,7 +2181,7 @@ async fn own_account_resumes_its_stream_and_loses_nothing_after_a_network_cut() 
 async fn own_account_catches_up_from_the_archive_after_the_bridge_was_down() {
     let _s = serial();
     let mut bridge = own_account_bridge().await;
-    // carol's phone stays online: what bob writes while the bridge is down goes there, and
+    // carol's phone is online for part of the gap: what bob writes then goes there, and
     // into carol's archive.
     let mut carol_phone = XmppUser::login("carol").await;
     let mut bob = XmppUser::login("bob").await;
@@ -2194,9 +2211,16 @@ async fn own_account_catches_up_from_the_archive_after_the_bridge_was_down() {
     let during: Vec<String> = (1..=10)
         .map(|n| format!("during the gap {n} {tag}"))
         .collect();
-    for text in &during {
+    // The first half reaches carol's phone; then the phone goes offline too and the second
+    // half waits in offline storage (and in the archive).
+    for text in &during[..5] {
         bob.say("carol@localhost", text).await;
         carol_phone.wait_message(text).await;
+    }
+    drop(carol_phone);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for text in &during[5..] {
+        bob.say("carol@localhost", text).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let restarted = common::now_ms();

@@ -174,7 +174,15 @@ impl Bridge {
                 // bot is in the room (group portals).
                 debug!(ghost, room, inviter, "ghost not invited; inviting it");
                 let by = inviter.map(user_id).transpose()?;
-                self.hs.invite(by.as_deref(), &room_id(room)?, &uid).await?;
+                let rid = room_id(room)?;
+                match self.hs.invite(by.as_deref(), &rid, &uid).await {
+                    // The inviter may have left or lost the power: the bot tries.
+                    Err(e) if by.is_some() && e.errcode() == Some("M_FORBIDDEN") => {
+                        debug!(ghost, room, error = %e, "the inviter could not invite; the bot tries");
+                        self.hs.invite(None, &rid, &uid).await?;
+                    }
+                    r => r?,
+                }
                 self.hs.join(Some(&uid), room).await?;
             }
             Err(e) => return Err(e.into()),

@@ -119,7 +119,7 @@ impl ClientSettings {
 }
 
 /// What a login stores (sealed by the core).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) struct AccountData {
     /// The account, `user@domain`.
     pub jid: String,
@@ -131,6 +131,17 @@ pub(super) struct AccountData {
     /// TLS from the first byte instead of STARTTLS.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub direct_tls: bool,
+}
+
+impl std::fmt::Debug for AccountData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountData")
+            .field("jid", &self.jid)
+            .field("password", &"<redacted>")
+            .field("server", &self.server)
+            .field("direct_tls", &self.direct_tls)
+            .finish()
+    }
 }
 
 /// The parts of the connector an account works with.
@@ -157,6 +168,13 @@ pub(crate) struct Account {
     stop: watch::Sender<bool>,
     /// The roster: contact → name.
     roster: Mutex<BTreeMap<String, Option<String>>>,
+    /// The last reason the connection gave for a failure, for the login step.
+    last_problem: Mutex<Option<String>>,
+    /// Whether an archive catch-up is under way or did not finish: live messages then do
+    /// not move the archive position.
+    catching_up: std::sync::atomic::AtomicBool,
+    /// The roster and archive task of the current session.
+    session_task: Mutex<Option<tokio::task::AbortHandle>>,
     /// The user's presence as last published on the account.
     presence: Mutex<Option<Presence>>,
     /// The first session's outcome, for the login step that waits on it.
@@ -214,6 +232,9 @@ impl Account {
             state,
             stop: watch::channel(false).0,
             roster: Mutex::default(),
+            last_problem: Mutex::default(),
+            catching_up: std::sync::atomic::AtomicBool::new(true),
+            session_task: Mutex::default(),
             presence: Mutex::default(),
             first: Mutex::default(),
         }))
@@ -259,31 +280,58 @@ impl Account {
             ));
         };
         *self.first.lock().expect("first lock") = first;
-        // Stop an earlier login of the same account (a `login` again after a password
-        // change): one connection per account.
+        let events: Arc<dyn c2s::Events> = self.clone();
+        tokio::spawn(c2s::run(settings, events, rx, self.stop.subscribe()));
+        Ok(())
+    }
+
+    /// Routes the account's traffic to this login once its session is up, and stops an
+    /// earlier login of the same account (a `login` again after a password change, or
+    /// another Matrix user's): one connection per account. Only an authenticated session
+    /// takes over, so a wrong password never disturbs a working login.
+    async fn track(&self) {
         let previous = self
             .parts
             .shared
             .accounts
             .lock()
             .expect("accounts lock")
-            .insert(self.jid.to_string(), (self.user.clone(), self.stop.clone()));
-        if let Some((other, stop)) = previous
-            && !stop.same_channel(&self.stop)
-        {
-            info!(jid = %self.jid, previous_user = other, user = self.user, "a new login of this XMPP account replaces the old one");
-            stop.send_replace(true);
+            .insert(
+                self.jid.to_string(),
+                (self.user.clone(), self.stop.clone(), self.this.clone()),
+            );
+        let Some((other, stop, old)) = previous else {
+            return;
+        };
+        if stop.same_channel(&self.stop) {
+            return;
         }
-        let events: Arc<dyn c2s::Events> = self.clone();
-        tokio::spawn(c2s::run(settings, events, rx, self.stop.subscribe()));
-        Ok(())
+        info!(jid = %self.jid, previous_user = other, user = self.user, "a new login of this XMPP account replaces the old one");
+        stop.send_replace(true);
+        if let Some(old) = old.upgrade() {
+            old.state.send_replace(BridgeState::LoggedOut);
+            // The same user's new login reports its own state; another user is told.
+            if other != self.user
+                && let Some(sink) = self.parts.shared.sink.get()
+            {
+                sink.report_state(
+                    Some(&other),
+                    BridgeState::LoggedOut,
+                    Some(format!(
+                        "{} logged in with this account elsewhere",
+                        self.user
+                    )),
+                )
+                .await;
+            }
+        }
     }
 
     fn untrack(&self) {
         let mut accounts = self.parts.shared.accounts.lock().expect("accounts lock");
         if accounts
             .get(&self.jid.to_string())
-            .is_some_and(|(_, s)| s.same_channel(&self.stop))
+            .is_some_and(|(_, s, _)| s.same_channel(&self.stop))
         {
             accounts.remove(&self.jid.to_string());
         }
@@ -367,6 +415,9 @@ impl Account {
     /// starts after it.
     fn note_archived(&self, msg: &Message) {
         let own = self.jid.to_string();
+        if self.catching_up.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let Some(id) = msg
             .payloads
             .iter()
@@ -386,16 +437,12 @@ impl Account {
     /// the bridge saw, page by page; at the first login, the latest few. Results arrive as
     /// messages before the answer and are bridged as they come; the core drops what it
     /// already has, by message ID.
-    async fn catch_up(self: Arc<Self>) {
+    async fn catch_up(self: Arc<Self>, position: Option<String>) {
         let Ok(store) = self.parts.shared.store() else {
             return;
         };
         let key = self.archive_key();
-        let mut after = store
-            .get(&key)
-            .ok()
-            .flatten()
-            .and_then(|v| v.as_str().map(str::to_owned));
+        let mut after = position;
         let mut fetched_latest = false;
         for _ in 0..MAM_PAGES {
             let set = match &after {
@@ -458,6 +505,9 @@ impl Account {
             }
             debug!(jid = %self.jid, complete, last = ?last, "archive page bridged");
             if complete || fetched_latest || last.is_none() {
+                // Caught up: live messages move the position from now on.
+                self.catching_up
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
                 return;
             }
             after = last;
@@ -488,10 +538,19 @@ impl Account {
         let Ok(mut inner) = Message::try_from(inner.clone()) else {
             return true;
         };
-        if !inner.payloads.iter().any(|p| p.is("delay", ns::DELAY))
-            && let Some(delay) = forwarded.get_child("delay", ns::DELAY)
+        // The archive's time, vouched for by the account's server, replaces any the sender
+        // claimed.
+        inner.payloads.retain(|p| !p.is("delay", ns::DELAY));
+        if let Some(stamp) = forwarded
+            .get_child("delay", ns::DELAY)
+            .and_then(|d| d.attr("stamp"))
         {
-            inner.payloads.push(delay.clone());
+            inner.payloads.push(
+                Element::builder("delay", ns::DELAY)
+                    .attr(xml_name("from"), self.jid.domain().as_str())
+                    .attr(xml_name("stamp"), stamp)
+                    .build(),
+            );
         }
         if !matches!(
             inner.type_,
@@ -746,14 +805,41 @@ impl c2s::Events for Account {
 
     async fn online(&self, jid: &FullJid, resumed: bool) -> Vec<Stanza> {
         debug!(jid = %jid, resumed, "XMPP account session ready");
+        let presence = self.presence.lock().expect("presence lock").clone();
         if resumed {
-            return Vec::new();
+            // A presence change made while the connection was down.
+            return vec![own_presence(presence.as_ref())];
         }
+        // The archive position before anything of the new session arrives: offline messages
+        // come live right after the initial presence and must not move it past the gap.
+        self.catching_up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let position = self
+            .parts
+            .shared
+            .store()
+            .ok()
+            .and_then(|s| s.get(&self.archive_key()).ok().flatten())
+            .and_then(|v| v.as_str().map(str::to_owned));
         if let Some(me) = self.this.upgrade() {
-            tokio::spawn(async move {
+            // The initial presence waits for the catch-up: the server then delivers stored
+            // offline messages after the archive's, so everything arrives in order (the
+            // repeats are dropped by ID), and nothing addressed to the account in between
+            // is lost (it goes to the user's other clients or to offline storage).
+            let task = tokio::spawn(async move {
                 me.clone().sync_roster().await;
-                me.catch_up().await;
+                me.clone().catch_up(position).await;
+                let presence = me.presence.lock().expect("presence lock").clone();
+                let _ = me.out.send((own_presence(presence.as_ref()), None)).await;
             });
+            if let Some(old) = self
+                .session_task
+                .lock()
+                .expect("task lock")
+                .replace(task.abort_handle())
+            {
+                old.abort();
+            }
         }
         let carbons = Iq::Set {
             from: None,
@@ -761,11 +847,20 @@ impl c2s::Events for Account {
             id: format!("carbons-{}", crate::network::now_ms()),
             payload: Element::builder("enable", CARBONS).build(),
         };
-        let presence = self.presence.lock().expect("presence lock").clone();
-        vec![carbons.into(), own_presence(presence.as_ref())]
+        vec![carbons.into()]
     }
 
     async fn state(&self, state: BridgeState, detail: Option<String>) {
+        if *self.stop.borrow() {
+            // Logged out or replaced: nothing more to report.
+            return;
+        }
+        if state == BridgeState::Connected {
+            self.track().await;
+        }
+        if let Some(d) = &detail {
+            *self.last_problem.lock().expect("problem lock") = Some(d.clone());
+        }
         let changed = self.state.send_if_modified(|s| {
             let c = *s != state;
             *s = state;
@@ -935,6 +1030,9 @@ impl NetworkClient for Account {
     async fn logout(&self) -> Result<(), NetworkError> {
         self.untrack();
         self.stop.send_replace(true);
+        if let Some(task) = self.session_task.lock().expect("task lock").take() {
+            task.abort();
+        }
         info!(user = %self.user, jid = %self.jid, "XMPP account logged out");
         Ok(())
     }
@@ -1026,25 +1124,27 @@ impl LoginProcess for PasswordLogin {
         let account = Account::new(self.parts.clone(), &self.user, data)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         account.start(Some(tx))?;
-        let running = account;
         let outcome = tokio::time::timeout(Duration::from_secs(30), rx).await;
         let failed = match outcome {
             Ok(Ok(Ok(()))) => None,
             Ok(Ok(Err(e))) => Some(e),
             Ok(Err(_)) => Some(NetworkError::Transient("the connection stopped".into())),
             Err(_) => Some(NetworkError::Transient(
-                "could not log in within 30 s (is the server reachable?)".into(),
+                match account.last_problem.lock().expect("problem lock").clone() {
+                    Some(why) => format!("could not log in within 30 s: {why}"),
+                    None => "could not log in within 30 s (is the server reachable?)".into(),
+                },
             )),
         };
         if let Some(e) = failed {
-            running.untrack();
-            running.stop.send_replace(true);
+            account.untrack();
+            account.stop.send_replace(true);
             return Err(e);
         }
-        info!(user = %self.user, jid = %running.jid, "XMPP account logged in");
+        info!(user = %self.user, jid = %account.jid, "XMPP account logged in");
         Ok(LoginStep::Complete {
-            login: running.login_data(),
-            client: running,
+            login: account.login_data(),
+            client: account,
         })
     }
 }

@@ -294,7 +294,9 @@ async fn authenticate(
     let secured = if settings.direct_tls {
         tls(settings, tcp).await?
     } else {
-        let pending = initiate_stream(BufStream::new(tcp), CLIENT_NS, header(domain), timeouts())
+        // The limits apply from the first byte: the server is the user's choice.
+        let plain = BufStream::new(Limited::new(tcp, guard.clone()));
+        let pending = initiate_stream(plain, CLIENT_NS, header(domain), timeouts())
             .await
             .map_err(|e| transient(format!("stream with {addr}: {e}")))?;
         let (features, mut xml) = pending
@@ -320,7 +322,7 @@ async fn authenticate(
         if !answer.is("proceed", TLS_NS) {
             return Err(transient(format!("{domain} refused STARTTLS")));
         }
-        let tcp = xml.into_inner().into_inner();
+        let tcp = xml.into_inner().into_inner().into_inner();
         tls(settings, tcp).await?
     };
     let pending = initiate_stream(
@@ -356,9 +358,15 @@ async fn authenticate(
             let SaslStep::Challenge(server_first) = challenge else {
                 return Err(transient("the server skipped the SCRAM challenge"));
             };
-            let fin = scram
-                .client_final(&server_first)
-                .map_err(|e| SessionError::Auth(e.to_string()))?;
+            // The key derivation takes the server's iteration count: off the runtime.
+            let (back, fin) = tokio::task::spawn_blocking(move || {
+                let fin = scram.client_final(&server_first);
+                (scram, fin)
+            })
+            .await
+            .map_err(|e| transient(format!("SCRAM computation failed: {e}")))?;
+            scram = back;
+            let fin = fin.map_err(|e| SessionError::Auth(e.to_string()))?;
             send(
                 &mut xml,
                 &Element::builder("response", SASL_NS)
@@ -549,6 +557,11 @@ pub(super) async fn run(
                 .await
                 {
                     Ended::Stop => {
+                        // What was handled is acknowledged, so the server does not deliver
+                        // it again at the next login.
+                        if sm.enabled {
+                            let _ = send(&mut xml, &ack(sm.inbound)).await;
+                        }
                         let _ = send(
                             &mut xml,
                             &Element::builder("presence", CLIENT_NS)
@@ -582,6 +595,13 @@ pub(super) async fn run(
                 events
                     .state(BridgeState::TransientDisconnect, Some(why))
                     .await;
+            }
+        }
+        // Whoever waits on a stanza while the connection is down is answered (the core
+        // retries); what nobody waits on is dropped.
+        while let Ok((_, done)) = outgoing.try_recv() {
+            if let Some(done) = done {
+                let _ = done.send(Err("the connection of the XMPP account is down".into()));
             }
         }
         let delay = backoff(attempt);
@@ -620,7 +640,10 @@ async fn connect(
         .await?;
         let el = read(&mut xml, guard).await?;
         if el.is("resumed", SM_NS) {
-            let h = el.attr("h").and_then(|h| h.parse().ok()).unwrap_or(0);
+            let h = el
+                .attr("h")
+                .and_then(|h| h.parse().ok())
+                .ok_or_else(|| transient("the server resumed without saying what it handled"))?;
             sm.acked(h);
             sm.enabled = true;
             let resend: Vec<Element> = sm.unacked.iter().map(|(_, e)| e.clone()).collect();
@@ -717,7 +740,7 @@ async fn serve(
             .map_err(|e| format!("write failed: {e}"))?;
         if sm.enabled {
             sm.sent(el);
-            if sm.unacked.len().is_multiple_of(5) {
+            if sm.next_out.is_multiple_of(5) {
                 xml.send(&Element::builder("r", SM_NS).build())
                     .await
                     .map_err(|e| format!("write failed: {e}"))?;

@@ -91,11 +91,14 @@ impl Gateway {
             .send((stanza, Some(tx)))
             .await
             .map_err(|_| NetworkError::Transient("the XMPP link is stopping".into()))?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(NetworkError::Transient(e)),
-            Err(_) => Err(NetworkError::Transient(
+        match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(NetworkError::Transient(e)),
+            Ok(Err(_)) => Err(NetworkError::Transient(
                 "the XMPP link dropped the stanza".into(),
+            )),
+            Err(_) => Err(NetworkError::Transient(
+                "the XMPP link did not take the stanza within 30 s".into(),
             )),
         }
     }
@@ -663,12 +666,15 @@ impl NetworkClient for Gateway {
         contact: &RemoteUserId,
         accept: bool,
     ) -> Result<(), NetworkError> {
-        let store = self.shared.store()?;
-        roster::update(store, &user.user_id, contact.as_str(), |s| {
-            s.from = accept;
-            s.pending_in = false;
-        })
-        .map_err(store_error)?;
+        // An own account's roster lives on its server; the gateway's is kept here.
+        if self.own.is_none() {
+            let store = self.shared.store()?;
+            roster::update(store, &user.user_id, contact.as_str(), |s| {
+                s.from = accept;
+                s.pending_in = false;
+            })
+            .map_err(store_error)?;
+        }
         let from = self.puppet(user)?;
         let to = Jid::from(
             BareJid::from_str(contact.as_str())

@@ -101,23 +101,45 @@ fn error_reply(
 const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
 
 /// The ID under which a message is remembered: its origin-id (XEP-0359), else its `id`
-/// attribute, else a fresh one.
+/// attribute, else the receiving server's stanza-id (the same in an archive's copy), else a
+/// fresh one.
 fn message_id(msg: &Message) -> String {
     msg.payloads
         .iter()
         .find(|p| p.is("origin-id", ns::SID))
         .and_then(|p| p.attr("id").map(str::to_owned))
         .or_else(|| msg.id.as_ref().map(|i| i.0.clone()))
+        .or_else(|| {
+            let server = msg.to.as_ref()?.to_bare().to_string();
+            msg.payloads
+                .iter()
+                .find(|p| p.is("stanza-id", ns::SID) && p.attr("by") == Some(server.as_str()))
+                .and_then(|p| p.attr("id"))
+                .map(|id| format!("sid-{id}"))
+        })
         .unwrap_or_else(|| format!("noid-{}", crate::network::now_ms()))
 }
 
-/// The original time of a delayed message (XEP-0203), in milliseconds.
+/// The original time of a delayed message (XEP-0203), in milliseconds, never later than now.
 fn delay_ms(msg: &Message) -> Option<u64> {
     msg.payloads
         .iter()
         .find(|p| p.is("delay", ns::DELAY))
         .and_then(|d| d.attr("stamp"))
         .and_then(super::time::parse)
+        .map(|t| t.min(crate::network::now_ms()))
+}
+
+/// The original time of a delayed direct message, when the delay comes from the receiver's
+/// own server (offline storage, an archive): a sender's own claim is not believed.
+fn trusted_delay_ms(msg: &Message) -> Option<u64> {
+    let server = msg.to.as_ref()?.domain().as_str().to_owned();
+    let stamped_by = msg
+        .payloads
+        .iter()
+        .find(|p| p.is("delay", ns::DELAY))?
+        .attr("from")?;
+    (stamped_by == server).then(|| delay_ms(msg)).flatten()
 }
 
 impl Handler {
@@ -417,7 +439,15 @@ impl Handler {
             return;
         };
         let me = own.to_string();
-        let sent_at = delay_ms(&msg);
+        // Archived copies carry their archive's time (stamped by the account's server).
+        let sent_at = msg
+            .payloads
+            .iter()
+            .find(|p| p.is("delay", ns::DELAY))
+            .and_then(|d| d.attr("from"))
+            .is_some_and(|f| f == own.domain().as_str())
+            .then(|| delay_ms(&msg))
+            .flatten();
         let base = |kind| {
             let mut ev = RemoteEvent::direct(&contact.to_string(), user, kind).at(sent_at);
             ev.sender = crate::network::RemoteUserId::new(me.as_str());
@@ -457,7 +487,7 @@ impl Handler {
             .map(Element::text)
             .filter(|n| !n.trim().is_empty());
         // Offline storage and archives mark the original time (XEP-0203).
-        let sent_at = delay_ms(&msg);
+        let sent_at = trusted_delay_ms(&msg);
         let base = |kind| {
             RemoteEvent::direct(&contact.to_string(), &user, kind)
                 .named(nick.clone())
@@ -1174,13 +1204,20 @@ impl Handler {
                     DefinedCondition::ServiceUnavailable,
                 )];
             }
-            Iq::Result { id, payload, .. } => {
-                self.shared.answer(&id, Ok(payload));
+            Iq::Result {
+                id, payload, from, ..
+            } => {
+                self.shared.answer(&id, from.as_ref(), Ok(payload));
                 return Vec::new();
             }
-            Iq::Error { id, error, .. } => {
-                self.shared
-                    .answer(&id, Err(format!("{:?}", error.defined_condition)));
+            Iq::Error {
+                id, error, from, ..
+            } => {
+                self.shared.answer(
+                    &id,
+                    from.as_ref(),
+                    Err(format!("{:?}", error.defined_condition)),
+                );
                 return Vec::new();
             }
         };

@@ -75,6 +75,11 @@ impl<S> Limited<S> {
         }
     }
 
+    /// The wrapped stream (to secure it with TLS, say).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// Feeds bytes to the scanner; an error names the broken limit.
     fn scan(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
         let total = self

@@ -63,9 +63,7 @@ pub(crate) struct Shared {
     /// Hosted group chats in use, by room JID.
     hosted: Mutex<HashMap<String, hosted::Room>>,
     /// IQ requests the bridge sent and waits on, by ID.
-    pending_iqs: Mutex<HashMap<String, tokio::sync::oneshot::Sender<IqAnswer>>>,
-    /// Source of unique IDs.
-    counter: AtomicU64,
+    pending_iqs: Mutex<HashMap<String, PendingIq>>,
     /// Per Matrix user: when presence was last broadcast, and whether a trailing broadcast is
     /// scheduled.
     presence_limit: Mutex<HashMap<String, (Option<std::time::Instant>, bool)>>,
@@ -75,11 +73,28 @@ pub(crate) struct Shared {
     vcards_asked: Mutex<std::collections::HashSet<String>>,
     /// The picture hash each contact had when last bridged, in this run.
     avatar_hashes: Mutex<HashMap<String, String>>,
-    /// Own-account logins, by account (bare JID): the Matrix user, and the switch that
-    /// stops the account's connection.
-    accounts: Mutex<HashMap<String, (String, watch::Sender<bool>)>>,
+    /// Own-account logins online, by account (bare JID).
+    accounts: Mutex<HashMap<String, TrackedAccount>>,
     /// Settings for own-account connections.
     client: account::ClientSettings,
+}
+
+/// An own-account login whose session is up: the Matrix user, the switch that stops the
+/// account's connection, and the account.
+type TrackedAccount = (
+    String,
+    watch::Sender<bool>,
+    std::sync::Weak<account::Account>,
+);
+
+/// An IQ request the bridge waits on: who must answer, and whoever waits.
+struct PendingIq {
+    /// The address asked; the answer must come from it.
+    to: xmpp_parsers::jid::Jid,
+    /// Asked on an own account's connection about the account itself: the server may
+    /// answer without `from` (RFC 6120 §8.1.2.1).
+    own: bool,
+    tx: tokio::sync::oneshot::Sender<IqAnswer>,
 }
 
 /// The answer to an IQ request: the result's payload, or the error condition.
@@ -130,7 +145,7 @@ impl Shared {
                 .lock()
                 .expect("accounts lock")
                 .get(&jid.to_string())
-                .map(|(user, _)| user.clone())
+                .map(|(user, _, _)| user.clone())
         })
     }
 
@@ -152,15 +167,17 @@ impl Shared {
         set: bool,
         payload: xmpp_parsers::minidom::Element,
     ) -> Result<IqAnswer, NetworkError> {
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("isthmus-q-{:x}-{n}", crate::network::now_ms());
+        // Unguessable, so that nobody else can answer in the server's place.
+        let id = format!("isthmus-q-{:032x}", rand::random::<u128>());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.pending_iqs
-            .lock()
-            .expect("iq lock")
-            .insert(id.clone(), tx);
+        self.pending_iqs.lock().expect("iq lock").insert(
+            id.clone(),
+            PendingIq {
+                to: to.clone(),
+                own: from.is_none(),
+                tx,
+            },
+        );
         let iq = if set {
             xmpp_parsers::iq::Iq::Set {
                 from,
@@ -193,15 +210,25 @@ impl Shared {
         }
     }
 
-    /// Hands an IQ result or error to whoever waits on it; false when nobody does.
-    fn answer(&self, id: &str, answer: IqAnswer) -> bool {
-        match self.pending_iqs.lock().expect("iq lock").remove(id) {
-            Some(tx) => {
-                let _ = tx.send(answer);
-                true
-            }
-            None => false,
+    /// Hands an IQ result or error from `from` to whoever waits on it; false when nobody
+    /// does, or when `from` is not who was asked (the answer is then ignored).
+    fn answer(&self, id: &str, from: Option<&xmpp_parsers::jid::Jid>, answer: IqAnswer) -> bool {
+        let mut pending = self.pending_iqs.lock().expect("iq lock");
+        let Some(p) = pending.get(id) else {
+            return false;
+        };
+        let genuine = match from {
+            Some(f) => f == &p.to || (p.to.resource().is_none() && f.to_bare() == p.to.to_bare()),
+            None => p.own,
+        };
+        if !genuine {
+            tracing::warn!(id, from = ?from, asked = %p.to, "IQ answer from someone not asked; ignored");
+            return false;
         }
+        if let Some(p) = pending.remove(id) {
+            let _ = p.tx.send(answer);
+        }
+        true
     }
 
     /// Sends a Matrix user's latest presence to every contact allowed to see it.
@@ -266,7 +293,6 @@ impl Xmpp {
             hosted_allowed: cfg.hosted_rooms.clone(),
             hosted: Mutex::default(),
             pending_iqs: Mutex::default(),
-            counter: AtomicU64::new(0),
             presence_limit: Mutex::default(),
             vcards_asked: Mutex::default(),
             avatar_hashes: Mutex::default(),
@@ -364,7 +390,7 @@ impl Connector for Xmpp {
             .lock()
             .expect("accounts lock")
             .values()
-            .map(|(_, stop)| stop.clone())
+            .map(|(_, stop, _)| stop.clone())
             .collect();
         for stop in &accounts {
             stop.send_replace(true);
