@@ -8,7 +8,7 @@
 # `up` installs the Debian package when missing, writes the config from
 # tests/fixtures/prosody.cfg.lua (virtual host "localhost", component
 # "matrix.localhost" with the secret ISTHMUS_COMPONENT_SECRET, default
-# "component_secret_test"), registers the users alice, bob, carol, dave, erin and frank with
+# "component_secret_test"), registers the users alice, bob, carol, dave, erin, frank and grace with
 # the password "<name>pass", makes a throwaway CA ("$STACK/prosody/certs/ca.crt") and a
 # certificate for "localhost" signed by it (STARTTLS for own-account logins), and waits
 # until both ports accept connections.
@@ -61,7 +61,7 @@ up() {
         -e "s#@COMPONENT_DOMAIN@#matrix.localhost#g" \
         -e "s#@COMPONENT_SECRET@#${ISTHMUS_COMPONENT_SECRET:-component_secret_test}#g" \
         "$ROOT/tests/fixtures/prosody.cfg.lua" >"$CFG"
-    for user in alice bob carol dave erin frank; do
+    for user in alice bob carol dave erin frank grace; do
         prosodyctl --config "$CFG" register "$user" localhost "${user}pass" >/dev/null
     done
     start

@@ -2281,6 +2281,24 @@ async fn avatar_of(viewer: &MatrixUser, user: &str) -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
+/// Waits until `user`'s avatar is set and differs from `before` (a ghost may keep the
+/// avatar of an earlier run against the same homeserver); returns it.
+async fn wait_new_avatar(viewer: &MatrixUser, user: &str, before: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(url) = avatar_of(viewer, user).await
+            && Some(url.as_str()) != before
+        {
+            return url;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user} never got a new avatar (still {before:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn avatars_cross_both_ways_and_an_unchanged_one_is_not_uploaded_again() {
     use base64::Engine;
@@ -2310,19 +2328,10 @@ async fn avatars_cross_both_ways_and_an_unchanged_one_is_not_uploaded_again() {
     );
 
     // XMPP → Matrix: the announced picture becomes the ghost's avatar.
-    frank.send_xml(&announce).await;
     let ghost = xmpp_ghost("frank@localhost");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mxc = loop {
-        if let Some(url) = avatar_of(&alice, &ghost).await {
-            break url;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the ghost never got frank's picture"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let before = avatar_of(&alice, &ghost).await;
+    frank.send_xml(&announce).await;
+    let mxc = wait_new_avatar(&alice, &ghost, before.as_deref()).await;
     assert_eq!(alice.download(&mxc).await, picture);
 
     // After a restart the same picture is announced again: it is recognised by its hash and
@@ -2378,4 +2387,69 @@ async fn avatars_cross_both_ways_and_an_unchanged_one_is_not_uploaded_again() {
         .map(|b| b.text())
         .expect("a picture in the vCard");
     assert_eq!(b64.decode(binval.trim()).unwrap(), mine);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn own_account_reads_contacts_published_avatars() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let _s = serial();
+    let bridge = own_account_bridge().await;
+    // frank (from his own client) sees grace's presence; grace publishes an avatar
+    // (XEP-0084).
+    let mut frank_phone = XmppUser::login("frank").await;
+    let mut grace = XmppUser::login("grace").await;
+    frank_phone
+        .send_xml("<presence xmlns='jabber:client' to='grace@localhost' type='subscribe'/>")
+        .await;
+    // Approved (slixmpp approves by itself): grace's presence reaches frank.
+    frank_phone
+        .wait("grace's presence", |e| {
+            e.name() == "presence"
+                && e.attr("type").is_none()
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with("grace@localhost/"))
+        })
+        .await;
+    let mut picture = tiny_png();
+    picture.extend_from_slice(b" grace's avatar");
+    let id: String = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &picture)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    grace
+        .send_xml(&format!(
+            "<iq xmlns='jabber:client' type='set' id='pub-data'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:data'><item id='{id}'><data xmlns='urn:xmpp:avatar:data'>{}</data></item></publish></pubsub></iq>",
+            b64.encode(&picture)
+        ))
+        .await;
+    grace
+        .wait("the avatar data published", |e| {
+            e.attr("id") == Some("pub-data")
+        })
+        .await;
+    grace
+        .send_xml(&format!(
+            "<iq xmlns='jabber:client' type='set' id='pub-meta'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:metadata'><item id='{id}'><metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='{}' id='{id}' type='image/png'/></metadata></item></publish></pubsub></iq>",
+            picture.len()
+        ))
+        .await;
+    let published = grace
+        .wait("the avatar metadata published", |e| {
+            e.attr("id") == Some("pub-meta")
+        })
+        .await;
+    assert_eq!(published.attr("type"), Some("result"), "{published:?}");
+
+    let alice = MatrixUser::register("xpep").await;
+    let mgmt = management_room(&alice).await;
+    let ghost = xmpp_ghost("grace@localhost");
+    let before = avatar_of(&alice, &ghost).await;
+    let done = login_xmpp(&alice, &mgmt, "frank@localhost", "frankpass").await;
+    assert!(done.contains("frank@localhost"), "{done}");
+    let mxc = wait_new_avatar(&alice, &ghost, before.as_deref()).await;
+    assert_eq!(alice.download(&mxc).await, picture);
+    command(&alice, &mgmt, "logout xmpp").await;
+    wait_metric(&bridge, CONNECTED).await;
 }

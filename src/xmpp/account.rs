@@ -41,6 +41,13 @@ const CARBONS: &str = "urn:xmpp:carbons:2";
 const FORWARD: &str = "urn:xmpp:forward:0";
 const ROSTER: &str = "jabber:iq:roster";
 const MAM: &str = "urn:xmpp:mam:2";
+const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
+const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
+const CAPS: &str = "http://jabber.org/protocol/caps";
+/// The node of the account connection's entity capabilities (XEP-0115).
+const CAPS_NODE: &str = "https://github.com/isthmus-bridge/isthmus";
 const RSM: &str = "http://jabber.org/protocol/rsm";
 /// Pages of archive asked for at most in one catch-up.
 const MAM_PAGES: usize = 20;
@@ -175,6 +182,8 @@ pub(crate) struct Account {
     catching_up: std::sync::atomic::AtomicBool,
     /// The roster and archive task of the current session.
     session_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Contacts whose published avatar was asked for in this run.
+    pep_asked: Mutex<std::collections::HashSet<String>>,
     /// The user's presence as last published on the account.
     presence: Mutex<Option<Presence>>,
     /// The first session's outcome, for the login step that waits on it.
@@ -235,6 +244,7 @@ impl Account {
             last_problem: Mutex::default(),
             catching_up: std::sync::atomic::AtomicBool::new(true),
             session_task: Mutex::default(),
+            pep_asked: Mutex::default(),
             presence: Mutex::default(),
             first: Mutex::default(),
         }))
@@ -570,6 +580,136 @@ impl Account {
         true
     }
 
+    /// Bridges a contact's published avatar (XEP-0084): the metadata (from a notification,
+    /// else asked for), then the picture when its ID (its SHA-1) is new. An empty metadata
+    /// means the avatar was removed.
+    async fn pep_avatar(self: Arc<Self>, contact: BareJid, notified: Option<Element>) {
+        let items = match notified {
+            Some(items) => items,
+            None => {
+                let query = Element::builder("pubsub", PUBSUB)
+                    .append(
+                        Element::builder("items", PUBSUB)
+                            .attr(xml_name("node"), AVATAR_METADATA)
+                            .attr(xml_name("max_items"), "1")
+                            .build(),
+                    )
+                    .build();
+                match self
+                    .parts
+                    .shared
+                    .request_via(&self.out, None, Jid::from(contact.clone()), false, query)
+                    .await
+                {
+                    Ok(Ok(Some(pubsub))) => match pubsub.get_child("items", PUBSUB) {
+                        Some(items) => rename_items(items),
+                        None => return,
+                    },
+                    // No avatar published, or not visible to the account.
+                    _ => return,
+                }
+            }
+        };
+        let Some(item) = items.children().find(|c| c.name() == "item") else {
+            return;
+        };
+        let Some(metadata) = item.children().find(|c| c.is("metadata", AVATAR_METADATA)) else {
+            return;
+        };
+        let chat = contact.to_string();
+        let known = self
+            .parts
+            .shared
+            .avatar_hashes
+            .lock()
+            .expect("avatar lock")
+            .get(&chat)
+            .cloned();
+        let Some(sink) = self.parts.shared.sink.get() else {
+            return;
+        };
+        let id = metadata
+            .children()
+            .find(|c| c.is("info", AVATAR_METADATA))
+            .and_then(|i| i.attr("id"))
+            .map(|i| i.to_ascii_lowercase());
+        let Some(id) = id else {
+            // Metadata without info: the contact removed the avatar.
+            if known.as_deref() != Some("") {
+                self.parts
+                    .shared
+                    .avatar_hashes
+                    .lock()
+                    .expect("avatar lock")
+                    .insert(chat.clone(), String::new());
+                let _ = sink
+                    .push(RemoteEvent::direct(
+                        &chat,
+                        &self.user,
+                        RemoteEventKind::Avatar {
+                            hash: String::new(),
+                            data: None,
+                        },
+                    ))
+                    .await;
+            }
+            return;
+        };
+        if known.as_deref() == Some(id.as_str()) {
+            return;
+        }
+        let query = Element::builder("pubsub", PUBSUB)
+            .append(
+                Element::builder("items", PUBSUB)
+                    .attr(xml_name("node"), AVATAR_DATA)
+                    .append(
+                        Element::builder("item", PUBSUB)
+                            .attr(xml_name("id"), id.as_str())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build();
+        let answer = self
+            .parts
+            .shared
+            .request_via(&self.out, None, Jid::from(contact.clone()), false, query)
+            .await;
+        let Ok(Ok(Some(pubsub))) = answer else {
+            debug!(contact = %contact, "the published avatar could not be fetched");
+            return;
+        };
+        let data = pubsub
+            .get_child("items", PUBSUB)
+            .and_then(|i| i.children().find(|c| c.name() == "item"))
+            .and_then(|i| i.children().find(|c| c.is("data", AVATAR_DATA)))
+            .map(|d| d.text());
+        let Some(picture) = data.and_then(|d| super::avatar::decode(&d)) else {
+            return;
+        };
+        // The ID is the picture's SHA-1 (XEP-0084 §4.2): anything else is not that picture.
+        if super::avatar::sha1_hex(&picture) != id {
+            warn!(contact = %contact, "published avatar does not match its ID; ignored");
+            return;
+        }
+        self.parts
+            .shared
+            .avatar_hashes
+            .lock()
+            .expect("avatar lock")
+            .insert(chat.clone(), id.clone());
+        let _ = sink
+            .push(RemoteEvent::direct(
+                &chat,
+                &self.user,
+                RemoteEventKind::Avatar {
+                    hash: id,
+                    data: Some(picture),
+                },
+            ))
+            .await;
+    }
+
     /// Answers IQs addressed to the account's connection.
     async fn iq(&self, iq: Iq) -> Vec<Stanza> {
         let own = Jid::from(self.jid.clone());
@@ -606,7 +746,11 @@ impl Account {
             ],
             Iq::Get {
                 from, id, payload, ..
-            } if payload.is("query", ns::DISCO_INFO) => {
+            } if payload.is("query", ns::DISCO_INFO)
+                && payload
+                    .attr("node")
+                    .is_none_or(|n| n == format!("{CAPS_NODE}#{}", caps_ver())) =>
+            {
                 let mut q = Element::builder("query", ns::DISCO_INFO)
                     .append(
                         Element::builder("identity", ns::DISCO_INFO)
@@ -616,6 +760,13 @@ impl Account {
                             .build(),
                     )
                     .build();
+                if let Some(node) = payload.attr("node") {
+                    q.set_attr(
+                        xmpp_parsers::minidom::rxml::Namespace::none().clone(),
+                        xml_name("node"),
+                        node,
+                    );
+                }
                 for f in CLIENT_FEATURES {
                     q.append_child(
                         Element::builder("feature", ns::DISCO_INFO)
@@ -657,11 +808,38 @@ fn own_presence(presence: Option<&Presence>) -> Stanza {
             p.statuses.insert(Default::default(), status.clone());
         }
     }
+    p.payloads.push(
+        Element::builder("c", CAPS)
+            .attr(xml_name("hash"), "sha-1")
+            .attr(xml_name("node"), CAPS_NODE)
+            .attr(xml_name("ver"), caps_ver())
+            .build(),
+    );
     p.into()
 }
 
+/// The `items` of a pubsub result in the event namespace, as notifications carry them.
+fn rename_items(items: &Element) -> Element {
+    super::c2s::rename_ns(items.clone(), PUBSUB, PUBSUB_EVENT)
+}
+
+/// The entity capabilities hash (XEP-0115 §5.1) of what the disco#info answer says.
+fn caps_ver() -> String {
+    use base64::Engine;
+    let mut features: Vec<&str> = CLIENT_FEATURES.to_vec();
+    features.sort_unstable();
+    let mut s = String::from("client/bot//isthmus<");
+    for f in features {
+        s.push_str(f);
+        s.push('<');
+    }
+    base64::engine::general_purpose::STANDARD.encode(
+        ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, s.as_bytes()).as_ref(),
+    )
+}
+
 /// What the account's connection tells others it supports.
-const CLIENT_FEATURES: [&str; 10] = [
+const CLIENT_FEATURES: [&str; 11] = [
     ns::DISCO_INFO,
     ns::PING,
     ns::CHATSTATES,
@@ -672,6 +850,8 @@ const CLIENT_FEATURES: [&str; 10] = [
     fidelity::REACTIONS,
     fidelity::REPLY,
     ns::SID,
+    // Contacts' avatar changes are pushed (XEP-0163 filtered notifications).
+    "urn:xmpp:avatar:metadata+notify",
 ];
 
 fn xml_name(n: &str) -> xmpp_parsers::minidom::rxml::NcName {
@@ -779,6 +959,22 @@ impl c2s::Events for Account {
                 if self.archived(&msg).await {
                     return Vec::new();
                 }
+                if let Some(items) = msg
+                    .payloads
+                    .iter()
+                    .find(|p| p.is("event", PUBSUB_EVENT))
+                    .and_then(|e| e.get_child("items", PUBSUB_EVENT))
+                {
+                    // A contact published a new avatar (XEP-0084 notification).
+                    if items.attr("node") == Some(AVATAR_METADATA)
+                        && let Some(contact) = msg.from.as_ref().map(|f| f.to_bare())
+                        && contact != self.jid
+                        && let Some(me) = self.this.upgrade()
+                    {
+                        tokio::spawn(me.pep_avatar(contact, Some(items.clone())));
+                    }
+                    return Vec::new();
+                }
                 if msg.from.as_ref().is_some_and(|f| f.to_bare() == self.jid) {
                     return Vec::new();
                 }
@@ -796,6 +992,19 @@ impl c2s::Events for Account {
                 }
                 if p.payloads.iter().any(|e| e.has_ns(ns::MUC_USER)) {
                     return Vec::new();
+                }
+                // A contact seen online for the first time in this run: its published avatar
+                // (XEP-0084) is asked for once; later changes come as notifications.
+                if p.type_ == PresenceType::None
+                    && let Some(contact) = p.from.as_ref().map(|f| f.to_bare())
+                    && self
+                        .pep_asked
+                        .lock()
+                        .expect("pep lock")
+                        .insert(contact.to_string())
+                    && let Some(me) = self.this.upgrade()
+                {
+                    tokio::spawn(me.pep_avatar(contact, None));
                 }
                 self.parts.handler.stanza(p.into()).await
             }

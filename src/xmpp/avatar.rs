@@ -29,6 +29,15 @@ pub(super) fn photo(card: &Element) -> Option<Vec<u8>> {
     B64.decode(compact).ok()
 }
 
+/// A base64 picture (whitespace allowed), when it decodes and is at most 1 MiB.
+pub(super) fn decode(text: &str) -> Option<Vec<u8>> {
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    if compact.is_empty() || compact.len() > MAX_PHOTO_BYTES * 4 / 3 + 4 {
+        return None;
+    }
+    B64.decode(compact).ok()
+}
+
 /// The SHA-1 of a picture in hex, as XEP-0153 names pictures.
 pub(super) fn sha1_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, bytes)

@@ -277,19 +277,31 @@ async fn authenticate(
     // Users choose the server: it must be public unless the config allows it, so that a
     // login cannot make the bridge probe its own network. The address checked is the one
     // connected to.
-    let target = tokio::net::lookup_host((settings.host.as_str(), settings.port))
-        .await
-        .map_err(|e| transient(format!("{addr}: {e}")))?
-        .find(|a| settings.allow_private || crate::media::is_public(a.ip()))
-        .ok_or_else(|| {
-            SessionError::Auth(format!(
-                "{addr} is not a public address; the bridge's administrator can allow it in networks.xmpp.accounts.allow_hosts"
-            ))
-        })?;
-    let tcp = tokio::time::timeout(Duration::from_secs(20), TcpStream::connect(target))
-        .await
-        .map_err(|_| transient(format!("{addr}: connection timed out")))?
-        .map_err(|e| transient(format!("{addr}: {e}")))?;
+    let targets: Vec<std::net::SocketAddr> =
+        tokio::net::lookup_host((settings.host.as_str(), settings.port))
+            .await
+            .map_err(|e| transient(format!("{addr}: {e}")))?
+            .filter(|a| settings.allow_private || crate::media::is_public(a.ip()))
+            .collect();
+    if targets.is_empty() {
+        return Err(SessionError::Auth(format!(
+            "{addr} is not a public address; the bridge's administrator can allow it in networks.xmpp.accounts.allow_hosts"
+        )));
+    }
+    // Each address in turn (an IPv6 address without a route should not end the attempt).
+    let mut last_error = String::new();
+    let mut connected = None;
+    for target in &targets {
+        match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target)).await {
+            Ok(Ok(tcp)) => {
+                connected = Some(tcp);
+                break;
+            }
+            Ok(Err(e)) => last_error = format!("{addr} ({target}): {e}"),
+            Err(_) => last_error = format!("{addr} ({target}): connection timed out"),
+        }
+    }
+    let tcp = connected.ok_or_else(|| transient(last_error))?;
     let _ = tcp.set_nodelay(true);
     let secured = if settings.direct_tls {
         tls(settings, tcp).await?
