@@ -5,11 +5,15 @@
 #   scripts/kamailio.sh down
 #   scripts/kamailio.sh restart                   (same config and ports; registrations are lost)
 #
-# Kamailio listens on 127.0.0.1:PORT (UDP and TCP) as registrar and stateful proxy for the SIP
-# domain "corp.localhost", whose users are bob, carol, dave, erin and frank with the password
-# "<name>pass" (digest realm "corp.localhost"). Requests for the gateway domain
-# "matrix.corp.localhost" go to the bridge at 127.0.0.1:GATEWAY_PORT, which Kamailio trusts
-# by address: requests with a From in the gateway domain are accepted only from there.
+# Kamailio listens on 127.0.0.1:PORT (UDP and TCP) and 127.0.0.1:PORT+1 (TLS) as registrar and
+# stateful proxy for the SIP domain "corp.localhost", whose users are bob, carol, dave, erin and
+# frank with the password "<name>pass" (digest realm "corp.localhost"). Requests for the
+# gateway domain "matrix.corp.localhost" go to the bridge at 127.0.0.1:GATEWAY_PORT, which
+# Kamailio trusts by address: requests with a From in the gateway domain are accepted only from
+# there. Requests for "tls.matrix.corp.localhost" go over TLS to a bridge at
+# 127.0.0.1:GATEWAY_PORT+1, and requests from that domain are accepted over TLS only.
+# A throwaway CA ("$STACK/kamailio/certs/ca.crt") signs Kamailio's certificate and one for
+# that bridge (bridge.crt, bridge.key).
 #
 # `up` installs the Debian packages when missing (kamailio, and sip-tester for the SIPp
 # scenarios of the tests), writes the config, starts Kamailio and waits until it listens on
@@ -47,8 +51,10 @@ debug=2
 log_stderror=yes
 children=2
 tcp_children=2
+enable_tls=yes
 listen=udp:127.0.0.1:@PORT@
 listen=tcp:127.0.0.1:@PORT@
+listen=tls:127.0.0.1:@TLS_PORT@
 # Requests for these hosts (and for the listen address) are for this server.
 alias="@DOMAIN@"
 alias="@DOMAIN@:@PORT@"
@@ -56,6 +62,7 @@ auto_aliases=no
 server_header="Server: isthmus-test-kamailio"
 user_agent_header="User-Agent: isthmus-test-kamailio"
 
+loadmodule "tls.so"
 loadmodule "tm.so"
 loadmodule "sl.so"
 loadmodule "rr.so"
@@ -83,6 +90,7 @@ modparam("registrar", "default_expires", 3600)
 modparam("registrar", "max_expires", 3600)
 modparam("auth", "nonce_expire", 300)
 modparam("ctl", "binrpc", "unix:@RUN@/kamailio_ctl")
+modparam("tls", "config", "@TLS_CFG@")
 
 request_route {
     if (!mf_process_maxfwd_header("10")) {
@@ -137,6 +145,12 @@ request_route {
     # Stay in the path of subscriptions and calls, so that in-dialog requests pass here too.
     if (is_method("INVITE|SUBSCRIBE")) {
         record_route();
+    }
+
+    # The TLS gateway domain belongs to a bridge that speaks TLS only.
+    if ($rd == "@TLS_GATEWAY_DOMAIN@") {
+        $du = "sip:127.0.0.1:@TLS_GATEWAY_PORT@;transport=tls";
+        route(RELAY);
     }
 
     # The gateway domain belongs to the bridge; keep the transport the request came on.
@@ -204,6 +218,12 @@ route[AUTH] {
             exit;
         }
         consume_credentials();
+    } else if ($fd == "@TLS_GATEWAY_DOMAIN@") {
+        if ($si != "127.0.0.1" || $pr != "tls") {
+            xlog("L_INFO", "403 for $rm from $fu: sent from $si:$sp over $pr, not over TLS from the bridge\n");
+            sl_send_reply("403", "Forbidden: only the bridge sends for @TLS_GATEWAY_DOMAIN@, over TLS");
+            exit;
+        }
     } else if ($fd == "@GATEWAY_DOMAIN@") {
         # Over UDP the bridge sends from its listening port; over TCP from a new port each
         # connection, so there the address alone identifies it (a deployment would use TLS
@@ -235,9 +255,54 @@ reply_route {
 }
 EOF
     sed -e "s#@PORT@#$port#g" -e "s#@GATEWAY_PORT@#$gateway#g" \
+        -e "s#@TLS_PORT@#$((port + 1))#g" -e "s#@TLS_GATEWAY_PORT@#$((gateway + 1))#g" \
+        -e "s#@TLS_GATEWAY_DOMAIN@#tls.matrix.corp.localhost#g" \
         -e "s#@GATEWAY_DOMAIN@#matrix.corp.localhost#g" -e "s#@DOMAIN@#corp.localhost#g" \
-        -e "s#@RUN@#$K/run#g" "$CFG.in" >"$CFG"
+        -e "s#@TLS_CFG@#$K/tls.cfg#g" -e "s#@RUN@#$K/run#g" "$CFG.in" >"$CFG"
     rm -f "$CFG.in"
+    # Kamailio presents its certificate to TLS clients and checks the bridge's when it
+    # connects to it.
+    cat >"$K/tls.cfg" <<EOF2
+[server:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+certificate = $K/certs/kamailio.crt
+private_key = $K/certs/kamailio.key
+ca_list = $K/certs/ca.crt
+
+[client:default]
+method = TLSv1.2+
+verify_certificate = yes
+require_certificate = yes
+ca_list = $K/certs/ca.crt
+EOF2
+}
+
+# A test CA, and certificates signed by it for Kamailio and for a TLS bridge.
+make_certs() {
+    local d="$K/certs" name san
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj "/CN=isthmus SIP test CA" -keyout "$d/ca.key" -out "$d/ca.crt" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    for name in kamailio bridge; do
+        if [ "$name" = kamailio ]; then
+            san="IP:127.0.0.1,DNS:corp.localhost"
+        else
+            san="IP:127.0.0.1,DNS:tls.matrix.corp.localhost"
+        fi
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -subj "/CN=$name" -keyout "$d/$name.key" -out "$d/$name.csr" 2>/dev/null
+        printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n' \
+            "$san" >"$d/$name.ext"
+        openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
+            -CAcreateserial -days 30 -out "$d/$name.crt" -extfile "$d/$name.ext" 2>/dev/null
+    done
+    # rsipstack reads PKCS #8 keys.
+    openssl pkcs8 -topk8 -nocrypt -in "$d/bridge.key" -out "$d/bridge.pk8" 2>/dev/null
+    mv "$d/bridge.pk8" "$d/bridge.key"
 }
 
 start() {
@@ -250,8 +315,8 @@ start() {
     pid=$!
     echo "$pid" >"$PIDFILE"
     for ((i = 0; i < 100; i++)); do
-        if udp_bound "$port" && tcp_open 127.0.0.1 "$port"; then
-            log "Kamailio is up on 127.0.0.1:$port (udp, tcp; PID $pid, log $LOGFILE)"
+        if udp_bound "$port" && tcp_open 127.0.0.1 "$port" && tcp_open 127.0.0.1 "$((port + 1))"; then
+            log "Kamailio is up on 127.0.0.1:$port (udp, tcp) and :$((port + 1)) (tls; PID $pid, log $LOGFILE)"
             return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -284,9 +349,12 @@ up() {
     if ! command -v kamailio >/dev/null 2>&1 || ! command -v sipp >/dev/null 2>&1; then
         need_apt kamailio sip-tester
     fi
+    need_apt kamailio-tls-modules
+    command -v openssl >/dev/null 2>&1 || need_apt openssl
     rm -rf "$K"
     mkdir -p "$K/run"
     echo "$port $gateway" >"$K/ports"
+    make_certs
     write_config "$port" "$gateway"
     if ! kamailio -c -f "$CFG" >"$K/check.log" 2>&1; then
         log "the Kamailio config $CFG does not parse:"

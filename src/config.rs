@@ -444,7 +444,8 @@ pub struct SipConfig {
     /// The gateway domain the SIP proxy routes to the bridge: Matrix user `@alice:example.org`
     /// is `sip:alice@<domain>`.
     pub domain: String,
-    /// Address the bridge listens on for SIP, over UDP and TCP.
+    /// Address the bridge listens on for SIP: TCP (and UDP with `transport: udp`), or TLS
+    /// only with `transport: tls`.
     #[serde(default = "default_sip_listen")]
     pub listen: SocketAddr,
     /// The SIP proxy every outgoing request goes through (the enterprise proxy or registrar).
@@ -468,6 +469,21 @@ pub struct SipConfig {
     /// before they expire.
     #[serde(default = "default_sip_expires")]
     pub register_seconds: u32,
+    /// Certificates for `transport: tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SipTlsConfig>,
+}
+
+/// `networks.sip.tls` section: what `transport: tls` needs.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipTlsConfig {
+    /// The bridge's certificate chain (PEM), presented to the proxy on the listener.
+    pub cert_file: std::path::PathBuf,
+    /// Its private key (PEM, PKCS #8 or RSA).
+    pub key_file: std::path::PathBuf,
+    /// CA certificates (PEM) that the proxy's certificate must chain to.
+    pub ca_file: std::path::PathBuf,
 }
 
 /// Transport of SIP requests towards the proxy.
@@ -479,6 +495,9 @@ pub enum SipTransport {
     Udp,
     /// TCP: messages up to 64 KiB go in one request.
     Tcp,
+    /// TLS over TCP (SIPS, RFC 3261 §26.2): certificates in `networks.sip.tls`; the proxy's
+    /// certificate must name its IP address or the gateway's proxy host.
+    Tls,
 }
 
 fn default_sip_listen() -> SocketAddr {
@@ -800,6 +819,38 @@ impl Config {
                     return Err(invalid(key, "must be between 10 and 86400"));
                 }
             }
+            match (&sip.transport, &sip.tls) {
+                (SipTransport::Tls, None) => {
+                    return Err(invalid(
+                        "networks.sip.tls",
+                        "is required with transport: tls (cert_file, key_file, ca_file)",
+                    ));
+                }
+                (SipTransport::Tls, Some(tls)) => {
+                    for (key, path) in [
+                        ("networks.sip.tls.cert_file", &tls.cert_file),
+                        ("networks.sip.tls.key_file", &tls.key_file),
+                        ("networks.sip.tls.ca_file", &tls.ca_file),
+                    ] {
+                        let text = std::fs::read_to_string(path).map_err(|e| {
+                            invalid(key, format!("cannot read {}: {e}", path.display()))
+                        })?;
+                        if !text.contains("-----BEGIN ") {
+                            return Err(invalid(
+                                key,
+                                format!("{} is not a PEM file", path.display()),
+                            ));
+                        }
+                    }
+                }
+                (_, Some(_)) => {
+                    return Err(invalid(
+                        "networks.sip.tls",
+                        "is only used with transport: tls",
+                    ));
+                }
+                _ => {}
+            }
         }
         let as_token = asc.as_token.resolve("appservice.as_token", env)?;
         let hs_token = asc.hs_token.resolve("appservice.hs_token", env)?;
@@ -926,6 +977,51 @@ bridge:
         assert_eq!(err_key(&cfg, &env), "appservice.as_token");
         let cfg = GOOD.replace("domain: localhost", "domain: CHANGE_ME.example");
         assert_eq!(err_key(&cfg, &env), "homeserver.domain");
+    }
+
+    #[test]
+    fn sip_tls_needs_readable_pem_files_and_xmpp_ca_must_read() {
+        let sip = |extra: &str| {
+            format!(
+                "{GOOD}networks:\n  sip:\n    domain: matrix.example.org\n    listen: 127.0.0.1:5071\n    proxy: 127.0.0.1:5061\n{extra}"
+            )
+        };
+        assert_eq!(
+            err_key(&sip("    transport: tls\n"), &env),
+            "networks.sip.tls"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("c.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let missing = dir.path().join("missing.pem");
+        let tls = |cert: &std::path::Path| {
+            format!(
+                "    transport: tls\n    tls:\n      cert_file: {}\n      key_file: {}\n      ca_file: {}\n",
+                cert.display(),
+                pem.display(),
+                pem.display()
+            )
+        };
+        assert_eq!(
+            err_key(&sip(&tls(&missing)), &env),
+            "networks.sip.tls.cert_file"
+        );
+        Config::parse(&sip(&tls(&pem)))
+            .unwrap()
+            .validate(&env)
+            .unwrap();
+        // TLS files without TLS are a mistake worth naming.
+        let unused = sip(&tls(&pem)).replace("    transport: tls\n", "    transport: tcp\n");
+        assert_eq!(err_key(&unused, &env), "networks.sip.tls");
+        let xmpp = format!(
+            "{GOOD}networks:\n  xmpp:\n    component:\n      domain: matrix.example.org\n      secret: s3cret_component\n    accounts:\n      ca_file: {}\n",
+            missing.display()
+        );
+        assert_eq!(err_key(&xmpp, &env), "networks.xmpp.accounts.ca_file");
     }
 
     #[test]

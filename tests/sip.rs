@@ -605,3 +605,69 @@ async fn a_watchers_subscription_survives_a_bridge_restart() {
         })
         .await;
 }
+
+/// The TLS gateway domain of the test Kamailio (routed over TLS to 127.0.0.1:15071).
+const TLS_GATEWAY_DOMAIN: &str = "tls.matrix.corp.localhost";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_transport_carries_messages_both_ways() {
+    let _s = serial();
+    sipp::require_kamailio();
+    let certs = format!("{}/kamailio/certs", common::stack_dir());
+    assert!(
+        std::path::Path::new(&format!("{certs}/bridge.crt")).exists(),
+        "{certs}/bridge.crt is missing: start Kamailio with scripts/kamailio.sh (scripts/test.sh does)"
+    );
+    // The bridge speaks TLS only, to Kamailio's TLS port, for the TLS gateway domain.
+    let _bridge = BridgeProcess::start_with(|cfg| {
+        let sip = "    domain: matrix.corp.localhost\n    listen: 127.0.0.1:15070\n    proxy: 127.0.0.1:15060\n";
+        assert!(cfg.contains(sip), "the fixture's sip section changed");
+        cfg.replace(
+            sip,
+            &format!(
+                "    domain: {TLS_GATEWAY_DOMAIN}\n    listen: 127.0.0.1:15071\n    proxy: 127.0.0.1:15061\n    transport: tls\n    tls:\n      cert_file: {certs}/bridge.crt\n      key_file: {certs}/bridge.key\n      ca_file: {certs}/ca.crt\n"
+            ),
+        )
+    })
+    .await;
+    common::wait_metric(
+        &_bridge,
+        r#"logins{network="sip",state="CONNECTED"} 1"#,
+        WAIT,
+    )
+    .await;
+    let bob = sip_user("bob", 15087).await;
+    let (alice, room, ghost) = dm_with("stls", "bob").await;
+
+    // Matrix → SIP: over TLS to Kamailio, then on to bob.
+    let text = format!("over tls {}", unique());
+    alice.send_text(&room, &text).await;
+    let got = bob
+        .wait_for("alice's message over TLS", WAIT, |m| m.body == text)
+        .await;
+    let from = format!("sip:{}@{TLS_GATEWAY_DOMAIN}", alice.localpart);
+    assert_eq!(got.from, from);
+
+    // SIP → Matrix: Kamailio reaches the bridge over TLS only.
+    let answer = format!("back over tls {}", unique());
+    let status = sipp::send_message("bob", &from, "text/plain", &answer).await;
+    assert_eq!(status, 200);
+    let ev = alice
+        .wait_for_event(&room, "bob's answer over TLS", WAIT, |e| {
+            e["content"]["body"] == answer.as_str()
+        })
+        .await;
+    assert_eq!(ev["sender"], ghost.as_str());
+
+    // Kamailio saw the bridge's request arrive over TLS (it refuses that domain otherwise).
+    let log = std::fs::read_to_string(format!("{}/kamailio/kamailio.log", common::stack_dir()))
+        .expect("read the Kamailio log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("MESSAGE sip:bob@corp.localhost")
+                && l.contains(&from)
+                && l.contains("(tls 127.0.0.1:")),
+        "no MESSAGE from the bridge over TLS in the Kamailio log"
+    );
+    sipp::unregister_all("bob").await;
+}

@@ -1913,9 +1913,7 @@ async fn group_chat_retractions_name_the_rooms_stanza_id() {
 
 /// The CA that signed Prosody's certificate (made by scripts/prosody.sh).
 fn prosody_ca() -> String {
-    let stack = std::env::var("ISTHMUS_STACK")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/stack").to_owned());
-    let ca = format!("{stack}/prosody/certs/ca.crt");
+    let ca = format!("{}/prosody/certs/ca.crt", common::stack_dir());
     assert!(
         std::path::Path::new(&ca).exists(),
         "{ca} is missing: start Prosody with scripts/prosody.sh (scripts/test.sh does)"

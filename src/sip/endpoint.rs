@@ -17,12 +17,13 @@ use rsipstack::transaction::endpoint::{EndpointInnerRef, EndpointOption, TargetL
 use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::{TransactionReceiver, make_tag};
+use rsipstack::transport::tls::{TlsConfig, TlsListenerConnection};
 use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::{SipAddr, TcpListenerConnection, TransportLayer};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SipTransport;
+use crate::config::{SipTlsConfig, SipTransport};
 
 /// The methods the bridge accepts.
 pub const ALLOW: &str = "MESSAGE, SUBSCRIBE, NOTIFY, OPTIONS";
@@ -128,6 +129,7 @@ impl Endpoint {
         listen: SocketAddr,
         proxy: SocketAddr,
         transport: SipTransport,
+        tls: Option<&SipTlsConfig>,
         user_agent: &str,
     ) -> Result<(Self, TransactionReceiver), String> {
         let cancel = CancellationToken::new();
@@ -140,14 +142,39 @@ impl Endpoint {
                 .map_err(|e| format!("cannot bind UDP {listen}: {e}"))?;
             layer.add_transport(udp.into());
         }
-        let tcp = TcpListenerConnection::new(listen, None)
-            .await
-            .map_err(|e| format!("cannot bind TCP {listen}: {e}"))?;
-        layer.add_transport(tcp.into());
+        match (transport, tls) {
+            // TLS only: a plain listener beside it would let requests bypass it.
+            (SipTransport::Tls, Some(tls)) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+                };
+                let config = TlsConfig {
+                    cert: Some(read(&tls.cert_file)?),
+                    key: Some(read(&tls.key_file)?),
+                    ca_certs: Some(read(&tls.ca_file)?),
+                    ..TlsConfig::default()
+                };
+                layer.set_tls_config(config.clone());
+                let listener = TlsListenerConnection::new(listen, None, config)
+                    .await
+                    .map_err(|e| format!("cannot set up TLS on {listen}: {e}"))?;
+                layer.add_transport(listener.into());
+            }
+            (SipTransport::Tls, None) => {
+                return Err("transport: tls needs networks.sip.tls".into());
+            }
+            _ => {
+                let tcp = TcpListenerConnection::new(listen, None)
+                    .await
+                    .map_err(|e| format!("cannot bind TCP {listen}: {e}"))?;
+                layer.add_transport(tcp.into());
+            }
+        }
         let proxy = SipAddr {
             r#type: Some(match transport {
                 SipTransport::Udp => sip::Transport::Udp,
                 SipTransport::Tcp => sip::Transport::Tcp,
+                SipTransport::Tls => sip::Transport::Tls,
             }),
             addr: proxy.into(),
         };
@@ -199,6 +226,7 @@ impl Endpoint {
         let transport = match self.transport {
             SipTransport::Udp => "",
             SipTransport::Tcp => ";transport=tcp",
+            SipTransport::Tls => ";transport=tls",
         };
         format!(
             "<sip:{}@{}{transport}>",

@@ -91,7 +91,7 @@ impl Shared {
     fn max_body(&self) -> usize {
         match self.transport {
             SipTransport::Udp => 700,
-            SipTransport::Tcp => 60_000,
+            SipTransport::Tcp | SipTransport::Tls => 60_000,
         }
     }
 
@@ -115,6 +115,7 @@ impl Shared {
 pub struct Sip {
     info: NetworkInfo,
     listen: std::net::SocketAddr,
+    tls: Option<crate::config::SipTlsConfig>,
     shared: Arc<Shared>,
     gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,
@@ -158,6 +159,7 @@ impl Sip {
                 user_id_example: "sip:bob@example.org".into(),
             },
             listen: cfg.listen,
+            tls: cfg.tls.clone(),
             gateway: Arc::new(Gateway {
                 shared: shared.clone(),
             }),
@@ -179,6 +181,7 @@ impl Connector for Sip {
             self.listen,
             self.shared.proxy,
             self.shared.transport,
+            self.tls.as_ref(),
             concat!("isthmus/", env!("CARGO_PKG_VERSION")),
         )
         .await
@@ -188,7 +191,7 @@ impl Connector for Sip {
                 "the SIP connector was started twice".into(),
             ));
         }
-        tracing::info!(listen = %self.listen, proxy = %self.shared.proxy, domain = self.shared.addressing.domain(), "SIP endpoint listening on UDP and TCP");
+        tracing::info!(listen = %self.listen, proxy = %self.shared.proxy, domain = self.shared.addressing.domain(), transport = transport_name(self.shared.transport), "SIP endpoint listening");
         self.shared.set_state(BridgeState::Connecting, None).await;
         tokio::spawn(handle_sip::serve(self.shared.clone(), incoming));
         tokio::spawn(keepalive(self.shared.clone(), self.stop.subscribe()));
@@ -271,13 +274,18 @@ impl Connector for Sip {
                 "gateway {} via proxy {} ({})",
                 self.shared.addressing.domain(),
                 self.shared.proxy,
-                match self.shared.transport {
-                    SipTransport::Udp => "udp",
-                    SipTransport::Tcp => "tcp",
-                }
+                transport_name(self.shared.transport)
             ),
             *self.shared.state.borrow(),
         )]
+    }
+}
+
+fn transport_name(t: SipTransport) -> &'static str {
+    match t {
+        SipTransport::Udp => "udp",
+        SipTransport::Tcp => "tcp",
+        SipTransport::Tls => "tls",
     }
 }
 

@@ -1067,3 +1067,9 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Where the scripts keep the test servers' files (`ISTHMUS_STACK`, else `target/stack`).
+pub fn stack_dir() -> String {
+    std::env::var("ISTHMUS_STACK")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/stack").to_owned())
+}
