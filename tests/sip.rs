@@ -671,3 +671,55 @@ async fn tls_transport_carries_messages_both_ways() {
     );
     sipp::unregister_all("bob").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watchers_of_an_own_account_see_the_matrix_users_presence() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    sipp::unregister_all("dave").await;
+    let alice = MatrixUser::register("sownpres").await;
+    let mgmt = management_room(&alice).await;
+    command(&alice, &mgmt, "login sip").await;
+    command(&alice, &mgmt, "sip:dave@corp.localhost").await;
+    command(&alice, &mgmt, "-").await;
+    command(&alice, &mgmt, &sipp::password("dave")).await;
+    let done = command(&alice, &mgmt, "-").await;
+    assert!(done.contains("dave@corp.localhost"), "{done}");
+
+    // The registrar routes a SUBSCRIBE for dave to the contact the bridge registered: the
+    // bridge answers for the account, asking alice first.
+    let watcher = Watcher::subscribe("carol", &sipp::uri("dave"), 600);
+    assert!(
+        matches!(watcher.status(WAIT).await, 200 | 202),
+        "the SUBSCRIBE to the own account is accepted (pending)"
+    );
+    alice
+        .wait_for_event(&mgmt, "the contact request notice", WAIT, |e| {
+            e["sender"] == BOT
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("carol@corp.localhost"))
+        })
+        .await;
+    let reply = command(&alice, &mgmt, "accept sip carol@corp.localhost").await;
+    assert!(reply.contains("may now see your presence"), "{reply}");
+    let active = watcher
+        .wait_for("an active NOTIFY", WAIT, |n| n.state.starts_with("active"))
+        .await;
+    let from = active.message.header_uri("From");
+    assert_eq!(from, sipp::uri("dave"), "the NOTIFY comes from the account");
+    alice
+        .ok(
+            "PUT",
+            &format!("/presence/{}/status", enc(&alice.user_id)),
+            Some(&serde_json::json!({"presence": "online", "status_msg": "reading"})),
+        )
+        .await;
+    let n = watcher
+        .wait_for("the Matrix user's presence", WAIT, |n| {
+            n.note().as_deref() == Some("reading")
+        })
+        .await;
+    assert_eq!(n.basic().as_deref(), Some("open"));
+    command(&alice, &mgmt, "logout sip").await;
+}

@@ -342,6 +342,37 @@ impl NetworkClient for Account {
         .map(|_| ())
     }
 
+    /// Watchers of the account reach the bridge through the registrar (the account's
+    /// contact is the bridge), so the account's presence is the Matrix user's, served by
+    /// the same watcher handling as the gateway's.
+    async fn set_presence(
+        &self,
+        sender: &MatrixSender,
+        presence: &crate::network::Presence,
+    ) -> Result<(), NetworkError> {
+        super::presence::publish(&self.shared, &sender.user_id, presence).await
+    }
+
+    async fn answer_contact_request(
+        &self,
+        user: &MatrixSender,
+        contact: &RemoteUserId,
+        accept: bool,
+    ) -> Result<(), NetworkError> {
+        super::presence::answer(&self.shared, &user.user_id, contact.as_str(), accept).await
+    }
+
+    async fn contacts(
+        &self,
+        user: &MatrixSender,
+    ) -> Result<Vec<crate::network::Contact>, NetworkError> {
+        super::handle_matrix::Gateway {
+            shared: self.shared.clone(),
+        }
+        .contacts(user)
+        .await
+    }
+
     async fn logout(&self) -> Result<(), NetworkError> {
         self.stop.send_replace(true);
         {
