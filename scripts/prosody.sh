@@ -10,8 +10,8 @@
 # "matrix.localhost" with the secret ISTHMUS_COMPONENT_SECRET, default
 # "component_secret_test"), registers the users alice, bob, carol, dave, erin, frank and grace with
 # the password "<name>pass", makes a throwaway CA ("$STACK/prosody/certs/ca.crt") and a
-# certificate for "localhost" signed by it (STARTTLS for own-account logins), and waits
-# until both ports accept connections.
+# certificate for "localhost" signed by it (STARTTLS on the client port, and direct TLS on
+# the client port + 1, for own-account logins), and waits until the ports accept connections.
 # Everything lives under "$STACK/prosody"; the PID is in prosody.fg.pid there.
 set -euo pipefail
 
@@ -28,7 +28,8 @@ start() {
     component=$(cat "$P/ports" | cut -d' ' -f2)
     (close_fds; exec prosody --config "$CFG" -F) >"$P/console.log" 2>&1 </dev/null &
     echo "$!" >"$PIDFILE"
-    if ! wait_tcp 127.0.0.1 "$c2s" 20 || ! wait_tcp 127.0.0.1 "$component" 20; then
+    if ! wait_tcp 127.0.0.1 "$c2s" 20 || ! wait_tcp 127.0.0.1 "$((c2s + 1))" 20 \
+        || ! wait_tcp 127.0.0.1 "$component" 20; then
         log "Prosody did not come up; last lines of its logs:"
         tail -n 20 "$P/console.log" "$P/prosody.log" >&2 || true
         stop_pidfile "$PIDFILE"
@@ -57,7 +58,8 @@ up() {
     mkdir -p "$P/data" "$P/certs"
     echo "$c2s $component" >"$P/ports"
     make_certs
-    sed -e "s#@DIR@#$P#g" -e "s#@C2S_PORT@#$c2s#g" -e "s#@COMPONENT_PORT@#$component#g" \
+    sed -e "s#@DIR@#$P#g" -e "s#@C2S_PORT@#$c2s#g" -e "s#@C2S_TLS_PORT@#$((c2s + 1))#g" \
+        -e "s#@COMPONENT_PORT@#$component#g" \
         -e "s#@COMPONENT_DOMAIN@#matrix.localhost#g" \
         -e "s#@COMPONENT_SECRET@#${ISTHMUS_COMPONENT_SECRET:-component_secret_test}#g" \
         "$ROOT/tests/fixtures/prosody.cfg.lua" >"$CFG"

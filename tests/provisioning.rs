@@ -6,35 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::{AS_URL, MatrixUser, enc, serial, with_permission};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const SECRET: &str = "provisioning_secret_test";
 
-async fn call(
-    method: &str,
-    path: &str,
-    user: &str,
-    body: Option<Value>,
-    secret: &str,
-) -> (u16, Value) {
-    let sep = if path.contains('?') { '&' } else { '?' };
-    let url = format!(
-        "{AS_URL}/_matrix/provision/v3{path}{sep}user_id={}",
-        enc(user)
-    );
-    let client = common::http();
-    let mut req = match method {
-        "GET" => client.get(url),
-        _ => client.post(url),
-    }
-    .bearer_auth(secret);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("provisioning request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
+use common::provision as call;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn provisioning_api_end_to_end() {

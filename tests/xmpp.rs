@@ -2185,7 +2185,16 @@ async fn own_account_catches_up_from_the_archive_after_the_bridge_was_down() {
     let mut bob = XmppUser::login("bob").await;
     let alice = MatrixUser::register("xmam").await;
     let mgmt = management_room(&alice).await;
-    let done = login_xmpp(&alice, &mgmt, "carol@localhost", "carolpass").await;
+    // This account connects with direct TLS (XEP-0368) to Prosody's client port + 1; the
+    // restart below reconnects the same way from the stored login.
+    let done = login_xmpp_via(
+        &alice,
+        &mgmt,
+        "carol@localhost",
+        "carolpass",
+        "tls:127.0.0.1:15223",
+    )
+    .await;
     assert!(done.contains("carol@localhost"), "{done}");
     wait_metric(&bridge, r#"logins{network="xmpp",state="CONNECTED"} 2"#).await;
 
@@ -2449,5 +2458,78 @@ async fn own_account_reads_contacts_published_avatars() {
     let mxc = wait_new_avatar(&alice, &ghost, before.as_deref()).await;
     assert_eq!(alice.download(&mxc).await, picture);
     command(&alice, &mgmt, "logout xmpp").await;
+    wait_metric(&bridge, CONNECTED).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn own_account_login_through_the_provisioning_api() {
+    let _s = serial();
+    let bridge = own_account_bridge().await;
+    let secret = "provisioning_secret_test";
+    let alice = MatrixUser::register("xprov").await;
+    let me = alice.user_id.clone();
+    let (_, flows) = common::provision("GET", "/login/flows?network=xmpp", &me, None, secret).await;
+    assert_eq!(flows["flows"][0]["id"], "password", "{flows}");
+    let start = || {
+        common::provision(
+            "POST",
+            "/login/start/password?network=xmpp",
+            &me,
+            None,
+            secret,
+        )
+    };
+    let (status, step) = start().await;
+    assert_eq!(status, 200, "{step}");
+    let fields: Vec<&str> = step["user_input"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    assert_eq!(fields, ["jid", "password", "server"]);
+    let submit = |process: String, password: &'static str| {
+        let me = me.clone();
+        async move {
+            common::provision(
+                "POST",
+                &format!(
+                    "/login/step/{}/fields/user_input?network=xmpp",
+                    enc(&process)
+                ),
+                &me,
+                Some(serde_json::json!({
+                    "jid": "dave@localhost", "password": password, "server": C2S,
+                })),
+                secret,
+            )
+            .await
+        }
+    };
+    let process = step["login_id"].as_str().unwrap().to_owned();
+    let (status, err) = submit(process, "not-daves").await;
+    assert_eq!(
+        (status, err["errcode"].as_str()),
+        (403, Some("FI.MAU.BAD_CREDENTIALS")),
+        "{err}"
+    );
+    let (_, step) = start().await;
+    let process = step["login_id"].as_str().unwrap().to_owned();
+    let (status, done) = submit(process, "davepass").await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["type"], "complete", "{done}");
+    wait_metric(&bridge, r#"logins{network="xmpp",state="CONNECTED"} 2"#).await;
+    let (_, logins) = common::provision("GET", "/logins", &me, None, secret).await;
+    assert!(
+        logins["logins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["id"] == "dave@localhost" && l["state"] == "CONNECTED"),
+        "{logins}"
+    );
+    let (status, out) =
+        common::provision("POST", "/logout/all?network=xmpp", &me, None, secret).await;
+    assert_eq!(status, 200, "{out}");
     wait_metric(&bridge, CONNECTED).await;
 }

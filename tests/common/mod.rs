@@ -1073,3 +1073,30 @@ pub fn stack_dir() -> String {
     std::env::var("ISTHMUS_STACK")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/stack").to_owned())
 }
+
+/// Calls the provisioning API as `user` with `secret`; returns the status and the JSON body.
+pub async fn provision(
+    method: &str,
+    path: &str,
+    user: &str,
+    body: Option<Value>,
+    secret: &str,
+) -> (u16, Value) {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{AS_URL}/_matrix/provision/v3{path}{sep}user_id={}",
+        enc(user)
+    );
+    let client = http();
+    let mut req = match method {
+        "GET" => client.get(url),
+        _ => client.post(url),
+    }
+    .bearer_auth(secret);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("provisioning request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
