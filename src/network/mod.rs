@@ -208,6 +208,27 @@ pub struct LoginField {
     pub secret: bool,
 }
 
+impl LoginField {
+    /// A field asking for `id`, labelled `name`.
+    pub fn new(id: &str, name: &str, secret: bool) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            secret,
+        }
+    }
+}
+
+/// The trimmed value submitted for `key`; `None` when missing, empty, or `-` (which login
+/// steps offer as "the default").
+pub fn login_value(input: &BTreeMap<String, String>, key: &str) -> Option<String> {
+    input
+        .get(key)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty() && *v != "-")
+        .map(str::to_owned)
+}
+
 /// A login flow a connector offers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginFlow {

@@ -397,26 +397,12 @@ pub(super) struct PasswordLogin {
     pub user: String,
 }
 
-fn field(id: &str, name: &str, secret: bool) -> LoginField {
-    LoginField {
-        id: id.into(),
-        name: name.into(),
-        secret,
-    }
-}
-
 /// Parses the values of a login into account data.
 fn parse_input(
     shared: &Shared,
     input: &BTreeMap<String, String>,
 ) -> Result<AccountData, NetworkError> {
-    let get = |k: &str| {
-        input
-            .get(k)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty() && *v != "-")
-            .map(str::to_owned)
-    };
+    let get = |k: &str| crate::network::login_value(input, k);
     let address = get("address")
         .ok_or_else(|| NetworkError::InvalidInput("the SIP address is missing".into()))?;
     let address = shared
@@ -462,10 +448,10 @@ impl LoginProcess for PasswordLogin {
         LoginStep::Input {
             instructions: "Log in with your own SIP account. Send `-` for an optional value to use the default.".into(),
             fields: vec![
-                field("address", "SIP address (sip:you@example.org)", false),
-                field("auth_user", "authentication user (`-`: the address's user)", false),
-                field("password", "password", true),
-                field("proxy", "outbound proxy host:port (`-`: the bridge's proxy)", false),
+                LoginField::new("address", "SIP address (sip:you@example.org)", false),
+                LoginField::new("auth_user", "authentication user (`-`: the address's user)", false),
+                LoginField::new("password", "password", true),
+                LoginField::new("proxy", "outbound proxy host:port (`-`: the bridge's proxy)", false),
             ],
         }
     }

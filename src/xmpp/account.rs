@@ -1253,26 +1253,12 @@ pub(super) struct PasswordLogin {
     pub user: String,
 }
 
-fn field(id: &str, name: &str, secret: bool) -> LoginField {
-    LoginField {
-        id: id.into(),
-        name: name.into(),
-        secret,
-    }
-}
-
 /// Parses the values of a login into account data.
 fn parse_input(
     parts: &Parts,
     input: &BTreeMap<String, String>,
 ) -> Result<AccountData, NetworkError> {
-    let get = |k: &str| {
-        input
-            .get(k)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty() && *v != "-")
-            .map(str::to_owned)
-    };
+    let get = |k: &str| crate::network::login_value(input, k);
     let raw = get("jid").ok_or_else(|| NetworkError::InvalidInput("the JID is missing".into()))?;
     let raw = raw.strip_prefix("xmpp:").unwrap_or(&raw);
     let jid = BareJid::from_str(raw)
@@ -1317,9 +1303,9 @@ impl LoginProcess for PasswordLogin {
         LoginStep::Input {
             instructions: "Log in with your own XMPP account. Send `-` for an optional value to use the default.".into(),
             fields: vec![
-                field("jid", "XMPP address (you@example.org)", false),
-                field("password", "password", true),
-                field(
+                LoginField::new("jid", "XMPP address (you@example.org)", false),
+                LoginField::new("password", "password", true),
+                LoginField::new(
                     "server",
                     "server host:port (`-`: the address's domain on port 5222; `tls:host:port` for direct TLS)",
                     false,
