@@ -342,8 +342,8 @@ up() {
         log "Kamailio is already running (PID $(cat "$PIDFILE")); run '$0 down' first"
         exit 1
     fi
-    if udp_bound "$port" || tcp_open 127.0.0.1 "$port"; then
-        log "port 127.0.0.1:$port is already in use; stop what listens there first"
+    if udp_bound "$port" || tcp_open 127.0.0.1 "$port" || tcp_open 127.0.0.1 "$((port + 1))"; then
+        log "port 127.0.0.1:$port or :$((port + 1)) is already in use; stop what listens there first"
         exit 1
     fi
     if ! command -v kamailio >/dev/null 2>&1 || ! command -v sipp >/dev/null 2>&1; then

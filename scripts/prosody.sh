@@ -44,7 +44,7 @@ up() {
         log "Prosody is already running (PID $(cat "$PIDFILE")); run '$0 down' first"
         exit 1
     fi
-    for port in "$c2s" "$component"; do
+    for port in "$c2s" "$((c2s + 1))" "$component"; do
         if tcp_open 127.0.0.1 "$port"; then
             log "port 127.0.0.1:$port is already in use; stop what listens there first"
             exit 1

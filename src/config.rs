@@ -495,9 +495,49 @@ pub enum SipTransport {
     Udp,
     /// TCP: messages up to 64 KiB go in one request.
     Tcp,
-    /// TLS over TCP (SIPS, RFC 3261 §26.2): certificates in `networks.sip.tls`; the proxy's
-    /// certificate must name its IP address or the gateway's proxy host.
+    /// TLS over TCP (RFC 3261 §26.2): certificates in `networks.sip.tls`; the proxy's
+    /// certificate must chain to `networks.sip.tls.ca_file` and name the proxy's IP address
+    /// (the address in `networks.sip.proxy`).
     Tls,
+}
+
+/// `path` holds at least one PEM certificate.
+fn check_pem_certs(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(key, format!("{} is not PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{} holds no certificate", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// `path` holds a private key the SIP stack reads: PKCS #8 or RSA, in PEM.
+fn check_pem_key(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::pem_file_iter(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?
+        .filter_map(Result::ok)
+        .count();
+    let rsa = rustls::pki_types::PrivatePkcs1KeyDer::pem_file_iter(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?
+        .filter_map(Result::ok)
+        .count();
+    if pkcs8 + rsa == 0 {
+        return Err(invalid(
+            key,
+            format!(
+                "{} holds no PKCS #8 or RSA private key in PEM (an EC key converts with `openssl pkcs8 -topk8 -nocrypt`)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn default_sip_listen() -> SocketAddr {
@@ -827,21 +867,9 @@ impl Config {
                     ));
                 }
                 (SipTransport::Tls, Some(tls)) => {
-                    for (key, path) in [
-                        ("networks.sip.tls.cert_file", &tls.cert_file),
-                        ("networks.sip.tls.key_file", &tls.key_file),
-                        ("networks.sip.tls.ca_file", &tls.ca_file),
-                    ] {
-                        let text = std::fs::read_to_string(path).map_err(|e| {
-                            invalid(key, format!("cannot read {}: {e}", path.display()))
-                        })?;
-                        if !text.contains("-----BEGIN ") {
-                            return Err(invalid(
-                                key,
-                                format!("{} is not a PEM file", path.display()),
-                            ));
-                        }
-                    }
+                    check_pem_certs("networks.sip.tls.cert_file", &tls.cert_file)?;
+                    check_pem_certs("networks.sip.tls.ca_file", &tls.ca_file)?;
+                    check_pem_key("networks.sip.tls.key_file", &tls.key_file)?;
                 }
                 (_, Some(_)) => {
                     return Err(invalid(
@@ -997,15 +1025,27 @@ bridge:
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
+        let key = dir.path().join("k.pem");
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
         let missing = dir.path().join("missing.pem");
-        let tls = |cert: &std::path::Path| {
+        let tls_with = |cert: &std::path::Path, k: &std::path::Path| {
             format!(
                 "    transport: tls\n    tls:\n      cert_file: {}\n      key_file: {}\n      ca_file: {}\n",
                 cert.display(),
-                pem.display(),
+                k.display(),
                 pem.display()
             )
         };
+        let tls = |cert: &std::path::Path| tls_with(cert, &key);
+        // A certificate where the key should be is refused.
+        assert_eq!(
+            err_key(&sip(&tls_with(&pem, &pem)), &env),
+            "networks.sip.tls.key_file"
+        );
         assert_eq!(
             err_key(&sip(&tls(&missing)), &env),
             "networks.sip.tls.cert_file"

@@ -721,5 +721,12 @@ async fn watchers_of_an_own_account_see_the_matrix_users_presence() {
         })
         .await;
     assert_eq!(n.basic().as_deref(), Some("open"));
+    // After logout the account's watchers are told it is gone.
     command(&alice, &mgmt, "logout sip").await;
+    let end = watcher
+        .wait_for("the end of the subscription", WAIT, |n| {
+            n.state.starts_with("terminated")
+        })
+        .await;
+    assert!(end.state.contains("noresource"), "{}", end.state);
 }

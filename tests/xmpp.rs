@@ -2457,6 +2457,35 @@ async fn own_account_reads_contacts_published_avatars() {
     assert!(done.contains("frank@localhost"), "{done}");
     let mxc = wait_new_avatar(&alice, &ghost, before.as_deref()).await;
     assert_eq!(alice.download(&mxc).await, picture);
+
+    // A new picture reaches the ghost through the notification the server pushes (the
+    // account's caps ask for them): nothing asks again.
+    let mut second = tiny_png();
+    second.extend_from_slice(b" grace's second avatar");
+    let id2: String = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &second)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    grace
+        .send_xml(&format!(
+            "<iq xmlns='jabber:client' type='set' id='pub-data2'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:data'><item id='{id2}'><data xmlns='urn:xmpp:avatar:data'>{}</data></item></publish></pubsub></iq>",
+            b64.encode(&second)
+        ))
+        .await;
+    grace
+        .wait("the second picture published", |e| {
+            e.attr("id") == Some("pub-data2")
+        })
+        .await;
+    grace
+        .send_xml(&format!(
+            "<iq xmlns='jabber:client' type='set' id='pub-meta2'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:metadata'><item id='{id2}'><metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='{}' id='{id2}' type='image/png'/></metadata></item></publish></pubsub></iq>",
+            second.len()
+        ))
+        .await;
+    let mxc2 = wait_new_avatar(&alice, &ghost, Some(&mxc)).await;
+    assert_eq!(alice.download(&mxc2).await, second);
     command(&alice, &mgmt, "logout xmpp").await;
     wait_metric(&bridge, CONNECTED).await;
 }

@@ -375,6 +375,8 @@ impl NetworkClient for Account {
 
     async fn logout(&self) -> Result<(), NetworkError> {
         self.stop.send_replace(true);
+        // Watchers of the account stop seeing the Matrix user's presence.
+        super::presence::end_watchers_of(&self.shared, &self.aor_uri()).await;
         {
             let mut accounts = self.shared.accounts.lock().expect("accounts lock");
             // Only this login's entry: a newer login of the same account keeps its own.

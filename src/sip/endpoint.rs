@@ -145,6 +145,12 @@ impl Endpoint {
         match (transport, tls) {
             // TLS only: a plain listener beside it would let requests bypass it.
             (SipTransport::Tls, Some(tls)) => {
+                // The stack binds the TLS listener later and only logs a failure: a port in
+                // use must stop the start instead.
+                drop(
+                    std::net::TcpListener::bind(listen)
+                        .map_err(|e| format!("cannot bind TLS {listen}: {e}"))?,
+                );
                 let read = |p: &std::path::Path| {
                     std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
                 };
@@ -257,12 +263,14 @@ impl Endpoint {
             },
             None => self.proxy.clone(),
         };
-        let (conn, _) = self
-            .inner
-            .transport_layer
-            .lookup(&proxy, None)
-            .await
-            .map_err(|e| SendError::Transport(e.to_string()))?;
+        // Connecting (and the TLS handshake) comes before the transaction's own timers.
+        let (conn, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.inner.transport_layer.lookup(&proxy, None),
+        )
+        .await
+        .map_err(|_| SendError::Transport(format!("connecting to {proxy} timed out")))?
+        .map_err(|e| SendError::Transport(e.to_string()))?;
         let via = self
             .inner
             .get_via(Some(conn.get_addr().clone()), None)

@@ -137,7 +137,17 @@ pub(super) async fn subscribe_in(
         return tx.reply(StatusCode::ServiceUnavailable).await;
     };
     let sub = contacts::get(store, &user, &contact).unwrap_or_default();
-    let policy = shared.policy.for_contact(&contact);
+    // A user's own account is theirs: watchers are always asked about, never let in (or
+    // turned away) by the gateway's policy.
+    let own_account = req
+        .uri
+        .user()
+        .is_some_and(|u| u.starts_with(super::account::ACCOUNT_PREFIX));
+    let policy = if own_account {
+        Policy::Ask
+    } else {
+        shared.policy.for_contact(&contact)
+    };
     if policy == Policy::Deny || sub.denied {
         info!(%contact, %user, denied = sub.denied, "presence subscription refused");
         return tx.reply(StatusCode::Forbidden).await;
@@ -180,9 +190,13 @@ pub(super) async fn subscribe_in(
     };
     {
         let _guard = shared.subscriptions.lock().await;
-        // One subscription per watcher and user: a new one replaces the older.
+        // One subscription per watcher, user and address (the gateway address and an own
+        // account are two): a new one replaces the older.
         for (key, old) in all::<Watcher>(shared, WATCHER) {
-            if old.user == user && old.contact == contact {
+            if old.user == user
+                && old.contact == contact
+                && old.dialog.local_uri == watcher.dialog.local_uri
+            {
                 let _ = store.delete(&key);
             }
         }
@@ -274,6 +288,15 @@ async fn refresh_in(
 /// Sends a watcher the current state of its subscription: the Matrix user's presence when
 /// active, no body while pending, `terminated` when `end` (or when refused).
 async fn notify(shared: &Shared, call_id: &str, end: bool) -> Result<(), NetworkError> {
+    notify_with(shared, call_id, end.then_some("timeout")).await
+}
+
+/// [`notify`], ending the subscription with `end` as the reason when given.
+async fn notify_with(
+    shared: &Shared,
+    call_id: &str,
+    end: Option<&str>,
+) -> Result<(), NetworkError> {
     let key = format!("{WATCHER}{call_id}");
     let (w, cseq) = {
         let _guard = shared.subscriptions.lock().await;
@@ -290,7 +313,9 @@ async fn notify(shared: &Shared, call_id: &str, end: bool) -> Result<(), Network
         && contacts::get(shared.store()?, &w.user, &w.contact)
             .map(|s| !s.pending_in && !s.from)
             .unwrap_or(false);
-    let (state, body) = if end || left == 0 {
+    let (state, body) = if let Some(reason) = end {
+        (format!("terminated;reason={reason}"), None)
+    } else if left == 0 {
         ("terminated;reason=timeout".to_owned(), None)
     } else if refused {
         ("terminated;reason=rejected".to_owned(), None)
@@ -368,6 +393,21 @@ pub(super) async fn publish(
         }
     }
     Ok(())
+}
+
+/// Ends every subscription to `address` (an own account that logged out): its watchers are
+/// told the resource is gone and stop seeing the Matrix user's presence.
+pub(super) async fn end_watchers_of(shared: &Shared, address: &str) {
+    for (_, w) in all::<Watcher>(shared, WATCHER) {
+        if w.dialog.local_uri.eq_ignore_ascii_case(address)
+            && let Err(e) = notify_with(shared, &w.dialog.call_id, Some("noresource")).await
+        {
+            debug!(error = %e, contact = %w.contact, "could not end a watcher's subscription");
+            if let Ok(store) = shared.store() {
+                let _ = store.delete(&format!("{WATCHER}{}", w.dialog.call_id));
+            }
+        }
+    }
 }
 
 /// The Matrix user's answer to a watcher's request.

@@ -46,6 +46,8 @@ const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
 const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
 const CAPS: &str = "http://jabber.org/protocol/caps";
+/// Largest published avatar fetched.
+const MAX_AVATAR_BYTES: usize = 1 << 20;
 /// The node of the account connection's entity capabilities (XEP-0115).
 const CAPS_NODE: &str = "https://github.com/isthmus-bridge/isthmus";
 const RSM: &str = "http://jabber.org/protocol/rsm";
@@ -182,8 +184,10 @@ pub(crate) struct Account {
     catching_up: std::sync::atomic::AtomicBool,
     /// The roster and archive task of the current session.
     session_task: Mutex<Option<tokio::task::AbortHandle>>,
-    /// Contacts whose published avatar was asked for in this run.
+    /// Contacts whose published avatar was asked for in this run (roster contacts only).
     pep_asked: Mutex<std::collections::HashSet<String>>,
+    /// Per contact, the published avatar last tried in this run.
+    pep_tried: Mutex<BTreeMap<String, String>>,
     /// The user's presence as last published on the account.
     presence: Mutex<Option<Presence>>,
     /// The first session's outcome, for the login step that waits on it.
@@ -245,6 +249,7 @@ impl Account {
             catching_up: std::sync::atomic::AtomicBool::new(true),
             session_task: Mutex::default(),
             pep_asked: Mutex::default(),
+            pep_tried: Mutex::default(),
             presence: Mutex::default(),
             first: Mutex::default(),
         }))
@@ -580,6 +585,23 @@ impl Account {
         true
     }
 
+    /// Whether avatars published by `jid` are followed: the account's roster contacts only
+    /// (never the account itself, the bridge's own addresses or strangers).
+    fn avatar_source(&self, jid: &BareJid) -> bool {
+        *jid != self.jid
+            && self
+                .parts
+                .shared
+                .addressing
+                .contact(&jid.to_string())
+                .is_ok()
+            && self
+                .roster
+                .lock()
+                .expect("roster lock")
+                .contains_key(&jid.to_string())
+    }
+
     /// Bridges a contact's published avatar (XEP-0084): the metadata (from a notification,
     /// else asked for), then the picture when its ID (its SHA-1) is new. An empty metadata
     /// means the avatar was removed.
@@ -616,32 +638,26 @@ impl Account {
         let Some(metadata) = item.children().find(|c| c.is("metadata", AVATAR_METADATA)) else {
             return;
         };
+        // An avatar may be described by several infos; the one without a URL is in the data
+        // node (XEP-0084 §4.2.1).
+        let info = metadata
+            .children()
+            .filter(|c| c.is("info", AVATAR_METADATA))
+            .find(|i| i.attr("url").is_none());
         let chat = contact.to_string();
-        let known = self
-            .parts
-            .shared
-            .avatar_hashes
-            .lock()
-            .expect("avatar lock")
-            .get(&chat)
-            .cloned();
         let Some(sink) = self.parts.shared.sink.get() else {
             return;
         };
-        let id = metadata
-            .children()
-            .find(|c| c.is("info", AVATAR_METADATA))
-            .and_then(|i| i.attr("id"))
-            .map(|i| i.to_ascii_lowercase());
-        let Some(id) = id else {
+        let Some(info) = info else {
             // Metadata without info: the contact removed the avatar.
-            if known.as_deref() != Some("") {
-                self.parts
-                    .shared
-                    .avatar_hashes
-                    .lock()
-                    .expect("avatar lock")
-                    .insert(chat.clone(), String::new());
+            let had = self
+                .parts
+                .shared
+                .pep_avatars
+                .lock()
+                .expect("avatar lock")
+                .insert(chat.clone(), String::new());
+            if had.as_deref() != Some("") && !*self.stop.borrow() {
                 let _ = sink
                     .push(RemoteEvent::direct(
                         &chat,
@@ -655,8 +671,31 @@ impl Account {
             }
             return;
         };
-        if known.as_deref() == Some(id.as_str()) {
+        let Some(id) = info.attr("id").map(str::to_owned) else {
             return;
+        };
+        // Each picture is tried once per run: a failure (too large, unreachable, not the
+        // picture its ID names) is not retried at every notification.
+        if self
+            .pep_tried
+            .lock()
+            .expect("pep lock")
+            .insert(chat.clone(), id.clone())
+            .as_deref()
+            == Some(id.as_str())
+        {
+            return;
+        }
+        // The picture must fit in one stanza of the connection (base64 grows it by a third),
+        // or its answer would close the connection.
+        let limit = MAX_AVATAR_BYTES
+            .min((self.parts.shared.client.max_stanza_bytes / 4 * 3).saturating_sub(4096));
+        match info.attr("bytes").and_then(|b| b.parse::<usize>().ok()) {
+            Some(bytes) if bytes <= limit => {}
+            bytes => {
+                info!(contact = %contact, ?bytes, limit, "published avatar too large (or of unknown size); not fetched");
+                return;
+            }
         }
         let query = Element::builder("pubsub", PUBSUB)
             .append(
@@ -688,22 +727,26 @@ impl Account {
             return;
         };
         // The ID is the picture's SHA-1 (XEP-0084 §4.2): anything else is not that picture.
-        if super::avatar::sha1_hex(&picture) != id {
+        let hash = super::avatar::sha1_hex(&picture);
+        if !hash.eq_ignore_ascii_case(&id) {
             warn!(contact = %contact, "published avatar does not match its ID; ignored");
             return;
         }
         self.parts
             .shared
-            .avatar_hashes
+            .pep_avatars
             .lock()
             .expect("avatar lock")
-            .insert(chat.clone(), id.clone());
+            .insert(chat.clone(), hash.clone());
+        if *self.stop.borrow() {
+            return;
+        }
         let _ = sink
             .push(RemoteEvent::direct(
                 &chat,
                 &self.user,
                 RemoteEventKind::Avatar {
-                    hash: id,
+                    hash,
                     data: Some(picture),
                 },
             ))
@@ -968,7 +1011,7 @@ impl c2s::Events for Account {
                     // A contact published a new avatar (XEP-0084 notification).
                     if items.attr("node") == Some(AVATAR_METADATA)
                         && let Some(contact) = msg.from.as_ref().map(|f| f.to_bare())
-                        && contact != self.jid
+                        && self.avatar_source(&contact)
                         && let Some(me) = self.this.upgrade()
                     {
                         tokio::spawn(me.pep_avatar(contact, Some(items.clone())));
@@ -997,6 +1040,7 @@ impl c2s::Events for Account {
                 // (XEP-0084) is asked for once; later changes come as notifications.
                 if p.type_ == PresenceType::None
                     && let Some(contact) = p.from.as_ref().map(|f| f.to_bare())
+                    && self.avatar_source(&contact)
                     && self
                         .pep_asked
                         .lock()

@@ -288,10 +288,11 @@ async fn authenticate(
             "{addr} is not a public address; the bridge's administrator can allow it in networks.xmpp.accounts.allow_hosts"
         )));
     }
-    // Each address in turn (an IPv6 address without a route should not end the attempt).
+    // Each address in turn (an IPv6 address without a route should not end the attempt),
+    // at most six.
     let mut last_error = String::new();
     let mut connected = None;
-    for target in &targets {
+    for target in targets.iter().take(6) {
         match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target)).await {
             Ok(Ok(tcp)) => {
                 connected = Some(tcp);

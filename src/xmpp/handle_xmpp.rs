@@ -280,7 +280,13 @@ impl Handler {
                     )
                     .await;
             }
-            if let Some(picture) = avatar::photo(&card) {
+            // A published avatar (XEP-0084) takes precedence over the vCard's.
+            let published = shared
+                .pep_avatars
+                .lock()
+                .expect("avatar lock")
+                .contains_key(&chat);
+            if let Some(picture) = avatar::photo(&card).filter(|_| !published) {
                 let hash = avatar::sha1_hex(&picture);
                 let known = shared
                     .avatar_hashes
@@ -309,6 +315,16 @@ impl Handler {
     /// A contact's presence announced its picture (XEP-0153): fetch it when it changed.
     async fn picture_announced(&self, contact: &BareJid, user: &str, hash: String) {
         let chat = contact.to_string();
+        // A published avatar (XEP-0084) takes precedence over the vCard's.
+        if self
+            .shared
+            .pep_avatars
+            .lock()
+            .expect("avatar lock")
+            .contains_key(&chat)
+        {
+            return;
+        }
         let known = self
             .shared
             .avatar_hashes

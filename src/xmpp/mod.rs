@@ -71,8 +71,11 @@ pub(crate) struct Shared {
     seen: Mutex<HashMap<String, u64>>,
     /// Contacts whose vCard was asked for in this run.
     vcards_asked: Mutex<std::collections::HashSet<String>>,
-    /// The picture hash each contact had when last bridged, in this run.
+    /// The vCard picture hash (XEP-0153) each contact had when last bridged, in this run.
     avatar_hashes: Mutex<HashMap<String, String>>,
+    /// The published avatar (XEP-0084) each contact of an own account has, in this run
+    /// ("" when removed); such a contact's vCard pictures are then ignored.
+    pep_avatars: Mutex<HashMap<String, String>>,
     /// Own-account logins online, by account (bare JID).
     accounts: Mutex<HashMap<String, TrackedAccount>>,
     /// Settings for own-account connections.
@@ -296,6 +299,7 @@ impl Xmpp {
             presence_limit: Mutex::default(),
             vcards_asked: Mutex::default(),
             avatar_hashes: Mutex::default(),
+            pep_avatars: Mutex::default(),
             seen: Mutex::default(),
             accounts: Mutex::default(),
             client,
