@@ -75,6 +75,11 @@ networks:
       port: $XMPP_COMPONENT_PORT
       domain: matrix.localhost
       secret: demo_component_secret
+    accounts:
+      # Own-account logins (`login xmpp` to the bot) reach the demo Prosody, whose
+      # certificate comes from a throwaway CA.
+      ca_file: $ISTHMUS_STACK/prosody/certs/ca.crt
+      allow_hosts: [127.0.0.1]
   sip:
     domain: matrix.corp.localhost
     listen: 127.0.0.1:$SIP_GATEWAY_PORT
@@ -113,10 +118,13 @@ cat <<TEXT
 The stack keeps running:
   Matrix homeserver  http://127.0.0.1:$HS_PORT   user alice / password alicepass (admin of the bridge)
                      (any Matrix client, e.g. Element: homeserver http://127.0.0.1:$HS_PORT)
-  XMPP server        127.0.0.1:$XMPP_C2S_PORT, domain localhost, users alice bob carol dave erin,
-                     password <name>pass (e.g. bob / bobpass); plaintext, no TLS: for this demo only
+  XMPP server        127.0.0.1:$XMPP_C2S_PORT, domain localhost, users alice bob carol dave erin frank
+                     grace, password <name>pass (e.g. bob / bobpass); STARTTLS offered with a
+                     throwaway CA ($ISTHMUS_STACK/prosody/certs/ca.crt) but not required: demo only
                      (any XMPP client, e.g. Gajim, Dino, Conversations: server 127.0.0.1 port $XMPP_C2S_PORT)
-  SIP proxy          Kamailio on 127.0.0.1:$SIP_PORT (UDP/TCP), domain corp.localhost, users bob carol dave
+                     To bridge your own XMPP account: send "login xmpp" to the bot, then
+                     dave@localhost, davepass and 127.0.0.1:$XMPP_C2S_PORT.
+  SIP proxy          Kamailio on 127.0.0.1:$SIP_PORT (UDP/TCP; TLS on the next port), domain corp.localhost, users bob carol dave
                      erin frank, password <name>pass (any SIP client, e.g. Linphone, baresip)
   isthmus            http://127.0.0.1:$BRIDGE_PORT (metrics at /metrics), log $BRIDGE_LOG
 Matrix users are reachable from XMPP at <localpart>@matrix.localhost (alice@matrix.localhost);
