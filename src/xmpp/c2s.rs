@@ -150,6 +150,18 @@ pub(super) fn to_client(stanza: Stanza) -> Element {
     el
 }
 
+/// An element `name` in `ns` with attributes.
+pub(super) fn element(name: &str, ns: &str, attrs: &[(&str, &str)]) -> Element {
+    let mut b = Element::builder(name, ns);
+    for (k, v) in attrs {
+        b = b.attr(
+            xmpp_parsers::minidom::rxml::NcName::try_from(*k).expect("an XML name"),
+            *v,
+        );
+    }
+    b.build()
+}
+
 fn is_stanza(el: &Element) -> bool {
     el.ns() == CLIENT_NS && matches!(el.name(), "message" | "presence" | "iq")
 }
@@ -194,7 +206,11 @@ impl Sm {
     }
 }
 
-async fn read(xml: &mut Xml, guard: &Guard) -> Result<Element, SessionError> {
+/// Reads the next element (on the stream before or after TLS); a stream error ends it.
+async fn read<Io: tokio::io::AsyncBufRead + Unpin>(
+    xml: &mut XmlStream<Io, Element>,
+    guard: &Guard,
+) -> Result<Element, SessionError> {
     loop {
         match xml.next().await {
             Some(Ok(el)) => {
@@ -218,7 +234,10 @@ async fn read(xml: &mut Xml, guard: &Guard) -> Result<Element, SessionError> {
     }
 }
 
-async fn send(xml: &mut Xml, el: &Element) -> Result<(), SessionError> {
+async fn send<Io: AsyncWrite + Unpin>(
+    xml: &mut XmlStream<Io, Element>,
+    el: &Element,
+) -> Result<(), SessionError> {
     xml.send(el)
         .await
         .map_err(|e| transient(format!("write failed: {e}")))
@@ -321,17 +340,8 @@ async fn authenticate(
                 "{domain} does not offer STARTTLS; the bridge never sends a password in the clear"
             )));
         }
-        xml.send(&Element::builder("starttls", TLS_NS).build())
-            .await
-            .map_err(|e| transient(format!("write failed: {e}")))?;
-        let answer = loop {
-            match xml.next().await {
-                Some(Ok(el)) => break el,
-                Some(Err(ReadError::SoftTimeout)) => continue,
-                Some(Err(e)) => return Err(transient(format!("read failed: {e}"))),
-                None => return Err(transient("the server closed the connection")),
-            }
-        };
+        send(&mut xml, &Element::builder("starttls", TLS_NS).build()).await?;
+        let answer = read(&mut xml, guard).await?;
         if !answer.is("proceed", TLS_NS) {
             return Err(transient(format!("{domain} refused STARTTLS")));
         }
@@ -356,16 +366,11 @@ async fn authenticate(
     match Hash::choose(offered.iter().copied()) {
         Some(hash) => {
             let mut scram = Scram::new(hash, user, &settings.password);
-            send(
-                &mut xml,
-                &Element::builder("auth", SASL_NS)
-                    .attr(
-                        xmpp_parsers::minidom::rxml::xml_ncname!("mechanism").to_owned(),
-                        hash.mechanism(),
-                    )
-                    .append(B64.encode(scram.client_first()))
-                    .build(),
-            )
+            send(&mut xml, &{
+                let mut auth = element("auth", SASL_NS, &[("mechanism", hash.mechanism())]);
+                auth.append_text(B64.encode(scram.client_first()));
+                auth
+            })
             .await?;
             let challenge = sasl_step(&mut xml, guard).await?;
             let SaslStep::Challenge(server_first) = challenge else {
@@ -404,16 +409,11 @@ async fn authenticate(
         }
         None if offered.contains(&"PLAIN") => {
             let payload = format!("\0{user}\0{}", settings.password);
-            send(
-                &mut xml,
-                &Element::builder("auth", SASL_NS)
-                    .attr(
-                        xmpp_parsers::minidom::rxml::xml_ncname!("mechanism").to_owned(),
-                        "PLAIN",
-                    )
-                    .append(B64.encode(payload))
-                    .build(),
-            )
+            send(&mut xml, &{
+                let mut auth = element("auth", SASL_NS, &[("mechanism", "PLAIN")]);
+                auth.append_text(B64.encode(payload));
+                auth
+            })
             .await?;
             let SaslStep::Success(_) = sasl_step(&mut xml, guard).await? else {
                 return Err(transient("the server sent a challenge for PLAIN"));
@@ -481,25 +481,16 @@ async fn sasl_step(xml: &mut Xml, guard: &Guard) -> Result<SaslStep, SessionErro
 
 /// Binds a resource; returns the full JID the server gave.
 async fn bind(xml: &mut Xml, guard: &Guard, resource: &str) -> Result<FullJid, SessionError> {
-    let iq = Element::builder("iq", CLIENT_NS)
-        .attr(
-            xmpp_parsers::minidom::rxml::xml_ncname!("type").to_owned(),
-            "set",
-        )
-        .attr(
-            xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
-            "bind-1",
-        )
-        .append(
-            Element::builder("bind", BIND_NS)
-                .append(
-                    Element::builder("resource", BIND_NS)
-                        .append(resource)
-                        .build(),
-                )
-                .build(),
-        )
-        .build();
+    let mut iq = element("iq", CLIENT_NS, &[("type", "set"), ("id", "bind-1")]);
+    iq.append_child(
+        Element::builder("bind", BIND_NS)
+            .append(
+                Element::builder("resource", BIND_NS)
+                    .append(resource)
+                    .build(),
+            )
+            .build(),
+    );
     send(xml, &iq).await?;
     loop {
         let el = read(xml, guard).await?;
@@ -577,12 +568,7 @@ pub(super) async fn run(
                         }
                         let _ = send(
                             &mut xml,
-                            &Element::builder("presence", CLIENT_NS)
-                                .attr(
-                                    xmpp_parsers::minidom::rxml::xml_ncname!("type").to_owned(),
-                                    "unavailable",
-                                )
-                                .build(),
+                            &element("presence", CLIENT_NS, &[("type", "unavailable")]),
                         )
                         .await;
                         let _ = SinkExt::<&Element>::close(&mut xml).await;
@@ -639,16 +625,11 @@ async fn connect(
     if offers_sm && let Some(previd) = sm.id.clone() {
         send(
             &mut xml,
-            &Element::builder("resume", SM_NS)
-                .attr(
-                    xmpp_parsers::minidom::rxml::xml_ncname!("previd").to_owned(),
-                    previd.as_str(),
-                )
-                .attr(
-                    xmpp_parsers::minidom::rxml::xml_ncname!("h").to_owned(),
-                    sm.inbound.to_string(),
-                )
-                .build(),
+            &element(
+                "resume",
+                SM_NS,
+                &[("previd", &previd), ("h", &sm.inbound.to_string())],
+            ),
         )
         .await?;
         let el = read(&mut xml, guard).await?;
@@ -686,16 +667,7 @@ async fn connect(
     sm.next_out = 0;
     let mut early = Vec::new();
     if offers_sm {
-        send(
-            &mut xml,
-            &Element::builder("enable", SM_NS)
-                .attr(
-                    xmpp_parsers::minidom::rxml::xml_ncname!("resume").to_owned(),
-                    "true",
-                )
-                .build(),
-        )
-        .await?;
+        send(&mut xml, &element("enable", SM_NS, &[("resume", "true")])).await?;
         // Stanzas before the answer are not counted; they are handled first once the
         // session runs.
         let el = loop {
@@ -726,12 +698,7 @@ async fn connect(
 }
 
 fn ack(h: u32) -> Element {
-    Element::builder("a", SM_NS)
-        .attr(
-            xmpp_parsers::minidom::rxml::xml_ncname!("h").to_owned(),
-            h.to_string(),
-        )
-        .build()
+    element("a", SM_NS, &[("h", &h.to_string())])
 }
 
 /// Reads and writes until the connection drops or the account stops.
