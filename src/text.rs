@@ -1,5 +1,18 @@
-//! Small text helpers shared by the core and the connectors: markup escaping and decoding of
-//! character references. Network-neutral.
+//! Small text helpers shared by the core and the connectors: markup escaping, decoding of
+//! character references, and display names from remote sources. Network-neutral.
+
+/// A display name a remote source gave, as a Matrix display name may show it: without
+/// control characters, trimmed, at most 100 characters; `None` when nothing is left.
+pub fn display_name(raw: &str) -> Option<String> {
+    let cleaned: String = raw
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
+    let cleaned = cleaned.trim();
+    (!cleaned.is_empty()).then(|| cleaned.to_owned())
+}
 
 /// Escapes text for HTML or XML (`&`, `<`, `>`, `"`, `'`).
 pub fn escape_markup(s: &str) -> String {
@@ -67,6 +80,13 @@ pub fn decode_entities(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_names_are_printable_short_and_never_empty() {
+        assert_eq!(display_name("  Bob\u{7}\n B "), Some("Bob B".into()));
+        assert_eq!(display_name(" \t\u{0} "), None);
+        assert_eq!(display_name(&"x".repeat(300)).unwrap().chars().count(), 100);
+    }
 
     #[test]
     fn round_trip_and_odd_input() {

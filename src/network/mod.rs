@@ -533,7 +533,7 @@ pub trait RemoteEventHandler: Send + Sync {
     /// Stores and schedules one event.
     async fn push(&self, network: &NetworkId, event: RemoteEvent) -> Result<(), SinkError>;
 
-    /// The profile of Matrix user `user_id` as networks may show it (a puppet's vCard, say):
+    /// The profile of Matrix user `user_id` as networks may show it (to contacts who ask):
     /// `None` when the user may not use the bridge or the homeserver does not answer.
     async fn matrix_profile(&self, _user_id: &str) -> Option<MatrixProfile> {
         None

@@ -100,17 +100,7 @@ pub(super) fn sender(
     let from = endpoint::name_addr(req.from_header().ok()?.value());
     let aor = shared.addressing.contact(&from.uri).ok()?;
     // A display name becomes a Matrix display name: short, printable, or none.
-    let display = from
-        .display
-        .map(|d| {
-            d.chars()
-                .filter(|c| !c.is_control())
-                .take(100)
-                .collect::<String>()
-                .trim()
-                .to_owned()
-        })
-        .filter(|d| !d.is_empty());
+    let display = from.display.as_deref().and_then(crate::text::display_name);
     Some((aor, display))
 }
 

@@ -23,12 +23,12 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
 use xmpp_parsers::presence::{Presence as XmppPresence, Show, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
-use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 use super::c2s;
 use super::component::{Inbound, Outgoing};
 use super::handle_matrix::Gateway;
-use super::handle_xmpp::Handler;
+use super::handle_xmpp::{Handler, error_reply};
 use super::{Shared, fidelity};
 use crate::config::XmppConfig;
 use crate::network::{
@@ -763,7 +763,7 @@ impl Account {
                 // Roster pushes come from the account itself (RFC 6121 §2.1.6); others
                 // are forgeries.
                 if from.as_ref().is_some_and(|f| f != &own) {
-                    return vec![error(from, id, DefinedCondition::Forbidden)];
+                    return vec![error_reply(from, None, id, DefinedCondition::Forbidden)];
                 }
                 self.apply_roster(roster_items(&payload), false).await;
                 vec![
@@ -828,7 +828,12 @@ impl Account {
                 ]
             }
             Iq::Get { from, id, .. } | Iq::Set { from, id, .. } => {
-                vec![error(from, id, DefinedCondition::ServiceUnavailable)]
+                vec![error_reply(
+                    from,
+                    None,
+                    id,
+                    DefinedCondition::ServiceUnavailable,
+                )]
             }
             answer @ (Iq::Result { .. } | Iq::Error { .. }) => {
                 self.parts.handler.stanza(answer.into()).await
@@ -901,17 +906,6 @@ fn xml_name(n: &str) -> xmpp_parsers::minidom::rxml::NcName {
     xmpp_parsers::minidom::rxml::NcName::try_from(n).expect("valid name")
 }
 
-fn error(to: Option<Jid>, id: String, condition: DefinedCondition) -> Stanza {
-    Iq::Error {
-        from: None,
-        to,
-        id,
-        error: StanzaError::new(ErrorType::Cancel, condition, "en", ""),
-        payload: None,
-    }
-    .into()
-}
-
 struct RosterItem {
     jid: String,
     name: Option<String>,
@@ -924,16 +918,7 @@ fn roster_items(query: &Element) -> Vec<RosterItem> {
         .filter(|c| c.is("item", ROSTER))
         .filter_map(|c| {
             let jid = BareJid::from_str(c.attr("jid")?).ok()?.to_string();
-            let name = c
-                .attr("name")
-                .map(|n| {
-                    n.trim()
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .take(100)
-                        .collect::<String>()
-                })
-                .filter(|n| !n.is_empty());
+            let name = c.attr("name").and_then(crate::text::display_name);
             Some(RosterItem {
                 jid,
                 name,

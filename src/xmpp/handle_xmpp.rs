@@ -76,22 +76,24 @@ pub(super) fn subscription_stanza(from: Jid, to: Jid, type_: PresenceType) -> St
     out.into()
 }
 
-fn error_reply(
+/// The error answer to an IQ (from its `to`, to its `from`).
+pub(super) fn error_reply(
     iq_from: Option<Jid>,
     iq_to: Option<Jid>,
     id: String,
     condition: DefinedCondition,
 ) -> Stanza {
+    let text = match condition {
+        DefinedCondition::ServiceUnavailable | DefinedCondition::FeatureNotImplemented => {
+            "not implemented by this gateway"
+        }
+        _ => "",
+    };
     Iq::Error {
         from: iq_to,
         to: iq_from,
         id,
-        error: StanzaError::new(
-            ErrorType::Cancel,
-            condition,
-            "en",
-            "not implemented by this gateway",
-        ),
+        error: StanzaError::new(ErrorType::Cancel, condition, "en", text),
         payload: None,
     }
     .into()
@@ -130,10 +132,9 @@ fn delay_ms(msg: &Message) -> Option<u64> {
         .map(|t| t.min(crate::network::now_ms()))
 }
 
-/// The original time of a delayed direct message, when the delay comes from the receiver's
-/// own server (offline storage, an archive): a sender's own claim is not believed.
-fn trusted_delay_ms(msg: &Message) -> Option<u64> {
-    let server = msg.to.as_ref()?.domain().as_str().to_owned();
+/// The original time of a delayed direct message, when `server` stamped the delay (the
+/// account's own server: offline storage, an archive); a sender's own claim is not believed.
+fn trusted_delay_ms(msg: &Message, server: &str) -> Option<u64> {
     let stamped_by = msg
         .payloads
         .iter()
@@ -260,14 +261,7 @@ impl Handler {
                         .find(|c| c.name() == "NICKNAME")
                         .map(|n| n.text())
                 })
-                .map(|n| {
-                    n.trim()
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .take(100)
-                        .collect::<String>()
-                })
-                .filter(|n| !n.is_empty());
+                .and_then(|n| crate::text::display_name(&n));
             let Some(sink) = shared.sink.get() else {
                 return;
             };
@@ -456,14 +450,7 @@ impl Handler {
         };
         let me = own.to_string();
         // Archived copies carry their archive's time (stamped by the account's server).
-        let sent_at = msg
-            .payloads
-            .iter()
-            .find(|p| p.is("delay", ns::DELAY))
-            .and_then(|d| d.attr("from"))
-            .is_some_and(|f| f == own.domain().as_str())
-            .then(|| delay_ms(&msg))
-            .flatten();
+        let sent_at = trusted_delay_ms(&msg, own.domain().as_str());
         let base = |kind| {
             let mut ev = RemoteEvent::direct(&contact.to_string(), user, kind).at(sent_at);
             ev.sender = crate::network::RemoteUserId::new(me.as_str());
@@ -503,7 +490,10 @@ impl Handler {
             .map(Element::text)
             .filter(|n| !n.trim().is_empty());
         // Offline storage and archives mark the original time (XEP-0203).
-        let sent_at = trusted_delay_ms(&msg);
+        let sent_at = msg
+            .to
+            .as_ref()
+            .and_then(|to| trusted_delay_ms(&msg, to.domain().as_str()));
         let base = |kind| {
             RemoteEvent::direct(&contact.to_string(), &user, kind)
                 .named(nick.clone())
