@@ -2323,11 +2323,7 @@ async fn avatars_cross_both_ways_and_an_unchanged_one_is_not_uploaded_again() {
     frank
         .wait("the vCard stored", |e| e.attr("id") == Some("vc-a"))
         .await;
-    let hash: String = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &picture)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = sha1_hex(&picture);
     let alice = MatrixUser::register("xavatar").await;
     let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
     let announce = format!(
@@ -2396,10 +2392,46 @@ async fn avatars_cross_both_ways_and_an_unchanged_one_is_not_uploaded_again() {
     assert_eq!(b64.decode(binval.trim()).unwrap(), mine);
 }
 
+/// SHA-1 in hex, as XMPP names avatar pictures.
+fn sha1_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `user` publishes `picture` as their avatar (XEP-0084: data, then metadata); `tag` keeps
+/// the IQ IDs apart.
+async fn publish_avatar(user: &mut XmppUser, picture: &[u8], tag: &str) {
+    use base64::Engine;
+    let id = sha1_hex(picture);
+    let data = base64::engine::general_purpose::STANDARD.encode(picture);
+    user.send_xml(&format!(
+        "<iq xmlns='jabber:client' type='set' id='data-{tag}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:data'><item id='{id}'><data xmlns='urn:xmpp:avatar:data'>{data}</data></item></publish></pubsub></iq>"
+    ))
+    .await;
+    let data_id = format!("data-{tag}");
+    user.wait("the avatar data published", |e| {
+        e.attr("id") == Some(data_id.as_str())
+    })
+    .await;
+    user.send_xml(&format!(
+        "<iq xmlns='jabber:client' type='set' id='meta-{tag}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:metadata'><item id='{id}'><metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='{}' id='{id}' type='image/png'/></metadata></item></publish></pubsub></iq>",
+        picture.len()
+    ))
+    .await;
+    let meta_id = format!("meta-{tag}");
+    let published = user
+        .wait("the avatar metadata published", |e| {
+            e.attr("id") == Some(meta_id.as_str())
+        })
+        .await;
+    assert_eq!(published.attr("type"), Some("result"), "{published:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn own_account_reads_contacts_published_avatars() {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
     let _s = serial();
     let bridge = own_account_bridge().await;
     // frank (from his own client) sees grace's presence; grace publishes an avatar
@@ -2420,34 +2452,7 @@ async fn own_account_reads_contacts_published_avatars() {
         .await;
     let mut picture = tiny_png();
     picture.extend_from_slice(b" grace's avatar");
-    let id: String = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &picture)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    grace
-        .send_xml(&format!(
-            "<iq xmlns='jabber:client' type='set' id='pub-data'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:data'><item id='{id}'><data xmlns='urn:xmpp:avatar:data'>{}</data></item></publish></pubsub></iq>",
-            b64.encode(&picture)
-        ))
-        .await;
-    grace
-        .wait("the avatar data published", |e| {
-            e.attr("id") == Some("pub-data")
-        })
-        .await;
-    grace
-        .send_xml(&format!(
-            "<iq xmlns='jabber:client' type='set' id='pub-meta'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:metadata'><item id='{id}'><metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='{}' id='{id}' type='image/png'/></metadata></item></publish></pubsub></iq>",
-            picture.len()
-        ))
-        .await;
-    let published = grace
-        .wait("the avatar metadata published", |e| {
-            e.attr("id") == Some("pub-meta")
-        })
-        .await;
-    assert_eq!(published.attr("type"), Some("result"), "{published:?}");
+    publish_avatar(&mut grace, &picture, "1").await;
 
     let alice = MatrixUser::register("xpep").await;
     let mgmt = management_room(&alice).await;
@@ -2462,28 +2467,7 @@ async fn own_account_reads_contacts_published_avatars() {
     // account's caps ask for them): nothing asks again.
     let mut second = tiny_png();
     second.extend_from_slice(b" grace's second avatar");
-    let id2: String = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &second)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    grace
-        .send_xml(&format!(
-            "<iq xmlns='jabber:client' type='set' id='pub-data2'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:data'><item id='{id2}'><data xmlns='urn:xmpp:avatar:data'>{}</data></item></publish></pubsub></iq>",
-            b64.encode(&second)
-        ))
-        .await;
-    grace
-        .wait("the second picture published", |e| {
-            e.attr("id") == Some("pub-data2")
-        })
-        .await;
-    grace
-        .send_xml(&format!(
-            "<iq xmlns='jabber:client' type='set' id='pub-meta2'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:metadata'><item id='{id2}'><metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='{}' id='{id2}' type='image/png'/></metadata></item></publish></pubsub></iq>",
-            second.len()
-        ))
-        .await;
+    publish_avatar(&mut grace, &second, "2").await;
     let mxc2 = wait_new_avatar(&alice, &ghost, Some(&mxc)).await;
     assert_eq!(alice.download(&mxc2).await, second);
     command(&alice, &mgmt, "logout xmpp").await;
