@@ -2111,6 +2111,15 @@ async fn own_account_carries_direct_chats_roster_and_carbons() {
     let out = command(&alice, &mgmt, "logout xmpp").await;
     assert!(out.contains("erin"), "{out}");
     wait_metric(&bridge, CONNECTED).await;
+    // The connection itself ends (the metric above is the core's own bookkeeping).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bridge.log().contains("XMPP account session ended") {
+        assert!(
+            Instant::now() < deadline,
+            "the account's connection did not end after logout"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let log = bridge.log();
     assert!(!log.contains("erinpass"), "the password reached the log");
 }

@@ -572,6 +572,7 @@ pub(super) async fn run(
                         )
                         .await;
                         let _ = SinkExt::<&Element>::close(&mut xml).await;
+                        info!(jid = %jid, "XMPP account session ended");
                         return;
                     }
                     Ended::Dropped(why) => {
