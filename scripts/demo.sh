@@ -85,13 +85,32 @@ networks:
     listen: 127.0.0.1:$SIP_GATEWAY_PORT
     proxy: 127.0.0.1:$SIP_PORT
 YAML
+
+# From here on, a failure stops whatever the demo started, so that running it again starts
+# clean.
+started=0
+# shellcheck disable=SC2317
+on_exit() {
+    local status=$?
+    if [ "$status" -ne 0 ] && [ "$started" -eq 1 ]; then
+        log "the demo failed (status $status); stopping what it started"
+        stop || true
+        log "logs are kept in $STACK; run scripts/demo.sh again once the cause is fixed"
+    fi
+}
+trap on_exit EXIT
+started=1
+
+# Prosody first: it makes the throwaway CA that the configuration names for own-account
+# logins, and check-config reads every file the configuration names.
+log "== starting Prosody on 127.0.0.1:$XMPP_C2S_PORT (component port $XMPP_COMPONENT_PORT)"
+ISTHMUS_COMPONENT_SECRET=demo_component_secret bash "$ROOT/scripts/prosody.sh" up "$XMPP_C2S_PORT" "$XMPP_COMPONENT_PORT"
+
 "$BIN" check-config -c "$STACK/config.yaml" >/dev/null
 "$BIN" generate-registration -c "$STACK/config.yaml" -o "$STACK/registration.yaml" >/dev/null
 
 log "== starting Synapse on 127.0.0.1:$HS_PORT"
 bash "$ROOT/scripts/synapse.sh" up "$STACK/registration.yaml" "$HS_PORT"
-log "== starting Prosody on 127.0.0.1:$XMPP_C2S_PORT (component port $XMPP_COMPONENT_PORT)"
-ISTHMUS_COMPONENT_SECRET=demo_component_secret bash "$ROOT/scripts/prosody.sh" up "$XMPP_C2S_PORT" "$XMPP_COMPONENT_PORT"
 
 log "== starting Kamailio on 127.0.0.1:$SIP_PORT (gateway domain routed to 127.0.0.1:$SIP_GATEWAY_PORT)"
 bash "$ROOT/scripts/kamailio.sh" up "$SIP_PORT" "$SIP_GATEWAY_PORT"
