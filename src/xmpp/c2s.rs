@@ -145,6 +145,7 @@ pub(super) fn to_client(stanza: Stanza) -> Element {
         Stanza::Iq(iq) => Element::from(iq),
     };
     let mut el = rename_ns(el, COMPONENT_NS, CLIENT_NS);
+    super::xml_safe::element(&mut el);
     el.attrs_mut()
         .remove(xmpp_parsers::minidom::rxml::Namespace::none(), "from");
     el

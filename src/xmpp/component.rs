@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use xmpp_parsers::stanza::Stanza;
 
 use super::limits::{Guard, Limited};
+use super::xml_safe;
 use crate::network::BridgeState;
 
 /// A stanza to write, and who waits to know it was written.
@@ -199,6 +200,7 @@ async fn serve<C: ServerConnector>(
                 };
                 guard.stanza_done();
                 for answer in inbound.stanza(stanza).await {
+                    let Ok(answer) = xml_safe::stanza(answer) else { continue };
                     if let Err(e) = sink.send(answer).await {
                         return format!("write failed: {e}");
                     }
@@ -207,6 +209,18 @@ async fn serve<C: ServerConnector>(
             out = outgoing.recv() => {
                 let Some((stanza, ack)) = out else {
                     return "the bridge is stopping".into();
+                };
+                // What the stanza carries is made legal XML first, so that nothing a user
+                // writes can fail the write of the link that every user shares.
+                let stanza = match xml_safe::stanza(stanza) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "stanza not written");
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Err(e));
+                        }
+                        continue;
+                    }
                 };
                 let result = sink.send(stanza).await;
                 let failed = result.as_ref().err().map(|e| e.to_string());

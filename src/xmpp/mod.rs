@@ -26,6 +26,7 @@ mod muc;
 mod scram;
 
 mod time;
+pub mod xml_safe;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -406,6 +407,15 @@ impl Connector for Xmpp {
 
     fn bridge_client(&self) -> Option<Arc<dyn NetworkClient>> {
         Some(self.gateway.clone())
+    }
+
+    async fn undelivered(&self, event: &crate::network::RemoteEvent, reason: &str) {
+        if let Some(err) =
+            handle_xmpp::undelivered_error(&self.handler.shared.addressing, event, reason)
+        {
+            // Best effort: the link may be down, and then there is nobody to tell now.
+            let _ = self.handler.shared.out.try_send((err, None));
+        }
     }
 
     fn login_flows(&self) -> Vec<LoginFlow> {
