@@ -29,6 +29,13 @@ pub struct Metrics {
     pub store_size_bytes: IntGauge,
     /// Portal tasks running.
     pub portal_tasks: IntGauge,
+    /// Incoming items skipped on purpose, by reason (`malformed`: an event of a transaction
+    /// that could not be read).
+    pub skipped_events: IntCounterVec,
+    /// Items set aside after failing too often (see the `quarantine` command).
+    pub quarantined: IntGauge,
+    /// 1 while the store takes writes, 0 after a write failed.
+    pub store_healthy: IntGauge,
 }
 
 impl Metrics {
@@ -84,6 +91,23 @@ impl Metrics {
             .expect("valid metric");
         let portal_tasks =
             IntGauge::new("bridge_portal_tasks", "Portal tasks running").expect("valid metric");
+        let skipped_events = IntCounterVec::new(
+            Opts::new(
+                "bridge_skipped_events_total",
+                "Incoming items skipped on purpose, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let quarantined = IntGauge::new(
+            "bridge_quarantined_items",
+            "Items set aside after failing too often",
+        )
+        .expect("valid metric");
+        let store_healthy = IntGauge::new("bridge_store_healthy", "1 while the store takes writes")
+            .expect("valid metric");
+        store_healthy.set(1);
+        skipped_events.with_label_values(&["malformed"]);
         for c in [
             Box::new(txn_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events.clone()),
@@ -95,6 +119,9 @@ impl Metrics {
             Box::new(logins.clone()),
             Box::new(store_size_bytes.clone()),
             Box::new(portal_tasks.clone()),
+            Box::new(skipped_events.clone()),
+            Box::new(quarantined.clone()),
+            Box::new(store_healthy.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -116,6 +143,9 @@ impl Metrics {
             logins,
             store_size_bytes,
             portal_tasks,
+            skipped_events,
+            quarantined,
+            store_healthy,
         }
     }
 

@@ -42,21 +42,49 @@ struct Head<'a> {
     sender: Option<Cow<'a, str>>,
     #[serde(default, rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    event_id: Option<Cow<'a, str>>,
 }
 
-/// Turns a transaction body into inbox items, dropping echoes and events without a room.
-/// Returns the items and how many events were dropped.
+/// What a transaction carries, ready to commit.
+struct Items {
+    /// The inbox items, in the transaction's order.
+    items: Vec<InboxItem>,
+    /// Echoes and events without a room, dropped on purpose.
+    dropped: usize,
+    /// Events that could not be read, skipped with a warning.
+    malformed: usize,
+    /// What the transaction carries, independent of the fields a homeserver changes when it
+    /// sends the same transaction again (`unsigned.age`, say): the IDs of its timeline events
+    /// and the type, room and sender of its ephemeral events. Two transactions with one ID
+    /// are the same only if this matches (homeservers may number transactions from 1 again
+    /// after a restart).
+    digest: [u8; 32],
+}
+
+/// Turns a transaction body into inbox items, dropping echoes and events without a room and
+/// skipping, one by one, events that cannot be read (one bad event never rejects the others).
 /// `echo` tells, by sender and room, the events of the bridge's own users (the bot and
 /// ghosts) that are echoes; a ghost's message in a room shared with another network is not.
-fn to_items(
-    echo: &dyn Fn(&str, &str) -> bool,
-    body: TxnBody,
-) -> Result<(Vec<InboxItem>, usize), String> {
+fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
     let mut items = Vec::with_capacity(body.events.len());
     let mut dropped = 0;
+    let mut malformed = 0;
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut mark = |part: &str| {
+        digest.update(&(part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    };
     for raw in body.events {
-        let head: Head = serde_json::from_str(raw.get())
-            .map_err(|e| format!("an event is not an object: {e}"))?;
+        let head: Head = match serde_json::from_str(raw.get()) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "skipping an event that is not an event object");
+                malformed += 1;
+                continue;
+            }
+        };
+        mark(head.event_id.as_deref().unwrap_or(""));
         let (Some(room), Some(sender), Some(_)) = (head.room_id, head.sender, head.kind) else {
             dropped += 1;
             continue;
@@ -77,9 +105,18 @@ fn to_items(
         body.ephemeral
     };
     for raw in ephemeral {
-        let head: Head = serde_json::from_str(raw.get())
-            .map_err(|e| format!("an ephemeral event is not an object: {e}"))?;
-        if head.sender.as_deref().is_some_and(|s| echo(s, "")) {
+        let head: Head = match serde_json::from_str(raw.get()) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "skipping an ephemeral event that is not an event object");
+                malformed += 1;
+                continue;
+            }
+        };
+        for part in [&head.kind, &head.room_id, &head.sender] {
+            mark(part.as_deref().unwrap_or(""));
+        }
+        if head.kind.is_none() || head.sender.as_deref().is_some_and(|s| echo(s, "")) {
             dropped += 1;
             continue;
         }
@@ -89,7 +126,14 @@ fn to_items(
             event: raw,
         });
     }
-    Ok((items, dropped))
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.finish().as_ref());
+    Items {
+        items,
+        dropped,
+        malformed,
+        digest: out,
+    }
 }
 
 /// The handler.
@@ -123,17 +167,26 @@ pub(super) async fn push(
         bridge.in_namespace(user)
             && (room.is_empty() || user == bridge.bot().as_str() || !bridge.store.has_fanout(room))
     };
-    let (items, dropped) = match to_items(&echo, parsed) {
-        Ok(x) => x,
-        Err(e) => {
-            warn!(txn_id, error = %e, "transaction has malformed events");
-            result("bad_json");
-            return matrix_error(StatusCode::BAD_REQUEST, "M_BAD_JSON", &e);
-        }
-    };
+    let Items {
+        items,
+        dropped,
+        malformed,
+        digest,
+    } = to_items(&echo, parsed);
+    if malformed > 0 {
+        warn!(
+            txn_id,
+            malformed, "transaction has events that cannot be read; the others go on"
+        );
+        bridge
+            .metrics
+            .skipped_events
+            .with_label_values(&["malformed"])
+            .inc_by(malformed as u64);
+    }
     match bridge
         .store
-        .commit_transaction(&txn_id, &items, now_ms())
+        .commit_transaction(&txn_id, &digest, &items, now_ms())
         .await
     {
         Ok(TxnOutcome::New(seqs)) => {
@@ -153,7 +206,10 @@ pub(super) async fn push(
             result("ok");
         }
         Ok(TxnOutcome::Duplicate) => {
-            debug!(txn_id, "transaction seen before; nothing to do");
+            debug!(
+                txn_id,
+                "transaction seen before with the same events; nothing to do"
+            );
             result("duplicate");
         }
         Err(e) => {
@@ -176,11 +232,19 @@ mod tests {
     fn items(body: &str) -> (Vec<InboxItem>, usize) {
         let parsed: TxnBody = serde_json::from_str(body).unwrap();
         // `!hub:hs` has members on another network: ghost events there are not echoes.
-        to_items(
+        let out = to_items(
             &|u: &str, room: &str| u.starts_with("@_") && room != "!hub:hs",
             parsed,
+        );
+        (out.items, out.dropped)
+    }
+
+    fn digest(body: &str) -> [u8; 32] {
+        to_items(
+            &|_: &str, _: &str| false,
+            serde_json::from_str(body).unwrap(),
         )
-        .unwrap()
+        .digest
     }
 
     const TYPING: &str =
@@ -224,9 +288,47 @@ mod tests {
     }
 
     #[test]
-    fn non_object_event_is_an_error() {
-        let parsed: TxnBody = serde_json::from_str(r#"{"events":[42]}"#).unwrap();
-        assert!(to_items(&|_: &str, _: &str| false, parsed).is_err());
+    fn unreadable_events_are_skipped_one_by_one() {
+        let good = r#"{"type":"m.room.message","room_id":"!r:hs","sender":"@a:hs","event_id":"$g","content":{"body":"x"}}"#;
+        for bad in [
+            "42",
+            "null",
+            r#""text""#,
+            "[]",
+            r#"{"room_id":7}"#,
+            r#"{"sender":["@a:hs"]}"#,
+            r#"{"type":{"nested":true}}"#,
+        ] {
+            let body = format!(r#"{{"events":[{bad},{good},{bad}],"ephemeral":[{bad},{TYPING}]}}"#);
+            let parsed: TxnBody = serde_json::from_str(&body).unwrap();
+            let out = to_items(&|_: &str, _: &str| false, parsed);
+            assert_eq!(out.items.len(), 2, "{bad}: the good events go on");
+            assert_eq!(out.malformed + out.dropped, 3, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_digest_tells_reused_transaction_ids_apart() {
+        let a = r#"{"events":[{"type":"m.room.message","room_id":"!r:hs","sender":"@a:hs","event_id":"$1","content":{},"unsigned":{"age":5}}]}"#;
+        let a_again = r#"{"events":[{"type":"m.room.message","room_id":"!r:hs","sender":"@a:hs","event_id":"$1","content":{},"unsigned":{"age":900}}]}"#;
+        let b = r#"{"events":[{"type":"m.room.message","room_id":"!r:hs","sender":"@a:hs","event_id":"$2","content":{}}]}"#;
+        let typing = format!(r#"{{"ephemeral":[{TYPING}]}}"#);
+        let empty = r#"{"events":[]}"#;
+        assert_eq!(
+            digest(a),
+            digest(a_again),
+            "a resend differs only in volatile fields"
+        );
+        let all = [digest(a), digest(b), digest(&typing), digest(empty)];
+        for (i, x) in all.iter().enumerate() {
+            for y in &all[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        // Where one event ends and the next starts is part of the digest.
+        let ab = r#"{"events":[{"event_id":"$a"},{"event_id":"$b"}]}"#;
+        let a_b = r#"{"events":[{"event_id":"$a$b"}]}"#;
+        assert_ne!(digest(ab), digest(a_b));
     }
 
     #[test]

@@ -14,6 +14,25 @@ pub struct TxnRecord {
     pub received_ms: u64,
     /// How many items it put in the inbox.
     pub items: u32,
+    /// What the transaction carried (see the transaction handler), hex; a transaction with the
+    /// same ID and another digest is a new one. Absent in records written before it existed,
+    /// which match nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// The sequence number an inbox (or quarantine) key stands for.
+pub(super) fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(key.try_into().map_err(|_| {
+        StoreError::Decode {
+            tree: "inbox",
+            message: "key is not a u64".into(),
+        }
+    })?))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One unit of work waiting in the inbox.
@@ -54,27 +73,35 @@ pub enum TxnOutcome {
 }
 
 impl Store {
-    /// Commits a homeserver transaction: records `txn_id` and puts `items` into the inbox in
-    /// one atomic step, then waits until it is on disk. A transaction ID seen before stores
-    /// nothing and returns [`TxnOutcome::Duplicate`].
+    /// Commits a homeserver transaction: records `txn_id` with the `digest` of what it carries
+    /// and puts `items` into the inbox in one atomic step, then waits until it is on disk. A
+    /// transaction seen before (same ID, same digest) stores nothing and returns
+    /// [`TxnOutcome::Duplicate`]; the same ID with another digest is a new transaction (a
+    /// homeserver that numbers its transactions from 1 again after a restart).
     pub async fn commit_transaction(
         &self,
         txn_id: &str,
+        digest: &[u8],
         items: &[InboxItem],
         now_ms: u64,
     ) -> Result<TxnOutcome, StoreError> {
         let encoded: Vec<Vec<u8>> = items.iter().map(encode).collect();
+        let digest = hex(digest);
         let record = encode(&TxnRecord {
             received_ms: now_ms,
             items: items.len() as u32,
+            digest: Some(digest.clone()),
         });
         let mut seqs = Vec::with_capacity(items.len());
         for _ in items {
             seqs.push(self.db.generate_id()?);
         }
         let result = (&self.txns, &self.inbox).transaction(|(txns, inbox)| {
-            if txns.get(txn_id.as_bytes())?.is_some() {
-                return Ok(false);
+            if let Some(seen) = txns.get(txn_id.as_bytes())? {
+                let seen: Option<TxnRecord> = serde_json::from_slice(&seen).ok();
+                if seen.and_then(|r| r.digest).as_deref() == Some(digest.as_str()) {
+                    return Ok(false);
+                }
             }
             txns.insert(txn_id.as_bytes(), record.as_slice())?;
             for (seq, value) in seqs.iter().zip(&encoded) {
@@ -110,8 +137,13 @@ impl Store {
     pub fn inbox_get(&self, seq: u64) -> Result<Option<InboxItem>, StoreError> {
         self.inbox
             .get(seq.to_be_bytes())?
-            .map(|v| decode("inbox", &v))
+            .map(|v| self.inbox_decode(&v))
             .transpose()
+    }
+
+    /// An item from its stored bytes (in the inbox or the quarantine).
+    pub(super) fn inbox_decode(&self, bytes: &[u8]) -> Result<InboxItem, StoreError> {
+        decode("inbox", bytes)
     }
 
     /// Every item still in the inbox, oldest first.
@@ -119,12 +151,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.inbox.iter() {
             let (k, v) = kv?;
-            let seq =
-                u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Decode {
-                    tree: "inbox",
-                    message: "key is not a u64".into(),
-                })?);
-            out.push((seq, decode("inbox", &v)?));
+            out.push((seq_of(&k)?, self.inbox_decode(&v)?));
         }
         Ok(out)
     }
@@ -171,7 +198,7 @@ mod tests {
     async fn duplicate_transaction_stores_nothing() {
         let s = Store::temporary().unwrap();
         let TxnOutcome::New(seqs) = s
-            .commit_transaction("1", &[item(1), item(2)], 5)
+            .commit_transaction("1", b"a", &[item(1), item(2)], 5)
             .await
             .unwrap()
         else {
@@ -179,7 +206,9 @@ mod tests {
         };
         assert_eq!(seqs.len(), 2);
         assert!(matches!(
-            s.commit_transaction("1", &[item(3)], 6).await.unwrap(),
+            s.commit_transaction("1", b"a", &[item(3)], 6)
+                .await
+                .unwrap(),
             TxnOutcome::Duplicate
         ));
         assert_eq!(s.inbox_len(), 2);
@@ -190,17 +219,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reused_id_with_other_events_is_a_new_transaction() {
+        let s = Store::temporary().unwrap();
+        s.commit_transaction("1", b"first", &[item(1)], 5)
+            .await
+            .unwrap();
+        let TxnOutcome::New(seqs) = s
+            .commit_transaction("1", b"after a restart", &[item(2)], 6)
+            .await
+            .unwrap()
+        else {
+            panic!("the same ID with other events must be new");
+        };
+        assert_eq!(seqs.len(), 1);
+        assert_eq!(s.inbox_len(), 2);
+        // The newer one is what a retry is compared with now.
+        assert!(matches!(
+            s.commit_transaction("1", b"after a restart", &[item(2)], 7)
+                .await
+                .unwrap(),
+            TxnOutcome::Duplicate
+        ));
+    }
+
+    #[tokio::test]
     async fn transaction_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.commit_transaction("7", &[item(1)], 5).await.unwrap();
+            s.commit_transaction("7", b"d", &[item(1)], 5)
+                .await
+                .unwrap();
         }
         let s = Store::reopen(dir.path()).unwrap();
         assert!(s.has_transaction("7").unwrap());
         assert_eq!(s.inbox_pending().unwrap().len(), 1);
         assert!(matches!(
-            s.commit_transaction("7", &[item(1)], 6).await.unwrap(),
+            s.commit_transaction("7", b"d", &[item(1)], 6)
+                .await
+                .unwrap(),
             TxnOutcome::Duplicate
         ));
     }
@@ -208,8 +265,8 @@ mod tests {
     #[tokio::test]
     async fn prune_forgets_old_transactions() {
         let s = Store::temporary().unwrap();
-        s.commit_transaction("old", &[], 10).await.unwrap();
-        s.commit_transaction("new", &[], 1000).await.unwrap();
+        s.commit_transaction("old", b"", &[], 10).await.unwrap();
+        s.commit_transaction("new", b"", &[], 1000).await.unwrap();
         assert_eq!(s.prune_transactions(500).unwrap(), 1);
         assert!(!s.has_transaction("old").unwrap());
         assert!(s.has_transaction("new").unwrap());
