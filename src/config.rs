@@ -267,6 +267,12 @@ pub struct BridgeConfig {
     /// How long a login must stay disconnected before its user is told, in seconds.
     #[serde(default = "default_state_notice_delay")]
     pub state_notice_delay_seconds: u64,
+    /// How many passing failures of one item (while the homeserver, the store and the network
+    /// are reachable) set it aside in the quarantine, so that it no longer holds its portal;
+    /// its sender is told, and an admin can retry it (`quarantine` command). Failures while
+    /// the homeserver or a network link is down do not count: then the portal waits.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after_attempts: u32,
     /// The secret (at least 32 characters) that seals stored login credentials. Unset: a
     /// random one is generated into `login.key` in the database folder on first start.
     #[serde(default)]
@@ -333,6 +339,9 @@ fn default_portal_idle() -> u64 {
 fn default_state_notice_delay() -> u64 {
     30
 }
+fn default_quarantine_after() -> u32 {
+    10
+}
 
 impl Default for BridgeConfig {
     fn default() -> Self {
@@ -346,6 +355,7 @@ impl Default for BridgeConfig {
             bridge_notices: false,
             portal_idle_seconds: default_portal_idle(),
             state_notice_delay_seconds: default_state_notice_delay(),
+            quarantine_after_attempts: default_quarantine_after(),
             login_key: None,
             media: MediaConfig::default(),
         }
@@ -746,6 +756,12 @@ impl Config {
             return Err(invalid(
                 "bridge.ghost_displayname_template",
                 "must contain {name}",
+            ));
+        }
+        if b.quarantine_after_attempts == 0 {
+            return Err(invalid(
+                "bridge.quarantine_after_attempts",
+                "must be at least 1 (10 sets an item aside after about five minutes of failures)",
             ));
         }
         if b.permissions.is_empty() {

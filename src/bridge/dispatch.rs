@@ -42,13 +42,16 @@ type Sender = mpsc::UnboundedSender<(u64, InboxItem)>;
 pub(super) struct Queues {
     map: Mutex<HashMap<QueueKey, Sender>>,
     idle: Duration,
+    /// Failures of one item, outages aside, that set it aside.
+    quarantine_after: u32,
 }
 
 impl Queues {
-    pub(super) fn new(idle: Duration) -> Self {
+    pub(super) fn new(idle: Duration, quarantine_after: u32) -> Self {
         Self {
             map: Mutex::default(),
             idle,
+            quarantine_after: quarantine_after.max(1),
         }
     }
 }
@@ -169,17 +172,30 @@ impl Bridge {
         debug!("portal queue idle, task ended");
     }
 
-    /// Handles one item, then removes it from the inbox. Passing failures (the homeserver or
-    /// the network is down) are retried for as long as it takes, with backoff capped at a
-    /// minute, holding the portal's queue so that order is kept; after the first few tries the
-    /// Matrix sender is told that delivery is delayed. Only a permanent failure ends the tries
-    /// (and the sender is told that too).
+    /// Handles one item, then removes it from the inbox.
+    ///
+    /// The failure model: a permanent failure ends the tries and the sender is told. A passing
+    /// failure is retried with backoff capped at a minute, holding the portal's queue so that
+    /// order is kept; after the first few tries the Matrix sender is told that delivery is
+    /// delayed. An outage (homeserver unreachable, store failing, network link down) is waited
+    /// out for as long as it lasts. Any other passing failure counts against the item: past
+    /// `bridge.quarantine_after_attempts` of them the item is set aside in the quarantine
+    /// (its sender is told, admins see it in the `quarantine` command and the
+    /// `bridge_quarantined_items` metric), and the portal goes on with its next item.
     async fn process(&self, seq: u64, item: InboxItem) {
         let mut attempt = 0;
+        let mut counted = 0u32;
         loop {
             match self.handle_item(seq, &item).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() => {
+                    if !e.is_outage() {
+                        counted += 1;
+                        if counted >= self.queues.quarantine_after {
+                            self.set_aside(seq, &item, &e, attempt + 1).await;
+                            return;
+                        }
+                    }
                     if attempt == RETRY_DELAYS.len() {
                         self.report_delay(&item, &e).await;
                     }
@@ -187,7 +203,7 @@ impl Bridge {
                         .get(attempt)
                         .copied()
                         .unwrap_or(MAX_RETRY_DELAY);
-                    warn!(seq, attempt, error = %e, delay_ms = delay.as_millis() as u64, "handling failed, will retry");
+                    warn!(seq, attempt, outage = e.is_outage(), error = %e, delay_ms = delay.as_millis() as u64, "handling failed, will retry");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -204,6 +220,57 @@ impl Bridge {
         self.metrics.inbox_depth.set(self.store.inbox_len() as i64);
     }
 
+    /// Moves an item that keeps failing into the quarantine and tells its sender. Should the
+    /// store refuse, the item stays in the inbox (it is replayed at the next start).
+    async fn set_aside(&self, seq: u64, item: &InboxItem, e: &super::BridgeError, attempts: usize) {
+        let why = crate::store::QuarantineRecord {
+            error: e.to_string(),
+            attempts: attempts as u32,
+            since_ms: super::now_ms(),
+        };
+        match self.store.quarantine(seq, &why).await {
+            Ok(()) => {
+                error!(seq, attempts, error = %e, "item set aside in the quarantine after failing too often");
+                self.metrics
+                    .quarantined
+                    .set(self.store.quarantine_len() as i64);
+                self.metrics.inbox_depth.set(self.store.inbox_len() as i64);
+                self.report_quarantined(item, e).await;
+            }
+            Err(store) => {
+                error!(seq, error = %store, "could not set the item aside; it stays in the inbox");
+            }
+        }
+    }
+
+    /// Sends quarantined item `seq` back to its queue, behind what arrived meanwhile.
+    /// Returns whether there was such an item.
+    pub async fn release_quarantined(&self, seq: u64) -> Result<bool, crate::store::StoreError> {
+        let Some(me) = self.me.upgrade() else {
+            return Ok(false);
+        };
+        let Some((new, item)) = self.store.release(seq).await? else {
+            return Ok(false);
+        };
+        self.metrics
+            .quarantined
+            .set(self.store.quarantine_len() as i64);
+        me.dispatch(new, item);
+        Ok(true)
+    }
+
+    /// The items in the quarantine, oldest first: sequence, a short description, why.
+    pub fn quarantined(
+        &self,
+    ) -> Result<Vec<(u64, String, crate::store::QuarantineRecord)>, crate::store::StoreError> {
+        Ok(self
+            .store
+            .quarantined()?
+            .into_iter()
+            .map(|(seq, item, why)| (seq, describe(&item), why))
+            .collect())
+    }
+
     async fn handle_item(&self, seq: u64, item: &InboxItem) -> Result<(), super::BridgeError> {
         match item {
             InboxItem::Matrix { event, .. } => self.handle_matrix_event(seq, event.get()).await,
@@ -216,12 +283,45 @@ impl Bridge {
 
     /// Dispatches everything left in the inbox by an earlier run, oldest first.
     pub fn replay_inbox(self: &Arc<Self>) -> Result<usize, crate::store::StoreError> {
+        self.metrics
+            .quarantined
+            .set(self.store.quarantine_len() as i64);
         let pending = self.store.inbox_pending()?;
         let n = pending.len();
         for (seq, item) in pending {
             self.dispatch(seq, item);
         }
         Ok(n)
+    }
+}
+
+/// What an item is, for an admin: the room or network and the kind of event.
+fn describe(item: &InboxItem) -> String {
+    #[derive(serde::Deserialize)]
+    struct E {
+        #[serde(rename = "type", default)]
+        kind: String,
+        #[serde(default)]
+        sender: String,
+    }
+    match item {
+        InboxItem::Matrix { room_id, event }
+        | InboxItem::Ephemeral {
+            room_id: Some(room_id),
+            event,
+        } => {
+            let e: E = serde_json::from_str(event.get()).unwrap_or(E {
+                kind: "?".into(),
+                sender: "?".into(),
+            });
+            format!("{} from {} in {room_id}", e.kind, e.sender)
+        }
+        InboxItem::Ephemeral { room_id: None, .. } => "an ephemeral event".into(),
+        InboxItem::Remote { network, event } => format!(
+            "{network} event from {} in {}",
+            event.sender.as_str(),
+            event.chat.as_str()
+        ),
     }
 }
 

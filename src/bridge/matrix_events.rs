@@ -1004,18 +1004,45 @@ impl Bridge {
         }
     }
 
-    /// Called when an item failed for good: tells the Matrix side where there is one.
+    /// Called when an item failed for good: tells its sender, on Matrix or on the network.
     pub(super) async fn report_failure(&self, item: &InboxItem, e: &BridgeError) {
-        if let InboxItem::Matrix { room_id, event } = item
-            && let Ok(ev) = serde_json::from_str::<MatrixEvent>(event.get())
-            && ev.kind == "m.room.message"
-            && let Some(portal) = self.notice_portal(room_id)
-        {
-            let text = format!("⚠ Your message could not be bridged: {e}");
-            self.portal_notice(&portal, &format!("isthmus.fail.{}", ev.event_id), &text)
-                .await;
-        }
+        self.tell_sender(item, &format!("⚠ Your message could not be bridged: {e}"))
+            .await;
         self.metrics.event("any", "item", "failed");
+    }
+
+    /// Called when an item was set aside after failing too often: tells its sender.
+    pub(super) async fn report_quarantined(&self, item: &InboxItem, e: &BridgeError) {
+        self.tell_sender(
+            item,
+            &format!(
+                "⚠ Your message could not be bridged after several tries ({e}). It is set aside, not lost: a bridge admin can send it again with the `quarantine` command."
+            ),
+        )
+        .await;
+        self.metrics.event("any", "item", "quarantined");
+    }
+
+    /// Tells the sender of `item` that it did not cross: a notice in the Matrix room for a
+    /// Matrix message, an error on the sender's own network for a remote message.
+    async fn tell_sender(&self, item: &InboxItem, text: &str) {
+        match item {
+            InboxItem::Matrix { room_id, event } => {
+                if let Ok(ev) = serde_json::from_str::<MatrixEvent>(event.get())
+                    && ev.kind == "m.room.message"
+                    && let Some(portal) = self.notice_portal(room_id)
+                {
+                    self.portal_notice(&portal, &format!("isthmus.fail.{}", ev.event_id), text)
+                        .await;
+                }
+            }
+            InboxItem::Remote { network, event } => {
+                if let Some(connector) = self.networks.get(network) {
+                    connector.undelivered(event, text).await;
+                }
+            }
+            InboxItem::Ephemeral { .. } => {}
+        }
     }
 }
 

@@ -15,7 +15,7 @@ mod portal;
 mod remote_events;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -64,6 +64,21 @@ impl BridgeError {
             BridgeError::Matrix(MatrixError::Api { status, .. }) => {
                 *status >= 500 || *status == 429
             }
+            // The disk (full, unwritable): every item fails alike until it is fixed.
+            BridgeError::Store(StoreError::Db(_)) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the failure is an outage of something every item needs (the homeserver cannot
+    /// be reached, the store cannot write, a network link is down) rather than something about
+    /// this item. An outage holds the portal until it ends; it does not count towards setting
+    /// the item aside.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            BridgeError::Network { source, .. } => matches!(source, NetworkError::Down(_)),
+            BridgeError::Matrix(MatrixError::Http(_)) => true,
+            BridgeError::Store(StoreError::Db(_)) => true,
             _ => false,
         }
     }
@@ -116,6 +131,8 @@ pub struct Bridge {
     pub links: std::sync::OnceLock<crate::media::Links>,
     /// The homeserver's upload limit, once read.
     upload_limit: std::sync::OnceLock<u64>,
+    /// This bridge, for work started from a `&self` (queues need an `Arc`).
+    me: Weak<Bridge>,
 }
 
 /// A reported state and its optional detail.
@@ -141,7 +158,8 @@ impl Bridge {
             .map(|c| (c.info().id.clone(), c))
             .collect();
         let permissions = Permissions::new(config.bridge.permissions.clone());
-        Ok(Arc::new(Bridge {
+        Ok(Arc::new_cyclic(|me| Bridge {
+            me: me.clone(),
             hs,
             store,
             metrics,
@@ -157,7 +175,10 @@ impl Bridge {
             fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
             links: std::sync::OnceLock::new(),
             upload_limit: std::sync::OnceLock::new(),
-            queues: dispatch::Queues::new(Duration::from_secs(config.bridge.portal_idle_seconds)),
+            queues: dispatch::Queues::new(
+                Duration::from_secs(config.bridge.portal_idle_seconds),
+                config.bridge.quarantine_after_attempts,
+            ),
             config,
         }))
     }

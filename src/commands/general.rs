@@ -50,6 +50,16 @@ pub(super) fn commands() -> Vec<Command> {
             run: |ctx, args| whoami(ctx, args).boxed(),
         },
         Command {
+            name: "quarantine",
+            aliases: &[],
+            args: "[retry <number> | retry all]",
+            help: "List the items set aside after failing too often, or send them again.",
+            section: "Administration",
+            level: PermissionLevel::Admin,
+            place: Place::Anywhere,
+            run: |ctx, args| quarantine(ctx, args).boxed(),
+        },
+        Command {
             name: "cancel",
             aliases: &[],
             args: "",
@@ -133,6 +143,58 @@ async fn status(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
         }
     }
     Ok(out.trim_end().to_owned())
+}
+
+async fn quarantine(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
+    let b = ctx.bridge;
+    let items = b.quarantined()?;
+    match args.as_slice() {
+        [] => {
+            if items.is_empty() {
+                return Ok("The quarantine is empty: nothing failed too often.".into());
+            }
+            let mut out = format!(
+                "{} item(s) set aside after failing too often (send one again with `quarantine retry <number>`, or all with `quarantine retry all`):\n",
+                items.len()
+            );
+            for (seq, what, why) in items.iter().take(50) {
+                out.push_str(&format!(
+                    "- {seq}: {what}, {} tries: {}\n",
+                    why.attempts, why.error
+                ));
+            }
+            if items.len() > 50 {
+                out.push_str(&format!("… and {} more\n", items.len() - 50));
+            }
+            Ok(out.trim_end().to_owned())
+        }
+        [retry, which] if retry.eq_ignore_ascii_case("retry") => {
+            let seqs: Vec<u64> = if which.eq_ignore_ascii_case("all") {
+                items.iter().map(|(seq, _, _)| *seq).collect()
+            } else {
+                match which.parse() {
+                    Ok(seq) => vec![seq],
+                    Err(_) => {
+                        return Ok(format!(
+                            "`{which}` is not an item number; `quarantine` lists them."
+                        ));
+                    }
+                }
+            };
+            let mut sent = 0;
+            for seq in &seqs {
+                if b.release_quarantined(*seq).await? {
+                    sent += 1;
+                }
+            }
+            Ok(match (sent, seqs.len()) {
+                (0, 0) => "The quarantine is empty: nothing to send again.".into(),
+                (0, _) => format!("There is no item {which} in the quarantine; `quarantine` lists them."),
+                (n, _) => format!("Sent {n} item(s) again, each behind what its portal received meanwhile."),
+            })
+        }
+        _ => Ok("Usage: `quarantine` to list, `quarantine retry <number>` or `quarantine retry all` to send again.".into()),
+    }
 }
 
 async fn whoami(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {

@@ -108,6 +108,12 @@ impl Connector for Loopback {
         &self.info
     }
 
+    async fn undelivered(&self, event: &crate::network::RemoteEvent, reason: &str) {
+        let op = json!({"undelivered": {"event": event, "reason": reason}});
+        self.shared.log.lock().expect("log lock").push(op.clone());
+        let _ = self.shared.feed.send(op.to_string());
+    }
+
     async fn start(&self, sink: EventSink) -> Result<(), NetworkError> {
         let _ = self.shared.sink.set(sink);
         let listener = TcpListener::bind(self.control).await.map_err(|e| {

@@ -53,9 +53,14 @@ pub enum NetworkError {
     /// The network answered that the message cannot be delivered; certain, no retry.
     #[error("undeliverable: {0}")]
     Undeliverable(String),
-    /// A passing failure (connection down, timeout); the core retries with backoff.
+    /// A passing failure of this operation (timeout, an error the network says is
+    /// temporary); the core retries with backoff and, past a bound, sets the item aside.
     #[error("temporary failure: {0}")]
     Transient(String),
+    /// The link or connection the operation needs is down; the core waits for it, holding
+    /// the portal, without counting it against the item.
+    #[error("link down: {0}")]
+    Down(String),
     /// Anything else; logged, and the user sees a generic failure notice.
     #[error("internal error: {0}")]
     Internal(String),
@@ -64,7 +69,7 @@ pub enum NetworkError {
 impl NetworkError {
     /// Whether the core should retry the same operation later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, NetworkError::Transient(_))
+        matches!(self, NetworkError::Transient(_) | NetworkError::Down(_))
     }
 }
 
@@ -487,6 +492,12 @@ pub trait Connector: Send + Sync + 'static {
     /// Parses what a user typed (or what a ghost user ID decodes to) into a user ID of this
     /// network, normalised; an error says what a valid ID looks like.
     fn parse_user_id(&self, raw: &str) -> Result<RemoteUserId, NetworkError>;
+
+    /// Tells the remote sender of `event` that it did not reach Matrix, with `reason` as a
+    /// user reads it (an error reply on the sender's own network). Called once per event that
+    /// failed for good or was set aside; must not block for long. Events that are not
+    /// messages may be ignored.
+    async fn undelivered(&self, event: &RemoteEvent, reason: &str);
 
     /// Parses a group chat address; `Ok(None)` when the network has no group chats.
     fn parse_group_chat_id(&self, _raw: &str) -> Result<Option<RemoteChatId>, NetworkError> {

@@ -130,7 +130,7 @@ impl Account {
             };
             let answer = match ep.send(out).await {
                 Ok(a) => a,
-                Err(SendError::Transport(e)) => return Err(NetworkError::Transient(e)),
+                Err(SendError::Transport(e)) => return Err(NetworkError::Down(e)),
                 Err(SendError::Invalid(e)) => return Err(NetworkError::InvalidInput(e)),
             };
             match answer.code {

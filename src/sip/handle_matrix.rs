@@ -38,7 +38,7 @@ pub(super) fn outcome(answer: Result<Answer, SendError>) -> Result<(), NetworkEr
                 _ => Err(NetworkError::Undeliverable(what)),
             }
         }
-        Err(SendError::Transport(e)) => Err(NetworkError::Transient(e)),
+        Err(SendError::Transport(e)) => Err(NetworkError::Down(e)),
         Err(SendError::Invalid(e)) => Err(NetworkError::Internal(e)),
     }
 }
@@ -85,6 +85,17 @@ impl Gateway {
             first.get_or_insert(call_id);
         }
         Ok(first.unwrap_or_default())
+    }
+
+    /// Sends a notice `text` from the gateway address `from_uri` to `to_uri`.
+    pub(super) async fn tell(
+        &self,
+        from_uri: &str,
+        to_uri: &str,
+        text: &str,
+    ) -> Result<(), NetworkError> {
+        let from = self.sender_header("isthmus", from_uri)?;
+        self.send_text(&from, to_uri, text).await.map(|_| ())
     }
 
     fn sender_header(&self, display: &str, uri: &str) -> Result<String, NetworkError> {

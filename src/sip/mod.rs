@@ -75,14 +75,14 @@ impl Shared {
         self.sink
             .get()
             .map(|s| s.store())
-            .ok_or_else(|| NetworkError::Transient("the SIP connector is not started".into()))
+            .ok_or_else(|| NetworkError::Down("the SIP connector is not started".into()))
     }
 
     /// The endpoint, once started.
     fn endpoint(&self) -> Result<&Endpoint, NetworkError> {
         self.endpoint
             .get()
-            .ok_or_else(|| NetworkError::Transient("the SIP connector is not started".into()))
+            .ok_or_else(|| NetworkError::Down("the SIP connector is not started".into()))
     }
 
     /// Largest text body of one MESSAGE: RFC 3428 keeps a MESSAGE over UDP under 1300
@@ -173,6 +173,30 @@ impl Sip {
 impl Connector for Sip {
     fn info(&self) -> &NetworkInfo {
         &self.info
+    }
+
+    async fn undelivered(&self, event: &crate::network::RemoteEvent, reason: &str) {
+        // The MESSAGE was answered 200 once stored; the sender learns of the failure from a
+        // MESSAGE back from the address it wrote to.
+        if !matches!(event.kind, crate::network::RemoteEventKind::Message { .. })
+            || event.chat_kind != crate::network::ChatKind::Direct
+        {
+            return;
+        }
+        let Some(from) = event
+            .receiver
+            .as_deref()
+            .and_then(|r| self.shared.addressing.puppet_uri(r))
+        else {
+            return;
+        };
+        if let Err(e) = self
+            .gateway
+            .tell(&from, event.sender.as_str(), reason)
+            .await
+        {
+            tracing::debug!(error = %e, "could not tell the SIP sender of a failed message");
+        }
     }
 
     async fn start(&self, sink: EventSink) -> Result<(), NetworkError> {

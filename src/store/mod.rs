@@ -17,6 +17,8 @@
 //! | `users` | user ID | [`UserRecord`] |
 //! | `logins` | user ID, network, login ID | [`crate::network::LoginData`] |
 //! | `connector_kv` | network, the connector's key | the connector's JSON value |
+//! | `quarantine` | u64 sequence, big endian | the item's inbox bytes, unchanged |
+//! | `quarantine_why` | u64 sequence, big endian | [`QuarantineRecord`] |
 
 mod codec;
 mod connector_kv;
@@ -25,6 +27,7 @@ mod inbox;
 mod logins;
 mod messages;
 mod portals;
+mod quarantine;
 mod schema;
 mod seal;
 mod users;
@@ -37,6 +40,7 @@ pub use self::ghosts::GhostRecord;
 pub use self::inbox::{InboxItem, TxnOutcome, TxnRecord};
 pub use self::messages::MessageRecord;
 pub use self::portals::PortalRecord;
+pub use self::quarantine::QuarantineRecord;
 pub use self::schema::SCHEMA_VERSION;
 pub use self::seal::LoginKey;
 pub use self::users::UserRecord;
@@ -88,12 +92,14 @@ pub struct Store {
     users: sled::Tree,
     logins: sled::Tree,
     connector_kv: sled::Tree,
+    quarantine: sled::Tree,
+    quarantine_why: sled::Tree,
     /// Seals the data of logins; without it, login data is stored as the connector gave it.
     login_key: Option<std::sync::Arc<LoginKey>>,
 }
 
 /// Names of every tree, in export order.
-const TREES: [&str; 11] = [
+const TREES: [&str; 13] = [
     "meta",
     "txns",
     "inbox",
@@ -105,6 +111,8 @@ const TREES: [&str; 11] = [
     "users",
     "logins",
     "connector_kv",
+    "quarantine",
+    "quarantine_why",
 ];
 
 impl Store {
@@ -154,6 +162,8 @@ impl Store {
             users: t("users")?,
             logins: t("logins")?,
             connector_kv: t("connector_kv")?,
+            quarantine: t("quarantine")?,
+            quarantine_why: t("quarantine_why")?,
             login_key: None,
             db,
         })
@@ -194,6 +204,8 @@ impl Store {
             "users" => &self.users,
             "logins" => &self.logins,
             "connector_kv" => &self.connector_kv,
+            "quarantine" => &self.quarantine,
+            "quarantine_why" => &self.quarantine_why,
             _ => unreachable!("unknown tree {name}"),
         }
     }

@@ -81,7 +81,7 @@ impl Gateway {
     /// Writes a stanza and waits until it is on the wire.
     async fn send(&self, stanza: Stanza) -> Result<(), NetworkError> {
         if *self.state.borrow() != BridgeState::Connected {
-            return Err(NetworkError::Transient(match self.own {
+            return Err(NetworkError::Down(match self.own {
                 Some(_) => "the connection of the XMPP account is down".into(),
                 None => "the XMPP component link is down".into(),
             }));
@@ -90,11 +90,12 @@ impl Gateway {
         self.out
             .send((stanza, Some(tx)))
             .await
-            .map_err(|_| NetworkError::Transient("the XMPP link is stopping".into()))?;
+            .map_err(|_| NetworkError::Down("the XMPP link is stopping".into()))?;
         match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(NetworkError::Transient(e)),
-            Ok(Err(_)) => Err(NetworkError::Transient(
+            // The link failed while writing: it reconnects, and the stanza goes again then.
+            Ok(Ok(Err(e))) => Err(NetworkError::Down(e)),
+            Ok(Err(_)) => Err(NetworkError::Down(
                 "the XMPP link dropped the stanza".into(),
             )),
             Err(_) => Err(NetworkError::Transient(

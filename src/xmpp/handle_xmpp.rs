@@ -99,6 +99,38 @@ pub(super) fn error_reply(
     .into()
 }
 
+/// The error message that tells the XMPP sender of `event` that it did not reach Matrix
+/// (RFC 6120 §8.3: a message of type `error` with the original ID, from the address it was
+/// sent to). `None` for what is not a direct message, or when the addresses cannot be made.
+pub(super) fn undelivered_error(
+    addressing: &super::ids::Addressing,
+    event: &crate::network::RemoteEvent,
+    reason: &str,
+) -> Option<Stanza> {
+    let crate::network::RemoteEventKind::Message { id, .. } = &event.kind else {
+        return None;
+    };
+    if event.chat_kind != crate::network::ChatKind::Direct {
+        return None;
+    }
+    let from = addressing.puppet(event.receiver.as_deref()?)?;
+    let to = Jid::from_str(event.sender.as_str()).ok()?;
+    let mut err = Message::new(Some(to));
+    err.type_ = MessageType::Error;
+    err.from = Some(Jid::from(from));
+    err.id = Some(xmpp_parsers::message::Id(id.as_str().to_owned()));
+    err.payloads.push(
+        StanzaError::new(
+            ErrorType::Cancel,
+            DefinedCondition::UndefinedCondition,
+            "en",
+            reason,
+        )
+        .into(),
+    );
+    Some(err.into())
+}
+
 /// XEP-0333 chat markers.
 const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
 
