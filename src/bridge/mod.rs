@@ -13,6 +13,7 @@ mod media;
 mod permissions;
 mod portal;
 mod remote_events;
+pub mod split;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -131,6 +132,8 @@ pub struct Bridge {
     pub links: std::sync::OnceLock<crate::media::Links>,
     /// The homeserver's upload limit, once read.
     upload_limit: std::sync::OnceLock<u64>,
+    /// The largest message body part the homeserver took, once one was too large.
+    part_size: split::PartSize,
     /// This bridge, for work started from a `&self` (queues need an `Arc`).
     me: Weak<Bridge>,
 }
@@ -160,6 +163,7 @@ impl Bridge {
         let permissions = Permissions::new(config.bridge.permissions.clone());
         Ok(Arc::new_cyclic(|me| Bridge {
             me: me.clone(),
+            part_size: split::PartSize::default(),
             hs,
             store,
             metrics,

@@ -230,15 +230,7 @@ impl Bridge {
                     c["m.relates_to"] = json!({"m.in_reply_to": {"event_id": orig.event_id}});
                 }
                 let event_id = self
-                    .hs
-                    .send_message(
-                        Some(&gid),
-                        &rid,
-                        "m.room.message",
-                        &txn,
-                        &c,
-                        ev.timestamp_ms,
-                    )
+                    .send_message_parts(&gid, &rid, &txn, &c, ev.timestamp_ms)
                     .await?;
                 self.store.put_message(&MessageRecord {
                     portal: key.clone(),
