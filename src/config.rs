@@ -553,10 +553,12 @@ fn default_sip_expires() -> u32 {
 pub struct XmppConfig {
     /// The component link (XEP-0114) to the XMPP server.
     pub component: XmppComponentConfig,
-    /// Largest inbound stanza, in bytes; a larger one closes the link (which reconnects).
+    /// Largest inbound stanza, in bytes; a larger one is skipped and its sender gets a stanza
+    /// error (the link stays up).
     #[serde(default = "default_max_stanza")]
     pub max_stanza_bytes: usize,
-    /// Deepest element nesting accepted in an inbound stanza.
+    /// Deepest element nesting accepted in an inbound stanza (the stream root is 1); a deeper
+    /// stanza is skipped and answered like an oversized one.
     #[serde(default = "default_max_depth")]
     pub max_depth: usize,
     /// What to do when an XMPP contact asks to see a Matrix user's presence.
