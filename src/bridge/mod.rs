@@ -116,6 +116,8 @@ pub struct Bridge {
     pub links: std::sync::OnceLock<crate::media::Links>,
     /// The homeserver's upload limit, once read.
     upload_limit: std::sync::OnceLock<u64>,
+    /// The process's open-files limit (soft, hard) after start-up raised it.
+    pub open_files: std::sync::OnceLock<(u64, u64)>,
 }
 
 /// A reported state and its optional detail.
@@ -157,6 +159,7 @@ impl Bridge {
             fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
             links: std::sync::OnceLock::new(),
             upload_limit: std::sync::OnceLock::new(),
+            open_files: std::sync::OnceLock::new(),
             queues: dispatch::Queues::new(Duration::from_secs(config.bridge.portal_idle_seconds)),
             config,
         }))
