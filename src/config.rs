@@ -190,6 +190,18 @@ pub struct AppserviceConfig {
     /// may send: a refused transaction is retried by the homeserver forever.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Seconds a client has to send a request's head, counted from when the connection starts
+    /// waiting for it (opened, or the previous response sent); so also how long a kept-alive
+    /// connection may stay idle. A connection that misses it is closed.
+    #[serde(default = "default_header_timeout")]
+    pub request_header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body once its head arrived.
+    #[serde(default = "default_body_timeout")]
+    pub request_body_timeout_secs: u64,
+    /// Connections open at once on the listener. When all are taken, idle connections are
+    /// closed and new ones wait; kept below the process's open-files limit at start.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Accept the hs_token in the deprecated `access_token` query parameter.
     #[serde(default)]
     pub allow_query_token: bool,
@@ -213,6 +225,15 @@ fn default_bot_displayname() -> String {
 }
 fn default_namespace_prefix() -> String {
     "_".into()
+}
+fn default_header_timeout() -> u64 {
+    20
+}
+fn default_body_timeout() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    4096
 }
 fn default_max_body() -> usize {
     32 << 20
@@ -563,10 +584,12 @@ fn default_sip_expires() -> u32 {
 pub struct XmppConfig {
     /// The component link (XEP-0114) to the XMPP server.
     pub component: XmppComponentConfig,
-    /// Largest inbound stanza, in bytes; a larger one closes the link (which reconnects).
+    /// Largest inbound stanza, in bytes; a larger one is skipped and its sender gets a stanza
+    /// error (the link stays up).
     #[serde(default = "default_max_stanza")]
     pub max_stanza_bytes: usize,
-    /// Deepest element nesting accepted in an inbound stanza.
+    /// Deepest element nesting accepted in an inbound stanza (the stream root is 1); a deeper
+    /// stanza is skipped and answered like an oversized one.
     #[serde(default = "default_max_depth")]
     pub max_depth: usize,
     /// What to do when an XMPP contact asks to see a Matrix user's presence.
@@ -720,6 +743,18 @@ impl Config {
                     "must start with the namespace prefix `{}`",
                     asc.namespace_prefix
                 ),
+            ));
+        }
+        if asc.request_header_timeout_secs == 0 || asc.request_body_timeout_secs == 0 {
+            return Err(invalid(
+                "appservice.request_header_timeout_secs",
+                "the request timeouts must be at least 1 second",
+            ));
+        }
+        if asc.max_connections < 16 {
+            return Err(invalid(
+                "appservice.max_connections",
+                "must be at least 16 so that the homeserver always gets a connection",
             ));
         }
         if asc.max_body_bytes < (1 << 20) {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus::appservice::{AppState, router};
+use isthmus::appservice::{AppState, ListenerLimits, router, serve};
 use isthmus::bridge::Bridge;
 use isthmus::config::Config;
 use isthmus::matrix::{HomeserverClient, HsConfig};
@@ -26,6 +26,18 @@ struct Api {
 }
 
 async fn start(max_body: usize) -> Api {
+    start_limited(
+        max_body,
+        ListenerLimits {
+            header_timeout: Duration::from_secs(20),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+        },
+    )
+    .await
+}
+
+async fn start_limited(max_body: usize, limits: ListenerLimits) -> Api {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
@@ -73,7 +85,12 @@ networks:
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    tokio::spawn(serve(
+        listener,
+        router(state),
+        limits,
+        std::future::pending(),
+    ));
     Api {
         url,
         http: reqwest::Client::new(),
@@ -406,4 +423,132 @@ async fn metrics_and_health() {
     ] {
         assert!(text.contains(name), "metric {name} missing:\n{text}");
     }
+}
+
+/// Reads from `sock` until the server closes it (EOF or reset); returns what was read and
+/// how long it took, or None when it stayed open for `within`.
+async fn closed_within(
+    sock: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> Option<(String, Duration)> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(within, async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|()| {
+        (
+            String::from_utf8_lossy(&got).into_owned(),
+            started.elapsed(),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn half_sent_requests_and_idle_connections_are_closed_after_the_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let api = start_limited(
+        1 << 20,
+        ListenerLimits {
+            header_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            max_connections: 4096,
+        },
+    )
+    .await;
+    let addr = api.url.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    let mut half_head = Vec::new();
+    let mut half_body = Vec::new();
+    for _ in 0..50 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        half_head.push(s);
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(
+            format!(
+                "PUT /_matrix/app/v1/transactions/t1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"events\":"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        half_body.push(s);
+    }
+    for s in idle.iter_mut().chain(half_head.iter_mut()) {
+        let (got, after) = closed_within(s, Duration::from_secs(5))
+            .await
+            .expect("closed by the header timeout");
+        assert!(after < Duration::from_secs(5), "{after:?}");
+        assert!(
+            !got.contains("200 OK"),
+            "no answer to half a request: {got}"
+        );
+    }
+    for s in half_body.iter_mut() {
+        let (got, _) = closed_within(s, Duration::from_secs(5))
+            .await
+            .expect("closed by the body timeout");
+        assert!(
+            !got.contains("200 OK"),
+            "the half-sent transaction was refused: {got}"
+        );
+    }
+    // Nothing of the half-sent transaction was committed, and the listener still answers.
+    assert_eq!(api.get("/health", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_get_through_while_hundreds_of_idle_sockets_hold_the_listener() {
+    let api = start_limited(
+        1 << 20,
+        ListenerLimits {
+            // Long: the idle sockets are not timed out during the test.
+            header_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 64,
+        },
+    )
+    .await;
+    let addr = api.url.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let health = http
+        .get(format!("{}/health", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ping = http
+        .post(format!("{}/_matrix/app/v1/ping", api.url))
+        .bearer_auth(TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), 200, "the homeserver's ping gets through");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
 }

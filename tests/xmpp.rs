@@ -2555,3 +2555,95 @@ async fn own_account_login_through_the_provisioning_api() {
     assert_eq!(status, 200, "{out}");
     wait_metric(&bridge, CONNECTED).await;
 }
+
+/// Whether `el` is a `policy-violation` stanza error answering the stanza `id`.
+fn is_limit_error(el: &Element, id: &str) -> bool {
+    el.attr("type") == Some("error")
+        && el.attr("id") == Some(id)
+        && el.children().any(|e| {
+            e.name() == "error"
+                && e.attr("type") == Some("modify")
+                && e.children().any(|c| c.name() == "policy-violation")
+        })
+}
+
+/// One user's stanza over the inbound limits is refused alone: the user gets a stanza error
+/// for each (message, IQ), the link stays up, and the same user's next message, sent at
+/// once, reaches Matrix. Prosody's own c2s size limit (256 KiB by default) is above the
+/// bridge's cap set here, and Prosody has no depth limit, so both stanzas reach the
+/// component.
+#[tokio::test(flavor = "multi_thread")]
+async fn xmpp_stanza_over_the_limits_is_refused_alone() {
+    let _s = serial();
+    let bridge = BridgeProcess::start_with(|cfg| {
+        cfg.replace(
+            "      secret: component_secret_test\n",
+            "      secret: component_secret_test\n    max_stanza_bytes: 16384\n    max_depth: 32\n",
+        )
+    })
+    .await;
+    wait_metric(&bridge, CONNECTED).await;
+    let links_up = bridge.log().matches("XMPP component link up").count();
+    let dave = MatrixUser::register("xlimit").await;
+    let mut erin = XmppUser::login("erin").await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", dave.localpart);
+
+    let nest = |n: usize| {
+        format!(
+            "{}{}",
+            "<a xmlns='urn:example:nest'>".repeat(n),
+            "</a>".repeat(n)
+        )
+    };
+    erin.send_xml(&format!(
+        "<message to='{address}' id='deep1' type='chat' xmlns='jabber:client'><body>too deep</body>{}</message>",
+        nest(100)
+    ))
+    .await;
+    erin.send_xml(&format!(
+        "<message to='{address}' id='big1' type='chat' xmlns='jabber:client'><body>{}</body></message>",
+        "x".repeat(20_000)
+    ))
+    .await;
+    erin.send_xml(&format!(
+        "<iq to='{address}' id='deepiq' type='get' xmlns='jabber:client'><query xmlns='urn:example:q'>{}</query></iq>",
+        nest(100)
+    ))
+    .await;
+    let text = format!("right after the bad ones {}", unique());
+    erin.say(&address, &text).await;
+
+    for id in ["deep1", "big1", "deepiq"] {
+        let el = erin
+            .wait(&format!("the stanza error for {id}"), |e| {
+                is_limit_error(e, id)
+            })
+            .await;
+        assert_eq!(
+            el.attr("from"),
+            Some(address.as_str()),
+            "the error comes from the address written to"
+        );
+    }
+    let room = dave.wait_for_invite(Duration::from_secs(20)).await;
+    dave.join(&room).await;
+    let ev = dave
+        .wait_for_event(&room, "erin's good message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == text.as_str()
+                || e["content"]["body"] == "too deep"
+                || e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("xxxx"))
+        })
+        .await;
+    assert_eq!(
+        ev["content"]["body"],
+        text.as_str(),
+        "the first message to reach Matrix is the good one"
+    );
+    assert_eq!(
+        bridge.log().matches("XMPP component link up").count(),
+        links_up,
+        "the component link never reconnected"
+    );
+}

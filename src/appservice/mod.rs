@@ -8,8 +8,11 @@
 mod auth;
 mod provisioning;
 mod query;
+mod server;
 mod thirdparty;
 mod transactions;
+
+pub use server::{ListenerLimits, serve};
 
 use std::sync::Arc;
 

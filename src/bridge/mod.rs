@@ -136,6 +136,8 @@ pub struct Bridge {
     part_size: split::PartSize,
     /// This bridge, for work started from a `&self` (queues need an `Arc`).
     me: Weak<Bridge>,
+    /// The process's open-files limit (soft, hard) after start-up raised it.
+    pub open_files: std::sync::OnceLock<(u64, u64)>,
 }
 
 /// A reported state and its optional detail.
@@ -179,6 +181,7 @@ impl Bridge {
             fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
             links: std::sync::OnceLock::new(),
             upload_limit: std::sync::OnceLock::new(),
+            open_files: std::sync::OnceLock::new(),
             queues: dispatch::Queues::new(
                 Duration::from_secs(config.bridge.portal_idle_seconds),
                 config.bridge.quarantine_after_attempts,

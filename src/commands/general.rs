@@ -117,6 +117,20 @@ async fn status(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
         Err(e) => format!("ERROR: {e}"),
     };
     let mut out = format!("Homeserver: {hs}\n");
+    if let Some((soft, hard)) = b.open_files.get() {
+        let show = |n: &u64| {
+            if *n == u64::MAX {
+                "unlimited".to_owned()
+            } else {
+                n.to_string()
+            }
+        };
+        out.push_str(&format!(
+            "Open-files limit: {} (hard limit {})\n",
+            show(soft),
+            show(hard)
+        ));
+    }
     for (id, connector) in &b.networks {
         let info = connector.info();
         out.push_str(&format!("{} ({id}):\n", info.display_name));

@@ -215,7 +215,7 @@ async fn read<Io: tokio::io::AsyncBufRead + Unpin>(
     loop {
         match xml.next().await {
             Some(Ok(el)) => {
-                guard.stanza_done();
+                skipped(guard);
                 if el.is("error", STREAMS_NS) {
                     let cond = el
                         .children()
@@ -233,6 +233,26 @@ async fn read<Io: tokio::io::AsyncBufRead + Unpin>(
             None => return Err(transient("the server closed the connection")),
         }
     }
+}
+
+/// Logs the stanzas the limits skipped since the last read; returns how many were stanzas
+/// (message, presence or iq, which stream management counts). They are not answered: the
+/// server is the account's own, and it enforces its own limits on its users.
+fn skipped(guard: &Guard) -> u32 {
+    let mut stanzas = 0u32;
+    for s in guard.take_skipped() {
+        warn!(
+            element = %s.name,
+            from = s.from.as_deref().unwrap_or(""),
+            id = s.id.as_deref().unwrap_or(""),
+            reason = s.reason(),
+            "skipped an inbound stanza over the limits on an account's connection"
+        );
+        if matches!(s.name.as_str(), "message" | "presence" | "iq") {
+            stanzas = stanzas.wrapping_add(1);
+        }
+    }
+    stanzas
 }
 
 async fn send<Io: AsyncWrite + Unpin>(
@@ -427,6 +447,7 @@ async fn authenticate(
             )));
         }
     }
+    guard.restart();
     let pending = xml
         .initiate_reset()
         .send_header(header(domain))
@@ -747,7 +768,11 @@ async fn serve(
                     Some(Err(e)) => return Ended::Dropped(format!("read failed: {e}")),
                     None => return Ended::Dropped("the server closed the connection".into()),
                 };
-                guard.stanza_done();
+                let n = skipped(guard);
+                if sm.enabled {
+                    // A skipped stanza counts as handled, or the server would resend it.
+                    sm.inbound = sm.inbound.wrapping_add(n);
+                }
                 waiting_since = None;
                 if el.is("r", SM_NS) {
                     if let Err(e) = xml.send(&ack(sm.inbound)).await {

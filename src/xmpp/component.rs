@@ -18,7 +18,7 @@ use tokio_xmpp::xmlstream::{PendingFeaturesRecv, StreamHeader, Timeouts, initiat
 use tracing::{debug, error, info, warn};
 use xmpp_parsers::stanza::Stanza;
 
-use super::limits::{Guard, Limited};
+use super::limits::{Guard, Limited, Skipped};
 use super::xml_safe;
 use crate::network::BridgeState;
 
@@ -92,6 +92,9 @@ pub(super) trait Inbound: Send + Sync {
     async fn state(&self, state: BridgeState, detail: Option<String>);
 }
 
+/// How long a link must have been up for its loss to be retried at once.
+const STABLE: Duration = Duration::from_secs(5);
+
 /// Delay before reconnect attempt `n` (0-based): 1 s doubling to 60 s, with ±25 % jitter.
 pub(super) fn backoff(attempt: u32) -> Duration {
     let base = Duration::from_secs(1)
@@ -127,6 +130,7 @@ pub(super) async fn run(
             Ok(component) => {
                 info!(domain = %cfg.domain, host = %cfg.host, port = cfg.port, "XMPP component link up");
                 attempt = 0;
+                let up_since = tokio::time::Instant::now();
                 inbound.state(BridgeState::Connected, None).await;
                 let why = serve(
                     component,
@@ -143,6 +147,12 @@ pub(super) async fn run(
                 inbound
                     .state(BridgeState::TransientDisconnect, Some(why))
                     .await;
+                // A link that was up a while comes back at once, and what is queued for it
+                // stays queued; one that keeps dropping right away backs off like a failed
+                // connection.
+                if up_since.elapsed() >= STABLE {
+                    continue;
+                }
             }
             Err(tokio_xmpp::Error::Auth(e)) => {
                 error!(
@@ -164,7 +174,7 @@ pub(super) async fn run(
                     .await;
             }
         }
-        // Answer whoever waits on a stanza while the link is down.
+        // The server cannot be reached: answer whoever waits on a stanza (the core retries).
         while let Ok((_, ack)) = outgoing.try_recv() {
             if let Some(ack) = ack {
                 let _ = ack.send(Err("the XMPP link is down".into()));
@@ -183,6 +193,54 @@ pub(super) async fn run(
     }
 }
 
+/// The stanza error answering a stanza skipped for breaking a limit: `policy-violation`,
+/// type `modify`, to its sender with its `id`. None for an error stanza (never answered with
+/// an error), an IQ result, or a stanza whose `from`, `to` or name cannot be used.
+pub(super) fn limit_error(skipped: &Skipped) -> Option<Stanza> {
+    use xmpp_parsers::iq::Iq;
+    use xmpp_parsers::message::{Id, Message, MessageType};
+    use xmpp_parsers::presence::{Presence, Type as PresenceType};
+    use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
+
+    if skipped.kind.as_deref() == Some("error") {
+        return None;
+    }
+    let sender: Jid = skipped.from.as_deref()?.parse().ok()?;
+    let us: Jid = skipped.to.as_deref()?.parse().ok()?;
+    let error = StanzaError::new(
+        ErrorType::Modify,
+        DefinedCondition::PolicyViolation,
+        "en",
+        skipped.reason(),
+    );
+    Some(match skipped.name.as_str() {
+        "message" => {
+            let mut m = Message::new_with_type(MessageType::Error, Some(sender));
+            m.from = Some(us);
+            m.id = skipped.id.clone().map(Id);
+            m.payloads.push(error.into());
+            m.into()
+        }
+        "presence" => {
+            let mut p = Presence::new(PresenceType::Error);
+            p.from = Some(us);
+            p.to = Some(sender);
+            p.id = skipped.id.clone();
+            p.payloads.push(error.into());
+            p.into()
+        }
+        "iq" if matches!(skipped.kind.as_deref(), Some("get" | "set")) => Iq::Error {
+            from: Some(us),
+            to: Some(sender),
+            id: skipped.id.clone()?,
+            error,
+            payload: None,
+        }
+        .into(),
+        _ => return None,
+    })
+}
+
 /// Reads and writes until the link drops; returns why.
 async fn serve<C: ServerConnector>(
     component: Component<C>,
@@ -194,11 +252,27 @@ async fn serve<C: ServerConnector>(
     let (mut sink, mut stream) = component.split();
     loop {
         tokio::select! {
+            () = guard.skipped() => {
+                for skipped in guard.take_skipped() {
+                    warn!(
+                        element = %skipped.name,
+                        from = skipped.from.as_deref().unwrap_or(""),
+                        id = skipped.id.as_deref().unwrap_or(""),
+                        reason = skipped.reason(),
+                        "skipped an inbound stanza over the limits"
+                    );
+                    let Some(answer) = limit_error(&skipped).and_then(|a| xml_safe::stanza(a).ok()) else {
+                        continue;
+                    };
+                    if let Err(e) = sink.send(answer).await {
+                        return format!("write failed: {e}");
+                    }
+                }
+            }
             read = stream.next() => {
                 let Some(stanza) = read else {
-                    return "the server closed the stream, or sent something over the limits or unparsable".into();
+                    return "the server closed the stream, or broke the stream's rules (DTD, comment, unparsable XML)".into();
                 };
-                guard.stanza_done();
                 for answer in inbound.stanza(stanza).await {
                     let Ok(answer) = xml_safe::stanza(answer) else { continue };
                     if let Err(e) = sink.send(answer).await {
@@ -242,6 +316,62 @@ async fn serve<C: ServerConnector>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn skipped(name: &str, kind: Option<&str>) -> Skipped {
+        Skipped {
+            name: name.into(),
+            from: Some("alice@localhost/phone".into()),
+            to: Some("bob@matrix.localhost".into()),
+            id: Some("m1".into()),
+            kind: kind.map(str::to_owned),
+            broken: super::super::limits::Broken::Size,
+        }
+    }
+
+    #[test]
+    fn a_skipped_stanza_is_answered_with_a_policy_violation_to_its_sender() {
+        for (name, kind) in [
+            ("message", Some("chat")),
+            ("message", None),
+            ("presence", None),
+            ("presence", Some("subscribe")),
+            ("iq", Some("get")),
+            ("iq", Some("set")),
+        ] {
+            let answer = limit_error(&skipped(name, kind)).expect(name);
+            let el = xmpp_parsers::minidom::Element::from(answer);
+            assert_eq!(el.name(), name);
+            assert_eq!(el.attr("type"), Some("error"));
+            assert_eq!(el.attr("to"), Some("alice@localhost/phone"));
+            assert_eq!(el.attr("from"), Some("bob@matrix.localhost"));
+            assert_eq!(el.attr("id"), Some("m1"));
+            let error = el
+                .children()
+                .find(|c| c.name() == "error")
+                .expect("an error child");
+            assert_eq!(error.attr("type"), Some("modify"));
+            assert!(error.children().any(|c| c.name() == "policy-violation"));
+            assert!(error.children().any(|c| c.name() == "text"));
+        }
+    }
+
+    #[test]
+    fn no_answer_to_errors_results_unknown_elements_or_unreadable_addresses() {
+        assert!(limit_error(&skipped("message", Some("error"))).is_none());
+        assert!(limit_error(&skipped("presence", Some("error"))).is_none());
+        assert!(limit_error(&skipped("iq", Some("error"))).is_none());
+        assert!(limit_error(&skipped("iq", Some("result"))).is_none());
+        assert!(limit_error(&skipped("db:verify", None)).is_none());
+        let mut s = skipped("message", None);
+        s.from = None;
+        assert!(limit_error(&s).is_none());
+        let mut s = skipped("message", None);
+        s.from = Some("not a jid@@".into());
+        assert!(limit_error(&s).is_none());
+        let mut s = skipped("message", None);
+        s.to = None;
+        assert!(limit_error(&s).is_none());
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {
