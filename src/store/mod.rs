@@ -4,22 +4,28 @@
 //! and write it; keys are built by [`codec`]. Values are JSON so that `export` and `import`
 //! can dump and restore them, and so that fields can be added without a migration.
 //!
+//! Every inbox item and the data of every login are sealed with the store's [`LoginKey`]
+//! (see `seal.rs`): passwords typed in a management room and credentials never reach a file
+//! in clear, neither as live records nor as the old versions sled keeps until it compacts.
+//! The store folder is owner-only (see `files.rs`).
+//!
 //! | tree | key | value |
 //! |---|---|---|
 //! | `meta` | `schema_version` | u32, big endian |
 //! | `txns` | homeserver transaction ID | [`TxnRecord`] |
-//! | `inbox` | u64 sequence, big endian | [`InboxItem`] |
+//! | `inbox` | u64 sequence, big endian | [`InboxItem`], sealed |
 //! | `ghosts` | ghost user ID | [`GhostRecord`] |
 //! | `portals` | [`PortalKey`] encoded | [`PortalRecord`] |
 //! | `portal_rooms` | room ID (main portal); room ID, network (fan-out portals) | [`PortalKey`] encoded |
 //! | `messages` | room ID, event ID | [`MessageRecord`] |
 //! | `messages_remote` | portal key, remote message ID | room ID, event ID |
 //! | `users` | user ID | [`UserRecord`] |
-//! | `logins` | user ID, network, login ID | [`crate::network::LoginData`] |
+//! | `logins` | user ID, network, login ID | [`crate::network::LoginData`], its `data` sealed |
 //! | `connector_kv` | network, the connector's key | the connector's JSON value |
 
 mod codec;
 mod connector_kv;
+mod files;
 mod ghosts;
 mod inbox;
 mod logins;
@@ -33,6 +39,7 @@ use std::path::Path;
 
 pub use self::codec::PortalKey;
 pub use self::connector_kv::ConnectorKv;
+pub use self::files::{loose_permissions, prepare_dir};
 pub use self::ghosts::GhostRecord;
 pub use self::inbox::{InboxItem, TxnOutcome, TxnRecord};
 pub use self::messages::MessageRecord;
@@ -68,9 +75,17 @@ pub enum StoreError {
     /// An import file is not a valid dump.
     #[error("invalid dump: {0}")]
     InvalidDump(String),
-    /// Sealed login data could not be sealed or opened.
-    #[error("login data: {0}")]
+    /// Sealed data (an inbox item, a login's data) could not be sealed or opened.
+    #[error("sealed data: {0}")]
     Sealed(String),
+    /// A file or folder of the store could not be created or made owner-only.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Handle on the store; cheap to clone.
@@ -88,9 +103,12 @@ pub struct Store {
     users: sled::Tree,
     logins: sled::Tree,
     connector_kv: sled::Tree,
-    /// Seals the data of logins; without it, login data is stored as the connector gave it.
-    login_key: Option<std::sync::Arc<LoginKey>>,
+    /// Seals inbox items and the data of logins.
+    key: std::sync::Arc<LoginKey>,
 }
+
+/// The store's cache when the config names none: 16 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Names of every tree, in export order.
 const TREES: [&str; 11] = [
@@ -108,13 +126,21 @@ const TREES: [&str; 11] = [
 ];
 
 impl Store {
-    /// Opens (or creates) the store in folder `path`, migrating it to the current schema.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    /// Opens (or creates, owner-only) the store in folder `path`, sealing with `key` and
+    /// caching at most `cache_bytes` in memory, and migrates it to the current schema. The
+    /// key must be the one the store was written with, or sealed data does not open.
+    pub fn open(path: &Path, key: LoginKey, cache_bytes: u64) -> Result<Store, StoreError> {
+        files::prepare_dir(path)?;
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(cache_bytes)
             .open()?;
-        Self::from_db(db)
+        files::restrict(path)?;
+        let store = Self::from_db(db, key)?;
+        // Migrations may have written new files.
+        files::restrict(path)?;
+        Ok(store)
     }
 
     /// Opens a store that another handle in this process just dropped: sled releases its file
@@ -123,7 +149,7 @@ impl Store {
     pub(crate) fn reopen(path: &Path) -> Result<Store, StoreError> {
         let mut last = None;
         for _ in 0..100 {
-            match Self::open(path) {
+            match Self::open(path, test_key(), DEFAULT_CACHE_BYTES) {
                 Ok(s) => return Ok(s),
                 Err(e @ StoreError::Db(_)) => last = Some(e),
                 Err(e) => return Err(e),
@@ -133,14 +159,19 @@ impl Store {
         Err(last.expect("tried at least once"))
     }
 
-    /// A store in memory that disappears when dropped, for tests and benchmarks.
+    /// A store in memory that disappears when dropped, for tests and benchmarks. It seals
+    /// with a random key of its own: sled may still spill it to a temporary file.
     pub fn temporary() -> Result<Store, StoreError> {
-        let db = sled::Config::new().temporary(true).open()?;
-        Self::from_db(db)
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(DEFAULT_CACHE_BYTES)
+            .open()?;
+        let key = LoginKey::ephemeral().map_err(StoreError::Sealed)?;
+        Self::from_db(db, key)
     }
 
-    fn from_db(db: sled::Db) -> Result<Store, StoreError> {
-        schema::migrate(&db)?;
+    fn from_db(db: sled::Db, key: LoginKey) -> Result<Store, StoreError> {
+        schema::migrate(&db, &key)?;
         let t = |name: &str| db.open_tree(name);
         Ok(Store {
             meta: t("meta")?,
@@ -154,15 +185,9 @@ impl Store {
             users: t("users")?,
             logins: t("logins")?,
             connector_kv: t("connector_kv")?,
-            login_key: None,
+            key: std::sync::Arc::new(key),
             db,
         })
-    }
-
-    /// Seals the data of logins written from now on with `key`, and opens sealed data with it.
-    pub fn with_login_key(mut self, key: LoginKey) -> Self {
-        self.login_key = Some(std::sync::Arc::new(key));
-        self
     }
 
     /// Waits until everything written so far is on disk.
@@ -260,6 +285,13 @@ impl Store {
                 })?;
                 let k = codec::undump_bytes(&pair[0]).map_err(StoreError::InvalidDump)?;
                 let v = codec::undump_bytes(&pair[1]).map_err(StoreError::InvalidDump)?;
+                if name == "inbox" && inbox::is_sealed(&v) {
+                    self.open_item(&v).map_err(|_| {
+                        StoreError::InvalidDump(
+                            "its inbox was sealed with another key: put the login.key (or bridge.login_key) that went with the store in place first".into(),
+                        )
+                    })?;
+                }
                 batch.insert(k, v);
             }
             decoded.push((name.clone(), batch));
@@ -282,7 +314,7 @@ impl Store {
         if self.meta.get(schema::VERSION_KEY)?.is_none() {
             schema::write_version(&self.meta, version)?;
         }
-        schema::migrate(&self.db)?;
+        schema::migrate(&self.db, &self.key)?;
         self.flush().await
     }
 }
@@ -299,6 +331,12 @@ fn decode<T: serde::de::DeserializeOwned>(
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("store records always serialise")
+}
+
+/// The fixed key unit tests open stores with, so a reopened store reads what it wrote.
+#[cfg(test)]
+pub(crate) fn test_key() -> LoginKey {
+    LoginKey::from_secret("a key for unit tests only, 32+ chars").expect("long enough")
 }
 
 #[cfg(test)]
@@ -347,7 +385,13 @@ mod tests {
             a.enqueue(&item(n)).await.unwrap();
         }
         let dump = a.export().unwrap();
-        let b = Store::temporary().unwrap();
+        let other = Store::temporary().unwrap();
+        assert!(
+            matches!(other.import(&dump).await, Err(StoreError::InvalidDump(m)) if m.contains("key")),
+            "a store with another key refuses the sealed inbox"
+        );
+        let mut b = Store::temporary().unwrap();
+        b.key = a.key.clone();
         b.import(&dump).await.unwrap();
         b.enqueue(&item(99)).await.unwrap();
         let pending = b.inbox_pending().unwrap();
