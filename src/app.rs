@@ -435,6 +435,7 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     store.flush().await?;
+    store.restrict_files()?;
     info!("stopped");
     Ok(())
 }

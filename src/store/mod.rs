@@ -105,6 +105,8 @@ pub struct Store {
     connector_kv: sled::Tree,
     /// Seals inbox items and the data of logins.
     key: std::sync::Arc<LoginKey>,
+    /// The folder, for a store on disk.
+    path: Option<std::sync::Arc<Path>>,
 }
 
 /// The store's cache when the config names none: 16 MiB.
@@ -137,9 +139,10 @@ impl Store {
             .cache_capacity(cache_bytes)
             .open()?;
         files::restrict(path)?;
-        let store = Self::from_db(db, key)?;
+        let mut store = Self::from_db(db, key)?;
+        store.path = Some(path.into());
         // Migrations may have written new files.
-        files::restrict(path)?;
+        store.restrict_files()?;
         Ok(store)
     }
 
@@ -186,8 +189,18 @@ impl Store {
             logins: t("logins")?,
             connector_kv: t("connector_kv")?,
             key: std::sync::Arc::new(key),
+            path: None,
             db,
         })
+    }
+
+    /// Makes the store folder and every file in it owner-only again (sled may have created
+    /// files since it opened, with the umask's mode, although inside the owner-only folder).
+    pub fn restrict_files(&self) -> Result<(), StoreError> {
+        match &self.path {
+            Some(path) => files::restrict(path),
+            None => Ok(()),
+        }
     }
 
     /// Waits until everything written so far is on disk.
