@@ -115,7 +115,12 @@ async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Arc::new(config(dir.path()));
-    let store = Store::open(dir.path()).expect("store");
+    let store = Store::open(
+        dir.path(),
+        isthmus::store::LoginKey::ephemeral().unwrap(),
+        config.database.cache_bytes(),
+    )
+    .expect("store");
     let metrics = Metrics::new();
     let hs = HomeserverClient::new(
         HsConfig {

@@ -68,13 +68,15 @@ pub fn main(cli: Cli) -> Result<()> {
         .with_context(|| format!("configuration {} is not valid", cli.config.display()))?;
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
+            for warning in permission_warnings(&config, &cli.config) {
+                eprintln!("warning: {warning}");
+            }
             println!("{}: the configuration is valid", cli.config.display());
             Ok(())
         }
         Command::GenerateRegistration { output } => {
             let yaml = registration_yaml(&config, &secrets)?;
-            std::fs::write(&output, yaml)
-                .with_context(|| format!("cannot write {}", output.display()))?;
+            write_private(&output, yaml.as_bytes())?;
             println!(
                 "wrote {}; add it to the homeserver's app_service_config_files and restart the homeserver",
                 output.display()
@@ -82,11 +84,10 @@ pub fn main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Export { output } => {
-            let store = open_store(&config.database.path)?;
+            let store = open_store(&config, &secrets)?;
             let dump = serde_json::to_vec_pretty(&store.export()?)?;
             match output {
-                Some(path) => std::fs::write(&path, dump)
-                    .with_context(|| format!("cannot write {}", path.display()))?,
+                Some(path) => write_private(&path, &dump)?,
                 None => {
                     use std::io::Write;
                     std::io::stdout().write_all(&dump)?;
@@ -99,7 +100,7 @@ pub fn main(cli: Cli) -> Result<()> {
                 .with_context(|| format!("cannot read {}", input.display()))?;
             let dump: serde_json::Value = serde_json::from_slice(&text)
                 .with_context(|| format!("{} is not JSON", input.display()))?;
-            let store = open_store(&config.database.path)?;
+            let store = open_store(&config, &secrets)?;
             tokio::runtime::Runtime::new()?.block_on(store.import(&dump))?;
             println!(
                 "imported {} into {}",
@@ -118,8 +119,66 @@ pub fn main(cli: Cli) -> Result<()> {
     }
 }
 
-/// The key that seals login credentials: from the config, else from `login.key` in the
-/// database folder (generated, readable by the owner only, on first start).
+/// Writes a file that holds secrets (the registration, a dump of the store): created, or
+/// truncated and made, readable by the owner only, whatever the umask.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    // The mode above applies only to a file this call created.
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot make {} owner-only", path.display()))?;
+    std::io::Write::write_all(&mut f, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// What `check-config` warns about: the files with secrets (the config itself, the
+/// registration next to the config or in the working folder, the store folder and everything in it, `login.key`, the
+/// secret files the config names) that others than the owner may read or write.
+fn permission_warnings(config: &Config, config_path: &Path) -> Vec<String> {
+    let mut paths: Vec<(String, PathBuf)> = vec![
+        ("the config".into(), config_path.to_owned()),
+        ("database.path".into(), config.database.path.clone()),
+    ];
+    let beside = config_path
+        .parent()
+        .map(|p| p.join("registration.yaml"))
+        .unwrap_or_else(|| PathBuf::from("registration.yaml"));
+    paths.push(("the registration".into(), beside));
+    paths.push((
+        "the registration".into(),
+        PathBuf::from("registration.yaml"),
+    ));
+    for (key, file) in config.secret_files() {
+        paths.push((key.into(), file));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (what, path) in paths {
+        for (loose, mode) in crate::store::loose_permissions(&path) {
+            let id = std::fs::canonicalize(&loose).unwrap_or_else(|_| loose.clone());
+            if seen.insert(id) {
+                let fix = if loose.is_dir() { "700" } else { "600" };
+                out.push(format!(
+                    "{} ({what}) has mode {mode:o}: others may read secrets in it; run `chmod {fix} {}`",
+                    loose.display(),
+                    loose.display()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The key that seals inbox items and login credentials: from the config, else from
+/// `login.key` in the database folder (generated, readable by the owner only, on first start).
 fn login_key(folder: &Path, configured: Option<&str>) -> Result<crate::store::LoginKey> {
     if let Some(secret) = configured {
         return crate::store::LoginKey::from_secret(secret)
@@ -127,7 +186,18 @@ fn login_key(folder: &Path, configured: Option<&str>) -> Result<crate::store::Lo
     }
     let file = folder.join("login.key");
     let secret = match std::fs::read_to_string(&file) {
-        Ok(s) => s.trim().to_owned(),
+        Ok(s) => {
+            if !crate::store::loose_permissions(&file).is_empty() {
+                warn!(file = %file.display(), "the key file was readable by others; made it owner-only");
+                #[cfg(unix)]
+                std::fs::set_permissions(
+                    &file,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .with_context(|| format!("cannot make {} owner-only", file.display()))?;
+            }
+            s.trim().to_owned()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret =
                 crate::store::LoginKey::generate_secret().map_err(|e| anyhow::anyhow!(e))?;
@@ -149,8 +219,13 @@ fn login_key(folder: &Path, configured: Option<&str>) -> Result<crate::store::Lo
         .map_err(|e| anyhow::anyhow!("{} {e}", file.display()))
 }
 
-fn open_store(path: &Path) -> Result<Store> {
-    Store::open(path).with_context(|| {
+/// Opens the store with its key (creating the folder, owner-only, and the key file when
+/// they are missing) and the configured cache.
+fn open_store(config: &Config, secrets: &ResolvedSecrets) -> Result<Store> {
+    let path = &config.database.path;
+    crate::store::prepare_dir(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let key = login_key(path, secrets.login_key.as_deref())?;
+    Store::open(path, key, config.database.cache_bytes()).with_context(|| {
         format!(
             "cannot open the store at {} (is another isthmus running on it?)",
             path.display()
@@ -259,12 +334,7 @@ pub fn registration_yaml(config: &Config, secrets: &ResolvedSecrets) -> Result<S
 async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
     let config = Arc::new(config);
     info!(version = env!("CARGO_PKG_VERSION"), "isthmus starting");
-    std::fs::create_dir_all(&config.database.path)
-        .with_context(|| format!("cannot create {}", config.database.path.display()))?;
-    let store = open_store(&config.database.path)?.with_login_key(login_key(
-        &config.database.path,
-        secrets.login_key.as_deref(),
-    )?);
+    let store = open_store(&config, &secrets)?;
     let week_ago = crate::bridge::now_ms().saturating_sub(7 * 24 * 3600 * 1000);
     let pruned = store.prune_transactions(week_ago)?;
     let metrics = Metrics::new();
@@ -390,6 +460,7 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     store.flush().await?;
+    store.restrict_files()?;
     info!("stopped");
     Ok(())
 }

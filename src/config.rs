@@ -413,8 +413,23 @@ impl Default for RelayConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// Folder of the embedded store; created when missing.
+    /// Folder of the embedded store; created when missing, owner-only.
     pub path: PathBuf,
+    /// Most memory the store's cache takes, in MiB (1 to 4096). The store's memory use stays
+    /// near this however large the transactions are.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
+}
+
+fn default_cache_mb() -> u64 {
+    crate::store::DEFAULT_CACHE_BYTES / (1024 * 1024)
+}
+
+impl DatabaseConfig {
+    /// The cache size in bytes.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_mb * 1024 * 1024
+    }
 }
 
 /// Log output format.
@@ -695,6 +710,32 @@ impl Config {
         serde_saphyr::from_str(text).map_err(|e| e.to_string())
     }
 
+    /// The files the config reads secrets from, with the key naming each: they must be
+    /// readable by the owner only.
+    pub fn secret_files(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut out = Vec::new();
+        let mut add = |key: &'static str, s: Option<&Secret>| {
+            if let Some(Secret::File { file }) = s {
+                out.push((key, file.clone()));
+            }
+        };
+        add("appservice.as_token", Some(&self.appservice.as_token));
+        add("appservice.hs_token", Some(&self.appservice.hs_token));
+        add(
+            "appservice.provisioning_secret",
+            self.appservice.provisioning_secret.as_ref(),
+        );
+        add("bridge.login_key", self.bridge.login_key.as_ref());
+        add(
+            "networks.xmpp.component.secret",
+            self.networks.xmpp.as_ref().map(|x| &x.component.secret),
+        );
+        if let Some(tls) = self.networks.sip.as_ref().and_then(|s| s.tls.as_ref()) {
+            out.push(("networks.sip.tls.key_file", tls.key_file.clone()));
+        }
+        out
+    }
+
     /// Checks every setting and resolves the secrets. The first problem found is returned,
     /// naming the key and saying how to fix it.
     pub fn validate(
@@ -952,6 +993,12 @@ impl Config {
                 "must be an http:// or https:// URL, such as https://bridge.example.org",
             ));
         }
+        if !(1..=4096).contains(&self.database.cache_mb) {
+            return Err(invalid(
+                "database.cache_mb",
+                "must be between 1 and 4096 (MiB); 16 suits most bridges",
+            ));
+        }
         let login_key = self
             .bridge
             .login_key
@@ -1030,6 +1077,22 @@ bridge:
         assert_eq!(s.as_token, "as_secret_value_1");
         assert_eq!(s.hs_token, "hs_secret_value_2");
         assert_eq!(cfg.appservice.max_body_bytes, 32 << 20);
+    }
+
+    #[test]
+    fn store_cache_is_bounded_and_named() {
+        let cfg = Config::parse(GOOD).unwrap();
+        assert_eq!(cfg.database.cache_mb, 16, "small by default");
+        assert_eq!(cfg.database.cache_bytes(), 16 << 20);
+        let with = |mb: &str| {
+            GOOD.replace(
+                "  path: /tmp/x\n",
+                &format!("  path: /tmp/x\n  cache_mb: {mb}\n"),
+            )
+        };
+        assert_eq!(Config::parse(&with("64")).unwrap().database.cache_mb, 64);
+        assert_eq!(err_key(&with("0"), &env), "database.cache_mb");
+        assert_eq!(err_key(&with("100000"), &env), "database.cache_mb");
     }
 
     #[test]

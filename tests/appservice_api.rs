@@ -59,7 +59,12 @@ networks:
         dir.path().display()
     );
     let config = Arc::new(Config::parse(&text).unwrap());
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open(
+        dir.path(),
+        isthmus::store::LoginKey::ephemeral().unwrap(),
+        config.database.cache_bytes(),
+    )
+    .unwrap();
     let hs = HomeserverClient::new(
         HsConfig {
             url: config.homeserver.url.clone(),

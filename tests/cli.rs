@@ -189,3 +189,87 @@ fn export_import_round_trip_through_the_cli() {
     assert!(!ok);
     assert!(out.contains("not an isthmus dump"), "{out}");
 }
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn files_with_secrets_are_owner_only_and_check_config_warns_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fixture_config(dir.path());
+    // An existing, world-readable registration is rewritten owner-only.
+    let reg = dir.path().join("registration.yaml");
+    std::fs::write(&reg, "old").unwrap();
+    chmod(&reg, 0o644);
+    let (ok, out) = isthmus(&[
+        "generate-registration",
+        "-c",
+        &cfg,
+        "-o",
+        reg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(mode(&reg), 0o600, "the registration holds the tokens");
+    let fresh = dir.path().join("fresh.yaml");
+    let (ok, out) = isthmus(&[
+        "generate-registration",
+        "-c",
+        &cfg,
+        "-o",
+        fresh.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(mode(&fresh), 0o600);
+
+    // The store folder, its files, the key file and a dump are owner-only.
+    let dump = dir.path().join("dump.json");
+    let (ok, out) = isthmus(&["export", "-c", &cfg, "-o", dump.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert_eq!(mode(&dump), 0o600);
+    let store = dir.path().join("store");
+    assert_eq!(mode(&store), 0o700);
+    assert_eq!(mode(&store.join("login.key")), 0o600);
+    chmod(Path::new(&cfg), 0o600);
+    let (ok, out) = isthmus(&["check-config", "-c", &cfg]);
+    let ours = dir.path().to_str().unwrap();
+    assert!(
+        ok && !out
+            .lines()
+            .any(|l| l.starts_with("warning") && l.contains(ours)),
+        "{out}"
+    );
+
+    // Loosened by hand: check-config still passes, and names each file with the fix.
+    chmod(&reg, 0o644);
+    chmod(&store, 0o755);
+    chmod(&store.join("login.key"), 0o640);
+    let (ok, out) = isthmus(&["check-config", "-c", &cfg]);
+    assert!(ok, "{out}");
+    for (path, fix) in [
+        (&reg, "chmod 600"),
+        (&store, "chmod 700"),
+        (&store.join("login.key"), "chmod 600"),
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with("warning")
+                && l.contains(path.to_str().unwrap())
+                && l.contains(fix)),
+            "no warning for {}: {out}",
+            path.display()
+        );
+    }
+    assert!(
+        !out.contains("as_token_isthmus_test"),
+        "a secret was printed: {out}"
+    );
+}

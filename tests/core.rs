@@ -747,3 +747,55 @@ async fn login_state_changes_reach_the_management_room_debounced() {
             .contains("login loopback")
     );
 }
+
+/// Every file under `dir`, folders included, depth first.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read the store folder") {
+        let path = entry.expect("a folder entry").path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_login_password_never_reaches_the_store_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    let mut bridge = BridgeProcess::start().await;
+    let alice = MatrixUser::register("alice").await;
+    let room = management_room(&alice).await;
+
+    let username = format!("alicelb{}", unique());
+    loopback_login(&alice, &room, &username).await;
+    let logout = command(&alice, &room, "logout loopback").await;
+    assert!(logout.contains("Logged out"), "{logout}");
+    // A later command was handled, so the password's inbox item was handled and removed.
+    let logins = command(&alice, &room, "logins").await;
+    assert!(!logins.contains(&username), "{logins}");
+    bridge.stop().await;
+
+    let store = bridge.store_dir();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&store), 0o700, "the store folder is owner-only");
+    let files = walk(&store);
+    assert!(files.iter().any(|p| p.is_file()), "the store has files");
+    for path in files {
+        if path.is_dir() {
+            assert_eq!(mode(&path), 0o700, "{}", path.display());
+            continue;
+        }
+        assert_eq!(mode(&path), 0o600, "{} is not owner-only", path.display());
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes
+                .windows(LOOPBACK_PASSWORD.len())
+                .any(|w| w == LOOPBACK_PASSWORD.as_bytes()),
+            "{} holds the password in clear",
+            path.display()
+        );
+    }
+}

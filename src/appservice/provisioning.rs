@@ -5,17 +5,25 @@
 //! Every request carries `Authorization: Bearer <provisioning secret>` and the Matrix user it
 //! acts for as `?user_id=@user:server`; the user's permission level applies as in the
 //! management room.
+//!
+//! Every answer that is not a success is `{"errcode", "error"}` JSON, also for requests that
+//! do not parse: the handlers take their inputs through [`Body`], [`Q`] and [`P`], which turn
+//! axum's plain-text rejections into Matrix errors. The acting user must be a valid Matrix
+//! user ID of at most 255 bytes and not one of the bridge's own users (the bot, a ghost);
+//! every other string is bounded too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
@@ -23,6 +31,15 @@ use super::{AppState, matrix_error};
 use crate::bridge::{Bridge, BridgeError, LoginProgress};
 use crate::config::PermissionLevel;
 use crate::network::{LoginId, NetworkError, NetworkId};
+
+/// Longest user ID the Matrix specification allows, in bytes.
+const MAX_USER_ID: usize = 255;
+/// Longest other path segment or query value, in bytes (network, flow, login, identifier).
+const MAX_PARAM: usize = 1024;
+/// Longest value of one login field, in bytes.
+const MAX_FIELD: usize = 4096;
+/// Most fields one login step takes.
+const MAX_FIELDS: usize = 32;
 
 /// The routes, to nest under `/_matrix/provision/v3`.
 pub(super) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
@@ -36,6 +53,7 @@ pub(super) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/contacts", get(contacts))
         .route("/resolve_identifier/{identifier}", get(resolve))
         .route("/create_dm/{identifier}", post(create_dm))
+        .method_not_allowed_fallback(super::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state, auth))
 }
 
@@ -49,6 +67,96 @@ struct Who {
 
 fn error(status: StatusCode, errcode: &str, message: impl std::fmt::Display) -> Response {
     matrix_error(status, errcode, &message.to_string())
+}
+
+/// A JSON body. Empty or not JSON: 400 `M_NOT_JSON`; JSON of the wrong shape (wrong types,
+/// missing fields): 400 `M_BAD_JSON`; over the body limit: 413 `M_TOO_LARGE`. The
+/// `Content-Type` is not checked.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    "M_TOO_LARGE"
+                } else {
+                    "M_NOT_JSON"
+                };
+                error(e.status(), code, e.body_text())
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "M_NOT_JSON",
+                "the body is empty; send a JSON object",
+            ));
+        }
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "M_NOT_JSON",
+                format!("the body is not JSON: {e}"),
+            )
+        })?;
+        serde_json::from_value(value).map(Body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "M_BAD_JSON",
+                format!("the body has the wrong shape: {e}"),
+            )
+        })
+    }
+}
+
+/// Query parameters; malformed ones answer 400 `M_INVALID_PARAM`.
+struct Q<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(t)| Q(t))
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.body_text()))
+    }
+}
+
+/// Path parameters, each at most [`MAX_PARAM`] bytes; malformed or too long ones answer 400
+/// `M_INVALID_PARAM`.
+struct P<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for P<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let raw = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| error(e.status(), "M_INVALID_PARAM", e.body_text()))?;
+        if let Some((name, _)) = raw.iter().find(|(_, v)| v.len() > MAX_PARAM) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "M_INVALID_PARAM",
+                format!("{name} is longer than {MAX_PARAM} bytes"),
+            ));
+        }
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| P(t))
+            .map_err(|e| {
+                let status = e.status();
+                let code = if status.is_client_error() {
+                    "M_INVALID_PARAM"
+                } else {
+                    "M_UNKNOWN"
+                };
+                error(status, code, e.body_text())
+            })
+    }
 }
 
 fn bridge_error(e: BridgeError) -> Response {
@@ -88,30 +196,72 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
             "invalid provisioning secret",
         );
     }
-    let user = req.uri().query().and_then(query_user);
-    match user {
-        Some(u) if state.bridge.level(&u) >= PermissionLevel::User => next.run(req).await,
-        Some(_) => error(
+    let user = match acting_user(&state.bridge, req.uri().query().unwrap_or("")) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    if state.bridge.level(&user) >= PermissionLevel::User {
+        next.run(req).await
+    } else {
+        error(
             StatusCode::FORBIDDEN,
             "M_FORBIDDEN",
             "this user may not use the bridge",
-        ),
-        None => error(
-            StatusCode::BAD_REQUEST,
-            "M_MISSING_PARAM",
-            "user_id is required",
-        ),
+        )
     }
 }
 
-/// The `user_id` query parameter, decoded.
-fn query_user(query: &str) -> Option<String> {
-    query
+/// The user a call acts for, from `?user_id=`: given once, a valid Matrix user ID of at most
+/// 255 bytes, not the bridge's bot or one of its ghosts. Also bounds every query value.
+fn acting_user(bridge: &Bridge, query: &str) -> Result<String, Box<Response>> {
+    let bad = |code: &str, why: String| Box::new(error(StatusCode::BAD_REQUEST, code, why));
+    let pairs: Vec<(String, String)> = query
         .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == "user_id")
-        .map(|(_, v)| super::auth::percent_decode(v))
-        .filter(|u| u.starts_with('@'))
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (
+                super::auth::percent_decode(k),
+                super::auth::percent_decode(v),
+            )
+        })
+        .collect();
+    if let Some((k, _)) = pairs.iter().find(|(k, v)| k.len() + v.len() > MAX_PARAM) {
+        return Err(bad(
+            "M_INVALID_PARAM",
+            format!("the query parameter {k:.40} is longer than {MAX_PARAM} bytes"),
+        ));
+    }
+    let mut users = pairs.iter().filter(|(k, _)| k == "user_id").map(|(_, v)| v);
+    let Some(user) = users.next() else {
+        return Err(bad("M_MISSING_PARAM", "user_id is required".into()));
+    };
+    if users.next().is_some() {
+        return Err(bad(
+            "M_INVALID_PARAM",
+            "user_id is given more than once".into(),
+        ));
+    }
+    if user.len() > MAX_USER_ID {
+        return Err(bad(
+            "M_INVALID_PARAM",
+            format!("user_id is longer than {MAX_USER_ID} bytes"),
+        ));
+    }
+    if let Err(e) = ruma::UserId::parse(user.as_str()) {
+        return Err(bad(
+            "M_INVALID_PARAM",
+            format!("user_id is not a Matrix user ID such as @alice:example.org ({e})"),
+        ));
+    }
+    if bridge.in_namespace(user) || bridge.is_bridge_user(user) {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+            "user_id is the bridge's bot or one of its ghosts; act for a Matrix user of the bridge",
+        )));
+    }
+    Ok(user.clone())
 }
 
 /// The network a call is about: the named one, or the only one with logins / enabled.
@@ -135,7 +285,7 @@ fn network(bridge: &Bridge, who: &Who) -> Result<NetworkId, Box<Response>> {
     }
 }
 
-async fn whoami(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> Response {
+async fn whoami(State(state): State<Arc<AppState>>, Q(who): Q<Who>) -> Response {
     let b = &state.bridge;
     let logins: Vec<Value> = b
         .all_logins_of(&who.user_id)
@@ -170,7 +320,7 @@ async fn whoami(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> R
     .into_response()
 }
 
-async fn flows(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> Response {
+async fn flows(State(state): State<Arc<AppState>>, Q(who): Q<Who>) -> Response {
     let network = match network(&state.bridge, &who) {
         Ok(n) => n,
         Err(r) => return *r,
@@ -211,8 +361,8 @@ async fn step_json(
 
 async fn login_start(
     State(state): State<Arc<AppState>>,
-    Path(flow): Path<String>,
-    Query(who): Query<Who>,
+    P(flow): P<String>,
+    Q(who): Q<Who>,
 ) -> Response {
     let network = match network(&state.bridge, &who) {
         Ok(n) => n,
@@ -231,15 +381,32 @@ async fn login_start(
 
 async fn login_step(
     State(state): State<Arc<AppState>>,
-    Path((process, _step)): Path<(String, String)>,
-    Query(who): Query<Who>,
-    Json(input): Json<BTreeMap<String, String>>,
+    P((process, _step)): P<(String, String)>,
+    Q(who): Q<Who>,
+    Body(input): Body<BTreeMap<String, String>>,
 ) -> Response {
     if process != who.user_id {
         return error(
             StatusCode::NOT_FOUND,
             "M_NOT_FOUND",
             "no such login process",
+        );
+    }
+    if input.len() > MAX_FIELDS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            format!("at most {MAX_FIELDS} fields"),
+        );
+    }
+    if let Some((id, _)) = input
+        .iter()
+        .find(|(id, v)| id.len() > MAX_PARAM || v.len() > MAX_FIELD)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            format!("field {id:.40} is longer than {MAX_FIELD} bytes"),
         );
     }
     let fields = state.bridge.login_remaining_fields(&who.user_id).await;
@@ -279,8 +446,8 @@ async fn login_step(
 
 async fn logout(
     State(state): State<Arc<AppState>>,
-    Path(login): Path<String>,
-    Query(who): Query<Who>,
+    P(login): P<String>,
+    Q(who): Q<Who>,
 ) -> Response {
     let network = match network(&state.bridge, &who) {
         Ok(n) => n,
@@ -300,7 +467,7 @@ async fn logout(
     }
 }
 
-async fn logins(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> Response {
+async fn logins(State(state): State<Arc<AppState>>, Q(who): Q<Who>) -> Response {
     let list: Vec<Value> = state
         .bridge
         .store
@@ -318,7 +485,7 @@ async fn logins(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> R
     Json(json!({"logins": list})).into_response()
 }
 
-async fn contacts(State(state): State<Arc<AppState>>, Query(who): Query<Who>) -> Response {
+async fn contacts(State(state): State<Arc<AppState>>, Q(who): Q<Who>) -> Response {
     let network = match network(&state.bridge, &who) {
         Ok(n) => n,
         Err(r) => return *r,
@@ -388,16 +555,16 @@ async fn resolve_or_create(
 
 async fn resolve(
     State(state): State<Arc<AppState>>,
-    Path(identifier): Path<String>,
-    Query(who): Query<Who>,
+    P(identifier): P<String>,
+    Q(who): Q<Who>,
 ) -> Response {
     resolve_or_create(&state, &who, &identifier, false).await
 }
 
 async fn create_dm(
     State(state): State<Arc<AppState>>,
-    Path(identifier): Path<String>,
-    Query(who): Query<Who>,
+    P(identifier): P<String>,
+    Q(who): Q<Who>,
 ) -> Response {
     resolve_or_create(&state, &who, &identifier, true).await
 }

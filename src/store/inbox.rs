@@ -1,10 +1,17 @@
 //! Homeserver transaction dedup and the durable inbox of events waiting to be bridged.
+//!
+//! Every inbox value is sealed with the store's key: any Matrix message may be the answer to
+//! a password prompt in a management room, and sled keeps the bytes of removed records in
+//! its files until it compacts them, so nothing may be written in clear in the first place.
+//! A sealed value is [`SEALED`] followed by nonce, ciphertext and tag; a value starting with
+//! `{` is a plain one written before sealing existed, read as it is (the schema migration to
+//! version 3 seals those).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sled::Transactional;
 
-use super::{Store, StoreError, decode, encode};
+use super::{LoginKey, Store, StoreError, decode, encode};
 use crate::network::{NetworkId, RemoteEvent};
 
 /// What the store remembers of a homeserver transaction.
@@ -72,7 +79,41 @@ pub enum TxnOutcome {
     Duplicate,
 }
 
+/// The first bytes of a sealed inbox value (never the start of JSON).
+const SEALED: &[u8] = b"\0sealed1";
+/// Associated data of inbox seals. Not the sequence: `import` gives items fresh keys.
+const INBOX_PLACE: &[u8] = b"isthmus inbox item";
+
+/// `plain` (an encoded item) as the inbox stores it.
+pub(super) fn seal_value(key: &LoginKey, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let mut out = SEALED.to_vec();
+    out.extend_from_slice(&key.seal_bytes(INBOX_PLACE, plain)?);
+    Ok(out)
+}
+
+/// Whether an inbox value is sealed.
+pub(super) fn is_sealed(value: &[u8]) -> bool {
+    value.starts_with(SEALED)
+}
+
+/// The encoded item in an inbox value, sealed or (written before sealing) plain.
+fn open_value(key: &LoginKey, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    match value.strip_prefix(SEALED) {
+        Some(sealed) => key.open_bytes(INBOX_PLACE, sealed),
+        None => Ok(value.to_vec()),
+    }
+}
+
 impl Store {
+    fn seal_item(&self, item: &InboxItem) -> Result<Vec<u8>, StoreError> {
+        seal_value(&self.key, &encode(item))
+    }
+
+    /// An item from its stored bytes (in the inbox or the quarantine).
+    pub(super) fn open_item(&self, value: &[u8]) -> Result<InboxItem, StoreError> {
+        decode("inbox", &open_value(&self.key, value)?)
+    }
+
     /// Commits a homeserver transaction: records `txn_id` with the `digest` of what it carries
     /// and puts `items` into the inbox in one atomic step, then waits until it is on disk. A
     /// transaction seen before (same ID, same digest) stores nothing and returns
@@ -85,7 +126,10 @@ impl Store {
         items: &[InboxItem],
         now_ms: u64,
     ) -> Result<TxnOutcome, StoreError> {
-        let encoded: Vec<Vec<u8>> = items.iter().map(encode).collect();
+        let encoded: Vec<Vec<u8>> = items
+            .iter()
+            .map(|i| self.seal_item(i))
+            .collect::<Result<_, _>>()?;
         let digest = hex(digest);
         let record = encode(&TxnRecord {
             received_ms: now_ms,
@@ -128,7 +172,8 @@ impl Store {
     /// Puts one item into the inbox and waits until it is on disk; returns its sequence.
     pub async fn enqueue(&self, item: &InboxItem) -> Result<u64, StoreError> {
         let seq = self.db.generate_id()?;
-        self.inbox.insert(seq.to_be_bytes(), encode(item))?;
+        self.inbox
+            .insert(seq.to_be_bytes(), self.seal_item(item)?)?;
         self.flush().await?;
         Ok(seq)
     }
@@ -137,13 +182,8 @@ impl Store {
     pub fn inbox_get(&self, seq: u64) -> Result<Option<InboxItem>, StoreError> {
         self.inbox
             .get(seq.to_be_bytes())?
-            .map(|v| self.inbox_decode(&v))
+            .map(|v| self.open_item(&v))
             .transpose()
-    }
-
-    /// An item from its stored bytes (in the inbox or the quarantine).
-    pub(super) fn inbox_decode(&self, bytes: &[u8]) -> Result<InboxItem, StoreError> {
-        decode("inbox", bytes)
     }
 
     /// Every item still in the inbox, oldest first.
@@ -151,7 +191,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.inbox.iter() {
             let (k, v) = kv?;
-            out.push((seq_of(&k)?, self.inbox_decode(&v)?));
+            out.push((seq_of(&k)?, self.open_item(&v)?));
         }
         Ok(out)
     }
@@ -246,7 +286,7 @@ mod tests {
     async fn transaction_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Store::reopen(dir.path()).unwrap();
             s.commit_transaction("7", b"d", &[item(1)], 5)
                 .await
                 .unwrap();
@@ -260,6 +300,88 @@ mod tests {
                 .unwrap(),
             TxnOutcome::Duplicate
         ));
+    }
+
+    /// Every byte of every file under `dir`.
+    fn all_file_bytes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(all_file_bytes(&p));
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+        out
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[tokio::test]
+    async fn a_password_answer_never_reaches_a_file_in_clear() {
+        const PASSWORD: &str = "correct-horse-battery-staple-7d1f";
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::reopen(dir.path()).unwrap();
+            let answer = InboxItem::Matrix {
+                room_id: "!management:hs".into(),
+                event: RawValue::from_string(format!(
+                    r#"{{"type":"m.room.message","sender":"@alice:hs","content":{{"msgtype":"m.text","body":"{PASSWORD}"}}}}"#
+                ))
+                .unwrap(),
+            };
+            let TxnOutcome::New(seqs) = s
+                .commit_transaction("t1", b"t1", &[answer], 5)
+                .await
+                .unwrap()
+            else {
+                panic!("new transaction");
+            };
+            // Handled: read back (the handler sees the password), then removed.
+            match s.inbox_get(seqs[0]).unwrap().unwrap() {
+                InboxItem::Matrix { event, .. } => assert!(event.get().contains(PASSWORD)),
+                other => panic!("unexpected {other:?}"),
+            }
+            s.enqueue(&InboxItem::Ephemeral {
+                room_id: Some("!management:hs".into()),
+                event: RawValue::from_string(format!(r#"{{"typing":"{PASSWORD}"}}"#)).unwrap(),
+            })
+            .await
+            .unwrap();
+            for (seq, _) in s.inbox_pending().unwrap() {
+                s.inbox_remove(seq).unwrap();
+            }
+            s.flush().await.unwrap();
+        }
+        // Reopened and dropped again, so sled writes whatever it keeps at shutdown.
+        drop(Store::reopen(dir.path()).unwrap());
+        let files = all_file_bytes(dir.path());
+        assert!(!files.is_empty());
+        for (path, bytes) in files {
+            assert!(
+                !contains(&bytes, PASSWORD.as_bytes()),
+                "{} holds the password in clear",
+                path.display()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_items_from_before_sealing_are_still_read() {
+        let s = Store::temporary().unwrap();
+        s.inbox
+            .insert(1u64.to_be_bytes(), encode(&item(1)))
+            .unwrap();
+        let pending = s.inbox_pending().unwrap();
+        assert!(
+            matches!(&pending[0].1, InboxItem::Matrix { event, .. } if event.get() == r#"{"n":1}"#)
+        );
+        let sealed = s.enqueue(&item(2)).await.unwrap();
+        let raw = s.inbox.get(sealed.to_be_bytes()).unwrap().unwrap();
+        assert!(is_sealed(&raw) && !contains(&raw, br#""n":2"#));
     }
 
     #[tokio::test]

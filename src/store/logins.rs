@@ -1,18 +1,12 @@
 //! Logins: a Matrix user's accounts on remote networks.
 
-use super::{Store, StoreError, codec, decode, encode};
+use super::{LoginKey, Store, StoreError, codec, decode, encode};
 use crate::network::{LoginData, LoginId};
 
 impl Store {
-    /// The login as stored: its data sealed when there is a key.
+    /// The login as stored: its data sealed.
     fn sealed(&self, place: &[u8], login: &LoginData) -> Result<Vec<u8>, StoreError> {
-        let Some(key) = &self.login_key else {
-            return Ok(encode(login));
-        };
-        let plain = serde_json::to_vec(&login.data).expect("JSON values serialise");
-        let mut stored = login.clone();
-        stored.data = serde_json::json!({ "sealed": key.seal(place, &plain)? });
-        Ok(encode(&stored))
+        Ok(encode(&seal_login(&self.key, place, login)?))
     }
 
     /// The login as connectors see it: its data opened. Data that does not open (the key
@@ -31,7 +25,8 @@ impl Store {
         Ok(login)
     }
 
-    /// The opened data of a sealed login; `None` when it is not sealed.
+    /// The opened data of a sealed login; `None` when it is not sealed (written by a version
+    /// before every login was sealed; the schema migration seals those).
     fn open_data(
         &self,
         place: &[u8],
@@ -40,10 +35,7 @@ impl Store {
         let Some(sealed) = login.data.get("sealed").and_then(|s| s.as_str()) else {
             return Ok(None);
         };
-        let key = self.login_key.as_ref().ok_or_else(|| {
-            StoreError::Sealed("login data is sealed and no key is configured".into())
-        })?;
-        let plain = key.open(place, sealed)?;
+        let plain = self.key.open(place, sealed)?;
         serde_json::from_slice(&plain)
             .map(Some)
             .map_err(|e| StoreError::Decode {
@@ -110,6 +102,26 @@ impl Store {
     }
 }
 
+/// `login` with its data sealed for `place` (its key in `logins`).
+pub(super) fn seal_login(
+    key: &LoginKey,
+    place: &[u8],
+    login: &LoginData,
+) -> Result<LoginData, StoreError> {
+    let mut stored = login.clone();
+    let plain = serde_json::to_vec(&login.data).expect("JSON values serialise");
+    stored.data = serde_json::json!({ "sealed": key.seal(place, &plain)? });
+    Ok(stored)
+}
+
+/// Whether the data of a stored login is sealed: `{"sealed": "<hex>"}` and nothing else.
+pub(super) fn is_sealed(login: &LoginData) -> bool {
+    login
+        .data
+        .as_object()
+        .is_some_and(|o| o.len() == 1 && o.get("sealed").is_some_and(|s| s.is_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,8 +149,7 @@ mod tests {
 
     #[test]
     fn login_data_is_sealed_at_rest() {
-        let key = || super::super::LoginKey::from_secret(&"s".repeat(40)).unwrap();
-        let s = Store::temporary().unwrap().with_login_key(key());
+        let s = Store::temporary().unwrap();
         let l = LoginData {
             id: LoginId::new("bob"),
             remote_user: RemoteUserId::new("bob@x"),
@@ -152,13 +163,13 @@ mod tests {
         assert!(raw.contains("sealed") && raw.contains("Bob"), "{raw}");
         assert_eq!(s.logins_of("@alice:hs").unwrap()[0].1, l);
         assert_eq!(s.all_logins().unwrap()[0].2, l);
-        // Without the key the data does not open: the login is listed, its data says why.
-        let mut plain = s.clone();
-        plain.login_key = None;
-        let listed = plain.all_logins().unwrap();
+        // With another key the data does not open: the login is listed, its data says why.
+        let mut other = s.clone();
+        other.key = std::sync::Arc::new(super::super::test_key());
+        let listed = other.all_logins().unwrap();
         assert_eq!(listed[0].2.remote_name, "Bob");
         let why = listed[0].2.data["unreadable"].as_str().unwrap();
-        assert!(why.contains("no key"), "{why}");
-        assert!(plain.delete_login("@alice:hs", "sip", &l.id).unwrap());
+        assert!(why.contains("does not open"), "{why}");
+        assert!(other.delete_login("@alice:hs", "sip", &l.id).unwrap());
     }
 }

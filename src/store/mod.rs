@@ -4,24 +4,30 @@
 //! and write it; keys are built by [`codec`]. Values are JSON so that `export` and `import`
 //! can dump and restore them, and so that fields can be added without a migration.
 //!
+//! Every inbox item and the data of every login are sealed with the store's [`LoginKey`]
+//! (see `seal.rs`): passwords typed in a management room and credentials never reach a file
+//! in clear, neither as live records nor as the old versions sled keeps until it compacts.
+//! The store folder is owner-only (see `files.rs`).
+//!
 //! | tree | key | value |
 //! |---|---|---|
 //! | `meta` | `schema_version` | u32, big endian |
 //! | `txns` | homeserver transaction ID | [`TxnRecord`] |
-//! | `inbox` | u64 sequence, big endian | [`InboxItem`] |
+//! | `inbox` | u64 sequence, big endian | [`InboxItem`], sealed |
 //! | `ghosts` | ghost user ID | [`GhostRecord`] |
 //! | `portals` | [`PortalKey`] encoded | [`PortalRecord`] |
 //! | `portal_rooms` | room ID (main portal); room ID, network (fan-out portals) | [`PortalKey`] encoded |
 //! | `messages` | room ID, event ID | [`MessageRecord`] |
 //! | `messages_remote` | portal key, remote message ID | room ID, event ID |
 //! | `users` | user ID | [`UserRecord`] |
-//! | `logins` | user ID, network, login ID | [`crate::network::LoginData`] |
+//! | `logins` | user ID, network, login ID | [`crate::network::LoginData`], its `data` sealed |
 //! | `connector_kv` | network, the connector's key | the connector's JSON value |
 //! | `quarantine` | u64 sequence, big endian | the item's inbox bytes, unchanged |
 //! | `quarantine_why` | u64 sequence, big endian | [`QuarantineRecord`] |
 
 mod codec;
 mod connector_kv;
+mod files;
 mod ghosts;
 mod inbox;
 mod logins;
@@ -36,6 +42,7 @@ use std::path::Path;
 
 pub use self::codec::PortalKey;
 pub use self::connector_kv::ConnectorKv;
+pub use self::files::{loose_permissions, prepare_dir};
 pub use self::ghosts::GhostRecord;
 pub use self::inbox::{InboxItem, TxnOutcome, TxnRecord};
 pub use self::messages::MessageRecord;
@@ -72,9 +79,17 @@ pub enum StoreError {
     /// An import file is not a valid dump.
     #[error("invalid dump: {0}")]
     InvalidDump(String),
-    /// Sealed login data could not be sealed or opened.
-    #[error("login data: {0}")]
+    /// Sealed data (an inbox item, a login's data) could not be sealed or opened.
+    #[error("sealed data: {0}")]
     Sealed(String),
+    /// A file or folder of the store could not be created or made owner-only.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Handle on the store; cheap to clone.
@@ -94,9 +109,14 @@ pub struct Store {
     connector_kv: sled::Tree,
     quarantine: sled::Tree,
     quarantine_why: sled::Tree,
-    /// Seals the data of logins; without it, login data is stored as the connector gave it.
-    login_key: Option<std::sync::Arc<LoginKey>>,
+    /// Seals inbox items and the data of logins.
+    key: std::sync::Arc<LoginKey>,
+    /// The folder, for a store on disk.
+    path: Option<std::sync::Arc<Path>>,
 }
+
+/// The store's cache when the config names none: 16 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Names of every tree, in export order.
 const TREES: [&str; 13] = [
@@ -116,13 +136,22 @@ const TREES: [&str; 13] = [
 ];
 
 impl Store {
-    /// Opens (or creates) the store in folder `path`, migrating it to the current schema.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    /// Opens (or creates, owner-only) the store in folder `path`, sealing with `key` and
+    /// caching at most `cache_bytes` in memory, and migrates it to the current schema. The
+    /// key must be the one the store was written with, or sealed data does not open.
+    pub fn open(path: &Path, key: LoginKey, cache_bytes: u64) -> Result<Store, StoreError> {
+        files::prepare_dir(path)?;
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(cache_bytes)
             .open()?;
-        Self::from_db(db)
+        files::restrict(path)?;
+        let mut store = Self::from_db(db, key)?;
+        store.path = Some(path.into());
+        // Migrations may have written new files.
+        store.restrict_files()?;
+        Ok(store)
     }
 
     /// Opens a store that another handle in this process just dropped: sled releases its file
@@ -131,7 +160,7 @@ impl Store {
     pub(crate) fn reopen(path: &Path) -> Result<Store, StoreError> {
         let mut last = None;
         for _ in 0..100 {
-            match Self::open(path) {
+            match Self::open(path, test_key(), DEFAULT_CACHE_BYTES) {
                 Ok(s) => return Ok(s),
                 Err(e @ StoreError::Db(_)) => last = Some(e),
                 Err(e) => return Err(e),
@@ -141,14 +170,19 @@ impl Store {
         Err(last.expect("tried at least once"))
     }
 
-    /// A store in memory that disappears when dropped, for tests and benchmarks.
+    /// A store in memory that disappears when dropped, for tests and benchmarks. It seals
+    /// with a random key of its own: sled may still spill it to a temporary file.
     pub fn temporary() -> Result<Store, StoreError> {
-        let db = sled::Config::new().temporary(true).open()?;
-        Self::from_db(db)
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(DEFAULT_CACHE_BYTES)
+            .open()?;
+        let key = LoginKey::ephemeral().map_err(StoreError::Sealed)?;
+        Self::from_db(db, key)
     }
 
-    fn from_db(db: sled::Db) -> Result<Store, StoreError> {
-        schema::migrate(&db)?;
+    fn from_db(db: sled::Db, key: LoginKey) -> Result<Store, StoreError> {
+        schema::migrate(&db, &key)?;
         let t = |name: &str| db.open_tree(name);
         Ok(Store {
             meta: t("meta")?,
@@ -164,15 +198,19 @@ impl Store {
             connector_kv: t("connector_kv")?,
             quarantine: t("quarantine")?,
             quarantine_why: t("quarantine_why")?,
-            login_key: None,
+            key: std::sync::Arc::new(key),
+            path: None,
             db,
         })
     }
 
-    /// Seals the data of logins written from now on with `key`, and opens sealed data with it.
-    pub fn with_login_key(mut self, key: LoginKey) -> Self {
-        self.login_key = Some(std::sync::Arc::new(key));
-        self
+    /// Makes the store folder and every file in it owner-only again (sled may have created
+    /// files since it opened, with the umask's mode, although inside the owner-only folder).
+    pub fn restrict_files(&self) -> Result<(), StoreError> {
+        match &self.path {
+            Some(path) => files::restrict(path),
+            None => Ok(()),
+        }
     }
 
     /// Waits until everything written so far is on disk.
@@ -272,6 +310,13 @@ impl Store {
                 })?;
                 let k = codec::undump_bytes(&pair[0]).map_err(StoreError::InvalidDump)?;
                 let v = codec::undump_bytes(&pair[1]).map_err(StoreError::InvalidDump)?;
+                if (name == "inbox" || name == "quarantine") && inbox::is_sealed(&v) {
+                    self.open_item(&v).map_err(|_| {
+                        StoreError::InvalidDump(
+                            "its inbox was sealed with another key: put the login.key (or bridge.login_key) that went with the store in place first".into(),
+                        )
+                    })?;
+                }
                 batch.insert(k, v);
             }
             decoded.push((name.clone(), batch));
@@ -294,7 +339,7 @@ impl Store {
         if self.meta.get(schema::VERSION_KEY)?.is_none() {
             schema::write_version(&self.meta, version)?;
         }
-        schema::migrate(&self.db)?;
+        schema::migrate(&self.db, &self.key)?;
         self.flush().await
     }
 }
@@ -311,6 +356,12 @@ fn decode<T: serde::de::DeserializeOwned>(
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("store records always serialise")
+}
+
+/// The fixed key unit tests open stores with, so a reopened store reads what it wrote.
+#[cfg(test)]
+pub(crate) fn test_key() -> LoginKey {
+    LoginKey::from_secret("a key for unit tests only, 32+ chars").expect("long enough")
 }
 
 #[cfg(test)]
@@ -359,7 +410,13 @@ mod tests {
             a.enqueue(&item(n)).await.unwrap();
         }
         let dump = a.export().unwrap();
-        let b = Store::temporary().unwrap();
+        let other = Store::temporary().unwrap();
+        assert!(
+            matches!(other.import(&dump).await, Err(StoreError::InvalidDump(m)) if m.contains("key")),
+            "a store with another key refuses the sealed inbox"
+        );
+        let mut b = Store::temporary().unwrap();
+        b.key = a.key.clone();
         b.import(&dump).await.unwrap();
         b.enqueue(&item(99)).await.unwrap();
         let pending = b.inbox_pending().unwrap();

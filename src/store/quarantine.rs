@@ -57,7 +57,7 @@ impl Store {
                     since_ms: 0,
                 },
             };
-            out.push((seq, self.inbox_decode(&v)?, why));
+            out.push((seq, self.open_item(&v)?, why));
         }
         Ok(out)
     }
@@ -76,7 +76,7 @@ impl Store {
         let Some(bytes) = self.quarantine.get(key)? else {
             return Ok(None);
         };
-        let item = self.inbox_decode(&bytes)?;
+        let item = self.open_item(&bytes)?;
         let new = self.db.generate_id()?;
         (&self.inbox, &self.quarantine, &self.quarantine_why)
             .transaction(|(inbox, items, reasons)| {

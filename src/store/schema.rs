@@ -4,17 +4,17 @@
 //! is written only after the migration finished, so a crash in the middle runs it again from the
 //! start on the next open, and running it twice leaves the same state.
 
-use super::{PortalKey, StoreError, codec};
+use super::{LoginKey, PortalKey, StoreError, codec};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub(super) const VERSION_KEY: &[u8] = b"schema_version";
 
-type Migration = fn(&sled::Db) -> Result<(), StoreError>;
+type Migration = fn(&sled::Db, &LoginKey) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[n]` moves version `n` to `n + 1`.
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [v0_to_v1, v1_to_v2];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [v0_to_v1, v1_to_v2, v2_to_v3];
 
 pub(super) fn read_version(meta: &sled::Tree) -> Result<u32, StoreError> {
     match meta.get(VERSION_KEY)? {
@@ -35,7 +35,7 @@ pub(super) fn write_version(meta: &sled::Tree, version: u32) -> Result<(), Store
 }
 
 /// Brings the store to [`SCHEMA_VERSION`]; refuses a newer store.
-pub(super) fn migrate(db: &sled::Db) -> Result<(), StoreError> {
+pub(super) fn migrate(db: &sled::Db, key: &LoginKey) -> Result<(), StoreError> {
     let meta = db.open_tree("meta")?;
     let mut version = read_version(&meta)?;
     if version > SCHEMA_VERSION {
@@ -46,7 +46,7 @@ pub(super) fn migrate(db: &sled::Db) -> Result<(), StoreError> {
     }
     while version < SCHEMA_VERSION {
         tracing::info!(from = version, to = version + 1, "migrating store schema");
-        MIGRATIONS[version as usize](db)?;
+        MIGRATIONS[version as usize](db, key)?;
         version += 1;
         write_version(&meta, version)?;
         db.flush()?;
@@ -55,12 +55,12 @@ pub(super) fn migrate(db: &sled::Db) -> Result<(), StoreError> {
 }
 
 /// Version 1: the first layout. Nothing to convert; the trees are created on first use.
-fn v0_to_v1(_db: &sled::Db) -> Result<(), StoreError> {
+fn v0_to_v1(_db: &sled::Db, _key: &LoginKey) -> Result<(), StoreError> {
     Ok(())
 }
 
 /// Version 2 adds `portal_rooms`, the index from room ID to portal, built from `portals`.
-fn v1_to_v2(db: &sled::Db) -> Result<(), StoreError> {
+fn v1_to_v2(db: &sled::Db, _key: &LoginKey) -> Result<(), StoreError> {
     let portals = db.open_tree("portals")?;
     let portal_rooms = db.open_tree("portal_rooms")?;
     for kv in portals.iter() {
@@ -79,10 +79,34 @@ fn v1_to_v2(db: &sled::Db) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Version 3 seals what earlier versions kept in clear: every inbox item, and the data of
+/// logins stored without a key. Sealed values are left alone, so a rerun changes nothing.
+/// The old plain bytes stay in sled's files until it compacts them; `export`, a fresh store
+/// and `import` remove them at once.
+fn v2_to_v3(db: &sled::Db, key: &LoginKey) -> Result<(), StoreError> {
+    let inbox = db.open_tree("inbox")?;
+    for kv in inbox.iter() {
+        let (k, v) = kv?;
+        if !super::inbox::is_sealed(&v) {
+            inbox.insert(k, super::inbox::seal_value(key, &v)?)?;
+        }
+    }
+    let logins = db.open_tree("logins")?;
+    for kv in logins.iter() {
+        let (k, v) = kv?;
+        let login: crate::network::LoginData = super::decode("logins", &v)?;
+        if !super::logins::is_sealed(&login) {
+            let sealed = super::logins::seal_login(key, &k, &login)?;
+            logins.insert(k, super::encode(&sealed))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::store::{InboxItem, Store, test_key};
 
     /// Opens the raw database, waiting while the previous handle's lock is released.
     fn open_raw(dir: &std::path::Path) -> sled::Db {
@@ -124,7 +148,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         v1_store(dir.path());
         let s = Store::reopen(dir.path()).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         let p = s.portal_by_room("!room:hs").unwrap().expect("index built");
         assert_eq!(p.key.chat.as_str(), "bob");
     }
@@ -136,12 +160,43 @@ mod tests {
         {
             // Simulate a crash after the migration body ran but before the version was bumped.
             let db = open_raw(dir.path());
-            v1_to_v2(&db).unwrap();
+            v1_to_v2(&db, &test_key()).unwrap();
             db.flush().unwrap();
         }
         let s = Store::reopen(dir.path()).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert!(s.portal_by_room("!room:hs").unwrap().is_some());
+    }
+
+    #[test]
+    fn v2_store_gets_its_inbox_and_logins_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_raw(dir.path());
+            write_version(&db.open_tree("meta").unwrap(), 2).unwrap();
+            let item = r#"{"matrix":{"room_id":"!m:hs","event":{"body":"old-plain-secret"}}}"#;
+            db.open_tree("inbox")
+                .unwrap()
+                .insert(7u64.to_be_bytes(), item.as_bytes())
+                .unwrap();
+            let login = r#"{"id":"bob","remote_user":"bob","remote_name":"Bob","data":{"password":"old-login-secret"}}"#;
+            db.open_tree("logins")
+                .unwrap()
+                .insert(codec::key(&["@a:hs", "loopback", "bob"]), login.as_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::reopen(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let dump = s.export().unwrap().to_string();
+        assert!(!dump.contains("old-plain-secret"), "{dump}");
+        assert!(!dump.contains("old-login-secret"), "{dump}");
+        match &s.inbox_pending().unwrap()[0].1 {
+            InboxItem::Matrix { event, .. } => assert!(event.get().contains("old-plain-secret")),
+            other => panic!("unexpected {other:?}"),
+        }
+        let login = &s.logins_of("@a:hs").unwrap()[0].1;
+        assert_eq!(login.data["password"], "old-login-secret");
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! login's ID, remote user and name stay readable so `logins` and `export` work without the
 //! key. The key is bound to the login's place (user, network, login ID) as associated data,
 //! so sealed data copied to another login does not open.
+//!
+//! The same key seals every inbox item (see `inbox.rs`): a Matrix message in a management
+//! room may be the answer to a password prompt, so no event is written in clear.
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -41,8 +44,8 @@ impl LoginKey {
         Ok(hex(&bytes))
     }
 
-    /// Seals `plain` for the login at `place`.
-    pub fn seal(&self, place: &[u8], plain: &[u8]) -> Result<String, StoreError> {
+    /// Seals `plain` for `place` (associated data): nonce ‖ ciphertext ‖ tag.
+    pub(super) fn seal_bytes(&self, place: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -57,27 +60,44 @@ impl LoginKey {
             .map_err(|_| StoreError::Sealed("sealing failed".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
-        Ok(hex(&out))
+        Ok(out)
     }
 
-    /// Opens what [`LoginKey::seal`] made for the same `place`.
-    pub fn open(&self, place: &[u8], sealed: &str) -> Result<Vec<u8>, StoreError> {
-        let bytes = unhex(sealed)
-            .filter(|b| b.len() >= NONCE_LEN + 16)
-            .ok_or_else(|| StoreError::Sealed("sealed login data is damaged".into()))?;
+    /// Opens what [`LoginKey::seal_bytes`] made for the same `place`.
+    pub(super) fn open_bytes(&self, place: &[u8], bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if bytes.len() < NONCE_LEN + 16 {
+            return Err(StoreError::Sealed("sealed data is damaged".into()));
+        }
         let (nonce, ct) = bytes.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| StoreError::Sealed("sealed login data is damaged".into()))?;
+            .map_err(|_| StoreError::Sealed("sealed data is damaged".into()))?;
         let mut buf = ct.to_vec();
         let plain = self
             .0
             .open_in_place(nonce, Aad::from(place), &mut buf)
             .map_err(|_| {
                 StoreError::Sealed(
-                    "login data does not open with this key (was bridge.login_key changed?)".into(),
+                    "sealed data does not open with this key (was bridge.login_key or login.key changed?)".into(),
                 )
             })?;
         Ok(plain.to_vec())
+    }
+
+    /// Seals `plain` for the login at `place`, hex-encoded.
+    pub fn seal(&self, place: &[u8], plain: &[u8]) -> Result<String, StoreError> {
+        Ok(hex(&self.seal_bytes(place, plain)?))
+    }
+
+    /// Opens what [`LoginKey::seal`] made for the same `place`.
+    pub fn open(&self, place: &[u8], sealed: &str) -> Result<Vec<u8>, StoreError> {
+        let bytes = unhex(sealed)
+            .ok_or_else(|| StoreError::Sealed("sealed login data is damaged".into()))?;
+        self.open_bytes(place, &bytes)
+    }
+
+    /// A random key that lives only as long as this process (for stores that vanish with it).
+    pub fn ephemeral() -> Result<Self, String> {
+        Self::from_secret(&Self::generate_secret()?)
     }
 }
 

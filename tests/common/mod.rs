@@ -288,6 +288,11 @@ impl BridgeProcess {
         self.spawn().await;
     }
 
+    /// The bridge's store folder (`database.path`).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
     /// The log of the current (or last) process.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
