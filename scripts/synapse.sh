@@ -3,6 +3,7 @@
 #
 #   scripts/synapse.sh up REGISTRATION_FILE [PORT]
 #   scripts/synapse.sh down
+#   scripts/synapse.sh restart                (same data, same port and registration)
 #
 # `up` starts Synapse with server name "localhost", a client-only HTTP listener
 # on 127.0.0.1:PORT (default $ISTHMUS_SYNAPSE_PORT, else 18008), a fresh SQLite
@@ -20,7 +21,7 @@ PIDFILE="$SYN/synapse.pid"
 LOGFILE="$SYN/synapse.log"
 
 usage() {
-    log "usage: $0 up REGISTRATION_FILE [PORT] | $0 down"
+    log "usage: $0 up REGISTRATION_FILE [PORT] | $0 down | $0 restart"
     exit 2
 }
 
@@ -121,6 +122,28 @@ EOF
     log "Synapse is up on http://127.0.0.1:$port (PID $(cat "$PIDFILE"), log $LOGFILE)"
 }
 
+# Stops Synapse and starts it again on the same homeserver.yaml and database, as an operator
+# restarting it would; for the tests of what a restart does to the bridge.
+restart() {
+    if [ ! -f "$SYN/homeserver.yaml" ]; then
+        log "Synapse was never started here (no $SYN/homeserver.yaml)"
+        exit 1
+    fi
+    down
+    local port
+    port=$(sed -n 's/^  - port: \([0-9]*\)$/\1/p' "$SYN/homeserver.yaml")
+    local python="$VENV/bin/python"
+    (close_fds; exec "$python" -m synapse.app.homeserver -c "$SYN/homeserver.yaml") \
+        >>"$LOGFILE" 2>&1 </dev/null &
+    echo "$!" >"$PIDFILE"
+    if ! wait_http "http://127.0.0.1:$port/_matrix/client/versions" \
+        "$(cat "$PIDFILE")" "$LOGFILE" 60; then
+        stop_pidfile "$PIDFILE"
+        exit 1
+    fi
+    log "Synapse restarted on http://127.0.0.1:$port (PID $(cat "$PIDFILE"))"
+}
+
 down() {
     if [ ! -f "$PIDFILE" ]; then
         log "Synapse is not running (no $PIDFILE)"
@@ -143,6 +166,10 @@ up)
 down)
     [ "$#" -eq 1 ] || usage
     down
+    ;;
+restart)
+    [ "$#" -eq 1 ] || usage
+    restart
     ;;
 *)
     usage

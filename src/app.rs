@@ -452,17 +452,56 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
     }
     info!("isthmus is ready");
 
-    shutdown_signal().await;
+    let broken = tokio::select! {
+        () = shutdown_signal() => None,
+        why = store_watchdog(store.clone()) => Some(why),
+    };
+    if let Some(why) = &broken {
+        error!(reason = %why, "the store cannot recover in this process; stopping so that the service manager starts isthmus again (what was stored replays then)");
+    }
     info!("shutting down");
     let _ = stop_tx.send(true);
     for connector in bridge.networks.values() {
         connector.stop().await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    if let Some(why) = broken {
+        bail!("{why}");
+    }
     store.flush().await?;
     store.restrict_files()?;
     info!("stopped");
     Ok(())
+}
+
+/// Probes the store, every 10 s while it works and every 2 s while it fails, so that a store
+/// that failed is marked healthy again as soon as it takes writes. Returns (with the reason)
+/// only when the store keeps failing although its folder takes writes again: sled does not
+/// recover from some I/O errors within the process.
+async fn store_watchdog(store: Store) -> String {
+    let mut stuck = 0;
+    loop {
+        let failing = !store.is_healthy();
+        tokio::time::sleep(Duration::from_secs(if failing { 2 } else { 10 })).await;
+        match store.probe(crate::bridge::now_ms()).await {
+            Ok(()) => {
+                if failing {
+                    info!("the store takes writes again");
+                }
+                stuck = 0;
+            }
+            Err(e) => {
+                let folder_writable = store.folder_writable();
+                warn!(error = %e, folder_writable, "the store cannot write; the bridge refuses new traffic until it can");
+                stuck = if folder_writable { stuck + 1 } else { 0 };
+                if stuck >= 3 {
+                    return format!(
+                        "the store keeps failing ({e}) although its folder is writable again"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Checks the homeserver both ways: reachable, accepts our token, and reaches us.

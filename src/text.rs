@@ -1,5 +1,6 @@
 //! Small text helpers shared by the core and the connectors: markup escaping, decoding of
-//! character references, and display names from remote sources. Network-neutral.
+//! character references, display names from remote sources, and splitting long texts into
+//! parts. Network-neutral.
 
 /// A display name a remote source gave, as a Matrix display name may show it: without
 /// control characters, trimmed, at most 100 characters; `None` when nothing is left.
@@ -77,9 +78,64 @@ pub fn decode_entities(s: &str) -> String {
     out
 }
 
+/// Splits `text` into parts of at most `max` bytes (at least 4), never inside a character.
+/// A part ends after a line break, else after a space, when one stands in the second half of
+/// the part; else it is cut where the size says. Joined, the parts are `text` again; an empty
+/// text is one empty part.
+pub fn split_parts(text: &str, max: usize) -> Vec<&str> {
+    let max = max.max(4);
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let window = &rest[..cut];
+        let in_second_half = |c: char| window.rfind(c).filter(|&at| at >= cut / 2);
+        if let Some(at) = in_second_half('\n').or_else(|| in_second_half(' ')) {
+            cut = at + 1;
+        }
+        parts.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    if !rest.is_empty() || parts.is_empty() {
+        parts.push(rest);
+    }
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn parts_are_small_enough_and_join_back(text in proptest::prelude::any::<String>(), max in 4usize..64) {
+            let parts = split_parts(&text, max);
+            proptest::prop_assert_eq!(parts.concat(), text.clone());
+            for p in &parts {
+                proptest::prop_assert!(p.len() <= max, "{} > {}", p.len(), max);
+            }
+            if !text.is_empty() {
+                proptest::prop_assert!(parts.iter().all(|p| !p.is_empty()));
+            }
+        }
+    }
+
+    #[test]
+    fn parts_end_at_a_line_or_a_space_in_their_second_half() {
+        assert_eq!(split_parts("aaaa bbbb cccc", 10), ["aaaa bbbb ", "cccc"]);
+        assert_eq!(split_parts("aaaa\nbbbb cccc", 12), ["aaaa\nbbbb ", "cccc"]);
+        // A break early in the part would make tiny parts: cut where the size says.
+        assert_eq!(
+            split_parts("a bbbbbbbbbbbbbbb", 8),
+            ["a bbbbbb", "bbbbbbbb", "b"]
+        );
+        // Characters are never cut.
+        assert_eq!(split_parts("ééééé", 5), ["éé", "éé", "é"]);
+        assert_eq!(split_parts("", 5), [""]);
+    }
 
     #[test]
     fn display_names_are_printable_short_and_never_empty() {

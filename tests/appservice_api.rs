@@ -128,6 +128,18 @@ impl Api {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The Prometheus text of `/metrics`.
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Waits until the portal queues handled everything in the inbox.
     async fn drained(&self) {
         for _ in 0..200 {
@@ -233,10 +245,11 @@ async fn malformed_transactions_are_refused_and_store_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let (status, body) = api.put_txn("bad2", &json!({"events": [1, 2]})).await;
+    // Not a transaction at all (its events are not a list): refused.
+    let (status, body) = api.put_txn("bad2", &json!({"events": 7})).await;
     assert_eq!(
         (status, body["errcode"].as_str()),
-        (400, Some("M_BAD_JSON"))
+        (400, Some("M_NOT_JSON"))
     );
     assert!(!api.store.has_transaction("bad").unwrap());
     assert!(!api.store.has_transaction("bad2").unwrap());
@@ -245,6 +258,74 @@ async fn malformed_transactions_are_refused_and_store_nothing() {
         .put_txn("bad2", &json!({"events": [message(1, 5)]}))
         .await;
     assert_eq!(status, 200);
+}
+
+/// One unreadable event never rejects the others: a homeserver that sent one would otherwise
+/// retry that transaction forever and the bridge would receive nothing more.
+#[tokio::test]
+async fn unreadable_events_are_skipped_and_the_others_kept() {
+    let api = start(32 << 20).await;
+    for (n, bad) in [
+        json!(1),
+        json!(null),
+        json!("an event"),
+        json!([1, 2]),
+        json!({"room_id": 5, "sender": "@a:localhost", "type": "m.room.message"}),
+        json!({"type": ["m.room.message"], "room_id": "!r:localhost"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let txn = format!("mixed-{n}");
+        let body = json!({"events": [bad.clone(), message(n, 5), bad], "ephemeral": [json!(3)]});
+        let (status, _) = api.put_txn(&txn, &body).await;
+        assert_eq!(
+            status, 200,
+            "{txn}: a transaction with an unreadable event is accepted"
+        );
+        let record = api.store.transaction(&txn).unwrap().expect("committed");
+        assert_eq!(
+            record.items, 1,
+            "{txn}: the readable event is kept, the others skipped"
+        );
+    }
+    let metrics = api.metrics().await;
+    assert!(
+        metrics.contains(r#"bridge_skipped_events_total{reason="malformed"} 18"#),
+        "{metrics}"
+    );
+}
+
+/// Homeservers may number transactions from 1 again after a restart (Synapse on SQLite
+/// does): an ID seen before with other events is a new transaction; with the same events
+/// (a retry, whose `unsigned.age` differs) it is a duplicate.
+#[tokio::test]
+async fn reused_transaction_ids_with_other_events_are_new() {
+    let api = start(32 << 20).await;
+    let ok = |n: u32| format!(r#"bridge_txn_seconds_count{{result="ok"}} {n}"#);
+    let (status, _) = api.put_txn("1", &json!({"events": [message(1, 5)]})).await;
+    assert_eq!(status, 200);
+    let mut retry = message(1, 5);
+    retry["unsigned"] = json!({"age": 12345});
+    let (status, _) = api.put_txn("1", &json!({"events": [retry]})).await;
+    assert_eq!(status, 200);
+    let metrics = api.metrics().await;
+    assert!(
+        metrics.contains(&ok(1))
+            && metrics.contains(r#"bridge_txn_seconds_count{result="duplicate"} 1"#),
+        "a retry of the same events is a duplicate: {metrics}"
+    );
+    for n in 2..5u32 {
+        let (status, _) = api
+            .put_txn("1", &json!({"events": [message(n as usize, 5)]}))
+            .await;
+        assert_eq!(status, 200);
+        let metrics = api.metrics().await;
+        assert!(
+            metrics.contains(&ok(n)),
+            "transaction 1 again with event {n} is new: {metrics}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -2647,3 +2647,326 @@ async fn xmpp_stanza_over_the_limits_is_refused_alone() {
         "the component link never reconnected"
     );
 }
+
+/// Counts the times the bridge logged its component link coming up.
+fn link_ups(bridge: &BridgeProcess) -> usize {
+    bridge.log().matches("XMPP component link up").count()
+}
+
+/// Whatever characters a Matrix message or display name holds, what reaches XMPP is legal XML:
+/// characters XML cannot carry arrive replaced, the chat goes on, and the component link that
+/// every user shares never drops.
+#[tokio::test(flavor = "multi_thread")]
+async fn characters_xml_cannot_carry_never_hold_a_chat_or_drop_the_link() {
+    let _s = serial();
+    let bridge = xmpp_bridge().await;
+    let mut bob = XmppUser::login("bob").await;
+    let mut carol = XmppUser::login("carol").await;
+    let (alice, room, _) = dm_with("xctl", "bob@localhost").await;
+    let (dave, room2, _) = dm_with("xctl2", "carol@localhost").await;
+    let ups = link_ups(&bridge);
+    // A display name with control characters rides on every message as a nick.
+    alice
+        .ok(
+            "PUT",
+            &format!("/profile/{}/displayname", enc(&alice.user_id)),
+            Some(&serde_json::json!({"displayname": "Al\u{7}ice\u{1b}[31m"})),
+        )
+        .await;
+    let cases = [
+        ("\u{1}", "\u{FFFD}"),
+        ("\u{8}\u{B}\u{C}", "\u{FFFD}\u{FFFD}\u{FFFD}"),
+        ("\u{1F}", "\u{FFFD}"),
+        ("\u{FFFE}", "\u{FFFD}"),
+        ("\u{FFFF}", "\u{FFFD}"),
+        ("tab\tkept", "tab\tkept"),
+    ];
+    for (n, (bad, shown)) in cases.iter().enumerate() {
+        let tag = unique();
+        alice
+            .send(
+                &room,
+                "m.room.message",
+                &serde_json::json!({
+                    "msgtype": "m.text",
+                    "body": format!("{tag} a{bad}b"),
+                    "format": "org.matrix.custom.html",
+                    "formatted_body": format!("<b>{tag}</b> a{bad}b"),
+                }),
+            )
+            .await;
+        bob.wait(
+            &format!("case {n}: the message with {bad:?} replaced"),
+            |e| {
+                e.name() == "message"
+                    && e.children()
+                        .any(|c| c.name() == "body" && c.text() == format!("{tag} a{shown}b"))
+            },
+        )
+        .await;
+        // Another user's chat over the same link is not disturbed.
+        let other = format!("still here {}", unique());
+        dave.send_text(&room2, &other).await;
+        carol.wait_message(&other).await;
+    }
+    assert_eq!(
+        link_ups(&bridge),
+        ups,
+        "the component link never dropped; log:\n{}",
+        bridge.log_tail(30)
+    );
+}
+
+/// A message from XMPP larger than the homeserver takes in one event arrives in parts, in
+/// order, whole; the sender gets no error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_message_too_large_for_one_event_arrives_in_parts() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let mut bob = XmppUser::login("bob").await;
+    let (alice, room, ghost) = dm_with("xbig", "bob@localhost").await;
+    let gateway = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+    // Lines of text, about 150 KB: over Synapse's 64 KiB event limit, under Prosody's
+    // 256 KiB stanza limit and the bridge's own cap.
+    let tag = unique();
+    let mut body = String::new();
+    let mut line = 0;
+    while body.len() < 150_000 {
+        body.push_str(&format!("{tag} line {line:05} of a long message, é ü ✓\n"));
+        line += 1;
+    }
+    bob.say(&gateway, &body).await;
+    let after = format!("after the long one {}", unique());
+    bob.say(&gateway, &after).await;
+    let end = alice
+        .wait_for_event(&room, "the message after", Duration::from_secs(60), |e| {
+            e["content"]["body"] == after.as_str()
+        })
+        .await;
+    let _ = end;
+    let mut events = alice.messages(&room).await;
+    events.reverse();
+    let parts: Vec<String> = events
+        .iter()
+        .filter(|e| e["sender"] == ghost.as_str())
+        .filter_map(|e| e["content"]["body"].as_str())
+        .filter(|b| b.contains(&tag))
+        .map(str::to_owned)
+        .collect();
+    assert!(parts.len() >= 3, "in several parts: {}", parts.len());
+    assert_eq!(
+        parts.concat(),
+        body,
+        "the parts join into the message, in order"
+    );
+    // No error went back to bob.
+    let mut errors = 0;
+    while let Some(ev) = bob.next_event(Duration::from_millis(500)).await {
+        if ev["xml"]
+            .as_str()
+            .is_some_and(|x| x.contains("type=\"error\"") || x.contains("type='error'"))
+        {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 0, "the sender was told nothing failed");
+}
+
+/// A small filesystem of its own for a bridge's store, so that a test can fill it up; unmounted
+/// when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> SmallDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("isthmus-disk-")
+            .tempdir()
+            .expect("a folder to mount on");
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={megabytes}m,mode=700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "could not mount a tmpfs for the store (the tests run as root: scripts/test.sh)"
+        );
+        SmallDisk { dir }
+    }
+
+    fn store(&self) -> std::path::PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Fills the filesystem until writes fail.
+    fn fill(&self) {
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "count=100000"])
+            .arg(format!("of={}", self.dir.path().join("filler").display()))
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+
+    fn free(&self) {
+        let _ = std::fs::remove_file(self.dir.path().join("filler"));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The bridge's store cannot write for a while (its disk is full): nothing is acknowledged
+/// that was not stored. XMPP senders get a temporary error or their message arrives, never
+/// silence; the bridge says it is not ready; the homeserver's transactions are refused and
+/// come again; once the disk has room, what Matrix sent meanwhile arrives exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_loses_nothing_and_tells_every_sender() {
+    let _s = serial();
+    let disk = SmallDisk::mount(48);
+    let store = disk.store();
+    let mut bridge = BridgeProcess::start_with(move |cfg: String| {
+        cfg.lines()
+            .map(|l| {
+                if l.trim_start().starts_with("path: ") && l.contains("isthmus-test-") {
+                    format!("  path: {}", store.display())
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+    .await;
+    wait_metric(&bridge, CONNECTED).await;
+    let mut bob = XmppUser::login("bob").await;
+    let (alice, room, ghost) = dm_with("xdisk", "bob@localhost").await;
+    let gateway = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+    let hello = format!("before the disk fills {}", unique());
+    bob.say(&gateway, &hello).await;
+    alice
+        .wait_for_event(&room, "bob's first message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == hello.as_str()
+        })
+        .await;
+
+    disk.fill();
+    // bob writes until the bridge refuses one; each is either refused or bridged.
+    let mut refused = None;
+    let mut sent = Vec::new();
+    for n in 0..40 {
+        let body = format!("while the disk is full {n} {}", unique());
+        let mut m = Message::new(Some(Jid::from_str(&gateway).unwrap()));
+        m.type_ = MessageType::Chat;
+        let id = unique();
+        m.id = Some(tokio_xmpp::parsers::message::Id(id.clone()));
+        m.bodies.insert(Lang::default(), body.clone());
+        bob.send(m.into()).await;
+        sent.push((id.clone(), body));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(ev) = bob.next_event(left).await else {
+                break;
+            };
+            if let Some(xml) = ev["xml"].as_str() {
+                let el = parse_stanza(xml);
+                if el.name() == "message"
+                    && el.attr("type") == Some("error")
+                    && el.attr("id") == Some(id.as_str())
+                {
+                    assert!(
+                        xml.contains("resource-constraint") && xml.contains("wait"),
+                        "a temporary error: {xml}"
+                    );
+                    refused = Some(id.clone());
+                }
+            }
+        }
+        if refused.is_some() {
+            break;
+        }
+    }
+    let refused = refused.expect("the bridge refused nothing although its disk was full");
+    let health = common::http()
+        .get(format!("{}/_matrix/mau/ready", common::AS_URL))
+        .send()
+        .await
+        .expect("GET ready");
+    assert_eq!(
+        health.status().as_u16(),
+        503,
+        "not ready while the store cannot write"
+    );
+    // Matrix writes meanwhile: the homeserver's transaction is refused and sent again later.
+    let from_matrix = format!("from matrix while the disk is full {}", unique());
+    alice.send_text(&room, &from_matrix).await;
+
+    disk.free();
+    // The bridge recovers by itself, or stops for its service manager to start it again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = bridge.exited() {
+            assert!(!status.success(), "it stops with an error: {status}");
+            assert!(
+                bridge.log().contains("the store cannot recover"),
+                "it says why:\n{}",
+                bridge.log_tail(20)
+            );
+            bridge.restart().await;
+            wait_metric(&bridge, CONNECTED).await;
+            break;
+        }
+        let ready = common::http()
+            .get(format!("{}/_matrix/mau/ready", common::AS_URL))
+            .send()
+            .await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither recovered nor stopped within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bob.wait_message(&from_matrix).await;
+    let after = format!("after the disk has room {}", unique());
+    bob.say(&gateway, &after).await;
+    alice
+        .wait_for_event(&room, "bob's message after", Duration::from_secs(30), |e| {
+            e["content"]["body"] == after.as_str()
+        })
+        .await;
+    // Every message bob sent is in Matrix exactly once, or was refused with an error.
+    let events = alice.messages(&room).await;
+    for (id, body) in &sent {
+        let n = events
+            .iter()
+            .filter(|e| e["sender"] == ghost.as_str() && e["content"]["body"] == body.as_str())
+            .count();
+        if *id == refused {
+            assert_eq!(n, 0, "the refused message is not in Matrix");
+        } else {
+            assert_eq!(n, 1, "{body:?} was taken, so it arrived, once");
+        }
+    }
+    let copies = events
+        .iter()
+        .filter(|e| e["content"]["body"] == from_matrix.as_str())
+        .count();
+    assert_eq!(copies, 1, "alice's message is in her room once");
+}

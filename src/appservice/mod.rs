@@ -88,9 +88,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(media_link),
         )
         .route("/metrics", get(metrics))
-        .route("/health", get(health))
-        .route("/_matrix/mau/live", get(health))
-        .route("/_matrix/mau/ready", get(health))
+        .route("/health", get(ready))
+        .route("/_matrix/mau/live", get(live))
+        .route("/_matrix/mau/ready", get(ready))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -102,8 +102,22 @@ async fn ping() -> Response {
     axum::Json(json!({})).into_response()
 }
 
-async fn health() -> Response {
+/// The process runs and answers.
+async fn live() -> Response {
     axum::Json(json!({"ok": true})).into_response()
+}
+
+/// The bridge can take traffic: 503 while the store cannot write (the homeserver's
+/// transactions and remote traffic are refused then, see `store/health.rs`).
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    match state.bridge.store.failure() {
+        None => axum::Json(json!({"ok": true})).into_response(),
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"ok": false, "error": format!("the store cannot write: {error}")})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -948,7 +948,7 @@ impl Bridge {
             .map(|n| n.info().display_name.clone())
             .unwrap_or_else(|| network.to_string());
         let (result, text) = match &e {
-            NetworkError::Transient(_) => {
+            NetworkError::Transient(_) | NetworkError::Down(_) => {
                 return Err(BridgeError::Network { network, source: e });
             }
             NetworkError::Unsupported(thing) => (

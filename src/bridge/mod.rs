@@ -334,6 +334,9 @@ impl Bridge {
         self.metrics
             .store_size_bytes
             .set(self.store.size_on_disk() as i64);
+        self.metrics
+            .store_healthy
+            .set(i64::from(self.store.is_healthy()));
     }
 }
 

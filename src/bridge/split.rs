@@ -27,33 +27,6 @@ fn too_large(e: &MatrixError) -> bool {
     e.status() == Some(413) || e.errcode() == Some("M_TOO_LARGE")
 }
 
-/// Splits `text` into parts of at most `max` bytes, at a line break or a space in the last
-/// quarter of a part where there is one, else at a character boundary. Joined, the parts are
-/// `text` again.
-pub fn split(text: &str, max: usize) -> Vec<&str> {
-    let max = max.max(4);
-    let mut parts = Vec::new();
-    let mut rest = text;
-    while rest.len() > max {
-        let mut cut = max;
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let window = &rest[..cut];
-        let floor = cut - cut / 4;
-        let near_end = |c: char| window.rfind(c).filter(|&at| at >= floor);
-        if let Some(at) = near_end('\n').or_else(|| near_end(' ')) {
-            cut = at + 1;
-        }
-        parts.push(&rest[..cut]);
-        rest = &rest[cut..];
-    }
-    if !rest.is_empty() || parts.is_empty() {
-        parts.push(rest);
-    }
-    parts
-}
-
 impl Bridge {
     /// Sends message `content` as `ghost`; when the homeserver refuses it for its size, sends
     /// its plain body in parts instead (see the module). Returns the first event's ID, which
@@ -93,7 +66,7 @@ impl Bridge {
             if max < MIN_PART {
                 return Err(error.into());
             }
-            let part = split(&body[offset..], max)[0];
+            let part = crate::text::split_parts(&body[offset..], max)[0];
             let c = json!({"msgtype": msgtype, "body": part});
             match self
                 .hs
@@ -122,35 +95,5 @@ impl Bridge {
             "a message too large for one event was sent in parts"
         );
         first.ok_or_else(|| error.into())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn parts_are_small_enough_and_join_back(text in any::<String>(), max in 4usize..64) {
-            let parts = split(&text, max);
-            prop_assert_eq!(parts.concat(), text.clone());
-            for p in &parts {
-                prop_assert!(p.len() <= max, "{} > {}", p.len(), max);
-            }
-            if !text.is_empty() {
-                prop_assert!(parts.iter().all(|p| !p.is_empty()));
-            }
-        }
-    }
-
-    #[test]
-    fn splits_at_a_line_or_a_space_near_the_end() {
-        assert_eq!(split("aaaa bbbb cccc", 10), ["aaaa bbbb ", "cccc"]);
-        assert_eq!(split("aaaa\nbbbb cccc", 12), ["aaaa\nbbbb ", "cccc"]);
-        // A break too early would make tiny parts: cut in the middle instead.
-        assert_eq!(split("a bbbbbbbbbbbbbbb", 8), ["a bbbbbb", "bbbbbbbb", "b"]);
-        // Characters are never cut.
-        assert_eq!(split("ééééé", 5), ["éé", "éé", "é"]);
     }
 }

@@ -117,6 +117,20 @@ async fn status(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
         Err(e) => format!("ERROR: {e}"),
     };
     let mut out = format!("Homeserver: {hs}\n");
+    match b.store.failure() {
+        None => out.push_str("Store: ok\n"),
+        Some(e) => out.push_str(&format!(
+            "Store: FAILING ({e}); new traffic is refused until it can write again\n"
+        )),
+    }
+    if ctx.level >= PermissionLevel::Admin {
+        let n = b.store.quarantine_len();
+        if n > 0 {
+            out.push_str(&format!(
+                "Quarantine: {n} item(s) set aside after failing too often (`quarantine`)\n"
+            ));
+        }
+    }
     if let Some((soft, hard)) = b.open_files.get() {
         let show = |n: &u64| {
             if *n == u64::MAX {

@@ -7,7 +7,8 @@
 //! - requests: `{"op": "inject", "event": RemoteEvent}` (answered once the bridge stored the
 //!   event), `{"op": "sent"}` (every operation the bridge asked of the network since start),
 //!   `{"op": "pause"}` / `{"op": "resume"}` (hold every send until resumed),
-//!   `{"op": "fail_next", "error": "undeliverable" | "transient", "message": "..."}` and
+//!   `{"op": "fail_next", "error": "undeliverable" | "transient" | "down", "message": "...",
+//!   "count": n}` (the next `n` sends fail, default 1) and
 //!   `{"op": "state", "user": "@u:hs", "state": "BAD_CREDENTIALS"}`;
 //! - answers: `{"reply": {...}}`; and, to every connected client, each operation as it
 //!   happens: `{"sent": {"op": "message", ...}}`.
@@ -43,7 +44,8 @@ struct Shared {
     feed: broadcast::Sender<String>,
     log: Mutex<Vec<Value>>,
     counter: AtomicU64,
-    fail_next: Mutex<Option<NetworkError>>,
+    /// Failures to answer the next sends with, first first.
+    fail_next: Mutex<std::collections::VecDeque<NetworkError>>,
     stop: watch::Sender<bool>,
 }
 
@@ -270,7 +272,7 @@ impl LoopbackClient {
                 break;
             }
         }
-        if let Some(e) = self.shared.fail_next.lock().expect("fail lock").take() {
+        if let Some(e) = self.shared.fail_next.lock().expect("fail lock").pop_front() {
             return Err(e);
         }
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
@@ -394,6 +396,8 @@ enum Request {
         error: String,
         #[serde(default)]
         message: String,
+        #[serde(default = "one")]
+        count: u32,
     },
     State {
         #[serde(default)]
@@ -402,6 +406,10 @@ enum Request {
         #[serde(default)]
         message: Option<String>,
     },
+}
+
+fn one() -> u32 {
+    1
 }
 
 async fn serve(shared: Arc<Shared>, stream: TcpStream) {
@@ -455,16 +463,25 @@ async fn handle_request(shared: &Shared, line: &str) -> Value {
             shared.paused.send_replace(false);
             json!({"ok": true})
         }
-        Request::FailNext { error, message } => {
-            let e = match error.as_str() {
-                "undeliverable" => NetworkError::Undeliverable(message),
-                "transient" => NetworkError::Transient(message),
-                "unsupported" => NetworkError::Unsupported("this operation"),
-                other => {
-                    return json!({"ok": false, "error": format!("unknown error kind {other}")});
-                }
+        Request::FailNext {
+            error,
+            message,
+            count,
+        } => {
+            let make = || match error.as_str() {
+                "undeliverable" => Some(NetworkError::Undeliverable(message.clone())),
+                "transient" => Some(NetworkError::Transient(message.clone())),
+                "down" => Some(NetworkError::Down(message.clone())),
+                "unsupported" => Some(NetworkError::Unsupported("this operation")),
+                _ => None,
             };
-            *shared.fail_next.lock().expect("fail lock") = Some(e);
+            let mut queue = shared.fail_next.lock().expect("fail lock");
+            for _ in 0..count {
+                let Some(e) = make() else {
+                    return json!({"ok": false, "error": format!("unknown error kind {error}")});
+                };
+                queue.push_back(e);
+            }
             json!({"ok": true})
         }
         Request::State {

@@ -170,33 +170,20 @@ pub fn html_to_text(html: &str) -> String {
     out.trim().to_owned()
 }
 
-/// Splits `text` into parts of at most `max` bytes, at a line break or space where one is
-/// near the end of a part, never inside a character.
+/// Splits `text` into parts of at most `max` bytes (at least 16) for separate MESSAGEs (see
+/// [`crate::text::split_parts`]); the line break or space a part was cut after is dropped, as
+/// each part stands alone.
 pub fn split(text: &str, max: usize) -> Vec<String> {
-    let max = max.max(16);
-    let mut parts = Vec::new();
-    let mut rest = text;
-    while rest.len() > max {
-        let mut cut = max;
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let window = &rest[..cut];
-        let soft = window
-            .rfind('\n')
-            .or_else(|| window.rfind(' '))
-            .filter(|&i| i >= cut / 2);
-        let (part, next) = match soft {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (window, &rest[cut..]),
-        };
-        parts.push(part.to_owned());
-        rest = next;
-    }
-    if !rest.is_empty() || parts.is_empty() {
-        parts.push(rest.to_owned());
-    }
+    let parts = crate::text::split_parts(text, max.max(16));
+    let last = parts.len() - 1;
     parts
+        .into_iter()
+        .enumerate()
+        .map(|(n, p)| match p.strip_suffix(['\n', ' ']) {
+            Some(cut) if n < last => cut.to_owned(),
+            _ => p.to_owned(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -179,8 +179,9 @@ async fn message(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsips
             tx.reply(StatusCode::OK).await
         }
         Err(e) => {
-            info!(error = %e, "could not store a SIP MESSAGE; answering 500");
-            tx.reply(StatusCode::ServerInternalError).await
+            // Temporary: the sender may send it again (RFC 3261 §21.5.4).
+            info!(error = %e, "could not store a SIP MESSAGE; answering 503");
+            tx.reply(StatusCode::ServiceUnavailable).await
         }
     }
 }

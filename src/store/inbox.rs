@@ -153,15 +153,25 @@ impl Store {
             }
             Ok(true)
         });
-        let fresh = result.map_err(|e: sled::transaction::TransactionError<()>| match e {
-            sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
-            sled::transaction::TransactionError::Abort(()) => unreachable!("never aborts"),
-        })?;
+        let fresh = self.note(result.map_err(
+            |e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
+                sled::transaction::TransactionError::Abort(()) => unreachable!("never aborts"),
+            },
+        ))?;
         if !fresh {
             return Ok(TxnOutcome::Duplicate);
         }
         self.flush().await?;
         Ok(TxnOutcome::New(seqs))
+    }
+
+    /// What the store remembers of homeserver transaction `txn_id`.
+    pub fn transaction(&self, txn_id: &str) -> Result<Option<TxnRecord>, StoreError> {
+        self.txns
+            .get(txn_id.as_bytes())?
+            .map(|v| decode("txns", &v))
+            .transpose()
     }
 
     /// Whether a homeserver transaction ID was committed before.
@@ -171,9 +181,13 @@ impl Store {
 
     /// Puts one item into the inbox and waits until it is on disk; returns its sequence.
     pub async fn enqueue(&self, item: &InboxItem) -> Result<u64, StoreError> {
-        let seq = self.db.generate_id()?;
-        self.inbox
-            .insert(seq.to_be_bytes(), self.seal_item(item)?)?;
+        let sealed = self.seal_item(item)?;
+        let written = self
+            .db
+            .generate_id()
+            .and_then(|seq| self.inbox.insert(seq.to_be_bytes(), sealed).map(|_| seq))
+            .map_err(StoreError::from);
+        let seq = self.note(written)?;
         self.flush().await?;
         Ok(seq)
     }

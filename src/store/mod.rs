@@ -29,6 +29,7 @@ mod codec;
 mod connector_kv;
 mod files;
 mod ghosts;
+mod health;
 mod inbox;
 mod logins;
 mod messages;
@@ -113,6 +114,8 @@ pub struct Store {
     key: std::sync::Arc<LoginKey>,
     /// The folder, for a store on disk.
     path: Option<std::sync::Arc<Path>>,
+    /// Whether writes work, shared by every handle.
+    health: std::sync::Arc<health::Health>,
 }
 
 /// The store's cache when the config names none: 16 MiB.
@@ -200,6 +203,7 @@ impl Store {
             quarantine_why: t("quarantine_why")?,
             key: std::sync::Arc::new(key),
             path: None,
+            health: Default::default(),
             db,
         })
     }
@@ -215,8 +219,13 @@ impl Store {
 
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let flushed = self
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from);
+        self.note(flushed)
     }
 
     /// Bytes the store takes on disk.

@@ -131,6 +131,26 @@ pub(super) fn undelivered_error(
     Some(err.into())
 }
 
+/// The error that tells the sender of `msg` that the bridge could not take it now (its
+/// store cannot write): type `wait`, so a client may send it again later. `None` for a
+/// message without a sender.
+fn not_stored(msg: &Message) -> Option<Stanza> {
+    let mut err = Message::new(Some(msg.from.clone()?));
+    err.type_ = MessageType::Error;
+    err.from = msg.to.clone();
+    err.id = msg.id.clone();
+    err.payloads.push(
+        StanzaError::new(
+            ErrorType::Wait,
+            DefinedCondition::ResourceConstraint,
+            "en",
+            "the bridge cannot take messages right now; send it again in a moment",
+        )
+        .into(),
+    );
+    Some(err.into())
+}
+
 /// XEP-0333 chat markers.
 const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
 
@@ -582,7 +602,9 @@ impl Handler {
         {
             // The receipt only once the message is safely stored.
             Some(true) => return receipt_to.into_iter().collect(),
-            Some(false) => return Vec::new(),
+            // Not stored: the sender learns it may try again, instead of the message
+            // vanishing.
+            Some(false) => return not_stored(&msg).into_iter().collect(),
             None => {}
         }
         let chat_state = msg

@@ -182,6 +182,7 @@ impl BridgeProcess {
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, edit(cfg)).expect("write the bridge config");
         let log_path = dir.path().join("bridge-1.log");
+        drain_appservice_queue(&hs).await;
         let mut bridge = BridgeProcess {
             dir,
             config,
@@ -238,6 +239,13 @@ impl BridgeProcess {
     /// The process ID of the running bridge.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the bridge is not running").id()
+    }
+
+    /// Whether the bridge exited by itself, and how (it then counts as stopped).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().expect("check the bridge")?;
+        self.child = None;
+        Some(status)
     }
 
     /// Kills the bridge with SIGKILL: no shutdown code runs.
@@ -357,6 +365,130 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         }
     }
     found
+}
+
+/// Gives the test that starts next an appservice queue nobody else can disturb.
+///
+/// The homeserver sends the bridge's transactions one at a time, in order, and keeps those an
+/// earlier test's bridge did not acknowledge (it was killed, or stopped mid-transaction): it
+/// retries them with a backoff of up to minutes, to whatever listens on the bridge's port
+/// next. So an earlier test's events could reach, and hold up, the next test's bridge. Before
+/// the bridge starts, this answers on its port and drops every transaction, makes the
+/// homeserver retry at once (an appservice ping), then has the bot create a room (a fence
+/// event, queued after everything older) and waits until that room's events came through.
+async fn drain_appservice_queue(hs: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = AS_URL.trim_start_matches("http://");
+    // The previous bridge released the port when it exited; a lingering socket may hold it
+    // for a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the bridge's port {addr} stays busy: {e}"),
+        }
+    };
+    let (seen_tx, mut seen_rx) = tokio::sync::watch::channel(String::new());
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                    buf.drain(..end + 4 + len);
+                    seen.send_modify(|all| all.push_str(&body));
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if sock.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let client = http();
+    let bot_local = BOT
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or_default();
+    // The bot may not exist yet on a fresh homeserver; "in use" is fine.
+    let _ = client
+        .post(format!("{hs}/_matrix/client/v3/register"))
+        .bearer_auth(AS_TOKEN)
+        .json(&json!({"type": "m.login.application_service", "username": bot_local}))
+        .send()
+        .await;
+    let _ = client
+        .post(format!(
+            "{hs}/_matrix/client/v1/appservice/isthmus-test/ping"
+        ))
+        .bearer_auth(AS_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await;
+    let created: Value = client
+        .post(format!("{hs}/_matrix/client/v3/createRoom"))
+        .bearer_auth(AS_TOKEN)
+        .json(&json!({"preset": "private_chat", "name": "fence"}))
+        .send()
+        .await
+        .expect("create the fence room")
+        .json()
+        .await
+        .expect("the fence room's answer");
+    let room = created["room_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fence room: {created}"))
+        .to_owned();
+    // The borrow `wait_for` returns is let go at once: the server's next `send_modify` waits
+    // for it.
+    let arrived = tokio::time::timeout(
+        Duration::from_secs(90),
+        seen_rx.wait_for(|all| all.contains(&room)),
+    )
+    .await
+    .is_ok_and(|seen| seen.is_ok());
+    server.abort();
+    let _ = server.await;
+    assert!(
+        arrived,
+        "the homeserver did not deliver the fence event within 90 s: its appservice queue is stuck"
+    );
+    // The bot leaves the fence room, so that it does not pile up rooms across tests.
+    let _ = client
+        .post(format!("{hs}/_matrix/client/v3/rooms/{}/leave", enc(&room)))
+        .bearer_auth(AS_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -946,6 +1078,12 @@ impl Control {
     /// Makes the next send fail as undeliverable with `message`.
     pub async fn fail_next_undeliverable(&mut self, message: &str) {
         self.ok(json!({"op": "fail_next", "error": "undeliverable", "message": message}))
+            .await;
+    }
+
+    /// Makes the network fail its next `count` sends with `kind` (`transient`, `down`, ...).
+    pub async fn fail_next(&mut self, kind: &str, count: u32) {
+        self.ok(json!({"op": "fail_next", "error": kind, "message": format!("injected {kind} failure"), "count": count}))
             .await;
     }
 
