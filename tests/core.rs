@@ -882,7 +882,7 @@ async fn a_message_that_keeps_failing_is_set_aside_without_holding_its_portal() 
     let stuck = format!("keeps failing {run}");
     let stuck_id = alice.send_text(&room, &stuck).await;
     let notice = alice
-        .wait_reply(&room, &stuck_id, BOT, Duration::from_secs(30))
+        .wait_reply(&room, &stuck_id, &ghost("bob"), Duration::from_secs(30))
         .await;
     assert!(
         notice.contains("set aside") && notice.contains("quarantine"),

@@ -2700,7 +2700,7 @@ async fn characters_xml_cannot_carry_never_hold_a_chat_or_drop_the_link() {
             |e| {
                 e.name() == "message"
                     && e.children()
-                        .any(|c| c.name() == "body" && c.text() == format!("{tag} a{shown}b"))
+                        .any(|c| c.name() == "body" && c.text() == format!("*{tag}* a{shown}b"))
             },
         )
         .await;

@@ -50,7 +50,8 @@ class Client(ClientXMPP):
 
 async def commands(client):
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    # Lines carry whole stanzas, some larger than the default 64 KiB line limit.
+    reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:
         line = await reader.readline()

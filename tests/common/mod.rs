@@ -394,12 +394,15 @@ async fn drain_appservice_queue(hs: &str) {
     };
     let (seen_tx, mut seen_rx) = tokio::sync::watch::channel(String::new());
     let server = tokio::spawn(async move {
+        // Every connection ends with the server: a kept-alive one would otherwise go on taking
+        // the homeserver's transactions after the bridge started.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
             let seen = seen_tx.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 8192];
                 loop {
@@ -425,10 +428,9 @@ async fn drain_appservice_queue(hs: &str) {
                     let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
                     buf.drain(..end + 4 + len);
                     seen.send_modify(|all| all.push_str(&body));
-                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
-                    if sock.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
+                    let answer = "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    let _ = sock.write_all(answer.as_bytes()).await;
+                    return;
                 }
             });
         }
