@@ -2647,3 +2647,186 @@ async fn xmpp_stanza_over_the_limits_is_refused_alone() {
         "the component link never reconnected"
     );
 }
+
+/// The rooms a ghost is in, as the homeserver tells the appservice (none when the ghost was
+/// never registered).
+async fn ghost_rooms(ghost: &str) -> Vec<String> {
+    let hs = common::homeserver().await;
+    let r = common::http()
+        .get(format!(
+            "{hs}/_matrix/client/v3/joined_rooms?user_id={}",
+            enc(ghost)
+        ))
+        .bearer_auth(common::AS_TOKEN)
+        .send()
+        .await
+        .expect("joined_rooms");
+    if !r.status().is_success() {
+        return Vec::new();
+    }
+    let v: serde_json::Value = r.json().await.expect("joined_rooms JSON");
+    v["joined_rooms"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_and_subscriptions_to_matrix_users_who_do_not_exist_are_refused() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let run = unique();
+    let real = MatrixUser::register("xnx").await;
+    let mut grace = XmppUser::login("grace").await;
+    let ghost = xmpp_ghost("grace@localhost");
+    let rooms_before = ghost_rooms(&ghost).await;
+    let bot_local = BOT.trim_start_matches('@').split(':').next().unwrap();
+    let missing = [
+        format!("nobody{run}"),
+        format!("{}x", real.localpart),
+        bot_local.to_owned(),
+        "_xmpp_dave=40localhost".to_owned(),
+    ];
+    for (i, local) in missing.iter().enumerate() {
+        let address = format!("{local}@{COMPONENT_DOMAIN}");
+        // RFC 6121 §8.5.1: a message is answered `service-unavailable`...
+        let id = format!("nx{i}-{run}");
+        grace
+            .send_xml(&format!(
+                "<message type='chat' id='{id}' to='{address}' xmlns='jabber:client'><body>anyone?</body></message>"
+            ))
+            .await;
+        let err = grace
+            .wait(&format!("the error for the message to {address}"), |e| {
+                e.name() == "message" && e.attr("id") == Some(id.as_str())
+            })
+            .await;
+        let xml = String::from(&err);
+        assert_eq!(err.attr("type"), Some("error"), "{xml}");
+        assert!(xml.contains("service-unavailable"), "{xml}");
+        // ... and a subscription request `unsubscribed` (the roster shows no pending ask).
+        grace
+            .send_xml(&format!(
+                "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
+            ))
+            .await;
+        let answer = grace
+            .wait(
+                &format!("the refusal of the subscription to {address}"),
+                |e| {
+                    let refused = e.name() == "presence"
+                        && e.attr("type") == Some("unsubscribed")
+                        && e.attr("from")
+                            .is_some_and(|f| f.starts_with(address.as_str()));
+                    let roster_cleared = e.name() == "iq"
+                        && String::from(e).contains(&format!("jid=\"{address}\""))
+                        && !String::from(e).contains("ask=")
+                        && String::from(e).contains("subscription=\"none\"");
+                    refused || roster_cleared
+                },
+            )
+            .await;
+        let xml = String::from(&answer);
+        assert!(!xml.contains("subscription=\"to\""), "{xml}");
+    }
+    // Nothing was created for them: grace's ghost is in no new room.
+    assert_eq!(ghost_rooms(&ghost).await, rooms_before);
+
+    // A user who exists still gets the message.
+    let address = format!("{}@{COMPONENT_DOMAIN}", real.localpart);
+    let hello = format!("hello real user {run}");
+    grace.say(&address, &hello).await;
+    let room = real.wait_for_invite(Duration::from_secs(20)).await;
+    real.join(&room).await;
+    real.wait_for_event(&room, "grace's message", Duration::from_secs(20), |e| {
+        e["sender"] == ghost.as_str() && e["content"]["body"] == hello.as_str()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relayed_message_enters_the_group_chat_only_through_the_relay() {
+    let _s = serial();
+    let ca = prosody_ca();
+    let relay_local = format!("xrelay{}", unique());
+    let relay_id = format!("@{relay_local}:localhost");
+    let bridge = BridgeProcess::start_with(|cfg| {
+        common::with_permission(&relay_id, "relay")(cfg.replacen(
+            "  xmpp:\n",
+            &format!(
+                "  xmpp:\n    accounts:\n      ca_file: {ca}\n      allow_hosts: [127.0.0.1]\n"
+            ),
+            1,
+        ))
+    })
+    .await;
+    wait_metric(&bridge, CONNECTED).await;
+    // The owner (user level) is in the group chat under her nick and logs in as frank.
+    let (mut bob, owner, room_jid, room) = shared_group_chat("relay", "xowner").await;
+    let mgmt = management_room(&owner).await;
+    let done = login_xmpp(&owner, &mgmt, "frank@localhost", "frankpass").await;
+    assert!(done.contains("frank@localhost"), "{done}");
+    let relay = MatrixUser::register_as(&relay_local).await;
+    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
+    relay
+        .ok(
+            "POST",
+            &format!("/join/{}", enc(&alias)),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+
+    // Relay level, no relay: refused with a notice.
+    let sent = relay.send_text(&room, "before the relay").await;
+    let notice = relay
+        .wait_reply(&room, &sent, BOT, Duration::from_secs(20))
+        .await;
+    assert!(notice.contains("not logged in"), "{notice}");
+
+    let reply = command(&owner, &room, "!isthmus set-relay").await;
+    assert!(reply.contains("frank@localhost"), "{reply}");
+    let text = format!("relayed {}", unique());
+    relay.send_text(&room, &text).await;
+    let name = relay
+        .displayname_of(&relay_id)
+        .await
+        .unwrap_or(relay_local.clone());
+    let expected = format!("{name}: {text}");
+    let her_occupant = format!("{room_jid}/{relay_local}");
+    let owner_occupant = format!("{room_jid}/{}", owner.localpart);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = bob
+            .next_event(left)
+            .await
+            .unwrap_or_else(|| panic!("bob never saw the relayed message {expected:?}"));
+        let Some(xml) = ev["xml"].as_str() else {
+            continue;
+        };
+        let el = parse_stanza(xml);
+        assert_ne!(
+            el.attr("from"),
+            Some(her_occupant.as_str()),
+            "the relay-level user entered the group chat under her own address: {xml}"
+        );
+        if el.name() == "message"
+            && el
+                .children()
+                .any(|c| c.name() == "body" && c.text() == expected)
+        {
+            assert_eq!(el.attr("from"), Some(owner_occupant.as_str()), "{xml}");
+            break;
+        }
+    }
+
+    // The owner (user level) still speaks as herself.
+    let own = format!("owner speaks {}", unique());
+    owner.send_text(&room, &own).await;
+    let from = bob.wait_message(&own).await;
+    assert_eq!(from.to_string(), owner_occupant);
+}
