@@ -2648,33 +2648,6 @@ async fn xmpp_stanza_over_the_limits_is_refused_alone() {
     );
 }
 
-/// The rooms a ghost is in, as the homeserver tells the appservice (none when the ghost was
-/// never registered).
-async fn ghost_rooms(ghost: &str) -> Vec<String> {
-    let hs = common::homeserver().await;
-    let r = common::http()
-        .get(format!(
-            "{hs}/_matrix/client/v3/joined_rooms?user_id={}",
-            enc(ghost)
-        ))
-        .bearer_auth(common::AS_TOKEN)
-        .send()
-        .await
-        .expect("joined_rooms");
-    if !r.status().is_success() {
-        return Vec::new();
-    }
-    let v: serde_json::Value = r.json().await.expect("joined_rooms JSON");
-    v["joined_rooms"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_and_subscriptions_to_matrix_users_who_do_not_exist_are_refused() {
     let _s = serial();
@@ -2683,7 +2656,14 @@ async fn messages_and_subscriptions_to_matrix_users_who_do_not_exist_are_refused
     let real = MatrixUser::register("xnx").await;
     let mut grace = XmppUser::login("grace").await;
     let ghost = xmpp_ghost("grace@localhost");
-    let rooms_before = ghost_rooms(&ghost).await;
+    let rooms_before = common::ghost_rooms(&ghost).await;
+    // Ask for the roster, so that Prosody passes roster changes and subscription answers on.
+    grace
+        .send_xml("<iq type='get' id='roster1' xmlns='jabber:client'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    grace
+        .wait("the roster", |e| e.attr("id") == Some("roster1"))
+        .await;
     let bot_local = BOT.trim_start_matches('@').split(':').next().unwrap();
     let missing = [
         format!("nobody{run}"),
@@ -2734,7 +2714,7 @@ async fn messages_and_subscriptions_to_matrix_users_who_do_not_exist_are_refused
         assert!(!xml.contains("subscription=\"to\""), "{xml}");
     }
     // Nothing was created for them: grace's ghost is in no new room.
-    assert_eq!(ghost_rooms(&ghost).await, rooms_before);
+    assert_eq!(common::ghost_rooms(&ghost).await, rooms_before);
 
     // A user who exists still gets the message.
     let address = format!("{}@{COMPONENT_DOMAIN}", real.localpart);
@@ -2752,26 +2732,48 @@ async fn messages_and_subscriptions_to_matrix_users_who_do_not_exist_are_refused
 async fn a_relayed_message_enters_the_group_chat_only_through_the_relay() {
     let _s = serial();
     let ca = prosody_ca();
-    let relay_local = format!("xrelay{}", unique());
+    let run = unique();
+    let relay_local = format!("xrelay{run}");
     let relay_id = format!("@{relay_local}:localhost");
+    // The relay's owner manages the portal as a bridge admin (she joined through the alias,
+    // without room power).
+    let owner_local = format!("xowner{run}");
+    let owner_id = format!("@{owner_local}:localhost");
     let bridge = BridgeProcess::start_with(|cfg| {
-        common::with_permission(&relay_id, "relay")(cfg.replacen(
-            "  xmpp:\n",
-            &format!(
-                "  xmpp:\n    accounts:\n      ca_file: {ca}\n      allow_hosts: [127.0.0.1]\n"
+        common::with_permission(&owner_id, "admin")(common::with_permission(&relay_id, "relay")(
+            cfg.replacen(
+                "  xmpp:\n",
+                &format!(
+                    "  xmpp:\n    accounts:\n      ca_file: {ca}\n      allow_hosts: [127.0.0.1]\n"
+                ),
+                1,
             ),
-            1,
         ))
     })
     .await;
     wait_metric(&bridge, CONNECTED).await;
-    // The owner (user level) is in the group chat under her nick and logs in as frank.
-    let (mut bob, owner, room_jid, room) = shared_group_chat("relay", "xowner").await;
+    let room_jid = format!("relay{run}@conference.localhost");
+    let mut bob = XmppUser::login("bob").await;
+    bob.open_room(&room_jid, "bob").await;
+    let owner = MatrixUser::register_as(&owner_local).await;
+    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
+    let joined = owner
+        .ok(
+            "POST",
+            &format!("/join/{}", enc(&alias)),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+    let room = joined["room_id"].as_str().expect("room_id").to_owned();
+    let owner_occupant = format!("{room_jid}/{owner_local}");
+    bob.wait("the owner's puppet joining", |e| {
+        e.name() == "presence" && e.attr("from") == Some(owner_occupant.as_str())
+    })
+    .await;
     let mgmt = management_room(&owner).await;
     let done = login_xmpp(&owner, &mgmt, "frank@localhost", "frankpass").await;
     assert!(done.contains("frank@localhost"), "{done}");
     let relay = MatrixUser::register_as(&relay_local).await;
-    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
     relay
         .ok(
             "POST",
@@ -2797,7 +2799,6 @@ async fn a_relayed_message_enters_the_group_chat_only_through_the_relay() {
         .unwrap_or(relay_local.clone());
     let expected = format!("{name}: {text}");
     let her_occupant = format!("{room_jid}/{relay_local}");
-    let owner_occupant = format!("{room_jid}/{}", owner.localpart);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -2824,7 +2825,7 @@ async fn a_relayed_message_enters_the_group_chat_only_through_the_relay() {
         }
     }
 
-    // The owner (user level) still speaks as herself.
+    // The owner (admin level) still speaks as herself.
     let own = format!("owner speaks {}", unique());
     owner.send_text(&room, &own).await;
     let from = bob.wait_message(&own).await;
