@@ -671,9 +671,10 @@ async fn relay_mode() {
         .await;
     assert_eq!(op["message"]["relayed"], true, "{op}");
     assert_eq!(op["via"], username.as_str(), "{op}");
+    // The relay speaks as its owner; the author is named in the text only.
     assert_eq!(
         op["message"]["sender"]["user_id"],
-        relay_id.as_str(),
+        owner.user_id.as_str(),
         "{op}"
     );
     assert_eq!(op["portal"]["chat"], chat.as_str(), "{op}");
@@ -804,6 +805,204 @@ async fn chat_login_password_never_reaches_the_store_files() {
 /// the users send after the restart is bridged anyway, each message exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn everything_after_a_homeserver_restart_is_bridged_exactly_once() {
+
+/// The content of a (fake) Megolm event: the bridge never reads it.
+fn megolm() -> Value {
+    json!({
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "ciphertext": "AwgAEnAc0ffee",
+        "sender_key": "c2VuZGVya2V5",
+        "device_id": "TESTDEVICE",
+        "session_id": "c2Vzc2lvbg",
+    })
+}
+
+/// Waits until `bridge_events_total` counts `n` Matrix → network events of `kind` with
+/// `result`.
+async fn wait_event_count(bridge: &BridgeProcess, kind: &str, result: &str, n: u64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    let labels = [
+        "direction=\"to_remote\"".to_owned(),
+        format!("type=\"{kind}\""),
+        format!("result=\"{result}\""),
+    ];
+    loop {
+        let text = bridge.metrics().await;
+        let count = text
+            .lines()
+            .find(|l| {
+                l.starts_with("bridge_events_total{")
+                    && labels.iter().all(|x| l.contains(x.as_str()))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        if count == Some(n) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{kind}/{result} counted {count:?}, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Turns encryption on in `room` as `user`; returns the state event's ID.
+async fn turn_on_encryption(user: &MatrixUser, room: &str) -> String {
+    let v = user
+        .ok(
+            "PUT",
+            &format!("/rooms/{}/state/m.room.encryption/", enc(room)),
+            Some(&json!({"algorithm": "m.megolm.v1.aes-sha2"})),
+        )
+        .await;
+    v["event_id"].as_str().expect("event_id").to_owned()
+}
+
+/// Notices in `room` from `sender` whose body contains `needle`.
+async fn notices_with(user: &MatrixUser, room: &str, sender: &str, needle: &str) -> usize {
+    user.messages(room)
+        .await
+        .iter()
+        .filter(|e| {
+            e["sender"] == sender
+                && e["content"]["msgtype"] == "m.notice"
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(needle))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn encryption_turned_on_in_a_portal_stops_bridging_and_says_so() {
+    let _serial = serial();
+    let bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let contact = format!("enc{}", unique());
+    let room = dm_portal(&alice, &contact).await;
+    let speaker = ghost(&contact);
+
+    // Before: messages cross.
+    let before = format!("before encryption {}", unique());
+    alice.send_text(&room, &before).await;
+    control
+        .wait_sent("the message before encryption", WAIT, |op| {
+            is_message_op(op, &before)
+        })
+        .await;
+
+    // Encryption on: the room is told once, and so is the remote chat.
+    let state = turn_on_encryption(&alice, &room).await;
+    let notice = alice.wait_reply(&room, &state, &speaker, WAIT).await;
+    assert!(notice.contains("Encryption was turned on"), "{notice}");
+    assert!(notice.contains("no longer cross"), "{notice}");
+    let told = |op: &Value| {
+        op["op"] == "message"
+            && op["portal"]["chat"] == contact.as_str()
+            && op["message"]["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("turned on encryption"))
+    };
+    let op = control
+        .wait_sent("the remote side told of the encryption", WAIT, told)
+        .await;
+    assert_eq!(op["message"]["content"]["kind"], "notice", "{op}");
+
+    // An encrypted message: a notice says it was not bridged; it never reaches the network.
+    let encrypted = alice.send(&room, "m.room.encrypted", &megolm()).await;
+    let notice = alice.wait_reply(&room, &encrypted, &speaker, WAIT).await;
+    assert!(
+        notice.contains("encrypted message was not bridged"),
+        "{notice}"
+    );
+    // A second one within minutes gets no second notice; a plain message sent after it
+    // is not bridged either, and its handling (same queue) comes after the second's.
+    let second = alice.send(&room, "m.room.encrypted", &megolm()).await;
+    let marker = format!("plain after encryption {}", unique());
+    alice.send_text(&room, &marker).await;
+    // Wait until the bridge has handled all three (they share the room's queue).
+    wait_event_count(&bridge, "message", "room_encrypted", 1).await;
+    wait_event_count(&bridge, "encrypted", "not_bridged", 2).await;
+    let sent = control.sent_log().await;
+    for id in [&encrypted, &second] {
+        assert!(
+            !sent
+                .iter()
+                .any(|op| op["message"]["event_id"] == id.as_str()),
+            "an encrypted event reached the network: {sent:?}"
+        );
+    }
+    assert!(
+        !sent.iter().any(|op| is_message_op(op, &marker)),
+        "{sent:?}"
+    );
+    assert_eq!(sent.iter().filter(|op| told(op)).count(), 1, "{sent:?}");
+    assert_eq!(
+        notices_with(&alice, &room, &speaker, "Encryption was turned on").await,
+        1
+    );
+    assert_eq!(
+        notices_with(&alice, &room, &speaker, "encrypted message was not bridged").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_room_is_not_bridged() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let alice = MatrixUser::register("alice").await;
+    let run = unique();
+
+    // `bridge` in an encrypted room is refused with the reason.
+    let room = alice.create_room(&[BOT]).await;
+    alice.wait_joined(&room, BOT, WAIT).await;
+    turn_on_encryption(&alice, &room).await;
+    let reply = command(
+        &alice,
+        &room,
+        &format!("!isthmus bridge loopback #enc{run}"),
+    )
+    .await;
+    assert!(reply.contains("encrypted"), "{reply}");
+    assert!(!reply.contains("now bridged"), "{reply}");
+
+    // A ghost invited into an encrypted direct chat says why it cannot chat there, and leaves.
+    let contact = format!("encdm{run}");
+    let body = json!({
+        "invite": [ghost(&contact)],
+        "is_direct": true,
+        "preset": "trusted_private_chat",
+        "initial_state": [{
+            "type": "m.room.encryption",
+            "state_key": "",
+            "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+        }],
+    });
+    let v = alice.ok("POST", "/createRoom", Some(&body)).await;
+    let dm = v["room_id"].as_str().expect("room_id").to_owned();
+    let said = alice
+        .wait_for_event(&dm, "the ghost's refusal", WAIT, |e| {
+            e["sender"] == ghost(&contact).as_str()
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("encrypted"))
+        })
+        .await;
+    assert_eq!(said["content"]["msgtype"], "m.notice");
+    alice
+        .wait_for_event(&dm, "the ghost leaving", WAIT, |e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == ghost(&contact).as_str()
+                && e["content"]["membership"] == "leave"
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_portals_are_unencrypted_and_say_so() {
     let _serial = serial();
     let _bridge = BridgeProcess::start().await;
     let mut control = Control::connect().await;
@@ -916,4 +1115,135 @@ async fn a_message_that_keeps_failing_is_set_aside_without_holding_its_portal() 
     assert_eq!(count_messages(&mut control, &stuck).await, 1);
     let empty = command(&alice, &mgmt, "quarantine").await;
     assert!(empty.contains("empty"), "{empty}");
+
+    let from = format!("plain{}", unique());
+    let (room, _) = receive_first_message(&mut control, &alice, &from, "p1", "hello").await;
+    let (status, _) = alice
+        .call(
+            "GET",
+            &format!("/rooms/{}/state/m.room.encryption/", enc(&room)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "the bridge created an encrypted room");
+    let state = alice
+        .ok("GET", &format!("/rooms/{}/state", enc(&room)), None)
+        .await;
+    let info = state
+        .as_array()
+        .expect("state list")
+        .iter()
+        .find(|e| e["type"] == "m.bridge")
+        .expect("bridge info")
+        .clone();
+    assert!(
+        info["content"]["net.isthmus.encryption"]
+            .as_str()
+            .is_some_and(|s| s.contains("unencrypted")),
+        "{info}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_level_sends_only_through_the_identity_it_may_use() {
+    let _serial = serial();
+    let run = unique();
+    let relay_local = format!("lvrelay{run}");
+    let admin_local = format!("lvadmin{run}");
+    let relay_id = format!("@{relay_local}:localhost");
+    let admin_id = format!("@{admin_local}:localhost");
+    let _bridge = BridgeProcess::start_with(|cfg| {
+        with_permission(&admin_id, "admin")(with_permission(&relay_id, "relay")(cfg))
+    })
+    .await;
+    let mut control = Control::connect().await;
+    let owner = MatrixUser::register("lvowner").await;
+    let plain = MatrixUser::register("lvuser").await;
+    let relay = MatrixUser::register_as(&relay_local).await;
+    let admin = MatrixUser::register_as(&admin_local).await;
+
+    let owner_login = format!("lvowner{run}");
+    let mgmt = management_room(&owner).await;
+    loopback_login(&owner, &mgmt, &owner_login).await;
+    let admin_login = format!("lvadmin{run}");
+    let mgmt = management_room(&admin).await;
+    loopback_login(&admin, &mgmt, &admin_login).await;
+
+    let chat = format!("#lv{run}");
+    let first = format!("hello levels {run}");
+    control
+        .inject(remote_event(
+            &chat,
+            "group",
+            &owner.user_id,
+            "bob",
+            json!({"type": "message", "id": format!("lv1-{run}"), "content": {"kind": "text", "body": first}}),
+        ))
+        .await;
+    let room = owner.wait_for_invite(WAIT).await;
+    owner.join(&room).await;
+    let bob_message = owner
+        .wait_for_event(&room, "bob's group message", WAIT, |e| {
+            is_text_from(e, &ghost("bob"), &first)
+        })
+        .await;
+    let bob_event = bob_message["event_id"].as_str().unwrap().to_owned();
+    for u in [&plain, &relay, &admin] {
+        owner.invite(&room, &u.user_id).await;
+        u.join(&room).await;
+    }
+
+    // Relay level, no relay yet: refused with a notice, nothing sent.
+    let refused = format!("relay level before set-relay {run}");
+    let sent = relay.send_text(&room, &refused).await;
+    let notice = relay.wait_reply(&room, &sent, BOT, WAIT).await;
+    assert!(notice.contains("not logged in"), "{notice}");
+
+    // User level without a login: the bridge-wide identity, as herself.
+    let text = format!("user level {run}");
+    plain.send_text(&room, &text).await;
+    let op = control
+        .wait_sent("the user-level message", WAIT, |op| {
+            is_message_op(op, &text)
+        })
+        .await;
+    assert_eq!(op["via"], "bridge", "{op}");
+    assert_eq!(op["message"]["relayed"], false, "{op}");
+    assert_eq!(op["message"]["sender"]["user_id"], plain.user_id.as_str());
+
+    // Admin with a login: her own login.
+    let text = format!("admin level {run}");
+    admin.send_text(&room, &text).await;
+    let op = control
+        .wait_sent("the admin's message", WAIT, |op| is_message_op(op, &text))
+        .await;
+    assert_eq!(op["via"], admin_login.as_str(), "{op}");
+    assert_eq!(op["message"]["sender"]["user_id"], admin_id.as_str());
+
+    // Relay level with set-relay: through the relay login, in the relay format, speaking as
+    // the relay's owner; a reaction (no text to carry her name) is not sent at all.
+    let reply = command(&owner, &room, "!isthmus set-relay").await;
+    assert!(reply.contains(&owner_login), "{reply}");
+    relay.react(&room, &bob_event, "👍").await;
+    relay.send_text(&room, "via the relay").await;
+    let name = relay
+        .displayname_of(&relay_id)
+        .await
+        .unwrap_or(relay_local.clone());
+    let expected = format!("{name}: via the relay");
+    let op = control
+        .wait_sent("the relayed message", WAIT, |op| {
+            is_message_op(op, &expected)
+        })
+        .await;
+    assert_eq!(op["via"], owner_login.as_str(), "{op}");
+    assert_eq!(op["message"]["relayed"], true, "{op}");
+    assert_eq!(op["message"]["sender"]["user_id"], owner.user_id.as_str());
+    let log = control.sent_log().await;
+    assert!(
+        !log.iter()
+            .any(|op| op["sender"]["user_id"] == relay_id.as_str()
+                || op["message"]["sender"]["user_id"] == relay_id.as_str()),
+        "something went out as the relay-level user: {log:?}"
+    );
 }

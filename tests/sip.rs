@@ -730,3 +730,59 @@ async fn watchers_of_an_own_account_see_the_matrix_users_presence() {
         .await;
     assert!(end.state.contains("noresource"), "{}", end.state);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_and_subscriptions_to_matrix_users_who_do_not_exist_get_404() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    let run = unique();
+    let alice = MatrixUser::register("snx").await;
+    // The sender's ghost is in no new room afterwards: nothing was created.
+    let sender = "erin".to_owned();
+    let ghost = sip_ghost(&sender);
+    let rooms_before = common::ghost_rooms(&ghost).await;
+    let missing = [
+        // An unknown localpart.
+        format!("nobody{run}"),
+        // Valid-looking, one letter off a registered user.
+        format!("{}x", alice.localpart),
+        // The bridge's own users: the bot (registered on the homeserver) and a ghost.
+        BOT.trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap()
+            .to_owned(),
+        format!("_sip_dave=40{}", sipp::DOMAIN),
+        // A user of another homeserver that cannot be asked here is not "not found"; left
+        // out on purpose (it gets a temporary error).
+    ];
+    for local in &missing {
+        let target = sipp::gateway_uri(local);
+        let status = sipp::send_message(&sender, &target, "text/plain", "anyone there?").await;
+        assert_eq!(status, 404, "MESSAGE to {target}");
+        let watcher = Watcher::subscribe(&sender, &target, 600);
+        assert_eq!(watcher.status(WAIT).await, 404, "SUBSCRIBE to {target}");
+    }
+    assert_eq!(
+        common::ghost_rooms(&ghost).await,
+        rooms_before,
+        "a room was created"
+    );
+
+    // An existing user still gets both.
+    let target = sipp::gateway_uri(&alice.localpart);
+    let hello = format!("hello real user {run}");
+    assert_eq!(
+        sipp::send_message(&sender, &target, "text/plain", &hello).await,
+        200
+    );
+    let room = alice.wait_for_invite(WAIT).await;
+    alice.join(&room).await;
+    alice
+        .wait_for_event(&room, "the message to the real user", WAIT, |e| {
+            e["sender"] == ghost.as_str() && e["content"]["body"] == hello.as_str()
+        })
+        .await;
+    let watcher = Watcher::subscribe(&sender, &target, 600);
+    assert!(matches!(watcher.status(WAIT).await, 200 | 202));
+}

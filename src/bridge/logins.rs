@@ -375,6 +375,13 @@ impl RemoteEventHandler for CoreSink {
         bridge.matrix_profile(user_id).await
     }
 
+    async fn matrix_user_status(&self, user_id: &str) -> crate::network::MatrixUserStatus {
+        match self.bridge.upgrade() {
+            Some(bridge) => bridge.matrix_user_status(user_id).await,
+            None => crate::network::MatrixUserStatus::Unknown,
+        }
+    }
+
     async fn report_state(
         &self,
         network: &NetworkId,

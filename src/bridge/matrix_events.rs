@@ -63,6 +63,10 @@ impl Bridge {
             "m.room.message" => self.handle_message(seq, &ev).await,
             "m.reaction" => self.handle_reaction(seq, &ev).await,
             "m.room.redaction" => self.handle_redaction(seq, &ev).await,
+            "m.room.encryption" if ev.state_key.as_deref() == Some("") => {
+                self.encryption_turned_on(seq, &ev).await.map(drop)
+            }
+            "m.room.encrypted" => self.encrypted_event(seq, &ev).await,
             _ => Ok(()),
         }
     }
@@ -232,6 +236,10 @@ impl Bridge {
             let main = self.store.portal_by_room(&ev.room_id)?;
             let own_chat = main.as_ref().is_some_and(|p| &p.key.network == network);
             if !own_chat && let Some(chat) = connector.fanout_chat(&ev.room_id) {
+                self.ensure_ghost(network, &remote_id, None).await?;
+                if self.ghost_sees_encryption(&gid, ghost, &ev.room_id).await? {
+                    return refuse(super::encryption::REFUSAL.into()).await;
+                }
                 return self
                     .add_fanout_member(&ev.room_id, network, chat.as_str(), &remote_id, ghost)
                     .await;
@@ -248,7 +256,11 @@ impl Bridge {
             };
         }
         self.ensure_ghost(network, &remote_id, None).await?;
-        self.hs.join(Some(&gid), ev.room_id.as_str()).await?;
+        if self.ghost_sees_encryption(&gid, ghost, &ev.room_id).await? {
+            // Refused rather than joined silently: the user learns at once why this chat
+            // cannot work, and can start one without encryption.
+            return refuse(super::encryption::REFUSAL.into()).await;
+        }
         self.note_joined(ghost, &ev.room_id, true);
         let key = PortalKey::new(network.as_str(), remote_id.as_str(), Some(&ev.sender));
         let mut record = PortalRecord::new(key.clone(), &ev.room_id, ChatKind::Direct);
@@ -265,6 +277,17 @@ impl Bridge {
         }
         info!(room_id = %ev.room_id, portal = %key, "direct chat portal created by invite");
         Ok(())
+    }
+
+    /// Joins `ghost` to `room` (it was invited) and tells whether encryption is on there.
+    async fn ghost_sees_encryption(
+        &self,
+        gid: &ruma::UserId,
+        ghost: &str,
+        room: &str,
+    ) -> Result<bool, BridgeError> {
+        self.hs.join(Some(gid), room).await?;
+        self.room_is_encrypted(Some(ghost), room).await
     }
 
     async fn handle_message(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
@@ -312,6 +335,11 @@ impl Bridge {
         msgtype: &str,
     ) -> Result<(), BridgeError> {
         let portal = portal.clone();
+        if portal.encrypted {
+            // The room was told once when encryption was turned on.
+            self.metrics.event("to_remote", "message", "room_encrypted");
+            return Ok(());
+        }
         if self
             .store
             .message_by_event(&ev.room_id, &ev.event_id)?
@@ -343,9 +371,15 @@ impl Bridge {
             Err(e) => return self.network_failure(seq, &portal, "message", e).await,
         };
         let sender = self.matrix_sender(&ev.sender).await;
-        if relayed {
-            content = self.relay_format(&sender, content);
-        }
+        // A relayed message speaks as the relay's owner (the author's name is in the text):
+        // the author's own identity on the network is not theirs to use at relay level.
+        let sender = match self.relay_speaker(&portal, relayed).await {
+            Some(owner) => {
+                content = self.relay_format(&sender, content);
+                owner
+            }
+            None => sender,
+        };
         let portal_ref = portal_ref(&portal);
         let network = portal.key.network.clone();
         let started = Instant::now();
@@ -497,7 +531,7 @@ impl Bridge {
         portal: &PortalRecord,
         skip: Option<&str>,
     ) -> Result<(), BridgeError> {
-        if self.store.delivered(&portal.key, &ev.event_id)? {
+        if portal.encrypted || self.store.delivered(&portal.key, &ev.event_id)? {
             return Ok(());
         }
         let msgtype = ev.content.get("msgtype").and_then(Value::as_str);
@@ -627,10 +661,17 @@ impl Bridge {
                 .event("to_remote", "reaction", "unknown_target");
             return Ok(());
         };
-        let (client, _) = match self.client_for(&portal, &ev.sender) {
+        let (client, relayed) = match self.client_for(&portal, &ev.sender) {
             Ok(c) => c,
             Err(e) => return self.network_failure(seq, &portal, "reaction", e).await,
         };
+        if relayed {
+            // A reaction carries no text to name its author in: it would speak as the
+            // relay's owner, so it is not bridged.
+            self.metrics
+                .event("to_remote", "reaction", "relayed_skipped");
+            return Ok(());
+        }
         let sender = self.matrix_sender(&ev.sender).await;
         let started = Instant::now();
         let r = client
@@ -697,11 +738,15 @@ impl Bridge {
                 Err(e) => self.network_failure(seq, &portal, "moderation", e).await,
             };
         }
-        let (client, _) = match self.client_for(&portal, &ev.sender) {
+        let (client, relayed) = match self.client_for(&portal, &ev.sender) {
             Ok(c) => c,
             Err(e) => return self.network_failure(seq, &portal, "redaction", e).await,
         };
-        let sender = self.matrix_sender(&ev.sender).await;
+        // A relayed message was sent by the relay's owner, who retracts it.
+        let sender = match self.relay_speaker(&portal, relayed).await {
+            Some(owner) => owner,
+            None => self.matrix_sender(&ev.sender).await,
+        };
         let started = Instant::now();
         let r = match &orig.reaction {
             Some((target, key)) => {
@@ -881,6 +926,13 @@ impl Bridge {
             return Ok((c, true));
         }
         Err(NetworkError::NotLoggedIn)
+    }
+
+    /// For a relayed operation (`relayed`), the relay's owner as the network sees the
+    /// sender: the only identity a relayed message may speak as.
+    async fn relay_speaker(&self, portal: &PortalRecord, relayed: bool) -> Option<MatrixSender> {
+        let (owner, _) = portal.relay.as_ref().filter(|_| relayed)?;
+        Some(self.matrix_sender(owner).await)
     }
 
     /// The user's own login on a network, else the network's bridge-wide identity.

@@ -6,6 +6,8 @@
 //! [`crate::matrix::HomeserverClient`]; state through [`crate::store::Store`].
 
 mod dispatch;
+mod encryption;
+mod existence;
 mod ghost;
 mod logins;
 mod matrix_events;
@@ -22,6 +24,7 @@ use std::time::Duration;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 pub use self::dispatch::QueueKey;
+pub use self::encryption::REFUSAL as ENCRYPTED_ROOM_REFUSAL;
 pub use self::logins::LoginSession;
 pub use self::logins::{CoreSink, LoginProgress};
 pub use self::matrix_events::{MatrixEvent, message_content, portal_ref};
@@ -138,6 +141,11 @@ pub struct Bridge {
     me: Weak<Bridge>,
     /// The process's open-files limit (soft, hard) after start-up raised it.
     pub open_files: std::sync::OnceLock<(u64, u64)>,
+    /// Whether Matrix users exist, as the homeserver last said (briefly cached).
+    existence: existence::ExistenceCache,
+    /// When each encrypted portal room was last told that an encrypted message was not
+    /// bridged, by room ID.
+    encrypted_notices: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// A reported state and its optional detail.
@@ -182,6 +190,8 @@ impl Bridge {
             links: std::sync::OnceLock::new(),
             upload_limit: std::sync::OnceLock::new(),
             open_files: std::sync::OnceLock::new(),
+            existence: existence::ExistenceCache::default(),
+            encrypted_notices: Mutex::default(),
             queues: dispatch::Queues::new(
                 Duration::from_secs(config.bridge.portal_idle_seconds),
                 config.bridge.quarantine_after_attempts,

@@ -24,6 +24,9 @@ impl Bridge {
             "creator": self.bot().as_str(),
             "protocol": {"id": protocol, "displayname": display},
             "channel": {"id": key.chat.as_str(), "displayname": name.unwrap_or(key.chat.as_str())},
+            // The bridge cannot read encrypted messages: its rooms are created unencrypted
+            // and stop bridging if encryption is turned on.
+            "net.isthmus.encryption": "unsupported: keep this room unencrypted; if encryption is turned on, messages stop crossing",
         });
         (state_key, content)
     }

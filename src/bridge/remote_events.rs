@@ -117,6 +117,20 @@ impl Bridge {
             self.metrics.event("to_matrix", kind, "ok");
             return Ok(());
         }
+        if portal.encrypted {
+            // Nothing crosses into an encrypted room (it would arrive unencrypted); the sender
+            // of a message is told why.
+            if matches!(ev.kind, RemoteEventKind::Message { .. }) {
+                self.network(network)?
+                    .undelivered(
+                        ev,
+                        "the Matrix room of this chat is encrypted, which the bridge cannot handle yet; this message was not delivered",
+                    )
+                    .await;
+            }
+            self.metrics.event("to_matrix", kind, "room_encrypted");
+            return Ok(());
+        }
         if let RemoteEventKind::MessageAlias { target, alias } = &ev.kind {
             let result = match self.store.message_by_remote(&key, target)? {
                 Some(m) => {
@@ -459,6 +473,20 @@ impl Bridge {
         if self.in_namespace(receiver) || self.level(receiver) < PermissionLevel::User {
             warn!(portal = %key, receiver, "receiver may not use the bridge; message dropped");
             return Ok(None);
+        }
+        // Networks ask before accepting; this holds for every network and for events stored
+        // before the check existed: no room is made for a user who does not exist.
+        match self.matrix_user_status(receiver).await {
+            crate::network::MatrixUserStatus::Reachable => {}
+            crate::network::MatrixUserStatus::NotFound => {
+                warn!(portal = %key, receiver, "receiver does not exist; message dropped");
+                return Ok(None);
+            }
+            crate::network::MatrixUserStatus::Unknown => {
+                return Err(BridgeError::Matrix(crate::matrix::MatrixError::Http(
+                    "could not tell whether the receiver exists".into(),
+                )));
+            }
         }
         let portal = match ev.chat_kind {
             ChatKind::Direct => {

@@ -312,6 +312,9 @@ async fn bridge_room(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     if !may_change_bridging(ctx).await? {
         return Ok("Only room members who may change the room's settings can bridge it.".into());
     }
+    if ctx.bridge.room_is_encrypted(None, ctx.room_id).await? {
+        return Ok(crate::bridge::ENCRYPTED_ROOM_REFUSAL.into());
+    }
     let key = PortalKey::new(network.as_str(), chat.as_str(), None);
     if let Some(existing) = ctx.bridge.store.portal(&key)? {
         return Ok(format!(

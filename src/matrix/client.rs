@@ -446,6 +446,18 @@ impl HomeserverClient {
         Ok((field("displayname"), field("avatar_url")))
     }
 
+    /// `GET /profile/{user}`, asked only whether the user exists: `false` when the homeserver
+    /// answers "not found" (Synapse: 404 for a user it does not know), an error when it could
+    /// not tell.
+    pub async fn user_exists(&self, user: &UserId) -> Result<bool, MatrixError> {
+        let req = get_profile::v3::Request::new(user.to_owned());
+        match self.call("profile_get", None, Token::Always, req).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `PUT /presence/{user}/status`: sets `as_user`'s presence (`online`, `unavailable` or
     /// `offline`) and status message.
     pub async fn set_presence(

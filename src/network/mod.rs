@@ -299,7 +299,8 @@ pub struct PortalRef {
 /// A Matrix message to send to the network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OutgoingMessage {
-    /// Who wrote it on Matrix.
+    /// Who speaks on the network: the Matrix author, or for a relayed message the relay's
+    /// owner (the author's name is then in `content`). Connectors send as this user only.
     pub sender: MatrixSender,
     /// The Matrix event ID, for connectors that keep their own correlation.
     pub event_id: String,
@@ -307,7 +308,8 @@ pub struct OutgoingMessage {
     pub content: MessageContent,
     /// The remote message this one replies to, when it is bridged.
     pub reply_to: Option<RemoteMessageId>,
-    /// Sent through someone else's identity (relay): `content` already carries the sender's name.
+    /// Sent through someone else's identity (relay): `sender` is the relay's owner and
+    /// `content` already carries the author's name.
     pub relayed: bool,
 }
 
@@ -550,6 +552,14 @@ pub trait RemoteEventHandler: Send + Sync {
         None
     }
 
+    /// Whether Matrix user `user_id` can receive through the bridge, asked before a message
+    /// or a subscription request to them is accepted. Answers are cached briefly by the core,
+    /// so a flood does not reach the homeserver. Handlers that cannot tell answer
+    /// [`MatrixUserStatus::Reachable`] (the default).
+    async fn matrix_user_status(&self, _user_id: &str) -> MatrixUserStatus {
+        MatrixUserStatus::Reachable
+    }
+
     /// Reports the state of a login (`Some`) or of the bridge-wide link (`None`).
     async fn report_state(
         &self,
@@ -558,6 +568,20 @@ pub trait RemoteEventHandler: Send + Sync {
         state: BridgeState,
         message: Option<String>,
     );
+}
+
+/// Whether a Matrix user can be reached through the bridge (see
+/// [`RemoteEventHandler::matrix_user_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatrixUserStatus {
+    /// The user exists and may use the bridge.
+    Reachable,
+    /// No such user, one of the bridge's own users (the bot, a ghost), or a user who may not
+    /// use the bridge: the network answers "not found" and nothing is created.
+    NotFound,
+    /// The homeserver could not tell (down or slow): the network answers with a temporary
+    /// error so the sender tries again later.
+    Unknown,
 }
 
 /// A Matrix user's profile, for networks that show one.
@@ -637,6 +661,11 @@ impl EventSink {
     /// A Matrix user's profile; see [`RemoteEventHandler::matrix_profile`].
     pub async fn matrix_profile(&self, user_id: &str) -> Option<MatrixProfile> {
         self.handler.matrix_profile(user_id).await
+    }
+
+    /// Whether a Matrix user can receive; see [`RemoteEventHandler::matrix_user_status`].
+    pub async fn matrix_user_status(&self, user_id: &str) -> MatrixUserStatus {
+        self.handler.matrix_user_status(user_id).await
     }
 
     /// Reports a state change.

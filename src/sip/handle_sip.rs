@@ -15,7 +15,9 @@ use super::Shared;
 use super::body;
 use super::endpoint::{self, ALLOW};
 use super::ids::Local;
-use crate::network::{MessageContent, MessageKind, RemoteEvent, RemoteEventKind, RemoteMessageId};
+use crate::network::{
+    MatrixUserStatus, MessageContent, MessageKind, RemoteEvent, RemoteEventKind, RemoteMessageId,
+};
 
 /// Largest MESSAGE body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -104,11 +106,60 @@ pub(super) fn sender(
     Some((aor, display))
 }
 
+/// How long a sender is asked to wait when the homeserver cannot say whether a user exists.
+const RETRY_AFTER_SECONDS: &str = "30";
+
+/// The answer to a request for Matrix user `user` who cannot receive: 404 when there is no
+/// such user (or it is one of the bridge's own, or may not use the bridge), 480 with
+/// Retry-After when the homeserver cannot tell now. `None` when the user can receive, or
+/// when the request is for a user's own account (that user is known).
+pub(super) async fn unreachable(
+    shared: &Shared,
+    req: &rsipstack::sip::Request,
+    user: &str,
+) -> Option<(StatusCode, Vec<Header>)> {
+    if req
+        .uri
+        .user()
+        .is_some_and(|u| u.starts_with(super::account::ACCOUNT_PREFIX))
+    {
+        return None;
+    }
+    let Some(sink) = shared.sink.get() else {
+        return Some((
+            StatusCode::TemporarilyUnavailable,
+            vec![Header::Other(
+                "Retry-After".into(),
+                RETRY_AFTER_SECONDS.into(),
+            )],
+        ));
+    };
+    match sink.matrix_user_status(user).await {
+        MatrixUserStatus::Reachable => None,
+        MatrixUserStatus::NotFound => {
+            info!(user, method = %req.method, "SIP request for a Matrix user who does not exist");
+            Some((StatusCode::NotFound, Vec::new()))
+        }
+        MatrixUserStatus::Unknown => Some((
+            StatusCode::TemporarilyUnavailable,
+            vec![Header::Other(
+                "Retry-After".into(),
+                RETRY_AFTER_SECONDS.into(),
+            )],
+        )),
+    }
+}
+
 async fn message(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsipstack::Error> {
     let req = tx.original.clone();
     let Some(target) = local_target(shared, &req) else {
         return tx.reply(StatusCode::NotFound).await;
     };
+    if let Local::User(user) = &target
+        && let Some((status, headers)) = unreachable(shared, &req, user).await
+    {
+        return tx.reply_with(status, headers, None).await;
+    }
     let Some((contact, display)) = sender(shared, &req) else {
         return tx.reply(StatusCode::BadRequest).await;
     };

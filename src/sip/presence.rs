@@ -130,6 +130,9 @@ pub(super) async fn subscribe_in(
     let Some(Local::User(user)) = local_target(shared, &req) else {
         return tx.reply(StatusCode::NotFound).await;
     };
+    if let Some((status, headers)) = super::handle_sip::unreachable(shared, &req, &user).await {
+        return tx.reply_with(status, headers, None).await;
+    }
     let Some((contact, display)) = sender(shared, &req) else {
         return tx.reply(StatusCode::BadRequest).await;
     };

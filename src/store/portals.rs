@@ -28,6 +28,10 @@ pub struct PortalRecord {
     /// For a fan-out portal: the remote users in the room.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+    /// Encryption was turned on in the room: nothing crosses any more (the bridge cannot
+    /// read encrypted messages).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 impl PortalRecord {
@@ -41,6 +45,7 @@ impl PortalRecord {
             topic: None,
             relay: None,
             members: Vec::new(),
+            encrypted: false,
         }
     }
 }

@@ -352,11 +352,24 @@ impl Account {
         }
     }
 
-    fn client_for(&self, portal: &PortalRef) -> &dyn NetworkClient {
+    /// The identity that acts in `portal` for Matrix user `actor`: the account itself in
+    /// direct chats; in group chats the owner's gateway address, and only for the owner. A
+    /// relayed message arrives with the owner as its sender; anyone else would speak from
+    /// their own gateway address, which their permission level may not allow.
+    fn client_for(
+        &self,
+        portal: &PortalRef,
+        actor: &MatrixSender,
+    ) -> Result<&dyn NetworkClient, NetworkError> {
         if portal.kind == ChatKind::Direct {
-            &self.direct
+            Ok(&self.direct)
+        } else if actor.user_id == self.user {
+            Ok(self.parts.gateway.as_ref())
         } else {
-            self.parts.gateway.as_ref()
+            warn!(account = %self.jid, actor = %actor.user_id, "refused to act in a group chat for someone else than the account's owner");
+            Err(NetworkError::Internal(
+                "an account acts in group chats only for its owner".into(),
+            ))
         }
     }
 
@@ -1136,7 +1149,9 @@ impl NetworkClient for Account {
         portal: &PortalRef,
         message: &OutgoingMessage,
     ) -> Result<RemoteMessageId, NetworkError> {
-        self.client_for(portal).send_message(portal, message).await
+        self.client_for(portal, &message.sender)?
+            .send_message(portal, message)
+            .await
     }
 
     async fn send_edit(
@@ -1146,7 +1161,7 @@ impl NetworkClient for Account {
         target: &RemoteMessageId,
         content: &MessageContent,
     ) -> Result<(), NetworkError> {
-        self.client_for(portal)
+        self.client_for(portal, sender)?
             .send_edit(portal, sender, target, content)
             .await
     }
@@ -1157,7 +1172,7 @@ impl NetworkClient for Account {
         sender: &MatrixSender,
         target: &RemoteMessageId,
     ) -> Result<(), NetworkError> {
-        self.client_for(portal)
+        self.client_for(portal, sender)?
             .send_redaction(portal, sender, target)
             .await
     }
@@ -1169,7 +1184,7 @@ impl NetworkClient for Account {
         target: &RemoteMessageId,
         reason: Option<&str>,
     ) -> Result<(), NetworkError> {
-        self.client_for(portal)
+        self.client_for(portal, moderator)?
             .send_moderation(portal, moderator, target, reason)
             .await
     }
@@ -1182,7 +1197,7 @@ impl NetworkClient for Account {
         key: &str,
         remove: bool,
     ) -> Result<(), NetworkError> {
-        self.client_for(portal)
+        self.client_for(portal, sender)?
             .send_reaction(portal, sender, target, key, remove)
             .await
     }
@@ -1193,7 +1208,7 @@ impl NetworkClient for Account {
         sender: &MatrixSender,
         typing: bool,
     ) -> Result<(), NetworkError> {
-        self.client_for(portal)
+        self.client_for(portal, sender)?
             .send_typing(portal, sender, typing)
             .await
     }
@@ -1204,7 +1219,7 @@ impl NetworkClient for Account {
         sender: &MatrixSender,
         up_to: &RemoteMessageId,
     ) -> Result<(), NetworkError> {
-        self.client_for(portal)
+        self.client_for(portal, sender)?
             .send_receipt(portal, sender, up_to)
             .await
     }
@@ -1228,7 +1243,7 @@ impl NetworkClient for Account {
     }
 
     async fn join_chat(&self, portal: &PortalRef, user: &MatrixSender) -> Result<(), NetworkError> {
-        self.client_for(portal).join_chat(portal, user).await
+        self.client_for(portal, user)?.join_chat(portal, user).await
     }
 
     async fn leave_chat(
@@ -1236,7 +1251,9 @@ impl NetworkClient for Account {
         portal: &PortalRef,
         user: &MatrixSender,
     ) -> Result<(), NetworkError> {
-        self.client_for(portal).leave_chat(portal, user).await
+        self.client_for(portal, user)?
+            .leave_chat(portal, user)
+            .await
     }
 
     async fn answer_contact_request(

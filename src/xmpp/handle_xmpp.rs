@@ -22,8 +22,8 @@ use super::component::Inbound;
 use super::{avatar, convert, fidelity, hosted, muc};
 use crate::network::contacts::{self as roster, Policy};
 use crate::network::{
-    BridgeState, MembershipChange, MessageContent, Presence as NetPresence, PresenceState,
-    RemoteEvent, RemoteEventKind, RemoteMessageId,
+    BridgeState, MatrixUserStatus, MembershipChange, MessageContent, Presence as NetPresence,
+    PresenceState, RemoteEvent, RemoteEventKind, RemoteMessageId,
 };
 
 /// The features the gateway advertises: exactly what it implements.
@@ -135,21 +135,50 @@ pub(super) fn undelivered_error(
 /// store cannot write): type `wait`, so a client may send it again later. `None` for a
 /// message without a sender.
 fn not_stored(msg: &Message) -> Option<Stanza> {
-    let mut err = Message::new(Some(msg.from.clone()?));
+    msg.from.as_ref()?;
+    Some(message_error(
+        msg,
+        ErrorType::Wait,
+        DefinedCondition::ResourceConstraint,
+        "the bridge cannot take messages right now; send it again in a moment",
+    ))
+}
+
+/// The error answer to a message (RFC 6120 §8.3): from the address it was sent to, to its
+/// sender, with its ID.
+fn message_error(
+    msg: &Message,
+    type_: ErrorType,
+    condition: DefinedCondition,
+    text: &str,
+) -> Stanza {
+    let mut err = Message::new(msg.from.clone());
     err.type_ = MessageType::Error;
     err.from = msg.to.clone();
     err.id = msg.id.clone();
-    err.payloads.push(
-        StanzaError::new(
-            ErrorType::Wait,
-            DefinedCondition::ResourceConstraint,
-            "en",
-            "the bridge cannot take messages right now; send it again in a moment",
-        )
-        .into(),
-    );
-    Some(err.into())
+    err.payloads
+        .push(StanzaError::new(type_, condition, "en", text).into());
+    err.into()
 }
+
+/// The error answer to a presence stanza, from the address it was sent to.
+fn presence_error(
+    p: &Presence,
+    type_: ErrorType,
+    condition: DefinedCondition,
+    text: &str,
+) -> Stanza {
+    let mut err = Presence::new(PresenceType::Error);
+    err.from = p.to.clone();
+    err.to = p.from.clone();
+    err.id = p.id.clone();
+    err.payloads
+        .push(StanzaError::new(type_, condition, "en", text).into());
+    err.into()
+}
+
+/// What tells a sender that the homeserver cannot say now whether a user exists.
+const TRY_LATER: &str = "the Matrix side cannot be reached right now; try again later";
 
 /// XEP-0333 chat markers.
 const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
@@ -476,6 +505,21 @@ impl Handler {
         }
     }
 
+    /// Whether the Matrix user behind address `to` can receive: asked of the core for
+    /// gateway addresses; a user's own account always can (it is a login of that user).
+    async fn user_status(&self, to: &Option<Jid>, user: &str) -> MatrixUserStatus {
+        if to
+            .as_ref()
+            .is_some_and(|t| self.shared.is_account(&t.to_bare()))
+        {
+            return MatrixUserStatus::Reachable;
+        }
+        match self.shared.sink.get() {
+            Some(sink) => sink.matrix_user_status(user).await,
+            None => MatrixUserStatus::Unknown,
+        }
+    }
+
     /// The contact and Matrix user a stanza is between, when it is one we bridge.
     fn parties(&self, from: &Option<Jid>, to: &Option<Jid>) -> Option<(BareJid, String)> {
         let from = from.as_ref()?.to_bare();
@@ -535,6 +579,28 @@ impl Handler {
             debug!(from = ?msg.from, to = ?msg.to, "message not between a contact and a Matrix user; ignored");
             return Vec::new();
         };
+        // RFC 6121 §8.5.1: a message to a user who does not exist is answered
+        // `service-unavailable`, and nothing is created for it.
+        match self.user_status(&msg.to, &user).await {
+            MatrixUserStatus::Reachable => {}
+            MatrixUserStatus::NotFound => {
+                info!(contact = %contact, user, "message to a Matrix user who does not exist");
+                return vec![message_error(
+                    &msg,
+                    ErrorType::Cancel,
+                    DefinedCondition::ServiceUnavailable,
+                    "no such Matrix user",
+                )];
+            }
+            MatrixUserStatus::Unknown => {
+                return vec![message_error(
+                    &msg,
+                    ErrorType::Wait,
+                    DefinedCondition::RemoteServerTimeout,
+                    TRY_LATER,
+                )];
+            }
+        }
         let nick = msg
             .payloads
             .iter()
@@ -1145,6 +1211,35 @@ impl Handler {
         }
         if own && !matches!(p.type_, PresenceType::None | PresenceType::Unavailable) {
             return Vec::new();
+        }
+        if !own {
+            // RFC 6121 §8.5.1: presence to a user who does not exist is ignored, and a
+            // subscription request is answered `unsubscribed`; nothing is stored for it.
+            match self.user_status(&p.to, &user).await {
+                MatrixUserStatus::Reachable => {}
+                MatrixUserStatus::NotFound => {
+                    info!(contact = %contact, user, type_ = ?p.type_, "presence to a Matrix user who does not exist");
+                    return match p.type_ {
+                        PresenceType::Subscribe => vec![subscription_stanza(
+                            puppet.clone(),
+                            Jid::from(contact.clone()),
+                            PresenceType::Unsubscribed,
+                        )],
+                        _ => Vec::new(),
+                    };
+                }
+                MatrixUserStatus::Unknown => {
+                    return match p.type_ {
+                        PresenceType::Subscribe => vec![presence_error(
+                            &p,
+                            ErrorType::Wait,
+                            DefinedCondition::RemoteServerTimeout,
+                            TRY_LATER,
+                        )],
+                        _ => Vec::new(),
+                    };
+                }
+            }
         }
         let contact_jid = Jid::from(contact.clone());
         let contact_str = contact.to_string();

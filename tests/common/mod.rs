@@ -1245,3 +1245,30 @@ pub async fn provision(
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
+
+/// The rooms a ghost is in, as the homeserver tells the appservice (none when the ghost was
+/// never registered).
+pub async fn ghost_rooms(ghost: &str) -> Vec<String> {
+    let hs = homeserver().await;
+    let r = http()
+        .get(format!(
+            "{hs}/_matrix/client/v3/joined_rooms?user_id={}",
+            enc(ghost)
+        ))
+        .bearer_auth(AS_TOKEN)
+        .send()
+        .await
+        .expect("joined_rooms");
+    if !r.status().is_success() {
+        return Vec::new();
+    }
+    let v: serde_json::Value = r.json().await.expect("joined_rooms JSON");
+    v["joined_rooms"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

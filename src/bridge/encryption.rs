@@ -1,0 +1,186 @@
+//! Encrypted rooms. The bridge cannot decrypt yet, so it never bridges a room with encryption
+//! on and says so: `bridge` refuses such a room, a ghost invited into one explains and
+//! leaves, and when encryption is turned on in a portal the portal is marked, the room and
+//! the remote chat are told once, and each encrypted message that still arrives gets a
+//! notice (at most one per room per [`NOTICE_INTERVAL`]).
+
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::matrix_events::MatrixEvent;
+use super::{Bridge, BridgeError, room_id, user_id};
+use crate::network::{
+    ChatKind, MatrixSender, MessageContent, MessageKind, NetworkClient, OutgoingMessage,
+};
+use crate::store::PortalRecord;
+
+/// At most one "not bridged" notice per room in this time.
+pub const NOTICE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// What a Matrix user reads when a room cannot be bridged because it is encrypted.
+pub const REFUSAL: &str = "This room is encrypted, and the bridge cannot read encrypted messages yet, so it cannot bridge it. Use a room without encryption (in Element, turn encryption off when you create the room; it cannot be turned off later).";
+
+impl Bridge {
+    /// Whether encryption is on in `room`, read as `as_user` (the bot when `None`), who must
+    /// be in the room.
+    pub async fn room_is_encrypted(
+        &self,
+        as_user: Option<&str>,
+        room: &str,
+    ) -> Result<bool, BridgeError> {
+        let as_user = as_user.map(user_id).transpose()?;
+        let state = self
+            .hs
+            .get_state(as_user.as_deref(), &room_id(room)?, "m.room.encryption", "")
+            .await?;
+        // A redacted or empty event turns nothing on.
+        Ok(state.is_some_and(|c| c.get("algorithm").is_some()))
+    }
+
+    /// Every portal of a room: the main one and the fan-out ones.
+    fn room_portals(&self, room: &str) -> Result<Vec<PortalRecord>, BridgeError> {
+        let mut portals: Vec<PortalRecord> = self.store.portal_by_room(room)?.into_iter().collect();
+        if self.store.has_fanout(room) {
+            portals.extend(self.store.fanout_portals(room)?);
+        }
+        Ok(portals)
+    }
+
+    /// `m.room.encryption` was sent in a room, or an encrypted event arrived in a portal not
+    /// marked yet: marks its portals and tells the room and each remote chat, once.
+    pub(super) async fn encryption_turned_on(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+    ) -> Result<bool, BridgeError> {
+        let mut newly = Vec::new();
+        for mut portal in self.room_portals(&ev.room_id)? {
+            if portal.encrypted {
+                continue;
+            }
+            portal.encrypted = true;
+            self.store.put_portal(&portal)?;
+            newly.push(portal);
+        }
+        let Some(first) = newly.first() else {
+            return Ok(false);
+        };
+        info!(room_id = %ev.room_id, by = %ev.sender, "encryption turned on in a portal; it is no longer bridged");
+        self.metrics
+            .event("to_remote", "encryption", "portal_stopped");
+        let text = format!(
+            "🔒 Encryption was turned on in this room. The bridge cannot read encrypted messages yet, so messages no longer cross between this room and {}. To keep chatting across, use a room without encryption.",
+            self.chat_label(first)
+        );
+        self.portal_notice(first, &format!("isthmus.{seq}.encryption"), &text)
+            .await;
+        for portal in &newly {
+            self.remote_notice(
+                portal,
+                &ev.event_id,
+                "The Matrix side of this chat turned on encryption, which the bridge cannot read yet: messages no longer cross between this chat and Matrix.",
+            )
+            .await;
+        }
+        Ok(true)
+    }
+
+    /// An `m.room.encrypted` event in a room: never sent to the network; the room is told
+    /// (rate limited) that it was not bridged.
+    pub(super) async fn encrypted_event(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+    ) -> Result<(), BridgeError> {
+        let portals = self.room_portals(&ev.room_id)?;
+        let Some(first) = portals.first() else {
+            return Ok(());
+        };
+        self.metrics.event("to_remote", "encrypted", "not_bridged");
+        if self.encryption_turned_on(seq, ev).await? {
+            // The once-notice just said it all.
+            return Ok(());
+        }
+        let now = Instant::now();
+        {
+            let mut last = self.encrypted_notices.lock().expect("notices lock");
+            if last
+                .get(&ev.room_id)
+                .is_some_and(|t| now.saturating_duration_since(*t) < NOTICE_INTERVAL)
+            {
+                return Ok(());
+            }
+            last.insert(ev.room_id.clone(), now);
+        }
+        let text = format!(
+            "⚠ An encrypted message was not bridged to {}: the bridge cannot read encrypted messages yet.",
+            self.chat_label(first)
+        );
+        self.portal_notice(first, &format!("isthmus.{seq}.encrypted"), &text)
+            .await;
+        Ok(())
+    }
+
+    /// How a notice names a portal's remote chat: "bob on XMPP".
+    fn chat_label(&self, portal: &PortalRecord) -> String {
+        let display = self
+            .networks
+            .get(&portal.key.network)
+            .map(|n| n.info().display_name.clone())
+            .unwrap_or_else(|| portal.key.network.to_string());
+        match portal.kind {
+            ChatKind::Fanout => format!("its {display} members"),
+            _ => format!(
+                "{} on {display}",
+                portal.name.as_deref().unwrap_or(portal.key.chat.as_str())
+            ),
+        }
+    }
+
+    /// Sends a notice from the bridge to a portal's remote chat, best effort: in a direct
+    /// chat through the user's own identity (the conversation the contact already has), in a
+    /// group chat through the bridge-wide identity as the bridge bot, else through the relay.
+    async fn remote_notice(&self, portal: &PortalRecord, event_id: &str, text: &str) {
+        let network = &portal.key.network;
+        let bot = MatrixSender {
+            user_id: self.bot().to_string(),
+            displayname: "bridge".into(),
+        };
+        let (client, sender): (Option<std::sync::Arc<dyn NetworkClient>>, MatrixSender) =
+            match (&portal.kind, portal.key.receiver.as_deref()) {
+                (ChatKind::Direct, Some(receiver)) => (
+                    self.user_client(receiver, network),
+                    self.matrix_sender(receiver).await,
+                ),
+                _ => match self.networks.get(network).and_then(|c| c.bridge_client()) {
+                    Some(c) => (Some(c), bot),
+                    None => match &portal.relay {
+                        Some((owner, login)) => (
+                            self.login_client(owner, network, login),
+                            self.matrix_sender(owner).await,
+                        ),
+                        None => (None, bot),
+                    },
+                },
+            };
+        let Some(client) = client else {
+            warn!(portal = %portal.key, "no identity to tell the remote chat that encryption stopped the bridging");
+            return;
+        };
+        let message = OutgoingMessage {
+            sender,
+            event_id: format!("{event_id}.encryption"),
+            content: MessageContent {
+                kind: MessageKind::Notice,
+                ..MessageContent::text(text)
+            },
+            reply_to: None,
+            relayed: false,
+        };
+        let portal_ref = super::matrix_events::portal_ref(portal);
+        if let Err(e) = client.send_message(&portal_ref, &message).await {
+            warn!(portal = %portal.key, error = %e, "could not tell the remote chat that encryption stopped the bridging");
+        }
+    }
+}
