@@ -801,11 +801,6 @@ async fn chat_login_password_never_reaches_the_store_files() {
     }
 }
 
-/// Synapse on SQLite numbers its appservice transactions from 1 again after a restart: what
-/// the users send after the restart is bridged anyway, each message exactly once.
-#[tokio::test(flavor = "multi_thread")]
-async fn everything_after_a_homeserver_restart_is_bridged_exactly_once() {
-
 /// The content of a (fake) Megolm event: the bridge never reads it.
 fn megolm() -> Value {
     json!({
@@ -1007,115 +1002,6 @@ async fn new_portals_are_unencrypted_and_say_so() {
     let _bridge = BridgeProcess::start().await;
     let mut control = Control::connect().await;
     let alice = MatrixUser::register("alice").await;
-    let room = dm_portal(&alice, "bob").await;
-    let run = unique();
-    let mut bodies = Vec::new();
-    for n in 0..3 {
-        let body = format!("before the restart {n} {run}");
-        alice.send_text(&room, &body).await;
-        control
-            .wait_sent("a message before the restart", WAIT, |op| {
-                is_message_op(op, &body)
-            })
-            .await;
-        bodies.push(body);
-    }
-    let status = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/synapse.sh"))
-        .arg("restart")
-        .status()
-        .expect("run scripts/synapse.sh restart");
-    assert!(status.success(), "scripts/synapse.sh restart failed");
-    for n in 0..5 {
-        let body = format!("after the restart {n} {run}");
-        alice.send_text(&room, &body).await;
-        control
-            .wait_sent(
-                &format!("message {n} after the homeserver restarted"),
-                Duration::from_secs(60),
-                |op| is_message_op(op, &body),
-            )
-            .await;
-        bodies.push(body);
-    }
-    for body in &bodies {
-        assert_eq!(
-            count_messages(&mut control, body).await,
-            1,
-            "{body:?} reached the network exactly once"
-        );
-    }
-}
-
-/// A message that keeps failing while the network works is set aside after
-/// `bridge.quarantine_after_attempts` tries: its sender is told, the portal goes on with the
-/// next message, and an admin sends it again with `quarantine retry`. An outage (the link
-/// down) does not count: the portal waits and nothing is set aside.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_message_that_keeps_failing_is_set_aside_without_holding_its_portal() {
-    let _serial = serial();
-    let alice = MatrixUser::register("qalice").await;
-    let admin = with_permission(&alice.user_id, "admin");
-    let _bridge = BridgeProcess::start_with(move |cfg| {
-        admin(cfg).replacen("bridge:\n", "bridge:\n  quarantine_after_attempts: 3\n", 1)
-    })
-    .await;
-    let mut control = Control::connect().await;
-    let room = dm_portal(&alice, "bob").await;
-    let run = unique();
-
-    // An outage longer than the bound: waited out, not set aside.
-    control.fail_next("down", 4).await;
-    let waited = format!("through an outage {run}");
-    alice.send_text(&room, &waited).await;
-    control
-        .wait_sent(
-            "the message held by the outage",
-            Duration::from_secs(40),
-            |op| is_message_op(op, &waited),
-        )
-        .await;
-
-    // Three passing failures of one message: set aside.
-    control.fail_next("transient", 3).await;
-    let stuck = format!("keeps failing {run}");
-    let stuck_id = alice.send_text(&room, &stuck).await;
-    let notice = alice
-        .wait_reply(&room, &stuck_id, &ghost("bob"), Duration::from_secs(30))
-        .await;
-    assert!(
-        notice.contains("set aside") && notice.contains("quarantine"),
-        "the sender is told: {notice}"
-    );
-    // The portal goes on.
-    let next = format!("the next one {run}");
-    alice.send_text(&room, &next).await;
-    control
-        .wait_sent("the next message", WAIT, |op| is_message_op(op, &next))
-        .await;
-    assert_eq!(count_messages(&mut control, &stuck).await, 0);
-
-    let mgmt = management_room(&alice).await;
-    let listed = command(&alice, &mgmt, "quarantine").await;
-    assert!(
-        listed.contains("1 item(s)") && listed.contains("injected transient failure"),
-        "{listed}"
-    );
-    let seq = listed
-        .lines()
-        .find_map(|l| l.strip_prefix("- ")?.split(':').next()?.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no item number in {listed}"));
-    let sent = command(&alice, &mgmt, &format!("quarantine retry {seq}")).await;
-    assert!(sent.contains("Sent 1 item"), "{sent}");
-    control
-        .wait_sent("the set-aside message, sent again", WAIT, |op| {
-            is_message_op(op, &stuck)
-        })
-        .await;
-    assert_eq!(count_messages(&mut control, &stuck).await, 1);
-    let empty = command(&alice, &mgmt, "quarantine").await;
-    assert!(empty.contains("empty"), "{empty}");
-
     let from = format!("plain{}", unique());
     let (room, _) = receive_first_message(&mut control, &alice, &from, "p1", "hello").await;
     let (status, _) = alice
@@ -1246,4 +1132,122 @@ async fn each_level_sends_only_through_the_identity_it_may_use() {
                 || op["message"]["sender"]["user_id"] == relay_id.as_str()),
         "something went out as the relay-level user: {log:?}"
     );
+}
+
+/// Synapse on SQLite numbers its appservice transactions from 1 again after a restart: what
+/// the users send after the restart is bridged anyway, each message exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn everything_after_a_homeserver_restart_is_bridged_exactly_once() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let room = dm_portal(&alice, "bob").await;
+    let run = unique();
+    let mut bodies = Vec::new();
+    for n in 0..3 {
+        let body = format!("before the restart {n} {run}");
+        alice.send_text(&room, &body).await;
+        control
+            .wait_sent("a message before the restart", WAIT, |op| {
+                is_message_op(op, &body)
+            })
+            .await;
+        bodies.push(body);
+    }
+    let status = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/synapse.sh"))
+        .arg("restart")
+        .status()
+        .expect("run scripts/synapse.sh restart");
+    assert!(status.success(), "scripts/synapse.sh restart failed");
+    for n in 0..5 {
+        let body = format!("after the restart {n} {run}");
+        alice.send_text(&room, &body).await;
+        control
+            .wait_sent(
+                &format!("message {n} after the homeserver restarted"),
+                Duration::from_secs(60),
+                |op| is_message_op(op, &body),
+            )
+            .await;
+        bodies.push(body);
+    }
+    for body in &bodies {
+        assert_eq!(
+            count_messages(&mut control, body).await,
+            1,
+            "{body:?} reached the network exactly once"
+        );
+    }
+}
+
+/// A message that keeps failing while the network works is set aside after
+/// `bridge.quarantine_after_attempts` tries: its sender is told, the portal goes on with the
+/// next message, and an admin sends it again with `quarantine retry`. An outage (the link
+/// down) does not count: the portal waits and nothing is set aside.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_keeps_failing_is_set_aside_without_holding_its_portal() {
+    let _serial = serial();
+    let alice = MatrixUser::register("qalice").await;
+    let admin = with_permission(&alice.user_id, "admin");
+    let _bridge = BridgeProcess::start_with(move |cfg| {
+        admin(cfg).replacen("bridge:\n", "bridge:\n  quarantine_after_attempts: 3\n", 1)
+    })
+    .await;
+    let mut control = Control::connect().await;
+    let room = dm_portal(&alice, "bob").await;
+    let run = unique();
+
+    // An outage longer than the bound: waited out, not set aside.
+    control.fail_next("down", 4).await;
+    let waited = format!("through an outage {run}");
+    alice.send_text(&room, &waited).await;
+    control
+        .wait_sent(
+            "the message held by the outage",
+            Duration::from_secs(40),
+            |op| is_message_op(op, &waited),
+        )
+        .await;
+
+    // Three passing failures of one message: set aside.
+    control.fail_next("transient", 3).await;
+    let stuck = format!("keeps failing {run}");
+    let stuck_id = alice.send_text(&room, &stuck).await;
+    let notice = alice
+        .wait_reply(&room, &stuck_id, &ghost("bob"), Duration::from_secs(30))
+        .await;
+    assert!(
+        notice.contains("set aside") && notice.contains("quarantine"),
+        "the sender is told: {notice}"
+    );
+    // The portal goes on.
+    let next = format!("the next one {run}");
+    alice.send_text(&room, &next).await;
+    control
+        .wait_sent("the next message", WAIT, |op| is_message_op(op, &next))
+        .await;
+    assert_eq!(count_messages(&mut control, &stuck).await, 0);
+
+    let mgmt = management_room(&alice).await;
+    let listed = command(&alice, &mgmt, "quarantine").await;
+    assert!(
+        listed.contains("1 item(s)") && listed.contains("injected transient failure"),
+        "{listed}"
+    );
+    let seq = listed
+        .lines()
+        .find_map(|l| l.strip_prefix("- ")?.split(':').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no item number in {listed}"));
+    let sent = command(&alice, &mgmt, &format!("quarantine retry {seq}")).await;
+    assert!(sent.contains("Sent 1 item"), "{sent}");
+    control
+        .wait_sent("the set-aside message, sent again", WAIT, |op| {
+            is_message_op(op, &stuck)
+        })
+        .await;
+    assert_eq!(count_messages(&mut control, &stuck).await, 1);
+    let empty = command(&alice, &mgmt, "quarantine").await;
+    assert!(empty.contains("empty"), "{empty}");
 }

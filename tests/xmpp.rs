@@ -2648,6 +2648,190 @@ async fn xmpp_stanza_over_the_limits_is_refused_alone() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_and_subscriptions_to_matrix_users_who_do_not_exist_are_refused() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let run = unique();
+    let real = MatrixUser::register("xnx").await;
+    let mut grace = XmppUser::login("grace").await;
+    let ghost = xmpp_ghost("grace@localhost");
+    let rooms_before = common::ghost_rooms(&ghost).await;
+    // Ask for the roster, so that Prosody passes roster changes and subscription answers on.
+    grace
+        .send_xml("<iq type='get' id='roster1' xmlns='jabber:client'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    grace
+        .wait("the roster", |e| e.attr("id") == Some("roster1"))
+        .await;
+    let bot_local = BOT.trim_start_matches('@').split(':').next().unwrap();
+    let missing = [
+        format!("nobody{run}"),
+        format!("{}x", real.localpart),
+        bot_local.to_owned(),
+        "_xmpp_dave=40localhost".to_owned(),
+    ];
+    for (i, local) in missing.iter().enumerate() {
+        let address = format!("{local}@{COMPONENT_DOMAIN}");
+        // RFC 6121 §8.5.1: a message is answered `service-unavailable`...
+        let id = format!("nx{i}-{run}");
+        grace
+            .send_xml(&format!(
+                "<message type='chat' id='{id}' to='{address}' xmlns='jabber:client'><body>anyone?</body></message>"
+            ))
+            .await;
+        let err = grace
+            .wait(&format!("the error for the message to {address}"), |e| {
+                e.name() == "message" && e.attr("id") == Some(id.as_str())
+            })
+            .await;
+        let xml = String::from(&err);
+        assert_eq!(err.attr("type"), Some("error"), "{xml}");
+        assert!(xml.contains("service-unavailable"), "{xml}");
+        // ... and a subscription request `unsubscribed` (the roster shows no pending ask).
+        grace
+            .send_xml(&format!(
+                "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
+            ))
+            .await;
+        let answer = grace
+            .wait(
+                &format!("the refusal of the subscription to {address}"),
+                |e| {
+                    let refused = e.name() == "presence"
+                        && e.attr("type") == Some("unsubscribed")
+                        && e.attr("from")
+                            .is_some_and(|f| f.starts_with(address.as_str()));
+                    let roster_cleared = e.name() == "iq"
+                        && String::from(e).contains(&format!("jid=\"{address}\""))
+                        && !String::from(e).contains("ask=")
+                        && String::from(e).contains("subscription=\"none\"");
+                    refused || roster_cleared
+                },
+            )
+            .await;
+        let xml = String::from(&answer);
+        assert!(!xml.contains("subscription=\"to\""), "{xml}");
+    }
+    // Nothing was created for them: grace's ghost is in no new room.
+    assert_eq!(common::ghost_rooms(&ghost).await, rooms_before);
+
+    // A user who exists still gets the message.
+    let address = format!("{}@{COMPONENT_DOMAIN}", real.localpart);
+    let hello = format!("hello real user {run}");
+    grace.say(&address, &hello).await;
+    let room = real.wait_for_invite(Duration::from_secs(20)).await;
+    real.join(&room).await;
+    real.wait_for_event(&room, "grace's message", Duration::from_secs(20), |e| {
+        e["sender"] == ghost.as_str() && e["content"]["body"] == hello.as_str()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relayed_message_enters_the_group_chat_only_through_the_relay() {
+    let _s = serial();
+    let ca = prosody_ca();
+    let run = unique();
+    let relay_local = format!("xrelay{run}");
+    let relay_id = format!("@{relay_local}:localhost");
+    // The relay's owner manages the portal as a bridge admin (she joined through the alias,
+    // without room power).
+    let owner_local = format!("xowner{run}");
+    let owner_id = format!("@{owner_local}:localhost");
+    let bridge = BridgeProcess::start_with(|cfg| {
+        common::with_permission(&owner_id, "admin")(common::with_permission(&relay_id, "relay")(
+            cfg.replacen(
+                "  xmpp:\n",
+                &format!(
+                    "  xmpp:\n    accounts:\n      ca_file: {ca}\n      allow_hosts: [127.0.0.1]\n"
+                ),
+                1,
+            ),
+        ))
+    })
+    .await;
+    wait_metric(&bridge, CONNECTED).await;
+    let room_jid = format!("relay{run}@conference.localhost");
+    let mut bob = XmppUser::login("bob").await;
+    bob.open_room(&room_jid, "bob").await;
+    let owner = MatrixUser::register_as(&owner_local).await;
+    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
+    let joined = owner
+        .ok(
+            "POST",
+            &format!("/join/{}", enc(&alias)),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+    let room = joined["room_id"].as_str().expect("room_id").to_owned();
+    let owner_occupant = format!("{room_jid}/{owner_local}");
+    bob.wait("the owner's puppet joining", |e| {
+        e.name() == "presence" && e.attr("from") == Some(owner_occupant.as_str())
+    })
+    .await;
+    let mgmt = management_room(&owner).await;
+    let done = login_xmpp(&owner, &mgmt, "frank@localhost", "frankpass").await;
+    assert!(done.contains("frank@localhost"), "{done}");
+    let relay = MatrixUser::register_as(&relay_local).await;
+    relay
+        .ok(
+            "POST",
+            &format!("/join/{}", enc(&alias)),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+
+    // Relay level, no relay: refused with a notice.
+    let sent = relay.send_text(&room, "before the relay").await;
+    let notice = relay
+        .wait_reply(&room, &sent, BOT, Duration::from_secs(20))
+        .await;
+    assert!(notice.contains("not logged in"), "{notice}");
+
+    let reply = command(&owner, &room, "!isthmus set-relay").await;
+    assert!(reply.contains("frank@localhost"), "{reply}");
+    let text = format!("relayed {}", unique());
+    relay.send_text(&room, &text).await;
+    let name = relay
+        .displayname_of(&relay_id)
+        .await
+        .unwrap_or(relay_local.clone());
+    let expected = format!("{name}: {text}");
+    let her_occupant = format!("{room_jid}/{relay_local}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = bob
+            .next_event(left)
+            .await
+            .unwrap_or_else(|| panic!("bob never saw the relayed message {expected:?}"));
+        let Some(xml) = ev["xml"].as_str() else {
+            continue;
+        };
+        let el = parse_stanza(xml);
+        assert_ne!(
+            el.attr("from"),
+            Some(her_occupant.as_str()),
+            "the relay-level user entered the group chat under her own address: {xml}"
+        );
+        if el.name() == "message"
+            && el
+                .children()
+                .any(|c| c.name() == "body" && c.text() == expected)
+        {
+            assert_eq!(el.attr("from"), Some(owner_occupant.as_str()), "{xml}");
+            break;
+        }
+    }
+
+    // The owner (admin level) still speaks as herself.
+    let own = format!("owner speaks {}", unique());
+    owner.send_text(&room, &own).await;
+    let from = bob.wait_message(&own).await;
+    assert_eq!(from.to_string(), owner_occupant);
+}
+
 /// Counts the times the bridge logged its component link coming up.
 fn link_ups(bridge: &BridgeProcess) -> usize {
     bridge.log().matches("XMPP component link up").count()
@@ -2969,187 +3153,4 @@ async fn a_full_disk_loses_nothing_and_tells_every_sender() {
         .filter(|e| e["content"]["body"] == from_matrix.as_str())
         .count();
     assert_eq!(copies, 1, "alice's message is in her room once");
-
-#[tokio::test(flavor = "multi_thread")]
-async fn messages_and_subscriptions_to_matrix_users_who_do_not_exist_are_refused() {
-    let _s = serial();
-    let _bridge = xmpp_bridge().await;
-    let run = unique();
-    let real = MatrixUser::register("xnx").await;
-    let mut grace = XmppUser::login("grace").await;
-    let ghost = xmpp_ghost("grace@localhost");
-    let rooms_before = common::ghost_rooms(&ghost).await;
-    // Ask for the roster, so that Prosody passes roster changes and subscription answers on.
-    grace
-        .send_xml("<iq type='get' id='roster1' xmlns='jabber:client'><query xmlns='jabber:iq:roster'/></iq>")
-        .await;
-    grace
-        .wait("the roster", |e| e.attr("id") == Some("roster1"))
-        .await;
-    let bot_local = BOT.trim_start_matches('@').split(':').next().unwrap();
-    let missing = [
-        format!("nobody{run}"),
-        format!("{}x", real.localpart),
-        bot_local.to_owned(),
-        "_xmpp_dave=40localhost".to_owned(),
-    ];
-    for (i, local) in missing.iter().enumerate() {
-        let address = format!("{local}@{COMPONENT_DOMAIN}");
-        // RFC 6121 §8.5.1: a message is answered `service-unavailable`...
-        let id = format!("nx{i}-{run}");
-        grace
-            .send_xml(&format!(
-                "<message type='chat' id='{id}' to='{address}' xmlns='jabber:client'><body>anyone?</body></message>"
-            ))
-            .await;
-        let err = grace
-            .wait(&format!("the error for the message to {address}"), |e| {
-                e.name() == "message" && e.attr("id") == Some(id.as_str())
-            })
-            .await;
-        let xml = String::from(&err);
-        assert_eq!(err.attr("type"), Some("error"), "{xml}");
-        assert!(xml.contains("service-unavailable"), "{xml}");
-        // ... and a subscription request `unsubscribed` (the roster shows no pending ask).
-        grace
-            .send_xml(&format!(
-                "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
-            ))
-            .await;
-        let answer = grace
-            .wait(
-                &format!("the refusal of the subscription to {address}"),
-                |e| {
-                    let refused = e.name() == "presence"
-                        && e.attr("type") == Some("unsubscribed")
-                        && e.attr("from")
-                            .is_some_and(|f| f.starts_with(address.as_str()));
-                    let roster_cleared = e.name() == "iq"
-                        && String::from(e).contains(&format!("jid=\"{address}\""))
-                        && !String::from(e).contains("ask=")
-                        && String::from(e).contains("subscription=\"none\"");
-                    refused || roster_cleared
-                },
-            )
-            .await;
-        let xml = String::from(&answer);
-        assert!(!xml.contains("subscription=\"to\""), "{xml}");
-    }
-    // Nothing was created for them: grace's ghost is in no new room.
-    assert_eq!(common::ghost_rooms(&ghost).await, rooms_before);
-
-    // A user who exists still gets the message.
-    let address = format!("{}@{COMPONENT_DOMAIN}", real.localpart);
-    let hello = format!("hello real user {run}");
-    grace.say(&address, &hello).await;
-    let room = real.wait_for_invite(Duration::from_secs(20)).await;
-    real.join(&room).await;
-    real.wait_for_event(&room, "grace's message", Duration::from_secs(20), |e| {
-        e["sender"] == ghost.as_str() && e["content"]["body"] == hello.as_str()
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_relayed_message_enters_the_group_chat_only_through_the_relay() {
-    let _s = serial();
-    let ca = prosody_ca();
-    let run = unique();
-    let relay_local = format!("xrelay{run}");
-    let relay_id = format!("@{relay_local}:localhost");
-    // The relay's owner manages the portal as a bridge admin (she joined through the alias,
-    // without room power).
-    let owner_local = format!("xowner{run}");
-    let owner_id = format!("@{owner_local}:localhost");
-    let bridge = BridgeProcess::start_with(|cfg| {
-        common::with_permission(&owner_id, "admin")(common::with_permission(&relay_id, "relay")(
-            cfg.replacen(
-                "  xmpp:\n",
-                &format!(
-                    "  xmpp:\n    accounts:\n      ca_file: {ca}\n      allow_hosts: [127.0.0.1]\n"
-                ),
-                1,
-            ),
-        ))
-    })
-    .await;
-    wait_metric(&bridge, CONNECTED).await;
-    let room_jid = format!("relay{run}@conference.localhost");
-    let mut bob = XmppUser::login("bob").await;
-    bob.open_room(&room_jid, "bob").await;
-    let owner = MatrixUser::register_as(&owner_local).await;
-    let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
-    let joined = owner
-        .ok(
-            "POST",
-            &format!("/join/{}", enc(&alias)),
-            Some(&serde_json::json!({})),
-        )
-        .await;
-    let room = joined["room_id"].as_str().expect("room_id").to_owned();
-    let owner_occupant = format!("{room_jid}/{owner_local}");
-    bob.wait("the owner's puppet joining", |e| {
-        e.name() == "presence" && e.attr("from") == Some(owner_occupant.as_str())
-    })
-    .await;
-    let mgmt = management_room(&owner).await;
-    let done = login_xmpp(&owner, &mgmt, "frank@localhost", "frankpass").await;
-    assert!(done.contains("frank@localhost"), "{done}");
-    let relay = MatrixUser::register_as(&relay_local).await;
-    relay
-        .ok(
-            "POST",
-            &format!("/join/{}", enc(&alias)),
-            Some(&serde_json::json!({})),
-        )
-        .await;
-
-    // Relay level, no relay: refused with a notice.
-    let sent = relay.send_text(&room, "before the relay").await;
-    let notice = relay
-        .wait_reply(&room, &sent, BOT, Duration::from_secs(20))
-        .await;
-    assert!(notice.contains("not logged in"), "{notice}");
-
-    let reply = command(&owner, &room, "!isthmus set-relay").await;
-    assert!(reply.contains("frank@localhost"), "{reply}");
-    let text = format!("relayed {}", unique());
-    relay.send_text(&room, &text).await;
-    let name = relay
-        .displayname_of(&relay_id)
-        .await
-        .unwrap_or(relay_local.clone());
-    let expected = format!("{name}: {text}");
-    let her_occupant = format!("{room_jid}/{relay_local}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ev = bob
-            .next_event(left)
-            .await
-            .unwrap_or_else(|| panic!("bob never saw the relayed message {expected:?}"));
-        let Some(xml) = ev["xml"].as_str() else {
-            continue;
-        };
-        let el = parse_stanza(xml);
-        assert_ne!(
-            el.attr("from"),
-            Some(her_occupant.as_str()),
-            "the relay-level user entered the group chat under her own address: {xml}"
-        );
-        if el.name() == "message"
-            && el
-                .children()
-                .any(|c| c.name() == "body" && c.text() == expected)
-        {
-            assert_eq!(el.attr("from"), Some(owner_occupant.as_str()), "{xml}");
-            break;
-        }
-    }
-
-    // The owner (admin level) still speaks as herself.
-    let own = format!("owner speaks {}", unique());
-    owner.send_text(&room, &own).await;
-    let from = bob.wait_message(&own).await;
-    assert_eq!(from.to_string(), owner_occupant);
 }
