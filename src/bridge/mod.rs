@@ -7,6 +7,7 @@
 
 mod dispatch;
 mod ghost;
+pub mod limits;
 mod logins;
 mod matrix_events;
 mod media;
@@ -138,6 +139,8 @@ pub struct Bridge {
     me: Weak<Bridge>,
     /// The process's open-files limit (soft, hard) after start-up raised it.
     pub open_files: std::sync::OnceLock<(u64, u64)>,
+    /// Rate limits on what remote senders can make the bridge create.
+    limits: limits::Limits,
 }
 
 /// A reported state and its optional detail.
@@ -163,6 +166,9 @@ impl Bridge {
             .map(|c| (c.info().id.clone(), c))
             .collect();
         let permissions = Permissions::new(config.bridge.permissions.clone());
+        for l in limits::Limit::ALL {
+            metrics.rate_limited.with_label_values(&[l.name()]);
+        }
         Ok(Arc::new_cyclic(|me| Bridge {
             me: me.clone(),
             part_size: split::PartSize::default(),
@@ -182,6 +188,7 @@ impl Bridge {
             links: std::sync::OnceLock::new(),
             upload_limit: std::sync::OnceLock::new(),
             open_files: std::sync::OnceLock::new(),
+            limits: limits::Limits::new(&config.bridge.limits),
             queues: dispatch::Queues::new(
                 Duration::from_secs(config.bridge.portal_idle_seconds),
                 config.bridge.quarantine_after_attempts,

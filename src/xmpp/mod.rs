@@ -459,6 +459,14 @@ impl Connector for Xmpp {
             .map_err(NetworkError::InvalidInput)
     }
 
+    fn rate_key(&self, user: &RemoteUserId) -> String {
+        // A contact's bare JID or a group chat occupant's `room@service/nick`: the server is
+        // the JID's domain (the group chat service for occupants).
+        xmpp_parsers::jid::Jid::from_str(user.as_str())
+            .map(|j| j.domain().to_string())
+            .unwrap_or_else(|_| user.as_str().to_owned())
+    }
+
     fn parse_group_chat_id(&self, raw: &str) -> Result<Option<RemoteChatId>, NetworkError> {
         self.gateway
             .shared
