@@ -178,6 +178,20 @@ impl Limits {
         Ok(())
     }
 
+    /// Gives back the tokens an [`Limits::admit`] of the same `asks` took, when what was
+    /// admitted could not be created after all (the homeserver failed, say): a retry of the
+    /// same item must not use up the budget.
+    pub fn refund(&self, asks: &[(Limit, &str)], now: Instant) {
+        let mut buckets = self.buckets.lock().expect("limits lock");
+        for (limit, key) in asks {
+            let b = &mut buckets[limit.index()];
+            if b.map.contains_key(*key) {
+                let tokens = (b.level(key, now) + 1.0).min(b.burst);
+                b.map.insert((*key).to_owned(), Bucket { tokens, at: now });
+            }
+        }
+    }
+
     /// How many keys `limit` remembers (for tests of the pruning).
     #[cfg(test)]
     fn remembered(&self, limit: Limit) -> usize {
@@ -266,6 +280,25 @@ mod tests {
             ];
             assert_eq!(l.admit(&ask, t), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_refund_gives_the_token_back_up_to_the_burst() {
+        let l = limits(1, 3600, 1);
+        let t = Instant::now();
+        let ask = [
+            (Limit::InvitesPerUser, "@u:hs"),
+            (Limit::PortalsPerSender, "bob"),
+        ];
+        l.admit(&ask, t).unwrap();
+        assert!(l.admit(&ask, t).is_err());
+        l.refund(&ask, t);
+        l.admit(&ask, t).unwrap();
+        // Refunds never fill a bucket beyond its size.
+        l.refund(&ask, t);
+        l.refund(&ask, t);
+        l.admit(&ask, t).unwrap();
+        assert!(l.admit(&ask, t).is_err());
     }
 
     #[test]

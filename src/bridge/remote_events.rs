@@ -65,6 +65,24 @@ impl Bridge {
         network: &NetworkId,
         ev: &RemoteEvent,
     ) -> Result<(), BridgeError> {
+        // What the limits admitted for this event; given back when handling fails, so that
+        // retries of one item do not use up the budget.
+        let mut taken = Vec::new();
+        let result = self.bridge_remote_event(seq, network, ev, &mut taken).await;
+        if result.is_err() && !taken.is_empty() {
+            let asks: Vec<(Limit, &str)> = taken.iter().map(|(l, k)| (*l, k.as_str())).collect();
+            self.limits.refund(&asks, Instant::now());
+        }
+        result
+    }
+
+    async fn bridge_remote_event(
+        &self,
+        seq: u64,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<(), BridgeError> {
         let kind = ev.kind.name();
         // Presence, profiles and pictures of someone without a ghost create one: within the
         // limits only, and quietly not at all over them.
@@ -73,7 +91,7 @@ impl Bridge {
             RemoteEventKind::Presence(_)
                 | RemoteEventKind::Profile
                 | RemoteEventKind::Avatar { .. }
-        ) && let Err(limit) = self.admit_ghost(network, ev)?
+        ) && let Err(limit) = self.admit_ghost(network, ev, taken)?
         {
             self.rate_limited(network, ev, limit, false).await;
             self.metrics.event("to_matrix", kind, "rate_limited");
@@ -121,7 +139,7 @@ impl Bridge {
         let key = portal_key(network, ev);
         let portal = match self.store.portal(&key)? {
             Some(p) => p,
-            None => match self.create_portal_for(&key, ev).await? {
+            None => match self.create_portal_for(&key, ev, taken).await? {
                 Ok(p) => p,
                 Err(result) => {
                     self.metrics.event("to_matrix", kind, result);
@@ -209,7 +227,7 @@ impl Bridge {
                 change: MembershipChange::Leave
             }
         );
-        if let Err(limit) = self.admit_ghost(network, ev)? {
+        if let Err(limit) = self.admit_ghost(network, ev, taken)? {
             // Over the limit: a message is refused and its sender told; joins and the like
             // are dropped quietly (the ghost comes with the sender's first message).
             let message = matches!(ev.kind, RemoteEventKind::Message { .. });
@@ -465,6 +483,7 @@ impl Bridge {
         &self,
         key: &PortalKey,
         ev: &RemoteEvent,
+        taken: &mut Vec<(Limit, String)>,
     ) -> Result<Result<PortalRecord, &'static str>, BridgeError> {
         const NO_PORTAL: Result<PortalRecord, &str> = Err("no_portal");
         if ev.chat_kind == ChatKind::Group
@@ -493,7 +512,7 @@ impl Bridge {
         }
         // A remote sender's message opening a chat counts against the limits; a chat the
         // user's own contact list holds (`ChatExists`) does not.
-        if !direct_exists && let Err(limit) = self.admit_portal(&key.network, ev, receiver) {
+        if !direct_exists && let Err(limit) = self.admit_portal(&key.network, ev, receiver, taken) {
             self.rate_limited(&key.network, ev, limit, true).await;
             return Ok(Err("rate_limited"));
         }
@@ -535,6 +554,7 @@ impl Bridge {
         &self,
         network: &NetworkId,
         ev: &RemoteEvent,
+        taken: &mut Vec<(Limit, String)>,
     ) -> Result<Result<(), Limit>, BridgeError> {
         let leaving = matches!(
             ev.kind,
@@ -550,7 +570,11 @@ impl Bridge {
             _ => Limit::GhostsPerDomain,
         };
         let domain = self.domain_key(network, &ev.sender);
-        Ok(self.limits.admit(&[(limit, &domain)], Instant::now()))
+        let admitted = self.limits.admit(&[(limit, &domain)], Instant::now());
+        if admitted.is_ok() {
+            taken.push((limit, domain));
+        }
+        Ok(admitted)
     }
 
     /// Whether the message `ev` may open a new chat for `receiver`: the limits of its sender,
@@ -560,6 +584,7 @@ impl Bridge {
         network: &NetworkId,
         ev: &RemoteEvent,
         receiver: &str,
+        taken: &mut Vec<(Limit, String)>,
     ) -> Result<(), Limit> {
         let sender = format!("{network}\u{1f}{}", ev.sender);
         let domain = self.domain_key(network, &ev.sender);
@@ -570,7 +595,13 @@ impl Bridge {
                 (Limit::InvitesPerUser, receiver),
             ],
             Instant::now(),
-        )
+        )?;
+        taken.extend([
+            (Limit::PortalsPerSender, sender),
+            (Limit::PortalsPerDomain, domain),
+            (Limit::InvitesPerUser, receiver.to_owned()),
+        ]);
+        Ok(())
     }
 
     /// Counts a refusal by `limit`; with `tell`, the remote sender learns why on its network.
