@@ -809,7 +809,10 @@ async fn told(control: &mut Control) -> Vec<(String, String)> {
         .filter(|op| op["op"] == "undelivered")
         .map(|op| {
             (
-                op["event"]["sender"].as_str().unwrap_or_default().to_owned(),
+                op["event"]["sender"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 op["reason"].as_str().unwrap_or_default().to_owned(),
             )
         })
@@ -840,7 +843,12 @@ async fn new_chats_over_the_domain_limit_are_refused_and_their_senders_told() {
     for (i, s) in senders.iter().enumerate() {
         let id = format!("flood-{i}-{}", unique());
         control
-            .inject(direct_message(s, &alice.user_id, &id, &format!("hello {i}")))
+            .inject(direct_message(
+                s,
+                &alice.user_id,
+                &id,
+                &format!("hello {i}"),
+            ))
             .await;
     }
 
@@ -866,7 +874,10 @@ async fn new_chats_over_the_domain_limit_are_refused_and_their_senders_told() {
     assert_eq!(refused.len(), 5, "{refused:?}");
     for (sender, reason) in &refused {
         assert!(senders.contains(sender), "{sender} was told");
-        assert_eq!(reason, "too many new chats from your server; try again later");
+        assert_eq!(
+            reason,
+            "too many new chats from your server; try again later"
+        );
     }
     // Every message is accounted for: no more chats than the limit.
     let text = bridge.metrics().await;

@@ -2731,13 +2731,19 @@ async fn xmpp_senders_over_the_new_chat_limit_get_an_error_stanza() {
     let again = format!("bob again {}", unique());
     bob.say(&address, &again).await;
     alice
-        .wait_for_event(&rooms[0], "bob's later message", Duration::from_secs(20), |e| {
-            e["content"]["body"] == again.as_str()
-        })
+        .wait_for_event(
+            &rooms[0],
+            "bob's later message",
+            Duration::from_secs(20),
+            |e| e["content"]["body"] == again.as_str(),
+        )
         .await;
     // And no room was made for dave or erin: the only invites were bob's and carol's.
     let v = alice.ok("GET", "/sync?timeout=0", None).await;
-    let invited = v["rooms"]["invite"].as_object().map(|m| m.len()).unwrap_or(0);
+    let invited = v["rooms"]["invite"]
+        .as_object()
+        .map(|m| m.len())
+        .unwrap_or(0);
     assert_eq!(invited, 0, "{}", v["rooms"]["invite"]);
 }
 
@@ -2766,9 +2772,12 @@ async fn group_chat_nick_churn_is_bounded_and_messages_still_arrive() {
     let prefix = format!("@_xmpp_{}=2f", room_jid.replace('@', "=40"));
     let last = format!("{prefix}n9:localhost");
     let ev = alice
-        .wait_for_event(&room, "the message from the last nick", Duration::from_secs(30), |e| {
-            e["content"]["body"] == hello.as_str()
-        })
+        .wait_for_event(
+            &room,
+            "the message from the last nick",
+            Duration::from_secs(30),
+            |e| e["content"]["body"] == hello.as_str(),
+        )
         .await;
     assert_eq!(ev["sender"], last.as_str());
 
@@ -2780,7 +2789,9 @@ async fn group_chat_nick_churn_is_bounded_and_messages_still_arrive() {
         .filter(|e| {
             e["type"] == "m.room.member"
                 && e["content"]["membership"] == "join"
-                && e["state_key"].as_str().is_some_and(|k| k.starts_with(&prefix))
+                && e["state_key"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with(&prefix))
         })
         .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
         .collect();
@@ -2792,8 +2803,11 @@ async fn group_chat_nick_churn_is_bounded_and_messages_still_arrive() {
     );
     let text = bridge.metrics().await;
     assert!(
-        common::metric(&text, r#"bridge_rate_limited_total{what="ghosts_per_domain"}"#)
-            .is_some_and(|n| n >= 7.0),
+        common::metric(
+            &text,
+            r#"bridge_rate_limited_total{what="ghosts_per_domain"}"#
+        )
+        .is_some_and(|n| n >= 7.0),
         "{text}"
     );
 }
