@@ -36,6 +36,8 @@ pub struct Metrics {
     pub quarantined: IntGauge,
     /// 1 while the store takes writes, 0 after a write failed.
     pub store_healthy: IntGauge,
+    /// Creations refused by `bridge.limits`, by limit (`what`: the key below `bridge.limits`).
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -107,6 +109,14 @@ impl Metrics {
         let store_healthy = IntGauge::new("bridge_store_healthy", "1 while the store takes writes")
             .expect("valid metric");
         store_healthy.set(1);
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "bridge_rate_limited_total",
+                "New portals, ghosts and invites refused by bridge.limits, by limit",
+            ),
+            &["what"],
+        )
+        .expect("valid metric");
         skipped_events.with_label_values(&["malformed"]);
         for c in [
             Box::new(txn_seconds.clone()) as Box<dyn prometheus::core::Collector>,
@@ -122,6 +132,7 @@ impl Metrics {
             Box::new(skipped_events.clone()),
             Box::new(quarantined.clone()),
             Box::new(store_healthy.clone()),
+            Box::new(rate_limited.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -146,6 +157,7 @@ impl Metrics {
             skipped_events,
             quarantined,
             store_healthy,
+            rate_limited,
         }
     }
 

@@ -1251,3 +1251,133 @@ async fn a_message_that_keeps_failing_is_set_aside_without_holding_its_portal() 
     let empty = command(&alice, &mgmt, "quarantine").await;
     assert!(empty.contains("empty"), "{empty}");
 }
+
+/// The `undelivered` operations the network has seen: what each remote sender was told.
+async fn told(control: &mut Control) -> Vec<(String, String)> {
+    control
+        .sent_log()
+        .await
+        .iter()
+        .filter(|op| op["op"] == "undelivered")
+        .map(|op| {
+            (
+                op["event"]["sender"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                op["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_chats_over_the_domain_limit_are_refused_and_their_senders_told() {
+    const N: usize = 3;
+    let _serial = serial();
+    let bridge = BridgeProcess::start_with(|cfg| {
+        cfg.replace(
+            "bridge:\n",
+            "bridge:\n  limits:\n    portals_per_domain: {rate: 1, per_seconds: 3600, burst: 3}\n",
+        )
+    })
+    .await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("flooded").await;
+
+    // A chat that exists before the flood.
+    let (old_room, _) =
+        receive_first_message(&mut control, &alice, "bob", &unique(), "before the flood").await;
+
+    // N + 5 senders of one group (`name@group` on loopback) write once each.
+    let group = format!("flood{}", unique());
+    let senders: Vec<String> = (0..N + 5).map(|i| format!("s{i}@{group}")).collect();
+    for (i, s) in senders.iter().enumerate() {
+        let id = format!("flood-{i}-{}", unique());
+        control
+            .inject(direct_message(
+                s,
+                &alice.user_id,
+                &id,
+                &format!("hello {i}"),
+            ))
+            .await;
+    }
+
+    // Each message either opens a chat or its sender is told: N chats, 5 told.
+    let deadline = std::time::Instant::now() + WAIT;
+    let refused = loop {
+        let t = told(&mut control).await;
+        let portals = metric(&bridge.metrics().await, "portals_total");
+        if t.len() >= 5 && portals >= Some((N + 1) as f64) {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {WAIT:?} for 5 senders to be told and {N} chats; told: {t:?}, portals: {portals:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The invites pending for the user: one per chat the flood opened.
+    let sync = alice.ok("GET", "/sync?timeout=0", None).await;
+    let rooms: Vec<String> = sync["rooms"]["invite"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    assert_eq!(rooms.len(), N, "{}", sync["rooms"]["invite"]);
+    for room in &rooms {
+        alice.join(room).await;
+    }
+    assert_eq!(refused.len(), 5, "{refused:?}");
+    for (sender, reason) in &refused {
+        assert!(senders.contains(sender), "{sender} was told");
+        assert_eq!(
+            reason,
+            "too many new chats from your server; try again later"
+        );
+    }
+    // Every message is accounted for: no more chats than the limit.
+    let text = bridge.metrics().await;
+    assert_eq!(
+        metric(&text, "portals_total"),
+        Some((N + 1) as f64),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == r#"bridge_rate_limited_total{what="portals_per_domain"} 5"#),
+        "{text}"
+    );
+
+    // What was already bridged is not affected: the chat from before the flood, and a chat
+    // the flood opened, carry the next messages.
+    let later = format!("after the flood {}", unique());
+    control
+        .inject(direct_message("bob", &alice.user_id, &unique(), &later))
+        .await;
+    alice
+        .wait_for_event(&old_room, "bob's later message", WAIT, |e| {
+            is_text_from(e, &ghost("bob"), &later)
+        })
+        .await;
+    let admitted = senders
+        .iter()
+        .find(|s| !refused.iter().any(|(r, _)| r == *s))
+        .expect("some senders got a chat");
+    let mut room_of_admitted = None;
+    for room in &rooms {
+        if alice.joined_members(room).await.contains(&ghost(admitted)) {
+            room_of_admitted = Some(room.clone());
+        }
+    }
+    let room = room_of_admitted.expect("the admitted sender's chat");
+    let again = format!("admitted again {}", unique());
+    control
+        .inject(direct_message(admitted, &alice.user_id, &unique(), &again))
+        .await;
+    alice
+        .wait_for_event(&room, "the admitted sender's second message", WAIT, |e| {
+            is_text_from(e, &ghost(admitted), &again)
+        })
+        .await;
+}

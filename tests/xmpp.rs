@@ -3154,3 +3154,167 @@ async fn a_full_disk_loses_nothing_and_tells_every_sender() {
         .count();
     assert_eq!(copies, 1, "alice's message is in her room once");
 }
+
+/// Starts a bridge whose `bridge.limits` has `limit` set to `value`; waits for the XMPP link.
+async fn limited_bridge(limit: &str, value: &str) -> BridgeProcess {
+    let (limit, value) = (limit.to_owned(), value.to_owned());
+    let bridge = BridgeProcess::start_with(move |cfg| {
+        cfg.replace(
+            "bridge:\n",
+            &format!("bridge:\n  limits:\n    {limit}: {value}\n"),
+        )
+    })
+    .await;
+    wait_metric(&bridge, CONNECTED).await;
+    bridge
+}
+
+/// Distinct XMPP senders of one server opening chats with a Matrix user: past the limit, each
+/// gets an error stanza for its message and no room is made; the chats opened before still
+/// carry messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn xmpp_senders_over_the_new_chat_limit_get_an_error_stanza() {
+    let _s = serial();
+    let bridge = limited_bridge(
+        "portals_per_domain",
+        "{rate: 1, per_seconds: 3600, burst: 2}",
+    )
+    .await;
+    let alice = MatrixUser::register("xflood").await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
+
+    // bob and carol (of localhost) open the two chats the limit allows.
+    let mut bob = XmppUser::login("bob").await;
+    let mut carol = XmppUser::login("carol").await;
+    let mut rooms = Vec::new();
+    for (name, user) in [("bob", &mut bob), ("carol", &mut carol)] {
+        let text = format!("first from {name} {}", unique());
+        user.say(&address, &text).await;
+        let room = alice.wait_for_invite(Duration::from_secs(20)).await;
+        alice.join(&room).await;
+        alice
+            .wait_for_event(
+                &room,
+                &format!("{name}'s first message"),
+                Duration::from_secs(20),
+                |e| e["content"]["body"] == text.as_str(),
+            )
+            .await;
+        rooms.push(room);
+    }
+
+    // dave and erin, of the same server, are told.
+    for name in ["dave", "erin"] {
+        let mut user = XmppUser::login(name).await;
+        let id = format!("flood{}", unique());
+        user.send_xml(&format!(
+            "<message to='{address}' id='{id}' type='chat' xmlns='jabber:client'><body>hello from {name}</body></message>"
+        ))
+        .await;
+        let el = user
+            .wait(&format!("the error for {name}'s message"), |e| {
+                e.name() == "message"
+                    && e.attr("type") == Some("error")
+                    && e.attr("id") == Some(id.as_str())
+            })
+            .await;
+        assert_eq!(el.attr("from"), Some(address.as_str()));
+        let xml = String::from(&el);
+        assert!(
+            xml.contains("too many new chats from your server; try again later"),
+            "{xml}"
+        );
+    }
+    assert!(
+        bridge
+            .metrics()
+            .await
+            .lines()
+            .any(|l| l == r#"bridge_rate_limited_total{what="portals_per_domain"} 2"#),
+        "both refusals are counted"
+    );
+
+    // bob's chat, opened before, is not limited.
+    let again = format!("bob again {}", unique());
+    bob.say(&address, &again).await;
+    alice
+        .wait_for_event(
+            &rooms[0],
+            "bob's later message",
+            Duration::from_secs(20),
+            |e| e["content"]["body"] == again.as_str(),
+        )
+        .await;
+    // And no room was made for dave or erin: the only invites were bob's and carol's.
+    let v = alice.ok("GET", "/sync?timeout=0", None).await;
+    let invited = v["rooms"]["invite"]
+        .as_object()
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert_eq!(invited, 0, "{}", v["rooms"]["invite"]);
+}
+
+/// An occupant of a group chat cycling nicks makes joins the bridge bounds: no more ghosts
+/// join the room than the limit allows, yet a message from the occupant under a nick whose
+/// join was dropped still arrives, from its ghost.
+#[tokio::test(flavor = "multi_thread")]
+async fn group_chat_nick_churn_is_bounded_and_messages_still_arrive() {
+    let _s = serial();
+    let bridge = limited_bridge(
+        "ghosts_per_domain",
+        "{rate: 1, per_seconds: 3600, burst: 3}",
+    )
+    .await;
+    let (mut bob, alice, room_jid, room) = shared_group_chat("churn", "xchurn").await;
+
+    for i in 0..10 {
+        let nick = format!("n{i}");
+        bob.open_room(&room_jid, &nick).await;
+    }
+    let hello = format!("hello after the churn {}", unique());
+    bob.send_xml(&format!(
+        "<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{hello}</body></message>"
+    ))
+    .await;
+    let prefix = format!("@_xmpp_{}=2f", room_jid.replace('@', "=40"));
+    let last = format!("{prefix}n9:localhost");
+    let ev = alice
+        .wait_for_event(
+            &room,
+            "the message from the last nick",
+            Duration::from_secs(30),
+            |e| e["content"]["body"] == hello.as_str(),
+        )
+        .await;
+    assert_eq!(ev["sender"], last.as_str());
+
+    // The room's queue is ordered: every join before the message was handled by now.
+    let mut joined: Vec<String> = alice
+        .messages(&room)
+        .await
+        .iter()
+        .filter(|e| {
+            e["type"] == "m.room.member"
+                && e["content"]["membership"] == "join"
+                && e["state_key"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with(&prefix))
+        })
+        .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+        .collect();
+    joined.sort();
+    joined.dedup();
+    assert!(
+        joined.len() <= 4 && joined.contains(&last),
+        "at most the 3 ghosts the limit allows plus the one who wrote joined: {joined:?}"
+    );
+    let text = bridge.metrics().await;
+    assert!(
+        common::metric(
+            &text,
+            r#"bridge_rate_limited_total{what="ghosts_per_domain"}"#
+        )
+        .is_some_and(|n| n >= 7.0),
+        "{text}"
+    );
+}

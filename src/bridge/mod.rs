@@ -9,6 +9,7 @@ mod dispatch;
 mod encryption;
 mod existence;
 mod ghost;
+pub mod limits;
 mod logins;
 mod matrix_events;
 mod media;
@@ -146,6 +147,8 @@ pub struct Bridge {
     /// When each encrypted portal room was last told that an encrypted message was not
     /// bridged, by room ID.
     encrypted_notices: Mutex<HashMap<String, std::time::Instant>>,
+    /// Rate limits on what remote senders can make the bridge create.
+    limits: limits::Limits,
 }
 
 /// A reported state and its optional detail.
@@ -171,6 +174,9 @@ impl Bridge {
             .map(|c| (c.info().id.clone(), c))
             .collect();
         let permissions = Permissions::new(config.bridge.permissions.clone());
+        for l in limits::Limit::ALL {
+            metrics.rate_limited.with_label_values(&[l.name()]);
+        }
         Ok(Arc::new_cyclic(|me| Bridge {
             me: me.clone(),
             part_size: split::PartSize::default(),
@@ -192,6 +198,7 @@ impl Bridge {
             open_files: std::sync::OnceLock::new(),
             existence: existence::ExistenceCache::default(),
             encrypted_notices: Mutex::default(),
+            limits: limits::Limits::new(&config.bridge.limits),
             queues: dispatch::Queues::new(
                 Duration::from_secs(config.bridge.portal_idle_seconds),
                 config.bridge.quarantine_after_attempts,

@@ -3,11 +3,14 @@
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
+use std::time::Instant;
+
+use super::limits::Limit;
 use super::{Bridge, BridgeError, now_ms, room_id, user_id};
 use crate::config::PermissionLevel;
 use crate::network::{
     ChatKind, MembershipChange, MessageContent, MessageKind, NetworkId, PresenceState, RemoteEvent,
-    RemoteEventKind, RemoteMessageId,
+    RemoteEventKind, RemoteMessageId, RemoteUserId,
 };
 use crate::store::{MessageRecord, PortalKey, PortalRecord};
 
@@ -62,7 +65,38 @@ impl Bridge {
         network: &NetworkId,
         ev: &RemoteEvent,
     ) -> Result<(), BridgeError> {
+        // What the limits admitted for this event; given back when handling fails, so that
+        // retries of one item do not use up the budget.
+        let mut taken = Vec::new();
+        let result = self.bridge_remote_event(seq, network, ev, &mut taken).await;
+        if result.is_err() && !taken.is_empty() {
+            let asks: Vec<(Limit, &str)> = taken.iter().map(|(l, k)| (*l, k.as_str())).collect();
+            self.limits.refund(&asks, Instant::now());
+        }
+        result
+    }
+
+    async fn bridge_remote_event(
+        &self,
+        seq: u64,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<(), BridgeError> {
         let kind = ev.kind.name();
+        // Presence, profiles and pictures of someone without a ghost create one: within the
+        // limits only, and quietly not at all over them.
+        if matches!(
+            ev.kind,
+            RemoteEventKind::Presence(_)
+                | RemoteEventKind::Profile
+                | RemoteEventKind::Avatar { .. }
+        ) && let Err(limit) = self.admit_ghost(network, ev, taken)?
+        {
+            self.rate_limited(network, ev, limit, false).await;
+            self.metrics.event("to_matrix", kind, "rate_limited");
+            return Ok(());
+        }
         if let RemoteEventKind::Presence(p) = &ev.kind {
             let ghost = self
                 .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
@@ -105,10 +139,10 @@ impl Bridge {
         let key = portal_key(network, ev);
         let portal = match self.store.portal(&key)? {
             Some(p) => p,
-            None => match self.create_portal_for(&key, ev).await? {
-                Some(p) => p,
-                None => {
-                    self.metrics.event("to_matrix", kind, "no_portal");
+            None => match self.create_portal_for(&key, ev, taken).await? {
+                Ok(p) => p,
+                Err(result) => {
+                    self.metrics.event("to_matrix", kind, result);
                     return Ok(());
                 }
             },
@@ -201,15 +235,28 @@ impl Bridge {
             self.metrics.event("to_matrix", kind, "not_member");
             return Ok(());
         }
-        let ghost = self
-            .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
-            .await?;
         let leaving = matches!(
             ev.kind,
             RemoteEventKind::Membership {
                 change: MembershipChange::Leave
             }
         );
+        if let Err(limit) = self.admit_ghost(network, ev, taken)? {
+            // Over the limit: a message is refused and its sender told; joins and the like
+            // are dropped quietly (the ghost comes with the sender's first message).
+            let message = matches!(ev.kind, RemoteEventKind::Message { .. });
+            self.rate_limited(network, ev, limit, message).await;
+            self.metrics.event("to_matrix", kind, "rate_limited");
+            return Ok(());
+        }
+        if leaving && !self.ghost_exists(network, &ev.sender)? {
+            // Someone whose ghost was never made leaves: nothing to do.
+            self.metrics.event("to_matrix", kind, "no_ghost");
+            return Ok(());
+        }
+        let ghost = self
+            .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
+            .await?;
         if !leaving {
             // In a direct chat, someone other than the contact (the user's own account,
             // writing from another device) is invited by the contact's ghost, who made the
@@ -444,35 +491,44 @@ impl Bridge {
         Ok("ok")
     }
 
-    /// Creates the portal for an event that has none, when the event may create one.
+    /// Creates the portal for an event that has none, when the event may create one; else
+    /// says why not (the result for the metrics).
     async fn create_portal_for(
         &self,
         key: &PortalKey,
         ev: &RemoteEvent,
-    ) -> Result<Option<PortalRecord>, BridgeError> {
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<Result<PortalRecord, &'static str>, BridgeError> {
+        const NO_PORTAL: Result<PortalRecord, &str> = Err("no_portal");
         if ev.chat_kind == ChatKind::Group
             && let Some(alias) = self.network(&key.network)?.hosted_room_alias(&key.chat)
         {
-            return self.adopt_hosted_room(key, &alias).await.map(Some);
+            return self.adopt_hosted_room(key, &alias).await.map(Ok);
         }
         if ev.chat_kind == ChatKind::Fanout {
             // Fan-out chats exist only once a Matrix user invited someone into the room.
             info!(portal = %key, sender = %ev.sender, "event for a room that has no such remote members; dropped");
-            return Ok(None);
+            return Ok(NO_PORTAL);
         }
         let direct_exists =
             ev.chat_kind == ChatKind::Direct && matches!(ev.kind, RemoteEventKind::ChatExists);
         if !matches!(ev.kind, RemoteEventKind::Message { .. }) && !direct_exists {
             debug!(portal = %key, kind = ev.kind.name(), "no portal for this event; dropped");
-            return Ok(None);
+            return Ok(NO_PORTAL);
         }
         let Some(receiver) = ev.receiver.as_deref() else {
             warn!(portal = %key, "event for a chat without portal names no Matrix user; dropped");
-            return Ok(None);
+            return Ok(NO_PORTAL);
         };
         if self.in_namespace(receiver) || self.level(receiver) < PermissionLevel::User {
             warn!(portal = %key, receiver, "receiver may not use the bridge; message dropped");
-            return Ok(None);
+            return Ok(NO_PORTAL);
+        }
+        // A remote sender's message opening a chat counts against the limits; a chat the
+        // user's own contact list holds (`ChatExists`) does not.
+        if !direct_exists && let Err(limit) = self.admit_portal(&key.network, ev, receiver, taken) {
+            self.rate_limited(&key.network, ev, limit, true).await;
+            return Ok(Err("rate_limited"));
         }
         // Networks ask before accepting; this holds for every network and for events stored
         // before the check existed: no room is made for a user who does not exist.
@@ -493,14 +549,99 @@ impl Bridge {
                 self.create_dm_portal(key, receiver, ev.sender_name.as_deref())
                     .await?
             }
-            ChatKind::Fanout => return Ok(None),
+            ChatKind::Fanout => return Ok(NO_PORTAL),
             ChatKind::Group => {
                 let alias = self.alias_localpart(&key.network, key.chat.as_str());
                 self.create_group_portal(key, None, None, Some(alias), vec![receiver.to_owned()])
                     .await?
             }
         };
-        Ok(Some(portal))
+        Ok(Ok(portal))
+    }
+
+    /// Whether the ghost of `user` exists (registered on the homeserver).
+    fn ghost_exists(&self, network: &NetworkId, user: &RemoteUserId) -> Result<bool, BridgeError> {
+        let mxid = self.ghost_user_id(network, user.as_str());
+        Ok(self.store.ghost(&mxid)?.is_some_and(|g| g.registered))
+    }
+
+    /// The key of the bucket of `user`'s domain, as the network groups its users.
+    fn domain_key(&self, network: &NetworkId, user: &RemoteUserId) -> String {
+        let group = self
+            .networks
+            .get(network)
+            .map(|c| c.rate_key(user))
+            .unwrap_or_else(|| user.to_string());
+        format!("{network}\u{1f}{group}")
+    }
+
+    /// Whether the sender of `ev` may have a ghost: always when it has one; else when the
+    /// limit of new ghosts of the sender's domain admits one (messages draw on a larger
+    /// budget than joins, presence and profiles). A leave never creates a ghost.
+    fn admit_ghost(
+        &self,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<Result<(), Limit>, BridgeError> {
+        let leaving = matches!(
+            ev.kind,
+            RemoteEventKind::Membership {
+                change: MembershipChange::Leave
+            }
+        );
+        if leaving || self.ghost_exists(network, &ev.sender)? {
+            return Ok(Ok(()));
+        }
+        let limit = match ev.kind {
+            RemoteEventKind::Message { .. } => Limit::MessageGhostsPerDomain,
+            _ => Limit::GhostsPerDomain,
+        };
+        let domain = self.domain_key(network, &ev.sender);
+        let admitted = self.limits.admit(&[(limit, &domain)], Instant::now());
+        if admitted.is_ok() {
+            taken.push((limit, domain));
+        }
+        Ok(admitted)
+    }
+
+    /// Whether the message `ev` may open a new chat for `receiver`: the limits of its sender,
+    /// its sender's domain and the receiver's invites must all admit it.
+    fn admit_portal(
+        &self,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+        receiver: &str,
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<(), Limit> {
+        let sender = format!("{network}\u{1f}{}", ev.sender);
+        let domain = self.domain_key(network, &ev.sender);
+        self.limits.admit(
+            &[
+                (Limit::PortalsPerSender, &sender),
+                (Limit::PortalsPerDomain, &domain),
+                (Limit::InvitesPerUser, receiver),
+            ],
+            Instant::now(),
+        )?;
+        taken.extend([
+            (Limit::PortalsPerSender, sender),
+            (Limit::PortalsPerDomain, domain),
+            (Limit::InvitesPerUser, receiver.to_owned()),
+        ]);
+        Ok(())
+    }
+
+    /// Counts a refusal by `limit`; with `tell`, the remote sender learns why on its network.
+    async fn rate_limited(&self, network: &NetworkId, ev: &RemoteEvent, limit: Limit, tell: bool) {
+        self.metrics
+            .rate_limited
+            .with_label_values(&[limit.name()])
+            .inc();
+        debug!(network = %network, sender = %ev.sender, chat = %ev.chat, limit = limit.name(), "over a rate limit; nothing created");
+        if tell && let Some(connector) = self.networks.get(network) {
+            connector.undelivered(ev, limit.reason()).await;
+        }
     }
 
     /// Makes an existing Matrix room (by alias) the portal of a group chat the network hosts

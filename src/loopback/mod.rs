@@ -11,7 +11,10 @@
 //!   "count": n}` (the next `n` sends fail, default 1) and
 //!   `{"op": "state", "user": "@u:hs", "state": "BAD_CREDENTIALS"}`;
 //! - answers: `{"reply": {...}}`; and, to every connected client, each operation as it
-//!   happens: `{"sent": {"op": "message", ...}}`.
+//!   happens: `{"sent": {"op": "message", ...}}` (a remote sender told that an event did not
+//!   reach Matrix: `{"sent": {"op": "undelivered", "event": ..., "reason": "..."}}`).
+//!
+//! User IDs `name@group` share the per-domain limits of their group (`Connector::rate_key`).
 //!
 //! Logins: flow `password`, any username, the password `loopback-password`.
 
@@ -111,9 +114,18 @@ impl Connector for Loopback {
     }
 
     async fn undelivered(&self, event: &crate::network::RemoteEvent, reason: &str) {
-        let op = json!({"undelivered": {"event": event, "reason": reason}});
+        let op = json!({"op": "undelivered", "event": event, "reason": reason});
         self.shared.log.lock().expect("log lock").push(op.clone());
-        let _ = self.shared.feed.send(op.to_string());
+        let _ = self.shared.feed.send(json!({"sent": op}).to_string());
+    }
+
+    fn rate_key(&self, user: &RemoteUserId) -> String {
+        // Loopback IDs have no domains; `name@group` puts users in a group, for tests of
+        // the per-domain limits. A plain ID is a group of its own.
+        match user.as_str().rsplit_once('@') {
+            Some((_, group)) => group.to_owned(),
+            None => user.as_str().to_owned(),
+        }
     }
 
     async fn start(&self, sink: EventSink) -> Result<(), NetworkError> {

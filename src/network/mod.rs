@@ -526,6 +526,13 @@ pub trait Connector: Send + Sync + 'static {
         None
     }
 
+    /// The group `user` belongs to for the per-domain limits of `bridge.limits`: usually the
+    /// user's domain or server, as this network addresses it (the core never parses remote
+    /// IDs). The default makes each user a group of its own.
+    fn rate_key(&self, user: &RemoteUserId) -> String {
+        user.as_str().to_owned()
+    }
+
     /// A display name for a remote user the core has no name for yet.
     fn default_display_name(&self, user: &RemoteUserId) -> String {
         user.as_str().to_owned()

@@ -284,6 +284,14 @@ impl Connector for Sip {
         Some(RemoteChatId::new(ids::room_chat(room_id)))
     }
 
+    fn rate_key(&self, user: &RemoteUserId) -> String {
+        // Users are `user@host`: the host is the domain.
+        user.as_str()
+            .rsplit_once('@')
+            .map(|(_, host)| host.to_owned())
+            .unwrap_or_else(|| user.as_str().to_owned())
+    }
+
     fn default_display_name(&self, user: &RemoteUserId) -> String {
         // The user part reads best ("bob" for bob@corp.example).
         user.as_str()

@@ -105,6 +105,7 @@ pub(super) fn error_reply(
 pub(super) fn undelivered_error(
     addressing: &super::ids::Addressing,
     event: &crate::network::RemoteEvent,
+    full: Option<Jid>,
     reason: &str,
 ) -> Option<Stanza> {
     let crate::network::RemoteEventKind::Message { id, .. } = &event.kind else {
@@ -114,7 +115,11 @@ pub(super) fn undelivered_error(
         return None;
     }
     let from = addressing.puppet(event.receiver.as_deref()?)?;
-    let to = Jid::from_str(event.sender.as_str()).ok()?;
+    let bare = Jid::from_str(event.sender.as_str()).ok()?;
+    // To the client that wrote, when known: servers drop errors sent to a bare JID.
+    let to = full
+        .filter(|f| f.to_bare() == bare.to_bare())
+        .unwrap_or(bare);
     let mut err = Message::new(Some(to));
     err.type_ = MessageType::Error;
     err.from = Some(Jid::from(from));
@@ -179,6 +184,9 @@ fn presence_error(
 
 /// What tells a sender that the homeserver cannot say now whether a user exists.
 const TRY_LATER: &str = "the Matrix side cannot be reached right now; try again later";
+
+/// How many contacts' last full JIDs are kept before the memory is cleared.
+const RESOURCES_KEPT: usize = 10_000;
 
 /// XEP-0333 chat markers.
 const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
@@ -619,6 +627,13 @@ impl Handler {
         };
         if nick.is_none() {
             self.fetch_vcard(&contact, &user, false);
+        }
+        if let Some(from) = msg.from.as_ref().filter(|f| f.resource().is_some()) {
+            let mut resources = self.shared.resources.lock().expect("resources lock");
+            if resources.len() >= RESOURCES_KEPT {
+                resources.clear();
+            }
+            resources.insert(contact.to_string(), from.clone());
         }
         let scope = format!("{user}\u{1f}{contact}");
         // Chat markers (XEP-0333): `displayed` is a read receipt.

@@ -74,6 +74,10 @@ pub(crate) struct Shared {
     vcards_asked: Mutex<std::collections::HashSet<String>>,
     /// The vCard picture hash (XEP-0153) each contact had when last bridged, in this run.
     avatar_hashes: Mutex<HashMap<String, String>>,
+    /// The full JID each contact last wrote a direct message from, in this run (bounded), so
+    /// that an error about that message reaches the client: servers drop errors sent to a
+    /// bare JID.
+    resources: Mutex<HashMap<String, xmpp_parsers::jid::Jid>>,
     /// The published avatar (XEP-0084) each contact of an own account has, in this run
     /// ("" when removed); such a contact's vCard pictures are then ignored.
     pep_avatars: Mutex<HashMap<String, String>>,
@@ -301,6 +305,7 @@ impl Xmpp {
             vcards_asked: Mutex::default(),
             avatar_hashes: Mutex::default(),
             pep_avatars: Mutex::default(),
+            resources: Mutex::default(),
             seen: Mutex::default(),
             accounts: Mutex::default(),
             client,
@@ -410,8 +415,16 @@ impl Connector for Xmpp {
     }
 
     async fn undelivered(&self, event: &crate::network::RemoteEvent, reason: &str) {
+        let full = self
+            .handler
+            .shared
+            .resources
+            .lock()
+            .expect("resources lock")
+            .get(event.sender.as_str())
+            .cloned();
         if let Some(err) =
-            handle_xmpp::undelivered_error(&self.handler.shared.addressing, event, reason)
+            handle_xmpp::undelivered_error(&self.handler.shared.addressing, event, full, reason)
         {
             // Best effort: the link may be down, and then there is nobody to tell now.
             let _ = self.handler.shared.out.try_send((err, None));
@@ -457,6 +470,14 @@ impl Connector for Xmpp {
             .contact(raw)
             .map(|j| RemoteUserId::new(j.to_string()))
             .map_err(NetworkError::InvalidInput)
+    }
+
+    fn rate_key(&self, user: &RemoteUserId) -> String {
+        // A contact's bare JID or a group chat occupant's `room@service/nick`: the server is
+        // the JID's domain (the group chat service for occupants).
+        xmpp_parsers::jid::Jid::from_str(user.as_str())
+            .map(|j| j.domain().to_string())
+            .unwrap_or_else(|_| user.as_str().to_owned())
     }
 
     fn parse_group_chat_id(&self, raw: &str) -> Result<Option<RemoteChatId>, NetworkError> {
