@@ -536,7 +536,7 @@ impl Bridge {
             crate::network::MatrixUserStatus::Reachable => {}
             crate::network::MatrixUserStatus::NotFound => {
                 warn!(portal = %key, receiver, "receiver does not exist; message dropped");
-                return Ok(None);
+                return Ok(NO_PORTAL);
             }
             crate::network::MatrixUserStatus::Unknown => {
                 return Err(BridgeError::Matrix(crate::matrix::MatrixError::Http(
