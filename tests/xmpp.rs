@@ -538,6 +538,62 @@ async fn subscription_request_reaches_the_matrix_user_who_accepts_then_presence_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_accepted_contacts_first_presence_is_the_homeservers() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let user = MatrixUser::register("xfirst").await;
+    // Set before the user shares any room with the bridge: no presence push tells the bridge.
+    user.ok(
+        "PUT",
+        &format!("/presence/{}/status", enc(&user.user_id)),
+        Some(&serde_json::json!({"presence": "unavailable", "status_msg": "in a meeting"})),
+    )
+    .await;
+    let room = management_room(&user).await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", user.localpart);
+    let mut carol = XmppUser::login("carol").await;
+    carol
+        .send_xml(&format!(
+            "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
+        ))
+        .await;
+    user.wait_for_event(
+        &room,
+        "the contact request notice",
+        Duration::from_secs(20),
+        |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("carol@localhost"))
+        },
+    )
+    .await;
+    let reply = command(&user, &room, "accept xmpp carol@localhost").await;
+    assert!(reply.contains("may now see your presence"), "{reply}");
+    let first = carol
+        .wait("the first presence from the gateway address", |e| {
+            e.name() == "presence"
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with(address.as_str()))
+                && e.attr("type").is_none()
+        })
+        .await;
+    let xml = String::from(&first);
+    assert!(
+        first
+            .children()
+            .any(|c| c.name() == "status" && c.text() == "in a meeting"),
+        "{xml}"
+    );
+    assert!(
+        first
+            .children()
+            .any(|c| c.name() == "show" && c.text() == "away"),
+        "{xml}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn denied_subscription_is_refused_over_xmpp() {
     let _s = serial();
     let _bridge = xmpp_bridge().await;

@@ -375,6 +375,11 @@ impl RemoteEventHandler for CoreSink {
         bridge.matrix_profile(user_id).await
     }
 
+    async fn matrix_presence(&self, user_id: &str) -> Option<crate::network::Presence> {
+        let bridge = self.bridge.upgrade()?;
+        bridge.matrix_presence(user_id).await
+    }
+
     async fn report_state(
         &self,
         network: &NetworkId,

@@ -264,6 +264,8 @@ impl Bridge {
             debug!(error = %e, "could not write bridge info into a user-created direct chat");
         }
         info!(room_id = %ev.room_id, portal = %key, "direct chat portal created by invite");
+        self.publish_current_presence(&ev.sender, network, Some(ghost))
+            .await;
         Ok(())
     }
 

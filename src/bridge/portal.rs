@@ -105,6 +105,8 @@ impl Bridge {
         self.store.put_portal(&record)?;
         self.metrics.portals.set(self.store.portal_count() as i64);
         info!(room_id = %room, portal = %key, "created direct chat portal");
+        self.publish_current_presence(receiver, &key.network, None)
+            .await;
         Ok(record)
     }
 

@@ -550,6 +550,13 @@ pub trait RemoteEventHandler: Send + Sync {
         None
     }
 
+    /// The current presence of Matrix user `user_id`, read from the homeserver: for a
+    /// watcher just accepted, or after a restart, when no pushed presence is known yet.
+    /// `None` when the user may not use the bridge or the homeserver does not say.
+    async fn matrix_presence(&self, _user_id: &str) -> Option<Presence> {
+        None
+    }
+
     /// Reports the state of a login (`Some`) or of the bridge-wide link (`None`).
     async fn report_state(
         &self,
@@ -637,6 +644,11 @@ impl EventSink {
     /// A Matrix user's profile; see [`RemoteEventHandler::matrix_profile`].
     pub async fn matrix_profile(&self, user_id: &str) -> Option<MatrixProfile> {
         self.handler.matrix_profile(user_id).await
+    }
+
+    /// A Matrix user's current presence; see [`RemoteEventHandler::matrix_presence`].
+    pub async fn matrix_presence(&self, user_id: &str) -> Option<Presence> {
+        self.handler.matrix_presence(user_id).await
     }
 
     /// Reports a state change.

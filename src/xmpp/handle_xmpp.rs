@@ -1160,7 +1160,7 @@ impl Handler {
                             s.from = true;
                             s.pending_in = false;
                         });
-                        let now = self.shared.presence_of(&user);
+                        let now = self.shared.fresh_presence(&user).await;
                         vec![
                             handshake(PresenceType::Subscribed),
                             presence_stanza(puppet.clone(), contact_jid.clone(), now.as_ref()),
