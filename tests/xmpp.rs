@@ -594,6 +594,55 @@ async fn an_accepted_contacts_first_presence_is_the_homeservers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_request_to_a_user_without_a_management_room_opens_one() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let user = MatrixUser::register("xnoroom").await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", user.localpart);
+    let mut carol = XmppUser::login("carol").await;
+    carol
+        .send_xml(&format!(
+            "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
+        ))
+        .await;
+    // The bot opens a room to ask.
+    let room = user.wait_for_invite(Duration::from_secs(20)).await;
+    user.join(&room).await;
+    user.wait_joined(&room, BOT, Duration::from_secs(5)).await;
+    let is_request = |e: &serde_json::Value| {
+        e["sender"] == BOT
+            && e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("carol@localhost") && b.contains("accept xmpp"))
+    };
+    user.wait_for_event(
+        &room,
+        "the contact request",
+        Duration::from_secs(20),
+        is_request,
+    )
+    .await;
+    // Answered like any command in a management room; the join did not repeat the request.
+    let reply = command(&user, &room, "accept xmpp carol@localhost").await;
+    assert!(reply.contains("may now see your presence"), "{reply}");
+    let shown = user
+        .messages(&room)
+        .await
+        .iter()
+        .filter(|e| is_request(e))
+        .count();
+    assert_eq!(shown, 1, "the request is shown once");
+    carol
+        .wait("the approval or presence from the gateway address", |e| {
+            e.name() == "presence"
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with(address.as_str()))
+                && matches!(e.attr("type"), None | Some("subscribed"))
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn denied_subscription_is_refused_over_xmpp() {
     let _s = serial();
     let _bridge = xmpp_bridge().await;

@@ -8,6 +8,7 @@
 mod dispatch;
 mod ghost;
 mod logins;
+mod management;
 mod matrix_events;
 mod media;
 mod permissions;
@@ -126,6 +127,8 @@ pub struct Bridge {
     queues: dispatch::Queues,
     /// Logins whose problem the user was told about (so recovery is announced too).
     announced: Mutex<HashSet<(NetworkId, String)>>,
+    /// Held while the bot opens a management room, so a user gets one.
+    management_rooms: tokio::sync::Mutex<()>,
     /// Downloads files that networks send.
     pub fetcher: crate::media::Fetcher,
     /// Signs links to Matrix files for networks, when `bridge.media.public_url` is set.
@@ -178,6 +181,7 @@ impl Bridge {
             joined: Mutex::default(),
             typing: Mutex::default(),
             announced: Mutex::default(),
+            management_rooms: tokio::sync::Mutex::default(),
             fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
             links: std::sync::OnceLock::new(),
             upload_limit: std::sync::OnceLock::new(),

@@ -412,21 +412,24 @@ impl Bridge {
         let Some(user) = ev.receiver.as_deref() else {
             return Ok("no_receiver");
         };
-        let Some(room) = self.store.user(user)?.and_then(|u| u.management_room) else {
-            debug!(user, contact = %ev.sender, "contact request waits: the user has no management room");
-            return Ok("pending");
-        };
+        if self.in_namespace(user) || self.level(user) < PermissionLevel::User {
+            return Ok("not_a_user");
+        }
+        // A user who has no management room gets one: the request must not wait unseen.
+        let (room, opened) = self.management_room_or_open(user).await?;
         let display = self.network(network)?.info().display_name.clone();
         let who = match &ev.sender_name {
             Some(n) => format!("{n} ({})", ev.sender),
             None => ev.sender.to_string(),
         };
-        let text = format!(
-            "{who} on {display} wants to see your presence and add you as a contact. Send `accept {network} {}` or `deny {network} {}`.",
-            ev.sender, ev.sender
-        );
+        let text = super::management::request_text(&who, &display, network, ev.sender.as_str());
+        self.mark_request_shown(user, network, ev.sender.as_str())?;
         self.send_notice(None, &room, &format!("isthmus.{seq}.contact"), &text)
             .await?;
+        if opened {
+            // Requests that waited while the user had no management room.
+            self.show_pending_requests(user, &room).await?;
+        }
         Ok("ok")
     }
 
