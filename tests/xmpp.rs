@@ -124,6 +124,34 @@ impl XmppUser {
         }
     }
 
+    /// Like [`XmppUser::wait`], also returning every stanza received before the match.
+    async fn wait_with_earlier(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&Element) -> bool,
+    ) -> (Vec<Element>, Element) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(ev) = self.next_event(left).await else {
+                panic!(
+                    "{} waited 20 s for {what}; received instead:\n{}",
+                    self.jid,
+                    seen.iter().map(String::from).collect::<Vec<_>>().join("\n")
+                );
+            };
+            let Some(xml) = ev["xml"].as_str() else {
+                continue;
+            };
+            let el = parse_stanza(xml);
+            if pred(&el) {
+                return (seen, el);
+            }
+            seen.push(el);
+        }
+    }
+
     /// Waits for a chat message with this body; returns its sender.
     /// Joins (creating it) group chat `room_jid` as `nick`; returns once the room confirms.
     async fn open_room(&mut self, room_jid: &str, nick: &str) {
@@ -822,6 +850,60 @@ async fn matrix_user_joins_an_xmpp_group_chat_through_its_alias() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_first_joiner_of_a_hosted_room_sees_its_matrix_members() {
+    let _s = serial();
+    let alice = MatrixUser::register("xfirsthost").await;
+    let dan = MatrixUser::register("xfirsthost").await;
+    let local = format!("hostedfirst{}", unique());
+    let alias = format!("#{local}:localhost");
+    let created = alice
+        .ok(
+            "POST",
+            "/createRoom",
+            Some(&serde_json::json!({"preset": "public_chat", "room_alias_name": local})),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    dan.join(&room).await;
+    let allowed = alias.clone();
+    let bridge = BridgeProcess::start_with(move |cfg| {
+        cfg.replace(
+            "      secret: component_secret_test",
+            &format!("      secret: component_secret_test\n    hosted_rooms: [\"{allowed}\"]"),
+        )
+    })
+    .await;
+    wait_metric(&bridge, CONNECTED).await;
+
+    let muc = format!("#{local}@{COMPONENT_DOMAIN}");
+    let mut carol = XmppUser::login("carol").await;
+    carol
+        .send_xml(&format!(
+            "<presence to='{muc}/carol' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    let (before, _own) = carol
+        .wait_with_earlier("carol's own presence (status 110)", |e| {
+            e.name() == "presence"
+                && e.attr("from") == Some(format!("{muc}/carol").as_str())
+                && String::from(e).contains("code='110'")
+        })
+        .await;
+    let occupants: Vec<&str> = before
+        .iter()
+        .filter(|e| e.name() == "presence")
+        .filter_map(|e| e.attr("from"))
+        .collect();
+    for member in [&alice, &dan] {
+        let occupant = format!("{muc}/{}", member.localpart);
+        assert!(
+            occupants.contains(&occupant.as_str()),
+            "{occupant} is in the first occupant list: {occupants:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
     let _s = serial();
     let alice = MatrixUser::register("xhost").await;
@@ -852,8 +934,8 @@ async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
             "<presence to='{muc}/carol' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
         ))
         .await;
-    let own = carol
-        .wait("carol's own presence with status 110", |e| {
+    let (before, own) = carol
+        .wait_with_earlier("carol's own presence with status 110", |e| {
             e.name() == "presence" && e.attr("from") == Some(format!("{muc}/carol").as_str())
         })
         .await;
@@ -862,16 +944,17 @@ async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
         "{}",
         String::from(&own)
     );
+    // The Matrix member is in the occupant list, before carol's own presence.
+    let alice_nick = alice.localpart.clone();
+    assert!(
+        before.iter().any(|e| e.name() == "presence"
+            && e.attr("from") == Some(format!("{muc}/{alice_nick}").as_str())),
+        "{:?}",
+        before.iter().map(String::from).collect::<Vec<_>>()
+    );
     carol
         .wait("the subject that ends the join", |e| {
             e.name() == "message" && e.children().any(|c| c.name() == "subject")
-        })
-        .await;
-    // The Matrix member appears as an occupant.
-    let alice_nick = alice.localpart.clone();
-    carol
-        .wait("alice as an occupant", |e| {
-            e.name() == "presence" && e.attr("from") == Some(format!("{muc}/{alice_nick}").as_str())
         })
         .await;
     let ghost = xmpp_ghost("carol@localhost");

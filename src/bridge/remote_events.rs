@@ -498,6 +498,40 @@ impl Bridge {
         Ok(record)
     }
 
+    /// The Matrix members of the room group chat `chat` stands for, that the network's
+    /// bridge-wide identity speaks for (see [`crate::network::RemoteEventHandler::group_members`]).
+    /// A hosted room without a portal yet is joined by the bot to read them; the portal
+    /// itself is still made on its queue, by the event of the remote user's join.
+    pub async fn group_members(
+        &self,
+        network: &NetworkId,
+        chat: &crate::network::RemoteChatId,
+    ) -> Result<Vec<crate::network::MatrixSender>, BridgeError> {
+        let key = PortalKey::new(network.as_str(), chat.as_str(), None);
+        let room = match self.store.portal(&key)? {
+            Some(p) => p.room_id,
+            None => {
+                let Some(alias) = self.network(network)?.hosted_room_alias(chat) else {
+                    return Ok(Vec::new());
+                };
+                let room = self.hs.join(None, &alias).await?;
+                self.note_joined(self.bot().as_str(), room.as_str(), true);
+                room.to_string()
+            }
+        };
+        let record = PortalRecord::new(key, &room, ChatKind::Group);
+        let mut out = Vec::new();
+        for member in self.hs.joined_members(None, &room_id(&room)?).await? {
+            if self.in_namespace(member.as_str()) {
+                continue;
+            }
+            if let Ok((_, false)) = self.client_for(&record, member.as_str()) {
+                out.push(self.matrix_sender(member.as_str()).await);
+            }
+        }
+        Ok(out)
+    }
+
     /// Tells the network about the Matrix users already in a group portal's room (the network
     /// joins them to the group chat where it needs to).
     pub async fn join_members(&self, record: &PortalRecord) -> Result<(), BridgeError> {

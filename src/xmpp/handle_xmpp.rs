@@ -23,7 +23,7 @@ use super::{avatar, convert, fidelity, hosted, muc};
 use crate::network::contacts::{self as roster, Policy};
 use crate::network::{
     BridgeState, MembershipChange, MessageContent, Presence as NetPresence, PresenceState,
-    RemoteEvent, RemoteEventKind, RemoteMessageId,
+    RemoteChatId, RemoteEvent, RemoteEventKind, RemoteMessageId,
 };
 
 /// The features the gateway advertises: exactly what it implements.
@@ -843,6 +843,30 @@ impl Handler {
         let leaving = p.type_ == PresenceType::Unavailable;
         if p.type_ != PresenceType::None && !leaving {
             return Vec::new();
+        }
+        // The first joiner's occupant list must hold the room's Matrix members: when none are
+        // known yet (the room has no portal, or the bridge started since), ask the core.
+        let unknown = !leaving
+            && self
+                .shared
+                .hosted
+                .lock()
+                .expect("hosted lock")
+                .get(&room_str)
+                .is_none_or(|r| r.members.is_empty() && r.occupants.is_empty());
+        if unknown && let Some(sink) = self.shared.sink.get() {
+            let chat = RemoteChatId::new(room_str.clone());
+            let asked = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                sink.group_members(&chat),
+            );
+            let members = asked.await.unwrap_or_default();
+            let mut rooms = self.shared.hosted.lock().expect("hosted lock");
+            let r = rooms.entry(room_str.clone()).or_default();
+            for m in members {
+                let nick = muc::nick_for(&m.displayname, &m.user_id);
+                r.members.entry(m.user_id).or_insert(nick);
+            }
         }
         let mut out = Vec::new();
         let joined = {
