@@ -110,7 +110,7 @@ async def main():
     say("bob (XMPP)", f"to {ALICE_ADDRESS}: {reply}")
     bob.send_message(mto=ALICE_ADDRESS, mbody=reply, mtype="chat")
     await wait_in_room(token, room, BOB_GHOST, reply)
-    say("alice (Matrix)", f"sees in {room}, from {BOB_GHOST}: {reply!r}")
+    say("alice (Matrix)", f"sees in the direct chat with bob (XMPP), from {BOB_GHOST}: {reply!r}")
 
     await three_networks(token, bob)
     bob.disconnect()
@@ -188,7 +188,7 @@ async def three_networks(token, bob):
     if await carol.message(room_address, text) != 200:
         sys.exit("carol's message was refused")
     await wait_in_room(token, room, CAROL_GHOST, text)
-    say("alice (Matrix)", f"sees from {CAROL_GHOST}: {text!r}")
+    say("alice (Matrix)", f"sees in Lobby, from {CAROL_GHOST}: {text!r}")
     msg = await room_message(bob, text)
     say("bob (XMPP)", f"received in {LOBBY} from {msg['from'].resource}: {text!r}")
 
@@ -196,7 +196,7 @@ async def three_networks(token, bob):
     say("bob (XMPP)", text)
     bob.send_message(mto=LOBBY, mbody=text, mtype="groupchat")
     await wait_in_room(token, room, "@_xmpp_lobby=40conference.localhost=2fbob:localhost", text)
-    say("alice (Matrix)", f"sees from bob: {text!r}")
+    say("alice (Matrix)", f"sees in Lobby, from bob (XMPP): {text!r}")
     _, body = await sip_message(carol, text)
     say("carol (SIP)", f"received: {body!r}")
 

@@ -1381,3 +1381,79 @@ async fn new_chats_over_the_domain_limit_are_refused_and_their_senders_told() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mistyped_command_gets_a_suggestion() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let alice = MatrixUser::register("typo").await;
+    let room = management_room(&alice).await;
+    let reply = command(&alice, &room, "hepl").await;
+    assert!(reply.contains("Did you mean `help`?"), "{reply}");
+    let reply = command(&alice, &room, "frobnicate").await;
+    assert!(
+        reply.contains("Unknown command") && !reply.contains("Did you mean"),
+        "{reply}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bot_without_power_says_once_which_level_it_needs() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let alice = MatrixUser::register("weakbot").await;
+    // A private room: the invited bot holds power 0, room state takes 50.
+    let room = alice.create_room(&[BOT]).await;
+    alice.wait_joined(&room, BOT, WAIT).await;
+    let is_power_notice = |e: &Value| {
+        e["sender"] == BOT
+            && e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("power level"))
+    };
+    let is_bridged = |e: &Value| {
+        e["sender"] == BOT
+            && e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("now bridged"))
+    };
+    let chat = format!("#weak{}", unique());
+    alice
+        .send_text(&room, &format!("!isthmus bridge loopback {chat}"))
+        .await;
+    let notice = alice
+        .wait_for_event(&room, "the missing-power notice", WAIT, is_power_notice)
+        .await;
+    let body = notice["content"]["body"].as_str().unwrap();
+    assert!(body.contains("needs power level 50"), "{body}");
+    assert!(body.contains("have 0"), "{body}");
+    alice
+        .wait_for_event(&room, "the bridged reply", WAIT, is_bridged)
+        .await;
+
+    // Bridged again after an unbridge: the bot still lacks power, and does not say it twice.
+    let reply = command(&alice, &room, "!isthmus unbridge").await;
+    assert!(
+        reply.contains("no longer bridged") || reply.contains("unbridged"),
+        "{reply}"
+    );
+    let again = format!("#weak{}", unique());
+    alice
+        .send_text(&room, &format!("!isthmus bridge loopback {again}"))
+        .await;
+    alice
+        .wait_for_event(&room, "the second bridged reply", WAIT, |e| {
+            is_bridged(e)
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(again.as_str()))
+        })
+        .await;
+    let told = alice
+        .messages(&room)
+        .await
+        .iter()
+        .filter(|e| is_power_notice(e))
+        .count();
+    assert_eq!(told, 1, "the room is told once");
+}

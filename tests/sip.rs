@@ -298,6 +298,40 @@ async fn sip_user_watches_a_matrix_user_once_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_accepted_watchers_first_notify_has_the_homeservers_presence() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    let alice = MatrixUser::register("sfirst").await;
+    // Set before alice shares any room with the bridge: no presence push tells the bridge.
+    alice
+        .ok(
+            "PUT",
+            &format!("/presence/{}/status", enc(&alice.user_id)),
+            Some(&serde_json::json!({"presence": "online", "status_msg": "here all along"})),
+        )
+        .await;
+    let mgmt = management_room(&alice).await;
+    let watcher = Watcher::subscribe("carol", &sipp::gateway_uri(&alice.localpart), 600);
+    assert!(matches!(watcher.status(WAIT).await, 200 | 202));
+    alice
+        .wait_for_event(&mgmt, "the contact request notice", WAIT, |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("carol@corp.localhost"))
+        })
+        .await;
+    let reply = command(&alice, &mgmt, "accept sip carol@corp.localhost").await;
+    assert!(reply.contains("may now see"), "{reply}");
+    let first = watcher
+        .wait_for("the first active NOTIFY", WAIT, |n| {
+            n.state.starts_with("active")
+        })
+        .await;
+    assert_eq!(first.basic().as_deref(), Some("open"), "{}", first.body);
+    assert_eq!(first.note().as_deref(), Some("here all along"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn denied_watcher_is_told_the_subscription_ended() {
     let _s = serial();
     let _bridge = sip_bridge().await;

@@ -124,6 +124,34 @@ impl XmppUser {
         }
     }
 
+    /// Like [`XmppUser::wait`], also returning every stanza received before the match.
+    async fn wait_with_earlier(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&Element) -> bool,
+    ) -> (Vec<Element>, Element) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(ev) = self.next_event(left).await else {
+                panic!(
+                    "{} waited 20 s for {what}; received instead:\n{}",
+                    self.jid,
+                    seen.iter().map(String::from).collect::<Vec<_>>().join("\n")
+                );
+            };
+            let Some(xml) = ev["xml"].as_str() else {
+                continue;
+            };
+            let el = parse_stanza(xml);
+            if pred(&el) {
+                return (seen, el);
+            }
+            seen.push(el);
+        }
+    }
+
     /// Waits for a chat message with this body; returns its sender.
     /// Joins (creating it) group chat `room_jid` as `nick`; returns once the room confirms.
     async fn open_room(&mut self, room_jid: &str, nick: &str) {
@@ -538,6 +566,108 @@ async fn subscription_request_reaches_the_matrix_user_who_accepts_then_presence_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_accepted_contacts_first_presence_is_the_homeservers() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let user = MatrixUser::register("xfirst").await;
+    // Set before the user shares any room with the bridge: no presence push tells the bridge.
+    // Before, the first presence was plain available, without the status.
+    user.ok(
+        "PUT",
+        &format!("/presence/{}/status", enc(&user.user_id)),
+        Some(&serde_json::json!({"presence": "unavailable", "status_msg": "in a meeting"})),
+    )
+    .await;
+    let room = management_room(&user).await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", user.localpart);
+    let mut carol = XmppUser::login("carol").await;
+    carol
+        .send_xml(&format!(
+            "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
+        ))
+        .await;
+    user.wait_for_event(
+        &room,
+        "the contact request notice",
+        Duration::from_secs(20),
+        |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("carol@localhost"))
+        },
+    )
+    .await;
+    let reply = command(&user, &room, "accept xmpp carol@localhost").await;
+    assert!(reply.contains("may now see your presence"), "{reply}");
+    let first = carol
+        .wait("the first presence from the gateway address", |e| {
+            e.name() == "presence"
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with(address.as_str()))
+                && e.attr("type").is_none()
+        })
+        .await;
+    let xml = String::from(&first);
+    assert!(
+        first
+            .children()
+            .any(|c| c.name() == "status" && c.text() == "in a meeting"),
+        "{xml}"
+    );
+    // The state is whatever the homeserver has by then: sending the `accept` command makes
+    // Synapse turn an `unavailable` user back to `online`, keeping the status.
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_to_a_user_without_a_management_room_opens_one() {
+    let _s = serial();
+    let _bridge = xmpp_bridge().await;
+    let user = MatrixUser::register("xnoroom").await;
+    let address = format!("{}@{COMPONENT_DOMAIN}", user.localpart);
+    let mut carol = XmppUser::login("carol").await;
+    carol
+        .send_xml(&format!(
+            "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
+        ))
+        .await;
+    // The bot opens a room to ask.
+    let room = user.wait_for_invite(Duration::from_secs(20)).await;
+    user.join(&room).await;
+    user.wait_joined(&room, BOT, Duration::from_secs(5)).await;
+    let is_request = |e: &serde_json::Value| {
+        e["sender"] == BOT
+            && e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("carol@localhost") && b.contains("accept xmpp"))
+    };
+    user.wait_for_event(
+        &room,
+        "the contact request",
+        Duration::from_secs(20),
+        is_request,
+    )
+    .await;
+    // Answered like any command in a management room; the join did not repeat the request.
+    let reply = command(&user, &room, "accept xmpp carol@localhost").await;
+    assert!(reply.contains("may now see your presence"), "{reply}");
+    let shown = user
+        .messages(&room)
+        .await
+        .iter()
+        .filter(|e| is_request(e))
+        .count();
+    assert_eq!(shown, 1, "the request is shown once");
+    carol
+        .wait("the approval or presence from the gateway address", |e| {
+            e.name() == "presence"
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with(address.as_str()))
+                && matches!(e.attr("type"), None | Some("subscribed"))
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn denied_subscription_is_refused_over_xmpp() {
     let _s = serial();
     let _bridge = xmpp_bridge().await;
@@ -717,6 +847,60 @@ async fn matrix_user_joins_an_xmpp_group_chat_through_its_alias() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_first_joiner_of_a_hosted_room_sees_its_matrix_members() {
+    let _s = serial();
+    let alice = MatrixUser::register("xfirsthost").await;
+    let dan = MatrixUser::register("xfirsthost").await;
+    let local = format!("hostedfirst{}", unique());
+    let alias = format!("#{local}:localhost");
+    let created = alice
+        .ok(
+            "POST",
+            "/createRoom",
+            Some(&serde_json::json!({"preset": "public_chat", "room_alias_name": local})),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    dan.join(&room).await;
+    let allowed = alias.clone();
+    let bridge = BridgeProcess::start_with(move |cfg| {
+        cfg.replace(
+            "      secret: component_secret_test",
+            &format!("      secret: component_secret_test\n    hosted_rooms: [\"{allowed}\"]"),
+        )
+    })
+    .await;
+    wait_metric(&bridge, CONNECTED).await;
+
+    let muc = format!("#{local}@{COMPONENT_DOMAIN}");
+    let mut carol = XmppUser::login("carol").await;
+    carol
+        .send_xml(&format!(
+            "<presence to='{muc}/carol' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    let (before, _own) = carol
+        .wait_with_earlier("carol's own presence (status 110)", |e| {
+            e.name() == "presence"
+                && e.attr("from") == Some(format!("{muc}/carol").as_str())
+                && String::from(e).contains("code='110'")
+        })
+        .await;
+    let occupants: Vec<&str> = before
+        .iter()
+        .filter(|e| e.name() == "presence")
+        .filter_map(|e| e.attr("from"))
+        .collect();
+    for member in [&alice, &dan] {
+        let occupant = format!("{muc}/{}", member.localpart);
+        assert!(
+            occupants.contains(&occupant.as_str()),
+            "{occupant} is in the first occupant list: {occupants:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
     let _s = serial();
     let alice = MatrixUser::register("xhost").await;
@@ -747,8 +931,8 @@ async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
             "<presence to='{muc}/carol' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
         ))
         .await;
-    let own = carol
-        .wait("carol's own presence with status 110", |e| {
+    let (before, own) = carol
+        .wait_with_earlier("carol's own presence with status 110", |e| {
             e.name() == "presence" && e.attr("from") == Some(format!("{muc}/carol").as_str())
         })
         .await;
@@ -757,16 +941,17 @@ async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
         "{}",
         String::from(&own)
     );
+    // The Matrix member is in the occupant list, before carol's own presence.
+    let alice_nick = alice.localpart.clone();
+    assert!(
+        before.iter().any(|e| e.name() == "presence"
+            && e.attr("from") == Some(format!("{muc}/{alice_nick}").as_str())),
+        "{:?}",
+        before.iter().map(String::from).collect::<Vec<_>>()
+    );
     carol
         .wait("the subject that ends the join", |e| {
             e.name() == "message" && e.children().any(|c| c.name() == "subject")
-        })
-        .await;
-    // The Matrix member appears as an occupant.
-    let alice_nick = alice.localpart.clone();
-    carol
-        .wait("alice as an occupant", |e| {
-            e.name() == "presence" && e.attr("from") == Some(format!("{muc}/{alice_nick}").as_str())
         })
         .await;
     let ghost = xmpp_ghost("carol@localhost");

@@ -382,6 +382,28 @@ impl RemoteEventHandler for CoreSink {
         }
     }
 
+    async fn group_members(
+        &self,
+        network: &NetworkId,
+        chat: &crate::network::RemoteChatId,
+    ) -> Vec<crate::network::MatrixSender> {
+        let Some(bridge) = self.bridge.upgrade() else {
+            return Vec::new();
+        };
+        match bridge.group_members(network, chat).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, chat = %chat, "could not list a group chat's Matrix members");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn matrix_presence(&self, user_id: &str) -> Option<crate::network::Presence> {
+        let bridge = self.bridge.upgrade()?;
+        bridge.matrix_presence(user_id).await
+    }
+
     async fn report_state(
         &self,
         network: &NetworkId,

@@ -112,6 +112,16 @@ impl Bridge {
                 _ => Ok(()),
             };
         }
+        if membership == "join"
+            && self
+                .store
+                .user(target)?
+                .is_some_and(|u| u.management_room.as_deref() == Some(ev.room_id.as_str()))
+        {
+            // The user joined the management room the bot opened for them.
+            self.show_pending_requests(target, &ev.room_id).await?;
+            return Ok(());
+        }
         if let Some(p) = self.store.portal_by_room(&ev.room_id)?
             && p.kind == ChatKind::Group
             && matches!(membership, "join" | "leave" | "ban")
@@ -171,7 +181,11 @@ impl Bridge {
             let mut user = self.store.user(&ev.sender)?.unwrap_or(UserRecord {
                 user_id: ev.sender.clone(),
                 management_room: None,
+                shown_requests: Vec::new(),
             });
+            if user.management_room.as_deref() != Some(ev.room_id.as_str()) {
+                user.shown_requests.clear();
+            }
             user.management_room = Some(ev.room_id.clone());
             self.store.put_user(&user)?;
             info!(room_id = %ev.room_id, user = %ev.sender, "management room set");
@@ -181,6 +195,7 @@ impl Bridge {
             );
             self.send_notice(None, &ev.room_id, &format!("isthmus.{seq}.welcome"), &text)
                 .await?;
+            self.show_pending_requests(&ev.sender, &ev.room_id).await?;
         }
         Ok(())
     }
@@ -276,6 +291,8 @@ impl Bridge {
             debug!(error = %e, "could not write bridge info into a user-created direct chat");
         }
         info!(room_id = %ev.room_id, portal = %key, "direct chat portal created by invite");
+        self.publish_current_presence(&ev.sender, network, Some(ghost))
+            .await;
         Ok(())
     }
 

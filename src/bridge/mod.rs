@@ -11,6 +11,7 @@ mod existence;
 mod ghost;
 pub mod limits;
 mod logins;
+mod management;
 mod matrix_events;
 mod media;
 mod permissions;
@@ -30,6 +31,7 @@ pub use self::logins::LoginSession;
 pub use self::logins::{CoreSink, LoginProgress};
 pub use self::matrix_events::{MatrixEvent, message_content, portal_ref};
 pub use self::permissions::Permissions;
+pub use self::portal::PowerNeed;
 pub use self::remote_events::matrix_content;
 
 use crate::config::{Config, PermissionLevel};
@@ -130,6 +132,10 @@ pub struct Bridge {
     queues: dispatch::Queues,
     /// Logins whose problem the user was told about (so recovery is announced too).
     announced: Mutex<HashSet<(NetworkId, String)>>,
+    /// Held while the bot opens a management room, so a user gets one.
+    management_rooms: tokio::sync::Mutex<()>,
+    /// (room, need) pairs whose missing power the room was told about.
+    power_told: Mutex<HashSet<(String, String)>>,
     /// Downloads files that networks send.
     pub fetcher: crate::media::Fetcher,
     /// Signs links to Matrix files for networks, when `bridge.media.public_url` is set.
@@ -192,6 +198,8 @@ impl Bridge {
             joined: Mutex::default(),
             typing: Mutex::default(),
             announced: Mutex::default(),
+            management_rooms: tokio::sync::Mutex::default(),
+            power_told: Mutex::default(),
             fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
             links: std::sync::OnceLock::new(),
             upload_limit: std::sync::OnceLock::new(),

@@ -8,6 +8,44 @@ use crate::matrix::RoomCreation;
 use crate::network::{ChatKind, NetworkId, RemoteUserId};
 use crate::store::{PortalKey, PortalRecord};
 
+/// Something the bridge does in a room that needs power there.
+#[derive(Clone, Copy, Debug)]
+pub enum PowerNeed<'a> {
+    /// Sending state of this type.
+    State(&'a str),
+    /// Redacting others' events.
+    Redact,
+}
+
+/// The power level `need` takes, and the level `user` has, by a room's `m.room.power_levels`
+/// content (`None` when the room has none: the spec's defaults apply).
+pub fn power_levels_for(
+    levels: Option<&serde_json::Value>,
+    user: &str,
+    need: PowerNeed<'_>,
+) -> (i64, i64) {
+    let int = |v: Option<&serde_json::Value>| {
+        v.and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()))
+    };
+    let Some(pl) = levels else {
+        // Without a power-levels event the creator has 100 and everyone else 0; state needs 0.
+        return (0, 0);
+    };
+    let needed = match need {
+        PowerNeed::State(t) => int(pl.pointer(&format!(
+            "/events/{}",
+            t.replace('~', "~0").replace('/', "~1")
+        )))
+        .or_else(|| int(pl.get("state_default")))
+        .unwrap_or(50),
+        PowerNeed::Redact => int(pl.get("redact")).unwrap_or(50),
+    };
+    let has = int(pl.get("users").and_then(|u| u.get(user)))
+        .or_else(|| int(pl.get("users_default")))
+        .unwrap_or(0);
+    (needed, has)
+}
+
 /// State event types that describe a bridged room (MSC2346 and its older name).
 pub const BRIDGE_INFO_TYPES: [&str; 2] = ["m.bridge", "uk.half-shot.bridge"];
 
@@ -52,11 +90,78 @@ impl Bridge {
         let rid = room_id(&portal.room_id)?;
         let as_user = sender.map(user_id).transpose()?;
         for (t, key, content) in self.bridge_info_state(&portal.key, portal.name.as_deref()) {
-            self.hs
+            let sent = self
+                .hs
                 .send_state(as_user.as_deref(), &rid, &t, &key, &content)
-                .await?;
+                .await;
+            if let Err(e) = sent {
+                let e = BridgeError::from(e);
+                // The bot asks for the power it lacks; a ghost in a direct chat a user made
+                // (where it has none) does without bridge info, silently.
+                if sender.is_none() {
+                    self.tell_missing_power(
+                        &portal.room_id,
+                        None,
+                        PowerNeed::State(&t),
+                        &format!("mark this room as bridged (the `{t}` state)"),
+                        &e,
+                    )
+                    .await;
+                }
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    /// After the homeserver refused `speaker` (the bot when `None`) something in `room` for
+    /// lack of power: says so in the room, once per room and need while the bridge runs, with
+    /// the power level it takes, so a room admin can fix it. Other failures are only logged.
+    pub async fn tell_missing_power(
+        &self,
+        room: &str,
+        speaker: Option<&str>,
+        need: PowerNeed<'_>,
+        doing: &str,
+        error: &BridgeError,
+    ) {
+        let BridgeError::Matrix(e) = error else {
+            return;
+        };
+        if e.errcode() != Some("M_FORBIDDEN") {
+            return;
+        }
+        let what = match need {
+            PowerNeed::State(t) => t.to_owned(),
+            PowerNeed::Redact => "redact".to_owned(),
+        };
+        let first = self
+            .power_told
+            .lock()
+            .expect("power_told lock")
+            .insert((room.to_owned(), what.clone()));
+        if !first {
+            return;
+        }
+        let who = speaker.map_or_else(|| self.bot().to_string(), str::to_owned);
+        let (Ok(rid), Ok(as_user)) = (room_id(room), speaker.map(user_id).transpose()) else {
+            return;
+        };
+        let levels = self
+            .hs
+            .get_state(as_user.as_deref(), &rid, "m.room.power_levels", "")
+            .await
+            .ok()
+            .flatten();
+        let (needed, has) = power_levels_for(levels.as_ref(), &who, need);
+        warn!(room_id = room, speaker = %who, need = %what, needed, has, "missing power in a room");
+        let text = format!(
+            "⚠ I could not {doing} in this room: it needs power level {needed} and I ({who}) have {has}. A room admin can give me power level {needed} or more in the room settings."
+        );
+        let txn = format!("isthmus.power.{}.{what}", super::now_ms());
+        if let Err(e) = self.send_notice(speaker, room, &txn, &text).await {
+            warn!(room_id = room, error = %e, "could not say that power is missing");
+        }
     }
 
     /// The user who speaks for the bridge in a portal: the contact's ghost in a direct chat
@@ -108,6 +213,8 @@ impl Bridge {
         self.store.put_portal(&record)?;
         self.metrics.portals.set(self.store.portal_count() as i64);
         info!(room_id = %room, portal = %key, "created direct chat portal");
+        self.publish_current_presence(receiver, &key.network, None)
+            .await;
         Ok(record)
     }
 
@@ -244,5 +351,38 @@ impl Bridge {
             self.create_dm_portal(&key, receiver, contact_name).await?,
             true,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn power_needed_and_held_follow_the_room_levels() {
+        let pl = json!({
+            "users": {"@bot:hs": 10, "@admin:hs": 100},
+            "users_default": 0,
+            "state_default": 50,
+            "events": {"m.bridge": 75},
+            "redact": "60"
+        });
+        assert_eq!(
+            power_levels_for(Some(&pl), "@bot:hs", PowerNeed::State("m.bridge")),
+            (75, 10)
+        );
+        assert_eq!(
+            power_levels_for(
+                Some(&pl),
+                "@bot:hs",
+                PowerNeed::State("uk.half-shot.bridge")
+            ),
+            (50, 10)
+        );
+        assert_eq!(
+            power_levels_for(Some(&pl), "@other:hs", PowerNeed::Redact),
+            (60, 0)
+        );
+        assert_eq!(power_levels_for(None, "@bot:hs", PowerNeed::Redact), (0, 0));
     }
 }

@@ -473,21 +473,24 @@ impl Bridge {
         let Some(user) = ev.receiver.as_deref() else {
             return Ok("no_receiver");
         };
-        let Some(room) = self.store.user(user)?.and_then(|u| u.management_room) else {
-            debug!(user, contact = %ev.sender, "contact request waits: the user has no management room");
-            return Ok("pending");
-        };
+        if self.in_namespace(user) || self.level(user) < PermissionLevel::User {
+            return Ok("not_a_user");
+        }
+        // A user who has no management room gets one: the request must not wait unseen.
+        let (room, opened) = self.management_room_or_open(user).await?;
         let display = self.network(network)?.info().display_name.clone();
         let who = match &ev.sender_name {
             Some(n) => format!("{n} ({})", ev.sender),
             None => ev.sender.to_string(),
         };
-        let text = format!(
-            "{who} on {display} wants to see your presence and add you as a contact. Send `accept {network} {}` or `deny {network} {}`.",
-            ev.sender, ev.sender
-        );
+        let text = super::management::request_text(&who, &display, network, ev.sender.as_str());
+        self.mark_request_shown(user, network, ev.sender.as_str())?;
         self.send_notice(None, &room, &format!("isthmus.{seq}.contact"), &text)
             .await?;
+        if opened {
+            // Requests that waited while the user had no management room.
+            self.show_pending_requests(user, &room).await?;
+        }
         Ok("ok")
     }
 
@@ -662,6 +665,40 @@ impl Bridge {
         self.join_members(&record).await?;
         tracing::info!(room_id = %room, alias, portal = %key, "hosted group chat bridged to its room");
         Ok(record)
+    }
+
+    /// The Matrix members of the room group chat `chat` stands for, that the network's
+    /// bridge-wide identity speaks for (see [`crate::network::RemoteEventHandler::group_members`]).
+    /// A hosted room without a portal yet is joined by the bot to read them; the portal
+    /// itself is still made on its queue, by the event of the remote user's join.
+    pub async fn group_members(
+        &self,
+        network: &NetworkId,
+        chat: &crate::network::RemoteChatId,
+    ) -> Result<Vec<crate::network::MatrixSender>, BridgeError> {
+        let key = PortalKey::new(network.as_str(), chat.as_str(), None);
+        let room = match self.store.portal(&key)? {
+            Some(p) => p.room_id,
+            None => {
+                let Some(alias) = self.network(network)?.hosted_room_alias(chat) else {
+                    return Ok(Vec::new());
+                };
+                let room = self.hs.join(None, &alias).await?;
+                self.note_joined(self.bot().as_str(), room.as_str(), true);
+                room.to_string()
+            }
+        };
+        let record = PortalRecord::new(key, &room, ChatKind::Group);
+        let mut out = Vec::new();
+        for member in self.hs.joined_members(None, &room_id(&room)?).await? {
+            if self.in_namespace(member.as_str()) {
+                continue;
+            }
+            if let Ok((_, false)) = self.client_for(&record, member.as_str()) {
+                out.push(self.matrix_sender(member.as_str()).await);
+            }
+        }
+        Ok(out)
     }
 
     /// Tells the network about the Matrix users already in a group portal's room (the network

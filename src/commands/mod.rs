@@ -95,6 +95,48 @@ pub fn find(name: &str) -> Option<&'static Command> {
         .find(|c| c.name == name || c.aliases.contains(&name.as_str()))
 }
 
+/// The command (name or alias) closest to a mistyped `word`, among those the caller may run
+/// here: within two edits (one for words of up to four letters), the nearest first, ties by
+/// the order of the command list.
+pub fn suggest(
+    word: &str,
+    level: PermissionLevel,
+    portal: Option<&PortalRecord>,
+) -> Option<&'static str> {
+    let word = word.to_lowercase();
+    let limit = if word.chars().count() <= 4 { 1 } else { 2 };
+    commands()
+        .iter()
+        .filter(|c| check(c, level, portal).is_ok())
+        .flat_map(|c| std::iter::once(c.name).chain(c.aliases.iter().copied()))
+        .map(|name| (edit_distance(&word, name), name))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, name)| name)
+}
+
+/// Levenshtein distance with adjacent transpositions counted as one edit (so `hepl` is one
+/// edit from `help`), over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // Three rows: two back (for transpositions), previous, current.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(before[j - 2] + 1);
+            }
+        }
+        before = std::mem::replace(&mut prev, cur);
+    }
+    prev[b.len()]
+}
+
 /// Splits a command line into words; refuses control characters.
 pub fn parse(text: &str) -> Result<Vec<String>, String> {
     if text.chars().any(char::is_control) {
@@ -179,7 +221,12 @@ async fn run_line(ctx: &Ctx<'_>, text: &str) -> String {
     };
     let Some(cmd) = find(name) else {
         // The word is not repeated: after an interrupted login it may be a password.
-        return "Unknown command. Send `help` for the list of commands.".to_owned();
+        return match suggest(name, ctx.level, ctx.portal.as_ref()) {
+            Some(near) => format!(
+                "Unknown command. Did you mean `{near}`? Send `help` for the list of commands."
+            ),
+            None => "Unknown command. Send `help` for the list of commands.".to_owned(),
+        };
     };
     if let Err(e) = check(cmd, ctx.level, ctx.portal.as_ref()) {
         return e;
@@ -232,6 +279,15 @@ async fn redact_secret(ctx: &Ctx<'_>, event_id: &str) {
         .await
     {
         warn!(room_id = ctx.room_id, error = %e, "could not redact the message holding a password; delete it yourself");
+        ctx.bridge
+            .tell_missing_power(
+                ctx.room_id,
+                None,
+                crate::bridge::PowerNeed::Redact,
+                "remove the message holding your password (delete it yourself)",
+                &e.into(),
+            )
+            .await;
     }
 }
 
@@ -264,6 +320,36 @@ pub fn pick_network(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edit_distance_counts_swaps_as_one() {
+        assert_eq!(edit_distance("help", "help"), 0);
+        assert_eq!(edit_distance("hepl", "help"), 1);
+        assert_eq!(edit_distance("hlp", "help"), 1);
+        assert_eq!(edit_distance("statsu", "status"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("é", "e"), 1, "characters, not bytes");
+    }
+
+    #[test]
+    fn typos_get_the_nearest_command_the_caller_may_run() {
+        let user = PermissionLevel::User;
+        assert_eq!(suggest("hepl", user, None), Some("help"));
+        assert_eq!(suggest("HEPL", user, None), Some("help"));
+        assert_eq!(suggest("lgoin", user, None), Some("login"));
+        assert_eq!(suggest("contcts", user, None), Some("contacts"));
+        assert_eq!(suggest("xyzzy", user, None), None);
+        assert_eq!(suggest("h", user, None), None, "too far from anything");
+        // Admin-only commands are offered only to admins.
+        assert_eq!(suggest("quarantin", user, None), None);
+        assert_eq!(
+            suggest("quarantin", PermissionLevel::Admin, None),
+            Some("quarantine")
+        );
+        // Commands for bridged rooms are not offered outside them.
+        assert_eq!(suggest("unbrige", user, None), None);
+    }
 
     #[test]
     fn control_characters_are_refused() {

@@ -24,7 +24,7 @@ use ruma::api::client::{
     discovery::{get_capabilities, get_supported_versions},
     membership::{invite_user, join_room_by_id_or_alias, joined_members, kick_user, leave_room},
     message::send_message_event,
-    presence::set_presence,
+    presence::{get_presence, set_presence},
     profile::{get_profile, set_profile_field},
     receipt::create_receipt,
     redact::redact_event,
@@ -472,6 +472,24 @@ impl HomeserverClient {
         self.call("presence", as_user, Token::Appservice, req)
             .await?;
         Ok(())
+    }
+
+    /// `GET /presence/{user}/status`, as `as_user`: `user`'s current presence (`online`,
+    /// `unavailable` or `offline`) and status message. The homeserver answers only about users
+    /// who share a room with the asker (403 otherwise).
+    pub async fn get_presence(
+        &self,
+        as_user: Option<&UserId>,
+        user: &UserId,
+    ) -> Result<(String, Option<String>), MatrixError> {
+        let req = get_presence::v3::Request::new(user.to_owned());
+        let resp = self
+            .call("presence_get", as_user, Token::Appservice, req)
+            .await?;
+        Ok((
+            resp.presence.as_str().to_owned(),
+            resp.status_msg.filter(|s| !s.is_empty()),
+        ))
     }
 
     // ----- rooms -----

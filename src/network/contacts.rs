@@ -114,6 +114,21 @@ pub fn of_user(
         .collect())
 }
 
+/// Every user at least one contact may see the presence of.
+pub fn users_seen_by_contacts(store: &dyn ConnectorStore) -> Result<Vec<String>, SinkError> {
+    let mut users: Vec<String> = store
+        .scan("sub:")?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let s: Subscription = serde_json::from_value(v).ok()?;
+            let (user, _) = k.strip_prefix("sub:")?.split_once('\u{1f}')?;
+            s.from.then(|| user.to_owned())
+        })
+        .collect();
+    users.dedup();
+    Ok(users)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +162,7 @@ mod tests {
         update(&kv, "@a:hs", "bob@x.org", |s| s.pending_in = false).unwrap();
         assert_eq!(of_user(&kv, "@a:hs").unwrap().len(), 1);
         assert!(get(&kv, "@b:hs", "bob@x.org").unwrap().to);
+        update(&kv, "@a:hs", "dan@x.org", |s| s.from = true).unwrap();
+        assert_eq!(users_seen_by_contacts(&kv).unwrap(), ["@a:hs"]);
     }
 }

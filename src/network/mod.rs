@@ -567,6 +567,22 @@ pub trait RemoteEventHandler: Send + Sync {
         MatrixUserStatus::Reachable
     }
 
+    /// The current presence of Matrix user `user_id`, read from the homeserver: for a
+    /// watcher just accepted, or after a restart, when no pushed presence is known yet.
+    /// `None` when the user may not use the bridge or the homeserver does not say.
+    async fn matrix_presence(&self, _user_id: &str) -> Option<Presence> {
+        None
+    }
+
+    /// The Matrix members of the room that group chat `chat` of `network` stands for, as
+    /// the network shows them (those the bridge speaks for there). For a chat the network
+    /// hosts for a Matrix room that has no portal yet, the room is looked up by its alias;
+    /// so a network can list the members to the first remote user who joins. Empty when
+    /// there is no such room or the homeserver does not answer.
+    async fn group_members(&self, _network: &NetworkId, _chat: &RemoteChatId) -> Vec<MatrixSender> {
+        Vec::new()
+    }
+
     /// Reports the state of a login (`Some`) or of the bridge-wide link (`None`).
     async fn report_state(
         &self,
@@ -673,6 +689,16 @@ impl EventSink {
     /// Whether a Matrix user can receive; see [`RemoteEventHandler::matrix_user_status`].
     pub async fn matrix_user_status(&self, user_id: &str) -> MatrixUserStatus {
         self.handler.matrix_user_status(user_id).await
+    }
+
+    /// A Matrix user's current presence; see [`RemoteEventHandler::matrix_presence`].
+    pub async fn matrix_presence(&self, user_id: &str) -> Option<Presence> {
+        self.handler.matrix_presence(user_id).await
+    }
+
+    /// The Matrix members of a group chat's room; see [`RemoteEventHandler::group_members`].
+    pub async fn group_members(&self, chat: &RemoteChatId) -> Vec<MatrixSender> {
+        self.handler.group_members(&self.network, chat).await
     }
 
     /// Reports a state change.

@@ -92,6 +92,51 @@ fn presence_of(shared: &Shared, user: &str) -> Presence {
     })
 }
 
+/// Reads a Matrix user's current presence from the core (which asks the homeserver) and keeps
+/// it as the one last published; used when a watcher is let in, so that its first NOTIFY is
+/// true instead of a guess. Keeps what is known when the core cannot say.
+async fn refresh_presence(shared: &Shared, user: &str) {
+    let Some(p) = (match shared.sink.get() {
+        Some(sink) => sink.matrix_presence(user).await,
+        None => None,
+    }) else {
+        return;
+    };
+    shared
+        .presence
+        .lock()
+        .expect("presence lock")
+        .insert(user.to_owned(), p.clone());
+    if let Err(e) = save(shared, &format!("{PRESENCE}{user}"), &p) {
+        debug!(error = %e, "could not keep a Matrix user's presence");
+    }
+}
+
+/// After a start: the presence of every Matrix user with watchers is read again (it may have
+/// changed while the bridge was down), and watchers are told when it differs.
+async fn refresh_watched(shared: &Shared) {
+    let mut users: Vec<String> = all::<Watcher>(shared, WATCHER)
+        .into_iter()
+        .filter(|(_, w)| w.active)
+        .map(|(_, w)| w.user)
+        .collect();
+    users.sort();
+    users.dedup();
+    for user in users {
+        let Some(sink) = shared.sink.get() else {
+            return;
+        };
+        let Some(now) = sink.matrix_presence(&user).await else {
+            continue;
+        };
+        if now != presence_of(shared, &user)
+            && let Err(e) = publish(shared, &user, &now).await
+        {
+            debug!(error = %e, "could not publish a Matrix user's presence after a start");
+        }
+    }
+}
+
 /// Requested expiry of a SUBSCRIBE, bounded by the configured lifetime.
 fn expiry(shared: &Shared, req: &rsipstack::sip::Request) -> u32 {
     let asked = req
@@ -246,6 +291,9 @@ pub(super) async fn subscribe_in(
     }
     let shared = shared.clone();
     tokio::spawn(async move {
+        if active {
+            refresh_presence(&shared, &user).await;
+        }
         let _ = notify(&shared, &call_id, false).await;
     });
     Ok(())
@@ -434,6 +482,9 @@ pub(super) async fn answer(
                 save(shared, &key, &w)?;
             }
         }
+    }
+    if accept {
+        refresh_presence(shared, user).await;
     }
     for (_, w) in all::<Watcher>(shared, WATCHER) {
         if w.user == user && w.contact == contact {
@@ -665,6 +716,7 @@ async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkErro
 /// Every 10 s: refreshes our subscriptions when a quarter of their time is left (or they
 /// were never confirmed), and forgets watchers whose subscription ran out.
 pub(super) async fn maintain(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    refresh_watched(&shared).await;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}

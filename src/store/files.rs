@@ -115,6 +115,7 @@ mod tests {
             s.put_user(&crate::store::UserRecord {
                 user_id: "@alice:hs".into(),
                 management_room: None,
+                shown_requests: Vec::new(),
             })
             .unwrap();
             s.flush().await.unwrap();

@@ -444,6 +444,7 @@ mod tests {
         a.put_user(&UserRecord {
             user_id: "@alice:hs".into(),
             management_room: Some("!m:hs".into()),
+            shown_requests: Vec::new(),
         })
         .unwrap();
         let bad = serde_json::json!({"format": "isthmus-dump", "schema_version": 1, "trees": {"users": [["k"]]}});

@@ -12,6 +12,10 @@ pub struct UserRecord {
     /// The DM with the bridge bot used for commands.
     #[serde(default)]
     pub management_room: Option<String>,
+    /// Contact requests (`network` U+001F `contact`) already shown in the current management
+    /// room, so that opening or joining it again does not repeat them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shown_requests: Vec<String>,
 }
 
 impl Store {

@@ -688,7 +688,7 @@ impl NetworkClient for Gateway {
                 PresenceType::Subscribed,
             ))
             .await?;
-            let now = self.shared.presence_of(&user.user_id);
+            let now = self.shared.fresh_presence(&user.user_id).await;
             self.send(presence_stanza(from, to, now.as_ref())).await
         } else {
             self.send(subscription_stanza(from, to, PresenceType::Unsubscribed))

@@ -23,7 +23,7 @@ use super::{avatar, convert, fidelity, hosted, muc};
 use crate::network::contacts::{self as roster, Policy};
 use crate::network::{
     BridgeState, MatrixUserStatus, MembershipChange, MessageContent, Presence as NetPresence,
-    PresenceState, RemoteEvent, RemoteEventKind, RemoteMessageId,
+    PresenceState, RemoteChatId, RemoteEvent, RemoteEventKind, RemoteMessageId,
 };
 
 /// The features the gateway advertises: exactly what it implements.
@@ -947,6 +947,30 @@ impl Handler {
         if p.type_ != PresenceType::None && !leaving {
             return Vec::new();
         }
+        // The first joiner's occupant list must hold the room's Matrix members: when none are
+        // known yet (the room has no portal, or the bridge started since), ask the core.
+        let unknown = !leaving
+            && self
+                .shared
+                .hosted
+                .lock()
+                .expect("hosted lock")
+                .get(&room_str)
+                .is_none_or(|r| r.members.is_empty() && r.occupants.is_empty());
+        if unknown && let Some(sink) = self.shared.sink.get() {
+            let chat = RemoteChatId::new(room_str.clone());
+            let asked = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                sink.group_members(&chat),
+            );
+            let members = asked.await.unwrap_or_default();
+            let mut rooms = self.shared.hosted.lock().expect("hosted lock");
+            let r = rooms.entry(room_str.clone()).or_default();
+            for m in members {
+                let nick = muc::nick_for(&m.displayname, &m.user_id);
+                r.members.entry(m.user_id).or_insert(nick);
+            }
+        }
         let mut out = Vec::new();
         let joined = {
             let mut rooms = self.shared.hosted.lock().expect("hosted lock");
@@ -1292,7 +1316,7 @@ impl Handler {
                             s.from = true;
                             s.pending_in = false;
                         });
-                        let now = self.shared.presence_of(&user);
+                        let now = self.shared.fresh_presence(&user).await;
                         vec![
                             handshake(PresenceType::Subscribed),
                             presence_stanza(puppet.clone(), contact_jid.clone(), now.as_ref()),

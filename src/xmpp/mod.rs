@@ -264,6 +264,50 @@ impl Shared {
         Ok(())
     }
 
+    /// A Matrix user's current presence read again through the core (the homeserver's), kept
+    /// as the last published; what was known before when the core cannot say. Used when a
+    /// contact is let in, so that the first presence it gets is true.
+    async fn fresh_presence(&self, user: &str) -> Option<Presence> {
+        if let Some(sink) = self.sink.get()
+            && let Some(p) = sink.matrix_presence(user).await
+        {
+            self.presence
+                .lock()
+                .expect("presence lock")
+                .insert(user.to_owned(), p.clone());
+            return Some(p);
+        }
+        self.presence_of(user)
+    }
+
+    /// After a start: reads the presence of every Matrix user whose presence contacts may see
+    /// and sends it to them (nothing was published while the bridge was down).
+    async fn refresh_watched(&self) {
+        let Ok(store) = self.store() else { return };
+        let users = match roster::users_seen_by_contacts(store) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not list users with contacts");
+                return;
+            }
+        };
+        for user in users {
+            let Some(sink) = self.sink.get() else { return };
+            let Some(p) = sink.matrix_presence(&user).await else {
+                continue;
+            };
+            let changed = self
+                .presence
+                .lock()
+                .expect("presence lock")
+                .insert(user.clone(), p.clone())
+                != Some(p);
+            if changed && let Err(e) = self.broadcast_presence(&user).await {
+                tracing::debug!(error = %e, "could not send a Matrix user's presence after a start");
+            }
+        }
+    }
+
     /// The presence last published for a Matrix user.
     fn presence_of(&self, user: &str) -> Option<Presence> {
         self.presence
@@ -385,6 +429,8 @@ impl Connector for Xmpp {
             outgoing,
             self.stop.subscribe(),
         ));
+        let shared = self.handler.shared.clone();
+        tokio::spawn(async move { shared.refresh_watched().await });
         Ok(())
     }
 
