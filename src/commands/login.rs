@@ -108,7 +108,7 @@ async fn present(ctx: &Ctx<'_>, progress: LoginProgress) -> String {
         .await
     {
         return format!(
-            "Log in to {} on this page: {}\nThe link works for {} minutes, until you are logged in. Your password goes straight to the bridge, never through Matrix; the outcome shows here.",
+            "Log in to {} on this page: {}\nThe link works for {} minutes, until you are logged in (`cancel` ends it). Your password goes straight to the bridge, never through Matrix; the outcome shows here.",
             link.network,
             link.url,
             LINK_LIFETIME.as_secs() / 60
