@@ -173,6 +173,25 @@ async fn login_link_takes_the_password_outside_matrix_once() {
     let logins = command(&alice, &room, "logins").await;
     assert!(!logins.contains("mallory"), "{logins}");
 
+    // A new `login` voids the previous link, and `cancel` the current one.
+    let first = login_link(&command(&alice, &room, "login loopback").await);
+    let second = login_link(&command(&alice, &room, "login loopback").await);
+    assert_ne!(first, second);
+    let status = |link: String| async move {
+        http()
+            .get(&link)
+            .send()
+            .await
+            .expect("GET a login link")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status(first).await, 410);
+    assert_eq!(status(second.clone()).await, 200);
+    let cancelled = command(&alice, &room, "cancel").await;
+    assert!(cancelled.contains("Login cancelled"), "{cancelled}");
+    assert_eq!(status(second).await, 410);
+
     assert_room_never_saw(&alice, &room, &[LOOPBACK_PASSWORD, &wrong]).await;
 }
 
