@@ -7,7 +7,7 @@
 #          overridable with the environment variable ISTHMUS_STACK)
 # Defines:
 #   need_apt PKG...                 install the Debian packages that are missing
-#   ensure_venv                     Python venv with Synapse in "$VENV"
+#   ensure_venv                     Python venv with Synapse, slixmpp and Playwright in "$VENV"
 #   wait_http URL PID LOG SECONDS   wait until URL answers while PID lives
 #   wait_tcp HOST PORT SECONDS      wait until HOST:PORT accepts connections
 #   tcp_open HOST PORT              true if HOST:PORT accepts a connection now
@@ -26,6 +26,8 @@ export ROOT STACK VENV
 SYNAPSE_VERSION=1.163.2
 # slixmpp plays the XMPP user in the tests and the demo.
 SLIXMPP_VERSION=1.17.0
+# Playwright drives Debian's chromium as the user's browser in the login page test.
+PLAYWRIGHT_VERSION=1.65.2
 
 _isthmus_apt_updated=0
 
@@ -66,7 +68,7 @@ need_apt() {
 # An existing venv that already has synapse_homeserver is kept as it is.
 ensure_venv() {
     local venv="$VENV"
-    if [ -x "$venv/bin/synapse_homeserver" ] && "$venv/bin/python" -c 'import slixmpp' 2>/dev/null; then
+    if [ -x "$venv/bin/synapse_homeserver" ] && "$venv/bin/python" -c 'import slixmpp, playwright' 2>/dev/null; then
         return 0
     fi
     command -v python3 >/dev/null 2>&1 || need_apt python3
@@ -79,9 +81,12 @@ ensure_venv() {
             python3 -m venv "$venv"
         fi
     fi
-    log "installing matrix-synapse==$SYNAPSE_VERSION and slixmpp==$SLIXMPP_VERSION into $venv (about 30 s)"
+    log "installing matrix-synapse==$SYNAPSE_VERSION, slixmpp==$SLIXMPP_VERSION and playwright==$PLAYWRIGHT_VERSION into $venv (about 30 s)"
+    # Only Playwright's Python package: its browsers are not downloaded, the test drives
+    # Debian's chromium.
     "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-        "matrix-synapse==$SYNAPSE_VERSION" "slixmpp==$SLIXMPP_VERSION"
+        "matrix-synapse==$SYNAPSE_VERSION" "slixmpp==$SLIXMPP_VERSION" \
+        "playwright==$PLAYWRIGHT_VERSION"
 }
 
 # close_fds : close every file descriptor above 2 of the current shell. Call it in

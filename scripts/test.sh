@@ -7,7 +7,7 @@
 #   scripts/test.sh -- ARGS...           pass ARGS to `cargo test`, e.g.
 #                                        scripts/test.sh -- --test matrix ping
 #
-# Installs what is missing first (curl, Kamailio, SIPp, the Synapse venv).
+# Installs what is missing first (curl, Kamailio, SIPp, chromium, the Python venv).
 # Exits with the status of `cargo test`.
 set -euo pipefail
 
@@ -48,8 +48,9 @@ section() {
 }
 
 section "setup"
-# kamailio is the SIP server of the tests; sip-tester is SIPp, which plays the SIP users.
-need_apt curl kamailio sip-tester
+# kamailio is the SIP server of the tests; sip-tester is SIPp, which plays the SIP users;
+# chromium is the browser of the login page test.
+need_apt curl kamailio sip-tester chromium
 ensure_venv
 
 section "fmt"

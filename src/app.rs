@@ -357,7 +357,7 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
         metrics,
         connectors(&config, &secrets),
     )?;
-    if let Some(public) = &config.bridge.media.public_url {
+    if let Some(public) = config.bridge.media_public_url() {
         // Links are signed with a key derived from the homeserver token, a secret the
         // homeserver and the bridge already share.
         let _ = bridge.links.set(crate::media::Links::new(

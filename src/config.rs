@@ -298,6 +298,13 @@ pub struct BridgeConfig {
     /// random one is generated into `login.key` in the database folder on first start.
     #[serde(default)]
     pub login_key: Option<Secret>,
+    /// Where Matrix users' browsers reach the bridge's HTTP listener (`appservice.listen`),
+    /// such as `https://bridge.example.org` (use HTTPS: passwords are posted to it). When set,
+    /// `login` answers with a one-time link to a login page under it, so that passwords never
+    /// enter Matrix; it is also the default of `bridge.media.public_url`. Unset: logins ask
+    /// for each value in the management room.
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// Files and media between Matrix and the networks.
     #[serde(default)]
     pub media: MediaConfig,
@@ -393,13 +400,24 @@ impl LimitsConfig {
     }
 }
 
+impl BridgeConfig {
+    /// The base of links to Matrix files: `media.public_url`, else `public_url`.
+    pub fn media_public_url(&self) -> Option<&str> {
+        self.media
+            .public_url
+            .as_deref()
+            .or(self.public_url.as_deref())
+    }
+}
+
 /// `bridge.media` section.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MediaConfig {
     /// Where remote users can reach the bridge's HTTP listener (`appservice.listen`), such as
     /// `https://bridge.example.org`. Matrix files go to networks as links under it, signed and
-    /// expiring. Unset: Matrix files are not sent to networks (the sender is told).
+    /// expiring. Unset: `bridge.public_url`; when both are unset, Matrix files are not sent to
+    /// networks (the sender is told).
     #[serde(default)]
     pub public_url: Option<String>,
     /// Largest file bridged either way, in bytes (the homeserver's upload limit also applies).
@@ -468,6 +486,7 @@ impl Default for BridgeConfig {
             state_notice_delay_seconds: default_state_notice_delay(),
             quarantine_after_attempts: default_quarantine_after(),
             login_key: None,
+            public_url: None,
             media: MediaConfig::default(),
             limits: LimitsConfig::default(),
         }
@@ -1084,13 +1103,18 @@ impl Config {
             .as_ref()
             .map(|s| s.resolve("appservice.provisioning_secret", env))
             .transpose()?;
-        if let Some(url) = &self.bridge.media.public_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(invalid(
-                "bridge.media.public_url",
-                "must be an http:// or https:// URL, such as https://bridge.example.org",
-            ));
+        for (key, url) in [
+            ("bridge.public_url", &self.bridge.public_url),
+            ("bridge.media.public_url", &self.bridge.media.public_url),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    key,
+                    "must be an http:// or https:// URL, such as https://bridge.example.org",
+                ));
+            }
         }
         if !(1..=4096).contains(&self.database.cache_mb) {
             return Err(invalid(

@@ -6,6 +6,7 @@
 //! room) because the homeserver waits for their answer anyway.
 
 mod auth;
+mod login_page;
 mod provisioning;
 mod query;
 mod server;
@@ -86,6 +87,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/_isthmus/media/{server}/{media_id}/{expires}/{signature}/{name}",
             get(media_link),
+        )
+        .route(
+            "/_isthmus/login/{token}",
+            get(login_page::show)
+                .post(login_page::submit)
+                .layer(DefaultBodyLimit::max(login_page::MAX_FORM_BYTES)),
         )
         .route("/metrics", get(metrics))
         .route("/health", get(ready))

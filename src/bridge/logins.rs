@@ -241,7 +241,7 @@ impl Bridge {
         }
     }
 
-    fn complete_login(
+    pub(super) fn complete_login(
         &self,
         user: &str,
         network: &NetworkId,
@@ -262,6 +262,44 @@ impl Bridge {
         );
         info!(user, network = %network, remote = %name, "logged in");
         Ok(LoginProgress::Done(name))
+    }
+
+    /// Whether the bot may redact the messages of others in `room`, so that an answer
+    /// holding a secret can be removed. `false` when that cannot be told.
+    pub async fn bot_can_redact(&self, room: &str) -> bool {
+        let Ok(rid) = super::room_id(room) else {
+            return false;
+        };
+        match self.hs.can_redact(None, &rid).await {
+            Ok(can) => can,
+            Err(e) => {
+                warn!(room_id = room, error = %e, "could not read the room's power levels");
+                false
+            }
+        }
+    }
+
+    /// Creates a direct chat between the bot (power 100) and `user`, where the bot can redact,
+    /// and makes it the user's management room. Returns the room.
+    pub async fn open_login_room(&self, user: &str) -> Result<String, BridgeError> {
+        let uid = super::user_id(user)?;
+        let creation = crate::matrix::RoomCreation {
+            invite: vec![uid],
+            is_direct: true,
+            preset_private: true,
+            power_level_users: vec![(self.bot.clone(), 100)],
+            ..Default::default()
+        };
+        let rid = self.hs.create_room(None, &creation).await?.to_string();
+        self.note_joined(self.bot.as_str(), &rid, true);
+        let mut record = self.store.user(user)?.unwrap_or(crate::store::UserRecord {
+            user_id: user.to_owned(),
+            management_room: None,
+        });
+        record.management_room = Some(rid.clone());
+        self.store.put_user(&record)?;
+        info!(room_id = %rid, user, "management room moved to a room where the bot can redact");
+        Ok(rid)
     }
 
     /// Logs out one login (or every login of `user` on `network` when `id` is `None`).

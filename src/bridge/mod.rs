@@ -10,6 +10,7 @@ mod encryption;
 mod existence;
 mod ghost;
 pub mod limits;
+mod login_page;
 mod logins;
 mod management;
 mod matrix_events;
@@ -27,6 +28,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 pub use self::dispatch::QueueKey;
 pub use self::encryption::REFUSAL as ENCRYPTED_ROOM_REFUSAL;
+pub use self::login_page::{LINK_LIFETIME, LOGIN_PATH, LoginLink, PageView};
 pub use self::logins::LoginSession;
 pub use self::logins::{CoreSink, LoginProgress};
 pub use self::matrix_events::{MatrixEvent, message_content, portal_ref};
@@ -121,6 +123,8 @@ pub struct Bridge {
     logins: Mutex<HashMap<(String, NetworkId), Vec<UserLogin>>>,
     /// Login flows in progress, by Matrix user.
     login_sessions: tokio::sync::Mutex<HashMap<String, LoginSession>>,
+    /// Login flows waiting on a login page, by link token.
+    login_pages: login_page::LoginPages,
     /// Last reported state of each login or link, by (network, Matrix user or "").
     states: Mutex<HashMap<(NetworkId, String), StateReport>>,
     /// Ghosts known to be registered and (ghost, room) pairs known to be joined, to avoid
@@ -194,6 +198,7 @@ impl Bridge {
             bot,
             logins: Mutex::default(),
             login_sessions: tokio::sync::Mutex::default(),
+            login_pages: login_page::LoginPages::default(),
             states: Mutex::default(),
             joined: Mutex::default(),
             typing: Mutex::default(),

@@ -63,13 +63,15 @@ pub(super) fn commands() -> Vec<Command> {
             name: "cancel",
             aliases: &[],
             args: "",
-            help: "Cancel a login in progress.",
+            help: "Cancel a login in progress (its login link stops working).",
             section: "General",
             level: PermissionLevel::Relay,
             place: Place::Anywhere,
             run: |ctx, _| {
                 async move {
-                    Ok(if ctx.bridge.cancel_login(ctx.sender).await {
+                    let chat = ctx.bridge.cancel_login(ctx.sender).await;
+                    let page = ctx.bridge.cancel_login_pages(ctx.sender).await;
+                    Ok(if chat || page {
                         "Login cancelled.".to_owned()
                     } else {
                         "Nothing to cancel.".to_owned()

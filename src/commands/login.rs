@@ -1,9 +1,10 @@
 //! login, logout, logins, and answers to login questions.
 
 use futures::FutureExt;
+use tracing::warn;
 
 use super::{Command, Ctx, Place, Reply, pick_network};
-use crate::bridge::LoginProgress;
+use crate::bridge::{LINK_LIFETIME, LoginProgress};
 use crate::config::PermissionLevel;
 use crate::network::LoginId;
 
@@ -82,17 +83,66 @@ async fn login(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
             ));
         }
     };
+    ctx.bridge.cancel_login_pages(ctx.sender).await;
     let progress = ctx
         .bridge
         .begin_login(ctx.sender, &network, args.get(1).map(String::as_str))
         .await?;
-    Ok(progress_text(progress))
+    Ok(present(ctx, progress).await)
+}
+
+/// What the room hears about a login step. A step asking for a secret never asks in chat
+/// when it can be helped: it goes to a login page when the bridge has a public URL, else it
+/// is asked only in a room where the bot can redact the answer (a new one if need be).
+async fn present(ctx: &Ctx<'_>, progress: LoginProgress) -> String {
+    let LoginProgress::Ask(_, Some(instructions)) = &progress else {
+        return progress_text(progress);
+    };
+    let remaining = ctx.bridge.login_remaining_fields(ctx.sender).await;
+    if !remaining.iter().any(|f| f.secret) {
+        return progress_text(progress);
+    }
+    if let Some(link) = ctx
+        .bridge
+        .offer_login_page(ctx.sender, ctx.room_id, Some(instructions.clone()))
+        .await
+    {
+        return format!(
+            "Log in to {} on this page: {}\nThe link works for {} minutes, until you are logged in (`cancel` ends it). Your password goes straight to the bridge, never through Matrix; the outcome shows here.",
+            link.network,
+            link.url,
+            LINK_LIFETIME.as_secs() / 60
+        );
+    }
+    if ctx.bridge.bot_can_redact(ctx.room_id).await {
+        return progress_text(progress);
+    }
+    match ctx.bridge.open_login_room(ctx.sender).await {
+        Ok(room) => {
+            let txn = format!("isthmus.{}.login-room", ctx.seq);
+            if let Err(e) = ctx
+                .bridge
+                .send_notice(None, &room, &txn, &progress_text(progress))
+                .await
+            {
+                warn!(room_id = %room, error = %e, "could not ask the first login question in the new room");
+            }
+            "I cannot delete messages in this room (my power level is too low), so I will not ask for your password here. I invited you to a new room where I can: accept the invitation and go on with the login there. That room is your management room from now on.".into()
+        }
+        Err(e) => {
+            ctx.bridge.cancel_login(ctx.sender).await;
+            warn!(user = ctx.sender, error = %e, "could not create a room to log in");
+            format!(
+                "I cannot delete messages in this room (my power level is too low), so I will not ask for your password here, and I could not create a room where I can ({e}). Give me the moderator level here, then send `login` again."
+            )
+        }
+    }
 }
 
 /// Handles the answer to the pending login question.
 pub(super) async fn answer(ctx: &Ctx<'_>, value: &str) -> String {
     match ctx.bridge.login_input(ctx.sender, value).await {
-        Ok(p) => progress_text(p),
+        Ok(p) => present(ctx, p).await,
         Err(e) => format!("Login failed: {e}. Send `login` to try again."),
     }
 }

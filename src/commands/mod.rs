@@ -199,10 +199,16 @@ pub async fn handle(
             bridge.cancel_login(&ev.sender).await;
             "Login cancelled.".to_owned()
         } else {
-            if field.secret {
-                redact_secret(&ctx, &ev.event_id).await;
+            let kept = field.secret && !redact_secret(&ctx, &ev.event_id).await;
+            let reply = login::answer(&ctx, text.trim()).await;
+            if kept {
+                format!(
+                    "⚠ I could not delete your message holding the {}: delete it yourself.\n{reply}",
+                    field.name
+                )
+            } else {
+                reply
             }
-            login::answer(&ctx, text.trim()).await
         }
     } else {
         run_line(&ctx, text).await
@@ -266,28 +272,33 @@ async fn send_reply(ctx: &Ctx<'_>, text: &str) {
     }
 }
 
-/// Redacts a message that holds a secret (a password typed during login).
-async fn redact_secret(ctx: &Ctx<'_>, event_id: &str) {
+/// Redacts a message that holds a secret (a password typed during login); returns whether
+/// it is gone.
+async fn redact_secret(ctx: &Ctx<'_>, event_id: &str) -> bool {
     let (Ok(rid), Ok(eid)) = (room_id(ctx.room_id), EventId::parse(event_id)) else {
-        return;
+        return false;
     };
     let txn = format!("isthmus.{}.redact", ctx.seq);
-    if let Err(e) = ctx
+    match ctx
         .bridge
         .hs
         .redact(None, &rid, &eid, &txn, Some("contained a password"))
         .await
     {
-        warn!(room_id = ctx.room_id, error = %e, "could not redact the message holding a password; delete it yourself");
-        ctx.bridge
-            .tell_missing_power(
-                ctx.room_id,
-                None,
-                crate::bridge::PowerNeed::Redact,
-                "remove the message holding your password (delete it yourself)",
-                &e.into(),
-            )
-            .await;
+        Ok(_) => true,
+        Err(e) => {
+            warn!(room_id = ctx.room_id, error = %e, "could not redact the message holding a password; delete it yourself");
+            ctx.bridge
+                .tell_missing_power(
+                    ctx.room_id,
+                    None,
+                    crate::bridge::PowerNeed::Redact,
+                    "remove the message holding your password (delete it yourself)",
+                    &e.into(),
+                )
+                .await;
+            false
+        }
     }
 }
 

@@ -642,6 +642,25 @@ impl HomeserverClient {
         }
     }
 
+    /// Whether `as_user` (the bot when `None`) may redact other users' events in `room`,
+    /// judged from the room's power levels and creators (see [`super::power::can_redact`]).
+    pub async fn can_redact(
+        &self,
+        as_user: Option<&UserId>,
+        room: &RoomId,
+    ) -> Result<bool, MatrixError> {
+        let user = self.acting(as_user).to_owned();
+        let levels = self
+            .get_state(as_user, room, "m.room.power_levels", "")
+            .await?;
+        let creators = self.room_creators(room).await?;
+        Ok(super::power::can_redact(
+            levels.as_ref(),
+            user.as_str(),
+            &creators,
+        ))
+    }
+
     /// The users a room's version privileges as creators (room version 12 and later: the
     /// create event's sender and its `additional_creators`); empty for older versions, where
     /// power comes from the power levels alone.
