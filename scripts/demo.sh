@@ -62,6 +62,8 @@ appservice:
 database:
   path: $STACK/store
 bridge:
+  # Login pages and file links are served by the bridge itself: passwords never enter Matrix.
+  public_url: http://127.0.0.1:$BRIDGE_PORT
   permissions:
     "*": relay
     localhost: user
@@ -141,8 +143,9 @@ The stack keeps running:
                      grace, password <name>pass (e.g. bob / bobpass); STARTTLS offered with a
                      throwaway CA ($ISTHMUS_STACK/prosody/certs/ca.crt) but not required: demo only
                      (any XMPP client, e.g. Gajim, Dino, Conversations: server 127.0.0.1 port $XMPP_C2S_PORT)
-                     To bridge your own XMPP account: send "login xmpp" to the bot, then
-                     dave@localhost, davepass and 127.0.0.1:$XMPP_C2S_PORT.
+                     To bridge your own XMPP account: send "login xmpp" to the bot and answer
+                     dave@localhost, password davepass (typed on the login page the bot links
+                     to, never in Matrix) and server 127.0.0.1:$XMPP_C2S_PORT.
   SIP proxy          Kamailio on 127.0.0.1:$SIP_PORT (UDP/TCP; TLS on the next port), domain corp.localhost, users bob carol dave
                      erin frank, password <name>pass (any SIP client, e.g. Linphone, baresip)
   isthmus            http://127.0.0.1:$BRIDGE_PORT (metrics at /metrics), log $BRIDGE_LOG
