@@ -295,6 +295,7 @@ impl Bridge {
         let mut record = self.store.user(user)?.unwrap_or(crate::store::UserRecord {
             user_id: user.to_owned(),
             management_room: None,
+            shown_requests: Vec::new(),
         });
         record.management_room = Some(rid.clone());
         self.store.put_user(&record)?;
