@@ -10,7 +10,7 @@ mod provisioning;
 mod query;
 mod server;
 mod thirdparty;
-mod transactions;
+pub(crate) mod transactions;
 
 pub use server::{ListenerLimits, serve};
 
