@@ -375,7 +375,7 @@ fn payload() -> impl Strategy<Value = String> {
         (v(), v(), any::<bool>()).prop_map(|(s, e, with_body)| if with_body {
             format!("<fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'><body start=\"{s}\" end=\"{e}\"/></fallback>")
         } else {
-            format!("<fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'/>")
+            "<fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'/>".to_owned()
         }),
         (0usize..100_000, 0usize..100_000).prop_map(|(s, e)| format!("<fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'><body start='{s}' end='{e}'/></fallback>")),
         prop_oneof![Just("https://example.org/f.png".to_owned()), v()].prop_map(|u| format!("<x xmlns='jabber:x:oob'><url>{}</url></x>", escape_markup(&u))),
