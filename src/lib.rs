@@ -21,6 +21,8 @@ pub mod appservice;
 pub mod bridge;
 pub mod commands;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod loopback;
 pub mod matrix;
 pub mod media;

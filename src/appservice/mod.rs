@@ -11,7 +11,7 @@ mod provisioning;
 mod query;
 mod server;
 mod thirdparty;
-mod transactions;
+pub(crate) mod transactions;
 
 pub use server::{ListenerLimits, serve};
 

@@ -136,6 +136,27 @@ fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
     }
 }
 
+/// What [`to_items`] makes of a transaction body, as counts (items, dropped, malformed) and
+/// each item's room; `None` when the body is not a transaction (the handler answers 400). For
+/// the fuzz targets.
+pub(crate) fn read_counts(
+    echo: &dyn Fn(&str, &str) -> bool,
+    body: &[u8],
+) -> Option<(usize, usize, usize, Vec<Option<String>>)> {
+    let parsed: TxnBody = serde_json::from_slice(body).ok()?;
+    let out = to_items(echo, parsed);
+    let rooms = out
+        .items
+        .iter()
+        .map(|i| match i {
+            InboxItem::Matrix { room_id, .. } => Some(room_id.clone()),
+            InboxItem::Ephemeral { room_id, .. } => room_id.clone(),
+            InboxItem::Remote { .. } => None,
+        })
+        .collect();
+    Some((out.items.len(), out.dropped, out.malformed, rooms))
+}
+
 /// The handler.
 pub(super) async fn push(
     State(state): State<Arc<AppState>>,

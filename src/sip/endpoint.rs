@@ -407,14 +407,20 @@ pub struct NameAddr {
     pub tag: Option<String>,
 }
 
-/// Parses a From/To/Contact/Record-Route value.
+/// Parses a From/To/Contact/Record-Route value. The display name may be a quoted string
+/// holding `<`, `>`, `,` and escaped quotes (RFC 3261 §25.1); the URI is what the first `<`
+/// outside it opens.
 pub fn name_addr(value: &str) -> NameAddr {
     let value = value.trim();
-    let (display, uri, params) = match (value.find('<'), value.find('>')) {
-        (Some(a), Some(b)) if a < b => {
-            let display = value[..a].trim().trim_matches('"').trim();
+    let open = outside_quotes(value)
+        .find(|&(_, c)| c == '<')
+        .map(|(i, _)| i);
+    let close = open.and_then(|a| value[a..].find('>').map(|b| a + b));
+    let (display, uri, params) = match (open, close) {
+        (Some(a), Some(b)) => {
+            let display = unquote(value[..a].trim());
             (
-                (!display.is_empty()).then(|| display.replace("\\\"", "\"")),
+                (!display.is_empty()).then_some(display),
                 value[a + 1..b].trim().to_owned(),
                 &value[b + 1..],
             )
@@ -432,17 +438,50 @@ pub fn name_addr(value: &str) -> NameAddr {
     NameAddr { display, uri, tag }
 }
 
+/// The characters of `value` (with their positions) that are not inside a quoted string.
+fn outside_quotes(value: &str) -> impl Iterator<Item = (usize, char)> + '_ {
+    let (mut quoted, mut escaped) = (false, false);
+    value.char_indices().filter(move |&(_, c)| {
+        if escaped {
+            escaped = false;
+            return false;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ => return !quoted,
+        }
+        false
+    })
+}
+
+/// A display name without its quotes and quoted-pair escapes, trimmed.
+fn unquote(display: &str) -> String {
+    let inner = display
+        .strip_prefix('"')
+        .and_then(|d| d.strip_suffix('"'))
+        .unwrap_or(display);
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out.trim().to_owned()
+}
+
 /// Splits a header value holding several comma-separated name-addrs (commas inside `<>` or
-/// quotes do not split).
+/// quoted strings do not split).
 pub fn split_list(value: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
-    for (i, c) in value.char_indices() {
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in outside_quotes(value) {
         match c {
-            '"' => quoted = !quoted,
-            '<' if !quoted => depth += 1,
-            '>' if !quoted => depth -= 1,
-            ',' if !quoted && depth == 0 => {
+            '<' => depth += 1,
+            '>' => depth -= 1,
+            ',' if depth == 0 => {
                 out.push(value[start..i].trim().to_owned());
                 start = i + 1;
             }
@@ -502,6 +541,23 @@ mod tests {
             vec!["<sip:a@x;lr>", "\"b, c\" <sip:b@y>", "<sip:c@z>"]
         );
         assert_eq!(quoted("a\"b\\"), "\"a\\\"b\\\\\"");
+    }
+
+    #[test]
+    fn quoted_display_names_may_hold_angle_brackets_and_escapes() {
+        // Found by the fuzz target `sip_headers`: the URI was taken from a `<` inside the
+        // quoted display name.
+        let n = name_addr("\"Bob <boss>, \\\"B\\\"\" <sip:bob@x.org>;tag=1");
+        assert_eq!(n.uri, "sip:bob@x.org");
+        assert_eq!(n.display.as_deref(), Some("Bob <boss>, \"B\""));
+        assert_eq!(n.tag.as_deref(), Some("1"));
+        let n = name_addr(&format!("{} <sip:a@b>", quoted("a\\b <c>")));
+        assert_eq!(n.display.as_deref(), Some("a\\b <c>"));
+        assert_eq!(n.uri, "sip:a@b");
+        assert_eq!(
+            split_list("\"x\\\", <y>\" <sip:a@b>, <sip:c@d>"),
+            vec!["\"x\\\", <y>\" <sip:a@b>", "<sip:c@d>"]
+        );
     }
 
     #[test]

@@ -173,11 +173,12 @@ pub fn parse_aor(raw: &str) -> Result<String, String> {
     } else {
         uri
     };
-    // Parameters and headers end the address.
-    let rest = rest.split([';', '?', '>']).next().unwrap_or("");
-    let Some((user, hostport)) = rest.rsplit_once('@') else {
+    // Parameters and headers end the address; they follow the host, as a user part may hold
+    // `;` and `?` (RFC 3261 §25.1), and it never holds `@`.
+    let Some((user, hostport)) = rest.split_once('@') else {
         return Err(format!("{HINT} (the user part is missing)"));
     };
+    let hostport = hostport.split([';', '?', '>']).next().unwrap_or("");
     let user = percent_decode(user).ok_or_else(|| HINT.to_owned())?;
     let host = hostport.to_ascii_lowercase();
     // The default port names the same address.
@@ -246,6 +247,19 @@ mod tests {
         assert!(a.contact("sip:corp.example").is_err());
         assert!(a.contact("sip:alice@matrix.corp.example").is_err());
         assert!(a.contact("sip:bo<b@x.org").is_err());
+    }
+
+    #[test]
+    fn user_parts_with_separators_round_trip() {
+        // Found by the fuzz target `sip_addressing`: `;` and `?` may stand unescaped in a user
+        // part, and were taken for the start of the parameters.
+        for aor in ["a;b@x.org", "?@x.org", "t;phone-context=+1@x.org"] {
+            assert_eq!(parse_aor(&contact_uri(aor)).as_deref(), Ok(aor));
+        }
+        assert_eq!(
+            parse_aor("<sip:a;b@X.org;transport=tcp?subject=x@y>").as_deref(),
+            Ok("a;b@x.org")
+        );
     }
 
     #[test]

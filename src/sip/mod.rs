@@ -14,8 +14,8 @@
 //! | `account.rs` | users' own SIP accounts: REGISTER with digest, refresh, messages as the account |
 
 mod account;
-mod body;
-mod endpoint;
+pub(crate) mod body;
+pub(crate) mod endpoint;
 mod handle_matrix;
 mod handle_sip;
 pub mod ids;

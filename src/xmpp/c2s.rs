@@ -122,7 +122,7 @@ pub(super) fn rename_ns(mut el: Element, from: &str, to: &str) -> Element {
 }
 
 /// A stanza read in the client namespace, as the connector's type.
-pub(super) fn from_client(el: Element) -> Option<Stanza> {
+pub(crate) fn from_client(el: Element) -> Option<Stanza> {
     let el = rename_ns(el, CLIENT_NS, COMPONENT_NS);
     match el.name() {
         "message" => xmpp_parsers::message::Message::try_from(el)

@@ -193,26 +193,34 @@ const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
 
 /// The ID under which a message is remembered: its origin-id (XEP-0359), else its `id`
 /// attribute, else the receiving server's stanza-id (the same in an archive's copy), else a
-/// fresh one.
-fn message_id(msg: &Message) -> String {
+/// fresh one. An empty ID counts as none: every message without one would share it.
+pub(crate) fn message_id(msg: &Message) -> String {
     msg.payloads
         .iter()
         .find(|p| p.is("origin-id", ns::SID))
-        .and_then(|p| p.attr("id").map(str::to_owned))
-        .or_else(|| msg.id.as_ref().map(|i| i.0.clone()))
+        .and_then(|p| p.attr("id"))
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .or_else(|| {
+            msg.id
+                .as_ref()
+                .map(|i| i.0.clone())
+                .filter(|id| !id.is_empty())
+        })
         .or_else(|| {
             let server = msg.to.as_ref()?.to_bare().to_string();
             msg.payloads
                 .iter()
                 .find(|p| p.is("stanza-id", ns::SID) && p.attr("by") == Some(server.as_str()))
                 .and_then(|p| p.attr("id"))
+                .filter(|id| !id.is_empty())
                 .map(|id| format!("sid-{id}"))
         })
         .unwrap_or_else(|| format!("noid-{}", crate::network::now_ms()))
 }
 
 /// The original time of a delayed message (XEP-0203), in milliseconds, never later than now.
-fn delay_ms(msg: &Message) -> Option<u64> {
+pub(crate) fn delay_ms(msg: &Message) -> Option<u64> {
     msg.payloads
         .iter()
         .find(|p| p.is("delay", ns::DELAY))
@@ -223,7 +231,7 @@ fn delay_ms(msg: &Message) -> Option<u64> {
 
 /// The original time of a delayed direct message, when `server` stamped the delay (the
 /// account's own server: offline storage, an archive); a sender's own claim is not believed.
-fn trusted_delay_ms(msg: &Message, server: &str) -> Option<u64> {
+pub(crate) fn trusted_delay_ms(msg: &Message, server: &str) -> Option<u64> {
     let stamped_by = msg
         .payloads
         .iter()
@@ -1563,5 +1571,33 @@ impl Inbound for Handler {
         if let Some(sink) = self.shared.sink.get() {
             sink.report_state(None, state, detail).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+    use xmpp_parsers::minidom::Element;
+
+    fn message(xml: &str) -> Message {
+        Message::try_from(Element::from_str(xml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn empty_ids_are_no_ids() {
+        // Found by the fuzz target `xmpp_inbound_stanzas_are_handled`: every message with
+        // `id=''` was remembered under the same empty ID.
+        let m = message("<message xmlns='jabber:component:accept' to='me@gw' id=''/>");
+        assert!(message_id(&m).starts_with("noid-"));
+        let m = message(
+            "<message xmlns='jabber:component:accept' to='me@gw' id='a'><origin-id xmlns='urn:xmpp:sid:0' id=''/></message>",
+        );
+        assert_eq!(message_id(&m), "a");
+        let m = message(
+            "<message xmlns='jabber:component:accept' to='me@gw'><stanza-id xmlns='urn:xmpp:sid:0' by='me@gw' id=''/></message>",
+        );
+        assert!(message_id(&m).starts_with("noid-"));
     }
 }

@@ -116,7 +116,10 @@ impl Addressing {
                 escape_node(&server.to_lowercase())
             )
         };
-        BareJid::from_str(&format!("{node}@{}", self.component)).ok()
+        let jid = BareJid::from_str(&format!("{node}@{}", self.component)).ok()?;
+        // The JID preparation folds some characters (case, width, ignorables): an address
+        // that would read back as another user is not given out.
+        (self.matrix_user(&jid).as_deref() == Some(user_id)).then_some(jid)
     }
 
     /// The address of a Matrix room hosted as a group chat: its alias with the `#` kept, so
@@ -225,6 +228,15 @@ mod tests {
             "we\\2fird@matrix.example.org"
         );
         assert_eq!(a.puppet("@Upper:example.org"), None);
+        // Found by the fuzz target `xmpp_addressing_round_trips`: addresses that JID
+        // preparation folds, or that name a hosted room, would read back as someone else.
+        for id in [
+            "@\u{feff}:other.org",
+            "@#lobby:example.org",
+            "@bob:Other.net",
+        ] {
+            assert_eq!(a.puppet(id), None, "{id}");
+        }
         assert_eq!(
             a.matrix_user(&BareJid::from_str("alice@matrix.example.org").unwrap())
                 .as_deref(),

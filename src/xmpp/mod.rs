@@ -13,19 +13,19 @@
 
 mod account;
 mod avatar;
-mod c2s;
+pub(crate) mod c2s;
 mod component;
 pub mod convert;
-mod fidelity;
+pub(crate) mod fidelity;
 mod handle_matrix;
-mod handle_xmpp;
+pub(crate) mod handle_xmpp;
 mod hosted;
 pub mod ids;
 pub mod limits;
 mod muc;
 mod scram;
 
-mod time;
+pub(crate) mod time;
 pub mod xml_safe;
 
 use std::collections::HashMap;
