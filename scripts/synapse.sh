@@ -108,18 +108,23 @@ EOF
         exit 1
     fi
 
+    start "$port"
+    log "Synapse is up on http://127.0.0.1:$port (PID $(cat "$PIDFILE"), log $LOGFILE)"
+}
+
+# start PORT : runs Synapse on the written homeserver.yaml and waits until it answers.
+start() {
+    local port=$1
     # Synapse writes pid_file only when it daemonizes, so keep $! instead.
     # No log_config: Synapse logs to stderr, which goes to the log file.
-    (close_fds; exec "$python" -m synapse.app.homeserver -c "$SYN/homeserver.yaml") \
+    (close_fds; exec "$VENV/bin/python" -m synapse.app.homeserver -c "$SYN/homeserver.yaml") \
         >>"$LOGFILE" 2>&1 </dev/null &
     echo "$!" >"$PIDFILE"
-
     if ! wait_http "http://127.0.0.1:$port/_matrix/client/versions" \
         "$(cat "$PIDFILE")" "$LOGFILE" 60; then
         stop_pidfile "$PIDFILE"
         exit 1
     fi
-    log "Synapse is up on http://127.0.0.1:$port (PID $(cat "$PIDFILE"), log $LOGFILE)"
 }
 
 # Stops Synapse and starts it again on the same homeserver.yaml and database, as an operator
@@ -132,15 +137,7 @@ restart() {
     down
     local port
     port=$(sed -n 's/^  - port: \([0-9]*\)$/\1/p' "$SYN/homeserver.yaml")
-    local python="$VENV/bin/python"
-    (close_fds; exec "$python" -m synapse.app.homeserver -c "$SYN/homeserver.yaml") \
-        >>"$LOGFILE" 2>&1 </dev/null &
-    echo "$!" >"$PIDFILE"
-    if ! wait_http "http://127.0.0.1:$port/_matrix/client/versions" \
-        "$(cat "$PIDFILE")" "$LOGFILE" 60; then
-        stop_pidfile "$PIDFILE"
-        exit 1
-    fi
+    start "$port"
     log "Synapse restarted on http://127.0.0.1:$port (PID $(cat "$PIDFILE"))"
 }
 
