@@ -860,10 +860,15 @@ impl MatrixUser {
             let events = self.messages(room).await;
             // Newest first: the reply is before `after` in this list.
             if let Some(pos) = events.iter().position(|e| e["event_id"] == after) {
+                // The bot's notice that it lacks power in the room comes on its own, not as
+                // the answer to anything: it is passed over.
                 let reply = events[..pos].iter().rev().find(|e| {
                     e["sender"] == from
                         && e["type"] == "m.room.message"
                         && e["content"]["msgtype"] == "m.notice"
+                        && !e["content"]["body"].as_str().is_some_and(|b| {
+                            b.starts_with("⚠ I could not") && b.contains("power level")
+                        })
                 });
                 if let Some(r) = reply {
                     return r["content"]["body"].as_str().unwrap_or("").to_owned();
