@@ -108,6 +108,8 @@ started=1
 log "== starting Prosody on 127.0.0.1:$XMPP_C2S_PORT (component port $XMPP_COMPONENT_PORT)"
 ISTHMUS_COMPONENT_SECRET=demo_component_secret bash "$ROOT/scripts/prosody.sh" up "$XMPP_C2S_PORT" "$XMPP_COMPONENT_PORT"
 
+# The configuration holds the tokens: only its owner reads it.
+chmod 600 "$STACK/config.yaml"
 "$BIN" check-config -c "$STACK/config.yaml" >/dev/null
 "$BIN" generate-registration -c "$STACK/config.yaml" -o "$STACK/registration.yaml" >/dev/null
 
