@@ -271,21 +271,32 @@ impl Bridge {
             };
         }
         self.ensure_ghost(network, &remote_id, None).await?;
-        if self.ghost_sees_encryption(&gid, ghost, &ev.room_id).await? {
-            // Refused rather than joined silently: the user learns at once why this chat
-            // cannot work, and can start one without encryption.
-            return refuse(super::encryption::REFUSAL.into()).await;
-        }
-        self.note_joined(ghost, &ev.room_id, true);
         let key = PortalKey::new(network.as_str(), remote_id.as_str(), Some(&ev.sender));
         let mut record = PortalRecord::new(key.clone(), &ev.room_id, ChatKind::Direct);
-        if let Some(old) = self.store.portal(&key)?
+        let old = self.store.portal(&key)?;
+        if let Some(old) = &old
             && old.room_id != ev.room_id
         {
             info!(old_room = %old.room_id, new_room = %ev.room_id, "direct chat moved to a new room");
-            record.relay = old.relay;
+            record.relay = old.relay.clone();
         }
+        // The portal is stored before the ghost joins: the user may write as soon as the
+        // ghost is in, and that message must find its portal (and its queue).
         self.store.put_portal(&record)?;
+        if self.ghost_sees_encryption(&gid, ghost, &ev.room_id).await? {
+            // Refused rather than joined silently: the user learns at once why this chat
+            // cannot work, and can start one without encryption.
+            match &old {
+                // The contact's earlier room stays its portal.
+                Some(old) => {
+                    self.store.unindex_room(&ev.room_id)?;
+                    self.store.put_portal(old)?;
+                }
+                None => self.store.delete_portal(&record)?,
+            }
+            return refuse(super::encryption::REFUSAL.into()).await;
+        }
+        self.note_joined(ghost, &ev.room_id, true);
         self.metrics.portals.set(self.store.portal_count() as i64);
         if let Err(e) = self.write_bridge_info(&record, Some(ghost)).await {
             debug!(error = %e, "could not write bridge info into a user-created direct chat");

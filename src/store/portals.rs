@@ -123,6 +123,12 @@ impl Store {
             .map_err(storage)
     }
 
+    /// Forgets which portal main room `room_id` stands for (the portal itself stays).
+    pub fn unindex_room(&self, room_id: &str) -> Result<(), StoreError> {
+        self.portal_rooms.remove(codec::key(&[room_id]))?;
+        Ok(())
+    }
+
     /// Removes a portal, its room index and its message map.
     pub fn delete_portal(&self, portal: &PortalRecord) -> Result<(), StoreError> {
         let key = portal.key.encode();
