@@ -241,13 +241,7 @@ async fn read<Io: tokio::io::AsyncBufRead + Unpin>(
 fn skipped(guard: &Guard) -> u32 {
     let mut stanzas = 0u32;
     for s in guard.take_skipped() {
-        warn!(
-            element = %s.name,
-            from = s.from.as_deref().unwrap_or(""),
-            id = s.id.as_deref().unwrap_or(""),
-            reason = s.reason(),
-            "skipped an inbound stanza over the limits on an account's connection"
-        );
+        s.log("own account");
         if matches!(s.name.as_str(), "message" | "presence" | "iq") {
             stanzas = stanzas.wrapping_add(1);
         }

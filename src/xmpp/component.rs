@@ -254,13 +254,7 @@ async fn serve<C: ServerConnector>(
         tokio::select! {
             () = guard.skipped() => {
                 for skipped in guard.take_skipped() {
-                    warn!(
-                        element = %skipped.name,
-                        from = skipped.from.as_deref().unwrap_or(""),
-                        id = skipped.id.as_deref().unwrap_or(""),
-                        reason = skipped.reason(),
-                        "skipped an inbound stanza over the limits"
-                    );
+                    skipped.log("component");
                     let Some(answer) = limit_error(&skipped).and_then(|a| xml_safe::stanza(a).ok()) else {
                         continue;
                     };

@@ -72,6 +72,18 @@ impl Skipped {
             }
         }
     }
+
+    /// Logs the skip, once, where the link that read it handles it; `link` names that link.
+    pub fn log(&self, link: &'static str) {
+        tracing::warn!(
+            element = %self.name,
+            from = self.from.as_deref().unwrap_or(""),
+            id = self.id.as_deref().unwrap_or(""),
+            reason = self.reason(),
+            link,
+            "skipped an inbound stanza over the limits"
+        );
+    }
 }
 
 #[derive(Debug, Default)]
