@@ -111,6 +111,7 @@ pub fn main(cli: Cli) -> Result<()> {
         }
         Command::Run => {
             init_tracing(&config);
+            crate::alloc::tune();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

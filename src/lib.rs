@@ -16,6 +16,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The allocator: jemalloc, whose background thread hands freed memory back to the system
+/// within seconds of a burst (a transaction of many megabytes, a large media file), where
+/// glibc's allocator keeps most of it in its per-thread arenas. See [`alloc`] and the
+/// memory figures in `docs/performance.md`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+pub mod alloc;
 pub mod app;
 pub mod appservice;
 pub mod bridge;
