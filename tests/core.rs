@@ -1457,3 +1457,37 @@ async fn a_bot_without_power_says_once_which_level_it_needs() {
         .count();
     assert_eq!(told, 1, "the room is told once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_message_in_an_encrypted_portal_is_not_lost_in_silence() {
+    let _serial = serial();
+    let bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let contact = format!("encplain{}", unique());
+    let room = dm_portal(&alice, &contact).await;
+    let speaker = ghost(&contact);
+    let state = turn_on_encryption(&alice, &room).await;
+    alice.wait_reply(&room, &state, &speaker, WAIT).await;
+
+    // A client that still sends in clear: not bridged, and the room is told so.
+    let plain = format!("plain in an encrypted room {}", unique());
+    let sent = alice.send_text(&room, &plain).await;
+    let notice = alice.wait_reply(&room, &sent, &speaker, WAIT).await;
+    assert!(notice.contains("A message was not bridged"), "{notice}");
+    // A second one right after: handled (counted) but no second notice.
+    alice.send_text(&room, &format!("{plain} again")).await;
+    wait_event_count(&bridge, "message", "room_encrypted", 2).await;
+    assert!(
+        !control
+            .sent_log()
+            .await
+            .iter()
+            .any(|op| is_message_op(op, &plain)),
+        "a message in an encrypted room reached the network"
+    );
+    assert_eq!(
+        notices_with(&alice, &room, &speaker, "message was not bridged").await,
+        1
+    );
+}

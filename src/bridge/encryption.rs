@@ -102,24 +102,37 @@ impl Bridge {
             // The once-notice just said it all.
             return Ok(());
         }
+        self.not_bridged_in_encrypted_room(seq, first, "An encrypted message")
+            .await;
+        Ok(())
+    }
+
+    /// Tells a room whose portal is encrypted that a message in it (`what`: "An encrypted
+    /// message", "A message") did not reach the remote chat. At most one such notice per room
+    /// every few minutes, so a busy room is not flooded; the metric counts every one.
+    pub(super) async fn not_bridged_in_encrypted_room(
+        &self,
+        seq: u64,
+        portal: &PortalRecord,
+        what: &str,
+    ) {
         let now = Instant::now();
         {
             let mut last = self.encrypted_notices.lock().expect("notices lock");
             if last
-                .get(&ev.room_id)
+                .get(&portal.room_id)
                 .is_some_and(|t| now.saturating_duration_since(*t) < NOTICE_INTERVAL)
             {
-                return Ok(());
+                return;
             }
-            last.insert(ev.room_id.clone(), now);
+            last.insert(portal.room_id.clone(), now);
         }
         let text = format!(
-            "⚠ An encrypted message was not bridged to {}: the bridge cannot read encrypted messages yet.",
-            self.chat_label(first)
+            "⚠ {what} was not bridged to {}: the bridge cannot read encrypted messages yet, and this room has encryption on. Start a new chat without encryption to reach them.",
+            self.chat_label(portal)
         );
-        self.portal_notice(first, &format!("isthmus.{seq}.encrypted"), &text)
+        self.portal_notice(portal, &format!("isthmus.{seq}.encrypted"), &text)
             .await;
-        Ok(())
     }
 
     /// How a notice names a portal's remote chat: "bob on XMPP".

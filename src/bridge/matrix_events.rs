@@ -364,8 +364,12 @@ impl Bridge {
     ) -> Result<(), BridgeError> {
         let portal = portal.clone();
         if portal.encrypted {
-            // The room was told once when encryption was turned on.
+            // A client that still sends in clear into a room with encryption on: the
+            // message is not bridged (the room's members expect it to stay encrypted), and
+            // the room is told so.
             self.metrics.event("to_remote", "message", "room_encrypted");
+            self.not_bridged_in_encrypted_room(seq, &portal, "A message")
+                .await;
             return Ok(());
         }
         if self
@@ -559,7 +563,13 @@ impl Bridge {
         portal: &PortalRecord,
         skip: Option<&str>,
     ) -> Result<(), BridgeError> {
-        if portal.encrypted || self.store.delivered(&portal.key, &ev.event_id)? {
+        if portal.encrypted {
+            self.metrics.event("to_remote", "message", "room_encrypted");
+            self.not_bridged_in_encrypted_room(seq, portal, "A message")
+                .await;
+            return Ok(());
+        }
+        if self.store.delivered(&portal.key, &ev.event_id)? {
             return Ok(());
         }
         let msgtype = ev.content.get("msgtype").and_then(Value::as_str);
