@@ -3,8 +3,6 @@
 //! does not exist). Answers are cached briefly: a flood of requests to the same address
 //! reaches the homeserver once per [`TTL`].
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::debug;
@@ -17,37 +15,8 @@ use crate::network::MatrixUserStatus;
 pub const TTL: Duration = Duration::from_secs(60);
 /// How long the homeserver may take to answer before the status is `Unknown`.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most answers kept; past it, expired ones are dropped, then all.
-const CAPACITY: usize = 10_000;
-
-/// Cached existence answers by user ID.
-#[derive(Default)]
-pub struct ExistenceCache {
-    entries: Mutex<HashMap<String, (Instant, bool)>>,
-}
-
-impl ExistenceCache {
-    /// The cached answer for `user`, when it is younger than [`TTL`] at `now`.
-    pub fn get(&self, user: &str, now: Instant) -> Option<bool> {
-        let entries = self.entries.lock().expect("existence lock");
-        entries
-            .get(user)
-            .filter(|(at, _)| now.saturating_duration_since(*at) < TTL)
-            .map(|(_, exists)| *exists)
-    }
-
-    /// Remembers an answer of the homeserver.
-    pub fn put(&self, user: &str, exists: bool, now: Instant) {
-        let mut entries = self.entries.lock().expect("existence lock");
-        if entries.len() >= CAPACITY && !entries.contains_key(user) {
-            entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < TTL);
-            if entries.len() >= CAPACITY {
-                entries.clear();
-            }
-        }
-        entries.insert(user.to_owned(), (now, exists));
-    }
-}
+/// Most answers kept.
+pub const CAPACITY: usize = 10_000;
 
 impl Bridge {
     /// Whether `user` exists and may use the bridge; see
@@ -88,35 +57,5 @@ impl Bridge {
                 MatrixUserStatus::Unknown
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn answers_expire() {
-        let cache = ExistenceCache::default();
-        let t0 = Instant::now();
-        assert_eq!(cache.get("@a:x", t0), None);
-        cache.put("@a:x", false, t0);
-        cache.put("@b:x", true, t0);
-        assert_eq!(cache.get("@a:x", t0 + Duration::from_secs(1)), Some(false));
-        assert_eq!(cache.get("@b:x", t0 + Duration::from_secs(1)), Some(true));
-        assert_eq!(cache.get("@a:x", t0 + TTL), None);
-    }
-
-    #[test]
-    fn stays_bounded() {
-        let cache = ExistenceCache::default();
-        let t0 = Instant::now();
-        for i in 0..CAPACITY + 10 {
-            cache.put(&format!("@u{i}:x"), false, t0);
-        }
-        assert!(cache.entries.lock().unwrap().len() <= CAPACITY);
-        // The newest answer is kept.
-        let last = format!("@u{}:x", CAPACITY + 9);
-        assert_eq!(cache.get(&last, t0), Some(false));
     }
 }

@@ -39,6 +39,10 @@ pub struct MatrixEvent {
     pub redacts: Option<String>,
 }
 
+/// How long a Matrix user's display name, as the homeserver gave it, is used without asking
+/// again (a member event of the user drops it sooner).
+pub(super) const DISPLAY_NAME_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Bridge {
     pub(super) async fn handle_matrix_event(
         &self,
@@ -75,6 +79,8 @@ impl Bridge {
         let Some(target) = ev.state_key.as_deref() else {
             return Ok(());
         };
+        // A member event is how a change of display name reaches the bridge.
+        self.display_names.forget(target);
         let membership = ev
             .content
             .get("membership")
@@ -984,11 +990,24 @@ impl Bridge {
         self.networks.get(network).and_then(|c| c.bridge_client())
     }
 
-    /// The sender as networks see it: user ID and display name.
+    /// The sender as networks see it: user ID and display name. The name comes from the
+    /// homeserver once per [`DISPLAY_NAME_TTL`] or after a member event of the user (which
+    /// is how a change of name reaches the bridge), not once per message.
     pub async fn matrix_sender(&self, user: &str) -> MatrixSender {
-        let displayname = match ruma::UserId::parse(user) {
-            Ok(uid) => self.hs.get_profile(&uid).await.ok().and_then(|(d, _)| d),
-            Err(_) => None,
+        let now = std::time::Instant::now();
+        let displayname = match self.display_names.get(user, now) {
+            Some(name) => name,
+            None => match ruma::UserId::parse(user) {
+                Ok(uid) => match self.hs.get_profile(&uid).await {
+                    Ok((name, _)) => {
+                        self.display_names.put(user, name.clone(), now);
+                        name
+                    }
+                    // Not cached: the next message asks again.
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            },
         };
         let fallback = user
             .strip_prefix('@')

@@ -5,6 +5,7 @@
 //! [`crate::network::Connector`] and [`crate::network::NetworkClient`]; the homeserver through
 //! [`crate::matrix::HomeserverClient`]; state through [`crate::store::Store`].
 
+mod cache;
 mod dispatch;
 mod encryption;
 mod existence;
@@ -153,7 +154,10 @@ pub struct Bridge {
     /// The process's open-files limit (soft, hard) after start-up raised it.
     pub open_files: std::sync::OnceLock<(u64, u64)>,
     /// Whether Matrix users exist, as the homeserver last said (briefly cached).
-    existence: existence::ExistenceCache,
+    existence: cache::TtlCache<bool>,
+    /// Display names of Matrix users, as the homeserver last said; forgotten when a member
+    /// event of theirs arrives.
+    display_names: cache::TtlCache<Option<String>>,
     /// When each encrypted portal room was last told that an encrypted message was not
     /// bridged, by room ID.
     encrypted_notices: Mutex<HashMap<String, std::time::Instant>>,
@@ -209,7 +213,11 @@ impl Bridge {
             links: std::sync::OnceLock::new(),
             upload_limit: std::sync::OnceLock::new(),
             open_files: std::sync::OnceLock::new(),
-            existence: existence::ExistenceCache::default(),
+            existence: cache::TtlCache::new(existence::TTL, existence::CAPACITY),
+            display_names: cache::TtlCache::new(
+                matrix_events::DISPLAY_NAME_TTL,
+                existence::CAPACITY,
+            ),
             encrypted_notices: Mutex::default(),
             limits: limits::Limits::new(&config.bridge.limits),
             queues: dispatch::Queues::new(
