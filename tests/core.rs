@@ -1491,3 +1491,158 @@ async fn a_plain_message_in_an_encrypted_portal_is_not_lost_in_silence() {
         1
     );
 }
+
+/// The events of `room` as `ghost` sees them (through the appservice, which speaks for it).
+async fn messages_as_ghost(ghost: &str, room: &str) -> Vec<Value> {
+    let hs = common::homeserver().await;
+    let r = common::http()
+        .get(format!(
+            "{hs}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100&user_id={}",
+            enc(room),
+            enc(ghost)
+        ))
+        .bearer_auth(AS_TOKEN)
+        .send()
+        .await
+        .expect("GET /messages as a ghost");
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    v["chunk"].as_array().cloned().unwrap_or_default()
+}
+
+/// Races, for each of `contacts` in turn, a first remote message from the contact against
+/// `open` (the Matrix side opening the direct chat, returning its room), launched together and
+/// in alternating order; then checks that each contact has exactly one room, the one `open`
+/// answered, holding the message.
+async fn one_room_per_contact(
+    control: &mut Control,
+    receiver: &str,
+    contacts: &[String],
+    open: impl AsyncFn(&str) -> String,
+) {
+    let mut opened = Vec::new();
+    for (i, contact) in contacts.iter().enumerate() {
+        let first = direct_message(contact, receiver, &format!("{contact}-1"), "first");
+        let room = if i % 2 == 0 {
+            let (room, ()) = tokio::join!(open(contact), control.inject(first));
+            room
+        } else {
+            let ((), room) = tokio::join!(control.inject(first), open(contact));
+            room
+        };
+        opened.push(room);
+    }
+    // A later message from each contact: a portal keeps order, so once it is in a room, the
+    // first message has been handled (and whatever room it made exists).
+    for contact in contacts {
+        control
+            .inject(direct_message(
+                contact,
+                receiver,
+                &format!("{contact}-2"),
+                "later",
+            ))
+            .await;
+    }
+    let mut doubled = Vec::new();
+    for (contact, opened) in contacts.iter().zip(&opened) {
+        let g = ghost(contact);
+        let deadline = std::time::Instant::now() + WAIT;
+        let rooms = loop {
+            let rooms = common::ghost_rooms(&g).await;
+            let mut later_seen = false;
+            for room in &rooms {
+                later_seen |= messages_as_ghost(&g, room)
+                    .await
+                    .iter()
+                    .any(|e| is_text_from(e, &g, "later"));
+            }
+            if later_seen {
+                break rooms;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{contact}'s later message reached none of its rooms {rooms:?} in {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if rooms != [opened.clone()] {
+            doubled.push(format!("{contact}: opened {opened}, ghost in {rooms:?}"));
+            continue;
+        }
+        let events = messages_as_ghost(&g, opened).await;
+        assert!(
+            events.iter().any(|e| is_text_from(e, &g, "first")),
+            "{contact}'s first message is not in its room {opened}:\n{}",
+            common::summarize(&events)
+        );
+    }
+    assert!(
+        doubled.is_empty(),
+        "{} of {} contacts got more than one room:\n{}",
+        doubled.len(),
+        contacts.len(),
+        doubled.join("\n")
+    );
+}
+
+/// The room ID in a command's answer.
+fn room_in(reply: &str) -> String {
+    reply
+        .split_whitespace()
+        .find(|w| w.starts_with('!'))
+        .unwrap_or_else(|| panic!("no room in {reply:?}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_chat_racing_a_first_message_makes_one_room() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("racer").await;
+    let management = management_room(&alice).await;
+    let run = unique();
+    let contacts: Vec<String> = (0..10).map(|i| format!("race{i}x{run}")).collect();
+
+    one_room_per_contact(&mut control, &alice.user_id, &contacts, async |contact| {
+        let reply = command(
+            &alice,
+            &management,
+            &format!("start-chat loopback {contact}"),
+        )
+        .await;
+        assert!(
+            reply.contains("Started a chat") || reply.contains("already have a chat"),
+            "{reply}"
+        );
+        room_in(&reply)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provisioned_dm_racing_a_first_message_makes_one_room() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("provracer").await;
+    let run = unique();
+    let contacts: Vec<String> = (0..10).map(|i| format!("prace{i}x{run}")).collect();
+
+    one_room_per_contact(&mut control, &alice.user_id, &contacts, async |contact| {
+        let (status, body) = common::provision(
+            "POST",
+            &format!("/create_dm/{contact}?network=loopback"),
+            &alice.user_id,
+            None,
+            "provisioning_secret_test",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        body["dm_room_mxid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no room in {body}"))
+            .to_owned()
+    })
+    .await;
+}

@@ -537,14 +537,17 @@ async fn resolve_or_create(
         Ok(id) => id,
         Err(e) => return error(StatusCode::NOT_FOUND, "M_NOT_FOUND", e),
     };
-    let key = crate::store::PortalKey::new(network.as_str(), id.as_str(), Some(&who.user_id));
-    let mut room = b.store.portal(&key).ok().flatten().map(|p| p.room_id);
-    if create && room.is_none() {
-        match b.get_or_create_dm(&network, &id, &who.user_id, None).await {
-            Ok((p, _)) => room = Some(p.room_id),
+    let room = if create {
+        // Made on the portal's queue, so a message from the contact at the same moment
+        // finds this room rather than making its own.
+        match b.open_direct_chat(&network, &id, &who.user_id).await {
+            Ok((p, _)) => Some(p.room_id),
             Err(e) => return bridge_error(e),
         }
-    }
+    } else {
+        let key = crate::store::PortalKey::new(network.as_str(), id.as_str(), Some(&who.user_id));
+        b.store.portal(&key).ok().flatten().map(|p| p.room_id)
+    };
     Json(json!({
         "id": id,
         "mxid": b.ghost_user_id(&network, id.as_str()),

@@ -83,8 +83,14 @@ pub(super) async fn room_alias(
             }
         }
     }
-    let result = match bridge.store.portal(&key) {
-        Ok(Some(existing)) => match crate::bridge::room_id(&existing.room_id) {
+    // The room is made on the portal's queue, ordered with the chat's remote events.
+    let opened = bridge
+        .open_group_chat(&key, Some(chat.as_str().to_owned()), local.to_owned())
+        .await;
+    let result = match opened {
+        Ok((_, true)) => Ok(()),
+        // Bridged already (to a room without this alias): the alias is added to that room.
+        Ok((existing, false)) => match crate::bridge::room_id(&existing.room_id) {
             Ok(rid) => bridge
                 .hs
                 .create_alias(&alias, &rid)
@@ -93,17 +99,6 @@ pub(super) async fn room_alias(
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
-        Ok(None) => bridge
-            .create_group_portal(
-                &key,
-                Some(chat.as_str()),
-                None,
-                Some(local.to_owned()),
-                Vec::new(),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match result {

@@ -4,15 +4,25 @@
 //! handles items one by one and removes each from the inbox only once handled, so a crash at
 //! any point leaves the item to be handled again after the restart. Idle tasks end after a
 //! while and are started again by the next item.
+//!
+//! A portal's queue is also the only place its record changes. A change asked for from
+//! anywhere else (a command, the provisioning API, an alias query, an invite in a room the
+//! portal does not own) is a *job*: [`Bridge::on_portal_queue`] puts it on the portal's queue
+//! behind what is already there and waits for its answer. Jobs are not stored: the caller
+//! waits, and if the process ends first the caller's request fails with it (an inbox item
+//! that asked is replayed, and asks again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use super::Bridge;
+use super::{Bridge, BridgeError};
 use crate::store::{InboxItem, PortalKey};
 
 /// Names one ordered queue.
@@ -36,11 +46,55 @@ impl std::fmt::Display for QueueKey {
     }
 }
 
-type Sender = mpsc::UnboundedSender<(u64, InboxItem)>;
+/// Work on a portal from outside its queue. It answers its caller itself (through a oneshot
+/// channel) and is run once: a failure is its caller's to handle, by the caller's own rules
+/// (an inbox item that asked is retried by the failure model, a command answers with the error).
+type Job = Box<dyn FnOnce(Arc<Bridge>) -> BoxFuture<'static, ()> + Send>;
+
+/// One entry of a queue, run in arrival order.
+enum Entry {
+    /// A stored inbox item, by its sequence.
+    Item(u64, InboxItem),
+    /// A job (not stored).
+    Job(Job),
+}
+
+type Sender = mpsc::UnboundedSender<Entry>;
+
+tokio::task_local! {
+    /// The queue a queue task runs; unset in every other task.
+    static CURRENT: QueueKey;
+}
+
+/// The queue the running task belongs to, if it is a queue task.
+fn current_queue() -> Option<QueueKey> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Whether the running task is the queue of portal `key`: the one place its record may change.
+pub(super) fn on_queue_of(key: &PortalKey) -> bool {
+    CURRENT
+        .try_with(|q| matches!(q, QueueKey::Portal(k) if k == key))
+        .unwrap_or(false)
+}
+
+/// Why a job on a portal's queue gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Waiting would close a circle of queues each waiting for the next (two commands in two
+    /// chats, each about the other's chat, at the same moment): this one gives way.
+    #[error("the chat {0} is busy with a request from this one; send the command again")]
+    Circular(QueueKey),
+    /// The queue ended before it answered (the bridge is stopping, or the job failed hard).
+    #[error("the queue of {0} ended before answering")]
+    Ended(QueueKey),
+}
 
 /// The running queues.
 pub(super) struct Queues {
     map: Mutex<HashMap<QueueKey, Sender>>,
+    /// Queue tasks waiting for a job on another queue: (waiting, waited for).
+    waits: Mutex<Vec<(QueueKey, QueueKey)>>,
     idle: Duration,
     /// Failures of one item, outages aside, that set it aside.
     quarantine_after: u32,
@@ -50,8 +104,54 @@ impl Queues {
     pub(super) fn new(idle: Duration, quarantine_after: u32) -> Self {
         Self {
             map: Mutex::default(),
+            waits: Mutex::default(),
             idle,
             quarantine_after: quarantine_after.max(1),
+        }
+    }
+
+    /// Notes that queue `from` waits for a job on queue `to`, unless `to` already waits
+    /// (directly or through others) for `from`: both would then wait for ever. The note is
+    /// removed when the returned guard drops.
+    fn wait(&self, from: QueueKey, to: &QueueKey) -> Result<Waiting<'_>, JobError> {
+        let mut waits = self.waits.lock().expect("waits lock");
+        if reaches(&waits, to, &from) {
+            return Err(JobError::Circular(to.clone()));
+        }
+        waits.push((from.clone(), to.clone()));
+        Ok(Waiting {
+            queues: self,
+            edge: (from, to.clone()),
+        })
+    }
+}
+
+/// Whether `from` waits for `to`, directly or through other queues.
+fn reaches(waits: &[(QueueKey, QueueKey)], from: &QueueKey, to: &QueueKey) -> bool {
+    let mut seen = HashSet::new();
+    let mut stack = vec![from];
+    while let Some(at) = stack.pop() {
+        if at == to {
+            return true;
+        }
+        if seen.insert(at) {
+            stack.extend(waits.iter().filter(|(w, _)| w == at).map(|(_, on)| on));
+        }
+    }
+    false
+}
+
+/// A queue's wait for another queue, noted in [`Queues`] while it lasts.
+struct Waiting<'a> {
+    queues: &'a Queues,
+    edge: (QueueKey, QueueKey),
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waits = self.queues.waits.lock().expect("waits lock");
+        if let Some(i) = waits.iter().position(|e| *e == self.edge) {
+            waits.swap_remove(i);
         }
     }
 }
@@ -125,34 +225,79 @@ impl Bridge {
     /// Hands a stored inbox item to its queue, starting the queue's task if needed.
     pub fn dispatch(self: &Arc<Self>, seq: u64, item: InboxItem) {
         let key = self.queue_key(&item);
+        self.enqueue(key, Entry::Item(seq, item));
+    }
+
+    /// Runs `job` on the queue of portal `key`, after everything already queued there, and
+    /// returns its answer. Every change to a portal made from outside its queue goes through
+    /// here, so that it is ordered with the portal's own events (a remote message and a
+    /// `start-chat` for the same contact cannot both create a room).
+    ///
+    /// On that queue already (a handler of the portal's own item, or a job there), `job` runs
+    /// at once. From another queue the wait is noted, and refused with [`JobError::Circular`]
+    /// when the target already waits for the caller's queue. The job is not stored; if the
+    /// process ends before it ran, the caller never gets an answer either.
+    pub(super) async fn on_portal_queue<T, F, Fut>(
+        &self,
+        key: &PortalKey,
+        job: F,
+    ) -> Result<T, BridgeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Bridge>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, BridgeError>> + Send + 'static,
+    {
+        let target = QueueKey::Portal(key.clone());
+        let Some(me) = self.me.upgrade() else {
+            return Err(JobError::Ended(target).into());
+        };
+        let current = current_queue();
+        if current.as_ref() == Some(&target) {
+            return job(me).await;
+        }
+        let _waiting = match current {
+            Some(from) => Some(self.queues.wait(from, &target)?),
+            None => None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |bridge| {
+            async move {
+                // The caller may have gone (an HTTP client hung up); the job ran all the same.
+                let _ = tx.send(job(bridge).await);
+            }
+            .boxed()
+        });
+        me.enqueue(target.clone(), Entry::Job(job));
+        rx.await.map_err(|_| JobError::Ended(target))?
+    }
+
+    /// Puts an entry on queue `key`, starting the queue's task if needed.
+    fn enqueue(self: &Arc<Self>, key: QueueKey, entry: Entry) {
         let mut map = self.queues.map.lock().expect("queues lock");
-        let mut item = Some((seq, item));
+        let mut entry = Some(entry);
         if let Some(tx) = map.get(&key) {
-            match tx.send(item.take().expect("item present")) {
+            match tx.send(entry.take().expect("entry present")) {
                 Ok(()) => return,
                 // The task ended after its last check; start a new one below.
-                Err(mpsc::error::SendError(back)) => item = Some(back),
+                Err(mpsc::error::SendError(back)) => entry = Some(back),
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(item.take().expect("item present"))
-            .expect("receiver is alive");
+        tx.send(entry.take().expect("entry present"))
+            .unwrap_or_else(|_| unreachable!("the receiver is alive"));
         map.insert(key.clone(), tx);
         drop(map);
         let span = info_span!("portal", queue = %key);
         let bridge = Arc::clone(self);
         self.metrics.portal_tasks.inc();
-        tokio::spawn(async move { bridge.run_queue(key, rx).await }.instrument(span));
+        let task = CURRENT.scope(key.clone(), bridge.run_queue(key, rx));
+        tokio::spawn(task.instrument(span));
     }
 
-    async fn run_queue(
-        self: Arc<Self>,
-        key: QueueKey,
-        mut rx: mpsc::UnboundedReceiver<(u64, InboxItem)>,
-    ) {
+    async fn run_queue(self: Arc<Self>, key: QueueKey, mut rx: mpsc::UnboundedReceiver<Entry>) {
         loop {
             let next = tokio::time::timeout(self.queues.idle, rx.recv()).await;
-            let (seq, item) = match next {
+            let entry = match next {
                 Ok(Some(x)) => x,
                 Ok(None) => break,
                 Err(_) => {
@@ -166,7 +311,10 @@ impl Bridge {
                     continue;
                 }
             };
-            self.process(seq, item).await;
+            match entry {
+                Entry::Item(seq, item) => self.process(seq, item).await,
+                Entry::Job(job) => job(Arc::clone(&self)).await,
+            }
         }
         self.metrics.portal_tasks.dec();
         debug!("portal queue idle, task ended");
@@ -331,4 +479,47 @@ fn ephemeral_sender(json: &str) -> Option<String> {
         sender: Option<String>,
     }
     serde_json::from_str::<E>(json).ok()?.sender
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn portal(chat: &str) -> QueueKey {
+        QueueKey::Portal(PortalKey::new("net", chat, None))
+    }
+
+    #[test]
+    fn a_wait_that_would_close_a_circle_is_refused() {
+        let queues = Queues::new(Duration::from_secs(1), 3);
+        let room = QueueKey::Room("!r:hs".into());
+        let (a, b, c) = (portal("a"), portal("b"), portal("c"));
+        // A room and a portal may both wait for the same portal; chains are fine.
+        let _room_on_a = queues.wait(room.clone(), &a).expect("room waits for a");
+        let a_on_b = queues.wait(a.clone(), &b).expect("a waits for b");
+        let _b_on_c = queues.wait(b.clone(), &c).expect("b waits for c");
+        // c (or b) waiting for a or b would close a circle.
+        assert!(matches!(queues.wait(c.clone(), &a), Err(JobError::Circular(k)) if k == a));
+        assert!(matches!(
+            queues.wait(c.clone(), &b),
+            Err(JobError::Circular(_))
+        ));
+        assert!(matches!(
+            queues.wait(b.clone(), &a),
+            Err(JobError::Circular(_))
+        ));
+        // Once a no longer waits, the circle is open again.
+        drop(a_on_b);
+        let _c_on_a = queues.wait(c.clone(), &a).expect("c waits for a");
+        assert_eq!(queues.waits.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_finished_wait_is_forgotten() {
+        let queues = Queues::new(Duration::from_secs(1), 3);
+        let (a, b) = (portal("a"), portal("b"));
+        drop(queues.wait(a.clone(), &b).expect("a waits for b"));
+        assert!(queues.waits.lock().unwrap().is_empty());
+        let _b_on_a = queues.wait(b, &a).expect("b waits for a");
+    }
 }

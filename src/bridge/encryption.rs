@@ -55,13 +55,21 @@ impl Bridge {
         ev: &MatrixEvent,
     ) -> Result<bool, BridgeError> {
         let mut newly = Vec::new();
-        for mut portal in self.room_portals(&ev.room_id)? {
+        // The room's main portal is this queue's; its fan-out portals change on theirs.
+        for portal in self.room_portals(&ev.room_id)? {
             if portal.encrypted {
                 continue;
             }
-            portal.encrypted = true;
-            self.store.put_portal(&portal)?;
-            newly.push(portal);
+            let marked = self
+                .edit_portal(&portal.key, &ev.room_id, |p| {
+                    let first = !p.encrypted;
+                    p.encrypted = true;
+                    first.then(|| p.clone())
+                })
+                .await?;
+            if let Some(Some(p)) = marked {
+                newly.push(p);
+            }
         }
         let Some(first) = newly.first() else {
             return Ok(false);

@@ -114,6 +114,7 @@ impl Bridge {
                 "leave" | "ban" => {
                     self.note_joined(target, &ev.room_id, false);
                     self.fanout_member_left(&ev.room_id, &network, &remote)
+                        .await
                 }
                 _ => Ok(()),
             };
@@ -155,7 +156,7 @@ impl Bridge {
                 && p.key.receiver.as_deref() == Some(target)
             {
                 info!(room_id = %ev.room_id, user = target, "user left a direct chat; removing the portal");
-                self.delete_portal(&p).await?;
+                self.remove_portal(&p.key, &ev.room_id, true).await?;
             }
             if let Some(mut u) = self.store.user(target)?
                 && u.management_room.as_deref() == Some(ev.room_id.as_str())
@@ -287,18 +288,19 @@ impl Bridge {
             record.relay = old.relay.clone();
         }
         // The portal is stored before the ghost joins: the user may write as soon as the
-        // ghost is in, and that message must find its portal (and its queue).
-        self.store.put_portal(&record)?;
+        // ghost is in, and that message must find its portal (and its queue). This runs on
+        // the portal's queue: `queue_key` sends a direct invite of a ghost there.
+        self.save_portal(&record)?;
         if self.ghost_sees_encryption(&gid, ghost, &ev.room_id).await? {
             // Refused rather than joined silently: the user learns at once why this chat
             // cannot work, and can start one without encryption.
             match &old {
                 // The contact's earlier room stays its portal.
                 Some(old) => {
-                    self.store.unindex_room(&ev.room_id)?;
-                    self.store.put_portal(old)?;
+                    self.unindex_portal_room(&key, &ev.room_id)?;
+                    self.save_portal(old)?;
                 }
-                None => self.store.delete_portal(&record)?,
+                None => self.forget_portal(&record)?,
             }
             return refuse(super::encryption::REFUSAL.into()).await;
         }
@@ -620,7 +622,8 @@ impl Bridge {
         }
     }
 
-    /// Adds a remote user to a room's fan-out portal (creating it), and joins their ghost.
+    /// Adds a remote user to a room's fan-out portal (creating it), and joins their ghost, on
+    /// the fan-out portal's queue (the invite came on the room's).
     async fn add_fanout_member(
         &self,
         room: &str,
@@ -631,7 +634,22 @@ impl Bridge {
     ) -> Result<(), BridgeError> {
         self.ensure_ghost(network, remote, None).await?;
         let key = PortalKey::new(network.as_str(), chat, None);
-        let mut record = match self.store.portal(&key)? {
+        let (room, remote, ghost) = (room.to_owned(), remote.clone(), ghost.to_owned());
+        self.on_portal_queue(&key.clone(), move |b| async move {
+            b.join_fanout(&key, &room, &remote, &ghost).await
+        })
+        .await
+    }
+
+    /// [`Bridge::add_fanout_member`], on the fan-out portal's queue.
+    async fn join_fanout(
+        &self,
+        key: &PortalKey,
+        room: &str,
+        remote: &RemoteUserId,
+        ghost: &str,
+    ) -> Result<(), BridgeError> {
+        let mut record = match self.store.portal(key)? {
             Some(p) if p.room_id == room => p,
             Some(p) => {
                 // Chat IDs are derived from room IDs; another room holding this one is a
@@ -646,7 +664,7 @@ impl Bridge {
         if !record.members.iter().any(|m| m == remote.as_str()) {
             record.members.push(remote.as_str().to_owned());
         }
-        self.store.put_portal(&record)?;
+        self.save_portal(&record)?;
         self.metrics.portals.set(self.store.portal_count() as i64);
         self.hs.join(Some(&user_id(ghost)?), room).await?;
         self.note_joined(ghost, room, true);
@@ -654,8 +672,9 @@ impl Bridge {
         Ok(())
     }
 
-    /// A remote member's ghost left a room: it no longer gets the room's messages.
-    fn fanout_member_left(
+    /// A remote member's ghost left a room: it no longer gets the room's messages. Each
+    /// fan-out portal of the room on the ghost's network changes on its own queue.
+    async fn fanout_member_left(
         &self,
         room: &str,
         network: &NetworkId,
@@ -668,21 +687,31 @@ impl Bridge {
             .and_then(|c| c.parse_user_id(remote).ok())
             .map(|r| r.as_str().to_owned())
             .unwrap_or_else(|| remote.to_owned());
-        for mut p in self.store.fanout_portals(room)? {
+        for p in self.store.fanout_portals(room)? {
             if &p.key.network != network {
                 continue;
             }
-            let before = p.members.len();
-            p.members.retain(|m| m != remote && *m != normalised);
-            if p.members.len() == before {
-                continue;
-            }
-            info!(room_id = room, portal = %p.key, member = remote, "remote member left a room");
-            if p.members.is_empty() {
-                self.store.delete_portal(&p)?;
-            } else {
-                self.store.put_portal(&p)?;
-            }
+            let (room, remote, normalised) =
+                (room.to_owned(), remote.to_owned(), normalised.clone());
+            let key = p.key;
+            self.on_portal_queue(&key.clone(), move |b| async move {
+                let Some(mut p) = b.store.portal(&key)?.filter(|p| p.room_id == room) else {
+                    return Ok(());
+                };
+                let before = p.members.len();
+                p.members.retain(|m| *m != remote && *m != normalised);
+                if p.members.len() == before {
+                    return Ok(());
+                }
+                info!(room_id = room, portal = %p.key, member = remote, "remote member left a room");
+                if p.members.is_empty() {
+                    b.forget_portal(&p)?;
+                } else {
+                    b.save_portal(&p)?;
+                }
+                Ok(())
+            })
+            .await?;
         }
         Ok(())
     }

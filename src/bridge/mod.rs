@@ -18,6 +18,7 @@ mod matrix_events;
 mod media;
 mod permissions;
 mod portal;
+mod portal_ops;
 mod remote_events;
 pub mod split;
 
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-pub use self::dispatch::QueueKey;
+pub use self::dispatch::{JobError, QueueKey};
 pub use self::encryption::REFUSAL as ENCRYPTED_ROOM_REFUSAL;
 pub use self::login_page::{LINK_LIFETIME, LOGIN_PATH, LoginLink, PageView};
 pub use self::logins::LoginSession;
@@ -63,6 +64,9 @@ pub enum BridgeError {
     /// Something in the event is not valid.
     #[error("invalid event: {0}")]
     Invalid(String),
+    /// A change handed to a portal's queue got no answer.
+    #[error(transparent)]
+    Queue(#[from] JobError),
 }
 
 impl BridgeError {
@@ -76,6 +80,8 @@ impl BridgeError {
             }
             // The disk (full, unwritable): every item fails alike until it is fixed.
             BridgeError::Store(StoreError::Db(_)) => true,
+            // Asked again, the portal's queue (started anew) answers.
+            BridgeError::Queue(JobError::Ended(_)) => true,
             _ => false,
         }
     }

@@ -5,7 +5,7 @@ use tracing::{info, warn};
 
 use super::{Bridge, BridgeError, room_id, user_id};
 use crate::matrix::RoomCreation;
-use crate::network::{ChatKind, NetworkId, RemoteUserId};
+use crate::network::{ChatKind, RemoteUserId};
 use crate::store::{PortalKey, PortalRecord};
 
 /// Something the bridge does in a room that needs power there.
@@ -180,8 +180,8 @@ impl Bridge {
 
     /// Creates the room of a direct chat between Matrix user `receiver` and the remote contact
     /// the portal key names. The ghost creates the room and invites the user, so the room is a
-    /// plain two-person DM.
-    pub async fn create_dm_portal(
+    /// plain two-person DM. Only on the portal's queue.
+    pub(super) async fn create_dm_portal(
         &self,
         key: &PortalKey,
         receiver: &str,
@@ -210,7 +210,7 @@ impl Bridge {
         self.note_joined(&ghost, room.as_str(), true);
         let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Direct);
         record.name = contact_name.map(str::to_owned);
-        self.store.put_portal(&record)?;
+        self.save_portal(&record)?;
         self.metrics.portals.set(self.store.portal_count() as i64);
         info!(room_id = %room, portal = %key, "created direct chat portal");
         self.publish_current_presence(receiver, &key.network, None)
@@ -220,8 +220,8 @@ impl Bridge {
 
     /// Creates the room of a group chat, owned by the bot, optionally with an alias and
     /// inviting `invite` (who get moderator power). A room with an alias is public, so anyone on the homeserver can join
-    /// it through the alias; without one it is private.
-    pub async fn create_group_portal(
+    /// it through the alias; without one it is private. Only on the portal's queue.
+    pub(super) async fn create_group_portal(
         &self,
         key: &PortalKey,
         name: Option<&str>,
@@ -263,7 +263,7 @@ impl Bridge {
         let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
         record.name = name.map(str::to_owned);
         record.topic = topic.map(str::to_owned);
-        self.store.put_portal(&record)?;
+        self.save_portal(&record)?;
         self.metrics.portals.set(self.store.portal_count() as i64);
         info!(room_id = %room, portal = %key, "created group chat portal");
         Ok(record)
@@ -306,7 +306,8 @@ impl Bridge {
     }
 
     /// Removes a portal: every ghost and the bot leave the room, and the store forgets it.
-    pub async fn delete_portal(&self, portal: &PortalRecord) -> Result<(), BridgeError> {
+    /// Only on the portal's queue.
+    pub(super) async fn delete_portal(&self, portal: &PortalRecord) -> Result<(), BridgeError> {
         let rid = room_id(&portal.room_id)?;
         let members = match self.hs.joined_members(Some(self.bot()), &rid).await {
             Ok(m) => m,
@@ -329,28 +330,10 @@ impl Bridge {
             self.ghost_leave(self.bot().as_str(), &portal.room_id)
                 .await?;
         }
-        self.store.delete_portal(portal)?;
+        self.forget_portal(portal)?;
         self.metrics.portals.set(self.store.portal_count() as i64);
         info!(room_id = %portal.room_id, portal = %portal.key, "deleted portal");
         Ok(())
-    }
-
-    /// The portal of a direct chat between `receiver` and remote `contact`, created if missing.
-    pub async fn get_or_create_dm(
-        &self,
-        network: &NetworkId,
-        contact: &RemoteUserId,
-        receiver: &str,
-        contact_name: Option<&str>,
-    ) -> Result<(PortalRecord, bool), BridgeError> {
-        let key = PortalKey::new(network.as_str(), contact.as_str(), Some(receiver));
-        if let Some(p) = self.store.portal(&key)? {
-            return Ok((p, false));
-        }
-        Ok((
-            self.create_dm_portal(&key, receiver, contact_name).await?,
-            true,
-        ))
     }
 }
 

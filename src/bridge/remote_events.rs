@@ -657,7 +657,7 @@ impl Bridge {
         let room = self.hs.join(None, alias).await?;
         self.note_joined(self.bot().as_str(), room.as_str(), true);
         let record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
-        self.store.put_portal(&record)?;
+        self.save_portal(&record)?;
         self.metrics.portals.set(self.store.portal_count() as i64);
         if let Err(e) = self.write_bridge_info(&record, None).await {
             debug!(error = %e, "could not write bridge info into a hosted room (the bot may lack power)");
@@ -753,7 +753,7 @@ impl Bridge {
             updated.topic = Some(t.to_owned());
         }
         if &updated != portal {
-            self.store.put_portal(&updated)?;
+            self.save_portal(&updated)?;
         }
         Ok(())
     }

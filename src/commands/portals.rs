@@ -93,6 +93,9 @@ pub(super) fn commands() -> Vec<Command> {
     ]
 }
 
+/// The answer when the room's portal went away while the command waited for it.
+const NO_LONGER_BRIDGED: &str = "This room is no longer bridged.";
+
 /// Parses a group chat address of `network`; `Err` is the reply when it has no group chats.
 fn group_chat(
     ctx: &Ctx<'_>,
@@ -220,7 +223,7 @@ async fn start_chat(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     })?;
     let (portal, created) = ctx
         .bridge
-        .get_or_create_dm(&network, &contact, ctx.sender, None)
+        .open_direct_chat(&network, &contact, ctx.sender)
         .await?;
     if !created {
         // Make sure the user is (again) in the room.
@@ -257,27 +260,27 @@ async fn join(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
         Err(reply) => return Ok(reply),
     };
     let key = PortalKey::new(network.as_str(), chat.as_str(), None);
-    let portal = match ctx.bridge.store.portal(&key)? {
-        Some(p) => p,
-        None => {
-            let exists = connector.group_chat_exists(&chat).await.map_err(|source| {
-                BridgeError::Network {
+    if ctx.bridge.store.portal(&key)?.is_none() {
+        let exists =
+            connector
+                .group_chat_exists(&chat)
+                .await
+                .map_err(|source| BridgeError::Network {
                     network: network.clone(),
                     source,
-                }
-            })?;
-            if !exists {
-                return Ok(format!(
-                    "There is no group chat {chat} on {}.",
-                    connector.info().display_name
-                ));
-            }
-            let alias = ctx.bridge.alias_localpart(&network, chat.as_str());
-            ctx.bridge
-                .create_group_portal(&key, Some(chat.as_str()), None, Some(alias), Vec::new())
-                .await?
+                })?;
+        if !exists {
+            return Ok(format!(
+                "There is no group chat {chat} on {}.",
+                connector.info().display_name
+            ));
         }
-    };
+    }
+    let alias = ctx.bridge.alias_localpart(&network, chat.as_str());
+    let (portal, _) = ctx
+        .bridge
+        .open_group_chat(&key, Some(chat.as_str().to_owned()), alias)
+        .await?;
     let room = room_id(&portal.room_id)?;
     match ctx
         .bridge
@@ -316,21 +319,9 @@ async fn bridge_room(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
         return Ok(crate::bridge::ENCRYPTED_ROOM_REFUSAL.into());
     }
     let key = PortalKey::new(network.as_str(), chat.as_str(), None);
-    if let Some(existing) = ctx.bridge.store.portal(&key)? {
-        return Ok(format!(
-            "{chat} is already bridged to {}.",
-            existing.room_id
-        ));
+    if let Err(existing) = ctx.bridge.bridge_room(&key, ctx.room_id).await? {
+        return Ok(format!("{chat} is already bridged to {existing}."));
     }
-    let record = PortalRecord::new(key, ctx.room_id, ChatKind::Group);
-    ctx.bridge.store.put_portal(&record)?;
-    if let Err(e) = ctx.bridge.join_members(&record).await {
-        tracing::warn!(error = %e, "could not join the room's members to the group chat");
-    }
-    if let Err(e) = ctx.bridge.write_bridge_info(&record, None).await {
-        tracing::warn!(error = %e, "could not write bridge info (the bot may lack power in this room)");
-    }
-    ctx.bridge.refresh_gauges();
     Ok(format!(
         "This room is now bridged to {chat} on {}.",
         connector.info().display_name
@@ -350,11 +341,18 @@ async fn unbridge(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
             "This direct chat is no longer bridged; the contact is leaving.",
         )
         .await;
-        ctx.bridge.delete_portal(&portal).await?;
+        ctx.bridge
+            .remove_portal(&portal.key, ctx.room_id, true)
+            .await?;
         return Ok(String::new());
     }
-    ctx.bridge.store.delete_portal(&portal)?;
-    ctx.bridge.refresh_gauges();
+    if !ctx
+        .bridge
+        .remove_portal(&portal.key, ctx.room_id, false)
+        .await?
+    {
+        return Ok(NO_LONGER_BRIDGED.into());
+    }
     Ok(format!(
         "This room is no longer bridged to {}.",
         portal.key.chat
@@ -362,7 +360,7 @@ async fn unbridge(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
 }
 
 async fn set_relay(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
-    let mut portal = ctx.portal.clone().expect("checked: in a portal");
+    let portal = ctx.portal.clone().expect("checked: in a portal");
     if !ctx.bridge.config.bridge.relay.enabled {
         return Ok("Relay mode is turned off in the bridge configuration.".into());
     }
@@ -382,8 +380,15 @@ async fn set_relay(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
             portal.key.network, portal.key.network
         ));
     };
-    portal.relay = Some((ctx.sender.to_owned(), login.id.clone()));
-    ctx.bridge.store.put_portal(&portal)?;
+    let relay = Some((ctx.sender.to_owned(), login.id.clone()));
+    if ctx
+        .bridge
+        .edit_portal(&portal.key, ctx.room_id, |p| p.relay = relay)
+        .await?
+        .is_none()
+    {
+        return Ok(NO_LONGER_BRIDGED.into());
+    }
     Ok(format!(
         "Messages of users without their own login are now relayed through {} in this room.",
         login.remote_name
@@ -391,23 +396,29 @@ async fn set_relay(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
 }
 
 async fn unset_relay(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
-    let mut portal = ctx.portal.clone().expect("checked: in a portal");
+    let portal = ctx.portal.clone().expect("checked: in a portal");
     if !may_manage(ctx, &portal).await? {
         return Ok(
             "Only the owner of this chat, a room moderator or a bridge admin can do that.".into(),
         );
     }
-    if portal.relay.take().is_none() {
-        return Ok("This room has no relay.".into());
-    }
-    ctx.bridge.store.put_portal(&portal)?;
-    Ok("Relay turned off for this room.".into())
+    let had_relay = ctx
+        .bridge
+        .edit_portal(&portal.key, ctx.room_id, |p| p.relay.take().is_some())
+        .await?;
+    Ok(match had_relay {
+        None => NO_LONGER_BRIDGED.into(),
+        Some(false) => "This room has no relay.".into(),
+        Some(true) => "Relay turned off for this room.".into(),
+    })
 }
 
 async fn delete_portal(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
     let portal = ctx.portal.clone().expect("checked: in a portal");
     // Say it first: the speaker leaves the room with the portal.
     super::send_reply(ctx, "Deleting this portal: the bridge is leaving the room.").await;
-    ctx.bridge.delete_portal(&portal).await?;
+    ctx.bridge
+        .remove_portal(&portal.key, ctx.room_id, true)
+        .await?;
     Ok(String::new())
 }
