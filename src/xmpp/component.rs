@@ -241,6 +241,54 @@ pub(super) fn limit_error(skipped: &Skipped) -> Option<Stanza> {
     })
 }
 
+/// Most stanzas written between two flushes of the link.
+const OUT_BATCH: usize = 64;
+
+/// Writes `batch` and flushes once; answers each stanza's sender after the flush. Returns
+/// why the link failed, if it did (every sender in the batch then hears the error).
+async fn write_batch<S>(sink: &mut S, batch: Vec<Outgoing>) -> Option<String>
+where
+    S: futures::Sink<Stanza> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    let mut acks = Vec::with_capacity(batch.len());
+    let mut failed = None;
+    for (stanza, ack) in batch {
+        if failed.is_some() {
+            acks.extend(ack);
+            continue;
+        }
+        // What the stanza carries is made legal XML first, so that nothing a user writes
+        // can fail the write of the link that every user shares.
+        match xml_safe::stanza(stanza) {
+            Ok(stanza) => {
+                if let Err(e) = sink.feed(stanza).await {
+                    failed = Some(e.to_string());
+                }
+                acks.extend(ack);
+            }
+            Err(e) => {
+                warn!(error = %e, "stanza not written");
+                if let Some(ack) = ack {
+                    let _ = ack.send(Err(e));
+                }
+            }
+        }
+    }
+    if failed.is_none()
+        && let Err(e) = sink.flush().await
+    {
+        failed = Some(e.to_string());
+    }
+    for ack in acks {
+        let _ = ack.send(match &failed {
+            None => Ok(()),
+            Some(e) => Err(e.clone()),
+        });
+    }
+    failed.map(|e| format!("write failed: {e}"))
+}
+
 /// Reads and writes until the link drops; returns why.
 async fn serve<C: ServerConnector>(
     component: Component<C>,
@@ -275,28 +323,20 @@ async fn serve<C: ServerConnector>(
                 }
             }
             out = outgoing.recv() => {
-                let Some((stanza, ack)) = out else {
+                let Some(first) = out else {
                     return "the bridge is stopping".into();
                 };
-                // What the stanza carries is made legal XML first, so that nothing a user
-                // writes can fail the write of the link that every user shares.
-                let stanza = match xml_safe::stanza(stanza) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!(error = %e, "stanza not written");
-                        if let Some(ack) = ack {
-                            let _ = ack.send(Err(e));
-                        }
-                        continue;
+                // What is queued already goes out with it: one flush for the batch, not
+                // one per stanza; each sender hears after the flush.
+                let mut batch = vec![first];
+                while batch.len() < OUT_BATCH {
+                    match outgoing.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
                     }
-                };
-                let result = sink.send(stanza).await;
-                let failed = result.as_ref().err().map(|e| e.to_string());
-                if let Some(ack) = ack {
-                    let _ = ack.send(result.map_err(|e| e.to_string()));
                 }
-                if let Some(e) = failed {
-                    return format!("write failed: {e}");
+                if let Some(why) = write_batch(&mut sink, batch).await {
+                    return why;
                 }
             }
             _ = stop.changed() => {
@@ -310,6 +350,57 @@ async fn serve<C: ServerConnector>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(n: usize) -> Stanza {
+        let mut m =
+            xmpp_parsers::message::Message::new(Some("alice@localhost".parse::<Jid>().unwrap()));
+        m.bodies
+            .insert(xmpp_parsers::message::Lang::default(), format!("m{n}"));
+        m.into()
+    }
+
+    fn batch(n: usize) -> (Vec<Outgoing>, Vec<oneshot::Receiver<Result<(), String>>>) {
+        (0..n)
+            .map(|i| {
+                let (tx, rx) = oneshot::channel();
+                // Every other stanza has nobody waiting on it.
+                ((message(i), (i % 2 == 0).then_some(tx)), rx)
+            })
+            .unzip()
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_written_in_order_and_every_sender_hears() {
+        let (mut sink, mut written) = futures::channel::mpsc::unbounded::<Stanza>();
+        let (out, acks) = batch(5);
+        assert_eq!(write_batch(&mut sink, out).await, None);
+        drop(sink);
+        let mut bodies = Vec::new();
+        while let Some(Stanza::Message(m)) = written.next().await {
+            bodies.extend(m.bodies.into_values());
+        }
+        assert_eq!(bodies, ["m0", "m1", "m2", "m3", "m4"]);
+        for (i, ack) in acks.into_iter().enumerate() {
+            match ack.await {
+                Ok(r) => assert_eq!(r, Ok(()), "stanza {i}"),
+                Err(_) => assert!(i % 2 == 1, "stanza {i} had a sender who never heard"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_told_to_every_sender_in_the_batch() {
+        let (mut sink, written) = futures::channel::mpsc::unbounded::<Stanza>();
+        drop(written);
+        let (out, acks) = batch(4);
+        let why = write_batch(&mut sink, out).await.expect("the write fails");
+        assert!(why.starts_with("write failed"), "{why}");
+        for (i, ack) in acks.into_iter().enumerate() {
+            if i % 2 == 0 {
+                assert!(ack.await.unwrap().is_err(), "stanza {i}");
+            }
+        }
+    }
 
     fn skipped(name: &str, kind: Option<&str>) -> Skipped {
         Skipped {
