@@ -3503,3 +3503,201 @@ async fn group_chat_nick_churn_is_bounded_and_messages_still_arrive() {
         "{text}"
     );
 }
+
+/// `bridge.limits` allowing one new ghost per remote domain from joins and one from
+/// messages, so that a third new occupant's message is refused.
+fn one_new_ghost_each(cfg: String) -> String {
+    let one = "{rate: 1, per_seconds: 3600, burst: 1}";
+    cfg.replace(
+        "bridge:\n",
+        &format!(
+            "bridge:\n  limits:\n    ghosts_per_domain: {one}\n    message_ghosts_per_domain: {one}\n"
+        ),
+    )
+}
+
+/// A message in a Matrix room hosted as a group chat that the bridge refuses (here: its
+/// sender would be one new user too many) is answered with an error message from the room,
+/// carrying the message's ID, at the occupant's own address; the room goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_message_in_a_hosted_room_is_answered_with_an_error() {
+    let _s = serial();
+    let alice = MatrixUser::register("xhostrefuse").await;
+    let local = format!("hostedrefuse{}", unique());
+    let alias = format!("#{local}:localhost");
+    let created = alice
+        .ok(
+            "POST",
+            "/createRoom",
+            Some(&serde_json::json!({"preset": "public_chat", "room_alias_name": local})),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let bridge = BridgeProcess::start_with(move |cfg| {
+        one_new_ghost_each(cfg).replace(
+            "      secret: component_secret_test",
+            &format!("      secret: component_secret_test\n    hosted_rooms: [\"{alias}\"]"),
+        )
+    })
+    .await;
+    wait_metric(&bridge, CONNECTED).await;
+    let muc = format!("#{local}@{COMPONENT_DOMAIN}");
+    let join = |nick: &str| {
+        format!(
+            "<presence to='{muc}/{nick}' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        )
+    };
+    let say = |id: &str, body: &str| {
+        format!(
+            "<message to='{muc}' id='{id}' type='groupchat' xmlns='jabber:client'><body>{body}</body></message>"
+        )
+    };
+    let own_presence = |nick: &str| {
+        let me = format!("{muc}/{nick}");
+        move |e: &Element| e.name() == "presence" && e.attr("from") == Some(me.as_str())
+    };
+
+    // carol's join makes the one ghost joins may make; dave's message the one messages may.
+    let mut carol = XmppUser::login("carol").await;
+    carol.send_xml(&join("carol")).await;
+    carol
+        .wait("carol's own presence", own_presence("carol"))
+        .await;
+    alice
+        .wait_joined(
+            &room,
+            &xmpp_ghost("carol@localhost"),
+            Duration::from_secs(20),
+        )
+        .await;
+    let mut dave = XmppUser::login("dave").await;
+    dave.send_xml(&join("dave")).await;
+    dave.wait("dave's own presence", own_presence("dave")).await;
+    let from_dave = format!("dave's first {}", unique());
+    dave.send_xml(&say(&unique(), &from_dave)).await;
+    alice
+        .wait_for_event(&room, "dave's message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == from_dave.as_str()
+        })
+        .await;
+
+    // erin is one new user too many: her message is refused, and she is told.
+    let mut erin = XmppUser::login("erin").await;
+    erin.send_xml(&join("erin")).await;
+    erin.wait("erin's own presence", own_presence("erin")).await;
+    let id = format!("refused{}", unique());
+    let from_erin = format!("erin's refused {}", unique());
+    erin.send_xml(&say(&id, &from_erin)).await;
+    let el = erin
+        .wait("the error for erin's message", |e| {
+            e.name() == "message"
+                && e.attr("type") == Some("error")
+                && e.attr("id") == Some(id.as_str())
+        })
+        .await;
+    assert_eq!(el.attr("from"), Some(muc.as_str()));
+    assert_eq!(el.attr("to"), Some("erin@localhost/test"));
+    let xml = String::from(&el);
+    assert!(
+        xml.contains("too many new users from your server; try again later"),
+        "{xml}"
+    );
+    let text = bridge.metrics().await;
+    assert_eq!(
+        common::metric(
+            &text,
+            r#"bridge_rate_limited_total{what="message_ghosts_per_domain"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    // The room goes on; erin's message is not in it.
+    let later = format!("dave's later {}", unique());
+    dave.send_xml(&say(&unique(), &later)).await;
+    alice
+        .wait_for_event(
+            &room,
+            "dave's later message",
+            Duration::from_secs(20),
+            |e| e["content"]["body"] == later.as_str(),
+        )
+        .await;
+    assert!(
+        !alice
+            .messages(&room)
+            .await
+            .iter()
+            .any(|e| e["content"]["body"] == from_erin.as_str()),
+        "erin's refused message reached Matrix"
+    );
+}
+
+/// A message in a group chat hosted elsewhere that the bridge refuses (its sender would be
+/// one new user too many) is told to its sender in a private message from the Matrix user's
+/// puppet in the room, quoting the message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_message_in_an_external_group_chat_is_told_in_private() {
+    let _s = serial();
+    let bridge = BridgeProcess::start_with(one_new_ghost_each).await;
+    wait_metric(&bridge, CONNECTED).await;
+    // bob's occupant ghost is the one ghost joins may make.
+    let (mut bob, alice, room_jid, room) = shared_group_chat("refuse", "xmucrefuse").await;
+    let bob_ghost = format!("@_xmpp_{}=2fbob:localhost", room_jid.replace('@', "=40"));
+    alice
+        .wait_joined(&room, &bob_ghost, Duration::from_secs(20))
+        .await;
+    let say = |id: &str, body: &str| {
+        format!(
+            "<message to='{room_jid}' id='{id}' type='groupchat' xmlns='jabber:client'><body>{body}</body></message>"
+        )
+    };
+
+    // As `n1`, bob is a new occupant whose message makes the one ghost messages may make.
+    bob.open_room(&room_jid, "n1").await;
+    let first = format!("first as n1 {}", unique());
+    bob.send_xml(&say(&unique(), &first)).await;
+    alice
+        .wait_for_event(&room, "n1's message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == first.as_str()
+        })
+        .await;
+
+    // As `n2`, one new occupant too many: refused, and told in private.
+    bob.open_room(&room_jid, "n2").await;
+    let refused = format!("refused as n2 {}", unique());
+    bob.send_xml(&say(&unique(), &refused)).await;
+    let puppet = format!("{room_jid}/{}", alice.localpart);
+    let el = bob
+        .wait("the private message about the refused one", |e| {
+            e.name() == "message"
+                && e.attr("type") == Some("chat")
+                && e.attr("from") == Some(puppet.as_str())
+        })
+        .await;
+    assert!(
+        el.has_child("x", "http://jabber.org/protocol/muc#user"),
+        "a MUC private message: {}",
+        String::from(&el)
+    );
+    let body = el
+        .children()
+        .find(|c| c.name() == "body")
+        .map(|b| b.text())
+        .unwrap_or_default();
+    assert_eq!(
+        body,
+        format!(
+            "Your message was not bridged to Matrix: too many new users from your server; try again later\n> {refused}"
+        )
+    );
+    let text = bridge.metrics().await;
+    assert_eq!(
+        common::metric(
+            &text,
+            r#"bridge_rate_limited_total{what="message_ghosts_per_domain"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -550,8 +550,10 @@ impl NetworkClient for Gateway {
             muc::join_presence(from, &room, &nick, false)
         }
         .ok_or_else(|| NetworkError::InvalidInput(format!("{nick:?} is not a usable nick")))?;
-        self.send(stanza).await?;
-        self.shared
+        // The puppet is in the room's record before its join goes out: the room answers at
+        // once (occupants' presence, history), and only rooms with a puppet take that in.
+        let before = self
+            .shared
             .rooms
             .lock()
             .expect("rooms lock")
@@ -559,6 +561,24 @@ impl NetworkClient for Gateway {
             .or_default()
             .puppets
             .insert(user.user_id.clone(), nick.clone());
+        if let Err(e) = self.send(stanza).await {
+            // Not joined: a retry must send the join again.
+            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
+            if let Some(r) = rooms.get_mut(&room_str) {
+                match before {
+                    Some(old) => {
+                        r.puppets.insert(user.user_id.clone(), old);
+                    }
+                    None => {
+                        r.puppets.remove(&user.user_id);
+                    }
+                }
+                if r.puppets.is_empty() {
+                    rooms.remove(&room_str);
+                }
+            }
+            return Err(e);
+        }
         muc::remember(self.shared.store()?, &room_str, &user.user_id, &nick)
             .map_err(store_error)?;
         Ok(())

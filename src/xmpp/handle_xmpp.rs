@@ -136,6 +136,69 @@ pub(super) fn undelivered_error(
     Some(err.into())
 }
 
+/// What tells the XMPP sender of group chat message `event` that it did not reach Matrix.
+/// In a room the gateway hosts: the error message of RFC 6120 §8.3 from the room, to the
+/// address the occupant wrote from (their full JID while they are in the room, else the one
+/// last seen, else their bare JID). In a group chat hosted elsewhere: a private message
+/// (XEP-0045 §7.5) from the room's primary puppet to the sender's nick, quoting the
+/// message's beginning. `None` for what is not a group message, and when nobody can be
+/// addressed (the bridge or the sender left the room).
+pub(super) fn group_undelivered(
+    shared: &Shared,
+    event: &crate::network::RemoteEvent,
+    reason: &str,
+) -> Option<Stanza> {
+    let RemoteEventKind::Message { id, content, .. } = &event.kind else {
+        return None;
+    };
+    if event.chat_kind != crate::network::ChatKind::Group {
+        return None;
+    }
+    let room = BareJid::from_str(event.chat.as_str()).ok()?;
+    let nick = event.sender_name.as_deref();
+    if room.domain().as_str() == shared.addressing.component() {
+        let sender = BareJid::from_str(event.sender.as_str()).ok()?;
+        let present = shared
+            .hosted
+            .lock()
+            .expect("hosted lock")
+            .get(room.as_str())
+            .and_then(|r| hosted::occupant_address(&r.occupants, &sender, nick));
+        let to = present
+            .or_else(|| {
+                shared
+                    .resources
+                    .lock()
+                    .expect("resources lock")
+                    .get(sender.as_str())
+                    .filter(|f| f.to_bare() == sender)
+                    .cloned()
+            })
+            .unwrap_or_else(|| Jid::from(sender));
+        return Some(hosted::undelivered_error(&room, to, id.as_str(), reason));
+    }
+    let Some(occupant) = shared
+        .rooms
+        .lock()
+        .expect("rooms lock")
+        .get(room.as_str())
+        .and_then(|r| muc::occupant_nick(&room, &r.occupants, event.sender.as_str(), nick))
+    else {
+        debug!(room = %room, sender = %event.sender, "the sender of an undelivered group message, or the bridge, is not in the room; nobody to tell");
+        return None;
+    };
+    let puppet = shared
+        .primary(room.as_str())
+        .and_then(|user| shared.addressing.puppet(&user))?;
+    muc::undelivered_notice(
+        muc::puppet_full(&puppet),
+        &room,
+        &occupant,
+        &content.body,
+        reason,
+    )
+}
+
 /// The error that tells the sender of `msg` that the bridge could not take it now (its
 /// store cannot write): type `wait`, so a client may send it again later. `None` for a
 /// message without a sender.

@@ -93,6 +93,46 @@ pub(super) fn join_error(from: &Jid, to: &Jid, condition: DefinedCondition, text
     p.into()
 }
 
+/// The address in `occupants` (full JID → nick) that sender `sender` (a bare JID) wrote
+/// from: the occupant with nick `nick` when there is one, else any occupant of that bare JID.
+/// `None` when the sender is no longer in the room.
+pub(super) fn occupant_address(
+    occupants: &BTreeMap<String, String>,
+    sender: &BareJid,
+    nick: Option<&str>,
+) -> Option<Jid> {
+    let of_sender = || {
+        occupants.iter().filter_map(|(jid, n)| {
+            let jid = Jid::from_str(jid).ok()?;
+            (jid.to_bare() == *sender).then_some((jid, n))
+        })
+    };
+    of_sender()
+        .find(|(_, n)| Some(n.as_str()) == nick)
+        .or_else(|| of_sender().next())
+        .map(|(jid, _)| jid)
+}
+
+/// The error message that tells an occupant their message to `room` did not reach Matrix
+/// (RFC 6120 §8.3: type `error`, the original's ID, from the address it was sent to, the
+/// room). Its text is `reason`; clients mark the message with that ID as failed.
+pub(super) fn undelivered_error(room: &BareJid, to: Jid, id: &str, reason: &str) -> Stanza {
+    let mut err = Message::new(Some(to));
+    err.type_ = MessageType::Error;
+    err.from = Some(Jid::from(room.clone()));
+    err.id = Some(xmpp_parsers::message::Id(id.to_owned()));
+    err.payloads.push(
+        StanzaError::new(
+            ErrorType::Cancel,
+            DefinedCondition::UndefinedCondition,
+            "en",
+            reason,
+        )
+        .into(),
+    );
+    err.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +153,60 @@ mod tests {
             occupant_presence(&room, "Alice", &to, false, false, None).unwrap(),
         ));
         assert!(!other.contains("110"), "{other}");
+    }
+
+    #[test]
+    fn an_undelivered_message_is_answered_with_its_id_from_the_room() {
+        let room = BareJid::from_str("#lobby@matrix.example.org").unwrap();
+        let to = Jid::from_str("carol@example.net/phone").unwrap();
+        let el = Element::from(
+            crate::xmpp::xml_safe::stanza(undelivered_error(
+                &room,
+                to,
+                "m\u{1}1",
+                "too many new users\u{7} from your server",
+            ))
+            .unwrap(),
+        );
+        assert_eq!(el.attr("type"), Some("error"));
+        assert_eq!(el.attr("from"), Some("#lobby@matrix.example.org"));
+        assert_eq!(el.attr("to"), Some("carol@example.net/phone"));
+        assert_eq!(el.attr("id"), Some("m\u{FFFD}1"));
+        let error = el.get_child("error", ns::DEFAULT_NS).expect("an error");
+        assert_eq!(error.attr("type"), Some("cancel"));
+        assert!(error.has_child("undefined-condition", ns::XMPP_STANZAS));
+        let text = error.get_child("text", ns::XMPP_STANZAS).unwrap().text();
+        assert_eq!(text, "too many new users\u{FFFD} from your server");
+        // Written as the link writes it, and read back.
+        let mut xml = Vec::new();
+        el.write_to(&mut xml).unwrap();
+        let back = Element::from_str(&String::from_utf8(xml).unwrap()).unwrap();
+        assert_eq!(back.attr("id"), Some("m\u{FFFD}1"));
+    }
+
+    #[test]
+    fn the_sender_is_found_among_the_occupants() {
+        let sender = BareJid::from_str("carol@example.net").unwrap();
+        let mut occupants = BTreeMap::new();
+        occupants.insert("bob@example.net/pc".to_owned(), "bob".to_owned());
+        assert_eq!(occupant_address(&occupants, &sender, Some("carol")), None);
+        occupants.insert("carol@example.net/laptop".to_owned(), "carol2".to_owned());
+        occupants.insert("carol@example.net/phone".to_owned(), "carol".to_owned());
+        // The resource that wrote under the nick.
+        assert_eq!(
+            occupant_address(&occupants, &sender, Some("carol")),
+            Some(Jid::from_str("carol@example.net/phone").unwrap())
+        );
+        // Another of the sender's resources when the nick is gone or unknown.
+        for nick in [Some("gone"), None] {
+            assert_eq!(
+                occupant_address(&occupants, &sender, nick),
+                Some(Jid::from_str("carol@example.net/laptop").unwrap())
+            );
+        }
+        // Never someone else's, even under the sender's nick.
+        let dave = BareJid::from_str("dave@example.net").unwrap();
+        assert_eq!(occupant_address(&occupants, &dave, Some("carol")), None);
     }
 
     #[test]

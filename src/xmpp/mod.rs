@@ -43,9 +43,9 @@ use self::ids::Addressing;
 use crate::config::XmppConfig;
 use crate::network::contacts as roster;
 use crate::network::{
-    BridgeState, Capabilities, Connector, ConnectorStore, EventSink, LoginData, LoginFlow,
-    LoginProcess, NetworkClient, NetworkError, NetworkId, NetworkInfo, Presence, RemoteChatId,
-    RemoteUserId, ThirdPartyField,
+    BridgeState, Capabilities, ChatKind, Connector, ConnectorStore, EventSink, LoginData,
+    LoginFlow, LoginProcess, NetworkClient, NetworkError, NetworkId, NetworkInfo, Presence,
+    RemoteChatId, RemoteUserId, ThirdPartyField,
 };
 
 /// What the inbound handler and the gateway identity share.
@@ -461,19 +461,23 @@ impl Connector for Xmpp {
     }
 
     async fn undelivered(&self, event: &crate::network::RemoteEvent, reason: &str) {
-        let full = self
-            .handler
-            .shared
-            .resources
-            .lock()
-            .expect("resources lock")
-            .get(event.sender.as_str())
-            .cloned();
-        if let Some(err) =
-            handle_xmpp::undelivered_error(&self.handler.shared.addressing, event, full, reason)
-        {
+        let shared = &self.handler.shared;
+        let told = match event.chat_kind {
+            ChatKind::Direct => {
+                let full = shared
+                    .resources
+                    .lock()
+                    .expect("resources lock")
+                    .get(event.sender.as_str())
+                    .cloned();
+                handle_xmpp::undelivered_error(&shared.addressing, event, full, reason)
+            }
+            ChatKind::Group => handle_xmpp::group_undelivered(shared, event, reason),
+            ChatKind::Fanout => None,
+        };
+        if let Some(stanza) = told {
             // Best effort: the link may be down, and then there is nobody to tell now.
-            let _ = self.handler.shared.out.try_send((err, None));
+            let _ = shared.out.try_send((stanza, None));
         }
     }
 
@@ -572,5 +576,147 @@ impl Connector for Xmpp {
             ),
             *self.gateway.state.borrow(),
         )]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{MessageContent, RemoteEvent, RemoteEventKind, RemoteMessageId};
+    use xmpp_parsers::jid::Jid;
+    use xmpp_parsers::minidom::Element;
+
+    const HOSTED: &str = "#lobby@matrix.example.org";
+    const EXTERNAL: &str = "lobby@conference.example.net";
+
+    fn connector() -> (Xmpp, mpsc::Receiver<Outgoing>) {
+        let cfg: XmppConfig = serde_json::from_value(serde_json::json!({
+            "component": {"domain": "matrix.example.org", "secret": "s"},
+            "hosted_rooms": ["#lobby:example.org"],
+        }))
+        .unwrap();
+        let xmpp = Xmpp::new(&cfg, "s".into(), "example.org");
+        let rx = xmpp.outgoing.lock().unwrap().take().unwrap();
+        (xmpp, rx)
+    }
+
+    fn group_message(chat: &str, sender: &str, nick: &str) -> RemoteEvent {
+        RemoteEvent::group(
+            chat,
+            sender,
+            RemoteEventKind::Message {
+                id: RemoteMessageId::new("m1"),
+                content: MessageContent::text("hello there"),
+                reply_to: None,
+            },
+        )
+        .named(Some(nick.to_owned()))
+    }
+
+    /// What the connector tells about `event`, as written on the link; `None` when nothing.
+    async fn told(
+        xmpp: &Xmpp,
+        rx: &mut mpsc::Receiver<Outgoing>,
+        event: &RemoteEvent,
+    ) -> Option<Element> {
+        xmpp.undelivered(event, "the reason").await;
+        rx.try_recv().ok().map(|(s, _)| Element::from(s))
+    }
+
+    fn join_hosted(xmpp: &Xmpp, full: &str, nick: &str) {
+        xmpp.handler
+            .shared
+            .hosted
+            .lock()
+            .unwrap()
+            .entry(HOSTED.to_owned())
+            .or_default()
+            .occupants
+            .insert(full.to_owned(), nick.to_owned());
+    }
+
+    #[tokio::test]
+    async fn a_hosted_rooms_sender_gets_an_error_at_the_address_it_wrote_from() {
+        let (xmpp, mut rx) = connector();
+        let ev = group_message(HOSTED, "carol@example.net", "carol");
+        // Not in the room, never seen: the bare JID.
+        let el = told(&xmpp, &mut rx, &ev).await.expect("an error");
+        assert_eq!(el.attr("to"), Some("carol@example.net"));
+        assert_eq!(el.attr("from"), Some(HOSTED));
+        assert_eq!(el.attr("type"), Some("error"));
+        assert_eq!(el.attr("id"), Some("m1"));
+        assert!(String::from(&el).contains("the reason"));
+        // Last seen writing a direct message from a resource: that one.
+        xmpp.handler.shared.resources.lock().unwrap().insert(
+            "carol@example.net".into(),
+            Jid::from_str("carol@example.net/pc").unwrap(),
+        );
+        let el = told(&xmpp, &mut rx, &ev).await.unwrap();
+        assert_eq!(el.attr("to"), Some("carol@example.net/pc"));
+        // In the room: the occupant's own full JID.
+        join_hosted(&xmpp, "bob@example.net/x", "carol2");
+        join_hosted(&xmpp, "carol@example.net/phone", "carol");
+        let el = told(&xmpp, &mut rx, &ev).await.unwrap();
+        assert_eq!(el.attr("to"), Some("carol@example.net/phone"));
+    }
+
+    #[tokio::test]
+    async fn an_external_rooms_sender_gets_a_private_message_from_the_primary_puppet() {
+        let (xmpp, mut rx) = connector();
+        let odd = format!("{EXTERNAL}/a/b @c");
+        let ev = group_message(EXTERNAL, &odd, "a/b @c");
+        // The bridge is not in the room: nobody to tell from.
+        assert!(told(&xmpp, &mut rx, &ev).await.is_none());
+        {
+            let mut rooms = xmpp.handler.shared.rooms.lock().unwrap();
+            let room = rooms.entry(EXTERNAL.to_owned()).or_default();
+            room.puppets.insert("@zed:example.org".into(), "zed".into());
+            room.puppets
+                .insert("@alice:example.org".into(), "alice".into());
+            room.occupants.insert("a/b @c".into(), None);
+            room.occupants
+                .insert("bobby".into(), Some("bob@example.net".into()));
+        }
+        let el = told(&xmpp, &mut rx, &ev).await.expect("a private message");
+        assert_eq!(el.attr("type"), Some("chat"));
+        assert_eq!(el.attr("from"), Some("alice@matrix.example.org/isthmus"));
+        assert_eq!(el.attr("to"), Some(odd.as_str()));
+        let xml = String::from(&el);
+        assert!(
+            xml.contains("the reason") && xml.contains("&gt; hello there"),
+            "{xml}"
+        );
+        // Known by real JID, since renamed: the current nick.
+        let ev = group_message(EXTERNAL, "bob@example.net", "bob");
+        let el = told(&xmpp, &mut rx, &ev).await.unwrap();
+        assert_eq!(el.attr("to"), Some(format!("{EXTERNAL}/bobby").as_str()));
+        // Gone from the room: nobody to tell.
+        let ev = group_message(EXTERNAL, &format!("{EXTERNAL}/gone"), "gone");
+        assert!(told(&xmpp, &mut rx, &ev).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn only_group_messages_are_told() {
+        let (xmpp, mut rx) = connector();
+        join_hosted(&xmpp, "carol@example.net/phone", "carol");
+        let typing = RemoteEvent::group(
+            HOSTED,
+            "carol@example.net",
+            RemoteEventKind::Typing { active: true },
+        );
+        assert!(told(&xmpp, &mut rx, &typing).await.is_none());
+        // A direct message still gets its error from the Matrix user's address.
+        let direct = RemoteEvent::direct(
+            "carol@example.net",
+            "@alice:example.org",
+            RemoteEventKind::Message {
+                id: RemoteMessageId::new("d1"),
+                content: MessageContent::text("hi"),
+                reply_to: None,
+            },
+        );
+        let el = told(&xmpp, &mut rx, &direct).await.unwrap();
+        assert_eq!(el.attr("from"), Some("alice@matrix.example.org"));
+        assert_eq!(el.attr("id"), Some("d1"));
     }
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 
 use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::message::{Lang, Message, MessageType};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
@@ -186,6 +187,90 @@ pub(super) fn all_joined(
         .collect())
 }
 
+/// How much of a message a notice about it quotes, in characters.
+const QUOTED_CHARS: usize = 80;
+
+/// The beginning of `body` on one line: each run of whitespace becomes one space, and a
+/// longer text is cut after [`QUOTED_CHARS`] characters, with `…`.
+pub(super) fn quote(body: &str) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    let mut gap = false;
+    for c in body.trim().chars() {
+        if c.is_whitespace() {
+            gap = true;
+            continue;
+        }
+        let needed = if gap { 2 } else { 1 };
+        if count + needed > QUOTED_CHARS {
+            out.push('…');
+            break;
+        }
+        if gap {
+            out.push(' ');
+            gap = false;
+        }
+        out.push(c);
+        count += needed;
+    }
+    out
+}
+
+/// The current nick of the occupant who sent a message as `sender` (an ID made by
+/// [`occupant_id`]) under nick `nick`, among the room's `occupants` (nick → real JID).
+/// `None` when that occupant is no longer in the room: nobody is there to tell.
+pub(super) fn occupant_nick(
+    room: &BareJid,
+    occupants: &HashMap<String, Option<String>>,
+    sender: &str,
+    nick: Option<&str>,
+) -> Option<String> {
+    if let Some(n) = sender
+        .strip_prefix(room.as_str())
+        .and_then(|rest| rest.strip_prefix('/'))
+    {
+        // Known by nick only: that nick, while it is in the room.
+        return occupants.contains_key(n).then(|| n.to_owned());
+    }
+    // Known by real JID: the nick it wrote under, else the one it has now.
+    let is_sender = |real: &Option<String>| real.as_deref() == Some(sender);
+    nick.filter(|n| occupants.get(*n).is_some_and(is_sender))
+        .map(str::to_owned)
+        .or_else(|| {
+            occupants
+                .iter()
+                .filter(|(_, real)| is_sender(real))
+                .map(|(n, _)| n.clone())
+                .min()
+        })
+}
+
+/// The private message (XEP-0045 §7.5: type `chat`, with a `muc#user` element) that tells
+/// occupant `nick` of `room` that their message, whose text began with `body`, did not reach
+/// Matrix, and why. It goes from `from`, the full JID of a puppet in the room. `None` when
+/// `nick` cannot be an occupant's address.
+pub(super) fn undelivered_notice(
+    from: Jid,
+    room: &BareJid,
+    nick: &str,
+    body: &str,
+    reason: &str,
+) -> Option<Stanza> {
+    let to = room.with_resource_str(nick).ok()?;
+    let quoted = quote(body);
+    let text = if quoted.is_empty() {
+        format!("Your message was not bridged to Matrix: {reason}")
+    } else {
+        format!("Your message was not bridged to Matrix: {reason}\n> {quoted}")
+    };
+    let mut m = Message::new(Some(Jid::from(to)));
+    m.type_ = MessageType::Chat;
+    m.from = Some(from);
+    m.bodies.insert(Lang::default(), text);
+    m.payloads.push(Element::builder("x", ns::MUC_USER).build());
+    Some(m.into())
+}
+
 impl Shared {
     /// The Matrix user whose copy of the room's traffic is bridged.
     pub(super) fn primary(&self, room: &str) -> Option<String> {
@@ -233,6 +318,97 @@ mod tests {
             occupant_id(&room, "bob", None),
             "lobby@conference.example.org/bob"
         );
+    }
+
+    #[test]
+    fn quotes_are_one_short_line() {
+        assert_eq!(quote(""), "");
+        assert_eq!(quote("  \n "), "");
+        assert_eq!(quote("hello"), "hello");
+        assert_eq!(quote(" two\n\n  lines\t"), "two lines");
+        let long = "word ".repeat(40);
+        let q = quote(&long);
+        assert!(q.ends_with("word…"), "{q}");
+        assert!(q.chars().count() <= QUOTED_CHARS + 1, "{q}");
+        let exact = "é".repeat(QUOTED_CHARS);
+        assert_eq!(quote(&exact), exact);
+        let over = "é".repeat(QUOTED_CHARS + 1);
+        assert_eq!(quote(&over), format!("{}…", "é".repeat(QUOTED_CHARS)));
+        // A cut at a space does not end in one.
+        let spaced = format!("{} tail", "x".repeat(QUOTED_CHARS - 1));
+        assert_eq!(quote(&spaced), format!("{}…", "x".repeat(QUOTED_CHARS - 1)));
+    }
+
+    #[test]
+    fn the_sender_is_found_by_nick_or_real_jid() {
+        let room = BareJid::from_str("lobby@conference.example.org").unwrap();
+        let mut occupants = HashMap::new();
+        occupants.insert("a/b @c".to_owned(), None);
+        occupants.insert("bobby".to_owned(), Some("bob@example.org".to_owned()));
+        // Known by nick: that nick, odd characters and all, while it is in the room.
+        let odd = "lobby@conference.example.org/a/b @c";
+        assert_eq!(
+            occupant_nick(&room, &occupants, odd, Some("a/b @c")).as_deref(),
+            Some("a/b @c")
+        );
+        let gone = "lobby@conference.example.org/gone";
+        assert_eq!(occupant_nick(&room, &occupants, gone, Some("gone")), None);
+        // Known by real JID: followed to its current nick.
+        for nick in [Some("bob"), Some("bobby"), None] {
+            assert_eq!(
+                occupant_nick(&room, &occupants, "bob@example.org", nick).as_deref(),
+                Some("bobby")
+            );
+        }
+        assert_eq!(
+            occupant_nick(&room, &occupants, "carol@example.org", Some("bobby")),
+            None,
+            "never someone else's nick"
+        );
+    }
+
+    #[test]
+    fn an_undelivered_message_is_told_in_private_from_the_puppet() {
+        let room = BareJid::from_str("lobby@conference.example.org").unwrap();
+        let from = Jid::from_str("alice@matrix.example.org/isthmus").unwrap();
+        let s = undelivered_notice(
+            from,
+            &room,
+            "a/b @c",
+            "hello\u{1}\n  world",
+            "too many new users from your server; try again later",
+        )
+        .unwrap();
+        let el = Element::from(crate::xmpp::xml_safe::stanza(s).unwrap());
+        assert_eq!(el.attr("type"), Some("chat"));
+        assert_eq!(el.attr("from"), Some("alice@matrix.example.org/isthmus"));
+        assert_eq!(el.attr("to"), Some("lobby@conference.example.org/a/b @c"));
+        assert!(el.has_child("x", ns::MUC_USER), "a MUC private message");
+        let body = el.get_child("body", ns::DEFAULT_NS).unwrap().text();
+        assert_eq!(
+            body,
+            "Your message was not bridged to Matrix: too many new users from your server; try again later\n> hello\u{FFFD} world"
+        );
+        let mut xml = Vec::new();
+        el.write_to(&mut xml).unwrap();
+        Element::from_str(&String::from_utf8(xml).unwrap()).unwrap();
+
+        // Without text (a file without caption), only the reason.
+        let from = Jid::from_str("alice@matrix.example.org/isthmus").unwrap();
+        let el = Element::from(undelivered_notice(from, &room, "bob", "", "why").unwrap());
+        assert_eq!(
+            el.get_child("body", ns::DEFAULT_NS).unwrap().text(),
+            "Your message was not bridged to Matrix: why"
+        );
+    }
+
+    #[test]
+    fn a_nick_that_is_no_address_gets_no_notice() {
+        let room = BareJid::from_str("lobby@conference.example.org").unwrap();
+        let from = Jid::from_str("alice@matrix.example.org/isthmus").unwrap();
+        for nick in ["", &"n".repeat(1100)] {
+            assert!(undelivered_notice(from.clone(), &room, nick, "hi", "why").is_none());
+        }
     }
 
     #[test]
