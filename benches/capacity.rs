@@ -140,9 +140,8 @@ impl Settings {
 
 // ----- process figures -----
 
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// utime + stime from the text of a `stat` file of `/proc`, in seconds.
+fn stat_seconds(stat: &str) -> f64 {
     // The command name (field 2) may hold spaces; the fields after it are plain numbers.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -154,6 +153,32 @@ fn cpu_seconds(pid: &str) -> f64 {
             .unwrap_or(0)
     };
     (tick(11) + tick(12)) as f64 / TICKS_PER_SECOND
+}
+
+/// utime + stime of a process (all its threads), in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    stat_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// utime + stime of the live threads of a process, in seconds, summed by thread name
+/// (numbered names such as `worker-3` count as one).
+fn thread_seconds(pid: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close]
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .trim_end_matches(['-', '_', ' ', '#'])
+            .to_owned();
+        *out.entry(name).or_default() += stat_seconds(&stat);
+    }
+    out
 }
 
 /// `VmRSS` of a process, in kB.
@@ -188,10 +213,11 @@ fn machine_busy_seconds() -> f64 {
     busy as f64 / TICKS_PER_SECOND
 }
 
-/// CPU of the bridge, of this process and of the whole machine at one moment.
-#[derive(Clone, Copy)]
+/// CPU of the bridge (and of its threads), of this process and of the whole machine at one
+/// moment.
 struct CpuMark {
     bridge: f64,
+    threads: BTreeMap<String, f64>,
     bench: f64,
     machine: f64,
     at: Instant,
@@ -201,6 +227,7 @@ impl CpuMark {
     fn now(bridge_pid: &str) -> Self {
         Self {
             bridge: cpu_seconds(bridge_pid),
+            threads: thread_seconds(bridge_pid),
             bench: cpu_seconds("self"),
             machine: machine_busy_seconds(),
             at: Instant::now(),
@@ -1250,6 +1277,8 @@ struct Outcome {
     bench_cpu: f64,
     /// CPU of every other process on the machine (other people's work on a shared machine).
     other_cpu: f64,
+    /// The bridge's threads by name: CPU seconds over the phase.
+    threads: Vec<(String, f64)>,
     wall: f64,
     rss_kb: u64,
     requests: BTreeMap<String, u64>,
@@ -1327,6 +1356,16 @@ impl Bench {
                 - (end.bridge - mark.bridge)
                 - (end.bench - mark.bench))
                 .max(0.0),
+            threads: {
+                let mut t: Vec<(String, f64)> = end
+                    .threads
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v - mark.threads.get(k).copied().unwrap_or(0.0)))
+                    .filter(|(_, v)| *v > 0.0)
+                    .collect();
+                t.sort_by(|a, b| b.1.total_cmp(&a.1));
+                t
+            },
             wall: (end.at - mark.at).as_secs_f64(),
             rss_kb: rss_kb(&self.bridge.pid),
             requests: BTreeMap::new(),
@@ -1444,6 +1483,7 @@ fn check(out: &Outcome) {
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let settings = Settings::from_env();
+    let began = Instant::now();
     let dir = tempfile::Builder::new()
         .prefix("isthmus-capacity-")
         .tempdir()
@@ -1634,6 +1674,12 @@ async fn main() {
             breakdown(&f.pushed, f.delivered),
             breakdown(&f.stanzas, f.delivered)
         );
+        let threads: Vec<String> = f
+            .threads
+            .iter()
+            .map(|(name, secs)| format!("{name} {:.0} %", 100.0 * secs / f.wall.max(1e-9)))
+            .collect();
+        println!("    bridge threads: {}", threads.join(", "));
     }
     println!();
     println!(
@@ -1644,6 +1690,7 @@ async fn main() {
         println!("endpoints the stand-in homeserver does not know: {unknown:?}");
     }
     bench.shared.stopping.store(true, Ordering::Release);
+    println!("whole run: {:.0} s", began.elapsed().as_secs_f64());
     if bench.settings.keep {
         let kept = dir.keep();
         println!("kept {}", kept.display());
