@@ -220,10 +220,6 @@ pub(super) async fn push(
             for (seq, item) in seqs.into_iter().zip(items) {
                 bridge.dispatch(seq, item);
             }
-            bridge
-                .metrics
-                .inbox_depth
-                .set(bridge.store.inbox_len() as i64);
             result("ok");
         }
         Ok(TxnOutcome::Duplicate) => {

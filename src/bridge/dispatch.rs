@@ -365,7 +365,6 @@ impl Bridge {
         if let Err(e) = self.store.inbox_remove(seq) {
             error!(seq, error = %e, "could not remove handled item from the inbox");
         }
-        self.metrics.inbox_depth.set(self.store.inbox_len() as i64);
     }
 
     /// Moves an item that keeps failing into the quarantine and tells its sender. Should the
@@ -382,7 +381,6 @@ impl Bridge {
                 self.metrics
                     .quarantined
                     .set(self.store.quarantine_len() as i64);
-                self.metrics.inbox_depth.set(self.store.inbox_len() as i64);
                 self.report_quarantined(item, e).await;
             }
             Err(store) => {

@@ -66,7 +66,6 @@ impl Bridge {
         }
         if existing.as_ref() != Some(&record) {
             self.store.put_ghost(&record)?;
-            self.metrics.ghosts.set(self.store.ghost_count() as i64);
         }
         Ok(mxid)
     }

@@ -305,7 +305,6 @@ impl Bridge {
             return refuse(super::encryption::REFUSAL.into()).await;
         }
         self.note_joined(ghost, &ev.room_id, true);
-        self.metrics.portals.set(self.store.portal_count() as i64);
         if let Err(e) = self.write_bridge_info(&record, Some(ghost)).await {
             debug!(error = %e, "could not write bridge info into a user-created direct chat");
         }
@@ -665,7 +664,6 @@ impl Bridge {
             record.members.push(remote.as_str().to_owned());
         }
         self.save_portal(&record)?;
-        self.metrics.portals.set(self.store.portal_count() as i64);
         self.hs.join(Some(&user_id(ghost)?), room).await?;
         self.note_joined(ghost, room, true);
         info!(room_id = room, portal = %key, member = %remote, members = record.members.len(), "remote member added to a room");

@@ -370,7 +370,8 @@ impl Bridge {
             .cloned()
     }
 
-    /// Refreshes the gauges that mirror the store.
+    /// Refreshes the gauges that mirror the store. Counting a sled tree walks it, so this
+    /// runs when metrics are read (`/metrics`), never per item on a hot path.
     pub fn refresh_gauges(&self) {
         self.metrics.portals.set(self.store.portal_count() as i64);
         self.metrics.ghosts.set(self.store.ghost_count() as i64);

@@ -211,7 +211,6 @@ impl Bridge {
         let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Direct);
         record.name = contact_name.map(str::to_owned);
         self.save_portal(&record)?;
-        self.metrics.portals.set(self.store.portal_count() as i64);
         info!(room_id = %room, portal = %key, "created direct chat portal");
         self.publish_current_presence(receiver, &key.network, None)
             .await;
@@ -264,7 +263,6 @@ impl Bridge {
         record.name = name.map(str::to_owned);
         record.topic = topic.map(str::to_owned);
         self.save_portal(&record)?;
-        self.metrics.portals.set(self.store.portal_count() as i64);
         info!(room_id = %room, portal = %key, "created group chat portal");
         Ok(record)
     }
@@ -331,7 +329,6 @@ impl Bridge {
                 .await?;
         }
         self.forget_portal(portal)?;
-        self.metrics.portals.set(self.store.portal_count() as i64);
         info!(room_id = %portal.room_id, portal = %portal.key, "deleted portal");
         Ok(())
     }

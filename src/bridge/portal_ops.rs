@@ -133,7 +133,6 @@ impl Bridge {
             if let Err(e) = b.write_bridge_info(&record, None).await {
                 warn!(error = %e, "could not write bridge info (the bot may lack power in this room)");
             }
-            b.refresh_gauges();
             Ok(Ok(record))
         })
         .await
@@ -186,7 +185,6 @@ impl Bridge {
                 b.delete_portal(&portal).await?;
             } else {
                 b.forget_portal(&portal)?;
-                b.refresh_gauges();
             }
             Ok(true)
         })

@@ -658,7 +658,6 @@ impl Bridge {
         self.note_joined(self.bot().as_str(), room.as_str(), true);
         let record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
         self.save_portal(&record)?;
-        self.metrics.portals.set(self.store.portal_count() as i64);
         if let Err(e) = self.write_bridge_info(&record, None).await {
             debug!(error = %e, "could not write bridge info into a hosted room (the bot may lack power)");
         }
