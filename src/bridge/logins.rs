@@ -389,6 +389,12 @@ impl CoreSink {
     }
 }
 
+tokio::task_local! {
+    /// The pushes of the batch a connector is running ([`RemoteEventHandler::push_batch`]):
+    /// stored, waiting for the batch's flush before they are scheduled.
+    static BATCH: std::cell::RefCell<Vec<(u64, InboxItem)>>;
+}
+
 #[async_trait]
 impl RemoteEventHandler for CoreSink {
     async fn push(&self, network: &NetworkId, event: RemoteEvent) -> Result<(), SinkError> {
@@ -400,6 +406,15 @@ impl RemoteEventHandler for CoreSink {
             network: network.clone(),
             event: Box::new(event),
         };
+        if BATCH.try_with(|_| ()).is_ok() {
+            // Within a batch: stored now, made durable and scheduled when the batch ends.
+            let seq = bridge
+                .store
+                .enqueue_unflushed(&item)
+                .map_err(|e| SinkError(e.to_string()))?;
+            BATCH.with(|b| b.borrow_mut().push((seq, item)));
+            return Ok(());
+        }
         let seq = bridge
             .store
             .enqueue(&item)
@@ -407,6 +422,38 @@ impl RemoteEventHandler for CoreSink {
             .map_err(|e| SinkError(e.to_string()))?;
         bridge.dispatch(seq, item);
         Ok(())
+    }
+
+    async fn push_batch(&self, work: futures::future::BoxFuture<'_, ()>) -> Result<(), SinkError> {
+        let pending = BATCH
+            .scope(std::cell::RefCell::new(Vec::new()), async {
+                work.await;
+                BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()))
+            })
+            .await;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let bridge = self
+            .bridge
+            .upgrade()
+            .ok_or_else(|| SinkError("the bridge is stopping".into()))?;
+        match bridge.store.flush().await {
+            Ok(()) => {
+                for (seq, item) in pending {
+                    bridge.dispatch(seq, item);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Not durable: nothing of the batch is kept, so that the senders, told to
+                // try again, are not bridged twice after a restart.
+                for (seq, _) in &pending {
+                    let _ = bridge.store.inbox_remove(*seq);
+                }
+                Err(SinkError(e.to_string()))
+            }
+        }
     }
 
     async fn matrix_profile(&self, user_id: &str) -> Option<crate::network::MatrixProfile> {

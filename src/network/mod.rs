@@ -553,6 +553,17 @@ pub trait RemoteEventHandler: Send + Sync {
     /// Stores and schedules one event.
     async fn push(&self, network: &NetworkId, event: RemoteEvent) -> Result<(), SinkError>;
 
+    /// Runs `work`, in which the connector pushes events, as one batch (group commit): each
+    /// event is stored as it is pushed, one flush at the end makes them all durable, and
+    /// only then are they scheduled. Within `work`, a successful push means "stored, not yet
+    /// durable"; the connector acknowledges what it read (receipts) only once this returns
+    /// `Ok`. On `Err` nothing of the batch is kept, and the connector tells the senders to
+    /// try again. The default stores each push on its own.
+    async fn push_batch(&self, work: futures::future::BoxFuture<'_, ()>) -> Result<(), SinkError> {
+        work.await;
+        Ok(())
+    }
+
     /// The profile of Matrix user `user_id` as networks may show it (to contacts who ask):
     /// `None` when the user may not use the bridge or the homeserver does not answer.
     async fn matrix_profile(&self, _user_id: &str) -> Option<MatrixProfile> {
@@ -679,6 +690,14 @@ impl EventSink {
     /// Stores and schedules one event; see [`RemoteEventHandler::push`].
     pub async fn push(&self, event: RemoteEvent) -> Result<(), SinkError> {
         self.handler.push(&self.network, event).await
+    }
+
+    /// Runs `work` as one batch of pushes; see [`RemoteEventHandler::push_batch`].
+    pub async fn push_batch(
+        &self,
+        work: futures::future::BoxFuture<'_, ()>,
+    ) -> Result<(), SinkError> {
+        self.handler.push_batch(work).await
     }
 
     /// A Matrix user's profile; see [`RemoteEventHandler::matrix_profile`].

@@ -181,15 +181,22 @@ impl Store {
 
     /// Puts one item into the inbox and waits until it is on disk; returns its sequence.
     pub async fn enqueue(&self, item: &InboxItem) -> Result<u64, StoreError> {
+        let seq = self.enqueue_unflushed(item)?;
+        self.flush().await?;
+        Ok(seq)
+    }
+
+    /// Puts one item into the inbox without waiting for the disk; returns its sequence. The
+    /// caller makes a batch of such items durable with one [`Store::flush`] before anything
+    /// relies on them (group commit).
+    pub fn enqueue_unflushed(&self, item: &InboxItem) -> Result<u64, StoreError> {
         let sealed = self.seal_item(item)?;
         let written = self
             .db
             .generate_id()
             .and_then(|seq| self.inbox.insert(seq.to_be_bytes(), sealed).map(|_| seq))
             .map_err(StoreError::from);
-        let seq = self.note(written)?;
-        self.flush().await?;
-        Ok(seq)
+        self.note(written)
     }
 
     /// One inbox item, if it is still there.

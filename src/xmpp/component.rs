@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use rand::Rng;
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
@@ -88,6 +88,15 @@ impl ServerConnector for LimitedConnector {
 pub(super) trait Inbound: Send + Sync {
     /// Handles one stanza; returns stanzas to send back (IQ answers, errors).
     async fn stanza(&self, stanza: Stanza) -> Vec<Stanza>;
+    /// Handles the stanzas read together, in order; returns what to send back. The default
+    /// handles them one by one.
+    async fn stanzas(&self, batch: Vec<Stanza>) -> Vec<Stanza> {
+        let mut answers = Vec::new();
+        for stanza in batch {
+            answers.extend(self.stanza(stanza).await);
+        }
+        answers
+    }
     /// The link state changed.
     async fn state(&self, state: BridgeState, detail: Option<String>);
 }
@@ -243,6 +252,8 @@ pub(super) fn limit_error(skipped: &Skipped) -> Option<Stanza> {
 
 /// Most stanzas written between two flushes of the link.
 const OUT_BATCH: usize = 64;
+/// Most stanzas read and stored with one flush of the store.
+const IN_BATCH: usize = 64;
 
 /// Writes `batch` and flushes once; answers each stanza's sender after the flush. Returns
 /// why the link failed, if it did (every sender in the batch then hears the error).
@@ -312,14 +323,33 @@ async fn serve<C: ServerConnector>(
                 }
             }
             read = stream.next() => {
+                const CLOSED: &str = "the server closed the stream, or broke the stream's rules (DTD, comment, unparsable XML)";
                 let Some(stanza) = read else {
-                    return "the server closed the stream, or broke the stream's rules (DTD, comment, unparsable XML)".into();
+                    return CLOSED.into();
                 };
-                for answer in inbound.stanza(stanza).await {
-                    let Ok(answer) = xml_safe::stanza(answer) else { continue };
-                    if let Err(e) = sink.send(answer).await {
-                        return format!("write failed: {e}");
+                // Every stanza already read comes along: they are stored with one flush
+                // (group commit), and their receipts go out after it.
+                let mut batch = vec![stanza];
+                let mut closed = false;
+                while batch.len() < IN_BATCH {
+                    match stream.next().now_or_never() {
+                        Some(Some(next)) => batch.push(next),
+                        Some(None) => {
+                            closed = true;
+                            break;
+                        }
+                        None => break,
                     }
+                }
+                let answers = inbound.stanzas(batch).await;
+                if !answers.is_empty() {
+                    let answers = answers.into_iter().map(|a| (a, None)).collect();
+                    if let Some(why) = write_batch(&mut sink, answers).await {
+                        return why;
+                    }
+                }
+                if closed {
+                    return CLOSED.into();
                 }
             }
             out = outgoing.recv() => {

@@ -1626,6 +1626,47 @@ impl Inbound for Handler {
         }
     }
 
+    async fn stanzas(&self, batch: Vec<Stanza>) -> Vec<Stanza> {
+        let Some(sink) = self.shared.sink.get() else {
+            let mut answers = Vec::new();
+            for stanza in batch {
+                answers.extend(self.stanza(stanza).await);
+            }
+            return answers;
+        };
+        // Who is told to try again, should the batch not be stored: the senders of its
+        // messages with a body (their addresses and IDs, kept before the stanzas are used).
+        let senders: Vec<Message> = batch
+            .iter()
+            .filter_map(|s| match s {
+                Stanza::Message(m) if m.type_ != MessageType::Error && !m.bodies.is_empty() => {
+                    let mut head = Message::new(m.to.clone());
+                    head.from = m.from.clone();
+                    head.id = m.id.clone();
+                    head.type_ = m.type_.clone();
+                    Some(head)
+                }
+                _ => None,
+            })
+            .collect();
+        let mut answers = Vec::new();
+        let stored = sink
+            .push_batch(Box::pin(async {
+                for stanza in batch {
+                    answers.extend(self.stanza(stanza).await);
+                }
+            }))
+            .await;
+        match stored {
+            Ok(()) => answers,
+            Err(e) => {
+                // The receipts would claim what the store could not keep.
+                warn!(error = %e, stanzas = senders.len(), "could not store XMPP events; their senders are told to try again");
+                senders.iter().filter_map(not_stored).collect()
+            }
+        }
+    }
+
     async fn state(&self, state: BridgeState, detail: Option<String>) {
         self.state.send_replace(state);
         if state == BridgeState::Connected {
