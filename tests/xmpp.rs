@@ -846,33 +846,55 @@ async fn matrix_user_joins_an_xmpp_group_chat_through_its_alias() {
     }
 }
 
+/// A public Matrix room with an alias, to be hosted by the bridge as a group chat.
+struct HostedRoom {
+    room: String,
+    alias: String,
+    /// The group chat's address on the component.
+    muc: String,
+}
+
+impl HostedRoom {
+    /// Creates the room as `owner`, with an alias starting with `prefix` and an optional name.
+    async fn create(owner: &MatrixUser, prefix: &str, name: Option<&str>) -> Self {
+        let local = format!("{prefix}{}", unique());
+        let mut body = serde_json::json!({"preset": "public_chat", "room_alias_name": local});
+        if let Some(name) = name {
+            body["name"] = name.into();
+        }
+        let created = owner.ok("POST", "/createRoom", Some(&body)).await;
+        Self {
+            room: created["room_id"].as_str().unwrap().to_owned(),
+            alias: format!("#{local}:localhost"),
+            muc: format!("#{local}@{COMPONENT_DOMAIN}"),
+        }
+    }
+
+    /// Starts a bridge that hosts the room (`edit` changes the rest of its configuration)
+    /// and waits until its component link is up.
+    async fn bridge(&self, edit: fn(String) -> String) -> BridgeProcess {
+        let alias = self.alias.clone();
+        let bridge = BridgeProcess::start_with(move |cfg| {
+            edit(cfg).replace(
+                "      secret: component_secret_test",
+                &format!("      secret: component_secret_test\n    hosted_rooms: [\"{alias}\"]"),
+            )
+        })
+        .await;
+        wait_metric(&bridge, CONNECTED).await;
+        bridge
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_first_joiner_of_a_hosted_room_sees_its_matrix_members() {
     let _s = serial();
     let alice = MatrixUser::register("xfirsthost").await;
     let dan = MatrixUser::register("xfirsthost").await;
-    let local = format!("hostedfirst{}", unique());
-    let alias = format!("#{local}:localhost");
-    let created = alice
-        .ok(
-            "POST",
-            "/createRoom",
-            Some(&serde_json::json!({"preset": "public_chat", "room_alias_name": local})),
-        )
-        .await;
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    dan.join(&room).await;
-    let allowed = alias.clone();
-    let bridge = BridgeProcess::start_with(move |cfg| {
-        cfg.replace(
-            "      secret: component_secret_test",
-            &format!("      secret: component_secret_test\n    hosted_rooms: [\"{allowed}\"]"),
-        )
-    })
-    .await;
-    wait_metric(&bridge, CONNECTED).await;
-
-    let muc = format!("#{local}@{COMPONENT_DOMAIN}");
+    let hosted = HostedRoom::create(&alice, "hostedfirst", None).await;
+    dan.join(&hosted.room).await;
+    let _bridge = hosted.bridge(|cfg| cfg).await;
+    let muc = hosted.muc.clone();
     let mut carol = XmppUser::login("carol").await;
     carol
         .send_xml(&format!(
@@ -904,27 +926,9 @@ async fn the_first_joiner_of_a_hosted_room_sees_its_matrix_members() {
 async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
     let _s = serial();
     let alice = MatrixUser::register("xhost").await;
-    let local = format!("hosted{}", unique());
-    let alias = format!("#{local}:localhost");
-    let created = alice
-        .ok(
-            "POST",
-            "/createRoom",
-            Some(&serde_json::json!({"preset": "public_chat", "room_alias_name": local, "name": "Hosted"})),
-        )
-        .await;
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let allowed = alias.clone();
-    let bridge = BridgeProcess::start_with(move |cfg| {
-        cfg.replace(
-            "      secret: component_secret_test",
-            &format!("      secret: component_secret_test\n    hosted_rooms: [\"{allowed}\"]"),
-        )
-    })
-    .await;
-    wait_metric(&bridge, CONNECTED).await;
-
-    let muc = format!("#{local}@{COMPONENT_DOMAIN}");
+    let hosted = HostedRoom::create(&alice, "hosted", Some("Hosted")).await;
+    let _bridge = hosted.bridge(|cfg| cfg).await;
+    let (room, muc) = (hosted.room.clone(), hosted.muc.clone());
     let mut carol = XmppUser::login("carol").await;
     carol
         .send_xml(&format!(
@@ -3523,25 +3527,9 @@ fn one_new_ghost_each(cfg: String) -> String {
 async fn a_refused_message_in_a_hosted_room_is_answered_with_an_error() {
     let _s = serial();
     let alice = MatrixUser::register("xhostrefuse").await;
-    let local = format!("hostedrefuse{}", unique());
-    let alias = format!("#{local}:localhost");
-    let created = alice
-        .ok(
-            "POST",
-            "/createRoom",
-            Some(&serde_json::json!({"preset": "public_chat", "room_alias_name": local})),
-        )
-        .await;
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let bridge = BridgeProcess::start_with(move |cfg| {
-        one_new_ghost_each(cfg).replace(
-            "      secret: component_secret_test",
-            &format!("      secret: component_secret_test\n    hosted_rooms: [\"{alias}\"]"),
-        )
-    })
-    .await;
-    wait_metric(&bridge, CONNECTED).await;
-    let muc = format!("#{local}@{COMPONENT_DOMAIN}");
+    let hosted = HostedRoom::create(&alice, "hostedrefuse", None).await;
+    let bridge = hosted.bridge(one_new_ghost_each).await;
+    let (room, muc) = (hosted.room.clone(), hosted.muc.clone());
     let join = |nick: &str| {
         format!(
             "<presence to='{muc}/{nick}' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"

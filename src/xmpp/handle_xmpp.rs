@@ -120,20 +120,12 @@ pub(super) fn undelivered_error(
     let to = full
         .filter(|f| f.to_bare() == bare.to_bare())
         .unwrap_or(bare);
-    let mut err = Message::new(Some(to));
-    err.type_ = MessageType::Error;
-    err.from = Some(Jid::from(from));
-    err.id = Some(xmpp_parsers::message::Id(id.as_str().to_owned()));
-    err.payloads.push(
-        StanzaError::new(
-            ErrorType::Cancel,
-            DefinedCondition::UndefinedCondition,
-            "en",
-            reason,
-        )
-        .into(),
-    );
-    Some(err.into())
+    Some(hosted::undelivered_error(
+        Jid::from(from),
+        to,
+        id.as_str(),
+        reason,
+    ))
 }
 
 /// What tells the XMPP sender of group chat message `event` that it did not reach Matrix.
@@ -175,7 +167,12 @@ pub(super) fn group_undelivered(
                     .cloned()
             })
             .unwrap_or_else(|| Jid::from(sender));
-        return Some(hosted::undelivered_error(&room, to, id.as_str(), reason));
+        return Some(hosted::undelivered_error(
+            Jid::from(room),
+            to,
+            id.as_str(),
+            reason,
+        ));
     }
     let Some(occupant) = shared
         .rooms

@@ -113,13 +113,14 @@ pub(super) fn occupant_address(
         .map(|(jid, _)| jid)
 }
 
-/// The error message that tells an occupant their message to `room` did not reach Matrix
-/// (RFC 6120 §8.3: type `error`, the original's ID, from the address it was sent to, the
-/// room). Its text is `reason`; clients mark the message with that ID as failed.
-pub(super) fn undelivered_error(room: &BareJid, to: Jid, id: &str, reason: &str) -> Stanza {
+/// The error message that tells a sender their message did not reach Matrix (RFC 6120 §8.3:
+/// type `error`, the original's ID, `from` the address it was sent to: a hosted room, or a
+/// Matrix user's gateway address in a direct chat). Its text is `reason`; clients mark the
+/// message with that ID as failed.
+pub(super) fn undelivered_error(from: Jid, to: Jid, id: &str, reason: &str) -> Stanza {
     let mut err = Message::new(Some(to));
     err.type_ = MessageType::Error;
-    err.from = Some(Jid::from(room.clone()));
+    err.from = Some(from);
     err.id = Some(xmpp_parsers::message::Id(id.to_owned()));
     err.payloads.push(
         StanzaError::new(
@@ -161,7 +162,7 @@ mod tests {
         let to = Jid::from_str("carol@example.net/phone").unwrap();
         let el = Element::from(
             crate::xmpp::xml_safe::stanza(undelivered_error(
-                &room,
+                Jid::from(room.clone()),
                 to,
                 "m\u{1}1",
                 "too many new users\u{7} from your server",
