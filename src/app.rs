@@ -66,16 +66,18 @@ pub fn main(cli: Cli) -> Result<()> {
     let secrets = config
         .validate(&env)
         .with_context(|| format!("configuration {} is not valid", cli.config.display()))?;
+    let networks = crate::connectors::configure(&config, &env)
+        .with_context(|| format!("configuration {} is not valid", cli.config.display()))?;
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
-            for warning in permission_warnings(&config, &cli.config) {
+            for warning in permission_warnings(&config, &networks, &cli.config) {
                 eprintln!("warning: {warning}");
             }
             println!("{}: the configuration is valid", cli.config.display());
             Ok(())
         }
         Command::GenerateRegistration { output } => {
-            let yaml = registration_yaml(&config, &secrets)?;
+            let yaml = registration_yaml(&config, &secrets, &networks.connectors)?;
             write_private(&output, yaml.as_bytes())?;
             println!(
                 "wrote {}; add it to the homeserver's app_service_config_files and restart the homeserver",
@@ -115,7 +117,7 @@ pub fn main(cli: Cli) -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(run(config, secrets))
+            runtime.block_on(run(config, secrets, networks.connectors))
         }
     }
 }
@@ -143,7 +145,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 /// What `check-config` warns about: the files with secrets (the config itself, the
 /// registration next to the config or in the working folder, the store folder and everything in it, `login.key`, the
 /// secret files the config names) that others than the owner may read or write.
-fn permission_warnings(config: &Config, config_path: &Path) -> Vec<String> {
+fn permission_warnings(
+    config: &Config,
+    networks: &crate::connectors::Networks,
+    config_path: &Path,
+) -> Vec<String> {
     let mut paths: Vec<(String, PathBuf)> = vec![
         ("the config".into(), config_path.to_owned()),
         ("database.path".into(), config.database.path.clone()),
@@ -160,6 +166,7 @@ fn permission_warnings(config: &Config, config_path: &Path) -> Vec<String> {
     for (key, file) in config.secret_files() {
         paths.push((key.into(), file));
     }
+    paths.extend(networks.secret_files.iter().cloned());
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for (what, path) in paths {
@@ -253,25 +260,6 @@ fn init_tracing(config: &Config) {
     }
 }
 
-/// The connectors the config enables.
-pub fn connectors(config: &Config, secrets: &ResolvedSecrets) -> Vec<Arc<dyn Connector>> {
-    let mut out: Vec<Arc<dyn Connector>> = Vec::new();
-    if let Some(lb) = &config.networks.loopback {
-        out.push(Arc::new(crate::loopback::Loopback::new(lb.control)));
-    }
-    if let (Some(x), Some(secret)) = (&config.networks.xmpp, &secrets.xmpp_component_secret) {
-        out.push(Arc::new(crate::xmpp::Xmpp::new(
-            x,
-            secret.clone(),
-            &config.homeserver.domain,
-        )));
-    }
-    if let Some(s) = &config.networks.sip {
-        out.push(Arc::new(crate::sip::Sip::new(s, &config.homeserver.domain)));
-    }
-    out
-}
-
 fn regex_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -284,9 +272,12 @@ fn regex_escape(s: &str) -> String {
 }
 
 /// The registration file for the homeserver, as YAML.
-pub fn registration_yaml(config: &Config, secrets: &ResolvedSecrets) -> Result<String> {
+pub fn registration_yaml(
+    config: &Config,
+    secrets: &ResolvedSecrets,
+    networks: &[Arc<dyn Connector>],
+) -> Result<String> {
     let domain = regex_escape(&config.homeserver.domain);
-    let networks = connectors(config, secrets);
     if networks.is_empty() {
         bail!(
             "no network is enabled in `networks`; enable at least one before generating the registration"
@@ -302,7 +293,7 @@ pub fn registration_yaml(config: &Config, secrets: &ResolvedSecrets) -> Result<S
         let (before, after) = t.split_once("{id}").expect("validated template");
         format!("{}.+{}", regex_escape(before), regex_escape(after))
     };
-    for n in &networks {
+    for n in networks {
         let id = n.info().id.as_str();
         users.push(json!({
             "exclusive": true,
@@ -332,7 +323,11 @@ pub fn registration_yaml(config: &Config, secrets: &ResolvedSecrets) -> Result<S
 }
 
 /// Runs the bridge until SIGINT or SIGTERM.
-async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
+async fn run(
+    config: Config,
+    secrets: ResolvedSecrets,
+    networks: Vec<Arc<dyn Connector>>,
+) -> Result<()> {
     let config = Arc::new(config);
     info!(version = env!("CARGO_PKG_VERSION"), "isthmus starting");
     let store = open_store(&config, &secrets)?;
@@ -356,7 +351,7 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
         hs.clone(),
         store.clone(),
         metrics,
-        connectors(&config, &secrets),
+        networks,
     )?;
     if let Some(public) = config.bridge.media_public_url() {
         // Links are signed with a key derived from the homeserver token, a secret the

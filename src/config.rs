@@ -42,7 +42,9 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+/// The error for setting `key` with a wrong value; `message` says what is wrong and how to fix
+/// it.
+pub fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
         message: message.into(),
@@ -133,9 +135,10 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub logging: LoggingConfig,
-    /// Remote networks, each with its own section.
+    /// Remote networks, one section per network under its key. A section is read and checked
+    /// by its connector, not here (see `network::config`); unknown keys are refused there.
     #[serde(default)]
-    pub networks: NetworksConfig,
+    pub networks: BTreeMap<String, serde_json::Value>,
 }
 
 /// `homeserver` section.
@@ -578,209 +581,6 @@ impl Default for LoggingConfig {
     }
 }
 
-/// `networks` section: one optional subsection per network.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworksConfig {
-    /// The loopback test network (for tests and demos only).
-    #[serde(default)]
-    pub loopback: Option<LoopbackConfig>,
-    /// XMPP, as a gateway component of the organisation's XMPP server.
-    #[serde(default)]
-    pub xmpp: Option<XmppConfig>,
-    /// SIP/SIMPLE, as a gateway for a SIP domain next to the organisation's SIP proxy.
-    #[serde(default)]
-    pub sip: Option<SipConfig>,
-}
-
-/// `networks.sip` section.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SipConfig {
-    /// The gateway domain the SIP proxy routes to the bridge: Matrix user `@alice:example.org`
-    /// is `sip:alice@<domain>`.
-    pub domain: String,
-    /// Address the bridge listens on for SIP: TCP (and UDP with `transport: udp`), or TLS
-    /// only with `transport: tls`.
-    #[serde(default = "default_sip_listen")]
-    pub listen: SocketAddr,
-    /// The SIP proxy every outgoing request goes through (the enterprise proxy or registrar).
-    pub proxy: SocketAddr,
-    /// Transport towards the proxy.
-    #[serde(default)]
-    pub transport: SipTransport,
-    /// Source addresses whose requests are accepted (the proxy's address is always
-    /// accepted); requests from anywhere else get 403, so only the proxy, which
-    /// authenticates its users, can speak for them.
-    #[serde(default)]
-    pub trusted: Vec<std::net::IpAddr>,
-    /// What to do when a SIP user asks to see a Matrix user's presence.
-    #[serde(default)]
-    pub subscriptions: crate::network::contacts::SubscriptionPolicy,
-    /// Lifetime asked for presence subscriptions, in seconds; they are refreshed before
-    /// they expire.
-    #[serde(default = "default_sip_expires")]
-    pub subscription_seconds: u32,
-    /// Lifetime asked for registrations of users' own accounts, in seconds; refreshed
-    /// before they expire.
-    #[serde(default = "default_sip_expires")]
-    pub register_seconds: u32,
-    /// Certificates for `transport: tls`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<SipTlsConfig>,
-}
-
-/// `networks.sip.tls` section: what `transport: tls` needs.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SipTlsConfig {
-    /// The bridge's certificate chain (PEM), presented to the proxy on the listener.
-    pub cert_file: std::path::PathBuf,
-    /// Its private key (PEM, PKCS #8 or RSA).
-    pub key_file: std::path::PathBuf,
-    /// CA certificates (PEM) that the proxy's certificate must chain to.
-    pub ca_file: std::path::PathBuf,
-}
-
-/// Transport of SIP requests towards the proxy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SipTransport {
-    /// UDP: messages above about 1300 bytes are split (RFC 3428).
-    #[default]
-    Udp,
-    /// TCP: messages up to 64 KiB go in one request.
-    Tcp,
-    /// TLS over TCP (RFC 3261 §26.2): certificates in `networks.sip.tls`; the proxy's
-    /// certificate must chain to `networks.sip.tls.ca_file` and name the proxy's IP address
-    /// (the address in `networks.sip.proxy`).
-    Tls,
-}
-
-/// `path` holds at least one PEM certificate.
-fn check_pem_certs(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
-    use rustls::pki_types::pem::PemObject;
-    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(key, format!("{} is not PEM: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(invalid(
-            key,
-            format!("{} holds no certificate", path.display()),
-        ));
-    }
-    Ok(())
-}
-
-/// `path` holds a private key the SIP stack reads: PKCS #8 or RSA, in PEM.
-fn check_pem_key(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
-    use rustls::pki_types::pem::PemObject;
-    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::pem_file_iter(path)
-        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?
-        .filter_map(Result::ok)
-        .count();
-    let rsa = rustls::pki_types::PrivatePkcs1KeyDer::pem_file_iter(path)
-        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?
-        .filter_map(Result::ok)
-        .count();
-    if pkcs8 + rsa == 0 {
-        return Err(invalid(
-            key,
-            format!(
-                "{} holds no PKCS #8 or RSA private key in PEM (an EC key converts with `openssl pkcs8 -topk8 -nocrypt`)",
-                path.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn default_sip_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 5070))
-}
-fn default_sip_expires() -> u32 {
-    3600
-}
-
-/// `networks.xmpp` section.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct XmppConfig {
-    /// The component link (XEP-0114) to the XMPP server.
-    pub component: XmppComponentConfig,
-    /// Largest inbound stanza, in bytes; a larger one is skipped and its sender gets a stanza
-    /// error (the link stays up).
-    #[serde(default = "default_max_stanza")]
-    pub max_stanza_bytes: usize,
-    /// Deepest element nesting accepted in an inbound stanza (the stream root is 1); a deeper
-    /// stanza is skipped and answered like an oversized one.
-    #[serde(default = "default_max_depth")]
-    pub max_depth: usize,
-    /// What to do when an XMPP contact asks to see a Matrix user's presence.
-    #[serde(default)]
-    pub subscriptions: crate::network::contacts::SubscriptionPolicy,
-    /// Matrix rooms (by alias) that XMPP users may join as group chats hosted on the component:
-    /// `#lobby:example.org` is `#lobby@<component domain>` on XMPP. The bot must be able to
-    /// join the room (public, or invited).
-    #[serde(default)]
-    pub hosted_rooms: Vec<String>,
-    /// Own-account logins: Matrix users who log in with their own XMPP account.
-    #[serde(default)]
-    pub accounts: XmppAccountsConfig,
-}
-
-/// `networks.xmpp.accounts` section.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct XmppAccountsConfig {
-    /// A PEM file of certificates to trust beside the system's (a private CA, say).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<std::path::PathBuf>,
-    /// Servers (host names or IP addresses) that users may connect to although they resolve
-    /// to loopback or private addresses. Others must be public.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow_hosts: Vec<String>,
-}
-
-/// `networks.xmpp.component` section.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct XmppComponentConfig {
-    /// Host of the XMPP server's component port.
-    #[serde(default = "default_xmpp_host")]
-    pub host: String,
-    /// The component port (5347 by convention).
-    #[serde(default = "default_xmpp_port")]
-    pub port: u16,
-    /// The component's domain, as declared in the XMPP server (`Component "matrix.example.org"`);
-    /// Matrix users are reachable at addresses on it.
-    pub domain: String,
-    /// The component secret shared with the XMPP server.
-    pub secret: Secret,
-}
-
-fn default_max_stanza() -> usize {
-    512 * 1024
-}
-fn default_max_depth() -> usize {
-    32
-}
-fn default_xmpp_host() -> String {
-    "127.0.0.1".into()
-}
-fn default_xmpp_port() -> u16 {
-    5347
-}
-
-/// `networks.loopback` section: an in-process network driven over a local control socket.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoopbackConfig {
-    /// Address of the control socket (JSON lines); loopback addresses only.
-    pub control: SocketAddr,
-}
-
 /// The secrets of a configuration, resolved.
 #[derive(Clone)]
 pub struct ResolvedSecrets {
@@ -788,8 +588,6 @@ pub struct ResolvedSecrets {
     pub as_token: String,
     /// Token from the homeserver.
     pub hs_token: String,
-    /// The XMPP component secret, when XMPP is enabled.
-    pub xmpp_component_secret: Option<String>,
     /// The provisioning API secret, when the API is on.
     pub provisioning_secret: Option<String>,
     /// The login sealing secret, when configured.
@@ -836,13 +634,6 @@ impl Config {
             self.appservice.provisioning_secret.as_ref(),
         );
         add("bridge.login_key", self.bridge.login_key.as_ref());
-        add(
-            "networks.xmpp.component.secret",
-            self.networks.xmpp.as_ref().map(|x| &x.component.secret),
-        );
-        if let Some(tls) = self.networks.sip.as_ref().and_then(|s| s.tls.as_ref()) {
-            out.push(("networks.sip.tls.key_file", tls.key_file.clone()));
-        }
         out
     }
 
@@ -982,114 +773,6 @@ impl Config {
                 "must start with `!` and contain no spaces",
             ));
         }
-        if let Some(lb) = &self.networks.loopback
-            && !lb.control.ip().is_loopback()
-        {
-            return Err(invalid(
-                "networks.loopback.control",
-                "must be a loopback address such as 127.0.0.1:29340",
-            ));
-        }
-        let xmpp_component_secret = match &self.networks.xmpp {
-            None => None,
-            Some(x) => {
-                let d = &x.component.domain;
-                if d.is_empty() || d.contains(['@', '/', ' ', ':']) || d != &d.to_lowercase() {
-                    return Err(invalid(
-                        "networks.xmpp.component.domain",
-                        "must be the component's domain in lowercase, such as matrix.example.org",
-                    ));
-                }
-                check_placeholder("networks.xmpp.component.domain", d)?;
-                if x.max_stanza_bytes < 4096 {
-                    return Err(invalid(
-                        "networks.xmpp.max_stanza_bytes",
-                        "must be at least 4096",
-                    ));
-                }
-                for alias in &x.hosted_rooms {
-                    if !alias.starts_with('#') || !alias.contains(':') {
-                        return Err(invalid(
-                            "networks.xmpp.hosted_rooms",
-                            format!("{alias:?} is not a room alias such as #lobby:example.org"),
-                        ));
-                    }
-                }
-                if !(4..=256).contains(&x.max_depth) {
-                    return Err(invalid(
-                        "networks.xmpp.max_depth",
-                        "must be between 4 and 256",
-                    ));
-                }
-                if let Some(ca) = &x.accounts.ca_file {
-                    crate::xmpp::load_ca_file(ca)
-                        .map_err(|e| invalid("networks.xmpp.accounts.ca_file", e))?;
-                }
-                Some(
-                    x.component
-                        .secret
-                        .resolve("networks.xmpp.component.secret", env)?,
-                )
-            }
-        };
-        if let Some(sip) = &self.networks.sip {
-            let d = &sip.domain;
-            if d.is_empty() || d.contains(['@', '/', ' ', ':', ';']) || d != &d.to_lowercase() {
-                return Err(invalid(
-                    "networks.sip.domain",
-                    "must be the gateway's SIP domain in lowercase, such as matrix.example.org",
-                ));
-            }
-            check_placeholder("networks.sip.domain", d)?;
-            if sip.listen.ip().is_unspecified() {
-                return Err(invalid(
-                    "networks.sip.listen",
-                    "must be the bridge's own address, such as 192.0.2.20:5070, not 0.0.0.0: it is also the contact address the bridge gives the proxy",
-                ));
-            }
-            if self
-                .networks
-                .xmpp
-                .as_ref()
-                .is_some_and(|x| &x.component.domain == d)
-            {
-                return Err(invalid(
-                    "networks.sip.domain",
-                    "must differ from networks.xmpp.component.domain",
-                ));
-            }
-            for (key, v) in [
-                (
-                    "networks.sip.subscription_seconds",
-                    sip.subscription_seconds,
-                ),
-                ("networks.sip.register_seconds", sip.register_seconds),
-            ] {
-                if !(10..=86_400).contains(&v) {
-                    return Err(invalid(key, "must be between 10 and 86400"));
-                }
-            }
-            match (&sip.transport, &sip.tls) {
-                (SipTransport::Tls, None) => {
-                    return Err(invalid(
-                        "networks.sip.tls",
-                        "is required with transport: tls (cert_file, key_file, ca_file)",
-                    ));
-                }
-                (SipTransport::Tls, Some(tls)) => {
-                    check_pem_certs("networks.sip.tls.cert_file", &tls.cert_file)?;
-                    check_pem_certs("networks.sip.tls.ca_file", &tls.ca_file)?;
-                    check_pem_key("networks.sip.tls.key_file", &tls.key_file)?;
-                }
-                (_, Some(_)) => {
-                    return Err(invalid(
-                        "networks.sip.tls",
-                        "is only used with transport: tls",
-                    ));
-                }
-                _ => {}
-            }
-        }
         let as_token = asc.as_token.resolve("appservice.as_token", env)?;
         let hs_token = asc.hs_token.resolve("appservice.hs_token", env)?;
         if as_token == hs_token {
@@ -1137,13 +820,13 @@ impl Config {
             login_key,
             as_token,
             hs_token,
-            xmpp_component_secret,
             provisioning_secret,
         })
     }
 }
 
-fn check_placeholder(key: &str, value: &str) -> Result<(), ConfigError> {
+/// Refuses a value that still holds one of the example file's placeholders.
+pub fn check_placeholder(key: &str, value: &str) -> Result<(), ConfigError> {
     if PLACEHOLDERS
         .iter()
         .any(|p| value.to_ascii_lowercase().contains(&p.to_ascii_lowercase()))
@@ -1242,63 +925,6 @@ bridge:
         assert_eq!(err_key(&cfg, &env), "appservice.as_token");
         let cfg = GOOD.replace("domain: localhost", "domain: CHANGE_ME.example");
         assert_eq!(err_key(&cfg, &env), "homeserver.domain");
-    }
-
-    #[test]
-    fn sip_tls_needs_readable_pem_files_and_xmpp_ca_must_read() {
-        let sip = |extra: &str| {
-            format!(
-                "{GOOD}networks:\n  sip:\n    domain: matrix.example.org\n    listen: 127.0.0.1:5071\n    proxy: 127.0.0.1:5061\n{extra}"
-            )
-        };
-        assert_eq!(
-            err_key(&sip("    transport: tls\n"), &env),
-            "networks.sip.tls"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let pem = dir.path().join("c.pem");
-        std::fs::write(
-            &pem,
-            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
-        let key = dir.path().join("k.pem");
-        std::fs::write(
-            &key,
-            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-        )
-        .unwrap();
-        let missing = dir.path().join("missing.pem");
-        let tls_with = |cert: &std::path::Path, k: &std::path::Path| {
-            format!(
-                "    transport: tls\n    tls:\n      cert_file: {}\n      key_file: {}\n      ca_file: {}\n",
-                cert.display(),
-                k.display(),
-                pem.display()
-            )
-        };
-        let tls = |cert: &std::path::Path| tls_with(cert, &key);
-        // A certificate where the key should be is refused.
-        assert_eq!(
-            err_key(&sip(&tls_with(&pem, &pem)), &env),
-            "networks.sip.tls.key_file"
-        );
-        assert_eq!(
-            err_key(&sip(&tls(&missing)), &env),
-            "networks.sip.tls.cert_file"
-        );
-        Config::parse(&sip(&tls(&pem)))
-            .unwrap()
-            .validate(&env)
-            .unwrap();
-        // TLS files without TLS are a mistake worth naming.
-        let unused = sip(&tls(&pem)).replace("    transport: tls\n", "    transport: tcp\n");
-        assert_eq!(err_key(&unused, &env), "networks.sip.tls");
-        let xmpp = format!(
-            "{GOOD}networks:\n  xmpp:\n    component:\n      domain: matrix.example.org\n      secret: s3cret_component\n    accounts:\n      ca_file: {}\n",
-            missing.display()
-        );
-        assert_eq!(err_key(&xmpp, &env), "networks.xmpp.accounts.ca_file");
     }
 
     #[test]

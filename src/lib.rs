@@ -29,6 +29,7 @@ pub mod appservice;
 pub mod bridge;
 pub mod commands;
 pub mod config;
+pub mod connectors;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod loopback;

@@ -79,8 +79,10 @@ networks:
     )
     .unwrap();
     // The connectors the config enables (not started: no network is needed here).
-    let secrets = config.validate(&|_| None).unwrap();
-    let connectors = isthmus::app::connectors(&config, &secrets);
+    config.validate(&|_| None).unwrap();
+    let connectors = isthmus::connectors::configure(&config, &|_| None)
+        .unwrap()
+        .connectors;
     let bridge = Bridge::new(config, hs, store.clone(), Metrics::new(), connectors).unwrap();
     let state = Arc::new(AppState {
         bridge,

@@ -41,6 +41,38 @@ use crate::network::{
 /// The password the loopback login flow accepts.
 pub const PASSWORD: &str = "loopback-password";
 
+/// `networks.loopback` section: an in-process network driven over a local control socket.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopbackConfig {
+    /// Address of the control socket (JSON lines); loopback addresses only.
+    pub control: SocketAddr,
+}
+
+impl crate::network::config::NetworkConfig for LoopbackConfig {
+    const KEY: &'static str = "loopback";
+
+    fn validate(
+        &self,
+        _: &crate::network::config::ConfigContext<'_>,
+    ) -> Result<(), crate::network::config::ConfigError> {
+        if !self.control.ip().is_loopback() {
+            return Err(crate::network::config::invalid(
+                "networks.loopback.control",
+                "must be a loopback address such as 127.0.0.1:29340",
+            ));
+        }
+        Ok(())
+    }
+
+    fn connector(
+        &self,
+        _: &crate::network::config::ConfigContext<'_>,
+    ) -> Result<Arc<dyn Connector>, crate::network::config::ConfigError> {
+        Ok(Arc::new(Loopback::new(self.control)))
+    }
+}
+
 struct Shared {
     sink: OnceLock<EventSink>,
     paused: watch::Sender<bool>,

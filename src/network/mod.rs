@@ -13,6 +13,7 @@
 //! - Methods that send to the network may take as long as the network takes; the core calls them
 //!   from the portal's own task, one at a time per portal, so they must not block the thread.
 
+pub mod config;
 pub mod contacts;
 mod events;
 mod ids;

@@ -23,7 +23,7 @@ use rsipstack::transport::{SipAddr, TcpListenerConnection, TransportLayer};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{SipTlsConfig, SipTransport};
+use super::{SipTlsConfig, SipTransport};
 
 /// The methods the bridge accepts.
 pub const ALLOW: &str = "MESSAGE, SUBSCRIBE, NOTIFY, OPTIONS";

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `endpoint.rs` | listeners, requests through the proxy, hand-kept dialogs |
 //! | `ids.rs` | addressing both ways |
+//! | `config.rs` | the `networks.sip` section, its checks and defaults |
 //! | `body.rs` | PIDF, typing notifications, HTML to text, splitting |
 //! | `handle_sip.rs` | SIP → bridge |
 //! | `handle_matrix.rs` | bridge → SIP |
@@ -15,6 +16,7 @@
 
 mod account;
 pub(crate) mod body;
+mod config;
 pub(crate) mod endpoint;
 mod handle_matrix;
 mod handle_sip;
@@ -29,10 +31,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+pub use self::config::{SipConfig, SipTlsConfig, SipTransport};
 use self::endpoint::Endpoint;
 use self::handle_matrix::Gateway;
 use self::ids::Addressing;
-use crate::config::{SipConfig, SipTransport};
 use crate::network::contacts::SubscriptionPolicy;
 use crate::network::{
     BridgeState, Capabilities, Connector, ConnectorStore, EventSink, LoginData, LoginFlow,
@@ -115,7 +117,7 @@ impl Shared {
 pub struct Sip {
     info: NetworkInfo,
     listen: std::net::SocketAddr,
-    tls: Option<crate::config::SipTlsConfig>,
+    tls: Option<SipTlsConfig>,
     shared: Arc<Shared>,
     gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,

@@ -25,12 +25,12 @@ use xmpp_parsers::presence::{Presence as XmppPresence, Show, Type as PresenceTyp
 use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
+use super::XmppConfig;
 use super::c2s;
 use super::component::{Inbound, Outgoing};
 use super::handle_matrix::Gateway;
 use super::handle_xmpp::{Handler, error_reply};
 use super::{Shared, fidelity};
-use crate::config::XmppConfig;
 use crate::network::{
     BridgeState, ChatKind, Contact, LoginData, LoginField, LoginId, LoginProcess, LoginStep,
     MatrixSender, MessageContent, NetworkClient, NetworkError, OutgoingMessage, PortalRef,

@@ -15,6 +15,7 @@ mod account;
 mod avatar;
 pub(crate) mod c2s;
 mod component;
+mod config;
 pub mod convert;
 pub(crate) mod fidelity;
 mod handle_matrix;
@@ -37,10 +38,10 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
 use self::component::{LinkConfig, Outgoing};
+pub use self::config::{XmppAccountsConfig, XmppComponentConfig, XmppConfig};
 use self::handle_matrix::Gateway;
 use self::handle_xmpp::Handler;
 use self::ids::Addressing;
-use crate::config::XmppConfig;
 use crate::network::contacts as roster;
 use crate::network::{
     BridgeState, Capabilities, ChatKind, Connector, ConnectorStore, EventSink, LoginData,
