@@ -32,6 +32,10 @@
 //! 4. after each flood, a paced pass at half the measured rate for `CAPACITY_LATENCY_SECS`:
 //!    the added latency when the bridge is not saturated.
 //!
+//! With `CAPACITY_COLD=N` the store is first filled with N idle direct-chat portals and their
+//! ghosts (written through the library's store API, as a bridge that has run for a while
+//! holds them): "bridge ready in" and the RSS after it are then the cold start with N portals.
+//!
 //! Bridge CPU is the child's utime + stime from `/proc/<pid>/stat` (the counters `getrusage`
 //! reads), sampled before and after each phase; the benchmark process's own CPU (stand-ins and
 //! load generators) is printed next to it, since both share the machine, and so is the CPU of
@@ -94,6 +98,7 @@ struct Settings {
     echo: bool,
     keep: bool,
     bin: PathBuf,
+    cold: usize,
 }
 
 impl Settings {
@@ -139,6 +144,8 @@ impl Settings {
                 || PathBuf::from(env!("CARGO_BIN_EXE_isthmus")),
                 PathBuf::from,
             ),
+            // The smoke run starts on a small filled store, so the generator is exercised.
+            cold: num("CAPACITY_COLD", if smoke { 1000 } else { 0 }),
         }
     }
 }
@@ -1268,6 +1275,58 @@ async fn start_bridge(settings: &Settings, dir: &Path, config: &Path, shared: &S
     bridge
 }
 
+// ----- cold start -----
+
+/// Fills the store at `dir/store` with `n` idle direct-chat portals and their ghosts, as a
+/// bridge that has run for a while holds them (contacts `cold{i}@remote.bench.test`, one
+/// Matrix user), before the bridge starts on it. Opened the way the bridge opens it: an
+/// owner-only folder and its key file.
+fn fill_store(dir: &Path, n: usize) {
+    use isthmus::network::ChatKind;
+    use isthmus::store::{GhostRecord, LoginKey, PortalKey, PortalRecord, Store, prepare_dir};
+    let began = Instant::now();
+    let path = dir.join("store");
+    prepare_dir(&path).expect("create the store folder");
+    let secret = LoginKey::generate_secret().expect("a key");
+    let key_file = path.join("login.key");
+    std::fs::write(&key_file, &secret).expect("write login.key");
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("login.key mode");
+    let key = LoginKey::from_secret(&secret).expect("the key");
+    let store = Store::open(&path, key, 16 << 20).expect("open the store");
+    for i in 0..n {
+        let contact = format!("cold{i}@{CONTACT_DOMAIN}");
+        let ghost = format!("@_isthmus_xmpp_cold{i}=40{CONTACT_DOMAIN}:{DOMAIN}");
+        store
+            .put_ghost(&GhostRecord {
+                user_id: ghost,
+                network: "xmpp".into(),
+                remote_id: contact.clone(),
+                displayname: Some(format!("Cold contact {i}")),
+                avatar_url: None,
+                avatar_hash: None,
+                registered: true,
+            })
+            .expect("put a ghost");
+        let mut portal = PortalRecord::new(
+            PortalKey::new("xmpp", &contact, Some(USER)),
+            &format!("!cold{i}:{DOMAIN}"),
+            ChatKind::Direct,
+        );
+        portal.name = Some(format!("Cold contact {i}"));
+        store.put_portal(&portal).expect("put a portal");
+    }
+    tokio::runtime::Handle::current().block_on(async { store.flush().await.expect("flush") });
+    println!(
+        "cold start: {n} idle portals and ghosts written in {:.1} s; store {:.1} MB on disk",
+        began.elapsed().as_secs_f64(),
+        store.size_on_disk() as f64 / 1e6
+    );
+}
+
 // ----- phases -----
 
 /// What a phase measured.
@@ -1534,6 +1593,12 @@ async fn main() {
         settings.window,
         if settings.echo { "on" } else { "off" }
     );
+    if settings.cold > 0 {
+        let (path, n) = (dir.path().to_owned(), settings.cold);
+        tokio::task::spawn_blocking(move || fill_store(&path, n))
+            .await
+            .expect("fill the store");
+    }
     let bridge = start_bridge(&settings, dir.path(), &config, &shared).await;
     tokio::spawn(pusher(Arc::clone(&shared)));
     let startup = snapshot(&shared.requests);

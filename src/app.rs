@@ -362,12 +362,9 @@ async fn run(
             config.bridge.media.link_lifetime_seconds,
         ));
     }
-    info!(
-        pruned,
-        inbox = store.inbox_len(),
-        portals = store.portal_count(),
-        "store opened"
-    );
+    // Not the number of portals: counting a sled tree walks it, which at start-up would read
+    // every portal of a large store into memory (`/metrics` counts them when asked).
+    info!(pruned, inbox = store.inbox_len(), "store opened");
 
     let files = raise_open_files();
     match files {
