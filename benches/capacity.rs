@@ -32,6 +32,11 @@
 //! 4. after each flood, a paced pass at half the measured rate for `CAPACITY_LATENCY_SECS`:
 //!    the added latency when the bridge is not saturated.
 //!
+//! After each warm-up the RSS is read again `CAPACITY_SETTLE_SECS` later (12 s; 0 in the smoke
+//! run): what a new ghost and portal cost, once the allocator gave back what the burst freed.
+//!
+//! `CAPACITY_IDLE` sets the bridge's `portal_idle_seconds` (10, the default).
+//!
 //! With `CAPACITY_COLD=N` the store is first filled with N idle direct-chat portals and their
 //! ghosts (written through the library's store API, as a bridge that has run for a while
 //! holds them): "bridge ready in" and the RSS after it are then the cold start with N portals.
@@ -99,6 +104,7 @@ struct Settings {
     keep: bool,
     bin: PathBuf,
     cold: usize,
+    settle_secs: u64,
 }
 
 impl Settings {
@@ -146,6 +152,9 @@ impl Settings {
             ),
             // The smoke run starts on a small filled store, so the generator is exercised.
             cold: num("CAPACITY_COLD", if smoke { 1000 } else { 0 }),
+            // RSS is read again this long after each warm-up: the allocator gives back what
+            // the burst freed within seconds, and what stays is what the portals cost.
+            settle_secs: num("CAPACITY_SETTLE_SECS", if smoke { 0 } else { 12 }) as u64,
         }
     }
 }
@@ -1183,6 +1192,7 @@ bridge:
   permissions:
     "{DOMAIN}": user
     "{USER}": admin
+  portal_idle_seconds: {idle}
   # One remote domain opens every portal here: the creation limits would refuse most of them.
   limits:
     portals_per_sender: {big}
@@ -1200,6 +1210,7 @@ networks:
 "#,
         store = dir.join("store").display(),
         level = settings.log_level,
+        idle = std::env::var("CAPACITY_IDLE").unwrap_or_else(|_| "10".into()),
     );
     let path = dir.join("config.yaml");
     std::fs::write(&path, text).expect("write the config");
@@ -1631,12 +1642,14 @@ async fn main() {
             )
             .await;
         check(&w);
+        tokio::time::sleep(Duration::from_secs(bench.settings.settle_secs)).await;
+        let settled = rss_kb(&bench.bridge.pid);
         let rooms = bench.shared.rooms.lock().expect("rooms lock").len();
         assert!(
             rooms >= n,
             "only {rooms} portal rooms after warming up to {n}"
         );
-        warmups.push((n, new, w));
+        warmups.push((n, new, w, settled));
         have = n;
         for way in [Way::ToMatrix, Way::ToXmpp] {
             let name = way.name();
@@ -1689,18 +1702,22 @@ async fn main() {
     );
     println!();
     println!("New ghosts and direct-chat portals (each new contact writes once, all at once):");
-    println!("| portals | new | time | per new portal: HS requests | bridge CPU | RSS after |");
-    println!("|---|---|---|---|---|---|");
-    for (n, new, w) in &warmups {
+    println!(
+        "| portals | new | time | per new portal: HS requests | bridge CPU | RSS after | RSS {} s later |",
+        bench.settings.settle_secs
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (n, new, w, settled) in &warmups {
         println!(
-            "| {n} | {new} | {:.2} s | {:.1} | {:.2} ms | {:.1} MB |",
+            "| {n} | {new} | {:.2} s | {:.1} | {:.2} ms | {:.1} MB | {:.1} MB |",
             w.secs,
             w.per_message(w.requests_total() as f64),
             w.per_message(w.bridge_cpu * 1e3),
-            w.rss_kb as f64 / 1000.0
+            w.rss_kb as f64 / 1000.0,
+            *settled as f64 / 1000.0
         );
     }
-    for (n, _, w) in &warmups {
+    for (n, _, w, _) in &warmups {
         println!(
             "  to {n} portals, per new portal: HS requests: {}; XMPP stanzas from the bridge: {}",
             breakdown(&w.requests, w.delivered),

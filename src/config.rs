@@ -285,7 +285,9 @@ pub struct BridgeConfig {
     /// Bridge `m.notice` messages to remote networks.
     #[serde(default)]
     pub bridge_notices: bool,
-    /// How long an idle portal task stays in memory, in seconds.
+    /// How long an idle portal's queue task stays in memory, in seconds. Starting one again is
+    /// cheap; keeping one costs a few KB, so a bridge with many quiet chats holds tasks only
+    /// for the chats with recent work.
     #[serde(default = "default_portal_idle")]
     pub portal_idle_seconds: u64,
     /// How long a login must stay disconnected before its user is told, in seconds.
@@ -466,7 +468,7 @@ fn default_permissions() -> BTreeMap<String, PermissionLevel> {
     BTreeMap::new()
 }
 fn default_portal_idle() -> u64 {
-    300
+    10
 }
 fn default_state_notice_delay() -> u64 {
     30

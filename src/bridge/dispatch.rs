@@ -53,8 +53,9 @@ type Job = Box<dyn FnOnce(Arc<Bridge>) -> BoxFuture<'static, ()> + Send>;
 
 /// One entry of a queue, run in arrival order.
 enum Entry {
-    /// A stored inbox item, by its sequence.
-    Item(u64, InboxItem),
+    /// A stored inbox item, by its sequence. Boxed: a queue's channel allocates room for
+    /// entries in blocks, and an idle portal's queue should cost little.
+    Item(u64, Box<InboxItem>),
     /// A job (not stored).
     Job(Job),
 }
@@ -225,7 +226,7 @@ impl Bridge {
     /// Hands a stored inbox item to its queue, starting the queue's task if needed.
     pub fn dispatch(self: &Arc<Self>, seq: u64, item: InboxItem) {
         let key = self.queue_key(&item);
-        self.enqueue(key, Entry::Item(seq, item));
+        self.enqueue(key, Entry::Item(seq, Box::new(item)));
     }
 
     /// Runs `job` on the queue of portal `key`, after everything already queued there, and
@@ -312,7 +313,9 @@ impl Bridge {
                 }
             };
             match entry {
-                Entry::Item(seq, item) => self.process(seq, item).await,
+                // Boxed, so that the task of an idle queue holds only this loop's small state,
+                // not room for the deepest handler's (the largest future of the bridge).
+                Entry::Item(seq, item) => Box::pin(self.process(seq, *item)).await,
                 Entry::Job(job) => job(Arc::clone(&self)).await,
             }
         }
