@@ -8,9 +8,10 @@
 # `up` starts Synapse with server name "localhost", a client-only HTTP listener
 # on 127.0.0.1:PORT (default $ISTHMUS_SYNAPSE_PORT, else 18008), a fresh SQLite
 # database, open registration, high rate limits and the given appservice
-# registration, then waits until it answers. Everything lives under
-# "$STACK/synapse" (STACK: see lib.sh); the log is synapse.log and the PID is
-# in synapse.pid there. `down` stops that process by its PID.
+# registration, then waits until it answers. With ISTHMUS_SYNAPSE_POSTGRES_PORT set, the
+# database is the PostgreSQL of scripts/postgres.sh on that port instead of SQLite.
+# Everything lives under "$STACK/synapse" (STACK: see lib.sh); the log is synapse.log and
+# the PID is in synapse.pid there. `down` stops that process by its PID.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -50,6 +51,24 @@ up() {
     need_apt curl
     ensure_venv
 
+    # SQLite by default; PostgreSQL (scripts/postgres.sh) when ISTHMUS_SYNAPSE_POSTGRES_PORT
+    # names its port.
+    local database
+    if [ -n "${ISTHMUS_SYNAPSE_POSTGRES_PORT:-}" ]; then
+        if ! "$VENV/bin/python" -c 'import psycopg2' 2>/dev/null; then
+            log "installing psycopg2-binary into $VENV"
+            "$VENV/bin/python" -m pip install -q --disable-pip-version-check psycopg2-binary
+        fi
+        database="database:
+  name: psycopg2
+  args: {user: synapse_user, database: synapse, host: 127.0.0.1, port: $ISTHMUS_SYNAPSE_POSTGRES_PORT, cp_min: 5, cp_max: 10}"
+    else
+        database="database:
+  name: sqlite3
+  args:
+    database: \"$SYN/data/homeserver.db\""
+    fi
+
     rm -rf "$SYN/data"
     rm -f "$PIDFILE" "$LOGFILE"
     mkdir -p "$SYN/data"
@@ -68,10 +87,7 @@ listeners:
     resources:
       - names: [client]
         compress: false
-database:
-  name: sqlite3
-  args:
-    database: "$SYN/data/homeserver.db"
+$database
 media_store_path: "$SYN/data/media_store"
 signing_key_path: "$SYN/data/localhost.signing.key"
 report_stats: false
