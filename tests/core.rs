@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use common::{
     AS_TOKEN, BOT, BridgeProcess, Control, HS_TOKEN, LOOPBACK_PASSWORD, MatrixUser, appservice,
-    command, direct_message, enc, ghost, is_message_op, is_text_from, management_room, metric,
-    remote_event, serial, unique, with_permission,
+    command, direct_message, enc, ghost, is_message_op, is_text_from, management_room,
+    metric_value, remote_event, serial, unique, wait_metric, wait_metric_where, with_permission,
 };
 
 /// How long any single expected thing may take.
@@ -92,21 +92,18 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Polls `/metrics` until the durable inbox holds at least one item.
+/// Waits until the durable inbox holds at least one item.
 async fn wait_inbox_not_empty(bridge: &BridgeProcess) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let text = bridge.metrics().await;
-        let depth = metric(&text, "bridge_inbox_depth");
-        if depth.is_some_and(|d| d >= 1.0) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "bridge_inbox_depth stayed at {depth:?} for {WAIT:?}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metric_where(bridge, "bridge_inbox_depth", &[], "at least 1", WAIT, |d| {
+        d >= 1.0
+    })
+    .await;
+}
+
+/// The values of `bridge_txn_seconds_count` by result: how many transactions were answered
+/// `ok`, as a `duplicate`, or refused as `bad_json`.
+fn txn_results(text: &str, result: &str) -> f64 {
+    metric_value(text, "bridge_txn_seconds_count", &[("result", result)])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -428,7 +425,8 @@ async fn replayed_transaction_bridges_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn appservice_api_rejects_bad_requests() {
     let _serial = serial();
-    let _bridge = BridgeProcess::start().await;
+    let bridge = BridgeProcess::start().await;
+    let before = bridge.metrics().await;
     let txn = "/_matrix/app/v1/transactions/bad-requests";
     let empty = Some(r#"{"events":[]}"#);
 
@@ -466,26 +464,28 @@ async fn appservice_api_rejects_bad_requests() {
     let fine = appservice("PUT", txn, Some(HS_TOKEN), empty).await;
     assert_eq!(fine.status, 200, "{fine:?}");
     assert_eq!(fine.json, json!({}));
+    let again = appservice("PUT", txn, Some(HS_TOKEN), empty).await;
+    assert_eq!((again.status, again.json), (200, json!({})), "a retry");
 
     let health = appservice("GET", "/health", None, None).await;
     assert_eq!(health.status, 200, "{health:?}");
 
+    // `/metrics` needs no token. Counted: the broken body, the transaction and its retry; the
+    // refused requests never reached the handler (one that had would have made the first
+    // `fine` a duplicate), and the refused user query registered no ghost.
     let metrics = appservice("GET", "/metrics", None, None).await;
     assert_eq!(metrics.status, 200, "{metrics:?}");
-    for name in [
-        "bridge_events_total",
-        "bridge_txn_seconds",
-        "bridge_inbox_depth",
-        "portals_total",
-        "ghosts_total",
-        "matrix_request_seconds",
-    ] {
-        assert!(
-            metrics.text.contains(name),
-            "/metrics lacks {name}:\n{}",
-            metrics.text
-        );
-    }
+    let after = &metrics.text;
+    let delta = |result: &str| txn_results(after, result) - txn_results(&before, result);
+    assert_eq!(delta("bad_json"), 1.0, "{after}");
+    assert_eq!(delta("duplicate"), 1.0, "{after}");
+    // At least: the homeserver may push transactions of its own meanwhile.
+    assert!(delta("ok") >= 1.0, "{after}");
+    assert_eq!(
+        metric_value(after, "ghosts_total", &[]),
+        metric_value(&before, "ghosts_total", &[]),
+        "{after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -815,31 +815,12 @@ fn megolm() -> Value {
 /// Waits until `bridge_events_total` counts `n` Matrix → network events of `kind` with
 /// `result`.
 async fn wait_event_count(bridge: &BridgeProcess, kind: &str, result: &str, n: u64) {
-    let deadline = std::time::Instant::now() + WAIT;
     let labels = [
-        "direction=\"to_remote\"".to_owned(),
-        format!("type=\"{kind}\""),
-        format!("result=\"{result}\""),
+        ("direction", "to_remote"),
+        ("type", kind),
+        ("result", result),
     ];
-    loop {
-        let text = bridge.metrics().await;
-        let count = text
-            .lines()
-            .find(|l| {
-                l.starts_with("bridge_events_total{")
-                    && labels.iter().all(|x| l.contains(x.as_str()))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<u64>().ok());
-        if count == Some(n) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{kind}/{result} counted {count:?}, not {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metric(bridge, "bridge_events_total", &labels, n as f64, WAIT).await;
 }
 
 /// Turns encryption on in `room` as `user`; returns the state event's ID.
@@ -1308,8 +1289,8 @@ async fn new_chats_over_the_domain_limit_are_refused_and_their_senders_told() {
     let deadline = std::time::Instant::now() + WAIT;
     let refused = loop {
         let t = told(&mut control).await;
-        let portals = metric(&bridge.metrics().await, "portals_total");
-        if t.len() >= 5 && portals >= Some((N + 1) as f64) {
+        let portals = bridge.metric("portals_total", &[]).await;
+        if t.len() >= 5 && portals >= (N + 1) as f64 {
             break t;
         }
         assert!(
@@ -1339,13 +1320,17 @@ async fn new_chats_over_the_domain_limit_are_refused_and_their_senders_told() {
     // Every message is accounted for: no more chats than the limit.
     let text = bridge.metrics().await;
     assert_eq!(
-        metric(&text, "portals_total"),
-        Some((N + 1) as f64),
+        metric_value(&text, "portals_total", &[]),
+        (N + 1) as f64,
         "{text}"
     );
-    assert!(
-        text.lines()
-            .any(|l| l == r#"bridge_rate_limited_total{what="portals_per_domain"} 5"#),
+    assert_eq!(
+        metric_value(
+            &text,
+            "bridge_rate_limited_total",
+            &[("what", "portals_per_domain")]
+        ),
+        5.0,
         "{text}"
     );
 

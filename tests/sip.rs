@@ -35,12 +35,7 @@ fn wire_len(m: &sipp::SipMessage) -> usize {
 async fn sip_bridge() -> BridgeProcess {
     sipp::require_kamailio();
     let bridge = BridgeProcess::start().await;
-    common::wait_metric(
-        &bridge,
-        r#"logins{network="sip",state="CONNECTED"} 1"#,
-        WAIT,
-    )
-    .await;
+    common::wait_logins(&bridge, "sip", "CONNECTED", 1).await;
     bridge
 }
 
@@ -570,12 +565,7 @@ async fn messages_go_out_over_tcp_when_configured() {
         )
     })
     .await;
-    common::wait_metric(
-        &bridge,
-        r#"logins{network="sip",state="CONNECTED"} 1"#,
-        WAIT,
-    )
-    .await;
+    common::wait_logins(&bridge, "sip", "CONNECTED", 1).await;
     let bob = sip_user("bob", 15089).await;
     let (alice, room, _) = dm_with("stcp", "bob").await;
     let text = format!("over tcp {}", unique());
@@ -619,12 +609,7 @@ async fn a_watchers_subscription_survives_a_bridge_restart() {
         .wait_for("an active NOTIFY", WAIT, |n| n.state.starts_with("active"))
         .await;
     bridge.restart().await;
-    common::wait_metric(
-        &bridge,
-        r#"logins{network="sip",state="CONNECTED"} 1"#,
-        WAIT,
-    )
-    .await;
+    common::wait_logins(&bridge, "sip", "CONNECTED", 1).await;
     // The dialog was kept: a presence change after the restart reaches the same watcher.
     alice
         .ok(
@@ -664,12 +649,7 @@ async fn tls_transport_carries_messages_both_ways() {
         )
     })
     .await;
-    common::wait_metric(
-        &_bridge,
-        r#"logins{network="sip",state="CONNECTED"} 1"#,
-        WAIT,
-    )
-    .await;
+    common::wait_logins(&_bridge, "sip", "CONNECTED", 1).await;
     let bob = sip_user("bob", 15087).await;
     let (alice, room, ghost) = dm_with("stls", "bob").await;
 

@@ -228,16 +228,15 @@ fn xmpp_ghost(jid: &str) -> String {
     format!("@_xmpp_{}:localhost", jid.replace('@', "=40"))
 }
 
-async fn wait_metric(bridge: &BridgeProcess, needle: &str) {
-    common::wait_metric(bridge, needle, Duration::from_secs(30)).await
+/// Waits until `n` XMPP links are up: the component link, and own accounts' connections.
+async fn wait_xmpp_connected(bridge: &BridgeProcess, n: u32) {
+    common::wait_logins(bridge, "xmpp", "CONNECTED", n).await;
 }
-
-const CONNECTED: &str = r#"logins{network="xmpp",state="CONNECTED"} 1"#;
 
 /// Starts a bridge and waits until its XMPP link is up.
 async fn xmpp_bridge() -> BridgeProcess {
     let bridge = BridgeProcess::start().await;
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
     bridge
 }
 
@@ -419,11 +418,7 @@ async fn wrong_component_secret_is_reported_clearly() {
         cfg.replace("secret: component_secret_test", "secret: not_the_secret")
     })
     .await;
-    wait_metric(
-        &bridge,
-        r#"logins{network="xmpp",state="BAD_CREDENTIALS"} 1"#,
-    )
-    .await;
+    common::wait_logins(&bridge, "xmpp", "BAD_CREDENTIALS", 1).await;
     let log = bridge.log();
     assert!(
         log.contains("networks.xmpp.component.secret"),
@@ -446,7 +441,7 @@ async fn messages_flow_again_after_a_prosody_restart() {
         .status()
         .expect("run scripts/prosody.sh restart");
     assert!(status.success(), "prosody restart failed");
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
     let mut bob = XmppUser::login("bob").await;
     let (alice, room, _) = dm_with("xrestart", "bob@localhost").await;
     let text = format!("after the restart {}", unique());
@@ -881,7 +876,7 @@ impl HostedRoom {
             )
         })
         .await;
-        wait_metric(&bridge, CONNECTED).await;
+        wait_xmpp_connected(&bridge, 1).await;
         bridge
     }
 }
@@ -1575,7 +1570,7 @@ async fn group_chat_messages_sent_while_the_bridge_was_down_arrive_once_in_order
         bob.send_xml(&format!("<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{body}</body></message>")).await;
     }
     bridge.restart().await;
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
     let last = during.last().unwrap().clone();
     alice
         .wait_for_event(
@@ -1608,7 +1603,7 @@ async fn sip_xmpp_and_matrix_users_share_one_room() {
     let _s = serial();
     let bridge = xmpp_bridge().await;
     common::sipp::require_kamailio();
-    wait_metric(&bridge, r#"logins{network="sip",state="CONNECTED"} 1"#).await;
+    common::wait_logins(&bridge, "sip", "CONNECTED", 1).await;
     // bob opens an XMPP group chat; alice bridges a room of hers to it.
     let room_jid = format!("hub{}@conference.localhost", unique());
     let mut bob = XmppUser::login("bob").await;
@@ -2124,7 +2119,7 @@ async fn own_account_bridge() -> BridgeProcess {
         )
     })
     .await;
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
     bridge
 }
 
@@ -2214,7 +2209,7 @@ async fn own_account_carries_direct_chats_roster_and_carbons() {
     );
     let done = login_xmpp(&alice, &mgmt, "erin@localhost", "erinpass").await;
     assert!(done.contains("erin@localhost"), "{done}");
-    wait_metric(&bridge, r#"logins{network="xmpp",state="CONNECTED"} 2"#).await;
+    wait_xmpp_connected(&bridge, 2).await;
 
     // The roster becomes a direct chat with bob's ghost, named from the roster.
     let room = alice.wait_for_invite(Duration::from_secs(20)).await;
@@ -2299,7 +2294,7 @@ async fn own_account_carries_direct_chats_roster_and_carbons() {
     // Logout ends the account's connection.
     let out = command(&alice, &mgmt, "logout xmpp").await;
     assert!(out.contains("erin"), "{out}");
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
     // The connection itself ends (the metric above is the core's own bookkeeping).
     let deadline = Instant::now() + Duration::from_secs(10);
     while !bridge.log().contains("XMPP account session ended") {
@@ -2394,7 +2389,7 @@ async fn own_account_catches_up_from_the_archive_after_the_bridge_was_down() {
     )
     .await;
     assert!(done.contains("carol@localhost"), "{done}");
-    wait_metric(&bridge, r#"logins{network="xmpp",state="CONNECTED"} 2"#).await;
+    wait_xmpp_connected(&bridge, 2).await;
 
     let tag = unique();
     let first = format!("before the gap {tag}");
@@ -2538,11 +2533,20 @@ async fn avatars_cross_both_ways_and_an_unchanged_one_is_not_uploaded_again() {
     // After a restart the same picture is announced again: it is recognised by its hash and
     // not uploaded again.
     bridge.restart().await;
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
+    let unchanged = [
+        ("direction", "to_matrix"),
+        ("type", "avatar"),
+        ("result", "unchanged"),
+    ];
+    let before = bridge.metric("bridge_events_total", &unchanged).await;
     frank.send_xml(&announce).await;
-    wait_metric(
+    common::wait_metric(
         &bridge,
-        r#"bridge_events_total{direction="to_matrix",result="unchanged",type="avatar"} 1"#,
+        "bridge_events_total",
+        &unchanged,
+        before + 1.0,
+        Duration::from_secs(30),
     )
     .await;
     assert_eq!(avatar_of(&alice, &ghost).await, Some(mxc));
@@ -2669,7 +2673,7 @@ async fn own_account_reads_contacts_published_avatars() {
     let mxc2 = wait_new_avatar(&alice, &ghost, Some(&mxc)).await;
     assert_eq!(alice.download(&mxc2).await, second);
     command(&alice, &mgmt, "logout xmpp").await;
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -2729,7 +2733,7 @@ async fn own_account_login_through_the_provisioning_api() {
     let (status, done) = submit(process, "davepass").await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["type"], "complete", "{done}");
-    wait_metric(&bridge, r#"logins{network="xmpp",state="CONNECTED"} 2"#).await;
+    wait_xmpp_connected(&bridge, 2).await;
     let (_, logins) = common::provision("GET", "/logins", &me, None, secret).await;
     assert!(
         logins["logins"]
@@ -2742,7 +2746,7 @@ async fn own_account_login_through_the_provisioning_api() {
     let (status, out) =
         common::provision("POST", "/logout/all?network=xmpp", &me, None, secret).await;
     assert_eq!(status, 200, "{out}");
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
 }
 
 /// Whether `el` is a `policy-violation` stanza error answering the stanza `id`.
@@ -2771,7 +2775,7 @@ async fn xmpp_stanza_over_the_limits_is_refused_alone() {
         )
     })
     .await;
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
     let links_up = bridge.log().matches("XMPP component link up").count();
     let dave = MatrixUser::register("xlimit").await;
     let mut erin = XmppUser::login("erin").await;
@@ -2940,7 +2944,7 @@ async fn a_relayed_message_enters_the_group_chat_only_through_the_relay() {
         ))
     })
     .await;
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
     let room_jid = format!("relay{run}@conference.localhost");
     let mut bob = XmppUser::login("bob").await;
     bob.open_room(&room_jid, "bob").await;
@@ -3224,7 +3228,7 @@ async fn a_full_disk_loses_nothing_and_tells_every_sender() {
             .join("\n")
     })
     .await;
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
     let mut bob = XmppUser::login("bob").await;
     let (alice, room, ghost) = dm_with("xdisk", "bob@localhost").await;
     let gateway = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
@@ -3300,7 +3304,7 @@ async fn a_full_disk_loses_nothing_and_tells_every_sender() {
                 bridge.log_tail(20)
             );
             bridge.restart().await;
-            wait_metric(&bridge, CONNECTED).await;
+            wait_xmpp_connected(&bridge, 1).await;
             break;
         }
         let ready = common::http()
@@ -3354,8 +3358,15 @@ async fn limited_bridge(limit: &str, value: &str) -> BridgeProcess {
         )
     })
     .await;
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
     bridge
+}
+
+/// How many creations the limit `bridge.limits.<what>` has refused so far.
+async fn limit_refusals(bridge: &BridgeProcess, what: &str) -> f64 {
+    bridge
+        .metric("bridge_rate_limited_total", &[("what", what)])
+        .await
 }
 
 /// Distinct XMPP senders of one server opening chats with a Matrix user: past the limit, each
@@ -3369,6 +3380,7 @@ async fn xmpp_senders_over_the_new_chat_limit_get_an_error_stanza() {
         "{rate: 1, per_seconds: 3600, burst: 2}",
     )
     .await;
+    let refused_before = limit_refusals(&bridge, "portals_per_domain").await;
     let alice = MatrixUser::register("xflood").await;
     let address = format!("{}@{COMPONENT_DOMAIN}", alice.localpart);
 
@@ -3414,12 +3426,9 @@ async fn xmpp_senders_over_the_new_chat_limit_get_an_error_stanza() {
             "{xml}"
         );
     }
-    assert!(
-        bridge
-            .metrics()
-            .await
-            .lines()
-            .any(|l| l == r#"bridge_rate_limited_total{what="portals_per_domain"} 2"#),
+    assert_eq!(
+        limit_refusals(&bridge, "portals_per_domain").await - refused_before,
+        2.0,
         "both refusals are counted"
     );
 
@@ -3454,6 +3463,7 @@ async fn group_chat_nick_churn_is_bounded_and_messages_still_arrive() {
         "{rate: 1, per_seconds: 3600, burst: 3}",
     )
     .await;
+    let refused_before = limit_refusals(&bridge, "ghosts_per_domain").await;
     let (mut bob, alice, room_jid, room) = shared_group_chat("churn", "xchurn").await;
 
     for i in 0..10 {
@@ -3497,14 +3507,11 @@ async fn group_chat_nick_churn_is_bounded_and_messages_still_arrive() {
         joined.len() <= 4 && joined.contains(&last),
         "at most the 3 ghosts the limit allows plus the one who wrote joined: {joined:?}"
     );
-    let text = bridge.metrics().await;
+    // Ten joins against a burst of three.
+    let refusals = limit_refusals(&bridge, "ghosts_per_domain").await - refused_before;
     assert!(
-        common::metric(
-            &text,
-            r#"bridge_rate_limited_total{what="ghosts_per_domain"}"#
-        )
-        .is_some_and(|n| n >= 7.0),
-        "{text}"
+        refusals >= 7.0,
+        "at least 7 of the 10 joins are refused: {refusals}"
     );
 }
 
@@ -3529,6 +3536,7 @@ async fn a_refused_message_in_a_hosted_room_is_answered_with_an_error() {
     let alice = MatrixUser::register("xhostrefuse").await;
     let hosted = HostedRoom::create(&alice, "hostedrefuse", None).await;
     let bridge = hosted.bridge(one_new_ghost_each).await;
+    let refused_before = limit_refusals(&bridge, "message_ghosts_per_domain").await;
     let (room, muc) = (hosted.room.clone(), hosted.muc.clone());
     let join = |nick: &str| {
         format!(
@@ -3590,14 +3598,10 @@ async fn a_refused_message_in_a_hosted_room_is_answered_with_an_error() {
         xml.contains("too many new users from your server; try again later"),
         "{xml}"
     );
-    let text = bridge.metrics().await;
     assert_eq!(
-        common::metric(
-            &text,
-            r#"bridge_rate_limited_total{what="message_ghosts_per_domain"}"#
-        ),
-        Some(1.0),
-        "{text}"
+        limit_refusals(&bridge, "message_ghosts_per_domain").await - refused_before,
+        1.0,
+        "the refusal is counted"
     );
 
     // The room goes on; erin's message is not in it.
@@ -3628,7 +3632,8 @@ async fn a_refused_message_in_a_hosted_room_is_answered_with_an_error() {
 async fn a_refused_message_in_an_external_group_chat_is_told_in_private() {
     let _s = serial();
     let bridge = BridgeProcess::start_with(one_new_ghost_each).await;
-    wait_metric(&bridge, CONNECTED).await;
+    wait_xmpp_connected(&bridge, 1).await;
+    let refused_before = limit_refusals(&bridge, "message_ghosts_per_domain").await;
     // bob's occupant ghost is the one ghost joins may make.
     let (mut bob, alice, room_jid, room) = shared_group_chat("refuse", "xmucrefuse").await;
     let bob_ghost = format!("@_xmpp_{}=2fbob:localhost", room_jid.replace('@', "=40"));
@@ -3679,13 +3684,9 @@ async fn a_refused_message_in_an_external_group_chat_is_told_in_private() {
             "Your message was not bridged to Matrix: too many new users from your server; try again later\n> {refused}"
         )
     );
-    let text = bridge.metrics().await;
     assert_eq!(
-        common::metric(
-            &text,
-            r#"bridge_rate_limited_total{what="message_ghosts_per_domain"}"#
-        ),
-        Some(1.0),
-        "{text}"
+        limit_refusals(&bridge, "message_ghosts_per_domain").await - refused_before,
+        1.0,
+        "the refusal is counted"
     );
 }
