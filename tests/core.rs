@@ -100,6 +100,18 @@ async fn wait_inbox_not_empty(bridge: &BridgeProcess) {
     .await;
 }
 
+/// Sends a sentinel message as `user` into `room` (a portal) and waits until the network has
+/// it: the portal's queue keeps order, so everything that reached the bridge for this portal
+/// before it has been handled by then, and what did not happen by then will not.
+async fn sentinel(control: &mut Control, user: &MatrixUser, room: &str) -> String {
+    let body = format!("sentinel {}", unique());
+    user.send_text(room, &body).await;
+    control
+        .wait_sent("the sentinel message", WAIT, |op| is_message_op(op, &body))
+        .await;
+    body
+}
+
 /// The values of `bridge_txn_seconds_count` by result: how many transactions were answered
 /// `ok`, as a `duplicate`, or refused as `bad_json`.
 fn txn_results(text: &str, result: &str) -> f64 {
@@ -369,7 +381,7 @@ async fn crash_between_ack_and_handling_delivers_once() {
             is_message_op(op, &body)
         })
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    sentinel(&mut control, &alice, &room).await;
     assert_eq!(
         count_messages(&mut control, &body).await,
         1,
@@ -519,14 +531,16 @@ async fn echo_is_not_bridged_back() {
     let run = unique();
 
     let body = format!("only one way {run}");
-    receive_first_message(&mut control, &alice, "bob", &format!("m1-{run}"), &body).await;
-    // Synapse sends the ghost's own event to the bridge within milliseconds.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (room, _) =
+        receive_first_message(&mut control, &alice, "bob", &format!("m1-{run}"), &body).await;
+    // The homeserver sends the ghost's event to the bridge before alice's later one, and an
+    // echo that got through would be on the portal's queue before it.
+    let sentinel = sentinel(&mut control, &alice, &room).await;
     let echoes: Vec<Value> = control
         .sent_log()
         .await
         .into_iter()
-        .filter(|op| op["op"] == "message")
+        .filter(|op| op["op"] == "message" && !is_message_op(op, &sentinel))
         .collect();
     assert!(echoes.is_empty(), "echoes reached the network: {echoes:?}");
 }
@@ -691,7 +705,10 @@ async fn login_state_changes_reach_the_management_room_debounced() {
     let mut control = Control::connect().await;
     let user = MatrixUser::register("state").await;
     let room = management_room(&user).await;
-    let state = |s: &str| json!({"op": "state", "user": user.user_id, "state": s});
+    let other = MatrixUser::register("state").await;
+    let other_room = management_room(&other).await;
+    let state_of = |u: &MatrixUser, s: &str| json!({"op": "state", "user": u.user_id, "state": s});
+    let state = |s: &str| state_of(&user, s);
     let notices = |events: &[Value], needle: &str| {
         events
             .iter()
@@ -704,10 +721,19 @@ async fn login_state_changes_reach_the_management_room_debounced() {
             .count()
     };
 
-    // A blip shorter than the delay: no notice at all.
+    // A blip shorter than the delay: no notice at all. The proof that none is coming: another
+    // user's disconnection, reported after the blip ended and left to last, is announced by
+    // a timer of the same length started later, so its notice comes after the blip's would.
     control.ok(state("TRANSIENT_DISCONNECT")).await;
     control.ok(state("CONNECTED")).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    control.ok(state_of(&other, "TRANSIENT_DISCONNECT")).await;
+    other
+        .wait_for_event(&other_room, "the other user's notice", WAIT, |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("connection lost"))
+        })
+        .await;
     let events = user.messages(&room).await;
     assert_eq!(
         notices(&events, "connection lost"),

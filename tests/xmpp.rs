@@ -175,6 +175,68 @@ impl XmppUser {
             .await;
         Jid::from_str(el.attr("from").expect("message has a sender")).unwrap()
     }
+
+    /// Sends an XEP-0199 ping to `to`; returns the answer, a result or an error. The server
+    /// handles what one stream sends in order: once the answer is back, what this user sent
+    /// before the ping has been routed (and stored, for an offline recipient).
+    async fn ping(&mut self, to: &str) -> Element {
+        let timeout = Duration::from_secs(20);
+        self.ping_within(to, timeout).await.unwrap_or_else(|| {
+            panic!(
+                "{} got no answer to a ping of {to} in {timeout:?}",
+                self.jid
+            )
+        })
+    }
+
+    /// Like [`XmppUser::ping`], `None` when no answer came within `timeout` (the test client
+    /// does not answer pings).
+    async fn ping_within(&mut self, to: &str, timeout: Duration) -> Option<Element> {
+        let id = format!("ping-{}", unique());
+        self.send_xml(&format!(
+            "<iq type='get' to='{to}' id='{id}' xmlns='jabber:client'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ev = self
+                .next_event(deadline.saturating_duration_since(Instant::now()))
+                .await?;
+            let Some(xml) = ev["xml"].as_str() else {
+                continue;
+            };
+            let el = parse_stanza(xml);
+            if el.name() == "iq"
+                && el.attr("id") == Some(id.as_str())
+                && matches!(el.attr("type"), Some("result" | "error"))
+            {
+                return Some(el);
+            }
+        }
+    }
+
+    /// Waits until the server has no session at the full address `jid` any more: it then
+    /// answers a ping to it itself, with `service-unavailable` (the test client, while
+    /// online, does not answer).
+    async fn wait_gone(&mut self, jid: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = self.ping_within(jid, Duration::from_millis(500)).await;
+            let gone = answer.as_ref().is_some_and(|a| {
+                a.children().any(|e| {
+                    e.name() == "error" && e.children().any(|c| c.name() == "service-unavailable")
+                })
+            });
+            if gone {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{jid} is still online after 20 s; last answer: {:?}",
+                answer.map(|a| String::from(&a))
+            );
+        }
+    }
 }
 
 /// XMPP user bob opens group chat `<prefix><unique>@conference.localhost`, and a new Matrix
@@ -692,6 +754,38 @@ async fn denied_subscription_is_refused_over_xmpp() {
         !listed.contains("sees your presence") && !listed.contains("asks"),
         "{listed}"
     );
+
+    // carol, whom the user accepts, is the witness: the presence change that must not reach
+    // dave reaches her.
+    let mut carol = XmppUser::login("carol").await;
+    carol
+        .send_xml(&format!(
+            "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
+        ))
+        .await;
+    user.wait_for_event(
+        &room,
+        "carol's contact request notice",
+        Duration::from_secs(20),
+        |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("carol@localhost"))
+        },
+    )
+    .await;
+    let reply = command(&user, &room, "accept xmpp carol@localhost").await;
+    assert!(reply.contains("may now see your presence"), "{reply}");
+    // The first presence carol gets is the homeserver's (offline, so unavailable).
+    carol
+        .wait("the first presence from the gateway address", |e| {
+            e.name() == "presence"
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with(address.as_str()))
+                && matches!(e.attr("type"), None | Some("unavailable"))
+        })
+        .await;
+
     // The user's presence does not reach dave.
     user.ok(
         "PUT",
@@ -699,19 +793,32 @@ async fn denied_subscription_is_refused_over_xmpp() {
         Some(&serde_json::json!({"presence": "online", "status_msg": "not for dave"})),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while let Some(ev) = dave
-        .next_event(deadline.saturating_duration_since(Instant::now()))
-        .await
-    {
-        if let Some(xml) = ev["xml"].as_str() {
-            assert!(
-                !xml.contains("not for dave"),
-                "a denied contact got the presence: {xml}"
-            );
-        }
-    }
-    let _ = address;
+    let has_status = |e: &Element| {
+        e.name() == "presence"
+            && e.children()
+                .any(|c| c.name() == "status" && c.text() == "not for dave")
+    };
+    carol.wait("the presence change", has_status).await;
+    // The bridge sent its presence stanzas for the change before it reads dave's ping, and
+    // answers the ping over the same link: whatever it sent dave is in before the answer.
+    dave.send_xml(&format!(
+        "<iq type='get' to='{address}' id='after-presence' xmlns='jabber:client'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ))
+    .await;
+    let (earlier, _) = dave
+        .wait_with_earlier("the answer to dave's ping", |e| {
+            e.name() == "iq" && e.attr("id") == Some("after-presence")
+        })
+        .await;
+    let leaked: Vec<String> = earlier
+        .iter()
+        .filter(|e| has_status(e))
+        .map(String::from)
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "a denied contact got the presence: {leaked:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -814,7 +921,8 @@ async fn matrix_user_joins_an_xmpp_group_chat_through_its_alias() {
         reaction["content"]["m.relates_to"]["event_id"],
         mine["event_id"]
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The room reflected alice's message to the bridge before bob could react to it, and the
+    // portal keeps order: a copy bridged back would be in the room before the reaction.
     let copies = alice
         .messages(&room)
         .await
@@ -1580,7 +1688,18 @@ async fn group_chat_messages_sent_while_the_bridge_was_down_arrive_once_in_order
             |e| e["content"]["body"] == last.as_str(),
         )
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A live message after the gap: the room's history on the bridge's join came before it,
+    // and the portal keeps order, so a message of the gap bridged twice would be in by then.
+    let after = format!("after the gap {tag}");
+    bob.send_xml(&format!("<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{after}</body></message>")).await;
+    alice
+        .wait_for_event(
+            &room,
+            "the message after the gap",
+            Duration::from_secs(30),
+            |e| e["content"]["body"] == after.as_str(),
+        )
+        .await;
     // Oldest first: each message exactly once, in the order sent.
     let mut bodies: Vec<String> = alice
         .messages(&room)
@@ -1592,6 +1711,7 @@ async fn group_chat_messages_sent_while_the_bridge_was_down_arrive_once_in_order
     bodies.reverse();
     let mut expected = vec![before.clone()];
     expected.extend(during.iter().cloned());
+    expected.push(after);
     assert_eq!(bodies, expected);
 }
 
@@ -1695,24 +1815,52 @@ async fn sip_xmpp_and_matrix_users_share_one_room() {
         "{:?}",
         got.attr("from")
     );
-    // frank's own message is not sent back to frank.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // frank's own message is not sent back to frank: alice's next message, which the room's
+    // queue handles after frank's, reaches him, and his own did not before it.
+    let next = format!("after frank's {}", unique());
+    alice.send_text(&room, &next).await;
+    frank
+        .wait_for("alice's next message at the SIP member", wait, |m| {
+            m.body.ends_with(&next)
+        })
+        .await;
     assert!(
         !frank.received().iter().any(|m| m.body.contains(&from_sip)),
         "no echo to the SIP sender"
     );
 
-    // Someone who is not a member cannot write into the room by its address.
-    let status = common::sipp::send_message("carol", &room_address, "text/plain", "intruder").await;
+    // Someone who is not a member cannot write into the room by its address: the bridge
+    // stores the message (hence the 200), then drops it on the chat's queue, before frank's
+    // next message to the same address.
+    let not_member = [
+        ("direction", "to_matrix"),
+        ("type", "message"),
+        ("result", "not_member"),
+    ];
+    let dropped_before = bridge.metric("bridge_events_total", &not_member).await;
+    let intruder = format!("intruder {}", unique());
+    let status = common::sipp::send_message("carol", &room_address, "text/plain", &intruder).await;
     assert_eq!(status, 200, "accepted on the wire, then dropped");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let member = format!("frank again {}", unique());
+    let status = common::sipp::send_message("frank", &room_address, "text/plain", &member).await;
+    assert_eq!(status, 200);
+    alice
+        .wait_for_event(&room, "frank's next message", wait, |e| {
+            e["content"]["body"] == member.as_str()
+        })
+        .await;
     assert!(
         !alice
             .messages(&room)
             .await
             .iter()
-            .any(|e| e["content"]["body"] == "intruder"),
+            .any(|e| e["content"]["body"] == intruder.as_str()),
         "a non-member's message does not reach the room"
+    );
+    assert_eq!(
+        bridge.metric("bridge_events_total", &not_member).await - dropped_before,
+        1.0,
+        "the intruder's message is counted as dropped"
     );
     common::sipp::unregister_all("frank").await;
 }
@@ -2003,8 +2151,8 @@ async fn a_new_group_chat_portal_gets_recent_history_in_order() {
                 .any(|c| c.name() == "body" && c.text().ends_with(&format!("{tag} #3")))
     })
     .await;
-    // Later, so the original times are distinguishable from the bridging time.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The room had all three by now; the bridge hears of them only after alice's join below.
+    let stored_by = common::now_ms() as i64;
     let alice = MatrixUser::register("xhist").await;
     let alias = format!("#_xmpp_{}:localhost", room_jid.replace('@', "=40"));
     let joined = alice
@@ -2048,11 +2196,13 @@ async fn a_new_group_chat_portal_gets_recent_history_in_order() {
             .collect::<Vec<_>>(),
         "each once, in order"
     );
+    // The room's time stamps may have whole seconds only; a time of bridging would be after
+    // `stored_by`.
     for e in old {
         let ts = e["origin_server_ts"].as_i64().unwrap();
         assert!(
-            (ts - sent_at).abs() < 1500,
-            "original time kept: {ts} vs sent {sent_at}"
+            ts >= sent_at - 1000 && ts <= stored_by,
+            "original time kept: {ts}, sent from {sent_at}, in the room by {stored_by}"
         );
     }
 }
@@ -2075,8 +2225,19 @@ async fn group_chat_retractions_name_the_rooms_stanza_id() {
         .and_then(|c| c.attr("id"))
         .expect("the room's stanza-id")
         .to_owned();
-    // The bridge learns the stanza-id from the room's reflection of the message.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The bridge learns the stanza-id from the room's reflection of the message, which the
+    // room sent it before bob's next message; the portal keeps order, so once that message
+    // is in Matrix, the stanza-id is known.
+    let next = format!("bob after {}", unique());
+    bob.send_xml(&format!(
+        "<message to='{room_jid}' type='groupchat' xmlns='jabber:client'><body>{next}</body></message>"
+    ))
+    .await;
+    alice
+        .wait_for_event(&room, "bob's next message", Duration::from_secs(20), |e| {
+            e["content"]["body"] == next.as_str()
+        })
+        .await;
     alice.redact(&room, &event).await;
     let retraction = bob
         .wait("the retraction", |e| {
@@ -2296,14 +2457,9 @@ async fn own_account_carries_direct_chats_roster_and_carbons() {
     assert!(out.contains("erin"), "{out}");
     wait_xmpp_connected(&bridge, 1).await;
     // The connection itself ends (the metric above is the core's own bookkeeping).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !bridge.log().contains("XMPP account session ended") {
-        assert!(
-            Instant::now() < deadline,
-            "the account's connection did not end after logout"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    bridge
+        .wait_log("XMPP account session ended", 1, Duration::from_secs(10))
+        .await;
     let log = bridge.log();
     assert!(!log.contains("erinpass"), "the password reached the log");
 }
@@ -2332,7 +2488,9 @@ async fn own_account_resumes_its_stream_and_loses_nothing_after_a_network_cut() 
 
     // The network drops the account's connection; bob writes on, and alice too.
     proxy.cut();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    bridge
+        .wait_log("XMPP account connection lost", 1, Duration::from_secs(20))
+        .await;
     let tag = unique();
     let during: Vec<String> = (1..=5)
         .map(|n| format!("during the cut {n} {tag}"))
@@ -2418,11 +2576,12 @@ async fn own_account_catches_up_from_the_archive_after_the_bridge_was_down() {
         carol_phone.wait_message(text).await;
     }
     drop(carol_phone);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    bob.wait_gone("carol@localhost/test").await;
     for text in &during[5..] {
         bob.say("carol@localhost", text).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Stored before the bridge comes back: they are caught up, not received live.
+    bob.ping("localhost").await;
     let restarted = common::now_ms();
     bridge.restart().await;
 
@@ -2435,7 +2594,18 @@ async fn own_account_catches_up_from_the_archive_after_the_bridge_was_down() {
             |e| e["content"]["body"] == last.as_str(),
         )
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A live message after the catch-up: the portal keeps order, so a message of the gap
+    // bridged twice (from offline storage and from the archive) would be in the room by then.
+    let after = format!("after the gap {tag}");
+    bob.say("carol@localhost", &after).await;
+    alice
+        .wait_for_event(
+            &room,
+            "the message after the gap",
+            Duration::from_secs(20),
+            |e| e["content"]["body"] == after.as_str(),
+        )
+        .await;
     let events = alice.messages(&room).await;
     let ours: Vec<&serde_json::Value> = events
         .iter()
@@ -2452,6 +2622,7 @@ async fn own_account_catches_up_from_the_archive_after_the_bridge_was_down() {
         .collect();
     let mut expected = vec![first.as_str(), mine.as_str()];
     expected.extend(during.iter().map(String::as_str));
+    expected.push(after.as_str());
     assert_eq!(bodies, expected, "each message once, in order, and no echo");
     assert!(
         bridge.log().contains("archive page bridged"),
@@ -3136,17 +3307,26 @@ async fn a_remote_message_too_large_for_one_event_arrives_in_parts() {
         body,
         "the parts join into the message, in order"
     );
-    // No error went back to bob.
-    let mut errors = 0;
-    while let Some(ev) = bob.next_event(Duration::from_millis(500)).await {
-        if ev["xml"]
-            .as_str()
-            .is_some_and(|x| x.contains("type=\"error\"") || x.contains("type='error'"))
-        {
-            errors += 1;
-        }
-    }
-    assert_eq!(errors, 0, "the sender was told nothing failed");
+    // No error went back to bob: one would have been sent while the portal handled his
+    // message, before alice's answer, which comes after it on the same queue and link.
+    let answer = format!("got it {}", unique());
+    alice.send_text(&room, &answer).await;
+    let (earlier, _) = bob
+        .wait_with_earlier("alice's answer", |e| {
+            e.name() == "message"
+                && e.children()
+                    .any(|c| c.name() == "body" && c.text() == answer)
+        })
+        .await;
+    let errors: Vec<String> = earlier
+        .iter()
+        .filter(|e| e.attr("type") == Some("error"))
+        .map(String::from)
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the sender was told something failed: {errors:?}"
+    );
 }
 
 /// A small filesystem of its own for a bridge's store, so that a test can fill it up; unmounted

@@ -306,6 +306,25 @@ impl BridgeProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits until the log of the current process holds `needle` at least `times` times.
+    pub async fn wait_log(&self, needle: &str, times: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.log().matches(needle).count();
+            if seen >= times {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "waited {timeout:?} for the bridge to log {needle:?} {times} times (seen \
+                     {seen}); last log lines:\n{}",
+                    self.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The last `n` lines of [`BridgeProcess::log`].
     pub fn log_tail(&self, n: usize) -> String {
         let log = self.log();
