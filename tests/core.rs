@@ -397,18 +397,40 @@ async fn replayed_transaction_bridges_once() {
     let alice = MatrixUser::register("alice").await;
     let room = dm_portal(&alice, "bob").await;
 
+    // A message, which the message map would also keep from going out twice, and a command,
+    // whose answer nothing else holds back: answering it again would be a new event, since
+    // its transaction ID comes from the inbox sequence of the handling.
     let run = unique();
     let body = format!("sent once {run}");
-    let txn = json!({"events": [{
-        "type": "m.room.message",
-        "event_id": format!("$fake{run}"),
-        "room_id": room,
-        "sender": alice.user_id,
-        "origin_server_ts": now_ms(),
-        "content": {"msgtype": "m.text", "body": body},
-        "unsigned": {"age": 1},
-    }]})
+    let event = |id: String, body: &str| {
+        json!({
+            "type": "m.room.message",
+            "event_id": id,
+            "room_id": room,
+            "sender": alice.user_id,
+            "origin_server_ts": now_ms(),
+            "content": {"msgtype": "m.text", "body": body},
+            "unsigned": {"age": 1},
+        })
+    };
+    let txn = json!({"events": [
+        event(format!("$fake{run}"), &body),
+        event(format!("$fakecmd{run}"), "!isthmus version"),
+    ]})
     .to_string();
+    let answers = async || {
+        alice
+            .messages(&room)
+            .await
+            .iter()
+            .filter(|e| {
+                e["content"]["msgtype"] == "m.notice"
+                    && e["content"]["body"]
+                        .as_str()
+                        .is_some_and(|b| b.starts_with("isthmus "))
+            })
+            .count()
+    };
     let path = format!("/_matrix/app/v1/transactions/replay-{run}");
     for attempt in 1..=2 {
         let answer = appservice("PUT", &path, Some(HS_TOKEN), Some(&txn)).await;
@@ -418,19 +440,25 @@ async fn replayed_transaction_bridges_once() {
     control
         .wait_sent("the replayed message", WAIT, |op| is_message_op(op, &body))
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    sentinel(&mut control, &alice, &room).await;
     assert_eq!(count_messages(&mut control, &body).await, 1);
+    assert_eq!(answers().await, 1, "the command is answered once");
 
     drop(control);
     bridge.restart().await;
     let mut control = Control::connect().await;
     let answer = appservice("PUT", &path, Some(HS_TOKEN), Some(&txn)).await;
     assert_eq!(answer.status, 200, "after restart: {answer:?}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    sentinel(&mut control, &alice, &room).await;
     assert_eq!(
         count_messages(&mut control, &body).await,
         0,
         "a transaction replayed after a restart must not be bridged again"
+    );
+    assert_eq!(
+        answers().await,
+        1,
+        "a command replayed after a restart must not be answered again"
     );
 }
 
