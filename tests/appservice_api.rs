@@ -3,10 +3,16 @@
 //! events under both keys, third-party lookups and metrics.
 //!
 //! The events used here are in rooms that are not portals, so handling them needs no
-//! homeserver; the homeserver URL points at a closed port.
+//! homeserver; the homeserver URL points at a closed port. Where a test needs to see what
+//! handling an event did, a stand-in homeserver takes the bridge's answers
+//! ([`StandInHomeserver`]).
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::metric_value;
 
 use isthmus::appservice::{AppState, ListenerLimits, router, serve};
 use isthmus::bridge::Bridge;
@@ -25,24 +31,32 @@ struct Api {
     _dir: tempfile::TempDir,
 }
 
+/// Where nothing listens: the bridge's calls to the homeserver fail at once.
+const NO_HOMESERVER: &str = "http://127.0.0.1:9";
+
+/// The listener limits of the tests that do not test them.
+fn default_limits() -> ListenerLimits {
+    ListenerLimits {
+        header_timeout: Duration::from_secs(20),
+        body_timeout: Duration::from_secs(60),
+        max_connections: 4096,
+    }
+}
+
 async fn start(max_body: usize) -> Api {
-    start_limited(
-        max_body,
-        ListenerLimits {
-            header_timeout: Duration::from_secs(20),
-            body_timeout: Duration::from_secs(60),
-            max_connections: 4096,
-        },
-    )
-    .await
+    start_with(max_body, default_limits(), NO_HOMESERVER).await
 }
 
 async fn start_limited(max_body: usize, limits: ListenerLimits) -> Api {
+    start_with(max_body, limits, NO_HOMESERVER).await
+}
+
+async fn start_with(max_body: usize, limits: ListenerLimits, homeserver: &str) -> Api {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         r#"
-homeserver: {{url: "http://127.0.0.1:9", domain: localhost}}
+homeserver: {{url: "{homeserver}", domain: localhost}}
 appservice:
   listen: 127.0.0.1:0
   url: http://127.0.0.1:0
@@ -152,6 +166,85 @@ impl Api {
         }
         panic!("inbox not drained: {} items left", self.store.inbox_len());
     }
+}
+
+/// A homeserver that answers every message the bridge sends with a new event ID and keeps it
+/// (room, body), and answers any other call with 404 `M_UNRECOGNIZED`.
+struct StandInHomeserver {
+    url: String,
+    sent: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl StandInHomeserver {
+    async fn start() -> StandInHomeserver {
+        use axum::extract::{Json, Path, State};
+        type Sent = Arc<Mutex<Vec<(String, Value)>>>;
+        async fn send(
+            State(sent): State<Sent>,
+            Path((room, _kind, _txn)): Path<(String, String, String)>,
+            Json(content): Json<Value>,
+        ) -> Json<Value> {
+            let mut sent = sent.lock().unwrap();
+            sent.push((room, content));
+            Json(json!({"event_id": format!("$standin{}", sent.len())}))
+        }
+        let sent: Sent = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}",
+                axum::routing::put(send),
+            )
+            .fallback(|| async {
+                (
+                    axum::http::StatusCode::NOT_FOUND,
+                    Json(json!({"errcode": "M_UNRECOGNIZED", "error": "not in the stand-in"})),
+                )
+            })
+            .with_state(Arc::clone(&sent));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        StandInHomeserver { url, sent }
+    }
+
+    /// The bodies of the messages sent into `room` so far, first first.
+    fn bodies(&self, room: &str) -> Vec<String> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r == room)
+            .filter_map(|(_, c)| c["body"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits until a message whose body matches `pred` was sent into `room`.
+    async fn wait_body(&self, room: &str, what: &str, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let bodies = self.bodies(room);
+            if bodies.iter().any(|b| pred(b)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 20 s for {what} in {room}; sent there: {bodies:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A text message from @alice:localhost (a user of the bridge) in `room`.
+fn text_in(room: &str, event: &str, body: &str) -> Value {
+    json!({
+        "type": "m.room.message",
+        "room_id": room,
+        "sender": "@alice:localhost",
+        "event_id": event,
+        "origin_server_ts": 1_700_000_000_000u64,
+        "content": {"msgtype": "m.text", "body": body},
+    })
 }
 
 fn message(n: usize, body_len: usize) -> Value {
@@ -267,6 +360,14 @@ async fn malformed_transactions_are_refused_and_store_nothing() {
 #[tokio::test]
 async fn unreadable_events_are_skipped_and_the_others_kept() {
     let api = start(32 << 20).await;
+    let malformed = |text: &str| {
+        metric_value(
+            text,
+            "bridge_skipped_events_total",
+            &[("reason", "malformed")],
+        )
+    };
+    let before = malformed(&api.metrics().await);
     for (n, bad) in [
         json!(1),
         json!(null),
@@ -291,11 +392,9 @@ async fn unreadable_events_are_skipped_and_the_others_kept() {
             "{txn}: the readable event is kept, the others skipped"
         );
     }
+    // Six transactions, each with two unreadable events and an unreadable ephemeral one.
     let metrics = api.metrics().await;
-    assert!(
-        metrics.contains(r#"bridge_skipped_events_total{reason="malformed"} 18"#),
-        "{metrics}"
-    );
+    assert_eq!(malformed(&metrics) - before, 18.0, "{metrics}");
 }
 
 /// Homeservers may number transactions from 1 again after a restart (Synapse on SQLite
@@ -304,7 +403,8 @@ async fn unreadable_events_are_skipped_and_the_others_kept() {
 #[tokio::test]
 async fn reused_transaction_ids_with_other_events_are_new() {
     let api = start(32 << 20).await;
-    let ok = |n: u32| format!(r#"bridge_txn_seconds_count{{result="ok"}} {n}"#);
+    let counts = |text: &str| (txn_results(text, "ok"), txn_results(text, "duplicate"));
+    let (ok, duplicate) = counts(&api.metrics().await);
     let (status, _) = api.put_txn("1", &json!({"events": [message(1, 5)]})).await;
     assert_eq!(status, 200);
     let mut retry = message(1, 5);
@@ -312,9 +412,9 @@ async fn reused_transaction_ids_with_other_events_are_new() {
     let (status, _) = api.put_txn("1", &json!({"events": [retry]})).await;
     assert_eq!(status, 200);
     let metrics = api.metrics().await;
-    assert!(
-        metrics.contains(&ok(1))
-            && metrics.contains(r#"bridge_txn_seconds_count{result="duplicate"} 1"#),
+    assert_eq!(
+        counts(&metrics),
+        (ok + 1.0, duplicate + 1.0),
         "a retry of the same events is a duplicate: {metrics}"
     );
     for n in 2..5u32 {
@@ -323,8 +423,9 @@ async fn reused_transaction_ids_with_other_events_are_new() {
             .await;
         assert_eq!(status, 200);
         let metrics = api.metrics().await;
-        assert!(
-            metrics.contains(&ok(n)),
+        assert_eq!(
+            counts(&metrics),
+            (ok + f64::from(n), duplicate + 1.0),
             "transaction 1 again with event {n} is new: {metrics}"
         );
     }
@@ -344,27 +445,53 @@ async fn large_valid_transaction_is_accepted_and_over_limit_is_413() {
     assert!(!api.store.has_transaction("too-big").unwrap());
 }
 
+/// How many transactions were answered with `result` (`ok`, `duplicate`, ...).
+fn txn_results(text: &str, result: &str) -> f64 {
+    metric_value(text, "bridge_txn_seconds_count", &[("result", result)])
+}
+
+/// A homeserver that did not see the bridge's answer sends the same transaction again: it is
+/// answered the same, and what it holds is handled once. A command in it shows that: each
+/// handling of it sends an answer (the answer's transaction ID comes from the inbox sequence,
+/// which a second handling would not share, so the homeserver would not fold the two).
 #[tokio::test]
-async fn replayed_transaction_is_stored_once() {
-    let api = start(32 << 20).await;
-    let body = json!({"events": [message(1, 10), message(2, 10)]});
-    assert_eq!(api.put_txn("42", &body).await.0, 200);
-    api.drained().await;
+async fn replayed_transaction_is_handled_once() {
+    let hs = StandInHomeserver::start().await;
+    let api = start_with(32 << 20, default_limits(), &hs.url).await;
+    let room = "!commands:localhost";
+    let is_version = |b: &str| b.starts_with("isthmus ");
+    let before = api.metrics().await;
+    let body = json!({"events": [text_in(room, "$version", "!isthmus version"), message(2, 10)]});
+    assert_eq!(api.put_txn("42", &body).await, (200, json!({})));
+    hs.wait_body(room, "the answer to `version`", is_version)
+        .await;
     let (status, body_again) = api.put_txn("42", &body).await;
-    assert_eq!((status, body_again), (200, json!({})));
-    assert_eq!(api.store.inbox_len(), 0, "a replay enqueues nothing");
-    let metrics = api
-        .http
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains(r#"bridge_txn_seconds_count{result="duplicate"} 1"#),
-        "{metrics}"
+    assert_eq!((status, body_again), (200, json!({})), "the replay");
+
+    // A later transaction with a command in the same room: the room's events are handled in
+    // order, so once this one is answered, a second handling of the replay would have been.
+    let later = json!({"events": [text_in(room, "$whoami", "!isthmus whoami")]});
+    assert_eq!(api.put_txn("43", &later).await.0, 200);
+    hs.wait_body(room, "the answer to `whoami`", |b| {
+        b.starts_with("You are @alice:localhost")
+    })
+    .await;
+    let bodies = hs.bodies(room);
+    assert_eq!(
+        bodies.iter().filter(|b| is_version(b)).count(),
+        1,
+        "the replayed command was answered again: {bodies:?}"
+    );
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    api.drained().await;
+    let after = api.metrics().await;
+    assert_eq!(
+        (
+            txn_results(&after, "ok") - txn_results(&before, "ok"),
+            txn_results(&after, "duplicate") - txn_results(&before, "duplicate"),
+        ),
+        (2.0, 1.0),
+        "transactions 42 and 43 are new, the replay of 42 a duplicate:\n{after}"
     );
 }
 
@@ -481,36 +608,64 @@ async fn third_party_protocol_xmpp() {
     );
 }
 
+/// `/metrics` answers without a token, and its figures follow what happens: a transaction is
+/// counted, and the store's gauges count what is in the store when they are read.
 #[tokio::test]
 async fn metrics_and_health() {
+    use isthmus::network::ChatKind;
+    use isthmus::store::{GhostRecord, PortalKey, PortalRecord};
     let api = start(32 << 20).await;
     assert_eq!(api.get("/health", None).await.0, 200);
     assert_eq!(api.get("/_matrix/mau/live", None).await.0, 200);
+    let value = |text: &str, name: &str| metric_value(text, name, &[]);
+    let before = api.metrics().await;
+
     assert_eq!(
         api.put_txn("m1", &json!({"events": [message(1, 3)]}))
             .await
             .0,
         200
     );
-    let text = api
-        .http
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
+    api.drained().await;
+    api.store
+        .put_portal(&PortalRecord::new(
+            PortalKey::new("loopback", "bob", Some("@alice:localhost")),
+            "!portal:localhost",
+            ChatKind::Direct,
+        ))
         .unwrap();
-    for name in [
-        "bridge_txn_seconds",
-        "bridge_inbox_depth",
-        "portals_total",
-        "ghosts_total",
-        "sled_size_bytes",
-        "bridge_portal_tasks",
-    ] {
-        assert!(text.contains(name), "metric {name} missing:\n{text}");
-    }
+    api.store
+        .put_ghost(&GhostRecord {
+            user_id: "@_loopback_bob:localhost".into(),
+            network: "loopback".into(),
+            remote_id: "bob".into(),
+            displayname: None,
+            avatar_url: None,
+            avatar_hash: None,
+            registered: false,
+        })
+        .unwrap();
+
+    let after = api.metrics().await;
+    let delta = |name: &str| value(&after, name) - value(&before, name);
+    assert_eq!(
+        txn_results(&after, "ok") - txn_results(&before, "ok"),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        value(&after, "bridge_txn_seconds_sum") > value(&before, "bridge_txn_seconds_sum"),
+        "the transaction's time is added up:\n{after}"
+    );
+    assert_eq!(delta("portals_total"), 1.0, "{after}");
+    assert_eq!(delta("ghosts_total"), 1.0, "{after}");
+    assert_eq!(
+        value(&after, "bridge_inbox_depth"),
+        0.0,
+        "drained:\n{after}"
+    );
+    assert!(value(&after, "sled_size_bytes") > 0.0, "{after}");
+    assert_eq!(value(&after, "bridge_store_healthy"), 1.0, "{after}");
 }
 
 /// Reads from `sock` until the server closes it (EOF or reset); returns what was read and

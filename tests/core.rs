@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use common::{
     AS_TOKEN, BOT, BridgeProcess, Control, HS_TOKEN, LOOPBACK_PASSWORD, MatrixUser, appservice,
-    command, direct_message, enc, ghost, is_message_op, is_text_from, management_room, metric,
-    remote_event, serial, unique, with_permission,
+    command, direct_message, enc, ghost, is_message_op, is_text_from, management_room,
+    metric_value, remote_event, serial, unique, wait_metric, wait_metric_where, with_permission,
 };
 
 /// How long any single expected thing may take.
@@ -92,21 +92,30 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Polls `/metrics` until the durable inbox holds at least one item.
+/// Waits until the durable inbox holds at least one item.
 async fn wait_inbox_not_empty(bridge: &BridgeProcess) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let text = bridge.metrics().await;
-        let depth = metric(&text, "bridge_inbox_depth");
-        if depth.is_some_and(|d| d >= 1.0) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "bridge_inbox_depth stayed at {depth:?} for {WAIT:?}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metric_where(bridge, "bridge_inbox_depth", &[], "at least 1", WAIT, |d| {
+        d >= 1.0
+    })
+    .await;
+}
+
+/// Sends a sentinel message as `user` into `room` (a portal) and waits until the network has
+/// it: the portal's queue keeps order, so everything that reached the bridge for this portal
+/// before it has been handled by then, and what did not happen by then will not.
+async fn sentinel(control: &mut Control, user: &MatrixUser, room: &str) -> String {
+    let body = format!("sentinel {}", unique());
+    user.send_text(room, &body).await;
+    control
+        .wait_sent("the sentinel message", WAIT, |op| is_message_op(op, &body))
+        .await;
+    body
+}
+
+/// The values of `bridge_txn_seconds_count` by result: how many transactions were answered
+/// `ok`, as a `duplicate`, or refused as `bad_json`.
+fn txn_results(text: &str, result: &str) -> f64 {
+    metric_value(text, "bridge_txn_seconds_count", &[("result", result)])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -372,7 +381,7 @@ async fn crash_between_ack_and_handling_delivers_once() {
             is_message_op(op, &body)
         })
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    sentinel(&mut control, &alice, &room).await;
     assert_eq!(
         count_messages(&mut control, &body).await,
         1,
@@ -388,18 +397,40 @@ async fn replayed_transaction_bridges_once() {
     let alice = MatrixUser::register("alice").await;
     let room = dm_portal(&alice, "bob").await;
 
+    // A message, which the message map would also keep from going out twice, and a command,
+    // whose answer nothing else holds back: answering it again would be a new event, since
+    // its transaction ID comes from the inbox sequence of the handling.
     let run = unique();
     let body = format!("sent once {run}");
-    let txn = json!({"events": [{
-        "type": "m.room.message",
-        "event_id": format!("$fake{run}"),
-        "room_id": room,
-        "sender": alice.user_id,
-        "origin_server_ts": now_ms(),
-        "content": {"msgtype": "m.text", "body": body},
-        "unsigned": {"age": 1},
-    }]})
+    let event = |id: String, body: &str| {
+        json!({
+            "type": "m.room.message",
+            "event_id": id,
+            "room_id": room,
+            "sender": alice.user_id,
+            "origin_server_ts": now_ms(),
+            "content": {"msgtype": "m.text", "body": body},
+            "unsigned": {"age": 1},
+        })
+    };
+    let txn = json!({"events": [
+        event(format!("$fake{run}"), &body),
+        event(format!("$fakecmd{run}"), "!isthmus version"),
+    ]})
     .to_string();
+    let answers = async || {
+        alice
+            .messages(&room)
+            .await
+            .iter()
+            .filter(|e| {
+                e["content"]["msgtype"] == "m.notice"
+                    && e["content"]["body"]
+                        .as_str()
+                        .is_some_and(|b| b.starts_with("isthmus "))
+            })
+            .count()
+    };
     let path = format!("/_matrix/app/v1/transactions/replay-{run}");
     for attempt in 1..=2 {
         let answer = appservice("PUT", &path, Some(HS_TOKEN), Some(&txn)).await;
@@ -409,26 +440,33 @@ async fn replayed_transaction_bridges_once() {
     control
         .wait_sent("the replayed message", WAIT, |op| is_message_op(op, &body))
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    sentinel(&mut control, &alice, &room).await;
     assert_eq!(count_messages(&mut control, &body).await, 1);
+    assert_eq!(answers().await, 1, "the command is answered once");
 
     drop(control);
     bridge.restart().await;
     let mut control = Control::connect().await;
     let answer = appservice("PUT", &path, Some(HS_TOKEN), Some(&txn)).await;
     assert_eq!(answer.status, 200, "after restart: {answer:?}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    sentinel(&mut control, &alice, &room).await;
     assert_eq!(
         count_messages(&mut control, &body).await,
         0,
         "a transaction replayed after a restart must not be bridged again"
+    );
+    assert_eq!(
+        answers().await,
+        1,
+        "a command replayed after a restart must not be answered again"
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn appservice_api_rejects_bad_requests() {
     let _serial = serial();
-    let _bridge = BridgeProcess::start().await;
+    let bridge = BridgeProcess::start().await;
+    let before = bridge.metrics().await;
     let txn = "/_matrix/app/v1/transactions/bad-requests";
     let empty = Some(r#"{"events":[]}"#);
 
@@ -466,26 +504,28 @@ async fn appservice_api_rejects_bad_requests() {
     let fine = appservice("PUT", txn, Some(HS_TOKEN), empty).await;
     assert_eq!(fine.status, 200, "{fine:?}");
     assert_eq!(fine.json, json!({}));
+    let again = appservice("PUT", txn, Some(HS_TOKEN), empty).await;
+    assert_eq!((again.status, again.json), (200, json!({})), "a retry");
 
     let health = appservice("GET", "/health", None, None).await;
     assert_eq!(health.status, 200, "{health:?}");
 
+    // `/metrics` needs no token. Counted: the broken body, the transaction and its retry; the
+    // refused requests never reached the handler (one that had would have made the first
+    // `fine` a duplicate), and the refused user query registered no ghost.
     let metrics = appservice("GET", "/metrics", None, None).await;
     assert_eq!(metrics.status, 200, "{metrics:?}");
-    for name in [
-        "bridge_events_total",
-        "bridge_txn_seconds",
-        "bridge_inbox_depth",
-        "portals_total",
-        "ghosts_total",
-        "matrix_request_seconds",
-    ] {
-        assert!(
-            metrics.text.contains(name),
-            "/metrics lacks {name}:\n{}",
-            metrics.text
-        );
-    }
+    let after = &metrics.text;
+    let delta = |result: &str| txn_results(after, result) - txn_results(&before, result);
+    assert_eq!(delta("bad_json"), 1.0, "{after}");
+    assert_eq!(delta("duplicate"), 1.0, "{after}");
+    // At least: the homeserver may push transactions of its own meanwhile.
+    assert!(delta("ok") >= 1.0, "{after}");
+    assert_eq!(
+        metric_value(after, "ghosts_total", &[]),
+        metric_value(&before, "ghosts_total", &[]),
+        "{after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -519,14 +559,16 @@ async fn echo_is_not_bridged_back() {
     let run = unique();
 
     let body = format!("only one way {run}");
-    receive_first_message(&mut control, &alice, "bob", &format!("m1-{run}"), &body).await;
-    // Synapse sends the ghost's own event to the bridge within milliseconds.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (room, _) =
+        receive_first_message(&mut control, &alice, "bob", &format!("m1-{run}"), &body).await;
+    // The homeserver sends the ghost's event to the bridge before alice's later one, and an
+    // echo that got through would be on the portal's queue before it.
+    let sentinel = sentinel(&mut control, &alice, &room).await;
     let echoes: Vec<Value> = control
         .sent_log()
         .await
         .into_iter()
-        .filter(|op| op["op"] == "message")
+        .filter(|op| op["op"] == "message" && !is_message_op(op, &sentinel))
         .collect();
     assert!(echoes.is_empty(), "echoes reached the network: {echoes:?}");
 }
@@ -691,7 +733,10 @@ async fn login_state_changes_reach_the_management_room_debounced() {
     let mut control = Control::connect().await;
     let user = MatrixUser::register("state").await;
     let room = management_room(&user).await;
-    let state = |s: &str| json!({"op": "state", "user": user.user_id, "state": s});
+    let other = MatrixUser::register("state").await;
+    let other_room = management_room(&other).await;
+    let state_of = |u: &MatrixUser, s: &str| json!({"op": "state", "user": u.user_id, "state": s});
+    let state = |s: &str| state_of(&user, s);
     let notices = |events: &[Value], needle: &str| {
         events
             .iter()
@@ -704,10 +749,19 @@ async fn login_state_changes_reach_the_management_room_debounced() {
             .count()
     };
 
-    // A blip shorter than the delay: no notice at all.
+    // A blip shorter than the delay: no notice at all. The proof that none is coming: another
+    // user's disconnection, reported after the blip ended and left to last, is announced by
+    // a timer of the same length started later, so its notice comes after the blip's would.
     control.ok(state("TRANSIENT_DISCONNECT")).await;
     control.ok(state("CONNECTED")).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    control.ok(state_of(&other, "TRANSIENT_DISCONNECT")).await;
+    other
+        .wait_for_event(&other_room, "the other user's notice", WAIT, |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("connection lost"))
+        })
+        .await;
     let events = user.messages(&room).await;
     assert_eq!(
         notices(&events, "connection lost"),
@@ -815,31 +869,12 @@ fn megolm() -> Value {
 /// Waits until `bridge_events_total` counts `n` Matrix → network events of `kind` with
 /// `result`.
 async fn wait_event_count(bridge: &BridgeProcess, kind: &str, result: &str, n: u64) {
-    let deadline = std::time::Instant::now() + WAIT;
     let labels = [
-        "direction=\"to_remote\"".to_owned(),
-        format!("type=\"{kind}\""),
-        format!("result=\"{result}\""),
+        ("direction", "to_remote"),
+        ("type", kind),
+        ("result", result),
     ];
-    loop {
-        let text = bridge.metrics().await;
-        let count = text
-            .lines()
-            .find(|l| {
-                l.starts_with("bridge_events_total{")
-                    && labels.iter().all(|x| l.contains(x.as_str()))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<u64>().ok());
-        if count == Some(n) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{kind}/{result} counted {count:?}, not {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metric(bridge, "bridge_events_total", &labels, n as f64, WAIT).await;
 }
 
 /// Turns encryption on in `room` as `user`; returns the state event's ID.
@@ -1308,8 +1343,8 @@ async fn new_chats_over_the_domain_limit_are_refused_and_their_senders_told() {
     let deadline = std::time::Instant::now() + WAIT;
     let refused = loop {
         let t = told(&mut control).await;
-        let portals = metric(&bridge.metrics().await, "portals_total");
-        if t.len() >= 5 && portals >= Some((N + 1) as f64) {
+        let portals = bridge.metric("portals_total", &[]).await;
+        if t.len() >= 5 && portals >= (N + 1) as f64 {
             break t;
         }
         assert!(
@@ -1339,13 +1374,17 @@ async fn new_chats_over_the_domain_limit_are_refused_and_their_senders_told() {
     // Every message is accounted for: no more chats than the limit.
     let text = bridge.metrics().await;
     assert_eq!(
-        metric(&text, "portals_total"),
-        Some((N + 1) as f64),
+        metric_value(&text, "portals_total", &[]),
+        (N + 1) as f64,
         "{text}"
     );
-    assert!(
-        text.lines()
-            .any(|l| l == r#"bridge_rate_limited_total{what="portals_per_domain"} 5"#),
+    assert_eq!(
+        metric_value(
+            &text,
+            "bridge_rate_limited_total",
+            &[("what", "portals_per_domain")]
+        ),
+        5.0,
         "{text}"
     );
 

@@ -306,6 +306,25 @@ impl BridgeProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits until the log of the current process holds `needle` at least `times` times.
+    pub async fn wait_log(&self, needle: &str, times: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.log().matches(needle).count();
+            if seen >= times {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "waited {timeout:?} for the bridge to log {needle:?} {times} times (seen \
+                     {seen}); last log lines:\n{}",
+                    self.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The last `n` lines of [`BridgeProcess::log`].
     pub fn log_tail(&self, n: usize) -> String {
         let log = self.log();
@@ -322,6 +341,11 @@ impl BridgeProcess {
             .expect("GET /metrics");
         assert!(r.status().is_success(), "GET /metrics: {}", r.status());
         r.text().await.expect("metrics body")
+    }
+
+    /// The value of metric `name` with `labels` now (see [`metric_value`]).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics().await, name, labels)
     }
 }
 
@@ -349,22 +373,158 @@ impl Drop for BridgeProcess {
     }
 }
 
-/// The value of an unlabelled metric (or the sum over its labels).
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-        if let Some(v) = value {
-            found = Some(found.unwrap_or(0.0) + v);
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+/// One sample line of the Prometheus text format: `name{label="value",...} number`.
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// Reads one sample line; `None` for comments, blank lines and lines it cannot read.
+fn parse_sample(line: &str) -> Option<Sample> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line.find(['{', ' '])?;
+    let name = line[..name_end].to_owned();
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        // Label values are quoted, with `\\`, `\"` and `\n` escaped.
+        let mut chars = inner.char_indices();
+        let mut key = String::new();
+        loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '}' => {
+                    rest = &inner[i + 1..];
+                    break;
+                }
+                ',' | ' ' => {}
+                '=' => {
+                    if chars.next()?.1 != '"' {
+                        return None;
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next()?.1 {
+                            '"' => break,
+                            '\\' => match chars.next()?.1 {
+                                'n' => value.push('\n'),
+                                other => value.push(other),
+                            },
+                            other => value.push(other),
+                        }
+                    }
+                    labels.push((std::mem::take(&mut key), value));
+                }
+                other => key.push(other),
+            }
         }
     }
-    found
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
+}
+
+/// The value of metric `name` in the Prometheus text `text`: the sum over its series whose
+/// labels include every `(label, value)` of `labels` (`&[]`: all of its series). 0 when no
+/// series matches, as for a counter that was never incremented (the exporter writes no
+/// series for it yet). Histograms and summaries are read by their series' names
+/// (`bridge_txn_seconds_count`).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(parse_sample)
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .fold(0.0, |sum, s| sum + s.value)
+}
+
+/// The sample lines of metric `name` in `text`, for panic messages.
+pub fn metric_lines(text: &str, name: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| parse_sample(l).is_some_and(|s| s.name == name))
+        .collect();
+    if lines.is_empty() {
+        format!("  (no series of {name})")
+    } else {
+        lines
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Waits until metric `name` with `labels` (see [`metric_value`]) satisfies `pred`, which
+/// `what` describes; returns the value. Panics after `timeout` with the series it saw.
+pub async fn wait_metric_where(
+    bridge: &BridgeProcess,
+    name: &str,
+    labels: &[(&str, &str)],
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = bridge.metrics().await;
+        let value = metric_value(&text, name, labels);
+        if pred(value) {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "waited {timeout:?} for {name} {labels:?} to be {what}; it is {value}:\n{}",
+                metric_lines(&text, name)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until metric `name` with `labels` (see [`metric_value`]) reads `expected`.
+///
+/// A gauge may pass through other values on the way. A counter that is not there yet may still
+/// go past it later: to prove something was counted once, read it again after a later event of
+/// the same queue (a sentinel).
+pub async fn wait_metric(
+    bridge: &BridgeProcess,
+    name: &str,
+    labels: &[(&str, &str)],
+    expected: f64,
+    timeout: Duration,
+) {
+    wait_metric_where(bridge, name, labels, &expected.to_string(), timeout, |v| {
+        v == expected
+    })
+    .await;
+}
+
+/// Waits until `n` logins of `network` are in `state` (a bridge-wide link, such as the XMPP
+/// component or the SIP trunk, counts as one).
+pub async fn wait_logins(bridge: &BridgeProcess, network: &str, state: &str, n: u32) {
+    wait_metric(
+        bridge,
+        "logins",
+        &[("network", network), ("state", state)],
+        f64::from(n),
+        Duration::from_secs(30),
+    )
+    .await;
 }
 
 /// Gives the test that starts next an appservice queue nobody else can disturb.
@@ -953,27 +1113,6 @@ impl MatrixUser {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-}
-
-/// Waits until the bridge's metrics hold exactly the line `needle` (such as a link state).
-pub async fn wait_metric(bridge: &BridgeProcess, needle: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let m = bridge.metrics().await;
-        if m.lines().any(|l| l == needle) {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "metric line {needle:?} not seen in {timeout:?}; metrics:\n{}",
-                m.lines()
-                    .filter(|l| l.starts_with("logins"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

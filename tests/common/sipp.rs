@@ -96,6 +96,75 @@ pub fn require_kamailio() {
     }
 }
 
+/// One binding of a user at the registrar, as Kamailio's location table holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The contact address.
+    pub address: String,
+    /// Seconds until it runs out, as of the lookup.
+    pub expires: u64,
+    /// The Call-ID of the REGISTER that made or last refreshed it.
+    pub call_id: String,
+    /// The CSeq of that REGISTER: a refresh in the same registration raises it.
+    pub cseq: u64,
+}
+
+/// The bindings of `user` (of [`DOMAIN`]) at the registrar now, read from Kamailio's location
+/// table over its control socket (`kamcmd ul.lookup`); empty when it has none.
+pub fn bindings(user: &str) -> Vec<Binding> {
+    let socket = format!("unix:{}/kamailio/run/kamailio_ctl", super::stack_dir());
+    let out = Command::new("kamcmd")
+        .args(["-s", &socket, "ul.lookup", "location", user])
+        .output()
+        .expect("run kamcmd (Debian package kamailio)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if text.contains("AOR not found") {
+        return Vec::new();
+    }
+    assert!(
+        out.status.success(),
+        "kamcmd ul.lookup location {user}: {text}"
+    );
+    let mut found = Vec::new();
+    let mut current: Option<Binding> = None;
+    for line in text.lines().map(str::trim) {
+        let Some((key, value)) = line.split_once(": ") else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "Address" => {
+                found.extend(current.take());
+                current = Some(Binding {
+                    address: value.to_owned(),
+                    expires: 0,
+                    call_id: String::new(),
+                    cseq: 0,
+                });
+            }
+            "Expires" => {
+                if let Some(b) = current.as_mut() {
+                    b.expires = value.parse().unwrap_or(0);
+                }
+            }
+            "Call-ID" => {
+                if let Some(b) = current.as_mut() {
+                    b.call_id = value.to_owned();
+                }
+            }
+            "CSeq" => {
+                if let Some(b) = current.as_mut() {
+                    b.cseq = value.parse().unwrap_or(0);
+                }
+            }
+            _ => {}
+        }
+    }
+    found.extend(current);
+    found
+}
+
 /// Restarts Kamailio on the same ports with `scripts/kamailio.sh restart`: every registration
 /// is lost. Returns once it listens again.
 pub fn restart_kamailio() {
