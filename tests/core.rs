@@ -786,6 +786,37 @@ async fn login_state_changes_reach_the_management_room_debounced() {
     })
     .await;
 
+    // A blip, then at once a disconnection that lasts: one notice, not one per timer. The
+    // proof that no second one is coming: the other user's disconnection, reported after
+    // both of this user's timers started, is announced after both fired.
+    let lost_before = notices(&user.messages(&room).await, "connection lost");
+    control.ok(state("TRANSIENT_DISCONNECT")).await;
+    control.ok(state("CONNECTED")).await;
+    control.ok(state("TRANSIENT_DISCONNECT")).await;
+    let other_lost = notices(&other.messages(&other_room).await, "connection lost");
+    control.ok(state_of(&other, "CONNECTED")).await;
+    control.ok(state_of(&other, "TRANSIENT_DISCONNECT")).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while notices(&other.messages(&other_room).await, "connection lost") <= other_lost {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other user's second disconnection was not announced within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        notices(&user.messages(&room).await, "connection lost") - lost_before,
+        1,
+        "a blip and the disconnection right after it are announced once"
+    );
+    control.ok(state("CONNECTED")).await;
+    user.wait_for_event(&room, "the second recovery notice", WAIT, |e| {
+        e["content"]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("connected again"))
+    })
+    .await;
+
     // Refused credentials: told at once, with what to do.
     control.ok(state("BAD_CREDENTIALS")).await;
     let ev = user

@@ -522,12 +522,16 @@ impl RemoteEventHandler for CoreSink {
                     tokio::time::sleep(delay).await;
                     let still = bridge.state_of(&network, Some(&user)).map(|(s, _)| s)
                         == Some(BridgeState::TransientDisconnect);
-                    if still {
-                        bridge
+                    // A blip and a disconnection right after it each started a timer: the
+                    // first to fire while the link is still down announces it, the other
+                    // finds it announced (a recovery clears the mark).
+                    let first = still
+                        && bridge
                             .announced
                             .lock()
                             .expect("announced lock")
                             .insert((network.clone(), user.clone()));
+                    if first {
                         bridge
                             .state_notice(
                                 &network,
