@@ -3,6 +3,7 @@
 //! | module | role |
 //! |---|---|
 //! | [`app`] | start-up and shutdown: command line, config, tracing, wiring |
+//! | [`backoff`] | delays between retries, for every retry loop |
 //! | [`config`] | typed configuration and its validation |
 //! | [`appservice`] | homeserver → bridge: the Application Service API server |
 //! | [`matrix`] | bridge → homeserver: the client-server API client |
@@ -26,6 +27,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub mod alloc;
 pub mod app;
 pub mod appservice;
+pub mod backoff;
 pub mod bridge;
 pub mod commands;
 pub mod config;
