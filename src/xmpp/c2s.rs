@@ -27,7 +27,7 @@ use xmpp_parsers::minidom::{Element, Node};
 use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stream_features::StreamFeatures;
 
-use super::component::{Outgoing, backoff};
+use super::component::{Outgoing, RECONNECT};
 use super::limits::{Guard, Limited};
 use super::scram::{Hash, Scram};
 use crate::network::BridgeState;
@@ -542,7 +542,7 @@ pub(super) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut sm = Sm::default();
-    let mut attempt = 0u32;
+    let mut reconnect = RECONNECT.start();
     loop {
         if *stop.borrow() {
             return;
@@ -555,7 +555,7 @@ pub(super) async fn run(
         };
         match connected {
             Ok((mut xml, jid, resumed, early)) => {
-                attempt = 0;
+                reconnect.reset();
                 info!(jid = %jid, resumed, "XMPP account online");
                 events.state(BridgeState::Connected, None).await;
                 let mut initial = events.online(&jid, resumed).await;
@@ -607,7 +607,7 @@ pub(super) async fn run(
                 return;
             }
             Err(SessionError::Transient(why)) => {
-                warn!(jid = %settings.jid, reason = %why, attempt, "XMPP account connection failed; retrying");
+                warn!(jid = %settings.jid, reason = %why, attempt = reconnect.retries(), "XMPP account connection failed; retrying");
                 events
                     .state(BridgeState::TransientDisconnect, Some(why))
                     .await;
@@ -620,10 +620,8 @@ pub(super) async fn run(
                 let _ = done.send(Err("the connection of the XMPP account is down".into()));
             }
         }
-        let delay = backoff(attempt);
-        attempt = attempt.saturating_add(1);
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = reconnect.wait() => {}
             _ = stop.changed() => return,
         }
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, SinkExt, StreamExt};
-use rand::Rng;
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,6 +19,7 @@ use xmpp_parsers::stanza::Stanza;
 
 use super::limits::{Guard, Limited, Skipped};
 use super::xml_safe;
+use crate::backoff::{Jitter, Policy};
 use crate::network::BridgeState;
 
 /// A stanza to write, and who waits to know it was written.
@@ -104,14 +104,15 @@ pub(super) trait Inbound: Send + Sync {
 /// How long a link must have been up for its loss to be retried at once.
 const STABLE: Duration = Duration::from_secs(5);
 
-/// Delay before reconnect attempt `n` (0-based): 1 s doubling to 60 s, with ±25 % jitter.
-pub(super) fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_secs(1)
-        .saturating_mul(1 << attempt.min(6))
-        .min(Duration::from_secs(60));
-    let jitter = rand::rng().random_range(0.75..1.25);
-    base.mul_f64(jitter)
-}
+/// Delays between reconnect attempts (of this link and of own-account connections): 1 s
+/// doubling to 60 s, within 25 % either way (never above 60 s).
+pub(super) const RECONNECT: Policy =
+    Policy::doubling(Duration::from_secs(1), Duration::from_secs(60))
+        .with_jitter(Jitter::spread(0.25));
+
+/// Where reconnecting starts after the server refused the secret: 32 s, as nothing changes
+/// until someone fixes the config or the server.
+const REFUSED_RETRY: u32 = 5;
 
 /// Runs the link until `stop` turns true.
 pub(super) async fn run(
@@ -120,7 +121,7 @@ pub(super) async fn run(
     mut outgoing: mpsc::Receiver<Outgoing>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut attempt = 0u32;
+    let mut reconnect = RECONNECT.start();
     loop {
         if *stop.borrow() {
             return;
@@ -138,7 +139,7 @@ pub(super) async fn run(
         match connected {
             Ok(component) => {
                 info!(domain = %cfg.domain, host = %cfg.host, port = cfg.port, "XMPP component link up");
-                attempt = 0;
+                reconnect.reset();
                 let up_since = tokio::time::Instant::now();
                 inbound.state(BridgeState::Connected, None).await;
                 let why = serve(
@@ -174,10 +175,10 @@ pub(super) async fn run(
                         Some("the XMPP server refused the component secret".into()),
                     )
                     .await;
-                attempt = attempt.max(5);
+                reconnect.skip_to(REFUSED_RETRY);
             }
             Err(e) => {
-                warn!(error = %e, attempt, "XMPP component link failed; retrying");
+                warn!(error = %e, attempt = reconnect.retries(), "XMPP component link failed; retrying");
                 inbound
                     .state(BridgeState::TransientDisconnect, Some(e.to_string()))
                     .await;
@@ -189,8 +190,7 @@ pub(super) async fn run(
                 let _ = ack.send(Err("the XMPP link is down".into()));
             }
         }
-        let delay = backoff(attempt);
-        attempt = attempt.saturating_add(1);
+        let delay = reconnect.next_delay().unwrap_or(RECONNECT.cap());
         debug!(
             delay_ms = delay.as_millis() as u64,
             "waiting before reconnecting"
@@ -489,12 +489,14 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_with_jitter_and_caps() {
+    fn reconnects_back_off_from_a_second_to_a_minute() {
+        let mut reconnect = RECONNECT.start();
         for attempt in 0..20 {
-            let d = backoff(attempt);
-            let base = 2f64.powi(attempt.min(6) as i32).min(60.0);
+            let d = reconnect.next_delay().expect("never gives up");
+            let base = 2f64.powi(attempt.min(6)).min(60.0);
             assert!(
-                d.as_secs_f64() >= base * 0.75 - 1e-9 && d.as_secs_f64() <= base * 1.25 + 1e-9,
+                d.as_secs_f64() >= base * 0.75 - 1e-9
+                    && d.as_secs_f64() <= (base * 1.25).min(60.0) + 1e-9,
                 "{attempt}: {d:?}"
             );
         }
