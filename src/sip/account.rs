@@ -21,11 +21,15 @@ use super::Shared;
 use super::body;
 use super::endpoint::{Outgoing, SendError};
 use super::ids;
+use crate::backoff::Policy;
 use crate::network::{
     BridgeState, ChatKind, LoginData, LoginField, LoginId, LoginProcess, LoginStep, MatrixSender,
     MessageKind, NetworkClient, NetworkError, OutgoingMessage, PortalRef, RemoteMessageId,
     RemoteUserId,
 };
+
+/// Delays between registration attempts after a passing failure: every 10 s.
+const REGISTER_RETRY: Policy = Policy::constant(Duration::from_secs(10));
 
 /// The prefix of the contact user part the bridge registers for an account.
 pub const ACCOUNT_PREFIX: &str = "~a.";
@@ -207,6 +211,7 @@ impl Account {
     /// time, retries passing failures every 10 s, stops on refused credentials.
     async fn keep_registered(self: Arc<Self>, mut wait: Duration) {
         let mut stop = self.stop.subscribe();
+        let mut retry = REGISTER_RETRY.start();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -214,6 +219,7 @@ impl Account {
             }
             match self.register(self.shared.register_seconds).await {
                 Ok(granted) => {
+                    retry.reset();
                     self.set_state(BridgeState::Connected, None).await;
                     wait = Duration::from_secs((granted.saturating_mul(3) / 4).max(5));
                 }
@@ -225,7 +231,7 @@ impl Account {
                 Err(e) => {
                     self.set_state(BridgeState::TransientDisconnect, Some(e.to_string()))
                         .await;
-                    wait = Duration::from_secs(10);
+                    wait = retry.next_delay().unwrap_or(REGISTER_RETRY.cap());
                 }
             }
         }

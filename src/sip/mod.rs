@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use self::endpoint::Endpoint;
 use self::handle_matrix::Gateway;
 use self::ids::Addressing;
+use crate::backoff::Policy;
 use crate::config::{SipConfig, SipTransport};
 use crate::network::contacts::SubscriptionPolicy;
 use crate::network::{
@@ -321,9 +322,15 @@ fn transport_name(t: SipTransport) -> &'static str {
     }
 }
 
+/// How often the proxy is asked while it answers.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How often it is asked while it does not.
+const KEEPALIVE_RETRY: Policy = Policy::constant(Duration::from_secs(5));
+
 /// Asks the proxy for OPTIONS every 30 s (every 5 s while it does not answer): an answer
 /// means the link is up, whatever its status code.
 async fn keepalive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut retry = KEEPALIVE_RETRY.start();
     loop {
         let up = match shared.endpoint() {
             Ok(ep) => {
@@ -356,14 +363,15 @@ async fn keepalive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         };
         let wait = match up {
             Ok(()) => {
+                retry.reset();
                 shared.set_state(BridgeState::Connected, None).await;
-                Duration::from_secs(30)
+                KEEPALIVE_INTERVAL
             }
             Err(e) => {
                 shared
                     .set_state(BridgeState::TransientDisconnect, Some(e))
                     .await;
-                Duration::from_secs(5)
+                retry.next_delay().unwrap_or(KEEPALIVE_RETRY.cap())
             }
         };
         tokio::select! {
