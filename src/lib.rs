@@ -8,6 +8,7 @@
 //! | [`appservice`] | homeserver → bridge: the Application Service API server |
 //! | [`matrix`] | bridge → homeserver: the client-server API client |
 //! | [`store`] | the embedded sled store |
+//! | [`error`] | the failure model's verdict on an error, reasons with causes, cause chains in logs |
 //! | [`bridge`] | the core: portals, ghosts, users, logins, relay, ordered dispatch |
 //! | [`commands`] | bot commands |
 //! | [`network`] | the connector boundary |
@@ -31,6 +32,7 @@ pub mod backoff;
 pub mod bridge;
 pub mod commands;
 pub mod config;
+pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod loopback;
