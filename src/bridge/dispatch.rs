@@ -24,6 +24,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::{Bridge, BridgeError};
 use crate::backoff::Policy;
+use crate::error::{Retry, chain};
 use crate::store::{InboxItem, PortalKey};
 
 /// Names one ordered queue.
@@ -341,9 +342,10 @@ impl Bridge {
         loop {
             match self.handle_item(seq, &item).await {
                 Ok(()) => break,
-                Err(e) if e.is_transient() => {
+                Err(e) if e.retry().is_retried() => {
                     let attempt = retry.retries();
-                    if !e.is_outage() {
+                    let outage = e.retry() == Retry::Outage;
+                    if !outage {
                         counted += 1;
                         if counted >= self.queues.quarantine_after {
                             self.set_aside(seq, &item, &e, attempt as usize + 1).await;
@@ -354,11 +356,11 @@ impl Bridge {
                         self.report_delay(&item, &e).await;
                     }
                     let delay = retry.next_delay().unwrap_or(RETRY.cap());
-                    warn!(seq, attempt, outage = e.is_outage(), error = %e, delay_ms = delay.as_millis() as u64, "handling failed, will retry");
+                    warn!(seq, attempt, outage, error = %chain(&e), delay_ms = delay.as_millis() as u64, "handling failed, will retry");
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
-                    error!(seq, error = %e, "handling failed for good");
+                    error!(seq, error = %chain(&e), "handling failed for good");
                     self.report_failure(&item, &e).await;
                     break;
                 }
@@ -379,14 +381,14 @@ impl Bridge {
         };
         match self.store.quarantine(seq, &why).await {
             Ok(()) => {
-                error!(seq, attempts, error = %e, "item set aside in the quarantine after failing too often");
+                error!(seq, attempts, error = %chain(e), "item set aside in the quarantine after failing too often");
                 self.metrics
                     .quarantined
                     .set(self.store.quarantine_len() as i64);
                 self.report_quarantined(item, e).await;
             }
             Err(store) => {
-                error!(seq, error = %store, "could not set the item aside; it stays in the inbox");
+                error!(seq, error = %chain(&store), "could not set the item aside; it stays in the inbox");
             }
         }
     }

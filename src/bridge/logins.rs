@@ -130,17 +130,19 @@ impl Bridge {
         let flows = connector.login_flows();
         let flow_id = match flow {
             Some(f) => f.to_owned(),
-            None => flows
-                .first()
-                .map(|f| f.id.clone())
-                .ok_or_else(|| BridgeError::Invalid(format!("{network} has no login flows")))?,
+            None => flows.first().map(|f| f.id.clone()).ok_or_else(|| {
+                BridgeError::Invalid(format!("{network} has no login flows").into())
+            })?,
         };
         if !flows.iter().any(|f| f.id == flow_id) {
             let names: Vec<_> = flows.iter().map(|f| f.id.as_str()).collect();
-            return Err(BridgeError::Invalid(format!(
-                "unknown login flow `{flow_id}`; {network} offers: {}",
-                names.join(", ")
-            )));
+            return Err(BridgeError::Invalid(
+                format!(
+                    "unknown login flow `{flow_id}`; {network} offers: {}",
+                    names.join(", ")
+                )
+                .into(),
+            ));
         }
         let mut process = connector
             .start_login(user, &flow_id)
@@ -411,7 +413,7 @@ impl RemoteEventHandler for CoreSink {
             let seq = bridge
                 .store
                 .enqueue_unflushed(&item)
-                .map_err(|e| SinkError(e.to_string()))?;
+                .map_err(|e| SinkError(crate::error::Reason::from_error(e)))?;
             BATCH.with(|b| b.borrow_mut().push((seq, item)));
             return Ok(());
         }
@@ -419,7 +421,7 @@ impl RemoteEventHandler for CoreSink {
             .store
             .enqueue(&item)
             .await
-            .map_err(|e| SinkError(e.to_string()))?;
+            .map_err(|e| SinkError(crate::error::Reason::from_error(e)))?;
         bridge.dispatch(seq, item);
         Ok(())
     }
@@ -451,7 +453,7 @@ impl RemoteEventHandler for CoreSink {
                 for (seq, _) in &pending {
                     let _ = bridge.store.inbox_remove(*seq);
                 }
-                Err(SinkError(e.to_string()))
+                Err(SinkError(crate::error::Reason::from_error(e)))
             }
         }
     }

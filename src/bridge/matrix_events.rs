@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::{Bridge, BridgeError, room_id, user_id};
 use crate::config::PermissionLevel;
+use crate::error::Reason;
 use crate::network::{
     ChatKind, MatrixSender, MessageContent, MessageKind, NetworkClient, NetworkError, NetworkId,
     OutgoingMessage, PortalRef, Presence, PresenceState, RemoteUserId,
@@ -50,7 +51,7 @@ impl Bridge {
         json: &str,
     ) -> Result<(), BridgeError> {
         let ev: MatrixEvent = serde_json::from_str(json)
-            .map_err(|e| BridgeError::Invalid(format!("event does not parse: {e}")))?;
+            .map_err(|e| BridgeError::Invalid(Reason::because("event does not parse", e)))?;
         if self.in_namespace(&ev.sender) {
             // A ghost's message in a room shared with another network's members goes on to
             // them (Matrix is the hub); everything else from the bridge's own users is an echo.
@@ -855,8 +856,9 @@ impl Bridge {
             #[serde(default)]
             content: Value,
         }
-        let ev: Eph = serde_json::from_str(json)
-            .map_err(|e| BridgeError::Invalid(format!("ephemeral event does not parse: {e}")))?;
+        let ev: Eph = serde_json::from_str(json).map_err(|e| {
+            BridgeError::Invalid(Reason::because("ephemeral event does not parse", e))
+        })?;
         match ev.kind.as_str() {
             "m.typing" => {
                 let Some(room) = ev.room_id else {

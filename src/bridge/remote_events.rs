@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::limits::Limit;
 use super::{Bridge, BridgeError, now_ms, room_id, user_id};
 use crate::config::PermissionLevel;
+use crate::error::Reason;
 use crate::network::{
     ChatKind, MembershipChange, MessageContent, MessageKind, NetworkId, PresenceState, RemoteEvent,
     RemoteEventKind, RemoteMessageId, RemoteUserId,
@@ -48,7 +49,8 @@ pub fn matrix_content(c: &MessageContent) -> Value {
 
 /// Parses a stored event ID.
 fn event_id(id: &str) -> Result<ruma::OwnedEventId, BridgeError> {
-    ruma::EventId::parse(id).map_err(|e| BridgeError::Invalid(format!("bad event ID {id}: {e}")))
+    ruma::EventId::parse(id)
+        .map_err(|e| BridgeError::Invalid(Reason::because(format!("bad event ID {id}"), e)))
 }
 
 /// The ID under which a reaction is mapped: one per message, reacting user and key.

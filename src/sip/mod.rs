@@ -34,6 +34,7 @@ use self::handle_matrix::Gateway;
 use self::ids::Addressing;
 use crate::backoff::Policy;
 use crate::config::{SipConfig, SipTransport};
+use crate::error::Reason;
 use crate::network::contacts::SubscriptionPolicy;
 use crate::network::{
     BridgeState, Capabilities, Connector, ConnectorStore, EventSink, LoginData, LoginFlow,
@@ -210,7 +211,7 @@ impl Connector for Sip {
             concat!("isthmus/", env!("CARGO_PKG_VERSION")),
         )
         .await
-        .map_err(NetworkError::Internal)?;
+        .map_err(|e| NetworkError::Internal(Reason::from_error(e)))?;
         if self.shared.endpoint.set(endpoint).is_err() {
             return Err(NetworkError::Internal(
                 "the SIP connector was started twice".into(),
@@ -254,9 +255,9 @@ impl Connector for Sip {
         flow_id: &str,
     ) -> Result<Box<dyn LoginProcess>, NetworkError> {
         if flow_id != "password" {
-            return Err(NetworkError::InvalidInput(format!(
-                "unknown login flow {flow_id}; the SIP flow is `password`"
-            )));
+            return Err(NetworkError::InvalidInput(
+                format!("unknown login flow {flow_id}; the SIP flow is `password`").into(),
+            ));
         }
         self.shared.endpoint()?;
         Ok(Box::new(account::PasswordLogin {
@@ -278,7 +279,7 @@ impl Connector for Sip {
             .addressing
             .contact(raw)
             .map(RemoteUserId::new)
-            .map_err(NetworkError::InvalidInput)
+            .map_err(|e| NetworkError::InvalidInput(Reason::from_error(e)))
     }
 
     fn fanout_chat(&self, room_id: &str) -> Option<RemoteChatId> {

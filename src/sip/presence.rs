@@ -55,8 +55,8 @@ const WATCHER: &str = "watcher:";
 const WATCH: &str = "watch:";
 const PRESENCE: &str = "presence:";
 
-fn sink_err(e: impl std::fmt::Display) -> NetworkError {
-    NetworkError::Internal(e.to_string())
+fn sink_err(e: impl std::error::Error + Send + Sync + 'static) -> NetworkError {
+    NetworkError::Internal(crate::error::Reason::from_error(e))
 }
 
 fn load<T: for<'de> Deserialize<'de>>(shared: &Shared, key: &str) -> Option<T> {
@@ -409,7 +409,7 @@ async fn notify_with(
     let answer = ep
         .send(out)
         .await
-        .map_err(|e| NetworkError::Transient(e.to_string()))?;
+        .map_err(|e| NetworkError::Transient(crate::error::Reason::from_error(e)))?;
     debug!(
         call_id,
         state,
@@ -647,7 +647,7 @@ async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkErro
     let answer = ep
         .send(out)
         .await
-        .map_err(|e| NetworkError::Transient(e.to_string()))?;
+        .map_err(|e| NetworkError::Transient(crate::error::Reason::from_error(e)))?;
     let _guard = shared.subscriptions.lock().await;
     let Some(mut w) = load::<Watch>(shared, &key) else {
         return Ok(());

@@ -40,7 +40,7 @@ impl Store {
             .map(Some)
             .map_err(|e| StoreError::Decode {
                 tree: "logins",
-                message: e.to_string(),
+                reason: crate::error::Reason::from_error(e),
             })
     }
 

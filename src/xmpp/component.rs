@@ -20,10 +20,33 @@ use xmpp_parsers::stanza::Stanza;
 use super::limits::{Guard, Limited, Skipped};
 use super::xml_safe;
 use crate::backoff::{Jitter, Policy};
-use crate::network::BridgeState;
+use crate::error::{Reason, chain};
+use crate::network::{BridgeState, NetworkError};
 
 /// A stanza to write, and who waits to know it was written.
-pub(super) type Outgoing = (Stanza, Option<oneshot::Sender<Result<(), String>>>);
+pub(super) type Outgoing = (Stanza, Option<oneshot::Sender<Result<(), LinkError>>>);
+
+/// Why a stanza handed to a link (the component link or an account's connection) was not
+/// written. The variant is the failure model's verdict.
+#[derive(Clone, Debug, thiserror::Error)]
+pub(super) enum LinkError {
+    /// The link is down or failed while writing: an outage for everyone on it. It
+    /// reconnects, and the stanza can go again then.
+    #[error("{0}")]
+    Down(#[source] Reason),
+    /// This stanza cannot be written (see [`xml_safe::stanza`]); the link is fine.
+    #[error("{0}")]
+    Unwritable(#[source] xml_safe::Unwritable),
+}
+
+impl From<LinkError> for NetworkError {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::Down(why) => NetworkError::Down(why),
+            LinkError::Unwritable(e) => NetworkError::Internal(Reason::from_error(e)),
+        }
+    }
+}
 
 /// How to reach the XMPP server.
 #[derive(Clone, Debug)]
@@ -187,7 +210,7 @@ pub(super) async fn run(
         // The server cannot be reached: answer whoever waits on a stanza (the core retries).
         while let Ok((_, ack)) = outgoing.try_recv() {
             if let Some(ack) = ack {
-                let _ = ack.send(Err("the XMPP link is down".into()));
+                let _ = ack.send(Err(LinkError::Down("the XMPP link is down".into())));
             }
         }
         let delay = reconnect.next_delay().unwrap_or(RECONNECT.cap());
@@ -260,7 +283,7 @@ const IN_BATCH: usize = 64;
 async fn write_batch<S>(sink: &mut S, batch: Vec<Outgoing>) -> Option<String>
 where
     S: futures::Sink<Stanza> + Unpin,
-    S::Error: std::fmt::Display,
+    S::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut acks = Vec::with_capacity(batch.len());
     let mut failed = None;
@@ -274,14 +297,14 @@ where
         match xml_safe::stanza(stanza) {
             Ok(stanza) => {
                 if let Err(e) = sink.feed(stanza).await {
-                    failed = Some(e.to_string());
+                    failed = Some(Reason::from_error(e));
                 }
                 acks.extend(ack);
             }
             Err(e) => {
-                warn!(error = %e, "stanza not written");
+                warn!(error = %chain(&e), "stanza not written");
                 if let Some(ack) = ack {
-                    let _ = ack.send(Err(e));
+                    let _ = ack.send(Err(LinkError::Unwritable(e)));
                 }
             }
         }
@@ -289,12 +312,12 @@ where
     if failed.is_none()
         && let Err(e) = sink.flush().await
     {
-        failed = Some(e.to_string());
+        failed = Some(Reason::from_error(e));
     }
     for ack in acks {
         let _ = ack.send(match &failed {
             None => Ok(()),
-            Some(e) => Err(e.clone()),
+            Some(e) => Err(LinkError::Down(e.clone())),
         });
     }
     failed.map(|e| format!("write failed: {e}"))
@@ -389,7 +412,9 @@ mod tests {
         m.into()
     }
 
-    fn batch(n: usize) -> (Vec<Outgoing>, Vec<oneshot::Receiver<Result<(), String>>>) {
+    type Ack = oneshot::Receiver<Result<(), LinkError>>;
+
+    fn batch(n: usize) -> (Vec<Outgoing>, Vec<Ack>) {
         (0..n)
             .map(|i| {
                 let (tx, rx) = oneshot::channel();
@@ -412,7 +437,7 @@ mod tests {
         assert_eq!(bodies, ["m0", "m1", "m2", "m3", "m4"]);
         for (i, ack) in acks.into_iter().enumerate() {
             match ack.await {
-                Ok(r) => assert_eq!(r, Ok(()), "stanza {i}"),
+                Ok(r) => assert!(r.is_ok(), "stanza {i}: {r:?}"),
                 Err(_) => assert!(i % 2 == 1, "stanza {i} had a sender who never heard"),
             }
         }

@@ -1478,7 +1478,9 @@ impl Handler {
                 self.shared.answer(
                     &id,
                     from.as_ref(),
-                    Err(format!("{:?}", error.defined_condition)),
+                    Err(super::IqRefused {
+                        condition: error.defined_condition,
+                    }),
                 );
                 return Vec::new();
             }

@@ -343,6 +343,7 @@ async fn connection_errors_are_retried_then_reported_as_http() {
     let c = client(&format!("http://127.0.0.1:{port}"), 2);
     match c.whoami(None).await {
         Err(MatrixError::Http(msg)) => {
+            let msg = msg.to_string();
             assert!(!msg.contains("as_secret_token"));
             assert!(msg.to_lowercase().contains("connect"), "{msg}");
         }
