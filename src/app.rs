@@ -383,7 +383,9 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
             hard = f.hard,
             "open-files limit (RLIMIT_NOFILE)"
         ),
-        Err(ref e) => warn!(error = %e, "could not raise the open-files limit"),
+        Err(ref e) => {
+            warn!(error = %crate::error::chain(e), "could not raise the open-files limit")
+        }
     }
     let files = files.ok();
     if let Some(f) = files {
@@ -443,7 +445,7 @@ async fn run(config: Config, secrets: ResolvedSecrets) -> Result<()> {
     );
 
     if let Err(e) = check_homeserver(&bridge, &config).await {
-        error!(error = %e, "start-up checks failed");
+        error!(error = format!("{e:#}"), "start-up checks failed");
         let _ = stop_tx.send(true);
         return Err(e);
     }
@@ -505,7 +507,7 @@ async fn store_watchdog(store: Store) -> String {
             }
             Err(e) => {
                 let folder_writable = store.folder_writable();
-                warn!(error = %e, folder_writable, "the store cannot write; the bridge refuses new traffic until it can");
+                warn!(error = %crate::error::chain(&e), folder_writable, "the store cannot write; the bridge refuses new traffic until it can");
                 stuck = if folder_writable { stuck + 1 } else { 0 };
                 if stuck >= 3 {
                     return format!(
@@ -538,7 +540,7 @@ async fn check_homeserver(bridge: &Arc<Bridge>, config: &Config) -> Result<()> {
                         config.homeserver.url
                     );
                 };
-                warn!(error = %e, url = %config.homeserver.url, "homeserver not reachable yet, retrying");
+                warn!(error = %crate::error::chain(&e), url = %config.homeserver.url, "homeserver not reachable yet, retrying");
                 tokio::time::sleep(delay).await;
             }
         }
@@ -580,7 +582,7 @@ async fn check_homeserver(bridge: &Arc<Bridge>, config: &Config) -> Result<()> {
                         config.appservice.url
                     );
                 };
-                warn!(error = %e, "homeserver could not ping the bridge yet, retrying");
+                warn!(error = %crate::error::chain(&e), "homeserver could not ping the bridge yet, retrying");
                 tokio::time::sleep(delay).await;
             }
         }

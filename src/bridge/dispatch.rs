@@ -367,7 +367,7 @@ impl Bridge {
             }
         }
         if let Err(e) = self.store.inbox_remove(seq) {
-            error!(seq, error = %e, "could not remove handled item from the inbox");
+            error!(seq, error = %crate::error::chain(&e), "could not remove handled item from the inbox");
         }
     }
 

@@ -111,7 +111,7 @@ impl Bridge {
                         NetworkError::BadCredentials(_) => BridgeState::BadCredentials,
                         _ => BridgeState::UnknownError,
                     };
-                    warn!(user, network = %network, error = %e, "could not restore login");
+                    warn!(user, network = %network, error = %crate::error::chain(&e), "could not restore login");
                     self.set_state(&network, Some(&user), state, Some(e.to_string()));
                 }
             }
@@ -275,7 +275,7 @@ impl Bridge {
         match self.hs.can_redact(None, &rid).await {
             Ok(can) => can,
             Err(e) => {
-                warn!(room_id = room, error = %e, "could not read the room's power levels");
+                warn!(room_id = room, error = %crate::error::chain(&e), "could not read the room's power levels");
                 false
             }
         }
@@ -324,7 +324,7 @@ impl Bridge {
         let mut names = Vec::new();
         for l in &removed {
             if let Err(e) = l.client.logout().await {
-                warn!(user, network = %network, error = %e, "remote logout failed; forgetting the login anyway");
+                warn!(user, network = %network, error = %crate::error::chain(&e), "remote logout failed; forgetting the login anyway");
             }
             self.store.delete_login(user, network.as_str(), &l.id)?;
             names.push(l.remote_name.clone());
@@ -371,7 +371,7 @@ impl Bridge {
         };
         let txn = format!("isthmus.state.{}.{}", super::now_ms(), state.as_str());
         if let Err(e) = self.send_notice(None, &room, &txn, &text).await {
-            warn!(error = %e, "could not tell the user about a state change");
+            warn!(error = %crate::error::chain(&e), "could not tell the user about a state change");
         }
     }
 }
@@ -481,7 +481,7 @@ impl RemoteEventHandler for CoreSink {
         match bridge.group_members(network, chat).await {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(error = %e, chat = %chat, "could not list a group chat's Matrix members");
+                tracing::debug!(error = %crate::error::chain(&e), chat = %chat, "could not list a group chat's Matrix members");
                 Vec::new()
             }
         }

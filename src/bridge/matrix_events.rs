@@ -148,7 +148,7 @@ impl Bridge {
                         source: e,
                     });
                 }
-                warn!(room_id = %ev.room_id, user = target, error = %e, "could not follow a membership change");
+                warn!(room_id = %ev.room_id, user = target, error = %crate::error::chain(&e), "could not follow a membership change");
             }
         }
         if membership == "leave" || membership == "ban" {
@@ -307,7 +307,7 @@ impl Bridge {
         }
         self.note_joined(ghost, &ev.room_id, true);
         if let Err(e) = self.write_bridge_info(&record, Some(ghost)).await {
-            debug!(error = %e, "could not write bridge info into a user-created direct chat");
+            debug!(error = %crate::error::chain(&e), "could not write bridge info into a user-created direct chat");
         }
         info!(room_id = %ev.room_id, portal = %key, "direct chat portal created by invite");
         self.publish_current_presence(&ev.sender, network, Some(ghost))
@@ -965,7 +965,7 @@ impl Bridge {
             Ok(()) => "ok",
             Err(NetworkError::Unsupported(_)) => "unsupported",
             Err(e) => {
-                debug!(kind, error = %e, "ephemeral event not bridged");
+                debug!(kind, error = %crate::error::chain(&e), "ephemeral event not bridged");
                 "failed"
             }
         };
@@ -1108,7 +1108,7 @@ impl Bridge {
                 format!("⚠ Your {what} could not be bridged: {other}"),
             ),
         };
-        warn!(portal = %portal.key, what, error = %e, "not bridged");
+        warn!(portal = %portal.key, what, error = %crate::error::chain(&e), "not bridged");
         self.metrics.event("to_remote", what, result);
         self.portal_notice(portal, &format!("isthmus.{seq}.failure"), &text)
             .await;

@@ -137,10 +137,10 @@ impl Bridge {
             let record = PortalRecord::new(job_key, &room, crate::network::ChatKind::Group);
             b.save_portal(&record)?;
             if let Err(e) = b.join_members(&record).await {
-                warn!(error = %e, "could not join the room's members to the group chat");
+                warn!(error = %crate::error::chain(&e), "could not join the room's members to the group chat");
             }
             if let Err(e) = b.write_bridge_info(&record, None).await {
-                warn!(error = %e, "could not write bridge info (the bot may lack power in this room)");
+                warn!(error = %crate::error::chain(&e), "could not write bridge info (the bot may lack power in this room)");
             }
             Ok(Bridged::Now(record))
         })

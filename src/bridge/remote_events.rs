@@ -214,7 +214,7 @@ impl Bridge {
                             if e.is_transient() {
                                 return Err(e);
                             }
-                            warn!(room_id = %portal.room_id, error = %e, "could not apply a remote moderation (the bridge may lack power in the room)");
+                            warn!(room_id = %portal.room_id, error = %crate::error::chain(&e), "could not apply a remote moderation (the bridge may lack power in the room)");
                             "forbidden"
                         }
                     }
@@ -661,7 +661,7 @@ impl Bridge {
         let record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
         self.save_portal(&record)?;
         if let Err(e) = self.write_bridge_info(&record, None).await {
-            debug!(error = %e, "could not write bridge info into a hosted room (the bot may lack power)");
+            debug!(error = %crate::error::chain(&e), "could not write bridge info into a hosted room (the bot may lack power)");
         }
         self.join_members(&record).await?;
         tracing::info!(room_id = %room, alias, portal = %key, "hosted group chat bridged to its room");
@@ -714,7 +714,7 @@ impl Bridge {
             if let Ok((client, false)) = self.client_for(record, member.as_str()) {
                 let sender = self.matrix_sender(member.as_str()).await;
                 if let Err(e) = client.join_chat(&portal, &sender).await {
-                    warn!(user = %member, error = %e, "could not join a member to the group chat");
+                    warn!(user = %member, error = %crate::error::chain(&e), "could not join a member to the group chat");
                 }
             }
         }

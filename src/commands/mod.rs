@@ -266,7 +266,7 @@ async fn run_line(ctx: &Ctx<'_>, text: &str) -> String {
     match (cmd.run)(ctx, args.to_vec()).await {
         Ok(text) => text,
         Err(e) => {
-            warn!(command = cmd.name, error = %e, "command failed");
+            warn!(command = cmd.name, error = %crate::error::chain(&e), "command failed");
             format!("`{}` failed: {e}", cmd.name)
         }
     }
@@ -288,7 +288,7 @@ async fn send_reply(ctx: &Ctx<'_>, text: &str) {
         .send_notice(speaker.as_deref(), ctx.room_id, &txn, text)
         .await
     {
-        warn!(room_id = ctx.room_id, error = %e, "could not send command reply");
+        warn!(room_id = ctx.room_id, error = %crate::error::chain(&e), "could not send command reply");
     }
 }
 
@@ -307,7 +307,7 @@ async fn redact_secret(ctx: &Ctx<'_>, event_id: &str) -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            warn!(room_id = ctx.room_id, error = %e, "could not redact the message holding a password; delete it yourself");
+            warn!(room_id = ctx.room_id, error = %crate::error::chain(&e), "could not redact the message holding a password; delete it yourself");
             ctx.bridge
                 .tell_missing_power(
                     ctx.room_id,

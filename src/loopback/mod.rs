@@ -145,7 +145,7 @@ impl Connector for Loopback {
                             debug!(%peer, "loopback control client connected");
                             tokio::spawn(serve(Arc::clone(&shared), stream));
                         }
-                        Err(e) => warn!(error = %e, "loopback accept failed"),
+                        Err(e) => warn!(error = %crate::error::chain(&e), "loopback accept failed"),
                     },
                 }
             }

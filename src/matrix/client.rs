@@ -932,7 +932,7 @@ impl HomeserverClient {
                         v
                     }
                     Err(e) => {
-                        warn!(error = %e, "could not read the default room version; assuming creators need a power level");
+                        warn!(error = %crate::error::chain(&e), "could not read the default room version; assuming creators need a power level");
                         return false;
                     }
                 }

@@ -158,7 +158,7 @@ impl NetworkClient for Gateway {
                 let (user, contact) = (message.sender.user_id.clone(), contact.to_owned());
                 tokio::spawn(async move {
                     if let Err(e) = presence::watch(&shared, &user, &contact).await {
-                        debug!(error = %e, %contact, "could not subscribe to a contact's presence");
+                        debug!(error = %crate::error::chain(&e), %contact, "could not subscribe to a contact's presence");
                     }
                 });
                 Ok(RemoteMessageId::new(id))
@@ -197,11 +197,11 @@ impl NetworkClient for Gateway {
                                 })?;
                         }
                         Err(e) if e.is_transient() => {
-                            debug!(member = %member, error = %e, "room message delayed for a SIP member");
+                            debug!(member = %member, error = %crate::error::chain(&e), "room message delayed for a SIP member");
                             passing.push(format!("{member} ({e})"));
                         }
                         Err(e) => {
-                            warn!(member = %member, error = %e, "room message not delivered to a SIP member");
+                            warn!(member = %member, error = %crate::error::chain(&e), "room message not delivered to a SIP member");
                             failed.push(format!("{member} ({e})"));
                         }
                     }

@@ -197,7 +197,7 @@ impl Connector for Sip {
             .tell(&from, event.sender.as_str(), reason)
             .await
         {
-            tracing::debug!(error = %e, "could not tell the SIP sender of a failed message");
+            tracing::debug!(error = %crate::error::chain(&e), "could not tell the SIP sender of a failed message");
         }
     }
 

@@ -456,11 +456,11 @@ impl Account {
             Ok(Ok(Some(q))) => roster_items(&q),
             Ok(Ok(None)) => Vec::new(),
             Ok(Err(e)) => {
-                warn!(jid = %self.jid, error = %e, "the server refused the roster");
+                warn!(jid = %self.jid, error = %crate::error::chain(&e), "the server refused the roster");
                 return;
             }
             Err(e) => {
-                warn!(jid = %self.jid, error = %e, "no roster");
+                warn!(jid = %self.jid, error = %crate::error::chain(&e), "no roster");
                 return;
             }
         };
@@ -500,7 +500,7 @@ impl Account {
             let ev = RemoteEvent::direct(&item.jid, &self.user, RemoteEventKind::ChatExists)
                 .named(item.name);
             if let Err(e) = sink.push(ev).await {
-                warn!(error = %e, "could not store a roster contact");
+                warn!(error = %crate::error::chain(&e), "could not store a roster contact");
             }
         }
     }
@@ -528,7 +528,7 @@ impl Account {
         if let Ok(store) = self.parts.shared.store()
             && let Err(e) = store.put(&self.archive_key(), &serde_json::Value::from(id))
         {
-            warn!(error = %e, "could not store the archive position");
+            warn!(error = %crate::error::chain(&e), "could not store the archive position");
         }
     }
 
@@ -588,11 +588,11 @@ impl Account {
                     continue;
                 }
                 Ok(Err(e)) => {
-                    warn!(jid = %self.jid, error = %e, "the server refused the archive query");
+                    warn!(jid = %self.jid, error = %crate::error::chain(&e), "the server refused the archive query");
                     return;
                 }
                 Err(e) => {
-                    warn!(jid = %self.jid, error = %e, "no answer to the archive query");
+                    warn!(jid = %self.jid, error = %crate::error::chain(&e), "no answer to the archive query");
                     return;
                 }
             };
@@ -604,7 +604,7 @@ impl Account {
             if let Some(last) = &last
                 && let Err(e) = store.put(&key, &serde_json::Value::from(last.as_str()))
             {
-                warn!(error = %e, "could not store the archive position");
+                warn!(error = %crate::error::chain(&e), "could not store the archive position");
             }
             debug!(jid = %self.jid, complete, last = ?last, "archive page bridged");
             if complete || fetched_latest || last.is_none() {

@@ -189,7 +189,7 @@ pub(super) async fn run(
             }
             Err(tokio_xmpp::Error::Auth(e)) => {
                 error!(
-                    error = %e,
+                    error = %crate::error::chain(&e),
                     "the XMPP server refused the component secret (networks.xmpp.component.secret) or the domain (networks.xmpp.component.domain); fix the config or the server's Component entry"
                 );
                 inbound
@@ -201,7 +201,7 @@ pub(super) async fn run(
                 reconnect.skip_to(REFUSED_RETRY);
             }
             Err(e) => {
-                warn!(error = %e, attempt = reconnect.retries(), "XMPP component link failed; retrying");
+                warn!(error = %crate::error::chain(&e), attempt = reconnect.retries(), "XMPP component link failed; retrying");
                 inbound
                     .state(BridgeState::TransientDisconnect, Some(e.to_string()))
                     .await;

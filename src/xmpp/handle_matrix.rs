@@ -684,7 +684,7 @@ impl NetworkClient for Gateway {
                         *e = (Some(std::time::Instant::now()), false);
                     }
                     if let Err(e) = shared.broadcast_presence(&user).await {
-                        tracing::debug!(user, error = %e, "trailing presence broadcast failed");
+                        tracing::debug!(user, error = %crate::error::chain(&e), "trailing presence broadcast failed");
                     }
                 });
                 Ok(())

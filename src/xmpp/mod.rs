@@ -295,7 +295,7 @@ impl Shared {
         let users = match roster::users_seen_by_contacts(store) {
             Ok(u) => u,
             Err(e) => {
-                tracing::debug!(error = %e, "could not list users with contacts");
+                tracing::debug!(error = %crate::error::chain(&e), "could not list users with contacts");
                 return;
             }
         };
@@ -311,7 +311,7 @@ impl Shared {
                 .insert(user.clone(), p.clone())
                 != Some(p);
             if changed && let Err(e) = self.broadcast_presence(&user).await {
-                tracing::debug!(error = %e, "could not send a Matrix user's presence after a start");
+                tracing::debug!(error = %crate::error::chain(&e), "could not send a Matrix user's presence after a start");
             }
         }
     }
