@@ -457,6 +457,22 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_write_failure_is_the_links_outage_and_its_cause_is_kept() {
+        let (mut sink, written) = futures::channel::mpsc::unbounded::<Stanza>();
+        drop(written);
+        let (out, acks) = batch(1);
+        write_batch(&mut sink, out).await.expect("the write fails");
+        let e = acks.into_iter().next().unwrap().await.unwrap().unwrap_err();
+        assert!(std::error::Error::source(&e).is_some(), "{e:?}");
+        let e = NetworkError::from(e);
+        assert_eq!(e.retry(), crate::error::Retry::Outage, "{e}");
+        // A stanza that cannot be written at all is that item's failure, not the link's.
+        let unwritable = xml_safe::Unwritable::from(Reason::new("bad"));
+        let e = NetworkError::from(LinkError::Unwritable(unwritable));
+        assert_eq!(e.retry(), crate::error::Retry::Never, "{e}");
+    }
+
     fn skipped(name: &str, kind: Option<&str>) -> Skipped {
         Skipped {
             name: name.into(),

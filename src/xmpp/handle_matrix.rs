@@ -153,10 +153,6 @@ fn presence_gate(entry: &mut (Option<std::time::Instant>, bool), now: std::time:
     }
 }
 
-fn store_error(e: crate::network::SinkError) -> NetworkError {
-    NetworkError::Internal(crate::error::Reason::from_error(e))
-}
-
 impl Gateway {
     /// How to name message `target` in `portal`: in an external group chat, by the room's
     /// stanza-id when the bridge knows it (XEP-0424, 0444 and 0461 ask for it there), else
@@ -506,8 +502,7 @@ impl NetworkClient for Gateway {
         let store = self.shared.store()?;
         let set_key = format!("rout:{}\u{1f}{}", sender.user_id, target);
         let mut set: std::collections::BTreeSet<String> = store
-            .get(&set_key)
-            .map_err(store_error)?
+            .get(&set_key)?
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
         if remove {
@@ -521,7 +516,7 @@ impl NetworkClient for Gateway {
             m.payloads.push(payload.clone());
         })
         .await?;
-        fidelity::diff_reactions(store, &set_key, &set).map_err(store_error)?;
+        fidelity::diff_reactions(store, &set_key, &set)?;
         Ok(())
     }
 
@@ -590,8 +585,7 @@ impl NetworkClient for Gateway {
             }
             return Err(e);
         }
-        muc::remember(self.shared.store()?, &room_str, &user.user_id, &nick)
-            .map_err(store_error)?;
+        muc::remember(self.shared.store()?, &room_str, &user.user_id, &nick)?;
         Ok(())
     }
 
@@ -617,7 +611,7 @@ impl NetworkClient for Gateway {
             }
             nick
         };
-        muc::forget(self.shared.store()?, &room_str, &user.user_id).map_err(store_error)?;
+        muc::forget(self.shared.store()?, &room_str, &user.user_id)?;
         let Some(nick) = nick else { return Ok(()) };
         let from = muc::puppet_full(&self.puppet_bare(user)?);
         if let Some(stanza) = muc::join_presence(from, &room, &nick, true) {
@@ -704,8 +698,7 @@ impl NetworkClient for Gateway {
             roster::update(store, &user.user_id, contact.as_str(), |s| {
                 s.from = accept;
                 s.pending_in = false;
-            })
-            .map_err(store_error)?;
+            })?;
         }
         let from = self.puppet(user)?;
         let to = Jid::from(
@@ -729,8 +722,7 @@ impl NetworkClient for Gateway {
 
     async fn contacts(&self, user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
         let store = self.shared.store()?;
-        Ok(roster::of_user(store, &user.user_id)
-            .map_err(store_error)?
+        Ok(roster::of_user(store, &user.user_id)?
             .into_iter()
             .map(|(c, s)| Contact {
                 id: RemoteUserId::new(c),

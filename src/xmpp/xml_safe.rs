@@ -83,6 +83,12 @@ pub fn stanza(stanza: Stanza) -> Result<Stanza, Unwritable> {
 #[error("the stanza does not parse once cleaned: {0}")]
 pub struct Unwritable(#[source] Reason);
 
+impl From<Reason> for Unwritable {
+    fn from(reason: Reason) -> Self {
+        Unwritable(reason)
+    }
+}
+
 fn retyped<T>(typed: T) -> Result<T, Unwritable>
 where
     T: Into<Element> + TryFrom<Element>,
@@ -90,7 +96,7 @@ where
 {
     let mut el: Element = typed.into();
     element(&mut el);
-    T::try_from(el).map_err(|e| Unwritable(Reason::from_error(e)))
+    T::try_from(el).map_err(|e| Reason::from_error(e).into())
 }
 
 #[cfg(test)]
