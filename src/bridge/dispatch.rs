@@ -340,34 +340,33 @@ impl Bridge {
         let mut retry = RETRY.start();
         let mut counted = 0u32;
         loop {
-            match self.handle_item(seq, &item).await {
-                Ok(()) => break,
-                Err(e) if e.retry().is_retried() => {
-                    let attempt = retry.retries();
-                    let outage = e.retry() == Retry::Outage;
-                    if !outage {
-                        counted += 1;
-                        if counted >= self.queues.quarantine_after {
-                            self.set_aside(seq, &item, &e, attempt as usize + 1).await;
-                            return;
-                        }
-                    }
-                    if attempt == REPORT_DELAY_AFTER {
-                        self.report_delay(&item, &e).await;
-                    }
-                    let delay = retry.next_delay().unwrap_or(RETRY.cap());
-                    warn!(seq, attempt, outage, error = %chain(&e), delay_ms = delay.as_millis() as u64, "handling failed, will retry");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => {
-                    error!(seq, error = %chain(&e), "handling failed for good");
-                    self.report_failure(&item, &e).await;
-                    break;
+            let Err(e) = self.handle_item(seq, &item).await else {
+                break;
+            };
+            let verdict = e.retry();
+            if verdict == Retry::Never {
+                error!(seq, error = %chain(&e), "handling failed for good");
+                self.report_failure(&item, &e).await;
+                break;
+            }
+            let attempt = retry.retries();
+            let outage = verdict == Retry::Outage;
+            if !outage {
+                counted += 1;
+                if counted >= self.queues.quarantine_after {
+                    self.set_aside(seq, &item, &e, attempt as usize + 1).await;
+                    return;
                 }
             }
+            if attempt == REPORT_DELAY_AFTER {
+                self.report_delay(&item, &e).await;
+            }
+            let delay = retry.next_delay().unwrap_or(RETRY.cap());
+            warn!(seq, attempt, outage, error = %chain(&e), delay_ms = delay.as_millis() as u64, "handling failed, will retry");
+            tokio::time::sleep(delay).await;
         }
         if let Err(e) = self.store.inbox_remove(seq) {
-            error!(seq, error = %crate::error::chain(&e), "could not remove handled item from the inbox");
+            error!(seq, error = %chain(&e), "could not remove handled item from the inbox");
         }
     }
 

@@ -753,3 +753,44 @@ impl EventSink {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variant_is_the_verdict() {
+        assert_eq!(
+            NetworkError::Transient("x".into()).retry(),
+            Retry::Transient
+        );
+        assert_eq!(NetworkError::Down("x".into()).retry(), Retry::Outage);
+        assert_eq!(
+            NetworkError::Undeliverable("x".into()).retry(),
+            Retry::Never
+        );
+        assert_eq!(NetworkError::Internal("x".into()).retry(), Retry::Never);
+        assert!(NetworkError::Down("x".into()).is_transient());
+        assert!(!NetworkError::NotLoggedIn.is_transient());
+    }
+
+    #[test]
+    fn a_storage_failure_keeps_its_words_and_its_cause() {
+        let io = std::io::Error::other("disk full");
+        let sink = SinkError(Reason::because("write", io));
+        let e = NetworkError::from(sink);
+        assert_eq!(
+            e.to_string(),
+            "internal error: could not store remote event: write: disk full"
+        );
+        assert_eq!(e.retry(), Retry::Never);
+        let mut causes = 0;
+        let mut at: &dyn std::error::Error = &e;
+        while let Some(next) = at.source() {
+            causes += 1;
+            at = next;
+        }
+        assert!(causes >= 3, "the chain reaches the I/O error");
+        assert_eq!(at.to_string(), "disk full");
+    }
+}
