@@ -13,6 +13,7 @@ use serde_json::json;
 use tracing::{error, info, warn};
 
 use crate::appservice::{self, AppState};
+use crate::backoff::Policy;
 use crate::bridge::{Bridge, CoreSink};
 use crate::config::{Config, LogFormat, ResolvedSecrets};
 use crate::matrix::{HomeserverClient, HsConfig};
@@ -374,7 +375,9 @@ async fn run(
             hard = f.hard,
             "open-files limit (RLIMIT_NOFILE)"
         ),
-        Err(ref e) => warn!(error = %e, "could not raise the open-files limit"),
+        Err(ref e) => {
+            warn!(error = %crate::error::chain(e), "could not raise the open-files limit")
+        }
     }
     let files = files.ok();
     if let Some(f) = files {
@@ -434,7 +437,7 @@ async fn run(
     );
 
     if let Err(e) = check_homeserver(&bridge, &config).await {
-        error!(error = %e, "start-up checks failed");
+        error!(error = format!("{e:#}"), "start-up checks failed");
         let _ = stop_tx.send(true);
         return Err(e);
     }
@@ -467,15 +470,26 @@ async fn run(
     Ok(())
 }
 
+/// How often the store watchdog probes a store that works.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often it probes a store that fails.
+const STORE_RETRY: Policy = Policy::constant(Duration::from_secs(2));
+
 /// Probes the store, every 10 s while it works and every 2 s while it fails, so that a store
 /// that failed is marked healthy again as soon as it takes writes. Returns (with the reason)
 /// only when the store keeps failing although its folder takes writes again: sled does not
 /// recover from some I/O errors within the process.
 async fn store_watchdog(store: Store) -> String {
     let mut stuck = 0;
+    let mut retry = STORE_RETRY.start();
     loop {
         let failing = !store.is_healthy();
-        tokio::time::sleep(Duration::from_secs(if failing { 2 } else { 10 })).await;
+        if failing {
+            retry.wait().await;
+        } else {
+            retry.reset();
+            tokio::time::sleep(STORE_PROBE_INTERVAL).await;
+        }
         match store.probe(crate::bridge::now_ms()).await {
             Ok(()) => {
                 if failing {
@@ -485,7 +499,7 @@ async fn store_watchdog(store: Store) -> String {
             }
             Err(e) => {
                 let folder_writable = store.folder_writable();
-                warn!(error = %e, folder_writable, "the store cannot write; the bridge refuses new traffic until it can");
+                warn!(error = %crate::error::chain(&e), folder_writable, "the store cannot write; the bridge refuses new traffic until it can");
                 stuck = if folder_writable { stuck + 1 } else { 0 };
                 if stuck >= 3 {
                     return format!(
@@ -497,22 +511,30 @@ async fn store_watchdog(store: Store) -> String {
     }
 }
 
+/// Start-up: how often to ask again whether the homeserver is reachable, on top of the
+/// client's own retries of each request (a homeserver started together with the bridge may
+/// take a while).
+const REACH_HOMESERVER: Policy = Policy::constant(Duration::from_secs(2)).with_max_retries(15);
+/// Start-up: how often to ask the homeserver again to ping the bridge.
+const REACHED_BY_HOMESERVER: Policy = Policy::constant(Duration::from_secs(2)).with_max_retries(5);
+
 /// Checks the homeserver both ways: reachable, accepts our token, and reaches us.
 async fn check_homeserver(bridge: &Arc<Bridge>, config: &Config) -> Result<()> {
     let hs = &bridge.hs;
-    let mut attempt = 0;
+    let mut retry = REACH_HOMESERVER.start();
     let versions = loop {
         match hs.versions().await {
             Ok(v) => break v,
-            Err(e) if attempt < 15 => {
-                warn!(error = %e, url = %config.homeserver.url, "homeserver not reachable yet, retrying");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_secs(2)).await;
+            Err(e) => {
+                let Some(delay) = retry.next_delay() else {
+                    bail!(
+                        "the homeserver at {} (homeserver.url) is unreachable: {e}",
+                        config.homeserver.url
+                    );
+                };
+                warn!(error = %crate::error::chain(&e), url = %config.homeserver.url, "homeserver not reachable yet, retrying");
+                tokio::time::sleep(delay).await;
             }
-            Err(e) => bail!(
-                "the homeserver at {} (homeserver.url) is unreachable: {e}",
-                config.homeserver.url
-            ),
         }
     };
     info!(versions = ?versions, "homeserver reachable");
@@ -532,7 +554,7 @@ async fn check_homeserver(bridge: &Arc<Bridge>, config: &Config) -> Result<()> {
         hs.set_displayname(Some(&bot), &config.appservice.bot_displayname)
             .await?;
     }
-    let mut attempt = 0;
+    let mut retry = REACHED_BY_HOMESERVER.start();
     loop {
         match hs
             .ping_appservice(&format!("isthmus-startup-{}", crate::bridge::now_ms()))
@@ -545,15 +567,16 @@ async fn check_homeserver(bridge: &Arc<Bridge>, config: &Config) -> Result<()> {
                 );
                 return Ok(());
             }
-            Err(e) if attempt < 5 => {
-                warn!(error = %e, "homeserver could not ping the bridge yet, retrying");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_secs(2)).await;
+            Err(e) => {
+                let Some(delay) = retry.next_delay() else {
+                    bail!(
+                        "the homeserver cannot reach the bridge at {} (appservice.url): {e}",
+                        config.appservice.url
+                    );
+                };
+                warn!(error = %crate::error::chain(&e), "homeserver could not ping the bridge yet, retrying");
+                tokio::time::sleep(delay).await;
             }
-            Err(e) => bail!(
-                "the homeserver cannot reach the bridge at {} (appservice.url): {e}",
-                config.appservice.url
-            ),
         }
     }
 }

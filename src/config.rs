@@ -615,7 +615,8 @@ impl Config {
         })
     }
 
-    /// Parses YAML text (no validation).
+    /// Parses YAML text (no validation); the error is the parser's message, with line and
+    /// column.
     pub fn parse(text: &str) -> Result<Config, String> {
         serde_saphyr::from_str(text).map_err(|e| e.to_string())
     }
@@ -816,7 +817,7 @@ impl Config {
         if let Some(k) = &login_key
             && let Err(why) = crate::store::LoginKey::from_secret(k)
         {
-            return Err(invalid("bridge.login_key", why));
+            return Err(invalid("bridge.login_key", why.to_string()));
         }
         Ok(ResolvedSecrets {
             login_key,

@@ -3,10 +3,12 @@
 //! | module | role |
 //! |---|---|
 //! | [`app`] | start-up and shutdown: command line, config, tracing, wiring |
+//! | [`backoff`] | delays between retries, for every retry loop |
 //! | [`config`] | typed configuration and its validation |
 //! | [`appservice`] | homeserver → bridge: the Application Service API server |
 //! | [`matrix`] | bridge → homeserver: the client-server API client |
 //! | [`store`] | the embedded sled store |
+//! | [`error`] | the failure model's verdict on an error, reasons with causes, cause chains in logs |
 //! | [`bridge`] | the core: portals, ghosts, users, logins, relay, ordered dispatch |
 //! | [`commands`] | bot commands |
 //! | [`network`] | the connector boundary |
@@ -26,10 +28,12 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub mod alloc;
 pub mod app;
 pub mod appservice;
+pub mod backoff;
 pub mod bridge;
 pub mod commands;
 pub mod config;
 pub mod connectors;
+pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod loopback;

@@ -13,18 +13,20 @@ use std::time::Duration;
 
 use ring::hmac;
 
+use crate::error::Reason;
+
 /// Why a file was not bridged.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
     /// The URL is not one the bridge fetches.
     #[error("{0}")]
-    Refused(String),
+    Refused(#[source] Reason),
     /// The file is larger than allowed.
     #[error("the file is larger than {0} bytes")]
     TooLarge(u64),
     /// The download failed.
     #[error("download failed: {0}")]
-    Failed(String),
+    Failed(#[source] Reason),
 }
 
 /// A downloaded file.
@@ -56,13 +58,16 @@ impl Fetcher {
     /// `max_bytes`.
     pub async fn fetch(&self, url: &str, max_bytes: u64) -> Result<Fetched, MediaError> {
         let mut url = reqwest::Url::parse(url)
-            .map_err(|e| MediaError::Refused(format!("not a valid URL: {e}")))?;
+            .map_err(|e| MediaError::Refused(Reason::because("not a valid URL", e)))?;
         for _ in 0..=5 {
             if !matches!(url.scheme(), "http" | "https") {
-                return Err(MediaError::Refused(format!(
-                    "only http and https links are fetched, not {}",
-                    url.scheme()
-                )));
+                return Err(MediaError::Refused(
+                    format!(
+                        "only http and https links are fetched, not {}",
+                        url.scheme()
+                    )
+                    .into(),
+                ));
             }
             let host = url
                 .host_str()
@@ -79,12 +84,12 @@ impl Fetcher {
                 .resolve(&host, addr)
                 .user_agent(concat!("isthmus/", env!("CARGO_PKG_VERSION")))
                 .build()
-                .map_err(|e| MediaError::Failed(e.to_string()))?;
+                .map_err(|e| MediaError::Failed(Reason::from_error(e)))?;
             let mut resp = client
                 .get(url.clone())
                 .send()
                 .await
-                .map_err(|e| MediaError::Failed(e.without_url().to_string()))?;
+                .map_err(|e| MediaError::Failed(Reason::from_error(e.without_url())))?;
             let status = resp.status();
             if status.is_redirection() {
                 let location = resp
@@ -94,11 +99,13 @@ impl Fetcher {
                     .ok_or_else(|| MediaError::Failed("a redirect without Location".into()))?;
                 url = url
                     .join(location)
-                    .map_err(|e| MediaError::Failed(format!("bad redirect: {e}")))?;
+                    .map_err(|e| MediaError::Failed(Reason::because("bad redirect", e)))?;
                 continue;
             }
             if !status.is_success() {
-                return Err(MediaError::Failed(format!("the server answered {status}")));
+                return Err(MediaError::Failed(
+                    format!("the server answered {status}").into(),
+                ));
             }
             if resp.content_length().is_some_and(|n| n > max_bytes) {
                 return Err(MediaError::TooLarge(max_bytes));
@@ -114,7 +121,7 @@ impl Fetcher {
             while let Some(chunk) = resp
                 .chunk()
                 .await
-                .map_err(|e| MediaError::Failed(e.without_url().to_string()))?
+                .map_err(|e| MediaError::Failed(Reason::from_error(e.without_url())))?
             {
                 if bytes.len() as u64 + chunk.len() as u64 > max_bytes {
                     return Err(MediaError::TooLarge(max_bytes));
@@ -131,19 +138,22 @@ impl Fetcher {
     async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, MediaError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| MediaError::Failed(format!("cannot resolve {host}: {e}")))?
+            .map_err(|e| MediaError::Failed(Reason::because(format!("cannot resolve {host}"), e)))?
             .collect();
         let first = *addrs
             .first()
-            .ok_or_else(|| MediaError::Failed(format!("{host} has no address")))?;
+            .ok_or_else(|| MediaError::Failed(format!("{host} has no address").into()))?;
         if self.allow_hosts.iter().any(|h| h == host) {
             return Ok(first);
         }
         if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
-            return Err(MediaError::Refused(format!(
-                "{host} resolves to a non-public address ({}); not fetched",
-                bad.ip()
-            )));
+            return Err(MediaError::Refused(
+                format!(
+                    "{host} resolves to a non-public address ({}); not fetched",
+                    bad.ip()
+                )
+                .into(),
+            ));
         }
         Ok(first)
     }

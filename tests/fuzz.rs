@@ -584,7 +584,9 @@ fn write_to_xmpp(body: &str) -> Result<String, String> {
     let mut m = Message::new(Some(Jid::new("bob@example.org").expect("jid")));
     m.type_ = MessageType::Chat;
     m.bodies.insert(Lang::new(), body.to_owned());
-    let Stanza::Message(cleaned) = xml_safe::stanza(Stanza::Message(m))? else {
+    let Stanza::Message(cleaned) =
+        xml_safe::stanza(Stanza::Message(m)).map_err(|e| e.to_string())?
+    else {
         return Err("not a message".into());
     };
     let el: Element = cleaned.into();

@@ -187,7 +187,7 @@ async fn media_link(
                 .into_response()
         }
         Err(e) => {
-            tracing::info!(error = %e, "a linked file could not be read from the homeserver");
+            tracing::info!(error = %crate::error::chain(&e), "a linked file could not be read from the homeserver");
             bridge.metrics.event("to_remote", "file_served", "failed");
             matrix_error(
                 StatusCode::NOT_FOUND,

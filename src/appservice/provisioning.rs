@@ -161,7 +161,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for P<T> {
 
 fn bridge_error(e: BridgeError) -> Response {
     match e {
-        BridgeError::Invalid(m) => error(StatusCode::BAD_REQUEST, "M_BAD_JSON", m),
+        BridgeError::Invalid(m) => error(StatusCode::BAD_REQUEST, "M_BAD_JSON", m.to_string()),
         BridgeError::Network {
             source: NetworkError::BadCredentials(m),
             ..

@@ -31,14 +31,14 @@ pub(super) async fn user(
     let remote_id = match connector.parse_user_id(&remote) {
         Ok(r) => r,
         Err(e) => {
-            info!(user_id, error = %e, "user query for an invalid remote ID");
+            info!(user_id, error = %crate::error::chain(&e), "user query for an invalid remote ID");
             return not_found("Not a valid remote user");
         }
     };
     match bridge.ensure_ghost(&network, &remote_id, None).await {
         Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response(),
         Err(e) => {
-            warn!(user_id, error = %e, "could not create ghost");
+            warn!(user_id, error = %crate::error::chain(&e), "could not create ghost");
             matrix_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "M_UNKNOWN",
@@ -78,7 +78,7 @@ pub(super) async fn room_alias(
             Ok(true) => {}
             Ok(false) => return not_found("No such group chat"),
             Err(e) => {
-                info!(alias, error = %e, "could not check that the group chat exists");
+                info!(alias, error = %crate::error::chain(&e), "could not check that the group chat exists");
                 return not_found("The group chat could not be reached");
             }
         }
@@ -96,15 +96,15 @@ pub(super) async fn room_alias(
                 .create_alias(&alias, &rid)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+                .map_err(crate::bridge::BridgeError::from),
+            Err(e) => Err(e),
         },
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     };
     match result {
         Ok(()) => (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response(),
         Err(e) => {
-            warn!(alias, error = %e, "could not create portal for alias");
+            warn!(alias, error = %crate::error::chain(&e), "could not create portal for alias");
             matrix_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "M_UNKNOWN",

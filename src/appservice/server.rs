@@ -94,7 +94,7 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors, say: wait rather than spin.
-                    warn!(error = %e, "accepting a connection failed");
+                    warn!(error = %crate::error::chain(&e), "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -119,7 +119,7 @@ pub async fn serve(
                 tokio::select! {
                     done = conn.as_mut() => {
                         if let Err(e) = done {
-                            debug!(%peer, error = %e, "appservice connection ended");
+                            debug!(%peer, error = %crate::error::chain(&e), "appservice connection ended");
                         }
                         break;
                     }

@@ -79,7 +79,7 @@ fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
         let head: Head = match serde_json::from_str(raw.get()) {
             Ok(h) => h,
             Err(e) => {
-                warn!(error = %e, "skipping an event that is not an event object");
+                warn!(error = %crate::error::chain(&e), "skipping an event that is not an event object");
                 malformed += 1;
                 continue;
             }
@@ -108,7 +108,7 @@ fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
         let head: Head = match serde_json::from_str(raw.get()) {
             Ok(h) => h,
             Err(e) => {
-                warn!(error = %e, "skipping an ephemeral event that is not an event object");
+                warn!(error = %crate::error::chain(&e), "skipping an ephemeral event that is not an event object");
                 malformed += 1;
                 continue;
             }
@@ -175,7 +175,7 @@ pub(super) async fn push(
     let parsed: TxnBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
-            warn!(txn_id, error = %e, "transaction body is not valid JSON");
+            warn!(txn_id, error = %crate::error::chain(&e), "transaction body is not valid JSON");
             result("bad_json");
             return matrix_error(
                 StatusCode::BAD_REQUEST,
@@ -230,7 +230,7 @@ pub(super) async fn push(
             result("duplicate");
         }
         Err(e) => {
-            error!(txn_id, error = %e, "could not store transaction; the homeserver will retry");
+            error!(txn_id, error = %crate::error::chain(&e), "could not store transaction; the homeserver will retry");
             result("error");
             return matrix_error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::{Bridge, BridgeError};
+use crate::backoff::Policy;
+use crate::error::{Retry, chain};
 use crate::store::{InboxItem, PortalKey};
 
 /// Names one ordered queue.
@@ -157,18 +159,22 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Delay between attempts once the first ones are spent.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
-
-/// Delays between the first attempts for an item that failed with a passing error.
-const RETRY_DELAYS: [Duration; 6] = [
+/// Delays between the attempts for an item that failed with a passing error: the listed
+/// ones in turn, then a minute for as long as it takes (an outage is waited out; an item's
+/// own failures are bounded by `bridge.quarantine_after_attempts`).
+const RETRY: Policy = Policy::steps(&[
     Duration::from_millis(500),
     Duration::from_secs(1),
     Duration::from_secs(2),
     Duration::from_secs(5),
     Duration::from_secs(15),
     Duration::from_secs(30),
-];
+    Duration::from_secs(60),
+]);
+
+/// Retries after which the Matrix sender of an item still failing is told that its delivery
+/// is delayed.
+const REPORT_DELAY_AFTER: u32 = 6;
 
 impl Bridge {
     /// The queue an item belongs to: the portal's, when the item is about a portal (so a
@@ -334,39 +340,36 @@ impl Bridge {
     /// (its sender is told, admins see it in the `quarantine` command and the
     /// `bridge_quarantined_items` metric), and the portal goes on with its next item.
     async fn process(&self, seq: u64, item: InboxItem) {
-        let mut attempt = 0;
+        let mut retry = RETRY.start();
         let mut counted = 0u32;
         loop {
-            match self.handle_item(seq, &item).await {
-                Ok(()) => break,
-                Err(e) if e.is_transient() => {
-                    if !e.is_outage() {
-                        counted += 1;
-                        if counted >= self.queues.quarantine_after {
-                            self.set_aside(seq, &item, &e, attempt + 1).await;
-                            return;
-                        }
-                    }
-                    if attempt == RETRY_DELAYS.len() {
-                        self.report_delay(&item, &e).await;
-                    }
-                    let delay = RETRY_DELAYS
-                        .get(attempt)
-                        .copied()
-                        .unwrap_or(MAX_RETRY_DELAY);
-                    warn!(seq, attempt, outage = e.is_outage(), error = %e, delay_ms = delay.as_millis() as u64, "handling failed, will retry");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    error!(seq, error = %e, "handling failed for good");
-                    self.report_failure(&item, &e).await;
-                    break;
+            let Err(e) = self.handle_item(seq, &item).await else {
+                break;
+            };
+            let verdict = e.retry();
+            if verdict == Retry::Never {
+                error!(seq, error = %chain(&e), "handling failed for good");
+                self.report_failure(&item, &e).await;
+                break;
+            }
+            let attempt = retry.retries();
+            let outage = verdict == Retry::Outage;
+            if !outage {
+                counted += 1;
+                if counted >= self.queues.quarantine_after {
+                    self.set_aside(seq, &item, &e, attempt as usize + 1).await;
+                    return;
                 }
             }
+            if attempt == REPORT_DELAY_AFTER {
+                self.report_delay(&item, &e).await;
+            }
+            let delay = retry.next_delay().unwrap_or(RETRY.cap());
+            warn!(seq, attempt, outage, error = %chain(&e), delay_ms = delay.as_millis() as u64, "handling failed, will retry");
+            tokio::time::sleep(delay).await;
         }
         if let Err(e) = self.store.inbox_remove(seq) {
-            error!(seq, error = %e, "could not remove handled item from the inbox");
+            error!(seq, error = %chain(&e), "could not remove handled item from the inbox");
         }
     }
 
@@ -380,14 +383,14 @@ impl Bridge {
         };
         match self.store.quarantine(seq, &why).await {
             Ok(()) => {
-                error!(seq, attempts, error = %e, "item set aside in the quarantine after failing too often");
+                error!(seq, attempts, error = %chain(e), "item set aside in the quarantine after failing too often");
                 self.metrics
                     .quarantined
                     .set(self.store.quarantine_len() as i64);
                 self.report_quarantined(item, e).await;
             }
             Err(store) => {
-                error!(seq, error = %store, "could not set the item aside; it stays in the inbox");
+                error!(seq, error = %chain(&store), "could not set the item aside; it stays in the inbox");
             }
         }
     }

@@ -201,7 +201,7 @@ impl Bridge {
         };
         let portal_ref = super::matrix_events::portal_ref(portal);
         if let Err(e) = client.send_message(&portal_ref, &message).await {
-            warn!(portal = %portal.key, error = %e, "could not tell the remote chat that encryption stopped the bridging");
+            warn!(portal = %portal.key, error = %crate::error::chain(&e), "could not tell the remote chat that encryption stopped the bridging");
         }
     }
 }

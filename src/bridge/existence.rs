@@ -46,7 +46,7 @@ impl Bridge {
                 status(exists)
             }
             Ok(Err(e)) => {
-                debug!(user, error = %e, "could not tell whether a Matrix user exists");
+                debug!(user, error = %crate::error::chain(&e), "could not tell whether a Matrix user exists");
                 MatrixUserStatus::Unknown
             }
             Err(_) => {

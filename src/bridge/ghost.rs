@@ -134,7 +134,7 @@ impl Bridge {
                     }
                     Ok(_) => None,
                     Err(e) => {
-                        debug!(user, error = %e, "could not download the avatar");
+                        debug!(user, error = %crate::error::chain(&e), "could not download the avatar");
                         None
                     }
                 }
@@ -181,7 +181,7 @@ impl Bridge {
                 return None;
             }
             Ok(Err(e)) => {
-                debug!(user, error = %e, "could not read the user's presence");
+                debug!(user, error = %crate::error::chain(&e), "could not read the user's presence");
                 return None;
             }
         };
@@ -211,7 +211,9 @@ impl Bridge {
         let sender = self.matrix_sender(user).await;
         match client.set_presence(&sender, &presence).await {
             Ok(()) | Err(crate::network::NetworkError::Unsupported(_)) => {}
-            Err(e) => debug!(user, error = %e, "could not publish the user's presence"),
+            Err(e) => {
+                debug!(user, error = %crate::error::chain(&e), "could not publish the user's presence")
+            }
         }
     }
 
@@ -245,7 +247,7 @@ impl Bridge {
                 match self.hs.invite(by.as_deref(), &rid, &uid).await {
                     // The inviter may have left or lost the power: the bot tries.
                     Err(e) if by.is_some() && e.errcode() == Some("M_FORBIDDEN") => {
-                        debug!(ghost, room, error = %e, "the inviter could not invite; the bot tries");
+                        debug!(ghost, room, error = %crate::error::chain(&e), "the inviter could not invite; the bot tries");
                         self.hs.invite(None, &rid, &uid).await?;
                     }
                     r => r?,

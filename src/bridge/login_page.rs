@@ -204,7 +204,7 @@ impl Bridge {
             }
             Err(e) => {
                 p.failures += 1;
-                info!(user, network = %network, failures = p.failures, error = %e, "login on a login page refused");
+                info!(user, network = %network, failures = p.failures, error = %crate::error::chain(&e), "login on a login page refused");
                 if p.failures >= MAX_FAILURES {
                     let text = format!(
                         "Login to {network} failed: {e}. After {MAX_FAILURES} failed tries the link no longer works; send `login {network}` for a new one."
@@ -251,7 +251,7 @@ impl Bridge {
             rand::random::<u64>()
         );
         if let Err(e) = self.send_notice(None, room, &txn, text).await {
-            warn!(room_id = room, error = %e, "could not tell the user how a login went");
+            warn!(room_id = room, error = %crate::error::chain(&e), "could not tell the user how a login went");
         }
     }
 }

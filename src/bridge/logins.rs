@@ -111,7 +111,7 @@ impl Bridge {
                         NetworkError::BadCredentials(_) => BridgeState::BadCredentials,
                         _ => BridgeState::UnknownError,
                     };
-                    warn!(user, network = %network, error = %e, "could not restore login");
+                    warn!(user, network = %network, error = %crate::error::chain(&e), "could not restore login");
                     self.set_state(&network, Some(&user), state, Some(e.to_string()));
                 }
             }
@@ -130,17 +130,19 @@ impl Bridge {
         let flows = connector.login_flows();
         let flow_id = match flow {
             Some(f) => f.to_owned(),
-            None => flows
-                .first()
-                .map(|f| f.id.clone())
-                .ok_or_else(|| BridgeError::Invalid(format!("{network} has no login flows")))?,
+            None => flows.first().map(|f| f.id.clone()).ok_or_else(|| {
+                BridgeError::Invalid(format!("{network} has no login flows").into())
+            })?,
         };
         if !flows.iter().any(|f| f.id == flow_id) {
             let names: Vec<_> = flows.iter().map(|f| f.id.as_str()).collect();
-            return Err(BridgeError::Invalid(format!(
-                "unknown login flow `{flow_id}`; {network} offers: {}",
-                names.join(", ")
-            )));
+            return Err(BridgeError::Invalid(
+                format!(
+                    "unknown login flow `{flow_id}`; {network} offers: {}",
+                    names.join(", ")
+                )
+                .into(),
+            ));
         }
         let mut process = connector
             .start_login(user, &flow_id)
@@ -273,7 +275,7 @@ impl Bridge {
         match self.hs.can_redact(None, &rid).await {
             Ok(can) => can,
             Err(e) => {
-                warn!(room_id = room, error = %e, "could not read the room's power levels");
+                warn!(room_id = room, error = %crate::error::chain(&e), "could not read the room's power levels");
                 false
             }
         }
@@ -322,7 +324,7 @@ impl Bridge {
         let mut names = Vec::new();
         for l in &removed {
             if let Err(e) = l.client.logout().await {
-                warn!(user, network = %network, error = %e, "remote logout failed; forgetting the login anyway");
+                warn!(user, network = %network, error = %crate::error::chain(&e), "remote logout failed; forgetting the login anyway");
             }
             self.store.delete_login(user, network.as_str(), &l.id)?;
             names.push(l.remote_name.clone());
@@ -369,7 +371,7 @@ impl Bridge {
         };
         let txn = format!("isthmus.state.{}.{}", super::now_ms(), state.as_str());
         if let Err(e) = self.send_notice(None, &room, &txn, &text).await {
-            warn!(error = %e, "could not tell the user about a state change");
+            warn!(error = %crate::error::chain(&e), "could not tell the user about a state change");
         }
     }
 }
@@ -411,7 +413,7 @@ impl RemoteEventHandler for CoreSink {
             let seq = bridge
                 .store
                 .enqueue_unflushed(&item)
-                .map_err(|e| SinkError(e.to_string()))?;
+                .map_err(|e| SinkError(crate::error::Reason::from_error(e)))?;
             BATCH.with(|b| b.borrow_mut().push((seq, item)));
             return Ok(());
         }
@@ -419,7 +421,7 @@ impl RemoteEventHandler for CoreSink {
             .store
             .enqueue(&item)
             .await
-            .map_err(|e| SinkError(e.to_string()))?;
+            .map_err(|e| SinkError(crate::error::Reason::from_error(e)))?;
         bridge.dispatch(seq, item);
         Ok(())
     }
@@ -451,7 +453,7 @@ impl RemoteEventHandler for CoreSink {
                 for (seq, _) in &pending {
                     let _ = bridge.store.inbox_remove(*seq);
                 }
-                Err(SinkError(e.to_string()))
+                Err(SinkError(crate::error::Reason::from_error(e)))
             }
         }
     }
@@ -479,7 +481,7 @@ impl RemoteEventHandler for CoreSink {
         match bridge.group_members(network, chat).await {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(error = %e, chat = %chat, "could not list a group chat's Matrix members");
+                tracing::debug!(error = %crate::error::chain(&e), chat = %chat, "could not list a group chat's Matrix members");
                 Vec::new()
             }
         }

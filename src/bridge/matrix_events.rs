@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::{Bridge, BridgeError, room_id, user_id};
 use crate::config::PermissionLevel;
+use crate::error::Reason;
 use crate::network::{
     ChatKind, MatrixSender, MessageContent, MessageKind, NetworkClient, NetworkError, NetworkId,
     OutgoingMessage, PortalRef, Presence, PresenceState, RemoteUserId,
@@ -50,7 +51,7 @@ impl Bridge {
         json: &str,
     ) -> Result<(), BridgeError> {
         let ev: MatrixEvent = serde_json::from_str(json)
-            .map_err(|e| BridgeError::Invalid(format!("event does not parse: {e}")))?;
+            .map_err(|e| BridgeError::Invalid(Reason::because("event does not parse", e)))?;
         if self.in_namespace(&ev.sender) {
             // A ghost's message in a room shared with another network's members goes on to
             // them (Matrix is the hub); everything else from the bridge's own users is an echo.
@@ -147,7 +148,7 @@ impl Bridge {
                         source: e,
                     });
                 }
-                warn!(room_id = %ev.room_id, user = target, error = %e, "could not follow a membership change");
+                warn!(room_id = %ev.room_id, user = target, error = %crate::error::chain(&e), "could not follow a membership change");
             }
         }
         if membership == "leave" || membership == "ban" {
@@ -306,7 +307,7 @@ impl Bridge {
         }
         self.note_joined(ghost, &ev.room_id, true);
         if let Err(e) = self.write_bridge_info(&record, Some(ghost)).await {
-            debug!(error = %e, "could not write bridge info into a user-created direct chat");
+            debug!(error = %crate::error::chain(&e), "could not write bridge info into a user-created direct chat");
         }
         info!(room_id = %ev.room_id, portal = %key, "direct chat portal created by invite");
         self.publish_current_presence(&ev.sender, network, Some(ghost))
@@ -855,8 +856,9 @@ impl Bridge {
             #[serde(default)]
             content: Value,
         }
-        let ev: Eph = serde_json::from_str(json)
-            .map_err(|e| BridgeError::Invalid(format!("ephemeral event does not parse: {e}")))?;
+        let ev: Eph = serde_json::from_str(json).map_err(|e| {
+            BridgeError::Invalid(Reason::because("ephemeral event does not parse", e))
+        })?;
         match ev.kind.as_str() {
             "m.typing" => {
                 let Some(room) = ev.room_id else {
@@ -963,7 +965,7 @@ impl Bridge {
             Ok(()) => "ok",
             Err(NetworkError::Unsupported(_)) => "unsupported",
             Err(e) => {
-                debug!(kind, error = %e, "ephemeral event not bridged");
+                debug!(kind, error = %crate::error::chain(&e), "ephemeral event not bridged");
                 "failed"
             }
         };
@@ -1106,7 +1108,7 @@ impl Bridge {
                 format!("⚠ Your {what} could not be bridged: {other}"),
             ),
         };
-        warn!(portal = %portal.key, what, error = %e, "not bridged");
+        warn!(portal = %portal.key, what, error = %crate::error::chain(&e), "not bridged");
         self.metrics.event("to_remote", what, result);
         self.portal_notice(portal, &format!("isthmus.{seq}.failure"), &text)
             .await;

@@ -43,7 +43,7 @@ impl Bridge {
                     MediaError::TooLarge(_) => "too_large",
                     MediaError::Failed(_) => "failed",
                 };
-                info!(error = %e, result, "remote file not bridged");
+                info!(error = %crate::error::chain(&e), result, "remote file not bridged");
                 self.metrics.event("to_matrix", "file", result);
                 let mut text = format!("📎 {} ({}) — not bridged: {e}", att.name, att.url);
                 if !content.body.is_empty() {
@@ -67,7 +67,7 @@ impl Bridge {
         {
             Ok(m) => m,
             Err(e) => {
-                debug!(error = %e, "upload to the homeserver failed");
+                debug!(error = %crate::error::chain(&e), "upload to the homeserver failed");
                 self.metrics.event("to_matrix", "file", "upload_failed");
                 return json!({"msgtype": "m.text", "body": format!("📎 {} ({}) — not bridged: the homeserver refused the upload ({e})", att.name, att.url)});
             }

@@ -36,9 +36,11 @@ pub use self::logins::{CoreSink, LoginProgress};
 pub use self::matrix_events::{MatrixEvent, message_content, portal_ref};
 pub use self::permissions::Permissions;
 pub use self::portal::PowerNeed;
+pub use self::portal_ops::Bridged;
 pub use self::remote_events::matrix_content;
 
 use crate::config::{Config, PermissionLevel};
+use crate::error::{Reason, Retry};
 use crate::matrix::{HomeserverClient, MatrixError, escape};
 use crate::metrics::Metrics;
 use crate::network::{BridgeState, Connector, LoginId, NetworkClient, NetworkError, NetworkId};
@@ -63,40 +65,32 @@ pub enum BridgeError {
     },
     /// Something in the event is not valid.
     #[error("invalid event: {0}")]
-    Invalid(String),
+    Invalid(#[source] Reason),
     /// A change handed to a portal's queue got no answer.
     #[error(transparent)]
     Queue(#[from] JobError),
 }
 
 impl BridgeError {
-    /// Whether trying again later may succeed.
-    pub fn is_transient(&self) -> bool {
+    /// What the failure model does with this error (`dispatch.rs`, `process`): the verdict
+    /// of the error underneath. An outage of something every item needs (the homeserver
+    /// cannot be reached, the store cannot write, a network link is down) holds the portal
+    /// until it ends without counting towards setting the item aside; a passing failure of
+    /// this item is retried and counted; anything else is permanent.
+    pub fn retry(&self) -> Retry {
         match self {
-            BridgeError::Network { source, .. } => source.is_transient(),
-            BridgeError::Matrix(MatrixError::Http(_)) => true,
-            BridgeError::Matrix(MatrixError::Api { status, .. }) => {
-                *status >= 500 || *status == 429
-            }
-            // The disk (full, unwritable): every item fails alike until it is fixed.
-            BridgeError::Store(StoreError::Db(_)) => true,
+            BridgeError::Network { source, .. } => source.retry(),
+            BridgeError::Matrix(e) => e.retry(),
+            BridgeError::Store(e) => e.retry(),
             // Asked again, the portal's queue (started anew) answers.
-            BridgeError::Queue(JobError::Ended(_)) => true,
-            _ => false,
+            BridgeError::Queue(JobError::Ended(_)) => Retry::Transient,
+            BridgeError::Queue(JobError::Circular(_)) | BridgeError::Invalid(_) => Retry::Never,
         }
     }
 
-    /// Whether the failure is an outage of something every item needs (the homeserver cannot
-    /// be reached, the store cannot write, a network link is down) rather than something about
-    /// this item. An outage holds the portal until it ends; it does not count towards setting
-    /// the item aside.
-    pub fn is_outage(&self) -> bool {
-        match self {
-            BridgeError::Network { source, .. } => matches!(source, NetworkError::Down(_)),
-            BridgeError::Matrix(MatrixError::Http(_)) => true,
-            BridgeError::Store(StoreError::Db(_)) => true,
-            _ => false,
-        }
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.retry().is_retried()
     }
 }
 
@@ -325,7 +319,7 @@ impl Bridge {
     /// The connector of a network.
     pub fn network(&self, id: &NetworkId) -> Result<&Arc<dyn Connector>, BridgeError> {
         self.networks.get(id).ok_or_else(|| {
-            BridgeError::Invalid(format!("the network {id} is not enabled on this bridge"))
+            BridgeError::Invalid(format!("the network {id} is not enabled on this bridge").into())
         })
     }
 
@@ -408,10 +402,92 @@ fn parse_template(
 
 /// Parses a user ID, as a bridge error.
 pub fn user_id(s: &str) -> Result<OwnedUserId, BridgeError> {
-    UserId::parse(s).map_err(|e| BridgeError::Invalid(format!("bad user ID {s}: {e}")))
+    UserId::parse(s)
+        .map_err(|e| BridgeError::Invalid(Reason::because(format!("bad user ID {s}"), e)))
 }
 
 /// Parses a room ID, as a bridge error.
 pub fn room_id(s: &str) -> Result<OwnedRoomId, BridgeError> {
-    RoomId::parse(s).map_err(|e| BridgeError::Invalid(format!("bad room ID {s}: {e}")))
+    RoomId::parse(s)
+        .map_err(|e| BridgeError::Invalid(Reason::because(format!("bad room ID {s}"), e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(source: NetworkError) -> BridgeError {
+        BridgeError::Network {
+            network: NetworkId::new("net"),
+            source,
+        }
+    }
+
+    fn api(status: u16) -> BridgeError {
+        BridgeError::Matrix(MatrixError::Api {
+            status,
+            errcode: String::new(),
+            message: String::new(),
+        })
+    }
+
+    #[test]
+    fn each_failure_gets_the_failure_models_verdict() {
+        // Outages: waited out, not counted.
+        assert_eq!(
+            network(NetworkError::Down("x".into())).retry(),
+            Retry::Outage
+        );
+        assert_eq!(
+            BridgeError::Matrix(MatrixError::Http("x".into())).retry(),
+            Retry::Outage
+        );
+        let db = sled::Error::Io(std::io::Error::other("disk full"));
+        assert_eq!(
+            BridgeError::Store(StoreError::Db(db)).retry(),
+            Retry::Outage
+        );
+        // Passing failures of the item: retried and counted.
+        assert_eq!(
+            network(NetworkError::Transient("x".into())).retry(),
+            Retry::Transient
+        );
+        assert_eq!(api(502).retry(), Retry::Transient);
+        assert_eq!(api(429).retry(), Retry::Transient);
+        let ended = JobError::Ended(dispatch::QueueKey::Room("!r:hs".into()));
+        assert_eq!(BridgeError::Queue(ended).retry(), Retry::Transient);
+        // Permanent.
+        for e in [
+            network(NetworkError::Undeliverable("x".into())),
+            network(NetworkError::Internal("x".into())),
+            network(NetworkError::InvalidInput("x".into())),
+            network(NetworkError::BadCredentials("x".into())),
+            network(NetworkError::Unsupported("x")),
+            network(NetworkError::NotLoggedIn),
+            api(403),
+            api(404),
+            BridgeError::Invalid("x".into()),
+            BridgeError::Store(StoreError::InvalidDump("x".into())),
+            BridgeError::Queue(JobError::Circular(dispatch::QueueKey::Room("!r:hs".into()))),
+        ] {
+            assert_eq!(e.retry(), Retry::Never, "{e}");
+            assert!(!e.is_transient());
+        }
+    }
+
+    #[test]
+    fn the_cause_is_kept_under_the_same_words() {
+        let parse = ruma::UserId::parse("not a user").unwrap_err();
+        let e = user_id("not a user").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("invalid event: bad user ID not a user: {parse}")
+        );
+        let reason = std::error::Error::source(&e).expect("a reason");
+        assert!(
+            std::error::Error::source(reason).is_some(),
+            "the parse error is kept"
+        );
+        assert_eq!(crate::error::chain(&e).to_string(), e.to_string());
+    }
 }

@@ -160,7 +160,7 @@ impl Bridge {
         );
         let txn = format!("isthmus.power.{}.{what}", super::now_ms());
         if let Err(e) = self.send_notice(speaker, room, &txn, &text).await {
-            warn!(room_id = room, error = %e, "could not say that power is missing");
+            warn!(room_id = room, error = %crate::error::chain(&e), "could not say that power is missing");
         }
     }
 
@@ -275,7 +275,7 @@ impl Bridge {
             .send_notice(Some(&speaker), &portal.room_id, txn_id, text)
             .await
         {
-            warn!(room_id = %portal.room_id, error = %e, "could not send notice");
+            warn!(room_id = %portal.room_id, error = %crate::error::chain(&e), "could not send notice");
         }
     }
 

@@ -17,6 +17,18 @@ use super::{Bridge, BridgeError};
 use crate::network::{NetworkId, RemoteUserId};
 use crate::store::{PortalKey, PortalRecord};
 
+/// What [`Bridge::bridge_room`] did.
+#[derive(Debug)]
+pub enum Bridged {
+    /// The room is bridged to the chat now.
+    Now(PortalRecord),
+    /// The chat is bridged to another room already; nothing changed.
+    Already {
+        /// That room.
+        room_id: String,
+    },
+}
+
 impl Bridge {
     /// Stores a portal's record and its room index. Only on the portal's queue.
     pub(super) fn save_portal(&self, record: &PortalRecord) -> Result<(), BridgeError> {
@@ -112,28 +124,25 @@ impl Bridge {
     }
 
     /// Bridges Matrix room `room` to group chat `key`: the network learns the room's members
-    /// and the room gets the bridge info (both best effort). `Err` holds the room the chat is
-    /// bridged to already.
-    pub async fn bridge_room(
-        &self,
-        key: &PortalKey,
-        room: &str,
-    ) -> Result<Result<PortalRecord, String>, BridgeError> {
+    /// and the room gets the bridge info (both best effort).
+    pub async fn bridge_room(&self, key: &PortalKey, room: &str) -> Result<Bridged, BridgeError> {
         let job_key = key.clone();
         let room = room.to_owned();
         self.on_portal_queue(key, move |b| async move {
             if let Some(existing) = b.store.portal(&job_key)? {
-                return Ok(Err(existing.room_id));
+                return Ok(Bridged::Already {
+                    room_id: existing.room_id,
+                });
             }
             let record = PortalRecord::new(job_key, &room, crate::network::ChatKind::Group);
             b.save_portal(&record)?;
             if let Err(e) = b.join_members(&record).await {
-                warn!(error = %e, "could not join the room's members to the group chat");
+                warn!(error = %crate::error::chain(&e), "could not join the room's members to the group chat");
             }
             if let Err(e) = b.write_bridge_info(&record, None).await {
-                warn!(error = %e, "could not write bridge info (the bot may lack power in this room)");
+                warn!(error = %crate::error::chain(&e), "could not write bridge info (the bot may lack power in this room)");
             }
-            Ok(Ok(record))
+            Ok(Bridged::Now(record))
         })
         .await
     }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::limits::Limit;
 use super::{Bridge, BridgeError, now_ms, room_id, user_id};
 use crate::config::PermissionLevel;
+use crate::error::Reason;
 use crate::network::{
     ChatKind, MembershipChange, MessageContent, MessageKind, NetworkId, PresenceState, RemoteEvent,
     RemoteEventKind, RemoteMessageId, RemoteUserId,
@@ -48,7 +49,8 @@ pub fn matrix_content(c: &MessageContent) -> Value {
 
 /// Parses a stored event ID.
 fn event_id(id: &str) -> Result<ruma::OwnedEventId, BridgeError> {
-    ruma::EventId::parse(id).map_err(|e| BridgeError::Invalid(format!("bad event ID {id}: {e}")))
+    ruma::EventId::parse(id)
+        .map_err(|e| BridgeError::Invalid(Reason::because(format!("bad event ID {id}"), e)))
 }
 
 /// The ID under which a reaction is mapped: one per message, reacting user and key.
@@ -212,7 +214,7 @@ impl Bridge {
                             if e.is_transient() {
                                 return Err(e);
                             }
-                            warn!(room_id = %portal.room_id, error = %e, "could not apply a remote moderation (the bridge may lack power in the room)");
+                            warn!(room_id = %portal.room_id, error = %crate::error::chain(&e), "could not apply a remote moderation (the bridge may lack power in the room)");
                             "forbidden"
                         }
                     }
@@ -659,7 +661,7 @@ impl Bridge {
         let record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
         self.save_portal(&record)?;
         if let Err(e) = self.write_bridge_info(&record, None).await {
-            debug!(error = %e, "could not write bridge info into a hosted room (the bot may lack power)");
+            debug!(error = %crate::error::chain(&e), "could not write bridge info into a hosted room (the bot may lack power)");
         }
         self.join_members(&record).await?;
         tracing::info!(room_id = %room, alias, portal = %key, "hosted group chat bridged to its room");
@@ -712,7 +714,7 @@ impl Bridge {
             if let Ok((client, false)) = self.client_for(record, member.as_str()) {
                 let sender = self.matrix_sender(member.as_str()).await;
                 if let Err(e) = client.join_chat(&portal, &sender).await {
-                    warn!(user = %member, error = %e, "could not join a member to the group chat");
+                    warn!(user = %member, error = %crate::error::chain(&e), "could not join a member to the group chat");
                 }
             }
         }

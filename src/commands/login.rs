@@ -125,13 +125,13 @@ async fn present(ctx: &Ctx<'_>, progress: LoginProgress) -> String {
                 .send_notice(None, &room, &txn, &progress_text(progress))
                 .await
             {
-                warn!(room_id = %room, error = %e, "could not ask the first login question in the new room");
+                warn!(room_id = %room, error = %crate::error::chain(&e), "could not ask the first login question in the new room");
             }
             "I cannot delete messages in this room (my power level is too low), so I will not ask for your password here. I invited you to a new room where I can: accept the invitation and go on with the login there. That room is your management room from now on.".into()
         }
         Err(e) => {
             ctx.bridge.cancel_login(ctx.sender).await;
-            warn!(user = ctx.sender, error = %e, "could not create a room to log in");
+            warn!(user = ctx.sender, error = %crate::error::chain(&e), "could not create a room to log in");
             format!(
                 "I cannot delete messages in this room (my power level is too low), so I will not ask for your password here, and I could not create a room where I can ({e}). Give me the moderator level here, then send `login` again."
             )

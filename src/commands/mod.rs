@@ -137,12 +137,34 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Why a command line is not run. The message is the bot's answer.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The line holds control characters (a line break, say).
+    #[error("Commands and their arguments must be on one line, without control characters.")]
+    ControlCharacters,
+    /// The caller's permission level is below the command's.
+    #[error("`{command}` needs the {needs:?} permission level; you have {has:?}.")]
+    Level {
+        /// The command.
+        command: &'static str,
+        /// The level it needs.
+        needs: PermissionLevel,
+        /// The caller's level.
+        has: PermissionLevel,
+    },
+    /// The command works only in a bridged room.
+    #[error("`{0}` only works in a bridged room.")]
+    NotBridged(&'static str),
+    /// The command does not work in a bridged room.
+    #[error("`{0}` does not work in a room that is already bridged.")]
+    Bridged(&'static str),
+}
+
 /// Splits a command line into words; refuses control characters.
-pub fn parse(text: &str) -> Result<Vec<String>, String> {
+pub fn parse(text: &str) -> Result<Vec<String>, Refusal> {
     if text.chars().any(char::is_control) {
-        return Err(
-            "Commands and their arguments must be on one line, without control characters.".into(),
-        );
+        return Err(Refusal::ControlCharacters);
     }
     Ok(text.split_whitespace().map(str::to_owned).collect())
 }
@@ -152,19 +174,17 @@ pub fn check(
     cmd: &Command,
     level: PermissionLevel,
     portal: Option<&PortalRecord>,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     if level < cmd.level {
-        return Err(format!(
-            "`{}` needs the {:?} permission level; you have {:?}.",
-            cmd.name, cmd.level, level
-        ));
+        return Err(Refusal::Level {
+            command: cmd.name,
+            needs: cmd.level,
+            has: level,
+        });
     }
     match (cmd.place, portal) {
-        (Place::Portal, None) => Err(format!("`{}` only works in a bridged room.", cmd.name)),
-        (Place::NotPortal, Some(_)) => Err(format!(
-            "`{}` does not work in a room that is already bridged.",
-            cmd.name
-        )),
+        (Place::Portal, None) => Err(Refusal::NotBridged(cmd.name)),
+        (Place::NotPortal, Some(_)) => Err(Refusal::Bridged(cmd.name)),
         _ => Ok(()),
     }
 }
@@ -220,7 +240,7 @@ pub async fn handle(
 async fn run_line(ctx: &Ctx<'_>, text: &str) -> String {
     let words = match parse(text) {
         Ok(w) => w,
-        Err(e) => return e,
+        Err(e) => return e.to_string(),
     };
     let Some((name, args)) = words.split_first() else {
         return "Send `help` for the list of commands.".to_owned();
@@ -235,7 +255,7 @@ async fn run_line(ctx: &Ctx<'_>, text: &str) -> String {
         };
     };
     if let Err(e) = check(cmd, ctx.level, ctx.portal.as_ref()) {
-        return e;
+        return e.to_string();
     }
     info!(
         command = cmd.name,
@@ -246,7 +266,7 @@ async fn run_line(ctx: &Ctx<'_>, text: &str) -> String {
     match (cmd.run)(ctx, args.to_vec()).await {
         Ok(text) => text,
         Err(e) => {
-            warn!(command = cmd.name, error = %e, "command failed");
+            warn!(command = cmd.name, error = %crate::error::chain(&e), "command failed");
             format!("`{}` failed: {e}", cmd.name)
         }
     }
@@ -268,7 +288,7 @@ async fn send_reply(ctx: &Ctx<'_>, text: &str) {
         .send_notice(speaker.as_deref(), ctx.room_id, &txn, text)
         .await
     {
-        warn!(room_id = ctx.room_id, error = %e, "could not send command reply");
+        warn!(room_id = ctx.room_id, error = %crate::error::chain(&e), "could not send command reply");
     }
 }
 
@@ -287,7 +307,7 @@ async fn redact_secret(ctx: &Ctx<'_>, event_id: &str) -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            warn!(room_id = ctx.room_id, error = %e, "could not redact the message holding a password; delete it yourself");
+            warn!(room_id = ctx.room_id, error = %crate::error::chain(&e), "could not redact the message holding a password; delete it yourself");
             ctx.bridge
                 .tell_missing_power(
                     ctx.room_id,
@@ -316,15 +336,18 @@ pub fn pick_network(
         None if bridge.networks.len() == 1 => {
             Ok(bridge.networks.keys().next().cloned().expect("one network"))
         }
-        None => Err(BridgeError::Invalid(format!(
-            "name the network: {}",
-            bridge
-                .networks
-                .keys()
-                .map(|n| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+        None => Err(BridgeError::Invalid(
+            format!(
+                "name the network: {}",
+                bridge
+                    .networks
+                    .keys()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+            .into(),
+        )),
     }
 }
 

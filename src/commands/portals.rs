@@ -3,7 +3,7 @@
 use futures::FutureExt;
 
 use super::{Command, Ctx, Place, Reply, pick_network};
-use crate::bridge::{BridgeError, room_id, user_id};
+use crate::bridge::{BridgeError, Bridged, room_id, user_id};
 use crate::config::PermissionLevel;
 use crate::network::{ChatKind, NetworkId};
 use crate::store::{PortalKey, PortalRecord};
@@ -96,20 +96,28 @@ pub(super) fn commands() -> Vec<Command> {
 /// The answer when the room's portal went away while the command waited for it.
 const NO_LONGER_BRIDGED: &str = "This room is no longer bridged.";
 
-/// Parses a group chat address of `network`; `Err` is the reply when it has no group chats.
+/// Parses a group chat address of `network`; `None` when the network has no group chats.
 fn group_chat(
     ctx: &Ctx<'_>,
     network: &NetworkId,
     raw: &str,
-) -> Result<Result<crate::network::RemoteChatId, String>, BridgeError> {
+) -> Result<Option<crate::network::RemoteChatId>, BridgeError> {
     let connector = ctx.bridge.network(network)?;
-    let chat = connector
+    connector
         .parse_group_chat_id(raw)
         .map_err(|source| BridgeError::Network {
             network: network.clone(),
             source,
-        })?;
-    Ok(chat.ok_or_else(|| format!("{} has no group chats.", connector.info().display_name)))
+        })
+}
+
+/// The answer when `network` has no group chats.
+fn no_group_chats(ctx: &Ctx<'_>, network: &NetworkId) -> Result<String, BridgeError> {
+    let connector = ctx.bridge.network(network)?;
+    Ok(format!(
+        "{} has no group chats.",
+        connector.info().display_name
+    ))
 }
 
 /// Whether the caller may change what this room is bridged to: a bridge admin, or a room
@@ -215,11 +223,14 @@ async fn start_chat(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     };
     let connector = ctx.bridge.network(&network)?;
     let contact = connector.parse_user_id(&raw).map_err(|e| {
-        BridgeError::Invalid(format!(
-            "{e} (a {} address looks like {})",
-            connector.info().display_name,
-            connector.info().user_id_example
-        ))
+        BridgeError::Invalid(
+            format!(
+                "{e} (a {} address looks like {})",
+                connector.info().display_name,
+                connector.info().user_id_example
+            )
+            .into(),
+        )
     })?;
     let (portal, created) = ctx
         .bridge
@@ -255,9 +266,8 @@ async fn join(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
         _ => return Ok("Usage: `join <network> <group chat>`".into()),
     };
     let connector = ctx.bridge.network(&network)?;
-    let chat = match group_chat(ctx, &network, &raw)? {
-        Ok(chat) => chat,
-        Err(reply) => return Ok(reply),
+    let Some(chat) = group_chat(ctx, &network, &raw)? else {
+        return no_group_chats(ctx, &network);
     };
     let key = PortalKey::new(network.as_str(), chat.as_str(), None);
     if ctx.bridge.store.portal(&key)?.is_none() {
@@ -308,9 +318,8 @@ async fn bridge_room(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     };
     let network: NetworkId = pick_network(ctx.bridge, Some(network))?;
     let connector = ctx.bridge.network(&network)?;
-    let chat = match group_chat(ctx, &network, chat)? {
-        Ok(chat) => chat,
-        Err(reply) => return Ok(reply),
+    let Some(chat) = group_chat(ctx, &network, chat)? else {
+        return no_group_chats(ctx, &network);
     };
     if !may_change_bridging(ctx).await? {
         return Ok("Only room members who may change the room's settings can bridge it.".into());
@@ -319,8 +328,8 @@ async fn bridge_room(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
         return Ok(crate::bridge::ENCRYPTED_ROOM_REFUSAL.into());
     }
     let key = PortalKey::new(network.as_str(), chat.as_str(), None);
-    if let Err(existing) = ctx.bridge.bridge_room(&key, ctx.room_id).await? {
-        return Ok(format!("{chat} is already bridged to {existing}."));
+    if let Bridged::Already { room_id } = ctx.bridge.bridge_room(&key, ctx.room_id).await? {
+        return Ok(format!("{chat} is already bridged to {room_id}."));
     }
     Ok(format!(
         "This room is now bridged to {chat} on {}.",

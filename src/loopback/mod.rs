@@ -163,7 +163,7 @@ impl Connector for Loopback {
     async fn start(&self, sink: EventSink) -> Result<(), NetworkError> {
         let _ = self.shared.sink.set(sink);
         let listener = TcpListener::bind(self.control).await.map_err(|e| {
-            NetworkError::Internal(format!("cannot listen on {}: {e}", self.control))
+            NetworkError::Internal(format!("cannot listen on {}: {e}", self.control).into())
         })?;
         info!(control = %self.control, "loopback network control socket listening");
         let shared = Arc::clone(&self.shared);
@@ -177,7 +177,7 @@ impl Connector for Loopback {
                             debug!(%peer, "loopback control client connected");
                             tokio::spawn(serve(Arc::clone(&shared), stream));
                         }
-                        Err(e) => warn!(error = %e, "loopback accept failed"),
+                        Err(e) => warn!(error = %crate::error::chain(&e), "loopback accept failed"),
                     },
                 }
             }
@@ -207,9 +207,9 @@ impl Connector for Loopback {
         flow_id: &str,
     ) -> Result<Box<dyn LoginProcess>, NetworkError> {
         if flow_id != "password" {
-            return Err(NetworkError::InvalidInput(format!(
-                "unknown flow {flow_id}"
-            )));
+            return Err(NetworkError::InvalidInput(
+                format!("unknown flow {flow_id}").into(),
+            ));
         }
         Ok(Box::new(PasswordLogin {
             shared: Arc::clone(&self.shared),
@@ -517,9 +517,9 @@ async fn handle_request(shared: &Shared, line: &str) -> Value {
             count,
         } => {
             let make = || match error.as_str() {
-                "undeliverable" => Some(NetworkError::Undeliverable(message.clone())),
-                "transient" => Some(NetworkError::Transient(message.clone())),
-                "down" => Some(NetworkError::Down(message.clone())),
+                "undeliverable" => Some(NetworkError::Undeliverable(message.clone().into())),
+                "transient" => Some(NetworkError::Transient(message.clone().into())),
+                "down" => Some(NetworkError::Down(message.clone().into())),
                 "unsupported" => Some(NetworkError::Unsupported("this operation")),
                 _ => None,
             };

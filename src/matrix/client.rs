@@ -52,6 +52,7 @@ use tracing::{debug, warn};
 
 pub use super::error::MatrixError;
 use super::retry::{Attempt, RetryPolicy};
+use crate::error::Reason;
 
 /// Retries for transient failures when the configuration does not say otherwise.
 pub const DEFAULT_MAX_RETRIES: u32 = 6;
@@ -285,7 +286,7 @@ impl HomeserverClient {
         policy: RetryPolicy,
     ) -> Result<Self, MatrixError> {
         let bot = UserId::parse(format!("@{}:{}", cfg.bot_localpart, cfg.server_name))
-            .map_err(|e| MatrixError::InvalidId(format!("bot user: {e}")))?;
+            .map_err(|e| MatrixError::InvalidId(Reason::because("bot user", e)))?;
         // reqwest is built without a default crypto provider; installing one twice fails
         // harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -294,7 +295,7 @@ impl HomeserverClient {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()
-            .map_err(|e| MatrixError::Http(error_chain(&e.without_url())))?;
+            .map_err(|e| MatrixError::Http(Reason::from_error(e.without_url())))?;
         let default_versions =
             SupportedVersions::from_parts(&[DEFAULT_SPEC_VERSION.to_owned()], &BTreeMap::new());
         Ok(Self {
@@ -557,8 +558,9 @@ impl HomeserverClient {
         as_user: Option<&UserId>,
         room_id_or_alias: &str,
     ) -> Result<OwnedRoomId, MatrixError> {
-        let target = RoomOrAliasId::parse(room_id_or_alias)
-            .map_err(|e| MatrixError::InvalidId(format!("{room_id_or_alias:?}: {e}")))?;
+        let target = RoomOrAliasId::parse(room_id_or_alias).map_err(|e| {
+            MatrixError::InvalidId(Reason::because(format!("{room_id_or_alias:?}"), e))
+        })?;
         let req = join_room_by_id_or_alias::v3::Request::new(target);
         let resp = self.call("join", as_user, Token::Appservice, req).await?;
         Ok(resp.room_id)
@@ -636,7 +638,7 @@ impl HomeserverClient {
         {
             Ok(resp) => serde_json::from_str(resp.event_or_content.get())
                 .map(Some)
-                .map_err(|e| MatrixError::Decode(format!("state event: {e}"))),
+                .map_err(|e| MatrixError::Decode(Reason::because("state event", e))),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -677,7 +679,7 @@ impl HomeserverClient {
             Err(e) => return Err(e),
         };
         let event: JsonValue = serde_json::from_str(resp.event_or_content.get())
-            .map_err(|e| MatrixError::Decode(format!("create event: {e}")))?;
+            .map_err(|e| MatrixError::Decode(Reason::because("create event", e)))?;
         let content = event.get("content").unwrap_or(&event);
         let version = content
             .get("room_version")
@@ -742,7 +744,7 @@ impl HomeserverClient {
         media_id: &str,
     ) -> Result<(Vec<u8>, Option<String>), MatrixError> {
         let server = ruma::OwnedServerName::try_from(server)
-            .map_err(|e| MatrixError::InvalidId(format!("media server name: {e}")))?;
+            .map_err(|e| MatrixError::InvalidId(Reason::because("media server name", e)))?;
         let req = get_media::v1::Request::new(media_id.to_owned(), server);
         let resp = self
             .call("media_download", None, Token::Always, req)
@@ -829,7 +831,7 @@ impl HomeserverClient {
         let req = get_room_event::v3::Request::new(room.to_owned(), event_id.to_owned());
         let resp = self.call("event", as_user, Token::Appservice, req).await?;
         serde_json::from_str(resp.event.json().get())
-            .map_err(|e| MatrixError::Decode(format!("event: {e}")))
+            .map_err(|e| MatrixError::Decode(Reason::because("event", e)))
     }
 
     // ----- ephemeral -----
@@ -930,7 +932,7 @@ impl HomeserverClient {
                         v
                     }
                     Err(e) => {
-                        warn!(error = %e, "could not read the default room version; assuming creators need a power level");
+                        warn!(error = %crate::error::chain(&e), "could not read the default room version; assuming creators need a power level");
                         return false;
                     }
                 }
@@ -979,7 +981,7 @@ impl HomeserverClient {
                 identity,
                 R::PathBuilder::input(&versions),
             )
-            .map_err(|e| MatrixError::Decode(format!("could not encode request: {e}")))
+            .map_err(|e| MatrixError::Decode(Reason::because("could not encode request", e)))
     }
 
     /// Sends a ruma request (with retries) and parses the successful response.
@@ -1001,7 +1003,7 @@ impl HomeserverClient {
         *response.status_mut() = reply.status;
         *response.headers_mut() = reply.headers;
         R::IncomingResponse::try_from_http_response(response)
-            .map_err(|e| MatrixError::Decode(format!("{endpoint} response: {e}")))
+            .map_err(|e| MatrixError::Decode(format!("{endpoint} response: {e}").into()))
     }
 
     /// The one place that talks HTTP: sends `request` until it succeeds, fails permanently or
@@ -1013,10 +1015,7 @@ impl HomeserverClient {
         request: http::Request<Vec<u8>>,
     ) -> Result<Reply, MatrixError> {
         let request = reqwest::Request::try_from(request).map_err(|e| {
-            MatrixError::Decode(format!(
-                "could not encode request: {}",
-                error_chain(&e.without_url())
-            ))
+            MatrixError::Decode(Reason::because("could not encode request", e.without_url()))
         })?;
         self.inner
             .policy
@@ -1071,8 +1070,8 @@ impl HomeserverClient {
         };
         match outcome {
             (Err(e), elapsed) => {
-                let error = error_chain(&e.without_url());
-                debug!(%method, endpoint, path, elapsed_ms = elapsed.as_millis() as u64, error, "homeserver request failed");
+                let error = Reason::from_error(e.without_url());
+                debug!(%method, endpoint, path, elapsed_ms = elapsed.as_millis() as u64, %error, "homeserver request failed");
                 Attempt::Retry {
                     error: MatrixError::Http(error),
                     after: None,
@@ -1182,30 +1181,16 @@ fn truncate(s: &str) -> String {
     }
 }
 
-/// An error and its sources, `: `-separated (reqwest's own message alone says little).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 /// JSON into ruma's raw type.
 fn raw<T>(value: &JsonValue) -> Result<Raw<T>, MatrixError> {
     serde_json::value::to_raw_value(value)
         .map(Raw::from_json)
-        .map_err(|e| MatrixError::Decode(format!("could not encode content: {e}")))
+        .map_err(|e| MatrixError::Decode(Reason::because("could not encode content", e)))
 }
 
 fn parse_alias(alias: &str) -> Result<OwnedRoomAliasId, MatrixError> {
-    RoomAliasId::parse(alias).map_err(|e| MatrixError::InvalidId(format!("{alias:?}: {e}")))
+    RoomAliasId::parse(alias)
+        .map_err(|e| MatrixError::InvalidId(Reason::because(format!("{alias:?}"), e)))
 }
 
 #[cfg(test)]

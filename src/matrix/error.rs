@@ -1,5 +1,7 @@
 //! The error every homeserver request returns.
 
+use crate::error::{Reason, Retry};
+
 /// Why a homeserver request failed.
 ///
 /// Transient failures (connection errors, HTTP 429 and 5xx) have already been retried by the
@@ -19,16 +21,27 @@ pub enum MatrixError {
     },
     /// The homeserver could not be reached or the connection broke (after all retries).
     #[error("could not reach the homeserver: {0}")]
-    Http(String),
+    Http(#[source] Reason),
     /// A request could not be encoded, or a successful response could not be decoded.
     #[error("unexpected data in a homeserver exchange: {0}")]
-    Decode(String),
+    Decode(#[source] Reason),
     /// A user ID, room ID, alias or event ID given to the client is not valid.
     #[error("invalid Matrix identifier: {0}")]
-    InvalidId(String),
+    InvalidId(#[source] Reason),
 }
 
 impl MatrixError {
+    /// What the failure model does with this error: the homeserver out of reach is an
+    /// outage; 429 and 5xx (already retried by the client) are passing failures of the
+    /// request; any other answer, and bad data, are permanent.
+    pub fn retry(&self) -> Retry {
+        match self {
+            MatrixError::Http(_) => Retry::Outage,
+            MatrixError::Api { status, .. } if *status >= 500 || *status == 429 => Retry::Transient,
+            _ => Retry::Never,
+        }
+    }
+
     /// The Matrix error code (`M_FORBIDDEN`, `M_NOT_FOUND`, ...) when the homeserver sent one.
     pub fn errcode(&self) -> Option<&str> {
         match self {
@@ -81,6 +94,15 @@ mod tests {
         assert!(!api(404, "M_UNRECOGNIZED").is_not_found());
         assert!(!api(403, "M_FORBIDDEN").is_not_found());
         assert!(!MatrixError::Decode("x".into()).is_not_found());
+    }
+
+    #[test]
+    fn retry_verdicts() {
+        assert_eq!(MatrixError::Http("x".into()).retry(), Retry::Outage);
+        assert_eq!(api(502, "").retry(), Retry::Transient);
+        assert_eq!(api(429, "M_LIMIT_EXCEEDED").retry(), Retry::Transient);
+        assert_eq!(api(403, "M_FORBIDDEN").retry(), Retry::Never);
+        assert_eq!(MatrixError::Decode("x".into()).retry(), Retry::Never);
     }
 
     #[test]

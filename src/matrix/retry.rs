@@ -1,12 +1,12 @@
-//! Retry policy for homeserver requests: jittered exponential backoff that honours the
-//! homeserver's own hints (`retry_after_ms`, `Retry-After`).
+//! Retry policy for homeserver requests: jittered exponential backoff (`crate::backoff`)
+//! that honours the homeserver's own hints (`retry_after_ms`, `Retry-After`).
 
 use std::time::Duration;
 
-use rand::Rng;
 use tracing::warn;
 
 use super::error::MatrixError;
+use crate::backoff::{Jitter, Policy};
 
 /// What one attempt of a request came to.
 #[derive(Debug)]
@@ -25,46 +25,55 @@ pub(super) enum Attempt<T> {
     Fail(MatrixError),
 }
 
+/// Before the first retry of a homeserver request; doubles for each further one.
+const FIRST_DELAY: Duration = Duration::from_millis(250);
+/// The longest computed wait between two attempts.
+const MAX_DELAY: Duration = Duration::from_secs(30);
+/// The longest wait taken from a homeserver hint, so a bogus hint cannot stall a portal for
+/// hours.
+const MAX_HINT: Duration = Duration::from_secs(300);
+
 /// How often and how long to wait between attempts.
 #[derive(Debug, Clone)]
 pub(super) struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// Backoff before the first retry; doubles for each further one.
-    pub base: Duration,
-    /// Largest computed backoff.
-    pub cap: Duration,
-    /// Largest wait taken from a homeserver hint, so a bogus hint cannot stall a portal for
-    /// hours.
+    /// The backoff between attempts, bounded by the number of retries after the first
+    /// attempt.
+    pub backoff: Policy,
+    /// Largest wait taken from a homeserver hint.
     pub max_hint: Duration,
 }
 
 impl RetryPolicy {
-    /// The policy the client uses: 250 ms doubling to 30 s; hints honoured up to 5 minutes.
+    /// The policy the client uses: 250 ms doubling to 30 s with equal jitter (each wait
+    /// between half and all of the doubled delay), `max_retries` retries; hints honoured up
+    /// to 5 minutes.
     pub fn new(max_retries: u32) -> Self {
         Self {
-            max_retries,
-            base: Duration::from_millis(250),
-            cap: Duration::from_secs(30),
-            max_hint: Duration::from_secs(300),
+            backoff: Policy::doubling(FIRST_DELAY, MAX_DELAY)
+                .with_jitter(Jitter::EQUAL)
+                .with_max_retries(max_retries),
+            max_hint: MAX_HINT,
+        }
+    }
+
+    /// [`new`](Self::new) with another first delay (tests shorten it).
+    #[cfg(test)]
+    pub fn with_first_delay(max_retries: u32, first: Duration) -> Self {
+        Self {
+            backoff: Policy::doubling(first, MAX_DELAY.max(first))
+                .with_jitter(Jitter::EQUAL)
+                .with_max_retries(max_retries),
+            max_hint: MAX_HINT,
         }
     }
 
     /// The wait before retry number `retry` (0 for the first retry).
     ///
-    /// `unit` in `[0, 1)` is the jitter draw: the backoff is `base * 2^retry` capped at `cap`,
-    /// scaled into `[backoff/2, backoff)`. A homeserver hint raises the wait to at least the
-    /// hint (capped at `max_hint`).
-    pub fn delay(&self, retry: u32, hint: Option<Duration>, unit: f64) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(2u32.saturating_pow(retry.min(31)))
-            .min(self.cap);
-        let jittered = exp.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0));
-        match hint {
-            Some(h) => jittered.max(h.min(self.max_hint)),
-            None => jittered,
-        }
+    /// `unit` in `[0, 1)` is the jitter draw (see [`Policy::delay`]). A homeserver hint
+    /// raises the wait to at least the hint (capped at `max_hint`).
+    #[cfg(test)]
+    fn delay(&self, retry: u32, hint: Option<Duration>, unit: f64) -> Duration {
+        with_hint(self.backoff.delay(retry, unit), hint, self.max_hint)
     }
 
     /// Runs `attempt` until it is done, fails permanently, or the retries run out. `attempt`
@@ -94,17 +103,18 @@ impl RetryPolicy {
         S: FnMut(Duration) -> SFut,
         SFut: Future<Output = ()>,
     {
-        let mut n = 0u32;
+        let mut backoff = self.backoff.start();
         loop {
+            let n = backoff.retries();
             match attempt(n).await {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry { error, after } => {
-                    if n >= self.max_retries {
+                    let Some(delay) = backoff.next_delay() else {
                         warn!(request = what, attempts = n + 1, error = %error, "homeserver request failed, no retries left");
                         return Err(error);
-                    }
-                    let delay = self.delay(n, after, rand::rng().random::<f64>());
+                    };
+                    let delay = with_hint(delay, after, self.max_hint);
                     warn!(
                         request = what,
                         attempt = n + 1,
@@ -113,10 +123,17 @@ impl RetryPolicy {
                         "homeserver request failed, retrying"
                     );
                     sleep(delay).await;
-                    n += 1;
                 }
             }
         }
+    }
+}
+
+/// `delay`, raised to the homeserver's hint when it gave one (capped at `max_hint`).
+fn with_hint(delay: Duration, hint: Option<Duration>, max_hint: Duration) -> Duration {
+    match hint {
+        Some(h) => delay.max(h.min(max_hint)),
+        None => delay,
     }
 }
 

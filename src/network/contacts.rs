@@ -91,7 +91,8 @@ pub fn update(
         if new == Subscription::default() {
             store.delete(&key(user, contact))?;
         } else {
-            let v = serde_json::to_value(&new).map_err(|e| SinkError(e.to_string()))?;
+            let v = serde_json::to_value(&new)
+                .map_err(|e| SinkError(crate::error::Reason::from_error(e)))?;
             store.put(&key(user, contact), &v)?;
         }
     }

@@ -21,11 +21,15 @@ use super::Shared;
 use super::body;
 use super::endpoint::{Outgoing, SendError};
 use super::ids;
+use crate::backoff::Policy;
 use crate::network::{
     BridgeState, ChatKind, LoginData, LoginField, LoginId, LoginProcess, LoginStep, MatrixSender,
     MessageKind, NetworkClient, NetworkError, OutgoingMessage, PortalRef, RemoteMessageId,
     RemoteUserId,
 };
+
+/// Delays between registration attempts after a passing failure: every 10 s.
+const REGISTER_RETRY: Policy = Policy::constant(Duration::from_secs(10));
 
 /// The prefix of the contact user part the bridge registers for an account.
 pub const ACCOUNT_PREFIX: &str = "~a.";
@@ -168,22 +172,27 @@ impl Account {
                         .unwrap_or(asked.saturating_mul(2));
                 }
                 401 | 403 | 407 => {
-                    return Err(NetworkError::BadCredentials(format!(
-                        "the registrar refused the credentials ({} {})",
-                        answer.code, answer.reason
-                    )));
+                    return Err(NetworkError::BadCredentials(
+                        format!(
+                            "the registrar refused the credentials ({} {})",
+                            answer.code, answer.reason
+                        )
+                        .into(),
+                    ));
                 }
                 404 => {
-                    return Err(NetworkError::BadCredentials(format!(
-                        "the registrar does not know this address ({} {})",
-                        answer.code, answer.reason
-                    )));
+                    return Err(NetworkError::BadCredentials(
+                        format!(
+                            "the registrar does not know this address ({} {})",
+                            answer.code, answer.reason
+                        )
+                        .into(),
+                    ));
                 }
                 code => {
-                    return Err(NetworkError::Transient(format!(
-                        "the registrar answered {code} {}",
-                        answer.reason
-                    )));
+                    return Err(NetworkError::Transient(
+                        format!("the registrar answered {code} {}", answer.reason).into(),
+                    ));
                 }
             }
         }
@@ -207,6 +216,7 @@ impl Account {
     /// time, retries passing failures every 10 s, stops on refused credentials.
     async fn keep_registered(self: Arc<Self>, mut wait: Duration) {
         let mut stop = self.stop.subscribe();
+        let mut retry = REGISTER_RETRY.start();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -214,18 +224,20 @@ impl Account {
             }
             match self.register(self.shared.register_seconds).await {
                 Ok(granted) => {
+                    retry.reset();
                     self.set_state(BridgeState::Connected, None).await;
                     wait = Duration::from_secs((granted.saturating_mul(3) / 4).max(5));
                 }
                 Err(NetworkError::BadCredentials(why)) => {
                     warn!(user = %self.user, address = %self.data.address, "SIP registration refused");
-                    self.set_state(BridgeState::BadCredentials, Some(why)).await;
+                    self.set_state(BridgeState::BadCredentials, Some(why.to_string()))
+                        .await;
                     return;
                 }
                 Err(e) => {
                     self.set_state(BridgeState::TransientDisconnect, Some(e.to_string()))
                         .await;
-                    wait = Duration::from_secs(10);
+                    wait = retry.next_delay().unwrap_or(REGISTER_RETRY.cap());
                 }
             }
         }
@@ -410,7 +422,7 @@ fn parse_input(
     let address = shared
         .addressing
         .contact(&address)
-        .map_err(NetworkError::InvalidInput)?;
+        .map_err(|e| NetworkError::InvalidInput(crate::error::Reason::from_error(e)))?;
     let password = input
         .get("password")
         .filter(|p| !p.is_empty())
@@ -419,9 +431,9 @@ fn parse_input(
     let proxy = get("proxy")
         .map(|p| {
             p.parse::<SocketAddr>().map_err(|_| {
-                NetworkError::InvalidInput(format!(
-                    "{p:?} is not a proxy address such as 192.0.2.10:5060"
-                ))
+                NetworkError::InvalidInput(
+                    format!("{p:?} is not a proxy address such as 192.0.2.10:5060").into(),
+                )
             })
         })
         .transpose()?;
@@ -434,7 +446,7 @@ fn parse_input(
         return Err(NetworkError::InvalidInput(format!(
             "the bridge may not use {p} as a proxy; ask its administrator to add {} to sip.trusted",
             p.ip()
-        )));
+        ).into()));
     }
     Ok(AccountData {
         address,
@@ -485,8 +497,9 @@ pub(super) fn load(
     user: &str,
     login: &LoginData,
 ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
-    let data: AccountData = serde_json::from_value(login.data.clone())
-        .map_err(|e| NetworkError::Internal(format!("stored SIP login does not read: {e}")))?;
+    let data: AccountData = serde_json::from_value(login.data.clone()).map_err(|e| {
+        NetworkError::Internal(format!("stored SIP login does not read: {e}").into())
+    })?;
     let account = Account::new(shared, user, data);
     account.track();
     tokio::spawn(account.clone().keep_registered(Duration::ZERO));

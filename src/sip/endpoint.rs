@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{SipTlsConfig, SipTransport};
+use crate::error::Reason;
 
 /// The methods the bridge accepts.
 pub const ALLOW: &str = "MESSAGE, SUBSCRIBE, NOTIFY, OPTIONS";
@@ -70,10 +71,50 @@ impl rsipstack::transaction::endpoint::MessageInspector for SourceRecorder {
 pub enum SendError {
     /// The request could not be built from what was given.
     #[error("invalid request: {0}")]
-    Invalid(String),
+    Invalid(#[source] Reason),
     /// The transport failed (connection refused, socket error).
     #[error("transport failure: {0}")]
-    Transport(String),
+    Transport(#[source] Reason),
+}
+
+/// Why the endpoint did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound (the port is in use, or not ours to take).
+    #[error("cannot bind {transport} {addr}: {source}")]
+    Bind {
+        /// `UDP`, `TCP` or `TLS`.
+        transport: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: Reason,
+    },
+    /// A certificate or key file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS listener could not be set up with the configured files.
+    #[error("cannot set up TLS on {addr}: {source}")]
+    Tls {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: Reason,
+    },
+    /// TLS was asked for without its files.
+    #[error("transport: tls needs networks.sip.tls")]
+    NoTls,
+    /// The SIP stack refused to start.
+    #[error("SIP endpoint: {0}")]
+    Stack(#[source] Reason),
 }
 
 /// The final answer to a request.
@@ -131,7 +172,7 @@ impl Endpoint {
         transport: SipTransport,
         tls: Option<&SipTlsConfig>,
         user_agent: &str,
-    ) -> Result<(Self, TransactionReceiver), String> {
+    ) -> Result<(Self, TransactionReceiver), StartError> {
         let cancel = CancellationToken::new();
         let layer = TransportLayer::new(cancel.child_token());
         // UDP only when the proxy speaks UDP: over UDP a source address can be forged where
@@ -139,7 +180,11 @@ impl Endpoint {
         if transport == SipTransport::Udp {
             let udp = UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
                 .await
-                .map_err(|e| format!("cannot bind UDP {listen}: {e}"))?;
+                .map_err(|e| StartError::Bind {
+                    transport: "UDP",
+                    addr: listen,
+                    source: Reason::from_error(e),
+                })?;
             layer.add_transport(udp.into());
         }
         match (transport, tls) {
@@ -148,11 +193,17 @@ impl Endpoint {
                 // The stack binds the TLS listener later and only logs a failure: a port in
                 // use must stop the start instead.
                 drop(
-                    std::net::TcpListener::bind(listen)
-                        .map_err(|e| format!("cannot bind TLS {listen}: {e}"))?,
+                    std::net::TcpListener::bind(listen).map_err(|e| StartError::Bind {
+                        transport: "TLS",
+                        addr: listen,
+                        source: Reason::from_error(e),
+                    })?,
                 );
                 let read = |p: &std::path::Path| {
-                    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+                    std::fs::read(p).map_err(|source| StartError::Read {
+                        path: p.to_owned(),
+                        source,
+                    })
                 };
                 let config = TlsConfig {
                     cert: Some(read(&tls.cert_file)?),
@@ -163,16 +214,23 @@ impl Endpoint {
                 layer.set_tls_config(config.clone());
                 let listener = TlsListenerConnection::new(listen, None, config)
                     .await
-                    .map_err(|e| format!("cannot set up TLS on {listen}: {e}"))?;
+                    .map_err(|e| StartError::Tls {
+                        addr: listen,
+                        source: Reason::from_error(e),
+                    })?;
                 layer.add_transport(listener.into());
             }
             (SipTransport::Tls, None) => {
-                return Err("transport: tls needs networks.sip.tls".into());
+                return Err(StartError::NoTls);
             }
             _ => {
                 let tcp = TcpListenerConnection::new(listen, None)
                     .await
-                    .map_err(|e| format!("cannot bind TCP {listen}: {e}"))?;
+                    .map_err(|e| StartError::Bind {
+                        transport: "TCP",
+                        addr: listen,
+                        source: Reason::from_error(e),
+                    })?;
                 layer.add_transport(tcp.into());
             }
         }
@@ -206,7 +264,7 @@ impl Endpoint {
             .build();
         let incoming = endpoint
             .incoming_transactions()
-            .map_err(|e| format!("SIP endpoint: {e}"))?;
+            .map_err(|e| StartError::Stack(Reason::from_error(e)))?;
         let inner = endpoint.inner.clone();
         tokio::spawn(async move { endpoint.serve().await });
         Ok((
@@ -255,7 +313,7 @@ impl Endpoint {
     /// Sends a request through the proxy and waits for its final answer; a 401/407 is
     /// answered once with the credentials when there are some.
     pub async fn send(&self, out: Outgoing<'_>) -> Result<Answer, SendError> {
-        let uri = Uri::try_from(out.uri).map_err(|e| SendError::Invalid(e.to_string()))?;
+        let uri = Uri::try_from(out.uri).map_err(|e| SendError::Invalid(Reason::from_error(e)))?;
         let proxy = match out.proxy {
             Some(addr) => SipAddr {
                 r#type: self.proxy.r#type,
@@ -269,12 +327,12 @@ impl Endpoint {
             self.inner.transport_layer.lookup(&proxy, None),
         )
         .await
-        .map_err(|_| SendError::Transport(format!("connecting to {proxy} timed out")))?
-        .map_err(|e| SendError::Transport(e.to_string()))?;
+        .map_err(|_| SendError::Transport(format!("connecting to {proxy} timed out").into()))?
+        .map_err(|e| SendError::Transport(Reason::from_error(e)))?;
         let via = self
             .inner
             .get_via(Some(conn.get_addr().clone()), None)
-            .map_err(|e| SendError::Invalid(e.to_string()))?;
+            .map_err(|e| SendError::Invalid(Reason::from_error(e)))?;
         let call_id = out.call_id.unwrap_or_else(|| self.call_id());
         let mut req = self.inner.make_request(
             out.method,
@@ -290,12 +348,12 @@ impl Endpoint {
         req.headers.extend(out.headers);
         req.body = out.body;
         let key = TransactionKey::from_request(&req, TransactionRole::Client)
-            .map_err(|e| SendError::Invalid(e.to_string()))?;
+            .map_err(|e| SendError::Invalid(Reason::from_error(e)))?;
         let mut tx = Transaction::new_client(key, req, self.inner.clone(), None);
         tx.destination = Some(proxy);
         tx.send()
             .await
-            .map_err(|e| SendError::Transport(e.to_string()))?;
+            .map_err(|e| SendError::Transport(Reason::from_error(e)))?;
         let mut challenged = false;
         while let Some(msg) = tx.receive().await {
             let SipMessage::Response(resp) = msg else {
@@ -313,10 +371,10 @@ impl Endpoint {
                 challenged = true;
                 tx = handle_client_authenticate(out.cseq + 1, &tx, resp, cred)
                     .await
-                    .map_err(|e| SendError::Invalid(e.to_string()))?;
+                    .map_err(|e| SendError::Invalid(Reason::from_error(e)))?;
                 tx.send()
                     .await
-                    .map_err(|e| SendError::Transport(e.to_string()))?;
+                    .map_err(|e| SendError::Transport(Reason::from_error(e)))?;
                 continue;
             }
             let code = u16::from(resp.status_code.clone());

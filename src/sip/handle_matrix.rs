@@ -31,11 +31,16 @@ pub(super) fn outcome(answer: Result<Answer, SendError>) -> Result<(), NetworkEr
             let what = format!("{} {}", a.code, a.reason);
             match a.code {
                 // Timeouts, busy, offline for now, server trouble: worth another try.
-                408 | 480 | 486 | 500 | 502..=504 | 580 => Err(NetworkError::Transient(what)),
-                401 | 407 => Err(NetworkError::Undeliverable(format!(
-                    "{what}: the SIP proxy does not trust the bridge (add it as a trusted peer)"
-                ))),
-                _ => Err(NetworkError::Undeliverable(what)),
+                408 | 480 | 486 | 500 | 502..=504 | 580 => {
+                    Err(NetworkError::Transient(what.into()))
+                }
+                401 | 407 => Err(NetworkError::Undeliverable(
+                    format!(
+                        "{what}: the SIP proxy does not trust the bridge (add it as a trusted peer)"
+                    )
+                    .into(),
+                )),
+                _ => Err(NetworkError::Undeliverable(what.into())),
             }
         }
         Err(SendError::Transport(e)) => Err(NetworkError::Down(e)),
@@ -49,10 +54,13 @@ impl Gateway {
             .addressing
             .puppet_uri(&sender.user_id)
             .ok_or_else(|| {
-                NetworkError::Undeliverable(format!(
-                    "{} has no SIP address (only lowercase Matrix IDs have one)",
-                    sender.user_id
-                ))
+                NetworkError::Undeliverable(
+                    format!(
+                        "{} has no SIP address (only lowercase Matrix IDs have one)",
+                        sender.user_id
+                    )
+                    .into(),
+                )
             })
     }
 
@@ -150,7 +158,7 @@ impl NetworkClient for Gateway {
                 let (user, contact) = (message.sender.user_id.clone(), contact.to_owned());
                 tokio::spawn(async move {
                     if let Err(e) = presence::watch(&shared, &user, &contact).await {
-                        debug!(error = %e, %contact, "could not subscribe to a contact's presence");
+                        debug!(error = %crate::error::chain(&e), %contact, "could not subscribe to a contact's presence");
                     }
                 });
                 Ok(RemoteMessageId::new(id))
@@ -184,32 +192,32 @@ impl NetworkClient for Gateway {
                             first.get_or_insert(id);
                             store
                                 .put(&key, &serde_json::Value::Bool(true))
-                                .map_err(|e| NetworkError::Internal(e.to_string()))?;
+                                .map_err(|e| {
+                                    NetworkError::Internal(crate::error::Reason::from_error(e))
+                                })?;
                         }
                         Err(e) if e.is_transient() => {
-                            debug!(member = %member, error = %e, "room message delayed for a SIP member");
+                            debug!(member = %member, error = %crate::error::chain(&e), "room message delayed for a SIP member");
                             passing.push(format!("{member} ({e})"));
                         }
                         Err(e) => {
-                            warn!(member = %member, error = %e, "room message not delivered to a SIP member");
+                            warn!(member = %member, error = %crate::error::chain(&e), "room message not delivered to a SIP member");
                             failed.push(format!("{member} ({e})"));
                         }
                     }
                 }
                 if !passing.is_empty() {
-                    return Err(NetworkError::Transient(format!(
-                        "not yet delivered to {}",
-                        passing.join(", ")
-                    )));
+                    return Err(NetworkError::Transient(
+                        format!("not yet delivered to {}", passing.join(", ")).into(),
+                    ));
                 }
                 for member in &portal.members {
                     let _ = store.delete(&done_key(member.as_str()));
                 }
                 if !failed.is_empty() {
-                    return Err(NetworkError::Undeliverable(format!(
-                        "not delivered to {}",
-                        failed.join(", ")
-                    )));
+                    return Err(NetworkError::Undeliverable(
+                        format!("not delivered to {}", failed.join(", ")).into(),
+                    ));
                 }
                 Ok(RemoteMessageId::new(first.unwrap_or_default()))
             }
@@ -264,7 +272,7 @@ impl NetworkClient for Gateway {
     async fn contacts(&self, user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
         let store = self.shared.store()?;
         Ok(contacts::of_user(store, &user.user_id)
-            .map_err(|e| NetworkError::Internal(e.to_string()))?
+            .map_err(|e| NetworkError::Internal(crate::error::Reason::from_error(e)))?
             .into_iter()
             .map(|(contact, s)| Contact {
                 id: RemoteUserId::new(contact),

@@ -29,7 +29,7 @@ const ACCEPT: &str = "text/plain, text/html, application/im-iscomposing+xml";
 pub(super) async fn serve(shared: Arc<Shared>, mut incoming: TransactionReceiver) {
     while let Some(mut tx) = incoming.recv().await {
         if let Err(e) = handle(&shared, &mut tx).await {
-            debug!(error = %e, "could not answer a SIP request");
+            debug!(error = %crate::error::chain(&e), "could not answer a SIP request");
         }
     }
     debug!("SIP endpoint stopped");
@@ -231,7 +231,7 @@ async fn message(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsips
         }
         Err(e) => {
             // Temporary: the sender may send it again (RFC 3261 §21.5.4).
-            info!(error = %e, "could not store a SIP MESSAGE; answering 503");
+            info!(error = %crate::error::chain(&e), "could not store a SIP MESSAGE; answering 503");
             tx.reply(StatusCode::ServiceUnavailable).await
         }
     }

@@ -10,6 +10,22 @@
 //!   `sip:~r.<id>@matrix.example.org`, where `<id>` is derived from the room ID; `~` cannot
 //!   occur in a Matrix localpart either, so the forms never collide.
 
+/// Why a SIP address is refused. The messages say what a valid one looks like.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// Not a SIP address at all.
+    #[error("a SIP address looks like sip:bob@example.org")]
+    Malformed,
+    /// A host without a user.
+    #[error("a SIP address looks like sip:bob@example.org (the user part is missing)")]
+    NoUser,
+    /// An address on the gateway domain: a Matrix user, not a SIP contact.
+    #[error(
+        "that address belongs to a Matrix user on this bridge; invite the Matrix user directly"
+    )]
+    Gateway,
+}
+
 /// The prefix of a room's address (a fan-out chat).
 pub const ROOM_PREFIX: &str = "~r.";
 
@@ -46,13 +62,10 @@ impl Addressing {
     /// Parses a SIP address a user typed or a header carried (`sip:bob@corp.example`,
     /// `<sip:bob@corp.example;transport=tcp>`, `bob@corp.example`) into `user@host`.
     /// Addresses on the gateway domain are refused: they are Matrix users.
-    pub fn contact(&self, raw: &str) -> Result<String, String> {
+    pub fn contact(&self, raw: &str) -> Result<String, AddressError> {
         let aor = parse_aor(raw)?;
         if aor.rsplit_once('@').is_some_and(|(_, h)| h == self.domain) {
-            return Err(
-                "that address belongs to a Matrix user on this bridge; invite the Matrix user directly"
-                    .into(),
-            );
+            return Err(AddressError::Gateway);
         }
         Ok(aor)
     }
@@ -155,8 +168,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// The address of record (`user@host`) in a SIP URI or name-addr.
-pub fn parse_aor(raw: &str) -> Result<String, String> {
-    const HINT: &str = "a SIP address looks like sip:bob@example.org";
+pub fn parse_aor(raw: &str) -> Result<String, AddressError> {
     let raw = raw.trim();
     // A name-addr: the URI is between angle brackets.
     let uri = match (raw.find('<'), raw.rfind('>')) {
@@ -169,17 +181,17 @@ pub fn parse_aor(raw: &str) -> Result<String, String> {
     } else if lower.starts_with("sips:") {
         &uri[5..]
     } else if lower.contains(':') && !lower.contains('@') {
-        return Err(HINT.into());
+        return Err(AddressError::Malformed);
     } else {
         uri
     };
     // Parameters and headers end the address; they follow the host, as a user part may hold
     // `;` and `?` (RFC 3261 §25.1), and it never holds `@`.
     let Some((user, hostport)) = rest.split_once('@') else {
-        return Err(format!("{HINT} (the user part is missing)"));
+        return Err(AddressError::NoUser);
     };
     let hostport = hostport.split([';', '?', '>']).next().unwrap_or("");
-    let user = percent_decode(user).ok_or_else(|| HINT.to_owned())?;
+    let user = percent_decode(user).ok_or(AddressError::Malformed)?;
     let host = hostport.to_ascii_lowercase();
     // The default port names the same address.
     let host = host.strip_suffix(":5060").unwrap_or(&host).to_owned();
@@ -194,7 +206,7 @@ pub fn parse_aor(raw: &str) -> Result<String, String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
     if !user_ok || !host_ok {
-        return Err(HINT.into());
+        return Err(AddressError::Malformed);
     }
     Ok(format!("{user}@{host}"))
 }

@@ -35,6 +35,8 @@ pub use self::config::{SipConfig, SipTlsConfig, SipTransport};
 use self::endpoint::Endpoint;
 use self::handle_matrix::Gateway;
 use self::ids::Addressing;
+use crate::backoff::Policy;
+use crate::error::Reason;
 use crate::network::contacts::SubscriptionPolicy;
 use crate::network::{
     BridgeState, Capabilities, Connector, ConnectorStore, EventSink, LoginData, LoginFlow,
@@ -197,7 +199,7 @@ impl Connector for Sip {
             .tell(&from, event.sender.as_str(), reason)
             .await
         {
-            tracing::debug!(error = %e, "could not tell the SIP sender of a failed message");
+            tracing::debug!(error = %crate::error::chain(&e), "could not tell the SIP sender of a failed message");
         }
     }
 
@@ -211,7 +213,7 @@ impl Connector for Sip {
             concat!("isthmus/", env!("CARGO_PKG_VERSION")),
         )
         .await
-        .map_err(NetworkError::Internal)?;
+        .map_err(|e| NetworkError::Internal(Reason::from_error(e)))?;
         if self.shared.endpoint.set(endpoint).is_err() {
             return Err(NetworkError::Internal(
                 "the SIP connector was started twice".into(),
@@ -255,9 +257,9 @@ impl Connector for Sip {
         flow_id: &str,
     ) -> Result<Box<dyn LoginProcess>, NetworkError> {
         if flow_id != "password" {
-            return Err(NetworkError::InvalidInput(format!(
-                "unknown login flow {flow_id}; the SIP flow is `password`"
-            )));
+            return Err(NetworkError::InvalidInput(
+                format!("unknown login flow {flow_id}; the SIP flow is `password`").into(),
+            ));
         }
         self.shared.endpoint()?;
         Ok(Box::new(account::PasswordLogin {
@@ -279,7 +281,7 @@ impl Connector for Sip {
             .addressing
             .contact(raw)
             .map(RemoteUserId::new)
-            .map_err(NetworkError::InvalidInput)
+            .map_err(|e| NetworkError::InvalidInput(Reason::from_error(e)))
     }
 
     fn fanout_chat(&self, room_id: &str) -> Option<RemoteChatId> {
@@ -323,9 +325,15 @@ fn transport_name(t: SipTransport) -> &'static str {
     }
 }
 
+/// How often the proxy is asked while it answers.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How often it is asked while it does not.
+const KEEPALIVE_RETRY: Policy = Policy::constant(Duration::from_secs(5));
+
 /// Asks the proxy for OPTIONS every 30 s (every 5 s while it does not answer): an answer
 /// means the link is up, whatever its status code.
 async fn keepalive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut retry = KEEPALIVE_RETRY.start();
     loop {
         let up = match shared.endpoint() {
             Ok(ep) => {
@@ -358,14 +366,15 @@ async fn keepalive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         };
         let wait = match up {
             Ok(()) => {
+                retry.reset();
                 shared.set_state(BridgeState::Connected, None).await;
-                Duration::from_secs(30)
+                KEEPALIVE_INTERVAL
             }
             Err(e) => {
                 shared
                     .set_state(BridgeState::TransientDisconnect, Some(e))
                     .await;
-                Duration::from_secs(5)
+                retry.next_delay().unwrap_or(KEEPALIVE_RETRY.cap())
             }
         };
         tokio::select! {

@@ -55,8 +55,8 @@ const WATCHER: &str = "watcher:";
 const WATCH: &str = "watch:";
 const PRESENCE: &str = "presence:";
 
-fn sink_err(e: impl std::fmt::Display) -> NetworkError {
-    NetworkError::Internal(e.to_string())
+fn sink_err(e: impl std::error::Error + Send + Sync + 'static) -> NetworkError {
+    NetworkError::Internal(crate::error::Reason::from_error(e))
 }
 
 fn load<T: for<'de> Deserialize<'de>>(shared: &Shared, key: &str) -> Option<T> {
@@ -108,7 +108,7 @@ async fn refresh_presence(shared: &Shared, user: &str) {
         .expect("presence lock")
         .insert(user.to_owned(), p.clone());
     if let Err(e) = save(shared, &format!("{PRESENCE}{user}"), &p) {
-        debug!(error = %e, "could not keep a Matrix user's presence");
+        debug!(error = %crate::error::chain(&e), "could not keep a Matrix user's presence");
     }
 }
 
@@ -132,7 +132,7 @@ async fn refresh_watched(shared: &Shared) {
         if now != presence_of(shared, &user)
             && let Err(e) = publish(shared, &user, &now).await
         {
-            debug!(error = %e, "could not publish a Matrix user's presence after a start");
+            debug!(error = %crate::error::chain(&e), "could not publish a Matrix user's presence after a start");
         }
     }
 }
@@ -286,7 +286,7 @@ pub(super) async fn subscribe_in(
         let ev =
             RemoteEvent::direct(&contact, &user, RemoteEventKind::ContactRequest).named(display);
         if let Err(e) = sink.push(ev).await {
-            warn!(error = %e, "could not store a contact request");
+            warn!(error = %crate::error::chain(&e), "could not store a contact request");
         }
     }
     let shared = shared.clone();
@@ -409,7 +409,7 @@ async fn notify_with(
     let answer = ep
         .send(out)
         .await
-        .map_err(|e| NetworkError::Transient(e.to_string()))?;
+        .map_err(|e| NetworkError::Transient(crate::error::Reason::from_error(e)))?;
     debug!(
         call_id,
         state,
@@ -440,7 +440,7 @@ pub(super) async fn publish(
             && w.active
             && let Err(e) = notify(shared, &w.dialog.call_id, false).await
         {
-            debug!(error = %e, contact = %w.contact, "presence not delivered to a watcher");
+            debug!(error = %crate::error::chain(&e), contact = %w.contact, "presence not delivered to a watcher");
         }
     }
     Ok(())
@@ -453,7 +453,7 @@ pub(super) async fn end_watchers_of(shared: &Shared, address: &str) {
         if w.dialog.local_uri.eq_ignore_ascii_case(address)
             && let Err(e) = notify_with(shared, &w.dialog.call_id, Some("noresource")).await
         {
-            debug!(error = %e, contact = %w.contact, "could not end a watcher's subscription");
+            debug!(error = %crate::error::chain(&e), contact = %w.contact, "could not end a watcher's subscription");
             if let Ok(store) = shared.store() {
                 let _ = store.delete(&format!("{WATCHER}{}", w.dialog.call_id));
             }
@@ -555,7 +555,7 @@ pub(super) async fn notify_in(
     if let (Some(p), Some(sink)) = (presence, shared.sink.get()) {
         let ev = RemoteEvent::direct(&w.contact, &w.user, RemoteEventKind::Presence(p));
         if let Err(e) = sink.push(ev).await {
-            warn!(error = %e, "could not store a presence update");
+            warn!(error = %crate::error::chain(&e), "could not store a presence update");
         }
     }
     Ok(())
@@ -647,7 +647,7 @@ async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkErro
     let answer = ep
         .send(out)
         .await
-        .map_err(|e| NetworkError::Transient(e.to_string()))?;
+        .map_err(|e| NetworkError::Transient(crate::error::Reason::from_error(e)))?;
     let _guard = shared.subscriptions.lock().await;
     let Some(mut w) = load::<Watch>(shared, &key) else {
         return Ok(());
@@ -732,7 +732,7 @@ pub(super) async fn maintain(shared: Arc<Shared>, mut stop: watch::Receiver<bool
             let due = w.dialog.expires_at_ms == 0
                 || w.dialog.expires_at_ms.saturating_sub(now) < period / 4;
             if due && let Err(e) = subscribe_out(&shared, &w.dialog.call_id).await {
-                debug!(error = %e, contact = %w.contact, "presence subscription refresh failed; retrying");
+                debug!(error = %crate::error::chain(&e), contact = %w.contact, "presence subscription refresh failed; retrying");
             }
         }
         for (key, w) in all::<Watcher>(&shared, WATCHER) {

@@ -102,18 +102,32 @@ pub(super) fn dump_bytes(b: &[u8]) -> serde_json::Value {
     }
 }
 
+/// Why a dumped key or value does not read back.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum UndumpError {
+    /// Neither text nor `hex:` bytes.
+    #[error("a key or value is not a string")]
+    NotString,
+    /// `hex:` with an odd number of digits.
+    #[error("odd number of hex digits")]
+    OddHex,
+    /// `hex:` with something else than hex digits.
+    #[error(transparent)]
+    Hex(#[from] std::num::ParseIntError),
+}
+
 /// Inverse of [`dump_bytes`].
-pub(super) fn undump_bytes(v: &serde_json::Value) -> Result<Vec<u8>, String> {
-    let s = v.as_str().ok_or("a key or value is not a string")?;
+pub(super) fn undump_bytes(v: &serde_json::Value) -> Result<Vec<u8>, UndumpError> {
+    let s = v.as_str().ok_or(UndumpError::NotString)?;
     match s.strip_prefix("hex:") {
         None => Ok(s.as_bytes().to_vec()),
         Some(hex) => {
             if hex.len() % 2 != 0 {
-                return Err("odd number of hex digits".into());
+                return Err(UndumpError::OddHex);
             }
             (0..hex.len())
                 .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
+                .map(|i| Ok(u8::from_str_radix(&hex[i..i + 2], 16)?))
                 .collect()
         }
     }

@@ -20,8 +20,8 @@ impl Store {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> SinkError {
-    SinkError(e.to_string())
+fn err(e: impl std::error::Error + Send + Sync + 'static) -> SinkError {
+    SinkError(crate::error::Reason::from_error(e))
 }
 
 impl ConnectorKv {

@@ -100,7 +100,7 @@ mod tests {
         let s = Store::temporary().unwrap();
         let bad: Result<(), StoreError> = Err(StoreError::Decode {
             tree: "inbox",
-            message: "x".into(),
+            reason: "x".into(),
         });
         assert!(s.note(bad).is_err());
         assert!(s.is_healthy());

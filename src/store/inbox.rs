@@ -33,7 +33,7 @@ pub(super) fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(key.try_into().map_err(|_| {
         StoreError::Decode {
             tree: "inbox",
-            message: "key is not a u64".into(),
+            reason: "key is not a u64".into(),
         }
     })?))
 }

@@ -18,7 +18,7 @@ impl Store {
             Ok(Some(data)) => login.data = data,
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(login = %login.id, error = %e, "stored login data does not open");
+                tracing::warn!(login = %login.id, error = %crate::error::chain(&e), "stored login data does not open");
                 login.data = serde_json::json!({ "unreadable": e.to_string() });
             }
         }
@@ -40,7 +40,7 @@ impl Store {
             .map(Some)
             .map_err(|e| StoreError::Decode {
                 tree: "logins",
-                message: e.to_string(),
+                reason: crate::error::Reason::from_error(e),
             })
     }
 

@@ -39,6 +39,7 @@ mod schema;
 mod seal;
 mod users;
 
+use crate::error::{Reason, Retry};
 use std::path::Path;
 
 pub use self::codec::PortalKey;
@@ -50,7 +51,7 @@ pub use self::messages::MessageRecord;
 pub use self::portals::PortalRecord;
 pub use self::quarantine::QuarantineRecord;
 pub use self::schema::SCHEMA_VERSION;
-pub use self::seal::LoginKey;
+pub use self::seal::{KeyError, LoginKey};
 pub use self::users::UserRecord;
 
 /// Everything that can go wrong in the store.
@@ -60,12 +61,13 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sled::Error),
     /// A stored value could not be decoded.
-    #[error("stored value in `{tree}` could not be decoded: {message}")]
+    #[error("stored value in `{tree}` could not be decoded: {reason}")]
     Decode {
         /// The tree.
         tree: &'static str,
         /// Why.
-        message: String,
+        #[source]
+        reason: Reason,
     },
     /// The store was written by a newer version of the bridge.
     #[error(
@@ -79,10 +81,10 @@ pub enum StoreError {
     },
     /// An import file is not a valid dump.
     #[error("invalid dump: {0}")]
-    InvalidDump(String),
+    InvalidDump(#[source] Reason),
     /// Sealed data (an inbox item, a login's data) could not be sealed or opened.
     #[error("sealed data: {0}")]
-    Sealed(String),
+    Sealed(#[source] Reason),
     /// A file or folder of the store could not be created or made owner-only.
     #[error("{}: {source}", path.display())]
     Io {
@@ -91,6 +93,17 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// What the failure model does with this error: a database that cannot read or write
+    /// is an outage (every item fails alike until it is fixed); the rest is permanent.
+    pub fn retry(&self) -> Retry {
+        match self {
+            StoreError::Db(_) => Retry::Outage,
+            _ => Retry::Never,
+        }
+    }
 }
 
 /// Handle on the store; cheap to clone.
@@ -180,7 +193,7 @@ impl Store {
             .temporary(true)
             .cache_capacity(DEFAULT_CACHE_BYTES)
             .open()?;
-        let key = LoginKey::ephemeral().map_err(StoreError::Sealed)?;
+        let key = LoginKey::ephemeral().map_err(|e| StoreError::Sealed(Reason::from_error(e)))?;
         Self::from_db(db, key)
     }
 
@@ -307,18 +320,24 @@ impl Store {
         let mut decoded = Vec::new();
         for (name, rows) in trees {
             if !TREES.contains(&name.as_str()) {
-                return Err(StoreError::InvalidDump(format!("unknown tree {name}")));
+                return Err(StoreError::InvalidDump(
+                    format!("unknown tree {name}").into(),
+                ));
             }
-            let rows = rows
-                .as_array()
-                .ok_or_else(|| StoreError::InvalidDump(format!("tree {name} is not a list")))?;
+            let rows = rows.as_array().ok_or_else(|| {
+                StoreError::InvalidDump(format!("tree {name} is not a list").into())
+            })?;
             let mut batch = sled::Batch::default();
             for row in rows {
                 let pair = row.as_array().filter(|p| p.len() == 2).ok_or_else(|| {
-                    StoreError::InvalidDump(format!("a row of {name} is not a [key, value] pair"))
+                    StoreError::InvalidDump(
+                        format!("a row of {name} is not a [key, value] pair").into(),
+                    )
                 })?;
-                let k = codec::undump_bytes(&pair[0]).map_err(StoreError::InvalidDump)?;
-                let v = codec::undump_bytes(&pair[1]).map_err(StoreError::InvalidDump)?;
+                let k = codec::undump_bytes(&pair[0])
+                    .map_err(|e| StoreError::InvalidDump(Reason::from_error(e)))?;
+                let v = codec::undump_bytes(&pair[1])
+                    .map_err(|e| StoreError::InvalidDump(Reason::from_error(e)))?;
                 if (name == "inbox" || name == "quarantine") && inbox::is_sealed(&v) {
                     self.open_item(&v).map_err(|_| {
                         StoreError::InvalidDump(
@@ -359,7 +378,7 @@ fn decode<T: serde::de::DeserializeOwned>(
 ) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
         tree,
-        message: e.to_string(),
+        reason: Reason::from_error(e),
     })
 }
 
@@ -421,7 +440,7 @@ mod tests {
         let dump = a.export().unwrap();
         let other = Store::temporary().unwrap();
         assert!(
-            matches!(other.import(&dump).await, Err(StoreError::InvalidDump(m)) if m.contains("key")),
+            matches!(other.import(&dump).await, Err(StoreError::InvalidDump(m)) if m.to_string().contains("key")),
             "a store with another key refuses the sealed inbox"
         );
         let mut b = Store::temporary().unwrap();

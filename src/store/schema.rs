@@ -22,7 +22,7 @@ pub(super) fn read_version(meta: &sled::Tree) -> Result<u32, StoreError> {
         Some(v) => {
             let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| StoreError::Decode {
                 tree: "meta",
-                message: "schema_version is not 4 bytes".into(),
+                reason: "schema_version is not 4 bytes".into(),
             })?;
             Ok(u32::from_be_bytes(bytes))
         }
@@ -69,7 +69,7 @@ fn v1_to_v2(db: &sled::Db, _key: &LoginKey) -> Result<(), StoreError> {
         if PortalKey::decode(&k).is_none() {
             return Err(StoreError::Decode {
                 tree: "portals",
-                message: "a portal key has the wrong shape".into(),
+                reason: "a portal key has the wrong shape".into(),
             });
         }
         if let Some(room) = record.get("room_id").and_then(|r| r.as_str()) {

@@ -14,6 +14,20 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use super::StoreError;
 
+/// Why a login key could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The configured secret is too short to be a key.
+    #[error("must be at least 32 characters long")]
+    TooShort,
+    /// The system gave no random bytes (ring says no more).
+    #[error("no randomness available")]
+    NoRandomness,
+    /// The cipher refused the key (ring says no more).
+    #[error("cannot make a key")]
+    Unusable,
+}
+
 /// The key that seals login data.
 pub struct LoginKey(LessSafeKey);
 
@@ -25,22 +39,22 @@ impl std::fmt::Debug for LoginKey {
 
 impl LoginKey {
     /// A key derived from a secret string (at least 32 characters) with SHA-256.
-    pub fn from_secret(secret: &str) -> Result<Self, String> {
+    pub fn from_secret(secret: &str) -> Result<Self, KeyError> {
         if secret.chars().count() < 32 {
-            return Err("must be at least 32 characters long".into());
+            return Err(KeyError::TooShort);
         }
         let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-        let key = UnboundKey::new(&CHACHA20_POLY1305, digest.as_ref())
-            .map_err(|_| "cannot make a key".to_owned())?;
+        let key =
+            UnboundKey::new(&CHACHA20_POLY1305, digest.as_ref()).map_err(|_| KeyError::Unusable)?;
         Ok(Self(LessSafeKey::new(key)))
     }
 
     /// A new random secret, hex-encoded (for a generated key file).
-    pub fn generate_secret() -> Result<String, String> {
+    pub fn generate_secret() -> Result<String, KeyError> {
         let mut bytes = [0u8; 32];
         SystemRandom::new()
             .fill(&mut bytes)
-            .map_err(|_| "no randomness available".to_owned())?;
+            .map_err(|_| KeyError::NoRandomness)?;
         Ok(hex(&bytes))
     }
 
@@ -96,7 +110,7 @@ impl LoginKey {
     }
 
     /// A random key that lives only as long as this process (for stores that vanish with it).
-    pub fn ephemeral() -> Result<Self, String> {
+    pub fn ephemeral() -> Result<Self, KeyError> {
         Self::from_secret(&Self::generate_secret()?)
     }
 }

@@ -6,7 +6,7 @@
 //! data, which the core seals at rest.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,6 +31,7 @@ use super::component::{Inbound, Outgoing};
 use super::handle_matrix::Gateway;
 use super::handle_xmpp::{Handler, error_reply};
 use super::{Shared, fidelity};
+use crate::error::Reason;
 use crate::network::{
     BridgeState, ChatKind, Contact, LoginData, LoginField, LoginId, LoginProcess, LoginStep,
     MatrixSender, MessageContent, NetworkClient, NetworkError, OutgoingMessage, PortalRef,
@@ -60,17 +61,71 @@ const MAM_FIRST: usize = 20;
 /// At most this many roster contacts get a portal at login; the rest get one when they write.
 const ROSTER_PORTALS: usize = 100;
 
+/// Why the TLS trust for own-account connections could not be set up.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Reason,
+    },
+    /// The CA file is not PEM.
+    #[error("{} is not a PEM certificate file: {source}", path.display())]
+    NotPem {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Reason,
+    },
+    /// The CA file holds no certificate.
+    #[error("{} holds no certificate", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate of the CA file was refused as a trust root.
+    #[error("{}: {source}", path.display())]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Reason,
+    },
+    /// Neither the system nor the config gave a trusted certificate.
+    #[error(
+        "no trusted certificates: install the system's CA certificates or set networks.xmpp.accounts.ca_file"
+    )]
+    NoRoots,
+    /// The TLS library refused the configuration.
+    #[error("{0}")]
+    Config(#[source] Reason),
+}
+
 /// Reads a PEM file of CA certificates.
 pub fn load_ca_file(
     path: &Path,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
     use rustls::pki_types::pem::PemObject;
     let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .map_err(|e| TlsError::Read {
+            path: path.to_owned(),
+            source: Reason::from_error(e),
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+        .map_err(|e| TlsError::NotPem {
+            path: path.to_owned(),
+            source: Reason::from_error(e),
+        })?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
@@ -79,7 +134,7 @@ pub fn load_ca_file(
 pub(crate) struct ClientSettings {
     ca_file: Option<std::path::PathBuf>,
     allow_hosts: Vec<String>,
-    tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    tls: OnceLock<Result<Arc<rustls::ClientConfig>, TlsError>>,
     max_stanza_bytes: usize,
     max_depth: usize,
 }
@@ -104,26 +159,27 @@ impl ClientSettings {
                 let (added, _) = roots.add_parsable_certificates(native.certs);
                 if let Some(path) = &self.ca_file {
                     for cert in load_ca_file(path)? {
-                        roots
-                            .add(cert)
-                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        roots.add(cert).map_err(|e| TlsError::BadCertificate {
+                            path: path.to_owned(),
+                            source: Reason::from_error(e),
+                        })?;
                     }
                 }
                 if roots.is_empty() {
-                    return Err("no trusted certificates: install the system's CA certificates or set networks.xmpp.accounts.ca_file".into());
+                    return Err(TlsError::NoRoots);
                 }
                 debug!(system_roots = added, "TLS roots for XMPP accounts loaded");
                 let config = rustls::ClientConfig::builder_with_provider(Arc::new(
                     rustls::crypto::ring::default_provider(),
                 ))
                 .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
+                .map_err(|e| TlsError::Config(Reason::from_error(e)))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
                 Ok(Arc::new(config))
             })
             .clone()
-            .map_err(NetworkError::Internal)
+            .map_err(|e| NetworkError::Internal(Reason::from_error(e)))
     }
 }
 
@@ -194,9 +250,14 @@ pub(crate) struct Account {
     first: Mutex<Option<tokio::sync::oneshot::Sender<Result<(), NetworkError>>>>,
 }
 
+/// A server setting that is not `host` or `host:port`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a server such as xmpp.example.org:5222")]
+struct BadServer(String);
+
 /// Splits `host:port` (IPv6 in brackets); a missing port is 5222.
-fn host_port(s: &str) -> Result<(String, u16), String> {
-    let bad = || format!("{s:?} is not a server such as xmpp.example.org:5222");
+fn host_port(s: &str) -> Result<(String, u16), BadServer> {
+    let bad = || BadServer(s.to_owned());
     if let Some(rest) = s.strip_prefix('[') {
         let (host, tail) = rest.split_once(']').ok_or_else(bad)?;
         let port = match tail.strip_prefix(':') {
@@ -222,8 +283,9 @@ fn host_port(s: &str) -> Result<(String, u16), String> {
 
 impl Account {
     fn new(parts: Parts, user: &str, data: AccountData) -> Result<Arc<Self>, NetworkError> {
-        let jid = BareJid::from_str(&data.jid)
-            .map_err(|e| NetworkError::InvalidInput(format!("{:?} is not a JID: {e}", data.jid)))?;
+        let jid = BareJid::from_str(&data.jid).map_err(|e| {
+            NetworkError::InvalidInput(format!("{:?} is not a JID: {e}", data.jid).into())
+        })?;
         let (out, rx) = mpsc::channel(256);
         let state = watch::channel(BridgeState::Connecting).0;
         let direct = Gateway {
@@ -270,7 +332,9 @@ impl Account {
         first: Option<tokio::sync::oneshot::Sender<Result<(), NetworkError>>>,
     ) -> Result<(), NetworkError> {
         let (host, port) = match &self.data.server {
-            Some(s) => host_port(s).map_err(NetworkError::InvalidInput)?,
+            Some(s) => {
+                host_port(s).map_err(|e| NetworkError::InvalidInput(Reason::from_error(e)))?
+            }
             None => (self.jid.domain().to_string(), 5222),
         };
         let client = &self.parts.shared.client;
@@ -385,11 +449,11 @@ impl Account {
             Ok(Ok(Some(q))) => roster_items(&q),
             Ok(Ok(None)) => Vec::new(),
             Ok(Err(e)) => {
-                warn!(jid = %self.jid, error = e, "the server refused the roster");
+                warn!(jid = %self.jid, error = %crate::error::chain(&e), "the server refused the roster");
                 return;
             }
             Err(e) => {
-                warn!(jid = %self.jid, error = %e, "no roster");
+                warn!(jid = %self.jid, error = %crate::error::chain(&e), "no roster");
                 return;
             }
         };
@@ -429,7 +493,7 @@ impl Account {
             let ev = RemoteEvent::direct(&item.jid, &self.user, RemoteEventKind::ChatExists)
                 .named(item.name);
             if let Err(e) = sink.push(ev).await {
-                warn!(error = %e, "could not store a roster contact");
+                warn!(error = %crate::error::chain(&e), "could not store a roster contact");
             }
         }
     }
@@ -457,7 +521,7 @@ impl Account {
         if let Ok(store) = self.parts.shared.store()
             && let Err(e) = store.put(&self.archive_key(), &serde_json::Value::from(id))
         {
-            warn!(error = %e, "could not store the archive position");
+            warn!(error = %crate::error::chain(&e), "could not store the archive position");
         }
     }
 
@@ -506,18 +570,22 @@ impl Account {
             let fin = match answer {
                 Ok(Ok(Some(fin))) => fin,
                 Ok(Ok(None)) => return,
-                Ok(Err(e)) if after.is_some() && !fetched_latest && e.contains("ItemNotFound") => {
+                Ok(Err(e))
+                    if after.is_some()
+                        && !fetched_latest
+                        && e.condition == DefinedCondition::ItemNotFound =>
+                {
                     // The last message seen left the archive: start again from the latest.
                     warn!(jid = %self.jid, "the archive no longer has the last message seen; fetching the latest");
                     after = None;
                     continue;
                 }
                 Ok(Err(e)) => {
-                    warn!(jid = %self.jid, error = e, "the server refused the archive query");
+                    warn!(jid = %self.jid, error = %crate::error::chain(&e), "the server refused the archive query");
                     return;
                 }
                 Err(e) => {
-                    warn!(jid = %self.jid, error = %e, "no answer to the archive query");
+                    warn!(jid = %self.jid, error = %crate::error::chain(&e), "no answer to the archive query");
                     return;
                 }
             };
@@ -529,7 +597,7 @@ impl Account {
             if let Some(last) = &last
                 && let Err(e) = store.put(&key, &serde_json::Value::from(last.as_str()))
             {
-                warn!(error = %e, "could not store the archive position");
+                warn!(error = %crate::error::chain(&e), "could not store the archive position");
             }
             debug!(jid = %self.jid, complete, last = ?last, "archive page bridged");
             if complete || fetched_latest || last.is_none() {
@@ -1128,7 +1196,8 @@ impl c2s::Events for Account {
             let _ = first.send(Err(NetworkError::BadCredentials(
                 detail
                     .clone()
-                    .unwrap_or_else(|| "the server refused the login".into()),
+                    .unwrap_or_else(|| "the server refused the login".into())
+                    .into(),
             )));
             return;
         }
@@ -1311,13 +1380,15 @@ fn parse_input(
         .ok()
         .filter(|j| j.node().is_some())
         .ok_or_else(|| {
-            NetworkError::InvalidInput(format!("{raw:?} is not an account such as you@example.org"))
+            NetworkError::InvalidInput(
+                format!("{raw:?} is not an account such as you@example.org").into(),
+            )
         })?;
     // A gateway address is a Matrix user, not an account.
     if jid.domain().as_str() == parts.shared.addressing.component() {
-        return Err(NetworkError::InvalidInput(format!(
-            "{jid} is your address through the bridge, not an XMPP account"
-        )));
+        return Err(NetworkError::InvalidInput(
+            format!("{jid} is your address through the bridge, not an XMPP account").into(),
+        ));
     }
     let password = input
         .get("password")
@@ -1331,7 +1402,7 @@ fn parse_input(
                 Some(r) => (true, r.to_owned()),
                 None => (false, s),
             };
-            host_port(&rest).map_err(NetworkError::InvalidInput)?;
+            host_port(&rest).map_err(|e| NetworkError::InvalidInput(Reason::from_error(e)))?;
             (Some(rest), direct)
         }
     };
@@ -1372,7 +1443,7 @@ impl LoginProcess for PasswordLogin {
             Ok(Err(_)) => Some(NetworkError::Transient("the connection stopped".into())),
             Err(_) => Some(NetworkError::Transient(
                 match account.last_problem.lock().expect("problem lock").clone() {
-                    Some(why) => format!("could not log in within 30 s: {why}"),
+                    Some(why) => format!("could not log in within 30 s: {why}").into(),
                     None => "could not log in within 30 s (is the server reachable?)".into(),
                 },
             )),
@@ -1396,8 +1467,9 @@ pub(super) fn load(
     user: &str,
     login: &LoginData,
 ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
-    let data: AccountData = serde_json::from_value(login.data.clone())
-        .map_err(|e| NetworkError::Internal(format!("stored XMPP login does not read: {e}")))?;
+    let data: AccountData = serde_json::from_value(login.data.clone()).map_err(|e| {
+        NetworkError::Internal(format!("stored XMPP login does not read: {e}").into())
+    })?;
     let account = Account::new(parts, user, data)?;
     account.start(None)?;
     Ok(account)

@@ -27,9 +27,10 @@ use xmpp_parsers::minidom::{Element, Node};
 use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stream_features::StreamFeatures;
 
-use super::component::{Outgoing, backoff};
+use super::component::{LinkError, Outgoing, RECONNECT};
 use super::limits::{Guard, Limited};
 use super::scram::{Hash, Scram};
+use crate::error::Reason;
 use crate::network::BridgeState;
 
 const CLIENT_NS: &str = "jabber:client";
@@ -81,14 +82,14 @@ impl std::fmt::Debug for Settings {
 pub(super) enum SessionError {
     /// The server refused the credentials; retrying will not help.
     #[error("{0}")]
-    Auth(String),
+    Auth(#[source] Reason),
     /// Anything that may pass (network, server restart, a timeout).
     #[error("{0}")]
-    Transient(String),
+    Transient(#[source] Reason),
 }
 
-fn transient(e: impl std::fmt::Display) -> SessionError {
-    SessionError::Transient(e.to_string())
+fn transient(reason: impl Into<Reason>) -> SessionError {
+    SessionError::Transient(reason.into())
 }
 
 /// What the session reports to the account that owns it.
@@ -222,14 +223,14 @@ async fn read<Io: tokio::io::AsyncBufRead + Unpin>(
                         .next()
                         .map(|c| c.name().to_owned())
                         .unwrap_or_default();
-                    return Err(SessionError::Transient(format!(
-                        "the server ended the stream ({cond})"
-                    )));
+                    return Err(SessionError::Transient(
+                        format!("the server ended the stream ({cond})").into(),
+                    ));
                 }
                 return Ok(el);
             }
             Some(Err(ReadError::SoftTimeout)) => continue,
-            Some(Err(e)) => return Err(transient(format!("read failed: {e}"))),
+            Some(Err(e)) => return Err(transient(Reason::because("read failed", e))),
             None => return Err(transient("the server closed the connection")),
         }
     }
@@ -255,7 +256,7 @@ async fn send<Io: AsyncWrite + Unpin>(
 ) -> Result<(), SessionError> {
     xml.send(el)
         .await
-        .map_err(|e| transient(format!("write failed: {e}")))
+        .map_err(|e| transient(Reason::because("write failed", e)))
 }
 
 fn header(domain: &str) -> StreamHeader<'static> {
@@ -279,7 +280,7 @@ async fn recv_features(
     pending
         .recv_features::<Element>()
         .await
-        .map_err(|e| transient(format!("no stream features: {e}")))
+        .map_err(|e| transient(Reason::because("no stream features", e)))
 }
 
 fn limited(conn: Box<dyn Conn>, guard: &Guard) -> Io {
@@ -314,13 +315,13 @@ async fn authenticate(
     let targets: Vec<std::net::SocketAddr> =
         tokio::net::lookup_host((settings.host.as_str(), settings.port))
             .await
-            .map_err(|e| transient(format!("{addr}: {e}")))?
+            .map_err(|e| transient(Reason::because(addr.to_string(), e)))?
             .filter(|a| settings.allow_private || crate::media::is_public(a.ip()))
             .collect();
     if targets.is_empty() {
         return Err(SessionError::Auth(format!(
             "{addr} is not a public address; the bridge's administrator can allow it in networks.xmpp.accounts.allow_hosts"
-        )));
+        ).into()));
     }
     // Each address in turn (an IPv6 address without a route should not end the attempt),
     // at most six.
@@ -345,15 +346,15 @@ async fn authenticate(
         let plain = BufStream::new(Limited::new(tcp, guard.clone()));
         let pending = initiate_stream(plain, CLIENT_NS, header(domain), timeouts())
             .await
-            .map_err(|e| transient(format!("stream with {addr}: {e}")))?;
+            .map_err(|e| transient(Reason::because(format!("stream with {addr}"), e)))?;
         let (features, mut xml) = pending
             .recv_features::<Element>()
             .await
-            .map_err(|e| transient(format!("no stream features: {e}")))?;
+            .map_err(|e| transient(Reason::because("no stream features", e)))?;
         if !features.can_starttls() {
             return Err(SessionError::Auth(format!(
                 "{domain} does not offer STARTTLS; the bridge never sends a password in the clear"
-            )));
+            ).into()));
         }
         send(&mut xml, &Element::builder("starttls", TLS_NS).build()).await?;
         let answer = read(&mut xml, guard).await?;
@@ -370,7 +371,7 @@ async fn authenticate(
         timeouts(),
     )
     .await
-    .map_err(|e| transient(format!("stream with {addr}: {e}")))?;
+    .map_err(|e| transient(Reason::because(format!("stream with {addr}"), e)))?;
     let (features, mut xml) = recv_features(pending).await?;
     let offered: Vec<&str> = features
         .sasl_mechanisms
@@ -397,9 +398,9 @@ async fn authenticate(
                 (scram, fin)
             })
             .await
-            .map_err(|e| transient(format!("SCRAM computation failed: {e}")))?;
+            .map_err(|e| transient(Reason::because("SCRAM computation failed", e)))?;
             scram = back;
-            let fin = fin.map_err(|e| SessionError::Auth(e.to_string()))?;
+            let fin = fin.map_err(|e| SessionError::Auth(Reason::from_error(e)))?;
             send(
                 &mut xml,
                 &Element::builder("response", SASL_NS)
@@ -410,11 +411,11 @@ async fn authenticate(
             match sasl_step(&mut xml, guard).await? {
                 SaslStep::Success(server_final) => scram
                     .verify(&server_final)
-                    .map_err(|e| SessionError::Auth(e.to_string()))?,
+                    .map_err(|e| SessionError::Auth(Reason::from_error(e)))?,
                 SaslStep::Challenge(server_final) => {
                     scram
                         .verify(&server_final)
-                        .map_err(|e| SessionError::Auth(e.to_string()))?;
+                        .map_err(|e| SessionError::Auth(Reason::from_error(e)))?;
                     send(&mut xml, &Element::builder("response", SASL_NS).build()).await?;
                     let SaslStep::Success(_) = sasl_step(&mut xml, guard).await? else {
                         return Err(transient("the server did not finish SCRAM"));
@@ -435,10 +436,13 @@ async fn authenticate(
             };
         }
         None => {
-            return Err(SessionError::Auth(format!(
-                "{domain} offers no SASL mechanism the bridge speaks (offered: {})",
-                offered.join(", ")
-            )));
+            return Err(SessionError::Auth(
+                format!(
+                    "{domain} offers no SASL mechanism the bridge speaks (offered: {})",
+                    offered.join(", ")
+                )
+                .into(),
+            ));
         }
     }
     guard.restart();
@@ -446,7 +450,7 @@ async fn authenticate(
         .initiate_reset()
         .send_header(header(domain))
         .await
-        .map_err(|e| transient(format!("stream restart: {e}")))?;
+        .map_err(|e| transient(Reason::because("stream restart", e)))?;
     recv_features(pending).await
 }
 
@@ -483,9 +487,9 @@ async fn sasl_step(xml: &mut Xml, guard: &Guard) -> Result<SaslStep, SessionErro
                 "the server could not check the password now{words}"
             )))
         } else {
-            Err(SessionError::Auth(format!(
-                "the server refused the login ({cond}{words})"
-            )))
+            Err(SessionError::Auth(
+                format!("the server refused the login ({cond}{words})").into(),
+            ))
         }
     } else {
         Err(transient(format!(
@@ -524,7 +528,7 @@ async fn bind(xml: &mut Xml, guard: &Guard, resource: &str) -> Result<FullJid, S
             .ok_or_else(|| transient("the bind result has no JID"))?;
         return jid
             .parse::<FullJid>()
-            .map_err(|e| transient(format!("the server bound an invalid JID: {e}")));
+            .map_err(|e| transient(Reason::because("the server bound an invalid JID", e)));
     }
 }
 
@@ -542,7 +546,7 @@ pub(super) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut sm = Sm::default();
-    let mut attempt = 0u32;
+    let mut reconnect = RECONNECT.start();
     loop {
         if *stop.borrow() {
             return;
@@ -555,7 +559,7 @@ pub(super) async fn run(
         };
         match connected {
             Ok((mut xml, jid, resumed, early)) => {
-                attempt = 0;
+                reconnect.reset();
                 info!(jid = %jid, resumed, "XMPP account online");
                 events.state(BridgeState::Connected, None).await;
                 let mut initial = events.online(&jid, resumed).await;
@@ -601,15 +605,17 @@ pub(super) async fn run(
             }
             Err(SessionError::Auth(why)) => {
                 warn!(jid = %settings.jid, reason = %why, "XMPP account login refused");
-                events.state(BridgeState::BadCredentials, Some(why)).await;
+                events
+                    .state(BridgeState::BadCredentials, Some(why.to_string()))
+                    .await;
                 // Nothing will change until the user logs in again.
                 let _ = stop.changed().await;
                 return;
             }
             Err(SessionError::Transient(why)) => {
-                warn!(jid = %settings.jid, reason = %why, attempt, "XMPP account connection failed; retrying");
+                warn!(jid = %settings.jid, reason = %why, attempt = reconnect.retries(), "XMPP account connection failed; retrying");
                 events
-                    .state(BridgeState::TransientDisconnect, Some(why))
+                    .state(BridgeState::TransientDisconnect, Some(why.to_string()))
                     .await;
             }
         }
@@ -617,13 +623,13 @@ pub(super) async fn run(
         // retries); what nobody waits on is dropped.
         while let Ok((_, done)) = outgoing.try_recv() {
             if let Some(done) = done {
-                let _ = done.send(Err("the connection of the XMPP account is down".into()));
+                let _ = done.send(Err(LinkError::Down(
+                    "the connection of the XMPP account is down".into(),
+                )));
             }
         }
-        let delay = backoff(attempt);
-        attempt = attempt.saturating_add(1);
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = reconnect.wait() => {}
             _ = stop.changed() => return,
         }
     }
@@ -730,24 +736,24 @@ async fn serve(
     outgoing: &mut mpsc::Receiver<Outgoing>,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
-    let write = async |xml: &mut Xml, sm: &mut Sm, stanza: Stanza| -> Result<(), String> {
+    let write = async |xml: &mut Xml, sm: &mut Sm, stanza: Stanza| -> Result<(), Reason> {
         let el = to_client(stanza);
         xml.send(&el)
             .await
-            .map_err(|e| format!("write failed: {e}"))?;
+            .map_err(|e| Reason::because("write failed", e))?;
         if sm.enabled {
             sm.sent(el);
             if sm.next_out.is_multiple_of(5) {
                 xml.send(&Element::builder("r", SM_NS).build())
                     .await
-                    .map_err(|e| format!("write failed: {e}"))?;
+                    .map_err(|e| Reason::because("write failed", e))?;
             }
         }
         Ok(())
     };
     for s in initial {
         if let Err(e) = write(xml, sm, s).await {
-            return Ended::Dropped(e);
+            return Ended::Dropped(e.to_string());
         }
     }
     let mut ping = tokio::time::interval(Duration::from_secs(60));
@@ -801,7 +807,7 @@ async fn serve(
                 };
                 for answer in events.stanza(stanza).await {
                     if let Err(e) = write(xml, sm, answer).await {
-                        return Ended::Dropped(e);
+                        return Ended::Dropped(e.to_string());
                     }
                 }
             }
@@ -810,9 +816,9 @@ async fn serve(
                     return Ended::Stop;
                 };
                 let result = write(xml, sm, stanza).await;
-                let failed = result.as_ref().err().cloned();
+                let failed = result.as_ref().err().map(ToString::to_string);
                 if let Some(done) = done {
-                    let _ = done.send(result);
+                    let _ = done.send(result.map_err(LinkError::Down));
                 }
                 if let Some(e) = failed {
                     return Ended::Dropped(e);

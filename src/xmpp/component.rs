@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, SinkExt, StreamExt};
-use rand::Rng;
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,10 +19,34 @@ use xmpp_parsers::stanza::Stanza;
 
 use super::limits::{Guard, Limited, Skipped};
 use super::xml_safe;
-use crate::network::BridgeState;
+use crate::backoff::{Jitter, Policy};
+use crate::error::{Reason, chain};
+use crate::network::{BridgeState, NetworkError};
 
 /// A stanza to write, and who waits to know it was written.
-pub(super) type Outgoing = (Stanza, Option<oneshot::Sender<Result<(), String>>>);
+pub(super) type Outgoing = (Stanza, Option<oneshot::Sender<Result<(), LinkError>>>);
+
+/// Why a stanza handed to a link (the component link or an account's connection) was not
+/// written. The variant is the failure model's verdict.
+#[derive(Clone, Debug, thiserror::Error)]
+pub(super) enum LinkError {
+    /// The link is down or failed while writing: an outage for everyone on it. It
+    /// reconnects, and the stanza can go again then.
+    #[error("{0}")]
+    Down(#[source] Reason),
+    /// This stanza cannot be written (see [`xml_safe::stanza`]); the link is fine.
+    #[error("{0}")]
+    Unwritable(#[source] xml_safe::Unwritable),
+}
+
+impl From<LinkError> for NetworkError {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::Down(why) => NetworkError::Down(why),
+            LinkError::Unwritable(e) => NetworkError::Internal(Reason::from_error(e)),
+        }
+    }
+}
 
 /// How to reach the XMPP server.
 #[derive(Clone, Debug)]
@@ -104,14 +127,15 @@ pub(super) trait Inbound: Send + Sync {
 /// How long a link must have been up for its loss to be retried at once.
 const STABLE: Duration = Duration::from_secs(5);
 
-/// Delay before reconnect attempt `n` (0-based): 1 s doubling to 60 s, with ±25 % jitter.
-pub(super) fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_secs(1)
-        .saturating_mul(1 << attempt.min(6))
-        .min(Duration::from_secs(60));
-    let jitter = rand::rng().random_range(0.75..1.25);
-    base.mul_f64(jitter)
-}
+/// Delays between reconnect attempts (of this link and of own-account connections): 1 s
+/// doubling to 60 s, within 25 % either way (never above 60 s).
+pub(super) const RECONNECT: Policy =
+    Policy::doubling(Duration::from_secs(1), Duration::from_secs(60))
+        .with_jitter(Jitter::spread(0.25));
+
+/// Where reconnecting starts after the server refused the secret: 32 s, as nothing changes
+/// until someone fixes the config or the server.
+const REFUSED_RETRY: u32 = 5;
 
 /// Runs the link until `stop` turns true.
 pub(super) async fn run(
@@ -120,7 +144,7 @@ pub(super) async fn run(
     mut outgoing: mpsc::Receiver<Outgoing>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut attempt = 0u32;
+    let mut reconnect = RECONNECT.start();
     loop {
         if *stop.borrow() {
             return;
@@ -138,7 +162,7 @@ pub(super) async fn run(
         match connected {
             Ok(component) => {
                 info!(domain = %cfg.domain, host = %cfg.host, port = cfg.port, "XMPP component link up");
-                attempt = 0;
+                reconnect.reset();
                 let up_since = tokio::time::Instant::now();
                 inbound.state(BridgeState::Connected, None).await;
                 let why = serve(
@@ -165,7 +189,7 @@ pub(super) async fn run(
             }
             Err(tokio_xmpp::Error::Auth(e)) => {
                 error!(
-                    error = %e,
+                    error = %crate::error::chain(&e),
                     "the XMPP server refused the component secret (networks.xmpp.component.secret) or the domain (networks.xmpp.component.domain); fix the config or the server's Component entry"
                 );
                 inbound
@@ -174,10 +198,10 @@ pub(super) async fn run(
                         Some("the XMPP server refused the component secret".into()),
                     )
                     .await;
-                attempt = attempt.max(5);
+                reconnect.skip_to(REFUSED_RETRY);
             }
             Err(e) => {
-                warn!(error = %e, attempt, "XMPP component link failed; retrying");
+                warn!(error = %crate::error::chain(&e), attempt = reconnect.retries(), "XMPP component link failed; retrying");
                 inbound
                     .state(BridgeState::TransientDisconnect, Some(e.to_string()))
                     .await;
@@ -186,11 +210,10 @@ pub(super) async fn run(
         // The server cannot be reached: answer whoever waits on a stanza (the core retries).
         while let Ok((_, ack)) = outgoing.try_recv() {
             if let Some(ack) = ack {
-                let _ = ack.send(Err("the XMPP link is down".into()));
+                let _ = ack.send(Err(LinkError::Down("the XMPP link is down".into())));
             }
         }
-        let delay = backoff(attempt);
-        attempt = attempt.saturating_add(1);
+        let delay = reconnect.next_delay().unwrap_or(RECONNECT.cap());
         debug!(
             delay_ms = delay.as_millis() as u64,
             "waiting before reconnecting"
@@ -260,7 +283,7 @@ const IN_BATCH: usize = 64;
 async fn write_batch<S>(sink: &mut S, batch: Vec<Outgoing>) -> Option<String>
 where
     S: futures::Sink<Stanza> + Unpin,
-    S::Error: std::fmt::Display,
+    S::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut acks = Vec::with_capacity(batch.len());
     let mut failed = None;
@@ -274,14 +297,14 @@ where
         match xml_safe::stanza(stanza) {
             Ok(stanza) => {
                 if let Err(e) = sink.feed(stanza).await {
-                    failed = Some(e.to_string());
+                    failed = Some(Reason::from_error(e));
                 }
                 acks.extend(ack);
             }
             Err(e) => {
-                warn!(error = %e, "stanza not written");
+                warn!(error = %chain(&e), "stanza not written");
                 if let Some(ack) = ack {
-                    let _ = ack.send(Err(e));
+                    let _ = ack.send(Err(LinkError::Unwritable(e)));
                 }
             }
         }
@@ -289,12 +312,12 @@ where
     if failed.is_none()
         && let Err(e) = sink.flush().await
     {
-        failed = Some(e.to_string());
+        failed = Some(Reason::from_error(e));
     }
     for ack in acks {
         let _ = ack.send(match &failed {
             None => Ok(()),
-            Some(e) => Err(e.clone()),
+            Some(e) => Err(LinkError::Down(e.clone())),
         });
     }
     failed.map(|e| format!("write failed: {e}"))
@@ -389,7 +412,9 @@ mod tests {
         m.into()
     }
 
-    fn batch(n: usize) -> (Vec<Outgoing>, Vec<oneshot::Receiver<Result<(), String>>>) {
+    type Ack = oneshot::Receiver<Result<(), LinkError>>;
+
+    fn batch(n: usize) -> (Vec<Outgoing>, Vec<Ack>) {
         (0..n)
             .map(|i| {
                 let (tx, rx) = oneshot::channel();
@@ -412,7 +437,7 @@ mod tests {
         assert_eq!(bodies, ["m0", "m1", "m2", "m3", "m4"]);
         for (i, ack) in acks.into_iter().enumerate() {
             match ack.await {
-                Ok(r) => assert_eq!(r, Ok(()), "stanza {i}"),
+                Ok(r) => assert!(r.is_ok(), "stanza {i}: {r:?}"),
                 Err(_) => assert!(i % 2 == 1, "stanza {i} had a sender who never heard"),
             }
         }
@@ -430,6 +455,22 @@ mod tests {
                 assert!(ack.await.unwrap().is_err(), "stanza {i}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_failure_is_the_links_outage_and_its_cause_is_kept() {
+        let (mut sink, written) = futures::channel::mpsc::unbounded::<Stanza>();
+        drop(written);
+        let (out, acks) = batch(1);
+        write_batch(&mut sink, out).await.expect("the write fails");
+        let e = acks.into_iter().next().unwrap().await.unwrap().unwrap_err();
+        assert!(std::error::Error::source(&e).is_some(), "{e:?}");
+        let e = NetworkError::from(e);
+        assert_eq!(e.retry(), crate::error::Retry::Outage, "{e}");
+        // A stanza that cannot be written at all is that item's failure, not the link's.
+        let unwritable = xml_safe::Unwritable::from(Reason::new("bad"));
+        let e = NetworkError::from(LinkError::Unwritable(unwritable));
+        assert_eq!(e.retry(), crate::error::Retry::Never, "{e}");
     }
 
     fn skipped(name: &str, kind: Option<&str>) -> Skipped {
@@ -489,12 +530,14 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_with_jitter_and_caps() {
+    fn reconnects_back_off_from_a_second_to_a_minute() {
+        let mut reconnect = RECONNECT.start();
         for attempt in 0..20 {
-            let d = backoff(attempt);
-            let base = 2f64.powi(attempt.min(6) as i32).min(60.0);
+            let d = reconnect.next_delay().expect("never gives up");
+            let base = 2f64.powi(attempt.min(6)).min(60.0);
             assert!(
-                d.as_secs_f64() >= base * 0.75 - 1e-9 && d.as_secs_f64() <= base * 1.25 + 1e-9,
+                d.as_secs_f64() >= base * 0.75 - 1e-9
+                    && d.as_secs_f64() <= (base * 1.25).min(60.0) + 1e-9,
                 "{attempt}: {d:?}"
             );
         }

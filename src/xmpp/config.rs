@@ -116,7 +116,8 @@ impl NetworkConfig for XmppConfig {
             ));
         }
         if let Some(ca) = &self.accounts.ca_file {
-            super::load_ca_file(ca).map_err(|e| invalid(&key::<Self>("accounts.ca_file"), e))?;
+            super::load_ca_file(ca)
+                .map_err(|e| invalid(&key::<Self>("accounts.ca_file"), e.to_string()))?;
         }
         self.secret(ctx)?;
         Ok(())

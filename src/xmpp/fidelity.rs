@@ -219,7 +219,8 @@ pub fn diff_reactions(
     if new.is_empty() {
         store.delete(key)?;
     } else {
-        let v = serde_json::to_value(new).map_err(|e| SinkError(e.to_string()))?;
+        let v = serde_json::to_value(new)
+            .map_err(|e| SinkError(crate::error::Reason::from_error(e)))?;
         store.put(key, &v)?;
     }
     Ok((added, removed))

@@ -46,7 +46,9 @@ impl Gateway {
             .puppet(&sender.user_id)
             .map(Jid::from)
             .ok_or_else(|| {
-                NetworkError::Undeliverable(format!("{} has no XMPP address", sender.user_id))
+                NetworkError::Undeliverable(
+                    format!("{} has no XMPP address", sender.user_id).into(),
+                )
             })
     }
 
@@ -55,13 +57,16 @@ impl Gateway {
             .addressing
             .puppet(&sender.user_id)
             .ok_or_else(|| {
-                NetworkError::Undeliverable(format!("{} has no XMPP address", sender.user_id))
+                NetworkError::Undeliverable(
+                    format!("{} has no XMPP address", sender.user_id).into(),
+                )
             })
     }
 
     fn room(portal: &PortalRef) -> Result<BareJid, NetworkError> {
-        BareJid::from_str(portal.chat.as_str())
-            .map_err(|e| NetworkError::Internal(format!("stored group chat is not a JID: {e}")))
+        BareJid::from_str(portal.chat.as_str()).map_err(|e| {
+            NetworkError::Internal(format!("stored group chat is not a JID: {e}").into())
+        })
     }
 
     fn contact(portal: &PortalRef) -> Result<Jid, NetworkError> {
@@ -70,7 +75,7 @@ impl Gateway {
         }
         BareJid::from_str(portal.chat.as_str())
             .map(Jid::from)
-            .map_err(|e| NetworkError::Internal(format!("stored contact is not a JID: {e}")))
+            .map_err(|e| NetworkError::Internal(format!("stored contact is not a JID: {e}").into()))
     }
 
     fn new_id(&self) -> String {
@@ -93,8 +98,9 @@ impl Gateway {
             .map_err(|_| NetworkError::Down("the XMPP link is stopping".into()))?;
         match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            // The link failed while writing: it reconnects, and the stanza goes again then.
-            Ok(Ok(Err(e))) => Err(NetworkError::Down(e)),
+            // The link failed while writing (it reconnects, and the stanza goes again then),
+            // or this stanza cannot be written at all.
+            Ok(Ok(Err(e))) => Err(e.into()),
             Ok(Err(_)) => Err(NetworkError::Down(
                 "the XMPP link dropped the stanza".into(),
             )),
@@ -147,10 +153,6 @@ fn presence_gate(entry: &mut (Option<std::time::Instant>, bool), now: std::time:
     }
 }
 
-fn store_error(e: crate::network::SinkError) -> NetworkError {
-    NetworkError::Internal(e.to_string())
-}
-
 impl Gateway {
     /// How to name message `target` in `portal`: in an external group chat, by the room's
     /// stanza-id when the bridge knows it (XEP-0424, 0444 and 0461 ask for it there), else
@@ -199,7 +201,7 @@ impl Gateway {
                 })
                 .unwrap_or_default();
             let from = Jid::from_str(&format!("{room}/{nick}"))
-                .map_err(|e| NetworkError::Undeliverable(format!("nick {nick:?}: {e}")))?;
+                .map_err(|e| NetworkError::Undeliverable(format!("nick {nick:?}: {e}").into()))?;
             for to in targets {
                 let mut m = Message::new(Some(to));
                 m.type_ = MessageType::Groupchat;
@@ -415,17 +417,20 @@ impl NetworkClient for Gateway {
             .await?;
         match answer {
             Ok(_) => Ok(()),
-            Err(condition)
-                if condition.to_lowercase().contains("forbidden")
-                    || condition.to_lowercase().contains("notallowed") =>
+            Err(refused)
+                if matches!(
+                    refused.condition,
+                    xmpp_parsers::stanza_error::DefinedCondition::Forbidden
+                        | xmpp_parsers::stanza_error::DefinedCondition::NotAllowed
+                ) =>
             {
                 Err(NetworkError::Undeliverable(
                     "you are not a moderator of the XMPP group chat".into(),
                 ))
             }
-            Err(condition) => Err(NetworkError::Undeliverable(format!(
-                "the XMPP group chat refused the moderation ({condition})"
-            ))),
+            Err(refused) => Err(NetworkError::Undeliverable(
+                format!("the XMPP group chat refused the moderation ({refused})").into(),
+            )),
         }
     }
 
@@ -497,8 +502,7 @@ impl NetworkClient for Gateway {
         let store = self.shared.store()?;
         let set_key = format!("rout:{}\u{1f}{}", sender.user_id, target);
         let mut set: std::collections::BTreeSet<String> = store
-            .get(&set_key)
-            .map_err(store_error)?
+            .get(&set_key)?
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
         if remove {
@@ -512,7 +516,7 @@ impl NetworkClient for Gateway {
             m.payloads.push(payload.clone());
         })
         .await?;
-        fidelity::diff_reactions(store, &set_key, &set).map_err(store_error)?;
+        fidelity::diff_reactions(store, &set_key, &set)?;
         Ok(())
     }
 
@@ -549,7 +553,9 @@ impl NetworkClient for Gateway {
         } else {
             muc::join_presence(from, &room, &nick, false)
         }
-        .ok_or_else(|| NetworkError::InvalidInput(format!("{nick:?} is not a usable nick")))?;
+        .ok_or_else(|| {
+            NetworkError::InvalidInput(format!("{nick:?} is not a usable nick").into())
+        })?;
         // The puppet is in the room's record before its join goes out: the room answers at
         // once (occupants' presence, history), and only rooms with a puppet take that in.
         let before = self
@@ -579,8 +585,7 @@ impl NetworkClient for Gateway {
             }
             return Err(e);
         }
-        muc::remember(self.shared.store()?, &room_str, &user.user_id, &nick)
-            .map_err(store_error)?;
+        muc::remember(self.shared.store()?, &room_str, &user.user_id, &nick)?;
         Ok(())
     }
 
@@ -606,7 +611,7 @@ impl NetworkClient for Gateway {
             }
             nick
         };
-        muc::forget(self.shared.store()?, &room_str, &user.user_id).map_err(store_error)?;
+        muc::forget(self.shared.store()?, &room_str, &user.user_id)?;
         let Some(nick) = nick else { return Ok(()) };
         let from = muc::puppet_full(&self.puppet_bare(user)?);
         if let Some(stanza) = muc::join_presence(from, &room, &nick, true) {
@@ -673,7 +678,7 @@ impl NetworkClient for Gateway {
                         *e = (Some(std::time::Instant::now()), false);
                     }
                     if let Err(e) = shared.broadcast_presence(&user).await {
-                        tracing::debug!(user, error = %e, "trailing presence broadcast failed");
+                        tracing::debug!(user, error = %crate::error::chain(&e), "trailing presence broadcast failed");
                     }
                 });
                 Ok(())
@@ -693,13 +698,12 @@ impl NetworkClient for Gateway {
             roster::update(store, &user.user_id, contact.as_str(), |s| {
                 s.from = accept;
                 s.pending_in = false;
-            })
-            .map_err(store_error)?;
+            })?;
         }
         let from = self.puppet(user)?;
         let to = Jid::from(
             BareJid::from_str(contact.as_str())
-                .map_err(|e| NetworkError::InvalidInput(e.to_string()))?,
+                .map_err(|e| NetworkError::InvalidInput(crate::error::Reason::from_error(e)))?,
         );
         if accept {
             self.send(subscription_stanza(
@@ -718,8 +722,7 @@ impl NetworkClient for Gateway {
 
     async fn contacts(&self, user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
         let store = self.shared.store()?;
-        Ok(roster::of_user(store, &user.user_id)
-            .map_err(store_error)?
+        Ok(roster::of_user(store, &user.user_id)?
             .into_iter()
             .map(|(c, s)| Contact {
                 id: RemoteUserId::new(c),

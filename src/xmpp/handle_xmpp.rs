@@ -343,7 +343,7 @@ impl Handler {
                 let (added, removed) = match fidelity::diff_reactions(store, &key, &keys) {
                     Ok(d) => d,
                     Err(e) => {
-                        warn!(error = %e, "could not store a reaction set");
+                        warn!(error = %crate::error::chain(&e), "could not store a reaction set");
                         return Some(false);
                     }
                 };
@@ -575,7 +575,7 @@ impl Handler {
         match sink.push(event).await {
             Ok(()) => true,
             Err(e) => {
-                warn!(error = %e, "could not store an XMPP event");
+                warn!(error = %crate::error::chain(&e), "could not store an XMPP event");
                 false
             }
         }
@@ -1238,7 +1238,7 @@ impl Handler {
         let joined = match muc::all_joined(store) {
             Ok(j) => j,
             Err(e) => {
-                warn!(error = %e, "could not read the group chats to rejoin");
+                warn!(error = %crate::error::chain(&e), "could not read the group chats to rejoin");
                 return;
             }
         };
@@ -1355,8 +1355,9 @@ impl Handler {
             return Vec::new();
         };
         let update = |f: &dyn Fn(&mut roster::Subscription)| {
-            roster::update(store, &user, &contact_str, f)
-                .map_err(|e| warn!(error = %e, "could not store a subscription"))
+            roster::update(store, &user, &contact_str, f).map_err(
+                |e| warn!(error = %crate::error::chain(&e), "could not store a subscription"),
+            )
         };
         let state = match p.type_ {
             PresenceType::None => {
@@ -1478,7 +1479,9 @@ impl Handler {
                 self.shared.answer(
                     &id,
                     from.as_ref(),
-                    Err(format!("{:?}", error.defined_condition)),
+                    Err(super::IqRefused {
+                        condition: error.defined_condition,
+                    }),
                 );
                 return Vec::new();
             }
@@ -1658,7 +1661,7 @@ impl Inbound for Handler {
             Ok(()) => answers,
             Err(e) => {
                 // The receipts would claim what the store could not keep.
-                warn!(error = %e, stanzas = senders.len(), "could not store XMPP events; their senders are told to try again");
+                warn!(error = %crate::error::chain(&e), stanzas = senders.len(), "could not store XMPP events; their senders are told to try again");
                 senders.iter().filter_map(not_stored).collect()
             }
         }

@@ -60,6 +60,25 @@ pub fn unescape_node(s: &str) -> String {
     out
 }
 
+/// Why an XMPP address is refused. The messages say what a valid one looks like.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    /// Empty, or with spaces or control characters.
+    #[error("an XMPP address looks like bob@example.org")]
+    Malformed,
+    /// Not a JID.
+    #[error("not a valid XMPP address: {0}")]
+    Invalid(#[source] xmpp_parsers::jid::Error),
+    /// A server without a user.
+    #[error("an XMPP address needs a user part, like bob@example.org")]
+    NoUser,
+    /// An address on the component's domain: a Matrix user, not an XMPP contact.
+    #[error(
+        "that address belongs to a Matrix user on this bridge; invite the Matrix user directly"
+    )]
+    Gateway,
+}
+
 /// Maps between XMPP addresses and Matrix users.
 #[derive(Clone, Debug)]
 pub struct Addressing {
@@ -83,19 +102,18 @@ impl Addressing {
 
     /// Parses and normalises what someone typed (or a ghost decodes to) into the bare JID of
     /// an XMPP contact: lowercase, no resource, not on the component domain.
-    pub fn contact(&self, raw: &str) -> Result<BareJid, String> {
+    pub fn contact(&self, raw: &str) -> Result<BareJid, AddressError> {
         let raw = raw.trim().trim_start_matches("xmpp:");
         if raw.is_empty() || raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err("an XMPP address looks like bob@example.org".into());
+            return Err(AddressError::Malformed);
         }
-        let jid = Jid::from_str(&raw.to_lowercase())
-            .map_err(|e| format!("not a valid XMPP address: {e}"))?;
+        let jid = Jid::from_str(&raw.to_lowercase()).map_err(AddressError::Invalid)?;
         let bare = jid.to_bare();
         if bare.node().is_none() {
-            return Err("an XMPP address needs a user part, like bob@example.org".into());
+            return Err(AddressError::NoUser);
         }
         if bare.domain().as_str() == self.component {
-            return Err("that address belongs to a Matrix user on this bridge; invite the Matrix user directly".into());
+            return Err(AddressError::Gateway);
         }
         Ok(bare)
     }

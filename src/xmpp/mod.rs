@@ -106,8 +106,16 @@ struct PendingIq {
     tx: tokio::sync::oneshot::Sender<IqAnswer>,
 }
 
-/// The answer to an IQ request: the result's payload, or the error condition.
-pub(crate) type IqAnswer = Result<Option<xmpp_parsers::minidom::Element>, String>;
+/// The answer to an IQ request: the result's payload, or the error the other side gave.
+pub(crate) type IqAnswer = Result<Option<xmpp_parsers::minidom::Element>, IqRefused>;
+
+/// An IQ answered with an error: its condition, which callers match on.
+#[derive(Debug, thiserror::Error)]
+#[error("{condition:?}")]
+pub(crate) struct IqRefused {
+    /// The condition the other side gave (`item-not-found`, `forbidden`, ...).
+    pub condition: xmpp_parsers::stanza_error::DefinedCondition,
+}
 
 impl Shared {
     /// The connector's storage, once started.
@@ -131,7 +139,7 @@ impl Shared {
         payload: xmpp_parsers::minidom::Element,
     ) -> Result<IqAnswer, NetworkError> {
         let from = xmpp_parsers::jid::Jid::from_str(self.addressing.component())
-            .map_err(|e| NetworkError::Internal(e.to_string()))?;
+            .map_err(|e| NetworkError::Internal(crate::error::Reason::from_error(e)))?;
         self.request(from, to, false, payload).await
     }
 
@@ -249,8 +257,8 @@ impl Shared {
             return Ok(());
         };
         let store = self.store()?;
-        let contacts =
-            roster::of_user(store, user).map_err(|e| NetworkError::Internal(e.to_string()))?;
+        let contacts = roster::of_user(store, user)
+            .map_err(|e| NetworkError::Internal(crate::error::Reason::from_error(e)))?;
         for (contact, _) in contacts.into_iter().filter(|(_, s)| s.from) {
             let Ok(to) = xmpp_parsers::jid::BareJid::from_str(&contact) else {
                 continue;
@@ -288,7 +296,7 @@ impl Shared {
         let users = match roster::users_seen_by_contacts(store) {
             Ok(u) => u,
             Err(e) => {
-                tracing::debug!(error = %e, "could not list users with contacts");
+                tracing::debug!(error = %crate::error::chain(&e), "could not list users with contacts");
                 return;
             }
         };
@@ -304,7 +312,7 @@ impl Shared {
                 .insert(user.clone(), p.clone())
                 != Some(p);
             if changed && let Err(e) = self.broadcast_presence(&user).await {
-                tracing::debug!(error = %e, "could not send a Matrix user's presence after a start");
+                tracing::debug!(error = %crate::error::chain(&e), "could not send a Matrix user's presence after a start");
             }
         }
     }
@@ -496,9 +504,9 @@ impl Connector for Xmpp {
         flow_id: &str,
     ) -> Result<Box<dyn LoginProcess>, NetworkError> {
         if flow_id != "password" {
-            return Err(NetworkError::InvalidInput(format!(
-                "unknown login flow {flow_id}; the XMPP flow is `password`"
-            )));
+            return Err(NetworkError::InvalidInput(
+                format!("unknown login flow {flow_id}; the XMPP flow is `password`").into(),
+            ));
         }
         Ok(Box::new(account::PasswordLogin {
             parts: self.parts(),
@@ -520,7 +528,7 @@ impl Connector for Xmpp {
             .addressing
             .contact(raw)
             .map(|j| RemoteUserId::new(j.to_string()))
-            .map_err(NetworkError::InvalidInput)
+            .map_err(|e| NetworkError::InvalidInput(crate::error::Reason::from_error(e)))
     }
 
     fn rate_key(&self, user: &RemoteUserId) -> String {
@@ -546,7 +554,7 @@ impl Connector for Xmpp {
 
     async fn group_chat_exists(&self, chat: &RemoteChatId) -> Result<bool, NetworkError> {
         let room = xmpp_parsers::jid::BareJid::from_str(chat.as_str())
-            .map_err(|e| NetworkError::InvalidInput(e.to_string()))?;
+            .map_err(|e| NetworkError::InvalidInput(crate::error::Reason::from_error(e)))?;
         if room.domain().as_str() == self.gateway.shared.addressing.component() {
             return Ok(self.gateway.shared.allowed_alias(&room).is_some());
         }
@@ -557,8 +565,8 @@ impl Connector for Xmpp {
                 .children()
                 .any(|c| c.name() == "identity" && c.attr("category") == Some("conference"))),
             Ok(None) => Ok(false),
-            Err(condition) => {
-                tracing::info!(room = %chat, condition, "group chat not found");
+            Err(refused) => {
+                tracing::info!(room = %chat, condition = %refused, "group chat not found");
                 Ok(false)
             }
         }

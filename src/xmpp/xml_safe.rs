@@ -14,6 +14,8 @@ use std::borrow::Cow;
 use xmpp_parsers::minidom::{Element, Node};
 use xmpp_parsers::stanza::Stanza;
 
+use crate::error::Reason;
+
 /// What stands in for a character that XML cannot carry.
 pub const REPLACEMENT: char = '\u{FFFD}';
 
@@ -68,7 +70,7 @@ pub fn element(el: &mut Element) -> bool {
 /// `stanza`, with every character XML cannot carry replaced (see [`element`]). An error
 /// names a stanza that no longer parses once cleaned (it cannot happen: only text and
 /// attribute values change, each to another legal value); it concerns that stanza alone.
-pub fn stanza(stanza: Stanza) -> Result<Stanza, String> {
+pub fn stanza(stanza: Stanza) -> Result<Stanza, Unwritable> {
     Ok(match stanza {
         Stanza::Message(m) => Stanza::Message(retyped(m)?),
         Stanza::Presence(p) => Stanza::Presence(retyped(p)?),
@@ -76,14 +78,25 @@ pub fn stanza(stanza: Stanza) -> Result<Stanza, String> {
     })
 }
 
-fn retyped<T>(typed: T) -> Result<T, String>
+/// A stanza that no longer parses once cleaned (see [`stanza`]).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("the stanza does not parse once cleaned: {0}")]
+pub struct Unwritable(#[source] Reason);
+
+impl From<Reason> for Unwritable {
+    fn from(reason: Reason) -> Self {
+        Unwritable(reason)
+    }
+}
+
+fn retyped<T>(typed: T) -> Result<T, Unwritable>
 where
     T: Into<Element> + TryFrom<Element>,
-    <T as TryFrom<Element>>::Error: std::fmt::Display,
+    <T as TryFrom<Element>>::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut el: Element = typed.into();
     element(&mut el);
-    T::try_from(el).map_err(|e| format!("the stanza does not parse once cleaned: {e}"))
+    T::try_from(el).map_err(|e| Reason::from_error(e).into())
 }
 
 #[cfg(test)]
@@ -93,10 +106,10 @@ mod tests {
     use xmpp_parsers::message::{Id, Lang, Message, MessageType};
 
     /// Writes `el` as the link's writer does; an error means the stanza could not go out.
-    fn write(el: &Element) -> Result<String, String> {
+    fn write(el: &Element) -> Result<String, Box<dyn std::error::Error>> {
         let mut out = Vec::new();
-        el.write_to(&mut out).map_err(|e| e.to_string())?;
-        String::from_utf8(out).map_err(|e| e.to_string())
+        el.write_to(&mut out)?;
+        Ok(String::from_utf8(out)?)
     }
 
     fn message(body: &str, nick: &str) -> Element {

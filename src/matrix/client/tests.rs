@@ -167,8 +167,7 @@ fn config(url: &str) -> HsConfig {
 
 /// A client against `url` whose backoff starts at 1 ms, so retry tests run fast.
 fn client(url: &str, max_retries: u32) -> HomeserverClient {
-    let mut policy = RetryPolicy::new(max_retries);
-    policy.base = Duration::from_millis(1);
+    let policy = RetryPolicy::with_first_delay(max_retries, Duration::from_millis(1));
     HomeserverClient::with_policy(config(url), None, policy).unwrap()
 }
 
@@ -344,6 +343,7 @@ async fn connection_errors_are_retried_then_reported_as_http() {
     let c = client(&format!("http://127.0.0.1:{port}"), 2);
     match c.whoami(None).await {
         Err(MatrixError::Http(msg)) => {
+            let msg = msg.to_string();
             assert!(!msg.contains("as_secret_token"));
             assert!(msg.to_lowercase().contains("connect"), "{msg}");
         }
