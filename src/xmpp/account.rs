@@ -240,6 +240,8 @@ pub(crate) struct Account {
     catching_up: std::sync::atomic::AtomicBool,
     /// The roster and archive task of the current session.
     session_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The connection's task, until the connector's shutdown waits for it.
+    connection: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Contacts whose published avatar was asked for in this run (roster contacts only).
     pep_asked: Mutex<std::collections::HashSet<String>>,
     /// Per contact, the published avatar last tried in this run.
@@ -310,6 +312,7 @@ impl Account {
             last_problem: Mutex::default(),
             catching_up: std::sync::atomic::AtomicBool::new(true),
             session_task: Mutex::default(),
+            connection: Mutex::default(),
             pep_asked: Mutex::default(),
             pep_tried: Mutex::default(),
             presence: Mutex::default(),
@@ -360,8 +363,16 @@ impl Account {
         };
         *self.first.lock().expect("first lock") = first;
         let events: Arc<dyn c2s::Events> = self.clone();
-        tokio::spawn(c2s::run(settings, events, rx, self.stop.subscribe()));
+        let task = tokio::spawn(c2s::run(settings, events, rx, self.stop.subscribe()));
+        *self.connection.lock().expect("connection lock") = Some(task);
         Ok(())
+    }
+
+    /// The connection's task, for a shutdown to wait on once it has told the account to
+    /// stop (the task then acknowledges what it handled, says it is unavailable and closes
+    /// the stream).
+    pub(super) fn take_connection(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.connection.lock().expect("connection lock").take()
     }
 
     /// Routes the account's traffic to this login once its session is up, and stops an

@@ -418,6 +418,9 @@ impl Xmpp {
 
 pub use account::load_ca_file;
 
+/// How long a shutdown waits for own-account sessions to say goodbye.
+const SESSIONS_END: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[async_trait]
 impl Connector for Xmpp {
     fn info(&self) -> &NetworkInfo {
@@ -455,13 +458,21 @@ impl Connector for Xmpp {
             .lock()
             .expect("accounts lock")
             .values()
-            .map(|(_, stop, _)| stop.clone())
+            .map(|(_, stop, account)| (stop.clone(), account.upgrade()))
             .collect();
-        for stop in &accounts {
+        let mut sessions = Vec::new();
+        for (stop, account) in &accounts {
             stop.send_replace(true);
+            sessions.extend(account.as_ref().and_then(|a| a.take_connection()));
         }
-        if !accounts.is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Each session ends as soon as its goodbye is written; a server that does not read
+        // it does not hold the shutdown longer than this.
+        let ending = futures::future::join_all(sessions);
+        if tokio::time::timeout(SESSIONS_END, ending).await.is_err() {
+            tracing::warn!(
+                accounts = accounts.len(),
+                "own-account sessions did not end in time; stopping without them"
+            );
         }
     }
 
