@@ -119,6 +119,25 @@ async fn direct_messages_cross_both_ways() {
     .await;
     assert_eq!(status, 415);
 
+    // The room's bridge info says what crosses to SIP: messages, typing and presence, no
+    // edits, reactions or deletions.
+    let state = alice
+        .ok("GET", &format!("/rooms/{}/state", enc(&room)), None)
+        .await;
+    let info = state
+        .as_array()
+        .expect("state list")
+        .iter()
+        .find(|e| e["type"] == "m.bridge")
+        .unwrap_or_else(|| panic!("no bridge info in the direct chat: {state}"))
+        .clone();
+    let caps = &info["content"]["net.isthmus.capabilities"];
+    assert_eq!(caps["typing"], true, "{info}");
+    assert_eq!(caps["presence"], true, "{info}");
+    assert_eq!(caps["edits"], false, "{info}");
+    assert_eq!(caps["reactions"], false, "{info}");
+    assert_eq!(caps["redactions"], false, "{info}");
+
     // A long message over UDP is split into MESSAGEs under the RFC 3428 limit.
     let words: Vec<String> = (0..400).map(|i| format!("w{i}")).collect();
     let long = words.join(" ");

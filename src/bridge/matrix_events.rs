@@ -12,8 +12,8 @@ use super::{Bridge, BridgeError, room_id, user_id};
 use crate::config::PermissionLevel;
 use crate::error::Reason;
 use crate::network::{
-    ChatKind, MatrixSender, MessageContent, MessageKind, NetworkClient, NetworkError, NetworkId,
-    OutgoingMessage, PortalRef, Presence, PresenceState, RemoteUserId,
+    Capabilities, ChatKind, MatrixSender, MessageContent, MessageKind, NetworkClient, NetworkError,
+    NetworkId, OutgoingMessage, PortalRef, Presence, PresenceState, RemoteUserId,
 };
 use crate::store::{InboxItem, MessageRecord, PortalKey, PortalRecord, UserRecord};
 
@@ -883,6 +883,10 @@ impl Bridge {
                 let Some(portal) = self.store.portal_by_room(&room)? else {
                     return Ok(());
                 };
+                if !self.capable(&portal.key.network, |c| c.typing) {
+                    self.metrics.event("to_remote", "typing", "unsupported");
+                    return Ok(());
+                }
                 let changes = now
                     .difference(&before)
                     .map(|u| (u.clone(), true))
@@ -905,6 +909,10 @@ impl Bridge {
                 let Some(portal) = self.store.portal_by_room(&room)? else {
                     return Ok(());
                 };
+                if !self.capable(&portal.key.network, |c| c.receipts) {
+                    self.metrics.event("to_remote", "receipt", "unsupported");
+                    return Ok(());
+                }
                 let Some(events) = ev.content.as_object() else {
                     return Ok(());
                 };
@@ -948,7 +956,11 @@ impl Bridge {
                         .map(str::to_owned),
                 };
                 let sender = self.matrix_sender(&user).await;
-                for network in self.networks.keys() {
+                let networks = self
+                    .networks
+                    .keys()
+                    .filter(|n| self.capable(n, |c| c.presence));
+                for network in networks {
                     if let Some(client) = self.user_client(&user, network) {
                         let r = client.set_presence(&sender, &presence).await;
                         self.count_ephemeral("presence", r);
@@ -958,6 +970,15 @@ impl Bridge {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether `network` carries what `has` picks from its capabilities: what it cannot
+    /// carry is not asked of it (an ephemeral event is counted as unsupported; the room's
+    /// bridge info lists the capabilities for clients).
+    fn capable(&self, network: &NetworkId, has: impl Fn(&Capabilities) -> bool) -> bool {
+        self.networks
+            .get(network)
+            .is_some_and(|n| has(&n.info().capabilities))
     }
 
     fn count_ephemeral(&self, kind: &str, r: Result<(), NetworkError>) {

@@ -56,6 +56,7 @@ impl Bridge {
         let (protocol, display) = network
             .map(|n| (n.info().protocol.clone(), n.info().display_name.clone()))
             .unwrap_or_else(|| (key.network.to_string(), key.network.to_string()));
+        let capabilities = network.map(|n| n.info().capabilities).unwrap_or_default();
         let state_key = format!("net.isthmus://{}/{}", key.network, key.chat);
         let content = json!({
             "bridgebot": self.bot().as_str(),
@@ -65,6 +66,9 @@ impl Bridge {
             // The bridge cannot read encrypted messages: its rooms are created unencrypted
             // and stop bridging if encryption is turned on.
             "net.isthmus.encryption": "unsupported: keep this room unencrypted; if encryption is turned on, messages stop crossing",
+            // What crosses to this network and what does not, for clients that want to say
+            // so before the user tries (the bot says so after, for what was not bridged).
+            "net.isthmus.capabilities": capabilities,
         });
         (state_key, content)
     }

@@ -87,8 +87,11 @@ impl NetworkError {
     }
 }
 
-/// What a network can carry, per portal. The core uses these flags to tell a Matrix user that
-/// something was not bridged instead of dropping it silently.
+/// What a network can carry. The core does not ask a network for what it cannot carry
+/// (typing, receipts, presence), and every portal's bridge info lists these flags
+/// (`net.isthmus.capabilities`) so that a client can say so before the user tries; a message
+/// operation a network refuses all the same (`NetworkError::Unsupported`) is answered with a
+/// notice in the room.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
     /// Formatted (HTML) bodies.
