@@ -18,9 +18,10 @@
 //! 3. **bridge**: an XMPP contact writes the same number of messages to that Matrix user's
 //!    gateway address as fast as the link takes them; isthmus (the release binary, on the
 //!    test fixture's configuration) stores them and sends them into the direct chat's room
-//!    in order. Measured from the first stanza written to the last message seen in the room
-//!    (its newest event polled every 50 ms), then every message checked for arriving once and
-//!    in order.
+//!    in order. Measured from the first stanza written until the bridge has sent the last one
+//!    (its `bridge_events_total` metric, polled every 10 ms: asking the bridge costs the
+//!    homeserver nothing, where polling the room would slow the sends measured), then every
+//!    message checked in the room for arriving once and in order.
 //!
 //! The contact is a second component of the test Prosody (`bench.localhost`, a real XEP-0114
 //! connection): its stanzas go through Prosody to the bridge's component as any remote
@@ -47,6 +48,8 @@ const BENCH_DOMAIN: &str = "bench.localhost";
 const BENCH_SECRET: &str = "bench_component_secret";
 /// The bridge's component domain in the fixture.
 const GATEWAY: &str = "matrix.localhost";
+/// The bridge's appservice listener in the fixture.
+const AS_URL: &str = "http://127.0.0.1:29331";
 
 struct Settings {
     hs: String,
@@ -473,23 +476,45 @@ async fn last_bodies(user: &User, room: &str, limit: usize) -> Vec<String> {
     bodies
 }
 
-/// Waits until the last message of `room` is the last of `want`, then checks that every one
-/// arrived once and in order. Polls the room's newest event (cheap for the homeserver, unlike
-/// a sync woken by every event, which would slow the sends it measures).
-async fn wait_for(user: &User, room: &str, want: &[String]) {
+/// The bridge's count of messages it sent into Matrix (`/metrics` on its appservice
+/// listener): asking the bridge costs the homeserver nothing, unlike polling the room.
+async fn bridged_count(http: &reqwest::Client) -> u64 {
+    let text = http
+        .get(format!("{AS_URL}/metrics"))
+        .send()
+        .await
+        .expect("the bridge's /metrics answers")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("bridge_events_total{")
+                && l.contains(r#"direction="to_matrix""#)
+                && l.contains(r#"type="message""#)
+                && l.contains(r#"result="ok""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits until the bridge has sent `count` messages into Matrix in all (its metric, polled
+/// every 10 ms), then checks in the room that the last ones are `want`, once each and in
+/// order.
+async fn wait_for(user: &User, count: u64) {
     let started = Instant::now();
     let deadline = Duration::from_secs(300);
-    let last = want.last().expect("at least one message");
-    loop {
-        if last_bodies(user, room, 1).await.last() == Some(last) {
-            break;
-        }
+    while bridged_count(&user.http).await < count {
         assert!(
             started.elapsed() < deadline,
-            "the last message did not arrive within {deadline:?}"
+            "the bridge did not send {count} messages within {deadline:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Checks in the room that its last messages are `want`, once each and in order.
+async fn check_room(user: &User, room: &str, want: &[String]) {
     let all = last_bodies(user, room, want.len() + 20).await;
     let tail = &all[all.len().saturating_sub(want.len())..];
     assert_eq!(
@@ -558,10 +583,12 @@ async fn main() {
         for (i, body) in want.iter().enumerate() {
             batch.extend(stanza(&to, round * m + i + 1, body));
         }
+        let before = bridged_count(&alice.http).await;
         let began = Instant::now();
         contact.write(&batch).await;
-        wait_for(&alice, &room, &want).await;
+        wait_for(&alice, before + m as u64).await;
         bridged.push(m as f64 / began.elapsed().as_secs_f64());
+        check_room(&alice, &room, &want).await;
         println!(
             "  round {}: plain {:.1} msg/s, appservice user {:.1} msg/s, through isthmus {:.1} msg/s",
             round + 1,
