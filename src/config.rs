@@ -843,10 +843,12 @@ pub fn check_placeholder(key: &str, value: &str) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A valid configuration of the core's sections, with no network (the tests of the
+    /// networks' sections add theirs).
+    pub(crate) const GOOD: &str = r#"
 homeserver:
   url: http://127.0.0.1:8008
   domain: localhost

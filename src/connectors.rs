@@ -88,21 +88,7 @@ fn add<C: NetworkConfig>(
 mod tests {
     use super::*;
 
-    const CORE: &str = r#"
-homeserver:
-  url: http://127.0.0.1:8008
-  domain: localhost
-appservice:
-  listen: 127.0.0.1:29331
-  url: http://127.0.0.1:29331
-  as_token: as_secret_value_1
-  hs_token: hs_secret_value_2
-database:
-  path: /tmp/x
-bridge:
-  permissions:
-    localhost: user
-"#;
+    use crate::config::tests::GOOD as CORE;
 
     fn configured(networks: &str) -> Result<Networks, ConfigError> {
         let config = Config::parse(&format!("{CORE}networks:\n{networks}")).expect("parses");

@@ -65,6 +65,18 @@ pub fn parse<C: NetworkConfig>(raw: &serde_json::Value) -> Result<C, ConfigError
     C::deserialize(raw).map_err(|e| invalid(&key::<C>(""), e.to_string()))
 }
 
+/// A context for the unit tests of a section: homeserver `example.org`, no environment.
+#[cfg(test)]
+pub(crate) fn test_context() -> ConfigContext<'static> {
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+    ConfigContext {
+        homeserver_domain: "example.org",
+        env: &no_env,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

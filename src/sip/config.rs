@@ -190,18 +190,7 @@ impl NetworkConfig for SipConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::config::parse;
-
-    fn env(_: &str) -> Option<String> {
-        None
-    }
-
-    fn ctx() -> ConfigContext<'static> {
-        ConfigContext {
-            homeserver_domain: "example.org",
-            env: &env,
-        }
-    }
+    use crate::network::config::{parse, test_context as ctx};
 
     fn section(extra: serde_json::Value) -> SipConfig {
         let mut v = serde_json::json!({

@@ -155,18 +155,7 @@ impl XmppConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::config::parse;
-
-    fn env(_: &str) -> Option<String> {
-        None
-    }
-
-    fn ctx() -> ConfigContext<'static> {
-        ConfigContext {
-            homeserver_domain: "example.org",
-            env: &env,
-        }
-    }
+    use crate::network::config::{parse, test_context as ctx};
 
     fn err_key(section: serde_json::Value) -> String {
         let cfg: XmppConfig = parse(&section).expect("the section parses");
