@@ -32,6 +32,12 @@ pub enum ConfigError {
         /// The parser's message, with line and column.
         message: String,
     },
+    /// YAML text does not match the expected structure (text given directly, no file).
+    #[error("the configuration is not valid: {message}")]
+    Syntax {
+        /// The parser's message, with line and column.
+        message: String,
+    },
     /// A setting has a wrong value.
     #[error("config key `{key}`: {message}")]
     Invalid {
@@ -609,16 +615,21 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Syntax { message } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
         })
     }
 
-    /// Parses YAML text (no validation); the error is the parser's message, with line and
-    /// column.
-    pub fn parse(text: &str) -> Result<Config, String> {
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    /// Parses YAML text (no validation); the error holds the parser's message, with line
+    /// and column.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
+            message: e.to_string(),
+        })
     }
 
     /// The files the config reads secrets from, with the key naming each: they must be
@@ -954,7 +965,9 @@ bridge:
 
     #[test]
     fn unknown_keys_are_refused_with_position() {
-        let err = Config::parse(&format!("{GOOD}bogus: 1\n")).unwrap_err();
+        let err = Config::parse(&format!("{GOOD}bogus: 1\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus"), "{err}");
     }
 
