@@ -1078,16 +1078,7 @@ async fn new_portals_are_unencrypted_and_say_so() {
         )
         .await;
     assert_eq!(status, 404, "the bridge created an encrypted room");
-    let state = alice
-        .ok("GET", &format!("/rooms/{}/state", enc(&room)), None)
-        .await;
-    let info = state
-        .as_array()
-        .expect("state list")
-        .iter()
-        .find(|e| e["type"] == "m.bridge")
-        .expect("bridge info")
-        .clone();
+    let info = alice.state_event(&room, "m.bridge").await;
     assert!(
         info["content"]["net.isthmus.encryption"]
             .as_str()

@@ -121,16 +121,7 @@ async fn direct_messages_cross_both_ways() {
 
     // The room's bridge info says what crosses to SIP: messages, typing and presence, no
     // edits, reactions or deletions.
-    let state = alice
-        .ok("GET", &format!("/rooms/{}/state", enc(&room)), None)
-        .await;
-    let info = state
-        .as_array()
-        .expect("state list")
-        .iter()
-        .find(|e| e["type"] == "m.bridge")
-        .unwrap_or_else(|| panic!("no bridge info in the direct chat: {state}"))
-        .clone();
+    let info = alice.state_event(&room, "m.bridge").await;
     let caps = &info["content"]["net.isthmus.capabilities"];
     assert_eq!(caps["typing"], true, "{info}");
     assert_eq!(caps["presence"], true, "{info}");

@@ -313,6 +313,35 @@ async fn dm_with(prefix: &str, contact: &str) -> (MatrixUser, String, String) {
     (user, room, ghost)
 }
 
+/// `contact` (whose address is `jid`) asks to see `user`'s presence at the gateway
+/// `address`; the user sees the request in the management room `room` and accepts it.
+async fn ask_and_accept(
+    user: &MatrixUser,
+    room: &str,
+    address: &str,
+    contact: &mut XmppUser,
+    jid: &str,
+) {
+    contact
+        .send_xml(&format!(
+            "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
+        ))
+        .await;
+    user.wait_for_event(
+        room,
+        "the contact request notice",
+        Duration::from_secs(20),
+        |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains(jid))
+        },
+    )
+    .await;
+    let reply = command(user, room, &format!("accept xmpp {jid}")).await;
+    assert!(reply.contains("may now see your presence"), "{reply}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn direct_chat_started_on_matrix_crosses_both_ways() {
     let _s = serial();
@@ -638,24 +667,7 @@ async fn an_accepted_contacts_first_presence_is_the_homeservers() {
     let room = management_room(&user).await;
     let address = format!("{}@{COMPONENT_DOMAIN}", user.localpart);
     let mut carol = XmppUser::login("carol").await;
-    carol
-        .send_xml(&format!(
-            "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
-        ))
-        .await;
-    user.wait_for_event(
-        &room,
-        "the contact request notice",
-        Duration::from_secs(20),
-        |e| {
-            e["content"]["body"]
-                .as_str()
-                .is_some_and(|b| b.contains("carol@localhost"))
-        },
-    )
-    .await;
-    let reply = command(&user, &room, "accept xmpp carol@localhost").await;
-    assert!(reply.contains("may now see your presence"), "{reply}");
+    ask_and_accept(&user, &room, &address, &mut carol, "carol@localhost").await;
     let first = carol
         .wait("the first presence from the gateway address", |e| {
             e.name() == "presence"
@@ -758,24 +770,7 @@ async fn denied_subscription_is_refused_over_xmpp() {
     // carol, whom the user accepts, is the witness: the presence change that must not reach
     // dave reaches her.
     let mut carol = XmppUser::login("carol").await;
-    carol
-        .send_xml(&format!(
-            "<presence type='subscribe' to='{address}' xmlns='jabber:client'/>"
-        ))
-        .await;
-    user.wait_for_event(
-        &room,
-        "carol's contact request notice",
-        Duration::from_secs(20),
-        |e| {
-            e["content"]["body"]
-                .as_str()
-                .is_some_and(|b| b.contains("carol@localhost"))
-        },
-    )
-    .await;
-    let reply = command(&user, &room, "accept xmpp carol@localhost").await;
-    assert!(reply.contains("may now see your presence"), "{reply}");
+    ask_and_accept(&user, &room, &address, &mut carol, "carol@localhost").await;
     // The first presence carol gets is the homeserver's (offline, so unavailable).
     carol
         .wait("the first presence from the gateway address", |e| {

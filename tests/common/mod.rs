@@ -1005,6 +1005,21 @@ impl MatrixUser {
     }
 
     /// Waits until an event of `room` matches `pred`; returns it.
+    /// The room's current state event of type `event_type` (the first, whatever its state
+    /// key); panics naming the room's state when there is none.
+    pub async fn state_event(&self, room: &str, event_type: &str) -> Value {
+        let state = self
+            .ok("GET", &format!("/rooms/{}/state", enc(room)), None)
+            .await;
+        state
+            .as_array()
+            .expect("state list")
+            .iter()
+            .find(|e| e["type"] == event_type)
+            .unwrap_or_else(|| panic!("no {event_type} state in {room}: {state}"))
+            .clone()
+    }
+
     pub async fn wait_for_event(
         &self,
         room: &str,
