@@ -57,6 +57,9 @@
 //! `CAPACITY_BIN` (another `isthmus` binary), `CAPACITY_KEEP` (1 keeps the temporary folder
 //! with the bridge's log).
 
+#[path = "support/env.rs"]
+mod env;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -113,15 +116,8 @@ impl Settings {
     /// `cargo bench`) the defaults are a short smoke run: 1 and 10 portals, 300 messages each
     /// way, no paced pass, so the test suite proves the benchmark works without timing it.
     fn from_env() -> Self {
-        let smoke = !std::env::args().any(|a| a == "--bench");
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let num = |name: &str, default: usize| {
-            var(name).map_or(default, |v| {
-                v.trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{name} must be a number"))
-            })
-        };
+        let smoke = env::smoke();
+        use env::{num, var};
         let mut portals: Vec<usize> = var("CAPACITY_PORTALS")
             .unwrap_or_else(|| if smoke { "1,10" } else { "1,10,100" }.into())
             .split(',')

@@ -31,6 +31,9 @@
 //! `CEILING_MESSAGES` (default 200), `CEILING_ROUNDS` (default 3), `CEILING_BIN` (another
 //! `isthmus` binary), `CEILING_LABEL` (printed with the figures: which database).
 
+#[path = "support/env.rs"]
+mod env;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,17 +64,10 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let num = |name: &str, default: usize| {
-            var(name).map_or(default, |v| {
-                v.trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{name} must be a number"))
-            })
-        };
+        use env::{num, var};
         // Without `--bench` (the test command runs every benchmark once as a smoke test, with
         // the test stack up): a short pass that proves the benchmark works.
-        let smoke = !std::env::args().any(|a| a == "--bench");
+        let smoke = env::smoke();
         Self {
             hs: var("CEILING_HS")
                 .or_else(|| var("ISTHMUS_TEST_HOMESERVER"))
