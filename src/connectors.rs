@@ -155,12 +155,16 @@ mod tests {
         let networks = configure(&fixture, &|_| None).expect("the test fixture is valid");
         assert_eq!(networks.connectors.len(), 3);
         let example = Config::parse(include_str!("../config.example.yaml")).unwrap();
-        // The example's networks are commented out or filled with placeholders: whatever it
-        // enables must be refused for its placeholder, not for its shape.
-        if let Err(ConfigError::Invalid { message, .. }) =
-            configure(&example, &|_| Some("a_real_secret".into()))
-        {
-            assert!(message.contains("placeholder"), "{message}");
+        // The example's networks hold placeholders: refused for them, not for their shape.
+        match configure(&example, &|_| Some("a_real_secret".into())) {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert!(key.starts_with("networks."), "{key}");
+                assert!(message.contains("placeholder"), "{message}");
+            }
+            Err(other) => {
+                panic!("the example's networks must be refused for a placeholder: {other}")
+            }
+            Ok(_) => panic!("the example's networks must be refused for their placeholders"),
         }
     }
 }
