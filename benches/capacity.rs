@@ -1315,6 +1315,7 @@ fn fill_store(dir: &Path, n: usize) {
                 displayname: Some(format!("Cold contact {i}")),
                 avatar_url: None,
                 avatar_hash: None,
+                avatar_upload: None,
                 registered: true,
             })
             .expect("put a ghost");

@@ -642,6 +642,7 @@ async fn metrics_and_health() {
             displayname: None,
             avatar_url: None,
             avatar_hash: None,
+            avatar_upload: None,
             registered: false,
         })
         .unwrap();

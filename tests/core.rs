@@ -1707,3 +1707,74 @@ async fn provisioned_dm_racing_a_first_message_makes_one_room() {
     })
     .await;
 }
+
+/// A ghost is shared by the portals of every Matrix user its remote user writes to, and each
+/// portal has a queue of its own: a picture that several of them learn of at once is uploaded
+/// once and set once, and the ones that come after find it set.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_picture_learnt_by_several_portals_at_once_is_uploaded_once() {
+    use base64::Engine;
+    let _serial = serial();
+    let bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let run = unique();
+    let sender = format!("pic{run}");
+    let mut users = Vec::new();
+    for _ in 0..4 {
+        users.push(MatrixUser::register("avpeer").await);
+    }
+    let mut picture = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x03\0\0\0\x02\x08\x06\0\0\0".to_vec();
+    picture.extend_from_slice(run.as_bytes());
+    let data = base64::engine::general_purpose::STANDARD.encode(&picture);
+    let result = |r| {
+        [
+            ("direction", "to_matrix"),
+            ("type", "avatar"),
+            ("result", r),
+        ]
+    };
+    let avatars = [("direction", "to_matrix"), ("type", "avatar")];
+    let all = bridge.metric("bridge_events_total", &avatars).await;
+    let ok = bridge.metric("bridge_events_total", &result("ok")).await;
+    let unchanged = bridge
+        .metric("bridge_events_total", &result("unchanged"))
+        .await;
+
+    for u in &users {
+        control
+            .inject(remote_event(
+                &sender,
+                "direct",
+                &u.user_id,
+                &sender,
+                json!({"type": "avatar", "hash": format!("h{run}"), "data": data}),
+            ))
+            .await;
+    }
+    wait_metric_where(
+        &bridge,
+        "bridge_events_total",
+        &avatars,
+        "the four avatar events handled",
+        WAIT,
+        |v| v >= all + 4.0,
+    )
+    .await;
+    let ok_after = bridge.metric("bridge_events_total", &result("ok")).await;
+    let unchanged_after = bridge
+        .metric("bridge_events_total", &result("unchanged"))
+        .await;
+    assert_eq!(
+        (ok_after - ok, unchanged_after - unchanged),
+        (1.0, 3.0),
+        "(set, found set) of four events carrying one picture"
+    );
+    let (status, profile) = users[0]
+        .call("GET", &format!("/profile/{}", enc(&ghost(&sender))), None)
+        .await;
+    assert_eq!(status, 200, "{profile}");
+    let mxc = profile["avatar_url"]
+        .as_str()
+        .expect("the ghost has an avatar");
+    assert_eq!(users[0].download(mxc).await, picture);
+}

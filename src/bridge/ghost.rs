@@ -5,7 +5,7 @@ use tracing::{debug, info, warn};
 
 use super::{Bridge, BridgeError, room_id, user_id};
 use crate::network::{NetworkId, RemoteUserId};
-use crate::store::GhostRecord;
+use crate::store::{AvatarUpload, GhostRecord};
 
 /// Largest remote avatar the bridge uploads.
 const AVATAR_MAX_BYTES: usize = 1 << 20;
@@ -14,6 +14,10 @@ impl Bridge {
     /// Makes sure the ghost of `remote` exists on the homeserver with an up-to-date display
     /// name; returns its user ID. `name` is the remote display name; `None` means unchanged
     /// (a new ghost then gets the network's default name).
+    ///
+    /// A ghost is shared by every portal its remote user speaks in, and portals run on
+    /// queues of their own: changes to its record are made under the ghost's lock, so that
+    /// one portal's write never undoes another's (a name written over a new avatar, say).
     pub async fn ensure_ghost(
         &self,
         network: &NetworkId,
@@ -21,14 +25,38 @@ impl Bridge {
         name: Option<&str>,
     ) -> Result<String, BridgeError> {
         let mxid = self.ghost_user_id(network, remote.as_str());
-        let existing = self.store.ghost(&mxid)?;
+        // The hot path: a known ghost whose name has not changed takes no lock.
+        if let Some(record) = self.store.ghost(&mxid)?
+            && record.registered
+            && self.wanted_name(&record, network, remote, name)?.is_none()
+        {
+            return Ok(mxid);
+        }
+        let _ghost = self.ghost_locks.lock(&mxid).await;
+        self.ensure_ghost_locked(&mxid, network, remote, name)
+            .await
+            .map(drop)?;
+        Ok(mxid)
+    }
+
+    /// [`Bridge::ensure_ghost`] with the ghost's lock held; returns the ghost's record as
+    /// stored.
+    async fn ensure_ghost_locked(
+        &self,
+        mxid: &str,
+        network: &NetworkId,
+        remote: &RemoteUserId,
+        name: Option<&str>,
+    ) -> Result<GhostRecord, BridgeError> {
+        let existing = self.store.ghost(mxid)?;
         let mut record = existing.clone().unwrap_or_else(|| GhostRecord {
-            user_id: mxid.clone(),
+            user_id: mxid.to_owned(),
             network: network.to_string(),
             remote_id: remote.to_string(),
             displayname: None,
             avatar_url: None,
             avatar_hash: None,
+            avatar_upload: None,
             registered: false,
         });
         if !record.registered {
@@ -41,15 +69,31 @@ impl Bridge {
             record.registered = true;
             info!(ghost = %mxid, network = %network, "registered ghost");
         }
+        if let Some(displayname) = self.wanted_name(&record, network, remote, name)? {
+            let uid = user_id(mxid)?;
+            self.hs.set_displayname(Some(&uid), &displayname).await?;
+            debug!(ghost = %mxid, name = %displayname, "updated ghost display name");
+            record.displayname = Some(displayname);
+        }
+        if existing.as_ref() != Some(&record) {
+            self.store.put_ghost(&record)?;
+        }
+        Ok(record)
+    }
+
+    /// The display name the ghost should get, or `None` when the one it has is right: the
+    /// remote name in the configured template; without a remote name, the name the ghost has
+    /// (it may have come from a profile), else the network's default for the user.
+    fn wanted_name(
+        &self,
+        record: &GhostRecord,
+        network: &NetworkId,
+        remote: &RemoteUserId,
+        name: Option<&str>,
+    ) -> Result<Option<String>, BridgeError> {
         let base_name = match name {
             Some(n) if !n.trim().is_empty() => n.trim().to_owned(),
-            // No name given: keep the one the ghost has (it may have come from a profile).
-            _ if record.displayname.is_some() => {
-                if existing.as_ref() != Some(&record) {
-                    self.store.put_ghost(&record)?;
-                }
-                return Ok(mxid);
-            }
+            _ if record.displayname.is_some() => return Ok(None),
             _ => self.network(network)?.default_display_name(remote),
         };
         let displayname = self
@@ -58,20 +102,16 @@ impl Bridge {
             .ghost_displayname_template
             .replace("{name}", &base_name)
             .replace("{network}", &self.network(network)?.info().display_name);
-        if record.displayname.as_deref() != Some(displayname.as_str()) {
-            let uid = user_id(&mxid)?;
-            self.hs.set_displayname(Some(&uid), &displayname).await?;
-            debug!(ghost = %mxid, name = %displayname, "updated ghost display name");
-            record.displayname = Some(displayname);
-        }
-        if existing.as_ref() != Some(&record) {
-            self.store.put_ghost(&record)?;
-        }
-        Ok(mxid)
+        Ok((record.displayname.as_deref() != Some(displayname.as_str())).then_some(displayname))
     }
 
     /// Sets the avatar of the ghost of `remote` from the network's picture, unless the ghost
     /// already shows the picture with this hash. Returns what happened, for the metrics.
+    ///
+    /// Made under the ghost's lock, so two portals that learn of the same picture at once
+    /// upload it once. The uploaded file is recorded before the profile is changed: when the
+    /// change fails after the homeserver applied it (a timeout, say) and the event is tried
+    /// again, the retry sets the same file instead of uploading the picture a second time.
     pub async fn set_ghost_avatar(
         &self,
         network: &NetworkId,
@@ -80,16 +120,25 @@ impl Bridge {
         hash: &str,
         data: Option<&[u8]>,
     ) -> Result<&'static str, BridgeError> {
-        let mxid = self.ensure_ghost(network, remote, name).await?;
-        let Some(mut record) = self.store.ghost(&mxid)? else {
-            return Ok("no_ghost");
-        };
+        let mxid = self.ghost_user_id(network, remote.as_str());
+        let _ghost = self.ghost_locks.lock(&mxid).await;
+        let mut record = self
+            .ensure_ghost_locked(&mxid, network, remote, name)
+            .await?;
         if record.avatar_hash.as_deref() == Some(hash) {
             return Ok("unchanged");
         }
         let uid = user_id(&mxid)?;
         let url = match data {
             None => None,
+            Some(_)
+                if record
+                    .avatar_upload
+                    .as_ref()
+                    .is_some_and(|u| u.hash == hash) =>
+            {
+                record.avatar_upload.as_ref().map(|u| u.url.clone())
+            }
             Some(bytes) => {
                 if bytes.len() > AVATAR_MAX_BYTES {
                     warn!(ghost = %mxid, bytes = bytes.len(), "avatar too large; not set");
@@ -100,17 +149,23 @@ impl Bridge {
                     warn!(ghost = %mxid, "avatar is not a known image format; not set");
                     return Ok("not_an_image");
                 };
-                Some(
-                    self.hs
-                        .upload(Some(&uid), bytes.to_vec(), mimetype, "avatar")
-                        .await?,
-                )
+                let url = self
+                    .hs
+                    .upload(Some(&uid), bytes.to_vec(), mimetype, "avatar")
+                    .await?;
+                record.avatar_upload = Some(AvatarUpload {
+                    hash: hash.to_owned(),
+                    url: url.clone(),
+                });
+                self.store.put_ghost(&record)?;
+                Some(url)
             }
         };
         self.hs.set_avatar_url(Some(&uid), url.as_deref()).await?;
         debug!(ghost = %mxid, avatar = ?url, "updated ghost avatar");
         record.avatar_url = url;
         record.avatar_hash = Some(hash.to_owned());
+        record.avatar_upload = None;
         self.store.put_ghost(&record)?;
         Ok("ok")
     }

@@ -10,6 +10,7 @@ mod dispatch;
 mod encryption;
 mod existence;
 mod ghost;
+mod keyed;
 pub mod limits;
 mod login_page;
 mod logins;
@@ -163,6 +164,8 @@ pub struct Bridge {
     encrypted_notices: Mutex<HashMap<String, std::time::Instant>>,
     /// Rate limits on what remote senders can make the bridge create.
     limits: limits::Limits,
+    /// One lock per ghost, held while its record is changed (portals share ghosts).
+    ghost_locks: keyed::KeyedLocks,
 }
 
 /// A reported state and its optional detail.
@@ -220,6 +223,7 @@ impl Bridge {
             ),
             encrypted_notices: Mutex::default(),
             limits: limits::Limits::new(&config.bridge.limits),
+            ghost_locks: keyed::KeyedLocks::default(),
             queues: dispatch::Queues::new(
                 Duration::from_secs(config.bridge.portal_idle_seconds),
                 config.bridge.quarantine_after_attempts,

@@ -22,9 +22,22 @@ pub struct GhostRecord {
     /// The network's hash of that avatar, so an unchanged picture is not uploaded again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar_hash: Option<String>,
+    /// A picture uploaded for the ghost whose setting has not been confirmed yet: a retry
+    /// sets this file rather than uploading the same picture again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_upload: Option<AvatarUpload>,
     /// Registered on the homeserver.
     #[serde(default)]
     pub registered: bool,
+}
+
+/// A ghost's picture uploaded to the homeserver, not yet confirmed as its avatar.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AvatarUpload {
+    /// The network's hash of the picture.
+    pub hash: String,
+    /// The uploaded file (`mxc://`).
+    pub url: String,
 }
 
 impl Store {
@@ -63,6 +76,7 @@ mod tests {
             displayname: None,
             avatar_url: None,
             avatar_hash: Some("da39a3ee".into()),
+            avatar_upload: None,
             registered: false,
         };
         assert_eq!(s.ghost(&g.user_id).unwrap(), None);

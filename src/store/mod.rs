@@ -45,7 +45,7 @@ use std::path::Path;
 pub use self::codec::PortalKey;
 pub use self::connector_kv::ConnectorKv;
 pub use self::files::{loose_permissions, prepare_dir};
-pub use self::ghosts::GhostRecord;
+pub use self::ghosts::{AvatarUpload, GhostRecord};
 pub use self::inbox::{InboxItem, TxnOutcome, TxnRecord};
 pub use self::messages::MessageRecord;
 pub use self::portals::PortalRecord;
@@ -406,6 +406,7 @@ mod tests {
             displayname: Some("Bob".into()),
             avatar_url: None,
             avatar_hash: None,
+            avatar_upload: None,
             registered: true,
         })
         .unwrap();
