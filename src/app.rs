@@ -447,6 +447,10 @@ async fn run(
         }
     }
     info!("isthmus is ready");
+    let presence = (config.bridge.presence_refresh_seconds > 0).then(|| {
+        let every = Duration::from_secs(config.bridge.presence_refresh_seconds);
+        tokio::spawn(Arc::clone(&bridge).keep_presence(every))
+    });
 
     let broken = tokio::select! {
         () = shutdown_signal() => None,
@@ -456,6 +460,9 @@ async fn run(
         error!(reason = %why, "the store cannot recover in this process; stopping so that the service manager starts isthmus again (what was stored replays then)");
     }
     info!("shutting down");
+    if let Some(task) = presence {
+        task.abort();
+    }
     let _ = stop_tx.send(true);
     for connector in bridge.networks.values() {
         connector.stop().await;

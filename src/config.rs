@@ -296,6 +296,12 @@ pub struct BridgeConfig {
     /// for the chats with recent work.
     #[serde(default = "default_portal_idle")]
     pub portal_idle_seconds: u64,
+    /// How often the presence of ghosts whose remote users are online or away is set again,
+    /// in seconds; 0: never. Homeservers time out the presence of users who do not sync
+    /// (Synapse: 30 s after the last update), and ghosts never sync, so without this a
+    /// contact shown online would turn offline half a minute later.
+    #[serde(default = "default_presence_refresh")]
+    pub presence_refresh_seconds: u64,
     /// How long a login must stay disconnected before its user is told, in seconds.
     #[serde(default = "default_state_notice_delay")]
     pub state_notice_delay_seconds: u64,
@@ -476,6 +482,9 @@ fn default_permissions() -> BTreeMap<String, PermissionLevel> {
 fn default_portal_idle() -> u64 {
     10
 }
+fn default_presence_refresh() -> u64 {
+    20
+}
 fn default_state_notice_delay() -> u64 {
     30
 }
@@ -494,6 +503,7 @@ impl Default for BridgeConfig {
             relay: RelayConfig::default(),
             bridge_notices: false,
             portal_idle_seconds: default_portal_idle(),
+            presence_refresh_seconds: default_presence_refresh(),
             state_notice_delay_seconds: default_state_notice_delay(),
             quarantine_after_attempts: default_quarantine_after(),
             login_key: None,

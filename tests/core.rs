@@ -1778,3 +1778,109 @@ async fn a_picture_learnt_by_several_portals_at_once_is_uploaded_once() {
         .expect("the ghost has an avatar");
     assert_eq!(users[0].download(mxc).await, picture);
 }
+
+/// A ghost's presence as the homeserver shows it (asked as the ghost itself).
+async fn ghost_presence(ghost: &str) -> (String, Option<String>) {
+    let hs = common::homeserver().await;
+    let v: Value = common::http()
+        .get(format!(
+            "{hs}/_matrix/client/v3/presence/{}/status?user_id={}",
+            enc(ghost),
+            enc(ghost)
+        ))
+        .bearer_auth(AS_TOKEN)
+        .send()
+        .await
+        .expect("ask the ghost's presence")
+        .json()
+        .await
+        .expect("the presence answer");
+    (
+        v["presence"].as_str().unwrap_or_default().to_owned(),
+        v["status_msg"].as_str().map(str::to_owned),
+    )
+}
+
+/// Homeservers time out the presence of users who do not sync (Synapse: 30 s after the last
+/// update), and ghosts never sync: a contact the network shows online stays online in Matrix
+/// for as long as the network says so, and one the network saw leave is not brought back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ghost_stays_online_past_the_homeservers_presence_timeout() {
+    let _serial = serial();
+    let bridge = BridgeProcess::start_with(|cfg| {
+        cfg.replacen(
+            "  permissions:\n",
+            "  presence_refresh_seconds: 4\n  permissions:\n",
+            1,
+        )
+    })
+    .await;
+    let mut control = Control::connect().await;
+    let run = unique();
+    let viewer = MatrixUser::register("presview").await;
+    let (stays, leaves) = (format!("stay{run}"), format!("leave{run}"));
+    let presence = |state: &str| json!({"type": "presence", "state": state, "status": "here"});
+    for who in [&stays, &leaves] {
+        control
+            .inject(remote_event(
+                who,
+                "direct",
+                &viewer.user_id,
+                who,
+                presence("online"),
+            ))
+            .await;
+    }
+    let shown = |who: &str| ghost_presence_until(ghost(who), "online");
+    shown(&stays).await;
+    shown(&leaves).await;
+    control
+        .inject(remote_event(
+            &leaves,
+            "direct",
+            &viewer.user_id,
+            &leaves,
+            presence("offline"),
+        ))
+        .await;
+    ghost_presence_until(ghost(&leaves), "offline").await;
+
+    // Past the homeserver's timeout (30 s), counted in refreshes of the one ghost left online.
+    let refreshed = [("type", "presence_refresh"), ("result", "ok")];
+    let before = bridge.metric("bridge_events_total", &refreshed).await;
+    wait_metric_where(
+        &bridge,
+        "bridge_events_total",
+        &refreshed,
+        "ten refreshes later",
+        Duration::from_secs(90),
+        |v| v >= before + 10.0,
+    )
+    .await;
+    assert_eq!(
+        ghost_presence(&ghost(&stays)).await,
+        ("online".to_owned(), Some("here".to_owned())),
+        "the contact still online on its network"
+    );
+    assert_eq!(
+        ghost_presence(&ghost(&leaves)).await.0,
+        "offline",
+        "the contact that left"
+    );
+}
+
+/// Waits until the homeserver shows `ghost` with presence `state`.
+async fn ghost_presence_until(ghost: String, state: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (now, _) = ghost_presence(&ghost).await;
+        if now == state {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ghost} is {now}, not {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -20,6 +20,7 @@ mod media;
 mod permissions;
 mod portal;
 mod portal_ops;
+mod presence;
 mod remote_events;
 pub mod split;
 
@@ -166,6 +167,8 @@ pub struct Bridge {
     limits: limits::Limits,
     /// One lock per ghost, held while its record is changed (portals share ghosts).
     ghost_locks: keyed::KeyedLocks,
+    /// Ghosts shown online or away, whose presence is set again before it lapses.
+    presence: presence::LivePresence,
 }
 
 /// A reported state and its optional detail.
@@ -224,6 +227,7 @@ impl Bridge {
             encrypted_notices: Mutex::default(),
             limits: limits::Limits::new(&config.bridge.limits),
             ghost_locks: keyed::KeyedLocks::default(),
+            presence: presence::LivePresence::default(),
             queues: dispatch::Queues::new(
                 Duration::from_secs(config.bridge.portal_idle_seconds),
                 config.bridge.quarantine_after_attempts,

@@ -10,7 +10,7 @@ use super::{Bridge, BridgeError, now_ms, room_id, user_id};
 use crate::config::PermissionLevel;
 use crate::error::Reason;
 use crate::network::{
-    ChatKind, MembershipChange, MessageContent, MessageKind, NetworkId, PresenceState, RemoteEvent,
+    ChatKind, MembershipChange, MessageContent, MessageKind, NetworkId, RemoteEvent,
     RemoteEventKind, RemoteMessageId, RemoteUserId,
 };
 use crate::store::{MessageRecord, PortalKey, PortalRecord};
@@ -103,13 +103,7 @@ impl Bridge {
             let ghost = self
                 .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
                 .await?;
-            let state = match p.state {
-                PresenceState::Online => "online",
-                PresenceState::Unavailable => "unavailable",
-                PresenceState::Offline => "offline",
-            };
-            self.hs
-                .set_presence(Some(&user_id(&ghost)?), state, p.status.as_deref())
+            self.set_ghost_presence(&ghost, p.state, p.status.as_deref())
                 .await?;
             self.metrics.event("to_matrix", kind, "ok");
             return Ok(());

@@ -1,0 +1,152 @@
+//! Ghost presence, kept alive. Homeservers time out the presence of users who do not sync
+//! (Synapse: 30 s after the last update), and ghosts never sync: a remote contact shown
+//! online would turn offline half a minute later although the network still says it is
+//! there. So the bridge remembers which ghosts are online or away and sets their presence
+//! again every `bridge.presence_refresh_seconds`, until the network says they left.
+//!
+//! A change and a refresh of one ghost are made under the ghost's lock, so a refresh that
+//! read "online" cannot land after the change to "offline" that came from the network.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tracing::debug;
+
+use super::{Bridge, BridgeError, user_id};
+use crate::network::PresenceState;
+
+/// Ghosts refreshed at once.
+const CONCURRENCY: usize = 4;
+
+/// The presence of the ghosts whose remote users are online or away, by ghost user ID.
+#[derive(Default)]
+pub(super) struct LivePresence {
+    by_ghost: Mutex<HashMap<String, Shown>>,
+}
+
+/// A presence as the homeserver should show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Shown {
+    state: &'static str,
+    status: Option<String>,
+}
+
+impl LivePresence {
+    fn get(&self, ghost: &str) -> Option<Shown> {
+        self.by_ghost
+            .lock()
+            .expect("presence lock")
+            .get(ghost)
+            .cloned()
+    }
+
+    fn set(&self, ghost: &str, shown: Option<Shown>) {
+        let mut by_ghost = self.by_ghost.lock().expect("presence lock");
+        match shown {
+            Some(s) => by_ghost.insert(ghost.to_owned(), s),
+            None => by_ghost.remove(ghost),
+        };
+    }
+
+    fn ghosts(&self) -> Vec<String> {
+        let by_ghost = self.by_ghost.lock().expect("presence lock");
+        by_ghost.keys().cloned().collect()
+    }
+}
+
+/// The Matrix name of a presence state.
+fn matrix_state(state: PresenceState) -> &'static str {
+    match state {
+        PresenceState::Online => "online",
+        PresenceState::Unavailable => "unavailable",
+        PresenceState::Offline => "offline",
+    }
+}
+
+impl Bridge {
+    /// Shows `state` (with `status`) as the presence of `ghost`, and keeps showing it while it
+    /// is not offline.
+    pub(super) async fn set_ghost_presence(
+        &self,
+        ghost: &str,
+        state: PresenceState,
+        status: Option<&str>,
+    ) -> Result<(), BridgeError> {
+        let _ghost = self.ghost_locks.lock(ghost).await;
+        let shown = Shown {
+            state: matrix_state(state),
+            status: status.map(str::to_owned),
+        };
+        self.hs
+            .set_presence(Some(&user_id(ghost)?), shown.state, status)
+            .await?;
+        self.presence
+            .set(ghost, (state != PresenceState::Offline).then_some(shown));
+        Ok(())
+    }
+
+    /// Sets again, every `every`, the presence of the ghosts shown online or away. Runs until
+    /// the task is dropped.
+    pub async fn keep_presence(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            futures::stream::iter(self.presence.ghosts())
+                .for_each_concurrent(CONCURRENCY, |ghost| self.refresh_presence(ghost))
+                .await;
+        }
+    }
+
+    async fn refresh_presence(&self, ghost: String) {
+        let _ghost = self.ghost_locks.lock(&ghost).await;
+        // Read under the lock: a change made meanwhile is what is shown now.
+        let Some(shown) = self.presence.get(&ghost) else {
+            return;
+        };
+        let Ok(uid) = user_id(&ghost) else {
+            self.presence.set(&ghost, None);
+            return;
+        };
+        let result = match self
+            .hs
+            .set_presence(Some(&uid), shown.state, shown.status.as_deref())
+            .await
+        {
+            Ok(()) => "ok",
+            Err(e) => {
+                debug!(ghost, error = %crate::error::chain(&e), "presence not refreshed; next time");
+                "failed"
+            }
+        };
+        self.metrics.event("to_matrix", "presence_refresh", result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_ghosts_are_forgotten_and_the_others_kept_as_last_set() {
+        let live = LivePresence::default();
+        let online = Shown {
+            state: "online",
+            status: Some("here".into()),
+        };
+        live.set("@a:x", Some(online.clone()));
+        live.set("@b:x", Some(online.clone()));
+        let away = Shown {
+            state: "unavailable",
+            status: None,
+        };
+        live.set("@b:x", Some(away.clone()));
+        live.set("@a:x", None);
+        assert_eq!(live.ghosts(), vec!["@b:x".to_owned()]);
+        assert_eq!(live.get("@b:x"), Some(away));
+        assert_eq!(live.get("@a:x"), None);
+    }
+}
