@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::network::{ConnectorStore, SinkError};
+use crate::network::{ConnectorStore, Contact, RemoteUserId, SinkError};
 
 /// What to do with a contact's request to see a Matrix user's presence.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +21,7 @@ pub enum Policy {
     Deny,
 }
 
-/// `networks.xmpp.subscriptions`: the default policy and exceptions per contact domain.
+/// A network's `subscriptions` setting: the default policy and exceptions per contact domain.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionPolicy {
@@ -34,7 +34,7 @@ pub struct SubscriptionPolicy {
 }
 
 impl SubscriptionPolicy {
-    /// The policy for a contact JID.
+    /// The policy for a contact address (`user@domain`).
     pub fn for_contact(&self, contact: &str) -> Policy {
         let domain = contact.rsplit_once('@').map(|(_, d)| d).unwrap_or(contact);
         self.domains.get(domain).copied().unwrap_or(self.default)
@@ -115,6 +115,20 @@ pub fn of_user(
         .collect())
 }
 
+/// A user's contact list as the core shows it (`NetworkClient::contacts`): each contact with
+/// whether it sees the user's presence, the user sees its, and its request waits.
+pub fn list(store: &dyn ConnectorStore, user: &str) -> Result<Vec<Contact>, SinkError> {
+    Ok(of_user(store, user)?
+        .into_iter()
+        .map(|(contact, s)| Contact {
+            id: RemoteUserId::new(contact),
+            sees_presence: s.from,
+            watched: s.to,
+            pending: s.pending_in,
+        })
+        .collect())
+}
+
 /// Every user at least one contact may see the presence of.
 pub fn users_seen_by_contacts(store: &dyn ConnectorStore) -> Result<Vec<String>, SinkError> {
     let mut users: Vec<String> = store
@@ -162,6 +176,29 @@ mod tests {
         // Back to the default state: the record is gone.
         update(&kv, "@a:hs", "bob@x.org", |s| s.pending_in = false).unwrap();
         assert_eq!(of_user(&kv, "@a:hs").unwrap().len(), 1);
+        let shown = super::list(&kv, "@a:hs").unwrap();
+        assert_eq!(
+            shown,
+            [Contact {
+                id: RemoteUserId::new("carol@x.org"),
+                sees_presence: true,
+                watched: false,
+                pending: false,
+            }]
+        );
+        update(&kv, "@b:hs", "dan@x.org", |s| s.pending_in = true).unwrap();
+        let shown = super::list(&kv, "@b:hs").unwrap();
+        assert_eq!(shown.len(), 2);
+        assert!(
+            shown
+                .iter()
+                .any(|c| c.id.as_str() == "bob@x.org" && c.watched && !c.pending)
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|c| c.id.as_str() == "dan@x.org" && c.pending && !c.sees_presence)
+        );
         assert!(get(&kv, "@b:hs", "bob@x.org").unwrap().to);
         update(&kv, "@a:hs", "dan@x.org", |s| s.from = true).unwrap();
         assert_eq!(users_seen_by_contacts(&kv).unwrap(), ["@a:hs"]);

@@ -17,6 +17,7 @@ pub mod config;
 pub mod contacts;
 mod events;
 mod ids;
+pub mod kit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -4,7 +4,6 @@
 //! contact into the user's direct chats. The password lives in the login data, which the
 //! core seals at rest.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +21,13 @@ use super::body;
 use super::endpoint::{Outgoing, SendError};
 use super::ids;
 use crate::backoff::Policy;
+use crate::network::kit::login::{self, Field, Form, PasswordAccounts, Values};
+use crate::network::kit::registry::Entry;
+use crate::network::kit::send::send_parts;
+use crate::network::kit::state::StateCell;
 use crate::network::{
-    BridgeState, ChatKind, LoginData, LoginField, LoginId, LoginProcess, LoginStep, MatrixSender,
-    MessageKind, NetworkClient, NetworkError, OutgoingMessage, PortalRef, RemoteMessageId,
-    RemoteUserId,
+    BridgeState, ChatKind, LoginData, MatrixSender, MessageKind, NetworkClient, NetworkError,
+    OutgoingMessage, PortalRef, RemoteMessageId, RemoteUserId, contacts,
 };
 
 /// Delays between registration attempts after a passing failure: every 10 s.
@@ -60,7 +62,7 @@ pub(crate) struct Account {
     contact_user: String,
     call_id: String,
     cseq: tokio::sync::Mutex<u32>,
-    state: watch::Sender<BridgeState>,
+    state: StateCell,
     stop: watch::Sender<bool>,
 }
 
@@ -89,7 +91,7 @@ impl Account {
             contact_user,
             call_id,
             cseq: tokio::sync::Mutex::new(0),
-            state: watch::channel(BridgeState::Connecting).0,
+            state: StateCell::new(BridgeState::Connecting),
             stop: watch::channel(false).0,
         })
     }
@@ -202,14 +204,9 @@ impl Account {
     }
 
     async fn set_state(&self, state: BridgeState, message: Option<String>) {
-        let changed = self.state.send_if_modified(|s| {
-            let c = *s != state;
-            *s = state;
-            c
-        });
-        if changed && let Some(sink) = self.shared.sink.get() {
-            sink.report_state(Some(&self.user), state, message).await;
-        }
+        self.state
+            .report(self.shared.sink.get(), Some(&self.user), state, message)
+            .await;
     }
 
     /// Keeps the registration alive until logout: refreshes at three quarters of the granted
@@ -247,26 +244,18 @@ impl Account {
     /// loop of an earlier login of the same account (a `login` again, say after a password
     /// change), so only this one keeps the binding.
     fn track(self: &Arc<Self>) {
-        let previous = self.shared.accounts.lock().expect("accounts lock").insert(
-            self.contact_user.clone(),
-            (
-                self.user.clone(),
-                self.data.address.clone(),
-                self.stop.clone(),
-            ),
+        self.shared.accounts.track(
+            &self.contact_user,
+            Entry {
+                user: self.user.clone(),
+                stop: self.stop.clone(),
+                account: (),
+            },
         );
-        if let Some((_, _, stop)) = previous {
-            stop.send_replace(true);
-        }
     }
 
     fn login_data(&self) -> LoginData {
-        LoginData {
-            id: LoginId::new(self.data.address.as_str()),
-            remote_user: RemoteUserId::new(self.data.address.as_str()),
-            remote_name: format!("sip:{}", self.data.address),
-            data: serde_json::to_value(&self.data).expect("account data serialises"),
-        }
+        login::login_data("sip", &self.data.address, &self.data)
     }
 
     async fn send_to(
@@ -303,7 +292,7 @@ impl Account {
 #[async_trait]
 impl NetworkClient for Account {
     fn state(&self) -> BridgeState {
-        *self.state.borrow()
+        self.state.get()
     }
 
     async fn send_message(
@@ -320,18 +309,15 @@ impl NetworkClient for Account {
             }
             _ => super::handle_matrix::text_of(message),
         };
-        let mut first = None;
-        for part in body::split(&text, self.shared.max_body()) {
-            let id = self
-                .send_to(
-                    portal.chat.as_str(),
-                    &message.sender.displayname,
-                    "text/plain;charset=UTF-8",
-                    part.into_bytes(),
-                )
-                .await?;
-            first.get_or_insert(id);
-        }
+        let first = send_parts(body::split(&text, self.shared.max_body()), |part| {
+            self.send_to(
+                portal.chat.as_str(),
+                &message.sender.displayname,
+                "text/plain;charset=UTF-8",
+                part.into_bytes(),
+            )
+        })
+        .await?;
         Ok(RemoteMessageId::new(first.unwrap_or_default()))
     }
 
@@ -378,57 +364,52 @@ impl NetworkClient for Account {
         &self,
         user: &MatrixSender,
     ) -> Result<Vec<crate::network::Contact>, NetworkError> {
-        super::handle_matrix::Gateway {
-            shared: self.shared.clone(),
-        }
-        .contacts(user)
-        .await
+        Ok(contacts::list(self.shared.store()?, &user.user_id)?)
     }
 
     async fn logout(&self) -> Result<(), NetworkError> {
         self.stop.send_replace(true);
         // Watchers of the account stop seeing the Matrix user's presence.
         super::presence::end_watchers_of(&self.shared, &self.aor_uri()).await;
-        {
-            let mut accounts = self.shared.accounts.lock().expect("accounts lock");
-            // Only this login's entry: a newer login of the same account keeps its own.
-            if accounts
-                .get(&self.contact_user)
-                .is_some_and(|(_, _, s)| s.same_channel(&self.stop))
-            {
-                accounts.remove(&self.contact_user);
-            }
-        }
+        // Only this login's entry: a newer login of the same account keeps its own.
+        self.shared.accounts.untrack(&self.contact_user, &self.stop);
         let r = self.register(0).await.map(|_| ());
         info!(user = %self.user, address = %self.data.address, "SIP account unregistered");
         r
     }
 }
 
-/// The login flow: address, authentication user, password, outbound proxy.
-pub(super) struct PasswordLogin {
-    pub shared: Arc<Shared>,
-    pub user: String,
-}
+/// The login form: address, authentication user, password, outbound proxy.
+const FORM: Form = Form {
+    instructions: "Log in with your own SIP account. Send `-` for an optional value to use the default.",
+    fields: &[
+        Field::required(
+            "address",
+            "SIP address (sip:you@example.org)",
+            "the SIP address",
+        ),
+        Field::optional("auth_user", "authentication user (`-`: the address's user)"),
+        Field::secret("password", "password", "the password"),
+        Field::optional(
+            "proxy",
+            "outbound proxy host:port (`-`: the bridge's proxy)",
+        ),
+    ],
+};
 
-/// Parses the values of a login into account data.
-fn parse_input(
-    shared: &Shared,
-    input: &BTreeMap<String, String>,
-) -> Result<AccountData, NetworkError> {
-    let get = |k: &str| crate::network::login_value(input, k);
-    let address = get("address")
-        .ok_or_else(|| NetworkError::InvalidInput("the SIP address is missing".into()))?;
+/// Users' own SIP accounts, for the password flow.
+#[derive(Clone)]
+pub(super) struct Accounts(pub Arc<Shared>);
+
+/// Reads the values of a login into account data.
+fn parse_input(shared: &Shared, values: &Values) -> Result<AccountData, NetworkError> {
     let address = shared
         .addressing
-        .contact(&address)
+        .contact(values.required("address")?)
         .map_err(|e| NetworkError::InvalidInput(crate::error::Reason::from_error(e)))?;
-    let password = input
-        .get("password")
-        .filter(|p| !p.is_empty())
-        .cloned()
-        .ok_or_else(|| NetworkError::InvalidInput("the password is missing".into()))?;
-    let proxy = get("proxy")
+    let password = values.required("password")?.to_owned();
+    let proxy = values
+        .optional("proxy")
         .map(|p| {
             p.parse::<SocketAddr>().map_err(|_| {
                 NetworkError::InvalidInput(
@@ -450,58 +431,51 @@ fn parse_input(
     }
     Ok(AccountData {
         address,
-        auth_user: get("auth_user"),
+        auth_user: values.optional("auth_user").map(str::to_owned),
         password,
         proxy,
     })
 }
 
 #[async_trait]
-impl LoginProcess for PasswordLogin {
-    fn first_step(&mut self) -> LoginStep {
-        LoginStep::Input {
-            instructions: "Log in with your own SIP account. Send `-` for an optional value to use the default.".into(),
-            fields: vec![
-                LoginField::new("address", "SIP address (sip:you@example.org)", false),
-                LoginField::new("auth_user", "authentication user (`-`: the address's user)", false),
-                LoginField::new("password", "password", true),
-                LoginField::new("proxy", "outbound proxy host:port (`-`: the bridge's proxy)", false),
-            ],
-        }
+impl PasswordAccounts for Accounts {
+    const NETWORK: &'static str = super::NETWORK;
+    type Data = AccountData;
+
+    fn form(&self) -> Form {
+        FORM
     }
 
-    async fn submit(&mut self, input: BTreeMap<String, String>) -> Result<LoginStep, NetworkError> {
-        let data = parse_input(&self.shared, &input)?;
-        let account = Account::new(self.shared.clone(), &self.user, data);
+    async fn log_in(
+        &self,
+        user: &str,
+        values: &Values,
+    ) -> Result<(LoginData, Arc<dyn NetworkClient>), NetworkError> {
+        let data = parse_input(&self.0, values)?;
+        let account = Account::new(self.0.clone(), user, data);
         // Tracked (and an earlier login of the account replaced) only once registered, so a
         // failed attempt leaves a working login alone.
-        let granted = account.register(self.shared.register_seconds).await?;
+        let granted = account.register(self.0.register_seconds).await?;
         account.track();
-        account.state.send_replace(BridgeState::Connected);
-        info!(user = %self.user, address = %account.data.address, granted, "SIP account registered");
+        account.state.set(BridgeState::Connected);
+        info!(user = %user, address = %account.data.address, granted, "SIP account registered");
         tokio::spawn(
             account
                 .clone()
                 .keep_registered(Duration::from_secs((granted.saturating_mul(3) / 4).max(5))),
         );
-        Ok(LoginStep::Complete {
-            login: account.login_data(),
-            client: account,
-        })
+        Ok((account.login_data(), account))
     }
-}
 
-/// Restores a stored account: registers in the background and reports the state.
-pub(super) fn load(
-    shared: Arc<Shared>,
-    user: &str,
-    login: &LoginData,
-) -> Result<Arc<dyn NetworkClient>, NetworkError> {
-    let data: AccountData = serde_json::from_value(login.data.clone()).map_err(|e| {
-        NetworkError::Internal(format!("stored SIP login does not read: {e}").into())
-    })?;
-    let account = Account::new(shared, user, data);
-    account.track();
-    tokio::spawn(account.clone().keep_registered(Duration::ZERO));
-    Ok(account)
+    /// Restores a stored account: registers in the background and reports the state.
+    fn restore(
+        &self,
+        user: &str,
+        data: AccountData,
+    ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
+        let account = Account::new(self.0.clone(), user, data);
+        account.track();
+        tokio::spawn(account.clone().keep_registered(Duration::ZERO));
+        Ok(account)
+    }
 }

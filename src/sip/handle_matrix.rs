@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use rsipstack::sip::{Header, Method};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::Shared;
 use super::body;
@@ -13,6 +13,8 @@ use super::endpoint::{self, Answer, Outgoing, SendError};
 use super::ids;
 use super::presence;
 use crate::network::contacts;
+use crate::network::kit::address::gateway_address;
+use crate::network::kit::send::{fan_out, send_parts};
 use crate::network::{
     BridgeState, ChatKind, Contact, MatrixSender, MessageKind, NetworkClient, NetworkError,
     OutgoingMessage, PortalRef, Presence, RemoteMessageId, RemoteUserId,
@@ -50,18 +52,12 @@ pub(super) fn outcome(answer: Result<Answer, SendError>) -> Result<(), NetworkEr
 
 impl Gateway {
     fn puppet_uri(&self, sender: &MatrixSender) -> Result<String, NetworkError> {
-        self.shared
-            .addressing
-            .puppet_uri(&sender.user_id)
-            .ok_or_else(|| {
-                NetworkError::Undeliverable(
-                    format!(
-                        "{} has no SIP address (only lowercase Matrix IDs have one)",
-                        sender.user_id
-                    )
-                    .into(),
-                )
-            })
+        gateway_address(
+            self.shared.addressing.puppet_uri(&sender.user_id),
+            &sender.user_id,
+            super::NETWORK,
+            Some("only lowercase Matrix IDs have one"),
+        )
     }
 
     /// Sends `text` from `from` (name-addr with tag) to `to_uri`, split into as many MESSAGEs
@@ -73,25 +69,26 @@ impl Gateway {
         text: &str,
     ) -> Result<String, NetworkError> {
         let ep = self.shared.endpoint()?;
-        let parts = body::split(text, self.shared.max_body());
-        let mut first = None;
-        for part in parts {
-            let call_id = ep.call_id();
-            let out = Outgoing {
-                method: Method::Message,
-                uri: to_uri,
-                from: from.to_owned(),
-                to: format!("<{to_uri}>"),
-                call_id: Some(call_id.clone()),
-                cseq: 1,
-                headers: vec![Header::ContentType("text/plain;charset=UTF-8".into())],
-                body: part.into_bytes(),
-                credential: None,
-                proxy: None,
-            };
-            outcome(ep.send(out).await)?;
-            first.get_or_insert(call_id);
-        }
+        let first = send_parts(
+            body::split(text, self.shared.max_body()),
+            |part| async move {
+                let call_id = ep.call_id();
+                let out = Outgoing {
+                    method: Method::Message,
+                    uri: to_uri,
+                    from: from.to_owned(),
+                    to: format!("<{to_uri}>"),
+                    call_id: Some(call_id.clone()),
+                    cseq: 1,
+                    headers: vec![Header::ContentType("text/plain;charset=UTF-8".into())],
+                    body: part.into_bytes(),
+                    credential: None,
+                    proxy: None,
+                };
+                outcome(ep.send(out).await).map(|()| call_id)
+            },
+        )
+        .await?;
         Ok(first.unwrap_or_default())
     }
 
@@ -132,7 +129,7 @@ pub(super) fn text_of(message: &OutgoingMessage) -> String {
 #[async_trait]
 impl NetworkClient for Gateway {
     fn state(&self) -> BridgeState {
-        *self.shared.state.borrow()
+        self.shared.state.get()
     }
 
     fn is_bridge_wide(&self) -> bool {
@@ -175,50 +172,12 @@ impl NetworkClient for Gateway {
                 // Each member's delivery is remembered until the message reached everyone, so
                 // a retry after a passing failure goes only to those still missing it.
                 let store = self.shared.store()?;
-                let done_key = |m: &str| format!("fo:{}\u{1f}{m}", message.event_id);
-                let mut first = None;
-                let mut failed = Vec::new();
-                let mut passing = Vec::new();
-                for member in &portal.members {
-                    let key = done_key(member.as_str());
-                    if store.get(&key).ok().flatten().is_some() {
-                        continue;
-                    }
-                    match self
-                        .send_text(&from, &ids::contact_uri(member.as_str()), &line)
-                        .await
-                    {
-                        Ok(id) => {
-                            first.get_or_insert(id);
-                            store
-                                .put(&key, &serde_json::Value::Bool(true))
-                                .map_err(|e| {
-                                    NetworkError::Internal(crate::error::Reason::from_error(e))
-                                })?;
-                        }
-                        Err(e) if e.is_transient() => {
-                            debug!(member = %member, error = %crate::error::chain(&e), "room message delayed for a SIP member");
-                            passing.push(format!("{member} ({e})"));
-                        }
-                        Err(e) => {
-                            warn!(member = %member, error = %crate::error::chain(&e), "room message not delivered to a SIP member");
-                            failed.push(format!("{member} ({e})"));
-                        }
-                    }
-                }
-                if !passing.is_empty() {
-                    return Err(NetworkError::Transient(
-                        format!("not yet delivered to {}", passing.join(", ")).into(),
-                    ));
-                }
-                for member in &portal.members {
-                    let _ = store.delete(&done_key(member.as_str()));
-                }
-                if !failed.is_empty() {
-                    return Err(NetworkError::Undeliverable(
-                        format!("not delivered to {}", failed.join(", ")).into(),
-                    ));
-                }
+                let first = fan_out(store, &message.event_id, &portal.members, |member| {
+                    let to = ids::contact_uri(member.as_str());
+                    let (from, line) = (&from, &line);
+                    async move { self.send_text(from, &to, line).await }
+                })
+                .await?;
                 Ok(RemoteMessageId::new(first.unwrap_or_default()))
             }
             ChatKind::Group => Err(NetworkError::Unsupported("group chats")),
@@ -270,16 +229,6 @@ impl NetworkClient for Gateway {
     }
 
     async fn contacts(&self, user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
-        let store = self.shared.store()?;
-        Ok(contacts::of_user(store, &user.user_id)
-            .map_err(|e| NetworkError::Internal(crate::error::Reason::from_error(e)))?
-            .into_iter()
-            .map(|(contact, s)| Contact {
-                id: RemoteUserId::new(contact),
-                sees_presence: s.from,
-                watched: s.to,
-                pending: s.pending_in,
-            })
-            .collect())
+        Ok(contacts::list(self.shared.store()?, &user.user_id)?)
     }
 }

@@ -84,8 +84,7 @@ pub(super) fn local_target(shared: &Shared, req: &rsipstack::sip::Request) -> Op
     let (user, host) = aor.rsplit_once('@')?;
     if user.starts_with(super::account::ACCOUNT_PREFIX) {
         // The contact registered for a user's own account.
-        let accounts = shared.accounts.lock().expect("accounts lock");
-        return accounts.get(user).map(|(u, _, _)| Local::User(u.clone()));
+        return shared.accounts.user_of(user).map(Local::User);
     }
     let host = host.split(':').next().unwrap_or(host);
     if host != shared.addressing.domain() {

@@ -38,15 +38,15 @@ use self::ids::Addressing;
 use crate::backoff::Policy;
 use crate::error::Reason;
 use crate::network::contacts::SubscriptionPolicy;
+use crate::network::kit::{login, registry::Registry, state};
 use crate::network::{
     BridgeState, Capabilities, Connector, ConnectorStore, EventSink, LoginData, LoginFlow,
     LoginProcess, NetworkClient, NetworkError, NetworkId, NetworkInfo, Presence, RemoteChatId,
     RemoteUserId, ThirdPartyField,
 };
 
-/// Where requests for an own account's contact go: (Matrix user, address, the stop switch of
-/// its registration loop).
-type AccountRoute = (String, String, watch::Sender<bool>);
+/// The network's name in what users and logs read.
+const NETWORK: &str = "SIP";
 
 /// What the inbound handler, the gateway identity and the timers share.
 pub(crate) struct Shared {
@@ -60,10 +60,10 @@ pub(crate) struct Shared {
     transport: SipTransport,
     subscription_seconds: u32,
     register_seconds: u32,
-    /// Own accounts by the user part of their registered contact: (Matrix user, address,
-    /// the stop switch of its registration loop).
-    accounts: Mutex<HashMap<String, AccountRoute>>,
-    state: watch::Sender<BridgeState>,
+    /// Own accounts by the user part of their registered contact, with the stop switch of
+    /// their registration loops.
+    accounts: Registry<()>,
+    state: state::StateCell,
     /// Last presence published per Matrix user.
     presence: Mutex<HashMap<String, Presence>>,
     /// Serialises changes to the stored subscriptions.
@@ -76,17 +76,12 @@ pub(crate) struct Shared {
 impl Shared {
     /// The connector's storage, once started.
     fn store(&self) -> Result<&dyn ConnectorStore, NetworkError> {
-        self.sink
-            .get()
-            .map(|s| s.store())
-            .ok_or_else(|| NetworkError::Down("the SIP connector is not started".into()))
+        state::store(&self.sink, NETWORK)
     }
 
     /// The endpoint, once started.
     fn endpoint(&self) -> Result<&Endpoint, NetworkError> {
-        self.endpoint
-            .get()
-            .ok_or_else(|| NetworkError::Down("the SIP connector is not started".into()))
+        state::started(&self.endpoint, NETWORK)
     }
 
     /// Largest text body of one MESSAGE: RFC 3428 keeps a MESSAGE over UDP under 1300
@@ -101,16 +96,13 @@ impl Shared {
 
     /// Records the link state and reports changes.
     async fn set_state(&self, state: BridgeState, message: Option<String>) {
-        let changed = self.state.send_if_modified(|s| {
-            let changed = *s != state;
-            *s = state;
-            changed
-        });
-        if changed {
-            tracing::info!(state = state.as_str(), detail = ?message, "SIP link state");
-            if let Some(sink) = self.sink.get() {
-                sink.report_state(None, state, message).await;
-            }
+        let detail = message.clone();
+        if self
+            .state
+            .report(self.sink.get(), None, state, message)
+            .await
+        {
+            tracing::info!(state = state.as_str(), ?detail, "SIP link state");
         }
     }
 }
@@ -138,8 +130,8 @@ impl Sip {
             transport: cfg.transport,
             subscription_seconds: cfg.subscription_seconds,
             register_seconds: cfg.register_seconds,
-            accounts: Mutex::default(),
-            state: watch::channel(BridgeState::Starting).0,
+            accounts: Registry::default(),
+            state: state::StateCell::new(BridgeState::Starting),
             presence: Mutex::default(),
             subscriptions: tokio::sync::Mutex::new(()),
             refused: Mutex::default(),
@@ -242,13 +234,10 @@ impl Connector for Sip {
     }
 
     fn login_flows(&self) -> Vec<LoginFlow> {
-        vec![LoginFlow {
-            id: "password".into(),
-            name: "SIP account".into(),
-            description:
-                "Log in with your own SIP address and password; the bridge registers for you."
-                    .into(),
-        }]
+        vec![login::password_flow(
+            "SIP account",
+            "Log in with your own SIP address and password; the bridge registers for you.",
+        )]
     }
 
     async fn start_login(
@@ -256,16 +245,9 @@ impl Connector for Sip {
         user_id: &str,
         flow_id: &str,
     ) -> Result<Box<dyn LoginProcess>, NetworkError> {
-        if flow_id != "password" {
-            return Err(NetworkError::InvalidInput(
-                format!("unknown login flow {flow_id}; the SIP flow is `password`").into(),
-            ));
-        }
+        let process = login::start(account::Accounts(self.shared.clone()), user_id, flow_id)?;
         self.shared.endpoint()?;
-        Ok(Box::new(account::PasswordLogin {
-            shared: self.shared.clone(),
-            user: user_id.to_owned(),
-        }))
+        Ok(process)
     }
 
     async fn load_login(
@@ -273,7 +255,7 @@ impl Connector for Sip {
         user_id: &str,
         login: &LoginData,
     ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
-        account::load(self.shared.clone(), user_id, login)
+        login::load(&account::Accounts(self.shared.clone()), user_id, login)
     }
 
     fn parse_user_id(&self, raw: &str) -> Result<RemoteUserId, NetworkError> {
@@ -312,7 +294,7 @@ impl Connector for Sip {
                 self.shared.proxy,
                 transport_name(self.shared.transport)
             ),
-            *self.shared.state.borrow(),
+            self.shared.state.get(),
         )]
     }
 }

@@ -32,10 +32,13 @@ use super::handle_matrix::Gateway;
 use super::handle_xmpp::{Handler, error_reply};
 use super::{Shared, fidelity};
 use crate::error::Reason;
+use crate::network::kit::login::{self, Field, Form, PasswordAccounts, Values};
+use crate::network::kit::registry::Entry;
+use crate::network::kit::state::StateCell;
 use crate::network::{
-    BridgeState, ChatKind, Contact, LoginData, LoginField, LoginId, LoginProcess, LoginStep,
-    MatrixSender, MessageContent, NetworkClient, NetworkError, OutgoingMessage, PortalRef,
-    Presence, PresenceState, RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
+    BridgeState, ChatKind, Contact, LoginData, MatrixSender, MessageContent, NetworkClient,
+    NetworkError, OutgoingMessage, PortalRef, Presence, PresenceState, RemoteEvent,
+    RemoteEventKind, RemoteMessageId, RemoteUserId,
 };
 
 const CARBONS: &str = "urn:xmpp:carbons:2";
@@ -229,7 +232,7 @@ pub(crate) struct Account {
     out: mpsc::Sender<Outgoing>,
     /// What the identity sends, until the connection starts reading it.
     rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
-    state: watch::Sender<BridgeState>,
+    state: StateCell,
     stop: watch::Sender<bool>,
     /// The roster: contact → name.
     roster: Mutex<BTreeMap<String, Option<String>>>,
@@ -289,7 +292,7 @@ impl Account {
             NetworkError::InvalidInput(format!("{:?} is not a JID: {e}", data.jid).into())
         })?;
         let (out, rx) = mpsc::channel(256);
-        let state = watch::channel(BridgeState::Connecting).0;
+        let state = StateCell::new(BridgeState::Connecting);
         let direct = Gateway {
             shared: parts.shared.clone(),
             out: out.clone(),
@@ -321,12 +324,7 @@ impl Account {
     }
 
     fn login_data(&self) -> LoginData {
-        LoginData {
-            id: LoginId::new(self.jid.to_string()),
-            remote_user: RemoteUserId::new(self.jid.to_string()),
-            remote_name: format!("xmpp:{}", self.jid),
-            data: serde_json::to_value(&self.data).expect("account data serialises"),
-        }
+        login::login_data("xmpp", &self.jid.to_string(), &self.data)
     }
 
     /// Starts the connection; `first` learns how the first attempt went.
@@ -380,26 +378,26 @@ impl Account {
     /// another Matrix user's): one connection per account. Only an authenticated session
     /// takes over, so a wrong password never disturbs a working login.
     async fn track(&self) {
-        let previous = self
+        let entry = Entry {
+            user: self.user.clone(),
+            stop: self.stop.clone(),
+            account: self.this.clone(),
+        };
+        let Some(Entry {
+            user: other,
+            account: old,
+            ..
+        }) = self
             .parts
             .shared
             .accounts
-            .lock()
-            .expect("accounts lock")
-            .insert(
-                self.jid.to_string(),
-                (self.user.clone(), self.stop.clone(), self.this.clone()),
-            );
-        let Some((other, stop, old)) = previous else {
+            .track(&self.jid.to_string(), entry)
+        else {
             return;
         };
-        if stop.same_channel(&self.stop) {
-            return;
-        }
         info!(jid = %self.jid, previous_user = other, user = self.user, "a new login of this XMPP account replaces the old one");
-        stop.send_replace(true);
         if let Some(old) = old.upgrade() {
-            old.state.send_replace(BridgeState::LoggedOut);
+            old.state.set(BridgeState::LoggedOut);
             // The same user's new login reports its own state; another user is told.
             if other != self.user
                 && let Some(sink) = self.parts.shared.sink.get()
@@ -418,13 +416,10 @@ impl Account {
     }
 
     fn untrack(&self) {
-        let mut accounts = self.parts.shared.accounts.lock().expect("accounts lock");
-        if accounts
-            .get(&self.jid.to_string())
-            .is_some_and(|(_, s, _)| s.same_channel(&self.stop))
-        {
-            accounts.remove(&self.jid.to_string());
-        }
+        self.parts
+            .shared
+            .accounts
+            .untrack(&self.jid.to_string(), &self.stop);
     }
 
     /// The identity that acts in `portal` for Matrix user `actor`: the account itself in
@@ -1191,11 +1186,7 @@ impl c2s::Events for Account {
         if let Some(d) = &detail {
             *self.last_problem.lock().expect("problem lock") = Some(d.clone());
         }
-        let changed = self.state.send_if_modified(|s| {
-            let c = *s != state;
-            *s = state;
-            c
-        });
+        let changed = self.state.set(state);
         if state == BridgeState::Connected
             && let Some(first) = self.first.lock().expect("first lock").take()
         {
@@ -1221,7 +1212,7 @@ impl c2s::Events for Account {
 #[async_trait]
 impl NetworkClient for Account {
     fn state(&self) -> BridgeState {
-        *self.state.borrow()
+        self.state.get()
     }
 
     async fn send_message(
@@ -1315,7 +1306,7 @@ impl NetworkClient for Account {
             .expect("presence lock")
             .replace(presence.clone())
             .is_none_or(|old| &old != presence);
-        if changed && *self.state.borrow() == BridgeState::Connected {
+        if changed && self.state.get() == BridgeState::Connected {
             let _ = self.out.send((own_presence(Some(presence)), None)).await;
         }
         // Gateway contacts and group chats see the gateway address.
@@ -1373,20 +1364,23 @@ impl NetworkClient for Account {
     }
 }
 
-/// The login flow: JID, password, server.
-pub(super) struct PasswordLogin {
-    pub parts: Parts,
-    pub user: String,
-}
+/// The login form: JID, password, server.
+const FORM: Form = Form {
+    instructions: "Log in with your own XMPP account. Send `-` for an optional value to use the default.",
+    fields: &[
+        Field::required("jid", "XMPP address (you@example.org)", "the JID"),
+        Field::secret("password", "password", "the password"),
+        Field::optional(
+            "server",
+            "server host:port (`-`: the address's domain on port 5222; `tls:host:port` for direct TLS)",
+        ),
+    ],
+};
 
-/// Parses the values of a login into account data.
-fn parse_input(
-    parts: &Parts,
-    input: &BTreeMap<String, String>,
-) -> Result<AccountData, NetworkError> {
-    let get = |k: &str| crate::network::login_value(input, k);
-    let raw = get("jid").ok_or_else(|| NetworkError::InvalidInput("the JID is missing".into()))?;
-    let raw = raw.strip_prefix("xmpp:").unwrap_or(&raw);
+/// Reads the values of a login into account data.
+fn parse_input(parts: &Parts, values: &Values) -> Result<AccountData, NetworkError> {
+    let raw = values.required("jid")?;
+    let raw = raw.strip_prefix("xmpp:").unwrap_or(raw);
     let jid = BareJid::from_str(raw)
         .ok()
         .filter(|j| j.node().is_some())
@@ -1401,20 +1395,16 @@ fn parse_input(
             format!("{jid} is your address through the bridge, not an XMPP account").into(),
         ));
     }
-    let password = input
-        .get("password")
-        .filter(|p| !p.is_empty())
-        .cloned()
-        .ok_or_else(|| NetworkError::InvalidInput("the password is missing".into()))?;
-    let (server, direct_tls) = match get("server") {
+    let password = values.required("password")?.to_owned();
+    let (server, direct_tls) = match values.optional("server") {
         None => (None, false),
         Some(s) => {
             let (direct, rest) = match s.strip_prefix("tls:") {
-                Some(r) => (true, r.to_owned()),
+                Some(r) => (true, r),
                 None => (false, s),
             };
-            host_port(&rest).map_err(|e| NetworkError::InvalidInput(Reason::from_error(e)))?;
-            (Some(rest), direct)
+            host_port(rest).map_err(|e| NetworkError::InvalidInput(Reason::from_error(e)))?;
+            (Some(rest.to_owned()), direct)
         }
     };
     Ok(AccountData {
@@ -1426,25 +1416,21 @@ fn parse_input(
 }
 
 #[async_trait]
-impl LoginProcess for PasswordLogin {
-    fn first_step(&mut self) -> LoginStep {
-        LoginStep::Input {
-            instructions: "Log in with your own XMPP account. Send `-` for an optional value to use the default.".into(),
-            fields: vec![
-                LoginField::new("jid", "XMPP address (you@example.org)", false),
-                LoginField::new("password", "password", true),
-                LoginField::new(
-                    "server",
-                    "server host:port (`-`: the address's domain on port 5222; `tls:host:port` for direct TLS)",
-                    false,
-                ),
-            ],
-        }
+impl PasswordAccounts for Parts {
+    const NETWORK: &'static str = super::NETWORK;
+    type Data = AccountData;
+
+    fn form(&self) -> Form {
+        FORM
     }
 
-    async fn submit(&mut self, input: BTreeMap<String, String>) -> Result<LoginStep, NetworkError> {
-        let data = parse_input(&self.parts, &input)?;
-        let account = Account::new(self.parts.clone(), &self.user, data)?;
+    async fn log_in(
+        &self,
+        user: &str,
+        values: &Values,
+    ) -> Result<(LoginData, Arc<dyn NetworkClient>), NetworkError> {
+        let data = parse_input(self, values)?;
+        let account = Account::new(self.clone(), user, data)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         account.start(Some(tx))?;
         let outcome = tokio::time::timeout(Duration::from_secs(30), rx).await;
@@ -1464,26 +1450,20 @@ impl LoginProcess for PasswordLogin {
             account.stop.send_replace(true);
             return Err(e);
         }
-        info!(user = %self.user, jid = %account.jid, "XMPP account logged in");
-        Ok(LoginStep::Complete {
-            login: account.login_data(),
-            client: account,
-        })
+        info!(user = %user, jid = %account.jid, "XMPP account logged in");
+        Ok((account.login_data(), account))
     }
-}
 
-/// Restores a stored account: connects in the background and reports the state.
-pub(super) fn load(
-    parts: Parts,
-    user: &str,
-    login: &LoginData,
-) -> Result<Arc<dyn NetworkClient>, NetworkError> {
-    let data: AccountData = serde_json::from_value(login.data.clone()).map_err(|e| {
-        NetworkError::Internal(format!("stored XMPP login does not read: {e}").into())
-    })?;
-    let account = Account::new(parts, user, data)?;
-    account.start(None)?;
-    Ok(account)
+    /// Restores a stored account: connects in the background and reports the state.
+    fn restore(
+        &self,
+        user: &str,
+        data: AccountData,
+    ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
+        let account = Account::new(self.clone(), user, data)?;
+        account.start(None)?;
+        Ok(account)
+    }
 }
 
 #[cfg(test)]

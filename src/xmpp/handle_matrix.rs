@@ -18,6 +18,7 @@ use super::component::Outgoing;
 use super::handle_xmpp::{presence_stanza, subscription_stanza};
 use super::{fidelity, hosted, muc};
 use crate::network::contacts as roster;
+use crate::network::kit::address::gateway_address;
 use crate::network::{
     BridgeState, ChatKind, Contact, MatrixSender, MessageContent, NetworkClient, NetworkError,
     OutgoingMessage, PortalRef, Presence, RemoteMessageId, RemoteUserId,
@@ -41,26 +42,16 @@ impl Gateway {
         if let Some(own) = &self.own {
             return Ok(Jid::from(own.clone()));
         }
-        self.shared
-            .addressing
-            .puppet(&sender.user_id)
-            .map(Jid::from)
-            .ok_or_else(|| {
-                NetworkError::Undeliverable(
-                    format!("{} has no XMPP address", sender.user_id).into(),
-                )
-            })
+        self.puppet_bare(sender).map(Jid::from)
     }
 
     fn puppet_bare(&self, sender: &MatrixSender) -> Result<BareJid, NetworkError> {
-        self.shared
-            .addressing
-            .puppet(&sender.user_id)
-            .ok_or_else(|| {
-                NetworkError::Undeliverable(
-                    format!("{} has no XMPP address", sender.user_id).into(),
-                )
-            })
+        gateway_address(
+            self.shared.addressing.puppet(&sender.user_id),
+            &sender.user_id,
+            super::NETWORK,
+            None,
+        )
     }
 
     fn room(portal: &PortalRef) -> Result<BareJid, NetworkError> {
@@ -721,16 +712,7 @@ impl NetworkClient for Gateway {
     }
 
     async fn contacts(&self, user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
-        let store = self.shared.store()?;
-        Ok(roster::of_user(store, &user.user_id)?
-            .into_iter()
-            .map(|(c, s)| Contact {
-                id: RemoteUserId::new(c),
-                sees_presence: s.from,
-                watched: s.to,
-                pending: s.pending_in,
-            })
-            .collect())
+        Ok(roster::list(self.shared.store()?, &user.user_id)?)
     }
 }
 

@@ -43,6 +43,7 @@ use self::handle_matrix::Gateway;
 use self::handle_xmpp::Handler;
 use self::ids::Addressing;
 use crate::network::contacts as roster;
+use crate::network::kit::{login, registry::Registry, state};
 use crate::network::{
     BridgeState, Capabilities, ChatKind, Connector, ConnectorStore, EventSink, LoginData,
     LoginFlow, LoginProcess, NetworkClient, NetworkError, NetworkId, NetworkInfo, Presence,
@@ -83,18 +84,13 @@ pub(crate) struct Shared {
     /// ("" when removed); such a contact's vCard pictures are then ignored.
     pep_avatars: Mutex<HashMap<String, String>>,
     /// Own-account logins online, by account (bare JID).
-    accounts: Mutex<HashMap<String, TrackedAccount>>,
+    accounts: Registry<std::sync::Weak<account::Account>>,
     /// Settings for own-account connections.
     client: account::ClientSettings,
 }
 
-/// An own-account login whose session is up: the Matrix user, the switch that stops the
-/// account's connection, and the account.
-type TrackedAccount = (
-    String,
-    watch::Sender<bool>,
-    std::sync::Weak<account::Account>,
-);
+/// The network's name in what users and logs read.
+const NETWORK: &str = "XMPP";
 
 /// An IQ request the bridge waits on: who must answer, and whoever waits.
 struct PendingIq {
@@ -120,10 +116,7 @@ pub(crate) struct IqRefused {
 impl Shared {
     /// The connector's storage, once started.
     fn store(&self) -> Result<&dyn ConnectorStore, NetworkError> {
-        self.sink
-            .get()
-            .map(|s| s.store())
-            .ok_or_else(|| NetworkError::Transient("the XMPP connector is not started".into()))
+        state::store(&self.sink, NETWORK)
     }
 
     /// The alias of a hosted group chat address, when the config allows it.
@@ -157,21 +150,14 @@ impl Shared {
 
     /// The Matrix user an address belongs to: a gateway address, or an own account online.
     fn user_of(&self, jid: &xmpp_parsers::jid::BareJid) -> Option<String> {
-        self.addressing.matrix_user(jid).or_else(|| {
-            self.accounts
-                .lock()
-                .expect("accounts lock")
-                .get(&jid.to_string())
-                .map(|(user, _, _)| user.clone())
-        })
+        self.addressing
+            .matrix_user(jid)
+            .or_else(|| self.accounts.user_of(&jid.to_string()))
     }
 
     /// Whether `jid` is an own account online through the bridge.
     fn is_account(&self, jid: &xmpp_parsers::jid::BareJid) -> bool {
-        self.accounts
-            .lock()
-            .expect("accounts lock")
-            .contains_key(&jid.to_string())
+        self.accounts.contains(&jid.to_string())
     }
 
     /// Sends an IQ on `out` (the component link or an account's connection) and waits (up
@@ -360,7 +346,7 @@ impl Xmpp {
             pep_avatars: Mutex::default(),
             resources: Mutex::default(),
             seen: Mutex::default(),
-            accounts: Mutex::default(),
+            accounts: Registry::default(),
             client,
         });
         Self {
@@ -451,20 +437,11 @@ impl Connector for Xmpp {
         // Own accounts end their sessions cleanly, so that their servers deliver to the
         // users' other clients (or store) instead of holding messages for a session that
         // will not come back.
-        let accounts: Vec<_> = self
-            .handler
-            .shared
-            .accounts
-            .lock()
-            .expect("accounts lock")
-            .values()
-            .map(|(_, stop, account)| (stop.clone(), account.upgrade()))
+        let accounts = self.handler.shared.accounts.stop_all();
+        let sessions: Vec<_> = accounts
+            .iter()
+            .filter_map(|e| e.account.upgrade()?.take_connection())
             .collect();
-        let mut sessions = Vec::new();
-        for (stop, account) in &accounts {
-            stop.send_replace(true);
-            sessions.extend(account.as_ref().and_then(|a| a.take_connection()));
-        }
         // Each session ends as soon as its goodbye is written; a server that does not read
         // it does not hold the shutdown longer than this.
         let ending = futures::future::join_all(sessions);
@@ -502,11 +479,10 @@ impl Connector for Xmpp {
     }
 
     fn login_flows(&self) -> Vec<LoginFlow> {
-        vec![LoginFlow {
-            id: "password".into(),
-            name: "XMPP account".into(),
-            description: "Log in with your own XMPP address and password; your direct chats then go through your account.".into(),
-        }]
+        vec![login::password_flow(
+            "XMPP account",
+            "Log in with your own XMPP address and password; your direct chats then go through your account.",
+        )]
     }
 
     async fn start_login(
@@ -514,15 +490,7 @@ impl Connector for Xmpp {
         user_id: &str,
         flow_id: &str,
     ) -> Result<Box<dyn LoginProcess>, NetworkError> {
-        if flow_id != "password" {
-            return Err(NetworkError::InvalidInput(
-                format!("unknown login flow {flow_id}; the XMPP flow is `password`").into(),
-            ));
-        }
-        Ok(Box::new(account::PasswordLogin {
-            parts: self.parts(),
-            user: user_id.to_owned(),
-        }))
+        login::start(self.parts(), user_id, flow_id)
     }
 
     async fn load_login(
@@ -530,7 +498,7 @@ impl Connector for Xmpp {
         user_id: &str,
         login: &LoginData,
     ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
-        account::load(self.parts(), user_id, login)
+        login::load(&self.parts(), user_id, login)
     }
 
     fn parse_user_id(&self, raw: &str) -> Result<RemoteUserId, NetworkError> {
