@@ -33,7 +33,7 @@ pub enum Limit {
 }
 
 impl Limit {
-    /// Every limit, in the order of [`Limit::index`].
+    /// Every limit, in the order of their index (`Limit::index`).
     pub const ALL: [Limit; 5] = [
         Limit::PortalsPerSender,
         Limit::PortalsPerDomain,

@@ -177,7 +177,7 @@ pub type StateReport = (BridgeState, Option<String>);
 pub use crate::network::now_ms;
 
 impl Bridge {
-    /// Builds the core. Connectors are started by [`Bridge::start_networks`].
+    /// Builds the core. Connectors are started by the caller (`app::run`), with an `EventSink` each.
     pub fn new(
         config: Arc<Config>,
         hs: HomeserverClient,

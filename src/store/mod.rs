@@ -1,7 +1,7 @@
 //! The embedded store (sled): every mapping the bridge keeps, and the durable inbox.
 //!
 //! Only this module imports `sled`. Each table lives in its own file with the methods that read
-//! and write it; keys are built by [`codec`]. Values are JSON so that `export` and `import`
+//! and write it; keys are built by `codec`. Values are JSON so that `export` and `import`
 //! can dump and restore them, and so that fields can be added without a migration.
 //!
 //! Every inbox item and the data of every login are sealed with the store's [`LoginKey`]
