@@ -4,10 +4,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ruma::events::reaction::ReactionEventContent;
+use ruma::events::room::member::{MembershipState, RoomMemberEventContent};
+use ruma::events::room::message::{MessageFormat, MessageType, Relation, RoomMessageEventContent};
+use ruma::events::room::redaction::RoomRedactionEventContent;
 use serde::Deserialize;
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+use super::dispatch::Work;
+use super::event::{EventKind, InvalidEvent, MatrixEvent};
 use super::{Bridge, BridgeError, room_id, user_id};
 use crate::config::PermissionLevel;
 use crate::error::Reason;
@@ -15,87 +21,59 @@ use crate::network::{
     Capabilities, ChatKind, MatrixSender, MessageContent, MessageKind, NetworkClient, NetworkError,
     NetworkId, OutgoingMessage, PortalRef, Presence, PresenceState, RemoteUserId,
 };
-use crate::store::{InboxItem, MessageRecord, PortalKey, PortalRecord, UserRecord};
-
-/// The parts of a timeline event the core reads.
-#[derive(Debug, Deserialize)]
-pub struct MatrixEvent {
-    /// Event type.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Sender.
-    pub sender: String,
-    /// Room.
-    pub room_id: String,
-    /// Event ID.
-    pub event_id: String,
-    /// State key, for state events.
-    #[serde(default)]
-    pub state_key: Option<String>,
-    /// Content.
-    #[serde(default)]
-    pub content: Value,
-    /// Redacted event (room versions before 11 put it here).
-    #[serde(default)]
-    pub redacts: Option<String>,
-}
+use crate::store::{MessageRecord, PortalKey, PortalRecord, UserRecord};
 
 /// How long a Matrix user's display name, as the homeserver gave it, is used without asking
 /// again (a member event of the user drops it sooner).
 pub(super) const DISPLAY_NAME_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Bridge {
+    /// Bridges one Matrix timeline event, read already: one handler per kind.
     pub(super) async fn handle_matrix_event(
         &self,
         seq: u64,
-        json: &str,
+        ev: &MatrixEvent,
     ) -> Result<(), BridgeError> {
-        let ev: MatrixEvent = serde_json::from_str(json)
-            .map_err(|e| BridgeError::Invalid(Reason::because("event does not parse", e)))?;
         if self.in_namespace(&ev.sender) {
             // A ghost's message in a room shared with another network's members goes on to
             // them (Matrix is the hub); everything else from the bridge's own users is an echo.
-            if ev.kind == "m.room.message"
+            if let EventKind::Message(content) = &ev.kind
                 && ev.sender != self.bot().as_str()
                 && self.store.has_fanout(&ev.room_id)
             {
-                return self.ghost_message(seq, &ev).await;
+                return self.ghost_message(seq, ev, content).await;
             }
             return Ok(());
         }
-        match ev.kind.as_str() {
-            "m.room.member" => self.handle_membership(seq, &ev).await,
-            "m.room.message" => self.handle_message(seq, &ev).await,
-            "m.reaction" => self.handle_reaction(seq, &ev).await,
-            "m.room.redaction" => self.handle_redaction(seq, &ev).await,
-            "m.room.encryption" if ev.state_key.as_deref() == Some("") => {
-                self.encryption_turned_on(seq, &ev).await.map(drop)
-            }
-            "m.room.encrypted" => self.encrypted_event(seq, &ev).await,
-            _ => Ok(()),
+        match &ev.kind {
+            EventKind::Member(content) => self.handle_membership(seq, ev, content).await,
+            EventKind::Message(content) => self.handle_message(seq, ev, content).await,
+            EventKind::Reaction(content) => self.handle_reaction(seq, ev, content).await,
+            EventKind::Redaction(content) => self.handle_redaction(seq, ev, content).await,
+            EventKind::Encryption(_) => self.encryption_turned_on(seq, ev).await.map(drop),
+            EventKind::Encrypted => self.encrypted_event(seq, ev).await,
+            EventKind::Other(_) => Ok(()),
         }
     }
 
-    async fn handle_membership(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
+    async fn handle_membership(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        content: &RoomMemberEventContent,
+    ) -> Result<(), BridgeError> {
         let Some(target) = ev.state_key.as_deref() else {
             return Ok(());
         };
         // A member event is how a change of display name reaches the bridge.
         self.display_names.forget(target);
-        let membership = ev
-            .content
-            .get("membership")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let is_direct = ev
-            .content
-            .get("is_direct")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let membership = &content.membership;
+        let is_direct = content.is_direct.unwrap_or(false);
+        let gone = matches!(membership, MembershipState::Leave | MembershipState::Ban);
         if target == self.bot().as_str() {
             return match membership {
-                "invite" => self.bot_invited(seq, ev, is_direct).await,
-                "leave" | "ban" => {
+                MembershipState::Invite => self.bot_invited(seq, ev, is_direct).await,
+                _ if gone => {
                     self.note_joined(target, &ev.room_id, false);
                     if let Some(mut u) = self.store.user_by_management_room(&ev.room_id)? {
                         u.management_room = None;
@@ -108,11 +86,11 @@ impl Bridge {
         }
         if let Some((network, remote)) = self.parse_ghost(target) {
             return match membership {
-                "invite" => {
+                MembershipState::Invite => {
                     self.ghost_invited(seq, ev, target, &network, &remote, is_direct)
                         .await
                 }
-                "leave" | "ban" => {
+                _ if gone => {
                     self.note_joined(target, &ev.room_id, false);
                     self.fanout_member_left(&ev.room_id, &network, &remote)
                         .await
@@ -120,7 +98,8 @@ impl Bridge {
                 _ => Ok(()),
             };
         }
-        if membership == "join"
+        let joined = *membership == MembershipState::Join;
+        if joined
             && self
                 .store
                 .user(target)?
@@ -132,11 +111,11 @@ impl Bridge {
         }
         if let Some(p) = self.store.portal_by_room(&ev.room_id)?
             && p.kind == ChatKind::Group
-            && matches!(membership, "join" | "leave" | "ban")
+            && (joined || gone)
             && let Ok((client, false)) = self.client_for(&p, target)
         {
             let user = self.matrix_sender(target).await;
-            let r = if membership == "join" {
+            let r = if joined {
                 client.join_chat(&portal_ref(&p), &user).await
             } else {
                 client.leave_chat(&portal_ref(&p), &user).await
@@ -151,7 +130,7 @@ impl Bridge {
                 warn!(room_id = %ev.room_id, user = target, error = %crate::error::chain(&e), "could not follow a membership change");
             }
         }
-        if membership == "leave" || membership == "ban" {
+        if gone {
             if let Some(p) = self.store.portal_by_room(&ev.room_id)?
                 && p.kind == ChatKind::Direct
                 && p.key.receiver.as_deref() == Some(target)
@@ -326,20 +305,20 @@ impl Bridge {
         self.room_is_encrypted(Some(ghost), room).await
     }
 
-    async fn handle_message(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
-        let body = ev.content.get("body").and_then(Value::as_str).unwrap_or("");
-        let msgtype = ev
-            .content
-            .get("msgtype")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let is_edit = relation(&ev.content, "m.replace").is_some();
+    async fn handle_message(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        content: &RoomMessageEventContent,
+    ) -> Result<(), BridgeError> {
+        let is_edit = edit_target(content).is_some();
         let management = self
             .store
             .user(&ev.sender)?
             .and_then(|u| u.management_room)
             .is_some_and(|r| r == ev.room_id);
-        if !is_edit && msgtype == "m.text" {
+        if !is_edit && let MessageType::Text(text) = &content.msgtype {
+            let body = text.body.as_str();
             if management {
                 return crate::commands::handle(self, seq, ev, body, true).await;
             }
@@ -351,14 +330,13 @@ impl Bridge {
         }
         if self.store.has_fanout(&ev.room_id) && !is_edit {
             for f in self.store.fanout_portals(&ev.room_id)? {
-                self.fanout_message(seq, ev, &f, None).await?;
+                self.fanout_message(seq, ev, content, &f, None).await?;
             }
         }
         let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
             return Ok(());
         };
-        self.message_to_portal(seq, ev, &portal, is_edit, msgtype)
-            .await
+        self.message_to_portal(seq, ev, content, &portal).await
     }
 
     /// Sends a Matrix message (or edit) to the room's main portal.
@@ -366,9 +344,8 @@ impl Bridge {
         &self,
         seq: u64,
         ev: &MatrixEvent,
+        message: &RoomMessageEventContent,
         portal: &PortalRecord,
-        is_edit: bool,
-        msgtype: &str,
     ) -> Result<(), BridgeError> {
         let portal = portal.clone();
         if portal.encrypted {
@@ -388,14 +365,16 @@ impl Bridge {
             debug!(event_id = %ev.event_id, "already bridged");
             return Ok(());
         }
-        if msgtype == "m.notice" && !self.config.bridge.bridge_notices {
+        if is_notice(message) && !self.config.bridge.bridge_notices {
             self.metrics.event("to_remote", "message", "notice_skipped");
             return Ok(());
         }
-        let content_src = match (is_edit, ev.content.get("m.new_content")) {
-            (true, Some(c)) => c,
-            _ => &ev.content,
+        // An edit carries the message as it is now in `m.new_content`.
+        let edit = match &message.relates_to {
+            Some(Relation::Replacement(r)) => Some((r.event_id.as_str(), &r.new_content.msgtype)),
+            _ => None,
         };
+        let content_src = edit.map_or(&message.msgtype, |(_, new)| new);
         let Some(mut content) = self.outgoing_content(content_src) else {
             self.metrics.event("to_remote", "message", "unsupported");
             self.portal_notice(
@@ -423,10 +402,7 @@ impl Bridge {
         let portal_ref = portal_ref(&portal);
         let network = portal.key.network.clone();
         let started = Instant::now();
-        if is_edit {
-            let Some(target) = relation(&ev.content, "m.replace") else {
-                return Ok(());
-            };
+        if let Some((target, _)) = edit {
             let Some(orig) = self
                 .store
                 .message_by_event(&ev.room_id, target)?
@@ -447,13 +423,7 @@ impl Bridge {
                 Err(e) => self.network_failure(seq, &portal, "edit", e).await,
             };
         }
-        let reply_to = match ev
-            .content
-            .get("m.relates_to")
-            .and_then(|r| r.get("m.in_reply_to"))
-            .and_then(|r| r.get("event_id"))
-            .and_then(Value::as_str)
-        {
+        let reply_to = match reply_target(message) {
             // Looked up in this room only: a reply never pulls anything from another room.
             Some(target) => self
                 .store
@@ -490,17 +460,21 @@ impl Bridge {
 
     /// A ghost's message in a room with fan-out members: on to the main portal when it is on
     /// another network, and to the fan-out members of every network but the sender.
-    async fn ghost_message(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
+    async fn ghost_message(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        message: &RoomMessageEventContent,
+    ) -> Result<(), BridgeError> {
         let Some((network, remote)) = self.parse_ghost(&ev.sender) else {
             return Ok(());
         };
-        let msgtype = ev.content.get("msgtype").and_then(Value::as_str);
-        if msgtype == Some("m.notice") || relation(&ev.content, "m.replace").is_some() {
+        if is_notice(message) || edit_target(message).is_some() {
             return Ok(());
         }
         for f in self.store.fanout_portals(&ev.room_id)? {
             let skip = (f.key.network == network).then_some(remote.as_str());
-            self.fanout_message(seq, ev, &f, skip).await?;
+            self.fanout_message(seq, ev, message, &f, skip).await?;
         }
         let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
             return Ok(());
@@ -515,7 +489,7 @@ impl Bridge {
         {
             return Ok(());
         }
-        let Some(content) = self.outgoing_content(&ev.content) else {
+        let Some(content) = self.outgoing_content(&message.msgtype) else {
             return Ok(());
         };
         let Some((client, out)) = self
@@ -568,6 +542,7 @@ impl Bridge {
         &self,
         seq: u64,
         ev: &MatrixEvent,
+        message: &RoomMessageEventContent,
         portal: &PortalRecord,
         skip: Option<&str>,
     ) -> Result<(), BridgeError> {
@@ -580,8 +555,7 @@ impl Bridge {
         if self.store.delivered(&portal.key, &ev.event_id)? {
             return Ok(());
         }
-        let msgtype = ev.content.get("msgtype").and_then(Value::as_str);
-        if msgtype == Some("m.notice") && !self.config.bridge.bridge_notices {
+        if is_notice(message) && !self.config.bridge.bridge_notices {
             return Ok(());
         }
         if !self.in_namespace(&ev.sender) && self.level(&ev.sender) < PermissionLevel::Relay {
@@ -592,7 +566,7 @@ impl Bridge {
         if pref.members.is_empty() {
             return Ok(());
         }
-        let Some(content) = self.outgoing_content(&ev.content) else {
+        let Some(content) = self.outgoing_content(&message.msgtype) else {
             if !self.in_namespace(&ev.sender) {
                 self.portal_notice(
                     portal,
@@ -715,16 +689,14 @@ impl Bridge {
         Ok(())
     }
 
-    async fn handle_reaction(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
-        let Some(rel) = ev.content.get("m.relates_to") else {
-            return Ok(());
-        };
-        let (Some(target), Some(key)) = (
-            rel.get("event_id").and_then(Value::as_str),
-            rel.get("key").and_then(Value::as_str),
-        ) else {
-            return Ok(());
-        };
+    async fn handle_reaction(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        content: &ReactionEventContent,
+    ) -> Result<(), BridgeError> {
+        let target = content.relates_to.event_id.as_str();
+        let key = content.relates_to.key.as_str();
         let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
             return Ok(());
         };
@@ -768,13 +740,13 @@ impl Bridge {
         }
     }
 
-    async fn handle_redaction(&self, seq: u64, ev: &MatrixEvent) -> Result<(), BridgeError> {
-        let Some(redacts) = ev
-            .content
-            .get("redacts")
-            .and_then(Value::as_str)
-            .or(ev.redacts.as_deref())
-        else {
+    async fn handle_redaction(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        content: &RoomRedactionEventContent,
+    ) -> Result<(), BridgeError> {
+        let Some(redacts) = content.redacts.as_deref().map(|e| e.as_str()) else {
             return Ok(());
         };
         let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
@@ -797,7 +769,7 @@ impl Bridge {
                 return Ok(());
             };
             let moderator = self.matrix_sender(&ev.sender).await;
-            let reason = ev.content.get("reason").and_then(Value::as_str);
+            let reason = content.reason.as_deref();
             let r = client
                 .send_moderation(&portal_ref(&portal), &moderator, &orig.remote_id, reason)
                 .await;
@@ -1149,11 +1121,11 @@ impl Bridge {
 
     /// Called when an item keeps failing with a passing error: tells the Matrix sender that
     /// delivery is delayed (once per item), where there is one.
-    pub(super) async fn report_delay(&self, item: &InboxItem, e: &BridgeError) {
-        if let InboxItem::Matrix { room_id, event } = item
-            && let Ok(ev) = serde_json::from_str::<MatrixEvent>(event.get())
-            && ev.kind == "m.room.message"
-            && let Some(portal) = self.notice_portal(room_id)
+    pub(super) async fn report_delay(&self, item: &Work, e: &BridgeError) {
+        if let Work::Matrix(read) = item
+            && let Ok(ev) = &**read
+            && ev.message().is_some()
+            && let Some(portal) = self.notice_portal(&ev.room_id)
         {
             let text = format!(
                 "⏳ Delivery is delayed ({e}); the bridge keeps trying and sends it as soon as it can."
@@ -1164,14 +1136,14 @@ impl Bridge {
     }
 
     /// Called when an item failed for good: tells its sender, on Matrix or on the network.
-    pub(super) async fn report_failure(&self, item: &InboxItem, e: &BridgeError) {
+    pub(super) async fn report_failure(&self, item: &Work, e: &BridgeError) {
         self.tell_sender(item, &format!("⚠ Your message could not be bridged: {e}"))
             .await;
         self.metrics.event("any", "item", "failed");
     }
 
     /// Called when an item was set aside after failing too often: tells its sender.
-    pub(super) async fn report_quarantined(&self, item: &InboxItem, e: &BridgeError) {
+    pub(super) async fn report_quarantined(&self, item: &Work, e: &BridgeError) {
         self.tell_sender(
             item,
             &format!(
@@ -1183,52 +1155,74 @@ impl Bridge {
     }
 
     /// Tells the sender of `item` that it did not cross: a notice in the Matrix room for a
-    /// Matrix message, an error on the sender's own network for a remote message.
-    async fn tell_sender(&self, item: &InboxItem, text: &str) {
+    /// Matrix message (also one that cannot be read), an error on the sender's own network
+    /// for a remote message.
+    async fn tell_sender(&self, item: &Work, text: &str) {
         match item {
-            InboxItem::Matrix { room_id, event } => {
-                if let Ok(ev) = serde_json::from_str::<MatrixEvent>(event.get())
-                    && ev.kind == "m.room.message"
-                    && let Some(portal) = self.notice_portal(room_id)
-                {
-                    self.portal_notice(&portal, &format!("isthmus.fail.{}", ev.event_id), text)
+            Work::Matrix(read) => {
+                let (room, event_id) = match &**read {
+                    Ok(ev) if ev.message().is_some() => (&ev.room_id, &ev.event_id),
+                    Err(InvalidEvent {
+                        room_id,
+                        kind: Some(kind),
+                        event_id: Some(event_id),
+                        ..
+                    }) if kind == "m.room.message" => (room_id, event_id),
+                    _ => return,
+                };
+                if let Some(portal) = self.notice_portal(room) {
+                    self.portal_notice(&portal, &format!("isthmus.fail.{event_id}"), text)
                         .await;
                 }
             }
-            InboxItem::Remote { network, event } => {
+            Work::Remote { network, event } => {
                 if let Some(connector) = self.networks.get(network) {
                     connector.undelivered(event, text).await;
                 }
             }
-            InboxItem::Ephemeral { .. } => {}
+            Work::Ephemeral { .. } => {}
         }
     }
 }
 
-/// The event an `m.relates_to` of the given type points at.
-fn relation<'a>(content: &'a Value, rel_type: &str) -> Option<&'a str> {
-    let rel = content.get("m.relates_to")?;
-    (rel.get("rel_type")?.as_str()? == rel_type)
-        .then(|| rel.get("event_id")?.as_str())
-        .flatten()
+/// The event an edit replaces, when `content` is an edit (`m.replace`).
+fn edit_target(content: &RoomMessageEventContent) -> Option<&str> {
+    match &content.relates_to {
+        Some(Relation::Replacement(r)) => Some(r.event_id.as_str()),
+        _ => None,
+    }
+}
+
+/// The event `content` answers (`m.in_reply_to`), whatever the relation around it: a plain
+/// reply, or a thread message naming the message it follows.
+fn reply_target(content: &RoomMessageEventContent) -> Option<&str> {
+    match &content.relates_to {
+        Some(Relation::Reply(r)) => Some(r.in_reply_to.event_id.as_str()),
+        Some(Relation::Thread(t)) => t.in_reply_to.as_ref().map(|r| r.event_id.as_str()),
+        _ => None,
+    }
+}
+
+/// Whether `content` is a notice (`m.notice`).
+fn is_notice(content: &RoomMessageEventContent) -> bool {
+    matches!(content.msgtype, MessageType::Notice(_))
 }
 
 /// The network-neutral content of a Matrix message; `None` for kinds not bridged (media).
-pub fn message_content(content: &Value) -> Option<MessageContent> {
-    let kind = match content.get("msgtype").and_then(Value::as_str)? {
-        "m.text" => MessageKind::Text,
-        "m.emote" => MessageKind::Emote,
-        "m.notice" => MessageKind::Notice,
+pub fn message_content(msgtype: &MessageType) -> Option<MessageContent> {
+    let (kind, body, formatted) = match msgtype {
+        MessageType::Text(c) => (MessageKind::Text, &c.body, &c.formatted),
+        MessageType::Emote(c) => (MessageKind::Emote, &c.body, &c.formatted),
+        MessageType::Notice(c) => (MessageKind::Notice, &c.body, &c.formatted),
         _ => return None,
     };
-    let body = strip_reply_fallback(content.get("body").and_then(Value::as_str).unwrap_or(""));
-    let html = (content.get("format").and_then(Value::as_str) == Some("org.matrix.custom.html"))
-        .then(|| content.get("formatted_body").and_then(Value::as_str))
-        .flatten()
-        .map(strip_html_reply_fallback);
+    let html = formatted
+        .as_ref()
+        .filter(|f| f.format == MessageFormat::Html)
+        .map(|f| strip_html_reply_fallback(&f.body));
     Some(MessageContent {
         kind,
-        body,
+        body: strip_reply_fallback(body),
         html,
         mentions: Vec::new(),
         attachment: None,
@@ -1275,25 +1269,36 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn message(content: serde_json::Value) -> RoomMessageEventContent {
+        serde_json::from_value(content).expect("message content")
+    }
+
     #[test]
     fn content_conversion() {
-        let c = message_content(&json!({"msgtype": "m.emote", "body": "waves"})).unwrap();
+        let c = message_content(&message(json!({"msgtype": "m.emote", "body": "waves"})).msgtype)
+            .unwrap();
         assert_eq!(c.kind, MessageKind::Emote);
-        assert!(message_content(&json!({"msgtype": "m.image", "body": "x.png"})).is_none());
-        let c = message_content(&json!({
-            "msgtype": "m.text", "body": "> <@a:hs> old\n> more\n\nnew text",
-            "format": "org.matrix.custom.html",
-            "formatted_body": "<mx-reply><blockquote>old</blockquote></mx-reply><b>new</b> text"
-        }))
+        let image = message(json!({"msgtype": "m.image", "body": "x.png", "url": "mxc://hs/x"}));
+        assert!(message_content(&image.msgtype).is_none());
+        let c = message_content(
+            &message(json!({
+                "msgtype": "m.text", "body": "> <@a:hs> old\n> more\n\nnew text",
+                "format": "org.matrix.custom.html",
+                "formatted_body": "<mx-reply><blockquote>old</blockquote></mx-reply><b>new</b> text"
+            }))
+            .msgtype,
+        )
         .unwrap();
         assert_eq!(c.body, "new text");
         assert_eq!(c.html.as_deref(), Some("<b>new</b> text"));
     }
 
     #[test]
-    fn relation_reads_type() {
-        let c = json!({"m.relates_to": {"rel_type": "m.replace", "event_id": "$a"}});
-        assert_eq!(relation(&c, "m.replace"), Some("$a"));
-        assert_eq!(relation(&c, "m.annotation"), None);
+    fn relations_are_read_by_kind() {
+        let edit = message(json!({"msgtype": "m.text", "body": "* b",
+            "m.new_content": {"msgtype": "m.text", "body": "b"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$a"}}));
+        assert_eq!(edit_target(&edit), Some("$a"));
+        assert_eq!(reply_target(&edit), None);
     }
 }
