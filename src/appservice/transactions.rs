@@ -1,9 +1,10 @@
 //! `PUT /_matrix/app/v1/transactions/{txnId}`
 //!
 //! Spec: <https://spec.matrix.org/latest/application-service-api/#put_matrixappv1transactionstxnid>.
-//! The handler parses the body, drops the bridge's own echoes, commits the transaction ID and
-//! the remaining events to the inbox in one atomic, durable step, answers 200, and only then
-//! hands the events to the portal queues. Replaying a transaction ID stores nothing.
+//! The handler parses the body, drops the bridge's own echoes, reads each timeline event once
+//! ([`MatrixEvent`]), commits the transaction ID and the remaining events (as the JSON the
+//! homeserver sent) to the inbox in one atomic, durable step, answers 200, and only then hands
+//! the events, as read, to the portal queues. Replaying a transaction ID stores nothing.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -18,7 +19,8 @@ use serde_json::value::RawValue;
 use tracing::{debug, error, warn};
 
 use super::{AppState, matrix_error};
-use crate::bridge::now_ms;
+use crate::bridge::event::{Head as EventHead, InvalidEvent, MatrixEvent};
+use crate::bridge::{Work, now_ms};
 use crate::store::{InboxItem, TxnOutcome};
 
 /// The body of a transaction, events kept raw.
@@ -33,7 +35,7 @@ struct TxnBody {
     ephemeral_unstable: Vec<Box<RawValue>>,
 }
 
-/// The fields of an event needed to route it.
+/// The fields of an ephemeral event needed to route it.
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(default, borrow)]
@@ -42,14 +44,14 @@ struct Head<'a> {
     sender: Option<Cow<'a, str>>,
     #[serde(default, rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    event_id: Option<Cow<'a, str>>,
 }
 
 /// What a transaction carries, ready to commit.
 struct Items {
     /// The inbox items, in the transaction's order.
     items: Vec<InboxItem>,
+    /// For each item, what its timeline event reads as (`None` for ephemeral items).
+    read: Vec<Option<Result<MatrixEvent, InvalidEvent>>>,
     /// Echoes and events without a room, dropped on purpose.
     dropped: usize,
     /// Events that could not be read, skipped with a warning.
@@ -68,6 +70,7 @@ struct Items {
 /// ghosts) that are echoes; a ghost's message in a room shared with another network is not.
 fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
     let mut items = Vec::with_capacity(body.events.len());
+    let mut read = Vec::with_capacity(body.events.len());
     let mut dropped = 0;
     let mut malformed = 0;
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
@@ -76,7 +79,7 @@ fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
         digest.update(part.as_bytes());
     };
     for raw in body.events {
-        let head: Head = match serde_json::from_str(raw.get()) {
+        let head: EventHead = match serde_json::from_str(raw.get()) {
             Ok(h) => h,
             Err(e) => {
                 warn!(error = %crate::error::chain(&e), "skipping an event that is not an event object");
@@ -85,19 +88,20 @@ fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
             }
         };
         mark(head.event_id.as_deref().unwrap_or(""));
-        let (Some(room), Some(sender), Some(_)) = (head.room_id, head.sender, head.kind) else {
+        let (Some(room), Some(sender), Some(_)) = (&head.room_id, &head.sender, &head.kind) else {
             dropped += 1;
             continue;
         };
-        if echo(&sender, &room) {
+        if echo(sender, room) {
             dropped += 1;
             continue;
         }
-        let room_id = room.into_owned();
+        let room_id = room.clone();
         items.push(InboxItem::Matrix {
             room_id,
             event: raw,
         });
+        read.push(Some(MatrixEvent::from_head(head)));
     }
     let ephemeral = if body.ephemeral.is_empty() {
         body.ephemeral_unstable
@@ -125,11 +129,13 @@ fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
             room_id,
             event: raw,
         });
+        read.push(None);
     }
     let mut out = [0; 32];
     out.copy_from_slice(digest.finish().as_ref());
     Items {
         items,
+        read,
         dropped,
         malformed,
         digest: out,
@@ -190,6 +196,7 @@ pub(super) async fn push(
     };
     let Items {
         items,
+        read,
         dropped,
         malformed,
         digest,
@@ -217,8 +224,13 @@ pub(super) async fn push(
                 dropped,
                 "transaction committed"
             );
-            for (seq, item) in seqs.into_iter().zip(items) {
-                bridge.dispatch(seq, item);
+            for ((seq, item), read) in seqs.into_iter().zip(items).zip(read) {
+                // The stored JSON has done its part; the queue gets the event as read.
+                let work = match read {
+                    Some(ev) => Work::matrix(ev),
+                    None => Work::from(item),
+                };
+                bridge.dispatch_work(seq, work);
             }
             result("ok");
         }
@@ -346,6 +358,64 @@ mod tests {
         let ab = r#"{"events":[{"event_id":"$a"},{"event_id":"$b"}]}"#;
         let a_b = r#"{"events":[{"event_id":"$a$b"}]}"#;
         assert_ne!(digest(ab), digest(a_b));
+    }
+
+    /// Contents for the kinds the core reads, valid and not.
+    fn content() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(r#"{"msgtype":"m.text","body":"hi"}"#.to_owned()),
+            Just(r#"{"msgtype":"m.text"}"#.to_owned()),
+            Just(r#"{"msgtype":"org.example","body":"x","extra":[1]}"#.to_owned()),
+            Just(r#"{"membership":"invite","is_direct":true}"#.to_owned()),
+            Just(r#"{"membership":7}"#.to_owned()),
+            Just(
+                r#"{"m.relates_to":{"rel_type":"m.annotation","event_id":"$t","key":"k"}}"#
+                    .to_owned()
+            ),
+            Just(r#"{"redacts":"$t"}"#.to_owned()),
+            Just("{}".to_owned()),
+            Just("null".to_owned()),
+            "[a-z\\\"{}:,]{0,24}".prop_map(|s| format!("{s:?}")),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Every timeline event that is kept is read once, as it enters; the read is what a
+        /// replay makes of the stored JSON, and an unreadable content is that event's own
+        /// error, never the transaction's.
+        #[test]
+        fn kept_events_are_read_as_a_replay_reads_them(
+            events in proptest::collection::vec((
+                proptest::sample::select(vec![
+                    "m.room.message", "m.room.member", "m.reaction", "m.room.redaction",
+                    "m.room.encryption", "m.room.encrypted", "m.room.name", "org.example",
+                ]),
+                proptest::option::of(proptest::sample::select(vec!["", "@b:hs"])),
+                content(),
+            ), 0..6),
+        ) {
+            let body: Vec<String> = events
+                .iter()
+                .enumerate()
+                .map(|(i, (kind, state_key, content))| {
+                    let state = state_key.map(|k| format!(r#","state_key":"{k}""#)).unwrap_or_default();
+                    format!(r#"{{"type":"{kind}","room_id":"!r:hs","sender":"@a:hs","event_id":"$e{i}"{state},"content":{content}}}"#)
+                })
+                .collect();
+            let body = format!(r#"{{"events":[{}]}}"#, body.join(","));
+            let out = to_items(&|_: &str, _: &str| false, serde_json::from_str(&body).unwrap());
+            proptest::prop_assert_eq!(out.items.len(), events.len());
+            proptest::prop_assert_eq!(out.read.len(), events.len());
+            for (item, read) in out.items.iter().zip(&out.read) {
+                let InboxItem::Matrix { room_id, event } = item else {
+                    panic!("not a timeline item");
+                };
+                let read = read.as_ref().expect("timeline events are read as they enter");
+                let replay = MatrixEvent::read(room_id, event);
+                proptest::prop_assert_eq!(format!("{read:?}"), format!("{replay:?}"));
+            }
+        }
     }
 
     #[test]

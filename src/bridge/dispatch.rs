@@ -19,13 +19,61 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use ruma::events::room::member::MembershipState;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info_span, warn};
 
+use serde_json::value::RawValue;
+
+use super::event::{EventKind, InvalidEvent, MatrixEvent};
 use super::{Bridge, BridgeError};
 use crate::backoff::Policy;
-use crate::error::{Retry, chain};
+use crate::error::{Reason, Retry, chain};
+use crate::network::{NetworkId, RemoteEvent};
 use crate::store::{InboxItem, PortalKey};
+
+/// An inbox item as its queue handles it. The inbox stores a timeline event as the JSON the
+/// homeserver sent; the queue gets it read ([`MatrixEvent`]), once, by whoever handed it
+/// over: the transaction handler for a new event, [`Work::from`] for a stored one.
+#[derive(Debug)]
+pub enum Work {
+    /// A timeline event, or why it cannot be read.
+    Matrix(Box<Result<MatrixEvent, InvalidEvent>>),
+    /// An ephemeral event (typing, receipt, presence).
+    Ephemeral {
+        /// The room, when the event has one.
+        room_id: Option<String>,
+        /// The event as the homeserver sent it.
+        event: Box<RawValue>,
+    },
+    /// An event from a remote network.
+    Remote {
+        /// The network it came from.
+        network: NetworkId,
+        /// The event.
+        event: Box<RemoteEvent>,
+    },
+}
+
+impl Work {
+    /// A Matrix timeline event read already.
+    pub fn matrix(event: Result<MatrixEvent, InvalidEvent>) -> Work {
+        Work::Matrix(Box::new(event))
+    }
+}
+
+impl From<InboxItem> for Work {
+    /// Reads a stored item (a replay, a release from the quarantine, a remote event).
+    fn from(item: InboxItem) -> Work {
+        match item {
+            InboxItem::Matrix { room_id, event } => {
+                Work::matrix(MatrixEvent::read(&room_id, &event))
+            }
+            InboxItem::Ephemeral { room_id, event } => Work::Ephemeral { room_id, event },
+            InboxItem::Remote { network, event } => Work::Remote { network, event },
+        }
+    }
+}
 
 /// Names one ordered queue.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -57,7 +105,7 @@ type Job = Box<dyn FnOnce(Arc<Bridge>) -> BoxFuture<'static, ()> + Send>;
 enum Entry {
     /// A stored inbox item, by its sequence. Boxed: a queue's channel allocates room for
     /// entries in blocks, and an idle portal's queue should cost little.
-    Item(u64, Box<InboxItem>),
+    Item(u64, Box<Work>),
     /// A job (not stored).
     Job(Job),
 }
@@ -179,45 +227,37 @@ const REPORT_DELAY_AFTER: u32 = 6;
 impl Bridge {
     /// The queue an item belongs to: the portal's, when the item is about a portal (so a
     /// remote chat keeps one queue before and after its room exists); else the room's.
-    pub fn queue_key(&self, item: &InboxItem) -> QueueKey {
+    pub fn queue_key(&self, item: &Work) -> QueueKey {
         let by_room = |room: &str| match self.store.portal_by_room(room) {
             Ok(Some(p)) => QueueKey::Portal(p.key),
             _ => QueueKey::Room(room.to_owned()),
         };
         match item {
-            InboxItem::Matrix { room_id, event } => match self.direct_invite_key(event.get()) {
+            Work::Matrix(read) => match &**read {
                 // A direct chat with a ghost starting: the portal's queue, so that messages
                 // from the contact cannot race the invite into a second room.
-                Some(key) => QueueKey::Portal(key),
-                None => by_room(room_id),
+                Ok(ev) => match self.direct_invite_key(ev) {
+                    Some(key) => QueueKey::Portal(key),
+                    None => by_room(&ev.room_id),
+                },
+                Err(bad) => by_room(&bad.room_id),
             },
-            InboxItem::Ephemeral { room_id, event } => match room_id {
+            Work::Ephemeral { room_id, event } => match room_id {
                 Some(r) => by_room(r),
                 None => QueueKey::User(ephemeral_sender(event.get()).unwrap_or_default()),
             },
-            InboxItem::Remote { network, event } => {
+            Work::Remote { network, event } => {
                 QueueKey::Portal(super::remote_events::portal_key(network, event))
             }
         }
     }
 
     /// The portal a direct-chat invite of a ghost will create.
-    fn direct_invite_key(&self, json: &str) -> Option<PortalKey> {
-        #[derive(serde::Deserialize)]
-        struct Invite {
-            #[serde(rename = "type")]
-            kind: String,
-            sender: String,
-            #[serde(default)]
-            state_key: Option<String>,
-            #[serde(default)]
-            content: serde_json::Value,
-        }
-        let ev: Invite = serde_json::from_str(json).ok()?;
-        if ev.kind != "m.room.member"
-            || ev.content.get("membership").and_then(|m| m.as_str()) != Some("invite")
-            || ev.content.get("is_direct").and_then(|d| d.as_bool()) != Some(true)
-        {
+    fn direct_invite_key(&self, ev: &MatrixEvent) -> Option<PortalKey> {
+        let EventKind::Member(member) = &ev.kind else {
+            return None;
+        };
+        if member.membership != MembershipState::Invite || member.is_direct != Some(true) {
             return None;
         }
         let (network, remote) = self.parse_ghost(ev.state_key.as_deref()?)?;
@@ -229,8 +269,15 @@ impl Bridge {
         ))
     }
 
-    /// Hands a stored inbox item to its queue, starting the queue's task if needed.
+    /// Hands a stored inbox item to its queue, starting the queue's task if needed; a
+    /// timeline event is read here.
     pub fn dispatch(self: &Arc<Self>, seq: u64, item: InboxItem) {
+        self.dispatch_work(seq, Work::from(item));
+    }
+
+    /// Hands a stored inbox item, read already, to its queue, starting the queue's task if
+    /// needed.
+    pub fn dispatch_work(self: &Arc<Self>, seq: u64, item: Work) {
         let key = self.queue_key(&item);
         self.enqueue(key, Entry::Item(seq, Box::new(item)));
     }
@@ -339,7 +386,7 @@ impl Bridge {
     /// `bridge.quarantine_after_attempts` of them the item is set aside in the quarantine
     /// (its sender is told, admins see it in the `quarantine` command and the
     /// `bridge_quarantined_items` metric), and the portal goes on with its next item.
-    async fn process(&self, seq: u64, item: InboxItem) {
+    async fn process(&self, seq: u64, item: Work) {
         let mut retry = RETRY.start();
         let mut counted = 0u32;
         loop {
@@ -375,7 +422,7 @@ impl Bridge {
 
     /// Moves an item that keeps failing into the quarantine and tells its sender. Should the
     /// store refuse, the item stays in the inbox (it is replayed at the next start).
-    async fn set_aside(&self, seq: u64, item: &InboxItem, e: &super::BridgeError, attempts: usize) {
+    async fn set_aside(&self, seq: u64, item: &Work, e: &super::BridgeError, attempts: usize) {
         let why = crate::store::QuarantineRecord {
             error: e.to_string(),
             attempts: attempts as u32,
@@ -423,13 +470,14 @@ impl Bridge {
             .collect())
     }
 
-    async fn handle_item(&self, seq: u64, item: &InboxItem) -> Result<(), super::BridgeError> {
+    async fn handle_item(&self, seq: u64, item: &Work) -> Result<(), super::BridgeError> {
         match item {
-            InboxItem::Matrix { event, .. } => self.handle_matrix_event(seq, event.get()).await,
-            InboxItem::Ephemeral { event, .. } => self.handle_ephemeral(event.get()).await,
-            InboxItem::Remote { network, event } => {
-                self.handle_remote_event(seq, network, event).await
-            }
+            Work::Matrix(read) => match &**read {
+                Ok(ev) => self.handle_matrix_event(seq, ev).await,
+                Err(bad) => Err(BridgeError::Invalid(Reason::from_error(bad.clone()))),
+            },
+            Work::Ephemeral { event, .. } => self.handle_ephemeral(event.get()).await,
+            Work::Remote { network, event } => self.handle_remote_event(seq, network, event).await,
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::matrix_events::MatrixEvent;
+use super::event::MatrixEvent;
 use super::{Bridge, BridgeError, room_id, user_id};
 use crate::network::{
     ChatKind, MatrixSender, MessageContent, MessageKind, NetworkClient, OutgoingMessage,

@@ -1,6 +1,8 @@
 //! Files in messages, both ways (the rules are in `crate::media`).
 
-use ruma::UserId;
+use ruma::events::room::MediaSource;
+use ruma::events::room::message::MessageType;
+use ruma::{UInt, UserId};
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
@@ -96,38 +98,96 @@ impl Bridge {
     /// A Matrix message as networks get it. Files (`m.image`, `m.file`, `m.video`,
     /// `m.audio`) become a signed link to the bridge, when links are configured; `None` for
     /// what cannot be bridged.
-    pub fn outgoing_content(&self, content: &Value) -> Option<MessageContent> {
+    pub fn outgoing_content(&self, content: &MessageType) -> Option<MessageContent> {
         if let Some(c) = message_content(content) {
             return Some(c);
         }
-        let kind = content.get("msgtype").and_then(Value::as_str)?;
-        if !matches!(kind, "m.image" | "m.file" | "m.video" | "m.audio") {
-            return None;
-        }
+        let file = file_of(content)?;
         let links = self.links.get()?;
         // Encrypted files (`file` instead of `url`) cannot be served.
-        let mxc = content.get("url").and_then(Value::as_str)?;
-        let body = content.get("body").and_then(Value::as_str).unwrap_or("");
-        let name = content
-            .get("filename")
-            .and_then(Value::as_str)
-            .unwrap_or(if body.is_empty() { "file" } else { body });
-        let info = content.get("info");
-        let url = links.link(mxc, name, super::now_ms() / 1000)?;
+        let MediaSource::Plain(mxc) = file.source else {
+            return None;
+        };
+        let name = file.filename.unwrap_or(if file.body.is_empty() {
+            "file"
+        } else {
+            file.body
+        });
+        let url = links.link(mxc.as_str(), name, super::now_ms() / 1000)?;
         Some(MessageContent {
             kind: MessageKind::Text,
-            body: body.to_owned(),
+            body: file.body.to_owned(),
             html: None,
             mentions: Vec::new(),
             attachment: Some(Attachment {
                 url,
                 name: name.to_owned(),
-                mimetype: info
-                    .and_then(|i| i.get("mimetype"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                size: info.and_then(|i| i.get("size")).and_then(Value::as_u64),
+                mimetype: file.mimetype.map(str::to_owned),
+                size: file.size.map(u64::from),
             }),
         })
     }
+}
+
+/// What the bridge reads of a file message, whatever its kind.
+struct FileMessage<'a> {
+    body: &'a str,
+    filename: Option<&'a str>,
+    source: &'a MediaSource,
+    mimetype: Option<&'a str>,
+    size: Option<UInt>,
+}
+
+/// The file of an `m.image`, `m.file`, `m.video` or `m.audio` message.
+fn file_of(content: &MessageType) -> Option<FileMessage<'_>> {
+    let (body, filename, source, mimetype, size) = match content {
+        MessageType::Image(c) => {
+            let info = c.info.as_deref();
+            (
+                &c.body,
+                &c.filename,
+                &c.source,
+                info.and_then(|i| i.mimetype.as_deref()),
+                info.and_then(|i| i.size),
+            )
+        }
+        MessageType::File(c) => {
+            let info = c.info.as_deref();
+            (
+                &c.body,
+                &c.filename,
+                &c.source,
+                info.and_then(|i| i.mimetype.as_deref()),
+                info.and_then(|i| i.size),
+            )
+        }
+        MessageType::Video(c) => {
+            let info = c.info.as_deref();
+            (
+                &c.body,
+                &c.filename,
+                &c.source,
+                info.and_then(|i| i.mimetype.as_deref()),
+                info.and_then(|i| i.size),
+            )
+        }
+        MessageType::Audio(c) => {
+            let info = c.info.as_deref();
+            (
+                &c.body,
+                &c.filename,
+                &c.source,
+                info.and_then(|i| i.mimetype.as_deref()),
+                info.and_then(|i| i.size),
+            )
+        }
+        _ => return None,
+    };
+    Some(FileMessage {
+        body,
+        filename: filename.as_deref(),
+        source,
+        mimetype,
+        size,
+    })
 }

@@ -8,6 +8,7 @@
 mod cache;
 mod dispatch;
 mod encryption;
+pub mod event;
 mod existence;
 mod ghost;
 mod keyed;
@@ -30,12 +31,13 @@ use std::time::Duration;
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-pub use self::dispatch::{JobError, QueueKey};
+pub use self::dispatch::{JobError, QueueKey, Work};
 pub use self::encryption::REFUSAL as ENCRYPTED_ROOM_REFUSAL;
+pub use self::event::{EventKind, InvalidEvent, MatrixEvent};
 pub use self::login_page::{LINK_LIFETIME, LOGIN_PATH, LoginLink, PageView};
 pub use self::logins::LoginSession;
 pub use self::logins::{CoreSink, LoginProgress};
-pub use self::matrix_events::{MatrixEvent, message_content, portal_ref};
+pub use self::matrix_events::{message_content, portal_ref};
 pub use self::permissions::Permissions;
 pub use self::portal::PowerNeed;
 pub use self::portal_ops::Bridged;

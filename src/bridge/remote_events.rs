@@ -10,7 +10,7 @@ use super::{Bridge, BridgeError, now_ms, room_id, user_id};
 use crate::config::PermissionLevel;
 use crate::error::Reason;
 use crate::network::{
-    ChatKind, MembershipChange, MessageContent, MessageKind, NetworkId, RemoteEvent,
+    ChatKind, MembershipChange, MessageContent, MessageKind, NetworkId, Presence, RemoteEvent,
     RemoteEventKind, RemoteMessageId, RemoteUserId,
 };
 use crate::store::{MessageRecord, PortalKey, PortalRecord};
@@ -47,6 +47,44 @@ pub fn matrix_content(c: &MessageContent) -> Value {
     v
 }
 
+/// The Matrix content of an edit of the message `original` to `content`: the new content
+/// in `m.new_content`, and a fallback marked with `* ` for clients that do not show edits.
+fn edit_content(content: &MessageContent, original: &str) -> Value {
+    let new = matrix_content(content);
+    let mut c = new.clone();
+    c["body"] = json!(format!("* {}", content.body));
+    if let Some(html) = &content.html {
+        c["formatted_body"] = json!(format!("* {html}"));
+    }
+    c["m.new_content"] = new;
+    c["m.relates_to"] = json!({"rel_type": "m.replace", "event_id": original});
+    c
+}
+
+/// What became of a remote event, for the metrics: `ok`, or why not (`unknown_target`,
+/// `rate_limited`, `no_portal`, ...).
+type Outcome = &'static str;
+
+/// A step of handling a remote event: what the next step needs, or the event's
+/// [`Outcome`] when it ends here.
+type Step<T> = Result<T, Outcome>;
+
+/// An event's chat and sender, ready: the portal, and the sender's ghost in its room.
+struct InChat {
+    /// The portal's key.
+    key: PortalKey,
+    /// The portal.
+    portal: PortalRecord,
+    /// The sender's ghost.
+    ghost: String,
+    /// The ghost, as a user ID.
+    gid: ruma::OwnedUserId,
+    /// The portal's room.
+    rid: ruma::OwnedRoomId,
+    /// The homeserver transaction ID of what the event sends (from its inbox sequence).
+    txn: String,
+}
+
 /// Parses a stored event ID.
 fn event_id(id: &str) -> Result<ruma::OwnedEventId, BridgeError> {
     ruma::EventId::parse(id)
@@ -78,6 +116,8 @@ impl Bridge {
         result
     }
 
+    /// One handler per kind of event. Each says what became of the event (`ok`,
+    /// `unknown_target`, `rate_limited`, ...), counted here once.
     async fn bridge_remote_event(
         &self,
         seq: u64,
@@ -85,71 +125,198 @@ impl Bridge {
         ev: &RemoteEvent,
         taken: &mut Vec<(Limit, String)>,
     ) -> Result<(), BridgeError> {
-        let kind = ev.kind.name();
-        // Presence, profiles and pictures of someone without a ghost create one: within the
-        // limits only, and quietly not at all over them.
-        if matches!(
-            ev.kind,
-            RemoteEventKind::Presence(_)
-                | RemoteEventKind::Profile
-                | RemoteEventKind::Avatar { .. }
-        ) && let Err(limit) = self.admit_ghost(network, ev, taken)?
-        {
-            self.rate_limited(network, ev, limit, false).await;
-            self.metrics.event("to_matrix", kind, "rate_limited");
-            return Ok(());
-        }
-        if let RemoteEventKind::Presence(p) = &ev.kind {
-            let ghost = self
-                .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
-                .await?;
-            self.set_ghost_presence(&ghost, p.state, p.status.as_deref())
-                .await?;
-            self.metrics.event("to_matrix", kind, "ok");
-            return Ok(());
-        }
-        if matches!(ev.kind, RemoteEventKind::Profile) {
-            self.ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
-                .await?;
-            self.metrics.event("to_matrix", kind, "ok");
-            return Ok(());
-        }
-        if let RemoteEventKind::Avatar { hash, data } = &ev.kind {
-            let result = self
-                .set_ghost_avatar(
-                    network,
-                    &ev.sender,
-                    ev.sender_name.as_deref(),
-                    hash,
-                    data.as_deref(),
-                )
-                .await?;
-            self.metrics.event("to_matrix", kind, result);
-            return Ok(());
-        }
-        if matches!(ev.kind, RemoteEventKind::ContactRequest) {
-            let result = self.contact_request(seq, network, ev).await?;
-            self.metrics.event("to_matrix", kind, result);
-            return Ok(());
-        }
-        let key = portal_key(network, ev);
-        let portal = match self.store.portal(&key)? {
-            Some(p) => p,
-            None => match self.create_portal_for(&key, ev, taken).await? {
-                Ok(p) => p,
-                Err(result) => {
-                    self.metrics.event("to_matrix", kind, result);
-                    return Ok(());
+        use RemoteEventKind as K;
+        let result = match &ev.kind {
+            K::Presence(p) => self.remote_presence(network, ev, p, taken).await?,
+            K::Profile => self.remote_profile(network, ev, taken).await?,
+            K::Avatar { hash, data } => {
+                self.remote_avatar(network, ev, hash, data.as_deref(), taken)
+                    .await?
+            }
+            K::ContactRequest => self.contact_request(seq, network, ev).await?,
+            K::ChatExists => match self.portal_of(network, ev, taken).await? {
+                Ok(_) => "ok",
+                Err(outcome) => outcome,
+            },
+            K::MessageAlias { target, alias } => {
+                match self.open_portal(network, ev, taken).await? {
+                    Ok((key, _)) => self.message_alias(&key, target, alias)?,
+                    Err(outcome) => outcome,
                 }
+            }
+            K::Moderation { target, reason } => match self.open_portal(network, ev, taken).await? {
+                Ok((key, portal)) => {
+                    self.remote_moderation(seq, &key, &portal, target, reason.as_deref())
+                        .await?
+                }
+                Err(outcome) => outcome,
+            },
+            K::DeliveryFailed { target, reason } => {
+                match self.open_portal(network, ev, taken).await? {
+                    Ok((key, portal)) => {
+                        self.delivery_failed(seq, &key, &portal, target, reason)
+                            .await?
+                    }
+                    Err(outcome) => outcome,
+                }
+            }
+            K::Message {
+                id,
+                content,
+                reply_to,
+            } => match self.enter_chat(seq, network, ev, taken).await? {
+                Ok(at) => {
+                    self.remote_message(&at, ev, id, content, reply_to.as_ref())
+                        .await?
+                }
+                Err(outcome) => outcome,
+            },
+            K::Edit { target, content } => match self.enter_chat(seq, network, ev, taken).await? {
+                Ok(at) => self.remote_edit(&at, ev, target, content).await?,
+                Err(outcome) => outcome,
+            },
+            K::Redaction { target } => match self.enter_chat(seq, network, ev, taken).await? {
+                Ok(at) => self.remote_redaction(&at, target).await?,
+                Err(outcome) => outcome,
+            },
+            K::Reaction {
+                target,
+                key,
+                remove,
+            } => match self.enter_chat(seq, network, ev, taken).await? {
+                Ok(at) => self.remote_reaction(&at, ev, target, key, *remove).await?,
+                Err(outcome) => outcome,
+            },
+            K::Typing { active } => match self.enter_chat(seq, network, ev, taken).await? {
+                Ok(at) => {
+                    self.hs
+                        .set_typing(Some(&at.gid), &at.rid, *active, 30_000)
+                        .await?;
+                    "ok"
+                }
+                Err(outcome) => outcome,
+            },
+            K::Receipt { up_to } => match self.enter_chat(seq, network, ev, taken).await? {
+                Ok(at) => self.remote_receipt(&at, up_to).await?,
+                Err(outcome) => outcome,
+            },
+            K::ChatInfo { name, topic } => match self.enter_chat(seq, network, ev, taken).await? {
+                Ok(at) => {
+                    self.update_chat_info(&at.portal, name.as_deref(), topic.as_deref())
+                        .await?;
+                    "ok"
+                }
+                Err(outcome) => outcome,
+            },
+            K::Membership { change } => match self.enter_chat(seq, network, ev, taken).await? {
+                Ok(at) => {
+                    if *change == MembershipChange::Leave {
+                        self.ghost_leave(&at.ghost, &at.portal.room_id).await?;
+                    }
+                    "ok"
+                }
+                Err(outcome) => outcome,
             },
         };
-        if matches!(ev.kind, RemoteEventKind::ChatExists) {
-            self.metrics.event("to_matrix", kind, "ok");
-            return Ok(());
+        self.metrics.event("to_matrix", ev.kind.name(), result);
+        Ok(())
+    }
+
+    /// Whether the sender of a presence, profile or picture event may have a ghost (one
+    /// without a ghost gets one: within the limits only, and quietly not at all over them).
+    async fn admit_quietly(
+        &self,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<Step<()>, BridgeError> {
+        if let Err(limit) = self.admit_ghost(network, ev, taken)? {
+            self.rate_limited(network, ev, limit, false).await;
+            return Ok(Err("rate_limited"));
         }
+        Ok(Ok(()))
+    }
+
+    /// The sender's presence, on their ghost.
+    async fn remote_presence(
+        &self,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+        presence: &Presence,
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<Outcome, BridgeError> {
+        if let Err(outcome) = self.admit_quietly(network, ev, taken).await? {
+            return Ok(outcome);
+        }
+        let ghost = self
+            .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
+            .await?;
+        self.set_ghost_presence(&ghost, presence.state, presence.status.as_deref())
+            .await?;
+        Ok("ok")
+    }
+
+    /// The sender's name, on their ghost.
+    async fn remote_profile(
+        &self,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<Outcome, BridgeError> {
+        if let Err(outcome) = self.admit_quietly(network, ev, taken).await? {
+            return Ok(outcome);
+        }
+        self.ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
+            .await?;
+        Ok("ok")
+    }
+
+    /// The sender's picture, on their ghost.
+    async fn remote_avatar(
+        &self,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+        hash: &str,
+        data: Option<&[u8]>,
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<Outcome, BridgeError> {
+        if let Err(outcome) = self.admit_quietly(network, ev, taken).await? {
+            return Ok(outcome);
+        }
+        self.set_ghost_avatar(network, &ev.sender, ev.sender_name.as_deref(), hash, data)
+            .await
+    }
+
+    /// The portal of the event's chat, created when the event may create one.
+    async fn portal_of(
+        &self,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<Step<(PortalKey, PortalRecord)>, BridgeError> {
+        let key = portal_key(network, ev);
+        if let Some(p) = self.store.portal(&key)? {
+            return Ok(Ok((key, p)));
+        }
+        Ok(self
+            .create_portal_for(&key, ev, taken)
+            .await?
+            .map(|p| (key, p)))
+    }
+
+    /// [`Bridge::portal_of`], unless its room is encrypted: nothing crosses into an encrypted
+    /// room (it would arrive unencrypted), and the sender of a message is told why.
+    async fn open_portal(
+        &self,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<Step<(PortalKey, PortalRecord)>, BridgeError> {
+        let (key, portal) = match self.portal_of(network, ev, taken).await? {
+            Ok(p) => p,
+            Err(outcome) => return Ok(Err(outcome)),
+        };
         if portal.encrypted {
-            // Nothing crosses into an encrypted room (it would arrive unencrypted); the sender
-            // of a message is told why.
             if matches!(ev.kind, RemoteEventKind::Message { .. }) {
                 self.network(network)?
                     .undelivered(
@@ -158,78 +325,29 @@ impl Bridge {
                     )
                     .await;
             }
-            self.metrics.event("to_matrix", kind, "room_encrypted");
-            return Ok(());
+            return Ok(Err("room_encrypted"));
         }
-        if let RemoteEventKind::MessageAlias { target, alias } = &ev.kind {
-            let result = match self.store.message_by_remote(&key, target)? {
-                Some(m) => {
-                    self.store.put_remote_alias(&m, alias)?;
-                    "ok"
-                }
-                None => "unknown_target",
-            };
-            self.metrics.event("to_matrix", kind, result);
-            return Ok(());
-        }
-        if let RemoteEventKind::Moderation { target, reason } = &ev.kind {
-            let result = match self.store.message_by_remote(&key, target)? {
-                None => "unknown_target",
-                Some(orig) => {
-                    // Redacted by whoever speaks for the bridge in the room (the bot in group
-                    // chats), which needs the power to redact others' events.
-                    let speaker = self.portal_speaker(&portal);
-                    let display = self
-                        .networks
-                        .get(network)
-                        .map(|n| n.info().display_name.clone())
-                        .unwrap_or_else(|| network.to_string());
-                    let why = match reason {
-                        Some(r) => format!("removed by a moderator on {display}: {r}"),
-                        None => format!("removed by a moderator on {display}"),
-                    };
-                    let r = self
-                        .hs
-                        .redact(
-                            Some(&user_id(&speaker)?),
-                            &room_id(&portal.room_id)?,
-                            &event_id(&orig.event_id)?,
-                            &format!("isthmus.{seq}"),
-                            Some(&why),
-                        )
-                        .await;
-                    match r {
-                        Ok(_) => {
-                            self.store.delete_message(&orig)?;
-                            "ok"
-                        }
-                        Err(e) => {
-                            let e = BridgeError::from(e);
-                            if e.is_transient() {
-                                return Err(e);
-                            }
-                            warn!(room_id = %portal.room_id, error = %crate::error::chain(&e), "could not apply a remote moderation (the bridge may lack power in the room)");
-                            "forbidden"
-                        }
-                    }
-                }
-            };
-            self.metrics.event("to_matrix", kind, result);
-            return Ok(());
-        }
-        if let RemoteEventKind::DeliveryFailed { target, reason } = &ev.kind {
-            let result = self
-                .delivery_failed(seq, &key, &portal, target, reason)
-                .await?;
-            self.metrics.event("to_matrix", kind, result);
-            return Ok(());
-        }
+        Ok(Ok((key, portal)))
+    }
+
+    /// What an event of the sender in a chat needs: the chat's open portal, and the sender's
+    /// ghost in its room (made within the limits, and joined, unless the sender leaves).
+    async fn enter_chat(
+        &self,
+        seq: u64,
+        network: &NetworkId,
+        ev: &RemoteEvent,
+        taken: &mut Vec<(Limit, String)>,
+    ) -> Result<Step<InChat>, BridgeError> {
+        let (key, portal) = match self.open_portal(network, ev, taken).await? {
+            Ok(p) => p,
+            Err(outcome) => return Ok(Err(outcome)),
+        };
         if portal.kind == ChatKind::Fanout
             && !portal.members.iter().any(|m| m == ev.sender.as_str())
         {
             info!(portal = %key, sender = %ev.sender, "event from someone who is not a member of the room; dropped");
-            self.metrics.event("to_matrix", kind, "not_member");
-            return Ok(());
+            return Ok(Err("not_member"));
         }
         let leaving = matches!(
             ev.kind,
@@ -242,13 +360,11 @@ impl Bridge {
             // are dropped quietly (the ghost comes with the sender's first message).
             let message = matches!(ev.kind, RemoteEventKind::Message { .. });
             self.rate_limited(network, ev, limit, message).await;
-            self.metrics.event("to_matrix", kind, "rate_limited");
-            return Ok(());
+            return Ok(Err("rate_limited"));
         }
         if leaving && !self.ghost_exists(network, &ev.sender)? {
             // Someone whose ghost was never made leaves: nothing to do.
-            self.metrics.event("to_matrix", kind, "no_ghost");
-            return Ok(());
+            return Ok(Err("no_ghost"));
         }
         let ghost = self
             .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
@@ -263,168 +379,234 @@ impl Bridge {
             self.ensure_joined_via(&ghost, &portal.room_id, inviter.as_deref())
                 .await?;
         }
-        let gid = user_id(&ghost)?;
-        let rid = room_id(&portal.room_id)?;
-        let txn = format!("isthmus.{seq}");
-        let result = match &ev.kind {
-            RemoteEventKind::Message {
-                id,
-                content,
-                reply_to,
-            } => {
-                if self.store.message_by_remote(&key, id)?.is_some() {
-                    debug!(remote_id = %id, "message already bridged");
-                    self.metrics.event("to_matrix", kind, "duplicate");
-                    return Ok(());
+        Ok(Ok(InChat {
+            gid: user_id(&ghost)?,
+            rid: room_id(&portal.room_id)?,
+            txn: format!("isthmus.{seq}"),
+            key,
+            portal,
+            ghost,
+        }))
+    }
+
+    /// Records another ID of a bridged message.
+    fn message_alias(
+        &self,
+        key: &PortalKey,
+        target: &RemoteMessageId,
+        alias: &RemoteMessageId,
+    ) -> Result<Outcome, BridgeError> {
+        Ok(match self.store.message_by_remote(key, target)? {
+            Some(m) => {
+                self.store.put_remote_alias(&m, alias)?;
+                "ok"
+            }
+            None => "unknown_target",
+        })
+    }
+
+    /// A group chat's moderator removed a message: it is redacted, by whoever speaks for
+    /// the bridge in the room (the bot in group chats), which needs the power to redact
+    /// others' events.
+    async fn remote_moderation(
+        &self,
+        seq: u64,
+        key: &PortalKey,
+        portal: &PortalRecord,
+        target: &RemoteMessageId,
+        reason: Option<&str>,
+    ) -> Result<Outcome, BridgeError> {
+        let Some(orig) = self.store.message_by_remote(key, target)? else {
+            return Ok("unknown_target");
+        };
+        let speaker = self.portal_speaker(portal);
+        let display = self
+            .networks
+            .get(&key.network)
+            .map(|n| n.info().display_name.clone())
+            .unwrap_or_else(|| key.network.to_string());
+        let why = match reason {
+            Some(r) => format!("removed by a moderator on {display}: {r}"),
+            None => format!("removed by a moderator on {display}"),
+        };
+        let r = self
+            .hs
+            .redact(
+                Some(&user_id(&speaker)?),
+                &room_id(&portal.room_id)?,
+                &event_id(&orig.event_id)?,
+                &format!("isthmus.{seq}"),
+                Some(&why),
+            )
+            .await;
+        match r {
+            Ok(_) => {
+                self.store.delete_message(&orig)?;
+                Ok("ok")
+            }
+            Err(e) => {
+                let e = BridgeError::from(e);
+                if e.is_transient() {
+                    return Err(e);
                 }
-                let mut c = match &content.attachment {
-                    Some(att) => self.media_content(&gid, content, att).await,
-                    None => matrix_content(content),
+                warn!(room_id = %portal.room_id, error = %crate::error::chain(&e), "could not apply a remote moderation (the bridge may lack power in the room)");
+                Ok("forbidden")
+            }
+        }
+    }
+
+    /// A new message, sent by the sender's ghost (in parts when too large for one event).
+    async fn remote_message(
+        &self,
+        at: &InChat,
+        ev: &RemoteEvent,
+        id: &RemoteMessageId,
+        content: &MessageContent,
+        reply_to: Option<&RemoteMessageId>,
+    ) -> Result<Outcome, BridgeError> {
+        if self.store.message_by_remote(&at.key, id)?.is_some() {
+            debug!(remote_id = %id, "message already bridged");
+            return Ok("duplicate");
+        }
+        let mut c = match &content.attachment {
+            Some(att) => self.media_content(&at.gid, content, att).await,
+            None => matrix_content(content),
+        };
+        if let Some(r) = reply_to
+            && let Some(orig) = self.store.message_by_remote(&at.key, r)?
+        {
+            c["m.relates_to"] = json!({"m.in_reply_to": {"event_id": orig.event_id}});
+        }
+        let event_id = self
+            .send_message_parts(&at.gid, &at.rid, &at.txn, &c, ev.timestamp_ms)
+            .await?;
+        self.store.put_message(&MessageRecord {
+            portal: at.key.clone(),
+            room_id: at.portal.room_id.clone(),
+            event_id: event_id.to_string(),
+            remote_id: id.clone(),
+            sender: at.ghost.clone(),
+            timestamp_ms: ev.timestamp_ms.unwrap_or_else(now_ms),
+            reaction: None,
+        })?;
+        Ok("ok")
+    }
+
+    /// A new content for the sender's own earlier message, as a Matrix edit.
+    async fn remote_edit(
+        &self,
+        at: &InChat,
+        ev: &RemoteEvent,
+        target: &RemoteMessageId,
+        content: &MessageContent,
+    ) -> Result<Outcome, BridgeError> {
+        let orig = match self.store.message_by_remote(&at.key, target)? {
+            None => return Ok("unknown_target"),
+            // Only the author edits a message.
+            Some(orig) if orig.sender != at.ghost => return Ok("not_own"),
+            Some(orig) => orig,
+        };
+        let c = edit_content(content, &orig.event_id);
+        self.hs
+            .send_message(
+                Some(&at.gid),
+                &at.rid,
+                "m.room.message",
+                &at.txn,
+                &c,
+                ev.timestamp_ms,
+            )
+            .await?;
+        Ok("ok")
+    }
+
+    /// The sender retracted their own earlier message: it is redacted by their ghost.
+    async fn remote_redaction(
+        &self,
+        at: &InChat,
+        target: &RemoteMessageId,
+    ) -> Result<Outcome, BridgeError> {
+        match self.store.message_by_remote(&at.key, target)? {
+            None => Ok("unknown_target"),
+            // Only the author retracts a message (a moderator's removal is a moderation).
+            Some(orig) if orig.sender != at.ghost => Ok("not_own"),
+            Some(orig) => {
+                let eid = event_id(&orig.event_id)?;
+                self.hs
+                    .redact(Some(&at.gid), &at.rid, &eid, &at.txn, None)
+                    .await?;
+                self.store.delete_message(&orig)?;
+                Ok("ok")
+            }
+        }
+    }
+
+    /// A reaction added (an `m.reaction` by the ghost) or removed (that event redacted).
+    async fn remote_reaction(
+        &self,
+        at: &InChat,
+        ev: &RemoteEvent,
+        target: &RemoteMessageId,
+        emoji: &str,
+        remove: bool,
+    ) -> Result<Outcome, BridgeError> {
+        let rid_key = reaction_id(target, &at.ghost, emoji);
+        let existing = self.store.message_by_remote(&at.key, &rid_key)?;
+        match (remove, existing) {
+            (true, Some(r)) => {
+                let eid = event_id(&r.event_id)?;
+                self.hs
+                    .redact(Some(&at.gid), &at.rid, &eid, &at.txn, None)
+                    .await?;
+                self.store.delete_message(&r)?;
+                Ok("ok")
+            }
+            (true, None) | (false, Some(_)) => Ok("unchanged"),
+            (false, None) => {
+                let Some(orig) = self.store.message_by_remote(&at.key, target)? else {
+                    return Ok("unknown_target");
                 };
-                if let Some(r) = reply_to
-                    && let Some(orig) = self.store.message_by_remote(&key, r)?
-                {
-                    c["m.relates_to"] = json!({"m.in_reply_to": {"event_id": orig.event_id}});
-                }
+                let c = json!({"m.relates_to": {
+                    "rel_type": "m.annotation", "event_id": orig.event_id, "key": emoji}});
                 let event_id = self
-                    .send_message_parts(&gid, &rid, &txn, &c, ev.timestamp_ms)
+                    .hs
+                    .send_message(
+                        Some(&at.gid),
+                        &at.rid,
+                        "m.reaction",
+                        &at.txn,
+                        &c,
+                        ev.timestamp_ms,
+                    )
                     .await?;
                 self.store.put_message(&MessageRecord {
-                    portal: key.clone(),
-                    room_id: portal.room_id.clone(),
+                    portal: at.key.clone(),
+                    room_id: at.portal.room_id.clone(),
                     event_id: event_id.to_string(),
-                    remote_id: id.clone(),
-                    sender: ghost.clone(),
-                    timestamp_ms: ev.timestamp_ms.unwrap_or_else(now_ms),
-                    reaction: None,
+                    remote_id: rid_key,
+                    sender: at.ghost.clone(),
+                    timestamp_ms: now_ms(),
+                    reaction: Some((target.clone(), emoji.to_owned())),
                 })?;
-                "ok"
+                Ok("ok")
             }
-            RemoteEventKind::Edit { target, content } => {
-                match self.store.message_by_remote(&key, target)? {
-                    None => "unknown_target",
-                    // Only the author edits a message.
-                    Some(orig) if orig.sender != ghost => "not_own",
-                    Some(orig) => {
-                        let new = matrix_content(content);
-                        let mut c = new.clone();
-                        c["body"] = json!(format!("* {}", content.body));
-                        if let Some(html) = &content.html {
-                            c["formatted_body"] = json!(format!("* {html}"));
-                        }
-                        c["m.new_content"] = new;
-                        c["m.relates_to"] =
-                            json!({"rel_type": "m.replace", "event_id": orig.event_id});
-                        self.hs
-                            .send_message(
-                                Some(&gid),
-                                &rid,
-                                "m.room.message",
-                                &txn,
-                                &c,
-                                ev.timestamp_ms,
-                            )
-                            .await?;
-                        "ok"
-                    }
-                }
-            }
-            RemoteEventKind::Redaction { target } => {
-                match self.store.message_by_remote(&key, target)? {
-                    None => "unknown_target",
-                    // Only the author retracts a message (moderation is not bridged yet).
-                    Some(orig) if orig.sender != ghost => "not_own",
-                    Some(orig) => {
-                        let eid = event_id(&orig.event_id)?;
-                        self.hs.redact(Some(&gid), &rid, &eid, &txn, None).await?;
-                        self.store.delete_message(&orig)?;
-                        "ok"
-                    }
-                }
-            }
-            RemoteEventKind::Reaction {
-                target,
-                key: emoji,
-                remove,
-            } => {
-                let rid_key = reaction_id(target, &ghost, emoji);
-                let existing = self.store.message_by_remote(&key, &rid_key)?;
-                match (remove, existing) {
-                    (true, Some(r)) => {
-                        let eid = event_id(&r.event_id)?;
-                        self.hs.redact(Some(&gid), &rid, &eid, &txn, None).await?;
-                        self.store.delete_message(&r)?;
-                        "ok"
-                    }
-                    (true, None) | (false, Some(_)) => "unchanged",
-                    (false, None) => match self.store.message_by_remote(&key, target)? {
-                        None => "unknown_target",
-                        Some(orig) => {
-                            let c = json!({"m.relates_to": {
-                                "rel_type": "m.annotation", "event_id": orig.event_id, "key": emoji}});
-                            let event_id = self
-                                .hs
-                                .send_message(
-                                    Some(&gid),
-                                    &rid,
-                                    "m.reaction",
-                                    &txn,
-                                    &c,
-                                    ev.timestamp_ms,
-                                )
-                                .await?;
-                            self.store.put_message(&MessageRecord {
-                                portal: key.clone(),
-                                room_id: portal.room_id.clone(),
-                                event_id: event_id.to_string(),
-                                remote_id: rid_key,
-                                sender: ghost.clone(),
-                                timestamp_ms: now_ms(),
-                                reaction: Some((target.clone(), emoji.clone())),
-                            })?;
-                            "ok"
-                        }
-                    },
-                }
-            }
-            RemoteEventKind::Typing { active } => {
-                self.hs
-                    .set_typing(Some(&gid), &rid, *active, 30_000)
-                    .await?;
-                "ok"
-            }
-            RemoteEventKind::Receipt { up_to } => {
-                match self.store.message_by_remote(&key, up_to)? {
-                    None => "unknown_target",
-                    Some(m) => {
-                        let eid = event_id(&m.event_id)?;
-                        self.hs.send_read_receipt(Some(&gid), &rid, &eid).await?;
-                        "ok"
-                    }
-                }
-            }
-            RemoteEventKind::ChatInfo { name, topic } => {
-                self.update_chat_info(&portal, name.as_deref(), topic.as_deref())
-                    .await?;
-                "ok"
-            }
-            RemoteEventKind::Membership { change } => {
-                if *change == MembershipChange::Leave {
-                    self.ghost_leave(&ghost, &portal.room_id).await?;
-                }
-                "ok"
-            }
-            RemoteEventKind::Presence(_)
-            | RemoteEventKind::Moderation { .. }
-            | RemoteEventKind::ContactRequest
-            | RemoteEventKind::Profile
-            | RemoteEventKind::ChatExists
-            | RemoteEventKind::Avatar { .. }
-            | RemoteEventKind::MessageAlias { .. }
-            | RemoteEventKind::DeliveryFailed { .. } => unreachable!("handled above"),
+        }
+    }
+
+    /// The sender read everything up to a message: a read receipt of their ghost.
+    async fn remote_receipt(
+        &self,
+        at: &InChat,
+        up_to: &RemoteMessageId,
+    ) -> Result<Outcome, BridgeError> {
+        let Some(m) = self.store.message_by_remote(&at.key, up_to)? else {
+            return Ok("unknown_target");
         };
-        self.metrics.event("to_matrix", kind, result);
-        Ok(())
+        let eid = event_id(&m.event_id)?;
+        self.hs
+            .send_read_receipt(Some(&at.gid), &at.rid, &eid)
+            .await?;
+        Ok("ok")
     }
 
     /// Tells the Matrix sender, as a reply to their message, that the network bounced it.
@@ -435,7 +617,7 @@ impl Bridge {
         portal: &PortalRecord,
         target: &RemoteMessageId,
         reason: &str,
-    ) -> Result<&'static str, BridgeError> {
+    ) -> Result<Outcome, BridgeError> {
         let Some(orig) = self.store.message_by_remote(key, target)? else {
             return Ok("unknown_target");
         };
@@ -497,8 +679,8 @@ impl Bridge {
         key: &PortalKey,
         ev: &RemoteEvent,
         taken: &mut Vec<(Limit, String)>,
-    ) -> Result<Result<PortalRecord, &'static str>, BridgeError> {
-        const NO_PORTAL: Result<PortalRecord, &str> = Err("no_portal");
+    ) -> Result<Step<PortalRecord>, BridgeError> {
+        const NO_PORTAL: Step<PortalRecord> = Err("no_portal");
         if ev.chat_kind == ChatKind::Group
             && let Some(alias) = self.network(&key.network)?.hosted_room_alias(&key.chat)
         {
@@ -751,5 +933,69 @@ impl Bridge {
             self.save_portal(&updated)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(body: &str, html: Option<&str>) -> MessageContent {
+        MessageContent {
+            kind: MessageKind::Text,
+            body: body.into(),
+            html: html.map(str::to_owned),
+            mentions: Vec::new(),
+            attachment: None,
+        }
+    }
+
+    #[test]
+    fn matrix_content_never_mentions_what_is_not_a_mention() {
+        for (kind, msgtype) in [
+            (MessageKind::Text, "m.text"),
+            (MessageKind::Emote, "m.emote"),
+            (MessageKind::Notice, "m.notice"),
+        ] {
+            let c = matrix_content(&MessageContent {
+                kind,
+                ..text("@room hi", None)
+            });
+            assert_eq!(
+                c,
+                json!({"msgtype": msgtype, "body": "@room hi", "m.mentions": {}})
+            );
+        }
+        let mut m = text("hi", Some("<b>hi</b>"));
+        m.mentions = vec!["@a:hs".into()];
+        assert_eq!(
+            matrix_content(&m),
+            json!({"msgtype": "m.text", "body": "hi", "m.mentions": {"user_ids": ["@a:hs"]},
+                "format": "org.matrix.custom.html", "formatted_body": "<b>hi</b>"})
+        );
+    }
+
+    #[test]
+    fn an_edit_carries_the_new_content_and_a_marked_fallback() {
+        for (body, html) in [("new", None), ("new", Some("<i>new</i>")), ("", None)] {
+            let c = edit_content(&text(body, html), "$orig");
+            assert_eq!(c["m.new_content"], matrix_content(&text(body, html)));
+            assert_eq!(c["body"], json!(format!("* {body}")));
+            assert_eq!(
+                c["formatted_body"],
+                html.map_or(Value::Null, |h| json!(format!("* {h}")))
+            );
+            assert_eq!(
+                c["m.relates_to"],
+                json!({"rel_type": "m.replace", "event_id": "$orig"})
+            );
+            // What Matrix clients read back is an edit of that event.
+            let read: ruma::events::room::message::RoomMessageEventContent =
+                serde_json::from_value(c).expect("a valid edit");
+            assert!(matches!(
+                read.relates_to,
+                Some(ruma::events::room::message::Relation::Replacement(r)) if r.event_id == "$orig"
+            ));
+        }
     }
 }

@@ -1,0 +1,357 @@
+//! Membership: invites of the bot (management rooms) and of ghosts (direct chats, members of
+//! a room on networks without group chats), and Matrix users joining and leaving portal
+//! rooms.
+
+use ruma::events::room::member::{MembershipState, RoomMemberEventContent};
+use tracing::{debug, info, warn};
+
+use super::portal_ref;
+use crate::bridge::event::MatrixEvent;
+use crate::bridge::{Bridge, BridgeError, room_id, user_id};
+use crate::config::PermissionLevel;
+use crate::network::{ChatKind, NetworkId, RemoteUserId};
+use crate::store::{PortalKey, PortalRecord, UserRecord};
+
+impl Bridge {
+    pub(super) async fn handle_membership(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        content: &RoomMemberEventContent,
+    ) -> Result<(), BridgeError> {
+        let Some(target) = ev.state_key.as_deref() else {
+            return Ok(());
+        };
+        // A member event is how a change of display name reaches the bridge.
+        self.display_names.forget(target);
+        let membership = &content.membership;
+        let is_direct = content.is_direct.unwrap_or(false);
+        let gone = matches!(membership, MembershipState::Leave | MembershipState::Ban);
+        if target == self.bot().as_str() {
+            return match membership {
+                MembershipState::Invite => self.bot_invited(seq, ev, is_direct).await,
+                _ if gone => {
+                    self.note_joined(target, &ev.room_id, false);
+                    if let Some(mut u) = self.store.user_by_management_room(&ev.room_id)? {
+                        u.management_room = None;
+                        self.store.put_user(&u)?;
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+        }
+        if let Some((network, remote)) = self.parse_ghost(target) {
+            return match membership {
+                MembershipState::Invite => {
+                    self.ghost_invited(seq, ev, target, &network, &remote, is_direct)
+                        .await
+                }
+                _ if gone => {
+                    self.note_joined(target, &ev.room_id, false);
+                    self.fanout_member_left(&ev.room_id, &network, &remote)
+                        .await
+                }
+                _ => Ok(()),
+            };
+        }
+        let joined = *membership == MembershipState::Join;
+        if joined
+            && self
+                .store
+                .user(target)?
+                .is_some_and(|u| u.management_room.as_deref() == Some(ev.room_id.as_str()))
+        {
+            // The user joined the management room the bot opened for them.
+            self.show_pending_requests(target, &ev.room_id).await?;
+            return Ok(());
+        }
+        if let Some(p) = self.store.portal_by_room(&ev.room_id)?
+            && p.kind == ChatKind::Group
+            && (joined || gone)
+            && let Ok((client, false)) = self.client_for(&p, target)
+        {
+            let user = self.matrix_sender(target).await;
+            let r = if joined {
+                client.join_chat(&portal_ref(&p), &user).await
+            } else {
+                client.leave_chat(&portal_ref(&p), &user).await
+            };
+            if let Err(e) = r {
+                if e.is_transient() {
+                    return Err(BridgeError::Network {
+                        network: p.key.network.clone(),
+                        source: e,
+                    });
+                }
+                warn!(room_id = %ev.room_id, user = target, error = %crate::error::chain(&e), "could not follow a membership change");
+            }
+        }
+        if gone {
+            if let Some(p) = self.store.portal_by_room(&ev.room_id)?
+                && p.kind == ChatKind::Direct
+                && p.key.receiver.as_deref() == Some(target)
+            {
+                info!(room_id = %ev.room_id, user = target, "user left a direct chat; removing the portal");
+                self.remove_portal(&p.key, &ev.room_id, true).await?;
+            }
+            if let Some(mut u) = self.store.user(target)?
+                && u.management_room.as_deref() == Some(ev.room_id.as_str())
+            {
+                u.management_room = None;
+                self.store.put_user(&u)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn bot_invited(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        is_direct: bool,
+    ) -> Result<(), BridgeError> {
+        let rid = room_id(&ev.room_id)?;
+        if self.level(&ev.sender) < PermissionLevel::Relay {
+            info!(room_id = %ev.room_id, inviter = %ev.sender, "refusing invite from a user without permission");
+            self.hs.leave(None, &rid).await?;
+            return Ok(());
+        }
+        self.hs.join(None, ev.room_id.as_str()).await?;
+        self.note_joined(self.bot().as_str(), &ev.room_id, true);
+        // A direct chat with the bot is the user's management room; in other rooms the bot
+        // only answers prefixed commands.
+        if is_direct {
+            let mut user = self.store.user(&ev.sender)?.unwrap_or(UserRecord {
+                user_id: ev.sender.clone(),
+                management_room: None,
+                shown_requests: Vec::new(),
+            });
+            if user.management_room.as_deref() != Some(ev.room_id.as_str()) {
+                user.shown_requests.clear();
+            }
+            user.management_room = Some(ev.room_id.clone());
+            self.store.put_user(&user)?;
+            info!(room_id = %ev.room_id, user = %ev.sender, "management room set");
+            let text = format!(
+                "Hello! This is your management room for the isthmus bridge. Send `help` to see the commands; no prefix is needed here (elsewhere, start commands with `{}`).",
+                self.config.bridge.command_prefix
+            );
+            self.send_notice(None, &ev.room_id, &format!("isthmus.{seq}.welcome"), &text)
+                .await?;
+            self.show_pending_requests(&ev.sender, &ev.room_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn ghost_invited(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+        ghost: &str,
+        network: &NetworkId,
+        remote: &str,
+        is_direct: bool,
+    ) -> Result<(), BridgeError> {
+        let rid = room_id(&ev.room_id)?;
+        let gid = user_id(ghost)?;
+        let connector = self.network(network)?;
+        let refuse = |why: String| {
+            let gid = gid.clone();
+            let rid = rid.clone();
+            async move {
+                info!(room_id = %ev.room_id, ghost, why, "refusing invite to a ghost");
+                // Joining first lets the ghost say why; a failed join still rejects the invite.
+                if self.hs.join(Some(&gid), ev.room_id.as_str()).await.is_ok() {
+                    let _ = self
+                        .send_notice(
+                            Some(ghost),
+                            &ev.room_id,
+                            &format!("isthmus.{seq}.refuse"),
+                            &why,
+                        )
+                        .await;
+                }
+                self.hs
+                    .leave(Some(&gid), &rid)
+                    .await
+                    .map_err(BridgeError::from)
+            }
+        };
+        if self.level(&ev.sender) < PermissionLevel::User {
+            return refuse("You are not allowed to start chats through this bridge.".into()).await;
+        }
+        let remote_id = match connector.parse_user_id(remote) {
+            Ok(r) => r,
+            Err(e) => {
+                return refuse(format!(
+                    "This is not a valid {} address: {e}",
+                    connector.info().display_name
+                ))
+                .await;
+            }
+        };
+        if !is_direct {
+            let main = self.store.portal_by_room(&ev.room_id)?;
+            let own_chat = main.as_ref().is_some_and(|p| &p.key.network == network);
+            if !own_chat && let Some(chat) = connector.fanout_chat(&ev.room_id) {
+                self.ensure_ghost(network, &remote_id, None).await?;
+                if self.ghost_sees_encryption(&gid, ghost, &ev.room_id).await? {
+                    return refuse(crate::bridge::encryption::REFUSAL.into()).await;
+                }
+                return self
+                    .add_fanout_member(&ev.room_id, network, chat.as_str(), &remote_id, ghost)
+                    .await;
+            }
+            return match main {
+                Some(_) => {
+                    self.ensure_ghost(network, &remote_id, None).await?;
+                    self.ensure_joined(ghost, &ev.room_id).await
+                }
+                None => {
+                    refuse("Invite me in a direct chat to talk to me, or bridge this room to a group chat first.".into())
+                        .await
+                }
+            };
+        }
+        self.ensure_ghost(network, &remote_id, None).await?;
+        let key = PortalKey::new(network.as_str(), remote_id.as_str(), Some(&ev.sender));
+        let mut record = PortalRecord::new(key.clone(), &ev.room_id, ChatKind::Direct);
+        let old = self.store.portal(&key)?;
+        if let Some(old) = &old
+            && old.room_id != ev.room_id
+        {
+            info!(old_room = %old.room_id, new_room = %ev.room_id, "direct chat moved to a new room");
+            record.relay = old.relay.clone();
+        }
+        // The portal is stored before the ghost joins: the user may write as soon as the
+        // ghost is in, and that message must find its portal (and its queue). This runs on
+        // the portal's queue: `queue_key` sends a direct invite of a ghost there.
+        self.save_portal(&record)?;
+        if self.ghost_sees_encryption(&gid, ghost, &ev.room_id).await? {
+            // Refused rather than joined silently: the user learns at once why this chat
+            // cannot work, and can start one without encryption.
+            match &old {
+                // The contact's earlier room stays its portal.
+                Some(old) => {
+                    self.unindex_portal_room(&key, &ev.room_id)?;
+                    self.save_portal(old)?;
+                }
+                None => self.forget_portal(&record)?,
+            }
+            return refuse(crate::bridge::encryption::REFUSAL.into()).await;
+        }
+        self.note_joined(ghost, &ev.room_id, true);
+        if let Err(e) = self.write_bridge_info(&record, Some(ghost)).await {
+            debug!(error = %crate::error::chain(&e), "could not write bridge info into a user-created direct chat");
+        }
+        info!(room_id = %ev.room_id, portal = %key, "direct chat portal created by invite");
+        self.publish_current_presence(&ev.sender, network, Some(ghost))
+            .await;
+        Ok(())
+    }
+
+    /// Joins `ghost` to `room` (it was invited) and tells whether encryption is on there.
+    async fn ghost_sees_encryption(
+        &self,
+        gid: &ruma::UserId,
+        ghost: &str,
+        room: &str,
+    ) -> Result<bool, BridgeError> {
+        self.hs.join(Some(gid), room).await?;
+        self.room_is_encrypted(Some(ghost), room).await
+    }
+
+    /// Adds a remote user to a room's fan-out portal (creating it), and joins their ghost, on
+    /// the fan-out portal's queue (the invite came on the room's).
+    async fn add_fanout_member(
+        &self,
+        room: &str,
+        network: &NetworkId,
+        chat: &str,
+        remote: &RemoteUserId,
+        ghost: &str,
+    ) -> Result<(), BridgeError> {
+        self.ensure_ghost(network, remote, None).await?;
+        let key = PortalKey::new(network.as_str(), chat, None);
+        let (room, remote, ghost) = (room.to_owned(), remote.clone(), ghost.to_owned());
+        self.on_portal_queue(&key.clone(), move |b| async move {
+            b.join_fanout(&key, &room, &remote, &ghost).await
+        })
+        .await
+    }
+
+    /// [`Bridge::add_fanout_member`], on the fan-out portal's queue.
+    async fn join_fanout(
+        &self,
+        key: &PortalKey,
+        room: &str,
+        remote: &RemoteUserId,
+        ghost: &str,
+    ) -> Result<(), BridgeError> {
+        let mut record = match self.store.portal(key)? {
+            Some(p) if p.room_id == room => p,
+            Some(p) => {
+                // Chat IDs are derived from room IDs; another room holding this one is a
+                // collision, never silently taken over.
+                warn!(room_id = room, other_room = %p.room_id, portal = %key, "fan-out chat already belongs to another room; invite refused");
+                let gid = user_id(ghost)?;
+                self.hs.leave(Some(&gid), &room_id(room)?).await?;
+                return Ok(());
+            }
+            None => PortalRecord::new(key.clone(), room, ChatKind::Fanout),
+        };
+        if !record.members.iter().any(|m| m == remote.as_str()) {
+            record.members.push(remote.as_str().to_owned());
+        }
+        self.save_portal(&record)?;
+        self.hs.join(Some(&user_id(ghost)?), room).await?;
+        self.note_joined(ghost, room, true);
+        info!(room_id = room, portal = %key, member = %remote, members = record.members.len(), "remote member added to a room");
+        Ok(())
+    }
+
+    /// A remote member's ghost left a room: it no longer gets the room's messages. Each
+    /// fan-out portal of the room on the ghost's network changes on its own queue.
+    async fn fanout_member_left(
+        &self,
+        room: &str,
+        network: &NetworkId,
+        remote: &str,
+    ) -> Result<(), BridgeError> {
+        // Members are stored normalised; a ghost ID may hold another spelling.
+        let normalised = self
+            .networks
+            .get(network)
+            .and_then(|c| c.parse_user_id(remote).ok())
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_else(|| remote.to_owned());
+        for p in self.store.fanout_portals(room)? {
+            if &p.key.network != network {
+                continue;
+            }
+            let (room, remote, normalised) =
+                (room.to_owned(), remote.to_owned(), normalised.clone());
+            let key = p.key;
+            self.on_portal_queue(&key.clone(), move |b| async move {
+                let Some(mut p) = b.store.portal(&key)?.filter(|p| p.room_id == room) else {
+                    return Ok(());
+                };
+                let before = p.members.len();
+                p.members.retain(|m| *m != remote && *m != normalised);
+                if p.members.len() == before {
+                    return Ok(());
+                }
+                info!(room_id = room, portal = %p.key, member = remote, "remote member left a room");
+                if p.members.is_empty() {
+                    b.forget_portal(&p)?;
+                } else {
+                    b.save_portal(&p)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! Matrix → remote network: what Matrix users do in portal rooms, bridged to the networks.
+//!
+//! [`Bridge::handle_matrix_event`] gets each timeline event read once (`bridge/event.rs`)
+//! and hands it, by an exhaustive match on its kind, to one handler per kind, each in the
+//! file of its topic:
+//!
+//! | file | what |
+//! |---|---|
+//! | `membership.rs` | invites (of the bot, of ghosts: direct chats and fan-out members), joins and leaves |
+//! | `messages.rs` | messages and edits to the room's portal, fan-out to members on other networks, relaying |
+//! | `reactions.rs` | reactions, and redactions (retractions, moderation) |
+//! | `ephemeral.rs` | typing, read receipts, presence |
+//! | `reporting.rs` | telling senders what did not cross, and why |
+//! | `content.rs` | the pure reading of message contents: conversion, relations, reply fallbacks |
+//!
+//! This file holds the dispatch and what the handlers share: which identity sends for a
+//! Matrix user, and how networks see the sender.
+
+mod content;
+mod ephemeral;
+mod membership;
+mod messages;
+mod reactions;
+mod reporting;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::event::{EventKind, MatrixEvent};
+use super::{Bridge, BridgeError};
+use crate::config::PermissionLevel;
+use crate::network::{
+    MatrixSender, NetworkClient, NetworkError, NetworkId, PortalRef, RemoteUserId,
+};
+use crate::store::PortalRecord;
+
+pub use self::content::message_content;
+
+/// How long a Matrix user's display name, as the homeserver gave it, is used without asking
+/// again (a member event of the user drops it sooner).
+pub(super) const DISPLAY_NAME_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Bridge {
+    /// Bridges one Matrix timeline event, read already: one handler per kind.
+    pub(super) async fn handle_matrix_event(
+        &self,
+        seq: u64,
+        ev: &MatrixEvent,
+    ) -> Result<(), BridgeError> {
+        if self.in_namespace(&ev.sender) {
+            // A ghost's message in a room shared with another network's members goes on to
+            // them (Matrix is the hub); everything else from the bridge's own users is an echo.
+            if let EventKind::Message(content) = &ev.kind
+                && ev.sender != self.bot().as_str()
+                && self.store.has_fanout(&ev.room_id)
+            {
+                return self.ghost_message(seq, ev, content).await;
+            }
+            return Ok(());
+        }
+        match &ev.kind {
+            EventKind::Member(content) => self.handle_membership(seq, ev, content).await,
+            EventKind::Message(content) => self.handle_message(seq, ev, content).await,
+            EventKind::Reaction(content) => self.handle_reaction(seq, ev, content).await,
+            EventKind::Redaction(content) => self.handle_redaction(seq, ev, content).await,
+            EventKind::Encryption(_) => self.encryption_turned_on(seq, ev).await.map(drop),
+            EventKind::Encrypted => self.encrypted_event(seq, ev).await,
+            EventKind::Other(_) => Ok(()),
+        }
+    }
+
+    fn observe(&self, network: &NetworkId, op: &str, started: Instant) {
+        self.metrics
+            .remote_request_seconds
+            .with_label_values(&[network.as_str(), op])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The identity that sends for `user` in `portal`, and whether it relays.
+    pub fn client_for(
+        &self,
+        portal: &PortalRecord,
+        user: &str,
+    ) -> Result<(Arc<dyn NetworkClient>, bool), NetworkError> {
+        let level = self.level(user);
+        if level >= PermissionLevel::User
+            && let Some(c) = self.user_client(user, &portal.key.network)
+        {
+            return Ok((c, false));
+        }
+        if level >= PermissionLevel::Relay
+            && self.config.bridge.relay.enabled
+            && let Some((relay_user, login_id)) = &portal.relay
+            && let Some(c) = self.login_client(relay_user, &portal.key.network, login_id)
+        {
+            return Ok((c, true));
+        }
+        Err(NetworkError::NotLoggedIn)
+    }
+
+    /// For a relayed operation (`relayed`), the relay's owner as the network sees the
+    /// sender: the only identity a relayed message may speak as.
+    async fn relay_speaker(&self, portal: &PortalRecord, relayed: bool) -> Option<MatrixSender> {
+        let (owner, _) = portal.relay.as_ref().filter(|_| relayed)?;
+        Some(self.matrix_sender(owner).await)
+    }
+
+    /// The user's own login on a network, else the network's bridge-wide identity.
+    pub fn user_client(&self, user: &str, network: &NetworkId) -> Option<Arc<dyn NetworkClient>> {
+        if self.level(user) < PermissionLevel::User {
+            return None;
+        }
+        if let Some(l) = self.logins_of(user, network).into_iter().next() {
+            return Some(l.client);
+        }
+        self.networks.get(network).and_then(|c| c.bridge_client())
+    }
+
+    /// The sender as networks see it: user ID and display name. The name comes from the
+    /// homeserver once per `DISPLAY_NAME_TTL` (ten minutes) or after a member event of the user (which
+    /// is how a change of name reaches the bridge), not once per message.
+    pub async fn matrix_sender(&self, user: &str) -> MatrixSender {
+        let now = std::time::Instant::now();
+        let displayname = match self.display_names.get(user, now) {
+            Some(name) => name,
+            None => match ruma::UserId::parse(user) {
+                Ok(uid) => match self.hs.get_profile(&uid).await {
+                    Ok((name, _)) => {
+                        self.display_names.put(user, name.clone(), now);
+                        name
+                    }
+                    // Not cached: the next message asks again.
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            },
+        };
+        let fallback = user
+            .strip_prefix('@')
+            .and_then(|u| u.split(':').next())
+            .unwrap_or(user)
+            .to_owned();
+        MatrixSender {
+            user_id: user.to_owned(),
+            displayname: displayname.unwrap_or(fallback),
+        }
+    }
+}
+
+/// How a connector sees a portal.
+pub fn portal_ref(p: &PortalRecord) -> PortalRef {
+    PortalRef {
+        chat: p.key.chat.clone(),
+        kind: p.kind,
+        receiver: p.key.receiver.clone(),
+        members: p.members.iter().map(RemoteUserId::new).collect(),
+    }
+}
