@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every check CI runs: rustfmt, clippy, build, then all tests against a
+# Run every check CI runs: rustfmt, clippy, rustdoc, build, then all tests against a
 # throwaway Synapse (scripts/synapse.sh), Prosody (scripts/prosody.sh) and
 # Kamailio (scripts/kamailio.sh), which are stopped again on exit.
 #
@@ -58,6 +58,10 @@ cargo fmt --all -- --check
 
 section "clippy"
 cargo clippy --all-targets -- -D warnings
+
+section "doc"
+# Broken or private links in the public documentation fail like a lint.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --quiet
 
 section "build"
 cargo build --all-targets
