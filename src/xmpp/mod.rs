@@ -24,6 +24,7 @@ mod hosted;
 pub mod ids;
 pub mod limits;
 mod muc;
+mod payloads;
 mod scram;
 
 pub(crate) mod time;
