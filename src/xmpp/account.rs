@@ -16,12 +16,17 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
+use xmpp_parsers::carbons;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::{BareJid, FullJid, Jid};
+use xmpp_parsers::mam::{self, Fin};
 use xmpp_parsers::message::Message;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
 use xmpp_parsers::presence::{Presence as XmppPresence, Show, Type as PresenceType};
+use xmpp_parsers::pubsub::{self, PubSub, pubsub::Items};
+use xmpp_parsers::roster::Roster;
+use xmpp_parsers::rsm::SetQuery;
 use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
@@ -30,7 +35,7 @@ use super::c2s;
 use super::component::{Inbound, Outgoing};
 use super::handle_matrix::Gateway;
 use super::handle_xmpp::{Handler, error_reply};
-use super::{Shared, fidelity};
+use super::{Shared, fidelity, payloads};
 use crate::error::Reason;
 use crate::network::{
     BridgeState, ChatKind, Contact, LoginData, LoginField, LoginId, LoginProcess, LoginStep,
@@ -38,10 +43,7 @@ use crate::network::{
     Presence, PresenceState, RemoteEvent, RemoteEventKind, RemoteMessageId, RemoteUserId,
 };
 
-const CARBONS: &str = "urn:xmpp:carbons:2";
-const FORWARD: &str = "urn:xmpp:forward:0";
 const ROSTER: &str = "jabber:iq:roster";
-const MAM: &str = "urn:xmpp:mam:2";
 const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
@@ -51,7 +53,6 @@ const CAPS: &str = "http://jabber.org/protocol/caps";
 const MAX_AVATAR_BYTES: usize = 1 << 20;
 /// The node of the account connection's entity capabilities (XEP-0115).
 const CAPS_NODE: &str = "https://github.com/isthmus-bridge/isthmus";
-const RSM: &str = "http://jabber.org/protocol/rsm";
 /// Pages of archive asked for at most in one catch-up.
 const MAM_PAGES: usize = 20;
 /// Messages per archive page.
@@ -450,7 +451,11 @@ impl Account {
 
     /// Fetches the roster and makes sure each contact has a portal.
     async fn sync_roster(self: Arc<Self>) {
-        let query = Element::builder("query", ROSTER).build();
+        let query = Roster {
+            ver: None,
+            items: Vec::new(),
+        }
+        .into();
         let answer = self
             .parts
             .shared
@@ -548,31 +553,8 @@ impl Account {
         let mut after = position;
         let mut fetched_latest = false;
         for _ in 0..MAM_PAGES {
-            let set = match &after {
-                Some(a) => Element::builder("set", RSM)
-                    .append(
-                        Element::builder("max", RSM)
-                            .append(MAM_PAGE.to_string())
-                            .build(),
-                    )
-                    .append(Element::builder("after", RSM).append(a.as_str()).build())
-                    .build(),
-                None => {
-                    fetched_latest = true;
-                    Element::builder("set", RSM)
-                        .append(
-                            Element::builder("max", RSM)
-                                .append(MAM_FIRST.to_string())
-                                .build(),
-                        )
-                        .append(Element::builder("before", RSM).build())
-                        .build()
-                }
-            };
-            let query = Element::builder("query", MAM)
-                .attr(xml_name("queryid"), format!("q{:x}", rand::random::<u64>()))
-                .append(set)
-                .build();
+            fetched_latest |= after.is_none();
+            let query = archive_query(&format!("q{:x}", rand::random::<u64>()), after.as_deref());
             let answer = self
                 .parts
                 .shared
@@ -600,11 +582,11 @@ impl Account {
                     return;
                 }
             };
-            let complete = matches!(fin.attr("complete"), Some("true" | "1"));
-            let last = fin
-                .get_child("set", RSM)
-                .and_then(|s| s.get_child("last", RSM))
-                .map(|l| l.text());
+            // A `fin` the crate cannot read ends the catch-up, as one without a page would.
+            let (complete, last) = match Fin::try_from(fin) {
+                Ok(fin) => (fin.complete, fin.set.last),
+                Err(_) => (false, None),
+            };
             if let Some(last) = &last
                 && let Err(e) = store.put(&key, &serde_json::Value::from(last.as_str()))
             {
@@ -624,9 +606,9 @@ impl Account {
 
     /// A message from the account's archive: the copied message, at its archived time.
     async fn archived(&self, msg: &Message) -> bool {
-        let Some(result) = msg.payloads.iter().find(|p| p.is("result", MAM)) else {
+        if !msg.payloads.iter().any(|p| p.is("result", ns::MAM)) {
             return false;
-        };
+        }
         // Only the account's own archive answers to the account.
         if msg
             .from
@@ -636,28 +618,23 @@ impl Account {
             warn!(from = ?msg.from, "archive result from someone else dropped");
             return true;
         }
-        let Some(forwarded) = result.get_child("forwarded", FORWARD) else {
+        // The account's own server wrote the result (the sender is checked above).
+        let Some(mam::Result_ { forwarded, .. }) =
+            payloads::find::<mam::Result_>(&msg.payloads, "result", ns::MAM)
+        else {
             return true;
         };
-        let Some(inner) = forwarded.children().find(|c| c.name() == "message") else {
-            return true;
-        };
-        let Ok(mut inner) = Message::try_from(inner.clone()) else {
-            return true;
-        };
+        let mut inner = forwarded.message;
         // The archive's time, vouched for by the account's server, replaces any the sender
         // claimed.
         inner.payloads.retain(|p| !p.is("delay", ns::DELAY));
-        if let Some(stamp) = forwarded
-            .get_child("delay", ns::DELAY)
-            .and_then(|d| d.attr("stamp"))
+        if let Some(at) = forwarded
+            .delay
+            .and_then(|d| u64::try_from(d.stamp.0.timestamp_millis()).ok())
         {
-            inner.payloads.push(
-                Element::builder("delay", ns::DELAY)
-                    .attr(xml_name("from"), self.jid.domain().as_str())
-                    .attr(xml_name("stamp"), stamp)
-                    .build(),
-            );
+            inner
+                .payloads
+                .push(archive_delay(self.jid.domain().as_str(), at));
         }
         if !matches!(
             inner.type_,
@@ -701,14 +678,11 @@ impl Account {
         let items = match notified {
             Some(items) => items,
             None => {
-                let query = Element::builder("pubsub", PUBSUB)
-                    .append(
-                        Element::builder("items", PUBSUB)
-                            .attr(xml_name("node"), AVATAR_METADATA)
-                            .attr(xml_name("max_items"), "1")
-                            .build(),
-                    )
-                    .build();
+                let query = PubSub::Items(Items {
+                    max_items: Some(1),
+                    ..Items::new(AVATAR_METADATA)
+                })
+                .into();
                 match self
                     .parts
                     .shared
@@ -731,7 +705,9 @@ impl Account {
             return;
         };
         // An avatar may be described by several infos; the one without a URL is in the data
-        // node (XEP-0084 §4.2.1).
+        // node (XEP-0084 §4.2.1). Read by hand: the crate's `Metadata` refuses all infos for
+        // one it cannot read (an ID that is not a SHA-1, a missing size), and its `Data`
+        // decodes a picture before its size is checked.
         let info = metadata
             .children()
             .filter(|c| c.is("info", AVATAR_METADATA))
@@ -789,18 +765,15 @@ impl Account {
                 return;
             }
         }
-        let query = Element::builder("pubsub", PUBSUB)
-            .append(
-                Element::builder("items", PUBSUB)
-                    .attr(xml_name("node"), AVATAR_DATA)
-                    .append(
-                        Element::builder("item", PUBSUB)
-                            .attr(xml_name("id"), id.as_str())
-                            .build(),
-                    )
-                    .build(),
-            )
-            .build();
+        let query = PubSub::Items(Items {
+            items: vec![pubsub::pubsub::Item {
+                id: Some(pubsub::ItemId(id.clone())),
+                publisher: None,
+                payload: None,
+            }],
+            ..Items::new(AVATAR_DATA)
+        })
+        .into();
         let answer = self
             .parts
             .shared
@@ -958,6 +931,41 @@ fn own_presence(presence: Option<&Presence>) -> Stanza {
     p.into()
 }
 
+/// The archive query (XEP-0313) for one page: the page after `after`, else the latest few.
+fn archive_query(queryid: &str, after: Option<&str>) -> Element {
+    let set = match after {
+        Some(a) => SetQuery {
+            max: Some(MAM_PAGE),
+            after: Some(a.to_owned()),
+            before: None,
+            index: None,
+        },
+        None => SetQuery {
+            max: Some(MAM_FIRST),
+            after: None,
+            before: Some(String::new()),
+            index: None,
+        },
+    };
+    mam::Query {
+        queryid: Some(mam::QueryId(queryid.to_owned())),
+        node: None,
+        form: None,
+        set: Some(set),
+        flip_page: false,
+    }
+    .into()
+}
+
+/// The delay (XEP-0203) an archived message gets: the archive's time, stamped by `server`.
+/// Built by hand: the crate writes UTC times without their milliseconds.
+fn archive_delay(server: &str, at_ms: u64) -> Element {
+    Element::builder("delay", ns::DELAY)
+        .attr(xml_name("from"), server)
+        .attr(xml_name("stamp"), super::time::rfc3339(at_ms))
+        .build()
+}
+
 /// The `items` of a pubsub result in the event namespace, as notifications carry them.
 fn rename_items(items: &Element) -> Element {
     super::c2s::rename_ns(items.clone(), PUBSUB, PUBSUB_EVENT)
@@ -1004,6 +1012,8 @@ struct RosterItem {
     removed: bool,
 }
 
+/// The items of a roster result or push. Read by hand: the crate's `Roster` refuses the
+/// whole roster for one item whose JID is not a bare JID, where this skips that item.
 fn roster_items(query: &Element) -> Vec<RosterItem> {
     query
         .children()
@@ -1026,29 +1036,28 @@ enum Carbon {
     Received(Message),
 }
 
+/// Whether `msg` is a carbon copy (XEP-0280).
+fn is_carbon(msg: &Message) -> bool {
+    msg.payloads
+        .iter()
+        .any(|p| p.has_ns(ns::CARBONS) && matches!(p.name(), "sent" | "received"))
+}
+
 /// The copied message of a carbon, when `msg` is one from the account itself.
 fn carbon(msg: &Message, own: &BareJid) -> Option<Carbon> {
-    let wrapper = msg
-        .payloads
-        .iter()
-        .find(|p| p.has_ns(CARBONS) && matches!(p.name(), "sent" | "received"))?;
     // Only the account's own server may send carbons (to the bare JID): anything else is
     // a forgery (CVE-2017-5589 style) and is dropped.
     if msg.from.as_ref() != Some(&Jid::from(own.clone())) {
         warn!(from = ?msg.from, "forged carbon copy dropped");
         return None;
     }
-    let inner = wrapper
-        .get_child("forwarded", FORWARD)?
-        .children()
-        .find(|c| c.name() == "message")?
-        .clone();
-    let inner = Message::try_from(inner).ok()?;
-    Some(if wrapper.name() == "sent" {
-        Carbon::Sent(inner)
-    } else {
-        Carbon::Received(inner)
-    })
+    let payloads = &msg.payloads;
+    payloads::find::<carbons::Sent>(payloads, "sent", ns::CARBONS)
+        .map(|c| Carbon::Sent(c.forwarded.message))
+        .or_else(|| {
+            payloads::find::<carbons::Received>(payloads, "received", ns::CARBONS)
+                .map(|c| Carbon::Received(c.forwarded.message))
+        })
 }
 
 #[async_trait]
@@ -1056,11 +1065,7 @@ impl c2s::Events for Account {
     async fn stanza(&self, stanza: Stanza) -> Vec<Stanza> {
         match stanza {
             Stanza::Message(msg) => {
-                let is_carbon = msg
-                    .payloads
-                    .iter()
-                    .any(|p| p.has_ns(CARBONS) && matches!(p.name(), "sent" | "received"));
-                if is_carbon {
+                if is_carbon(&msg) {
                     match carbon(&msg, &self.jid) {
                         Some(Carbon::Sent(inner)) => {
                             self.parts
@@ -1175,7 +1180,7 @@ impl c2s::Events for Account {
             from: None,
             to: None,
             id: format!("carbons-{}", crate::network::now_ms()),
-            payload: Element::builder("enable", CARBONS).build(),
+            payload: carbons::Enable.into(),
         };
         vec![carbons.into()]
     }
@@ -1489,6 +1494,136 @@ pub(super) fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RSM: &str = "http://jabber.org/protocol/rsm";
+
+    /// The archive query as the bridge built it by hand before the crate's types.
+    fn built_archive_query(queryid: &str, after: Option<&str>) -> Element {
+        let set = match after {
+            Some(a) => Element::builder("set", RSM)
+                .append(
+                    Element::builder("max", RSM)
+                        .append(MAM_PAGE.to_string())
+                        .build(),
+                )
+                .append(Element::builder("after", RSM).append(a).build())
+                .build(),
+            None => Element::builder("set", RSM)
+                .append(
+                    Element::builder("max", RSM)
+                        .append(MAM_FIRST.to_string())
+                        .build(),
+                )
+                .append(Element::builder("before", RSM).build())
+                .build(),
+        };
+        Element::builder("query", ns::MAM)
+            .attr(xml_name("queryid"), queryid)
+            .append(set)
+            .build()
+    }
+
+    use super::payloads::wire;
+
+    proptest::proptest! {
+        /// The typed archive query is the one the bridge sent before.
+        #[test]
+        fn archive_query_keeps_the_wire_shape(
+            queryid in "q[0-9a-f]{1,16}",
+            after in proptest::option::of("[ -~é]{0,16}"),
+        ) {
+            let typed = archive_query(&queryid, after.as_deref());
+            let built = built_archive_query(&queryid, after.as_deref());
+            proptest::prop_assert_eq!(wire(&typed), wire(&built));
+        }
+
+        /// A carbon copy is read from the account's own server, and only from it, whatever
+        /// else the copy carries.
+        #[test]
+        fn carbons_are_read(body in "[a-zA-Z0-9 ]{1,16}", extra in "[a-z]{1,8}", sent in proptest::bool::ANY) {
+            let own = BareJid::from_str("me@example.org").unwrap();
+            let kind = if sent { "sent" } else { "received" };
+            let xml = format!(
+                "<message xmlns='jabber:component:accept' from='me@example.org' to='me@example.org/isthmus'>\
+                 <{kind} xmlns='urn:xmpp:carbons:2' {extra}='1'><forwarded xmlns='urn:xmpp:forward:0'>\
+                 <message xmlns='jabber:component:accept' from='me@example.org/phone' to='friend@example.org' type='chat'>\
+                 <body>{body}</body><{extra} xmlns='urn:example'/></message></forwarded></{kind}></message>"
+            );
+            let msg = Message::try_from(Element::from_str(&xml).unwrap()).unwrap();
+            proptest::prop_assert!(is_carbon(&msg));
+            let inner = match carbon(&msg, &own) {
+                Some(Carbon::Sent(m)) if sent => m,
+                Some(Carbon::Received(m)) if !sent => m,
+                _ => return Err(proptest::test_runner::TestCaseError::fail("not read")),
+            };
+            proptest::prop_assert_eq!(inner.bodies.values().next(), Some(&body));
+            let forged = Message::try_from(
+                Element::from_str(&xml.replacen("from='me@example.org'", "from='evil@example.org'", 1)).unwrap(),
+            )
+            .unwrap();
+            proptest::prop_assert!(carbon(&forged, &own).is_none());
+        }
+    }
+
+    #[test]
+    fn requests_keep_the_wire_shape() {
+        let roster: Element = Roster {
+            ver: None,
+            items: Vec::new(),
+        }
+        .into();
+        assert_eq!(roster, Element::builder("query", ROSTER).build());
+        let enable: Element = carbons::Enable.into();
+        assert_eq!(enable, Element::builder("enable", ns::CARBONS).build());
+        let metadata: Element = PubSub::Items(Items {
+            max_items: Some(1),
+            ..Items::new(AVATAR_METADATA)
+        })
+        .into();
+        assert_eq!(
+            metadata,
+            Element::builder("pubsub", PUBSUB)
+                .append(
+                    Element::builder("items", PUBSUB)
+                        .attr(xml_name("node"), AVATAR_METADATA)
+                        .attr(xml_name("max_items"), "1")
+                        .build(),
+                )
+                .build()
+        );
+        let data: Element = PubSub::Items(Items {
+            items: vec![pubsub::pubsub::Item {
+                id: Some(pubsub::ItemId("abc".into())),
+                publisher: None,
+                payload: None,
+            }],
+            ..Items::new(AVATAR_DATA)
+        })
+        .into();
+        assert_eq!(
+            data,
+            Element::builder("pubsub", PUBSUB)
+                .append(
+                    Element::builder("items", PUBSUB)
+                        .attr(xml_name("node"), AVATAR_DATA)
+                        .append(
+                            Element::builder("item", PUBSUB)
+                                .attr(xml_name("id"), "abc")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        );
+    }
+
+    #[test]
+    fn archived_times_keep_their_milliseconds() {
+        let d = archive_delay("example.org", 1_795_728_662_123);
+        assert_eq!(d.attr("stamp"), Some("2026-11-26T21:31:02.123Z"));
+        assert_eq!(d.attr("from"), Some("example.org"));
+        assert!(d.is("delay", ns::DELAY));
+    }
 
     #[test]
     fn servers_parse() {
