@@ -404,7 +404,7 @@ impl Handler {
         let contact = contact.clone();
         let receiver = receiver.to_owned();
         tokio::spawn(async move {
-            let query = Element::builder("vCard", avatar::VCARD).build();
+            let query = xmpp_parsers::vcard::VCardQuery.into();
             let Ok(Ok(Some(card))) = shared.query(Jid::from(contact.clone()), query).await else {
                 return;
             };
