@@ -35,7 +35,7 @@ use super::c2s;
 use super::component::{Inbound, Outgoing};
 use super::handle_matrix::Gateway;
 use super::handle_xmpp::{Handler, error_reply};
-use super::{Shared, fidelity, payloads};
+use super::{Shared, payloads};
 use crate::error::Reason;
 use crate::network::{
     BridgeState, ChatKind, Contact, LoginData, LoginField, LoginId, LoginProcess, LoginStep,
@@ -48,11 +48,8 @@ const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
 const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
-const CAPS: &str = "http://jabber.org/protocol/caps";
 /// Largest published avatar fetched.
 const MAX_AVATAR_BYTES: usize = 1 << 20;
-/// The node of the account connection's entity capabilities (XEP-0115).
-const CAPS_NODE: &str = "https://github.com/isthmus-bridge/isthmus";
 /// Pages of archive asked for at most in one catch-up.
 const MAM_PAGES: usize = 20;
 /// Messages per archive page.
@@ -857,37 +854,15 @@ impl Account {
             } if payload.is("query", ns::DISCO_INFO)
                 && payload
                     .attr("node")
-                    .is_none_or(|n| n == format!("{CAPS_NODE}#{}", caps_ver())) =>
+                    .is_none_or(|n| n == payloads::account_caps_node()) =>
             {
-                let mut q = Element::builder("query", ns::DISCO_INFO)
-                    .append(
-                        Element::builder("identity", ns::DISCO_INFO)
-                            .attr(xml_name("category"), "client")
-                            .attr(xml_name("type"), "bot")
-                            .attr(xml_name("name"), "isthmus")
-                            .build(),
-                    )
-                    .build();
-                if let Some(node) = payload.attr("node") {
-                    q.set_attr(
-                        xmpp_parsers::minidom::rxml::Namespace::none().clone(),
-                        xml_name("node"),
-                        node,
-                    );
-                }
-                for f in CLIENT_FEATURES {
-                    q.append_child(
-                        Element::builder("feature", ns::DISCO_INFO)
-                            .attr(xml_name("var"), f)
-                            .build(),
-                    );
-                }
+                let node = payload.attr("node").map(str::to_owned);
                 vec![
                     Iq::Result {
                         from: None,
                         to: from,
                         id,
-                        payload: Some(q),
+                        payload: Some(payloads::account_disco(node).into()),
                     }
                     .into(),
                 ]
@@ -921,13 +896,7 @@ fn own_presence(presence: Option<&Presence>) -> Stanza {
             p.statuses.insert(Default::default(), status.clone());
         }
     }
-    p.payloads.push(
-        Element::builder("c", CAPS)
-            .attr(xml_name("hash"), "sha-1")
-            .attr(xml_name("node"), CAPS_NODE)
-            .attr(xml_name("ver"), caps_ver())
-            .build(),
-    );
+    p.payloads.push(payloads::account_caps().into());
     p.into()
 }
 
@@ -970,37 +939,6 @@ fn archive_delay(server: &str, at_ms: u64) -> Element {
 fn rename_items(items: &Element) -> Element {
     super::c2s::rename_ns(items.clone(), PUBSUB, PUBSUB_EVENT)
 }
-
-/// The entity capabilities hash (XEP-0115 §5.1) of what the disco#info answer says.
-fn caps_ver() -> String {
-    use base64::Engine;
-    let mut features: Vec<&str> = CLIENT_FEATURES.to_vec();
-    features.sort_unstable();
-    let mut s = String::from("client/bot//isthmus<");
-    for f in features {
-        s.push_str(f);
-        s.push('<');
-    }
-    base64::engine::general_purpose::STANDARD.encode(
-        ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, s.as_bytes()).as_ref(),
-    )
-}
-
-/// What the account's connection tells others it supports.
-const CLIENT_FEATURES: [&str; 11] = [
-    ns::DISCO_INFO,
-    ns::PING,
-    ns::CHATSTATES,
-    ns::RECEIPTS,
-    "urn:xmpp:chat-markers:0",
-    fidelity::CORRECT,
-    fidelity::RETRACT,
-    fidelity::REACTIONS,
-    fidelity::REPLY,
-    ns::SID,
-    // Contacts' avatar changes are pushed (XEP-0163 filtered notifications).
-    "urn:xmpp:avatar:metadata+notify",
-];
 
 fn xml_name(n: &str) -> xmpp_parsers::minidom::rxml::NcName {
     xmpp_parsers::minidom::rxml::NcName::try_from(n).expect("valid name")

@@ -1,6 +1,5 @@
 //! XMPP → bridge: messages, chat states, presence and IQs arriving on the component.
 
-use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -29,23 +28,6 @@ use crate::network::{
     BridgeState, MatrixUserStatus, MembershipChange, MessageContent, Presence as NetPresence,
     PresenceState, RemoteChatId, RemoteEvent, RemoteEventKind, RemoteMessageId,
 };
-
-/// The features the gateway advertises: exactly what it implements.
-pub(super) const FEATURES: [&str; 13] = [
-    ns::DISCO_INFO,
-    ns::DISCO_ITEMS,
-    ns::VERSION,
-    ns::PING,
-    ns::CHATSTATES,
-    ns::RECEIPTS,
-    CHAT_MARKERS,
-    fidelity::CORRECT,
-    fidelity::RETRACT,
-    fidelity::REACTIONS,
-    fidelity::REPLY,
-    ns::SID,
-    avatar::VCARD,
-];
 
 /// Handles what the component receives.
 pub(super) struct Handler {
@@ -251,9 +233,6 @@ const TRY_LATER: &str = "the Matrix side cannot be reached right now; try again 
 
 /// How many contacts' last full JIDs are kept before the memory is cleared.
 const RESOURCES_KEPT: usize = 10_000;
-
-/// XEP-0333 chat markers.
-const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
 
 /// The ID under which a message is remembered: its origin-id (XEP-0359), else its `id`
 /// attribute, else the receiving server's stanza-id (the same in an archive's copy), else a
@@ -1472,7 +1451,7 @@ impl Handler {
             .and_then(|t| self.shared.allowed_alias(&t.to_bare()));
         if payload.is("query", ns::DISCO_INFO) && payload.attr("node").is_none() {
             let mut identities = Vec::new();
-            let mut features: BTreeSet<String> = FEATURES.iter().map(|f| f.to_string()).collect();
+            let mut features = payloads::features(payloads::Side::Gateway);
             if let Some(alias) = &hosted_room {
                 identities.push(Identity::new("conference", "text", "en", alias.clone()));
                 features = [
