@@ -519,16 +519,10 @@ impl Account {
     /// Remembers the archive ID of a message handled live, so that the next catch-up
     /// starts after it.
     fn note_archived(&self, msg: &Message) {
-        let own = self.jid.to_string();
         if self.catching_up.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        let Some(id) = msg
-            .payloads
-            .iter()
-            .find(|p| p.is("stanza-id", ns::SID) && p.attr("by") == Some(own.as_str()))
-            .and_then(|p| p.attr("id"))
-        else {
+        let Some(id) = payloads::stanza_id(&msg.payloads, &self.jid) else {
             return;
         };
         if let Ok(store) = self.parts.shared.store()
