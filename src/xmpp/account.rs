@@ -1477,7 +1477,7 @@ mod tests {
             let kind = if sent { "sent" } else { "received" };
             let xml = format!(
                 "<message xmlns='jabber:component:accept' from='me@example.org' to='me@example.org/isthmus'>\
-                 <{kind} xmlns='urn:xmpp:carbons:2' {extra}='1'><forwarded xmlns='urn:xmpp:forward:0'>\
+                 <{kind} xmlns='urn:xmpp:carbons:2' x-{extra}='1'><forwarded xmlns='urn:xmpp:forward:0'>\
                  <message xmlns='jabber:component:accept' from='me@example.org/phone' to='friend@example.org' type='chat'>\
                  <body>{body}</body><{extra} xmlns='urn:example'/></message></forwarded></{kind}></message>"
             );

@@ -364,11 +364,11 @@ mod tests {
         #[test]
         fn unknown_parts_are_tolerated(target in "[a-z0-9-]{1,12}", extra in "[a-z]{1,8}") {
             let correction = el(&format!(
-                "<replace xmlns='urn:xmpp:message-correct:0' id='{target}' {extra}='x'><{extra} xmlns='urn:example'/></replace>"
+                "<replace xmlns='urn:xmpp:message-correct:0' id='{target}' x-{extra}='x'><{extra} xmlns='urn:example'/></replace>"
             ));
             proptest::prop_assert_eq!(classify(&[correction]), Some(Kind::Correction(target.clone())));
             let set = el(&format!(
-                "<reactions xmlns='urn:xmpp:reactions:0' id='{target}' {extra}='x'><reaction {extra}='y'>👍</reaction><{extra} xmlns='urn:example'>z</{extra}></reactions>"
+                "<reactions xmlns='urn:xmpp:reactions:0' id='{target}' x-{extra}='x'><reaction x-{extra}='y'>👍</reaction><{extra} xmlns='urn:example'>z</{extra}></reactions>"
             ));
             proptest::prop_assert_eq!(
                 classify(&[set]),

@@ -240,8 +240,8 @@ mod tests {
                 el("<html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>x</body></html>"),
                 el("<stanza-id xmlns='urn:xmpp:sid:0' id='other' by='someone@example.org'/>"),
                 el("<stanza-id xmlns='urn:xmpp:sid:0' id='bad' by='not a jid@'/>"),
-                el(&format!("<stanza-id xmlns='urn:xmpp:sid:0' id='{id}' by='room@conference.example.org' {extra}='1'/>")),
-                el(&format!("<origin-id xmlns='urn:xmpp:sid:0' id='o{id}' {extra}='1'><{extra} xmlns='urn:example'/></origin-id>")),
+                el(&format!("<stanza-id xmlns='urn:xmpp:sid:0' id='{id}' by='room@conference.example.org' x-{extra}='1'/>")),
+                el(&format!("<origin-id xmlns='urn:xmpp:sid:0' id='o{id}' x-{extra}='1'><{extra} xmlns='urn:example'/></origin-id>")),
             ];
             proptest::prop_assert_eq!(stanza_id(&payloads, &room), Some(id.clone()));
             proptest::prop_assert_eq!(origin_id(&payloads), Some(format!("o{id}")));
@@ -260,11 +260,11 @@ mod tests {
             use xmpp_parsers::displayed_markers::Displayed;
             use xmpp_parsers::nick::Nick;
             use xmpp_parsers::receipts::{Received, Request};
-            let more = format!("{extra}='1'><{extra} xmlns='urn:example'/");
+            let more = format!("x-{extra}='1'><{extra} xmlns='urn:example'/");
             let payloads = [
                 el(&format!("<composing xmlns='http://jabber.org/protocol/chatstates' {more}></composing>")),
                 el(&format!("<displayed xmlns='urn:xmpp:chat-markers:0' id='{id}' {more}></displayed>")),
-                el(&format!("<nick xmlns='http://jabber.org/protocol/nick' {extra}='1'>{name}</nick>")),
+                el(&format!("<nick xmlns='http://jabber.org/protocol/nick' x-{extra}='1'>{name}</nick>")),
                 el(&format!("<request xmlns='urn:xmpp:receipts' {more}></request>")),
             ];
             proptest::prop_assert_eq!(
