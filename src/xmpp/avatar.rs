@@ -6,6 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::Presence;
+use xmpp_parsers::vcard::{Binval, Photo, Type, VCard};
 
 pub(super) const VCARD: &str = "vcard-temp";
 const VCARD_UPDATE: &str = "vcard-temp:x:update";
@@ -13,7 +14,8 @@ const VCARD_UPDATE: &str = "vcard-temp:x:update";
 const MAX_PHOTO_BYTES: usize = 1 << 20;
 
 /// The picture of a vCard, decoded; `None` without one (or when it is too large or not
-/// base64).
+/// base64). Read by hand: the crate's `VCard` refuses a photo without a `TYPE`, and decodes
+/// a picture before its size is checked.
 pub(super) fn photo(card: &Element) -> Option<Vec<u8>> {
     let binval = card
         .get_child("PHOTO", VCARD)?
@@ -48,7 +50,8 @@ pub(super) fn sha1_hex(bytes: &[u8]) -> String {
 }
 
 /// The picture hash a presence announces: `Some("")` when the contact has no picture,
-/// `None` when the presence says nothing about it.
+/// `None` when the presence says nothing about it. Read by hand: the crate's `VCardUpdate`
+/// refuses a hash with whitespace around it.
 pub(super) fn announced(p: &Presence) -> Option<String> {
     let x = p.payloads.iter().find(|e| e.is("x", VCARD_UPDATE))?;
     let photo = x.get_child("photo", VCARD_UPDATE)?;
@@ -57,26 +60,28 @@ pub(super) fn announced(p: &Presence) -> Option<String> {
         .then_some(hash)
 }
 
-/// A vCard with a full name and a picture.
+/// A vCard with a full name and a picture. The crate types only the picture: the names are
+/// built here.
 pub(super) fn vcard(name: Option<&str>, picture: Option<(&str, &[u8])>) -> Element {
-    let mut card = Element::builder("vCard", VCARD).build();
-    if let Some(name) = name {
-        card.append_child(Element::builder("FN", VCARD).append(name).build());
-        card.append_child(Element::builder("NICKNAME", VCARD).append(name).build());
+    let names = name
+        .map(|name| {
+            ["FN", "NICKNAME"]
+                .map(|field| Element::builder(field, VCARD).append(name).build())
+                .to_vec()
+        })
+        .unwrap_or_default();
+    VCard {
+        photo: picture.map(|(mimetype, bytes)| Photo {
+            type_: Type {
+                data: mimetype.to_owned(),
+            },
+            binval: Binval {
+                data: bytes.to_vec(),
+            },
+        }),
+        payloads: names,
     }
-    if let Some((mimetype, bytes)) = picture {
-        card.append_child(
-            Element::builder("PHOTO", VCARD)
-                .append(Element::builder("TYPE", VCARD).append(mimetype).build())
-                .append(
-                    Element::builder("BINVAL", VCARD)
-                        .append(B64.encode(bytes))
-                        .build(),
-                )
-                .build(),
-        );
-    }
-    card
+    .into()
 }
 
 #[cfg(test)]
@@ -100,6 +105,57 @@ mod tests {
                 .unwrap();
         assert_eq!(photo(&broken), None);
         assert_eq!(photo(&vcard(Some("x"), None)), None);
+    }
+
+    /// The vCard as the bridge built it by hand before the crate's types.
+    fn built_vcard(name: Option<&str>, picture: Option<(&str, &[u8])>) -> Element {
+        let mut card = Element::builder("vCard", VCARD).build();
+        if let Some(name) = name {
+            card.append_child(Element::builder("FN", VCARD).append(name).build());
+            card.append_child(Element::builder("NICKNAME", VCARD).append(name).build());
+        }
+        if let Some((mimetype, bytes)) = picture {
+            card.append_child(
+                Element::builder("PHOTO", VCARD)
+                    .append(Element::builder("TYPE", VCARD).append(mimetype).build())
+                    .append(
+                        Element::builder("BINVAL", VCARD)
+                            .append(B64.encode(bytes))
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        card
+    }
+
+    /// The children of `card` in a fixed order (the order of vCard fields means nothing).
+    fn fields(card: &Element) -> Vec<String> {
+        let mut f: Vec<String> = card
+            .children()
+            .map(|c| String::from(&super::super::payloads::wire(c)))
+            .collect();
+        f.sort();
+        f
+    }
+
+    proptest::proptest! {
+        /// The typed vCard carries the fields the bridge sent before, and its picture reads
+        /// back.
+        #[test]
+        fn vcards_keep_the_wire_shape(
+            name in proptest::option::of("[ -~é<>&]{0,16}"),
+            picture in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 1..64)),
+            mimetype in "image/[a-z]{1,8}",
+        ) {
+            let picture = picture.as_deref().map(|p| (mimetype.as_str(), p));
+            let card = vcard(name.as_deref(), picture);
+            let built = built_vcard(name.as_deref(), picture);
+            proptest::prop_assert_eq!((card.name(), card.ns()), ("vCard", VCARD.to_owned()));
+            proptest::prop_assert!(card.attrs().is_empty());
+            proptest::prop_assert_eq!(fields(&card), fields(&built));
+            proptest::prop_assert_eq!(photo(&card), picture.map(|(_, p)| p.to_vec()));
+        }
     }
 
     #[test]

@@ -1,10 +1,17 @@
 //! Edits (XEP-0308), retractions (XEP-0424), reactions (XEP-0444) and replies (XEP-0461 with
 //! the XEP-0428 fallback): the payloads, both ways.
+//!
+//! Corrections and reactions are xmpp-parsers' types. The crate (0.23) has no types for
+//! retractions (XEP-0424), moderation (XEP-0425), fastening (XEP-0422), fallbacks
+//! (XEP-0428), replies (XEP-0461) or hints (XEP-0334): those are built and read here.
 
 use std::collections::BTreeSet;
 
+use xmpp_parsers::message::Id;
+use xmpp_parsers::message_correct::Replace;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::minidom::rxml::NcName;
+use xmpp_parsers::reactions::{Reaction, Reactions};
 
 use crate::network::{ConnectorStore, SinkError};
 
@@ -29,9 +36,10 @@ fn name(s: &'static str) -> NcName {
 
 /// `<replace id=target/>`.
 pub fn replace(target: &str) -> Element {
-    Element::builder("replace", CORRECT)
-        .attr(name("id"), target)
-        .build()
+    Replace {
+        id: Id(target.to_owned()),
+    }
+    .into()
 }
 
 /// The payloads of a retraction of `target`, with a fallback body for old clients.
@@ -53,15 +61,11 @@ pub const RETRACT_FALLBACK: &str =
 
 /// `<reactions id=target>` with the full set of one user's reactions.
 pub fn reactions(target: &str, keys: &BTreeSet<String>) -> Element {
-    let mut b = Element::builder("reactions", REACTIONS).attr(name("id"), target);
-    for k in keys {
-        b = b.append(
-            Element::builder("reaction", REACTIONS)
-                .append(k.clone())
-                .build(),
-        );
+    Reactions {
+        id: target.to_owned(),
+        reactions: keys.iter().map(|k| Reaction { emoji: k.clone() }).collect(),
     }
-    b.build()
+    .into()
 }
 
 /// `<reply id=target/>`.
@@ -131,9 +135,9 @@ pub fn moderate(target: &str, reason: Option<&str>) -> Element {
 pub fn classify(payloads: &[Element]) -> Option<Kind> {
     for p in payloads {
         if p.is("replace", CORRECT)
-            && let Some(id) = p.attr("id")
+            && let Ok(Replace { id }) = Replace::try_from(p.clone())
         {
-            return Some(Kind::Correction(id.to_owned()));
+            return Some(Kind::Correction(id.0));
         }
         if p.is("retract", RETRACT)
             && let Some(id) = p.attr("id")
@@ -147,15 +151,14 @@ pub fn classify(payloads: &[Element]) -> Option<Kind> {
             return Some(Kind::Retraction(id.to_owned()));
         }
         if p.is("reactions", REACTIONS)
-            && let Some(id) = p.attr("id")
+            && let Ok(Reactions { id, reactions }) = Reactions::try_from(p.clone())
         {
-            let keys = p
-                .children()
-                .filter(|c| c.is("reaction", REACTIONS))
-                .map(|c| c.text())
+            let keys = reactions
+                .into_iter()
+                .map(|r| r.emoji)
                 .filter(|k| !k.is_empty() && k.chars().count() <= 16)
                 .collect();
-            return Some(Kind::Reactions(id.to_owned(), keys));
+            return Some(Kind::Reactions(id, keys));
         }
     }
     None
@@ -304,6 +307,74 @@ mod tests {
             strip_fallback("no fallback here", &payloads[..1], REPLY),
             "no fallback here"
         );
+    }
+
+    use super::super::payloads::wire;
+
+    /// The elements as the bridge built them by hand before the crate's types.
+    fn built_replace(target: &str) -> Element {
+        Element::builder("replace", CORRECT)
+            .attr(name("id"), target)
+            .build()
+    }
+
+    fn built_reactions(target: &str, keys: &BTreeSet<String>) -> Element {
+        let mut b = Element::builder("reactions", REACTIONS).attr(name("id"), target);
+        for k in keys {
+            b = b.append(
+                Element::builder("reaction", REACTIONS)
+                    .append(k.clone())
+                    .build(),
+            );
+        }
+        b.build()
+    }
+
+    /// Text and attribute values as a Matrix user may send them, markup and control
+    /// characters included (the link escapes or drops them when it writes).
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex("[ -~\u{1}\u{7f}<>&'\"é😀]{0,12}").unwrap()
+    }
+
+    proptest::proptest! {
+        /// The typed payloads are the elements the bridge sent before, and read back.
+        #[test]
+        fn typed_payloads_keep_the_wire_shape(
+            target in text(),
+            keys in proptest::collection::btree_set(text(), 0..4),
+        ) {
+            let r = replace(&target);
+            proptest::prop_assert_eq!(&r, &built_replace(&target));
+            proptest::prop_assert_eq!((r.name(), r.ns()), ("replace", CORRECT.to_owned()));
+            proptest::prop_assert_eq!(classify(&[r]), Some(Kind::Correction(target.clone())));
+
+            let set = reactions(&target, &keys);
+            proptest::prop_assert_eq!(wire(&set), wire(&built_reactions(&target, &keys)));
+            proptest::prop_assert_eq!(set.attr("id"), Some(target.as_str()));
+            let read: BTreeSet<String> = keys
+                .iter()
+                .filter(|k| !k.is_empty() && k.chars().count() <= 16)
+                .cloned()
+                .collect();
+            proptest::prop_assert_eq!(classify(&[set]), Some(Kind::Reactions(target, read)));
+        }
+
+        /// What clients add that the bridge does not know (attributes, children in other
+        /// namespaces) does not make it drop a correction or a reaction.
+        #[test]
+        fn unknown_parts_are_tolerated(target in "[a-z0-9-]{1,12}", extra in "[a-z]{1,8}") {
+            let correction = el(&format!(
+                "<replace xmlns='urn:xmpp:message-correct:0' id='{target}' x-{extra}='x'><{extra} xmlns='urn:example'/></replace>"
+            ));
+            proptest::prop_assert_eq!(classify(&[correction]), Some(Kind::Correction(target.clone())));
+            let set = el(&format!(
+                "<reactions xmlns='urn:xmpp:reactions:0' id='{target}' x-{extra}='x'><reaction x-{extra}='y'>👍</reaction><{extra} xmlns='urn:example'>z</{extra}></reactions>"
+            ));
+            proptest::prop_assert_eq!(
+                classify(&[set]),
+                Some(Kind::Reactions(target, ["👍".to_owned()].into()))
+            );
+        }
     }
 
     #[test]

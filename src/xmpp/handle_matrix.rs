@@ -7,11 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
+use xmpp_parsers::chatstates::ChatState;
+use xmpp_parsers::displayed_markers::{Displayed, Markable};
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Id, Lang, Message, MessageType};
 use xmpp_parsers::minidom::Element;
-use xmpp_parsers::ns;
+use xmpp_parsers::nick::Nick;
+use xmpp_parsers::oob::Oob;
+use xmpp_parsers::receipts::Request;
 use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stanza_id::OriginId;
 
 use super::Shared;
 use super::component::Outgoing;
@@ -170,12 +175,7 @@ impl Gateway {
         id: &str,
         fill: &(dyn Fn(&mut Message) + Sync),
     ) -> Result<(), NetworkError> {
-        let origin_id = Element::builder("origin-id", ns::SID)
-            .attr(
-                xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
-                id,
-            )
-            .build();
+        let origin_id = Element::from(OriginId { id: id.to_owned() });
         if let Some(room) = self.hosted(portal) {
             let nick = self.member_nick(&room, sender);
             let targets: Vec<Jid> = self
@@ -309,8 +309,33 @@ impl Gateway {
     }
 }
 
-fn chat_state(name: &str) -> Element {
-    Element::builder(name, ns::CHATSTATES).build()
+/// The payloads of a new message in a direct chat: the sender is active (XEP-0085), the
+/// message may be marked displayed (XEP-0333) and asks for a delivery receipt (XEP-0184),
+/// and carries the sender's name (XEP-0172).
+fn direct_payloads(displayname: &str) -> [Element; 4] {
+    [
+        ChatState::Active.into(),
+        Markable.into(),
+        Request.into(),
+        Nick(displayname.to_owned()).into(),
+    ]
+}
+
+/// A file's out-of-band data (XEP-0066): its link, without a description.
+fn oob(url: &str) -> Element {
+    Oob {
+        url: url.to_owned(),
+        desc: None,
+    }
+    .into()
+}
+
+/// The read marker (XEP-0333) up to message `id`.
+fn displayed(id: &str) -> Element {
+    Displayed {
+        id: Id(id.to_owned()),
+    }
+    .into()
 }
 
 #[async_trait]
@@ -354,26 +379,13 @@ impl NetworkClient for Gateway {
         self.deliver(portal, &message.sender, &id, &|m: &mut Message| {
             m.bodies.insert(Lang::default(), body.clone());
             if let Some(a) = &attachment {
-                m.payloads.push(
-                    Element::builder("x", super::convert::OOB)
-                        .append(Element::builder("url", super::convert::OOB).append(a.url.clone()))
-                        .build(),
-                );
+                m.payloads.push(oob(&a.url));
             }
             if let Some(target) = &reply_to {
                 m.payloads.push(fidelity::reply(target));
             }
             if direct {
-                m.payloads.push(chat_state("active"));
-                m.payloads
-                    .push(Element::builder("markable", "urn:xmpp:chat-markers:0").build());
-                m.payloads
-                    .push(Element::builder("request", ns::RECEIPTS).build());
-                m.payloads.push(
-                    Element::builder("nick", ns::NICK)
-                        .append(displayname.clone())
-                        .build(),
-                );
+                m.payloads.extend(direct_payloads(&displayname));
             }
         })
         .await?;
@@ -469,14 +481,7 @@ impl NetworkClient for Gateway {
         let mut m = Message::new(Some(Self::contact(portal)?));
         m.type_ = MessageType::Chat;
         m.from = Some(self.puppet(sender)?);
-        m.payloads.push(
-            Element::builder("displayed", "urn:xmpp:chat-markers:0")
-                .attr(
-                    xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
-                    up_to.as_str(),
-                )
-                .build(),
-        );
+        m.payloads.push(displayed(up_to.as_str()));
         self.send(m.into()).await
     }
 
@@ -621,8 +626,14 @@ impl NetworkClient for Gateway {
         let mut msg = Message::new(Some(to));
         msg.type_ = MessageType::Chat;
         msg.from = Some(self.puppet(sender)?);
-        msg.payloads
-            .push(chat_state(if typing { "composing" } else { "paused" }));
+        msg.payloads.push(
+            if typing {
+                ChatState::Composing
+            } else {
+                ChatState::Paused
+            }
+            .into(),
+        );
         self.send(msg.into()).await
     }
 
@@ -720,6 +731,63 @@ impl NetworkClient for Gateway {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    use super::super::payloads::wire;
+
+    fn id_attr() -> xmpp_parsers::minidom::rxml::NcName {
+        xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned()
+    }
+
+    /// Text as a Matrix user may send it, markup and control characters included.
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex("[ -~\\u{1}<>&'\"é😀]{0,16}").unwrap()
+    }
+
+    proptest::proptest! {
+        /// The crate's payloads are the elements the bridge built by hand before: the same
+        /// names, namespaces, attributes and text.
+        #[test]
+        fn typed_payloads_keep_the_wire_shape(id in text(), name in text(), url in text()) {
+            use xmpp_parsers::ns;
+            let origin = Element::from(OriginId { id: id.clone() });
+            proptest::prop_assert_eq!(
+                origin,
+                Element::builder("origin-id", ns::SID).attr(id_attr(), id.as_str()).build()
+            );
+            let built = [
+                Element::builder("active", ns::CHATSTATES).build(),
+                Element::builder("markable", "urn:xmpp:chat-markers:0").build(),
+                Element::builder("request", ns::RECEIPTS).build(),
+                Element::builder("nick", ns::NICK).append(name.clone()).build(),
+            ];
+            proptest::prop_assert_eq!(direct_payloads(&name).map(|e| wire(&e)), built.map(|e| wire(&e)));
+            proptest::prop_assert_eq!(
+                wire(&oob(&url)),
+                wire(&Element::builder("x", "jabber:x:oob")
+                    .append(Element::builder("url", "jabber:x:oob").append(url.clone()))
+                    .build())
+            );
+            proptest::prop_assert_eq!(
+                displayed(&id),
+                Element::builder("displayed", "urn:xmpp:chat-markers:0")
+                    .attr(id_attr(), id.as_str())
+                    .build()
+            );
+        }
+    }
+
+    #[test]
+    fn typing_states_keep_their_names() {
+        for (state, name) in [
+            (ChatState::Composing, "composing"),
+            (ChatState::Paused, "paused"),
+        ] {
+            let el = Element::from(state);
+            assert!(el.is(name, xmpp_parsers::ns::CHATSTATES));
+            assert!(el.attrs().is_empty());
+            assert_eq!(el.nodes().count(), 0);
+        }
+    }
 
     #[test]
     fn message_ids_are_stable_per_event() {

@@ -1,47 +1,33 @@
 //! XMPP → bridge: messages, chat states, presence and IQs arriving on the component.
 
-use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tracing::{debug, info, warn};
+use xmpp_parsers::chatstates::ChatState;
 use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity};
+use xmpp_parsers::displayed_markers::Displayed;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Message, MessageType};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::nick::Nick;
 use xmpp_parsers::ns;
 use xmpp_parsers::presence::{Presence, Show, Type as PresenceType};
+use xmpp_parsers::receipts;
 use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 use xmpp_parsers::version::VersionResult;
 
 use super::Shared;
 use super::component::Inbound;
-use super::{avatar, convert, fidelity, hosted, muc};
+use super::{avatar, convert, fidelity, hosted, muc, payloads};
 use crate::network::contacts::{self as roster, Policy};
 use crate::network::{
     BridgeState, MatrixUserStatus, MembershipChange, MessageContent, Presence as NetPresence,
     PresenceState, RemoteChatId, RemoteEvent, RemoteEventKind, RemoteMessageId,
 };
-
-/// The features the gateway advertises: exactly what it implements.
-pub(super) const FEATURES: [&str; 13] = [
-    ns::DISCO_INFO,
-    ns::DISCO_ITEMS,
-    ns::VERSION,
-    ns::PING,
-    ns::CHATSTATES,
-    ns::RECEIPTS,
-    CHAT_MARKERS,
-    fidelity::CORRECT,
-    fidelity::RETRACT,
-    fidelity::REACTIONS,
-    fidelity::REPLY,
-    ns::SID,
-    avatar::VCARD,
-];
 
 /// Handles what the component receives.
 pub(super) struct Handler {
@@ -248,19 +234,12 @@ const TRY_LATER: &str = "the Matrix side cannot be reached right now; try again 
 /// How many contacts' last full JIDs are kept before the memory is cleared.
 const RESOURCES_KEPT: usize = 10_000;
 
-/// XEP-0333 chat markers.
-const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
-
 /// The ID under which a message is remembered: its origin-id (XEP-0359), else its `id`
 /// attribute, else the receiving server's stanza-id (the same in an archive's copy), else a
 /// fresh one. An empty ID counts as none: every message without one would share it.
 pub(crate) fn message_id(msg: &Message) -> String {
-    msg.payloads
-        .iter()
-        .find(|p| p.is("origin-id", ns::SID))
-        .and_then(|p| p.attr("id"))
+    payloads::origin_id(&msg.payloads)
         .filter(|id| !id.is_empty())
-        .map(str::to_owned)
         .or_else(|| {
             msg.id
                 .as_ref()
@@ -268,11 +247,7 @@ pub(crate) fn message_id(msg: &Message) -> String {
                 .filter(|id| !id.is_empty())
         })
         .or_else(|| {
-            let server = msg.to.as_ref()?.to_bare().to_string();
-            msg.payloads
-                .iter()
-                .find(|p| p.is("stanza-id", ns::SID) && p.attr("by") == Some(server.as_str()))
-                .and_then(|p| p.attr("id"))
+            payloads::stanza_id(&msg.payloads, &msg.to.as_ref()?.to_bare())
                 .filter(|id| !id.is_empty())
                 .map(|id| format!("sid-{id}"))
         })
@@ -280,6 +255,9 @@ pub(crate) fn message_id(msg: &Message) -> String {
 }
 
 /// The original time of a delayed message (XEP-0203), in milliseconds, never later than now.
+///
+/// Read by hand: the crate's `Delay` refuses a whole delay whose `from` is not a JID, though
+/// its stamp is still good.
 pub(crate) fn delay_ms(msg: &Message) -> Option<u64> {
     msg.payloads
         .iter()
@@ -405,7 +383,7 @@ impl Handler {
         let contact = contact.clone();
         let receiver = receiver.to_owned();
         tokio::spawn(async move {
-            let query = Element::builder("vCard", avatar::VCARD).build();
+            let query = xmpp_parsers::vcard::VCardQuery.into();
             let Ok(Ok(Some(card))) = shared.query(Jid::from(contact.clone()), query).await else {
                 return;
             };
@@ -677,11 +655,8 @@ impl Handler {
                 )];
             }
         }
-        let nick = msg
-            .payloads
-            .iter()
-            .find(|p| p.is("nick", ns::NICK))
-            .map(Element::text)
+        let nick = payloads::find::<Nick>(&msg.payloads, "nick", ns::NICK)
+            .map(|n| n.0)
             .filter(|n| !n.trim().is_empty());
         // Offline storage and archives mark the original time (XEP-0203).
         let sent_at = msg
@@ -705,39 +680,26 @@ impl Handler {
         }
         let scope = format!("{user}\u{1f}{contact}");
         // Chat markers (XEP-0333): `displayed` is a read receipt.
-        if let Some(id) = msg
-            .payloads
-            .iter()
-            .find(|p| p.is("displayed", CHAT_MARKERS))
-            .and_then(|p| p.attr("id"))
+        if let Some(Displayed { id }) =
+            payloads::find::<Displayed>(&msg.payloads, "displayed", ns::DISPLAYED_MARKERS)
         {
             self.push(base(RemoteEventKind::Receipt {
-                up_to: RemoteMessageId::new(id),
+                up_to: RemoteMessageId::new(id.0),
             }))
             .await;
             return Vec::new();
         }
         // A delivery receipt (XEP-0184) is asked for: given once the message is stored.
-        let receipt_to = msg
-            .payloads
-            .iter()
-            .any(|p| p.is("request", ns::RECEIPTS))
-            .then(|| msg.id.clone())
-            .flatten()
-            .map(|id| {
-                let mut r = Message::new(msg.from.clone());
-                r.type_ = MessageType::Chat;
-                r.from = msg.to.clone();
-                r.payloads.push(
-                    Element::builder("received", ns::RECEIPTS)
-                        .attr(
-                            xmpp_parsers::minidom::rxml::xml_ncname!("id").to_owned(),
-                            id.0,
-                        )
-                        .build(),
-                );
-                Stanza::from(r)
-            });
+        let receipt_to =
+            payloads::find::<receipts::Request>(&msg.payloads, "request", ns::RECEIPTS)
+                .and(msg.id.clone())
+                .map(|id| {
+                    let mut r = Message::new(msg.from.clone());
+                    r.type_ = MessageType::Chat;
+                    r.from = msg.to.clone();
+                    r.payloads.push(receipts::Received { id: id.0 }.into());
+                    Stanza::from(r)
+                });
         match self
             .push_message(
                 &base,
@@ -759,18 +721,18 @@ impl Handler {
         let chat_state = msg
             .payloads
             .iter()
-            .find(|p| p.has_ns(ns::CHATSTATES))
-            .map(|p| p.name().to_owned());
-        match chat_state.as_deref() {
-            Some("composing") => {
+            .filter(|p| p.has_ns(ns::CHATSTATES))
+            .find_map(|p| ChatState::try_from(p.clone()).ok());
+        match chat_state {
+            Some(ChatState::Composing) => {
                 self.push(base(RemoteEventKind::Typing { active: true }))
                     .await;
             }
-            Some("paused" | "active" | "inactive" | "gone") => {
+            Some(ChatState::Paused | ChatState::Active | ChatState::Inactive | ChatState::Gone) => {
                 self.push(base(RemoteEventKind::Typing { active: false }))
                     .await;
             }
-            _ => {}
+            None => {}
         }
         Vec::new()
     }
@@ -803,22 +765,12 @@ impl Handler {
             }
             return;
         };
-        let room_id = msg
-            .payloads
-            .iter()
-            .find(|p| p.is("stanza-id", ns::SID) && p.attr("by") == Some(room_str.as_str()))
-            .and_then(|p| p.attr("id"))
-            .map(str::to_owned);
+        let room_id = payloads::stanza_id(&msg.payloads, &room);
         if self.shared.is_puppet_nick(&room_str, &nick) {
             // Our own message, reflected by the room: not bridged again, but the room's ID for
             // it is remembered, since XMPP clients reply and react to it by that ID.
-            let ours = msg
-                .payloads
-                .iter()
-                .find(|p| p.is("origin-id", ns::SID))
-                .and_then(|p| p.attr("id"))
-                .map(str::to_owned)
-                .or_else(|| msg.id.as_ref().map(|i| i.0.clone()));
+            let ours =
+                payloads::origin_id(&msg.payloads).or_else(|| msg.id.as_ref().map(|i| i.0.clone()));
             if let (Some(target), Some(alias)) = (ours, room_id) {
                 // Retractions, reactions and replies in a group chat name a message by the
                 // room's ID: remember it for the ones the bridge sends.
@@ -869,12 +821,8 @@ impl Handler {
                     .collect()
             })
             .unwrap_or_default();
-        let id = msg
-            .payloads
-            .iter()
-            .find(|p| p.is("stanza-id", ns::SID) && p.attr("by") == Some(room_str.as_str()))
-            .or_else(|| msg.payloads.iter().find(|p| p.is("origin-id", ns::SID)))
-            .and_then(|p| p.attr("id").map(str::to_owned))
+        let id = room_id
+            .or_else(|| payloads::origin_id(&msg.payloads))
             .or_else(|| msg.id.as_ref().map(|i| format!("{nick}/{}", i.0)))
             .unwrap_or_else(|| format!("noid-{}", crate::network::now_ms()));
         if self
@@ -1503,7 +1451,7 @@ impl Handler {
             .and_then(|t| self.shared.allowed_alias(&t.to_bare()));
         if payload.is("query", ns::DISCO_INFO) && payload.attr("node").is_none() {
             let mut identities = Vec::new();
-            let mut features: BTreeSet<String> = FEATURES.iter().map(|f| f.to_string()).collect();
+            let mut features = payloads::features(payloads::Side::Gateway);
             if let Some(alias) = &hosted_room {
                 identities.push(Identity::new("conference", "text", "en", alias.clone()));
                 features = [

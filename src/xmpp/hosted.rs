@@ -54,6 +54,8 @@ pub(super) fn occupant_presence(
     });
     p.from = Some(from);
     p.to = Some(to.clone());
+    // Built by hand: the crate's muc#user `item` takes only a full JID, and the room shows
+    // its occupants' bare JIDs.
     let mut item = Element::builder("item", ns::MUC_USER)
         .attr(ncname("affiliation"), "none")
         .attr(ncname("role"), if leaving { "none" } else { "participant" });

@@ -12,6 +12,8 @@ use std::str::FromStr;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Lang, Message, MessageType};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::muc::muc::History;
+use xmpp_parsers::muc::{Muc, MucUser};
 use xmpp_parsers::ns;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
@@ -76,16 +78,7 @@ pub(super) fn join_presence_backfill(from: Jid, room: &BareJid, nick: &str) -> O
     if let Stanza::Presence(p) = &mut stanza
         && let Some(x) = p.payloads.iter_mut().find(|x| x.is("x", ns::MUC))
     {
-        *x = Element::builder("x", ns::MUC)
-            .append(
-                Element::builder("history", ns::MUC)
-                    .attr(
-                        xmpp_parsers::minidom::rxml::xml_ncname!("maxstanzas").to_owned(),
-                        BACKFILL_MESSAGES.to_string(),
-                    )
-                    .build(),
-            )
-            .build();
+        *x = join_request(History::new().with_maxstanzas(BACKFILL_MESSAGES));
     }
     Some(stanza)
 }
@@ -108,24 +101,28 @@ pub(super) fn join_presence_since(
     p.from = Some(from);
     p.to = Some(to);
     if !leave {
-        let history = match since {
-            Some(ms) => Element::builder("history", ns::MUC)
-                .attr(
-                    xmpp_parsers::minidom::rxml::xml_ncname!("since").to_owned(),
-                    super::time::rfc3339(ms),
+        p.payloads.push(match since {
+            // Built by hand: the crate writes UTC times without their milliseconds, which
+            // would ask again for what was said in the second before.
+            Some(ms) => Element::builder("x", ns::MUC)
+                .append(
+                    Element::builder("history", ns::MUC)
+                        .attr(
+                            xmpp_parsers::minidom::rxml::xml_ncname!("since").to_owned(),
+                            super::time::rfc3339(ms),
+                        )
+                        .build(),
                 )
                 .build(),
-            None => Element::builder("history", ns::MUC)
-                .attr(
-                    xmpp_parsers::minidom::rxml::xml_ncname!("maxstanzas").to_owned(),
-                    "0",
-                )
-                .build(),
-        };
-        p.payloads
-            .push(Element::builder("x", ns::MUC).append(history).build());
+            None => join_request(History::new().with_maxstanzas(0)),
+        });
     }
     Some(p.into())
+}
+
+/// The join request (XEP-0045 `<x/>`) asking for `history`.
+fn join_request(history: History) -> Element {
+    Muc::new().with_history(history).into()
 }
 
 /// The connector-store key of the room's stanza-id for a message the bridge sent as `id`.
@@ -267,7 +264,7 @@ pub(super) fn undelivered_notice(
     m.type_ = MessageType::Chat;
     m.from = Some(from);
     m.bodies.insert(Lang::default(), text);
-    m.payloads.push(Element::builder("x", ns::MUC_USER).build());
+    m.payloads.push(MucUser::default().into());
     Some(m.into())
 }
 
@@ -305,6 +302,49 @@ mod tests {
         assert_eq!(nick_for("  Alice \n", "@alice:hs"), "Alice");
         assert_eq!(nick_for("\u{7}", "@alice:hs"), "alice");
         assert_eq!(nick_for(&"x".repeat(100), "@a:hs").len(), 64);
+    }
+
+    #[test]
+    fn join_requests_keep_the_wire_shape() {
+        let built = |attr: &'static str, value: &str| {
+            Element::builder("x", ns::MUC)
+                .append(
+                    Element::builder("history", ns::MUC)
+                        .attr(
+                            xmpp_parsers::minidom::rxml::NcName::try_from(attr).unwrap(),
+                            value,
+                        )
+                        .build(),
+                )
+                .build()
+        };
+        let from = Jid::from_str("u@matrix.example.org/isthmus").unwrap();
+        let room = BareJid::from_str("lobby@conference.example.org").unwrap();
+        let x = |stanza: Option<Stanza>| match stanza {
+            Some(Stanza::Presence(p)) => p.payloads.into_iter().find(|e| e.is("x", ns::MUC)),
+            _ => None,
+        };
+        assert_eq!(
+            x(join_presence(from.clone(), &room, "u", false)),
+            Some(built("maxstanzas", "0"))
+        );
+        assert_eq!(
+            x(join_presence_backfill(from.clone(), &room, "u")),
+            Some(built("maxstanzas", &BACKFILL_MESSAGES.to_string()))
+        );
+        assert_eq!(
+            x(join_presence_since(
+                from.clone(),
+                &room,
+                "u",
+                false,
+                Some(1_795_728_662_123)
+            )),
+            Some(built("since", "2026-11-26T21:31:02.123Z"))
+        );
+        assert_eq!(x(join_presence(from, &room, "u", true)), None);
+        let private: Element = MucUser::default().into();
+        assert_eq!(private, Element::builder("x", ns::MUC_USER).build());
     }
 
     #[test]

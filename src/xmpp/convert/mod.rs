@@ -44,9 +44,9 @@ pub const OOB: &str = "jabber:x:oob";
 pub fn attachment(body: &str, payloads: &[Element]) -> Option<(Attachment, String)> {
     let url = payloads
         .iter()
-        .find(|p| p.is("x", OOB))?
-        .get_child("url", OOB)?
-        .text()
+        .filter(|p| p.is("x", OOB))
+        .find_map(|p| xmpp_parsers::oob::Oob::try_from(p.clone()).ok())?
+        .url
         .trim()
         .to_owned();
     if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 4096 {
@@ -130,6 +130,25 @@ pub use crate::text::escape_markup as escape_html;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// A file link is read from out-of-band data whatever else it carries (a
+        /// description, attributes, children in other namespaces), as it was by hand.
+        #[test]
+        fn out_of_band_links_are_read(path in "[a-z0-9]{1,12}", extra in "[a-z]{1,8}", desc in proptest::bool::ANY) {
+            let url = format!("https://files.example.org/{path}.png");
+            let desc = if desc { "<desc>a picture</desc>" } else { "" };
+            let x: Element = format!(
+                "<x xmlns='jabber:x:oob' x-{extra}='1'><url x-{extra}='2'> {url} </url>{desc}<{extra} xmlns='urn:example'/></x>"
+            )
+            .parse()
+            .unwrap();
+            let other: Element = "<x xmlns='jabber:x:oob'/>".parse().unwrap();
+            let (file, caption) = attachment("look", &[other, x]).unwrap();
+            proptest::prop_assert_eq!(file.url, url);
+            proptest::prop_assert_eq!(caption, "look");
+        }
+    }
 
     #[test]
     fn mentions_become_pills_only_for_known_nicks() {
