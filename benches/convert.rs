@@ -95,34 +95,7 @@ fn main() {
         env::num("CONVERT_MS", 500) as u64
     });
     type Case = (&'static str, fn() -> String, fn(&str) -> usize);
-    let cases: [Case; 18] = [
-        ("old: html → XMPP text, short", short, |h| {
-            fuzz::legacy::html_to_styled_text(h).len()
-        }),
-        ("old: html → XMPP text, reply", reply, |h| {
-            fuzz::legacy::html_to_styled_text(h).len()
-        }),
-        ("old: html → XMPP text, 16 KiB", long, |h| {
-            fuzz::legacy::html_to_styled_text(h).len()
-        }),
-        ("old: html → XMPP text, 5,000 deep", deep, |h| {
-            fuzz::legacy::html_to_styled_text(h).len()
-        }),
-        ("old: html → SIP text, short", short, |h| {
-            fuzz::legacy::html_to_text(h).len()
-        }),
-        ("old: html → SIP text, reply", reply, |h| {
-            fuzz::legacy::html_to_text(h).len()
-        }),
-        ("old: html → SIP text, 16 KiB", long, |h| {
-            fuzz::legacy::html_to_text(h).len()
-        }),
-        ("old: PIDF, the bridge's own", own_pidf, |x| {
-            usize::from(fuzz::legacy::parse_pidf(x.as_bytes()).is_some())
-        }),
-        ("old: PIDF, another client's", other_pidf, |x| {
-            usize::from(fuzz::legacy::parse_pidf(x.as_bytes()).is_some())
-        }),
+    let cases: [Case; 9] = [
         ("html → XMPP text, short", short, |h| {
             html_to_styled_text(h).len()
         }),

@@ -9,13 +9,6 @@ use crate::network::{Attachment, MessageContent};
 pub use crate::sip::body::{
     BodyError, html_to_text, is_body_char, parse_iscomposing, parse_pidf, pidf, split,
 };
-
-/// The readers the HTML and PIDF readers replaced, for the comparison tests and the
-/// benchmark.
-pub mod legacy {
-    pub use crate::sip::body::legacy::{html_to_text, parse_pidf};
-    pub use crate::xmpp::convert::legacy_html_to_styled_text as html_to_styled_text;
-}
 pub use crate::sip::endpoint::{NameAddr, name_addr, quoted, split_list};
 pub use crate::xmpp::fidelity::Kind;
 pub use crate::xmpp::time::{parse as parse_xmpp_time, rfc3339};

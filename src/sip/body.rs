@@ -317,125 +317,6 @@ pub fn split(text: &str, max: usize) -> Vec<String> {
         .collect()
 }
 
-/// The scanners these readers replaced, kept until the comparison tests and the benchmark
-/// have had their say.
-#[doc(hidden)]
-pub mod legacy {
-    use crate::network::{Presence, PresenceState};
-    use crate::text::decode_entities;
-
-    /// The text content of the first element with local name `name` (any namespace prefix).
-    fn element_text<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
-        let mut from = 0;
-        while let Some(i) = xml[from..].find('<') {
-            let start = from + i + 1;
-            let tag_end = start + xml[start..].find('>')?;
-            let tag = &xml[start..tag_end];
-            from = tag_end + 1;
-            if tag.starts_with('/') || tag.starts_with('?') || tag.starts_with('!') {
-                continue;
-            }
-            let tag_name = tag.split(|c: char| c.is_whitespace() || c == '/').next()?;
-            let local = tag_name.rsplit(':').next()?;
-            if local != name {
-                continue;
-            }
-            if tag.ends_with('/') {
-                return Some("");
-            }
-            let close = xml[from..].find("</")?;
-            return Some(&xml[from..from + close]);
-        }
-        None
-    }
-
-    /// Whether an element with local name `name` occurs (any prefix).
-    fn has_element(xml: &str, name: &str) -> bool {
-        element_text(xml, name).is_some()
-    }
-
-    /// Reads a PIDF document: `basic` open/closed, RPID `away`/`busy`/... activities make an open
-    /// status "unavailable", and the first `note` is the status text.
-    pub fn parse_pidf(body: &[u8]) -> Option<Presence> {
-        let xml = std::str::from_utf8(body).ok()?;
-        let basic = element_text(xml, "basic")?.trim().to_ascii_lowercase();
-        let note = element_text(xml, "note")
-            .map(|n| decode_entities(n.trim()))
-            .filter(|n| !n.is_empty())
-            .map(|n| n.chars().take(256).collect());
-        let away = [
-            "away",
-            "busy",
-            "on-the-phone",
-            "meeting",
-            "vacation",
-            "sleeping",
-            "appointment",
-            "permanent-absence",
-            "steering",
-        ]
-        .iter()
-        .any(|a| has_element(xml, a));
-        let state = match basic.as_str() {
-            "open" if away => PresenceState::Unavailable,
-            "open" => PresenceState::Online,
-            "closed" => PresenceState::Offline,
-            _ => return None,
-        };
-        Some(Presence {
-            state,
-            status: note,
-        })
-    }
-
-    /// Reduces an HTML body to text: tags are dropped (with `script` and `style` content),
-    /// line breaks and block ends become newlines, character references are decoded.
-    pub fn html_to_text(html: &str) -> String {
-        let mut out = String::with_capacity(html.len());
-        let mut rest = html;
-        let mut skip_until: Option<&str> = None;
-        while let Some(i) = rest.find('<') {
-            if skip_until.is_none() {
-                out.push_str(&decode_entities(&rest[..i]));
-            }
-            let Some(end) = rest[i..].find('>') else {
-                rest = "";
-                break;
-            };
-            let tag = rest[i + 1..i + end].trim().to_ascii_lowercase();
-            rest = &rest[i + end + 1..];
-            let name = tag
-                .trim_start_matches('/')
-                .split(|c: char| c.is_whitespace() || c == '/')
-                .next()
-                .unwrap_or("");
-            if let Some(until) = skip_until {
-                if tag.starts_with('/') && name == until {
-                    skip_until = None;
-                }
-                continue;
-            }
-            match name {
-                "script" | "style" if !tag.starts_with('/') && !tag.ends_with('/') => {
-                    skip_until = Some(if name == "script" { "script" } else { "style" });
-                }
-                "br" => out.push('\n'),
-                "p" | "div" | "li" | "tr" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6"
-                | "blockquote"
-                    if tag.starts_with('/') =>
-                {
-                    out.push('\n')
-                }
-                _ => {}
-            }
-        }
-        if skip_until.is_none() {
-            out.push_str(&decode_entities(rest));
-        }
-        out.trim().to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,6 +555,10 @@ mod tests {
         );
         assert_eq!(html_to_text("a<script>alert(1)</script>b"), "ab");
         assert_eq!(html_to_text("<unclosed"), "");
+        // Each block element ends with a line break, closed by its end tag or not; a stray
+        // end tag closes nothing.
+        assert_eq!(html_to_text("<p>a<p>b</p>c</p>d"), "ab\nc\nd");
+        assert_eq!(html_to_text("a</p>b<p/>c"), "ab\nc");
         assert_eq!(decode_entities("&bogus; &#x1F600;"), "&bogus; 😀");
     }
 

@@ -9,8 +9,6 @@
 mod html;
 mod styling;
 
-#[doc(hidden)]
-pub use self::html::legacy::html_to_styled_text as legacy_html_to_styled_text;
 pub use self::html::{html_to_styled_text, sanitize_xhtml};
 pub use self::styling::styled_text_to_html;
 
