@@ -635,8 +635,8 @@ pub fn call_id(req: &sip::Request) -> String {
 ///
 /// `<` and `>` become `‹` and `›`: they are legal in a quoted string, but the SIP stack under
 /// the bridge, like others, takes a name-addr's URI from the first `<` even inside quotes, so
-/// a From carrying one would not parse (the request could not even be matched to its
-/// transaction).
+/// a From carrying one either fails to parse (`"Bob <boss>" <sip:...;transport=tcp>`: the
+/// request gets no transaction and is never sent) or is read with the wrong URI.
 pub fn quoted(display: &str) -> String {
     let mut out = String::with_capacity(display.len() + 2);
     out.push('"');
