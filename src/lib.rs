@@ -36,6 +36,7 @@ pub mod connectors;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod html;
 pub mod loopback;
 pub mod matrix;
 pub mod media;

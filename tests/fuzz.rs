@@ -663,7 +663,7 @@ fn presence_state() -> impl Strategy<Value = PresenceState> {
 
 proptest! {
     /// SIP bodies: PIDF and typing documents of any shape read without panicking; our own
-    /// PIDF round-trips; HTML to text never grows; splitting respects the limit and loses
+    /// PIDF round-trips; HTML to text stays linear; splitting respects the limit and loses
     /// nothing but the separators it cut at.
     #[test]
     fn sip_bodies(
@@ -683,14 +683,19 @@ proptest! {
         let presence = Presence { state, status: note.clone() };
         let read = fuzz::parse_pidf(&fuzz::pidf("sip:a@b", &presence));
         let expected_note = note
-            .map(|n| n.trim().chars().take(256).collect::<String>())
+            .map(|n| {
+                let n: String = n.chars().filter(|&c| fuzz::is_body_char(c)).collect();
+                n.trim().chars().take(256).collect::<String>()
+            })
             .filter(|n| !n.is_empty());
-        prop_assert_eq!(read.as_ref().map(|p| p.state), Some(state));
-        let got_note = read.and_then(|p| p.status);
+        prop_assert_eq!(read.as_ref().ok().map(|p| p.state), Some(state));
+        let got_note = read.ok().and_then(|p| p.status);
         prop_assert_eq!(got_note.as_deref().map(str::trim), expected_note.as_deref().map(str::trim));
 
+        // Text never grows past three times the HTML: a NUL in raw text reads as U+FFFD, and a
+        // few named references are longer than their name.
         let text = fuzz::html_to_text(&html);
-        prop_assert!(text.len() <= html.len());
+        prop_assert!(text.len() <= 3 * html.len());
         let parts = fuzz::split(&text, max);
         let limit = max.max(16);
         prop_assert!(parts.iter().all(|p| p.len() <= limit));
@@ -713,7 +718,16 @@ proptest! {
         let read = fuzz::name_addr(&format!("{q} <sip:a@b>;tag=t"));
         prop_assert_eq!(read.uri, "sip:a@b");
         prop_assert_eq!(read.tag.as_deref(), Some("t"));
-        let clean: String = display.chars().filter(|c| !c.is_control()).take(64).collect();
+        let clean: String = display
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(64)
+            .map(|c| match c {
+                '<' => '‹',
+                '>' => '›',
+                c => c,
+            })
+            .collect();
         let clean = clean.trim();
         prop_assert_eq!(read.display.as_deref(), (!clean.is_empty()).then_some(clean));
         let list = fuzz::split_list(&format!("{q} <sip:a@b>, {q} <sip:c@d>"));

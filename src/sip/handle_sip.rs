@@ -165,8 +165,7 @@ async fn message(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsips
     if req.body.len() > MAX_BODY {
         return tx.reply(StatusCode::RequestEntityTooLarge).await;
     }
-    let content_type = req
-        .header_value("Content-Type")
+    let content_type = endpoint::header_value(&req.headers, "Content-Type")
         .unwrap_or_else(|| "text/plain".into())
         .to_ascii_lowercase();
     let media = content_type.split(';').next().unwrap_or("").trim();
@@ -202,8 +201,11 @@ async fn message(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsips
             }
         }
         body::ISCOMPOSING => match body::parse_iscomposing(&req.body) {
-            Some(active) => RemoteEventKind::Typing { active },
-            None => return tx.reply(StatusCode::BadRequest).await,
+            Ok(active) => RemoteEventKind::Typing { active },
+            Err(e) => {
+                debug!(error = %e, "unreadable typing notification");
+                return tx.reply(StatusCode::BadRequest).await;
+            }
         },
         _ => {
             return tx

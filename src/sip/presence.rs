@@ -152,7 +152,7 @@ pub(super) async fn subscribe_in(
     tx: &mut Transaction,
 ) -> Result<(), rsipstack::Error> {
     let req = tx.original.clone();
-    let event = req.header_value("Event").unwrap_or_default();
+    let event = endpoint::header_value(&req.headers, "Event").unwrap_or_default();
     if event.split(';').next().map(str::trim) != Some("presence") {
         return tx
             .reply_with(
@@ -505,8 +505,7 @@ pub(super) async fn notify_in(
     let Some(w) = load::<Watch>(shared, &key) else {
         return tx.reply(StatusCode::CallTransactionDoesNotExist).await;
     };
-    let state = req
-        .header_value("Subscription-State")
+    let state = endpoint::header_value(&req.headers, "Subscription-State")
         .unwrap_or_default()
         .to_ascii_lowercase();
     // A NOTIFY may come before the 2xx of the SUBSCRIBE: it confirms the dialog, with its
@@ -550,7 +549,15 @@ pub(super) async fn notify_in(
         {
             let _ = contacts::update(store, &w.user, &w.contact, |s| s.to = true);
         }
-        body::parse_pidf(&req.body)
+        match body::parse_pidf(&req.body) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                if !req.body.is_empty() {
+                    debug!(contact = %w.contact, error = %e, "unreadable PIDF in a NOTIFY");
+                }
+                None
+            }
+        }
     };
     if let (Some(p), Some(sink)) = (presence, shared.sink.get()) {
         let ev = RemoteEvent::direct(&w.contact, &w.user, RemoteEventKind::Presence(p));

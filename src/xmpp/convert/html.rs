@@ -3,165 +3,7 @@
 use xmpp_parsers::minidom::{Element, Node as XmlNode};
 
 use super::escape_html;
-use crate::text::decode_entities;
-
-/// A parsed HTML node (Matrix's HTML is a small, known subset; this parser is lenient).
-#[derive(Debug)]
-enum Node {
-    Text(String),
-    Elem {
-        name: String,
-        attrs: Vec<(String, String)>,
-        children: Vec<Node>,
-    },
-}
-
-const VOID: [&str; 4] = ["br", "hr", "img", "input"];
-
-/// Deepest element nesting kept when parsing Matrix HTML.
-const MAX_DEPTH: usize = 32;
-
-/// An element still open while parsing: name, attributes, children so far.
-type Open = (String, Vec<(String, String)>, Vec<Node>);
-
-fn parse_attrs(s: &str) -> Vec<(String, String)> {
-    let mut attrs = Vec::new();
-    let chars: Vec<char> = s.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        while i < chars.len() && (chars[i].is_whitespace() || chars[i] == '/') {
-            i += 1;
-        }
-        let start = i;
-        while i < chars.len() && !chars[i].is_whitespace() && chars[i] != '=' {
-            i += 1;
-        }
-        let name: String = chars[start..i]
-            .iter()
-            .collect::<String>()
-            .to_ascii_lowercase();
-        if name.is_empty() {
-            break;
-        }
-        let mut value = String::new();
-        if i < chars.len() && chars[i] == '=' {
-            i += 1;
-            if i < chars.len() && (chars[i] == '"' || chars[i] == '\'') {
-                let q = chars[i];
-                i += 1;
-                let vs = i;
-                while i < chars.len() && chars[i] != q {
-                    i += 1;
-                }
-                value = chars[vs..i].iter().collect();
-                i += 1;
-            } else {
-                let vs = i;
-                while i < chars.len() && !chars[i].is_whitespace() {
-                    i += 1;
-                }
-                value = chars[vs..i].iter().collect();
-            }
-        }
-        attrs.push((name, decode_entities(&value)));
-    }
-    attrs
-}
-
-fn parse(html: &str) -> Vec<Node> {
-    // A stack of open elements; the bottom one collects the top-level nodes.
-    let mut stack: Vec<Open> = vec![(String::new(), Vec::new(), Vec::new())];
-    let mut rest = html;
-    while !rest.is_empty() {
-        let Some(lt) = rest.find('<') else {
-            stack
-                .last_mut()
-                .expect("root")
-                .2
-                .push(Node::Text(decode_entities(rest)));
-            break;
-        };
-        if lt > 0 {
-            stack
-                .last_mut()
-                .expect("root")
-                .2
-                .push(Node::Text(decode_entities(&rest[..lt])));
-        }
-        let tail = &rest[lt..];
-        // Find the end of the tag, outside quotes.
-        let mut quote = None;
-        let end = tail.char_indices().skip(1).find(|&(_, c)| match quote {
-            Some(q) if c == q => {
-                quote = None;
-                false
-            }
-            Some(_) => false,
-            None if c == '"' || c == '\'' => {
-                quote = Some(c);
-                false
-            }
-            None => c == '>',
-        });
-        let Some((end, _)) = end else {
-            stack
-                .last_mut()
-                .expect("root")
-                .2
-                .push(Node::Text(decode_entities(tail)));
-            break;
-        };
-        let inner = &tail[1..end];
-        rest = &tail[end + 1..];
-        if inner.starts_with('!') || inner.starts_with('?') {
-            continue;
-        }
-        if let Some(close) = inner.strip_prefix('/') {
-            let name = close.trim().to_ascii_lowercase();
-            if let Some(pos) = stack.iter().rposition(|(n, _, _)| *n == name)
-                && pos > 0
-            {
-                while stack.len() > pos {
-                    let (n, a, c) = stack.pop().expect("open element");
-                    stack.last_mut().expect("root").2.push(Node::Elem {
-                        name: n,
-                        attrs: a,
-                        children: c,
-                    });
-                }
-            }
-            continue;
-        }
-        let (name, attrs) = match inner.find(|c: char| c.is_whitespace() || c == '/') {
-            Some(p) => (&inner[..p], parse_attrs(&inner[p..])),
-            None => (inner, Vec::new()),
-        };
-        let name = name.to_ascii_lowercase();
-        if stack.len() > MAX_DEPTH {
-            // Deeper nesting is flattened: the text stays, the tags go (bounded recursion
-            // when rendering, whatever the sender wrote).
-            continue;
-        }
-        if VOID.contains(&name.as_str()) || inner.ends_with('/') {
-            stack.last_mut().expect("root").2.push(Node::Elem {
-                name,
-                attrs,
-                children: Vec::new(),
-            });
-        } else {
-            stack.push((name, attrs, Vec::new()));
-        }
-    }
-    while stack.len() > 1 {
-        let (n, a, c) = stack.pop().expect("open element");
-        stack.last_mut().expect("root").2.push(Node::Elem {
-            name: n,
-            attrs: a,
-            children: c,
-        });
-    }
-    stack.pop().map(|(_, _, c)| c).unwrap_or_default()
-}
+use crate::html::{Node, parse};
 
 fn attr<'a>(attrs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     attrs
@@ -415,6 +257,29 @@ mod tests {
         );
         assert_eq!(html_to_styled_text("a<script>alert(1)</script>b"), "ab");
         assert_eq!(html_to_styled_text("unclosed <b>bold"), "unclosed *bold*");
+    }
+
+    /// The classes of input on which the hand-written reader html5ever replaced was wrong.
+    #[test]
+    fn html_is_read_as_browsers_read_it() {
+        for (html, text) in [
+            // A comment ends at `-->`, not at the first `>`.
+            ("a<!-- x > y -->b", "ab"),
+            // `</br>` is a line break.
+            ("a</br>b", "a\nb"),
+            // Script content is text: markup inside cannot close elements around it.
+            ("<b>x<script>if (a</b>) {}</script>y</b>", "*xy*"),
+            // An unquoted attribute value runs to the `>`, a `/` at its end included.
+            ("<a href=https://e.org/>x</a>", "x (https://e.org/)"),
+            // Every character reference, with or without `;` where HTML allows.
+            ("&copy;&eacute &nbsp;&notanentity;", "©é \u{a0}¬anentity;"),
+            // `<` not followed by a tag name is text.
+            ("a < b <> c", "a < b <> c"),
+            // CR and CRLF are line ends; NUL is dropped.
+            ("a\r\nb\rc\0d", "a\nb\ncd"),
+        ] {
+            assert_eq!(html_to_styled_text(html), text, "{html:?}");
+        }
     }
 
     #[test]
