@@ -51,7 +51,7 @@ const AWAY: [&str; 9] = [
 /// Why an XML body was not read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
-    /// Larger than [`MAX_XML_BODY`].
+    /// Larger than `MAX_XML_BODY` (64 KiB).
     #[error("the body has {0} bytes, more than the {MAX_XML_BODY} read")]
     TooLarge(usize),
     /// Nested deeper than the reader goes.
