@@ -1871,9 +1871,14 @@ async fn a_ghost_stays_online_past_the_homeservers_presence_timeout() {
 
 /// Waits until the homeserver shows `ghost` with presence `state`.
 async fn ghost_presence_until(ghost: String, state: &str) {
-    let deadline = std::time::Instant::now() + WAIT;
+    ghost_presence_within(&ghost, state, WAIT).await;
+}
+
+/// Waits at most `wait` until the homeserver shows `ghost` with presence `state`.
+async fn ghost_presence_within(ghost: &str, state: &str, wait: Duration) {
+    let deadline = std::time::Instant::now() + wait;
     loop {
-        let (now, _) = ghost_presence(&ghost).await;
+        let (now, _) = ghost_presence(ghost).await;
         if now == state {
             return;
         }
@@ -1883,4 +1888,39 @@ async fn ghost_presence_until(ghost: String, state: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// When a network's link goes down, what it said of its users' presence is no longer known:
+/// the bridge stops keeping their ghosts online, and the homeserver's timeout shows them
+/// offline (kept alive, they would stay online for as long as the link stayed down).
+#[tokio::test(flavor = "multi_thread")]
+async fn ghosts_of_a_network_whose_link_went_down_are_no_longer_kept_online() {
+    let _serial = serial();
+    let _bridge = BridgeProcess::start_with(|cfg| {
+        cfg.replacen(
+            "  permissions:\n",
+            "  presence_refresh_seconds: 4\n  permissions:\n",
+            1,
+        )
+    })
+    .await;
+    let mut control = Control::connect().await;
+    let run = unique();
+    let viewer = MatrixUser::register("presdown").await;
+    let contact = format!("down{run}");
+    control
+        .inject(remote_event(
+            &contact,
+            "direct",
+            &viewer.user_id,
+            &contact,
+            json!({"type": "presence", "state": "online"}),
+        ))
+        .await;
+    ghost_presence_until(ghost(&contact), "online").await;
+    control
+        .ok(json!({"op": "state", "state": "TRANSIENT_DISCONNECT", "message": "link lost"}))
+        .await;
+    // Synapse's timeout is 30 s after the last update.
+    ghost_presence_within(&ghost(&contact), "offline", Duration::from_secs(75)).await;
 }

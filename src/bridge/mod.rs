@@ -346,6 +346,18 @@ impl Bridge {
             let mut states = self.states.lock().expect("states lock");
             states.insert(key, (state, message)).map(|(s, _)| s)
         };
+        if user_id.is_none()
+            && matches!(
+                state,
+                BridgeState::TransientDisconnect
+                    | BridgeState::BadCredentials
+                    | BridgeState::LoggedOut
+                    | BridgeState::UnknownError
+            )
+        {
+            // What the network said of its users' presence is no longer known.
+            self.presence.forget_network(network);
+        }
         if previous != Some(state) {
             if let Some(p) = previous {
                 self.metrics

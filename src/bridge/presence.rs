@@ -5,7 +5,9 @@
 //! again every `bridge.presence_refresh_seconds`, until the network says they left.
 //!
 //! A change and a refresh of one ghost are made under the ghost's lock, so a refresh that
-//! read "online" cannot land after the change to "offline" that came from the network.
+//! read "online" cannot land after the change to "offline" that came from the network. When a
+//! network's bridge-wide link goes down, what it said is no longer known: its ghosts are no
+//! longer refreshed, and the homeserver times them out to offline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +17,7 @@ use futures::StreamExt;
 use tracing::debug;
 
 use super::{Bridge, BridgeError, user_id};
-use crate::network::PresenceState;
+use crate::network::{NetworkId, PresenceState};
 
 /// Ghosts refreshed at once.
 const CONCURRENCY: usize = 4;
@@ -29,6 +31,7 @@ pub(super) struct LivePresence {
 /// A presence as the homeserver should show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Shown {
+    network: NetworkId,
     state: &'static str,
     status: Option<String>,
 }
@@ -48,6 +51,12 @@ impl LivePresence {
             Some(s) => by_ghost.insert(ghost.to_owned(), s),
             None => by_ghost.remove(ghost),
         };
+    }
+
+    /// Stops refreshing the ghosts of `network`.
+    pub(super) fn forget_network(&self, network: &NetworkId) {
+        let mut by_ghost = self.by_ghost.lock().expect("presence lock");
+        by_ghost.retain(|_, s| &s.network != network);
     }
 
     fn ghosts(&self) -> Vec<String> {
@@ -70,12 +79,14 @@ impl Bridge {
     /// is not offline.
     pub(super) async fn set_ghost_presence(
         &self,
+        network: &NetworkId,
         ghost: &str,
         state: PresenceState,
         status: Option<&str>,
     ) -> Result<(), BridgeError> {
         let _ghost = self.ghost_locks.lock(ghost).await;
         let shown = Shown {
+            network: network.clone(),
             state: matrix_state(state),
             status: status.map(str::to_owned),
         };
@@ -130,23 +141,33 @@ impl Bridge {
 mod tests {
     use super::*;
 
+    fn shown(network: &str, state: &'static str, status: Option<&str>) -> Shown {
+        Shown {
+            network: NetworkId::new(network),
+            state,
+            status: status.map(str::to_owned),
+        }
+    }
+
     #[test]
     fn offline_ghosts_are_forgotten_and_the_others_kept_as_last_set() {
         let live = LivePresence::default();
-        let online = Shown {
-            state: "online",
-            status: Some("here".into()),
-        };
-        live.set("@a:x", Some(online.clone()));
-        live.set("@b:x", Some(online.clone()));
-        let away = Shown {
-            state: "unavailable",
-            status: None,
-        };
-        live.set("@b:x", Some(away.clone()));
+        live.set("@a:x", Some(shown("n", "online", Some("here"))));
+        live.set("@b:x", Some(shown("n", "online", Some("here"))));
+        live.set("@b:x", Some(shown("n", "unavailable", None)));
         live.set("@a:x", None);
         assert_eq!(live.ghosts(), vec!["@b:x".to_owned()]);
-        assert_eq!(live.get("@b:x"), Some(away));
+        assert_eq!(live.get("@b:x"), Some(shown("n", "unavailable", None)));
         assert_eq!(live.get("@a:x"), None);
+    }
+
+    #[test]
+    fn a_network_going_down_forgets_only_its_own_ghosts() {
+        let live = LivePresence::default();
+        for (ghost, network) in [("@a:x", "one"), ("@b:x", "two"), ("@c:x", "one")] {
+            live.set(ghost, Some(shown(network, "online", None)));
+        }
+        live.forget_network(&NetworkId::new("one"));
+        assert_eq!(live.ghosts(), vec!["@b:x".to_owned()]);
     }
 }

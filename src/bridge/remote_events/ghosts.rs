@@ -33,7 +33,7 @@ impl Bridge {
         let ghost = self
             .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
             .await?;
-        self.set_ghost_presence(&ghost, presence.state, presence.status.as_deref())
+        self.set_ghost_presence(network, &ghost, presence.state, presence.status.as_deref())
             .await?;
         Ok("ok")
     }
