@@ -140,47 +140,24 @@ struct FileMessage<'a> {
 
 /// The file of an `m.image`, `m.file`, `m.video` or `m.audio` message.
 fn file_of(content: &MessageType) -> Option<FileMessage<'_>> {
+    // The four contents are different types with the same file fields.
+    macro_rules! fields {
+        ($c:expr) => {{
+            let info = $c.info.as_deref();
+            (
+                &$c.body,
+                &$c.filename,
+                &$c.source,
+                info.and_then(|i| i.mimetype.as_deref()),
+                info.and_then(|i| i.size),
+            )
+        }};
+    }
     let (body, filename, source, mimetype, size) = match content {
-        MessageType::Image(c) => {
-            let info = c.info.as_deref();
-            (
-                &c.body,
-                &c.filename,
-                &c.source,
-                info.and_then(|i| i.mimetype.as_deref()),
-                info.and_then(|i| i.size),
-            )
-        }
-        MessageType::File(c) => {
-            let info = c.info.as_deref();
-            (
-                &c.body,
-                &c.filename,
-                &c.source,
-                info.and_then(|i| i.mimetype.as_deref()),
-                info.and_then(|i| i.size),
-            )
-        }
-        MessageType::Video(c) => {
-            let info = c.info.as_deref();
-            (
-                &c.body,
-                &c.filename,
-                &c.source,
-                info.and_then(|i| i.mimetype.as_deref()),
-                info.and_then(|i| i.size),
-            )
-        }
-        MessageType::Audio(c) => {
-            let info = c.info.as_deref();
-            (
-                &c.body,
-                &c.filename,
-                &c.source,
-                info.and_then(|i| i.mimetype.as_deref()),
-                info.and_then(|i| i.size),
-            )
-        }
+        MessageType::Image(c) => fields!(c),
+        MessageType::File(c) => fields!(c),
+        MessageType::Video(c) => fields!(c),
+        MessageType::Audio(c) => fields!(c),
         _ => return None,
     };
     Some(FileMessage {

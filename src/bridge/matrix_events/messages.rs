@@ -13,7 +13,8 @@ use crate::bridge::event::MatrixEvent;
 use crate::bridge::{Bridge, BridgeError};
 use crate::config::PermissionLevel;
 use crate::network::{
-    MatrixSender, MessageContent, MessageKind, NetworkClient, NetworkId, OutgoingMessage,
+    MatrixSender, MessageContent, MessageKind, NetworkClient, NetworkError, NetworkId,
+    OutgoingMessage, RemoteMessageId,
 };
 use crate::store::{MessageRecord, PortalRecord};
 
@@ -150,22 +151,7 @@ impl Bridge {
         };
         let r = client.send_message(&portal_ref, &out).await;
         self.observe(&network, "message", started);
-        match r {
-            Ok(remote_id) => {
-                self.store.put_message(&MessageRecord {
-                    portal: portal.key.clone(),
-                    room_id: ev.room_id.clone(),
-                    event_id: ev.event_id.clone(),
-                    remote_id,
-                    sender: ev.sender.clone(),
-                    timestamp_ms: crate::bridge::now_ms(),
-                    reaction: None,
-                })?;
-                self.metrics.event("to_remote", "message", "ok");
-                Ok(())
-            }
-            Err(e) => self.network_failure(seq, &portal, "message", e).await,
-        }
+        self.message_sent(seq, &portal, ev, r).await
     }
 
     /// A ghost's message in a room with fan-out members: on to the main portal when it is on
@@ -208,7 +194,21 @@ impl Bridge {
         else {
             return Ok(());
         };
-        match client.send_message(&portal_ref(&portal), &out).await {
+        let r = client.send_message(&portal_ref(&portal), &out).await;
+        self.message_sent(seq, &portal, ev, r).await
+    }
+
+    /// What became of `ev` sent to `portal`'s network: recorded under the remote ID the
+    /// network gave it (edits, replies and redactions find it by that) and counted, or
+    /// handed to the failure model.
+    async fn message_sent(
+        &self,
+        seq: u64,
+        portal: &PortalRecord,
+        ev: &MatrixEvent,
+        sent: Result<RemoteMessageId, NetworkError>,
+    ) -> Result<(), BridgeError> {
+        match sent {
             Ok(remote_id) => {
                 self.store.put_message(&MessageRecord {
                     portal: portal.key.clone(),
@@ -222,7 +222,7 @@ impl Bridge {
                 self.metrics.event("to_remote", "message", "ok");
                 Ok(())
             }
-            Err(e) => self.network_failure(seq, &portal, "message", e).await,
+            Err(e) => self.network_failure(seq, portal, "message", e).await,
         }
     }
 
