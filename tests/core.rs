@@ -1807,14 +1807,7 @@ async fn ghost_presence(ghost: &str) -> (String, Option<String>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ghost_stays_online_past_the_homeservers_presence_timeout() {
     let _serial = serial();
-    let bridge = BridgeProcess::start_with(|cfg| {
-        cfg.replacen(
-            "  permissions:\n",
-            "  presence_refresh_seconds: 4\n  permissions:\n",
-            1,
-        )
-    })
-    .await;
+    let bridge = presence_refreshing_bridge().await;
     let mut control = Control::connect().await;
     let run = unique();
     let viewer = MatrixUser::register("presview").await;
@@ -1869,6 +1862,18 @@ async fn a_ghost_stays_online_past_the_homeservers_presence_timeout() {
     );
 }
 
+/// A bridge that sets the presence of online ghosts again every 4 s.
+async fn presence_refreshing_bridge() -> BridgeProcess {
+    BridgeProcess::start_with(|cfg| {
+        cfg.replacen(
+            "  permissions:\n",
+            "  presence_refresh_seconds: 4\n  permissions:\n",
+            1,
+        )
+    })
+    .await
+}
+
 /// Waits until the homeserver shows `ghost` with presence `state`.
 async fn ghost_presence_until(ghost: String, state: &str) {
     ghost_presence_within(&ghost, state, WAIT).await;
@@ -1896,14 +1901,7 @@ async fn ghost_presence_within(ghost: &str, state: &str, wait: Duration) {
 #[tokio::test(flavor = "multi_thread")]
 async fn ghosts_of_a_network_whose_link_went_down_are_no_longer_kept_online() {
     let _serial = serial();
-    let _bridge = BridgeProcess::start_with(|cfg| {
-        cfg.replacen(
-            "  permissions:\n",
-            "  presence_refresh_seconds: 4\n  permissions:\n",
-            1,
-        )
-    })
-    .await;
+    let _bridge = presence_refreshing_bridge().await;
     let mut control = Control::connect().await;
     let run = unique();
     let viewer = MatrixUser::register("presdown").await;
