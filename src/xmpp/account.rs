@@ -704,14 +704,8 @@ impl Account {
         };
         let Some(info) = info else {
             // Metadata without info: the contact removed the avatar.
-            let had = self
-                .parts
-                .shared
-                .pep_avatars
-                .lock()
-                .expect("avatar lock")
-                .insert(chat.clone(), String::new());
-            if had.as_deref() != Some("") && !*self.stop.borrow() {
+            let removed = self.parts.shared.avatars.set_published(&chat, "");
+            if removed && !*self.stop.borrow() {
                 let _ = sink
                     .push(RemoteEvent::direct(
                         &chat,
@@ -783,12 +777,7 @@ impl Account {
             warn!(contact = %contact, "published avatar does not match its ID; ignored");
             return;
         }
-        self.parts
-            .shared
-            .pep_avatars
-            .lock()
-            .expect("avatar lock")
-            .insert(chat.clone(), hash.clone());
+        self.parts.shared.avatars.set_published(&chat, &hash);
         if *self.stop.borrow() {
             return;
         }

@@ -20,7 +20,7 @@ use xmpp_parsers::stanza_id::OriginId;
 
 use super::Shared;
 use super::component::Outgoing;
-use super::handle_xmpp::{presence_stanza, subscription_stanza};
+use super::presence::{presence_stanza, subscription_stanza};
 use super::{fidelity, hosted, muc};
 use crate::network::contacts as roster;
 use crate::network::kit::address::gateway_address;
@@ -117,38 +117,6 @@ fn stable_id(event_id: &str) -> String {
     format!("isthmus-{hash:016x}")
 }
 
-/// Shortest time between two presence broadcasts of one user.
-const PRESENCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// What to do with a presence change.
-#[derive(Debug, PartialEq, Eq)]
-enum Gate {
-    /// Broadcast now.
-    Now,
-    /// Broadcast the latest presence after this delay.
-    Later(std::time::Duration),
-    /// A later broadcast is already scheduled; it will carry this change.
-    Skip,
-}
-
-/// The rate limit of one user's presence: `entry` is (last broadcast, trailing one scheduled).
-fn presence_gate(entry: &mut (Option<std::time::Instant>, bool), now: std::time::Instant) -> Gate {
-    match entry.0 {
-        Some(sent) if now.duration_since(sent) < PRESENCE_INTERVAL => {
-            if entry.1 {
-                Gate::Skip
-            } else {
-                entry.1 = true;
-                Gate::Later(PRESENCE_INTERVAL - now.duration_since(sent))
-            }
-        }
-        _ => {
-            *entry = (Some(now), false);
-            Gate::Now
-        }
-    }
-}
-
 impl Gateway {
     /// How to name message `target` in `portal`: in an external group chat, by the room's
     /// stanza-id when the bridge knows it (XEP-0424, 0444 and 0461 ask for it there), else
@@ -178,19 +146,7 @@ impl Gateway {
         let origin_id = Element::from(OriginId { id: id.to_owned() });
         if let Some(room) = self.hosted(portal) {
             let nick = self.member_nick(&room, sender);
-            let targets: Vec<Jid> = self
-                .shared
-                .hosted
-                .lock()
-                .expect("hosted lock")
-                .get(&room.to_string())
-                .map(|r| {
-                    r.occupants
-                        .keys()
-                        .filter_map(|j| Jid::from_str(j).ok())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let targets = self.shared.hosted.occupants(room.as_str());
             let from = Jid::from_str(&format!("{room}/{nick}"))
                 .map_err(|e| NetworkError::Undeliverable(format!("nick {nick:?}: {e}").into()))?;
             for to in targets {
@@ -235,10 +191,7 @@ impl Gateway {
     fn member_nick(&self, room: &BareJid, user: &MatrixSender) -> String {
         self.shared
             .hosted
-            .lock()
-            .expect("hosted lock")
-            .get(&room.to_string())
-            .and_then(|r| r.members.get(&user.user_id).cloned())
+            .member_nick(room.as_str(), &user.user_id)
             .unwrap_or_else(|| muc::nick_for(&user.displayname, &user.user_id))
     }
 
@@ -249,31 +202,13 @@ impl Gateway {
         user: &MatrixSender,
         leaving: bool,
     ) -> Result<(), NetworkError> {
-        let (nick, targets) = {
-            let mut rooms = self.shared.hosted.lock().expect("hosted lock");
-            let r = rooms.entry(room.to_string()).or_default();
-            let nick = if leaving {
-                match r.members.remove(&user.user_id) {
-                    Some(n) => n,
-                    None => return Ok(()),
-                }
-            } else {
-                let mut nick = muc::nick_for(&user.displayname, &user.user_id);
-                if r.occupants.values().any(|n| n == &nick) {
-                    nick = format!("{nick} (Matrix)");
-                }
-                if r.members.get(&user.user_id) == Some(&nick) {
-                    return Ok(());
-                }
-                r.members.insert(user.user_id.clone(), nick.clone());
-                nick
-            };
-            let targets: Vec<Jid> = r
-                .occupants
-                .keys()
-                .filter_map(|j| Jid::from_str(j).ok())
-                .collect();
-            (nick, targets)
+        let nick = muc::nick_for(&user.displayname, &user.user_id);
+        let Some((nick, targets)) =
+            self.shared
+                .hosted
+                .member_change(room.as_str(), &user.user_id, nick, leaving)
+        else {
+            return Ok(());
         };
         for to in targets {
             if let Some(p) = hosted::occupant_presence(room, &nick, &to, leaving, false, None) {
@@ -523,13 +458,7 @@ impl NetworkClient for Gateway {
         let room = Self::room(portal)?;
         let room_str = room.to_string();
         let nick = muc::nick_for(&user.displayname, &user.user_id);
-        let already = self
-            .shared
-            .rooms
-            .lock()
-            .expect("rooms lock")
-            .get(&room_str)
-            .and_then(|r| r.puppets.get(&user.user_id).cloned());
+        let already = self.shared.rooms.puppet_nick(&room_str, &user.user_id);
         if already.as_deref() == Some(nick.as_str()) {
             return Ok(());
         }
@@ -537,13 +466,7 @@ impl NetworkClient for Gateway {
         // The bridge's first join of a room brings its recent history into the new portal;
         // later joins ask for none (the room's traffic is already bridged).
         let first = muc::last_seen(self.shared.store()?, &room_str).is_none()
-            && self
-                .shared
-                .rooms
-                .lock()
-                .expect("rooms lock")
-                .get(&room_str)
-                .is_none_or(|r| r.puppets.is_empty());
+            && !self.shared.rooms.has_puppets(&room_str);
         let stanza = if first {
             muc::join_presence_backfill(from, &room, &nick)
         } else {
@@ -557,28 +480,12 @@ impl NetworkClient for Gateway {
         let before = self
             .shared
             .rooms
-            .lock()
-            .expect("rooms lock")
-            .entry(room_str.clone())
-            .or_default()
-            .puppets
-            .insert(user.user_id.clone(), nick.clone());
+            .add_puppet(&room_str, &user.user_id, &nick);
         if let Err(e) = self.send(stanza).await {
             // Not joined: a retry must send the join again.
-            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
-            if let Some(r) = rooms.get_mut(&room_str) {
-                match before {
-                    Some(old) => {
-                        r.puppets.insert(user.user_id.clone(), old);
-                    }
-                    None => {
-                        r.puppets.remove(&user.user_id);
-                    }
-                }
-                if r.puppets.is_empty() {
-                    rooms.remove(&room_str);
-                }
-            }
+            self.shared
+                .rooms
+                .undo_add_puppet(&room_str, &user.user_id, before);
             return Err(e);
         }
         muc::remember(self.shared.store()?, &room_str, &user.user_id, &nick)?;
@@ -596,16 +503,8 @@ impl NetworkClient for Gateway {
         }
         let room = Self::room(portal)?;
         let room_str = room.to_string();
-        let nick = {
-            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
-            let Some(r) = rooms.get_mut(&room_str) else {
-                return Ok(());
-            };
-            let nick = r.puppets.remove(&user.user_id);
-            if r.puppets.is_empty() {
-                rooms.remove(&room_str);
-            }
-            nick
+        let Some(nick) = self.shared.rooms.remove_puppet(&room_str, &user.user_id) else {
+            return Ok(());
         };
         muc::forget(self.shared.store()?, &room_str, &user.user_id)?;
         let Some(nick) = nick else { return Ok(()) };
@@ -642,50 +541,9 @@ impl NetworkClient for Gateway {
         sender: &MatrixSender,
         presence: &Presence,
     ) -> Result<(), NetworkError> {
-        {
-            let mut last = self.shared.presence.lock().expect("presence lock");
-            if last.get(&sender.user_id) == Some(presence) {
-                return Ok(());
-            }
-            last.insert(sender.user_id.clone(), presence.clone());
-        }
-        // Rate limit: at most one broadcast per user per interval; changes in between are
-        // coalesced into one trailing broadcast of the latest presence.
-        let wait = {
-            let mut limit = self
-                .shared
-                .presence_limit
-                .lock()
-                .expect("presence limit lock");
-            let entry = limit.entry(sender.user_id.clone()).or_insert((None, false));
-            match presence_gate(entry, std::time::Instant::now()) {
-                Gate::Now => None,
-                Gate::Later(delay) => Some(delay),
-                Gate::Skip => return Ok(()),
-            }
-        };
-        match wait {
-            None => self.shared.broadcast_presence(&sender.user_id).await,
-            Some(delay) => {
-                let shared = Arc::clone(&self.shared);
-                let user = sender.user_id.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    if let Some(e) = shared
-                        .presence_limit
-                        .lock()
-                        .expect("presence limit lock")
-                        .get_mut(&user)
-                    {
-                        *e = (Some(std::time::Instant::now()), false);
-                    }
-                    if let Err(e) = shared.broadcast_presence(&user).await {
-                        tracing::debug!(user, error = %crate::error::chain(&e), "trailing presence broadcast failed");
-                    }
-                });
-                Ok(())
-            }
-        }
+        self.shared
+            .publish_presence(&sender.user_id, presence)
+            .await
     }
 
     async fn answer_contact_request(
@@ -730,7 +588,6 @@ impl NetworkClient for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     use super::super::payloads::wire;
 
@@ -794,26 +651,5 @@ mod tests {
         assert_eq!(stable_id("$abc:hs"), stable_id("$abc:hs"));
         assert_ne!(stable_id("$abc:hs"), stable_id("$abd:hs"));
         assert!(stable_id("$x").starts_with("isthmus-"));
-    }
-
-    #[test]
-    fn presence_changes_are_rate_limited_and_coalesced() {
-        let t0 = Instant::now();
-        let mut entry = (None, false);
-        assert_eq!(presence_gate(&mut entry, t0), Gate::Now);
-        assert_eq!(
-            presence_gate(&mut entry, t0 + Duration::from_millis(500)),
-            Gate::Later(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            presence_gate(&mut entry, t0 + Duration::from_millis(600)),
-            Gate::Skip
-        );
-        // The trailing broadcast ran and reset the entry.
-        entry = (Some(t0 + Duration::from_secs(2)), false);
-        assert_eq!(
-            presence_gate(&mut entry, t0 + Duration::from_secs(5)),
-            Gate::Now
-        );
     }
 }

@@ -1,7 +1,8 @@
 //! XMPP → bridge: messages, chat states, presence and IQs arriving on the component.
 
+use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tracing::{debug, info, warn};
@@ -22,6 +23,7 @@ use xmpp_parsers::version::VersionResult;
 
 use super::Shared;
 use super::component::Inbound;
+use super::presence::{presence_stanza, subscription_stanza};
 use super::{avatar, convert, fidelity, hosted, muc, payloads};
 use crate::network::contacts::{self as roster, Policy};
 use crate::network::{
@@ -33,33 +35,6 @@ use crate::network::{
 pub(super) struct Handler {
     pub shared: Arc<Shared>,
     pub state: tokio::sync::watch::Sender<BridgeState>,
-}
-
-/// A presence stanza from a gateway address: `None` means plain available.
-pub(super) fn presence_stanza(from: Jid, to: Jid, p: Option<&NetPresence>) -> Stanza {
-    let mut out = match p.map(|p| p.state) {
-        Some(PresenceState::Offline) => Presence::new(PresenceType::Unavailable),
-        _ => Presence::new(PresenceType::None),
-    };
-    if let Some(p) = p {
-        if p.state == PresenceState::Unavailable {
-            out.show = Some(Show::Away);
-        }
-        if let Some(status) = &p.status {
-            out.statuses.insert(Default::default(), status.clone());
-        }
-    }
-    out.from = Some(from);
-    out.to = Some(to);
-    out.into()
-}
-
-/// A subscription-handshake stanza.
-pub(super) fn subscription_stanza(from: Jid, to: Jid, type_: PresenceType) -> Stanza {
-    let mut out = Presence::new(type_);
-    out.from = Some(from);
-    out.to = Some(to);
-    out.into()
 }
 
 /// The error answer to an IQ (from its `to`, to its `from`).
@@ -136,21 +111,13 @@ pub(super) fn group_undelivered(
     let nick = event.sender_name.as_deref();
     if room.domain().as_str() == shared.addressing.component() {
         let sender = BareJid::from_str(event.sender.as_str()).ok()?;
-        let present = shared
-            .hosted
-            .lock()
-            .expect("hosted lock")
-            .get(room.as_str())
-            .and_then(|r| hosted::occupant_address(&r.occupants, &sender, nick));
+        let present = shared.hosted.occupant_address(room.as_str(), &sender, nick);
         let to = present
             .or_else(|| {
                 shared
                     .resources
-                    .lock()
-                    .expect("resources lock")
-                    .get(sender.as_str())
+                    .of(sender.as_str())
                     .filter(|f| f.to_bare() == sender)
-                    .cloned()
             })
             .unwrap_or_else(|| Jid::from(sender));
         return Some(hosted::undelivered_error(
@@ -162,15 +129,13 @@ pub(super) fn group_undelivered(
     }
     let Some(occupant) = shared
         .rooms
-        .lock()
-        .expect("rooms lock")
-        .get(room.as_str())
-        .and_then(|r| muc::occupant_nick(&room, &r.occupants, event.sender.as_str(), nick))
+        .occupant_nick(&room, event.sender.as_str(), nick)
     else {
         debug!(room = %room, sender = %event.sender, "the sender of an undelivered group message, or the bridge, is not in the room; nobody to tell");
         return None;
     };
     let puppet = shared
+        .rooms
         .primary(room.as_str())
         .and_then(|user| shared.addressing.puppet(&user))?;
     muc::undelivered_notice(
@@ -233,6 +198,34 @@ const TRY_LATER: &str = "the Matrix side cannot be reached right now; try again 
 
 /// How many contacts' last full JIDs are kept before the memory is cleared.
 const RESOURCES_KEPT: usize = 10_000;
+
+/// The full JID each contact last wrote a direct message from, in this run (bounded), so
+/// that an error about that message reaches the client: servers drop errors sent to a bare
+/// JID.
+#[derive(Default)]
+pub(super) struct Resources {
+    last: Mutex<HashMap<String, Jid>>,
+}
+
+impl Resources {
+    /// Contact `contact` wrote from `full`.
+    pub fn note(&self, contact: &str, full: &Jid) {
+        let mut last = self.last.lock().expect("resources lock");
+        if last.len() >= RESOURCES_KEPT {
+            last.clear();
+        }
+        last.insert(contact.to_owned(), full.clone());
+    }
+
+    /// The full JID `contact` last wrote from.
+    pub fn of(&self, contact: &str) -> Option<Jid> {
+        self.last
+            .lock()
+            .expect("resources lock")
+            .get(contact)
+            .cloned()
+    }
+}
 
 /// The ID under which a message is remembered: its origin-id (XEP-0359), else its `id`
 /// attribute, else the receiving server's stanza-id (the same in an archive's copy), else a
@@ -370,12 +363,7 @@ impl Handler {
     /// when `again`: the contact announced a new picture), in the background; a full name
     /// becomes the ghost's display name and a picture its avatar.
     fn fetch_vcard(&self, contact: &BareJid, receiver: &str, again: bool) {
-        let first = self
-            .shared
-            .vcards_asked
-            .lock()
-            .expect("vcard lock")
-            .insert(contact.to_string());
+        let first = self.shared.avatars.first_vcard_ask(&contact.to_string());
         if !first && !again {
             return;
         }
@@ -410,19 +398,9 @@ impl Handler {
                     .await;
             }
             // A published avatar (XEP-0084) takes precedence over the vCard's.
-            let published = shared
-                .pep_avatars
-                .lock()
-                .expect("avatar lock")
-                .contains_key(&chat);
-            if let Some(picture) = avatar::photo(&card).filter(|_| !published) {
+            if let Some(picture) = avatar::photo(&card) {
                 let hash = avatar::sha1_hex(&picture);
-                let known = shared
-                    .avatar_hashes
-                    .lock()
-                    .expect("avatar lock")
-                    .insert(chat.clone(), hash.clone());
-                if known.as_deref() != Some(hash.as_str()) {
+                if shared.avatars.vcard_picture(&chat, &hash) {
                     let _ = sink
                         .push(
                             RemoteEvent::direct(
@@ -445,39 +423,17 @@ impl Handler {
     async fn picture_announced(&self, contact: &BareJid, user: &str, hash: String) {
         let chat = contact.to_string();
         // A published avatar (XEP-0084) takes precedence over the vCard's.
-        if self
-            .shared
-            .pep_avatars
-            .lock()
-            .expect("avatar lock")
-            .contains_key(&chat)
-        {
-            return;
-        }
-        let known = self
-            .shared
-            .avatar_hashes
-            .lock()
-            .expect("avatar lock")
-            .get(&chat)
-            .cloned();
-        if known.as_deref() == Some(hash.as_str()) {
-            return;
-        }
-        if hash.is_empty() {
-            self.shared
-                .avatar_hashes
-                .lock()
-                .expect("avatar lock")
-                .insert(chat.clone(), hash.clone());
-            self.push(RemoteEvent::direct(
-                &chat,
-                user,
-                RemoteEventKind::Avatar { hash, data: None },
-            ))
-            .await;
-        } else {
-            self.fetch_vcard(contact, user, true);
+        match self.shared.avatars.announced(&chat, &hash) {
+            avatar::Announced::Known => {}
+            avatar::Announced::Removed => {
+                self.push(RemoteEvent::direct(
+                    &chat,
+                    user,
+                    RemoteEventKind::Avatar { hash, data: None },
+                ))
+                .await;
+            }
+            avatar::Announced::New => self.fetch_vcard(contact, user, true),
         }
     }
 
@@ -533,7 +489,7 @@ impl Handler {
         info!(from = %from, user, reason, "an XMPP message bounced");
         let room = from.to_bare();
         let chat = room.to_string();
-        let receiver = (!self.shared.is_room(&chat)).then_some(user);
+        let receiver = (!self.shared.rooms.is_room(&chat)).then_some(user);
         let kind = RemoteEventKind::DeliveryFailed {
             target: RemoteMessageId::new(id.0.clone()),
             reason,
@@ -672,11 +628,7 @@ impl Handler {
             self.fetch_vcard(&contact, &user, false);
         }
         if let Some(from) = msg.from.as_ref().filter(|f| f.resource().is_some()) {
-            let mut resources = self.shared.resources.lock().expect("resources lock");
-            if resources.len() >= RESOURCES_KEPT {
-                resources.clear();
-            }
-            resources.insert(contact.to_string(), from.clone());
+            self.shared.resources.note(&contact.to_string(), from);
         }
         let scope = format!("{user}\u{1f}{contact}");
         // Chat markers (XEP-0333): `displayed` is a read receipt.
@@ -747,7 +699,7 @@ impl Handler {
         let Some(user) = self.shared.addressing.matrix_user(&to.to_bare()) else {
             return;
         };
-        if self.shared.primary(&room_str).as_deref() != Some(user.as_str()) {
+        if self.shared.rooms.primary(&room_str).as_deref() != Some(user.as_str()) {
             return; // another puppet's copy of the same message
         }
         let Some(nick) = from.resource().map(|r| r.as_str().to_owned()) else {
@@ -766,7 +718,7 @@ impl Handler {
             return;
         };
         let room_id = payloads::stanza_id(&msg.payloads, &room);
-        if self.shared.is_puppet_nick(&room_str, &nick) {
+        if self.shared.rooms.is_puppet_nick(&room_str, &nick) {
             // Our own message, reflected by the room: not bridged again, but the room's ID for
             // it is remembered, since XMPP clients reply and react to it by that ID.
             let ours =
@@ -792,13 +744,7 @@ impl Handler {
             }
             return;
         }
-        let real = self
-            .shared
-            .rooms
-            .lock()
-            .expect("rooms lock")
-            .get(&room_str)
-            .and_then(|r| r.occupants.get(&nick).cloned().flatten());
+        let real = self.shared.rooms.occupant_real(&room_str, &nick);
         let sender = muc::occupant_id(&room, &nick, real.as_deref());
         // History replayed on (re)join keeps its original time.
         let delayed = delay_ms(&msg);
@@ -808,19 +754,7 @@ impl Handler {
                 .named(Some(nick.clone()))
                 .at(delayed)
         };
-        let nicks: Vec<(String, String)> = self
-            .shared
-            .rooms
-            .lock()
-            .expect("rooms lock")
-            .get(&room_str)
-            .map(|r| {
-                r.puppets
-                    .iter()
-                    .map(|(u, n)| (n.clone(), u.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let nicks = self.shared.rooms.puppet_nicks(&room_str);
         let id = room_id
             .or_else(|| payloads::origin_id(&msg.payloads))
             .or_else(|| msg.id.as_ref().map(|i| format!("{nick}/{}", i.0)))
@@ -881,22 +815,16 @@ impl Handler {
         }
         if own {
             // The room confirms (or changes, status 210) the nick it gave the puppet.
-            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
-            if let Some(n) = rooms
-                .get_mut(&room_str)
-                .and_then(|r| r.puppets.get_mut(&user))
-                && *n != nick
-            {
-                info!(room = %room_str, user, old = %n, new = %nick, "the group chat changed a puppet's nick");
-                *n = nick.clone();
+            if let Some(old) = self.shared.rooms.puppet_renamed(&room_str, &user, &nick) {
+                info!(room = %room_str, user, old = %old, new = %nick, "the group chat changed a puppet's nick");
                 if let Ok(store) = self.shared.store() {
                     let _ = muc::remember(store, &room_str, &user, &nick);
                 }
             }
             return;
         }
-        if self.shared.primary(&room_str).as_deref() != Some(user.as_str())
-            || self.shared.is_puppet_nick(&room_str, &nick)
+        if self.shared.rooms.primary(&room_str).as_deref() != Some(user.as_str())
+            || self.shared.rooms.is_puppet_nick(&room_str, &nick)
         {
             return;
         }
@@ -909,16 +837,9 @@ impl Handler {
             .and_then(|j| Jid::from_str(j).ok())
             .map(|j| j.to_bare().to_string().to_lowercase());
         let leaving = p.type_ == PresenceType::Unavailable;
-        {
-            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
-            if let Some(r) = rooms.get_mut(&room_str) {
-                if leaving {
-                    r.occupants.remove(&nick);
-                } else {
-                    r.occupants.insert(nick.clone(), real.clone());
-                }
-            }
-        }
+        self.shared
+            .rooms
+            .occupant_seen(&room_str, &nick, real.clone(), leaving);
         let change = if leaving {
             MembershipChange::Leave
         } else {
@@ -958,107 +879,48 @@ impl Handler {
                 "Matrix users join the Matrix room itself",
             )];
         };
-        let who = from.to_string();
         let leaving = p.type_ == PresenceType::Unavailable;
         if p.type_ != PresenceType::None && !leaving {
             return Vec::new();
         }
         // The first joiner's occupant list must hold the room's Matrix members: when none are
         // known yet (the room has no portal, or the bridge started since), ask the core.
-        let unknown = !leaving
-            && self
-                .shared
-                .hosted
-                .lock()
-                .expect("hosted lock")
-                .get(&room_str)
-                .is_none_or(|r| r.members.is_empty() && r.occupants.is_empty());
-        if unknown && let Some(sink) = self.shared.sink.get() {
+        if !leaving
+            && self.shared.hosted.is_unknown(&room_str)
+            && let Some(sink) = self.shared.sink.get()
+        {
             let chat = RemoteChatId::new(room_str.clone());
             let asked = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
                 sink.group_members(&chat),
             );
             let members = asked.await.unwrap_or_default();
-            let mut rooms = self.shared.hosted.lock().expect("hosted lock");
-            let r = rooms.entry(room_str.clone()).or_default();
-            for m in members {
-                let nick = muc::nick_for(&m.displayname, &m.user_id);
-                r.members.entry(m.user_id).or_insert(nick);
-            }
+            self.shared.hosted.add_members(
+                &room_str,
+                members.into_iter().map(|m| {
+                    let nick = muc::nick_for(&m.displayname, &m.user_id);
+                    (m.user_id, nick)
+                }),
+            );
         }
-        let mut out = Vec::new();
-        let joined = {
-            let mut rooms = self.shared.hosted.lock().expect("hosted lock");
-            let r = rooms.entry(room_str.clone()).or_default();
-            if leaving {
-                let Some(nick) = r.occupants.remove(&who) else {
-                    return Vec::new();
-                };
-                out.extend(hosted::occupant_presence(
-                    &room, &nick, &from, true, true, None,
-                ));
-                for other in r.occupants.keys().filter_map(|j| Jid::from_str(j).ok()) {
-                    out.extend(hosted::occupant_presence(
-                        &room,
-                        &nick,
-                        &other,
-                        true,
-                        false,
-                        Some(&contact.to_string()),
-                    ));
-                }
-                false
-            } else if r.occupants.contains_key(&who) {
-                return Vec::new(); // a presence update of someone already in
-            } else if r.nick_taken(&nick, &who) {
-                return vec![hosted::join_error(
-                    &to,
-                    &from,
-                    DefinedCondition::Conflict,
-                    "that nick is taken",
-                )];
-            } else {
-                for (member, mnick) in &r.members {
-                    let _ = member;
-                    out.extend(hosted::occupant_presence(
-                        &room, mnick, &from, false, false, None,
-                    ));
-                }
-                for (jid, onick) in &r.occupants {
-                    let real = Jid::from_str(jid).ok().map(|j| j.to_bare().to_string());
-                    out.extend(hosted::occupant_presence(
-                        &room,
-                        onick,
+        let contact_str = contact.to_string();
+        let (joined, out) =
+            match self
+                .shared
+                .hosted
+                .occupant_change(&room, &from, &nick, &contact_str, leaving)
+            {
+                hosted::Occupancy::Changed { joined, out } => (joined, out),
+                hosted::Occupancy::Unchanged => return Vec::new(),
+                hosted::Occupancy::NickTaken => {
+                    return vec![hosted::join_error(
+                        &to,
                         &from,
-                        false,
-                        false,
-                        real.as_deref(),
-                    ));
-                    if let Ok(other) = Jid::from_str(jid) {
-                        out.extend(hosted::occupant_presence(
-                            &room,
-                            &nick,
-                            &other,
-                            false,
-                            false,
-                            Some(&contact.to_string()),
-                        ));
-                    }
+                        DefinedCondition::Conflict,
+                        "that nick is taken",
+                    )];
                 }
-                out.extend(hosted::occupant_presence(
-                    &room,
-                    &nick,
-                    &from,
-                    false,
-                    true,
-                    Some(&contact.to_string()),
-                ));
-                out.push(hosted::subject_message(&room, &from, ""));
-                r.occupants.insert(who.clone(), nick.clone());
-                true
-            }
-        };
+            };
         info!(room = %room_str, nick, joined, "hosted group chat membership");
         let change = if joined {
             MembershipChange::Join
@@ -1088,12 +950,9 @@ impl Handler {
         if msg.type_ != MessageType::Groupchat {
             return Vec::new(); // private messages to occupants are not supported yet
         }
-        let (nick, targets, nicks) = {
-            let rooms = self.shared.hosted.lock().expect("hosted lock");
-            let Some(r) = rooms.get(&room_str) else {
-                return Vec::new();
-            };
-            let Some(nick) = r.occupants.get(&from.to_string()).cloned() else {
+        let (nick, targets, nicks) = match self.shared.hosted.speaker(&room_str, &from) {
+            hosted::Speaker::NoRoom => return Vec::new(),
+            hosted::Speaker::Outsider => {
                 let mut err = Message::new(Some(from.clone()));
                 err.type_ = MessageType::Error;
                 err.from = Some(Jid::from(room.clone()));
@@ -1107,18 +966,12 @@ impl Handler {
                     .into(),
                 );
                 return vec![err.into()];
-            };
-            (
+            }
+            hosted::Speaker::Occupant {
                 nick,
-                r.occupants
-                    .keys()
-                    .filter_map(|j| Jid::from_str(j).ok())
-                    .collect::<Vec<_>>(),
-                r.members
-                    .iter()
-                    .map(|(u, n)| (n.clone(), u.clone()))
-                    .collect::<Vec<_>>(),
-            )
+                targets,
+                members,
+            } => (nick, targets, members),
         };
         let id = message_id(&msg);
         // Reflected to every occupant as the room shows it: from the sender's nick.
@@ -1147,16 +1000,7 @@ impl Handler {
     /// Remembers that the room had traffic at `ms`, persisted at most every 30 s (the rejoin
     /// after a restart asks for history from there).
     fn note_seen(&self, room: &str, ms: u64) {
-        let due = {
-            let mut seen = self.shared.seen.lock().expect("seen lock");
-            let last = seen.entry(room.to_owned()).or_insert(0);
-            if ms >= last.saturating_add(30_000) {
-                *last = ms;
-                true
-            } else {
-                false
-            }
-        };
+        let due = self.shared.rooms.note_seen(room, ms);
         if due && let Ok(store) = self.shared.store() {
             let _ = muc::remember_seen(store, room, ms);
         }
@@ -1164,15 +1008,7 @@ impl Handler {
 
     /// Forgets that a Matrix user's puppet is in a group chat.
     fn forget_puppet(&self, room: &str, user: &str) {
-        {
-            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
-            if let Some(r) = rooms.get_mut(room) {
-                r.puppets.remove(user);
-                if r.puppets.is_empty() {
-                    rooms.remove(room);
-                }
-            }
-        }
+        self.shared.rooms.remove_puppet(room, user);
         if let Ok(store) = self.shared.store() {
             let _ = muc::forget(store, room, user);
         }
@@ -1191,32 +1027,21 @@ impl Handler {
             }
         };
         let mut stanzas = Vec::new();
-        {
-            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
-            for (room, user, nick) in joined {
-                let (Ok(room_jid), Some(puppet)) = (
-                    BareJid::from_str(&room),
-                    self.shared.addressing.puppet(&user),
-                ) else {
-                    continue;
-                };
-                rooms
-                    .entry(room.clone())
-                    .or_default()
-                    .puppets
-                    .insert(user, nick.clone());
-                // Ask for what was said since the bridge last saw the room (a little before,
-                // the overlap is dropped by message ID).
-                let since = muc::last_seen(store, &room).map(|t| t.saturating_sub(5_000));
-                if let Some(s) = muc::join_presence_since(
-                    muc::puppet_full(&puppet),
-                    &room_jid,
-                    &nick,
-                    false,
-                    since,
-                ) {
-                    stanzas.push(s);
-                }
+        for (room, user, nick) in joined {
+            let (Ok(room_jid), Some(puppet)) = (
+                BareJid::from_str(&room),
+                self.shared.addressing.puppet(&user),
+            ) else {
+                continue;
+            };
+            self.shared.rooms.add_puppet(&room, &user, &nick);
+            // Ask for what was said since the bridge last saw the room (a little before,
+            // the overlap is dropped by message ID).
+            let since = muc::last_seen(store, &room).map(|t| t.saturating_sub(5_000));
+            if let Some(s) =
+                muc::join_presence_since(muc::puppet_full(&puppet), &room_jid, &nick, false, since)
+            {
+                stanzas.push(s);
             }
         }
         if stanzas.is_empty() {
@@ -1240,7 +1065,7 @@ impl Handler {
             return self.hosted_presence(p).await;
         }
         if let Some(from) = &p.from
-            && self.shared.is_room(&from.to_bare().to_string())
+            && self.shared.rooms.is_room(&from.to_bare().to_string())
         {
             self.muc_presence(p).await;
             return Vec::new();
@@ -1370,7 +1195,7 @@ impl Handler {
             PresenceType::Probe => {
                 let sub = roster::get(store, &user, &contact_str).unwrap_or_default();
                 return if sub.from {
-                    let now = self.shared.presence_of(&user);
+                    let now = self.shared.presences.last(&user);
                     vec![presence_stanza(
                         puppet.clone(),
                         contact_jid.clone(),
@@ -1418,13 +1243,13 @@ impl Handler {
             Iq::Result {
                 id, payload, from, ..
             } => {
-                self.shared.answer(&id, from.as_ref(), Ok(payload));
+                self.shared.iqs.answer(&id, from.as_ref(), Ok(payload));
                 return Vec::new();
             }
             Iq::Error {
                 id, error, from, ..
             } => {
-                self.shared.answer(
+                self.shared.iqs.answer(
                     &id,
                     from.as_ref(),
                     Err(super::IqRefused {
@@ -1444,7 +1269,7 @@ impl Handler {
             }
             .into()
         };
-        let hosting = !self.shared.hosted_allowed.is_empty();
+        let hosting = !self.shared.hosted.aliases().is_empty();
         let hosted_room = to
             .as_ref()
             .filter(|t| t.node().is_some_and(|n| n.as_str().starts_with('#')))
@@ -1492,7 +1317,8 @@ impl Handler {
         if payload.is("query", ns::DISCO_ITEMS) && payload.attr("node").is_none() {
             let items = if to_component {
                 self.shared
-                    .hosted_allowed
+                    .hosted
+                    .aliases()
                     .iter()
                     .filter_map(|alias| {
                         let jid = self.shared.addressing.hosted_room(alias)?;
@@ -1543,10 +1369,7 @@ impl Handler {
                 let joined = from.as_ref().is_some_and(|f| {
                     self.shared
                         .hosted
-                        .lock()
-                        .expect("hosted lock")
-                        .get(&t.to_bare().to_string())
-                        .is_some_and(|r| r.occupants.contains_key(&f.to_string()))
+                        .is_occupant(&t.to_bare().to_string(), &f.to_string())
                 });
                 if !joined {
                     tracing::debug!(room, "self-ping from someone not in the hosted room");
