@@ -33,7 +33,7 @@ use xmpp_parsers::stanza_error::DefinedCondition;
 use super::XmppConfig;
 use super::c2s;
 use super::component::{Inbound, Outgoing};
-use super::handle_matrix::Gateway;
+use super::handle_matrix::{Client, Identity};
 use super::handle_xmpp::{Handler, error_reply};
 use super::{Shared, payloads};
 use crate::error::Reason;
@@ -41,9 +41,8 @@ use crate::network::kit::login::{self, Field, Form, PasswordAccounts, Values};
 use crate::network::kit::registry::Entry;
 use crate::network::kit::state::StateCell;
 use crate::network::{
-    BridgeState, ChatKind, Contact, LoginData, MatrixSender, MessageContent, NetworkClient,
-    NetworkError, OutgoingMessage, PortalRef, Presence, PresenceState, RemoteEvent,
-    RemoteEventKind, RemoteMessageId, RemoteUserId,
+    BridgeState, Contact, LoginData, NetworkClient, NetworkError, Presence, PresenceState,
+    RemoteEvent, RemoteEventKind, RemoteUserId,
 };
 
 const ROSTER: &str = "jabber:iq:roster";
@@ -215,7 +214,6 @@ impl std::fmt::Debug for AccountData {
 pub(super) struct Parts {
     pub shared: Arc<Shared>,
     pub handler: Arc<Handler>,
-    pub gateway: Arc<Gateway>,
 }
 
 /// One Matrix user's own XMPP account.
@@ -225,8 +223,6 @@ pub(crate) struct Account {
     jid: BareJid,
     data: AccountData,
     this: std::sync::Weak<Account>,
-    /// The account as a sending identity (direct chats).
-    direct: Gateway,
     out: mpsc::Sender<Outgoing>,
     /// What the identity sends, until the connection starts reading it.
     rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
@@ -291,20 +287,12 @@ impl Account {
         })?;
         let (out, rx) = mpsc::channel(256);
         let state = StateCell::new(BridgeState::Connecting);
-        let direct = Gateway {
-            shared: parts.shared.clone(),
-            out: out.clone(),
-            state: state.subscribe(),
-            counter: AtomicU64::new(0),
-            own: Some(jid.clone()),
-        };
         Ok(Arc::new_cyclic(|this| Self {
             this: this.clone(),
             parts,
             user: user.to_owned(),
             jid,
             data,
-            direct,
             out,
             rx: Mutex::new(Some(rx)),
             state,
@@ -420,25 +408,58 @@ impl Account {
             .untrack(&self.jid.to_string(), &self.stop);
     }
 
-    /// The identity that acts in `portal` for Matrix user `actor`: the account itself in
-    /// direct chats; in group chats the owner's gateway address, and only for the owner. A
-    /// relayed message arrives with the owner as its sender; anyone else would speak from
-    /// their own gateway address, which their permission level may not allow.
-    fn client_for(
-        &self,
-        portal: &PortalRef,
-        actor: &MatrixSender,
-    ) -> Result<&dyn NetworkClient, NetworkError> {
-        if portal.kind == ChatKind::Direct {
-            Ok(&self.direct)
-        } else if actor.user_id == self.user {
-            Ok(self.parts.gateway.as_ref())
-        } else {
-            warn!(account = %self.jid, actor = %actor.user_id, "refused to act in a group chat for someone else than the account's owner");
-            Err(NetworkError::Internal(
-                "an account acts in group chats only for its owner".into(),
-            ))
+    /// The account as the identity of its login: it carries the user's direct chats.
+    fn client(self: &Arc<Self>) -> Arc<Client> {
+        Arc::new(Client {
+            shared: self.parts.shared.clone(),
+            identity: Identity::Own(self.clone()),
+            out: self.out.clone(),
+            state: self.state.subscribe(),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The account's address.
+    pub(super) fn jid(&self) -> &BareJid {
+        &self.jid
+    }
+
+    /// Shows the Matrix user's presence on the account (when it changed).
+    pub(super) async fn publish_presence(&self, presence: &Presence) {
+        let changed = self
+            .presence
+            .lock()
+            .expect("presence lock")
+            .replace(presence.clone())
+            .is_none_or(|old| &old != presence);
+        if changed && self.state.get() == BridgeState::Connected {
+            let _ = self.out.send((own_presence(Some(presence)), None)).await;
         }
+    }
+
+    /// The account's roster, as contacts.
+    pub(super) fn contacts(&self) -> Vec<Contact> {
+        self.roster
+            .lock()
+            .expect("roster lock")
+            .keys()
+            .map(|c| Contact {
+                id: RemoteUserId::new(c.as_str()),
+                sees_presence: false,
+                watched: false,
+                pending: false,
+            })
+            .collect()
+    }
+
+    /// Ends the login: the connection closes and the account's traffic goes nowhere.
+    pub(super) fn logout(&self) {
+        self.untrack();
+        self.stop.send_replace(true);
+        if let Some(task) = self.session_task.lock().expect("task lock").take() {
+            task.abort();
+        }
+        info!(user = %self.user, jid = %self.jid, "XMPP account logged out");
     }
 
     /// Fetches the roster and makes sure each contact has a portal.
@@ -1135,161 +1156,6 @@ impl c2s::Events for Account {
     }
 }
 
-#[async_trait]
-impl NetworkClient for Account {
-    fn state(&self) -> BridgeState {
-        self.state.get()
-    }
-
-    async fn send_message(
-        &self,
-        portal: &PortalRef,
-        message: &OutgoingMessage,
-    ) -> Result<RemoteMessageId, NetworkError> {
-        self.client_for(portal, &message.sender)?
-            .send_message(portal, message)
-            .await
-    }
-
-    async fn send_edit(
-        &self,
-        portal: &PortalRef,
-        sender: &MatrixSender,
-        target: &RemoteMessageId,
-        content: &MessageContent,
-    ) -> Result<(), NetworkError> {
-        self.client_for(portal, sender)?
-            .send_edit(portal, sender, target, content)
-            .await
-    }
-
-    async fn send_redaction(
-        &self,
-        portal: &PortalRef,
-        sender: &MatrixSender,
-        target: &RemoteMessageId,
-    ) -> Result<(), NetworkError> {
-        self.client_for(portal, sender)?
-            .send_redaction(portal, sender, target)
-            .await
-    }
-
-    async fn send_moderation(
-        &self,
-        portal: &PortalRef,
-        moderator: &MatrixSender,
-        target: &RemoteMessageId,
-        reason: Option<&str>,
-    ) -> Result<(), NetworkError> {
-        self.client_for(portal, moderator)?
-            .send_moderation(portal, moderator, target, reason)
-            .await
-    }
-
-    async fn send_reaction(
-        &self,
-        portal: &PortalRef,
-        sender: &MatrixSender,
-        target: &RemoteMessageId,
-        key: &str,
-        remove: bool,
-    ) -> Result<(), NetworkError> {
-        self.client_for(portal, sender)?
-            .send_reaction(portal, sender, target, key, remove)
-            .await
-    }
-
-    async fn send_typing(
-        &self,
-        portal: &PortalRef,
-        sender: &MatrixSender,
-        typing: bool,
-    ) -> Result<(), NetworkError> {
-        self.client_for(portal, sender)?
-            .send_typing(portal, sender, typing)
-            .await
-    }
-
-    async fn send_receipt(
-        &self,
-        portal: &PortalRef,
-        sender: &MatrixSender,
-        up_to: &RemoteMessageId,
-    ) -> Result<(), NetworkError> {
-        self.client_for(portal, sender)?
-            .send_receipt(portal, sender, up_to)
-            .await
-    }
-
-    async fn set_presence(
-        &self,
-        sender: &MatrixSender,
-        presence: &Presence,
-    ) -> Result<(), NetworkError> {
-        let changed = self
-            .presence
-            .lock()
-            .expect("presence lock")
-            .replace(presence.clone())
-            .is_none_or(|old| &old != presence);
-        if changed && self.state.get() == BridgeState::Connected {
-            let _ = self.out.send((own_presence(Some(presence)), None)).await;
-        }
-        // Gateway contacts and group chats see the gateway address.
-        self.parts.gateway.set_presence(sender, presence).await
-    }
-
-    async fn join_chat(&self, portal: &PortalRef, user: &MatrixSender) -> Result<(), NetworkError> {
-        self.client_for(portal, user)?.join_chat(portal, user).await
-    }
-
-    async fn leave_chat(
-        &self,
-        portal: &PortalRef,
-        user: &MatrixSender,
-    ) -> Result<(), NetworkError> {
-        self.client_for(portal, user)?
-            .leave_chat(portal, user)
-            .await
-    }
-
-    async fn answer_contact_request(
-        &self,
-        user: &MatrixSender,
-        contact: &RemoteUserId,
-        accept: bool,
-    ) -> Result<(), NetworkError> {
-        self.direct
-            .answer_contact_request(user, contact, accept)
-            .await
-    }
-
-    async fn contacts(&self, _user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
-        Ok(self
-            .roster
-            .lock()
-            .expect("roster lock")
-            .keys()
-            .map(|c| Contact {
-                id: RemoteUserId::new(c.as_str()),
-                sees_presence: false,
-                watched: false,
-                pending: false,
-            })
-            .collect())
-    }
-
-    async fn logout(&self) -> Result<(), NetworkError> {
-        self.untrack();
-        self.stop.send_replace(true);
-        if let Some(task) = self.session_task.lock().expect("task lock").take() {
-            task.abort();
-        }
-        info!(user = %self.user, jid = %self.jid, "XMPP account logged out");
-        Ok(())
-    }
-}
-
 /// The login form: JID, password, server.
 const FORM: Form = Form {
     instructions: "Log in with your own XMPP account. Send `-` for an optional value to use the default.",
@@ -1377,7 +1243,7 @@ impl PasswordAccounts for Parts {
             return Err(e);
         }
         info!(user = %user, jid = %account.jid, "XMPP account logged in");
-        Ok((account.login_data(), account))
+        Ok((account.login_data(), account.client()))
     }
 
     /// Restores a stored account: connects in the background and reports the state.
@@ -1388,7 +1254,7 @@ impl PasswordAccounts for Parts {
     ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
         let account = Account::new(self.clone(), user, data)?;
         account.start(None)?;
-        Ok(account)
+        Ok(account.client())
     }
 }
 

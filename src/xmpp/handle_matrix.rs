@@ -19,6 +19,7 @@ use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stanza_id::OriginId;
 
 use super::Shared;
+use super::account::Account;
 use super::component::Outgoing;
 use super::presence::{presence_stanza, subscription_stanza};
 use super::{fidelity, hosted, muc};
@@ -30,24 +31,44 @@ use crate::network::{
 };
 use xmpp_parsers::presence::Type as PresenceType;
 
-/// The bridge-wide identity on XMPP, which sends as any Matrix user from that user's gateway
-/// address; or, with `own` set, one user's own account, which sends on that account's
-/// connection.
-pub(super) struct Gateway {
+/// Who a client speaks as on XMPP, chosen once when the client is made.
+pub(super) enum Identity {
+    /// The gateway component: any Matrix user, from that user's address on the component
+    /// domain. Carries every kind of chat.
+    Gateway,
+    /// One Matrix user's own account, on the account's connection. Carries direct chats only;
+    /// the core acts through the gateway in the others.
+    Own(Arc<Account>),
+}
+
+/// An identity on XMPP and the link it writes on: the gateway component's, or an own
+/// account's connection.
+pub(super) struct Client {
     pub shared: Arc<Shared>,
+    pub identity: Identity,
     pub out: mpsc::Sender<Outgoing>,
     pub state: watch::Receiver<BridgeState>,
     pub counter: AtomicU64,
-    /// The own account this identity is, when it is one.
-    pub own: Option<BareJid>,
 }
 
-impl Gateway {
+impl Client {
+    /// The address `sender` speaks from in a direct chat.
     fn puppet(&self, sender: &MatrixSender) -> Result<Jid, NetworkError> {
-        if let Some(own) = &self.own {
-            return Ok(Jid::from(own.clone()));
+        match &self.identity {
+            Identity::Own(account) => Ok(Jid::from(account.jid().clone())),
+            Identity::Gateway => self.puppet_bare(sender).map(Jid::from),
         }
-        self.puppet_bare(sender).map(Jid::from)
+    }
+
+    /// Refuses a group chat to an own account: the core never asks one for it
+    /// ([`NetworkClient::serves`]), and the account's connection must not join rooms.
+    fn group_chats(&self) -> Result<(), NetworkError> {
+        match self.identity {
+            Identity::Gateway => Ok(()),
+            Identity::Own(_) => Err(NetworkError::Internal(
+                "an own XMPP account carries direct chats only".into(),
+            )),
+        }
     }
 
     fn puppet_bare(&self, sender: &MatrixSender) -> Result<BareJid, NetworkError> {
@@ -82,9 +103,9 @@ impl Gateway {
     /// Writes a stanza and waits until it is on the wire.
     async fn send(&self, stanza: Stanza) -> Result<(), NetworkError> {
         if *self.state.borrow() != BridgeState::Connected {
-            return Err(NetworkError::Down(match self.own {
-                Some(_) => "the connection of the XMPP account is down".into(),
-                None => "the XMPP component link is down".into(),
+            return Err(NetworkError::Down(match self.identity {
+                Identity::Own(_) => "the connection of the XMPP account is down".into(),
+                Identity::Gateway => "the XMPP component link is down".into(),
             }));
         }
         let (tx, rx) = oneshot::channel();
@@ -117,7 +138,7 @@ fn stable_id(event_id: &str) -> String {
     format!("isthmus-{hash:016x}")
 }
 
-impl Gateway {
+impl Client {
     /// How to name message `target` in `portal`: in an external group chat, by the room's
     /// stanza-id when the bridge knows it (XEP-0424, 0444 and 0461 ask for it there), else
     /// by its own ID.
@@ -144,6 +165,9 @@ impl Gateway {
         fill: &(dyn Fn(&mut Message) + Sync),
     ) -> Result<(), NetworkError> {
         let origin_id = Element::from(OriginId { id: id.to_owned() });
+        if portal.kind != ChatKind::Direct {
+            self.group_chats()?;
+        }
         if let Some(room) = self.hosted(portal) {
             let nick = self.member_nick(&room, sender);
             let targets = self.shared.hosted.occupants(room.as_str());
@@ -274,13 +298,20 @@ fn displayed(id: &str) -> Element {
 }
 
 #[async_trait]
-impl NetworkClient for Gateway {
+impl NetworkClient for Client {
     fn state(&self) -> BridgeState {
         *self.state.borrow()
     }
 
     fn is_bridge_wide(&self) -> bool {
-        true
+        matches!(self.identity, Identity::Gateway)
+    }
+
+    fn serves(&self, kind: ChatKind) -> bool {
+        match self.identity {
+            Identity::Gateway => true,
+            Identity::Own(_) => kind == ChatKind::Direct,
+        }
     }
 
     async fn send_message(
@@ -340,6 +371,7 @@ impl NetworkClient for Gateway {
         if portal.kind != ChatKind::Group || self.hosted(portal).is_some() {
             return Err(NetworkError::Unsupported("moderation in this chat"));
         }
+        self.group_chats()?;
         let room = Self::room(portal)?;
         // The moderator's puppet asks, so the room checks the moderator's own role.
         self.join_chat(portal, moderator).await?;
@@ -452,6 +484,7 @@ impl NetworkClient for Gateway {
     }
 
     async fn join_chat(&self, portal: &PortalRef, user: &MatrixSender) -> Result<(), NetworkError> {
+        self.group_chats()?;
         if let Some(room) = self.hosted(portal) {
             return self.hosted_membership(&room, user, false).await;
         }
@@ -497,6 +530,7 @@ impl NetworkClient for Gateway {
         portal: &PortalRef,
         user: &MatrixSender,
     ) -> Result<(), NetworkError> {
+        self.group_chats()?;
         if let Some(room) = self.hosted(portal) {
             // The XMPP occupants see the Matrix member leave.
             return self.hosted_membership(&room, user, true).await;
@@ -541,6 +575,10 @@ impl NetworkClient for Gateway {
         sender: &MatrixSender,
         presence: &Presence,
     ) -> Result<(), NetworkError> {
+        if let Identity::Own(account) = &self.identity {
+            account.publish_presence(presence).await;
+        }
+        // Gateway contacts and group chats see the user's gateway address, logged in or not.
         self.shared
             .publish_presence(&sender.user_id, presence)
             .await
@@ -553,7 +591,7 @@ impl NetworkClient for Gateway {
         accept: bool,
     ) -> Result<(), NetworkError> {
         // An own account's roster lives on its server; the gateway's is kept here.
-        if self.own.is_none() {
+        if let Identity::Gateway = self.identity {
             let store = self.shared.store()?;
             roster::update(store, &user.user_id, contact.as_str(), |s| {
                 s.from = accept;
@@ -581,7 +619,17 @@ impl NetworkClient for Gateway {
     }
 
     async fn contacts(&self, user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
-        Ok(roster::list(self.shared.store()?, &user.user_id)?)
+        match &self.identity {
+            Identity::Own(account) => Ok(account.contacts()),
+            Identity::Gateway => Ok(roster::list(self.shared.store()?, &user.user_id)?),
+        }
+    }
+
+    async fn logout(&self) -> Result<(), NetworkError> {
+        if let Identity::Own(account) = &self.identity {
+            account.logout();
+        }
+        Ok(())
     }
 }
 

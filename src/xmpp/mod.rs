@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, watch};
 
 use self::component::{LinkConfig, Outgoing};
 pub use self::config::{XmppAccountsConfig, XmppComponentConfig, XmppConfig};
-use self::handle_matrix::Gateway;
+use self::handle_matrix::{Client, Identity};
 use self::handle_xmpp::Handler;
 use self::ids::Addressing;
 pub(crate) use self::iq::IqRefused;
@@ -111,7 +111,8 @@ pub struct Xmpp {
     info: NetworkInfo,
     link: LinkConfig,
     handler: Arc<Handler>,
-    gateway: Arc<Gateway>,
+    /// The gateway component as an identity.
+    gateway: Arc<Client>,
     outgoing: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     stop: watch::Sender<bool>,
 }
@@ -167,12 +168,12 @@ impl Xmpp {
                 shared: shared.clone(),
                 state: state_tx,
             }),
-            gateway: Arc::new(Gateway {
+            gateway: Arc::new(Client {
                 shared,
+                identity: Identity::Gateway,
                 out: out_tx,
                 state: state_rx,
                 counter: AtomicU64::new(0),
-                own: None,
             }),
             outgoing: Mutex::new(Some(out_rx)),
             stop: watch::channel(false).0,
@@ -185,7 +186,6 @@ impl Xmpp {
         account::Parts {
             shared: self.handler.shared.clone(),
             handler: self.handler.clone(),
-            gateway: self.gateway.clone(),
         }
     }
 }
