@@ -8,8 +8,16 @@
 //! | `component.rs` | the link: connect, authenticate, reconnect with backoff |
 //! | `limits.rs` | inbound limits enforced before the XML parser |
 //! | `ids.rs` | addressing both ways |
-//! | `handle_xmpp.rs` | XMPP → bridge |
-//! | `handle_matrix.rs` | bridge → XMPP |
+//! | `handle_xmpp/` | XMPP → bridge: direct messages, contacts' presence, group chats, hosted rooms, IQs, vCards |
+//! | `handle_matrix.rs` | bridge → XMPP: one `Client` per identity (the gateway, or a user's own account) |
+//! | `iq.rs` | IQ requests waiting for their answer |
+//! | `presence.rs` | Matrix users' presence as contacts see it, rate limited |
+//! | `muc.rs` | group chats hosted elsewhere, and who is in them |
+//! | `hosted.rs` | Matrix rooms hosted as group chats on the component |
+//! | `avatar.rs` | vCard pictures, and what was learnt of contacts' pictures |
+//! | `account/`, `c2s.rs` | own-account logins and their client connections |
+//!
+//! Each feature's state is one type in its module, behind one lock; `Shared` holds them.
 
 mod account;
 mod avatar;
@@ -53,7 +61,8 @@ use crate::network::{
     RemoteUserId, ThirdPartyField,
 };
 
-/// What the inbound handler and the gateway identity share.
+/// What the inbound handler and every identity share: the addressing, the link and each
+/// feature's state.
 pub(crate) struct Shared {
     addressing: Addressing,
     sink: OnceLock<EventSink>,
