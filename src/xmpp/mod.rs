@@ -9,13 +9,13 @@
 //! | `limits.rs` | inbound limits enforced before the XML parser |
 //! | `ids.rs` | addressing both ways |
 //! | `handle_xmpp/` | XMPP → bridge: direct messages, contacts' presence, group chats, hosted rooms, IQs, vCards |
-//! | `handle_matrix.rs` | bridge → XMPP: one `Client` per identity (the gateway, or a user's own account) |
+//! | `handle_matrix/` | bridge → XMPP: one `Client` per identity (the gateway, or a user's own account) |
 //! | `iq.rs` | IQ requests waiting for their answer |
 //! | `presence.rs` | Matrix users' presence as contacts see it, rate limited |
 //! | `muc.rs` | group chats hosted elsewhere, and who is in them |
 //! | `hosted.rs` | Matrix rooms hosted as group chats on the component |
 //! | `avatar.rs` | vCard pictures, and what was learnt of contacts' pictures |
-//! | `account/`, `c2s.rs` | own-account logins and their client connections |
+//! | `account/`, `c2s/` | own-account logins and their client connections |
 //!
 //! Each feature's state is one type in its module, behind one lock; `Shared` holds them.
 
