@@ -126,10 +126,8 @@ pub(crate) struct Account {
     session_task: Mutex<Option<tokio::task::AbortHandle>>,
     /// The connection's task, until the connector's shutdown waits for it.
     connection: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Contacts whose published avatar was asked for in this run (roster contacts only).
-    pep_asked: Mutex<std::collections::HashSet<String>>,
-    /// Per contact, the published avatar last tried in this run.
-    pep_tried: Mutex<BTreeMap<String, String>>,
+    /// Which contacts' published avatars were asked for and tried in this run.
+    pep: pep::PepSeen,
     /// The user's presence as last published on the account.
     presence: Mutex<Option<Presence>>,
     /// The first session's outcome, for the login step that waits on it.
@@ -189,8 +187,7 @@ impl Account {
             catching_up: std::sync::atomic::AtomicBool::new(true),
             session_task: Mutex::default(),
             connection: Mutex::default(),
-            pep_asked: Mutex::default(),
-            pep_tried: Mutex::default(),
+            pep: pep::PepSeen::default(),
             presence: Mutex::default(),
             first: Mutex::default(),
         }))

@@ -3,6 +3,43 @@
 
 use super::*;
 
+/// What an account learnt of its contacts' published avatars in this run, behind one lock.
+#[derive(Default)]
+pub(super) struct PepSeen {
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Contacts whose published avatar was asked for (roster contacts only).
+    asked: std::collections::HashSet<String>,
+    /// Per contact, the published avatar last tried.
+    tried: BTreeMap<String, String>,
+}
+
+impl PepSeen {
+    /// Whether the contact's published avatar is to be asked for: the first time only.
+    pub fn first_ask(&self, contact: &str) -> bool {
+        self.seen
+            .lock()
+            .expect("pep lock")
+            .asked
+            .insert(contact.to_owned())
+    }
+
+    /// Whether picture `id` of the contact is to be fetched: not when it was the last one
+    /// tried (a failure is not retried at every notification).
+    pub fn first_try(&self, contact: &str, id: &str) -> bool {
+        self.seen
+            .lock()
+            .expect("pep lock")
+            .tried
+            .insert(contact.to_owned(), id.to_owned())
+            .as_deref()
+            != Some(id)
+    }
+}
+
 /// The `items` of a pubsub result in the event namespace, as notifications carry them.
 pub(super) fn rename_items(items: &Element) -> Element {
     c2s::rename_ns(items.clone(), PUBSUB, PUBSUB_EVENT)
@@ -93,14 +130,7 @@ impl Account {
         };
         // Each picture is tried once per run: a failure (too large, unreachable, not the
         // picture its ID names) is not retried at every notification.
-        if self
-            .pep_tried
-            .lock()
-            .expect("pep lock")
-            .insert(chat.clone(), id.clone())
-            .as_deref()
-            == Some(id.as_str())
-        {
+        if !self.pep.first_try(&chat, &id) {
             return;
         }
         // The picture must fit in one stanza of the connection (base64 grows it by a third),
@@ -160,5 +190,24 @@ impl Account {
                 },
             ))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avatars_are_asked_once_and_each_picture_tried_once() {
+        let pep = PepSeen::default();
+        assert!(pep.first_ask("bob@x"));
+        assert!(!pep.first_ask("bob@x"));
+        assert!(pep.first_ask("carol@x"));
+        assert!(pep.first_try("bob@x", "a1"));
+        assert!(!pep.first_try("bob@x", "a1"));
+        // A new picture is tried, and then the old one again counts as new.
+        assert!(pep.first_try("bob@x", "b2"));
+        assert!(pep.first_try("bob@x", "a1"));
+        assert!(pep.first_try("carol@x", "a1"));
     }
 }

@@ -138,11 +138,7 @@ impl c2s::Events for Account {
                 if p.type_ == PresenceType::None
                     && let Some(contact) = p.from.as_ref().map(|f| f.to_bare())
                     && self.avatar_source(&contact)
-                    && self
-                        .pep_asked
-                        .lock()
-                        .expect("pep lock")
-                        .insert(contact.to_string())
+                    && self.pep.first_ask(&contact.to_string())
                     && let Some(me) = self.this.upgrade()
                 {
                     tokio::spawn(me.pep_avatar(contact, None));
