@@ -457,6 +457,58 @@ mod tests {
 
     const RSM: &str = "http://jabber.org/protocol/rsm";
 
+    /// An own account's client carries direct chats only, and writes nothing of a group
+    /// chat on the account's connection; the gateway carries every kind of chat.
+    #[tokio::test]
+    async fn an_own_account_carries_direct_chats_only() {
+        use crate::network::{ChatKind, MatrixSender, PortalRef, RemoteChatId, RemoteMessageId};
+        let cfg: XmppConfig = serde_json::from_value(serde_json::json!({
+            "component": {"domain": "matrix.example.org", "secret": "s"},
+        }))
+        .unwrap();
+        let xmpp = super::super::Xmpp::new(&cfg, "s".into(), "example.org");
+        for kind in [ChatKind::Direct, ChatKind::Group, ChatKind::Fanout] {
+            assert!(xmpp.gateway.serves(kind));
+        }
+        let data = AccountData {
+            jid: "alice@example.net".into(),
+            password: "p".into(),
+            server: None,
+            direct_tls: false,
+        };
+        let account = Account::new(xmpp.parts(), "@alice:example.org", data).unwrap();
+        let mut written = account.rx.lock().unwrap().take().unwrap();
+        let client = account.client();
+        assert!(client.serves(ChatKind::Direct));
+        assert!(!client.serves(ChatKind::Group) && !client.serves(ChatKind::Fanout));
+        let group = PortalRef {
+            chat: RemoteChatId::new("room@conference.example.net"),
+            kind: ChatKind::Group,
+            receiver: None,
+            members: Vec::new(),
+        };
+        let alice = MatrixSender {
+            user_id: "@alice:example.org".into(),
+            displayname: "Alice".into(),
+        };
+        let target = RemoteMessageId::new("m1");
+        let content = crate::network::MessageContent::text("hello");
+        let refused = [
+            client.join_chat(&group, &alice).await,
+            client.leave_chat(&group, &alice).await,
+            client.send_moderation(&group, &alice, &target, None).await,
+            client.send_edit(&group, &alice, &target, &content).await,
+            client.send_redaction(&group, &alice, &target).await,
+        ];
+        for r in refused {
+            assert!(matches!(r, Err(NetworkError::Internal(_))), "{r:?}");
+        }
+        assert!(
+            written.try_recv().is_err(),
+            "a group chat stanza on the account's connection"
+        );
+    }
+
     /// The archive query as the bridge built it by hand before the crate's types.
     fn built_archive_query(queryid: &str, after: Option<&str>) -> Element {
         let set = match after {
