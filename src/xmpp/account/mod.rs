@@ -1,9 +1,9 @@
 //! Own-account mode: a Matrix user logs in with their own XMPP account. The bridge keeps a
 //! client connection for the account ([`super::c2s`]); the account's direct chats go out on
 //! it, what its contacts write comes in on it, its roster becomes direct-chat portals, and
-//! carbons (XEP-0280) show what the user wrote from other clients. Group chats keep going
-//! through the gateway, so a login changes nothing there. The password lives in the login
-//! data, which the core seals at rest.
+//! carbons (XEP-0280) show what the user wrote from other clients. The account's client
+//! carries direct chats only: in group chats the core uses the gateway, so a login changes
+//! nothing there. The password lives in the login data, which the core seals at rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

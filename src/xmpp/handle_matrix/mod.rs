@@ -1,5 +1,8 @@
-//! Bridge → XMPP: the gateway identity, which sends as any Matrix user from that user's
-//! address on the component domain.
+//! Bridge → XMPP: a `Client` acts for Matrix users as one `Identity`, chosen when it is made:
+//! the gateway component, which sends as any Matrix user from that user's address on the
+//! component domain, or one user's own account, which sends direct messages on the
+//! account's connection. Which of them acts in a chat is the core's choice
+//! (`NetworkClient::serves`); a client never hands an operation on to another.
 
 use std::str::FromStr;
 use std::sync::Arc;
