@@ -346,6 +346,13 @@ pub trait NetworkClient: Send + Sync {
         false
     }
 
+    /// Whether this identity carries chats of `kind`. The core acts through the network's
+    /// bridge-wide identity ([`Connector::bridge_client`]) in chats a user's login does not
+    /// carry, so a login never hands an operation on to another identity.
+    fn serves(&self, _kind: ChatKind) -> bool {
+        true
+    }
+
     /// Sends a message and returns the ID the network gave it.
     async fn send_message(
         &self,

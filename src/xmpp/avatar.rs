@@ -2,6 +2,9 @@
 //! contacts become ghost avatars, and Matrix users' avatars answer vCard requests to their
 //! gateway addresses.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use xmpp_parsers::minidom::Element;
@@ -84,9 +87,113 @@ pub(super) fn vcard(name: Option<&str>, picture: Option<(&str, &[u8])>) -> Eleme
     .into()
 }
 
+/// What the bridge learnt of contacts' pictures in this run, behind one lock.
+#[derive(Debug, Default)]
+pub(super) struct Avatars {
+    known: Mutex<Known>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    /// Contacts whose vCard was asked for.
+    vcards_asked: HashSet<String>,
+    /// The vCard picture hash (XEP-0153) each contact had when last bridged.
+    vcard_hashes: HashMap<String, String>,
+    /// The published avatar (XEP-0084) each contact of an own account has ("" when
+    /// removed); such a contact's vCard pictures are then ignored.
+    published: HashMap<String, String>,
+}
+
+/// What to do about a picture a contact's presence announced (XEP-0153).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Announced {
+    /// Nothing: the picture is the one bridged, or a published avatar takes precedence.
+    Known,
+    /// The contact has no picture any more.
+    Removed,
+    /// A new picture: fetch the vCard.
+    New,
+}
+
+impl Avatars {
+    /// Whether this is the first time the contact's vCard is asked for in this run.
+    pub fn first_vcard_ask(&self, contact: &str) -> bool {
+        self.known
+            .lock()
+            .expect("avatar lock")
+            .vcards_asked
+            .insert(contact.to_owned())
+    }
+
+    /// Whether a vCard's picture (of hash `hash`) is to be bridged for the contact: not when
+    /// the contact publishes an avatar (XEP-0084), nor when it is the one bridged already.
+    /// Records it as bridged.
+    pub fn vcard_picture(&self, contact: &str, hash: &str) -> bool {
+        let mut known = self.known.lock().expect("avatar lock");
+        if known.published.contains_key(contact) {
+            return false;
+        }
+        known
+            .vcard_hashes
+            .insert(contact.to_owned(), hash.to_owned())
+            .as_deref()
+            != Some(hash)
+    }
+
+    /// A contact's presence announced picture `hash` (`""`: none).
+    pub fn announced(&self, contact: &str, hash: &str) -> Announced {
+        let mut known = self.known.lock().expect("avatar lock");
+        if known.published.contains_key(contact)
+            || known.vcard_hashes.get(contact).map(String::as_str) == Some(hash)
+        {
+            return Announced::Known;
+        }
+        if hash.is_empty() {
+            known.vcard_hashes.insert(contact.to_owned(), String::new());
+            return Announced::Removed;
+        }
+        Announced::New
+    }
+
+    /// The contact's published avatar is now `hash` (`""`: removed); false when it already
+    /// was.
+    pub fn set_published(&self, contact: &str, hash: &str) -> bool {
+        self.known
+            .lock()
+            .expect("avatar lock")
+            .published
+            .insert(contact.to_owned(), hash.to_owned())
+            .as_deref()
+            != Some(hash)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_avatars_win_over_vcards() {
+        let a = Avatars::default();
+        assert!(a.first_vcard_ask("bob@x"));
+        assert!(!a.first_vcard_ask("bob@x"));
+        assert_eq!(a.announced("bob@x", "h1"), Announced::New);
+        assert!(a.vcard_picture("bob@x", "h1"));
+        // The same picture again: nothing new.
+        assert_eq!(a.announced("bob@x", "h1"), Announced::Known);
+        assert!(!a.vcard_picture("bob@x", "h1"));
+        assert_eq!(a.announced("bob@x", ""), Announced::Removed);
+        assert_eq!(a.announced("bob@x", ""), Announced::Known);
+        // Once the contact publishes an avatar, its vCard pictures are ignored.
+        assert!(a.set_published("bob@x", "p1"));
+        assert!(!a.set_published("bob@x", "p1"));
+        assert_eq!(a.announced("bob@x", "h2"), Announced::Known);
+        assert!(!a.vcard_picture("bob@x", "h2"));
+        // Removing a published avatar is a change once.
+        assert!(a.set_published("bob@x", ""));
+        assert!(!a.set_published("bob@x", ""));
+        assert_eq!(a.announced("carol@x", "h2"), Announced::New);
+    }
 
     #[test]
     fn a_vcard_picture_round_trips_and_hashes_as_xep_0153_says() {

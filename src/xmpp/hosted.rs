@@ -4,8 +4,9 @@
 //! with the occupant list, the joiner's own presence (status 110) and the subject, reflects
 //! messages to every occupant, and announces arrivals and departures.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::Mutex;
 
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Lang, Message, MessageType};
@@ -17,16 +18,16 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
 /// One hosted room.
 #[derive(Debug, Default)]
-pub(super) struct Room {
+struct Room {
     /// XMPP occupants: full JID → nick.
-    pub occupants: BTreeMap<String, String>,
+    occupants: BTreeMap<String, String>,
     /// Matrix members: user ID → nick.
-    pub members: BTreeMap<String, String>,
+    members: BTreeMap<String, String>,
 }
 
 impl Room {
     /// Whether `nick` is taken by someone other than `jid`.
-    pub fn nick_taken(&self, nick: &str, jid: &str) -> bool {
+    fn nick_taken(&self, nick: &str, jid: &str) -> bool {
         self.members.values().any(|n| n == nick)
             || self.occupants.iter().any(|(j, n)| n == nick && j != jid)
     }
@@ -34,6 +35,266 @@ impl Room {
 
 fn ncname(s: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
     xmpp_parsers::minidom::rxml::NcName::try_from(s).expect("a valid attribute name")
+}
+
+/// The hosted rooms: which aliases may be joined, and who is in each room in use (one lock).
+#[derive(Debug)]
+pub(super) struct HostedRooms {
+    /// Room aliases XMPP users may join as hosted group chats.
+    allowed: Vec<String>,
+    /// Hosted group chats in use, by room JID.
+    rooms: Mutex<HashMap<String, Room>>,
+}
+
+/// What a presence of an XMPP user to a hosted room did.
+pub(super) enum Occupancy {
+    /// The user joined, or left; the stanzas tell the occupants.
+    Changed { joined: bool, out: Vec<Stanza> },
+    /// Nothing changed (a presence update of someone in, a leave of someone out).
+    Unchanged,
+    /// The join is refused: the nick is taken.
+    NickTaken,
+}
+
+/// Who speaks in a hosted room.
+pub(super) enum Speaker {
+    /// The room is not in use.
+    NoRoom,
+    /// The sender is not an occupant.
+    Outsider,
+    /// An occupant: its nick, every occupant's address and the Matrix members' (nick, user).
+    Occupant {
+        nick: String,
+        targets: Vec<Jid>,
+        members: Vec<(String, String)>,
+    },
+}
+
+impl HostedRooms {
+    /// The hosted rooms with aliases `allowed`, none in use yet.
+    pub fn new(allowed: Vec<String>) -> Self {
+        Self {
+            allowed,
+            rooms: Mutex::default(),
+        }
+    }
+
+    /// Whether `alias` may be joined.
+    pub fn allows(&self, alias: &str) -> bool {
+        self.allowed.iter().any(|a| a == alias)
+    }
+
+    /// The aliases that may be joined.
+    pub fn aliases(&self) -> &[String] {
+        &self.allowed
+    }
+
+    /// The addresses of the XMPP occupants of `room`.
+    pub fn occupants(&self, room: &str) -> Vec<Jid> {
+        self.rooms
+            .lock()
+            .expect("hosted lock")
+            .get(room)
+            .map(|r| {
+                r.occupants
+                    .keys()
+                    .filter_map(|j| Jid::from_str(j).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether `full` is an occupant of `room`.
+    pub fn is_occupant(&self, room: &str, full: &str) -> bool {
+        self.rooms
+            .lock()
+            .expect("hosted lock")
+            .get(room)
+            .is_some_and(|r| r.occupants.contains_key(full))
+    }
+
+    /// The address occupant `sender` (of nick `nick`) writes from, while in `room`.
+    pub fn occupant_address(
+        &self,
+        room: &str,
+        sender: &BareJid,
+        nick: Option<&str>,
+    ) -> Option<Jid> {
+        self.rooms
+            .lock()
+            .expect("hosted lock")
+            .get(room)
+            .and_then(|r| occupant_address(&r.occupants, sender, nick))
+    }
+
+    /// The nick of Matrix member `user` in `room`, when recorded.
+    pub fn member_nick(&self, room: &str, user: &str) -> Option<String> {
+        self.rooms
+            .lock()
+            .expect("hosted lock")
+            .get(room)
+            .and_then(|r| r.members.get(user).cloned())
+    }
+
+    /// A Matrix member arrives in `room` with nick `nick` (suffixed when an XMPP occupant
+    /// has it) or leaves; the nick and the occupants to tell, `None` when nothing changed.
+    pub fn member_change(
+        &self,
+        room: &str,
+        user: &str,
+        nick: String,
+        leaving: bool,
+    ) -> Option<(String, Vec<Jid>)> {
+        let mut rooms = self.rooms.lock().expect("hosted lock");
+        let r = rooms.entry(room.to_owned()).or_default();
+        let nick = if leaving {
+            r.members.remove(user)?
+        } else {
+            let mut nick = nick;
+            if r.occupants.values().any(|n| n == &nick) {
+                nick = format!("{nick} (Matrix)");
+            }
+            if r.members.get(user) == Some(&nick) {
+                return None;
+            }
+            r.members.insert(user.to_owned(), nick.clone());
+            nick
+        };
+        let targets = r
+            .occupants
+            .keys()
+            .filter_map(|j| Jid::from_str(j).ok())
+            .collect();
+        Some((nick, targets))
+    }
+
+    /// Whether nobody is known in `room` yet (its Matrix members must be asked for).
+    pub fn is_unknown(&self, room: &str) -> bool {
+        self.rooms
+            .lock()
+            .expect("hosted lock")
+            .get(room)
+            .is_none_or(|r| r.members.is_empty() && r.occupants.is_empty())
+    }
+
+    /// Records Matrix members of `room` (user, nick) not yet known.
+    pub fn add_members(&self, room: &str, members: impl IntoIterator<Item = (String, String)>) {
+        let mut rooms = self.rooms.lock().expect("hosted lock");
+        let r = rooms.entry(room.to_owned()).or_default();
+        for (user, nick) in members {
+            r.members.entry(user).or_insert(nick);
+        }
+    }
+
+    /// XMPP user `from` (contact `contact`) joins `room` as `nick`, or leaves it: the
+    /// occupant list changes, and the stanzas that tell everyone are returned.
+    pub fn occupant_change(
+        &self,
+        room: &BareJid,
+        from: &Jid,
+        nick: &str,
+        contact: &str,
+        leaving: bool,
+    ) -> Occupancy {
+        let who = from.to_string();
+        let mut out = Vec::new();
+        let mut rooms = self.rooms.lock().expect("hosted lock");
+        let r = rooms.entry(room.to_string()).or_default();
+        if leaving {
+            let Some(nick) = r.occupants.remove(&who) else {
+                return Occupancy::Unchanged;
+            };
+            out.extend(occupant_presence(room, &nick, from, true, true, None));
+            for other in r.occupants.keys().filter_map(|j| Jid::from_str(j).ok()) {
+                out.extend(occupant_presence(
+                    room,
+                    &nick,
+                    &other,
+                    true,
+                    false,
+                    Some(contact),
+                ));
+            }
+            return Occupancy::Changed { joined: false, out };
+        }
+        if r.occupants.contains_key(&who) {
+            return Occupancy::Unchanged;
+        }
+        if r.nick_taken(nick, &who) {
+            return Occupancy::NickTaken;
+        }
+        for mnick in r.members.values() {
+            out.extend(occupant_presence(room, mnick, from, false, false, None));
+        }
+        for (jid, onick) in &r.occupants {
+            let real = Jid::from_str(jid).ok().map(|j| j.to_bare().to_string());
+            out.extend(occupant_presence(
+                room,
+                onick,
+                from,
+                false,
+                false,
+                real.as_deref(),
+            ));
+            if let Ok(other) = Jid::from_str(jid) {
+                out.extend(occupant_presence(
+                    room,
+                    nick,
+                    &other,
+                    false,
+                    false,
+                    Some(contact),
+                ));
+            }
+        }
+        out.extend(occupant_presence(
+            room,
+            nick,
+            from,
+            false,
+            true,
+            Some(contact),
+        ));
+        out.push(subject_message(room, from, ""));
+        r.occupants.insert(who, nick.to_owned());
+        Occupancy::Changed { joined: true, out }
+    }
+
+    /// Who `from` is in `room`, for a message it sends there.
+    pub fn speaker(&self, room: &str, from: &Jid) -> Speaker {
+        let rooms = self.rooms.lock().expect("hosted lock");
+        let Some(r) = rooms.get(room) else {
+            return Speaker::NoRoom;
+        };
+        let Some(nick) = r.occupants.get(&from.to_string()).cloned() else {
+            return Speaker::Outsider;
+        };
+        Speaker::Occupant {
+            nick,
+            targets: r
+                .occupants
+                .keys()
+                .filter_map(|j| Jid::from_str(j).ok())
+                .collect(),
+            members: r
+                .members
+                .iter()
+                .map(|(u, n)| (n.clone(), u.clone()))
+                .collect(),
+        }
+    }
+
+    /// Puts XMPP occupant `full` in `room` as `nick` without telling anyone.
+    #[cfg(test)]
+    pub fn add_occupant(&self, room: &str, full: &str, nick: &str) {
+        self.rooms
+            .lock()
+            .expect("hosted lock")
+            .entry(room.to_owned())
+            .or_default()
+            .occupants
+            .insert(full.to_owned(), nick.to_owned());
+    }
 }
 
 /// The presence of occupant `nick` of `room`, sent to `to`. `own` marks the joiner's own

@@ -8,8 +8,16 @@
 //! | `component.rs` | the link: connect, authenticate, reconnect with backoff |
 //! | `limits.rs` | inbound limits enforced before the XML parser |
 //! | `ids.rs` | addressing both ways |
-//! | `handle_xmpp.rs` | XMPP → bridge |
-//! | `handle_matrix.rs` | bridge → XMPP |
+//! | `handle_xmpp/` | XMPP → bridge: direct messages, contacts' presence, group chats, hosted rooms, IQs, vCards |
+//! | `handle_matrix/` | bridge → XMPP: one `Client` per identity (the gateway, or a user's own account) |
+//! | `iq.rs` | IQ requests waiting for their answer |
+//! | `presence.rs` | Matrix users' presence as contacts see it, rate limited |
+//! | `muc.rs` | group chats hosted elsewhere, and who is in them |
+//! | `hosted.rs` | Matrix rooms hosted as group chats on the component |
+//! | `avatar.rs` | vCard pictures, and what was learnt of contacts' pictures |
+//! | `account/`, `c2s/` | own-account logins and their client connections |
+//!
+//! Each feature's state is one type in its module, behind one lock; `Shared` holds them.
 
 mod account;
 mod avatar;
@@ -22,15 +30,16 @@ mod handle_matrix;
 pub(crate) mod handle_xmpp;
 mod hosted;
 pub mod ids;
+mod iq;
 pub mod limits;
 mod muc;
 mod payloads;
+mod presence;
 mod scram;
 
 pub(crate) mod time;
 pub mod xml_safe;
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -40,50 +49,38 @@ use tokio::sync::{mpsc, watch};
 
 use self::component::{LinkConfig, Outgoing};
 pub use self::config::{XmppAccountsConfig, XmppComponentConfig, XmppConfig};
-use self::handle_matrix::Gateway;
+use self::handle_matrix::{Client, Identity};
 use self::handle_xmpp::Handler;
 use self::ids::Addressing;
+pub(crate) use self::iq::IqRefused;
 use crate::network::contacts as roster;
 use crate::network::kit::{login, registry::Registry, state};
 use crate::network::{
     BridgeState, Capabilities, ChatKind, Connector, ConnectorStore, EventSink, LoginData,
-    LoginFlow, LoginProcess, NetworkClient, NetworkError, NetworkId, NetworkInfo, Presence,
-    RemoteChatId, RemoteUserId, ThirdPartyField,
+    LoginFlow, LoginProcess, NetworkClient, NetworkError, NetworkId, NetworkInfo, RemoteChatId,
+    RemoteUserId, ThirdPartyField,
 };
 
-/// What the inbound handler and the gateway identity share.
+/// What the inbound handler and every identity share: the addressing, the link and each
+/// feature's state.
 pub(crate) struct Shared {
     addressing: Addressing,
     sink: OnceLock<EventSink>,
     policy: roster::SubscriptionPolicy,
-    /// Last presence published per Matrix user, to skip repeats.
-    presence: Mutex<HashMap<String, Presence>>,
-    /// Group chats the bridge is in, by room JID.
-    rooms: Mutex<HashMap<String, muc::Room>>,
+    /// What contacts were told of each Matrix user's presence.
+    presences: presence::Presences,
+    /// Group chats the bridge is in.
+    rooms: muc::Rooms,
     /// Stanzas to write on the link.
     out: mpsc::Sender<Outgoing>,
-    /// Room aliases XMPP users may join as hosted group chats.
-    hosted_allowed: Vec<String>,
-    /// Hosted group chats in use, by room JID.
-    hosted: Mutex<HashMap<String, hosted::Room>>,
-    /// IQ requests the bridge sent and waits on, by ID.
-    pending_iqs: Mutex<HashMap<String, PendingIq>>,
-    /// Per Matrix user: when presence was last broadcast, and whether a trailing broadcast is
-    /// scheduled.
-    presence_limit: Mutex<HashMap<String, (Option<std::time::Instant>, bool)>>,
-    /// Per group chat: when its traffic time was last persisted.
-    seen: Mutex<HashMap<String, u64>>,
-    /// Contacts whose vCard was asked for in this run.
-    vcards_asked: Mutex<std::collections::HashSet<String>>,
-    /// The vCard picture hash (XEP-0153) each contact had when last bridged, in this run.
-    avatar_hashes: Mutex<HashMap<String, String>>,
-    /// The full JID each contact last wrote a direct message from, in this run (bounded), so
-    /// that an error about that message reaches the client: servers drop errors sent to a
-    /// bare JID.
-    resources: Mutex<HashMap<String, xmpp_parsers::jid::Jid>>,
-    /// The published avatar (XEP-0084) each contact of an own account has, in this run
-    /// ("" when removed); such a contact's vCard pictures are then ignored.
-    pep_avatars: Mutex<HashMap<String, String>>,
+    /// Matrix rooms XMPP users may join as group chats on the component, and who is in them.
+    hosted: hosted::HostedRooms,
+    /// IQ requests the bridge sent and waits on.
+    iqs: iq::PendingIqs,
+    /// What is known of contacts' pictures in this run.
+    avatars: avatar::Avatars,
+    /// The full JID each contact last wrote a direct message from.
+    resources: handle_xmpp::Resources,
     /// Own-account logins online, by account (bare JID).
     accounts: Registry<std::sync::Weak<account::Account>>,
     /// Settings for own-account connections.
@@ -92,27 +89,6 @@ pub(crate) struct Shared {
 
 /// The network's name in what users and logs read.
 const NETWORK: &str = "XMPP";
-
-/// An IQ request the bridge waits on: who must answer, and whoever waits.
-struct PendingIq {
-    /// The address asked; the answer must come from it.
-    to: xmpp_parsers::jid::Jid,
-    /// Asked on an own account's connection about the account itself: the server may
-    /// answer without `from` (RFC 6120 §8.1.2.1).
-    own: bool,
-    tx: tokio::sync::oneshot::Sender<IqAnswer>,
-}
-
-/// The answer to an IQ request: the result's payload, or the error the other side gave.
-pub(crate) type IqAnswer = Result<Option<xmpp_parsers::minidom::Element>, IqRefused>;
-
-/// An IQ answered with an error: its condition, which callers match on.
-#[derive(Debug, thiserror::Error)]
-#[error("{condition:?}")]
-pub(crate) struct IqRefused {
-    /// The condition the other side gave (`item-not-found`, `forbidden`, ...).
-    pub condition: xmpp_parsers::stanza_error::DefinedCondition,
-}
 
 impl Shared {
     /// The connector's storage, once started.
@@ -123,30 +99,7 @@ impl Shared {
     /// The alias of a hosted group chat address, when the config allows it.
     fn allowed_alias(&self, room: &xmpp_parsers::jid::BareJid) -> Option<String> {
         let alias = self.addressing.hosted_alias(room)?;
-        self.hosted_allowed.contains(&alias).then_some(alias)
-    }
-
-    /// Sends an IQ get from the component and waits (up to 10 s) for the answer.
-    async fn query(
-        &self,
-        to: xmpp_parsers::jid::Jid,
-        payload: xmpp_parsers::minidom::Element,
-    ) -> Result<IqAnswer, NetworkError> {
-        let from = xmpp_parsers::jid::Jid::from_str(self.addressing.component())
-            .map_err(|e| NetworkError::Internal(crate::error::Reason::from_error(e)))?;
-        self.request(from, to, false, payload).await
-    }
-
-    /// Sends an IQ get (or set) from `from` and waits (up to 10 s) for the answer.
-    async fn request(
-        &self,
-        from: xmpp_parsers::jid::Jid,
-        to: xmpp_parsers::jid::Jid,
-        set: bool,
-        payload: xmpp_parsers::minidom::Element,
-    ) -> Result<IqAnswer, NetworkError> {
-        self.request_via(&self.out, Some(from), to, set, payload)
-            .await
+        self.hosted.allows(&alias).then_some(alias)
     }
 
     /// The Matrix user an address belongs to: a gateway address, or an own account online.
@@ -160,158 +113,6 @@ impl Shared {
     fn is_account(&self, jid: &xmpp_parsers::jid::BareJid) -> bool {
         self.accounts.contains(&jid.to_string())
     }
-
-    /// Sends an IQ on `out` (the component link or an account's connection) and waits (up
-    /// to 10 s) for the answer.
-    async fn request_via(
-        &self,
-        out: &mpsc::Sender<Outgoing>,
-        from: Option<xmpp_parsers::jid::Jid>,
-        to: xmpp_parsers::jid::Jid,
-        set: bool,
-        payload: xmpp_parsers::minidom::Element,
-    ) -> Result<IqAnswer, NetworkError> {
-        // Unguessable, so that nobody else can answer in the server's place.
-        let id = format!("isthmus-q-{:032x}", rand::random::<u128>());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.pending_iqs.lock().expect("iq lock").insert(
-            id.clone(),
-            PendingIq {
-                to: to.clone(),
-                own: from.is_none(),
-                tx,
-            },
-        );
-        let iq = if set {
-            xmpp_parsers::iq::Iq::Set {
-                from,
-                to: Some(to),
-                id: id.clone(),
-                payload,
-            }
-        } else {
-            xmpp_parsers::iq::Iq::Get {
-                from,
-                to: Some(to),
-                id: id.clone(),
-                payload,
-            }
-        };
-        let sent = out.send((iq.into(), None)).await;
-        let answer = match sent {
-            Ok(()) => tokio::time::timeout(std::time::Duration::from_secs(10), rx).await,
-            Err(_) => {
-                self.pending_iqs.lock().expect("iq lock").remove(&id);
-                return Err(NetworkError::Transient("the XMPP link is stopping".into()));
-            }
-        };
-        self.pending_iqs.lock().expect("iq lock").remove(&id);
-        match answer {
-            Ok(Ok(a)) => Ok(a),
-            _ => Err(NetworkError::Transient(
-                "no answer from the XMPP server within 10 s".into(),
-            )),
-        }
-    }
-
-    /// Hands an IQ result or error from `from` to whoever waits on it; false when nobody
-    /// does, or when `from` is not who was asked (the answer is then ignored).
-    fn answer(&self, id: &str, from: Option<&xmpp_parsers::jid::Jid>, answer: IqAnswer) -> bool {
-        let mut pending = self.pending_iqs.lock().expect("iq lock");
-        let Some(p) = pending.get(id) else {
-            return false;
-        };
-        let genuine = match from {
-            Some(f) => f == &p.to || (p.to.resource().is_none() && f.to_bare() == p.to.to_bare()),
-            None => p.own,
-        };
-        if !genuine {
-            tracing::warn!(id, from = ?from, asked = %p.to, "IQ answer from someone not asked; ignored");
-            return false;
-        }
-        if let Some(p) = pending.remove(id) {
-            let _ = p.tx.send(answer);
-        }
-        true
-    }
-
-    /// Sends a Matrix user's latest presence to every contact allowed to see it.
-    async fn broadcast_presence(&self, user: &str) -> Result<(), NetworkError> {
-        let Some(presence) = self.presence_of(user) else {
-            return Ok(());
-        };
-        let Some(from) = self.addressing.puppet(user) else {
-            return Ok(());
-        };
-        let store = self.store()?;
-        let contacts = roster::of_user(store, user)
-            .map_err(|e| NetworkError::Internal(crate::error::Reason::from_error(e)))?;
-        for (contact, _) in contacts.into_iter().filter(|(_, s)| s.from) {
-            let Ok(to) = xmpp_parsers::jid::BareJid::from_str(&contact) else {
-                continue;
-            };
-            let stanza =
-                handle_xmpp::presence_stanza(from.clone().into(), to.into(), Some(&presence));
-            self.out
-                .send((stanza, None))
-                .await
-                .map_err(|_| NetworkError::Transient("the XMPP link is stopping".into()))?;
-        }
-        Ok(())
-    }
-
-    /// A Matrix user's current presence read again through the core (the homeserver's), kept
-    /// as the last published; what was known before when the core cannot say. Used when a
-    /// contact is let in, so that the first presence it gets is true.
-    async fn fresh_presence(&self, user: &str) -> Option<Presence> {
-        if let Some(sink) = self.sink.get()
-            && let Some(p) = sink.matrix_presence(user).await
-        {
-            self.presence
-                .lock()
-                .expect("presence lock")
-                .insert(user.to_owned(), p.clone());
-            return Some(p);
-        }
-        self.presence_of(user)
-    }
-
-    /// After a start: reads the presence of every Matrix user whose presence contacts may see
-    /// and sends it to them (nothing was published while the bridge was down).
-    async fn refresh_watched(&self) {
-        let Ok(store) = self.store() else { return };
-        let users = match roster::users_seen_by_contacts(store) {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %crate::error::chain(&e), "could not list users with contacts");
-                return;
-            }
-        };
-        for user in users {
-            let Some(sink) = self.sink.get() else { return };
-            let Some(p) = sink.matrix_presence(&user).await else {
-                continue;
-            };
-            let changed = self
-                .presence
-                .lock()
-                .expect("presence lock")
-                .insert(user.clone(), p.clone())
-                != Some(p);
-            if changed && let Err(e) = self.broadcast_presence(&user).await {
-                tracing::debug!(error = %crate::error::chain(&e), "could not send a Matrix user's presence after a start");
-            }
-        }
-    }
-
-    /// The presence last published for a Matrix user.
-    fn presence_of(&self, user: &str) -> Option<Presence> {
-        self.presence
-            .lock()
-            .expect("presence lock")
-            .get(user)
-            .cloned()
-    }
 }
 
 /// The XMPP connector.
@@ -319,7 +120,8 @@ pub struct Xmpp {
     info: NetworkInfo,
     link: LinkConfig,
     handler: Arc<Handler>,
-    gateway: Arc<Gateway>,
+    /// The gateway component as an identity.
+    gateway: Arc<Client>,
     outgoing: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     stop: watch::Sender<bool>,
 }
@@ -335,18 +137,13 @@ impl Xmpp {
             addressing: Addressing::new(&cfg.component.domain, homeserver),
             sink: OnceLock::new(),
             policy: cfg.subscriptions.clone(),
-            presence: Mutex::default(),
-            rooms: Mutex::default(),
+            presences: presence::Presences::default(),
+            rooms: muc::Rooms::default(),
             out: out_tx.clone(),
-            hosted_allowed: cfg.hosted_rooms.clone(),
-            hosted: Mutex::default(),
-            pending_iqs: Mutex::default(),
-            presence_limit: Mutex::default(),
-            vcards_asked: Mutex::default(),
-            avatar_hashes: Mutex::default(),
-            pep_avatars: Mutex::default(),
-            resources: Mutex::default(),
-            seen: Mutex::default(),
+            hosted: hosted::HostedRooms::new(cfg.hosted_rooms.clone()),
+            iqs: iq::PendingIqs::default(),
+            avatars: avatar::Avatars::default(),
+            resources: handle_xmpp::Resources::default(),
             accounts: Registry::default(),
             client,
         });
@@ -380,12 +177,12 @@ impl Xmpp {
                 shared: shared.clone(),
                 state: state_tx,
             }),
-            gateway: Arc::new(Gateway {
+            gateway: Arc::new(Client {
                 shared,
+                identity: Identity::Gateway,
                 out: out_tx,
                 state: state_rx,
                 counter: AtomicU64::new(0),
-                own: None,
             }),
             outgoing: Mutex::new(Some(out_rx)),
             stop: watch::channel(false).0,
@@ -398,7 +195,6 @@ impl Xmpp {
         account::Parts {
             shared: self.handler.shared.clone(),
             handler: self.handler.clone(),
-            gateway: self.gateway.clone(),
         }
     }
 }
@@ -462,12 +258,7 @@ impl Connector for Xmpp {
         let shared = &self.handler.shared;
         let told = match event.chat_kind {
             ChatKind::Direct => {
-                let full = shared
-                    .resources
-                    .lock()
-                    .expect("resources lock")
-                    .get(event.sender.as_str())
-                    .cloned();
+                let full = shared.resources.of(event.sender.as_str());
                 handle_xmpp::undelivered_error(&shared.addressing, event, full, reason)
             }
             ChatKind::Group => handle_xmpp::group_undelivered(shared, event, reason),
@@ -614,15 +405,7 @@ mod tests {
     }
 
     fn join_hosted(xmpp: &Xmpp, full: &str, nick: &str) {
-        xmpp.handler
-            .shared
-            .hosted
-            .lock()
-            .unwrap()
-            .entry(HOSTED.to_owned())
-            .or_default()
-            .occupants
-            .insert(full.to_owned(), nick.to_owned());
+        xmpp.handler.shared.hosted.add_occupant(HOSTED, full, nick);
     }
 
     #[tokio::test]
@@ -637,9 +420,9 @@ mod tests {
         assert_eq!(el.attr("id"), Some("m1"));
         assert!(String::from(&el).contains("the reason"));
         // Last seen writing a direct message from a resource: that one.
-        xmpp.handler.shared.resources.lock().unwrap().insert(
-            "carol@example.net".into(),
-            Jid::from_str("carol@example.net/pc").unwrap(),
+        xmpp.handler.shared.resources.note(
+            "carol@example.net",
+            &Jid::from_str("carol@example.net/pc").unwrap(),
         );
         let el = told(&xmpp, &mut rx, &ev).await.unwrap();
         assert_eq!(el.attr("to"), Some("carol@example.net/pc"));
@@ -658,14 +441,11 @@ mod tests {
         // The bridge is not in the room: nobody to tell from.
         assert!(told(&xmpp, &mut rx, &ev).await.is_none());
         {
-            let mut rooms = xmpp.handler.shared.rooms.lock().unwrap();
-            let room = rooms.entry(EXTERNAL.to_owned()).or_default();
-            room.puppets.insert("@zed:example.org".into(), "zed".into());
-            room.puppets
-                .insert("@alice:example.org".into(), "alice".into());
-            room.occupants.insert("a/b @c".into(), None);
-            room.occupants
-                .insert("bobby".into(), Some("bob@example.net".into()));
+            let rooms = &xmpp.handler.shared.rooms;
+            rooms.add_puppet(EXTERNAL, "@zed:example.org", "zed");
+            rooms.add_puppet(EXTERNAL, "@alice:example.org", "alice");
+            rooms.occupant_seen(EXTERNAL, "a/b @c", None, false);
+            rooms.occupant_seen(EXTERNAL, "bobby", Some("bob@example.net".into()), false);
         }
         let el = told(&xmpp, &mut rx, &ev).await.expect("a private message");
         assert_eq!(el.attr("type"), Some("chat"));

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::Mutex;
 
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Lang, Message, MessageType};
@@ -18,7 +19,6 @@ use xmpp_parsers::ns;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
 
-use super::Shared;
 use crate::network::{ConnectorStore, SinkError};
 
 /// The resource of every puppet's full JID.
@@ -26,11 +26,11 @@ pub(super) const RESOURCE: &str = "isthmus";
 
 /// What the bridge knows of one room.
 #[derive(Debug, Default)]
-pub(super) struct Room {
+struct Room {
     /// Matrix users in the room, with their nicks.
-    pub puppets: BTreeMap<String, String>,
+    puppets: BTreeMap<String, String>,
     /// Other occupants by nick, with their real JID when the room shows it.
-    pub occupants: HashMap<String, Option<String>>,
+    occupants: HashMap<String, Option<String>>,
 }
 
 /// A usable nick from a display name: no control characters, trimmed, not empty.
@@ -268,34 +268,223 @@ pub(super) fn undelivered_notice(
     Some(m.into())
 }
 
-impl Shared {
+/// The group chats the bridge is in and when each last had traffic, behind one lock.
+#[derive(Debug, Default)]
+pub(super) struct Rooms {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Group chats the bridge is in, by room JID.
+    rooms: HashMap<String, Room>,
+    /// Per group chat: when its traffic time was last persisted.
+    seen: HashMap<String, u64>,
+}
+
+impl Rooms {
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        f(&mut self.inner.lock().expect("rooms lock"))
+    }
+
     /// The Matrix user whose copy of the room's traffic is bridged.
-    pub(super) fn primary(&self, room: &str) -> Option<String> {
-        self.rooms
-            .lock()
-            .expect("rooms lock")
-            .get(room)
-            .and_then(|r| r.puppets.keys().next().cloned())
+    pub fn primary(&self, room: &str) -> Option<String> {
+        self.with(|i| i.rooms.get(room)?.puppets.keys().next().cloned())
     }
 
     /// Whether `nick` in `room` is one of our puppets.
-    pub(super) fn is_puppet_nick(&self, room: &str, nick: &str) -> bool {
-        self.rooms
-            .lock()
-            .expect("rooms lock")
-            .get(room)
-            .is_some_and(|r| r.puppets.values().any(|n| n == nick))
+    pub fn is_puppet_nick(&self, room: &str, nick: &str) -> bool {
+        self.with(|i| {
+            i.rooms
+                .get(room)
+                .is_some_and(|r| r.puppets.values().any(|n| n == nick))
+        })
     }
 
     /// Whether the bridge has joined `room` for anyone.
-    pub(super) fn is_room(&self, room: &str) -> bool {
-        self.rooms.lock().expect("rooms lock").contains_key(room)
+    pub fn is_room(&self, room: &str) -> bool {
+        self.with(|i| i.rooms.contains_key(room))
+    }
+
+    /// Whether any Matrix user's puppet is in `room`.
+    pub fn has_puppets(&self, room: &str) -> bool {
+        self.with(|i| i.rooms.get(room).is_some_and(|r| !r.puppets.is_empty()))
+    }
+
+    /// The nick of `user`'s puppet in `room`, when it is in.
+    pub fn puppet_nick(&self, room: &str, user: &str) -> Option<String> {
+        self.with(|i| i.rooms.get(room)?.puppets.get(user).cloned())
+    }
+
+    /// The (nick, Matrix user) of every puppet in `room`.
+    pub fn puppet_nicks(&self, room: &str) -> Vec<(String, String)> {
+        self.with(|i| {
+            i.rooms
+                .get(room)
+                .map(|r| {
+                    r.puppets
+                        .iter()
+                        .map(|(u, n)| (n.clone(), u.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    }
+
+    /// Records `user`'s puppet in `room` as `nick`; the nick it had before.
+    pub fn add_puppet(&self, room: &str, user: &str, nick: &str) -> Option<String> {
+        self.with(|i| {
+            i.rooms
+                .entry(room.to_owned())
+                .or_default()
+                .puppets
+                .insert(user.to_owned(), nick.to_owned())
+        })
+    }
+
+    /// Undoes [`Self::add_puppet`] (the join did not go out): the puppet's nick is `before`
+    /// again, or it is out; a room without puppets is forgotten.
+    pub fn undo_add_puppet(&self, room: &str, user: &str, before: Option<String>) {
+        self.with(|i| {
+            let Some(r) = i.rooms.get_mut(room) else {
+                return;
+            };
+            match before {
+                Some(old) => {
+                    r.puppets.insert(user.to_owned(), old);
+                }
+                None => {
+                    r.puppets.remove(user);
+                }
+            }
+            if r.puppets.is_empty() {
+                i.rooms.remove(room);
+            }
+        })
+    }
+
+    /// Takes `user`'s puppet out of `room` (a room without puppets is forgotten): `None`
+    /// when the bridge is not in the room, else the puppet's nick when it was in.
+    pub fn remove_puppet(&self, room: &str, user: &str) -> Option<Option<String>> {
+        self.with(|i| {
+            let r = i.rooms.get_mut(room)?;
+            let nick = r.puppets.remove(user);
+            if r.puppets.is_empty() {
+                i.rooms.remove(room);
+            }
+            Some(nick)
+        })
+    }
+
+    /// The room gave `user`'s puppet nick `nick`: recorded when it differs; the old nick then.
+    pub fn puppet_renamed(&self, room: &str, user: &str, nick: &str) -> Option<String> {
+        self.with(|i| {
+            let n = i.rooms.get_mut(room)?.puppets.get_mut(user)?;
+            (n != nick).then(|| std::mem::replace(n, nick.to_owned()))
+        })
+    }
+
+    /// The real JID of occupant `nick` of `room`, when the room shows it.
+    pub fn occupant_real(&self, room: &str, nick: &str) -> Option<String> {
+        self.with(|i| i.rooms.get(room)?.occupants.get(nick).cloned().flatten())
+    }
+
+    /// Occupant `nick` (real JID `real`, when shown) is in `room`, or left it.
+    pub fn occupant_seen(&self, room: &str, nick: &str, real: Option<String>, leaving: bool) {
+        self.with(|i| {
+            if let Some(r) = i.rooms.get_mut(room) {
+                if leaving {
+                    r.occupants.remove(nick);
+                } else {
+                    r.occupants.insert(nick.to_owned(), real);
+                }
+            }
+        })
+    }
+
+    /// The current nick of the occupant who sent as `sender` under `nick` ([`occupant_nick`]).
+    pub fn occupant_nick(
+        &self,
+        room: &BareJid,
+        sender: &str,
+        nick: Option<&str>,
+    ) -> Option<String> {
+        self.with(|i| occupant_nick(room, &i.rooms.get(room.as_str())?.occupants, sender, nick))
+    }
+
+    /// Notes that `room` had traffic at `ms`; true when that is to be persisted (at most
+    /// every 30 s).
+    pub fn note_seen(&self, room: &str, ms: u64) -> bool {
+        self.with(|i| {
+            let last = i.seen.entry(room.to_owned()).or_insert(0);
+            if ms >= last.saturating_add(30_000) {
+                *last = ms;
+                true
+            } else {
+                false
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_join_that_did_not_go_out_is_undone() {
+        let rooms = Rooms::default();
+        assert_eq!(rooms.add_puppet("r@m", "@a:hs", "a"), None);
+        assert_eq!(rooms.add_puppet("r@m", "@b:hs", "b"), None);
+        assert_eq!(rooms.primary("r@m").as_deref(), Some("@a:hs"));
+        // A rename whose join failed: the old nick again.
+        let before = rooms.add_puppet("r@m", "@b:hs", "bee");
+        rooms.undo_add_puppet("r@m", "@b:hs", before);
+        assert_eq!(rooms.puppet_nick("r@m", "@b:hs").as_deref(), Some("b"));
+        assert!(rooms.is_puppet_nick("r@m", "b") && !rooms.is_puppet_nick("r@m", "bee"));
+        // A first join that failed: the room is forgotten with its last puppet.
+        rooms.undo_add_puppet("r@m", "@b:hs", None);
+        assert_eq!(rooms.remove_puppet("r@m", "@a:hs"), Some(Some("a".into())));
+        assert!(!rooms.is_room("r@m") && !rooms.has_puppets("r@m"));
+        assert_eq!(rooms.remove_puppet("r@m", "@a:hs"), None);
+    }
+
+    #[test]
+    fn occupants_and_nicks_are_tracked_per_room() {
+        let rooms = Rooms::default();
+        // Occupants of a room the bridge is not in are not kept.
+        rooms.occupant_seen("r@m", "bob", Some("bob@x".into()), false);
+        assert_eq!(rooms.occupant_real("r@m", "bob"), None);
+        rooms.add_puppet("r@m", "@a:hs", "a");
+        rooms.occupant_seen("r@m", "bob", Some("bob@x".into()), false);
+        assert_eq!(rooms.occupant_real("r@m", "bob").as_deref(), Some("bob@x"));
+        let room = BareJid::from_str("r@m").unwrap();
+        assert_eq!(
+            rooms.occupant_nick(&room, "bob@x", None).as_deref(),
+            Some("bob")
+        );
+        rooms.occupant_seen("r@m", "bob", None, true);
+        assert_eq!(rooms.occupant_nick(&room, "bob@x", None), None);
+        // The room renames a puppet: recorded once.
+        assert_eq!(
+            rooms.puppet_renamed("r@m", "@a:hs", "a2").as_deref(),
+            Some("a")
+        );
+        assert_eq!(rooms.puppet_renamed("r@m", "@a:hs", "a2"), None);
+        assert_eq!(
+            rooms.puppet_nicks("r@m"),
+            vec![("a2".into(), "@a:hs".into())]
+        );
+    }
+
+    #[test]
+    fn traffic_times_are_persisted_every_30_seconds() {
+        let rooms = Rooms::default();
+        assert!(rooms.note_seen("r@m", 100_000));
+        assert!(!rooms.note_seen("r@m", 129_999));
+        assert!(rooms.note_seen("r@m", 130_000));
+        assert!(rooms.note_seen("s@m", 129_999));
+    }
 
     #[test]
     fn nicks_are_cleaned() {

@@ -84,7 +84,7 @@ impl Bridge {
     ) -> Result<(Arc<dyn NetworkClient>, bool), NetworkError> {
         let level = self.level(user);
         if level >= PermissionLevel::User
-            && let Some(c) = self.user_client(user, &portal.key.network)
+            && let Some(c) = self.chat_client(user, portal)
         {
             return Ok((c, false));
         }
@@ -93,9 +93,38 @@ impl Bridge {
             && let Some((relay_user, login_id)) = &portal.relay
             && let Some(c) = self.login_client(relay_user, &portal.key.network, login_id)
         {
-            return Ok((c, true));
+            // The relay's login, or the network's bridge-wide identity for chats the login
+            // does not carry (the relayed message then speaks as the relay's owner there).
+            let c = if c.serves(portal.kind) {
+                Some(c)
+            } else {
+                self.bridge_client(&portal.key.network)
+            };
+            if let Some(c) = c {
+                return Ok((c, true));
+            }
         }
         Err(NetworkError::NotLoggedIn)
+    }
+
+    /// The identity that acts for `user` in `portal`: the user's own login when it carries
+    /// chats of the portal's kind ([`NetworkClient::serves`]), else the network's bridge-wide
+    /// identity. The one place that picks between the two for a chat.
+    pub fn chat_client(&self, user: &str, portal: &PortalRecord) -> Option<Arc<dyn NetworkClient>> {
+        if self.level(user) < PermissionLevel::User {
+            return None;
+        }
+        let network = &portal.key.network;
+        self.logins_of(user, network)
+            .into_iter()
+            .map(|l| l.client)
+            .find(|c| c.serves(portal.kind))
+            .or_else(|| self.bridge_client(network))
+    }
+
+    /// The network's bridge-wide identity, if it has one.
+    fn bridge_client(&self, network: &NetworkId) -> Option<Arc<dyn NetworkClient>> {
+        self.networks.get(network).and_then(|c| c.bridge_client())
     }
 
     /// For a relayed operation (`relayed`), the relay's owner as the network sees the
@@ -113,7 +142,7 @@ impl Bridge {
         if let Some(l) = self.logins_of(user, network).into_iter().next() {
             return Some(l.client);
         }
-        self.networks.get(network).and_then(|c| c.bridge_client())
+        self.bridge_client(network)
     }
 
     /// The sender as networks see it: user ID and display name. The name comes from the

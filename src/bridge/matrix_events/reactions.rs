@@ -92,7 +92,7 @@ impl Bridge {
                 self.metrics.event("to_remote", "redaction", "not_own");
                 return Ok(());
             }
-            let Some(client) = self.user_client(&ev.sender, &portal.key.network) else {
+            let Some(client) = self.chat_client(&ev.sender, &portal) else {
                 self.metrics.event("to_remote", "moderation", "no_identity");
                 return Ok(());
             };

@@ -1,5 +1,8 @@
-//! Bridge → XMPP: the gateway identity, which sends as any Matrix user from that user's
-//! address on the component domain.
+//! Bridge → XMPP: a `Client` acts for Matrix users as one `Identity`, chosen when it is made:
+//! the gateway component, which sends as any Matrix user from that user's address on the
+//! component domain, or one user's own account, which sends direct messages on the
+//! account's connection. Which of them acts in a chat is the core's choice
+//! (`NetworkClient::serves`); a client never hands an operation on to another.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -18,9 +21,13 @@ use xmpp_parsers::receipts::Request;
 use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stanza_id::OriginId;
 
+mod deliver;
+
+use self::deliver::{direct_payloads, displayed, oob, stable_id};
 use super::Shared;
+use super::account::Account;
 use super::component::Outgoing;
-use super::handle_xmpp::{presence_stanza, subscription_stanza};
+use super::presence::{presence_stanza, subscription_stanza};
 use super::{fidelity, hosted, muc};
 use crate::network::contacts as roster;
 use crate::network::kit::address::gateway_address;
@@ -30,24 +37,44 @@ use crate::network::{
 };
 use xmpp_parsers::presence::Type as PresenceType;
 
-/// The bridge-wide identity on XMPP, which sends as any Matrix user from that user's gateway
-/// address; or, with `own` set, one user's own account, which sends on that account's
-/// connection.
-pub(super) struct Gateway {
+/// Who a client speaks as on XMPP, chosen once when the client is made.
+pub(super) enum Identity {
+    /// The gateway component: any Matrix user, from that user's address on the component
+    /// domain. Carries every kind of chat.
+    Gateway,
+    /// One Matrix user's own account, on the account's connection. Carries direct chats only;
+    /// the core acts through the gateway in the others.
+    Own(Arc<Account>),
+}
+
+/// An identity on XMPP and the link it writes on: the gateway component's, or an own
+/// account's connection.
+pub(super) struct Client {
     pub shared: Arc<Shared>,
+    pub identity: Identity,
     pub out: mpsc::Sender<Outgoing>,
     pub state: watch::Receiver<BridgeState>,
     pub counter: AtomicU64,
-    /// The own account this identity is, when it is one.
-    pub own: Option<BareJid>,
 }
 
-impl Gateway {
+impl Client {
+    /// The address `sender` speaks from in a direct chat.
     fn puppet(&self, sender: &MatrixSender) -> Result<Jid, NetworkError> {
-        if let Some(own) = &self.own {
-            return Ok(Jid::from(own.clone()));
+        match &self.identity {
+            Identity::Own(account) => Ok(Jid::from(account.jid().clone())),
+            Identity::Gateway => self.puppet_bare(sender).map(Jid::from),
         }
-        self.puppet_bare(sender).map(Jid::from)
+    }
+
+    /// Refuses a group chat to an own account: the core never asks one for it
+    /// ([`NetworkClient::serves`]), and the account's connection must not join rooms.
+    fn group_chats(&self) -> Result<(), NetworkError> {
+        match self.identity {
+            Identity::Gateway => Ok(()),
+            Identity::Own(_) => Err(NetworkError::Internal(
+                "an own XMPP account carries direct chats only".into(),
+            )),
+        }
     }
 
     fn puppet_bare(&self, sender: &MatrixSender) -> Result<BareJid, NetworkError> {
@@ -82,9 +109,9 @@ impl Gateway {
     /// Writes a stanza and waits until it is on the wire.
     async fn send(&self, stanza: Stanza) -> Result<(), NetworkError> {
         if *self.state.borrow() != BridgeState::Connected {
-            return Err(NetworkError::Down(match self.own {
-                Some(_) => "the connection of the XMPP account is down".into(),
-                None => "the XMPP component link is down".into(),
+            return Err(NetworkError::Down(match self.identity {
+                Identity::Own(_) => "the connection of the XMPP account is down".into(),
+                Identity::Gateway => "the XMPP component link is down".into(),
             }));
         }
         let (tx, rx) = oneshot::channel();
@@ -107,245 +134,21 @@ impl Gateway {
     }
 }
 
-/// An XMPP message ID derived from a Matrix event ID (FNV-1a, 64 bits).
-fn stable_id(event_id: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in event_id.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("isthmus-{hash:016x}")
-}
-
-/// Shortest time between two presence broadcasts of one user.
-const PRESENCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// What to do with a presence change.
-#[derive(Debug, PartialEq, Eq)]
-enum Gate {
-    /// Broadcast now.
-    Now,
-    /// Broadcast the latest presence after this delay.
-    Later(std::time::Duration),
-    /// A later broadcast is already scheduled; it will carry this change.
-    Skip,
-}
-
-/// The rate limit of one user's presence: `entry` is (last broadcast, trailing one scheduled).
-fn presence_gate(entry: &mut (Option<std::time::Instant>, bool), now: std::time::Instant) -> Gate {
-    match entry.0 {
-        Some(sent) if now.duration_since(sent) < PRESENCE_INTERVAL => {
-            if entry.1 {
-                Gate::Skip
-            } else {
-                entry.1 = true;
-                Gate::Later(PRESENCE_INTERVAL - now.duration_since(sent))
-            }
-        }
-        _ => {
-            *entry = (Some(now), false);
-            Gate::Now
-        }
-    }
-}
-
-impl Gateway {
-    /// How to name message `target` in `portal`: in an external group chat, by the room's
-    /// stanza-id when the bridge knows it (XEP-0424, 0444 and 0461 ask for it there), else
-    /// by its own ID.
-    fn room_ref(&self, portal: &PortalRef, target: &RemoteMessageId) -> String {
-        if portal.kind == ChatKind::Group
-            && self.hosted(portal).is_none()
-            && let Ok(store) = self.shared.store()
-            && let Ok(Some(serde_json::Value::String(sid))) =
-                store.get(&muc::stanza_id_key(portal.chat.as_str(), target.as_str()))
-        {
-            return sid;
-        }
-        target.as_str().to_owned()
-    }
-
-    /// Sends a message into the conversation of `portal` as `sender`, with `fill` adding the
-    /// body and payloads: to the contact in a direct chat, to the room in a group chat (joining
-    /// it first), to every occupant in a hosted room.
-    async fn deliver(
-        &self,
-        portal: &PortalRef,
-        sender: &MatrixSender,
-        id: &str,
-        fill: &(dyn Fn(&mut Message) + Sync),
-    ) -> Result<(), NetworkError> {
-        let origin_id = Element::from(OriginId { id: id.to_owned() });
-        if let Some(room) = self.hosted(portal) {
-            let nick = self.member_nick(&room, sender);
-            let targets: Vec<Jid> = self
-                .shared
-                .hosted
-                .lock()
-                .expect("hosted lock")
-                .get(&room.to_string())
-                .map(|r| {
-                    r.occupants
-                        .keys()
-                        .filter_map(|j| Jid::from_str(j).ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let from = Jid::from_str(&format!("{room}/{nick}"))
-                .map_err(|e| NetworkError::Undeliverable(format!("nick {nick:?}: {e}").into()))?;
-            for to in targets {
-                let mut m = Message::new(Some(to));
-                m.type_ = MessageType::Groupchat;
-                m.from = Some(from.clone());
-                m.id = Some(Id(id.to_owned()));
-                fill(&mut m);
-                m.payloads.push(origin_id.clone());
-                self.send(m.into()).await?;
-            }
-            return Ok(());
-        }
-        let mut m = if portal.kind == ChatKind::Group {
-            self.join_chat(portal, sender).await?;
-            let mut m = Message::new(Some(Jid::from(Self::room(portal)?)));
-            m.type_ = MessageType::Groupchat;
-            m.from = Some(muc::puppet_full(&self.puppet_bare(sender)?));
-            m
-        } else {
-            let mut m = Message::new(Some(Self::contact(portal)?));
-            m.type_ = MessageType::Chat;
-            m.from = Some(self.puppet(sender)?);
-            m
-        };
-        m.id = Some(Id(id.to_owned()));
-        fill(&mut m);
-        m.payloads.push(origin_id);
-        self.send(m.into()).await
-    }
-
-    /// The hosted group chat a portal is, if it is one.
-    fn hosted(&self, portal: &PortalRef) -> Option<BareJid> {
-        if portal.kind != ChatKind::Group {
-            return None;
-        }
-        let room = BareJid::from_str(portal.chat.as_str()).ok()?;
-        self.shared.allowed_alias(&room).map(|_| room)
-    }
-
-    /// The nick of a Matrix member in a hosted room (recorded on join, else from the name).
-    fn member_nick(&self, room: &BareJid, user: &MatrixSender) -> String {
-        self.shared
-            .hosted
-            .lock()
-            .expect("hosted lock")
-            .get(&room.to_string())
-            .and_then(|r| r.members.get(&user.user_id).cloned())
-            .unwrap_or_else(|| muc::nick_for(&user.displayname, &user.user_id))
-    }
-
-    /// A Matrix member arrives in (or leaves) a hosted room: the XMPP occupants see it.
-    async fn hosted_membership(
-        &self,
-        room: &BareJid,
-        user: &MatrixSender,
-        leaving: bool,
-    ) -> Result<(), NetworkError> {
-        let (nick, targets) = {
-            let mut rooms = self.shared.hosted.lock().expect("hosted lock");
-            let r = rooms.entry(room.to_string()).or_default();
-            let nick = if leaving {
-                match r.members.remove(&user.user_id) {
-                    Some(n) => n,
-                    None => return Ok(()),
-                }
-            } else {
-                let mut nick = muc::nick_for(&user.displayname, &user.user_id);
-                if r.occupants.values().any(|n| n == &nick) {
-                    nick = format!("{nick} (Matrix)");
-                }
-                if r.members.get(&user.user_id) == Some(&nick) {
-                    return Ok(());
-                }
-                r.members.insert(user.user_id.clone(), nick.clone());
-                nick
-            };
-            let targets: Vec<Jid> = r
-                .occupants
-                .keys()
-                .filter_map(|j| Jid::from_str(j).ok())
-                .collect();
-            (nick, targets)
-        };
-        for to in targets {
-            if let Some(p) = hosted::occupant_presence(room, &nick, &to, leaving, false, None) {
-                self.send(p).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// After the first message to a contact, asks to see the contact's presence on the user's
-    /// behalf (once; the contact's client asks its user).
-    async fn ask_presence_once(&self, sender: &MatrixSender, portal: &PortalRef) {
-        let Ok(store) = self.shared.store() else {
-            return;
-        };
-        let contact = portal.chat.as_str();
-        let Ok(sub) = roster::get(store, &sender.user_id, contact) else {
-            return;
-        };
-        if sub.asked_out || sub.to {
-            return;
-        }
-        let (Ok(from), Ok(to)) = (self.puppet(sender), Self::contact(portal)) else {
-            return;
-        };
-        if self
-            .send(subscription_stanza(from, to, PresenceType::Subscribe))
-            .await
-            .is_ok()
-        {
-            let _ = roster::update(store, &sender.user_id, contact, |s| s.asked_out = true);
-        }
-    }
-}
-
-/// The payloads of a new message in a direct chat: the sender is active (XEP-0085), the
-/// message may be marked displayed (XEP-0333) and asks for a delivery receipt (XEP-0184),
-/// and carries the sender's name (XEP-0172).
-fn direct_payloads(displayname: &str) -> [Element; 4] {
-    [
-        ChatState::Active.into(),
-        Markable.into(),
-        Request.into(),
-        Nick(displayname.to_owned()).into(),
-    ]
-}
-
-/// A file's out-of-band data (XEP-0066): its link, without a description.
-fn oob(url: &str) -> Element {
-    Oob {
-        url: url.to_owned(),
-        desc: None,
-    }
-    .into()
-}
-
-/// The read marker (XEP-0333) up to message `id`.
-fn displayed(id: &str) -> Element {
-    Displayed {
-        id: Id(id.to_owned()),
-    }
-    .into()
-}
-
 #[async_trait]
-impl NetworkClient for Gateway {
+impl NetworkClient for Client {
     fn state(&self) -> BridgeState {
         *self.state.borrow()
     }
 
     fn is_bridge_wide(&self) -> bool {
-        true
+        matches!(self.identity, Identity::Gateway)
+    }
+
+    fn serves(&self, kind: ChatKind) -> bool {
+        match self.identity {
+            Identity::Gateway => true,
+            Identity::Own(_) => kind == ChatKind::Direct,
+        }
     }
 
     async fn send_message(
@@ -405,6 +208,7 @@ impl NetworkClient for Gateway {
         if portal.kind != ChatKind::Group || self.hosted(portal).is_some() {
             return Err(NetworkError::Unsupported("moderation in this chat"));
         }
+        self.group_chats()?;
         let room = Self::room(portal)?;
         // The moderator's puppet asks, so the room checks the moderator's own role.
         self.join_chat(portal, moderator).await?;
@@ -517,19 +321,14 @@ impl NetworkClient for Gateway {
     }
 
     async fn join_chat(&self, portal: &PortalRef, user: &MatrixSender) -> Result<(), NetworkError> {
+        self.group_chats()?;
         if let Some(room) = self.hosted(portal) {
             return self.hosted_membership(&room, user, false).await;
         }
         let room = Self::room(portal)?;
         let room_str = room.to_string();
         let nick = muc::nick_for(&user.displayname, &user.user_id);
-        let already = self
-            .shared
-            .rooms
-            .lock()
-            .expect("rooms lock")
-            .get(&room_str)
-            .and_then(|r| r.puppets.get(&user.user_id).cloned());
+        let already = self.shared.rooms.puppet_nick(&room_str, &user.user_id);
         if already.as_deref() == Some(nick.as_str()) {
             return Ok(());
         }
@@ -537,13 +336,7 @@ impl NetworkClient for Gateway {
         // The bridge's first join of a room brings its recent history into the new portal;
         // later joins ask for none (the room's traffic is already bridged).
         let first = muc::last_seen(self.shared.store()?, &room_str).is_none()
-            && self
-                .shared
-                .rooms
-                .lock()
-                .expect("rooms lock")
-                .get(&room_str)
-                .is_none_or(|r| r.puppets.is_empty());
+            && !self.shared.rooms.has_puppets(&room_str);
         let stanza = if first {
             muc::join_presence_backfill(from, &room, &nick)
         } else {
@@ -557,28 +350,12 @@ impl NetworkClient for Gateway {
         let before = self
             .shared
             .rooms
-            .lock()
-            .expect("rooms lock")
-            .entry(room_str.clone())
-            .or_default()
-            .puppets
-            .insert(user.user_id.clone(), nick.clone());
+            .add_puppet(&room_str, &user.user_id, &nick);
         if let Err(e) = self.send(stanza).await {
             // Not joined: a retry must send the join again.
-            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
-            if let Some(r) = rooms.get_mut(&room_str) {
-                match before {
-                    Some(old) => {
-                        r.puppets.insert(user.user_id.clone(), old);
-                    }
-                    None => {
-                        r.puppets.remove(&user.user_id);
-                    }
-                }
-                if r.puppets.is_empty() {
-                    rooms.remove(&room_str);
-                }
-            }
+            self.shared
+                .rooms
+                .undo_add_puppet(&room_str, &user.user_id, before);
             return Err(e);
         }
         muc::remember(self.shared.store()?, &room_str, &user.user_id, &nick)?;
@@ -590,22 +367,15 @@ impl NetworkClient for Gateway {
         portal: &PortalRef,
         user: &MatrixSender,
     ) -> Result<(), NetworkError> {
+        self.group_chats()?;
         if let Some(room) = self.hosted(portal) {
             // The XMPP occupants see the Matrix member leave.
             return self.hosted_membership(&room, user, true).await;
         }
         let room = Self::room(portal)?;
         let room_str = room.to_string();
-        let nick = {
-            let mut rooms = self.shared.rooms.lock().expect("rooms lock");
-            let Some(r) = rooms.get_mut(&room_str) else {
-                return Ok(());
-            };
-            let nick = r.puppets.remove(&user.user_id);
-            if r.puppets.is_empty() {
-                rooms.remove(&room_str);
-            }
-            nick
+        let Some(nick) = self.shared.rooms.remove_puppet(&room_str, &user.user_id) else {
+            return Ok(());
         };
         muc::forget(self.shared.store()?, &room_str, &user.user_id)?;
         let Some(nick) = nick else { return Ok(()) };
@@ -642,50 +412,13 @@ impl NetworkClient for Gateway {
         sender: &MatrixSender,
         presence: &Presence,
     ) -> Result<(), NetworkError> {
-        {
-            let mut last = self.shared.presence.lock().expect("presence lock");
-            if last.get(&sender.user_id) == Some(presence) {
-                return Ok(());
-            }
-            last.insert(sender.user_id.clone(), presence.clone());
+        if let Identity::Own(account) = &self.identity {
+            account.publish_presence(presence).await;
         }
-        // Rate limit: at most one broadcast per user per interval; changes in between are
-        // coalesced into one trailing broadcast of the latest presence.
-        let wait = {
-            let mut limit = self
-                .shared
-                .presence_limit
-                .lock()
-                .expect("presence limit lock");
-            let entry = limit.entry(sender.user_id.clone()).or_insert((None, false));
-            match presence_gate(entry, std::time::Instant::now()) {
-                Gate::Now => None,
-                Gate::Later(delay) => Some(delay),
-                Gate::Skip => return Ok(()),
-            }
-        };
-        match wait {
-            None => self.shared.broadcast_presence(&sender.user_id).await,
-            Some(delay) => {
-                let shared = Arc::clone(&self.shared);
-                let user = sender.user_id.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    if let Some(e) = shared
-                        .presence_limit
-                        .lock()
-                        .expect("presence limit lock")
-                        .get_mut(&user)
-                    {
-                        *e = (Some(std::time::Instant::now()), false);
-                    }
-                    if let Err(e) = shared.broadcast_presence(&user).await {
-                        tracing::debug!(user, error = %crate::error::chain(&e), "trailing presence broadcast failed");
-                    }
-                });
-                Ok(())
-            }
-        }
+        // Gateway contacts and group chats see the user's gateway address, logged in or not.
+        self.shared
+            .publish_presence(&sender.user_id, presence)
+            .await
     }
 
     async fn answer_contact_request(
@@ -695,7 +428,7 @@ impl NetworkClient for Gateway {
         accept: bool,
     ) -> Result<(), NetworkError> {
         // An own account's roster lives on its server; the gateway's is kept here.
-        if self.own.is_none() {
+        if let Identity::Gateway = self.identity {
             let store = self.shared.store()?;
             roster::update(store, &user.user_id, contact.as_str(), |s| {
                 s.from = accept;
@@ -723,14 +456,23 @@ impl NetworkClient for Gateway {
     }
 
     async fn contacts(&self, user: &MatrixSender) -> Result<Vec<Contact>, NetworkError> {
-        Ok(roster::list(self.shared.store()?, &user.user_id)?)
+        match &self.identity {
+            Identity::Own(account) => Ok(account.contacts()),
+            Identity::Gateway => Ok(roster::list(self.shared.store()?, &user.user_id)?),
+        }
+    }
+
+    async fn logout(&self) -> Result<(), NetworkError> {
+        if let Identity::Own(account) = &self.identity {
+            account.logout();
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     use super::super::payloads::wire;
 
@@ -794,26 +536,5 @@ mod tests {
         assert_eq!(stable_id("$abc:hs"), stable_id("$abc:hs"));
         assert_ne!(stable_id("$abc:hs"), stable_id("$abd:hs"));
         assert!(stable_id("$x").starts_with("isthmus-"));
-    }
-
-    #[test]
-    fn presence_changes_are_rate_limited_and_coalesced() {
-        let t0 = Instant::now();
-        let mut entry = (None, false);
-        assert_eq!(presence_gate(&mut entry, t0), Gate::Now);
-        assert_eq!(
-            presence_gate(&mut entry, t0 + Duration::from_millis(500)),
-            Gate::Later(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            presence_gate(&mut entry, t0 + Duration::from_millis(600)),
-            Gate::Skip
-        );
-        // The trailing broadcast ran and reset the entry.
-        entry = (Some(t0 + Duration::from_secs(2)), false);
-        assert_eq!(
-            presence_gate(&mut entry, t0 + Duration::from_secs(5)),
-            Gate::Now
-        );
     }
 }
