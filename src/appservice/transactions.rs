@@ -19,8 +19,8 @@ use serde_json::value::RawValue;
 use tracing::{debug, error, warn};
 
 use super::{AppState, matrix_error};
+use crate::bridge::Work;
 use crate::bridge::event::{EphemeralEvent, EphemeralHead, Head as EventHead, MatrixEvent};
-use crate::bridge::{Work, now_ms};
 use crate::store::{InboxItem, TxnOutcome};
 
 /// The body of a transaction, events kept raw.
@@ -189,10 +189,7 @@ pub(super) async fn push(
             );
         }
     };
-    let echo = |user: &str, room: &str| {
-        bridge.in_namespace(user)
-            && (room.is_empty() || user == bridge.bot().as_str() || !bridge.store.has_fanout(room))
-    };
+    let echo = |user: &str, room: &str| bridge.is_echo(user, room);
     let Items {
         items,
         read,
@@ -211,11 +208,7 @@ pub(super) async fn push(
             .with_label_values(&["malformed"])
             .inc_by(malformed as u64);
     }
-    match bridge
-        .store
-        .commit_transaction(&txn_id, &digest, &items, now_ms())
-        .await
-    {
+    match bridge.commit_transaction(&txn_id, &digest, &items).await {
         Ok(TxnOutcome::New(seqs)) => {
             debug!(
                 txn_id,

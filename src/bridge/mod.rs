@@ -10,6 +10,7 @@ mod dispatch;
 mod encryption;
 pub mod event;
 mod existence;
+mod facade;
 mod ghost;
 mod keyed;
 pub mod limits;
@@ -113,10 +114,10 @@ pub struct UserLogin {
 pub struct Bridge {
     /// The validated configuration.
     pub config: Arc<Config>,
-    /// Homeserver client.
-    pub hs: HomeserverClient,
-    /// The store.
-    pub store: Store,
+    /// Homeserver client; callers outside `bridge/` ask through `facade.rs`.
+    hs: HomeserverClient,
+    /// The store; callers outside `bridge/` ask through `facade.rs`.
+    store: Store,
     /// Metrics.
     pub metrics: Metrics,
     /// Connectors by network ID.
