@@ -12,6 +12,7 @@ pub mod event;
 mod existence;
 mod facade;
 mod ghost;
+mod joined;
 mod keyed;
 pub mod limits;
 mod login_page;
@@ -128,9 +129,8 @@ pub struct Bridge {
     bot: OwnedUserId,
     /// Users' logins: live clients, flows in progress, login links, reported states.
     logins: login_state::Logins,
-    /// Ghosts known to be registered and (ghost, room) pairs known to be joined, to avoid
-    /// repeating requests; both are rebuilt lazily after a restart.
-    joined: Mutex<HashSet<(String, String)>>,
+    /// Which ghosts (and the bot) are known to be in which rooms, to avoid repeating joins.
+    joined: joined::Joined,
     /// Users currently typing per room, to turn Matrix typing lists into start/stop changes.
     typing: Mutex<HashMap<String, HashSet<String>>>,
     /// Portal queues.
@@ -203,7 +203,7 @@ impl Bridge {
             permissions,
             bot,
             logins: login_state::Logins::default(),
-            joined: Mutex::default(),
+            joined: joined::Joined::default(),
             typing: Mutex::default(),
             management_rooms: tokio::sync::Mutex::default(),
             power_told: Mutex::default(),
