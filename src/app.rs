@@ -436,7 +436,7 @@ async fn run(
         "appservice listening"
     );
 
-    if let Err(e) = check_homeserver(&bridge, &config).await {
+    if let Err(e) = check_homeserver(&hs, &bridge, &config).await {
         error!(error = format!("{e:#}"), "start-up checks failed");
         let _ = stop_tx.send(true);
         return Err(e);
@@ -526,8 +526,11 @@ const REACH_HOMESERVER: Policy = Policy::constant(Duration::from_secs(2)).with_m
 const REACHED_BY_HOMESERVER: Policy = Policy::constant(Duration::from_secs(2)).with_max_retries(5);
 
 /// Checks the homeserver both ways: reachable, accepts our token, and reaches us.
-async fn check_homeserver(bridge: &Arc<Bridge>, config: &Config) -> Result<()> {
-    let hs = &bridge.hs;
+async fn check_homeserver(
+    hs: &HomeserverClient,
+    bridge: &Arc<Bridge>,
+    config: &Config,
+) -> Result<()> {
     let mut retry = REACH_HOMESERVER.start();
     let versions = loop {
         match hs.versions().await {

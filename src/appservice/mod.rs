@@ -117,7 +117,7 @@ async fn live() -> Response {
 /// The bridge can take traffic: 503 while the store cannot write (the homeserver's
 /// transactions and remote traffic are refused then, see `store/health.rs`).
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    match state.bridge.store.failure() {
+    match state.bridge.store_failure() {
         None => axum::Json(json!({"ok": true})).into_response(),
         Some(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -165,7 +165,7 @@ async fn media_link(
             return matrix_error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "Invalid link");
         }
     }
-    match bridge.hs.download(&server, &media_id).await {
+    match bridge.download_media(&server, &media_id).await {
         Ok((bytes, content_type)) => {
             bridge.metrics.event("to_remote", "file_served", "ok");
             let ct = content_type.unwrap_or_else(|| "application/octet-stream".into());

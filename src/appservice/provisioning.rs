@@ -304,12 +304,7 @@ async fn whoami(State(state): State<Arc<AppState>>, Q(who): Q<Who>) -> Response 
             })
         })
         .collect();
-    let management_room = b
-        .store
-        .user(&who.user_id)
-        .ok()
-        .flatten()
-        .and_then(|u| u.management_room);
+    let management_room = b.management_room_of(&who.user_id).ok().flatten();
     Json(json!({
         "user_id": who.user_id,
         "permission_level": format!("{:?}", b.level(&who.user_id)).to_lowercase(),
@@ -470,8 +465,7 @@ async fn logout(
 async fn logins(State(state): State<Arc<AppState>>, Q(who): Q<Who>) -> Response {
     let list: Vec<Value> = state
         .bridge
-        .store
-        .logins_of(&who.user_id)
+        .stored_logins_of(&who.user_id)
         .unwrap_or_default()
         .into_iter()
         .map(|(network, l)| {
@@ -546,7 +540,7 @@ async fn resolve_or_create(
         }
     } else {
         let key = crate::store::PortalKey::new(network.as_str(), id.as_str(), Some(&who.user_id));
-        b.store.portal(&key).ok().flatten().map(|p| p.room_id)
+        b.portal(&key).ok().flatten().map(|p| p.room_id)
     };
     Json(json!({
         "id": id,

@@ -73,7 +73,7 @@ pub(super) async fn room_alias(
         Ok(None) | Err(_) => return not_found("No such group chat"),
     };
     let key = crate::store::PortalKey::new(network.as_str(), chat.as_str(), None);
-    if !matches!(bridge.store.portal(&key), Ok(Some(_))) {
+    if !matches!(bridge.portal(&key), Ok(Some(_))) {
         match connector.group_chat_exists(&chat).await {
             Ok(true) => {}
             Ok(false) => return not_found("No such group chat"),
@@ -90,15 +90,7 @@ pub(super) async fn room_alias(
     let result = match opened {
         Ok((_, true)) => Ok(()),
         // Bridged already (to a room without this alias): the alias is added to that room.
-        Ok((existing, false)) => match crate::bridge::room_id(&existing.room_id) {
-            Ok(rid) => bridge
-                .hs
-                .create_alias(&alias, &rid)
-                .await
-                .map(|_| ())
-                .map_err(crate::bridge::BridgeError::from),
-            Err(e) => Err(e),
-        },
+        Ok((existing, false)) => bridge.add_portal_alias(&alias, &existing.room_id).await,
         Err(e) => Err(e),
     };
     match result {

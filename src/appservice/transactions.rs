@@ -19,8 +19,8 @@ use serde_json::value::RawValue;
 use tracing::{debug, error, warn};
 
 use super::{AppState, matrix_error};
-use crate::bridge::event::{Head as EventHead, InvalidEvent, MatrixEvent};
-use crate::bridge::{Work, now_ms};
+use crate::bridge::Work;
+use crate::bridge::event::{EphemeralEvent, EphemeralHead, Head as EventHead, MatrixEvent};
 use crate::store::{InboxItem, TxnOutcome};
 
 /// The body of a transaction, events kept raw.
@@ -35,23 +35,12 @@ struct TxnBody {
     ephemeral_unstable: Vec<Box<RawValue>>,
 }
 
-/// The fields of an ephemeral event needed to route it.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(default, borrow)]
-    room_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    sender: Option<Cow<'a, str>>,
-    #[serde(default, rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
-}
-
 /// What a transaction carries, ready to commit.
 struct Items {
     /// The inbox items, in the transaction's order.
     items: Vec<InboxItem>,
-    /// For each item, what its timeline event reads as (`None` for ephemeral items).
-    read: Vec<Option<Result<MatrixEvent, InvalidEvent>>>,
+    /// For each item, what it reads as.
+    read: Vec<Work>,
     /// Echoes and events without a room, dropped on purpose.
     dropped: usize,
     /// Events that could not be read, skipped with a warning.
@@ -66,6 +55,8 @@ struct Items {
 
 /// Turns a transaction body into inbox items, dropping echoes and events without a room and
 /// skipping, one by one, events that cannot be read (one bad event never rejects the others).
+/// A timeline event whose content does not read is kept, as that item's own failure (its
+/// sender is told); an ephemeral one is skipped with a warning (nobody could be told).
 /// `echo` tells, by sender and room, the events of the bridge's own users (the bot and
 /// ghosts) that are echoes; a ghost's message in a room shared with another network is not.
 fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
@@ -101,7 +92,7 @@ fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
             room_id,
             event: raw,
         });
-        read.push(Some(MatrixEvent::from_head(head)));
+        read.push(Work::matrix(MatrixEvent::from_head(head)));
     }
     let ephemeral = if body.ephemeral.is_empty() {
         body.ephemeral_unstable
@@ -109,7 +100,7 @@ fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
         body.ephemeral
     };
     for raw in ephemeral {
-        let head: Head = match serde_json::from_str(raw.get()) {
+        let head: EphemeralHead = match serde_json::from_str(raw.get()) {
             Ok(h) => h,
             Err(e) => {
                 warn!(error = %crate::error::chain(&e), "skipping an ephemeral event that is not an event object");
@@ -124,12 +115,20 @@ fn to_items(echo: &dyn Fn(&str, &str) -> bool, body: TxnBody) -> Items {
             dropped += 1;
             continue;
         }
+        let ev = match EphemeralEvent::from_head(&head) {
+            Ok(ev) => ev,
+            Err(e) => {
+                warn!(kind = e.kind.as_deref().unwrap_or(""), error = %e, "skipping an ephemeral event that cannot be read");
+                malformed += 1;
+                continue;
+            }
+        };
         let room_id = head.room_id.map(Cow::into_owned);
         items.push(InboxItem::Ephemeral {
             room_id,
             event: raw,
         });
-        read.push(None);
+        read.push(Work::ephemeral(Ok(ev)));
     }
     let mut out = [0; 32];
     out.copy_from_slice(digest.finish().as_ref());
@@ -190,10 +189,7 @@ pub(super) async fn push(
             );
         }
     };
-    let echo = |user: &str, room: &str| {
-        bridge.in_namespace(user)
-            && (room.is_empty() || user == bridge.bot().as_str() || !bridge.store.has_fanout(room))
-    };
+    let echo = |user: &str, room: &str| bridge.is_echo(user, room);
     let Items {
         items,
         read,
@@ -212,11 +208,7 @@ pub(super) async fn push(
             .with_label_values(&["malformed"])
             .inc_by(malformed as u64);
     }
-    match bridge
-        .store
-        .commit_transaction(&txn_id, &digest, &items, now_ms())
-        .await
-    {
+    match bridge.commit_transaction(&txn_id, &digest, &items).await {
         Ok(TxnOutcome::New(seqs)) => {
             debug!(
                 txn_id,
@@ -224,12 +216,8 @@ pub(super) async fn push(
                 dropped,
                 "transaction committed"
             );
-            for ((seq, item), read) in seqs.into_iter().zip(items).zip(read) {
-                // The stored JSON has done its part; the queue gets the event as read.
-                let work = match read {
-                    Some(ev) => Work::matrix(ev),
-                    None => Work::from(item),
-                };
+            // The stored JSON has done its part; the queue gets the event as read.
+            for (seq, work) in seqs.into_iter().zip(read) {
                 bridge.dispatch_work(seq, work);
             }
             result("ok");
@@ -327,6 +315,9 @@ mod tests {
             r#"{"room_id":7}"#,
             r#"{"sender":["@a:hs"]}"#,
             r#"{"type":{"nested":true}}"#,
+            r#"{"type":"m.typing","room_id":"!r:hs","content":{"user_ids":7}}"#,
+            r#"{"type":"m.receipt","content":{}}"#,
+            r#"{"type":"m.presence","sender":"@a:hs","content":{"presence":["online"]}}"#,
         ] {
             let body = format!(r#"{{"events":[{bad},{good},{bad}],"ephemeral":[{bad},{TYPING}]}}"#);
             let parsed: TxnBody = serde_json::from_str(&body).unwrap();
@@ -411,9 +402,56 @@ mod tests {
                 let InboxItem::Matrix { room_id, event } = item else {
                     panic!("not a timeline item");
                 };
-                let read = read.as_ref().expect("timeline events are read as they enter");
+                let Work::Matrix(read) = read else {
+                    panic!("timeline events are read as timeline events");
+                };
                 let replay = MatrixEvent::read(room_id, event);
-                proptest::prop_assert_eq!(format!("{read:?}"), format!("{replay:?}"));
+                proptest::prop_assert_eq!(format!("{read:?}"), format!("{:?}", Box::new(replay)));
+            }
+        }
+
+        /// Every ephemeral event is read once, as it enters: one that reads is kept and read
+        /// as a replay reads it; one that does not is skipped alone, counted, and the others
+        /// (timeline and ephemeral) go on.
+        #[test]
+        fn ephemeral_events_are_read_as_they_enter_or_skipped_alone(
+            ephemeral in proptest::collection::vec((
+                proptest::sample::select(vec!["m.typing", "m.receipt", "m.presence", "org.example"]),
+                proptest::sample::select(vec![
+                    r#","room_id":"!r:hs""#, r#","sender":"@a:hs""#, r#","room_id":"!r:hs","sender":"@a:hs""#, "",
+                ]),
+                proptest::sample::select(vec![
+                    r#"{"user_ids":["@a:hs"]}"#, r#"{"user_ids":"@a:hs"}"#,
+                    r#"{"$e":{"m.read":{"@a:hs":{"ts":1}}}}"#, r#"{"$e":[]}"#,
+                    r#"{"presence":"online","status_msg":"hi"}"#, r#"{"presence":1}"#,
+                    "{}", "null",
+                ]),
+            ), 0..8),
+        ) {
+            let good = r#"{"type":"m.room.message","room_id":"!r:hs","sender":"@a:hs","event_id":"$g","content":{"msgtype":"m.text","body":"x"}}"#;
+            let eph: Vec<String> = ephemeral
+                .iter()
+                .map(|(kind, place, content)| format!(r#"{{"type":"{kind}"{place},"content":{content}}}"#))
+                .collect();
+            let body = format!(r#"{{"events":[{good}],"ephemeral":[{}]}}"#, eph.join(","));
+            let out = to_items(&|_: &str, _: &str| false, serde_json::from_str(&body).unwrap());
+            let readable: Vec<&String> = eph
+                .iter()
+                .filter(|e| EphemeralEvent::read(&RawValue::from_string((*e).clone()).unwrap()).is_ok())
+                .collect();
+            proptest::prop_assert_eq!(out.items.len(), 1 + readable.len());
+            proptest::prop_assert_eq!(out.malformed, eph.len() - readable.len());
+            proptest::prop_assert!(matches!(&out.read[0], Work::Matrix(r) if r.is_ok()));
+            for ((item, read), json) in out.items[1..].iter().zip(&out.read[1..]).zip(readable) {
+                let InboxItem::Ephemeral { event, .. } = item else {
+                    panic!("not an ephemeral item");
+                };
+                proptest::prop_assert_eq!(event.get(), json.as_str(), "stored as sent");
+                let Work::Ephemeral(read) = read else {
+                    panic!("ephemeral events are read as ephemeral events");
+                };
+                let replay = EphemeralEvent::read(event).expect("a kept event reads again");
+                proptest::prop_assert_eq!(format!("{:?}", read.as_ref().as_ref().unwrap()), format!("{replay:?}"));
             }
         }
     }

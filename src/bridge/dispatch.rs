@@ -23,9 +23,7 @@ use ruma::events::room::member::MembershipState;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use serde_json::value::RawValue;
-
-use super::event::{EventKind, InvalidEvent, MatrixEvent};
+use super::event::{EphemeralEvent, EventKind, InvalidEphemeral, InvalidEvent, MatrixEvent};
 use super::{Bridge, BridgeError};
 use crate::backoff::Policy;
 use crate::error::{Reason, Retry, chain};
@@ -39,13 +37,8 @@ use crate::store::{InboxItem, PortalKey};
 pub enum Work {
     /// A timeline event, or why it cannot be read.
     Matrix(Box<Result<MatrixEvent, InvalidEvent>>),
-    /// An ephemeral event (typing, receipt, presence).
-    Ephemeral {
-        /// The room, when the event has one.
-        room_id: Option<String>,
-        /// The event as the homeserver sent it.
-        event: Box<RawValue>,
-    },
+    /// An ephemeral event (typing, receipt, presence), or why it cannot be read.
+    Ephemeral(Box<Result<EphemeralEvent, InvalidEphemeral>>),
     /// An event from a remote network.
     Remote {
         /// The network it came from.
@@ -60,6 +53,11 @@ impl Work {
     pub fn matrix(event: Result<MatrixEvent, InvalidEvent>) -> Work {
         Work::Matrix(Box::new(event))
     }
+
+    /// An ephemeral event read already.
+    pub fn ephemeral(event: Result<EphemeralEvent, InvalidEphemeral>) -> Work {
+        Work::Ephemeral(Box::new(event))
+    }
 }
 
 impl From<InboxItem> for Work {
@@ -69,7 +67,7 @@ impl From<InboxItem> for Work {
             InboxItem::Matrix { room_id, event } => {
                 Work::matrix(MatrixEvent::read(&room_id, &event))
             }
-            InboxItem::Ephemeral { room_id, event } => Work::Ephemeral { room_id, event },
+            InboxItem::Ephemeral { event, .. } => Work::ephemeral(EphemeralEvent::read(&event)),
             InboxItem::Remote { network, event } => Work::Remote { network, event },
         }
     }
@@ -242,10 +240,16 @@ impl Bridge {
                 },
                 Err(bad) => by_room(&bad.room_id),
             },
-            Work::Ephemeral { room_id, event } => match room_id {
-                Some(r) => by_room(r),
-                None => QueueKey::User(ephemeral_sender(event.get()).unwrap_or_default()),
-            },
+            Work::Ephemeral(read) => {
+                let (room, sender) = match &**read {
+                    Ok(ev) => ev.place(),
+                    Err(bad) => bad.place(),
+                };
+                match room {
+                    Some(r) => by_room(r),
+                    None => QueueKey::User(sender.unwrap_or_default().to_owned()),
+                }
+            }
             Work::Remote { network, event } => {
                 QueueKey::Portal(super::remote_events::portal_key(network, event))
             }
@@ -476,7 +480,10 @@ impl Bridge {
                 Ok(ev) => self.handle_matrix_event(seq, ev).await,
                 Err(bad) => Err(BridgeError::Invalid(Reason::from_error(bad.clone()))),
             },
-            Work::Ephemeral { event, .. } => self.handle_ephemeral(event.get()).await,
+            Work::Ephemeral(read) => match &**read {
+                Ok(ev) => self.handle_ephemeral(ev).await,
+                Err(bad) => Err(BridgeError::Invalid(Reason::from_error(bad.clone()))),
+            },
             Work::Remote { network, event } => self.handle_remote_event(seq, network, event).await,
         }
     }
@@ -523,14 +530,6 @@ fn describe(item: &InboxItem) -> String {
             event.chat.as_str()
         ),
     }
-}
-
-fn ephemeral_sender(json: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct E {
-        sender: Option<String>,
-    }
-    serde_json::from_str::<E>(json).ok()?.sender
 }
 
 #[cfg(test)]

@@ -9,6 +9,11 @@
 //! kind is [`EventKind::Other`] and accepted as it is. An event whose content does not read
 //! as its type says (a message without a body, a reaction without its relation) is an
 //! [`InvalidEvent`]: that item's own permanent failure, never the transaction's.
+//!
+//! Ephemeral events (typing, receipts, presence) are read the same way, into
+//! [`EphemeralEvent`] ([`ephemeral`]).
+
+pub mod ephemeral;
 
 use std::fmt;
 
@@ -21,6 +26,8 @@ use ruma::events::room::redaction::RoomRedactionEventContent;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
+
+pub use ephemeral::{EphemeralEvent, EphemeralHead, InvalidEphemeral};
 
 /// The top-level fields of a timeline event, its content still raw: what the transaction
 /// handler needs to route and deduplicate an event before its content is read.

@@ -286,8 +286,7 @@ impl Bridge {
         room: &str,
         inviter: Option<&str>,
     ) -> Result<(), BridgeError> {
-        let key = (ghost.to_owned(), room.to_owned());
-        if self.joined.lock().expect("joined lock").contains(&key) {
+        if self.joined.contains(ghost, room) {
             return Ok(());
         }
         let uid = user_id(ghost)?;
@@ -311,19 +310,13 @@ impl Bridge {
             }
             Err(e) => return Err(e.into()),
         }
-        self.joined.lock().expect("joined lock").insert(key);
+        self.joined.note(ghost, room, true);
         Ok(())
     }
 
     /// Remembers that `user` is in `room` (or no longer is).
     pub(super) fn note_joined(&self, user: &str, room: &str, joined: bool) {
-        let key = (user.to_owned(), room.to_owned());
-        let mut set = self.joined.lock().expect("joined lock");
-        if joined {
-            set.insert(key);
-        } else {
-            set.remove(&key);
-        }
+        self.joined.note(user, room, joined);
     }
 
     /// Makes `ghost` leave `room`.

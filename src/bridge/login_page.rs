@@ -90,20 +90,11 @@ impl Bridge {
         instructions: Option<String>,
     ) -> Option<LoginLink> {
         let base = self.login_page_base()?;
-        let session = {
-            let mut sessions = self.login_sessions.lock().await;
-            let asks_secret = sessions
-                .get(user)
-                .is_some_and(|s| s.values.is_empty() && s.fields.iter().any(|f| f.secret));
-            if !asks_secret {
-                return None;
-            }
-            sessions.remove(user)?
-        };
+        let session = self.logins.take_session_asking_secret(user).await?;
         let network = session.network.clone();
         let token =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        let mut pending = self.login_pages.pending.lock().await;
+        let mut pending = self.logins.pages.pending.lock().await;
         let now = Instant::now();
         pending.retain(|_, p| p.expires > now && p.user != user);
         pending.insert(
@@ -126,7 +117,7 @@ impl Bridge {
 
     /// Forgets `user`'s login links; returns whether there was one.
     pub async fn cancel_login_pages(&self, user: &str) -> bool {
-        let mut pending = self.login_pages.pending.lock().await;
+        let mut pending = self.logins.pages.pending.lock().await;
         let before = pending.len();
         pending.retain(|_, p| p.user != user);
         pending.len() != before
@@ -134,7 +125,7 @@ impl Bridge {
 
     /// The page behind `token`, as a `GET` shows it (looking changes nothing).
     pub async fn login_page(&self, token: &str) -> PageView {
-        let mut pending = self.login_pages.pending.lock().await;
+        let mut pending = self.logins.pages.pending.lock().await;
         let Some(p) = pending.get(token) else {
             return PageView::Closed(GONE.into());
         };
@@ -154,7 +145,7 @@ impl Bridge {
     ) -> PageView {
         // Taken out while the network checks the values: a second post of the same link
         // meanwhile finds nothing, so one link never logs in twice.
-        let Some(mut p) = self.login_pages.pending.lock().await.remove(token) else {
+        let Some(mut p) = self.logins.pages.pending.lock().await.remove(token) else {
             return PageView::Closed(GONE.into());
         };
         if p.expires <= Instant::now() {
@@ -180,7 +171,8 @@ impl Bridge {
                 p.session.fields = fields;
                 p.instructions = instructions;
                 let view = self.form_view(&p, None);
-                self.login_pages
+                self.logins
+                    .pages
                     .pending
                     .lock()
                     .await
@@ -220,7 +212,8 @@ impl Bridge {
                 )
                 .await;
                 let view = self.form_view(&p, Some(format!("Login failed: {e}.")));
-                self.login_pages
+                self.logins
+                    .pages
                     .pending
                     .lock()
                     .await

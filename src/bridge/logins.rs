@@ -43,24 +43,12 @@ pub enum LoginProgress {
 impl Bridge {
     /// Live logins of `user` on `network`.
     pub fn logins_of(&self, user: &str, network: &NetworkId) -> Vec<UserLogin> {
-        self.logins
-            .lock()
-            .expect("logins lock")
-            .get(&(user.to_owned(), network.clone()))
-            .cloned()
-            .unwrap_or_default()
+        self.logins.live(user, network)
     }
 
     /// Every live login of `user`, with its network.
     pub fn all_logins_of(&self, user: &str) -> Vec<(NetworkId, UserLogin)> {
-        let map = self.logins.lock().expect("logins lock");
-        let mut out: Vec<_> = map
-            .iter()
-            .filter(|((u, _), _)| u == user)
-            .flat_map(|((_, n), ls)| ls.iter().map(move |l| (n.clone(), l.clone())))
-            .collect();
-        out.sort_by(|a, b| (&a.0, a.1.id.as_str()).cmp(&(&b.0, b.1.id.as_str())));
-        out
+        self.logins.all_live(user)
     }
 
     /// The client of one login.
@@ -76,13 +64,6 @@ impl Bridge {
             .map(|l| l.client)
     }
 
-    fn register_login(&self, user: &str, network: &NetworkId, login: UserLogin) {
-        let mut map = self.logins.lock().expect("logins lock");
-        let list = map.entry((user.to_owned(), network.clone())).or_default();
-        list.retain(|l| l.id != login.id);
-        list.push(login);
-    }
-
     /// Restores every stored login at start-up. A login that fails is kept in the store with
     /// its state reported, so `relogin` or `logout` can deal with it.
     pub async fn load_logins(&self) -> Result<usize, BridgeError> {
@@ -95,7 +76,7 @@ impl Bridge {
             };
             match connector.load_login(&user, &data).await {
                 Ok(client) => {
-                    self.register_login(
+                    self.logins.register(
                         &user,
                         &network,
                         UserLogin {
@@ -163,31 +144,22 @@ impl Bridge {
 
     /// Whether `user` is in the middle of a login.
     pub async fn login_pending(&self, user: &str) -> Option<LoginField> {
-        self.login_sessions
-            .lock()
-            .await
-            .get(user)
-            .and_then(|s| s.next_field().cloned())
+        self.logins.next_field(user).await
     }
 
     /// The fields still asked for in the login in progress, in order.
     pub async fn login_remaining_fields(&self, user: &str) -> Vec<LoginField> {
-        self.login_sessions
-            .lock()
-            .await
-            .get(user)
-            .map(|s| s.fields[s.values.len().min(s.fields.len())..].to_vec())
-            .unwrap_or_default()
+        self.logins.remaining_fields(user).await
     }
 
     /// Abandons a login in progress; returns whether there was one.
     pub async fn cancel_login(&self, user: &str) -> bool {
-        self.login_sessions.lock().await.remove(user).is_some()
+        self.logins.take_session(user).await.is_some()
     }
 
     /// Gives the answer to the field asked last.
     pub async fn login_input(&self, user: &str, value: &str) -> Result<LoginProgress, BridgeError> {
-        let Some(mut session) = self.login_sessions.lock().await.remove(user) else {
+        let Some(mut session) = self.logins.take_session(user).await else {
             return Err(BridgeError::Invalid("no login in progress".into()));
         };
         let field = session
@@ -196,10 +168,7 @@ impl Bridge {
             .ok_or_else(|| BridgeError::Invalid("no question pending".into()))?;
         session.values.insert(field.id.clone(), value.to_owned());
         if let Some(next) = session.next_field().cloned() {
-            self.login_sessions
-                .lock()
-                .await
-                .insert(user.to_owned(), session);
+            self.logins.keep_session(user, session).await;
             return Ok(LoginProgress::Ask(next, None));
         }
         let values = std::mem::take(&mut session.values);
@@ -231,10 +200,7 @@ impl Bridge {
                     .ok_or_else(|| BridgeError::Invalid("login step asks for nothing".into()))?;
                 session.fields = fields;
                 session.values.clear();
-                self.login_sessions
-                    .lock()
-                    .await
-                    .insert(user.to_owned(), session);
+                self.logins.keep_session(user, session).await;
                 Ok(LoginProgress::Ask(first, Some(instructions)))
             }
             LoginStep::Complete { login, client } => {
@@ -253,7 +219,7 @@ impl Bridge {
         self.store.put_login(user, network.as_str(), &login)?;
         let name = login.remote_name.clone();
         self.set_state(network, Some(user), client.state(), None);
-        self.register_login(
+        self.logins.register(
             user,
             network,
             UserLogin {
@@ -313,14 +279,7 @@ impl Bridge {
         network: &NetworkId,
         id: Option<&LoginId>,
     ) -> Result<Vec<String>, BridgeError> {
-        let removed: Vec<UserLogin> = {
-            let mut map = self.logins.lock().expect("logins lock");
-            let list = map.entry((user.to_owned(), network.clone())).or_default();
-            let (gone, keep): (Vec<_>, Vec<_>) =
-                list.drain(..).partition(|l| id.is_none_or(|i| &l.id == i));
-            *list = keep;
-            gone
-        };
+        let removed = self.logins.remove(user, network, id);
         let mut names = Vec::new();
         for l in &removed {
             if let Err(e) = l.client.logout().await {
@@ -508,10 +467,9 @@ impl RemoteEventHandler for CoreSink {
         }
         info!(network = %network, user = user_id.unwrap_or("(bridge)"), state = state.as_str(), "state changed");
         let Some(user) = user_id else { return };
-        let key = (network.clone(), user.to_owned());
         match state {
             BridgeState::BadCredentials | BridgeState::LoggedOut | BridgeState::UnknownError => {
-                bridge.announced.lock().expect("announced lock").insert(key);
+                bridge.logins.announce(network, user);
                 bridge.state_notice(network, user, state, message).await;
             }
             BridgeState::TransientDisconnect => {
@@ -527,12 +485,7 @@ impl RemoteEventHandler for CoreSink {
                     // A blip and a disconnection right after it each started a timer: the
                     // first to fire while the link is still down announces it, the other
                     // finds it announced (a recovery clears the mark).
-                    let first = still
-                        && bridge
-                            .announced
-                            .lock()
-                            .expect("announced lock")
-                            .insert((network.clone(), user.clone()));
+                    let first = still && bridge.logins.announce(&network, &user);
                     if first {
                         bridge
                             .state_notice(
@@ -545,16 +498,9 @@ impl RemoteEventHandler for CoreSink {
                     }
                 });
             }
-            BridgeState::Connected => {
-                // "Back" only after a problem the user was told about.
-                let was_announced = bridge
-                    .announced
-                    .lock()
-                    .expect("announced lock")
-                    .remove(&key);
-                if was_announced {
-                    bridge.state_notice(network, user, state, None).await;
-                }
+            // "Back" only after a problem the user was told about.
+            BridgeState::Connected if bridge.logins.recovered(network, user) => {
+                bridge.state_notice(network, user, state, None).await;
             }
             _ => {}
         }

@@ -10,10 +10,13 @@ mod dispatch;
 mod encryption;
 pub mod event;
 mod existence;
+mod facade;
 mod ghost;
+mod joined;
 mod keyed;
 pub mod limits;
 mod login_page;
+mod login_state;
 mod logins;
 mod management;
 mod matrix_events;
@@ -113,10 +116,10 @@ pub struct UserLogin {
 pub struct Bridge {
     /// The validated configuration.
     pub config: Arc<Config>,
-    /// Homeserver client.
-    pub hs: HomeserverClient,
-    /// The store.
-    pub store: Store,
+    /// Homeserver client; callers outside `bridge/` ask through `facade.rs`.
+    hs: HomeserverClient,
+    /// The store; callers outside `bridge/` ask through `facade.rs`.
+    store: Store,
     /// Metrics.
     pub metrics: Metrics,
     /// Connectors by network ID.
@@ -124,23 +127,14 @@ pub struct Bridge {
     /// Who may do what.
     pub permissions: Permissions,
     bot: OwnedUserId,
-    /// Live clients of logins, by (Matrix user, network).
-    logins: Mutex<HashMap<(String, NetworkId), Vec<UserLogin>>>,
-    /// Login flows in progress, by Matrix user.
-    login_sessions: tokio::sync::Mutex<HashMap<String, LoginSession>>,
-    /// Login flows waiting on a login page, by link token.
-    login_pages: login_page::LoginPages,
-    /// Last reported state of each login or link, by (network, Matrix user or "").
-    states: Mutex<HashMap<(NetworkId, String), StateReport>>,
-    /// Ghosts known to be registered and (ghost, room) pairs known to be joined, to avoid
-    /// repeating requests; both are rebuilt lazily after a restart.
-    joined: Mutex<HashSet<(String, String)>>,
+    /// Users' logins: live clients, flows in progress, login links, reported states.
+    logins: login_state::Logins,
+    /// Which ghosts (and the bot) are known to be in which rooms, to avoid repeating joins.
+    joined: joined::Joined,
     /// Users currently typing per room, to turn Matrix typing lists into start/stop changes.
     typing: Mutex<HashMap<String, HashSet<String>>>,
     /// Portal queues.
     queues: dispatch::Queues,
-    /// Logins whose problem the user was told about (so recovery is announced too).
-    announced: Mutex<HashSet<(NetworkId, String)>>,
     /// Held while the bot opens a management room, so a user gets one.
     management_rooms: tokio::sync::Mutex<()>,
     /// (room, need) pairs whose missing power the room was told about.
@@ -208,13 +202,9 @@ impl Bridge {
             networks,
             permissions,
             bot,
-            logins: Mutex::default(),
-            login_sessions: tokio::sync::Mutex::default(),
-            login_pages: login_page::LoginPages::default(),
-            states: Mutex::default(),
-            joined: Mutex::default(),
+            logins: login_state::Logins::default(),
+            joined: joined::Joined::default(),
             typing: Mutex::default(),
-            announced: Mutex::default(),
             management_rooms: tokio::sync::Mutex::default(),
             power_told: Mutex::default(),
             fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
@@ -341,11 +331,7 @@ impl Bridge {
         state: BridgeState,
         message: Option<String>,
     ) -> Option<BridgeState> {
-        let key = (network.clone(), user_id.unwrap_or_default().to_owned());
-        let previous = {
-            let mut states = self.states.lock().expect("states lock");
-            states.insert(key, (state, message)).map(|(s, _)| s)
-        };
+        let previous = self.logins.record_state(network, user_id, state, message);
         if user_id.is_none()
             && matches!(
                 state,
@@ -379,11 +365,7 @@ impl Bridge {
         network: &NetworkId,
         user_id: Option<&str>,
     ) -> Option<(BridgeState, Option<String>)> {
-        self.states
-            .lock()
-            .expect("states lock")
-            .get(&(network.clone(), user_id.unwrap_or_default().to_owned()))
-            .cloned()
+        self.logins.state_of(network, user_id)
     }
 
     /// Refreshes the gauges that mirror the store. Counting a sled tree walks it, so this

@@ -114,19 +114,19 @@ async fn help(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
 async fn status(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
     let b = ctx.bridge;
     let started = Instant::now();
-    let hs = match b.hs.whoami(None).await {
+    let hs = match b.check_homeserver().await {
         Ok(_) => format!("connected ({} ms)", started.elapsed().as_millis()),
         Err(e) => format!("ERROR: {e}"),
     };
     let mut out = format!("Homeserver: {hs}\n");
-    match b.store.failure() {
+    match b.store_failure() {
         None => out.push_str("Store: ok\n"),
         Some(e) => out.push_str(&format!(
             "Store: FAILING ({e}); new traffic is refused until it can write again\n"
         )),
     }
     if ctx.level >= PermissionLevel::Admin {
-        let n = b.store.quarantine_len();
+        let n = b.quarantined_count();
         if n > 0 {
             out.push_str(&format!(
                 "Quarantine: {n} item(s) set aside after failing too often (`quarantine`)\n"
@@ -230,9 +230,7 @@ async fn quarantine(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
 async fn whoami(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
     let b = ctx.bridge;
     let management = b
-        .store
-        .user(ctx.sender)?
-        .and_then(|u| u.management_room)
+        .management_room_of(ctx.sender)?
         .unwrap_or_else(|| "none (start a direct chat with the bot)".into());
     let logins: Vec<String> = b
         .all_logins_of(ctx.sender)

@@ -160,7 +160,7 @@ async fn logout(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
 
 async fn logins(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
     let live = ctx.bridge.all_logins_of(ctx.sender);
-    let stored = ctx.bridge.store.logins_of(ctx.sender)?;
+    let stored = ctx.bridge.stored_logins_of(ctx.sender)?;
     if stored.is_empty() {
         return Ok("You have no logins. Send `login` to add one.".into());
     }

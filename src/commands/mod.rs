@@ -198,7 +198,7 @@ pub async fn handle(
     management: bool,
 ) -> Result<(), BridgeError> {
     let level = bridge.level(&ev.sender);
-    let portal = bridge.store.portal_by_room(&ev.room_id)?;
+    let portal = bridge.portal_of_room(&ev.room_id)?;
     let ctx = Ctx {
         bridge,
         seq,
@@ -295,17 +295,16 @@ async fn send_reply(ctx: &Ctx<'_>, text: &str) {
 /// Redacts a message that holds a secret (a password typed during login); returns whether
 /// it is gone.
 async fn redact_secret(ctx: &Ctx<'_>, event_id: &str) -> bool {
-    let (Ok(rid), Ok(eid)) = (room_id(ctx.room_id), EventId::parse(event_id)) else {
+    if room_id(ctx.room_id).is_err() || EventId::parse(event_id).is_err() {
         return false;
-    };
+    }
     let txn = format!("isthmus.{}.redact", ctx.seq);
     match ctx
         .bridge
-        .hs
-        .redact(None, &rid, &eid, &txn, Some("contained a password"))
+        .redact_as_bot(ctx.room_id, event_id, &txn, "contained a password")
         .await
     {
-        Ok(_) => true,
+        Ok(()) => true,
         Err(e) => {
             warn!(room_id = ctx.room_id, error = %crate::error::chain(&e), "could not redact the message holding a password; delete it yourself");
             ctx.bridge
@@ -314,7 +313,7 @@ async fn redact_secret(ctx: &Ctx<'_>, event_id: &str) -> bool {
                     None,
                     crate::bridge::PowerNeed::Redact,
                     "remove the message holding your password (delete it yourself)",
-                    &e.into(),
+                    &e,
                 )
                 .await;
             false

@@ -3,7 +3,7 @@
 use futures::FutureExt;
 
 use super::{Command, Ctx, Place, Reply, pick_network};
-use crate::bridge::{BridgeError, Bridged, room_id, user_id};
+use crate::bridge::{BridgeError, Bridged};
 use crate::config::PermissionLevel;
 use crate::network::{ChatKind, NetworkId};
 use crate::store::{PortalKey, PortalRecord};
@@ -126,41 +126,9 @@ async fn may_change_bridging(ctx: &Ctx<'_>) -> Result<bool, BridgeError> {
     if ctx.level >= PermissionLevel::Admin {
         return Ok(true);
     }
-    // Room version 12 and later: creators hold every power without a power level.
-    let room = room_id(ctx.room_id)?;
-    if ctx
-        .bridge
-        .hs
-        .room_creators(&room)
-        .await?
-        .iter()
-        .any(|c| c == ctx.sender)
-    {
-        return Ok(true);
-    }
-    let levels = ctx
-        .bridge
-        .hs
-        .get_state(None, &room_id(ctx.room_id)?, "m.room.power_levels", "")
-        .await?
-        .unwrap_or_default();
-    let int = |v: &serde_json::Value| {
-        v.as_i64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-    };
-    let user_level = levels
-        .get("users")
-        .and_then(|u| u.get(ctx.sender))
-        .and_then(int)
-        .or_else(|| levels.get("users_default").and_then(int))
-        .unwrap_or(0);
-    let needed = levels
-        .get("events")
-        .and_then(|e| e.get("m.bridge"))
-        .and_then(int)
-        .or_else(|| levels.get("state_default").and_then(int))
-        .unwrap_or(50);
-    Ok(user_level >= needed)
+    ctx.bridge
+        .may_change_bridging(ctx.room_id, ctx.sender)
+        .await
 }
 
 /// Whether the caller may manage this portal: its owner for a direct chat, an admin, or
@@ -173,7 +141,7 @@ async fn may_manage(ctx: &Ctx<'_>, p: &PortalRecord) -> Result<bool, BridgeError
 }
 
 async fn list_portals(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
-    let all = ctx.bridge.store.list_portals()?;
+    let all = ctx.bridge.all_portals()?;
     let mine: Vec<_> = all
         .iter()
         .filter(|p| {
@@ -238,16 +206,7 @@ async fn start_chat(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
         .await?;
     if !created {
         // Make sure the user is (again) in the room.
-        let ghost = user_id(&ctx.bridge.portal_speaker(&portal))?;
-        let _ = ctx
-            .bridge
-            .hs
-            .invite(
-                Some(&ghost),
-                &room_id(&portal.room_id)?,
-                &user_id(ctx.sender)?,
-            )
-            .await;
+        let _ = ctx.bridge.invite_to_portal(&portal, ctx.sender).await;
         return Ok(format!(
             "You already have a chat with {contact}: {}",
             portal.room_id
@@ -270,7 +229,7 @@ async fn join(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
         return no_group_chats(ctx, &network);
     };
     let key = PortalKey::new(network.as_str(), chat.as_str(), None);
-    if ctx.bridge.store.portal(&key)?.is_none() {
+    if ctx.bridge.portal(&key)?.is_none() {
         let exists =
             connector
                 .group_chat_exists(&chat)
@@ -291,18 +250,12 @@ async fn join(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
         .bridge
         .open_group_chat(&key, Some(chat.as_str().to_owned()), alias)
         .await?;
-    let room = room_id(&portal.room_id)?;
-    match ctx
-        .bridge
-        .hs
-        .invite(None, &room, &user_id(ctx.sender)?)
-        .await
-    {
+    match ctx.bridge.invite_as_bot(&portal.room_id, ctx.sender).await {
         Ok(()) => {}
-        Err(e) if e.errcode() == Some("M_FORBIDDEN") => {
+        Err(BridgeError::Matrix(e)) if e.errcode() == Some("M_FORBIDDEN") => {
             // Already in the room, or it is public: joining through the alias works too.
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     }
     Ok(format!(
         "You are invited to {chat}: {} (#{}:{})",

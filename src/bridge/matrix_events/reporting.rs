@@ -129,7 +129,7 @@ impl Bridge {
                     connector.undelivered(event, text).await;
                 }
             }
-            Work::Ephemeral { .. } => {}
+            Work::Ephemeral(_) => {}
         }
     }
 }
