@@ -475,10 +475,11 @@ pub trait Connector: Send + Sync + 'static {
     fn info(&self) -> &NetworkInfo;
 
     /// Starts the connector's background work (connections, listeners). Must return once the
-    /// work is spawned; events go to `sink`.
+    /// work is spawned, in `sink.tasks()` (never a bare `tokio::spawn`); events go to `sink`.
     async fn start(&self, sink: EventSink) -> Result<(), NetworkError>;
 
-    /// Stops the background work; idempotent.
+    /// Stops the background work; idempotent. Called at shutdown before the bridge's tasks
+    /// are cancelled, so goodbyes can still be said; the tasks must end soon after it.
     async fn stop(&self);
 
     /// The bridge-wide identity, if this network has one (a gateway component, a trunk).
@@ -685,27 +686,41 @@ impl From<SinkError> for NetworkError {
     }
 }
 
-/// A connector's handle on the core, bound to its network: where events go, and the
-/// connector's own storage.
+/// A connector's handle on the core, bound to its network: where events go, the
+/// connector's own storage, and the bridge's background tasks.
 #[derive(Clone)]
 pub struct EventSink {
     network: NetworkId,
     handler: Arc<dyn RemoteEventHandler>,
     store: Arc<dyn ConnectorStore>,
+    tasks: crate::tasks::Tasks,
 }
 
 impl EventSink {
-    /// Binds `handler` and `store` to `network`.
+    /// Binds `handler` and `store` to `network`; the connector starts its background work
+    /// in `tasks`.
     pub fn new(
         network: NetworkId,
         handler: Arc<dyn RemoteEventHandler>,
         store: Arc<dyn ConnectorStore>,
+        tasks: crate::tasks::Tasks,
     ) -> Self {
         Self {
             network,
             handler,
             store,
+            tasks,
         }
+    }
+
+    /// Where the connector runs its background work: every task it starts goes here, so
+    /// that a shutdown waits for it; a long-lived loop ends when [`Tasks::cancelled`]
+    /// resolves (or is started with [`Tasks::spawn_loop`]).
+    ///
+    /// [`Tasks::cancelled`]: crate::tasks::Tasks::cancelled
+    /// [`Tasks::spawn_loop`]: crate::tasks::Tasks::spawn_loop
+    pub fn tasks(&self) -> &crate::tasks::Tasks {
+        &self.tasks
     }
 
     /// The connector's own storage.

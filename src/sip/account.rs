@@ -459,7 +459,7 @@ impl PasswordAccounts for Accounts {
         account.track();
         account.state.set(BridgeState::Connected);
         info!(user = %user, address = %account.data.address, granted, "SIP account registered");
-        tokio::spawn(
+        self.0.tasks()?.spawn_loop(
             account
                 .clone()
                 .keep_registered(Duration::from_secs((granted.saturating_mul(3) / 4).max(5))),
@@ -475,7 +475,9 @@ impl PasswordAccounts for Accounts {
     ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
         let account = Account::new(self.0.clone(), user, data);
         account.track();
-        tokio::spawn(account.clone().keep_registered(Duration::ZERO));
+        self.0
+            .tasks()?
+            .spawn_loop(account.clone().keep_registered(Duration::ZERO));
         Ok(account)
     }
 }

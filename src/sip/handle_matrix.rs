@@ -153,11 +153,13 @@ impl NetworkClient for Gateway {
                 // After the first message, ask to see the contact's presence.
                 let shared = self.shared.clone();
                 let (user, contact) = (message.sender.user_id.clone(), contact.to_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = presence::watch(&shared, &user, &contact).await {
-                        debug!(error = %crate::error::chain(&e), %contact, "could not subscribe to a contact's presence");
-                    }
-                });
+                if let Ok(tasks) = self.shared.tasks() {
+                    tasks.spawn(async move {
+                        if let Err(e) = presence::watch(&shared, &user, &contact).await {
+                            debug!(error = %crate::error::chain(&e), %contact, "could not subscribe to a contact's presence");
+                        }
+                    });
+                }
                 Ok(RemoteMessageId::new(id))
             }
             ChatKind::Fanout => {

@@ -669,7 +669,8 @@ impl NetworkClient for Gateway {
             Some(delay) => {
                 let shared = Arc::clone(&self.shared);
                 let user = sender.user_id.clone();
-                tokio::spawn(async move {
+                // A trailing update: a shutdown may drop it.
+                self.shared.tasks()?.spawn_loop(async move {
                     tokio::time::sleep(delay).await;
                     if let Some(e) = shared
                         .presence_limit

@@ -382,7 +382,10 @@ impl Handler {
         let shared = Arc::clone(&self.shared);
         let contact = contact.clone();
         let receiver = receiver.to_owned();
-        tokio::spawn(async move {
+        let Ok(tasks) = self.shared.tasks() else {
+            return;
+        };
+        tasks.spawn_loop(async move {
             let query = xmpp_parsers::vcard::VCardQuery.into();
             let Ok(Ok(Some(card))) = shared.query(Jid::from(contact.clone()), query).await else {
                 return;
@@ -485,7 +488,10 @@ impl Handler {
     /// avatar, in the background (the profile comes from the homeserver).
     fn answer_vcard(&self, from: Option<Jid>, to: Option<Jid>, id: String, user: String) {
         let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move {
+        let Ok(tasks) = self.shared.tasks() else {
+            return;
+        };
+        tasks.spawn_loop(async move {
             let Some(sink) = shared.sink.get() else {
                 return;
             };
@@ -1224,7 +1230,10 @@ impl Handler {
         }
         info!(count = stanzas.len(), "rejoining group chats");
         let out = self.shared.out.clone();
-        tokio::spawn(async move {
+        let Ok(tasks) = self.shared.tasks() else {
+            return;
+        };
+        tasks.spawn_loop(async move {
             for s in stanzas {
                 if out.send((s, None)).await.is_err() {
                     break;
