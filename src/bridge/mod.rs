@@ -23,6 +23,7 @@ mod portal;
 mod portal_ops;
 mod presence;
 mod remote_events;
+mod resume;
 pub mod split;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -69,6 +69,17 @@ pub enum NetworkError {
     /// Anything else; logged, and the user sees a generic failure notice.
     #[error("internal error: {0}")]
     Internal(#[source] Reason),
+    /// A message sent in parts stopped at a part: `sent` says which parts went out before
+    /// it. The policy is the failed part's (`error`); the core keeps `sent` for the message,
+    /// so that a retry sends only the parts after them ([`OutgoingMessage::sent`]).
+    #[error("part {} of {}: {error}", .sent.parts + 1, .sent.total)]
+    Partly {
+        /// The parts delivered before the one that failed.
+        sent: PartsSent,
+        /// Why the part failed.
+        #[source]
+        error: Box<NetworkError>,
+    },
 }
 
 impl NetworkError {
@@ -78,7 +89,16 @@ impl NetworkError {
         match self {
             NetworkError::Transient(_) => Retry::Transient,
             NetworkError::Down(_) => Retry::Outage,
+            NetworkError::Partly { error, .. } => error.retry(),
             _ => Retry::Never,
+        }
+    }
+
+    /// The error of the failed part for [`NetworkError::Partly`], else this one.
+    pub fn failed_part(&self) -> &NetworkError {
+        match self {
+            NetworkError::Partly { error, .. } => error.failed_part(),
+            e => e,
         }
     }
 
@@ -329,6 +349,30 @@ pub struct OutgoingMessage {
     /// Sent through someone else's identity (relay): `sender` is the relay's owner and
     /// `content` already carries the author's name.
     pub relayed: bool,
+    /// For a retry: the parts an earlier try delivered (from its [`NetworkError::Partly`]),
+    /// which a connector sending in parts does not send again. Empty on a first try.
+    #[serde(default, skip_serializing_if = "PartsSent::is_empty")]
+    pub sent: PartsSent,
+}
+
+/// How far a message sent in parts got: the parts the network took, from the first, of how
+/// many, and the ID the first part got (which stands for the message).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartsSent {
+    /// Parts delivered, from the first.
+    pub parts: usize,
+    /// Parts the message was split into; a split that comes out otherwise starts again.
+    pub total: usize,
+    /// The network's ID of the first part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<RemoteMessageId>,
+}
+
+impl PartsSent {
+    /// Whether no part was delivered.
+    pub fn is_empty(&self) -> bool {
+        self.parts == 0
+    }
 }
 
 /// An identity that can act on a remote network: a bridge-wide identity that can speak for any

@@ -309,16 +309,19 @@ impl NetworkClient for Account {
             }
             _ => super::handle_matrix::text_of(message),
         };
-        let first = send_parts(body::split(&text, self.shared.max_body()), |part| {
+        let parts = body::split(&text, self.shared.max_body());
+        let first = send_parts(parts, &message.sent, |part| async move {
             self.send_to(
                 portal.chat.as_str(),
                 &message.sender.displayname,
                 "text/plain;charset=UTF-8",
                 part.into_bytes(),
             )
+            .await
+            .map(RemoteMessageId::new)
         })
         .await?;
-        Ok(RemoteMessageId::new(first.unwrap_or_default()))
+        Ok(first.unwrap_or_else(|| RemoteMessageId::new("")))
     }
 
     async fn send_typing(
