@@ -10,8 +10,9 @@
 //! again is deduplicated by the homeserver; but the offsets depend on the part size, which
 //! another message may teach meanwhile, and a homeserver forgets transaction IDs after a
 //! while. So where a message in parts stands ([`SplitProgress`]) is stored after each part,
-//! until the last went out, and a retry (the failure model retries the whole item, also
-//! after a restart) goes on from there with the same part size: no part is posted twice.
+//! under the remote message's ID, until the last went out, and a retry (the failure model
+//! retries the whole item, also after a restart or a release from the quarantine) goes on
+//! from there with the same part size: no part is posted twice.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +25,7 @@ use tracing::info;
 use super::{Bridge, BridgeError};
 use crate::error::Reason;
 use crate::matrix::MatrixError;
+use crate::network::RemoteMessageId;
 use crate::store::PortalKey;
 
 /// The smallest part tried; below it a refusal is not about the size of the body.
@@ -84,12 +86,15 @@ where
 impl Bridge {
     /// Sends message `content` as `ghost` into `portal`'s room; when the homeserver refuses
     /// it for its size, sends its plain body in parts instead (see the module), going on
-    /// where an earlier try stopped. Returns the first event's ID, which stands for the
-    /// message. `txn` is the stable transaction ID of the message; parts use `txn` and their
-    /// byte offset.
+    /// where an earlier try of remote message `remote_id` stopped (also when the try had
+    /// another transaction ID: a message the quarantine sends again gets a new one). Returns
+    /// the first event's ID, which stands for the message. `txn` is the stable transaction
+    /// ID of the message; parts use `txn` and their byte offset.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn send_message_parts(
         &self,
         portal: &PortalKey,
+        remote_id: &RemoteMessageId,
         ghost: &UserId,
         room: &RoomId,
         txn: &str,
@@ -101,9 +106,10 @@ impl Bridge {
             .get("msgtype")
             .and_then(Value::as_str)
             .unwrap_or("m.text");
+        let record = format!("remote:{remote_id}");
         let stored = self
             .store
-            .parts_progress::<SplitProgress>(portal, txn)?
+            .parts_progress::<SplitProgress>(portal, &record)?
             // Only where it fits this body: a record is never reused for another one.
             .filter(|at| {
                 at.offset <= body.len() && body.is_char_boundary(at.offset) && at.max >= MIN_PART
@@ -154,12 +160,12 @@ impl Bridge {
             |e| matches!(e, BridgeError::Matrix(m) if too_large(m)),
             |at| {
                 self.store
-                    .put_parts_progress(portal, txn, at)
+                    .put_parts_progress(portal, &record, at)
                     .map_err(BridgeError::from)
             },
         )
         .await?;
-        self.store.delete_parts_progress(portal, txn)?;
+        self.store.delete_parts_progress(portal, &record)?;
         self.part_size.0.store(done.max, Ordering::Relaxed);
         info!(
             bytes = body.len(),

@@ -102,7 +102,7 @@ impl Store {
             .contains_key(delivered_key(portal, event_id))?)
     }
 
-    /// How far message `id` (a Matrix event ID, or a homeserver transaction ID) got in
+    /// How far message `id` (a Matrix event ID, or `remote:` and a remote message ID) got in
     /// `portal` when it was sent in parts and a try stopped part-way: what the sender needs
     /// to go on after the parts delivered. Kept until the message went out whole (or failed
     /// for good).
