@@ -135,8 +135,15 @@ async fn main() {
         None,
     )
     .expect("hs client");
-    let bridge =
-        Bridge::new(config.clone(), hs, store.clone(), metrics, Vec::new()).expect("bridge");
+    let bridge = Bridge::new(
+        config.clone(),
+        hs,
+        store.clone(),
+        metrics,
+        Vec::new(),
+        isthmus::tasks::Tasks::new(),
+    )
+    .expect("bridge");
     let state = Arc::new(AppState {
         bridge,
         hs_token: HS_TOKEN.into(),

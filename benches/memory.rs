@@ -108,6 +108,7 @@ async fn child(cache_mb: u64) {
         store.clone(),
         Metrics::new(),
         Vec::new(),
+        isthmus::tasks::Tasks::new(),
     )
     .expect("bridge");
     let state = Arc::new(AppState {

@@ -20,6 +20,7 @@ use crate::matrix::{HomeserverClient, HsConfig};
 use crate::metrics::Metrics;
 use crate::network::{Connector, EventSink};
 use crate::store::Store;
+use crate::tasks::Tasks;
 
 /// isthmus: a Matrix bridge to other IM networks.
 #[derive(Parser, Debug)]
@@ -347,12 +348,16 @@ async fn run(
         },
         Some(metrics.matrix_request_seconds.clone()),
     )?;
+    // Every background task of the core and the networks runs here, so that a shutdown can
+    // wait for them.
+    let tasks = Tasks::new();
     let bridge = Bridge::new(
         Arc::clone(&config),
         hs.clone(),
         store.clone(),
         metrics,
         networks,
+        tasks.clone(),
     )?;
     if let Some(public) = config.bridge.media_public_url() {
         // Links are signed with a key derived from the homeserver token, a secret the
@@ -398,6 +403,7 @@ async fn run(
                 id.clone(),
                 sink.clone(),
                 Arc::new(store.connector_kv(id.as_str())),
+                tasks.clone(),
             ))
             .await
             .with_context(|| format!("network {id} failed to start"))?;
@@ -415,19 +421,18 @@ async fn run(
         allow_query_token: config.appservice.allow_query_token,
         provisioning_secret: secrets.provisioning_secret.clone(),
     });
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let limits = appservice::ListenerLimits {
         header_timeout: Duration::from_secs(config.appservice.request_header_timeout_secs),
         body_timeout: Duration::from_secs(config.appservice.request_body_timeout_secs),
         max_connections: connection_cap(config.appservice.max_connections, files),
     };
-    let server = tokio::spawn(async move {
-        appservice::serve(listener, appservice::router(state), limits, async move {
-            let _ = stop_rx.changed().await;
-        })
-        .await;
-        Ok::<(), std::io::Error>(())
-    });
+    tasks.spawn(appservice::serve(
+        listener,
+        appservice::router(state),
+        limits,
+        tasks.clone(),
+        tasks.cancelled(),
+    ));
     info!(
         %listen,
         max_connections = limits.max_connections,
@@ -438,7 +443,7 @@ async fn run(
 
     if let Err(e) = check_homeserver(&hs, &bridge, &config).await {
         error!(error = format!("{e:#}"), "start-up checks failed");
-        let _ = stop_tx.send(true);
+        tasks.cancel();
         return Err(e);
     }
     for (id, connector) in &bridge.networks {
@@ -447,10 +452,10 @@ async fn run(
         }
     }
     info!("isthmus is ready");
-    let presence = (config.bridge.presence_refresh_seconds > 0).then(|| {
+    if config.bridge.presence_refresh_seconds > 0 {
         let every = Duration::from_secs(config.bridge.presence_refresh_seconds);
-        tokio::spawn(Arc::clone(&bridge).keep_presence(every))
-    });
+        tasks.spawn_loop(Arc::clone(&bridge).keep_presence(every));
+    }
 
     let broken = tokio::select! {
         () = shutdown_signal() => None,
@@ -460,14 +465,21 @@ async fn run(
         error!(reason = %why, "the store cannot recover in this process; stopping so that the service manager starts isthmus again (what was stored replays then)");
     }
     info!("shutting down");
-    if let Some(task) = presence {
-        task.abort();
-    }
-    let _ = stop_tx.send(true);
+    // Cancel, drain, join: the networks say their goodbyes first; then every task is asked
+    // to stop (the listener takes no new connection, queues no new item) and given a bounded
+    // time to finish what it holds. Whatever is left then is in the inbox, replayed at the
+    // next start.
     for connector in bridge.networks.values() {
         connector.stop().await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    match tasks.shutdown(SHUTDOWN_BOUND).await {
+        Ok(()) => info!("background tasks finished"),
+        Err(e) => warn!(
+            error = %e,
+            bound_secs = SHUTDOWN_BOUND.as_secs(),
+            "stopping without them; what they held stays in the inbox for the next start"
+        ),
+    }
     if let Some(why) = broken {
         bail!("{why}");
     }
@@ -476,6 +488,9 @@ async fn run(
     info!("stopped");
     Ok(())
 }
+
+/// How long a shutdown waits for the background tasks to finish what they hold.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
 /// How often the store watchdog probes a store that works.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(10);

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`app`] | start-up and shutdown: command line, config, tracing, wiring |
 //! | [`backoff`] | delays between retries, for every retry loop |
+//! | [`tasks`] | background tasks, tracked: a shutdown cancels, drains and joins them |
 //! | [`config`] | typed configuration and its validation |
 //! | [`appservice`] | homeserver → bridge: the Application Service API server |
 //! | [`matrix`] | bridge → homeserver: the client-server API client |
@@ -44,5 +45,6 @@ pub mod metrics;
 pub mod network;
 pub mod sip;
 pub mod store;
+pub mod tasks;
 pub mod text;
 pub mod xmpp;

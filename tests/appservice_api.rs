@@ -97,7 +97,15 @@ networks:
     let connectors = isthmus::connectors::configure(&config, &|_| None)
         .unwrap()
         .connectors;
-    let bridge = Bridge::new(config, hs, store.clone(), Metrics::new(), connectors).unwrap();
+    let bridge = Bridge::new(
+        config,
+        hs,
+        store.clone(),
+        Metrics::new(),
+        connectors,
+        isthmus::tasks::Tasks::new(),
+    )
+    .unwrap();
     let state = Arc::new(AppState {
         bridge,
         hs_token: TOKEN.into(),
@@ -110,6 +118,7 @@ networks:
         listener,
         router(state),
         limits,
+        isthmus::tasks::Tasks::new(),
         std::future::pending(),
     ));
     Api {

@@ -389,6 +389,45 @@ async fn crash_between_ack_and_handling_delivers_once() {
     );
 }
 
+/// A SIGTERM while a message is on its way to the network: the bridge finishes sending it
+/// (a shutdown waits for the portal's queue), removes it from the inbox, flushes the store
+/// and exits cleanly within the shutdown bound; so the next start does not send it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_finishes_a_message_in_flight() {
+    let _serial = serial();
+    let mut bridge = BridgeProcess::start().await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let room = dm_portal(&alice, "bob").await;
+
+    // Each send takes 3 s from now on: the message is on its way when the SIGTERM comes.
+    control.slow(3000).await;
+    let body = format!("in flight at shutdown {}", unique());
+    alice.send_text(&room, &body).await;
+    control
+        .wait_sending("the message", WAIT, |op| is_message_op(op, &body))
+        .await;
+    // Exits with success within 10 s (asserted by `stop`), having waited for the send.
+    bridge.stop().await;
+    let log = bridge.log();
+    assert!(
+        log.contains("background tasks finished"),
+        "the shutdown did not see its tasks finish; last log lines:\n{}",
+        bridge.log_tail(30)
+    );
+    drop(control);
+
+    bridge.restart().await;
+    let mut control = Control::connect().await;
+    sentinel(&mut control, &alice, &room).await;
+    assert_eq!(
+        count_messages(&mut control, &body).await,
+        0,
+        "the message in flight at shutdown was sent again after the restart: it was cut, \
+         not finished"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replayed_transaction_bridges_once() {
     let _serial = serial();

@@ -45,11 +45,12 @@ pub struct ListenerLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open requests finish
-/// (at most 10 s).
+/// (at most 10 s). Each connection runs as a task in `tasks`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
+    tasks: crate::tasks::Tasks,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let router = router.layer(axum::middleware::from_fn(move |req, next| {
@@ -111,7 +112,7 @@ pub async fn serve(
         let conn =
             http.serve_connection(TokioIo::new(io), TowerToHyperService::new(router.clone()));
         let mut shed = shed.subscribe();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _slot = slot;
             tokio::pin!(conn);
             let mut closing = false;
@@ -239,7 +240,14 @@ mod tests {
                 "/echo",
                 axum::routing::put(|body: axum::body::Bytes| async move { body }),
             );
-        tokio::spawn(serve(listener, router, limits, std::future::pending()));
+        let tasks = crate::tasks::Tasks::new();
+        tokio::spawn(serve(
+            listener,
+            router,
+            limits,
+            tasks,
+            std::future::pending(),
+        ));
         addr
     }
 

@@ -349,12 +349,25 @@ impl Bridge {
         let bridge = Arc::clone(self);
         self.metrics.portal_tasks.inc();
         let task = CURRENT.scope(key.clone(), bridge.run_queue(key, rx));
-        tokio::spawn(task.instrument(span));
+        self.tasks.spawn(task.instrument(span));
     }
 
+    /// A queue's task: its entries one by one, until it idles or the bridge stops. A stop
+    /// lets the entry in hand finish (an inbox item is handled and removed, or stays for the
+    /// next start), and takes no further one: those are in the inbox, or are jobs whose
+    /// callers are told the queue ended.
     async fn run_queue(self: Arc<Self>, key: QueueKey, mut rx: mpsc::UnboundedReceiver<Entry>) {
+        let stopping = self.tasks.cancelled();
+        tokio::pin!(stopping);
         loop {
-            let next = tokio::time::timeout(self.queues.idle, rx.recv()).await;
+            let next = tokio::select! {
+                biased;
+                () = &mut stopping => {
+                    debug!("the bridge is stopping; the queue takes nothing more");
+                    break;
+                }
+                next = tokio::time::timeout(self.queues.idle, rx.recv()) => next,
+            };
             let entry = match next {
                 Ok(Some(x)) => x,
                 Ok(None) => break,
@@ -417,7 +430,14 @@ impl Bridge {
             }
             let delay = retry.next_delay().unwrap_or(RETRY.cap());
             warn!(seq, attempt, outage, error = %chain(&e), delay_ms = delay.as_millis() as u64, "handling failed, will retry");
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.tasks.cancelled() => {
+                    // Not handled: it stays in the inbox, and the next start tries again.
+                    debug!(seq, "the bridge is stopping; the item waits for the next start");
+                    return;
+                }
+            }
         }
         if let Err(e) = self.store.inbox_remove(seq) {
             error!(seq, error = %chain(&e), "could not remove handled item from the inbox");

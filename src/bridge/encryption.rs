@@ -198,6 +198,7 @@ impl Bridge {
             },
             reply_to: None,
             relayed: false,
+            sent: Default::default(),
         };
         let portal_ref = super::matrix_events::portal_ref(portal);
         if let Err(e) = client.send_message(&portal_ref, &message).await {

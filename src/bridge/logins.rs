@@ -478,7 +478,9 @@ impl RemoteEventHandler for CoreSink {
                     std::time::Duration::from_secs(bridge.config.bridge.state_notice_delay_seconds);
                 let network = network.clone();
                 let user = user.to_owned();
-                tokio::spawn(async move {
+                // Dropped at shutdown: the next start reports the state afresh.
+                let tasks = bridge.tasks.clone();
+                tasks.spawn_loop(async move {
                     tokio::time::sleep(delay).await;
                     let still = bridge.state_of(&network, Some(&user)).map(|(s, _)| s)
                         == Some(BridgeState::TransientDisconnect);

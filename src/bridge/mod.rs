@@ -26,6 +26,7 @@ mod portal;
 mod portal_ops;
 mod presence;
 mod remote_events;
+mod resume;
 pub mod split;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -52,6 +53,7 @@ use crate::matrix::{HomeserverClient, MatrixError, escape};
 use crate::metrics::Metrics;
 use crate::network::{BridgeState, Connector, LoginId, NetworkClient, NetworkError, NetworkId};
 use crate::store::{Store, StoreError};
+use crate::tasks::Tasks;
 
 /// Why handling an event failed.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +151,8 @@ pub struct Bridge {
     part_size: split::PartSize,
     /// This bridge, for work started from a `&self` (queues need an `Arc`).
     me: Weak<Bridge>,
+    /// The background tasks (portal queues among them), which a shutdown waits for.
+    tasks: Tasks,
     /// The process's open-files limit (soft, hard) after start-up raised it.
     pub open_files: std::sync::OnceLock<(u64, u64)>,
     /// Whether Matrix users exist, as the homeserver last said (briefly cached).
@@ -180,6 +184,7 @@ impl Bridge {
         store: Store,
         metrics: Metrics,
         connectors: Vec<Arc<dyn Connector>>,
+        tasks: Tasks,
     ) -> Result<Arc<Bridge>, BridgeError> {
         let bot = user_id(&format!(
             "@{}:{}",
@@ -195,6 +200,7 @@ impl Bridge {
         }
         Ok(Arc::new_cyclic(|me| Bridge {
             me: me.clone(),
+            tasks,
             part_size: split::PartSize::default(),
             hs,
             store,
@@ -226,6 +232,11 @@ impl Bridge {
             ),
             config,
         }))
+    }
+
+    /// The background tasks: what the core starts runs here, and a shutdown waits for it.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     /// The bridge bot's user ID.

@@ -7,6 +7,8 @@
 //! - requests: `{"op": "inject", "event": RemoteEvent}` (answered once the bridge stored the
 //!   event), `{"op": "sent"}` (every operation the bridge asked of the network since start),
 //!   `{"op": "pause"}` / `{"op": "resume"}` (hold every send until resumed),
+//!   `{"op": "slow", "ms": n}` (every message send from now on takes `n` ms, a slow network;
+//!   each announced as it begins: `{"sending": {"op": "message", ...}}`),
 //!   `{"op": "fail_next", "error": "undeliverable" | "transient" | "down", "message": "...",
 //!   "count": n}` (the next `n` message sends fail, default 1) and
 //!   `{"op": "state", "user": "@u:hs", "state": "BAD_CREDENTIALS"}`;
@@ -81,6 +83,8 @@ struct Shared {
     counter: AtomicU64,
     /// Failures to answer the next sends with, first first.
     fail_next: Mutex<std::collections::VecDeque<NetworkError>>,
+    /// How long each message send takes (`slow`).
+    slow: Mutex<std::time::Duration>,
     stop: watch::Sender<bool>,
 }
 
@@ -102,6 +106,7 @@ impl Loopback {
             log: Mutex::default(),
             counter: AtomicU64::new(0),
             fail_next: Mutex::default(),
+            slow: Mutex::default(),
             stop: watch::channel(false).0,
         });
         let field = |name: &str| ThirdPartyField {
@@ -161,21 +166,25 @@ impl Connector for Loopback {
     }
 
     async fn start(&self, sink: EventSink) -> Result<(), NetworkError> {
-        let _ = self.shared.sink.set(sink);
         let listener = TcpListener::bind(self.control).await.map_err(|e| {
             NetworkError::Internal(format!("cannot listen on {}: {e}", self.control).into())
         })?;
         info!(control = %self.control, "loopback network control socket listening");
         let shared = Arc::clone(&self.shared);
         let mut stop = self.shared.stop.subscribe();
-        tokio::spawn(async move {
+        let tasks = sink.tasks().clone();
+        self.shared
+            .sink
+            .set(sink)
+            .map_err(|_| NetworkError::Internal("the loopback network was started twice".into()))?;
+        tasks.clone().spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.changed() => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             debug!(%peer, "loopback control client connected");
-                            tokio::spawn(serve(Arc::clone(&shared), stream));
+                            tasks.spawn_loop(serve(Arc::clone(&shared), stream));
                         }
                         Err(e) => warn!(error = %crate::error::chain(&e), "loopback accept failed"),
                     },
@@ -323,6 +332,11 @@ impl LoopbackClient {
         {
             return Err(e);
         }
+        let slow = *self.shared.slow.lock().expect("slow lock");
+        if op["op"] == "message" && !slow.is_zero() {
+            let _ = self.shared.feed.send(json!({"sending": op}).to_string());
+            tokio::time::sleep(slow).await;
+        }
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -440,6 +454,9 @@ enum Request {
     Sent,
     Pause,
     Resume,
+    Slow {
+        ms: u64,
+    },
     FailNext {
         error: String,
         #[serde(default)]
@@ -509,6 +526,10 @@ async fn handle_request(shared: &Shared, line: &str) -> Value {
         }
         Request::Resume => {
             shared.paused.send_replace(false);
+            json!({"ok": true})
+        }
+        Request::Slow { ms } => {
+            *shared.slow.lock().expect("slow lock") = std::time::Duration::from_millis(ms);
             json!({"ok": true})
         }
         Request::FailNext {

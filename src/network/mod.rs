@@ -69,6 +69,17 @@ pub enum NetworkError {
     /// Anything else; logged, and the user sees a generic failure notice.
     #[error("internal error: {0}")]
     Internal(#[source] Reason),
+    /// A message sent in parts stopped at a part: `sent` says which parts went out before
+    /// it. The policy is the failed part's (`error`); the core keeps `sent` for the message,
+    /// so that a retry sends only the parts after them ([`OutgoingMessage::sent`]).
+    #[error("part {} of {}: {error}", .sent.parts + 1, .sent.total)]
+    Partly {
+        /// The parts delivered before the one that failed.
+        sent: PartsSent,
+        /// Why the part failed.
+        #[source]
+        error: Box<NetworkError>,
+    },
 }
 
 impl NetworkError {
@@ -78,7 +89,16 @@ impl NetworkError {
         match self {
             NetworkError::Transient(_) => Retry::Transient,
             NetworkError::Down(_) => Retry::Outage,
+            NetworkError::Partly { error, .. } => error.retry(),
             _ => Retry::Never,
+        }
+    }
+
+    /// The error of the failed part for [`NetworkError::Partly`], else this one.
+    pub fn failed_part(&self) -> &NetworkError {
+        match self {
+            NetworkError::Partly { error, .. } => error.failed_part(),
+            e => e,
         }
     }
 
@@ -329,6 +349,30 @@ pub struct OutgoingMessage {
     /// Sent through someone else's identity (relay): `sender` is the relay's owner and
     /// `content` already carries the author's name.
     pub relayed: bool,
+    /// For a retry: the parts an earlier try delivered (from its [`NetworkError::Partly`]),
+    /// which a connector sending in parts does not send again. Empty on a first try.
+    #[serde(default, skip_serializing_if = "PartsSent::is_empty")]
+    pub sent: PartsSent,
+}
+
+/// How far a message sent in parts got: the parts the network took, from the first, of how
+/// many, and the ID the first part got (which stands for the message).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartsSent {
+    /// Parts delivered, from the first.
+    pub parts: usize,
+    /// Parts the message was split into; a split that comes out otherwise starts again.
+    pub total: usize,
+    /// The network's ID of the first part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<RemoteMessageId>,
+}
+
+impl PartsSent {
+    /// Whether no part was delivered.
+    pub fn is_empty(&self) -> bool {
+        self.parts == 0
+    }
 }
 
 /// An identity that can act on a remote network: a bridge-wide identity that can speak for any
@@ -482,10 +526,11 @@ pub trait Connector: Send + Sync + 'static {
     fn info(&self) -> &NetworkInfo;
 
     /// Starts the connector's background work (connections, listeners). Must return once the
-    /// work is spawned; events go to `sink`.
+    /// work is spawned, in `sink.tasks()` (never a bare `tokio::spawn`); events go to `sink`.
     async fn start(&self, sink: EventSink) -> Result<(), NetworkError>;
 
-    /// Stops the background work; idempotent.
+    /// Stops the background work; idempotent. Called at shutdown before the bridge's tasks
+    /// are cancelled, so goodbyes can still be said; the tasks must end soon after it.
     async fn stop(&self);
 
     /// The bridge-wide identity, if this network has one (a gateway component, a trunk).
@@ -692,27 +737,41 @@ impl From<SinkError> for NetworkError {
     }
 }
 
-/// A connector's handle on the core, bound to its network: where events go, and the
-/// connector's own storage.
+/// A connector's handle on the core, bound to its network: where events go, the
+/// connector's own storage, and the bridge's background tasks.
 #[derive(Clone)]
 pub struct EventSink {
     network: NetworkId,
     handler: Arc<dyn RemoteEventHandler>,
     store: Arc<dyn ConnectorStore>,
+    tasks: crate::tasks::Tasks,
 }
 
 impl EventSink {
-    /// Binds `handler` and `store` to `network`.
+    /// Binds `handler` and `store` to `network`; the connector starts its background work
+    /// in `tasks`.
     pub fn new(
         network: NetworkId,
         handler: Arc<dyn RemoteEventHandler>,
         store: Arc<dyn ConnectorStore>,
+        tasks: crate::tasks::Tasks,
     ) -> Self {
         Self {
             network,
             handler,
             store,
+            tasks,
         }
+    }
+
+    /// Where the connector runs its background work: every task it starts goes here, so
+    /// that a shutdown waits for it; a long-lived loop ends when [`Tasks::cancelled`]
+    /// resolves (or is started with [`Tasks::spawn_loop`]).
+    ///
+    /// [`Tasks::cancelled`]: crate::tasks::Tasks::cancelled
+    /// [`Tasks::spawn_loop`]: crate::tasks::Tasks::spawn_loop
+    pub fn tasks(&self) -> &crate::tasks::Tasks {
+        &self.tasks
     }
 
     /// The connector's own storage.

@@ -309,16 +309,19 @@ impl NetworkClient for Account {
             }
             _ => super::handle_matrix::text_of(message),
         };
-        let first = send_parts(body::split(&text, self.shared.max_body()), |part| {
+        let parts = body::split(&text, self.shared.max_body());
+        let first = send_parts(parts, &message.sent, |part| async move {
             self.send_to(
                 portal.chat.as_str(),
                 &message.sender.displayname,
                 "text/plain;charset=UTF-8",
                 part.into_bytes(),
             )
+            .await
+            .map(RemoteMessageId::new)
         })
         .await?;
-        Ok(RemoteMessageId::new(first.unwrap_or_default()))
+        Ok(first.unwrap_or_else(|| RemoteMessageId::new("")))
     }
 
     async fn send_typing(
@@ -459,7 +462,7 @@ impl PasswordAccounts for Accounts {
         account.track();
         account.state.set(BridgeState::Connected);
         info!(user = %user, address = %account.data.address, granted, "SIP account registered");
-        tokio::spawn(
+        self.0.tasks()?.spawn_loop(
             account
                 .clone()
                 .keep_registered(Duration::from_secs((granted.saturating_mul(3) / 4).max(5))),
@@ -475,7 +478,9 @@ impl PasswordAccounts for Accounts {
     ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
         let account = Account::new(self.0.clone(), user, data);
         account.track();
-        tokio::spawn(account.clone().keep_registered(Duration::ZERO));
+        self.0
+            .tasks()?
+            .spawn_loop(account.clone().keep_registered(Duration::ZERO));
         Ok(account)
     }
 }

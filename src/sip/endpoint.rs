@@ -164,7 +164,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Binds TCP (and UDP when that is the proxy's transport) on `listen` and starts the
-    /// endpoint's loop. Incoming requests come
+    /// endpoint's loop in `tasks`. Incoming requests come
     /// out of the returned receiver.
     pub async fn start(
         listen: SocketAddr,
@@ -172,6 +172,7 @@ impl Endpoint {
         transport: SipTransport,
         tls: Option<&SipTlsConfig>,
         user_agent: &str,
+        tasks: &crate::tasks::Tasks,
     ) -> Result<(Self, TransactionReceiver), StartError> {
         let cancel = CancellationToken::new();
         let layer = TransportLayer::new(cancel.child_token());
@@ -266,7 +267,8 @@ impl Endpoint {
             .incoming_transactions()
             .map_err(|e| StartError::Stack(Reason::from_error(e)))?;
         let inner = endpoint.inner.clone();
-        tokio::spawn(async move { endpoint.serve().await });
+        // Ends when `stop` cancels the endpoint.
+        tasks.spawn(async move { endpoint.serve().await });
         Ok((
             Self {
                 inner,

@@ -17,7 +17,7 @@ use crate::network::kit::address::gateway_address;
 use crate::network::kit::send::{fan_out, send_parts};
 use crate::network::{
     BridgeState, ChatKind, Contact, MatrixSender, MessageKind, NetworkClient, NetworkError,
-    OutgoingMessage, PortalRef, Presence, RemoteMessageId, RemoteUserId,
+    OutgoingMessage, PartsSent, PortalRef, Presence, RemoteMessageId, RemoteUserId,
 };
 
 /// The bridge-wide SIP identity.
@@ -61,16 +61,19 @@ impl Gateway {
     }
 
     /// Sends `text` from `from` (name-addr with tag) to `to_uri`, split into as many MESSAGEs
-    /// as the transport's size rule needs; returns the first one's Call-ID.
+    /// as the transport's size rule needs, after the ones `resume` says went out already;
+    /// returns the first one's Call-ID.
     async fn send_text(
         &self,
         from: &str,
         to_uri: &str,
         text: &str,
-    ) -> Result<String, NetworkError> {
+        resume: &PartsSent,
+    ) -> Result<RemoteMessageId, NetworkError> {
         let ep = self.shared.endpoint()?;
         let first = send_parts(
             body::split(text, self.shared.max_body()),
+            resume,
             |part| async move {
                 let call_id = ep.call_id();
                 let out = Outgoing {
@@ -85,11 +88,11 @@ impl Gateway {
                     credential: None,
                     proxy: None,
                 };
-                outcome(ep.send(out).await).map(|()| call_id)
+                outcome(ep.send(out).await).map(|()| RemoteMessageId::new(call_id))
             },
         )
         .await?;
-        Ok(first.unwrap_or_default())
+        Ok(first.unwrap_or_else(|| RemoteMessageId::new("")))
     }
 
     /// Sends a notice `text` from the gateway address `from_uri` to `to_uri`.
@@ -100,7 +103,9 @@ impl Gateway {
         text: &str,
     ) -> Result<(), NetworkError> {
         let from = self.sender_header("isthmus", from_uri)?;
-        self.send_text(&from, to_uri, text).await.map(|_| ())
+        self.send_text(&from, to_uri, text, &PartsSent::default())
+            .await
+            .map(|_| ())
     }
 
     fn sender_header(&self, display: &str, uri: &str) -> Result<String, NetworkError> {
@@ -148,17 +153,19 @@ impl NetworkClient for Gateway {
                 let from = self.sender_header(&message.sender.displayname, &from_uri)?;
                 let contact = portal.chat.as_str();
                 let id = self
-                    .send_text(&from, &ids::contact_uri(contact), &text)
+                    .send_text(&from, &ids::contact_uri(contact), &text, &message.sent)
                     .await?;
                 // After the first message, ask to see the contact's presence.
                 let shared = self.shared.clone();
                 let (user, contact) = (message.sender.user_id.clone(), contact.to_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = presence::watch(&shared, &user, &contact).await {
-                        debug!(error = %crate::error::chain(&e), %contact, "could not subscribe to a contact's presence");
-                    }
-                });
-                Ok(RemoteMessageId::new(id))
+                if let Ok(tasks) = self.shared.tasks() {
+                    tasks.spawn(async move {
+                        if let Err(e) = presence::watch(&shared, &user, &contact).await {
+                            debug!(error = %crate::error::chain(&e), %contact, "could not subscribe to a contact's presence");
+                        }
+                    });
+                }
+                Ok(id)
             }
             ChatKind::Fanout => {
                 // SIP has no group chats: each SIP member gets the room's message from the
@@ -172,13 +179,18 @@ impl NetworkClient for Gateway {
                 // Each member's delivery is remembered until the message reached everyone, so
                 // a retry after a passing failure goes only to those still missing it.
                 let store = self.shared.store()?;
-                let first = fan_out(store, &message.event_id, &portal.members, |member| {
-                    let to = ids::contact_uri(member.as_str());
-                    let (from, line) = (&from, &line);
-                    async move { self.send_text(from, &to, line).await }
-                })
+                let first = fan_out(
+                    store,
+                    &message.event_id,
+                    &portal.members,
+                    |member, resume| {
+                        let to = ids::contact_uri(member.as_str());
+                        let (from, line) = (&from, &line);
+                        async move { self.send_text(from, &to, line, &resume).await }
+                    },
+                )
                 .await?;
-                Ok(RemoteMessageId::new(first.unwrap_or_default()))
+                Ok(first.unwrap_or_else(|| RemoteMessageId::new("")))
             }
             ChatKind::Group => Err(NetworkError::Unsupported("group chats")),
         }

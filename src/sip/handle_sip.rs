@@ -26,8 +26,21 @@ const ACCEPT: &str = "text/plain, text/html, application/im-iscomposing+xml";
 
 /// Handles incoming requests until the endpoint stops. MESSAGEs are handled in the order they
 /// arrive; presence work that waits on the network runs in its own tasks.
-pub(super) async fn serve(shared: Arc<Shared>, mut incoming: TransactionReceiver) {
-    while let Some(mut tx) = incoming.recv().await {
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    mut incoming: TransactionReceiver,
+    stopping: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopping);
+    loop {
+        // A request in hand is answered; none is taken once the bridge stops (its sender
+        // gets no answer and sends it again).
+        let next = tokio::select! {
+            biased;
+            () = &mut stopping => break,
+            next = incoming.recv() => next,
+        };
+        let Some(mut tx) = next else { break };
         if let Err(e) = handle(&shared, &mut tx).await {
             debug!(error = %crate::error::chain(&e), "could not answer a SIP request");
         }

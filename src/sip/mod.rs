@@ -79,6 +79,11 @@ impl Shared {
         state::store(&self.sink, NETWORK)
     }
 
+    /// The bridge's background tasks, once started.
+    fn tasks(&self) -> Result<&crate::tasks::Tasks, NetworkError> {
+        state::tasks(&self.sink, NETWORK)
+    }
+
     /// The endpoint, once started.
     fn endpoint(&self) -> Result<&Endpoint, NetworkError> {
         state::started(&self.endpoint, NETWORK)
@@ -196,6 +201,7 @@ impl Connector for Sip {
     }
 
     async fn start(&self, sink: EventSink) -> Result<(), NetworkError> {
+        let tasks = sink.tasks().clone();
         let _ = self.shared.sink.set(sink);
         let (endpoint, incoming) = Endpoint::start(
             self.listen,
@@ -203,6 +209,7 @@ impl Connector for Sip {
             self.shared.transport,
             self.tls.as_ref(),
             concat!("isthmus/", env!("CARGO_PKG_VERSION")),
+            &tasks,
         )
         .await
         .map_err(|e| NetworkError::Internal(Reason::from_error(e)))?;
@@ -213,9 +220,15 @@ impl Connector for Sip {
         }
         tracing::info!(listen = %self.listen, proxy = %self.shared.proxy, domain = self.shared.addressing.domain(), transport = transport_name(self.shared.transport), "SIP endpoint listening");
         self.shared.set_state(BridgeState::Connecting, None).await;
-        tokio::spawn(handle_sip::serve(self.shared.clone(), incoming));
-        tokio::spawn(keepalive(self.shared.clone(), self.stop.subscribe()));
-        tokio::spawn(presence::maintain(
+        tasks.spawn(handle_sip::serve(
+            self.shared.clone(),
+            incoming,
+            tasks.cancelled(),
+        ));
+        // Neither holds acknowledged work: a shutdown may cut them at any wait (an OPTIONS
+        // or SUBSCRIBE without an answer waits for its transaction timeout).
+        tasks.spawn_loop(keepalive(self.shared.clone(), self.stop.subscribe()));
+        tasks.spawn_loop(presence::maintain(
             self.shared.clone(),
             self.stop.subscribe(),
         ));

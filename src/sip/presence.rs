@@ -290,7 +290,10 @@ pub(super) async fn subscribe_in(
         }
     }
     let shared = shared.clone();
-    tokio::spawn(async move {
+    let Ok(tasks) = shared.tasks().cloned() else {
+        return Ok(());
+    };
+    tasks.spawn(async move {
         if active {
             refresh_presence(&shared, &user).await;
         }
@@ -324,7 +327,10 @@ async fn refresh_in(
         .await?;
     let shared = shared.clone();
     let call_id = call_id.to_owned();
-    tokio::spawn(async move {
+    let Ok(tasks) = shared.tasks().cloned() else {
+        return Ok(());
+    };
+    tasks.spawn(async move {
         let _ = notify(&shared, &call_id, expires == 0).await;
         if expires == 0 {
             let _guard = shared.subscriptions.lock().await;

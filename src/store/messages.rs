@@ -102,6 +102,39 @@ impl Store {
             .contains_key(delivered_key(portal, event_id))?)
     }
 
+    /// How far message `id` (a Matrix event ID, or `remote:` and a remote message ID) got in
+    /// `portal` when it was sent in parts and a try stopped part-way: what the sender needs
+    /// to go on after the parts delivered. Kept until the message went out whole (or failed
+    /// for good).
+    pub fn parts_progress<T: serde::de::DeserializeOwned>(
+        &self,
+        portal: &PortalKey,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.messages_remote
+            .get(parts_key(portal, id))?
+            .map(|v| decode("messages_remote", &v))
+            .transpose()
+    }
+
+    /// Records how far message `id` got in `portal` (see [`Store::parts_progress`]).
+    pub fn put_parts_progress<T: Serialize>(
+        &self,
+        portal: &PortalKey,
+        id: &str,
+        progress: &T,
+    ) -> Result<(), StoreError> {
+        self.messages_remote
+            .insert(parts_key(portal, id), encode(progress))?;
+        Ok(())
+    }
+
+    /// Forgets how far message `id` got in `portal`.
+    pub fn delete_parts_progress(&self, portal: &PortalKey, id: &str) -> Result<(), StoreError> {
+        self.messages_remote.remove(parts_key(portal, id))?;
+        Ok(())
+    }
+
     pub(super) fn delete_messages_of_portal(&self, p: &PortalRecord) -> Result<(), StoreError> {
         // Only this portal's records: a room may hold other portals (fan-out ones) too.
         for kv in self.messages.scan_prefix(codec::prefix(&[&p.room_id])) {
@@ -125,6 +158,14 @@ fn delivered_key(portal: &PortalKey, event_id: &str) -> Vec<u8> {
     remote_key(
         portal,
         &RemoteMessageId::new(format!("\u{1e}delivered\u{1e}{event_id}")),
+    )
+}
+
+/// A message's progress in parts lives there too, under a prefix of its own.
+fn parts_key(portal: &PortalKey, id: &str) -> Vec<u8> {
+    remote_key(
+        portal,
+        &RemoteMessageId::new(format!("\u{1e}parts\u{1e}{id}")),
     )
 }
 

@@ -18,7 +18,7 @@
 //! | `portals` | [`PortalKey`] encoded | [`PortalRecord`] |
 //! | `portal_rooms` | room ID (main portal); room ID, network (fan-out portals) | [`PortalKey`] encoded |
 //! | `messages` | room ID, event ID | [`MessageRecord`] |
-//! | `messages_remote` | portal key, remote message ID | room ID, event ID |
+//! | `messages_remote` | portal key, remote message ID | room ID, event ID (also, under reserved prefixes: a fan-out delivery mark, empty; a message's progress in parts, JSON) |
 //! | `users` | user ID | [`UserRecord`] |
 //! | `logins` | user ID, network, login ID | [`crate::network::LoginData`], its `data` sealed |
 //! | `connector_kv` | network, the connector's key | the connector's JSON value |

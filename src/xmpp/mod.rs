@@ -96,6 +96,11 @@ impl Shared {
         state::store(&self.sink, NETWORK)
     }
 
+    /// The bridge's background tasks, once started.
+    fn tasks(&self) -> Result<&crate::tasks::Tasks, NetworkError> {
+        state::tasks(&self.sink, NETWORK)
+    }
+
     /// The alias of a hosted group chat address, when the config allows it.
     fn allowed_alias(&self, room: &xmpp_parsers::jid::BareJid) -> Option<String> {
         let alias = self.addressing.hosted_alias(room)?;
@@ -211,21 +216,23 @@ impl Connector for Xmpp {
     }
 
     async fn start(&self, sink: EventSink) -> Result<(), NetworkError> {
-        let _ = self.handler.shared.sink.set(sink);
+        let _ = self.handler.shared.sink.set(sink.clone());
         let Some(outgoing) = self.outgoing.lock().expect("outgoing lock").take() else {
             return Err(NetworkError::Internal(
                 "the XMPP connector was started twice".into(),
             ));
         };
         let inbound: Arc<dyn component::Inbound> = self.handler.clone();
-        tokio::spawn(component::run(
+        let tasks = sink.tasks().clone();
+        // The link ends on `stop`, after writing what it holds.
+        tasks.spawn(component::run(
             self.link.clone(),
             inbound,
             outgoing,
             self.stop.subscribe(),
         ));
         let shared = self.handler.shared.clone();
-        tokio::spawn(async move { shared.refresh_watched().await });
+        tasks.spawn_loop(async move { shared.refresh_watched().await });
         Ok(())
     }
 

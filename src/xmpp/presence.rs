@@ -153,7 +153,8 @@ impl Shared {
             Some(Gate::Later(delay)) => {
                 let shared = Arc::clone(self);
                 let user = user.to_owned();
-                tokio::spawn(async move {
+                // A trailing update: a shutdown may drop it.
+                self.tasks()?.spawn_loop(async move {
                     tokio::time::sleep(delay).await;
                     shared.presences.trailing_sent(&user, Instant::now());
                     if let Err(e) = shared.broadcast_presence(&user).await {

@@ -1162,6 +1162,8 @@ pub struct Control {
     /// Every operation seen so far (pushed, or read from the `sent` log), by arrival.
     seen: Vec<Value>,
     seen_ids: HashSet<String>,
+    /// Sends announced as they begin (while the network is `slow`), by arrival.
+    sending: Vec<Value>,
 }
 
 impl Control {
@@ -1183,6 +1185,7 @@ impl Control {
             write,
             seen: Vec::new(),
             seen_ids: HashSet::new(),
+            sending: Vec::new(),
         }
     }
 
@@ -1209,6 +1212,10 @@ impl Control {
         });
         if let Some(op) = v.get("sent").filter(|s| s.is_object()) {
             self.note(op.clone());
+            return None;
+        }
+        if let Some(op) = v.get("sending") {
+            self.sending.push(op.clone());
             return None;
         }
         Some(v)
@@ -1278,6 +1285,31 @@ impl Control {
             self.note(op.clone());
         }
         ops
+    }
+
+    /// Makes every message send take `ms` milliseconds from now on (a slow network), each
+    /// announced as it begins (see [`Control::wait_sending`]).
+    pub async fn slow(&mut self, ms: u64) {
+        self.ok(json!({"op": "slow", "ms": ms})).await;
+    }
+
+    /// Waits until a send matching `pred` began (announced while the network is slow).
+    pub async fn wait_sending(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !self.sending.iter().any(&pred) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!("waited {timeout:?} for the network to begin sending {what}");
+            }
+            if let Some(v) = self.read(left).await {
+                panic!("unexpected line on the control socket: {v}");
+            }
+        }
     }
 
     /// Waits for an operation matching `pred` (including ones seen before the call, and

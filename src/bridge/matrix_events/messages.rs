@@ -10,11 +10,12 @@ use tracing::debug;
 use super::content::{edit_of, is_notice, reply_target};
 use super::portal_ref;
 use crate::bridge::event::MatrixEvent;
+use crate::bridge::resume::send_resuming;
 use crate::bridge::{Bridge, BridgeError};
 use crate::config::PermissionLevel;
 use crate::network::{
     MatrixSender, MessageContent, MessageKind, NetworkClient, NetworkError, NetworkId,
-    OutgoingMessage, RemoteMessageId,
+    OutgoingMessage, PartsSent, RemoteMessageId,
 };
 use crate::store::{MessageRecord, PortalRecord};
 
@@ -148,8 +149,9 @@ impl Bridge {
             content,
             reply_to,
             relayed,
+            sent: PartsSent::default(),
         };
-        let r = client.send_message(&portal_ref, &out).await;
+        let r = send_resuming(&self.store, client.as_ref(), &portal_ref, &portal.key, out).await?;
         self.observe(&network, "message", started);
         self.message_sent(seq, &portal, ev, r).await
     }
@@ -194,7 +196,8 @@ impl Bridge {
         else {
             return Ok(());
         };
-        let r = client.send_message(&portal_ref(&portal), &out).await;
+        let pref = portal_ref(&portal);
+        let r = send_resuming(&self.store, client.as_ref(), &pref, &portal.key, out).await?;
         self.message_sent(seq, &portal, ev, r).await
     }
 
@@ -242,6 +245,7 @@ impl Bridge {
             content,
             reply_to: None,
             relayed: false,
+            sent: PartsSent::default(),
         };
         Some((client, out))
     }

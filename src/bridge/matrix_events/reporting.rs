@@ -27,10 +27,11 @@ impl Bridge {
             .get(&network)
             .map(|n| n.info().display_name.clone())
             .unwrap_or_else(|| network.to_string());
-        let (result, text) = match &e {
-            NetworkError::Transient(_) | NetworkError::Down(_) => {
-                return Err(BridgeError::Network { network, source: e });
-            }
+        if e.is_transient() {
+            return Err(BridgeError::Network { network, source: e });
+        }
+        // A message in parts that stopped at a refused part: told as that part's refusal.
+        let (result, text) = match e.failed_part() {
             NetworkError::Unsupported(thing) => (
                 "unsupported",
                 format!("⚠ {display} does not support {thing}; this was not bridged."),

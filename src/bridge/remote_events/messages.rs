@@ -93,7 +93,7 @@ impl Bridge {
             c["m.relates_to"] = json!({"m.in_reply_to": {"event_id": orig.event_id}});
         }
         let event_id = self
-            .send_message_parts(&at.gid, &at.rid, &at.txn, &c, ev.timestamp_ms)
+            .send_message_parts(&at.key, id, &at.gid, &at.rid, &at.txn, &c, ev.timestamp_ms)
             .await?;
         self.store.put_message(&MessageRecord {
             portal: at.key.clone(),

@@ -4,44 +4,56 @@ use std::future::Future;
 
 use tracing::{debug, warn};
 
-use crate::error::Reason;
-use crate::network::{ConnectorStore, NetworkError, RemoteUserId};
+use crate::network::{ConnectorStore, NetworkError, PartsSent, RemoteMessageId, RemoteUserId};
 
-/// Sends `parts` in order with `send`, stopping at the first failure, and returns what the
-/// first part's send returned (its message ID; `None` without parts). A failure of one part
-/// among several says which ("part 2 of 3: ...") and keeps its verdict (the variant); a
-/// single part's failure is returned as it is.
-pub async fn send_parts<P, T, F, Fut>(parts: Vec<P>, mut send: F) -> Result<Option<T>, NetworkError>
+/// Sends `parts` in order with `send`, after those an earlier try delivered (`resume`, from
+/// that try's [`NetworkError::Partly`]; a resume for another number of parts is not one),
+/// stopping at the first failure, and returns the first part's ID (`None` without parts).
+///
+/// A failure among several parts is a [`NetworkError::Partly`] saying which parts went out
+/// (the verdict stays the failed part's), so that the retry the core makes sends only the
+/// rest; a single part's failure is returned as it is.
+pub async fn send_parts<P, F, Fut>(
+    parts: Vec<P>,
+    resume: &PartsSent,
+    mut send: F,
+) -> Result<Option<RemoteMessageId>, NetworkError>
 where
     F: FnMut(P) -> Fut,
-    Fut: Future<Output = Result<T, NetworkError>>,
+    Fut: Future<Output = Result<RemoteMessageId, NetworkError>>,
 {
     let total = parts.len();
-    let mut first = None;
-    for (n, part) in parts.into_iter().enumerate() {
+    let mut sent = if resume.total == total && resume.parts <= total {
+        resume.clone()
+    } else {
+        if !resume.is_empty() {
+            warn!(
+                parts = total,
+                earlier = resume.total,
+                "the message splits otherwise than on its earlier try; sending it whole again"
+            );
+        }
+        PartsSent {
+            total,
+            ..PartsSent::default()
+        }
+    };
+    for part in parts.into_iter().skip(sent.parts) {
         match send(part).await {
             Ok(id) => {
-                first.get_or_insert(id);
+                sent.first.get_or_insert(id);
+                sent.parts += 1;
             }
             Err(e) if total == 1 => return Err(e),
-            Err(e) => return Err(in_part(e, n + 1, total)),
+            Err(e) => {
+                return Err(NetworkError::Partly {
+                    sent,
+                    error: Box::new(e),
+                });
+            }
         }
     }
-    Ok(first)
-}
-
-/// `e`, its words prefixed with the part that failed.
-fn in_part(e: NetworkError, part: usize, total: usize) -> NetworkError {
-    let at = |r: Reason| Reason::because(format!("part {part} of {total}"), r);
-    match e {
-        NetworkError::BadCredentials(r) => NetworkError::BadCredentials(at(r)),
-        NetworkError::InvalidInput(r) => NetworkError::InvalidInput(at(r)),
-        NetworkError::Undeliverable(r) => NetworkError::Undeliverable(at(r)),
-        NetworkError::Transient(r) => NetworkError::Transient(at(r)),
-        NetworkError::Down(r) => NetworkError::Down(at(r)),
-        NetworkError::Internal(r) => NetworkError::Internal(at(r)),
-        e @ (NetworkError::Unsupported(_) | NetworkError::NotLoggedIn) => e,
-    }
+    Ok(sent.first)
 }
 
 /// The store key remembering that `member` got the room message `event_id`.
@@ -49,8 +61,15 @@ fn delivered_key(event_id: &str, member: &str) -> String {
     format!("fo:{event_id}\u{1f}{member}")
 }
 
+/// The store key remembering which parts of room message `event_id` reached `member`.
+fn parts_key(event_id: &str, member: &str) -> String {
+    format!("fp:{event_id}\u{1f}{member}")
+}
+
 /// Delivers room message `event_id` to each of `members` with `send`, remembering in `store`
-/// who got it, so that a retry goes only to those still missing it.
+/// who got it, so that a retry goes only to those still missing it; a member's delivery in
+/// parts that stopped part-way is remembered too, and `send` gets it (the second argument)
+/// to resume after the parts that member has.
 ///
 /// While any member failed passingly ([`NetworkError::is_transient`]) the outcome is
 /// [`NetworkError::Transient`] naming them ("not yet delivered to ..."), and the deliveries
@@ -66,7 +85,7 @@ pub async fn fan_out<T, F, Fut>(
     mut send: F,
 ) -> Result<Option<T>, NetworkError>
 where
-    F: FnMut(&RemoteUserId) -> Fut,
+    F: FnMut(&RemoteUserId, PartsSent) -> Fut,
     Fut: Future<Output = Result<T, NetworkError>>,
 {
     let mut first = None;
@@ -77,12 +96,23 @@ where
         if store.get(&key).ok().flatten().is_some() {
             continue;
         }
-        match send(member).await {
+        let progress = parts_key(event_id, member.as_str());
+        let resume = store
+            .get(&progress)
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        match send(member, resume).await {
             Ok(id) => {
                 first.get_or_insert(id);
                 store.put(&key, &serde_json::Value::Bool(true))?;
             }
             Err(e) if e.is_transient() => {
+                if let NetworkError::Partly { sent, .. } = &e {
+                    let sent = serde_json::to_value(sent).unwrap_or_default();
+                    store.put(&progress, &sent)?;
+                }
                 debug!(%member, error = %crate::error::chain(&e), "room message delayed for a member");
                 passing.push(format!("{member} ({e})"));
             }
@@ -99,6 +129,7 @@ where
     }
     for member in members {
         let _ = store.delete(&delivered_key(event_id, member.as_str()));
+        let _ = store.delete(&parts_key(event_id, member.as_str()));
     }
     if !failed.is_empty() {
         return Err(NetworkError::Undeliverable(
@@ -144,44 +175,70 @@ mod tests {
         }
     }
 
+    fn id(n: impl std::fmt::Display) -> RemoteMessageId {
+        RemoteMessageId::new(format!("id-{n}"))
+    }
+
+    fn fresh() -> PartsSent {
+        PartsSent::default()
+    }
+
     #[tokio::test]
     async fn parts_go_in_order_until_one_fails() {
         let sent = Mutex::new(Vec::new());
-        let ok = send_parts(vec!["a", "b", "c"], |p| {
+        let ok = send_parts(vec!["a", "b", "c"], &fresh(), |p| {
             sent.lock().unwrap().push(p);
-            async move { Ok::<_, NetworkError>(format!("id-{p}")) }
+            async move { Ok::<_, NetworkError>(id(p)) }
         })
         .await;
-        assert_eq!(ok.unwrap().as_deref(), Some("id-a"));
+        assert_eq!(ok.unwrap(), Some(id("a")));
         assert_eq!(*sent.lock().unwrap(), ["a", "b", "c"]);
-        let none = send_parts(Vec::<&str>::new(), |_| async { Ok::<u8, _>(1) }).await;
+        let none = send_parts(Vec::<&str>::new(), &fresh(), |_| async { Ok(id(1)) }).await;
         assert_eq!(none.unwrap(), None);
         // One part alone: its error as it is.
-        let one = send_parts(vec!["a"], |_| async {
-            Err::<u8, _>(NetworkError::Down("gone".into()))
+        let one = send_parts(vec!["a"], &fresh(), |_| async {
+            Err(NetworkError::Down("gone".into()))
         })
         .await;
         assert_eq!(one.unwrap_err().to_string(), "link down: gone");
     }
 
+    #[tokio::test]
+    async fn a_resume_for_another_split_sends_everything() {
+        let sent = Mutex::new(Vec::new());
+        let resume = PartsSent {
+            parts: 2,
+            total: 5,
+            first: Some(id("old")),
+        };
+        let ok = send_parts(vec!["a", "b", "c"], &resume, |p| {
+            sent.lock().unwrap().push(p);
+            async move { Ok::<_, NetworkError>(id(p)) }
+        })
+        .await;
+        assert_eq!(ok.unwrap(), Some(id("a")));
+        assert_eq!(*sent.lock().unwrap(), ["a", "b", "c"]);
+    }
+
     proptest! {
         /// Whatever fails where: the parts before the failure are sent in order, none after
-        /// it, and the error names the failed part and keeps its verdict.
+        /// it, and the error names the failed part, says which went out, and keeps its
+        /// verdict.
         #[test]
         fn the_first_failure_stops_and_is_named(outcomes in proptest::collection::vec(outcome(), 1..8)) {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let sent = Mutex::new(Vec::new());
             let total = outcomes.len();
-            let got = rt.block_on(send_parts((0..total).collect(), |n| {
+            let got = rt.block_on(send_parts((0..total).collect(), &fresh(), |n| {
                 sent.lock().unwrap().push(n);
-                let r = result(outcomes[n], n);
+                let r = result(outcomes[n], n).map(id);
                 async move { r }
             }));
             let failure = outcomes.iter().position(|o| *o != Outcome::Ok);
             let tried: Vec<usize> = (0..failure.map_or(total, |f| f + 1)).collect();
             prop_assert_eq!(&*sent.lock().unwrap(), &tried);
             match failure {
-                None => prop_assert_eq!(got.unwrap(), Some(0)),
+                None => prop_assert_eq!(got.unwrap(), Some(id(0))),
                 Some(f) => {
                     let e = got.unwrap_err();
                     let verdict = if outcomes[f] == Outcome::Passing { Retry::Transient } else { Retry::Never };
@@ -190,10 +247,67 @@ mod tests {
                     if total > 1 {
                         let at = format!("part {} of {total}: ", f + 1);
                         prop_assert!(text.contains(&at), "{}", text);
+                        let NetworkError::Partly { sent, .. } = &e else {
+                            panic!("not a partial failure: {e:?}");
+                        };
+                        prop_assert_eq!(sent.parts, f);
+                        prop_assert_eq!(sent.total, total);
+                        prop_assert_eq!(sent.first.clone(), (f > 0).then(|| id(0)));
                     }
                     prop_assert!(text.contains(&f.to_string()), "{}", text);
                 }
             }
+        }
+
+        /// A message that fails at some parts, try after try, retried as the core retries
+        /// it (with what the failure said went out): every part reaches the network exactly
+        /// once, in order, and the message's ID is the first part's.
+        #[test]
+        fn each_part_is_delivered_once_across_retries(
+            total in 1usize..8,
+            // The parts whose sends fail, one failed send each, in the order they happen.
+            failures in proptest::collection::vec(0usize..8, 0..6),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let delivered = Mutex::new(Vec::new());
+            let failing = Mutex::new(failures.into_iter().filter(|&k| k < total).collect::<Vec<_>>());
+            let mut resume = PartsSent::default();
+            let mut tries = 0;
+            let first = loop {
+                tries += 1;
+                prop_assert!(tries <= 8, "no end to the retries");
+                let r = rt.block_on(send_parts((0..total).collect(), &resume, |n| {
+                    let fail = {
+                        let mut f = failing.lock().unwrap();
+                        // A part fails when it is next in the plan.
+                        let next = f.first() == Some(&n);
+                        if next {
+                            f.remove(0);
+                        }
+                        next
+                    };
+                    if !fail {
+                        delivered.lock().unwrap().push(n);
+                    }
+                    async move {
+                        if fail {
+                            Err(NetworkError::Transient("busy".into()))
+                        } else {
+                            Ok(id(n))
+                        }
+                    }
+                }));
+                match r {
+                    Ok(first) => break first,
+                    Err(NetworkError::Partly { sent, error }) => {
+                        prop_assert_eq!(error.retry(), Retry::Transient);
+                        resume = sent;
+                    }
+                    Err(e) => prop_assert_eq!(e.retry(), Retry::Transient),
+                }
+            };
+            prop_assert_eq!(&*delivered.lock().unwrap(), &(0..total).collect::<Vec<_>>());
+            prop_assert_eq!(first, Some(id(0)));
         }
 
         /// Whatever each member's sends do over several tries: nobody gets the message twice,
@@ -210,7 +324,7 @@ mod tests {
             let mut tries = 0;
             let outcome = loop {
                 let attempt = tries;
-                let r = rt.block_on(fan_out(&store, "$e", &members, |m| {
+                let r = rt.block_on(fan_out(&store, "$e", &members, |m, _| {
                     let n: usize = m.as_str()[1..m.as_str().find('@').unwrap()].parse().unwrap();
                     // The last try always gets through (or is refused), so retries end.
                     let o = match plan[n][attempt.min(3)] {
@@ -245,6 +359,68 @@ mod tests {
             }
             prop_assert!(store.map.lock().unwrap().is_empty(), "the record is removed");
         }
+
+        /// A room message each member gets in parts, some parts failing passingly on some
+        /// tries: each part reaches each member exactly once, and the record is gone at the
+        /// end.
+        #[test]
+        fn each_part_reaches_each_member_once(
+            members in 1usize..4,
+            total in 1usize..5,
+            // (member, part) pairs whose sends fail once each, in the order they come up.
+            failures in proptest::collection::vec((0usize..4, 0usize..5), 0..8),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let store = MemStore::default();
+            let ids: Vec<RemoteUserId> = (0..members).map(|m| RemoteUserId::new(format!("m{m}@x"))).collect();
+            let delivered: Mutex<Vec<(usize, usize)>> = Mutex::default();
+            let failing = Mutex::new(failures);
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                prop_assert!(tries <= 12, "no end to the retries");
+                let r = rt.block_on(fan_out(&store, "$e", &ids, |m, resume| {
+                    let member: usize = m.as_str()[1..m.as_str().find('@').unwrap()].parse().unwrap();
+                    let delivered = &delivered;
+                    let failing = &failing;
+                    async move {
+                        send_parts((0..total).collect(), &resume, |part| {
+                            let fail = {
+                                let mut f = failing.lock().unwrap();
+                                match f.iter().position(|&p| p == (member, part)) {
+                                    Some(i) => {
+                                        f.remove(i);
+                                        true
+                                    }
+                                    None => false,
+                                }
+                            };
+                            if !fail {
+                                delivered.lock().unwrap().push((member, part));
+                            }
+                            async move {
+                                if fail {
+                                    Err(NetworkError::Transient("busy".into()))
+                                } else {
+                                    Ok(id(part))
+                                }
+                            }
+                        })
+                        .await
+                    }
+                }));
+                match r {
+                    Ok(_) => break,
+                    Err(e) => prop_assert_eq!(e.retry(), Retry::Transient, "{}", e),
+                }
+            }
+            let mut got = delivered.lock().unwrap().clone();
+            got.sort_unstable();
+            let want: Vec<(usize, usize)> =
+                (0..members).flat_map(|m| (0..total).map(move |p| (m, p))).collect();
+            prop_assert_eq!(got, want);
+            prop_assert!(store.map.lock().unwrap().is_empty(), "the record is removed");
+        }
     }
 
     /// The members that never received.
@@ -261,7 +437,7 @@ mod tests {
         let store = MemStore::default();
         store.failing.store(true, Ordering::SeqCst);
         let members = [RemoteUserId::new("a@x")];
-        let e = fan_out(&store, "$e", &members, |_| async {
+        let e = fan_out(&store, "$e", &members, |_, _| async {
             Ok::<_, NetworkError>(1)
         })
         .await
@@ -276,7 +452,7 @@ mod tests {
         store
             .put(&delivered_key("$e", "a@x"), &serde_json::Value::Bool(true))
             .unwrap();
-        let got = fan_out(&store, "$e", &members, |_| async {
+        let got = fan_out(&store, "$e", &members, |_, _| async {
             Err::<u8, _>(NetworkError::Undeliverable("must not be asked".into()))
         })
         .await;

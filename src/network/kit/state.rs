@@ -66,6 +66,15 @@ pub fn started<'a, T>(cell: &'a OnceLock<T>, network: &str) -> Result<&'a T, Net
         .ok_or_else(|| NetworkError::Down(format!("the {network} connector is not started").into()))
 }
 
+/// The bridge's background tasks from the connector's sink, once started (see [`started`]):
+/// where the connector runs everything it starts after its start.
+pub fn tasks<'a>(
+    sink: &'a OnceLock<EventSink>,
+    network: &str,
+) -> Result<&'a crate::tasks::Tasks, NetworkError> {
+    started(sink, network).map(EventSink::tasks)
+}
+
 /// The connector's own storage from its sink, once started (see [`started`]).
 pub fn store<'a>(
     sink: &'a OnceLock<EventSink>,

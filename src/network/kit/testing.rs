@@ -101,5 +101,6 @@ pub fn sink(recorder: Arc<Recorder>) -> EventSink {
         NetworkId::new("test"),
         recorder,
         Arc::new(MemStore::default()),
+        crate::tasks::Tasks::new(),
     )
 }

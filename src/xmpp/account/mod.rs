@@ -231,7 +231,13 @@ impl Account {
         };
         *self.first.lock().expect("first lock") = first;
         let events: Arc<dyn c2s::Events> = self.clone();
-        let task = tokio::spawn(c2s::run(settings, events, rx, self.stop.subscribe()));
+        // It ends on `stop`, after its goodbye; a shutdown cuts it should the goodbye hang.
+        let task = self.parts.shared.tasks()?.spawn_loop(c2s::run(
+            settings,
+            events,
+            rx,
+            self.stop.subscribe(),
+        ));
         *self.connection.lock().expect("connection lock") = Some(task);
         Ok(())
     }

@@ -110,8 +110,9 @@ impl c2s::Events for Account {
                         && let Some(contact) = msg.from.as_ref().map(|f| f.to_bare())
                         && self.avatar_source(&contact)
                         && let Some(me) = self.this.upgrade()
+                        && let Ok(tasks) = self.parts.shared.tasks()
                     {
-                        tokio::spawn(me.pep_avatar(contact, Some(items.clone())));
+                        tasks.spawn_loop(me.pep_avatar(contact, Some(items.clone())));
                     }
                     return Vec::new();
                 }
@@ -140,8 +141,9 @@ impl c2s::Events for Account {
                     && self.avatar_source(&contact)
                     && self.pep.first_ask(&contact.to_string())
                     && let Some(me) = self.this.upgrade()
+                    && let Ok(tasks) = self.parts.shared.tasks()
                 {
-                    tokio::spawn(me.pep_avatar(contact, None));
+                    tasks.spawn_loop(me.pep_avatar(contact, None));
                 }
                 self.parts.handler.stanza(p.into()).await
             }
@@ -167,12 +169,15 @@ impl c2s::Events for Account {
             .ok()
             .and_then(|s| s.get(&self.archive_key()).ok().flatten())
             .and_then(|v| v.as_str().map(str::to_owned));
-        if let Some(me) = self.this.upgrade() {
+        if let Some(me) = self.this.upgrade()
+            && let Ok(tasks) = self.parts.shared.tasks()
+        {
             // The initial presence waits for the catch-up: the server then delivers stored
             // offline messages after the archive's, so everything arrives in order (the
             // repeats are dropped by ID), and nothing addressed to the account in between
-            // is lost (it goes to the user's other clients or to offline storage).
-            let task = tokio::spawn(async move {
+            // is lost (it goes to the user's other clients or to offline storage). A
+            // shutdown may cut it: the archive position is stored only for what was stored.
+            let task = tasks.spawn_loop(async move {
                 me.clone().sync_roster().await;
                 me.clone().catch_up(position).await;
                 let presence = me.presence.lock().expect("presence lock").clone();

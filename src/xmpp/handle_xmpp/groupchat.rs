@@ -221,7 +221,10 @@ impl Handler {
         }
         info!(count = stanzas.len(), "rejoining group chats");
         let out = self.shared.out.clone();
-        tokio::spawn(async move {
+        let Ok(tasks) = self.shared.tasks() else {
+            return;
+        };
+        tasks.spawn_loop(async move {
             for s in stanzas {
                 if out.send((s, None)).await.is_err() {
                     break;

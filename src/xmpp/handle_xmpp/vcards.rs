@@ -16,7 +16,10 @@ impl Handler {
         let shared = Arc::clone(&self.shared);
         let contact = contact.clone();
         let receiver = receiver.to_owned();
-        tokio::spawn(async move {
+        let Ok(tasks) = self.shared.tasks() else {
+            return;
+        };
+        tasks.spawn_loop(async move {
             let query = xmpp_parsers::vcard::VCardQuery.into();
             let Ok(Ok(Some(card))) = shared.query(Jid::from(contact.clone()), query).await else {
                 return;
@@ -93,7 +96,10 @@ impl Handler {
         user: String,
     ) {
         let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move {
+        let Ok(tasks) = self.shared.tasks() else {
+            return;
+        };
+        tasks.spawn_loop(async move {
             let Some(sink) = shared.sink.get() else {
                 return;
             };
