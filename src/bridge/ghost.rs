@@ -245,7 +245,7 @@ impl Bridge {
             "unavailable" => PresenceState::Unavailable,
             _ => PresenceState::Offline,
         };
-        Some(Presence { state, status })
+        Some(Presence::new(state, status.as_deref()))
     }
 
     /// Hands `user`'s current presence (read from the homeserver as `viewer`) to the identity

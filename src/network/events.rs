@@ -88,6 +88,28 @@ pub struct Presence {
     pub status: Option<String>,
 }
 
+impl Presence {
+    /// The longest status a presence carries, in characters: a status is a line ("in a
+    /// meeting"), and networks' readers keep about this much (SIP PIDF readers, ours among
+    /// them); a longer one would only make documents and stanzas larger than peers take.
+    pub const MAX_STATUS_CHARS: usize = 256;
+
+    /// A presence with `status` trimmed and cut to [`Presence::MAX_STATUS_CHARS`]; an empty
+    /// status is none.
+    pub fn new(state: PresenceState, status: Option<&str>) -> Self {
+        let status = status
+            .map(|s| {
+                s.trim()
+                    .chars()
+                    .take(Self::MAX_STATUS_CHARS)
+                    .collect::<String>()
+            })
+            .map(|s| s.trim_end().to_owned())
+            .filter(|s| !s.is_empty());
+        Self { state, status }
+    }
+}
+
 /// Basic presence status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -332,5 +354,49 @@ mod base64_bytes {
         Option::<String>::deserialize(d)?
             .map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any status from Matrix becomes a line a network can carry: at most
+        /// `MAX_STATUS_CHARS`, trimmed, none when empty, and a short one as it was.
+        #[test]
+        fn a_status_is_cut_to_one_short_line(status in ".{0,600}", pad in "[ \t\n]{0,3}") {
+            let given = format!("{pad}{status}{pad}");
+            let p = Presence::new(PresenceState::Online, Some(&given));
+            prop_assert_eq!(p.state, PresenceState::Online);
+            match &p.status {
+                None => prop_assert!(given.trim().is_empty()),
+                Some(s) => {
+                    prop_assert!(s.chars().count() <= Presence::MAX_STATUS_CHARS);
+                    prop_assert_eq!(s.trim(), s.as_str());
+                    prop_assert!(given.trim().starts_with(s.as_str()));
+                    if given.trim().chars().count() <= Presence::MAX_STATUS_CHARS {
+                        prop_assert_eq!(s.as_str(), given.trim());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_status_is_cut_and_no_status_stays_none() {
+        let long = "busy ".repeat(100_000);
+        let p = Presence::new(PresenceState::Unavailable, Some(&long));
+        assert_eq!(
+            p.status.as_deref().map(|s| s.chars().count()),
+            Some(Presence::MAX_STATUS_CHARS)
+        );
+        assert_eq!(Presence::new(PresenceState::Offline, None).status, None);
+        assert_eq!(
+            Presence::new(PresenceState::Offline, Some(" \n")).status,
+            None
+        );
     }
 }

@@ -210,7 +210,8 @@ pub fn is_body_char(c: char) -> bool {
 
 /// A PIDF document for `entity` (a SIP URI): online is open, unavailable is open with the
 /// RPID activity `away`, offline is closed. Characters XML cannot carry are left out of the
-/// note (see [`is_body_char`]), so the document is always well-formed.
+/// note (see [`is_body_char`]), so the document is always well-formed, and the note is cut to
+/// the 256 characters a reader keeps, so the document stays far below the size a reader takes.
 pub fn pidf(entity: &str, presence: &Presence) -> Vec<u8> {
     let (basic, activity) = match presence.state {
         PresenceState::Online => ("open", ""),
@@ -221,7 +222,10 @@ pub fn pidf(entity: &str, presence: &Presence) -> Vec<u8> {
         .status
         .as_deref()
         .map(|n| {
+            // No longer than a reader keeps (ours among them), so that a long status never
+            // makes a document larger than a reader takes.
             let n: String = n.chars().filter(|&c| is_body_char(c)).collect();
+            let n: String = n.trim().chars().take(MAX_NOTE_CHARS).collect();
             format!("<note>{}</note>", escape_markup(&n))
         })
         .unwrap_or_default();
@@ -321,6 +325,27 @@ pub fn split(text: &str, max: usize) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::text::decode_entities;
+
+    #[test]
+    fn a_long_note_is_written_as_much_as_a_reader_keeps() {
+        // Markup-heavy notes grow fivefold when escaped: each of these once made a document
+        // larger than a reader takes, which then read as nothing.
+        for unit in ["<a href=\"x\">", "&", "\u{1F600}", "plain text "] {
+            let long = unit.repeat(MAX_XML_BODY);
+            let doc = pidf(
+                "sip:a@b",
+                &Presence {
+                    state: PresenceState::Online,
+                    status: Some(long.clone()),
+                },
+            );
+            assert!(doc.len() < 4 * 1024, "{unit:?}: {} bytes", doc.len());
+            let read = parse_pidf(&doc).expect("reads");
+            assert_eq!(read.state, PresenceState::Online);
+            let expected: String = long.trim().chars().take(MAX_NOTE_CHARS).collect();
+            assert_eq!(read.status.as_deref(), Some(expected.trim()));
+        }
+    }
 
     #[test]
     fn pidf_round_trips_every_state() {

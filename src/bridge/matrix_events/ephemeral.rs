@@ -118,10 +118,10 @@ impl Bridge {
         if self.in_namespace(user) || self.level(user) < PermissionLevel::User {
             return;
         }
-        let presence = Presence {
-            state: presence_state(&ev.content.presence),
-            status: ev.content.status_msg.clone(),
-        };
+        let presence = Presence::new(
+            presence_state(&ev.content.presence),
+            ev.content.status_msg.as_deref(),
+        );
         let sender = self.matrix_sender(user).await;
         let networks = self
             .networks
