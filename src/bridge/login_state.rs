@@ -172,29 +172,8 @@ impl Logins {
 mod tests {
     use std::sync::Arc;
 
-    use async_trait::async_trait;
-
     use super::*;
-    use crate::network::{
-        NetworkClient, NetworkError, OutgoingMessage, PortalRef, RemoteMessageId,
-    };
-
-    struct Client;
-
-    #[async_trait]
-    impl NetworkClient for Client {
-        fn state(&self) -> BridgeState {
-            BridgeState::Connected
-        }
-
-        async fn send_message(
-            &self,
-            _portal: &PortalRef,
-            _message: &OutgoingMessage,
-        ) -> Result<RemoteMessageId, NetworkError> {
-            Err(NetworkError::Unsupported("sending"))
-        }
-    }
+    use crate::network::kit::testing::IdleClient as Client;
 
     fn login(id: &str) -> UserLogin {
         UserLogin {

@@ -134,13 +134,7 @@ mod tests {
         ) {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let store = Store::temporary().unwrap();
-            let portal = PortalKey::new("net", "bob", Some("@alice:hs"));
-            let pref = PortalRef {
-                chat: RemoteChatId::new("bob"),
-                kind: ChatKind::Direct,
-                receiver: Some("@alice:hs".into()),
-                members: Vec::new(),
-            };
+            let (portal, pref) = direct_chat();
             let refused = plan
                 .iter()
                 .filter(|(p, _)| *p < parts)
@@ -182,9 +176,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_retry_after_part_three_failed_sends_from_part_three() {
-        let store = Store::temporary().unwrap();
+    /// The direct chat of `@alice:hs` with `bob`: its key and what the connector gets.
+    fn direct_chat() -> (PortalKey, PortalRef) {
         let portal = PortalKey::new("net", "bob", Some("@alice:hs"));
         let pref = PortalRef {
             chat: RemoteChatId::new("bob"),
@@ -192,6 +185,13 @@ mod tests {
             receiver: Some("@alice:hs".into()),
             members: Vec::new(),
         };
+        (portal, pref)
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_part_three_failed_sends_from_part_three() {
+        let store = Store::temporary().unwrap();
+        let (portal, pref) = direct_chat();
         let client = Splitting {
             parts: 4,
             plan: Mutex::new(vec![(2, Retry::Transient)]),

@@ -264,7 +264,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::network::{BridgeState, OutgoingMessage, PortalRef, RemoteMessageId};
+    use crate::network::kit::testing::IdleClient as Client;
 
     const FORM: Form = Form {
         instructions: "Log in.",
@@ -405,23 +405,6 @@ mod tests {
     #[derive(Clone, Default)]
     struct Accounts {
         restored: Arc<std::sync::Mutex<Vec<(String, String)>>>,
-    }
-
-    struct Client;
-
-    #[async_trait]
-    impl NetworkClient for Client {
-        fn state(&self) -> BridgeState {
-            BridgeState::Connected
-        }
-
-        async fn send_message(
-            &self,
-            _portal: &PortalRef,
-            _message: &OutgoingMessage,
-        ) -> Result<RemoteMessageId, NetworkError> {
-            Err(NetworkError::Unsupported("sending"))
-        }
     }
 
     #[derive(Serialize, serde::Deserialize)]

@@ -1,4 +1,5 @@
-//! Stand-ins for the core in the kit's tests: a sink that records, a store in memory.
+//! Stand-ins for the core in the kit's tests: a sink that records, a store in memory, a
+//! login client that sends nothing.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,4 +104,22 @@ pub fn sink(recorder: Arc<Recorder>) -> EventSink {
         Arc::new(MemStore::default()),
         crate::tasks::Tasks::new(),
     )
+}
+
+/// A login's client that is connected and sends nothing, for tests of login bookkeeping.
+pub struct IdleClient;
+
+#[async_trait]
+impl crate::network::NetworkClient for IdleClient {
+    fn state(&self) -> BridgeState {
+        BridgeState::Connected
+    }
+
+    async fn send_message(
+        &self,
+        _portal: &crate::network::PortalRef,
+        _message: &crate::network::OutgoingMessage,
+    ) -> Result<crate::network::RemoteMessageId, crate::network::NetworkError> {
+        Err(crate::network::NetworkError::Unsupported("sending"))
+    }
 }

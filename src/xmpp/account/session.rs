@@ -29,6 +29,18 @@ pub(super) struct RosterItem {
 
 /// The items of a roster result or push. Read by hand: the crate's `Roster` refuses the
 /// whole roster for one item whose JID is not a bare JID, where this skips that item.
+/// The result of an IQ asked of the account: to whoever asked (the account's server when
+/// `to` is none), with `payload` if any.
+fn iq_result(to: Option<Jid>, id: String, payload: Option<Element>) -> Stanza {
+    Iq::Result {
+        from: None,
+        to,
+        id,
+        payload,
+    }
+    .into()
+}
+
 pub(super) fn roster_items(query: &Element) -> Vec<RosterItem> {
     query
         .children()
@@ -314,27 +326,11 @@ impl Account {
                     return vec![error_reply(from, None, id, DefinedCondition::Forbidden)];
                 }
                 self.apply_roster(roster_items(&payload), false).await;
-                vec![
-                    Iq::Result {
-                        from: None,
-                        to: from,
-                        id,
-                        payload: None,
-                    }
-                    .into(),
-                ]
+                vec![iq_result(from, id, None)]
             }
             Iq::Get {
                 from, id, payload, ..
-            } if payload.is("ping", ns::PING) => vec![
-                Iq::Result {
-                    from: None,
-                    to: from,
-                    id,
-                    payload: None,
-                }
-                .into(),
-            ],
+            } if payload.is("ping", ns::PING) => vec![iq_result(from, id, None)],
             Iq::Get {
                 from, id, payload, ..
             } if payload.is("query", ns::DISCO_INFO)
@@ -343,15 +339,11 @@ impl Account {
                     .is_none_or(|n| n == payloads::account_caps_node()) =>
             {
                 let node = payload.attr("node").map(str::to_owned);
-                vec![
-                    Iq::Result {
-                        from: None,
-                        to: from,
-                        id,
-                        payload: Some(payloads::account_disco(node).into()),
-                    }
-                    .into(),
-                ]
+                vec![iq_result(
+                    from,
+                    id,
+                    Some(payloads::account_disco(node).into()),
+                )]
             }
             Iq::Get { from, id, .. } | Iq::Set { from, id, .. } => {
                 vec![error_reply(
