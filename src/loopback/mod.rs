@@ -357,10 +357,6 @@ impl NetworkClient for LoopbackClient {
         BridgeState::Connected
     }
 
-    fn is_bridge_wide(&self) -> bool {
-        self.login.is_none()
-    }
-
     async fn send_message(
         &self,
         portal: &PortalRef,

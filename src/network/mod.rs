@@ -385,11 +385,6 @@ pub trait NetworkClient: Send + Sync {
     /// Current state of this identity.
     fn state(&self) -> BridgeState;
 
-    /// Whether this is a bridge-wide identity that sends as any Matrix user.
-    fn is_bridge_wide(&self) -> bool {
-        false
-    }
-
     /// Whether this identity carries chats of `kind`. The core acts through the network's
     /// bridge-wide identity ([`Connector::bridge_client`]) in chats a user's login does not
     /// carry, so a login never hands an operation on to another identity.

@@ -137,10 +137,6 @@ impl NetworkClient for Gateway {
         self.shared.state.get()
     }
 
-    fn is_bridge_wide(&self) -> bool {
-        true
-    }
-
     async fn send_message(
         &self,
         portal: &PortalRef,

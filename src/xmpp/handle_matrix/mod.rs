@@ -140,10 +140,6 @@ impl NetworkClient for Client {
         *self.state.borrow()
     }
 
-    fn is_bridge_wide(&self) -> bool {
-        matches!(self.identity, Identity::Gateway)
-    }
-
     fn serves(&self, kind: ChatKind) -> bool {
         match self.identity {
             Identity::Gateway => true,
