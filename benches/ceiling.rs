@@ -23,12 +23,23 @@
 //!    homeserver nothing, where polling the room would slow the sends measured), then every
 //!    message checked in the room for arriving once and in order.
 //!
+//! Then, when `CEILING_STORM` is not 0, the **ghost storm**: in each round, `CEILING_STORM`
+//! new XMPP contacts (distinct addresses of the bench component) write once each, at once, to
+//! the Matrix user; isthmus makes a ghost and a direct chat for each and sends the message in
+//! it. Timed until the bridge has sent the last message (its metric). Beside it, the same
+//! requests made directly by a client of the appservice, as many at once as the bridge's
+//! homeserver client allows (`homeserver.max_concurrency`, 64): for each contact, register a
+//! user of the namespace, set its display name, create the direct chat inviting the user with
+//! the bridge-info state in the call, read the user's presence, send the message. The ratio
+//! says what the bridge adds to what the homeserver needs for the same work.
+//!
 //! The contact is a second component of the test Prosody (`bench.localhost`, a real XEP-0114
 //! connection): its stanzas go through Prosody to the bridge's component as any remote
 //! server's would. Rounds alternate, so a busy machine slows both alike; compare the ratio.
 //!
 //! Settings (environment): `CEILING_HS` (default `http://127.0.0.1:18008`),
-//! `CEILING_MESSAGES` (default 200), `CEILING_ROUNDS` (default 3), `CEILING_BIN` (another
+//! `CEILING_MESSAGES` (default 200), `CEILING_ROUNDS` (default 3), `CEILING_STORM` (new
+//! contacts per round of the ghost storm, default 100; 0 skips it), `CEILING_BIN` (another
 //! `isthmus` binary), `CEILING_LABEL` (printed with the figures: which database).
 
 #[path = "support/env.rs"]
@@ -58,6 +69,7 @@ struct Settings {
     hs: String,
     messages: usize,
     rounds: usize,
+    storm: usize,
     bin: PathBuf,
     label: String,
 }
@@ -74,6 +86,7 @@ impl Settings {
                 .unwrap_or_else(|| "http://127.0.0.1:18008".into()),
             messages: num("CEILING_MESSAGES", if smoke { 10 } else { 200 }).max(1),
             rounds: num("CEILING_ROUNDS", if smoke { 1 } else { 3 }).max(1),
+            storm: num("CEILING_STORM", if smoke { 3 } else { 100 }),
             bin: var("CEILING_BIN").map_or_else(
                 || PathBuf::from(env!("CARGO_BIN_EXE_isthmus")),
                 PathBuf::from,
@@ -343,6 +356,125 @@ fn stanza(to: &str, seq: usize, body: &str) -> Vec<u8> {
     format!("<message type='chat' id='ceil{seq}' from='contact@{BENCH_DOMAIN}/bench' to='{to}'><body>{body}</body></message>").into_bytes()
 }
 
+/// `bridge.limits` with room for every storm's contacts.
+const STORM_LIMITS: &str = "  limits:
+    portals_per_sender: {rate: 100000, per_seconds: 1, burst: 100000}
+    portals_per_domain: {rate: 100000, per_seconds: 1, burst: 100000}
+    invites_per_user: {rate: 100000, per_seconds: 1, burst: 100000}
+    message_ghosts_per_domain: {rate: 100000, per_seconds: 1, burst: 100000}
+";
+
+/// The first message of storm contact `i` of `round`, to `to`.
+fn storm_stanza(to: &str, run: u64, round: usize, i: usize) -> Vec<u8> {
+    format!("<message type='chat' id='storm{round}x{i}' from='storm{run}r{round}x{i}@{BENCH_DOMAIN}/bench' to='{to}'><body>storm {round} {i}</body></message>").into_bytes()
+}
+
+/// The storm's requests made directly: for each of `count` new contacts of `round`, what the
+/// bridge asks of the homeserver for a new contact's first message, at most
+/// `homeserver.max_concurrency` (64) requests at once, as the bridge's client allows.
+async fn direct_storm(hs: &str, receiver: &str, run: u64, round: usize, count: usize) {
+    let token = std::sync::Arc::new(fixture_value("as_token"));
+    let http = reqwest::Client::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let (hs, receiver, token, http, slots) = (
+            hs.to_owned(),
+            receiver.to_owned(),
+            token.clone(),
+            http.clone(),
+            slots.clone(),
+        );
+        tasks.spawn(async move {
+            let localpart = format!("_xmpp_direct{run}r{round}x{i}");
+            let ghost = format!("@{localpart}:localhost");
+            // `answered`: whether any answer will do (the bridge reads the user's presence as
+            // its bot, which the homeserver may refuse: the request costs it the same).
+            let call = |method: reqwest::Method, path: String, body: Option<Value>, answered: bool| {
+                let (hs, token, http, slots, ghost) =
+                    (&hs, &token, &http, &slots, &ghost);
+                async move {
+                    let _slot = slots.acquire().await.expect("semaphore open");
+                    let sep = if path.contains('?') { '&' } else { '?' };
+                    let url = format!(
+                        "{hs}/_matrix/client/v3{path}{sep}user_id={}",
+                        enc(ghost)
+                    );
+                    let mut req = http.request(method, url).bearer_auth(token.as_str());
+                    if let Some(b) = body {
+                        req = req.json(&b);
+                    }
+                    let resp = req.send().await.expect("the homeserver answers");
+                    let status = resp.status();
+                    let body: Value = resp.json().await.unwrap_or(Value::Null);
+                    assert!(answered || status.is_success(), "{path}: {status} {body}");
+                    body
+                }
+            };
+            call(
+                reqwest::Method::POST,
+                "/register".into(),
+                Some(json!({"type": "m.login.application_service", "username": localpart})),
+                false,
+            )
+            .await;
+            call(
+                reqwest::Method::PUT,
+                format!("/profile/{}/displayname", enc(&ghost)),
+                Some(json!({"displayname": format!("direct {i}")})),
+                false,
+            )
+            .await;
+            let info = json!({
+                "bridgebot": "@_isthmus_bot:localhost",
+                "creator": "@_isthmus_bot:localhost",
+                "net.isthmus.encryption": "unsupported: keep this room unencrypted",
+                "protocol": {"id": "xmpp", "displayname": "XMPP"},
+                "channel": {"id": format!("direct{run}r{round}x{i}@{BENCH_DOMAIN}"), "displayname": format!("direct {i}")},
+            });
+            let state_key = format!("isthmus://xmpp/direct{run}r{round}x{i}");
+            let room = call(
+                reqwest::Method::POST,
+                "/createRoom".into(),
+                Some(json!({
+                    "preset": "private_chat",
+                    "is_direct": true,
+                    "invite": [receiver],
+                    "initial_state": [
+                        {"type": "m.bridge", "state_key": state_key, "content": info},
+                        {"type": "uk.half-shot.bridge", "state_key": state_key, "content": info},
+                    ],
+                    // The creator holds every power in the homeserver's room version, as the
+                    // bridge finds (`creators_privileged`): only the user is named.
+                    "power_level_content_override": {"users": {receiver.as_str(): 100}},
+                })),
+                false,
+            )
+            .await["room_id"]
+                .as_str()
+                .expect("a room")
+                .to_owned();
+            call(
+                reqwest::Method::GET,
+                format!("/presence/{}/status", enc(&receiver)),
+                None,
+                true,
+            )
+            .await;
+            call(
+                reqwest::Method::PUT,
+                format!("/rooms/{}/send/m.room.message/s{i}", enc(&room)),
+                Some(json!({"msgtype": "m.text", "body": format!("storm {round} {i}")})),
+                false,
+            )
+            .await;
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("a direct storm task");
+    }
+}
+
 /// The bridge, killed when dropped.
 struct Bridge(Child);
 
@@ -367,7 +499,14 @@ async fn start_bridge(settings: &Settings, dir: &std::path::Path) -> Bridge {
         .replace(
             "url: http://127.0.0.1:18008",
             &format!("url: {}", settings.hs),
-        );
+        )
+        // The storm's contacts share one domain and invite one user: the creation limits
+        // would refuse most of them.
+        .replacen("\nbridge:\n", &format!("\nbridge:\n{STORM_LIMITS}"), 1);
+    assert!(
+        config.contains(STORM_LIMITS),
+        "the fixture's bridge section moved"
+    );
     let path = dir.join("config.yaml");
     std::fs::write(&path, config).expect("write the config");
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
@@ -593,6 +732,34 @@ async fn main() {
             bridged[round]
         );
     }
+    let mut storm_bridge = Vec::new();
+    let mut storm_direct = Vec::new();
+    let storms = if settings.storm > 0 {
+        settings.rounds
+    } else {
+        0
+    };
+    for round in 0..storms {
+        let n = settings.storm;
+        let mut batch = Vec::new();
+        for i in 0..n {
+            batch.extend(storm_stanza(&to, run, round, i));
+        }
+        let before = bridged_count(&alice.http).await;
+        let began = Instant::now();
+        contact.write(&batch).await;
+        wait_for(&alice, before + n as u64).await;
+        storm_bridge.push(began.elapsed().as_secs_f64());
+        let began = Instant::now();
+        direct_storm(&settings.hs, &alice.id, run, round, n).await;
+        storm_direct.push(began.elapsed().as_secs_f64());
+        println!(
+            "  storm {}: {n} new contacts through isthmus {:.1} s, the same requests directly {:.1} s",
+            round + 1,
+            storm_bridge[round],
+            storm_direct[round]
+        );
+    }
     contact.reader.abort();
     drop(bridge);
     let median = |v: &mut Vec<f64>| {
@@ -616,4 +783,19 @@ async fn main() {
         100.0 * b / a
     );
     println!("(medians of {} rounds of {m} messages)", settings.rounds);
+    if !storm_bridge.is_empty() {
+        let (b, d) = (median(&mut storm_bridge), median(&mut storm_direct));
+        println!();
+        println!(
+            "| homeserver | new contacts | through isthmus | same requests directly | isthmus / direct |"
+        );
+        println!("|---|---|---|---|---|");
+        println!(
+            "| {} | {} | {b:.1} s | {d:.1} s | {:.2} |",
+            settings.label,
+            settings.storm,
+            b / d
+        );
+        println!("(medians of {} storms)", storm_bridge.len());
+    }
 }
