@@ -117,17 +117,17 @@ pub struct UserLogin {
 /// The bridge core. Shared as `Arc<Bridge>`.
 pub struct Bridge {
     /// The validated configuration.
-    pub config: Arc<Config>,
+    config: Arc<Config>,
     /// Homeserver client; callers outside `bridge/` ask through `facade.rs`.
     hs: HomeserverClient,
     /// The store; callers outside `bridge/` ask through `facade.rs`.
     store: Store,
     /// Metrics.
-    pub metrics: Metrics,
+    metrics: Metrics,
     /// Connectors by network ID.
-    pub networks: BTreeMap<NetworkId, Arc<dyn Connector>>,
+    networks: BTreeMap<NetworkId, Arc<dyn Connector>>,
     /// Who may do what.
-    pub permissions: Permissions,
+    permissions: Permissions,
     bot: OwnedUserId,
     /// Users' logins: live clients, flows in progress, login links, reported states.
     logins: login_state::Logins,
@@ -142,9 +142,9 @@ pub struct Bridge {
     /// (room, need) pairs whose missing power the room was told about.
     power_told: Mutex<HashSet<(String, String)>>,
     /// Downloads files that networks send.
-    pub fetcher: crate::media::Fetcher,
+    fetcher: crate::media::Fetcher,
     /// Signs links to Matrix files for networks, when `bridge.media.public_url` is set.
-    pub links: std::sync::OnceLock<crate::media::Links>,
+    links: std::sync::OnceLock<crate::media::Links>,
     /// The homeserver's upload limit, once read.
     upload_limit: std::sync::OnceLock<u64>,
     /// The largest message body part the homeserver took, once one was too large.
@@ -154,7 +154,7 @@ pub struct Bridge {
     /// The background tasks (portal queues among them), which a shutdown waits for.
     tasks: Tasks,
     /// The process's open-files limit (soft, hard) after start-up raised it.
-    pub open_files: std::sync::OnceLock<(u64, u64)>,
+    open_files: std::sync::OnceLock<(u64, u64)>,
     /// Whether Matrix users exist, as the homeserver last said (briefly cached).
     existence: cache::TtlCache<bool>,
     /// Display names of Matrix users, as the homeserver last said; forgotten when a member
@@ -232,6 +232,58 @@ impl Bridge {
             ),
             config,
         }))
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The metrics the bridge counts.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The enabled networks' connectors, in the order of their IDs.
+    pub fn connectors(&self) -> impl Iterator<Item = (&NetworkId, &Arc<dyn Connector>)> {
+        self.networks.iter()
+    }
+
+    /// The connector of `network`, when it is enabled.
+    pub fn connector(&self, network: &NetworkId) -> Option<&Arc<dyn Connector>> {
+        self.networks.get(network)
+    }
+
+    /// The IDs of the enabled networks, in order.
+    pub fn network_ids(&self) -> impl Iterator<Item = &NetworkId> {
+        self.networks.keys()
+    }
+
+    /// The network, when exactly one is enabled (a command need not name it then).
+    pub fn only_network(&self) -> Option<&NetworkId> {
+        let mut ids = self.networks.keys();
+        ids.next().filter(|_| ids.next().is_none())
+    }
+
+    /// Starts serving Matrix files to networks through signed links (`bridge.media.public_url`);
+    /// the first call counts.
+    pub fn serve_file_links(&self, links: crate::media::Links) {
+        let _ = self.links.set(links);
+    }
+
+    /// The signer of links to Matrix files, when they are served.
+    pub fn file_links(&self) -> Option<&crate::media::Links> {
+        self.links.get()
+    }
+
+    /// Records the process's open-files limit (soft, hard) after start-up raised it.
+    pub fn record_open_files(&self, soft: u64, hard: u64) {
+        let _ = self.open_files.set((soft, hard));
+    }
+
+    /// The process's open-files limit (soft, hard), when start-up could read it.
+    pub fn open_files(&self) -> Option<(u64, u64)> {
+        self.open_files.get().copied()
     }
 
     /// The background tasks: what the core starts runs here, and a shutdown waits for it.
