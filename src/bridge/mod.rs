@@ -11,8 +11,7 @@ mod encryption;
 pub mod event;
 mod existence;
 mod facade;
-mod ghost;
-mod joined;
+mod ghosts;
 mod keyed;
 pub mod limits;
 mod login_page;
@@ -20,11 +19,11 @@ mod login_state;
 mod logins;
 mod management;
 mod matrix_events;
+mod matrix_users;
 mod media;
 mod permissions;
 mod portal;
 mod portal_ops;
-mod presence;
 mod remote_events;
 mod resume;
 pub mod split;
@@ -131,8 +130,8 @@ pub struct Bridge {
     bot: OwnedUserId,
     /// Users' logins: live clients, flows in progress, login links, reported states.
     logins: login_state::Logins,
-    /// Which ghosts (and the bot) are known to be in which rooms, to avoid repeating joins.
-    joined: joined::Joined,
+    /// The ghosts: names, records, profiles, room memberships, presence.
+    ghosts: ghosts::Ghosts,
     /// Users currently typing per room, to turn Matrix typing lists into start/stop changes.
     typing: Mutex<HashMap<String, HashSet<String>>>,
     /// Portal queues.
@@ -165,10 +164,6 @@ pub struct Bridge {
     encrypted_notices: Mutex<HashMap<String, std::time::Instant>>,
     /// Rate limits on what remote senders can make the bridge create.
     limits: limits::Limits,
-    /// One lock per ghost, held while its record is changed (portals share ghosts).
-    ghost_locks: keyed::KeyedLocks,
-    /// Ghosts shown online or away, whose presence is set again before it lapses.
-    presence: presence::LivePresence,
 }
 
 /// A reported state and its optional detail.
@@ -190,7 +185,7 @@ impl Bridge {
             "@{}:{}",
             config.appservice.bot_localpart, config.homeserver.domain
         ))?;
-        let networks = connectors
+        let networks: BTreeMap<NetworkId, Arc<dyn Connector>> = connectors
             .into_iter()
             .map(|c| (c.info().id.clone(), c))
             .collect();
@@ -198,6 +193,13 @@ impl Bridge {
         for l in limits::Limit::ALL {
             metrics.rate_limited.with_label_values(&[l.name()]);
         }
+        let ghosts = ghosts::Ghosts::new(
+            &config,
+            hs.clone(),
+            store.clone(),
+            metrics.clone(),
+            networks.clone(),
+        );
         Ok(Arc::new_cyclic(|me| Bridge {
             me: me.clone(),
             tasks,
@@ -209,7 +211,7 @@ impl Bridge {
             permissions,
             bot,
             logins: login_state::Logins::default(),
-            joined: joined::Joined::default(),
+            ghosts,
             typing: Mutex::default(),
             management_rooms: tokio::sync::Mutex::default(),
             power_told: Mutex::default(),
@@ -224,8 +226,6 @@ impl Bridge {
             ),
             encrypted_notices: Mutex::default(),
             limits: limits::Limits::new(&config.bridge.limits),
-            ghost_locks: keyed::KeyedLocks::default(),
-            presence: presence::LivePresence::default(),
             queues: dispatch::Queues::new(
                 Duration::from_secs(config.bridge.portal_idle_seconds),
                 config.bridge.quarantine_after_attempts,
@@ -315,50 +315,23 @@ impl Bridge {
     /// like a ghost of an enabled network. Cheaper than [`Bridge::parse_ghost`] (no
     /// unescaping); used to drop the bridge's own echoes.
     pub fn in_namespace(&self, user_id: &str) -> bool {
-        if user_id == self.bot.as_str() {
-            return true;
-        }
-        let Some((local, server)) = user_id.strip_prefix('@').and_then(|u| u.split_once(':'))
-        else {
-            return false;
-        };
-        server == self.server_name()
-            && self.networks.keys().any(|n| {
-                let t = self
-                    .config
-                    .bridge
-                    .ghost_localpart_template
-                    .replace("{network}", n.as_str());
-                t.split_once("{id}").is_some_and(|(before, after)| {
-                    local.len() > before.len() + after.len()
-                        && local.starts_with(before)
-                        && local.ends_with(after)
-                })
-            })
+        user_id == self.bot.as_str() || self.ghosts.in_namespace(user_id)
     }
 
     /// The Matrix user ID of the ghost of `remote` on `network`.
     pub fn ghost_user_id(&self, network: &NetworkId, remote: &str) -> String {
-        let local = self
-            .config
-            .bridge
-            .ghost_localpart_template
-            .replace("{network}", network.as_str())
-            .replace("{id}", &escape::escape_localpart(remote));
-        format!("@{}:{}", local, self.server_name())
+        self.ghosts.user_id(network, remote)
     }
 
     /// The network and remote ID a ghost user ID stands for, if it is one of ours.
     pub fn parse_ghost(&self, user_id: &str) -> Option<(NetworkId, String)> {
-        let (local, server) = user_id.strip_prefix('@')?.split_once(':')?;
-        if server != self.server_name() {
-            return None;
-        }
-        parse_template(
-            &self.config.bridge.ghost_localpart_template,
-            local,
-            &self.networks,
-        )
+        self.ghosts.parse(user_id)
+    }
+
+    /// Sets again, every `every`, the presence of the ghosts shown online or away, which the
+    /// homeserver would otherwise time out. Runs until the task is dropped.
+    pub async fn keep_presence(self: Arc<Self>, every: Duration) {
+        self.ghosts.keep_presence(every).await;
     }
 
     /// The room alias localpart for a remote group chat.
@@ -405,7 +378,7 @@ impl Bridge {
             )
         {
             // What the network said of its users' presence is no longer known.
-            self.presence.forget_network(network);
+            self.ghosts.forget_presence_on(network);
         }
         if previous != Some(state) {
             if let Some(p) = previous {
@@ -448,7 +421,7 @@ impl Bridge {
 
 /// Splits `local` according to a `{network}`/`{id}` template; the network must be enabled and
 /// the ID must unescape.
-fn parse_template(
+pub(super) fn parse_template(
     template: &str,
     local: &str,
     networks: &BTreeMap<NetworkId, Arc<dyn Connector>>,

@@ -192,7 +192,8 @@ impl Bridge {
         contact_name: Option<&str>,
     ) -> Result<PortalRecord, BridgeError> {
         let ghost = self
-            .ensure_ghost(
+            .ghosts
+            .ensure(
                 &key.network,
                 &RemoteUserId::new(key.chat.as_str()),
                 contact_name,
@@ -211,7 +212,7 @@ impl Bridge {
             power_level_users: vec![(receiver_id, 100)],
         };
         let room = self.hs.create_room(Some(&ghost_id), &creation).await?;
-        self.note_joined(&ghost, room.as_str(), true);
+        self.ghosts.note_joined(&ghost, room.as_str(), true);
         let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Direct);
         record.name = contact_name.map(str::to_owned);
         self.save_portal(&record)?;
@@ -326,10 +327,11 @@ impl Bridge {
             .iter()
             .filter(|m| self.parse_ghost(m.as_str()).is_some())
         {
-            self.ghost_leave(m.as_str(), &portal.room_id).await?;
+            self.ghosts.leave(m.as_str(), &portal.room_id).await?;
         }
         if members.iter().any(|m| m.as_str() == self.bot().as_str()) {
-            self.ghost_leave(self.bot().as_str(), &portal.room_id)
+            self.ghosts
+                .leave(self.bot().as_str(), &portal.room_id)
                 .await?;
         }
         self.forget_portal(portal)?;

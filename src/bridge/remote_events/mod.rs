@@ -215,7 +215,7 @@ impl Bridge {
             K::Membership { change } => match self.enter_chat(seq, network, ev, taken).await? {
                 Ok(at) => {
                     if *change == MembershipChange::Leave {
-                        self.ghost_leave(&at.ghost, &at.portal.room_id).await?;
+                        self.ghosts.leave(&at.ghost, &at.portal.room_id).await?;
                     }
                     "ok"
                 }
