@@ -130,7 +130,7 @@ impl Bridge {
     ) -> Result<(), BridgeError> {
         let event = EventId::parse(event_id)
             .map_err(|e| BridgeError::Invalid(crate::error::Reason::because("event ID", e)))?;
-        self.hs
+        self.sender
             .redact(None, &room_id(room)?, &event, txn, Some(reason))
             .await?;
         Ok(())

@@ -26,10 +26,12 @@ mod portal;
 mod portal_ops;
 mod remote_events;
 mod resume;
+mod sender;
 pub mod split;
+mod typing;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -133,21 +135,17 @@ pub struct Bridge {
     /// The ghosts: names, records, profiles, room memberships, presence.
     ghosts: ghosts::Ghosts,
     /// Users currently typing per room, to turn Matrix typing lists into start/stop changes.
-    typing: Mutex<HashMap<String, HashSet<String>>>,
+    typing: typing::Typing,
+    /// What the bridge posts into rooms, and what it learnt doing so.
+    sender: sender::RoomSender,
     /// Portal queues.
     queues: dispatch::Queues,
     /// Held while the bot opens a management room, so a user gets one.
     management_rooms: tokio::sync::Mutex<()>,
-    /// (room, need) pairs whose missing power the room was told about.
-    power_told: Mutex<HashSet<(String, String)>>,
     /// Downloads files that networks send.
     fetcher: crate::media::Fetcher,
     /// Signs links to Matrix files for networks, when `bridge.media.public_url` is set.
     links: std::sync::OnceLock<crate::media::Links>,
-    /// The homeserver's upload limit, once read.
-    upload_limit: std::sync::OnceLock<u64>,
-    /// The largest message body part the homeserver took, once one was too large.
-    part_size: split::PartSize,
     /// This bridge, for work started from a `&self` (queues need an `Arc`).
     me: Weak<Bridge>,
     /// The background tasks (portal queues among them), which a shutdown waits for.
@@ -159,9 +157,6 @@ pub struct Bridge {
     /// Display names of Matrix users, as the homeserver last said; forgotten when a member
     /// event of theirs arrives.
     display_names: cache::TtlCache<Option<String>>,
-    /// When each encrypted portal room was last told that an encrypted message was not
-    /// bridged, by room ID.
-    encrypted_notices: Mutex<HashMap<String, std::time::Instant>>,
     /// Rate limits on what remote senders can make the bridge create.
     limits: limits::Limits,
 }
@@ -200,10 +195,10 @@ impl Bridge {
             metrics.clone(),
             networks.clone(),
         );
+        let sender = sender::RoomSender::new(hs.clone(), store.clone(), bot.clone());
         Ok(Arc::new_cyclic(|me| Bridge {
             me: me.clone(),
             tasks,
-            part_size: split::PartSize::default(),
             hs,
             store,
             metrics,
@@ -212,19 +207,17 @@ impl Bridge {
             bot,
             logins: login_state::Logins::default(),
             ghosts,
-            typing: Mutex::default(),
+            typing: typing::Typing::default(),
+            sender,
             management_rooms: tokio::sync::Mutex::default(),
-            power_told: Mutex::default(),
             fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
             links: std::sync::OnceLock::new(),
-            upload_limit: std::sync::OnceLock::new(),
             open_files: std::sync::OnceLock::new(),
             existence: cache::TtlCache::new(existence::TTL, existence::CAPACITY),
             display_names: cache::TtlCache::new(
                 matrix_events::DISPLAY_NAME_TTL,
                 existence::CAPACITY,
             ),
-            encrypted_notices: Mutex::default(),
             limits: limits::Limits::new(&config.bridge.limits),
             queues: dispatch::Queues::new(
                 Duration::from_secs(config.bridge.portal_idle_seconds),

@@ -263,16 +263,16 @@ impl Bridge {
         if let Some(n) = name
             && portal.name.as_deref() != Some(n)
         {
-            self.hs
-                .send_state(Some(&speaker), &rid, "m.room.name", "", &json!({"name": n}))
+            self.sender
+                .state(Some(&speaker), &rid, "m.room.name", "", &json!({"name": n}))
                 .await?;
             updated.name = Some(n.to_owned());
         }
         if let Some(t) = topic
             && portal.topic.as_deref() != Some(t)
         {
-            self.hs
-                .send_state(
+            self.sender
+                .state(
                     Some(&speaker),
                     &rid,
                     "m.room.topic",
