@@ -362,7 +362,7 @@ async fn run(
     if let Some(public) = config.bridge.media_public_url() {
         // Links are signed with a key derived from the homeserver token, a secret the
         // homeserver and the bridge already share.
-        let _ = bridge.links.set(crate::media::Links::new(
+        bridge.serve_file_links(crate::media::Links::new(
             public,
             &secrets.hs_token,
             config.bridge.media.link_lifetime_seconds,
@@ -386,7 +386,7 @@ async fn run(
     }
     let files = files.ok();
     if let Some(f) = files {
-        let _ = bridge.open_files.set((f.soft, f.hard));
+        bridge.record_open_files(f.soft, f.hard);
     }
     let listen: SocketAddr = config.appservice.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -397,7 +397,7 @@ async fn run(
     // networks deliver from now on queue up behind it.
     let replayed = bridge.replay_inbox()?;
     let sink = CoreSink::new(&bridge);
-    for (id, connector) in &bridge.networks {
+    for (id, connector) in bridge.connectors() {
         connector
             .start(EventSink::new(
                 id.clone(),
@@ -446,7 +446,7 @@ async fn run(
         tasks.cancel();
         return Err(e);
     }
-    for (id, connector) in &bridge.networks {
+    for (id, connector) in bridge.connectors() {
         for (_, s) in connector.status() {
             bridge.set_state(id, None, s, None);
         }
@@ -469,7 +469,7 @@ async fn run(
     // to stop (the listener takes no new connection, queues no new item) and given a bounded
     // time to finish what it holds. Whatever is left then is in the inbox, replayed at the
     // next start.
-    for connector in bridge.networks.values() {
+    for (_, connector) in bridge.connectors() {
         connector.stop().await;
     }
     match tasks.shutdown(SHUTDOWN_BOUND).await {

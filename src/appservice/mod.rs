@@ -49,7 +49,7 @@ pub fn matrix_error(status: StatusCode, errcode: &str, error: &str) -> Response 
 
 /// The router with every endpoint.
 pub fn router(state: Arc<AppState>) -> Router {
-    let max_body = state.bridge.config.appservice.max_body_bytes;
+    let max_body = state.bridge.config().appservice.max_body_bytes;
     let app = Router::new()
         .route("/transactions/{txn_id}", put(transactions::push))
         .route("/users/{user_id}", get(query::user))
@@ -134,7 +134,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.bridge.metrics.render(),
+        state.bridge.metrics().render(),
     )
         .into_response()
 }
@@ -152,7 +152,7 @@ async fn media_link(
     )>,
 ) -> Response {
     let bridge = &state.bridge;
-    let Some(links) = bridge.links.get() else {
+    let Some(links) = bridge.file_links() else {
         return not_found().await;
     };
     let now = crate::bridge::now_ms() / 1000;
@@ -167,7 +167,7 @@ async fn media_link(
     }
     match bridge.download_media(&server, &media_id).await {
         Ok((bytes, content_type)) => {
-            bridge.metrics.event("to_remote", "file_served", "ok");
+            bridge.metrics().event("to_remote", "file_served", "ok");
             let ct = content_type.unwrap_or_else(|| "application/octet-stream".into());
             (
                 [
@@ -188,7 +188,7 @@ async fn media_link(
         }
         Err(e) => {
             tracing::info!(error = %crate::error::chain(&e), "a linked file could not be read from the homeserver");
-            bridge.metrics.event("to_remote", "file_served", "failed");
+            bridge.metrics().event("to_remote", "file_served", "failed");
             matrix_error(
                 StatusCode::NOT_FOUND,
                 "M_NOT_FOUND",

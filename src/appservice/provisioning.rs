@@ -274,14 +274,13 @@ fn network(bridge: &Bridge, who: &Who) -> Result<NetworkId, Box<Response>> {
                 .map(|_| id)
                 .map_err(|e| Box::new(error(StatusCode::NOT_FOUND, "M_NOT_FOUND", e)))
         }
-        None if bridge.networks.len() == 1 => {
-            Ok(bridge.networks.keys().next().cloned().expect("one"))
-        }
-        None => Err(Box::new(error(
-            StatusCode::BAD_REQUEST,
-            "M_MISSING_PARAM",
-            "name the network with ?network=",
-        ))),
+        None => bridge.only_network().cloned().ok_or_else(|| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "M_MISSING_PARAM",
+                "name the network with ?network=",
+            ))
+        }),
     }
 }
 
@@ -293,8 +292,7 @@ async fn whoami(State(state): State<Arc<AppState>>, Q(who): Q<Who>) -> Response 
         .map(|(n, l)| json!({"network": n, "id": l.id, "name": l.remote_name, "state": l.client.state().as_str()}))
         .collect();
     let networks: Vec<Value> = b
-        .networks
-        .iter()
+        .connectors()
         .map(|(id, c)| {
             json!({
                 "id": id,

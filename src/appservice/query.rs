@@ -35,7 +35,7 @@ pub(super) async fn user(
             return not_found("Not a valid remote user");
         }
     };
-    match bridge.ensure_ghost(&network, &remote_id, None).await {
+    match bridge.ensure_ghost(&network, &remote_id).await {
         Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response(),
         Err(e) => {
             warn!(user_id, error = %crate::error::chain(&e), "could not create ghost");

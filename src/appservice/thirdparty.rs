@@ -17,8 +17,8 @@ use crate::network::Connector;
 
 fn by_protocol<'a>(bridge: &'a Bridge, protocol: &str) -> Option<&'a Arc<dyn Connector>> {
     bridge
-        .networks
-        .values()
+        .connectors()
+        .map(|(_, c)| c)
         .find(|c| c.info().protocol == protocol)
 }
 
@@ -133,7 +133,7 @@ pub(super) async fn user_by_id(
     let Some((network, remote)) = bridge.parse_ghost(user) else {
         return ok(json!([]));
     };
-    let Some(c) = bridge.networks.get(&network) else {
+    let Some(c) = bridge.connector(&network) else {
         return ok(json!([]));
     };
     let info = c.info();
@@ -169,7 +169,7 @@ pub(super) async fn location_by_alias(
     let Some((network, chat)) = bridge.parse_alias_localpart(local) else {
         return ok(json!([]));
     };
-    let Some(c) = bridge.networks.get(&network) else {
+    let Some(c) = bridge.connector(&network) else {
         return ok(json!([]));
     };
     let info = c.info();

@@ -172,7 +172,7 @@ pub(super) async fn push(
     let bridge = &state.bridge;
     let result = |r: &str| {
         bridge
-            .metrics
+            .metrics()
             .txn_seconds
             .with_label_values(&[r])
             .observe(started.elapsed().as_secs_f64());
@@ -203,7 +203,7 @@ pub(super) async fn push(
             malformed, "transaction has events that cannot be read; the others go on"
         );
         bridge
-            .metrics
+            .metrics()
             .skipped_events
             .with_label_values(&["malformed"])
             .inc_by(malformed as u64);

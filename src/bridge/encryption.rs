@@ -4,7 +4,7 @@
 //! the remote chat are told once, and each encrypted message that still arrives gets a
 //! notice (at most one per room per [`NOTICE_INTERVAL`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -124,16 +124,11 @@ impl Bridge {
         portal: &PortalRecord,
         what: &str,
     ) {
-        let now = Instant::now();
+        if !self
+            .sender
+            .may_tell_encrypted(&portal.room_id, NOTICE_INTERVAL)
         {
-            let mut last = self.encrypted_notices.lock().expect("notices lock");
-            if last
-                .get(&portal.room_id)
-                .is_some_and(|t| now.saturating_duration_since(*t) < NOTICE_INTERVAL)
-            {
-                return;
-            }
-            last.insert(portal.room_id.clone(), now);
+            return;
         }
         let text = format!(
             "⚠ {what} was not bridged to {}: the bridge cannot read encrypted messages yet, and this room has encryption on. Start a new chat without encryption to reach them.",

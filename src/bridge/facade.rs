@@ -67,6 +67,16 @@ impl Bridge {
         self.store.logins_of(user)
     }
 
+    /// Makes sure the ghost of `remote` on `network` exists (a user query named it); returns
+    /// its user ID.
+    pub async fn ensure_ghost(
+        &self,
+        network: &crate::network::NetworkId,
+        remote: &crate::network::RemoteUserId,
+    ) -> Result<String, BridgeError> {
+        self.ghosts.ensure(network, remote, None).await
+    }
+
     /// Asks the homeserver who the bot is: whether it answers and knows the bridge.
     pub async fn check_homeserver(&self) -> Result<(), MatrixError> {
         self.hs.whoami(None).await.map(|_| ())
@@ -120,7 +130,7 @@ impl Bridge {
     ) -> Result<(), BridgeError> {
         let event = EventId::parse(event_id)
             .map_err(|e| BridgeError::Invalid(crate::error::Reason::because("event ID", e)))?;
-        self.hs
+        self.sender
             .redact(None, &room_id(room)?, &event, txn, Some(reason))
             .await?;
         Ok(())

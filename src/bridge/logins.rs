@@ -259,7 +259,7 @@ impl Bridge {
             ..Default::default()
         };
         let rid = self.hs.create_room(None, &creation).await?.to_string();
-        self.note_joined(self.bot.as_str(), &rid, true);
+        self.ghosts.note_joined(self.bot.as_str(), &rid, true);
         let mut record = self.store.user(user)?.unwrap_or(crate::store::UserRecord {
             user_id: user.to_owned(),
             management_room: None,

@@ -52,7 +52,8 @@ impl Bridge {
             power_level_users: Vec::new(),
         };
         let room = self.hs.create_room(None, &creation).await?;
-        self.note_joined(self.bot().as_str(), room.as_str(), true);
+        self.ghosts
+            .note_joined(self.bot().as_str(), room.as_str(), true);
         record.management_room = Some(room.to_string());
         record.shown_requests.clear();
         self.store.put_user(&record)?;

@@ -15,15 +15,9 @@ impl Bridge {
     /// The largest file bridged: the configured cap, lowered to the homeserver's limit.
     async fn max_media_bytes(&self) -> u64 {
         let cap = self.config.bridge.media.max_bytes;
-        if let Some(limit) = self.upload_limit.get() {
-            return cap.min(*limit);
-        }
-        match self.hs.media_upload_limit().await {
-            Ok(Some(limit)) => {
-                let _ = self.upload_limit.set(limit);
-                cap.min(limit)
-            }
-            _ => cap,
+        match self.sender.upload_limit().await {
+            Some(limit) => cap.min(limit),
+            None => cap,
         }
     }
 
@@ -63,8 +57,8 @@ impl Bridge {
         let size = fetched.bytes.len();
         let dims = crate::media::image_size(&fetched.bytes);
         let mxc = match self
-            .hs
-            .upload(Some(ghost), fetched.bytes, &mimetype, &att.name)
+            .sender
+            .upload(ghost, fetched.bytes, &mimetype, &att.name)
             .await
         {
             Ok(m) => m,

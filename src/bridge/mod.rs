@@ -11,8 +11,7 @@ mod encryption;
 pub mod event;
 mod existence;
 mod facade;
-mod ghost;
-mod joined;
+mod ghosts;
 mod keyed;
 pub mod limits;
 mod login_page;
@@ -20,17 +19,19 @@ mod login_state;
 mod logins;
 mod management;
 mod matrix_events;
+mod matrix_users;
 mod media;
 mod permissions;
 mod portal;
 mod portal_ops;
-mod presence;
 mod remote_events;
 mod resume;
+mod sender;
 pub mod split;
+mod typing;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -117,58 +118,47 @@ pub struct UserLogin {
 /// The bridge core. Shared as `Arc<Bridge>`.
 pub struct Bridge {
     /// The validated configuration.
-    pub config: Arc<Config>,
+    config: Arc<Config>,
     /// Homeserver client; callers outside `bridge/` ask through `facade.rs`.
     hs: HomeserverClient,
     /// The store; callers outside `bridge/` ask through `facade.rs`.
     store: Store,
     /// Metrics.
-    pub metrics: Metrics,
+    metrics: Metrics,
     /// Connectors by network ID.
-    pub networks: BTreeMap<NetworkId, Arc<dyn Connector>>,
+    networks: BTreeMap<NetworkId, Arc<dyn Connector>>,
     /// Who may do what.
-    pub permissions: Permissions,
+    permissions: Permissions,
     bot: OwnedUserId,
     /// Users' logins: live clients, flows in progress, login links, reported states.
     logins: login_state::Logins,
-    /// Which ghosts (and the bot) are known to be in which rooms, to avoid repeating joins.
-    joined: joined::Joined,
+    /// The ghosts: names, records, profiles, room memberships, presence.
+    ghosts: ghosts::Ghosts,
     /// Users currently typing per room, to turn Matrix typing lists into start/stop changes.
-    typing: Mutex<HashMap<String, HashSet<String>>>,
+    typing: typing::Typing,
+    /// What the bridge posts into rooms, and what it learnt doing so.
+    sender: sender::RoomSender,
     /// Portal queues.
     queues: dispatch::Queues,
     /// Held while the bot opens a management room, so a user gets one.
     management_rooms: tokio::sync::Mutex<()>,
-    /// (room, need) pairs whose missing power the room was told about.
-    power_told: Mutex<HashSet<(String, String)>>,
     /// Downloads files that networks send.
-    pub fetcher: crate::media::Fetcher,
+    fetcher: crate::media::Fetcher,
     /// Signs links to Matrix files for networks, when `bridge.media.public_url` is set.
-    pub links: std::sync::OnceLock<crate::media::Links>,
-    /// The homeserver's upload limit, once read.
-    upload_limit: std::sync::OnceLock<u64>,
-    /// The largest message body part the homeserver took, once one was too large.
-    part_size: split::PartSize,
+    links: std::sync::OnceLock<crate::media::Links>,
     /// This bridge, for work started from a `&self` (queues need an `Arc`).
     me: Weak<Bridge>,
     /// The background tasks (portal queues among them), which a shutdown waits for.
     tasks: Tasks,
     /// The process's open-files limit (soft, hard) after start-up raised it.
-    pub open_files: std::sync::OnceLock<(u64, u64)>,
+    open_files: std::sync::OnceLock<(u64, u64)>,
     /// Whether Matrix users exist, as the homeserver last said (briefly cached).
     existence: cache::TtlCache<bool>,
     /// Display names of Matrix users, as the homeserver last said; forgotten when a member
     /// event of theirs arrives.
     display_names: cache::TtlCache<Option<String>>,
-    /// When each encrypted portal room was last told that an encrypted message was not
-    /// bridged, by room ID.
-    encrypted_notices: Mutex<HashMap<String, std::time::Instant>>,
     /// Rate limits on what remote senders can make the bridge create.
     limits: limits::Limits,
-    /// One lock per ghost, held while its record is changed (portals share ghosts).
-    ghost_locks: keyed::KeyedLocks,
-    /// Ghosts shown online or away, whose presence is set again before it lapses.
-    presence: presence::LivePresence,
 }
 
 /// A reported state and its optional detail.
@@ -190,7 +180,7 @@ impl Bridge {
             "@{}:{}",
             config.appservice.bot_localpart, config.homeserver.domain
         ))?;
-        let networks = connectors
+        let networks: BTreeMap<NetworkId, Arc<dyn Connector>> = connectors
             .into_iter()
             .map(|c| (c.info().id.clone(), c))
             .collect();
@@ -198,10 +188,17 @@ impl Bridge {
         for l in limits::Limit::ALL {
             metrics.rate_limited.with_label_values(&[l.name()]);
         }
+        let ghosts = ghosts::Ghosts::new(
+            &config,
+            hs.clone(),
+            store.clone(),
+            metrics.clone(),
+            networks.clone(),
+        );
+        let sender = sender::RoomSender::new(hs.clone(), store.clone(), bot.clone());
         Ok(Arc::new_cyclic(|me| Bridge {
             me: me.clone(),
             tasks,
-            part_size: split::PartSize::default(),
             hs,
             store,
             metrics,
@@ -209,29 +206,77 @@ impl Bridge {
             permissions,
             bot,
             logins: login_state::Logins::default(),
-            joined: joined::Joined::default(),
-            typing: Mutex::default(),
+            ghosts,
+            typing: typing::Typing::default(),
+            sender,
             management_rooms: tokio::sync::Mutex::default(),
-            power_told: Mutex::default(),
             fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
             links: std::sync::OnceLock::new(),
-            upload_limit: std::sync::OnceLock::new(),
             open_files: std::sync::OnceLock::new(),
             existence: cache::TtlCache::new(existence::TTL, existence::CAPACITY),
             display_names: cache::TtlCache::new(
                 matrix_events::DISPLAY_NAME_TTL,
                 existence::CAPACITY,
             ),
-            encrypted_notices: Mutex::default(),
             limits: limits::Limits::new(&config.bridge.limits),
-            ghost_locks: keyed::KeyedLocks::default(),
-            presence: presence::LivePresence::default(),
             queues: dispatch::Queues::new(
                 Duration::from_secs(config.bridge.portal_idle_seconds),
                 config.bridge.quarantine_after_attempts,
             ),
             config,
         }))
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The metrics the bridge counts.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The enabled networks' connectors, in the order of their IDs.
+    pub fn connectors(&self) -> impl Iterator<Item = (&NetworkId, &Arc<dyn Connector>)> {
+        self.networks.iter()
+    }
+
+    /// The connector of `network`, when it is enabled.
+    pub fn connector(&self, network: &NetworkId) -> Option<&Arc<dyn Connector>> {
+        self.networks.get(network)
+    }
+
+    /// The IDs of the enabled networks, in order.
+    pub fn network_ids(&self) -> impl Iterator<Item = &NetworkId> {
+        self.networks.keys()
+    }
+
+    /// The network, when exactly one is enabled (a command need not name it then).
+    pub fn only_network(&self) -> Option<&NetworkId> {
+        let mut ids = self.networks.keys();
+        ids.next().filter(|_| ids.next().is_none())
+    }
+
+    /// Starts serving Matrix files to networks through signed links (`bridge.media.public_url`);
+    /// the first call counts.
+    pub fn serve_file_links(&self, links: crate::media::Links) {
+        let _ = self.links.set(links);
+    }
+
+    /// The signer of links to Matrix files, when they are served.
+    pub fn file_links(&self) -> Option<&crate::media::Links> {
+        self.links.get()
+    }
+
+    /// Records the process's open-files limit (soft, hard) after start-up raised it.
+    pub fn record_open_files(&self, soft: u64, hard: u64) {
+        let _ = self.open_files.set((soft, hard));
+    }
+
+    /// The process's open-files limit (soft, hard), when start-up could read it.
+    pub fn open_files(&self) -> Option<(u64, u64)> {
+        self.open_files.get().copied()
     }
 
     /// The background tasks: what the core starts runs here, and a shutdown waits for it.
@@ -263,50 +308,23 @@ impl Bridge {
     /// like a ghost of an enabled network. Cheaper than [`Bridge::parse_ghost`] (no
     /// unescaping); used to drop the bridge's own echoes.
     pub fn in_namespace(&self, user_id: &str) -> bool {
-        if user_id == self.bot.as_str() {
-            return true;
-        }
-        let Some((local, server)) = user_id.strip_prefix('@').and_then(|u| u.split_once(':'))
-        else {
-            return false;
-        };
-        server == self.server_name()
-            && self.networks.keys().any(|n| {
-                let t = self
-                    .config
-                    .bridge
-                    .ghost_localpart_template
-                    .replace("{network}", n.as_str());
-                t.split_once("{id}").is_some_and(|(before, after)| {
-                    local.len() > before.len() + after.len()
-                        && local.starts_with(before)
-                        && local.ends_with(after)
-                })
-            })
+        user_id == self.bot.as_str() || self.ghosts.in_namespace(user_id)
     }
 
     /// The Matrix user ID of the ghost of `remote` on `network`.
     pub fn ghost_user_id(&self, network: &NetworkId, remote: &str) -> String {
-        let local = self
-            .config
-            .bridge
-            .ghost_localpart_template
-            .replace("{network}", network.as_str())
-            .replace("{id}", &escape::escape_localpart(remote));
-        format!("@{}:{}", local, self.server_name())
+        self.ghosts.user_id(network, remote)
     }
 
     /// The network and remote ID a ghost user ID stands for, if it is one of ours.
     pub fn parse_ghost(&self, user_id: &str) -> Option<(NetworkId, String)> {
-        let (local, server) = user_id.strip_prefix('@')?.split_once(':')?;
-        if server != self.server_name() {
-            return None;
-        }
-        parse_template(
-            &self.config.bridge.ghost_localpart_template,
-            local,
-            &self.networks,
-        )
+        self.ghosts.parse(user_id)
+    }
+
+    /// Sets again, every `every`, the presence of the ghosts shown online or away, which the
+    /// homeserver would otherwise time out. Runs until the task is dropped.
+    pub async fn keep_presence(self: Arc<Self>, every: Duration) {
+        self.ghosts.keep_presence(every).await;
     }
 
     /// The room alias localpart for a remote group chat.
@@ -353,7 +371,7 @@ impl Bridge {
             )
         {
             // What the network said of its users' presence is no longer known.
-            self.presence.forget_network(network);
+            self.ghosts.forget_presence_on(network);
         }
         if previous != Some(state) {
             if let Some(p) = previous {
@@ -396,7 +414,7 @@ impl Bridge {
 
 /// Splits `local` according to a `{network}`/`{id}` template; the network must be enabled and
 /// the ID must unescape.
-fn parse_template(
+pub(super) fn parse_template(
     template: &str,
     local: &str,
     networks: &BTreeMap<NetworkId, Arc<dyn Connector>>,

@@ -95,11 +95,10 @@ impl Bridge {
         let as_user = sender.map(user_id).transpose()?;
         for (t, key, content) in self.bridge_info_state(&portal.key, portal.name.as_deref()) {
             let sent = self
-                .hs
-                .send_state(as_user.as_deref(), &rid, &t, &key, &content)
+                .sender
+                .state(as_user.as_deref(), &rid, &t, &key, &content)
                 .await;
             if let Err(e) = sent {
-                let e = BridgeError::from(e);
                 // The bot asks for the power it lacks; a ghost in a direct chat a user made
                 // (where it has none) does without bridge info, silently.
                 if sender.is_none() {
@@ -129,43 +128,9 @@ impl Bridge {
         doing: &str,
         error: &BridgeError,
     ) {
-        let BridgeError::Matrix(e) = error else {
-            return;
-        };
-        if e.errcode() != Some("M_FORBIDDEN") {
-            return;
-        }
-        let what = match need {
-            PowerNeed::State(t) => t.to_owned(),
-            PowerNeed::Redact => "redact".to_owned(),
-        };
-        let first = self
-            .power_told
-            .lock()
-            .expect("power_told lock")
-            .insert((room.to_owned(), what.clone()));
-        if !first {
-            return;
-        }
-        let who = speaker.map_or_else(|| self.bot().to_string(), str::to_owned);
-        let (Ok(rid), Ok(as_user)) = (room_id(room), speaker.map(user_id).transpose()) else {
-            return;
-        };
-        let levels = self
-            .hs
-            .get_state(as_user.as_deref(), &rid, "m.room.power_levels", "")
-            .await
-            .ok()
-            .flatten();
-        let (needed, has) = power_levels_for(levels.as_ref(), &who, need);
-        warn!(room_id = room, speaker = %who, need = %what, needed, has, "missing power in a room");
-        let text = format!(
-            "⚠ I could not {doing} in this room: it needs power level {needed} and I ({who}) have {has}. A room admin can give me power level {needed} or more in the room settings."
-        );
-        let txn = format!("isthmus.power.{}.{what}", super::now_ms());
-        if let Err(e) = self.send_notice(speaker, room, &txn, &text).await {
-            warn!(room_id = room, error = %crate::error::chain(&e), "could not say that power is missing");
-        }
+        self.sender
+            .tell_missing_power(room, speaker, need, doing, error)
+            .await;
     }
 
     /// The user who speaks for the bridge in a portal: the contact's ghost in a direct chat
@@ -192,7 +157,8 @@ impl Bridge {
         contact_name: Option<&str>,
     ) -> Result<PortalRecord, BridgeError> {
         let ghost = self
-            .ensure_ghost(
+            .ghosts
+            .ensure(
                 &key.network,
                 &RemoteUserId::new(key.chat.as_str()),
                 contact_name,
@@ -211,7 +177,7 @@ impl Bridge {
             power_level_users: vec![(receiver_id, 100)],
         };
         let room = self.hs.create_room(Some(&ghost_id), &creation).await?;
-        self.note_joined(&ghost, room.as_str(), true);
+        self.ghosts.note_joined(&ghost, room.as_str(), true);
         let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Direct);
         record.name = contact_name.map(str::to_owned);
         self.save_portal(&record)?;
@@ -291,20 +257,7 @@ impl Bridge {
         txn_id: &str,
         text: &str,
     ) -> Result<(), BridgeError> {
-        let rid = room_id(room)?;
-        let as_user = sender.map(user_id).transpose()?;
-        let content = json!({"msgtype": "m.notice", "body": text});
-        self.hs
-            .send_message(
-                as_user.as_deref(),
-                &rid,
-                "m.room.message",
-                txn_id,
-                &content,
-                None,
-            )
-            .await?;
-        Ok(())
+        self.sender.notice(sender, room, txn_id, text).await
     }
 
     /// Removes a portal: every ghost and the bot leave the room, and the store forgets it.
@@ -326,10 +279,11 @@ impl Bridge {
             .iter()
             .filter(|m| self.parse_ghost(m.as_str()).is_some())
         {
-            self.ghost_leave(m.as_str(), &portal.room_id).await?;
+            self.ghosts.leave(m.as_str(), &portal.room_id).await?;
         }
         if members.iter().any(|m| m.as_str() == self.bot().as_str()) {
-            self.ghost_leave(self.bot().as_str(), &portal.room_id)
+            self.ghosts
+                .leave(self.bot().as_str(), &portal.room_id)
                 .await?;
         }
         self.forget_portal(portal)?;

@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{Bridge, BridgeError};
+use super::BridgeError;
+use super::sender::RoomSender;
 use crate::error::Reason;
 use crate::matrix::MatrixError;
 use crate::network::RemoteMessageId;
@@ -83,7 +84,7 @@ where
     Ok(at)
 }
 
-impl Bridge {
+impl RoomSender {
     /// Sends message `content` as `ghost` into `portal`'s room; when the homeserver refuses
     /// it for its size, sends its plain body in parts instead (see the module), going on
     /// where an earlier try of remote message `remote_id` stopped (also when the try had
@@ -91,7 +92,7 @@ impl Bridge {
     /// the first event's ID, which stands for the message. `txn` is the stable transaction
     /// ID of the message; parts use `txn` and their byte offset.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn send_message_parts(
+    pub(super) async fn message_in_parts(
         &self,
         portal: &PortalKey,
         remote_id: &RemoteMessageId,

@@ -62,7 +62,9 @@ fn network_error(network: &NetworkId, source: NetworkError) -> BridgeError {
 async fn answer(ctx: &Ctx<'_>, args: Vec<String>, accept: bool) -> Reply {
     let verb = if accept { "accept" } else { "deny" };
     let (network, raw) = match args.as_slice() {
-        [contact] if ctx.bridge.networks.len() == 1 => (pick_network(ctx.bridge, None)?, contact),
+        [contact] if ctx.bridge.only_network().is_some() => {
+            (pick_network(ctx.bridge, None)?, contact)
+        }
         [network, contact] => (pick_network(ctx.bridge, Some(network))?, contact),
         _ => return Ok(format!("Usage: `{verb} <network> <contact>`")),
     };
@@ -96,7 +98,7 @@ async fn presence(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     let presence = Presence { state, status };
     let sender = ctx.bridge.matrix_sender(ctx.sender).await;
     let mut set = Vec::new();
-    for network in ctx.bridge.networks.keys() {
+    for network in ctx.bridge.network_ids() {
         let Some(client) = ctx.bridge.user_client(ctx.sender, network) else {
             continue;
         };
@@ -116,7 +118,7 @@ async fn presence(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
 async fn contacts(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     let networks: Vec<NetworkId> = match args.first() {
         Some(_) => vec![pick_network(ctx.bridge, args.first())?],
-        None => ctx.bridge.networks.keys().cloned().collect(),
+        None => ctx.bridge.network_ids().cloned().collect(),
     };
     let sender = ctx.bridge.matrix_sender(ctx.sender).await;
     let mut out = String::new();

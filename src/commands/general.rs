@@ -87,7 +87,7 @@ async fn help(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
     let prefix = if ctx.management {
         String::new()
     } else {
-        format!("{} ", ctx.bridge.config.bridge.command_prefix)
+        format!("{} ", ctx.bridge.config().bridge.command_prefix)
     };
     let mut out = String::new();
     let mut section = "";
@@ -133,7 +133,7 @@ async fn status(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
             ));
         }
     }
-    if let Some((soft, hard)) = b.open_files.get() {
+    if let Some((soft, hard)) = b.open_files() {
         let show = |n: &u64| {
             if *n == u64::MAX {
                 "unlimited".to_owned()
@@ -143,11 +143,11 @@ async fn status(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
         };
         out.push_str(&format!(
             "Open-files limit: {} (hard limit {})\n",
-            show(soft),
-            show(hard)
+            show(&soft),
+            show(&hard)
         ));
     }
-    for (id, connector) in &b.networks {
+    for (id, connector) in b.connectors() {
         let info = connector.info();
         out.push_str(&format!("{} ({id}):\n", info.display_name));
         let links = connector.status();

@@ -64,8 +64,7 @@ async fn login(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     }
     let with_flows: Vec<_> = ctx
         .bridge
-        .networks
-        .iter()
+        .connectors()
         .filter(|(_, c)| !c.login_flows().is_empty())
         .map(|(id, _)| id.clone())
         .collect();

@@ -332,21 +332,19 @@ pub fn pick_network(
             bridge.network(&id)?;
             Ok(id)
         }
-        None if bridge.networks.len() == 1 => {
-            Ok(bridge.networks.keys().next().cloned().expect("one network"))
-        }
-        None => Err(BridgeError::Invalid(
-            format!(
-                "name the network: {}",
-                bridge
-                    .networks
-                    .keys()
-                    .map(|n| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+        None => bridge.only_network().cloned().ok_or_else(|| {
+            BridgeError::Invalid(
+                format!(
+                    "name the network: {}",
+                    bridge
+                        .network_ids()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+                .into(),
             )
-            .into(),
-        )),
+        }),
     }
 }
 

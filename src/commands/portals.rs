@@ -178,13 +178,14 @@ async fn start_chat(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
         // A URI names its network by its scheme (`sip:bob@...`, `xmpp:bob@...`).
         let scheme = user.split_once(':')?.0.to_ascii_lowercase();
         ctx.bridge
-            .networks
-            .iter()
+            .connectors()
             .find(|(_, c)| c.info().protocol == scheme)
             .map(|(id, _)| id.clone())
     };
     let (network, raw) = match args.as_slice() {
-        [user] if ctx.bridge.networks.len() == 1 => (pick_network(ctx.bridge, None)?, user.clone()),
+        [user] if ctx.bridge.only_network().is_some() => {
+            (pick_network(ctx.bridge, None)?, user.clone())
+        }
         [user] if by_scheme(user).is_some() => (by_scheme(user).expect("checked"), user.clone()),
         [network, user] => (pick_network(ctx.bridge, Some(network))?, user.clone()),
         _ => return Ok("Usage: `start-chat <network> <user>`".into()),
@@ -220,7 +221,9 @@ async fn start_chat(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
 
 async fn join(ctx: &Ctx<'_>, args: Vec<String>) -> Reply {
     let (network, raw) = match args.as_slice() {
-        [chat] if ctx.bridge.networks.len() == 1 => (pick_network(ctx.bridge, None)?, chat.clone()),
+        [chat] if ctx.bridge.only_network().is_some() => {
+            (pick_network(ctx.bridge, None)?, chat.clone())
+        }
         [network, chat] => (pick_network(ctx.bridge, Some(network))?, chat.clone()),
         _ => return Ok("Usage: `join <network> <group chat>`".into()),
     };
@@ -323,7 +326,7 @@ async fn unbridge(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
 
 async fn set_relay(ctx: &Ctx<'_>, _args: Vec<String>) -> Reply {
     let portal = ctx.portal.clone().expect("checked: in a portal");
-    if !ctx.bridge.config.bridge.relay.enabled {
+    if !ctx.bridge.config().bridge.relay.enabled {
         return Ok("Relay mode is turned off in the bridge configuration.".into());
     }
     if !may_manage(ctx, &portal).await? {

@@ -18,7 +18,9 @@
 //!
 //! User IDs `name@group` share the per-domain limits of their group (`Connector::rate_key`).
 //!
-//! Logins: flow `password`, any username, the password `loopback-password`.
+//! Logins: flow `password`, any username, the password `loopback-password`. A stored login
+//! whose data has `"chats": "direct"` carries direct chats only (`NetworkClient::serves`),
+//! like a personal account that cannot join group chats.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,10 +36,10 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
 use crate::network::{
-    BridgeState, Capabilities, Connector, EventSink, LoginData, LoginField, LoginFlow, LoginId,
-    LoginProcess, LoginStep, MatrixSender, MessageContent, NetworkClient, NetworkError, NetworkId,
-    NetworkInfo, OutgoingMessage, PortalRef, Presence, RemoteChatId, RemoteEvent, RemoteMessageId,
-    RemoteUserId, ThirdPartyField,
+    BridgeState, Capabilities, ChatKind, Connector, EventSink, LoginData, LoginField, LoginFlow,
+    LoginId, LoginProcess, LoginStep, MatrixSender, MessageContent, NetworkClient, NetworkError,
+    NetworkId, NetworkInfo, OutgoingMessage, PortalRef, Presence, RemoteChatId, RemoteEvent,
+    RemoteMessageId, RemoteUserId, ThirdPartyField,
 };
 
 /// The password the loopback login flow accepts.
@@ -128,6 +130,7 @@ impl Loopback {
             gateway: Arc::new(LoopbackClient {
                 shared: Arc::clone(&shared),
                 login: None,
+                direct_only: false,
             }),
             shared,
         }
@@ -238,6 +241,7 @@ impl Connector for Loopback {
         Ok(Arc::new(LoopbackClient {
             shared: Arc::clone(&self.shared),
             login: Some(login.remote_user.to_string()),
+            direct_only: login.data.get("chats").and_then(Value::as_str) == Some("direct"),
         }))
     }
 
@@ -297,6 +301,7 @@ impl LoginProcess for PasswordLogin {
         let client = Arc::new(LoopbackClient {
             shared: Arc::clone(&self.shared),
             login: Some(user.clone()),
+            direct_only: false,
         });
         Ok(LoginStep::Complete {
             login: LoginData {
@@ -314,6 +319,8 @@ impl LoginProcess for PasswordLogin {
 struct LoopbackClient {
     shared: Arc<Shared>,
     login: Option<String>,
+    /// Carries direct chats only.
+    direct_only: bool,
 }
 
 impl LoopbackClient {
@@ -355,6 +362,10 @@ impl LoopbackClient {
 impl NetworkClient for LoopbackClient {
     fn state(&self) -> BridgeState {
         BridgeState::Connected
+    }
+
+    fn serves(&self, kind: ChatKind) -> bool {
+        !self.direct_only || kind == ChatKind::Direct
     }
 
     async fn send_message(

@@ -43,12 +43,7 @@ impl Bridge {
             .filter(|u| !self.in_namespace(u))
             .map(str::to_owned)
             .collect();
-        let before = {
-            let mut typing = self.typing.lock().expect("typing lock");
-            typing
-                .insert(room.to_owned(), now.clone())
-                .unwrap_or_default()
-        };
+        let changes = self.typing.replace(room, now);
         let Some(portal) = self.store.portal_by_room(room)? else {
             return Ok(());
         };
@@ -56,14 +51,11 @@ impl Bridge {
             self.metrics.event("to_remote", "typing", "unsupported");
             return Ok(());
         }
-        let mut changes: Vec<(&String, bool)> =
-            now.difference(&before).map(|u| (u, true)).collect();
-        changes.extend(before.difference(&now).map(|u| (u, false)));
         for (user, active) in changes {
-            let Ok((client, false)) = self.client_for(&portal, user) else {
+            let Ok((client, false)) = self.client_for(&portal, &user) else {
                 continue;
             };
-            let sender = self.matrix_sender(user).await;
+            let sender = self.matrix_sender(&user).await;
             let r = client
                 .send_typing(&portal_ref(&portal), &sender, active)
                 .await;

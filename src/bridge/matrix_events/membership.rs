@@ -31,7 +31,7 @@ impl Bridge {
             return match membership {
                 MembershipState::Invite => self.bot_invited(seq, ev, is_direct).await,
                 _ if gone => {
-                    self.note_joined(target, &ev.room_id, false);
+                    self.ghosts.note_joined(target, &ev.room_id, false);
                     if let Some(mut u) = self.store.user_by_management_room(&ev.room_id)? {
                         u.management_room = None;
                         self.store.put_user(&u)?;
@@ -48,7 +48,7 @@ impl Bridge {
                         .await
                 }
                 _ if gone => {
-                    self.note_joined(target, &ev.room_id, false);
+                    self.ghosts.note_joined(target, &ev.room_id, false);
                     self.fanout_member_left(&ev.room_id, &network, &remote)
                         .await
                 }
@@ -118,7 +118,8 @@ impl Bridge {
             return Ok(());
         }
         self.hs.join(None, ev.room_id.as_str()).await?;
-        self.note_joined(self.bot().as_str(), &ev.room_id, true);
+        self.ghosts
+            .note_joined(self.bot().as_str(), &ev.room_id, true);
         // A direct chat with the bot is the user's management room; in other rooms the bot
         // only answers prefixed commands.
         if is_direct {
@@ -195,7 +196,7 @@ impl Bridge {
             let main = self.store.portal_by_room(&ev.room_id)?;
             let own_chat = main.as_ref().is_some_and(|p| &p.key.network == network);
             if !own_chat && let Some(chat) = connector.fanout_chat(&ev.room_id) {
-                self.ensure_ghost(network, &remote_id, None).await?;
+                self.ghosts.ensure(network, &remote_id, None).await?;
                 if self.ghost_sees_encryption(&gid, ghost, &ev.room_id).await? {
                     return refuse(crate::bridge::encryption::REFUSAL.into()).await;
                 }
@@ -205,8 +206,8 @@ impl Bridge {
             }
             return match main {
                 Some(_) => {
-                    self.ensure_ghost(network, &remote_id, None).await?;
-                    self.ensure_joined(ghost, &ev.room_id).await
+                    self.ghosts.ensure(network, &remote_id, None).await?;
+                    self.ghosts.ensure_joined(ghost, &ev.room_id).await
                 }
                 None => {
                     refuse("Invite me in a direct chat to talk to me, or bridge this room to a group chat first.".into())
@@ -214,7 +215,7 @@ impl Bridge {
                 }
             };
         }
-        self.ensure_ghost(network, &remote_id, None).await?;
+        self.ghosts.ensure(network, &remote_id, None).await?;
         let key = PortalKey::new(network.as_str(), remote_id.as_str(), Some(&ev.sender));
         let mut record = PortalRecord::new(key.clone(), &ev.room_id, ChatKind::Direct);
         let old = self.store.portal(&key)?;
@@ -241,7 +242,7 @@ impl Bridge {
             }
             return refuse(crate::bridge::encryption::REFUSAL.into()).await;
         }
-        self.note_joined(ghost, &ev.room_id, true);
+        self.ghosts.note_joined(ghost, &ev.room_id, true);
         if let Err(e) = self.write_bridge_info(&record, Some(ghost)).await {
             debug!(error = %crate::error::chain(&e), "could not write bridge info into a user-created direct chat");
         }
@@ -272,7 +273,7 @@ impl Bridge {
         remote: &RemoteUserId,
         ghost: &str,
     ) -> Result<(), BridgeError> {
-        self.ensure_ghost(network, remote, None).await?;
+        self.ghosts.ensure(network, remote, None).await?;
         let key = PortalKey::new(network.as_str(), chat, None);
         let (room, remote, ghost) = (room.to_owned(), remote.clone(), ghost.to_owned());
         self.on_portal_queue(&key.clone(), move |b| async move {
@@ -306,7 +307,7 @@ impl Bridge {
         }
         self.save_portal(&record)?;
         self.hs.join(Some(&user_id(ghost)?), room).await?;
-        self.note_joined(ghost, room, true);
+        self.ghosts.note_joined(ghost, room, true);
         info!(room_id = room, portal = %key, member = %remote, members = record.members.len(), "remote member added to a room");
         Ok(())
     }

@@ -185,3 +185,125 @@ pub fn portal_ref(p: &PortalRecord) -> PortalRef {
         members: p.members.iter().map(RemoteUserId::new).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::super::Bridge;
+    use crate::matrix::{HomeserverClient, HsConfig};
+    use crate::network::{
+        ChatKind, Connector, LoginData, LoginId, NetworkClient, NetworkId, RemoteUserId,
+    };
+    use crate::store::{PortalKey, PortalRecord, Store};
+
+    /// A bridge on the loopback network (not started), with no homeserver behind it: the
+    /// identity pick asks neither.
+    fn bridge(dir: &std::path::Path) -> Arc<Bridge> {
+        let text = format!(
+            r#"
+homeserver: {{url: "http://127.0.0.1:9", domain: localhost}}
+appservice:
+  listen: 127.0.0.1:0
+  url: http://127.0.0.1:0
+  as_token: as_token_for_unit_tests
+  hs_token: hs_token_for_unit_tests
+database: {{path: "{}"}}
+bridge:
+  permissions: {{localhost: user}}
+networks:
+  loopback: {{control: "127.0.0.1:0"}}
+"#,
+            dir.display()
+        );
+        let config = Arc::new(crate::config::Config::parse(&text).unwrap());
+        let store = Store::open(
+            dir,
+            crate::store::LoginKey::ephemeral().unwrap(),
+            config.database.cache_bytes(),
+        )
+        .unwrap();
+        let hs = HomeserverClient::new(
+            HsConfig::new(
+                "http://127.0.0.1:9",
+                "localhost",
+                "as_token_for_unit_tests",
+                "isthmus",
+                "_isthmus_bot",
+            ),
+            None,
+        )
+        .unwrap();
+        let loopback: Arc<dyn Connector> = Arc::new(crate::loopback::Loopback::new(
+            "127.0.0.1:0".parse().unwrap(),
+        ));
+        Bridge::new(
+            config,
+            hs,
+            store,
+            crate::metrics::Metrics::new(),
+            vec![loopback],
+            crate::tasks::Tasks::new(),
+        )
+        .unwrap()
+    }
+
+    /// Logs `user` in to the loopback network; `chats` is the login's knob (`"direct"`: it
+    /// carries direct chats only).
+    async fn log_in(bridge: &Bridge, user: &str, chats: Option<&str>) {
+        let network = NetworkId::new("loopback");
+        let login = LoginData {
+            id: LoginId::new(format!("{user}-login")),
+            remote_user: RemoteUserId::new("alice"),
+            remote_name: "alice".into(),
+            data: json!({"password": crate::loopback::PASSWORD, "chats": chats}),
+        };
+        let connector = bridge.connector(&network).expect("loopback").clone();
+        let client = connector.load_login(user, &login).await.unwrap();
+        bridge
+            .complete_login(user, &network, login, client)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_login_that_carries_no_group_chats_is_passed_over_in_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let bridge = bridge(dir.path());
+        let (direct_only, full) = ("@alice:localhost", "@carol:localhost");
+        log_in(&bridge, direct_only, Some("direct")).await;
+        log_in(&bridge, full, None).await;
+        let gateway = bridge
+            .connector(&NetworkId::new("loopback"))
+            .and_then(|c| c.bridge_client())
+            .expect("a bridge-wide identity");
+        let bridge_wide =
+            |c: &Arc<dyn NetworkClient>| std::ptr::addr_eq(Arc::as_ptr(c), Arc::as_ptr(&gateway));
+        let group = PortalRecord::new(
+            PortalKey::new("loopback", "room", None),
+            "!group:localhost",
+            ChatKind::Group,
+        );
+        for (user, own_in_group) in [(direct_only, false), (full, true)] {
+            let dm = PortalRecord::new(
+                PortalKey::new("loopback", "bob", Some(user)),
+                "!dm:localhost",
+                ChatKind::Direct,
+            );
+            let in_dm = bridge.chat_client(user, &dm).expect("an identity");
+            assert!(
+                !bridge_wide(&in_dm),
+                "{user}: their own login speaks in their direct chat"
+            );
+            let in_group = bridge.chat_client(user, &group).expect("an identity");
+            assert_eq!(
+                !bridge_wide(&in_group),
+                own_in_group,
+                "{user}: their own login speaks in a group chat only when it carries group chats"
+            );
+        }
+        // Below the `user` level, nobody speaks for a user.
+        assert!(bridge.chat_client("@eve:elsewhere", &group).is_none());
+    }
+}

@@ -84,7 +84,8 @@ impl Bridge {
             return Ok(Err("no_ghost"));
         }
         let ghost = self
-            .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
+            .ghosts
+            .ensure(network, &ev.sender, ev.sender_name.as_deref())
             .await?;
         if !leaving {
             // In a direct chat, someone other than the contact (the user's own account,
@@ -93,7 +94,8 @@ impl Bridge {
             let inviter = (portal.kind == ChatKind::Direct
                 && ev.sender.as_str() != key.chat.as_str())
             .then(|| self.ghost_user_id(network, key.chat.as_str()));
-            self.ensure_joined_via(&ghost, &portal.room_id, inviter.as_deref())
+            self.ghosts
+                .ensure_joined_via(&ghost, &portal.room_id, inviter.as_deref())
                 .await?;
         }
         Ok(Ok(InChat {
@@ -182,7 +184,8 @@ impl Bridge {
         alias: &str,
     ) -> Result<PortalRecord, BridgeError> {
         let room = self.hs.join(None, alias).await?;
-        self.note_joined(self.bot().as_str(), room.as_str(), true);
+        self.ghosts
+            .note_joined(self.bot().as_str(), room.as_str(), true);
         let record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
         self.save_portal(&record)?;
         if let Err(e) = self.write_bridge_info(&record, None).await {
@@ -210,7 +213,8 @@ impl Bridge {
                     return Ok(Vec::new());
                 };
                 let room = self.hs.join(None, &alias).await?;
-                self.note_joined(self.bot().as_str(), room.as_str(), true);
+                self.ghosts
+                    .note_joined(self.bot().as_str(), room.as_str(), true);
                 room.to_string()
             }
         };
@@ -259,16 +263,16 @@ impl Bridge {
         if let Some(n) = name
             && portal.name.as_deref() != Some(n)
         {
-            self.hs
-                .send_state(Some(&speaker), &rid, "m.room.name", "", &json!({"name": n}))
+            self.sender
+                .state(Some(&speaker), &rid, "m.room.name", "", &json!({"name": n}))
                 .await?;
             updated.name = Some(n.to_owned());
         }
         if let Some(t) = topic
             && portal.topic.as_deref() != Some(t)
         {
-            self.hs
-                .send_state(
+            self.sender
+                .state(
                     Some(&speaker),
                     &rid,
                     "m.room.topic",

@@ -31,9 +31,11 @@ impl Bridge {
             return Ok(outcome);
         }
         let ghost = self
-            .ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
+            .ghosts
+            .ensure(network, &ev.sender, ev.sender_name.as_deref())
             .await?;
-        self.set_ghost_presence(network, &ghost, presence.state, presence.status.as_deref())
+        self.ghosts
+            .set_presence(network, &ghost, presence.state, presence.status.as_deref())
             .await?;
         Ok("ok")
     }
@@ -48,7 +50,8 @@ impl Bridge {
         if let Err(outcome) = self.admit_quietly(network, ev, taken).await? {
             return Ok(outcome);
         }
-        self.ensure_ghost(network, &ev.sender, ev.sender_name.as_deref())
+        self.ghosts
+            .ensure(network, &ev.sender, ev.sender_name.as_deref())
             .await?;
         Ok("ok")
     }
@@ -65,7 +68,8 @@ impl Bridge {
         if let Err(outcome) = self.admit_quietly(network, ev, taken).await? {
             return Ok(outcome);
         }
-        self.set_ghost_avatar(network, &ev.sender, ev.sender_name.as_deref(), hash, data)
+        self.ghosts
+            .set_avatar(network, &ev.sender, ev.sender_name.as_deref(), hash, data)
             .await
     }
 

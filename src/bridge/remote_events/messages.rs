@@ -45,7 +45,7 @@ impl Bridge {
             None => format!("removed by a moderator on {display}"),
         };
         let r = self
-            .hs
+            .sender
             .redact(
                 Some(&user_id(&speaker)?),
                 &room_id(&portal.room_id)?,
@@ -60,7 +60,6 @@ impl Bridge {
                 Ok("ok")
             }
             Err(e) => {
-                let e = BridgeError::from(e);
                 if e.is_transient() {
                     return Err(e);
                 }
@@ -93,7 +92,8 @@ impl Bridge {
             c["m.relates_to"] = json!({"m.in_reply_to": {"event_id": orig.event_id}});
         }
         let event_id = self
-            .send_message_parts(&at.key, id, &at.gid, &at.rid, &at.txn, &c, ev.timestamp_ms)
+            .sender
+            .message_in_parts(&at.key, id, &at.gid, &at.rid, &at.txn, &c, ev.timestamp_ms)
             .await?;
         self.store.put_message(&MessageRecord {
             portal: at.key.clone(),
@@ -122,8 +122,8 @@ impl Bridge {
             Some(orig) => orig,
         };
         let c = edit_content(content, &orig.event_id);
-        self.hs
-            .send_message(
+        self.sender
+            .event(
                 Some(&at.gid),
                 &at.rid,
                 "m.room.message",
@@ -147,7 +147,7 @@ impl Bridge {
             Some(orig) if orig.sender != at.ghost => Ok("not_own"),
             Some(orig) => {
                 let eid = event_id(&orig.event_id)?;
-                self.hs
+                self.sender
                     .redact(Some(&at.gid), &at.rid, &eid, &at.txn, None)
                     .await?;
                 self.store.delete_message(&orig)?;
@@ -170,7 +170,7 @@ impl Bridge {
         match (remove, existing) {
             (true, Some(r)) => {
                 let eid = event_id(&r.event_id)?;
-                self.hs
+                self.sender
                     .redact(Some(&at.gid), &at.rid, &eid, &at.txn, None)
                     .await?;
                 self.store.delete_message(&r)?;
@@ -184,8 +184,8 @@ impl Bridge {
                 let c = json!({"m.relates_to": {
                     "rel_type": "m.annotation", "event_id": orig.event_id, "key": emoji}});
                 let event_id = self
-                    .hs
-                    .send_message(
+                    .sender
+                    .event(
                         Some(&at.gid),
                         &at.rid,
                         "m.reaction",
@@ -218,9 +218,7 @@ impl Bridge {
             return Ok("unknown_target");
         };
         let eid = event_id(&m.event_id)?;
-        self.hs
-            .send_read_receipt(Some(&at.gid), &at.rid, &eid)
-            .await?;
+        self.sender.read_receipt(&at.gid, &at.rid, &eid).await?;
         Ok("ok")
     }
 
@@ -243,8 +241,8 @@ impl Bridge {
             "m.relates_to": {"m.in_reply_to": {"event_id": orig.event_id}},
         });
         let speaker = user_id(&self.portal_speaker(portal))?;
-        self.hs
-            .send_message(
+        self.sender
+            .event(
                 Some(&speaker),
                 &room_id(&portal.room_id)?,
                 "m.room.message",

@@ -193,9 +193,7 @@ impl Bridge {
             },
             K::Typing { active } => match self.enter_chat(seq, network, ev, taken).await? {
                 Ok(at) => {
-                    self.hs
-                        .set_typing(Some(&at.gid), &at.rid, *active, 30_000)
-                        .await?;
+                    self.sender.typing(&at.gid, &at.rid, *active).await?;
                     "ok"
                 }
                 Err(outcome) => outcome,
@@ -215,7 +213,7 @@ impl Bridge {
             K::Membership { change } => match self.enter_chat(seq, network, ev, taken).await? {
                 Ok(at) => {
                     if *change == MembershipChange::Leave {
-                        self.ghost_leave(&at.ghost, &at.portal.room_id).await?;
+                        self.ghosts.leave(&at.ghost, &at.portal.room_id).await?;
                     }
                     "ok"
                 }

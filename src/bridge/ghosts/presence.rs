@@ -10,13 +10,14 @@
 //! longer refreshed, and the homeserver times them out to offline.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tracing::debug;
 
-use super::{Bridge, BridgeError, user_id};
+use super::Ghosts;
+use crate::bridge::{BridgeError, user_id};
 use crate::network::{NetworkId, PresenceState};
 
 /// Ghosts refreshed at once.
@@ -54,7 +55,7 @@ impl LivePresence {
     }
 
     /// Stops refreshing the ghosts of `network`.
-    pub(super) fn forget_network(&self, network: &NetworkId) {
+    fn forget_network(&self, network: &NetworkId) {
         let mut by_ghost = self.by_ghost.lock().expect("presence lock");
         by_ghost.retain(|_, s| &s.network != network);
     }
@@ -74,17 +75,17 @@ fn matrix_state(state: PresenceState) -> &'static str {
     }
 }
 
-impl Bridge {
+impl Ghosts {
     /// Shows `state` (with `status`) as the presence of `ghost`, and keeps showing it while it
     /// is not offline.
-    pub(super) async fn set_ghost_presence(
+    pub(in crate::bridge) async fn set_presence(
         &self,
         network: &NetworkId,
         ghost: &str,
         state: PresenceState,
         status: Option<&str>,
     ) -> Result<(), BridgeError> {
-        let _ghost = self.ghost_locks.lock(ghost).await;
+        let _ghost = self.locks.lock(ghost).await;
         let shown = Shown {
             network: network.clone(),
             state: matrix_state(state),
@@ -98,9 +99,15 @@ impl Bridge {
         Ok(())
     }
 
+    /// Stops refreshing the presence of the ghosts of `network`: what it said of its users
+    /// is no longer known (its bridge-wide link went down).
+    pub(in crate::bridge) fn forget_presence_on(&self, network: &NetworkId) {
+        self.presence.forget_network(network);
+    }
+
     /// Sets again, every `every`, the presence of the ghosts shown online or away. Runs until
     /// the task is dropped.
-    pub async fn keep_presence(self: Arc<Self>, every: Duration) {
+    pub(in crate::bridge) async fn keep_presence(&self, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -113,7 +120,7 @@ impl Bridge {
     }
 
     async fn refresh_presence(&self, ghost: String) {
-        let _ghost = self.ghost_locks.lock(&ghost).await;
+        let _ghost = self.locks.lock(&ghost).await;
         // Read under the lock: a change made meanwhile is what is shown now.
         let Some(shown) = self.presence.get(&ghost) else {
             return;

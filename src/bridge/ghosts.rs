@@ -1,16 +1,118 @@
-//! Ghosts: Matrix users standing for remote users. Registered on first use, profile written
-//! only when it changed.
+//! [`Ghosts`]: the Matrix users standing for remote users, and everything the bridge keeps
+//! about them. A ghost is registered on first use and its profile written only when it
+//! changed; which rooms it (or the bot) is in is remembered, and its presence kept alive
+//! (`presence.rs`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
-use super::{Bridge, BridgeError, room_id, user_id};
-use crate::network::{NetworkId, RemoteUserId};
-use crate::store::{AvatarUpload, GhostRecord};
+use super::{BridgeError, keyed, room_id, user_id};
+use crate::config::Config;
+use crate::matrix::{HomeserverClient, escape};
+use crate::metrics::Metrics;
+use crate::network::{Connector, NetworkId, RemoteUserId};
+use crate::store::{AvatarUpload, GhostRecord, Store};
 
-/// Largest remote avatar the bridge uploads.
-const AVATAR_MAX_BYTES: usize = 1 << 20;
+mod joined;
+mod presence;
 
-impl Bridge {
+/// Largest remote avatar the bridge uploads (and largest Matrix avatar handed to a network).
+pub(super) const AVATAR_MAX_BYTES: usize = 1 << 20;
+
+/// The ghosts: their names, records, profiles, room memberships and presence. Holds its own
+/// handles on the store and the homeserver, so the core's event handlers ask it by name
+/// (`self.ghosts.ensure(..)`) and nothing else writes a ghost.
+pub(super) struct Ghosts {
+    store: Store,
+    hs: HomeserverClient,
+    metrics: Metrics,
+    /// The enabled networks, for their default names and display names.
+    networks: BTreeMap<NetworkId, Arc<dyn Connector>>,
+    /// `bridge.ghost_localpart_template`.
+    localpart_template: String,
+    /// `bridge.ghost_displayname_template`.
+    displayname_template: String,
+    /// The homeserver's server name.
+    server_name: String,
+    /// One lock per ghost, held while its record or presence is changed (portals share
+    /// ghosts).
+    locks: keyed::KeyedLocks,
+    /// Which ghosts (and the bot) are known to be in which rooms, to avoid repeating joins.
+    joined: joined::Joined,
+    /// Ghosts shown online or away, whose presence is set again before it lapses.
+    presence: presence::LivePresence,
+}
+
+impl Ghosts {
+    /// The ghosts of `networks`, named and shown as `config` says.
+    pub(super) fn new(
+        config: &Config,
+        hs: HomeserverClient,
+        store: Store,
+        metrics: Metrics,
+        networks: BTreeMap<NetworkId, Arc<dyn Connector>>,
+    ) -> Self {
+        Ghosts {
+            store,
+            hs,
+            metrics,
+            networks,
+            localpart_template: config.bridge.ghost_localpart_template.clone(),
+            displayname_template: config.bridge.ghost_displayname_template.clone(),
+            server_name: config.homeserver.domain.clone(),
+            locks: keyed::KeyedLocks::default(),
+            joined: joined::Joined::default(),
+            presence: presence::LivePresence::default(),
+        }
+    }
+
+    /// The Matrix user ID of the ghost of `remote` on `network`.
+    pub(super) fn user_id(&self, network: &NetworkId, remote: &str) -> String {
+        let local = self
+            .localpart_template
+            .replace("{network}", network.as_str())
+            .replace("{id}", &escape::escape_localpart(remote));
+        format!("@{}:{}", local, self.server_name)
+    }
+
+    /// The network and remote ID a ghost user ID stands for, if it is one of ours.
+    pub(super) fn parse(&self, user_id: &str) -> Option<(NetworkId, String)> {
+        let (local, server) = user_id.strip_prefix('@')?.split_once(':')?;
+        if server != self.server_name {
+            return None;
+        }
+        super::parse_template(&self.localpart_template, local, &self.networks)
+    }
+
+    /// Whether `user_id` is shaped like a ghost of an enabled network. Cheaper than
+    /// [`Ghosts::parse`] (no unescaping).
+    pub(super) fn in_namespace(&self, user_id: &str) -> bool {
+        let Some((local, server)) = user_id.strip_prefix('@').and_then(|u| u.split_once(':'))
+        else {
+            return false;
+        };
+        server == self.server_name
+            && self.networks.keys().any(|n| {
+                let t = self.localpart_template.replace("{network}", n.as_str());
+                t.split_once("{id}").is_some_and(|(before, after)| {
+                    local.len() > before.len() + after.len()
+                        && local.starts_with(before)
+                        && local.ends_with(after)
+                })
+            })
+    }
+
+    /// The connector of `network`.
+    fn network(&self, network: &NetworkId) -> Result<&Arc<dyn Connector>, BridgeError> {
+        self.networks.get(network).ok_or_else(|| {
+            BridgeError::Invalid(
+                format!("the network {network} is not enabled on this bridge").into(),
+            )
+        })
+    }
+
     /// Makes sure the ghost of `remote` exists on the homeserver with an up-to-date display
     /// name; returns its user ID. `name` is the remote display name; `None` means unchanged
     /// (a new ghost then gets the network's default name).
@@ -18,13 +120,13 @@ impl Bridge {
     /// A ghost is shared by every portal its remote user speaks in, and portals run on
     /// queues of their own: changes to its record are made under the ghost's lock, so that
     /// one portal's write never undoes another's (a name written over a new avatar, say).
-    pub async fn ensure_ghost(
+    pub(super) async fn ensure(
         &self,
         network: &NetworkId,
         remote: &RemoteUserId,
         name: Option<&str>,
     ) -> Result<String, BridgeError> {
-        let mxid = self.ghost_user_id(network, remote.as_str());
+        let mxid = self.user_id(network, remote.as_str());
         // The hot path: a known ghost whose name has not changed takes no lock.
         if let Some(record) = self.store.ghost(&mxid)?
             && record.registered
@@ -32,16 +134,16 @@ impl Bridge {
         {
             return Ok(mxid);
         }
-        let _ghost = self.ghost_locks.lock(&mxid).await;
-        self.ensure_ghost_locked(&mxid, network, remote, name)
+        let _ghost = self.locks.lock(&mxid).await;
+        self.ensure_locked(&mxid, network, remote, name)
             .await
             .map(drop)?;
         Ok(mxid)
     }
 
-    /// [`Bridge::ensure_ghost`] with the ghost's lock held; returns the ghost's record as
+    /// [`Ghosts::ensure`] with the ghost's lock held; returns the ghost's record as
     /// stored.
-    async fn ensure_ghost_locked(
+    async fn ensure_locked(
         &self,
         mxid: &str,
         network: &NetworkId,
@@ -97,9 +199,7 @@ impl Bridge {
             _ => self.network(network)?.default_display_name(remote),
         };
         let displayname = self
-            .config
-            .bridge
-            .ghost_displayname_template
+            .displayname_template
             .replace("{name}", &base_name)
             .replace("{network}", &self.network(network)?.info().display_name);
         Ok((record.displayname.as_deref() != Some(displayname.as_str())).then_some(displayname))
@@ -112,7 +212,7 @@ impl Bridge {
     /// upload it once. The uploaded file is recorded before the profile is changed: when the
     /// change fails after the homeserver applied it (a timeout, say) and the event is tried
     /// again, the retry sets the same file instead of uploading the picture a second time.
-    pub async fn set_ghost_avatar(
+    pub(super) async fn set_avatar(
         &self,
         network: &NetworkId,
         remote: &RemoteUserId,
@@ -120,11 +220,9 @@ impl Bridge {
         hash: &str,
         data: Option<&[u8]>,
     ) -> Result<&'static str, BridgeError> {
-        let mxid = self.ghost_user_id(network, remote.as_str());
-        let _ghost = self.ghost_locks.lock(&mxid).await;
-        let mut record = self
-            .ensure_ghost_locked(&mxid, network, remote, name)
-            .await?;
+        let mxid = self.user_id(network, remote.as_str());
+        let _ghost = self.locks.lock(&mxid).await;
+        let mut record = self.ensure_locked(&mxid, network, remote, name).await?;
         if record.avatar_hash.as_deref() == Some(hash) {
             return Ok("unchanged");
         }
@@ -170,117 +268,15 @@ impl Bridge {
         Ok("ok")
     }
 
-    /// The profile of a Matrix user who may use the bridge, avatar included when it is
-    /// small enough, for networks that show it.
-    pub async fn matrix_profile(&self, user: &str) -> Option<crate::network::MatrixProfile> {
-        if self.in_namespace(user) || self.level(user) < super::PermissionLevel::User {
-            return None;
-        }
-        let uid = ruma::UserId::parse(user).ok()?;
-        let (displayname, avatar_url) = self.hs.get_profile(&uid).await.ok()?;
-        let avatar = match avatar_url.as_deref().and_then(|u| u.strip_prefix("mxc://")) {
-            Some(rest) => {
-                let (server, id) = rest.split_once('/')?;
-                match self.hs.download(server, id).await {
-                    Ok((bytes, _)) if bytes.len() <= AVATAR_MAX_BYTES => {
-                        crate::media::sniff(&bytes)
-                            .filter(|m| m.starts_with("image/"))
-                            .map(|m| (m.to_owned(), bytes))
-                    }
-                    Ok(_) => None,
-                    Err(e) => {
-                        debug!(user, error = %crate::error::chain(&e), "could not download the avatar");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        Some(crate::network::MatrixProfile {
-            displayname,
-            avatar,
-        })
-    }
-
-    /// The current presence of a Matrix user who may use the bridge, read from the homeserver
-    /// as the bot (so only for users who share a room with it). `None` when unknown.
-    pub async fn matrix_presence(&self, user: &str) -> Option<crate::network::Presence> {
-        self.matrix_presence_seen_by(user, None).await
-    }
-
-    /// [`Self::matrix_presence`], asked as `viewer` (a ghost sharing a room with the user)
-    /// instead of the bot.
-    pub async fn matrix_presence_seen_by(
-        &self,
-        user: &str,
-        viewer: Option<&str>,
-    ) -> Option<crate::network::Presence> {
-        use crate::network::{Presence, PresenceState};
-        if self.in_namespace(user) || self.level(user) < super::PermissionLevel::User {
-            return None;
-        }
-        let uid = ruma::UserId::parse(user).ok()?;
-        let viewer = match viewer {
-            Some(v) => Some(ruma::UserId::parse(v).ok()?),
-            None => None,
-        };
-        // Bounded: a connector may be waiting on this while handling its network's traffic.
-        let asked = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            self.hs.get_presence(viewer.as_deref(), &uid),
-        );
-        let (state, status) = match asked.await {
-            Ok(Ok(p)) => p,
-            Err(_) => {
-                debug!(user, "no answer about the user's presence in time");
-                return None;
-            }
-            Ok(Err(e)) => {
-                debug!(user, error = %crate::error::chain(&e), "could not read the user's presence");
-                return None;
-            }
-        };
-        let state = match state.as_str() {
-            "online" => PresenceState::Online,
-            "unavailable" => PresenceState::Unavailable,
-            _ => PresenceState::Offline,
-        };
-        Some(Presence::new(state, status.as_deref()))
-    }
-
-    /// Hands `user`'s current presence (read from the homeserver as `viewer`) to the identity
-    /// that speaks for them on `network`, through the same path as presence pushes; called
-    /// when a portal is created, so the contact does not see a guess until the next change.
-    pub async fn publish_current_presence(
-        &self,
-        user: &str,
-        network: &NetworkId,
-        viewer: Option<&str>,
-    ) {
-        let Some(client) = self.user_client(user, network) else {
-            return;
-        };
-        let Some(presence) = self.matrix_presence_seen_by(user, viewer).await else {
-            return;
-        };
-        let sender = self.matrix_sender(user).await;
-        match client.set_presence(&sender, &presence).await {
-            Ok(()) | Err(crate::network::NetworkError::Unsupported(_)) => {}
-            Err(e) => {
-                debug!(user, error = %crate::error::chain(&e), "could not publish the user's presence")
-            }
-        }
-    }
-
     /// Joins `ghost` to `room` unless it is known to be there already.
-    pub async fn ensure_joined(&self, ghost: &str, room: &str) -> Result<(), BridgeError> {
+    pub(super) async fn ensure_joined(&self, ghost: &str, room: &str) -> Result<(), BridgeError> {
         self.ensure_joined_via(ghost, room, None).await
     }
 
     /// Makes `ghost` join `room`; when it was not invited, `inviter` (a member with the
     /// power to invite, such as the ghost that created a direct chat) or else the bot invites
     /// it first.
-    pub async fn ensure_joined_via(
+    pub(super) async fn ensure_joined_via(
         &self,
         ghost: &str,
         room: &str,
@@ -319,8 +315,8 @@ impl Bridge {
         self.joined.note(user, room, joined);
     }
 
-    /// Makes `ghost` leave `room`.
-    pub async fn ghost_leave(&self, ghost: &str, room: &str) -> Result<(), BridgeError> {
+    /// Makes `ghost` (or the bot) leave `room`.
+    pub(super) async fn leave(&self, ghost: &str, room: &str) -> Result<(), BridgeError> {
         let uid = user_id(ghost)?;
         let rid = room_id(room)?;
         self.note_joined(ghost, room, false);
