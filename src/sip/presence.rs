@@ -22,8 +22,10 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::body;
-use super::endpoint::{self, Dialog, Outgoing};
+use super::dialog::Dialog;
+use super::endpoint::Outgoing;
 use super::handle_sip::{local_target, sender};
+use super::headers;
 use super::ids::{self, Local};
 use crate::network::contacts::{self, Policy};
 use crate::network::now_ms;
@@ -152,7 +154,7 @@ pub(super) async fn subscribe_in(
     tx: &mut Transaction,
 ) -> Result<(), rsipstack::Error> {
     let req = tx.original.clone();
-    let event = endpoint::header_value(&req.headers, "Event").unwrap_or_default();
+    let event = headers::header_value(&req.headers, "Event").unwrap_or_default();
     if event.split(';').next().map(str::trim) != Some("presence") {
         return tx
             .reply_with(
@@ -162,12 +164,12 @@ pub(super) async fn subscribe_in(
             )
             .await;
     }
-    let call_id = endpoint::call_id(&req);
+    let call_id = headers::call_id(&req);
     let expires = expiry(shared, &req);
     let to_tag = req
         .to_header()
         .ok()
-        .map(|t| endpoint::name_addr(t.value()))
+        .map(|t| headers::name_addr(t.value()))
         .and_then(|n| n.tag);
     if to_tag.is_some() {
         return refresh_in(shared, tx, &call_id, expires).await;
@@ -201,10 +203,10 @@ pub(super) async fn subscribe_in(
         return tx.reply(StatusCode::Forbidden).await;
     }
     let active = sub.from || policy == Policy::Accept;
-    let from = endpoint::name_addr(req.from_header().map(|f| f.value()).unwrap_or(""));
-    let remote_target = endpoint::header_values(&req.headers, "Contact")
+    let from = headers::name_addr(req.from_header().map(|f| f.value()).unwrap_or(""));
+    let remote_target = headers::header_values(&req.headers, "Contact")
         .first()
-        .map(|c| endpoint::name_addr(c).uri)
+        .map(|c| headers::name_addr(c).uri)
         .unwrap_or_else(|| from.uri.clone());
     let Ok(ep) = shared.endpoint() else {
         return tx.reply(StatusCode::ServiceUnavailable).await;
@@ -215,16 +217,16 @@ pub(super) async fn subscribe_in(
         // Our URI is the To of the SUBSCRIBE (a proxy may have rewritten the Request-URI).
         local_uri: req
             .to_header()
-            .map(|t| endpoint::name_addr(t.value()).uri)
+            .map(|t| headers::name_addr(t.value()).uri)
             .unwrap_or_else(|_| req.uri.to_string()),
         local_tag: local_tag.clone(),
         remote_uri: from.uri.clone(),
         remote_tag: from.tag.clone().unwrap_or_default(),
         remote_target,
         // As the notifier, the route set is the Record-Route list in order.
-        routes: endpoint::header_values(&req.headers, "Record-Route")
+        routes: headers::header_values(&req.headers, "Record-Route")
             .iter()
-            .map(|r| endpoint::name_addr(r).uri)
+            .map(|r| headers::name_addr(r).uri)
             .collect(),
         cseq: 0,
         expires_at_ms: now_ms() + u64::from(expires) * 1000,
@@ -506,12 +508,12 @@ pub(super) async fn notify_in(
     tx: &mut Transaction,
 ) -> Result<(), rsipstack::Error> {
     let req = tx.original.clone();
-    let call_id = endpoint::call_id(&req);
+    let call_id = headers::call_id(&req);
     let key = format!("{WATCH}{call_id}");
     let Some(w) = load::<Watch>(shared, &key) else {
         return tx.reply(StatusCode::CallTransactionDoesNotExist).await;
     };
-    let state = endpoint::header_value(&req.headers, "Subscription-State")
+    let state = headers::header_value(&req.headers, "Subscription-State")
         .unwrap_or_default()
         .to_ascii_lowercase();
     // A NOTIFY may come before the 2xx of the SUBSCRIBE: it confirms the dialog, with its
@@ -520,19 +522,19 @@ pub(super) async fn notify_in(
         && let Some(tag) = req
             .from_header()
             .ok()
-            .and_then(|f| endpoint::name_addr(f.value()).tag)
+            .and_then(|f| headers::name_addr(f.value()).tag)
     {
         let _guard = shared.subscriptions.lock().await;
         if let Some(mut fresh) = load::<Watch>(shared, &key)
             && fresh.dialog.remote_tag.is_empty()
         {
             fresh.dialog.remote_tag = tag;
-            if let Some(c) = endpoint::header_values(&req.headers, "Contact").first() {
-                fresh.dialog.remote_target = endpoint::name_addr(c).uri;
+            if let Some(c) = headers::header_values(&req.headers, "Contact").first() {
+                fresh.dialog.remote_target = headers::name_addr(c).uri;
             }
-            fresh.dialog.routes = endpoint::header_values(&req.headers, "Record-Route")
+            fresh.dialog.routes = headers::header_values(&req.headers, "Record-Route")
                 .iter()
-                .map(|r| endpoint::name_addr(r).uri)
+                .map(|r| headers::name_addr(r).uri)
                 .collect();
             let _ = save(shared, &key, &fresh);
         }
@@ -678,17 +680,17 @@ async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkErro
             if let Some(tag) = resp
                 .to_header()
                 .ok()
-                .and_then(|t| endpoint::name_addr(t.value()).tag)
+                .and_then(|t| headers::name_addr(t.value()).tag)
             {
                 w.dialog.remote_tag = tag;
             }
-            if let Some(c) = endpoint::header_values(&resp.headers, "Contact").first() {
-                w.dialog.remote_target = endpoint::name_addr(c).uri;
+            if let Some(c) = headers::header_values(&resp.headers, "Contact").first() {
+                w.dialog.remote_target = headers::name_addr(c).uri;
             }
             // As the subscriber, the route set is the Record-Route list reversed.
-            let mut routes: Vec<String> = endpoint::header_values(&resp.headers, "Record-Route")
+            let mut routes: Vec<String> = headers::header_values(&resp.headers, "Record-Route")
                 .iter()
-                .map(|r| endpoint::name_addr(r).uri)
+                .map(|r| headers::name_addr(r).uri)
                 .collect();
             routes.reverse();
             w.dialog.routes = routes;
