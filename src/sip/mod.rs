@@ -13,7 +13,7 @@
 //! | `body.rs` | PIDF, typing notifications, HTML to text, splitting |
 //! | `handle_sip.rs` | SIP → bridge |
 //! | `handle_matrix.rs` | bridge → SIP |
-//! | `presence.rs` | presence subscriptions both ways, kept across restarts |
+//! | `presence/` | presence subscriptions both ways, kept across restarts |
 //! | `account.rs` | users' own SIP accounts: REGISTER with digest, refresh, messages as the account |
 
 mod account;
