@@ -9,7 +9,7 @@ use crate::network::{Attachment, MessageContent};
 pub use crate::sip::body::{
     BodyError, html_to_text, is_body_char, parse_iscomposing, parse_pidf, pidf, split,
 };
-pub use crate::sip::endpoint::{NameAddr, name_addr, quoted, split_list};
+pub use crate::sip::headers::{NameAddr, name_addr, quoted, split_list};
 pub use crate::xmpp::fidelity::Kind;
 pub use crate::xmpp::time::{parse as parse_xmpp_time, rfc3339};
 

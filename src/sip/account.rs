@@ -145,7 +145,7 @@ impl Account {
                     // in the 200's Contact list (RFC 3261 §10.2.4), else in Expires.
                     let ours = format!("{}@", self.contact_user);
                     let from_contact =
-                        super::endpoint::header_values(&answer.response.headers, "Contact")
+                        super::headers::header_values(&answer.response.headers, "Contact")
                             .into_iter()
                             .find(|c| c.contains(&ours))
                             .and_then(|c| {
@@ -273,7 +273,7 @@ impl Account {
             uri: &to_uri,
             from: format!(
                 "{} <{}>;tag={}",
-                super::endpoint::quoted(display),
+                super::headers::quoted(display),
                 self.aor_uri(),
                 ep.tag()
             ),

@@ -9,7 +9,8 @@ use tracing::debug;
 
 use super::Shared;
 use super::body;
-use super::endpoint::{self, Answer, Outgoing, SendError};
+use super::endpoint::{Answer, Outgoing, SendError};
+use super::headers;
 use super::ids;
 use super::presence;
 use crate::network::contacts;
@@ -110,7 +111,7 @@ impl Gateway {
 
     fn sender_header(&self, display: &str, uri: &str) -> Result<String, NetworkError> {
         let tag = self.shared.endpoint()?.tag();
-        Ok(format!("{} <{uri}>;tag={tag}", endpoint::quoted(display)))
+        Ok(format!("{} <{uri}>;tag={tag}", headers::quoted(display)))
     }
 }
 

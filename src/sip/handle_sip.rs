@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use super::Shared;
 use super::body;
 use super::endpoint::{self, ALLOW};
+use super::headers;
 use super::ids::Local;
 use crate::network::{
     MatrixUserStatus, MessageContent, MessageKind, RemoteEvent, RemoteEventKind, RemoteMessageId,
@@ -111,7 +112,7 @@ pub(super) fn sender(
     shared: &Shared,
     req: &rsipstack::sip::Request,
 ) -> Option<(String, Option<String>)> {
-    let from = endpoint::name_addr(req.from_header().ok()?.value());
+    let from = headers::name_addr(req.from_header().ok()?.value());
     let aor = shared.addressing.contact(&from.uri).ok()?;
     // A display name becomes a Matrix display name: short, printable, or none.
     let display = from.display.as_deref().and_then(crate::text::display_name);
@@ -178,7 +179,7 @@ async fn message(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsips
     if req.body.len() > MAX_BODY {
         return tx.reply(StatusCode::RequestEntityTooLarge).await;
     }
-    let content_type = endpoint::header_value(&req.headers, "Content-Type")
+    let content_type = headers::header_value(&req.headers, "Content-Type")
         .unwrap_or_else(|| "text/plain".into())
         .to_ascii_lowercase();
     let media = content_type.split(';').next().unwrap_or("").trim();
@@ -206,7 +207,7 @@ async fn message(shared: &Arc<Shared>, tx: &mut Transaction) -> Result<(), rsips
             RemoteEventKind::Message {
                 id: RemoteMessageId::new(format!(
                     "{}#{}",
-                    endpoint::call_id(&req),
+                    headers::call_id(&req),
                     cseq.unwrap_or(0)
                 )),
                 content,

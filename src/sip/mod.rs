@@ -5,21 +5,25 @@
 //!
 //! | file | role |
 //! |---|---|
-//! | `endpoint.rs` | listeners, requests through the proxy, hand-kept dialogs |
+//! | `endpoint.rs` | listeners, requests through the proxy (the transaction layer) |
+//! | `dialog.rs` | hand-kept dialogs, serialisable so subscriptions survive a restart |
+//! | `headers.rs` | header values read and written by hand: name-addrs, lists, compact names |
 //! | `ids.rs` | addressing both ways |
 //! | `config.rs` | the `networks.sip` section, its checks and defaults |
 //! | `body.rs` | PIDF, typing notifications, HTML to text, splitting |
 //! | `handle_sip.rs` | SIP → bridge |
 //! | `handle_matrix.rs` | bridge → SIP |
-//! | `presence.rs` | presence subscriptions both ways, kept across restarts |
+//! | `presence/` | presence subscriptions both ways, kept across restarts |
 //! | `account.rs` | users' own SIP accounts: REGISTER with digest, refresh, messages as the account |
 
 mod account;
 pub(crate) mod body;
 mod config;
-pub(crate) mod endpoint;
+mod dialog;
+mod endpoint;
 mod handle_matrix;
 mod handle_sip;
+pub(crate) mod headers;
 pub mod ids;
 mod presence;
 

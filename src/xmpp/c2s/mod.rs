@@ -6,6 +6,13 @@
 //! Stanzas cross this module as the connector's [`Stanza`] type. The parsers are built for
 //! the component namespace (`jabber:component:accept`), so stanzas are renamed from and to
 //! `jabber:client` at this boundary.
+//!
+//! | file | role |
+//! |---|---|
+//! | `mod.rs` | the session loop: connect, serve, reconnect with backoff, stop |
+//! | `negotiate.rs` | TLS, SASL (with `scram.rs`) and resource binding |
+//! | `session.rs` | stream management (XEP-0198): resuming a session or binding a new one |
+//! | `wire.rs` | stanzas renamed between namespaces; elements read and written |
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -32,8 +39,14 @@ use xmpp_parsers::stream_features::StreamFeatures;
 use xmpp_parsers::{sasl, sm, starttls};
 
 mod negotiate;
+mod session;
+mod wire;
 
 use self::negotiate::{authenticate, bind};
+use self::session::{Sm, ack, connect};
+pub(crate) use self::wire::from_client;
+pub(super) use self::wire::{element, rename_ns, to_client};
+use self::wire::{header, is_stanza, limited, read, recv_features, send, skipped, timeouts};
 use super::component::{LinkError, Outgoing, RECONNECT};
 use super::limits::{Guard, Limited};
 use super::scram::{Hash, Scram};
@@ -108,189 +121,6 @@ pub(super) trait Events: Send + Sync {
     async fn online(&self, jid: &FullJid, resumed: bool) -> Vec<Stanza>;
     /// The state changed.
     async fn state(&self, state: BridgeState, detail: Option<String>);
-}
-
-/// Renames `from` to `to` as the namespace of `el` and of every descendant in `from`.
-pub(super) fn rename_ns(mut el: Element, from: &str, to: &str) -> Element {
-    let ns = el.ns();
-    let nodes = el.take_nodes();
-    let attrs = el.attrs().clone();
-    let mut out = Element::builder(el.name(), if ns == from { to } else { &ns }).build();
-    *out.attrs_mut() = attrs;
-    for node in nodes {
-        match node {
-            Node::Element(child) => {
-                out.append_child(rename_ns(child, from, to));
-            }
-            Node::Text(text) => out.append_text_node(text),
-        }
-    }
-    out
-}
-
-/// A stanza read in the client namespace, as the connector's type.
-pub(crate) fn from_client(el: Element) -> Option<Stanza> {
-    let el = rename_ns(el, CLIENT_NS, COMPONENT_NS);
-    match el.name() {
-        "message" => xmpp_parsers::message::Message::try_from(el)
-            .ok()
-            .map(Stanza::Message),
-        "presence" => xmpp_parsers::presence::Presence::try_from(el)
-            .ok()
-            .map(Stanza::Presence),
-        "iq" => xmpp_parsers::iq::Iq::try_from(el).ok().map(Stanza::Iq),
-        _ => None,
-    }
-}
-
-/// The connector's stanza as it goes on a client stream.
-pub(super) fn to_client(stanza: Stanza) -> Element {
-    // The server stamps the session's address (RFC 6120 §8.1.2.1).
-    let el = match stanza {
-        Stanza::Message(m) => Element::from(m),
-        Stanza::Presence(p) => Element::from(p),
-        Stanza::Iq(iq) => Element::from(iq),
-    };
-    let mut el = rename_ns(el, COMPONENT_NS, CLIENT_NS);
-    super::xml_safe::element(&mut el);
-    el.attrs_mut()
-        .remove(xmpp_parsers::minidom::rxml::Namespace::none(), "from");
-    el
-}
-
-/// An element `name` in `ns` with attributes.
-pub(super) fn element(name: &str, ns: &str, attrs: &[(&str, &str)]) -> Element {
-    let mut b = Element::builder(name, ns);
-    for (k, v) in attrs {
-        b = b.attr(
-            xmpp_parsers::minidom::rxml::NcName::try_from(*k).expect("an XML name"),
-            *v,
-        );
-    }
-    b.build()
-}
-
-fn is_stanza(el: &Element) -> bool {
-    el.ns() == CLIENT_NS && matches!(el.name(), "message" | "presence" | "iq")
-}
-
-/// Stream management state that outlives one connection.
-#[derive(Default)]
-struct Sm {
-    /// The resumption ID, when the server allows resumption.
-    id: Option<String>,
-    /// Stanzas handled from the server (mod 2^32).
-    inbound: u32,
-    /// Stanzas sent and not yet acknowledged, with their sequence numbers.
-    unacked: VecDeque<(u32, Element)>,
-    /// Sequence number of the next stanza sent.
-    next_out: u32,
-    /// Whether the current connection has stream management enabled.
-    enabled: bool,
-    /// The full JID of the session.
-    bound: Option<FullJid>,
-}
-
-impl Sm {
-    /// Drops the stanzas the server acknowledged (`h` = count of stanzas it handled).
-    fn acked(&mut self, h: u32) {
-        while let Some((seq, _)) = self.unacked.front() {
-            // Sequence numbers are mod 2^32: `seq` is acknowledged when it is before `h`.
-            if h.wrapping_sub(*seq).wrapping_sub(1) < u32::MAX / 2 {
-                self.unacked.pop_front();
-            } else {
-                break;
-            }
-        }
-    }
-
-    fn sent(&mut self, el: Element) {
-        if self.unacked.len() >= 10_000 {
-            // Never acknowledged: the oldest is given up rather than grow without bound.
-            self.unacked.pop_front();
-        }
-        self.unacked.push_back((self.next_out, el));
-        self.next_out = self.next_out.wrapping_add(1);
-    }
-}
-
-/// Reads the next element (on the stream before or after TLS); a stream error ends it.
-async fn read<Io: tokio::io::AsyncBufRead + Unpin>(
-    xml: &mut XmlStream<Io, Element>,
-    guard: &Guard,
-) -> Result<Element, SessionError> {
-    loop {
-        match xml.next().await {
-            Some(Ok(el)) => {
-                skipped(guard);
-                if el.is("error", STREAMS_NS) {
-                    let cond = el
-                        .children()
-                        .next()
-                        .map(|c| c.name().to_owned())
-                        .unwrap_or_default();
-                    return Err(SessionError::Transient(
-                        format!("the server ended the stream ({cond})").into(),
-                    ));
-                }
-                return Ok(el);
-            }
-            Some(Err(ReadError::SoftTimeout)) => continue,
-            Some(Err(e)) => return Err(transient(Reason::because("read failed", e))),
-            None => return Err(transient("the server closed the connection")),
-        }
-    }
-}
-
-/// Logs the stanzas the limits skipped since the last read; returns how many were stanzas
-/// (message, presence or iq, which stream management counts). They are not answered: the
-/// server is the account's own, and it enforces its own limits on its users.
-fn skipped(guard: &Guard) -> u32 {
-    let mut stanzas = 0u32;
-    for s in guard.take_skipped() {
-        s.log("own account");
-        if matches!(s.name.as_str(), "message" | "presence" | "iq") {
-            stanzas = stanzas.wrapping_add(1);
-        }
-    }
-    stanzas
-}
-
-async fn send<Io: AsyncWrite + Unpin>(
-    xml: &mut XmlStream<Io, Element>,
-    el: &Element,
-) -> Result<(), SessionError> {
-    xml.send(el)
-        .await
-        .map_err(|e| transient(Reason::because("write failed", e)))
-}
-
-fn header(domain: &str) -> StreamHeader<'static> {
-    StreamHeader {
-        to: Some(Cow::Owned(domain.to_owned())),
-        from: None,
-        id: None,
-    }
-}
-
-fn timeouts() -> Timeouts {
-    Timeouts {
-        read_timeout: Duration::from_secs(60),
-        response_timeout: Duration::from_secs(30),
-    }
-}
-
-async fn recv_features(
-    pending: PendingFeaturesRecv<Io>,
-) -> Result<(StreamFeatures, Xml), SessionError> {
-    pending
-        .recv_features::<Element>()
-        .await
-        .map_err(|e| transient(Reason::because("no stream features", e)))
-}
-
-fn limited(conn: Box<dyn Conn>, guard: &Guard) -> Io {
-    BufStream::new(Limited::new(conn, guard.clone()))
 }
 
 /// What ended one connection.
@@ -394,99 +224,6 @@ pub(super) async fn run(
             _ = stop.changed() => return,
         }
     }
-}
-
-/// Sets up a session: resumes the previous one when the server still has it, else binds a
-/// new resource (and resends what the old session never got acknowledged).
-async fn connect(
-    settings: &Settings,
-    guard: &Guard,
-    sm: &mut Sm,
-) -> Result<(Xml, FullJid, bool, Vec<Element>), SessionError> {
-    let (features, mut xml) = authenticate(settings, guard).await?;
-    let offers_sm = features.stream_management.is_some();
-    sm.enabled = false;
-    if offers_sm && let Some(previd) = sm.id.clone() {
-        send(
-            &mut xml,
-            &sm::Resume {
-                h: sm.inbound,
-                previd: sm::StreamId(previd),
-            }
-            .into(),
-        )
-        .await?;
-        let el = read(&mut xml, guard).await?;
-        // Read by hand: the crate's `Resumed` refuses an answer without `previd`, which
-        // says nothing this session needs.
-        if el.is("resumed", SM_NS) {
-            let h = el
-                .attr("h")
-                .and_then(|h| h.parse().ok())
-                .ok_or_else(|| transient("the server resumed without saying what it handled"))?;
-            sm.acked(h);
-            sm.enabled = true;
-            let resend: Vec<Element> = sm.unacked.iter().map(|(_, e)| e.clone()).collect();
-            for el in &resend {
-                send(&mut xml, el).await?;
-            }
-            info!(jid = %settings.jid, resent = resend.len(), "XMPP stream resumed");
-            let jid = sm
-                .bound
-                .clone()
-                .ok_or_else(|| transient("resumed a stream never bound"))?;
-            return Ok((xml, jid, true, Vec::new()));
-        }
-        debug!(jid = %settings.jid, "the server could not resume the stream; starting a new session");
-        if let Some(h) = el.attr("h").and_then(|h| h.parse().ok()) {
-            sm.acked(h);
-        }
-        sm.id = None;
-    }
-    let jid = bind(&mut xml, guard, &settings.resource).await?;
-    sm.inbound = 0;
-    // What the old session never got acknowledged goes out again on the new one.
-    let pending: Vec<Element> = std::mem::take(&mut sm.unacked)
-        .into_iter()
-        .map(|(_, e)| e)
-        .collect();
-    sm.next_out = 0;
-    let mut early = Vec::new();
-    if offers_sm {
-        send(&mut xml, &sm::Enable::new().with_resume().into()).await?;
-        // Stanzas before the answer are not counted; they are handled first once the
-        // session runs.
-        let el = loop {
-            let el = read(&mut xml, guard).await?;
-            if el.has_ns(SM_NS) {
-                break el;
-            }
-            early.push(el);
-        };
-        if let Ok(enabled) = sm::Enabled::try_from(el) {
-            sm.enabled = true;
-            sm.id = enabled
-                .resume
-                .then_some(enabled.id)
-                .flatten()
-                .map(|id| id.0);
-            debug!(jid = %settings.jid, resumable = sm.id.is_some(), "stream management on");
-        } else {
-            debug!(jid = %settings.jid, "the server refused stream management");
-        }
-    }
-    for el in pending {
-        send(&mut xml, &el).await?;
-        if sm.enabled {
-            sm.sent(el);
-        }
-    }
-    sm.bound = Some(jid.clone());
-    Ok((xml, jid, false, early))
-}
-
-fn ack(h: u32) -> Element {
-    sm::A::new(h).into()
 }
 
 /// Reads and writes until the connection drops or the account stops.
