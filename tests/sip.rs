@@ -1,6 +1,7 @@
 //! The SIP network against the real Kamailio (`scripts/kamailio.sh`), real SIP user agents
-//! (SIPp, `tests/common/sipp.rs`) and the real Synapse: messages and typing both ways,
-//! undeliverable messages, presence both ways, users' own accounts, and a Kamailio restart.
+//! (SIPp, `tests/common/sipp.rs`) and the real Synapse: messages and typing both ways, room
+//! messages to several SIP members, undeliverable messages, presence both ways, users' own
+//! accounts, and a Kamailio restart.
 //!
 //! SIP users live on `corp.localhost`; Matrix users are reachable at
 //! `sip:<localpart>@matrix.corp.localhost`, which Kamailio routes to the bridge.
@@ -188,6 +189,44 @@ async fn direct_messages_cross_both_ways() {
     .await;
     assert_eq!(status, 404);
     sipp::unregister_all("bob").await;
+}
+
+/// A Matrix room with two SIP members: each gets every room message exactly once, in order,
+/// from the room's address with the sender's name.
+#[tokio::test(flavor = "multi_thread")]
+async fn room_messages_reach_each_sip_member_once() {
+    let _s = serial();
+    let _bridge = sip_bridge().await;
+    let bob = sip_user("bob", 15092).await;
+    let carol = sip_user("carol", 15093).await;
+    let alice = MatrixUser::register("falice").await;
+    let (gbob, gcarol) = (sip_ghost("bob"), sip_ghost("carol"));
+    let room = alice.create_room(&[&gbob, &gcarol]).await;
+    alice.wait_joined(&room, &gbob, WAIT).await;
+    alice.wait_joined(&room, &gcarol, WAIT).await;
+
+    let texts: Vec<String> = (0..3).map(|i| format!("to all {i} {}", unique())).collect();
+    for text in &texts {
+        alice.send_text(&room, text).await;
+    }
+    for (name, sink) in [("bob", &bob), ("carol", &carol)] {
+        let last = texts.last().expect("three texts");
+        sink.wait_for(&format!("the last room message at {name}"), WAIT, |m| {
+            m.body.ends_with(last.as_str())
+        })
+        .await;
+        let got: Vec<String> = sink
+            .received()
+            .into_iter()
+            .filter(|m| m.body.contains("to all "))
+            .map(|m| m.body)
+            .collect();
+        let want: Vec<String> = texts
+            .iter()
+            .map(|t| format!("{}: {t}", alice.localpart))
+            .collect();
+        assert_eq!(got, want, "{name} gets each message once, in order");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,13 +27,15 @@ pub struct MessageRecord {
 
 impl Store {
     /// Records a bridged message in both directions of the map.
+    ///
+    /// Two plain inserts: each is atomic, and the record is on the hot path of every message.
+    /// (A sled batch or transaction would take sled's process-wide write lock, stopping every
+    /// other reader and writer, and write the log to disk twice on its own.)
     pub fn put_message(&self, m: &MessageRecord) -> Result<(), StoreError> {
         let by_event = codec::key(&[&m.room_id, &m.event_id]);
-        let remote_key = remote_key(&m.portal, &m.remote_id);
-        let mut batch_a = sled::Batch::default();
-        batch_a.insert(by_event.clone(), encode(m));
-        self.messages.apply_batch(batch_a)?;
-        self.messages_remote.insert(remote_key, by_event)?;
+        self.messages.insert(&by_event, encode(m))?;
+        self.messages_remote
+            .insert(remote_key(&m.portal, &m.remote_id), by_event)?;
         Ok(())
     }
 

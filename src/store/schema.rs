@@ -7,14 +7,14 @@
 use super::{LoginKey, PortalKey, StoreError, codec};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub(super) const VERSION_KEY: &[u8] = b"schema_version";
 
 type Migration = fn(&sled::Db, &LoginKey) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[n]` moves version `n` to `n + 1`.
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [v0_to_v1, v1_to_v2, v2_to_v3];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [v0_to_v1, v1_to_v2, v2_to_v3, v3_to_v4];
 
 pub(super) fn read_version(meta: &sled::Tree) -> Result<u32, StoreError> {
     match meta.get(VERSION_KEY)? {
@@ -100,6 +100,56 @@ fn v2_to_v3(db: &sled::Db, key: &LoginKey) -> Result<(), StoreError> {
             logins.insert(k, super::encode(&sealed))?;
         }
     }
+    Ok(())
+}
+
+/// Version 4 keeps the connector kit's fan-out bookkeeping (who got a room message that is
+/// waiting for a retry) as one record per message in `connector_kv`, `fan:{event}` holding
+/// `{"delivered": [member, ...], "parts": {member: parts sent}}`, where earlier versions kept
+/// one key per member: `fo:{event}` SEP `{member}` (delivered) and `fp:{event}` SEP `{member}`
+/// (parts sent). The old keys are folded into the records and removed in one atomic batch,
+/// so a rerun finds nothing left to fold.
+fn v3_to_v4(db: &sled::Db, _key: &LoginKey) -> Result<(), StoreError> {
+    let tree = db.open_tree("connector_kv")?;
+    let mut records: std::collections::BTreeMap<Vec<u8>, serde_json::Value> = Default::default();
+    let mut batch = sled::Batch::default();
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        let Some(split) = k.iter().position(|&b| b == codec::SEP) else {
+            continue;
+        };
+        let (network, own) = (&k[..=split], &k[split + 1..]);
+        let (parts, rest) = match own {
+            [b'f', b'o', b':', rest @ ..] => (false, rest),
+            [b'f', b'p', b':', rest @ ..] => (true, rest),
+            _ => continue,
+        };
+        let Some(sep) = rest.iter().position(|&b| b == codec::SEP) else {
+            continue;
+        };
+        let (event, member) = (&rest[..sep], &rest[sep + 1..]);
+        let member = String::from_utf8_lossy(member).into_owned();
+        let mut record_key = network.to_vec();
+        record_key.extend_from_slice(b"fan:");
+        record_key.extend_from_slice(event);
+        let record = records
+            .entry(record_key)
+            .or_insert_with(|| serde_json::json!({}));
+        if parts {
+            let sent: serde_json::Value = super::decode("connector_kv", &v)?;
+            record["parts"][member] = sent;
+        } else {
+            match record["delivered"].as_array_mut() {
+                Some(list) => list.push(member.into()),
+                None => record["delivered"] = serde_json::json!([member]),
+            }
+        }
+        batch.remove(k);
+    }
+    for (k, record) in records {
+        batch.insert(k, super::encode(&record));
+    }
+    tree.apply_batch(batch)?;
     Ok(())
 }
 
@@ -197,6 +247,71 @@ mod tests {
         }
         let login = &s.logins_of("@a:hs").unwrap()[0].1;
         assert_eq!(login.data["password"], "old-login-secret");
+    }
+
+    /// A store with the per-member fan-out keys of version 3, for a message waiting for its
+    /// retry: the member who got it is not sent it again, the one part-way through resumes.
+    #[tokio::test]
+    async fn v3_fan_out_keys_become_one_record() {
+        use crate::network::kit::send::fan_out;
+        use crate::network::{ConnectorStore, PartsSent, RemoteUserId};
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_raw(dir.path());
+            write_version(&db.open_tree("meta").unwrap(), 3).unwrap();
+            let kv = db.open_tree("connector_kv").unwrap();
+            let put = |key: &str, value: &str| {
+                let mut k = codec::prefix(&["sip"]);
+                k.extend_from_slice(key.as_bytes());
+                kv.insert(k, value.as_bytes()).unwrap();
+            };
+            put("fo:$e\u{1f}a@x", "true");
+            put("fp:$e\u{1f}b@x", r#"{"parts":1,"total":2,"first":"id-1"}"#);
+            put("sub:a@x", "1");
+            db.flush().unwrap();
+        }
+        let s = Store::reopen(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let kv = s.connector_kv("sip");
+        let keys: Vec<String> = kv.scan("").unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["fan:$e", "sub:a@x"]);
+        let members = ["a@x", "b@x", "c@x"].map(RemoteUserId::new);
+        let asked = std::sync::Mutex::new(Vec::new());
+        let first = fan_out(&kv, "$e", &members, |m, resume| {
+            asked.lock().unwrap().push((m.as_str().to_owned(), resume));
+            async { Ok::<_, crate::network::NetworkError>(()) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(first, Some(()));
+        let resumed = PartsSent {
+            parts: 1,
+            total: 2,
+            first: Some(crate::network::RemoteMessageId::new("id-1")),
+        };
+        assert_eq!(
+            *asked.lock().unwrap(),
+            [
+                ("b@x".to_owned(), resumed),
+                ("c@x".to_owned(), PartsSent::default())
+            ]
+        );
+        assert_eq!(kv.get("fan:$e").unwrap(), None);
+        // Run again (as after a crash before the version was written): nothing changes.
+        kv.put("fan:$f", &serde_json::json!({"delivered": ["a@x"]}))
+            .unwrap();
+        v3_to_v4(&s.db, &test_key()).unwrap();
+        let again: Vec<_> = kv.scan("").unwrap();
+        assert_eq!(
+            again,
+            [
+                (
+                    "fan:$f".to_owned(),
+                    serde_json::json!({"delivered": ["a@x"]})
+                ),
+                ("sub:a@x".to_owned(), serde_json::json!(1))
+            ]
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Sending what takes more than one send: a message in parts, a room message to each member.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
+use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::network::{ConnectorStore, NetworkError, PartsSent, RemoteMessageId, RemoteUserId};
@@ -56,28 +58,60 @@ where
     Ok(sent.first)
 }
 
-/// The store key remembering that `member` got the room message `event_id`.
-fn delivered_key(event_id: &str, member: &str) -> String {
-    format!("fo:{event_id}\u{1f}{member}")
+/// The store key of room message `event_id`'s delivery record ([`Progress`]).
+fn record_key(event_id: &str) -> String {
+    format!("fan:{event_id}")
 }
 
-/// The store key remembering which parts of room message `event_id` reached `member`.
-fn parts_key(event_id: &str, member: &str) -> String {
-    format!("fp:{event_id}\u{1f}{member}")
+/// Who has room message `event_id` so far, kept in the store only between tries: written
+/// once when a try ends with members still to do, read once at the start of the next try,
+/// removed once the message reached everyone it could.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Progress {
+    /// The members who got the whole message.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    delivered: BTreeSet<String>,
+    /// The members who got some of its parts, and which.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    parts: BTreeMap<String, PartsSent>,
 }
 
-/// Delivers room message `event_id` to each of `members` with `send`, remembering in `store`
-/// who got it, so that a retry goes only to those still missing it; a member's delivery in
-/// parts that stopped part-way is remembered too, and `send` gets it (the second argument)
-/// to resume after the parts that member has.
+impl Progress {
+    /// The record, from its stored form; a record that does not read is none (its members
+    /// get the message again rather than never).
+    fn read(value: serde_json::Value) -> Self {
+        serde_json::from_value(value).unwrap_or_else(|e| {
+            warn!(error = %e, "a room message's delivery record does not read; sending to every member");
+            Self::default()
+        })
+    }
+}
+
+/// Runs the blocking store call `f` (a write that waits for the disk) without holding up the
+/// runtime's other tasks: on a multi-threaded runtime the worker hands its tasks over first.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Delivers room message `event_id` to each of `members` with `send`, so that a retry goes
+/// only to those still missing it; a member's delivery in parts that stopped part-way is
+/// resumed, and `send` gets how far it got (the second argument).
+///
+/// Who got it is kept in memory during the try; the store is read once at the start (a
+/// record of an earlier try, if any), written once (one flush) only when the try ends with
+/// members still to do, and the record removed at the end only if there is one. A message
+/// that reaches everyone at once costs one read.
 ///
 /// While any member failed passingly ([`NetworkError::is_transient`]) the outcome is
 /// [`NetworkError::Transient`] naming them ("not yet delivered to ..."), and the deliveries
-/// made stay remembered for the retry. Once none is pending, the record is removed, and the
+/// made are remembered for the retry. Once none is pending, the record is removed, and the
 /// outcome is [`NetworkError::Undeliverable`] naming the members who refused it for good
 /// ("not delivered to ..."), else what the first send of this call returned (`None` when
-/// everyone had it already). A member whose delivery cannot be remembered fails the call
-/// (an internal error), as the store is then broken.
+/// everyone had it already). When the deliveries of a try cannot be remembered for the
+/// retry, the call fails (an internal error), as the store is then broken.
 pub async fn fan_out<T, F, Fut>(
     store: &dyn ConnectorStore,
     event_id: &str,
@@ -88,30 +122,34 @@ where
     F: FnMut(&RemoteUserId, PartsSent) -> Fut,
     Fut: Future<Output = Result<T, NetworkError>>,
 {
+    let key = record_key(event_id);
+    let earlier = match store.get(&key) {
+        Ok(v) => v.map(Progress::read),
+        Err(e) => {
+            warn!(error = %crate::error::chain(&e), "could not read a room message's delivery record; sending to every member");
+            None
+        }
+    };
+    let stored = earlier.is_some();
+    let mut progress = earlier.unwrap_or_default();
     let mut first = None;
     let mut failed = Vec::new();
     let mut passing = Vec::new();
     for member in members {
-        let key = delivered_key(event_id, member.as_str());
-        if store.get(&key).ok().flatten().is_some() {
+        if progress.delivered.contains(member.as_str()) {
             continue;
         }
-        let progress = parts_key(event_id, member.as_str());
-        let resume = store
-            .get(&progress)
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
+        let resume = progress.parts.remove(member.as_str()).unwrap_or_default();
         match send(member, resume).await {
             Ok(id) => {
                 first.get_or_insert(id);
-                store.put(&key, &serde_json::Value::Bool(true))?;
+                progress.delivered.insert(member.as_str().to_owned());
             }
             Err(e) if e.is_transient() => {
                 if let NetworkError::Partly { sent, .. } = &e {
-                    let sent = serde_json::to_value(sent).unwrap_or_default();
-                    store.put(&progress, &sent)?;
+                    progress
+                        .parts
+                        .insert(member.as_str().to_owned(), sent.clone());
                 }
                 debug!(%member, error = %crate::error::chain(&e), "room message delayed for a member");
                 passing.push(format!("{member} ({e})"));
@@ -123,13 +161,14 @@ where
         }
     }
     if !passing.is_empty() {
+        let value = serde_json::to_value(&progress).unwrap_or_default();
+        blocking(|| store.put(&key, &value))?;
         return Err(NetworkError::Transient(
             format!("not yet delivered to {}", passing.join(", ")).into(),
         ));
     }
-    for member in members {
-        let _ = store.delete(&delivered_key(event_id, member.as_str()));
-        let _ = store.delete(&parts_key(event_id, member.as_str()));
+    if stored {
+        let _ = store.delete(&key);
     }
     if !failed.is_empty() {
         return Err(NetworkError::Undeliverable(
@@ -432,25 +471,90 @@ mod tests {
             .collect()
     }
 
+    /// The store calls a test store saw: (reads, puts, deletes).
+    fn calls(store: &MemStore) -> (usize, usize, usize) {
+        (
+            store.reads.load(Ordering::SeqCst),
+            store.puts.load(Ordering::SeqCst),
+            store.deletes.load(Ordering::SeqCst),
+        )
+    }
+
+    proptest! {
+        /// Whatever the room's size and each member's sends do over several tries: each try
+        /// reads the store once, writes (and so flushes) once only if it ends with members
+        /// still to do, and deletes only a record an earlier try wrote, once.
+        #[test]
+        fn a_room_message_costs_the_store_once_per_try(
+            plan in proptest::collection::vec(proptest::collection::vec(outcome(), 4), 1..40),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let store = MemStore::default();
+            let members: Vec<RemoteUserId> = (0..plan.len()).map(|m| RemoteUserId::new(format!("m{m}@x"))).collect();
+            let mut written = false;
+            for attempt in [0, 1, 2, 3] {
+                let before = calls(&store);
+                let passing = Mutex::new(false);
+                let r = rt.block_on(fan_out(&store, "$e", &members, |m, _| {
+                    let n: usize = m.as_str()[1..m.as_str().find('@').unwrap()].parse().unwrap();
+                    let o = match plan[n][attempt] {
+                        Outcome::Passing if attempt == 3 => Outcome::Ok,
+                        o => o,
+                    };
+                    if o == Outcome::Passing {
+                        *passing.lock().unwrap() = true;
+                    }
+                    let r = result(o, n);
+                    async move { r }
+                }));
+                let after = calls(&store);
+                let retried = *passing.lock().unwrap();
+                prop_assert_eq!(after.0 - before.0, 1, "one read per try");
+                prop_assert_eq!(after.1 - before.1, usize::from(retried), "a write only for a retry");
+                prop_assert_eq!(after.2 - before.2, usize::from(written && !retried), "a delete only of a record");
+                written = retried;
+                if r.as_ref().err().is_none_or(|e| e.retry() != Retry::Transient) {
+                    break;
+                }
+            }
+            prop_assert!(store.map.lock().unwrap().is_empty(), "the record is removed");
+        }
+    }
+
     #[tokio::test]
-    async fn a_delivery_that_cannot_be_remembered_fails_the_call() {
+    async fn deliveries_that_cannot_be_remembered_for_a_retry_fail_the_call() {
         let store = MemStore::default();
         store.failing.store(true, Ordering::SeqCst);
-        let members = [RemoteUserId::new("a@x")];
-        let e = fan_out(&store, "$e", &members, |_, _| async {
-            Ok::<_, NetworkError>(1)
+        let members = [RemoteUserId::new("a@x"), RemoteUserId::new("b@x")];
+        let e = fan_out(&store, "$e", &members, |m, _| {
+            let r = if m.as_str() == "a@x" {
+                Ok(1)
+            } else {
+                Err(NetworkError::Transient("busy".into()))
+            };
+            async move { r }
         })
         .await
         .unwrap_err();
         assert!(matches!(e, NetworkError::Internal(_)), "{e:?}");
+        // Nothing to remember when everyone has it: the broken store is not asked to write.
+        let ok = fan_out(&store, "$f", &members, |_, _| async {
+            Ok::<_, NetworkError>(1)
+        })
+        .await;
+        assert_eq!(ok.unwrap(), Some(1));
     }
 
     #[tokio::test]
     async fn a_message_everyone_had_returns_no_id() {
         let store = MemStore::default();
         let members = [RemoteUserId::new("a@x")];
+        let done = Progress {
+            delivered: ["a@x".to_owned()].into(),
+            ..Progress::default()
+        };
         store
-            .put(&delivered_key("$e", "a@x"), &serde_json::Value::Bool(true))
+            .put(&record_key("$e"), &serde_json::to_value(&done).unwrap())
             .unwrap();
         let got = fan_out(&store, "$e", &members, |_, _| async {
             Err::<u8, _>(NetworkError::Undeliverable("must not be asked".into()))
@@ -458,5 +562,24 @@ mod tests {
         .await;
         assert_eq!(got.unwrap(), None);
         assert!(store.map.lock().unwrap().is_empty());
+    }
+
+    /// On a multi-threaded runtime (the bridge's), the write that waits for the disk lets the
+    /// worker's other tasks run elsewhere; the outcome is the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_write_runs_on_a_multi_threaded_runtime() {
+        let store = MemStore::default();
+        let members = [RemoteUserId::new("a@x"), RemoteUserId::new("b@x")];
+        let r = fan_out(&store, "$e", &members, |m, _| {
+            let r = if m.as_str() == "a@x" {
+                Ok(1)
+            } else {
+                Err(NetworkError::Transient("busy".into()))
+            };
+            async move { r }
+        })
+        .await;
+        assert_eq!(r.unwrap_err().retry(), Retry::Transient);
+        assert_eq!(calls(&store), (1, 1, 0));
     }
 }

@@ -2,7 +2,7 @@
 //! login client that sends nothing.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -47,11 +47,15 @@ impl RemoteEventHandler for Recorder {
     }
 }
 
-/// A connector store in memory; `failing` makes every write fail.
+/// A connector store in memory; `failing` makes every write fail. It counts the calls made
+/// to it: `reads` (`get` and `scan`), `puts` (each a flush in the real store) and `deletes`.
 #[derive(Default)]
 pub struct MemStore {
     pub map: Mutex<BTreeMap<String, serde_json::Value>>,
     pub failing: AtomicBool,
+    pub reads: AtomicUsize,
+    pub puts: AtomicUsize,
+    pub deletes: AtomicUsize,
 }
 
 impl MemStore {
@@ -66,10 +70,12 @@ impl MemStore {
 
 impl ConnectorStore for MemStore {
     fn get(&self, key: &str) -> Result<Option<serde_json::Value>, SinkError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         Ok(self.map.lock().unwrap().get(key).cloned())
     }
 
     fn put(&self, key: &str, value: &serde_json::Value) -> Result<(), SinkError> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
         self.check()?;
         self.map
             .lock()
@@ -79,12 +85,14 @@ impl ConnectorStore for MemStore {
     }
 
     fn delete(&self, key: &str) -> Result<(), SinkError> {
+        self.deletes.fetch_add(1, Ordering::SeqCst);
         self.check()?;
         self.map.lock().unwrap().remove(key);
         Ok(())
     }
 
     fn scan(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, SinkError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         Ok(self
             .map
             .lock()
