@@ -5,7 +5,7 @@
 //! answers 5xx so the homeserver retries, and connectors answer their senders with a temporary
 //! error, so nothing is acknowledged that was not stored. A probe (a small write and a flush)
 //! clears the mark once writes work again. sled can keep failing after an I/O error even once
-//! the disk is fine again; the watchdog in `app.rs` then ends the process so that the service
+//! the disk is fine again; the watchdog in `app/watch.rs` then ends the process so that the service
 //! manager starts it again, and the inbox replays what was stored.
 
 use std::sync::Mutex;
