@@ -1,10 +1,16 @@
 //! Tests of the client against a raw-HTTP stand-in homeserver on 127.0.0.1:0.
 
+use super::send::{api_error, classify, truncate};
 use super::*;
+use crate::matrix::retry::Attempt;
+use ruma::exports::http;
+use ruma::{EventId, OwnedRoomId, RoomId};
+use serde_json::Value as JsonValue;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
