@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use crate::network::{
-    BridgeState, ChatKind, MatrixSender, MessageContent, NetworkClient, NetworkError, OutgoingMessage,
-    PortalRef, Presence, RemoteMessageId,
+    BridgeState, ChatKind, MatrixSender, MessageContent, NetworkClient, NetworkError,
+    OutgoingMessage, PortalRef, Presence, RemoteMessageId,
 };
 
 /// An identity on the loopback network: the bridge-wide one (`login` None) or a user's login.
