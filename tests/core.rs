@@ -1961,3 +1961,48 @@ async fn ghosts_of_a_network_whose_link_went_down_are_no_longer_kept_online() {
     // Synapse's timeout is 30 s after the last update.
     ghost_presence_within(&ghost(&contact), "offline", Duration::from_secs(75)).await;
 }
+
+/// What a user's own login told of its contacts' presence is that login's: when the login
+/// goes down, the ghosts it showed online are no longer kept online, while what the network's
+/// bridge-wide link told is kept as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn ghosts_a_login_showed_online_are_no_longer_kept_online_once_it_is_down() {
+    let _serial = serial();
+    let _bridge = presence_refreshing_bridge().await;
+    let mut control = Control::connect().await;
+    let run = unique();
+    let viewer = MatrixUser::register("presvia").await;
+    let through_login = format!("vialogin{run}");
+    let through_link = format!("vialink{run}");
+    let mut by_login = remote_event(
+        &through_login,
+        "direct",
+        &viewer.user_id,
+        &through_login,
+        json!({"type": "presence", "state": "online"}),
+    );
+    by_login["via"] = json!(viewer.user_id);
+    control.inject(by_login).await;
+    control
+        .inject(remote_event(
+            &through_link,
+            "direct",
+            &viewer.user_id,
+            &through_link,
+            json!({"type": "presence", "state": "online"}),
+        ))
+        .await;
+    ghost_presence_until(ghost(&through_login), "online").await;
+    ghost_presence_until(ghost(&through_link), "online").await;
+    control
+        .ok(json!({"op": "state", "user": viewer.user_id, "state": "TRANSIENT_DISCONNECT", "message": "login lost"}))
+        .await;
+    // Synapse's timeout is 30 s after the last update.
+    ghost_presence_within(&ghost(&through_login), "offline", Duration::from_secs(75)).await;
+    // By then a ghost left alone would have timed out too: the link's is still refreshed.
+    let (link_state, _) = ghost_presence(&ghost(&through_link)).await;
+    assert_eq!(
+        link_state, "online",
+        "the bridge-wide link is up: what it told is still shown"
+    );
+}

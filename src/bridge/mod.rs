@@ -361,17 +361,16 @@ impl Bridge {
         message: Option<String>,
     ) -> Option<BridgeState> {
         let previous = self.logins.record_state(network, user_id, state, message);
-        if user_id.is_none()
-            && matches!(
-                state,
-                BridgeState::TransientDisconnect
-                    | BridgeState::BadCredentials
-                    | BridgeState::LoggedOut
-                    | BridgeState::UnknownError
-            )
-        {
-            // What the network said of its users' presence is no longer known.
-            self.ghosts.forget_presence_on(network);
+        if matches!(
+            state,
+            BridgeState::TransientDisconnect
+                | BridgeState::BadCredentials
+                | BridgeState::LoggedOut
+                | BridgeState::UnknownError
+        ) {
+            // What the network said of its users' presence through this link (the bridge-wide
+            // one, or this user's own login) is no longer known.
+            self.ghosts.forget_presence_on(network, user_id);
         }
         if previous != Some(state) {
             if let Some(p) = previous {

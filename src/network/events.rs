@@ -152,6 +152,11 @@ pub struct RemoteEvent {
     pub timestamp_ms: Option<u64>,
     /// What happened.
     pub kind: RemoteEventKind,
+    /// The Matrix user through whose own login the network told it; `None` when it came
+    /// through the network's bridge-wide link. What a login told stops being known when that
+    /// login goes down (a ghost's presence, for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 impl RemoteEvent {
@@ -166,6 +171,7 @@ impl RemoteEvent {
             sender_name: None,
             timestamp_ms: None,
             kind,
+            via: None,
         }
     }
 
@@ -179,6 +185,7 @@ impl RemoteEvent {
             sender_name: None,
             timestamp_ms: None,
             kind,
+            via: None,
         }
     }
 
@@ -200,6 +207,12 @@ impl RemoteEvent {
     /// With the time it happened (`None` means now).
     pub fn at(mut self, timestamp_ms: Option<u64>) -> Self {
         self.timestamp_ms = timestamp_ms;
+        self
+    }
+
+    /// Told through the own login of Matrix user `user` (`None`: the bridge-wide link).
+    pub fn via(mut self, user: Option<&str>) -> Self {
+        self.via = user.map(str::to_owned);
         self
     }
 }

@@ -5,9 +5,10 @@
 //! again every `bridge.presence_refresh_seconds`, until the network says they left.
 //!
 //! A change and a refresh of one ghost are made under the ghost's lock, so a refresh that
-//! read "online" cannot land after the change to "offline" that came from the network. When a
-//! network's bridge-wide link goes down, what it said is no longer known: its ghosts are no
-//! longer refreshed, and the homeserver times them out to offline.
+//! read "online" cannot land after the change to "offline" that came from the network. Each
+//! presence is kept with where it was learnt: the network's bridge-wide link, or a user's own
+//! login on it. When that link or login goes down, what it said is no longer known: those
+//! ghosts are no longer refreshed, and the homeserver times them out to offline.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,6 +34,8 @@ pub(super) struct LivePresence {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Shown {
     network: NetworkId,
+    /// The Matrix user whose own login told it; `None`: the bridge-wide link.
+    via: Option<String>,
     state: &'static str,
     status: Option<String>,
 }
@@ -54,10 +57,11 @@ impl LivePresence {
         };
     }
 
-    /// Stops refreshing the ghosts of `network`.
-    fn forget_network(&self, network: &NetworkId) {
+    /// Stops refreshing the ghosts whose presence `network` told through `via` (a user's own
+    /// login, or the bridge-wide link for `None`).
+    fn forget(&self, network: &NetworkId, via: Option<&str>) {
         let mut by_ghost = self.by_ghost.lock().expect("presence lock");
-        by_ghost.retain(|_, s| &s.network != network);
+        by_ghost.retain(|_, s| !(&s.network == network && s.via.as_deref() == via));
     }
 
     fn ghosts(&self) -> Vec<String> {
@@ -77,10 +81,12 @@ fn matrix_state(state: PresenceState) -> &'static str {
 
 impl Ghosts {
     /// Shows `state` (with `status`) as the presence of `ghost`, and keeps showing it while it
-    /// is not offline.
+    /// is not offline and the link or login it came through (`via`: the Matrix user whose own
+    /// login told it) stays up.
     pub(in crate::bridge) async fn set_presence(
         &self,
         network: &NetworkId,
+        via: Option<&str>,
         ghost: &str,
         state: PresenceState,
         status: Option<&str>,
@@ -88,6 +94,7 @@ impl Ghosts {
         let _ghost = self.locks.lock(ghost).await;
         let shown = Shown {
             network: network.clone(),
+            via: via.map(str::to_owned),
             state: matrix_state(state),
             status: status.map(str::to_owned),
         };
@@ -99,10 +106,11 @@ impl Ghosts {
         Ok(())
     }
 
-    /// Stops refreshing the presence of the ghosts of `network`: what it said of its users
-    /// is no longer known (its bridge-wide link went down).
-    pub(in crate::bridge) fn forget_presence_on(&self, network: &NetworkId) {
-        self.presence.forget_network(network);
+    /// Stops refreshing the presence of the ghosts that `network` told through `via` (the
+    /// own login of that Matrix user, or the bridge-wide link for `None`): what it said of
+    /// its users is no longer known, as it went down.
+    pub(in crate::bridge) fn forget_presence_on(&self, network: &NetworkId, via: Option<&str>) {
+        self.presence.forget(network, via);
     }
 
     /// Sets again, every `every`, the presence of the ghosts shown online or away. Runs until
@@ -151,6 +159,7 @@ mod tests {
     fn shown(network: &str, state: &'static str, status: Option<&str>) -> Shown {
         Shown {
             network: NetworkId::new(network),
+            via: None,
             state,
             status: status.map(str::to_owned),
         }
@@ -174,7 +183,50 @@ mod tests {
         for (ghost, network) in [("@a:x", "one"), ("@b:x", "two"), ("@c:x", "one")] {
             live.set(ghost, Some(shown(network, "online", None)));
         }
-        live.forget_network(&NetworkId::new("one"));
+        live.forget(&NetworkId::new("one"), None);
         assert_eq!(live.ghosts(), vec!["@b:x".to_owned()]);
+    }
+
+    /// What each source told is forgotten when that source goes down, and nothing else:
+    /// every pair of (network, source) going down against ghosts learnt from every pair.
+    #[test]
+    fn a_login_going_down_forgets_only_what_it_told() {
+        let networks = ["one", "two"];
+        let sources = [None, Some("@alice:x"), Some("@bob:x")];
+        let mut all = Vec::new();
+        for network in networks {
+            for via in sources {
+                all.push((
+                    network,
+                    via,
+                    format!(
+                        "@{network}_{}:x",
+                        via.unwrap_or("gw")
+                            .trim_start_matches('@')
+                            .replace(':', "_")
+                    ),
+                ));
+            }
+        }
+        for down_network in networks {
+            for down_via in sources {
+                let live = LivePresence::default();
+                for (network, via, ghost) in &all {
+                    let mut s = shown(network, "online", None);
+                    s.via = via.map(str::to_owned);
+                    live.set(ghost, Some(s));
+                }
+                live.forget(&NetworkId::new(down_network), down_via);
+                let mut kept = live.ghosts();
+                kept.sort();
+                let mut want: Vec<String> = all
+                    .iter()
+                    .filter(|(n, v, _)| !(*n == down_network && *v == down_via))
+                    .map(|(_, _, g)| g.clone())
+                    .collect();
+                want.sort();
+                assert_eq!(kept, want, "{down_network} through {down_via:?} went down");
+            }
+        }
     }
 }

@@ -35,7 +35,13 @@ impl Bridge {
             .ensure(network, &ev.sender, ev.sender_name.as_deref())
             .await?;
         self.ghosts
-            .set_presence(network, &ghost, presence.state, presence.status.as_deref())
+            .set_presence(
+                network,
+                ev.via.as_deref(),
+                &ghost,
+                presence.state,
+                presence.status.as_deref(),
+            )
             .await?;
         Ok("ok")
     }

@@ -175,11 +175,16 @@ impl Handler {
                 .next()
                 .cloned()
                 .filter(|s| !s.is_empty());
-            self.push(RemoteEvent::direct(
-                &contact.to_string(),
-                &user,
-                RemoteEventKind::Presence(NetPresence { state, status }),
-            ))
+            // Through an own account, the presence is that login's to tell: it is forgotten
+            // when the login goes down.
+            self.push(
+                RemoteEvent::direct(
+                    &contact.to_string(),
+                    &user,
+                    RemoteEventKind::Presence(NetPresence { state, status }),
+                )
+                .via(own.then_some(user.as_str())),
+            )
             .await;
         }
         Vec::new()
