@@ -41,6 +41,26 @@ fn save<T: Serialize>(shared: &Shared, key: &str, value: &T) -> Result<(), Netwo
     shared.store()?.put(key, &v).map_err(sink_err)
 }
 
+/// The subscription stored under `key` with its dialog's next CSeq taken and stored, under
+/// the subscriptions lock so that two requests of one dialog never share a CSeq; `None` when
+/// it is gone.
+async fn take_cseq<T>(
+    shared: &Shared,
+    key: &str,
+    dialog: impl FnOnce(&mut T) -> &mut crate::sip::dialog::Dialog,
+) -> Result<Option<(T, u32)>, NetworkError>
+where
+    T: Serialize + for<'de> Deserialize<'de>,
+{
+    let _guard = shared.subscriptions.lock().await;
+    let Some(mut stored) = load::<T>(shared, key) else {
+        return Ok(None);
+    };
+    let cseq = dialog(&mut stored).next_cseq();
+    save(shared, key, &stored)?;
+    Ok(Some((stored, cseq)))
+}
+
 fn all<T: for<'de> Deserialize<'de>>(shared: &Shared, prefix: &str) -> Vec<(String, T)> {
     let Ok(store) = shared.store() else {
         return Vec::new();

@@ -10,7 +10,7 @@ use rsipstack::transaction::transaction::Transaction;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::{all, load, save, sink_err};
+use super::{all, load, save, sink_err, take_cseq};
 use crate::network::contacts::{self, Policy};
 use crate::network::now_ms;
 use crate::network::{NetworkError, Presence, PresenceState, RemoteEvent, RemoteEventKind};
@@ -313,14 +313,8 @@ async fn notify_with(
     end: Option<&str>,
 ) -> Result<(), NetworkError> {
     let key = format!("{WATCHER}{call_id}");
-    let (w, cseq) = {
-        let _guard = shared.subscriptions.lock().await;
-        let Some(mut w) = load::<Watcher>(shared, &key) else {
-            return Ok(());
-        };
-        let cseq = w.dialog.next_cseq();
-        save(shared, &key, &w)?;
-        (w, cseq)
+    let Some((w, cseq)) = take_cseq(shared, &key, |w: &mut Watcher| &mut w.dialog).await? else {
+        return Ok(());
     };
     let now = now_ms();
     let left = w.dialog.expires_at_ms.saturating_sub(now) / 1000;

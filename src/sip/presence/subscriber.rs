@@ -10,7 +10,7 @@ use rsipstack::transaction::transaction::Transaction;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::{all, load, save, sink_err};
+use super::{all, load, save, sink_err, take_cseq};
 use crate::network::contacts;
 use crate::network::now_ms;
 use crate::network::{NetworkError, RemoteEvent, RemoteEventKind};
@@ -160,14 +160,8 @@ pub(in crate::sip) async fn watch(
 /// Sends (or refreshes) our SUBSCRIBE for a stored watch.
 async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkError> {
     let key = format!("{WATCH}{call_id}");
-    let (w, cseq) = {
-        let _guard = shared.subscriptions.lock().await;
-        let Some(mut w) = load::<Watch>(shared, &key) else {
-            return Ok(());
-        };
-        let cseq = w.dialog.next_cseq();
-        save(shared, &key, &w)?;
-        (w, cseq)
+    let Some((w, cseq)) = take_cseq(shared, &key, |w: &mut Watch| &mut w.dialog).await? else {
+        return Ok(());
     };
     let ep = shared.endpoint()?;
     let local_user = shared
