@@ -350,10 +350,17 @@ impl CoreSink {
     }
 }
 
+/// The pushes of the batch a connector is running ([`RemoteEventHandler::push_batch`]).
+#[derive(Default)]
+struct Batch {
+    /// Stored, waiting for the batch's flush before they are scheduled.
+    stored: Vec<(u64, InboxItem)>,
+    /// Why a push of the batch could not be stored: then none of the batch is kept.
+    failed: Option<crate::error::Reason>,
+}
+
 tokio::task_local! {
-    /// The pushes of the batch a connector is running ([`RemoteEventHandler::push_batch`]):
-    /// stored, waiting for the batch's flush before they are scheduled.
-    static BATCH: std::cell::RefCell<Vec<(u64, InboxItem)>>;
+    static BATCH: std::cell::RefCell<Batch>;
 }
 
 #[async_trait]
@@ -369,12 +376,20 @@ impl RemoteEventHandler for CoreSink {
         };
         if BATCH.try_with(|_| ()).is_ok() {
             // Within a batch: stored now, made durable and scheduled when the batch ends.
-            let seq = bridge
+            let stored = bridge
                 .store
                 .enqueue_unflushed(&item)
-                .map_err(|e| SinkError(crate::error::Reason::from_error(e)))?;
-            BATCH.with(|b| b.borrow_mut().push((seq, item)));
-            return Ok(());
+                .map_err(|e| SinkError(crate::error::Reason::from_error(e)));
+            BATCH.with(|b| {
+                let mut b = b.borrow_mut();
+                match &stored {
+                    Ok(seq) => b.stored.push((*seq, item)),
+                    Err(e) => {
+                        b.failed.get_or_insert_with(|| e.0.clone());
+                    }
+                }
+            });
+            return stored.map(|_| ());
         }
         let seq = bridge
             .store
@@ -386,20 +401,33 @@ impl RemoteEventHandler for CoreSink {
     }
 
     async fn push_batch(&self, work: futures::future::BoxFuture<'_, ()>) -> Result<(), SinkError> {
-        let pending = BATCH
-            .scope(std::cell::RefCell::new(Vec::new()), async {
+        let Batch {
+            stored: pending,
+            failed,
+        } = BATCH
+            .scope(std::cell::RefCell::new(Batch::default()), async {
                 work.await;
                 BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()))
             })
             .await;
-        if pending.is_empty() {
+        if pending.is_empty() && failed.is_none() {
             return Ok(());
         }
         let bridge = self
             .bridge
             .upgrade()
             .ok_or_else(|| SinkError("the bridge is stopping".into()))?;
-        match bridge.store.flush().await {
+        // A push that could not be stored fails the whole batch: the connector acknowledges
+        // a batch as a whole.
+        let flushed = match failed {
+            Some(why) => Err(SinkError(why)),
+            None => bridge
+                .store
+                .flush()
+                .await
+                .map_err(|e| SinkError(crate::error::Reason::from_error(e))),
+        };
+        match flushed {
             Ok(()) => {
                 for (seq, item) in pending {
                     bridge.dispatch(seq, item);
@@ -412,7 +440,7 @@ impl RemoteEventHandler for CoreSink {
                 for (seq, _) in &pending {
                     let _ = bridge.store.inbox_remove(*seq);
                 }
-                Err(SinkError(crate::error::Reason::from_error(e)))
+                Err(e)
             }
         }
     }

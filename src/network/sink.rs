@@ -21,8 +21,10 @@ pub trait RemoteEventHandler: Send + Sync {
     /// event is stored as it is pushed, one flush at the end makes them all durable, and
     /// only then are they scheduled. Within `work`, a successful push means "stored, not yet
     /// durable"; the connector acknowledges what it read (receipts) only once this returns
-    /// `Ok`. On `Err` nothing of the batch is kept, and the connector tells the senders to
-    /// try again. The default stores each push on its own.
+    /// `Ok`. A push within `work` that fails fails the whole batch. On `Err` nothing of the
+    /// batch is kept, and the connector tells the senders to try again (or, where the remote
+    /// side resends what is not acknowledged, does not acknowledge it). The default stores
+    /// each push on its own.
     async fn push_batch(&self, work: futures::future::BoxFuture<'_, ()>) -> Result<(), SinkError> {
         work.await;
         Ok(())

@@ -276,7 +276,7 @@ pub(super) fn limit_error(skipped: &Skipped) -> Option<Stanza> {
 /// Most stanzas written between two flushes of the link.
 const OUT_BATCH: usize = 64;
 /// Most stanzas read and stored with one flush of the store.
-const IN_BATCH: usize = 64;
+pub(super) const IN_BATCH: usize = 64;
 
 /// Writes `batch` and flushes once; answers each stanza's sender after the flush. Returns
 /// why the link failed, if it did (every sender in the batch then hears the error).

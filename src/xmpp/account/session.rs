@@ -163,6 +163,21 @@ impl c2s::Events for Account {
         }
     }
 
+    async fn stanzas(&self, batch: Vec<Stanza>) -> Result<Vec<Stanza>, Reason> {
+        let Some(sink) = self.parts.shared.sink.get() else {
+            return Err(Reason::new("the bridge is not ready to store events"));
+        };
+        let mut answers = Vec::new();
+        sink.push_batch(Box::pin(async {
+            for stanza in batch {
+                answers.extend(self.stanza(stanza).await);
+            }
+        }))
+        .await
+        .map_err(Reason::from_error)?;
+        Ok(answers)
+    }
+
     async fn online(&self, jid: &FullJid, resumed: bool) -> Vec<Stanza> {
         debug!(jid = %jid, resumed, "XMPP account session ready");
         let presence = self.presence.lock().expect("presence lock").clone();

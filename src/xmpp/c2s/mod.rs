@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, BufStream};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -47,7 +47,7 @@ use self::session::{Sm, ack, connect};
 pub(crate) use self::wire::from_client;
 pub(super) use self::wire::{element, rename_ns, to_client};
 use self::wire::{header, is_stanza, limited, read, recv_features, send, skipped, timeouts};
-use super::component::{LinkError, Outgoing, RECONNECT};
+use super::component::{IN_BATCH, LinkError, Outgoing, RECONNECT};
 use super::limits::{Guard, Limited};
 use super::scram::{Hash, Scram};
 use crate::error::Reason;
@@ -116,6 +116,17 @@ fn transient(reason: impl Into<Reason>) -> SessionError {
 pub(super) trait Events: Send + Sync {
     /// One stanza from the server (in the component namespace); returns stanzas to answer.
     async fn stanza(&self, stanza: Stanza) -> Vec<Stanza>;
+    /// The stanzas read together, in order, stored as one batch (one flush covers them all):
+    /// returns the stanzas to answer once every event they carry is stored, or why they could
+    /// not be, and then nothing of them is kept. Only stanzas for which this returned `Ok`
+    /// are acknowledged to the server (XEP-0198 `h`). The default handles them one by one.
+    async fn stanzas(&self, batch: Vec<Stanza>) -> Result<Vec<Stanza>, Reason> {
+        let mut answers = Vec::new();
+        for stanza in batch {
+            answers.extend(self.stanza(stanza).await);
+        }
+        Ok(answers)
+    }
     /// The session is usable. `resumed` is false for a new session, which then needs its
     /// initial stanzas (carbons, roster, presence): they are returned.
     async fn online(&self, jid: &FullJid, resumed: bool) -> Vec<Stanza>;
@@ -161,7 +172,7 @@ pub(super) async fn run(
                 }
                 match serve(
                     &mut xml,
-                    &settings,
+                    &settings.jid,
                     &guard,
                     &mut sm,
                     events.as_ref(),
@@ -230,7 +241,7 @@ pub(super) async fn run(
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     xml: &mut Xml,
-    settings: &Settings,
+    account: &BareJid,
     guard: &Guard,
     sm: &mut Sm,
     events: &dyn Events,
@@ -238,21 +249,6 @@ async fn serve(
     outgoing: &mut mpsc::Receiver<Outgoing>,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
-    let write = async |xml: &mut Xml, sm: &mut Sm, stanza: Stanza| -> Result<(), Reason> {
-        let el = to_client(stanza);
-        xml.send(&el)
-            .await
-            .map_err(|e| Reason::because("write failed", e))?;
-        if sm.enabled {
-            sm.sent(el);
-            if sm.next_out.is_multiple_of(5) {
-                xml.send(&Element::from(sm::R))
-                    .await
-                    .map_err(|e| Reason::because("write failed", e))?;
-            }
-        }
-        Ok(())
-    };
     for s in initial {
         if let Err(e) = write(xml, sm, s).await {
             return Ended::Dropped(e.to_string());
@@ -264,53 +260,37 @@ async fn serve(
     loop {
         tokio::select! {
             read = xml.next() => {
-                let el = match read {
+                let first = match read {
                     Some(Ok(el)) => el,
                     Some(Err(ReadError::SoftTimeout)) => continue,
                     Some(Err(e)) => return Ended::Dropped(format!("read failed: {e}")),
                     None => return Ended::Dropped("the server closed the connection".into()),
                 };
-                let n = skipped(guard);
-                if sm.enabled {
-                    // A skipped stanza counts as handled, or the server would resend it.
-                    sm.inbound = sm.inbound.wrapping_add(n);
-                }
                 waiting_since = None;
-                if el.is("r", SM_NS) {
-                    if let Err(e) = xml.send(&ack(sm.inbound)).await {
-                        return Ended::Dropped(format!("write failed: {e}"));
+                // Every element already read comes along: their stanzas are stored with one
+                // flush (group commit), and only then counted as handled.
+                let mut read = vec![first];
+                let mut ended = None;
+                while read.len() < IN_BATCH {
+                    match xml.next().now_or_never() {
+                        Some(Some(Ok(el))) => read.push(el),
+                        Some(Some(Err(ReadError::SoftTimeout))) | None => break,
+                        Some(Some(Err(e))) => {
+                            ended = Some(format!("read failed: {e}"));
+                            break;
+                        }
+                        Some(None) => {
+                            ended = Some("the server closed the connection".into());
+                            break;
+                        }
                     }
-                    continue;
                 }
-                if el.is("a", SM_NS) {
-                    if let Ok(a) = sm::A::try_from(el) {
-                        sm.acked(a.h);
-                    }
-                    continue;
+                match handle_read(xml, sm, guard, events, read).await {
+                    Ok(()) => {}
+                    Err(why) => return Ended::Dropped(why),
                 }
-                if el.is("error", STREAMS_NS) {
-                    let cond = el.children().next().map(|c| c.name().to_owned()).unwrap_or_default();
-                    if cond == "conflict" {
-                        // Another session took our resource: resumption is over.
-                        sm.id = None;
-                    }
-                    return Ended::Dropped(format!("the server ended the stream ({cond})"));
-                }
-                if !is_stanza(&el) {
-                    debug!(name = el.name(), ns = el.ns(), "unexpected element on the client stream; ignored");
-                    continue;
-                }
-                if sm.enabled {
-                    sm.inbound = sm.inbound.wrapping_add(1);
-                }
-                let Some(stanza) = from_client(el) else {
-                    debug!("unparsable stanza from the account's server; ignored");
-                    continue;
-                };
-                for answer in events.stanza(stanza).await {
-                    if let Err(e) = write(xml, sm, answer).await {
-                        return Ended::Dropped(e.to_string());
-                    }
+                if let Some(why) = ended {
+                    return Ended::Dropped(why);
                 }
             }
             out = outgoing.recv() => {
@@ -337,7 +317,7 @@ async fn serve(
                 } else {
                     let iq = xmpp_parsers::iq::Iq::Get {
                         from: None,
-                        to: Some(BareJid::from_parts(None, settings.jid.domain()).into()),
+                        to: Some(BareJid::from_parts(None, account.domain()).into()),
                         id: format!("ping-{}", crate::network::now_ms()),
                         payload: Ping.into(),
                     };
@@ -351,6 +331,105 @@ async fn serve(
             _ = stop.changed() => return Ended::Stop,
         }
     }
+}
+
+/// Handles the elements read together: their stanzas are stored as one batch, then counted
+/// as handled (with those the limits skipped), then their answers are written and the
+/// stream management requests among them are answered. Returns why the connection must end.
+///
+/// Nothing is counted before it is stored: should the store fail, the connection ends with
+/// the count where it was, and the server sends the stanzas again on the resumed stream (or
+/// treats them as undelivered when it cannot resume).
+async fn handle_read(
+    xml: &mut Xml,
+    sm: &mut Sm,
+    guard: &Guard,
+    events: &dyn Events,
+    read: Vec<Element>,
+) -> Result<(), String> {
+    let mut handled = skipped(guard);
+    let mut stanzas = Vec::new();
+    let mut nonzas = Vec::new();
+    for el in read {
+        if el.has_ns(SM_NS) || el.is("error", STREAMS_NS) {
+            nonzas.push(el);
+            continue;
+        }
+        if !is_stanza(&el) {
+            debug!(
+                name = el.name(),
+                ns = el.ns(),
+                "unexpected element on the client stream; ignored"
+            );
+            continue;
+        }
+        // A stanza that cannot be read counts as handled, or the server would resend it.
+        handled = handled.wrapping_add(1);
+        match from_client(el) {
+            Some(stanza) => stanzas.push(stanza),
+            None => debug!("unparsable stanza from the account's server; ignored"),
+        }
+    }
+    let answers = if stanzas.is_empty() {
+        Vec::new()
+    } else {
+        events
+            .stanzas(stanzas)
+            .await
+            .map_err(|e| format!("what the server sent could not be stored: {e}"))?
+    };
+    if sm.enabled {
+        sm.inbound = sm.inbound.wrapping_add(handled);
+    }
+    for answer in answers {
+        write(xml, sm, answer).await.map_err(|e| e.to_string())?;
+    }
+    for el in nonzas {
+        if el.is("r", SM_NS) {
+            xml.send(&ack(sm.inbound))
+                .await
+                .map_err(|e| format!("write failed: {e}"))?;
+        } else if el.is("a", SM_NS) {
+            if let Ok(a) = sm::A::try_from(el) {
+                sm.acked(a.h);
+            }
+        } else if el.is("error", STREAMS_NS) {
+            let cond = el
+                .children()
+                .next()
+                .map(|c| c.name().to_owned())
+                .unwrap_or_default();
+            if cond == "conflict" {
+                // Another session took our resource: resumption is over.
+                sm.id = None;
+            }
+            return Err(format!("the server ended the stream ({cond})"));
+        } else {
+            debug!(
+                name = el.name(),
+                "unexpected stream management element; ignored"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes one stanza, keeps it until the server acknowledges it, and asks for an
+/// acknowledgement every fifth stanza.
+async fn write(xml: &mut Xml, sm: &mut Sm, stanza: Stanza) -> Result<(), Reason> {
+    let el = to_client(stanza);
+    xml.send(&el)
+        .await
+        .map_err(|e| Reason::because("write failed", e))?;
+    if sm.enabled {
+        sm.sent(el);
+        if sm.next_out.is_multiple_of(5) {
+            xml.send(&Element::from(sm::R))
+                .await
+                .map_err(|e| Reason::because("write failed", e))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -399,6 +478,144 @@ mod tests {
             let built = element("resume", SM_NS, &[("previd", &previd), ("h", &h.to_string())]);
             proptest::prop_assert_eq!(resume, built);
             proptest::prop_assert_eq!(ack(h), element("a", SM_NS, &[("h", &h.to_string())]));
+        }
+    }
+
+    /// Stores batches until `fail_at` stanzas would be exceeded; that batch and every later
+    /// one fail, as a store that cannot write.
+    struct FakeStore {
+        fail_at: usize,
+        stored: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Events for FakeStore {
+        async fn stanza(&self, _stanza: Stanza) -> Vec<Stanza> {
+            unreachable!("a running session stores stanzas in batches")
+        }
+
+        async fn stanzas(&self, batch: Vec<Stanza>) -> Result<Vec<Stanza>, Reason> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let stored = self.stored.load(SeqCst);
+            if stored + batch.len() > self.fail_at {
+                return Err(Reason::new("disk full"));
+            }
+            self.stored.store(stored + batch.len(), SeqCst);
+            Ok(Vec::new())
+        }
+
+        async fn online(&self, _jid: &FullJid, _resumed: bool) -> Vec<Stanza> {
+            Vec::new()
+        }
+
+        async fn state(&self, _state: BridgeState, _detail: Option<String>) {}
+    }
+
+    /// The `h` of every `<a/>` in what the client wrote.
+    fn acks_in(written: &str) -> Vec<u32> {
+        written
+            .split("<a ")
+            .skip(1)
+            .filter_map(|a| {
+                let rest = &a[a.find("h=")? + 3..];
+                rest[..rest.find(['\'', '"'])?].parse().ok()
+            })
+            .collect()
+    }
+
+    /// Runs a session against a server that writes `script` (the elements, in order) and
+    /// then closes its side; returns the `h` values the client acknowledged, the count the
+    /// session kept for resumption, and how the session ended.
+    async fn session_against(script: String, events: &FakeStore) -> (Vec<u32>, u32, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (mut server_rx, mut server_tx) = tokio::io::split(server);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let _ = server_rx.read_to_end(&mut all).await;
+            String::from_utf8_lossy(&all).into_owned()
+        });
+        server_tx
+            .write_all(
+                b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+                  xmlns:stream='http://etherx.jabber.org/streams' id='s1' from='example.org' \
+                  version='1.0'><stream:features/>",
+            )
+            .await
+            .unwrap();
+        let guard = Guard::new(1 << 16, 32);
+        let io = limited(Box::new(client), &guard);
+        let pending = initiate_stream(io, CLIENT_NS, header("example.org"), timeouts())
+            .await
+            .unwrap();
+        let (_, mut xml) = recv_features(pending).await.ok().unwrap();
+        server_tx.write_all(script.as_bytes()).await.unwrap();
+        server_tx.shutdown().await.unwrap();
+        let mut sm = Sm {
+            enabled: true,
+            ..Sm::default()
+        };
+        let (_keep_open, mut outgoing) = mpsc::channel(1);
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let account: BareJid = "me@example.org".parse().unwrap();
+        let ended = serve(
+            &mut xml,
+            &account,
+            &guard,
+            &mut sm,
+            events,
+            Vec::new(),
+            &mut outgoing,
+            &mut stop,
+        )
+        .await;
+        let why = match ended {
+            Ended::Dropped(why) => why,
+            Ended::Stop => "stop".into(),
+        };
+        drop(xml);
+        (acks_in(&reader.await.unwrap()), sm.inbound, why)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(48))]
+        /// Stream management acknowledges only what is stored (XEP-0198 `h`): whatever the
+        /// stanzas, wherever the server asks, and wherever the store starts failing, no `h`
+        /// counts a stanza whose batch was not stored, the count kept for resumption is
+        /// exactly what was stored, and when the store works the last request is answered
+        /// with every stanza.
+        #[test]
+        fn only_stored_stanzas_are_acknowledged(
+            asks in proptest::collection::vec(proptest::bool::ANY, 1..40),
+            fail_at in 0usize..50,
+        ) {
+            let mut script = String::new();
+            for (i, ask) in asks.iter().enumerate() {
+                script.push_str(&format!(
+                    "<message from='c@example.net/x' to='me@example.org/r' type='chat' id='m{i}'><body>{i}</body></message>"
+                ));
+                if *ask {
+                    script.push_str("<r xmlns='urn:xmpp:sm:3'/>");
+                }
+            }
+            script.push_str("<r xmlns='urn:xmpp:sm:3'/></stream:stream>");
+            let events = FakeStore { fail_at, stored: Default::default() };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (acks, kept, why) = rt.block_on(session_against(script, &events));
+            let stored = events.stored.load(std::sync::atomic::Ordering::SeqCst);
+            proptest::prop_assert!(stored <= fail_at);
+            proptest::prop_assert_eq!(kept as usize, stored);
+            for h in &acks {
+                proptest::prop_assert!(*h as usize <= stored, "h {} of {} stored", h, stored);
+            }
+            if fail_at >= asks.len() {
+                proptest::prop_assert_eq!(stored, asks.len());
+                proptest::prop_assert_eq!(acks.last().copied(), Some(asks.len() as u32));
+                // The server's end of the stream ends the session.
+                proptest::prop_assert!(why.contains("footer"), "{}", why);
+            } else {
+                proptest::prop_assert!(why.contains("could not be stored"), "{}", why);
+            }
         }
     }
 
