@@ -49,7 +49,9 @@ impl Account {
     }
 
     /// Remembers the archive ID of a message handled live, so that the next catch-up
-    /// starts after it.
+    /// starts after it. Within a batch of the connection the ID is kept until the batch is
+    /// stored ([`Account::batch_ended`]): one write per batch, and never a position past
+    /// messages the store did not keep.
     pub(super) fn note_archived(&self, msg: &Message) {
         if self.catching_up.load(std::sync::atomic::Ordering::SeqCst) {
             return;
@@ -57,6 +59,33 @@ impl Account {
         let Some(id) = payloads::stanza_id(&msg.payloads, &self.jid) else {
             return;
         };
+        if let Some(pending) = self.batch_position.lock().expect("batch lock").as_mut() {
+            *pending = Some(id);
+            return;
+        }
+        self.write_archive_position(&id);
+    }
+
+    /// A batch of the connection begins: archive positions wait for its end.
+    pub(super) fn batch_started(&self) {
+        *self.batch_position.lock().expect("batch lock") = Some(None);
+    }
+
+    /// The batch ended, stored (`true`) or not: the position it reached is written only if
+    /// it was stored.
+    pub(super) fn batch_ended(&self, stored: bool) {
+        let reached = self
+            .batch_position
+            .lock()
+            .expect("batch lock")
+            .take()
+            .flatten();
+        if stored && let Some(id) = reached {
+            self.write_archive_position(&id);
+        }
+    }
+
+    fn write_archive_position(&self, id: &str) {
         if let Ok(store) = self.parts.shared.store()
             && let Err(e) = store.put(&self.archive_key(), &serde_json::Value::from(id))
         {

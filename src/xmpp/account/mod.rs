@@ -122,6 +122,9 @@ pub(crate) struct Account {
     /// Whether an archive catch-up is under way or did not finish: live messages then do
     /// not move the archive position.
     catching_up: std::sync::atomic::AtomicBool,
+    /// While the connection's batch of stanzas is being stored: the archive position its
+    /// messages reached (`Some(None)`: none yet), written once the batch is stored.
+    batch_position: Mutex<Option<Option<String>>>,
     /// The roster and archive task of the current session.
     session_task: Mutex<Option<tokio::task::AbortHandle>>,
     /// The connection's task, until the connector's shutdown waits for it.
@@ -185,6 +188,7 @@ impl Account {
             roster: Mutex::default(),
             last_problem: Mutex::default(),
             catching_up: std::sync::atomic::AtomicBool::new(true),
+            batch_position: Mutex::default(),
             session_task: Mutex::default(),
             connection: Mutex::default(),
             pep: pep::PepSeen::default(),

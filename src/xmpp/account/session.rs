@@ -168,13 +168,16 @@ impl c2s::Events for Account {
             return Err(Reason::new("the bridge is not ready to store events"));
         };
         let mut answers = Vec::new();
-        sink.push_batch(Box::pin(async {
-            for stanza in batch {
-                answers.extend(self.stanza(stanza).await);
-            }
-        }))
-        .await
-        .map_err(Reason::from_error)?;
+        self.batch_started();
+        let stored = sink
+            .push_batch(Box::pin(async {
+                for stanza in batch {
+                    answers.extend(self.stanza(stanza).await);
+                }
+            }))
+            .await;
+        self.batch_ended(stored.is_ok());
+        stored.map_err(Reason::from_error)?;
         Ok(answers)
     }
 

@@ -301,3 +301,118 @@ proptest::proptest! {
         });
     }
 }
+
+/// A core that keeps every push, or fails every batch.
+#[derive(Default)]
+struct BatchCore {
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl crate::network::RemoteEventHandler for BatchCore {
+    async fn push(
+        &self,
+        _network: &crate::network::NetworkId,
+        _event: RemoteEvent,
+    ) -> Result<(), crate::network::SinkError> {
+        Ok(())
+    }
+
+    async fn push_batch(
+        &self,
+        work: futures::future::BoxFuture<'_, ()>,
+    ) -> Result<(), crate::network::SinkError> {
+        work.await;
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::network::SinkError("disk full".into()));
+        }
+        Ok(())
+    }
+
+    async fn report_state(
+        &self,
+        _network: &crate::network::NetworkId,
+        _user_id: Option<&str>,
+        _state: BridgeState,
+        _message: Option<String>,
+    ) {
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(24))]
+    /// The archive position (XEP-0313) of the messages an own account's connection reads
+    /// together is written once for the batch, after the batch is stored, and is the last
+    /// archived message's; a batch the store did not keep leaves the position where it was,
+    /// so the next catch-up asks for those messages again.
+    #[test]
+    fn a_batch_moves_the_archive_position_once_and_only_when_stored(
+        archived in proptest::collection::vec(proptest::bool::ANY, 1..12),
+        stored in proptest::bool::ANY,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let cfg: XmppConfig = serde_json::from_value(serde_json::json!({
+                "component": {"domain": "matrix.example.org", "secret": "s"},
+            }))
+            .unwrap();
+            let xmpp = super::super::Xmpp::new(&cfg, "s".into(), "example.org");
+            let core = Arc::new(BatchCore::default());
+            core.fail.store(!stored, std::sync::atomic::Ordering::SeqCst);
+            let store = Arc::new(crate::network::kit::testing::MemStore::default());
+            let _ = xmpp.handler.shared.sink.set(crate::network::EventSink::new(
+                crate::network::NetworkId::new("xmpp"),
+                core.clone(),
+                store.clone(),
+                crate::tasks::Tasks::new(),
+            ));
+            let data = AccountData {
+                jid: "alice@example.net".into(),
+                password: "p".into(),
+                server: None,
+                direct_tls: false,
+            };
+            let account = Account::new(xmpp.parts(), "@alice:example.org", data).unwrap();
+            account.track().await;
+            // Live messages, after any catch-up.
+            account.catching_up.store(false, std::sync::atomic::Ordering::SeqCst);
+            let key = account.archive_key();
+            store.map.lock().unwrap().insert(key.clone(), "before".into());
+            let puts = store.puts.load(std::sync::atomic::Ordering::SeqCst);
+            let batch: Vec<Stanza> = archived
+                .iter()
+                .enumerate()
+                .map(|(i, has_id)| {
+                    let sid = if *has_id {
+                        format!("<stanza-id xmlns='urn:xmpp:sid:0' by='alice@example.net' id='sid{i}'/>")
+                    } else {
+                        String::new()
+                    };
+                    let el: Element = format!(
+                        "<message xmlns='jabber:client' from='bob@example.com/phone' to='alice@example.net/isthmus' type='chat' id='m{i}'><body>hi {i}</body>{sid}</message>"
+                    )
+                    .parse()
+                    .unwrap();
+                    c2s::from_client(el).unwrap()
+                })
+                .collect();
+            let result = c2s::Events::stanzas(account.as_ref(), batch).await;
+            proptest::prop_assert_eq!(result.is_ok(), stored);
+            let last = archived.iter().rposition(|a| *a).map(|i| format!("sid{i}"));
+            let want = match (&last, stored) {
+                (Some(id), true) => id.clone(),
+                _ => "before".into(),
+            };
+            proptest::prop_assert_eq!(
+                store.map.lock().unwrap().get(&key).cloned(),
+                Some(serde_json::Value::from(want))
+            );
+            let position_writes = store.puts.load(std::sync::atomic::Ordering::SeqCst) - puts;
+            proptest::prop_assert!(
+                position_writes <= usize::from(stored && last.is_some()),
+                "{position_writes} writes for one batch"
+            );
+            Ok(())
+        })?;
+    }
+}
