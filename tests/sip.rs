@@ -695,6 +695,63 @@ async fn a_watchers_subscription_survives_a_bridge_restart() {
         .await;
 }
 
+/// A SIGTERM while a NOTIFY waits for a watcher that does not answer: the bridge still exits
+/// within its shutdown bound, no task left behind, and the watcher gets the presence it was
+/// owed once the bridge is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notify_waiting_at_shutdown_neither_holds_the_bridge_nor_is_lost() {
+    let _s = serial();
+    let mut bridge = sip_bridge().await;
+    let alice = MatrixUser::register("sowed").await;
+    let mgmt = management_room(&alice).await;
+    let watcher = Watcher::subscribe("erin", &sipp::gateway_uri(&alice.localpart), 600);
+    assert!(matches!(watcher.status(WAIT).await, 200 | 202));
+    alice
+        .wait_for_event(&mgmt, "the contact request notice", WAIT, |e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("erin@corp.localhost"))
+        })
+        .await;
+    let reply = command(&alice, &mgmt, "accept sip erin@corp.localhost").await;
+    assert!(reply.contains("may now see"), "{reply}");
+    watcher
+        .wait_for("an active NOTIFY", WAIT, |n| n.state.starts_with("active"))
+        .await;
+
+    // The watcher stops reading: the NOTIFY for the next change waits for its answer.
+    watcher.pause();
+    const SENDING: &str = "sending a NOTIFY to a watcher";
+    let before = bridge.log().matches(SENDING).count();
+    let note = format!("while the bridge stops {}", unique());
+    alice
+        .ok(
+            "PUT",
+            &format!("/presence/{}/status", enc(&alice.user_id)),
+            Some(&serde_json::json!({"presence": "online", "status_msg": note})),
+        )
+        .await;
+    bridge.wait_log(SENDING, before + 1, WAIT).await;
+    let stopping = Instant::now();
+    bridge.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        !bridge.lingered() && took < Duration::from_secs(10),
+        "the bridge took {took:?} to stop, or left tasks behind; last log lines:\n{}",
+        bridge.log_tail(30)
+    );
+
+    // Back, with the watcher answering again: it is told what it was owed.
+    watcher.resume();
+    bridge.restart().await;
+    bridge.wait_log("NOTIFY sent to a watcher", 1, WAIT).await;
+    watcher
+        .wait_for("the presence owed from before the stop", WAIT, |n| {
+            n.note().as_deref() == Some(note.as_str())
+        })
+        .await;
+}
+
 /// The TLS gateway domain of the test Kamailio (routed over TLS to 127.0.0.1:15071).
 const TLS_GATEWAY_DOMAIN: &str = "tls.matrix.corp.localhost";
 

@@ -2263,16 +2263,21 @@ fn prosody_ca() -> String {
 
 /// Starts a bridge that lets users log in with their own accounts on the test Prosody.
 async fn own_account_bridge() -> BridgeProcess {
+    own_account_bridge_with(|cfg| cfg).await
+}
+
+/// [`own_account_bridge`] with a further change to its config.
+async fn own_account_bridge_with(edit: impl FnOnce(String) -> String) -> BridgeProcess {
     let ca = prosody_ca();
     let bridge = BridgeProcess::start_with(|cfg| {
         assert!(cfg.contains("  xmpp:\n"), "the fixture has no xmpp section");
-        cfg.replacen(
+        edit(cfg.replacen(
             "  xmpp:\n",
             &format!(
                 "  xmpp:\n    accounts:\n      ca_file: {ca}\n      allow_hosts: [127.0.0.1]\n"
             ),
             1,
-        )
+        ))
     })
     .await;
     wait_xmpp_connected(&bridge, 1).await;
@@ -2840,6 +2845,107 @@ async fn own_account_reads_contacts_published_avatars() {
     assert_eq!(alice.download(&mxc2).await, second);
     command(&alice, &mgmt, "logout xmpp").await;
     wait_xmpp_connected(&bridge, 1).await;
+}
+
+/// A ghost's presence as the homeserver shows it: `(presence, status_msg)`, asked as the
+/// ghost itself.
+async fn ghost_presence(ghost: &str) -> (String, Option<String>) {
+    let hs = common::homeserver().await;
+    let v: serde_json::Value = common::http()
+        .get(format!(
+            "{hs}/_matrix/client/v3/presence/{}/status?user_id={}",
+            enc(ghost),
+            enc(ghost)
+        ))
+        .bearer_auth(common::AS_TOKEN)
+        .send()
+        .await
+        .expect("ask the ghost's presence")
+        .json()
+        .await
+        .expect("the presence answer");
+    (
+        v["presence"].as_str().unwrap_or_default().to_owned(),
+        v["status_msg"].as_str().map(str::to_owned),
+    )
+}
+
+/// Waits at most `wait` until the homeserver shows `ghost` with presence `state`.
+async fn ghost_presence_within(ghost: &str, state: &str, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let (now, _) = ghost_presence(ghost).await;
+        if now == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{ghost} is {now}, not {state}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What an own account told of its contacts' presence is that login's: once the login is
+/// gone, the contact it showed online is no longer kept online (the homeserver's timeout
+/// shows it offline), while a contact online through the gateway stays online, its
+/// presence kept alive as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn own_account_presence_ends_with_its_login_and_the_gateways_stays() {
+    let _s = serial();
+    let bridge = own_account_bridge_with(|cfg| {
+        cfg.replacen(
+            "  permissions:\n",
+            "  presence_refresh_seconds: 4\n  permissions:\n",
+            1,
+        )
+    })
+    .await;
+    // frank (from his own client) sees grace's presence.
+    let mut frank_phone = XmppUser::login("frank").await;
+    let _grace = XmppUser::login("grace").await;
+    frank_phone
+        .send_xml("<presence xmlns='jabber:client' to='grace@localhost' type='subscribe'/>")
+        .await;
+    frank_phone
+        .wait("grace's presence", |e| {
+            e.name() == "presence"
+                && e.attr("type").is_none()
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with("grace@localhost/"))
+        })
+        .await;
+
+    // dave is online to alice through the gateway.
+    let alice = MatrixUser::register("xpvia").await;
+    let mut dave = XmppUser::login("dave").await;
+    let dave_ghost = xmpp_ghost("dave@localhost");
+    let room = alice.create_dm(&dave_ghost).await;
+    alice
+        .wait_joined(&room, &dave_ghost, Duration::from_secs(20))
+        .await;
+    let mut p = Presence::new(PresenceType::None);
+    p.to = Some(Jid::from_str(&format!("{}@{COMPONENT_DOMAIN}", alice.localpart)).unwrap());
+    p.statuses
+        .insert(Lang::default(), "through the gateway".into());
+    dave.send(p.into()).await;
+    ghost_presence_within(&dave_ghost, "online", Duration::from_secs(20)).await;
+
+    // grace is online to alice through frank's account, once alice logs in with it.
+    let mgmt = management_room(&alice).await;
+    let done = login_xmpp(&alice, &mgmt, "frank@localhost", "frankpass").await;
+    assert!(done.contains("frank@localhost"), "{done}");
+    let grace_ghost = xmpp_ghost("grace@localhost");
+    ghost_presence_within(&grace_ghost, "online", Duration::from_secs(30)).await;
+
+    // The login goes: grace's ghost is left to the homeserver's timeout (30 s after the
+    // last update), dave's is kept online through it.
+    let out = command(&alice, &mgmt, "logout xmpp").await;
+    assert!(out.contains("frank"), "{out}");
+    wait_xmpp_connected(&bridge, 1).await;
+    ghost_presence_within(&grace_ghost, "offline", Duration::from_secs(75)).await;
+    assert_eq!(
+        ghost_presence(&dave_ghost).await,
+        ("online".to_owned(), Some("through the gateway".to_owned())),
+        "the contact online through the gateway"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

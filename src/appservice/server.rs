@@ -45,7 +45,8 @@ pub struct ListenerLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open requests finish
-/// (at most 10 s). Each connection runs as a task in `tasks`.
+/// (at most 5 s) and closes the connections still open. Each connection runs as a
+/// task in `tasks`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -126,10 +127,10 @@ pub async fn serve(
                     }
                     changed = shed.changed() => {
                         if changed.is_err() {
-                            // The listener stopped; let the connection finish.
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                            continue;
+                            // The listener stopped after giving open requests their time
+                            // (`finish`): what is still open now is cut.
+                            debug!(%peer, "closing a connection still open at the end of a shutdown");
+                            break;
                         }
                         if !heard.load(Ordering::Relaxed) && opened.elapsed() >= SILENT {
                             debug!(%peer, "closing a silent connection: the listener is full");
@@ -147,18 +148,26 @@ pub async fn serve(
     finish(&shed, &slots, max).await;
 }
 
-/// Asks every connection to close once idle and waits (at most 10 s) for them.
+/// Asks every connection to close once idle and waits (at most [`DRAIN`]) for them; those
+/// still open are cut when the listener's task returns.
 async fn finish(shed: &watch::Sender<u64>, slots: &Semaphore, max: usize) {
     shed.send_modify(|n| *n += 1);
     let drained = tokio::time::timeout(
-        Duration::from_secs(10),
+        DRAIN,
         slots.acquire_many(u32::try_from(max).unwrap_or(u32::MAX)),
     )
     .await;
     if drained.is_err() {
-        info!("appservice connections still open after 10 s; stopping anyway");
+        info!(
+            drain_secs = DRAIN.as_secs(),
+            "appservice connections still open after the drain; closing them"
+        );
     }
 }
+
+/// How long a shutdown lets open requests finish: well inside the bridge's shutdown bound,
+/// so that no connection outlives it.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// How long a connection may stay silent before it is closed to make room.
 const SILENT: Duration = Duration::from_secs(1);

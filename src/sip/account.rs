@@ -137,6 +137,9 @@ impl Account {
             let answer = match ep.send(out).await {
                 Ok(a) => a,
                 Err(SendError::Transport(e)) => return Err(NetworkError::Down(e)),
+                Err(e @ SendError::Stopped) => {
+                    return Err(NetworkError::Down(crate::error::Reason::from_error(e)));
+                }
                 Err(SendError::Invalid(e)) => return Err(NetworkError::InvalidInput(e)),
             };
             match answer.code {

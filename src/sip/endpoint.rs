@@ -74,6 +74,10 @@ pub enum SendError {
     /// The transport failed (connection refused, socket error).
     #[error("transport failure: {0}")]
     Transport(#[source] Reason),
+    /// The endpoint stopped before an answer came: its timers and listeners are gone, so
+    /// none would ever come. The request may or may not have reached its target.
+    #[error("the SIP endpoint stopped before an answer came")]
+    Stopped,
 }
 
 /// Why the endpoint did not start.
@@ -313,7 +317,25 @@ impl Endpoint {
 
     /// Sends a request through the proxy and waits for its final answer; a 401/407 is
     /// answered once with the credentials when there are some.
+    ///
+    /// Ends with [`SendError::Stopped`] as soon as the endpoint stops: a stopped endpoint
+    /// runs no timers and reads no answers, so the transaction would otherwise wait for ever
+    /// (and a shutdown with it). Callers that owe the request keep that debt where a restart
+    /// finds it.
     pub async fn send(&self, out: Outgoing<'_>) -> Result<Answer, SendError> {
+        if self.cancel.is_cancelled() {
+            return Err(SendError::Stopped);
+        }
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(SendError::Stopped),
+            answer = self.exchange(out) => answer,
+        }
+    }
+
+    /// [`Endpoint::send`] while the endpoint runs. The transaction's `receive` is not
+    /// cancel-safe; it is only dropped when the endpoint, and so the transaction, is gone.
+    async fn exchange(&self, out: Outgoing<'_>) -> Result<Answer, SendError> {
         let uri = Uri::try_from(out.uri).map_err(|e| SendError::Invalid(Reason::from_error(e)))?;
         let proxy = match out.proxy {
             Some(addr) => SipAddr {
@@ -395,5 +417,70 @@ impl Endpoint {
 impl Drop for Endpoint {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn options(uri: &str) -> Outgoing<'_> {
+        Outgoing {
+            method: Method::Options,
+            uri,
+            from: "<sip:isthmus@gateway.test>;tag=t1".into(),
+            to: format!("<{uri}>"),
+            call_id: None,
+            cseq: 1,
+            headers: Vec::new(),
+            body: Vec::new(),
+            credential: None,
+            proxy: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_for_its_answer_ends_when_the_endpoint_stops() {
+        // A proxy that reads and never answers.
+        let proxy = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = proxy.local_addr().unwrap();
+        let tasks = crate::tasks::Tasks::new();
+        let (ep, _incoming) = Endpoint::start(
+            "127.0.0.1:0".parse().unwrap(),
+            proxy_addr,
+            SipTransport::Udp,
+            None,
+            "isthmus-test",
+            &tasks,
+        )
+        .await
+        .unwrap();
+        let ep = Arc::new(ep);
+        let uri = format!("sip:{proxy_addr}");
+        let sending = tokio::spawn({
+            let (ep, uri) = (Arc::clone(&ep), uri.clone());
+            async move { ep.send(options(&uri)).await }
+        });
+        // The request is out: its transaction waits for an answer.
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), proxy.recv_from(&mut buf))
+            .await
+            .expect("the request reaches the proxy")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"OPTIONS "));
+        ep.stop();
+        let ended = tokio::time::timeout(Duration::from_secs(2), sending)
+            .await
+            .expect("the request still waits after the endpoint stopped")
+            .unwrap();
+        assert!(matches!(ended, Err(SendError::Stopped)), "{ended:?}");
+        // And one sent after the stop does not wait either.
+        let late = tokio::time::timeout(Duration::from_secs(2), ep.send(options(&uri)))
+            .await
+            .expect("a request after the stop waits");
+        assert!(matches!(late, Err(SendError::Stopped)), "{late:?}");
+        assert_eq!(tasks.shutdown(Duration::from_secs(2)).await, Ok(()));
     }
 }

@@ -47,6 +47,8 @@ pub(super) fn outcome(answer: Result<Answer, SendError>) -> Result<(), NetworkEr
             }
         }
         Err(SendError::Transport(e)) => Err(NetworkError::Down(e)),
+        // The bridge is stopping: the item waits in the inbox for the next start.
+        Err(e @ SendError::Stopped) => Err(NetworkError::Down(crate::error::Reason::from_error(e))),
         Err(SendError::Invalid(e)) => Err(NetworkError::Internal(e)),
     }
 }
@@ -152,11 +154,13 @@ impl NetworkClient for Gateway {
                 let id = self
                     .send_text(&from, &ids::contact_uri(contact), &text, &message.sent)
                     .await?;
-                // After the first message, ask to see the contact's presence.
+                // After the first message, ask to see the contact's presence. Cancellable at
+                // any wait: the subscription is stored before its SUBSCRIBE goes out, and one
+                // never confirmed is sent again by the refresh loop (at the next start too).
                 let shared = self.shared.clone();
                 let (user, contact) = (message.sender.user_id.clone(), contact.to_owned());
                 if let Ok(tasks) = self.shared.tasks() {
-                    tasks.spawn(async move {
+                    tasks.spawn_loop(async move {
                         if let Err(e) = presence::watch(&shared, &user, &contact).await {
                             debug!(error = %crate::error::chain(&e), %contact, "could not subscribe to a contact's presence");
                         }

@@ -209,6 +209,10 @@ pub use account::load_ca_file;
 /// How long a shutdown waits for own-account sessions to say goodbye.
 const SESSIONS_END: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long the component link may take to write what it holds once stopped: well inside
+/// the bridge's shutdown bound.
+const LINK_END: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[async_trait]
 impl Connector for Xmpp {
     fn info(&self) -> &NetworkInfo {
@@ -224,13 +228,23 @@ impl Connector for Xmpp {
         };
         let inbound: Arc<dyn component::Inbound> = self.handler.clone();
         let tasks = sink.tasks().clone();
-        // The link ends on `stop`, after writing what it holds.
-        tasks.spawn(component::run(
-            self.link.clone(),
-            inbound,
-            outgoing,
-            self.stop.subscribe(),
-        ));
+        // The link ends on `stop`, after writing what it holds; a server that does not read
+        // holds it no longer than `LINK_END` (stanzas not written are answered as not sent
+        // when the link is dropped, and their items wait in the inbox).
+        let link = component::run(self.link.clone(), inbound, outgoing, self.stop.subscribe());
+        let mut stopping = self.stop.subscribe();
+        tasks.spawn(async move {
+            tokio::pin!(link);
+            tokio::select! {
+                () = &mut link => {}
+                () = async {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                    tokio::time::sleep(LINK_END).await;
+                } => {
+                    tracing::warn!(bound_secs = LINK_END.as_secs(), "the XMPP component link did not end in time after the stop; dropped");
+                }
+            }
+        });
         let shared = self.handler.shared.clone();
         tasks.spawn_loop(async move { shared.refresh_watched().await });
         Ok(())

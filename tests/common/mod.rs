@@ -39,6 +39,13 @@ pub const LOOPBACK_PASSWORD: &str = "loopback-password";
 /// How long a test waits for the bot's answer to a command.
 pub const COMMAND_WAIT: Duration = Duration::from_secs(20);
 
+/// How long [`BridgeProcess::stop`] waits for the bridge to exit: beyond the bridge's own
+/// shutdown bound (10 s), by a margin for a loaded machine.
+pub const STOP_WAIT: Duration = Duration::from_secs(15);
+
+/// What the bridge logs when its shutdown bound ran out with background tasks still running.
+pub const SHUTDOWN_LINGERED: &str = "still running after the shutdown bound";
+
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bridge.yaml");
 const DEFAULT_HOMESERVER: &str = "http://127.0.0.1:18008";
 
@@ -256,7 +263,9 @@ impl BridgeProcess {
         }
     }
 
-    /// Stops the bridge with SIGTERM and waits (up to 10 s) until it exited.
+    /// Stops the bridge with SIGTERM and waits until it exited: up to
+    /// [`STOP_WAIT`], longer than the bridge's own shutdown bound, so that a bridge that
+    /// gave up on its tasks at the bound is seen exiting, and said so.
     pub async fn stop(&mut self) {
         let pid = self.pid();
         let status = Command::new("kill")
@@ -265,13 +274,14 @@ impl BridgeProcess {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + STOP_WAIT;
         loop {
             if let Some(status) = self.child_mut().try_wait().expect("check the bridge") {
                 self.child = None;
                 assert!(
                     status.success(),
-                    "the bridge exited with {status} on SIGTERM; last log lines:\n{}",
+                    "the bridge exited with {status} on SIGTERM{}; last log lines:\n{}",
+                    self.lingering_note(),
                     self.log_tail(40)
                 );
                 return;
@@ -279,12 +289,28 @@ impl BridgeProcess {
             if Instant::now() > deadline {
                 self.kill();
                 panic!(
-                    "the bridge did not exit within 10 s of SIGTERM; last log lines:\n{}",
+                    "the bridge did not exit within {STOP_WAIT:?} of SIGTERM{}; last log lines:\n{}",
+                    self.lingering_note(),
                     self.log_tail(40)
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether the bridge's log says that its shutdown bound ran out with tasks still
+    /// running ([`SHUTDOWN_LINGERED`]).
+    pub fn lingered(&self) -> bool {
+        self.log().contains(SHUTDOWN_LINGERED)
+    }
+
+    /// For failure messages: the bridge's own shutdown warning, when its log has it.
+    fn lingering_note(&self) -> String {
+        self.log()
+            .lines()
+            .find(|l| l.contains(SHUTDOWN_LINGERED))
+            .map(|l| format!(" (its shutdown bound ran out: {l})"))
+            .unwrap_or_default()
     }
 
     /// Starts the bridge again on the same config and store (stopping it first with SIGTERM

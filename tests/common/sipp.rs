@@ -582,6 +582,20 @@ impl Sipp {
         }
     }
 
+    /// Sends `signal` to the process group `timeout` leads (it makes one of its own), so
+    /// SIPp gets it too: `STOP` freezes the agent (what arrives waits in its socket,
+    /// unanswered), `CONT` lets it go on.
+    fn signal_group(&self, signal: &str) {
+        let child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg("--")
+            .arg(format!("-{}", child.id()))
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.what);
+    }
+
     /// Stops the process (SIGTERM to `timeout`, which passes it on to SIPp).
     fn stop(&self) {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
@@ -1023,6 +1037,17 @@ impl Watcher {
     /// The NOTIFYs received so far, in order (retransmissions left out).
     pub fn notifies(&self) -> Vec<Notify> {
         Watcher::notifies_in(&self.sipp.received())
+    }
+
+    /// Freezes the watcher: NOTIFYs wait in its socket, unanswered, until
+    /// [`Watcher::resume`].
+    pub fn pause(&self) {
+        self.sipp.signal_group("STOP");
+    }
+
+    /// Lets a paused watcher read and answer again.
+    pub fn resume(&self) {
+        self.sipp.signal_group("CONT");
     }
 
     fn notifies_in(received: &[SipMessage]) -> Vec<Notify> {

@@ -33,6 +33,12 @@ struct Watcher {
     dialog: Dialog,
     /// Whether the Matrix user allowed it (otherwise pending).
     active: bool,
+    /// Changes the watcher has not been told of yet: raised before a NOTIFY is due (a new or
+    /// refreshed subscription, a presence update, the user's answer), lowered by what a
+    /// NOTIFY covered once it was answered. A NOTIFY cut short (the bridge stopped while it
+    /// waited) leaves it raised, and the next start sends one again.
+    #[serde(default)]
+    owed: u32,
 }
 
 const WATCHER: &str = "watcher:";
@@ -70,7 +76,8 @@ async fn refresh_presence(shared: &Shared, user: &str) {
 }
 
 /// After a start: the presence of every Matrix user with watchers is read again (it may have
-/// changed while the bridge was down), and watchers are told when it differs.
+/// changed while the bridge was down), and watchers are told when it differs; then every
+/// watcher still owed a NOTIFY (the last run stopped before it was answered) gets one.
 pub(super) async fn refresh_watched(shared: &Shared) {
     let mut users: Vec<String> = all::<Watcher>(shared, WATCHER)
         .into_iter()
@@ -90,6 +97,13 @@ pub(super) async fn refresh_watched(shared: &Shared) {
             && let Err(e) = publish(shared, &user, &now).await
         {
             debug!(error = %crate::error::chain(&e), "could not publish a Matrix user's presence after a start");
+        }
+    }
+    for (_, w) in all::<Watcher>(shared, WATCHER) {
+        if w.owed > 0
+            && let Err(e) = notify(shared, &w.dialog.call_id, false).await
+        {
+            debug!(error = %crate::error::chain(&e), contact = %w.contact, "could not send a watcher the NOTIFY it was owed");
         }
     }
 }
@@ -193,6 +207,8 @@ pub(in crate::sip) async fn subscribe_in(
         contact: contact.clone(),
         dialog,
         active,
+        // The first NOTIFY follows the 200 at once (RFC 6665).
+        owed: 1,
     };
     {
         let _guard = shared.subscriptions.lock().await;
@@ -251,7 +267,8 @@ pub(in crate::sip) async fn subscribe_in(
     let Ok(tasks) = shared.tasks().cloned() else {
         return Ok(());
     };
-    tasks.spawn(async move {
+    // Cancellable at any wait: the NOTIFY is owed in the stored watcher until answered.
+    tasks.spawn_loop(async move {
         if active {
             refresh_presence(&shared, &user).await;
         }
@@ -276,6 +293,7 @@ async fn refresh_in(
             return tx.reply(StatusCode::CallTransactionDoesNotExist).await;
         };
         w.dialog.expires_at_ms = now_ms() + u64::from(expires) * 1000;
+        w.owed = w.owed.saturating_add(1);
         save(shared, &key, &w).is_ok()
     };
     if !ok {
@@ -288,7 +306,10 @@ async fn refresh_in(
     let Ok(tasks) = shared.tasks().cloned() else {
         return Ok(());
     };
-    tasks.spawn(async move {
+    // Cancellable at any wait: the NOTIFY is owed in the stored watcher until answered (a
+    // watcher that unsubscribed and is told at the next start gets `terminated`, its time
+    // being up).
+    tasks.spawn_loop(async move {
         let _ = notify(&shared, &call_id, expires == 0).await;
         if expires == 0 {
             let _guard = shared.subscriptions.lock().await;
@@ -316,6 +337,8 @@ async fn notify_with(
     let Some((w, cseq)) = take_cseq(shared, &key, |w: &mut Watcher| &mut w.dialog).await? else {
         return Ok(());
     };
+    // What this NOTIFY tells: every change owed up to now (its state is read below).
+    let covered = w.owed;
     let now = now_ms();
     let left = w.dialog.expires_at_ms.saturating_sub(now) / 1000;
     let refused = !w.active
@@ -352,6 +375,7 @@ async fn notify_with(
         headers.push(Header::ContentType(body::PIDF.into()));
     }
     let ep = shared.endpoint()?;
+    debug!(call_id, state, "sending a NOTIFY to a watcher");
     let out = Outgoing {
         method: Method::Notify,
         uri: &w.dialog.remote_target,
@@ -374,9 +398,16 @@ async fn notify_with(
         code = answer.code,
         "NOTIFY sent to a watcher"
     );
+    let _guard = shared.subscriptions.lock().await;
     if answer.code == 481 || state.starts_with("terminated") {
-        let _guard = shared.subscriptions.lock().await;
         shared.store()?.delete(&key).map_err(sink_err)?;
+    } else if covered > 0
+        && let Some(mut w) = load::<Watcher>(shared, &key)
+    {
+        // Answered (whatever the code): the watcher has been told. Changes owed since this
+        // NOTIFY's state was read stay owed.
+        w.owed = w.owed.saturating_sub(covered);
+        save(shared, &key, &w)?;
     }
     Ok(())
 }
@@ -393,6 +424,16 @@ pub(in crate::sip) async fn publish(
         .expect("presence lock")
         .insert(user.to_owned(), presence.clone());
     save(shared, &format!("{PRESENCE}{user}"), presence)?;
+    // Owed first, all of them, so that a stop in the middle leaves the rest to the next start.
+    {
+        let _guard = shared.subscriptions.lock().await;
+        for (key, mut w) in all::<Watcher>(shared, WATCHER) {
+            if w.user == user && w.active {
+                w.owed = w.owed.saturating_add(1);
+                save(shared, &key, &w)?;
+            }
+        }
+    }
     for (_, w) in all::<Watcher>(shared, WATCHER) {
         if w.user == user
             && w.active
@@ -437,6 +478,7 @@ pub(in crate::sip) async fn answer(
         for (key, mut w) in all::<Watcher>(shared, WATCHER) {
             if w.user == user && w.contact == contact {
                 w.active = accept;
+                w.owed = w.owed.saturating_add(1);
                 save(shared, &key, &w)?;
             }
         }
