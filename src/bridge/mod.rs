@@ -5,11 +5,9 @@
 //! [`crate::network::Connector`] and [`crate::network::NetworkClient`]; the homeserver through
 //! [`crate::matrix::HomeserverClient`]; state through [`crate::store::Store`].
 
-mod cache;
 mod dispatch;
 mod encryption;
 pub mod event;
-mod existence;
 mod facade;
 mod ghosts;
 mod keyed;
@@ -152,11 +150,8 @@ pub struct Bridge {
     tasks: Tasks,
     /// The process's open-files limit (soft, hard) after start-up raised it.
     open_files: std::sync::OnceLock<(u64, u64)>,
-    /// Whether Matrix users exist, as the homeserver last said (briefly cached).
-    existence: cache::TtlCache<bool>,
-    /// Display names of Matrix users, as the homeserver last said; forgotten when a member
-    /// event of theirs arrives.
-    display_names: cache::TtlCache<Option<String>>,
+    /// What the bridge reads about Matrix users (existence, names, profiles, presence).
+    matrix_users: matrix_users::MatrixUsers,
     /// Rate limits on what remote senders can make the bridge create.
     limits: limits::Limits,
 }
@@ -196,6 +191,7 @@ impl Bridge {
             networks.clone(),
         );
         let sender = sender::RoomSender::new(hs.clone(), store.clone(), bot.clone());
+        let matrix_users = matrix_users::MatrixUsers::new(hs.clone());
         Ok(Arc::new_cyclic(|me| Bridge {
             me: me.clone(),
             tasks,
@@ -213,11 +209,7 @@ impl Bridge {
             fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
             links: std::sync::OnceLock::new(),
             open_files: std::sync::OnceLock::new(),
-            existence: cache::TtlCache::new(existence::TTL, existence::CAPACITY),
-            display_names: cache::TtlCache::new(
-                matrix_events::DISPLAY_NAME_TTL,
-                existence::CAPACITY,
-            ),
+            matrix_users,
             limits: limits::Limits::new(&config.bridge.limits),
             queues: dispatch::Queues::new(
                 Duration::from_secs(config.bridge.portal_idle_seconds),

@@ -23,7 +23,7 @@ impl Bridge {
             return Ok(());
         };
         // A member event is how a change of display name reaches the bridge.
-        self.display_names.forget(target);
+        self.matrix_users.forget_name(target);
         let membership = &content.membership;
         let is_direct = content.is_direct.unwrap_or(false);
         let gone = matches!(membership, MembershipState::Leave | MembershipState::Ban);
