@@ -22,8 +22,10 @@ mod media;
 mod permissions;
 mod portal;
 mod portal_ops;
+mod portals;
 mod remote_events;
 mod resume;
+mod rooms;
 mod sender;
 pub mod split;
 mod typing;
@@ -34,7 +36,7 @@ use std::time::Duration;
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-pub use self::dispatch::{JobError, QueueKey, Work};
+pub use self::dispatch::Work;
 pub use self::encryption::REFUSAL as ENCRYPTED_ROOM_REFUSAL;
 pub use self::event::{EventKind, InvalidEvent, MatrixEvent};
 pub use self::login_page::{LINK_LIFETIME, LOGIN_PATH, LoginLink, PageView};
@@ -44,6 +46,7 @@ pub use self::matrix_events::{message_content, portal_ref};
 pub use self::permissions::Permissions;
 pub use self::portal::PowerNeed;
 pub use self::portal_ops::Bridged;
+pub use self::portals::queues::{JobError, QueueKey};
 pub use self::remote_events::matrix_content;
 
 use crate::config::{Config, PermissionLevel};
@@ -117,8 +120,6 @@ pub struct UserLogin {
 pub struct Bridge {
     /// The validated configuration.
     config: Arc<Config>,
-    /// Homeserver client; callers outside `bridge/` ask through `facade.rs`.
-    hs: HomeserverClient,
     /// The store; callers outside `bridge/` ask through `facade.rs`.
     store: Store,
     /// Metrics.
@@ -136,10 +137,10 @@ pub struct Bridge {
     typing: typing::Typing,
     /// What the bridge posts into rooms, and what it learnt doing so.
     sender: sender::RoomSender,
-    /// Portal queues.
-    queues: dispatch::Queues,
-    /// Held while the bot opens a management room, so a user gets one.
-    management_rooms: tokio::sync::Mutex<()>,
+    /// The portals: records, rooms, queues, management rooms.
+    portals: portals::Portals,
+    /// The rooms the bridge makes, and who it lets in or out.
+    rooms: rooms::Rooms,
     /// Downloads files that networks send.
     fetcher: crate::media::Fetcher,
     /// Signs links to Matrix files for networks, when `bridge.media.public_url` is set.
@@ -192,10 +193,17 @@ impl Bridge {
         );
         let sender = sender::RoomSender::new(hs.clone(), store.clone(), bot.clone());
         let matrix_users = matrix_users::MatrixUsers::new(hs.clone());
+        let rooms = rooms::Rooms::new(hs);
+        let portals = portals::Portals::new(
+            &config,
+            store.clone(),
+            rooms.clone(),
+            bot.clone(),
+            networks.clone(),
+        );
         Ok(Arc::new_cyclic(|me| Bridge {
             me: me.clone(),
             tasks,
-            hs,
             store,
             metrics,
             networks,
@@ -205,16 +213,13 @@ impl Bridge {
             ghosts,
             typing: typing::Typing::default(),
             sender,
-            management_rooms: tokio::sync::Mutex::default(),
+            portals,
+            rooms,
+            matrix_users,
             fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
             links: std::sync::OnceLock::new(),
             open_files: std::sync::OnceLock::new(),
-            matrix_users,
             limits: limits::Limits::new(&config.bridge.limits),
-            queues: dispatch::Queues::new(
-                Duration::from_secs(config.bridge.portal_idle_seconds),
-                config.bridge.quarantine_after_attempts,
-            ),
             config,
         }))
     }
@@ -478,7 +483,7 @@ mod tests {
         );
         assert_eq!(api(502).retry(), Retry::Transient);
         assert_eq!(api(429).retry(), Retry::Transient);
-        let ended = JobError::Ended(dispatch::QueueKey::Room("!r:hs".into()));
+        let ended = JobError::Ended(QueueKey::Room("!r:hs".into()));
         assert_eq!(BridgeError::Queue(ended).retry(), Retry::Transient);
         // Permanent.
         for e in [
@@ -492,7 +497,7 @@ mod tests {
             api(404),
             BridgeError::Invalid("x".into()),
             BridgeError::Store(StoreError::InvalidDump("x".into())),
-            BridgeError::Queue(JobError::Circular(dispatch::QueueKey::Room("!r:hs".into()))),
+            BridgeError::Queue(JobError::Circular(QueueKey::Room("!r:hs".into()))),
         ] {
             assert_eq!(e.retry(), Retry::Never, "{e}");
             assert!(!e.is_transient());

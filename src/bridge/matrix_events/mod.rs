@@ -48,7 +48,7 @@ impl Bridge {
             // them (Matrix is the hub); everything else from the bridge's own users is an echo.
             if let EventKind::Message(content) = &ev.kind
                 && ev.sender != self.bot().as_str()
-                && self.store.has_fanout(&ev.room_id)
+                && self.portals.has_fanout(&ev.room_id)
             {
                 return self.ghost_message(seq, ev, content).await;
             }
