@@ -12,18 +12,17 @@
 //! waits, and if the process ends first the caller's request fails with it (an inbox item
 //! that asked is replayed, and asks again).
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use ruma::events::room::member::MembershipState;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::event::{EphemeralEvent, EventKind, InvalidEphemeral, InvalidEvent, MatrixEvent};
+use super::portals::queues::{CURRENT, Entry, Job, JobError, QueueKey, current_queue};
 use super::{Bridge, BridgeError};
 use crate::backoff::Policy;
 use crate::error::{Reason, Retry, chain};
@@ -73,138 +72,6 @@ impl From<InboxItem> for Work {
     }
 }
 
-/// Names one ordered queue.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum QueueKey {
-    /// A Matrix room that is not a portal (management rooms, invites).
-    Room(String),
-    /// A portal: its remote events and the Matrix events of its room.
-    Portal(PortalKey),
-    /// Ephemeral events that belong to no room (presence), per sender.
-    User(String),
-}
-
-impl std::fmt::Display for QueueKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            QueueKey::Room(r) => f.write_str(r),
-            QueueKey::Portal(p) => write!(f, "{p}"),
-            QueueKey::User(u) => write!(f, "presence of {u}"),
-        }
-    }
-}
-
-/// Work on a portal from outside its queue. It answers its caller itself (through a oneshot
-/// channel) and is run once: a failure is its caller's to handle, by the caller's own rules
-/// (an inbox item that asked is retried by the failure model, a command answers with the error).
-type Job = Box<dyn FnOnce(Arc<Bridge>) -> BoxFuture<'static, ()> + Send>;
-
-/// One entry of a queue, run in arrival order.
-enum Entry {
-    /// A stored inbox item, by its sequence. Boxed: a queue's channel allocates room for
-    /// entries in blocks, and an idle portal's queue should cost little.
-    Item(u64, Box<Work>),
-    /// A job (not stored).
-    Job(Job),
-}
-
-type Sender = mpsc::UnboundedSender<Entry>;
-
-tokio::task_local! {
-    /// The queue a queue task runs; unset in every other task.
-    static CURRENT: QueueKey;
-}
-
-/// The queue the running task belongs to, if it is a queue task.
-fn current_queue() -> Option<QueueKey> {
-    CURRENT.try_with(Clone::clone).ok()
-}
-
-/// Whether the running task is the queue of portal `key`: the one place its record may change.
-pub(super) fn on_queue_of(key: &PortalKey) -> bool {
-    CURRENT
-        .try_with(|q| matches!(q, QueueKey::Portal(k) if k == key))
-        .unwrap_or(false)
-}
-
-/// Why a job on a portal's queue gave no answer.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    /// Waiting would close a circle of queues each waiting for the next (two commands in two
-    /// chats, each about the other's chat, at the same moment): this one gives way.
-    #[error("the chat {0} is busy with a request from this one; send the command again")]
-    Circular(QueueKey),
-    /// The queue ended before it answered (the bridge is stopping, or the job failed hard).
-    #[error("the queue of {0} ended before answering")]
-    Ended(QueueKey),
-}
-
-/// The running queues.
-pub(super) struct Queues {
-    map: Mutex<HashMap<QueueKey, Sender>>,
-    /// Queue tasks waiting for a job on another queue: (waiting, waited for).
-    waits: Mutex<Vec<(QueueKey, QueueKey)>>,
-    idle: Duration,
-    /// Failures of one item, outages aside, that set it aside.
-    quarantine_after: u32,
-}
-
-impl Queues {
-    pub(super) fn new(idle: Duration, quarantine_after: u32) -> Self {
-        Self {
-            map: Mutex::default(),
-            waits: Mutex::default(),
-            idle,
-            quarantine_after: quarantine_after.max(1),
-        }
-    }
-
-    /// Notes that queue `from` waits for a job on queue `to`, unless `to` already waits
-    /// (directly or through others) for `from`: both would then wait for ever. The note is
-    /// removed when the returned guard drops.
-    fn wait(&self, from: QueueKey, to: &QueueKey) -> Result<Waiting<'_>, JobError> {
-        let mut waits = self.waits.lock().expect("waits lock");
-        if reaches(&waits, to, &from) {
-            return Err(JobError::Circular(to.clone()));
-        }
-        waits.push((from.clone(), to.clone()));
-        Ok(Waiting {
-            queues: self,
-            edge: (from, to.clone()),
-        })
-    }
-}
-
-/// Whether `from` waits for `to`, directly or through other queues.
-fn reaches(waits: &[(QueueKey, QueueKey)], from: &QueueKey, to: &QueueKey) -> bool {
-    let mut seen = HashSet::new();
-    let mut stack = vec![from];
-    while let Some(at) = stack.pop() {
-        if at == to {
-            return true;
-        }
-        if seen.insert(at) {
-            stack.extend(waits.iter().filter(|(w, _)| w == at).map(|(_, on)| on));
-        }
-    }
-    false
-}
-
-/// A queue's wait for another queue, noted in [`Queues`] while it lasts.
-struct Waiting<'a> {
-    queues: &'a Queues,
-    edge: (QueueKey, QueueKey),
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let mut waits = self.queues.waits.lock().expect("waits lock");
-        if let Some(i) = waits.iter().position(|e| *e == self.edge) {
-            waits.swap_remove(i);
-        }
-    }
-}
-
 /// Delays between the attempts for an item that failed with a passing error: the listed
 /// ones in turn, then a minute for as long as it takes (an outage is waited out; an item's
 /// own failures are bounded by `bridge.quarantine_after_attempts`).
@@ -226,7 +93,7 @@ impl Bridge {
     /// The queue an item belongs to: the portal's, when the item is about a portal (so a
     /// remote chat keeps one queue before and after its room exists); else the room's.
     pub fn queue_key(&self, item: &Work) -> QueueKey {
-        let by_room = |room: &str| match self.store.portal_by_room(room) {
+        let by_room = |room: &str| match self.portals.by_room(room) {
             Ok(Some(p)) => QueueKey::Portal(p.key),
             _ => QueueKey::Room(room.to_owned()),
         };
@@ -314,7 +181,7 @@ impl Bridge {
             return job(me).await;
         }
         let _waiting = match current {
-            Some(from) => Some(self.queues.wait(from, &target)?),
+            Some(from) => Some(self.portals.queues().wait(from, &target)?),
             None => None,
         };
         let (tx, rx) = oneshot::channel();
@@ -331,20 +198,9 @@ impl Bridge {
 
     /// Puts an entry on queue `key`, starting the queue's task if needed.
     fn enqueue(self: &Arc<Self>, key: QueueKey, entry: Entry) {
-        let mut map = self.queues.map.lock().expect("queues lock");
-        let mut entry = Some(entry);
-        if let Some(tx) = map.get(&key) {
-            match tx.send(entry.take().expect("entry present")) {
-                Ok(()) => return,
-                // The task ended after its last check; start a new one below.
-                Err(mpsc::error::SendError(back)) => entry = Some(back),
-            }
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(entry.take().expect("entry present"))
-            .unwrap_or_else(|_| unreachable!("the receiver is alive"));
-        map.insert(key.clone(), tx);
-        drop(map);
+        let Some(rx) = self.portals.queues().push(&key, entry) else {
+            return;
+        };
         let span = info_span!("portal", queue = %key);
         let bridge = Arc::clone(self);
         self.metrics.portal_tasks.inc();
@@ -366,21 +222,14 @@ impl Bridge {
                     debug!("the bridge is stopping; the queue takes nothing more");
                     break;
                 }
-                next = tokio::time::timeout(self.queues.idle, rx.recv()) => next,
+                next = tokio::time::timeout(self.portals.queues().idle, rx.recv()) => next,
             };
             let entry = match next {
                 Ok(Some(x)) => x,
                 Ok(None) => break,
-                Err(_) => {
-                    // Idle: end unless something arrived meanwhile. Senders hold the map
-                    // lock while sending, so checking under it is race-free.
-                    let mut map = self.queues.map.lock().expect("queues lock");
-                    if rx.is_empty() {
-                        map.remove(&key);
-                        break;
-                    }
-                    continue;
-                }
+                Err(_) if self.portals.queues().end_if_idle(&key, &rx) => break,
+                // Something arrived meanwhile.
+                Err(_) => continue,
             };
             match entry {
                 // Boxed, so that the task of an idle queue holds only this loop's small state,
@@ -420,7 +269,7 @@ impl Bridge {
             let outage = verdict == Retry::Outage;
             if !outage {
                 counted += 1;
-                if counted >= self.queues.quarantine_after {
+                if counted >= self.portals.queues().quarantine_after {
                     self.set_aside(seq, &item, &e, attempt as usize + 1).await;
                     return;
                 }
@@ -549,48 +398,5 @@ fn describe(item: &InboxItem) -> String {
             event.sender.as_str(),
             event.chat.as_str()
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn portal(chat: &str) -> QueueKey {
-        QueueKey::Portal(PortalKey::new("net", chat, None))
-    }
-
-    #[test]
-    fn a_wait_that_would_close_a_circle_is_refused() {
-        let queues = Queues::new(Duration::from_secs(1), 3);
-        let room = QueueKey::Room("!r:hs".into());
-        let (a, b, c) = (portal("a"), portal("b"), portal("c"));
-        // A room and a portal may both wait for the same portal; chains are fine.
-        let _room_on_a = queues.wait(room.clone(), &a).expect("room waits for a");
-        let a_on_b = queues.wait(a.clone(), &b).expect("a waits for b");
-        let _b_on_c = queues.wait(b.clone(), &c).expect("b waits for c");
-        // c (or b) waiting for a or b would close a circle.
-        assert!(matches!(queues.wait(c.clone(), &a), Err(JobError::Circular(k)) if k == a));
-        assert!(matches!(
-            queues.wait(c.clone(), &b),
-            Err(JobError::Circular(_))
-        ));
-        assert!(matches!(
-            queues.wait(b.clone(), &a),
-            Err(JobError::Circular(_))
-        ));
-        // Once a no longer waits, the circle is open again.
-        drop(a_on_b);
-        let _c_on_a = queues.wait(c.clone(), &a).expect("c waits for a");
-        assert_eq!(queues.waits.lock().unwrap().len(), 3);
-    }
-
-    #[test]
-    fn a_finished_wait_is_forgotten() {
-        let queues = Queues::new(Duration::from_secs(1), 3);
-        let (a, b) = (portal("a"), portal("b"));
-        drop(queues.wait(a.clone(), &b).expect("a waits for b"));
-        assert!(queues.waits.lock().unwrap().is_empty());
-        let _b_on_a = queues.wait(b, &a).expect("b waits for a");
     }
 }

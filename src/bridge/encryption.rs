@@ -30,21 +30,10 @@ impl Bridge {
         room: &str,
     ) -> Result<bool, BridgeError> {
         let as_user = as_user.map(user_id).transpose()?;
-        let state = self
-            .hs
-            .get_state(as_user.as_deref(), &room_id(room)?, "m.room.encryption", "")
-            .await?;
-        // A redacted or empty event turns nothing on.
-        Ok(state.is_some_and(|c| c.get("algorithm").is_some()))
-    }
-
-    /// Every portal of a room: the main one and the fan-out ones.
-    fn room_portals(&self, room: &str) -> Result<Vec<PortalRecord>, BridgeError> {
-        let mut portals: Vec<PortalRecord> = self.store.portal_by_room(room)?.into_iter().collect();
-        if self.store.has_fanout(room) {
-            portals.extend(self.store.fanout_portals(room)?);
-        }
-        Ok(portals)
+        Ok(self
+            .rooms
+            .is_encrypted(as_user.as_deref(), &room_id(room)?)
+            .await?)
     }
 
     /// `m.room.encryption` was sent in a room, or an encrypted event arrived in a portal not
@@ -56,7 +45,7 @@ impl Bridge {
     ) -> Result<bool, BridgeError> {
         let mut newly = Vec::new();
         // The room's main portal is this queue's; its fan-out portals change on theirs.
-        for portal in self.room_portals(&ev.room_id)? {
+        for portal in self.portals.of_room(&ev.room_id)? {
             if portal.encrypted {
                 continue;
             }
@@ -101,7 +90,7 @@ impl Bridge {
         seq: u64,
         ev: &MatrixEvent,
     ) -> Result<(), BridgeError> {
-        let portals = self.room_portals(&ev.room_id)?;
+        let portals = self.portals.of_room(&ev.room_id)?;
         let Some(first) = portals.first() else {
             return Ok(());
         };

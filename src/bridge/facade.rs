@@ -29,7 +29,7 @@ impl Bridge {
     /// on to that network.
     pub fn is_echo(&self, sender: &str, room: &str) -> bool {
         self.in_namespace(sender)
-            && (room.is_empty() || sender == self.bot.as_str() || !self.store.has_fanout(room))
+            && (room.is_empty() || sender == self.bot.as_str() || !self.portals.has_fanout(room))
     }
 
     /// Why the store cannot write now, or `None` while it can.
@@ -44,22 +44,22 @@ impl Bridge {
 
     /// The portal of a Matrix room (its main portal, when fan-out portals share it).
     pub fn portal_of_room(&self, room: &str) -> Result<Option<PortalRecord>, StoreError> {
-        self.store.portal_by_room(room)
+        self.portals.by_room(room)
     }
 
     /// The portal of a remote chat, if it is bridged.
     pub fn portal(&self, key: &PortalKey) -> Result<Option<PortalRecord>, StoreError> {
-        self.store.portal(key)
+        self.portals.get(key)
     }
 
     /// Every portal.
     pub fn all_portals(&self) -> Result<Vec<PortalRecord>, StoreError> {
-        self.store.list_portals()
+        self.portals.all()
     }
 
     /// The management room of `user`, if the bot has one with them.
     pub fn management_room_of(&self, user: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.store.user(user)?.and_then(|u| u.management_room))
+        self.portals.management_room_of(user)
     }
 
     /// The logins of `user` as stored, with their networks, whether or not they are live.
@@ -79,7 +79,7 @@ impl Bridge {
 
     /// Asks the homeserver who the bot is: whether it answers and knows the bridge.
     pub async fn check_homeserver(&self) -> Result<(), MatrixError> {
-        self.hs.whoami(None).await.map(|_| ())
+        self.rooms.check_bot().await
     }
 
     /// A Matrix file from the homeserver's media repository, with its content type.
@@ -88,12 +88,12 @@ impl Bridge {
         server: &str,
         media_id: &str,
     ) -> Result<(Vec<u8>, Option<String>), MatrixError> {
-        self.hs.download(server, media_id).await
+        self.rooms.download(server, media_id).await
     }
 
     /// Adds the alias `alias` (`#local:server`) to portal room `room`.
     pub async fn add_portal_alias(&self, alias: &str, room: &str) -> Result<(), BridgeError> {
-        Ok(self.hs.create_alias(alias, &room_id(room)?).await?)
+        Ok(self.rooms.add_alias(alias, &room_id(room)?).await?)
     }
 
     /// Invites `user` into the room of `portal` as the portal's speaker (the contact's ghost
@@ -106,7 +106,7 @@ impl Bridge {
         let speaker = user_id(&self.portal_speaker(portal))?;
         let room = room_id(&portal.room_id)?;
         Ok(self
-            .hs
+            .rooms
             .invite(Some(&speaker), &room, &user_id(user)?)
             .await?)
     }
@@ -114,7 +114,7 @@ impl Bridge {
     /// Invites `user` into `room` as the bot.
     pub async fn invite_as_bot(&self, room: &str, user: &str) -> Result<(), BridgeError> {
         Ok(self
-            .hs
+            .rooms
             .invite(None, &room_id(room)?, &user_id(user)?)
             .await?)
     }
@@ -142,14 +142,10 @@ impl Bridge {
     /// to let through.
     pub async fn may_change_bridging(&self, room: &str, user: &str) -> Result<bool, BridgeError> {
         let rid = room_id(room)?;
-        if self.hs.room_creators(&rid).await?.iter().any(|c| c == user) {
+        if self.rooms.creators(&rid).await?.iter().any(|c| c == user) {
             return Ok(true);
         }
-        let levels = self
-            .hs
-            .get_state(None, &rid, "m.room.power_levels", "")
-            .await?
-            .unwrap_or_default();
+        let levels = self.rooms.power_levels(&rid).await?;
         Ok(may_bridge(&levels, user))
     }
 }

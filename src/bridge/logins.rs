@@ -238,7 +238,7 @@ impl Bridge {
         let Ok(rid) = super::room_id(room) else {
             return false;
         };
-        match self.hs.can_redact(None, &rid).await {
+        match self.rooms.bot_can_redact(&rid).await {
             Ok(can) => can,
             Err(e) => {
                 warn!(room_id = room, error = %crate::error::chain(&e), "could not read the room's power levels");
@@ -250,25 +250,9 @@ impl Bridge {
     /// Creates a direct chat between the bot (power 100) and `user`, where the bot can redact,
     /// and makes it the user's management room. Returns the room.
     pub async fn open_login_room(&self, user: &str) -> Result<String, BridgeError> {
-        let uid = super::user_id(user)?;
-        let creation = crate::matrix::RoomCreation {
-            invite: vec![uid],
-            is_direct: true,
-            preset_private: true,
-            power_level_users: vec![(self.bot.clone(), 100)],
-            ..Default::default()
-        };
-        let rid = self.hs.create_room(None, &creation).await?.to_string();
-        self.ghosts.note_joined(self.bot.as_str(), &rid, true);
-        let mut record = self.store.user(user)?.unwrap_or(crate::store::UserRecord {
-            user_id: user.to_owned(),
-            management_room: None,
-            shown_requests: Vec::new(),
-        });
-        record.management_room = Some(rid.clone());
-        self.store.put_user(&record)?;
-        info!(room_id = %rid, user, "management room moved to a room where the bot can redact");
-        Ok(rid)
+        let room = self.portals.open_login_room(user).await?;
+        self.ghosts.note_joined(self.bot.as_str(), &room, true);
+        Ok(room)
     }
 
     /// Logs out one login (or every login of `user` on `network` when `id` is `None`).
@@ -311,10 +295,7 @@ impl Bridge {
         state: BridgeState,
         message: Option<String>,
     ) {
-        let Ok(Some(u)) = self.store.user(user) else {
-            return;
-        };
-        let Some(room) = u.management_room else {
+        let Ok(Some(room)) = self.portals.management_room_of(user) else {
             return;
         };
         let detail = message.map(|m| format!(": {m}")).unwrap_or_default();

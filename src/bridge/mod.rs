@@ -5,11 +5,9 @@
 //! [`crate::network::Connector`] and [`crate::network::NetworkClient`]; the homeserver through
 //! [`crate::matrix::HomeserverClient`]; state through [`crate::store::Store`].
 
-mod cache;
 mod dispatch;
 mod encryption;
 pub mod event;
-mod existence;
 mod facade;
 mod ghosts;
 mod keyed;
@@ -24,8 +22,10 @@ mod media;
 mod permissions;
 mod portal;
 mod portal_ops;
+mod portals;
 mod remote_events;
 mod resume;
+mod rooms;
 mod sender;
 pub mod split;
 mod typing;
@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-pub use self::dispatch::{JobError, QueueKey, Work};
+pub use self::dispatch::Work;
 pub use self::encryption::REFUSAL as ENCRYPTED_ROOM_REFUSAL;
 pub use self::event::{EventKind, InvalidEvent, MatrixEvent};
 pub use self::login_page::{LINK_LIFETIME, LOGIN_PATH, LoginLink, PageView};
@@ -46,6 +46,7 @@ pub use self::matrix_events::{message_content, portal_ref};
 pub use self::permissions::Permissions;
 pub use self::portal::PowerNeed;
 pub use self::portal_ops::Bridged;
+pub use self::portals::queues::{JobError, QueueKey};
 pub use self::remote_events::matrix_content;
 
 use crate::config::{Config, PermissionLevel};
@@ -119,8 +120,6 @@ pub struct UserLogin {
 pub struct Bridge {
     /// The validated configuration.
     config: Arc<Config>,
-    /// Homeserver client; callers outside `bridge/` ask through `facade.rs`.
-    hs: HomeserverClient,
     /// The store; callers outside `bridge/` ask through `facade.rs`.
     store: Store,
     /// Metrics.
@@ -138,10 +137,10 @@ pub struct Bridge {
     typing: typing::Typing,
     /// What the bridge posts into rooms, and what it learnt doing so.
     sender: sender::RoomSender,
-    /// Portal queues.
-    queues: dispatch::Queues,
-    /// Held while the bot opens a management room, so a user gets one.
-    management_rooms: tokio::sync::Mutex<()>,
+    /// The portals: records, rooms, queues, management rooms.
+    portals: portals::Portals,
+    /// The rooms the bridge makes, and who it lets in or out.
+    rooms: rooms::Rooms,
     /// Downloads files that networks send.
     fetcher: crate::media::Fetcher,
     /// Signs links to Matrix files for networks, when `bridge.media.public_url` is set.
@@ -152,11 +151,8 @@ pub struct Bridge {
     tasks: Tasks,
     /// The process's open-files limit (soft, hard) after start-up raised it.
     open_files: std::sync::OnceLock<(u64, u64)>,
-    /// Whether Matrix users exist, as the homeserver last said (briefly cached).
-    existence: cache::TtlCache<bool>,
-    /// Display names of Matrix users, as the homeserver last said; forgotten when a member
-    /// event of theirs arrives.
-    display_names: cache::TtlCache<Option<String>>,
+    /// What the bridge reads about Matrix users (existence, names, profiles, presence).
+    matrix_users: matrix_users::MatrixUsers,
     /// Rate limits on what remote senders can make the bridge create.
     limits: limits::Limits,
 }
@@ -196,10 +192,18 @@ impl Bridge {
             networks.clone(),
         );
         let sender = sender::RoomSender::new(hs.clone(), store.clone(), bot.clone());
+        let matrix_users = matrix_users::MatrixUsers::new(hs.clone());
+        let rooms = rooms::Rooms::new(hs);
+        let portals = portals::Portals::new(
+            &config,
+            store.clone(),
+            rooms.clone(),
+            bot.clone(),
+            networks.clone(),
+        );
         Ok(Arc::new_cyclic(|me| Bridge {
             me: me.clone(),
             tasks,
-            hs,
             store,
             metrics,
             networks,
@@ -209,20 +213,13 @@ impl Bridge {
             ghosts,
             typing: typing::Typing::default(),
             sender,
-            management_rooms: tokio::sync::Mutex::default(),
+            portals,
+            rooms,
+            matrix_users,
             fetcher: crate::media::Fetcher::new(&config.bridge.media.allow_hosts),
             links: std::sync::OnceLock::new(),
             open_files: std::sync::OnceLock::new(),
-            existence: cache::TtlCache::new(existence::TTL, existence::CAPACITY),
-            display_names: cache::TtlCache::new(
-                matrix_events::DISPLAY_NAME_TTL,
-                existence::CAPACITY,
-            ),
             limits: limits::Limits::new(&config.bridge.limits),
-            queues: dispatch::Queues::new(
-                Duration::from_secs(config.bridge.portal_idle_seconds),
-                config.bridge.quarantine_after_attempts,
-            ),
             config,
         }))
     }
@@ -445,81 +442,4 @@ pub fn room_id(s: &str) -> Result<OwnedRoomId, BridgeError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn network(source: NetworkError) -> BridgeError {
-        BridgeError::Network {
-            network: NetworkId::new("net"),
-            source,
-        }
-    }
-
-    fn api(status: u16) -> BridgeError {
-        BridgeError::Matrix(MatrixError::Api {
-            status,
-            errcode: String::new(),
-            message: String::new(),
-        })
-    }
-
-    #[test]
-    fn each_failure_gets_the_failure_models_verdict() {
-        // Outages: waited out, not counted.
-        assert_eq!(
-            network(NetworkError::Down("x".into())).retry(),
-            Retry::Outage
-        );
-        assert_eq!(
-            BridgeError::Matrix(MatrixError::Http("x".into())).retry(),
-            Retry::Outage
-        );
-        let db = sled::Error::Io(std::io::Error::other("disk full"));
-        assert_eq!(
-            BridgeError::Store(StoreError::Db(db)).retry(),
-            Retry::Outage
-        );
-        // Passing failures of the item: retried and counted.
-        assert_eq!(
-            network(NetworkError::Transient("x".into())).retry(),
-            Retry::Transient
-        );
-        assert_eq!(api(502).retry(), Retry::Transient);
-        assert_eq!(api(429).retry(), Retry::Transient);
-        let ended = JobError::Ended(dispatch::QueueKey::Room("!r:hs".into()));
-        assert_eq!(BridgeError::Queue(ended).retry(), Retry::Transient);
-        // Permanent.
-        for e in [
-            network(NetworkError::Undeliverable("x".into())),
-            network(NetworkError::Internal("x".into())),
-            network(NetworkError::InvalidInput("x".into())),
-            network(NetworkError::BadCredentials("x".into())),
-            network(NetworkError::Unsupported("x")),
-            network(NetworkError::NotLoggedIn),
-            api(403),
-            api(404),
-            BridgeError::Invalid("x".into()),
-            BridgeError::Store(StoreError::InvalidDump("x".into())),
-            BridgeError::Queue(JobError::Circular(dispatch::QueueKey::Room("!r:hs".into()))),
-        ] {
-            assert_eq!(e.retry(), Retry::Never, "{e}");
-            assert!(!e.is_transient());
-        }
-    }
-
-    #[test]
-    fn the_cause_is_kept_under_the_same_words() {
-        let parse = ruma::UserId::parse("not a user").unwrap_err();
-        let e = user_id("not a user").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!("invalid event: bad user ID not a user: {parse}")
-        );
-        let reason = std::error::Error::source(&e).expect("a reason");
-        assert!(
-            std::error::Error::source(reason).is_some(),
-            "the parse error is kept"
-        );
-        assert_eq!(crate::error::chain(&e).to_string(), e.to_string());
-    }
-}
+mod tests;

@@ -1,10 +1,10 @@
-//! Portals: creating the Matrix room for a remote chat, bridge info, notices, clean-up.
+//! Portals as the core handles them: a new portal's room made with its ghost and presence,
+//! bridge info written, notices, clean-up. The records and rooms themselves are
+//! [`super::portals::Portals`]'s.
 
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::{Bridge, BridgeError, room_id, user_id};
-use crate::matrix::RoomCreation;
 use crate::network::{ChatKind, RemoteUserId};
 use crate::store::{PortalKey, PortalRecord};
 
@@ -46,45 +46,7 @@ pub fn power_levels_for(
     (needed, has)
 }
 
-/// State event types that describe a bridged room (MSC2346 and its older name).
-pub const BRIDGE_INFO_TYPES: [&str; 2] = ["m.bridge", "uk.half-shot.bridge"];
-
 impl Bridge {
-    /// The content of the `m.bridge` state of a portal, and its state key.
-    pub fn bridge_info(&self, key: &PortalKey, name: Option<&str>) -> (String, serde_json::Value) {
-        let network = self.networks.get(&key.network);
-        let (protocol, display) = network
-            .map(|n| (n.info().protocol.clone(), n.info().display_name.clone()))
-            .unwrap_or_else(|| (key.network.to_string(), key.network.to_string()));
-        let capabilities = network.map(|n| n.info().capabilities).unwrap_or_default();
-        let state_key = format!("net.isthmus://{}/{}", key.network, key.chat);
-        let content = json!({
-            "bridgebot": self.bot().as_str(),
-            "creator": self.bot().as_str(),
-            "protocol": {"id": protocol, "displayname": display},
-            "channel": {"id": key.chat.as_str(), "displayname": name.unwrap_or(key.chat.as_str())},
-            // The bridge cannot read encrypted messages: its rooms are created unencrypted
-            // and stop bridging if encryption is turned on.
-            "net.isthmus.encryption": "unsupported: keep this room unencrypted; if encryption is turned on, messages stop crossing",
-            // What crosses to this network and what does not, for clients that want to say
-            // so before the user tries (the bot says so after, for what was not bridged).
-            "net.isthmus.capabilities": capabilities,
-        });
-        (state_key, content)
-    }
-
-    fn bridge_info_state(
-        &self,
-        key: &PortalKey,
-        name: Option<&str>,
-    ) -> Vec<(String, String, serde_json::Value)> {
-        let (state_key, content) = self.bridge_info(key, name);
-        BRIDGE_INFO_TYPES
-            .iter()
-            .map(|t| (t.to_string(), state_key.clone(), content.clone()))
-            .collect()
-    }
-
     /// Writes the bridge info state into an existing portal room, as `sender`.
     pub async fn write_bridge_info(
         &self,
@@ -93,7 +55,10 @@ impl Bridge {
     ) -> Result<(), BridgeError> {
         let rid = room_id(&portal.room_id)?;
         let as_user = sender.map(user_id).transpose()?;
-        for (t, key, content) in self.bridge_info_state(&portal.key, portal.name.as_deref()) {
+        for (t, key, content) in self
+            .portals
+            .bridge_info_state(&portal.key, portal.name.as_deref())
+        {
             let sent = self
                 .sender
                 .state(as_user.as_deref(), &rid, &t, &key, &content)
@@ -164,23 +129,14 @@ impl Bridge {
                 contact_name,
             )
             .await?;
-        let ghost_id = user_id(&ghost)?;
-        let receiver_id = user_id(receiver)?;
-        let creation = RoomCreation {
-            name: None,
-            topic: None,
-            alias_localpart: None,
-            invite: vec![receiver_id.clone()],
-            is_direct: true,
-            preset_private: true,
-            initial_state: self.bridge_info_state(key, contact_name),
-            power_level_users: vec![(receiver_id, 100)],
-        };
-        let room = self.hs.create_room(Some(&ghost_id), &creation).await?;
+        let room = self
+            .portals
+            .create_direct_room(key, &user_id(&ghost)?, &user_id(receiver)?, contact_name)
+            .await?;
         self.ghosts.note_joined(&ghost, room.as_str(), true);
         let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Direct);
         record.name = contact_name.map(str::to_owned);
-        self.save_portal(&record)?;
+        self.portals.save(&record)?;
         info!(room_id = %room, portal = %key, "created direct chat portal");
         self.publish_current_presence(receiver, &key.network, None)
             .await;
@@ -198,41 +154,14 @@ impl Bridge {
         alias_localpart: Option<String>,
         invite: Vec<String>,
     ) -> Result<PortalRecord, BridgeError> {
-        let invite = invite
-            .iter()
-            .map(|u| user_id(u))
-            .collect::<Result<Vec<_>, _>>()?;
-        let creation = RoomCreation {
-            name: name.map(str::to_owned),
-            topic: topic.map(str::to_owned),
-            preset_private: alias_localpart.is_none(),
-            alias_localpart,
-            // The users the chat is bridged for moderate the room (and may manage its bridging).
-            power_level_users: invite.iter().map(|u| (u.clone(), 50)).collect(),
-            invite,
-            is_direct: false,
-            initial_state: self.bridge_info_state(key, name),
-        };
-        let alias = creation
-            .alias_localpart
-            .as_ref()
-            .map(|l| format!("#{l}:{}", self.server_name()));
-        let room = match self.hs.create_room(None, &creation).await {
-            Ok(room) => room,
-            // An earlier attempt created the room but its answer was lost: adopt that room.
-            Err(e) if e.errcode() == Some("M_ROOM_IN_USE") && alias.is_some() => {
-                let alias = alias.expect("checked");
-                let room = self.hs.resolve_alias(&alias).await?.ok_or(e)?;
-                self.hs.join(None, room.as_str()).await?;
-                info!(room_id = %room, alias, "adopted the room an earlier attempt created");
-                room
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let room = self
+            .portals
+            .create_group_room(key, name, topic, alias_localpart, invite)
+            .await?;
         let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
         record.name = name.map(str::to_owned);
         record.topic = topic.map(str::to_owned);
-        self.save_portal(&record)?;
+        self.portals.save(&record)?;
         info!(room_id = %room, portal = %key, "created group chat portal");
         Ok(record)
     }
@@ -264,13 +193,13 @@ impl Bridge {
     /// Only on the portal's queue.
     pub(super) async fn delete_portal(&self, portal: &PortalRecord) -> Result<(), BridgeError> {
         let rid = room_id(&portal.room_id)?;
-        let members = match self.hs.joined_members(Some(self.bot()), &rid).await {
+        let members = match self.rooms.members(Some(self.bot()), &rid).await {
             Ok(m) => m,
             Err(_) => {
                 // The bot is not in DM rooms: ask as the contact's ghost.
                 let speaker = user_id(&self.portal_speaker(portal))?;
-                self.hs
-                    .joined_members(Some(&speaker), &rid)
+                self.rooms
+                    .members(Some(&speaker), &rid)
                     .await
                     .unwrap_or_default()
             }
@@ -286,7 +215,7 @@ impl Bridge {
                 .leave(self.bot().as_str(), &portal.room_id)
                 .await?;
         }
-        self.forget_portal(portal)?;
+        self.portals.forget(portal)?;
         info!(room_id = %portal.room_id, portal = %portal.key, "deleted portal");
         Ok(())
     }
@@ -295,6 +224,7 @@ impl Bridge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn power_needed_and_held_follow_the_room_levels() {

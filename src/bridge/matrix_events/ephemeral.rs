@@ -44,7 +44,7 @@ impl Bridge {
             .map(str::to_owned)
             .collect();
         let changes = self.typing.replace(room, now);
-        let Some(portal) = self.store.portal_by_room(room)? else {
+        let Some(portal) = self.portals.by_room(room)? else {
             return Ok(());
         };
         if !self.capable(&portal.key.network, |c| c.typing) {
@@ -71,7 +71,7 @@ impl Bridge {
         room: &str,
         content: &ReceiptEventContent,
     ) -> Result<(), BridgeError> {
-        let Some(portal) = self.store.portal_by_room(room)? else {
+        let Some(portal) = self.portals.by_room(room)? else {
             return Ok(());
         };
         if !self.capable(&portal.key.network, |c| c.receipts) {

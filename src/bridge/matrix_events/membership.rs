@@ -10,7 +10,7 @@ use crate::bridge::event::MatrixEvent;
 use crate::bridge::{Bridge, BridgeError, room_id, user_id};
 use crate::config::PermissionLevel;
 use crate::network::{ChatKind, NetworkId, RemoteUserId};
-use crate::store::{PortalKey, PortalRecord, UserRecord};
+use crate::store::{PortalKey, PortalRecord};
 
 impl Bridge {
     pub(super) async fn handle_membership(
@@ -23,7 +23,7 @@ impl Bridge {
             return Ok(());
         };
         // A member event is how a change of display name reaches the bridge.
-        self.display_names.forget(target);
+        self.matrix_users.forget_name(target);
         let membership = &content.membership;
         let is_direct = content.is_direct.unwrap_or(false);
         let gone = matches!(membership, MembershipState::Leave | MembershipState::Ban);
@@ -32,10 +32,7 @@ impl Bridge {
                 MembershipState::Invite => self.bot_invited(seq, ev, is_direct).await,
                 _ if gone => {
                     self.ghosts.note_joined(target, &ev.room_id, false);
-                    if let Some(mut u) = self.store.user_by_management_room(&ev.room_id)? {
-                        u.management_room = None;
-                        self.store.put_user(&u)?;
-                    }
+                    self.portals.bot_left(&ev.room_id)?;
                     Ok(())
                 }
                 _ => Ok(()),
@@ -66,7 +63,7 @@ impl Bridge {
             self.show_pending_requests(target, &ev.room_id).await?;
             return Ok(());
         }
-        if let Some(p) = self.store.portal_by_room(&ev.room_id)?
+        if let Some(p) = self.portals.by_room(&ev.room_id)?
             && p.kind == ChatKind::Group
             && (joined || gone)
             && let Ok((client, false)) = self.client_for(&p, target)
@@ -88,19 +85,14 @@ impl Bridge {
             }
         }
         if gone {
-            if let Some(p) = self.store.portal_by_room(&ev.room_id)?
+            if let Some(p) = self.portals.by_room(&ev.room_id)?
                 && p.kind == ChatKind::Direct
                 && p.key.receiver.as_deref() == Some(target)
             {
                 info!(room_id = %ev.room_id, user = target, "user left a direct chat; removing the portal");
                 self.remove_portal(&p.key, &ev.room_id, true).await?;
             }
-            if let Some(mut u) = self.store.user(target)?
-                && u.management_room.as_deref() == Some(ev.room_id.as_str())
-            {
-                u.management_room = None;
-                self.store.put_user(&u)?;
-            }
+            self.portals.user_left(target, &ev.room_id)?;
         }
         Ok(())
     }
@@ -114,25 +106,16 @@ impl Bridge {
         let rid = room_id(&ev.room_id)?;
         if self.level(&ev.sender) < PermissionLevel::Relay {
             info!(room_id = %ev.room_id, inviter = %ev.sender, "refusing invite from a user without permission");
-            self.hs.leave(None, &rid).await?;
+            self.rooms.leave(None, &rid).await?;
             return Ok(());
         }
-        self.hs.join(None, ev.room_id.as_str()).await?;
+        self.rooms.join(None, ev.room_id.as_str()).await?;
         self.ghosts
             .note_joined(self.bot().as_str(), &ev.room_id, true);
         // A direct chat with the bot is the user's management room; in other rooms the bot
         // only answers prefixed commands.
         if is_direct {
-            let mut user = self.store.user(&ev.sender)?.unwrap_or(UserRecord {
-                user_id: ev.sender.clone(),
-                management_room: None,
-                shown_requests: Vec::new(),
-            });
-            if user.management_room.as_deref() != Some(ev.room_id.as_str()) {
-                user.shown_requests.clear();
-            }
-            user.management_room = Some(ev.room_id.clone());
-            self.store.put_user(&user)?;
+            self.portals.set_management_room(&ev.sender, &ev.room_id)?;
             info!(room_id = %ev.room_id, user = %ev.sender, "management room set");
             let text = format!(
                 "Hello! This is your management room for the isthmus bridge. Send `help` to see the commands; no prefix is needed here (elsewhere, start commands with `{}`).",
@@ -163,7 +146,12 @@ impl Bridge {
             async move {
                 info!(room_id = %ev.room_id, ghost, why, "refusing invite to a ghost");
                 // Joining first lets the ghost say why; a failed join still rejects the invite.
-                if self.hs.join(Some(&gid), ev.room_id.as_str()).await.is_ok() {
+                if self
+                    .rooms
+                    .join(Some(&gid), ev.room_id.as_str())
+                    .await
+                    .is_ok()
+                {
                     let _ = self
                         .send_notice(
                             Some(ghost),
@@ -173,7 +161,7 @@ impl Bridge {
                         )
                         .await;
                 }
-                self.hs
+                self.rooms
                     .leave(Some(&gid), &rid)
                     .await
                     .map_err(BridgeError::from)
@@ -193,7 +181,7 @@ impl Bridge {
             }
         };
         if !is_direct {
-            let main = self.store.portal_by_room(&ev.room_id)?;
+            let main = self.portals.by_room(&ev.room_id)?;
             let own_chat = main.as_ref().is_some_and(|p| &p.key.network == network);
             if !own_chat && let Some(chat) = connector.fanout_chat(&ev.room_id) {
                 self.ghosts.ensure(network, &remote_id, None).await?;
@@ -218,7 +206,7 @@ impl Bridge {
         self.ghosts.ensure(network, &remote_id, None).await?;
         let key = PortalKey::new(network.as_str(), remote_id.as_str(), Some(&ev.sender));
         let mut record = PortalRecord::new(key.clone(), &ev.room_id, ChatKind::Direct);
-        let old = self.store.portal(&key)?;
+        let old = self.portals.get(&key)?;
         if let Some(old) = &old
             && old.room_id != ev.room_id
         {
@@ -228,17 +216,17 @@ impl Bridge {
         // The portal is stored before the ghost joins: the user may write as soon as the
         // ghost is in, and that message must find its portal (and its queue). This runs on
         // the portal's queue: `queue_key` sends a direct invite of a ghost there.
-        self.save_portal(&record)?;
+        self.portals.save(&record)?;
         if self.ghost_sees_encryption(&gid, ghost, &ev.room_id).await? {
             // Refused rather than joined silently: the user learns at once why this chat
             // cannot work, and can start one without encryption.
             match &old {
                 // The contact's earlier room stays its portal.
                 Some(old) => {
-                    self.unindex_portal_room(&key, &ev.room_id)?;
-                    self.save_portal(old)?;
+                    self.portals.unindex_room(&key, &ev.room_id)?;
+                    self.portals.save(old)?;
                 }
-                None => self.forget_portal(&record)?,
+                None => self.portals.forget(&record)?,
             }
             return refuse(crate::bridge::encryption::REFUSAL.into()).await;
         }
@@ -259,7 +247,7 @@ impl Bridge {
         ghost: &str,
         room: &str,
     ) -> Result<bool, BridgeError> {
-        self.hs.join(Some(gid), room).await?;
+        self.rooms.join(Some(gid), room).await?;
         self.room_is_encrypted(Some(ghost), room).await
     }
 
@@ -290,14 +278,14 @@ impl Bridge {
         remote: &RemoteUserId,
         ghost: &str,
     ) -> Result<(), BridgeError> {
-        let mut record = match self.store.portal(key)? {
+        let mut record = match self.portals.get(key)? {
             Some(p) if p.room_id == room => p,
             Some(p) => {
                 // Chat IDs are derived from room IDs; another room holding this one is a
                 // collision, never silently taken over.
                 warn!(room_id = room, other_room = %p.room_id, portal = %key, "fan-out chat already belongs to another room; invite refused");
                 let gid = user_id(ghost)?;
-                self.hs.leave(Some(&gid), &room_id(room)?).await?;
+                self.rooms.leave(Some(&gid), &room_id(room)?).await?;
                 return Ok(());
             }
             None => PortalRecord::new(key.clone(), room, ChatKind::Fanout),
@@ -305,8 +293,8 @@ impl Bridge {
         if !record.members.iter().any(|m| m == remote.as_str()) {
             record.members.push(remote.as_str().to_owned());
         }
-        self.save_portal(&record)?;
-        self.hs.join(Some(&user_id(ghost)?), room).await?;
+        self.portals.save(&record)?;
+        self.rooms.join(Some(&user_id(ghost)?), room).await?;
         self.ghosts.note_joined(ghost, room, true);
         info!(room_id = room, portal = %key, member = %remote, members = record.members.len(), "remote member added to a room");
         Ok(())
@@ -327,7 +315,7 @@ impl Bridge {
             .and_then(|c| c.parse_user_id(remote).ok())
             .map(|r| r.as_str().to_owned())
             .unwrap_or_else(|| remote.to_owned());
-        for p in self.store.fanout_portals(room)? {
+        for p in self.portals.fanouts(room)? {
             if &p.key.network != network {
                 continue;
             }
@@ -335,7 +323,7 @@ impl Bridge {
                 (room.to_owned(), remote.to_owned(), normalised.clone());
             let key = p.key;
             self.on_portal_queue(&key.clone(), move |b| async move {
-                let Some(mut p) = b.store.portal(&key)?.filter(|p| p.room_id == room) else {
+                let Some(mut p) = b.portals.get(&key)?.filter(|p| p.room_id == room) else {
                     return Ok(());
                 };
                 let before = p.members.len();
@@ -345,9 +333,9 @@ impl Bridge {
                 }
                 info!(room_id = room, portal = %p.key, member = remote, "remote member left a room");
                 if p.members.is_empty() {
-                    b.forget_portal(&p)?;
+                    b.portals.forget(&p)?;
                 } else {
-                    b.save_portal(&p)?;
+                    b.portals.save(&p)?;
                 }
                 Ok(())
             })

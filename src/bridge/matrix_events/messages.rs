@@ -43,12 +43,12 @@ impl Bridge {
                 return crate::commands::handle(self, seq, ev, rest.trim_start(), false).await;
             }
         }
-        if self.store.has_fanout(&ev.room_id) && !is_edit {
-            for f in self.store.fanout_portals(&ev.room_id)? {
+        if self.portals.has_fanout(&ev.room_id) && !is_edit {
+            for f in self.portals.fanouts(&ev.room_id)? {
                 self.fanout_message(seq, ev, content, &f, None).await?;
             }
         }
-        let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
+        let Some(portal) = self.portals.by_room(&ev.room_id)? else {
             return Ok(());
         };
         self.message_to_portal(seq, ev, content, &portal).await
@@ -170,11 +170,11 @@ impl Bridge {
         if is_notice(message) || edit_of(message).is_some() {
             return Ok(());
         }
-        for f in self.store.fanout_portals(&ev.room_id)? {
+        for f in self.portals.fanouts(&ev.room_id)? {
             let skip = (f.key.network == network).then_some(remote.as_str());
             self.fanout_message(seq, ev, message, &f, skip).await?;
         }
-        let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
+        let Some(portal) = self.portals.by_room(&ev.room_id)? else {
             return Ok(());
         };
         // The record of the event's arrival from the ghost's network does not count: only

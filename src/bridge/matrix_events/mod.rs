@@ -36,10 +36,6 @@ use crate::store::PortalRecord;
 
 pub use self::content::message_content;
 
-/// How long a Matrix user's display name, as the homeserver gave it, is used without asking
-/// again (a member event of the user drops it sooner).
-pub(super) const DISPLAY_NAME_TTL: std::time::Duration = std::time::Duration::from_secs(600);
-
 impl Bridge {
     /// Bridges one Matrix timeline event, read already: one handler per kind.
     pub(super) async fn handle_matrix_event(
@@ -52,7 +48,7 @@ impl Bridge {
             // them (Matrix is the hub); everything else from the bridge's own users is an echo.
             if let EventKind::Message(content) = &ev.kind
                 && ev.sender != self.bot().as_str()
-                && self.store.has_fanout(&ev.room_id)
+                && self.portals.has_fanout(&ev.room_id)
             {
                 return self.ghost_message(seq, ev, content).await;
             }
@@ -146,24 +142,10 @@ impl Bridge {
     }
 
     /// The sender as networks see it: user ID and display name. The name comes from the
-    /// homeserver once per `DISPLAY_NAME_TTL` (ten minutes) or after a member event of the user (which
-    /// is how a change of name reaches the bridge), not once per message.
+    /// homeserver once per ten minutes (`MatrixUsers::display_name`) or after a member event
+    /// of the user (which is how a change of name reaches the bridge), not once per message.
     pub async fn matrix_sender(&self, user: &str) -> MatrixSender {
-        let now = std::time::Instant::now();
-        let displayname = match self.display_names.get(user, now) {
-            Some(name) => name,
-            None => match ruma::UserId::parse(user) {
-                Ok(uid) => match self.hs.get_profile(&uid).await {
-                    Ok((name, _)) => {
-                        self.display_names.put(user, name.clone(), now);
-                        name
-                    }
-                    // Not cached: the next message asks again.
-                    Err(_) => None,
-                },
-                Err(_) => None,
-            },
-        };
+        let displayname = self.matrix_users.display_name(user).await;
         let fallback = user
             .strip_prefix('@')
             .and_then(|u| u.split(':').next())

@@ -21,7 +21,7 @@ impl Bridge {
     ) -> Result<(), BridgeError> {
         let target = content.relates_to.event_id.as_str();
         let key = content.relates_to.key.as_str();
-        let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
+        let Some(portal) = self.portals.by_room(&ev.room_id)? else {
             return Ok(());
         };
         let Some(orig) = self.store.message_by_event(&ev.room_id, target)? else {
@@ -77,7 +77,7 @@ impl Bridge {
         let Some(redacts) = content.redacts.as_deref().map(|e| e.as_str()) else {
             return Ok(());
         };
-        let Some(portal) = self.store.portal_by_room(&ev.room_id)? else {
+        let Some(portal) = self.portals.by_room(&ev.room_id)? else {
             return Ok(());
         };
         let Some(orig) = self.store.message_by_event(&ev.room_id, redacts)? else {

@@ -60,7 +60,7 @@ impl Bridge {
 
     /// The portal that speaks in a room for notices: the main one, else a fan-out one.
     fn notice_portal(&self, room_id: &str) -> Option<PortalRecord> {
-        if let Ok(Some(p)) = self.store.portal_by_room(room_id) {
+        if let Ok(Some(p)) = self.portals.by_room(room_id) {
             return Some(p);
         }
         self.store

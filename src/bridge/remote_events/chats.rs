@@ -12,7 +12,7 @@ impl Bridge {
         taken: &mut Vec<(Limit, String)>,
     ) -> Result<Step<(PortalKey, PortalRecord)>, BridgeError> {
         let key = portal_key(network, ev);
-        if let Some(p) = self.store.portal(&key)? {
+        if let Some(p) = self.portals.get(&key)? {
             return Ok(Ok((key, p)));
         }
         Ok(self
@@ -183,11 +183,11 @@ impl Bridge {
         key: &PortalKey,
         alias: &str,
     ) -> Result<PortalRecord, BridgeError> {
-        let room = self.hs.join(None, alias).await?;
+        let room = self.rooms.join(None, alias).await?;
         self.ghosts
             .note_joined(self.bot().as_str(), room.as_str(), true);
         let record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
-        self.save_portal(&record)?;
+        self.portals.save(&record)?;
         if let Err(e) = self.write_bridge_info(&record, None).await {
             debug!(error = %crate::error::chain(&e), "could not write bridge info into a hosted room (the bot may lack power)");
         }
@@ -206,13 +206,13 @@ impl Bridge {
         chat: &crate::network::RemoteChatId,
     ) -> Result<Vec<crate::network::MatrixSender>, BridgeError> {
         let key = PortalKey::new(network.as_str(), chat.as_str(), None);
-        let room = match self.store.portal(&key)? {
+        let room = match self.portals.get(&key)? {
             Some(p) => p.room_id,
             None => {
                 let Some(alias) = self.network(network)?.hosted_room_alias(chat) else {
                     return Ok(Vec::new());
                 };
-                let room = self.hs.join(None, &alias).await?;
+                let room = self.rooms.join(None, &alias).await?;
                 self.ghosts
                     .note_joined(self.bot().as_str(), room.as_str(), true);
                 room.to_string()
@@ -220,7 +220,7 @@ impl Bridge {
         };
         let record = PortalRecord::new(key, &room, ChatKind::Group);
         let mut out = Vec::new();
-        for member in self.hs.joined_members(None, &room_id(&room)?).await? {
+        for member in self.rooms.members(None, &room_id(&room)?).await? {
             if self.in_namespace(member.as_str()) {
                 continue;
             }
@@ -234,10 +234,7 @@ impl Bridge {
     /// Tells the network about the Matrix users already in a group portal's room (the network
     /// joins them to the group chat where it needs to).
     pub async fn join_members(&self, record: &PortalRecord) -> Result<(), BridgeError> {
-        let members = self
-            .hs
-            .joined_members(None, &room_id(&record.room_id)?)
-            .await?;
+        let members = self.rooms.members(None, &room_id(&record.room_id)?).await?;
         let portal = super::super::portal_ref(record);
         for member in members.iter().filter(|m| !self.in_namespace(m.as_str())) {
             if let Ok((client, false)) = self.client_for(record, member.as_str()) {
@@ -283,7 +280,7 @@ impl Bridge {
             updated.topic = Some(t.to_owned());
         }
         if &updated != portal {
-            self.save_portal(&updated)?;
+            self.portals.save(&updated)?;
         }
         Ok(())
     }

@@ -276,7 +276,8 @@ impl Bridge {
         };
         let text =
             super::super::management::request_text(&who, &display, network, ev.sender.as_str());
-        self.mark_request_shown(user, network, ev.sender.as_str())?;
+        self.portals
+            .mark_request_shown(user, network, ev.sender.as_str())?;
         self.send_notice(None, &room, &format!("isthmus.{seq}.contact"), &text)
             .await?;
         if opened {

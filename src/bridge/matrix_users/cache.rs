@@ -1,8 +1,6 @@
 //! Answers of the homeserver kept for a while, so that a hot path does not ask again: whether
-//! a user exists ([`super::existence`]), a sender's display name ([`Bridge::matrix_sender`]).
-//! Bounded: past its capacity, expired answers are dropped, then all.
-//!
-//! [`Bridge::matrix_sender`]: super::Bridge::matrix_sender
+//! a user exists, a sender's display name ([`super::MatrixUsers`]). Bounded: past its
+//! capacity, expired answers are dropped, then all.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
