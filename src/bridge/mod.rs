@@ -27,6 +27,7 @@ mod remote_events;
 mod resume;
 mod rooms;
 mod sender;
+mod sink;
 pub mod split;
 mod typing;
 
@@ -40,14 +41,15 @@ pub use self::dispatch::Work;
 pub use self::encryption::REFUSAL as ENCRYPTED_ROOM_REFUSAL;
 pub use self::event::{EventKind, InvalidEvent, MatrixEvent};
 pub use self::login_page::{LINK_LIFETIME, LOGIN_PATH, LoginLink, PageView};
+pub use self::logins::LoginProgress;
 pub use self::logins::LoginSession;
-pub use self::logins::{CoreSink, LoginProgress};
 pub use self::matrix_events::{message_content, portal_ref};
 pub use self::permissions::Permissions;
 pub use self::portal::PowerNeed;
 pub use self::portal_ops::Bridged;
 pub use self::portals::queues::{JobError, QueueKey};
 pub use self::remote_events::matrix_content;
+pub use self::sink::CoreSink;
 
 use crate::config::{Config, PermissionLevel};
 use crate::error::{Reason, Retry};
