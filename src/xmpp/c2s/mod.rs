@@ -287,7 +287,7 @@ async fn serve(
                 }
                 match handle_read(xml, sm, guard, events, read).await {
                     Ok(()) => {}
-                    Err(why) => return Ended::Dropped(why),
+                    Err(why) => return Ended::Dropped(why.to_string()),
                 }
                 if let Some(why) = ended {
                     return Ended::Dropped(why);
@@ -346,7 +346,7 @@ async fn handle_read(
     guard: &Guard,
     events: &dyn Events,
     read: Vec<Element>,
-) -> Result<(), String> {
+) -> Result<(), Reason> {
     let mut handled = skipped(guard);
     let mut stanzas = Vec::new();
     let mut nonzas = Vec::new();
@@ -376,19 +376,19 @@ async fn handle_read(
         events
             .stanzas(stanzas)
             .await
-            .map_err(|e| format!("what the server sent could not be stored: {e}"))?
+            .map_err(|e| Reason::because("what the server sent could not be stored", e))?
     };
     if sm.enabled {
         sm.inbound = sm.inbound.wrapping_add(handled);
     }
     for answer in answers {
-        write(xml, sm, answer).await.map_err(|e| e.to_string())?;
+        write(xml, sm, answer).await?;
     }
     for el in nonzas {
         if el.is("r", SM_NS) {
             xml.send(&ack(sm.inbound))
                 .await
-                .map_err(|e| format!("write failed: {e}"))?;
+                .map_err(|e| Reason::because("write failed", e))?;
         } else if el.is("a", SM_NS) {
             if let Ok(a) = sm::A::try_from(el) {
                 sm.acked(a.h);
@@ -403,7 +403,7 @@ async fn handle_read(
                 // Another session took our resource: resumption is over.
                 sm.id = None;
             }
-            return Err(format!("the server ended the stream ({cond})"));
+            return Err(Reason::new(format!("the server ended the stream ({cond})")));
         } else {
             debug!(
                 name = el.name(),
