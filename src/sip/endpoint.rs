@@ -155,6 +155,24 @@ pub struct Outgoing<'a> {
     pub proxy: Option<SocketAddr>,
 }
 
+impl<'a> Outgoing<'a> {
+    /// An OPTIONS request to `uri` outside any dialog: is the other side there?
+    pub fn options(uri: &'a str, from: String) -> Self {
+        Self {
+            method: Method::Options,
+            uri,
+            from,
+            to: format!("<{uri}>"),
+            call_id: None,
+            cseq: 1,
+            headers: Vec::new(),
+            body: Vec::new(),
+            credential: None,
+            proxy: None,
+        }
+    }
+}
+
 /// The bridge's SIP endpoint.
 pub struct Endpoint {
     inner: EndpointInnerRef,
@@ -427,18 +445,7 @@ mod tests {
     use super::*;
 
     fn options(uri: &str) -> Outgoing<'_> {
-        Outgoing {
-            method: Method::Options,
-            uri,
-            from: "<sip:isthmus@gateway.test>;tag=t1".into(),
-            to: format!("<{uri}>"),
-            call_id: None,
-            cseq: 1,
-            headers: Vec::new(),
-            body: Vec::new(),
-            credential: None,
-            proxy: None,
-        }
+        Outgoing::options(uri, "<sip:isthmus@gateway.test>;tag=t1".into())
     }
 
     #[tokio::test]

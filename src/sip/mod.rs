@@ -342,18 +342,7 @@ async fn keepalive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     shared.addressing.domain(),
                     ep.tag()
                 );
-                let out = endpoint::Outgoing {
-                    method: rsipstack::sip::Method::Options,
-                    uri: &uri,
-                    from,
-                    to: format!("<{uri}>"),
-                    call_id: None,
-                    cseq: 1,
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                    credential: None,
-                    proxy: None,
-                };
+                let out = endpoint::Outgoing::options(&uri, from);
                 match ep.send(out).await {
                     // A locally generated 408 means no answer came.
                     Ok(a) if a.code != 408 => Ok(()),

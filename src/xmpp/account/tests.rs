@@ -205,107 +205,12 @@ fn servers_parse() {
     assert!(host_port("h:0").is_err());
 }
 
-/// A core whose store cannot write: every push fails, and a batch with a failed push fails
-/// as a whole (the contract of [`crate::network::RemoteEventHandler::push_batch`]).
-#[derive(Default)]
-struct StoreDown {
-    pushes: std::sync::atomic::AtomicUsize,
-}
-
-#[async_trait]
-impl crate::network::RemoteEventHandler for StoreDown {
-    async fn push(
-        &self,
-        _network: &crate::network::NetworkId,
-        _event: RemoteEvent,
-    ) -> Result<(), crate::network::SinkError> {
-        self.pushes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Err(crate::network::SinkError("disk full".into()))
-    }
-
-    async fn push_batch(
-        &self,
-        work: futures::future::BoxFuture<'_, ()>,
-    ) -> Result<(), crate::network::SinkError> {
-        let before = self.pushes.load(std::sync::atomic::Ordering::SeqCst);
-        work.await;
-        if self.pushes.load(std::sync::atomic::Ordering::SeqCst) > before {
-            return Err(crate::network::SinkError("disk full".into()));
-        }
-        Ok(())
-    }
-
-    async fn report_state(
-        &self,
-        _network: &crate::network::NetworkId,
-        _user_id: Option<&str>,
-        _state: BridgeState,
-        _message: Option<String>,
-    ) {
-    }
-}
-
-proptest::proptest! {
-    #![proptest_config(proptest::test_runner::Config::with_cases(32))]
-    /// What an own account's connection reads is reported stored only when the core stored
-    /// it: a message a contact wrote, or a copy of one the user wrote from another client
-    /// (whose loss no sender would ever hear of), fails its batch when the store cannot
-    /// write, so the connection does not acknowledge it to the server.
-    #[test]
-    fn a_batch_the_store_could_not_keep_is_not_reported_stored(
-        body in "[a-zA-Z0-9 ]{1,24}",
-        sent in proptest::bool::ANY,
-        receipt in proptest::bool::ANY,
-    ) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let cfg: XmppConfig = serde_json::from_value(serde_json::json!({
-                "component": {"domain": "matrix.example.org", "secret": "s"},
-            }))
-            .unwrap();
-            let xmpp = super::super::Xmpp::new(&cfg, "s".into(), "example.org");
-            let core = Arc::new(StoreDown::default());
-            let _ = xmpp.handler.shared.sink.set(crate::network::EventSink::new(
-                crate::network::NetworkId::new("xmpp"),
-                core.clone(),
-                Arc::new(crate::network::kit::testing::MemStore::default()),
-                crate::tasks::Tasks::new(),
-            ));
-            let data = AccountData {
-                jid: "alice@example.net".into(),
-                password: "p".into(),
-                server: None,
-                direct_tls: false,
-            };
-            let account = Account::new(xmpp.parts(), "@alice:example.org", data).unwrap();
-            account.track().await;
-            let request = if receipt { "<request xmlns='urn:xmpp:receipts'/>" } else { "" };
-            let inner = format!(
-                "<message xmlns='jabber:client' from='{}' to='{}' type='chat' id='m1'><body>{body}</body>{request}</message>",
-                if sent { "alice@example.net/phone" } else { "bob@example.com/phone" },
-                if sent { "bob@example.com" } else { "alice@example.net" },
-            );
-            let carbon = format!(
-                "<message xmlns='jabber:client' from='alice@example.net' to='alice@example.net/isthmus'>\
-                 <{kind} xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>{inner}</forwarded></{kind}></message>",
-                kind = if sent { "sent" } else { "received" },
-            );
-            let stanza = c2s::from_client(carbon.parse::<Element>().unwrap()).unwrap();
-            let result = c2s::Events::stanzas(account.as_ref(), vec![stanza]).await;
-            assert!(
-                core.pushes.load(std::sync::atomic::Ordering::SeqCst) > 0,
-                "the copy reached the core"
-            );
-            assert!(result.is_err(), "reported stored: {result:?}");
-        });
-    }
-}
-
-/// A core that keeps every push, or fails every batch.
+/// A core that keeps every push, or (`fail`) a store that cannot write: every push and
+/// every batch fails. It counts the pushes.
 #[derive(Default)]
 struct BatchCore {
     fail: std::sync::atomic::AtomicBool,
+    pushes: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
@@ -315,6 +220,11 @@ impl crate::network::RemoteEventHandler for BatchCore {
         _network: &crate::network::NetworkId,
         _event: RemoteEvent,
     ) -> Result<(), crate::network::SinkError> {
+        self.pushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::network::SinkError("disk full".into()));
+        }
         Ok(())
     }
 
@@ -339,6 +249,73 @@ impl crate::network::RemoteEventHandler for BatchCore {
     }
 }
 
+/// The own account alice@example.net of a connector whose core is `core` and whose store
+/// is `store`, tracked as the user's live login (the connector comes along, to outlive it).
+async fn tracked_account(
+    core: Arc<BatchCore>,
+    store: Arc<crate::network::kit::testing::MemStore>,
+) -> (super::super::Xmpp, Arc<Account>) {
+    let cfg: XmppConfig = serde_json::from_value(serde_json::json!({
+        "component": {"domain": "matrix.example.org", "secret": "s"},
+    }))
+    .unwrap();
+    let xmpp = super::super::Xmpp::new(&cfg, "s".into(), "example.org");
+    let _ = xmpp.handler.shared.sink.set(crate::network::EventSink::new(
+        crate::network::NetworkId::new("xmpp"),
+        core,
+        store,
+        crate::tasks::Tasks::new(),
+    ));
+    let data = AccountData {
+        jid: "alice@example.net".into(),
+        password: "p".into(),
+        server: None,
+        direct_tls: false,
+    };
+    let account = Account::new(xmpp.parts(), "@alice:example.org", data).unwrap();
+    account.track().await;
+    (xmpp, account)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(32))]
+    /// What an own account's connection reads is reported stored only when the core stored
+    /// it: a message a contact wrote, or a copy of one the user wrote from another client
+    /// (whose loss no sender would ever hear of), fails its batch when the store cannot
+    /// write, so the connection does not acknowledge it to the server.
+    #[test]
+    fn a_batch_the_store_could_not_keep_is_not_reported_stored(
+        body in "[a-zA-Z0-9 ]{1,24}",
+        sent in proptest::bool::ANY,
+        receipt in proptest::bool::ANY,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let core = Arc::new(BatchCore::default());
+            core.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+            let (_xmpp, account) = tracked_account(core.clone(), Arc::default()).await;
+            let request = if receipt { "<request xmlns='urn:xmpp:receipts'/>" } else { "" };
+            let inner = format!(
+                "<message xmlns='jabber:client' from='{}' to='{}' type='chat' id='m1'><body>{body}</body>{request}</message>",
+                if sent { "alice@example.net/phone" } else { "bob@example.com/phone" },
+                if sent { "bob@example.com" } else { "alice@example.net" },
+            );
+            let carbon = format!(
+                "<message xmlns='jabber:client' from='alice@example.net' to='alice@example.net/isthmus'>\
+                 <{kind} xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>{inner}</forwarded></{kind}></message>",
+                kind = if sent { "sent" } else { "received" },
+            );
+            let stanza = c2s::from_client(carbon.parse::<Element>().unwrap()).unwrap();
+            let result = c2s::Events::stanzas(account.as_ref(), vec![stanza]).await;
+            assert!(
+                core.pushes.load(std::sync::atomic::Ordering::SeqCst) > 0,
+                "the copy reached the core"
+            );
+            assert!(result.is_err(), "reported stored: {result:?}");
+        });
+    }
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::test_runner::Config::with_cases(24))]
     /// The archive position (XEP-0313) of the messages an own account's connection reads
@@ -352,28 +329,10 @@ proptest::proptest! {
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let cfg: XmppConfig = serde_json::from_value(serde_json::json!({
-                "component": {"domain": "matrix.example.org", "secret": "s"},
-            }))
-            .unwrap();
-            let xmpp = super::super::Xmpp::new(&cfg, "s".into(), "example.org");
             let core = Arc::new(BatchCore::default());
             core.fail.store(!stored, std::sync::atomic::Ordering::SeqCst);
             let store = Arc::new(crate::network::kit::testing::MemStore::default());
-            let _ = xmpp.handler.shared.sink.set(crate::network::EventSink::new(
-                crate::network::NetworkId::new("xmpp"),
-                core.clone(),
-                store.clone(),
-                crate::tasks::Tasks::new(),
-            ));
-            let data = AccountData {
-                jid: "alice@example.net".into(),
-                password: "p".into(),
-                server: None,
-                direct_tls: false,
-            };
-            let account = Account::new(xmpp.parts(), "@alice:example.org", data).unwrap();
-            account.track().await;
+            let (_xmpp, account) = tracked_account(core, store.clone()).await;
             // Live messages, after any catch-up.
             account.catching_up.store(false, std::sync::atomic::Ordering::SeqCst);
             let key = account.archive_key();
