@@ -143,29 +143,6 @@ impl Bridge {
         Ok(record)
     }
 
-    /// Creates the room of a group chat, owned by the bot, optionally with an alias and
-    /// inviting `invite` (who get moderator power). A room with an alias is public, so anyone on the homeserver can join
-    /// it through the alias; without one it is private. Only on the portal's queue.
-    pub(super) async fn create_group_portal(
-        &self,
-        key: &PortalKey,
-        name: Option<&str>,
-        topic: Option<&str>,
-        alias_localpart: Option<String>,
-        invite: Vec<String>,
-    ) -> Result<PortalRecord, BridgeError> {
-        let room = self
-            .portals
-            .create_group_room(key, name, topic, alias_localpart, invite)
-            .await?;
-        let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
-        record.name = name.map(str::to_owned);
-        record.topic = topic.map(str::to_owned);
-        self.portals.save(&record)?;
-        info!(room_id = %room, portal = %key, "created group chat portal");
-        Ok(record)
-    }
-
     /// Sends an `m.notice` into a portal as its speaker. Failures are logged, not returned:
     /// a notice is best effort.
     pub async fn portal_notice(&self, portal: &PortalRecord, txn_id: &str, text: &str) {

@@ -63,6 +63,7 @@ impl Bridge {
                 return Ok((p, false));
             }
             let p = b
+                .portals
                 .create_group_portal(
                     &key,
                     name.as_deref(),

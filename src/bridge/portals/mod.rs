@@ -17,7 +17,7 @@ use super::rooms::Rooms;
 use super::{BridgeError, user_id};
 use crate::config::Config;
 use crate::matrix::RoomCreation;
-use crate::network::{Connector, NetworkId};
+use crate::network::{ChatKind, Connector, NetworkId};
 use crate::store::{PortalKey, PortalRecord, Store, StoreError};
 
 mod management;
@@ -202,11 +202,31 @@ impl Portals {
         Ok(self.rooms.create(Some(ghost), &creation).await?)
     }
 
-    /// Creates the room of group chat `key`, owned by the bot, optionally with an alias and
-    /// inviting `invite` (who get moderator power). A room with an alias is public, so
-    /// anyone on the homeserver can join it through the alias; without one it is private.
-    /// Only on the portal's queue.
-    pub(super) async fn create_group_room(
+    /// Creates group chat `key`: its room, owned by the bot, optionally with an alias and
+    /// inviting `invite` (who get moderator power), and its record. A room with an alias is
+    /// public, so anyone on the homeserver can join it through the alias; without one it is
+    /// private. Only on the portal's queue.
+    pub(super) async fn create_group_portal(
+        &self,
+        key: &PortalKey,
+        name: Option<&str>,
+        topic: Option<&str>,
+        alias_localpart: Option<String>,
+        invite: Vec<String>,
+    ) -> Result<PortalRecord, BridgeError> {
+        let room = self
+            .create_group_room(key, name, topic, alias_localpart, invite)
+            .await?;
+        let mut record = PortalRecord::new(key.clone(), room.as_str(), ChatKind::Group);
+        record.name = name.map(str::to_owned);
+        record.topic = topic.map(str::to_owned);
+        self.save(&record)?;
+        info!(room_id = %room, portal = %key, "created group chat portal");
+        Ok(record)
+    }
+
+    /// The room of a new group chat (see [`Portals::create_group_portal`]).
+    async fn create_group_room(
         &self,
         key: &PortalKey,
         name: Option<&str>,

@@ -169,7 +169,8 @@ impl Bridge {
             ChatKind::Fanout => return Ok(NO_PORTAL),
             ChatKind::Group => {
                 let alias = self.alias_localpart(&key.network, key.chat.as_str());
-                self.create_group_portal(key, None, None, Some(alias), vec![receiver.to_owned()])
+                self.portals
+                    .create_group_portal(key, None, None, Some(alias), vec![receiver.to_owned()])
                     .await?
             }
         };
