@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 
 use common::{
     AS_TOKEN, BOT, BridgeProcess, Control, HS_TOKEN, LOOPBACK_PASSWORD, MatrixUser, appservice,
-    command, direct_message, enc, ghost, is_message_op, is_text_from, management_room,
-    metric_value, remote_event, serial, unique, wait_metric, wait_metric_where, with_permission,
+    command, direct_message, enc, ghost, ghost_presence, ghost_presence_within, is_message_op,
+    is_text_from, management_room, metric_value, remote_event, serial, unique, wait_metric,
+    wait_metric_where, with_permission,
 };
 
 /// How long any single expected thing may take.
@@ -1818,28 +1819,6 @@ async fn a_picture_learnt_by_several_portals_at_once_is_uploaded_once() {
     assert_eq!(users[0].download(mxc).await, picture);
 }
 
-/// A ghost's presence as the homeserver shows it (asked as the ghost itself).
-async fn ghost_presence(ghost: &str) -> (String, Option<String>) {
-    let hs = common::homeserver().await;
-    let v: Value = common::http()
-        .get(format!(
-            "{hs}/_matrix/client/v3/presence/{}/status?user_id={}",
-            enc(ghost),
-            enc(ghost)
-        ))
-        .bearer_auth(AS_TOKEN)
-        .send()
-        .await
-        .expect("ask the ghost's presence")
-        .json()
-        .await
-        .expect("the presence answer");
-    (
-        v["presence"].as_str().unwrap_or_default().to_owned(),
-        v["status_msg"].as_str().map(str::to_owned),
-    )
-}
-
 /// Homeservers time out the presence of users who do not sync (Synapse: 30 s after the last
 /// update), and ghosts never sync: a contact the network shows online stays online in Matrix
 /// for as long as the network says so, and one the network saw leave is not brought back.
@@ -1916,22 +1895,6 @@ async fn presence_refreshing_bridge() -> BridgeProcess {
 /// Waits until the homeserver shows `ghost` with presence `state`.
 async fn ghost_presence_until(ghost: String, state: &str) {
     ghost_presence_within(&ghost, state, WAIT).await;
-}
-
-/// Waits at most `wait` until the homeserver shows `ghost` with presence `state`.
-async fn ghost_presence_within(ghost: &str, state: &str, wait: Duration) {
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        let (now, _) = ghost_presence(ghost).await;
-        if now == state {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{ghost} is {now}, not {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// When a network's link goes down, what it said of its users' presence is no longer known:

@@ -347,13 +347,7 @@ async fn an_accepted_watchers_first_notify_has_the_homeservers_presence() {
     let _bridge = sip_bridge().await;
     let alice = MatrixUser::register("sfirst").await;
     // Set before alice shares any room with the bridge: no presence push tells the bridge.
-    alice
-        .ok(
-            "PUT",
-            &format!("/presence/{}/status", enc(&alice.user_id)),
-            Some(&serde_json::json!({"presence": "online", "status_msg": "here all along"})),
-        )
-        .await;
+    set_status(&alice, "here all along").await;
     let mgmt = management_room(&alice).await;
     let watcher = Watcher::subscribe("carol", &sipp::gateway_uri(&alice.localpart), 600);
     assert!(matches!(watcher.status(WAIT).await, 200 | 202));
@@ -658,36 +652,59 @@ async fn messages_go_out_over_tcp_when_configured() {
     sipp::unregister_all("bob").await;
 }
 
+/// `name` (a SIPp watcher) subscribes to the presence of `target`; `alice` is asked in her
+/// management room `mgmt` and accepts. Returns the watcher and its first active NOTIFY.
+async fn accepted_watcher(
+    alice: &MatrixUser,
+    mgmt: &str,
+    name: &str,
+    target: &str,
+) -> (Watcher, sipp::Notify) {
+    let watcher = Watcher::subscribe(name, target, 600);
+    assert!(
+        matches!(watcher.status(WAIT).await, 200 | 202),
+        "the SUBSCRIBE is accepted (pending)"
+    );
+    let address = format!("{name}@corp.localhost");
+    alice
+        .wait_for_event(mgmt, "the contact request notice", WAIT, |e| {
+            e["sender"] == BOT
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(&address))
+        })
+        .await;
+    let reply = command(alice, mgmt, &format!("accept sip {address}")).await;
+    assert!(reply.contains("may now see your presence"), "{reply}");
+    let active = watcher
+        .wait_for("an active NOTIFY", WAIT, |n| n.state.starts_with("active"))
+        .await;
+    (watcher, active)
+}
+
+/// Sets `alice`'s presence online with the status message `note`.
+async fn set_status(alice: &MatrixUser, note: &str) {
+    alice
+        .ok(
+            "PUT",
+            &format!("/presence/{}/status", enc(&alice.user_id)),
+            Some(&serde_json::json!({"presence": "online", "status_msg": note})),
+        )
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watchers_subscription_survives_a_bridge_restart() {
     let _s = serial();
     let mut bridge = sip_bridge().await;
     let alice = MatrixUser::register("ssurvive").await;
     let mgmt = management_room(&alice).await;
-    let watcher = Watcher::subscribe("erin", &sipp::gateway_uri(&alice.localpart), 600);
-    assert!(matches!(watcher.status(WAIT).await, 200 | 202));
-    alice
-        .wait_for_event(&mgmt, "the contact request notice", WAIT, |e| {
-            e["content"]["body"]
-                .as_str()
-                .is_some_and(|b| b.contains("erin@corp.localhost"))
-        })
-        .await;
-    let reply = command(&alice, &mgmt, "accept sip erin@corp.localhost").await;
-    assert!(reply.contains("may now see"), "{reply}");
-    watcher
-        .wait_for("an active NOTIFY", WAIT, |n| n.state.starts_with("active"))
-        .await;
+    let (watcher, _) =
+        accepted_watcher(&alice, &mgmt, "erin", &sipp::gateway_uri(&alice.localpart)).await;
     bridge.restart().await;
     common::wait_logins(&bridge, "sip", "CONNECTED", 1).await;
     // The dialog was kept: a presence change after the restart reaches the same watcher.
-    alice
-        .ok(
-            "PUT",
-            &format!("/presence/{}/status", enc(&alice.user_id)),
-            Some(&serde_json::json!({"presence": "online", "status_msg": "after the restart"})),
-        )
-        .await;
+    set_status(&alice, "after the restart").await;
     watcher
         .wait_for("presence after the restart", WAIT, |n| {
             n.note().as_deref() == Some("after the restart")
@@ -704,33 +721,15 @@ async fn a_notify_waiting_at_shutdown_neither_holds_the_bridge_nor_is_lost() {
     let mut bridge = sip_bridge().await;
     let alice = MatrixUser::register("sowed").await;
     let mgmt = management_room(&alice).await;
-    let watcher = Watcher::subscribe("erin", &sipp::gateway_uri(&alice.localpart), 600);
-    assert!(matches!(watcher.status(WAIT).await, 200 | 202));
-    alice
-        .wait_for_event(&mgmt, "the contact request notice", WAIT, |e| {
-            e["content"]["body"]
-                .as_str()
-                .is_some_and(|b| b.contains("erin@corp.localhost"))
-        })
-        .await;
-    let reply = command(&alice, &mgmt, "accept sip erin@corp.localhost").await;
-    assert!(reply.contains("may now see"), "{reply}");
-    watcher
-        .wait_for("an active NOTIFY", WAIT, |n| n.state.starts_with("active"))
-        .await;
+    let (watcher, _) =
+        accepted_watcher(&alice, &mgmt, "erin", &sipp::gateway_uri(&alice.localpart)).await;
 
     // The watcher stops reading: the NOTIFY for the next change waits for its answer.
     watcher.pause();
     const SENDING: &str = "sending a NOTIFY to a watcher";
     let before = bridge.log().matches(SENDING).count();
     let note = format!("while the bridge stops {}", unique());
-    alice
-        .ok(
-            "PUT",
-            &format!("/presence/{}/status", enc(&alice.user_id)),
-            Some(&serde_json::json!({"presence": "online", "status_msg": note})),
-        )
-        .await;
+    set_status(&alice, &note).await;
     bridge.wait_log(SENDING, before + 1, WAIT).await;
     let stopping = Instant::now();
     bridge.stop().await;
@@ -829,33 +828,10 @@ async fn watchers_of_an_own_account_see_the_matrix_users_presence() {
 
     // The registrar routes a SUBSCRIBE for dave to the contact the bridge registered: the
     // bridge answers for the account, asking alice first.
-    let watcher = Watcher::subscribe("carol", &sipp::uri("dave"), 600);
-    assert!(
-        matches!(watcher.status(WAIT).await, 200 | 202),
-        "the SUBSCRIBE to the own account is accepted (pending)"
-    );
-    alice
-        .wait_for_event(&mgmt, "the contact request notice", WAIT, |e| {
-            e["sender"] == BOT
-                && e["content"]["body"]
-                    .as_str()
-                    .is_some_and(|b| b.contains("carol@corp.localhost"))
-        })
-        .await;
-    let reply = command(&alice, &mgmt, "accept sip carol@corp.localhost").await;
-    assert!(reply.contains("may now see your presence"), "{reply}");
-    let active = watcher
-        .wait_for("an active NOTIFY", WAIT, |n| n.state.starts_with("active"))
-        .await;
+    let (watcher, active) = accepted_watcher(&alice, &mgmt, "carol", &sipp::uri("dave")).await;
     let from = active.message.header_uri("From");
     assert_eq!(from, sipp::uri("dave"), "the NOTIFY comes from the account");
-    alice
-        .ok(
-            "PUT",
-            &format!("/presence/{}/status", enc(&alice.user_id)),
-            Some(&serde_json::json!({"presence": "online", "status_msg": "reading"})),
-        )
-        .await;
+    set_status(&alice, "reading").await;
     let n = watcher
         .wait_for("the Matrix user's presence", WAIT, |n| {
             n.note().as_deref() == Some("reading")

@@ -7,7 +7,10 @@ mod common;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::{BOT, BridgeProcess, MatrixUser, command, enc, management_room, serial, unique};
+use common::{
+    BOT, BridgeProcess, MatrixUser, command, enc, ghost_presence, ghost_presence_within,
+    management_room, serial, unique,
+};
 use tokio_xmpp::Stanza;
 use tokio_xmpp::parsers::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::message::{Lang, Message, MessageType};
@@ -2845,42 +2848,6 @@ async fn own_account_reads_contacts_published_avatars() {
     assert_eq!(alice.download(&mxc2).await, second);
     command(&alice, &mgmt, "logout xmpp").await;
     wait_xmpp_connected(&bridge, 1).await;
-}
-
-/// A ghost's presence as the homeserver shows it: `(presence, status_msg)`, asked as the
-/// ghost itself.
-async fn ghost_presence(ghost: &str) -> (String, Option<String>) {
-    let hs = common::homeserver().await;
-    let v: serde_json::Value = common::http()
-        .get(format!(
-            "{hs}/_matrix/client/v3/presence/{}/status?user_id={}",
-            enc(ghost),
-            enc(ghost)
-        ))
-        .bearer_auth(common::AS_TOKEN)
-        .send()
-        .await
-        .expect("ask the ghost's presence")
-        .json()
-        .await
-        .expect("the presence answer");
-    (
-        v["presence"].as_str().unwrap_or_default().to_owned(),
-        v["status_msg"].as_str().map(str::to_owned),
-    )
-}
-
-/// Waits at most `wait` until the homeserver shows `ghost` with presence `state`.
-async fn ghost_presence_within(ghost: &str, state: &str, wait: Duration) {
-    let deadline = Instant::now() + wait;
-    loop {
-        let (now, _) = ghost_presence(ghost).await;
-        if now == state {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{ghost} is {now}, not {state}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// What an own account told of its contacts' presence is that login's: once the login is

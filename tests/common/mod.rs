@@ -1511,3 +1511,39 @@ pub async fn ghost_rooms(ghost: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A ghost's presence as the homeserver shows it: `(presence, status_msg)`, asked as the
+/// ghost itself.
+pub async fn ghost_presence(ghost: &str) -> (String, Option<String>) {
+    let hs = homeserver().await;
+    let v: Value = http()
+        .get(format!(
+            "{hs}/_matrix/client/v3/presence/{}/status?user_id={}",
+            enc(ghost),
+            enc(ghost)
+        ))
+        .bearer_auth(AS_TOKEN)
+        .send()
+        .await
+        .expect("ask the ghost's presence")
+        .json()
+        .await
+        .expect("the presence answer");
+    (
+        v["presence"].as_str().unwrap_or_default().to_owned(),
+        v["status_msg"].as_str().map(str::to_owned),
+    )
+}
+
+/// Waits at most `wait` until the homeserver shows `ghost` with presence `state`.
+pub async fn ghost_presence_within(ghost: &str, state: &str, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let (now, _) = ghost_presence(ghost).await;
+        if now == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{ghost} is {now}, not {state}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
