@@ -948,6 +948,16 @@ impl Notify {
     pub fn note(&self) -> Option<String> {
         xml_text(&self.body, "note")
     }
+
+    /// The CSeq number: each NOTIFY of a subscription has a higher one than the last.
+    pub fn cseq(&self) -> Option<u32> {
+        self.message
+            .header("CSeq")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
 }
 
 /// A SIP user watching someone's presence: it SUBSCRIBEs through the proxy (answering the
