@@ -66,6 +66,12 @@ impl Tasks {
         self.cancel.clone().cancelled_owned()
     }
 
+    /// A signal cancelled when a shutdown begins, for code that holds no task of its own
+    /// (the homeserver client's waits between retries). Cancelling it cancels nothing else.
+    pub fn stop_signal(&self) -> CancellationToken {
+        self.cancel.child_token()
+    }
+
     /// Whether a shutdown began.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()

@@ -429,6 +429,95 @@ async fn shutdown_finishes_a_message_in_flight() {
     );
 }
 
+/// A SIGTERM while a message waits to be retried against a failing homeserver (every send
+/// answered 502): the shutdown does not wait out the retries (up to six, 16 s with the
+/// default policy, or minutes when the homeserver asks for them); the message stays in the
+/// inbox and reaches the room after the restart, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shutdown_does_not_wait_out_the_homeserver_retries() {
+    let _serial = serial();
+    let synapse = common::homeserver().await;
+    let proxy = common::hs_proxy::HomeserverProxy::start(&synapse).await;
+    let through = proxy.url.clone();
+    let mut bridge = BridgeProcess::start_with(move |cfg| {
+        let line = format!("url: {synapse}");
+        assert!(cfg.contains(&line), "the fixture's homeserver URL moved");
+        cfg.replace(&line, &format!("url: {through}"))
+    })
+    .await;
+    let mut control = Control::connect().await;
+    let alice = MatrixUser::register("alice").await;
+    let run = unique();
+    let (room, _) = receive_first_message(
+        &mut control,
+        &alice,
+        "bob",
+        &format!("r1-{run}"),
+        &format!("before the outage {run}"),
+    )
+    .await;
+
+    proxy.fail_sends(true);
+    let body = format!("while the homeserver fails {run}");
+    control
+        .inject(direct_message(
+            "bob",
+            &alice.user_id,
+            &format!("r2-{run}"),
+            &body,
+        ))
+        .await;
+    // A first send and a retry refused: the bridge now waits to retry again.
+    proxy.wait_refused(2, WAIT).await;
+    let stopping = std::time::Instant::now();
+    bridge.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        !bridge.lingered() && took < Duration::from_secs(3),
+        "the bridge took {took:?} to stop while a send waited to be retried{}; last log lines:\n{}",
+        if bridge.lingered() {
+            " and left tasks behind"
+        } else {
+            ""
+        },
+        bridge.log_tail(30)
+    );
+
+    proxy.fail_sends(false);
+    drop(control);
+    bridge.restart().await;
+    let mut control = Control::connect().await;
+    alice
+        .wait_for_event(&room, "the message after the restart", WAIT, |e| {
+            is_text_from(e, &ghost("bob"), &body)
+        })
+        .await;
+    let last = format!("after the outage {run}");
+    control
+        .inject(direct_message(
+            "bob",
+            &alice.user_id,
+            &format!("r3-{run}"),
+            &last,
+        ))
+        .await;
+    alice
+        .wait_for_event(&room, "a message after it", WAIT, |e| {
+            is_text_from(e, &ghost("bob"), &last)
+        })
+        .await;
+    let copies = alice
+        .messages(&room)
+        .await
+        .iter()
+        .filter(|e| is_text_from(e, &ghost("bob"), &body))
+        .count();
+    assert_eq!(
+        copies, 1,
+        "the message retried across the restart reached the room once"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replayed_transaction_bridges_once() {
     let _serial = serial();

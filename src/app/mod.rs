@@ -142,7 +142,10 @@ async fn run(
     let week_ago = crate::bridge::now_ms().saturating_sub(7 * 24 * 3600 * 1000);
     let pruned = store.prune_transactions(week_ago)?;
     let metrics = Metrics::new();
-    let hs = HomeserverClient::new(
+    // Every background task of the core and the networks runs here, so that a shutdown can
+    // wait for them; the homeserver client stops waiting to retry once it begins.
+    let tasks = Tasks::new();
+    let hs = HomeserverClient::with_stop(
         HsConfig {
             url: config.homeserver.url.clone(),
             server_name: config.homeserver.domain.clone(),
@@ -153,10 +156,8 @@ async fn run(
             max_retries: config.homeserver.max_retries,
         },
         Some(metrics.matrix_request_seconds.clone()),
+        tasks.stop_signal(),
     )?;
-    // Every background task of the core and the networks runs here, so that a shutdown can
-    // wait for them.
-    let tasks = Tasks::new();
     let bridge = Bridge::new(
         Arc::clone(&config),
         hs.clone(),

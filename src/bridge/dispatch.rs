@@ -260,6 +260,13 @@ impl Bridge {
                 break;
             };
             let verdict = e.retry();
+            if verdict != Retry::Never && self.tasks.is_cancelled() {
+                // Cut by the shutdown (the homeserver client makes no retry once it began):
+                // not the item's fault, so not counted; it stays in the inbox for the next
+                // start.
+                debug!(seq, error = %chain(&e), "the bridge is stopping; the item waits for the next start");
+                return;
+            }
             if verdict == Retry::Never {
                 error!(seq, error = %chain(&e), "handling failed for good");
                 self.report_failure(&item, &e).await;

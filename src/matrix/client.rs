@@ -26,6 +26,7 @@ use ruma::api::client::{
 };
 use ruma::{OwnedUserId, RoomVersionId, UserId};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub use super::error::MatrixError;
@@ -68,6 +69,8 @@ struct Inner {
     http: reqwest::Client,
     limiter: Semaphore,
     policy: RetryPolicy,
+    /// Cancelled at a shutdown: the waits between retries end (see [`RetryPolicy::run`]).
+    stop: CancellationToken,
     versions: RwLock<SupportedVersions>,
     /// The homeserver's default room version, once read from `/capabilities`.
     default_room_version: RwLock<Option<RoomVersionId>>,
@@ -91,15 +94,29 @@ impl HomeserverClient {
     /// recorded); it records the latency of every HTTP attempt in seconds. Fails with [`MatrixError::InvalidId`] when the bot
     /// user ID cannot be formed and [`MatrixError::Http`] when the HTTP client cannot be built.
     pub fn new(cfg: HsConfig, metrics: Option<HistogramVec>) -> Result<Self, MatrixError> {
-        let policy = RetryPolicy::new(cfg.max_retries);
-        Self::with_policy(cfg, metrics, policy)
+        Self::with_stop(cfg, metrics, CancellationToken::new())
     }
 
-    /// [`new`](Self::new) with an explicit retry policy (tests shorten the backoff).
+    /// [`new`](Self::new), with the signal of a shutdown: once `stop` is cancelled, a request
+    /// waiting to be retried makes no further attempt and ends with its last error (a
+    /// passing one, so the caller keeps its work for the next start). A request in flight
+    /// is not cut.
+    pub fn with_stop(
+        cfg: HsConfig,
+        metrics: Option<HistogramVec>,
+        stop: CancellationToken,
+    ) -> Result<Self, MatrixError> {
+        let policy = RetryPolicy::new(cfg.max_retries);
+        Self::with_policy(cfg, metrics, policy, stop)
+    }
+
+    /// [`with_stop`](Self::with_stop) with an explicit retry policy (tests shorten the
+    /// backoff).
     fn with_policy(
         cfg: HsConfig,
         metrics: Option<HistogramVec>,
         policy: RetryPolicy,
+        stop: CancellationToken,
     ) -> Result<Self, MatrixError> {
         let bot = UserId::parse(format!("@{}:{}", cfg.bot_localpart, cfg.server_name))
             .map_err(|e| MatrixError::InvalidId(Reason::because("bot user", e)))?;
@@ -124,6 +141,7 @@ impl HomeserverClient {
                 http,
                 limiter: Semaphore::new(cfg.max_concurrency.max(1)),
                 policy,
+                stop,
                 versions: RwLock::new(default_versions),
                 default_room_version: RwLock::new(None),
                 metrics,

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use tracing::warn;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 use super::error::MatrixError;
 use crate::backoff::{Jitter, Policy};
@@ -76,21 +77,37 @@ impl RetryPolicy {
         with_hint(self.backoff.delay(retry, unit), hint, self.max_hint)
     }
 
-    /// Runs `attempt` until it is done, fails permanently, or the retries run out. `attempt`
-    /// gets the attempt number (0 for the first try). `what` names the request in logs.
+    /// Runs `attempt` until it is done, fails permanently, the retries run out, or `stop`
+    /// is cancelled (a shutdown): then no further attempt is made and the last error is
+    /// returned at once, however long the wait before the next retry would have been (a
+    /// homeserver hint may ask for minutes). An attempt in flight is not cut. `attempt` gets
+    /// the attempt number (0 for the first try). `what` names the request in logs.
     ///
     /// (A plain closure returning a future, not an async closure: futures from async closures
     /// are not provably `Send` across higher-ranked lifetimes, which `tokio::spawn` needs.)
-    pub async fn run<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, MatrixError>
+    pub async fn run<T, F, Fut>(
+        &self,
+        what: &str,
+        stop: &CancellationToken,
+        attempt: F,
+    ) -> Result<T, MatrixError>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Attempt<T>>,
     {
-        self.run_with_sleep(what, attempt, tokio::time::sleep).await
+        self.run_with_sleep(what, attempt, |delay| async move {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => false,
+                () = tokio::time::sleep(delay) => true,
+            }
+        })
+        .await
     }
 
     /// [`run`](Self::run) with the wait between attempts supplied by `sleep`, so tests can
-    /// observe the delays without waiting.
+    /// observe the delays without waiting. `sleep` resolves to whether the wait ran out
+    /// (false: it was cut by a stop, and no further attempt is made).
     async fn run_with_sleep<T, F, Fut, S, SFut>(
         &self,
         what: &str,
@@ -101,7 +118,7 @@ impl RetryPolicy {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Attempt<T>>,
         S: FnMut(Duration) -> SFut,
-        SFut: Future<Output = ()>,
+        SFut: Future<Output = bool>,
     {
         let mut backoff = self.backoff.start();
         loop {
@@ -122,7 +139,14 @@ impl RetryPolicy {
                         error = %error,
                         "homeserver request failed, retrying"
                     );
-                    sleep(delay).await;
+                    if !sleep(delay).await {
+                        debug!(
+                            request = what,
+                            attempts = n + 1,
+                            "the bridge is stopping; no further retry"
+                        );
+                        return Err(error);
+                    }
                 }
             }
         }
@@ -199,7 +223,7 @@ mod tests {
                 },
                 |d| {
                     slept.push(d);
-                    std::future::ready(())
+                    std::future::ready(true)
                 },
             )
             .await;
@@ -268,5 +292,74 @@ mod tests {
         .await;
         assert_eq!(out, Err(err()));
         assert_eq!(calls, 1);
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_a_wait_ends_the_retries_with_the_last_error() {
+        // Whatever the wait (the backoff, or a homeserver hint of minutes), a stop ends it
+        // and no attempt follows.
+        for (retries, hint) in [(6, None), (6, Some(ms(120_000))), (1, Some(ms(1)))] {
+            let p = RetryPolicy::new(retries);
+            let mut calls = 0;
+            let mut waits = 0;
+            let out: Result<u32, _> = p
+                .run_with_sleep(
+                    "test",
+                    |_| {
+                        calls += 1;
+                        std::future::ready(Attempt::Retry {
+                            error: err(),
+                            after: hint,
+                        })
+                    },
+                    |_| {
+                        waits += 1;
+                        std::future::ready(false)
+                    },
+                )
+                .await;
+            assert_eq!(out, Err(err()));
+            assert_eq!((calls, waits), (1, 1), "retries {retries}, hint {hint:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_gives_up_as_soon_as_the_stop_is_cancelled() {
+        let p = RetryPolicy::new(6);
+        let stop = CancellationToken::new();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let run = p.run("test", &stop, |_| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::future::ready(Attempt::<u32>::Retry {
+                error: err(),
+                after: Some(Duration::from_secs(60)),
+            })
+        });
+        let cancel = async {
+            tokio::time::sleep(ms(1500)).await;
+            stop.cancel();
+        };
+        let (out, ()) = tokio::join!(run, cancel);
+        assert_eq!(out, Err(err()));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            started.elapsed(),
+            ms(1500),
+            "ended when the stop came, not after the hint"
+        );
+
+        // Already stopped: one attempt, no wait.
+        let started = tokio::time::Instant::now();
+        let out: Result<u32, _> = p
+            .run("test", &stop, |_| {
+                std::future::ready(Attempt::Retry {
+                    error: err(),
+                    after: None,
+                })
+            })
+            .await;
+        assert_eq!(out, Err(err()));
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

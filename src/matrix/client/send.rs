@@ -130,7 +130,7 @@ impl HomeserverClient {
         })?;
         self.inner
             .policy
-            .run(endpoint, |_attempt| {
+            .run(endpoint, &self.inner.stop, |_attempt| {
                 let req = request.try_clone();
                 async move {
                     match req {

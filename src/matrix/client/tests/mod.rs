@@ -179,7 +179,7 @@ fn config(url: &str) -> HsConfig {
 /// A client against `url` whose backoff starts at 1 ms, so retry tests run fast.
 fn client(url: &str, max_retries: u32) -> HomeserverClient {
     let policy = RetryPolicy::with_first_delay(max_retries, Duration::from_millis(1));
-    HomeserverClient::with_policy(config(url), None, policy).unwrap()
+    HomeserverClient::with_policy(config(url), None, policy, CancellationToken::new()).unwrap()
 }
 
 fn ghost() -> OwnedUserId {
