@@ -1023,6 +1023,139 @@ async fn the_first_joiner_of_a_hosted_room_sees_its_matrix_members() {
     }
 }
 
+/// Joins `muc` as `nick` with `history` inside the MUC element; returns, in order, what the
+/// user got from its own presence (status 110) to the subject that ends the join, and the
+/// subject.
+async fn join_hosted(
+    user: &mut XmppUser,
+    muc: &str,
+    nick: &str,
+    history: &str,
+) -> (Vec<Element>, String) {
+    user.send_xml(&format!(
+        "<presence to='{muc}/{nick}' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'>{history}</x></presence>"
+    ))
+    .await;
+    let (_, own) = user
+        .wait_with_earlier("its own presence (status 110)", |e| {
+            e.name() == "presence" && e.attr("from") == Some(format!("{muc}/{nick}").as_str())
+        })
+        .await;
+    assert!(
+        String::from(&own).contains("code='110'"),
+        "{}",
+        String::from(&own)
+    );
+    let (between, subject) = user
+        .wait_with_earlier("the subject that ends the join", |e| {
+            e.name() == "message" && e.children().any(|c| c.name() == "subject")
+        })
+        .await;
+    let text = subject
+        .children()
+        .find(|c| c.name() == "subject")
+        .map(|c| c.text())
+        .unwrap_or_default();
+    (between, text)
+}
+
+/// The bodies of the history messages among `stanzas`, in order; each must say when it was
+/// sent (XEP-0203, stamped by the room) and come from a nick in the room.
+fn history_bodies(stanzas: &[Element], muc: &str) -> Vec<String> {
+    stanzas
+        .iter()
+        .filter(|e| e.name() == "message" && e.attr("type") == Some("groupchat"))
+        .map(|e| {
+            let xml = String::from(e);
+            let delay = e
+                .children()
+                .find(|c| c.name() == "delay" && c.ns() == "urn:xmpp:delay");
+            assert!(
+                delay.is_some_and(|d| d.attr("stamp").is_some() && d.attr("from") == Some(muc)),
+                "a history message without the room's delay stamp: {xml}"
+            );
+            assert!(
+                e.attr("from")
+                    .is_some_and(|f| f.starts_with(&format!("{muc}/"))),
+                "a history message not from a nick of the room: {xml}"
+            );
+            e.children()
+                .find(|c| c.name() == "body")
+                .map(|b| b.text())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joiner_of_a_hosted_room_gets_its_latest_messages_and_topic() {
+    let _s = serial();
+    let alice = MatrixUser::register("xhosthist").await;
+    let hosted = HostedRoom::create(&alice, "hostedhist", Some("History")).await;
+    let topic = format!("what this room is about {}", unique());
+    alice
+        .ok(
+            "PUT",
+            &format!("/rooms/{}/state/m.room.topic/", enc(&hosted.room)),
+            Some(&serde_json::json!({ "topic": topic })),
+        )
+        .await;
+    let run = unique();
+    let bodies: Vec<String> = (1..=3).map(|n| format!("earlier {n} {run}")).collect();
+    let mut ids = Vec::new();
+    for body in &bodies {
+        ids.push(alice.send_text(&hosted.room, body).await);
+    }
+    // An edit of the second: the history shows what was sent, not the edit as a message.
+    alice
+        .edit(&hosted.room, &ids[1], &format!("edited {run}"))
+        .await;
+    let _bridge = hosted.bridge(|cfg| cfg).await;
+    let muc = hosted.muc.clone();
+
+    // No history element: the latest messages, up to the default.
+    let mut carol = XmppUser::login("carol").await;
+    let (got, subject) = join_hosted(&mut carol, &muc, "carol", "").await;
+    assert_eq!(history_bodies(&got, &muc), bodies, "the default history");
+    assert_eq!(subject, topic, "the subject is the room's topic");
+    let alice_nick = format!("{muc}/{}", alice.localpart);
+    assert!(
+        got.iter()
+            .filter(|e| e.name() == "message")
+            .all(|e| e.attr("from") == Some(alice_nick.as_str())),
+        "history from alice's nick: {:?}",
+        got.iter().map(String::from).collect::<Vec<_>>()
+    );
+
+    // At most two.
+    let mut dave = XmppUser::login("dave").await;
+    let (got, subject) = join_hosted(&mut dave, &muc, "dave", "<history maxstanzas='2'/>").await;
+    assert_eq!(history_bodies(&got, &muc), bodies[1..], "maxstanzas='2'");
+    assert_eq!(subject, topic);
+
+    // None (maxchars='0'), and none from the future (since).
+    let mut erin = XmppUser::login("erin").await;
+    let (got, _) = join_hosted(&mut erin, &muc, "erin", "<history maxchars='0'/>").await;
+    assert_eq!(
+        history_bodies(&got, &muc),
+        Vec::<String>::new(),
+        "maxchars='0'"
+    );
+    let mut frank = XmppUser::login("frank").await;
+    let (got, _) = join_hosted(
+        &mut frank,
+        &muc,
+        "frank",
+        "<history since='2999-01-01T00:00:00Z'/>",
+    )
+    .await;
+    assert_eq!(
+        history_bodies(&got, &muc),
+        Vec::<String>::new(),
+        "since a later date"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
     let _s = serial();

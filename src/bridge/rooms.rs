@@ -1,6 +1,6 @@
 //! [`Rooms`]: the rooms the bridge makes and who it lets in or out of them. Room creation,
-//! joins, leaves and invites, member lists, aliases, and the room state the core reads
-//! (encryption, power levels, creators) go to the homeserver through here; what the bridge
+//! joins, leaves and invites, member lists, aliases, the room state the core reads
+//! (encryption, power levels, creators, topic) and the latest events of a room go to the homeserver through here; what the bridge
 //! posts into rooms goes through [`super::sender::RoomSender`], and ghosts' own joins and
 //! profiles through [`super::ghosts::Ghosts`].
 
@@ -109,6 +109,49 @@ impl Rooms {
     /// The creators of `room` (room version 12 on, they hold every power).
     pub(super) async fn creators(&self, room: &RoomId) -> Result<Vec<String>, MatrixError> {
         self.hs.room_creators(room).await
+    }
+
+    /// The latest timeline events of `room` that `keep` keeps, newest first, at most
+    /// `limit` of them, read as the bot page by page; at most `scan` events are read, so
+    /// a room full of other events (joins, state) costs a bounded number of requests.
+    pub(super) async fn latest_events<T>(
+        &self,
+        room: &RoomId,
+        limit: usize,
+        scan: usize,
+        mut keep: impl FnMut(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, MatrixError> {
+        const PAGE: u32 = 100;
+        let mut out = Vec::new();
+        let mut from: Option<String> = None;
+        let mut read = 0;
+        while out.len() < limit && read < scan {
+            let want = (limit - out.len()).max(10).min(PAGE as usize) as u32;
+            let (events, next) = self
+                .hs
+                .timeline_page(None, room, from.as_deref(), want)
+                .await?;
+            read += events.len();
+            for event in &events {
+                if out.len() == limit {
+                    break;
+                }
+                out.extend(keep(event));
+            }
+            match next {
+                Some(n) => from = Some(n),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// `room`'s topic, read as the bot; `None` when it has none.
+    pub(super) async fn topic(&self, room: &RoomId) -> Result<Option<String>, MatrixError> {
+        let state = self.hs.get_state(None, room, "m.room.topic", "").await?;
+        Ok(state
+            .and_then(|c| c.get("topic").and_then(Value::as_str).map(str::to_owned))
+            .filter(|t| !t.is_empty()))
     }
 
     /// Whether the bot may redact other users' events in `room`.

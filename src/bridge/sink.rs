@@ -149,6 +149,24 @@ impl RemoteEventHandler for CoreSink {
         }
     }
 
+    async fn group_history(
+        &self,
+        network: &NetworkId,
+        chat: &crate::network::RemoteChatId,
+        limit: u32,
+    ) -> crate::network::RoomHistory {
+        let Some(bridge) = self.bridge.upgrade() else {
+            return Default::default();
+        };
+        match bridge.group_history(network, chat, limit).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %crate::error::chain(&e), chat = %chat, "could not read a group chat's history");
+                Default::default()
+            }
+        }
+    }
+
     async fn matrix_presence(&self, user_id: &str) -> Option<crate::network::Presence> {
         let bridge = self.bridge.upgrade()?;
         bridge.matrix_presence(user_id).await

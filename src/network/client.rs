@@ -18,6 +18,29 @@ pub struct MatrixSender {
     pub displayname: String,
 }
 
+/// What a group chat's Matrix room holds for someone who joins it from the network: its
+/// topic and its latest messages ([`crate::network::RemoteEventHandler::group_history`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomHistory {
+    /// The room's topic, if it has one.
+    pub topic: Option<String>,
+    /// The latest messages, oldest first.
+    pub messages: Vec<PastMessage>,
+}
+
+/// A message already in a Matrix room, for the history shown to someone joining.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PastMessage {
+    /// Who wrote it: a Matrix user, or a ghost of a remote user.
+    pub sender: MatrixSender,
+    /// The Matrix event.
+    pub event_id: String,
+    /// The content (a file as its link).
+    pub content: super::MessageContent,
+    /// When it was sent, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
 /// The conversation a call is about, as the connector named it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortalRef {

@@ -25,7 +25,8 @@ mod login;
 mod sink;
 
 pub use self::client::{
-    Contact, MatrixSender, NetworkClient, OutgoingMessage, PartsSent, PortalRef,
+    Contact, MatrixSender, NetworkClient, OutgoingMessage, PartsSent, PastMessage, PortalRef,
+    RoomHistory,
 };
 pub use self::connector::Connector;
 pub use self::error::{NetworkError, SinkError};

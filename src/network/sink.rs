@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{BridgeState, MatrixSender, NetworkId, Presence, RemoteChatId, RemoteEvent, SinkError};
+use super::{
+    BridgeState, MatrixSender, NetworkId, Presence, RemoteChatId, RemoteEvent, RoomHistory,
+    SinkError,
+};
 
 /// Where a connector delivers what happens on its network. Implemented by the core.
 ///
@@ -58,6 +61,19 @@ pub trait RemoteEventHandler: Send + Sync {
     /// there is no such room or the homeserver does not answer.
     async fn group_members(&self, _network: &NetworkId, _chat: &RemoteChatId) -> Vec<MatrixSender> {
         Vec::new()
+    }
+
+    /// The topic and the latest `limit` messages (text, notices, emotes and files; not
+    /// edits, reactions or redacted events) of the room that group chat `chat` of `network`
+    /// stands for, for someone who joins the chat from the network. Empty when there is no
+    /// such room or the homeserver does not answer.
+    async fn group_history(
+        &self,
+        _network: &NetworkId,
+        _chat: &RemoteChatId,
+        _limit: u32,
+    ) -> RoomHistory {
+        RoomHistory::default()
     }
 
     /// Reports the state of a login (`Some`) or of the bridge-wide link (`None`).
@@ -180,6 +196,12 @@ impl EventSink {
     /// The Matrix members of a group chat's room; see [`RemoteEventHandler::group_members`].
     pub async fn group_members(&self, chat: &RemoteChatId) -> Vec<MatrixSender> {
         self.handler.group_members(&self.network, chat).await
+    }
+
+    /// A group chat's room topic and latest messages; see
+    /// [`RemoteEventHandler::group_history`].
+    pub async fn group_history(&self, chat: &RemoteChatId, limit: u32) -> RoomHistory {
+        self.handler.group_history(&self.network, chat, limit).await
     }
 
     /// Reports a state change.

@@ -255,7 +255,6 @@ impl HostedRooms {
             true,
             Some(contact),
         ));
-        out.push(subject_message(room, from, ""));
         r.occupants.insert(who, nick.to_owned());
         Occupancy::Changed { joined: true, out }
     }
@@ -335,6 +334,69 @@ pub(super) fn occupant_presence(
     }
     p.payloads.push(x.build());
     Some(p.into())
+}
+
+/// How much of a room's history an XMPP user joining it gets when the join does not say.
+pub(super) const HISTORY_DEFAULT: u32 = 20;
+/// The most messages of history a join gets, whatever it asks for.
+pub(super) const HISTORY_MAX: u32 = 50;
+
+/// What a join asks of the room's history (XEP-0045 §7.2.14): at most how many messages,
+/// and from when (milliseconds since the epoch; `seconds` is counted back from `now_ms`).
+/// `maxchars` is honoured only as 0, "none", as XEP-0045 allows.
+pub(super) fn history_wanted(p: &xmpp_parsers::presence::Presence, now_ms: u64) -> (u32, u64) {
+    let asked = p
+        .payloads
+        .iter()
+        .find(|e| e.is("x", xmpp_parsers::ns::MUC))
+        .and_then(|x| xmpp_parsers::muc::Muc::try_from(x.clone()).ok())
+        .and_then(|m| m.history);
+    let Some(h) = asked else {
+        return (HISTORY_DEFAULT, 0);
+    };
+    let count = if h.maxchars == Some(0) {
+        0
+    } else {
+        h.maxstanzas.unwrap_or(HISTORY_DEFAULT).min(HISTORY_MAX)
+    };
+    let by_seconds = h
+        .seconds
+        .map(|s| now_ms.saturating_sub(u64::from(s) * 1000))
+        .unwrap_or(0);
+    let by_date = h
+        .since
+        .and_then(|d| u64::try_from(d.0.timestamp_millis()).ok())
+        .unwrap_or(0);
+    (count, by_seconds.max(by_date))
+}
+
+/// A message of the room's history for an occupant who just joined: from the author's nick,
+/// with the time it was sent (XEP-0203, stamped by the room). `None` when the nick makes no
+/// address.
+pub(super) fn history_message(
+    room: &BareJid,
+    to: &Jid,
+    nick: &str,
+    id: &str,
+    body: String,
+    sent_ms: u64,
+) -> Option<Stanza> {
+    let from = Jid::from_str(&format!("{room}/{nick}")).ok()?;
+    let stamp = xmpp_parsers::date::DateTime::from_str(&super::time::rfc3339(sent_ms)).ok()?;
+    let mut m = Message::new(Some(to.clone()));
+    m.type_ = MessageType::Groupchat;
+    m.from = Some(from);
+    m.id = Some(xmpp_parsers::message::Id(id.to_owned()));
+    m.bodies.insert(Lang::default(), body);
+    m.payloads.push(
+        xmpp_parsers::delay::Delay {
+            from: Some(Jid::from(room.clone())),
+            stamp,
+            data: None,
+        }
+        .into(),
+    );
+    Some(m.into())
 }
 
 /// The subject message that ends a join (an empty subject when the room has none).
@@ -485,5 +547,84 @@ mod tests {
             "one's own nick is not taken"
         );
         assert!(!r.nick_taken("carol", "carol@x/1"));
+    }
+
+    fn join_with(history: &str) -> Presence {
+        let xml = format!(
+            "<presence xmlns='jabber:component:accept' from='bob@example.net/phone' to='#lobby@matrix.example.org/bob'><x xmlns='http://jabber.org/protocol/muc'>{history}</x></presence>"
+        );
+        Presence::try_from(xml.parse::<Element>().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_join_asks_for_history_by_count_and_time() {
+        let now = 1_800_000_000_000;
+        // (what the join carries, messages, since)
+        let cases = [
+            ("", (HISTORY_DEFAULT, 0)),
+            ("<history/>", (HISTORY_DEFAULT, 0)),
+            ("<history maxstanzas='3'/>", (3, 0)),
+            ("<history maxstanzas='0'/>", (0, 0)),
+            ("<history maxstanzas='100000'/>", (HISTORY_MAX, 0)),
+            ("<history maxchars='0'/>", (0, 0)),
+            ("<history maxchars='65000'/>", (HISTORY_DEFAULT, 0)),
+            ("<history seconds='60'/>", (HISTORY_DEFAULT, now - 60_000)),
+            (
+                "<history since='2027-01-15T00:00:00Z'/>",
+                (HISTORY_DEFAULT, 1_799_971_200_000),
+            ),
+            (
+                "<history maxstanzas='5' seconds='3600' since='1970-01-01T00:00:01Z'/>",
+                (5, now - 3_600_000),
+            ),
+        ];
+        for (history, want) in cases {
+            assert_eq!(
+                history_wanted(&join_with(history), now),
+                want,
+                "{history:?}"
+            );
+        }
+        // A presence without the MUC element (a plain presence to an occupant address).
+        let plain = Presence::try_from(
+            "<presence xmlns='jabber:component:accept' from='bob@example.net/phone' to='#lobby@matrix.example.org/bob'/>"
+                .parse::<Element>()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(history_wanted(&plain, now), (HISTORY_DEFAULT, 0));
+    }
+
+    #[test]
+    fn a_history_message_comes_from_the_nick_stamped_by_the_room() {
+        let room = BareJid::from_str("#lobby@matrix.example.org").unwrap();
+        let to = Jid::from_str("bob@example.net/phone").unwrap();
+        let m = history_message(
+            &room,
+            &to,
+            "alice",
+            "isthmus-1",
+            "hi".into(),
+            1_700_000_000_123,
+        )
+        .unwrap();
+        let xml = String::from(&Element::from(m));
+        for part in [
+            "type='groupchat'",
+            "from='#lobby@matrix.example.org/alice'",
+            "to='bob@example.net/phone'",
+            "id='isthmus-1'",
+            "<body>hi</body>",
+            "xmlns='urn:xmpp:delay'",
+            "stamp='2023-11-14T22:13:20.123+00:00'",
+        ] {
+            assert!(xml.contains(part), "{part} in {xml}");
+        }
+        assert!(
+            xml.contains("from='#lobby@matrix.example.org'"),
+            "the room stamps it: {xml}"
+        );
+        // A nick that makes no address gives no message.
+        assert!(history_message(&room, &to, "", "x", "hi".into(), 0).is_none());
     }
 }

@@ -195,6 +195,17 @@ impl Addressing {
     }
 }
 
+/// An XMPP message ID derived from a Matrix event ID (FNV-1a, 64 bits): the same for every
+/// copy of a message (a retry, a replay, the history a joining occupant gets).
+pub(super) fn stable_id(event_id: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in event_id.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("isthmus-{hash:016x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

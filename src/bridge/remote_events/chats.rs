@@ -197,28 +197,39 @@ impl Bridge {
         Ok(record)
     }
 
+    /// The room group chat `chat` of `network` stands for: its portal's, else, for a chat
+    /// the network hosts for a Matrix room, the room of its alias, which the bot joins to
+    /// read it (the portal itself is still made on its queue, by the event of the remote
+    /// user's join). `None` when there is no such room.
+    async fn group_room(
+        &self,
+        network: &NetworkId,
+        chat: &crate::network::RemoteChatId,
+    ) -> Result<Option<String>, BridgeError> {
+        let key = PortalKey::new(network.as_str(), chat.as_str(), None);
+        if let Some(p) = self.portals.get(&key)? {
+            return Ok(Some(p.room_id));
+        }
+        let Some(alias) = self.network(network)?.hosted_room_alias(chat) else {
+            return Ok(None);
+        };
+        let room = self.rooms.join(None, &alias).await?;
+        self.ghosts
+            .note_joined(self.bot().as_str(), room.as_str(), true);
+        Ok(Some(room.to_string()))
+    }
+
     /// The Matrix members of the room group chat `chat` stands for, that the network's
     /// bridge-wide identity speaks for (see [`crate::network::RemoteEventHandler::group_members`]).
-    /// A hosted room without a portal yet is joined by the bot to read them; the portal
-    /// itself is still made on its queue, by the event of the remote user's join.
     pub async fn group_members(
         &self,
         network: &NetworkId,
         chat: &crate::network::RemoteChatId,
     ) -> Result<Vec<crate::network::MatrixSender>, BridgeError> {
-        let key = PortalKey::new(network.as_str(), chat.as_str(), None);
-        let room = match self.portals.get(&key)? {
-            Some(p) => p.room_id,
-            None => {
-                let Some(alias) = self.network(network)?.hosted_room_alias(chat) else {
-                    return Ok(Vec::new());
-                };
-                let room = self.rooms.join(None, &alias).await?;
-                self.ghosts
-                    .note_joined(self.bot().as_str(), room.as_str(), true);
-                room.to_string()
-            }
+        let Some(room) = self.group_room(network, chat).await? else {
+            return Ok(Vec::new());
         };
+        let key = PortalKey::new(network.as_str(), chat.as_str(), None);
         let record = PortalRecord::new(key, &room, ChatKind::Group);
         let mut out = Vec::new();
         for member in self.rooms.members(None, &room_id(&room)?).await? {
@@ -230,6 +241,47 @@ impl Bridge {
             }
         }
         Ok(out)
+    }
+
+    /// The topic and latest messages of the room group chat `chat` stands for (see
+    /// [`crate::network::RemoteEventHandler::group_history`]). The bot's own notices are
+    /// left out; so are edits (the history shows what was first sent), reactions, redacted
+    /// events and kinds with no network form.
+    pub async fn group_history(
+        &self,
+        network: &NetworkId,
+        chat: &crate::network::RemoteChatId,
+        limit: u32,
+    ) -> Result<crate::network::RoomHistory, BridgeError> {
+        let Some(room) = self.group_room(network, chat).await? else {
+            return Ok(Default::default());
+        };
+        let rid = room_id(&room)?;
+        let topic = self.rooms.topic(&rid).await?;
+        let mut messages = Vec::new();
+        if limit > 0 {
+            let bot = self.bot();
+            // Joins and other state come between the messages: read up to ten times as
+            // many events as messages are wanted.
+            let limit = limit as usize;
+            let found = self
+                .rooms
+                .latest_events(&rid, limit, limit * 10, |event| {
+                    let (sender, event_id, msgtype, ts) = past_message(event, bot.as_str())?;
+                    let content = self.outgoing_content(&msgtype)?;
+                    Some((sender, event_id, content, ts))
+                })
+                .await?;
+            for (sender, event_id, content, timestamp_ms) in found.into_iter().rev() {
+                messages.push(crate::network::PastMessage {
+                    sender: self.matrix_sender(&sender).await,
+                    event_id,
+                    content,
+                    timestamp_ms,
+                });
+            }
+        }
+        Ok(crate::network::RoomHistory { topic, messages })
     }
 
     /// Tells the network about the Matrix users already in a group portal's room (the network
@@ -284,5 +336,83 @@ impl Bridge {
             self.portals.save(&updated)?;
         }
         Ok(())
+    }
+}
+
+/// What a timeline event read from the homeserver shows in a room's history: its sender,
+/// ID, message and time; `None` for anything else (state, reactions, edits, redacted
+/// events, the bot's notices, content that does not read).
+fn past_message(
+    event: &serde_json::Value,
+    bot: &str,
+) -> Option<(
+    String,
+    String,
+    ruma::events::room::message::MessageType,
+    u64,
+)> {
+    use ruma::events::room::message::{Relation, RoomMessageEventContent};
+    if event.get("type")?.as_str()? != "m.room.message" {
+        return None;
+    }
+    let sender = event.get("sender")?.as_str()?;
+    if sender == bot {
+        return None;
+    }
+    let content: RoomMessageEventContent =
+        serde_json::from_value(event.get("content")?.clone()).ok()?;
+    if matches!(content.relates_to, Some(Relation::Replacement(_))) {
+        return None;
+    }
+    Some((
+        sender.to_owned(),
+        event.get("event_id")?.as_str()?.to_owned(),
+        content.msgtype,
+        event.get("origin_server_ts")?.as_u64()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::past_message;
+
+    #[test]
+    fn only_messages_as_sent_make_history() {
+        let text = |sender: &str, content: serde_json::Value| {
+            json!({"type": "m.room.message", "sender": sender, "event_id": "$e",
+                   "origin_server_ts": 5, "content": content})
+        };
+        let plain = text("@a:hs", json!({"msgtype": "m.text", "body": "hi"}));
+        let (sender, id, _, ts) = past_message(&plain, "@bot:hs").expect("a text message");
+        assert_eq!((sender.as_str(), id.as_str(), ts), ("@a:hs", "$e", 5));
+        let emote = text("@a:hs", json!({"msgtype": "m.emote", "body": "waves"}));
+        assert!(past_message(&emote, "@bot:hs").is_some());
+        let none = [
+            // The bot's notices.
+            text("@bot:hs", json!({"msgtype": "m.notice", "body": "bridged"})),
+            // An edit.
+            text(
+                "@a:hs",
+                json!({"msgtype": "m.text", "body": "* fixed", "m.new_content":
+                       {"msgtype": "m.text", "body": "fixed"},
+                       "m.relates_to": {"rel_type": "m.replace", "event_id": "$o"}}),
+            ),
+            // Redacted.
+            text("@a:hs", json!({})),
+            // Not a message.
+            json!({"type": "m.reaction", "sender": "@a:hs", "event_id": "$r",
+                   "origin_server_ts": 5, "content": {"m.relates_to":
+                   {"rel_type": "m.annotation", "event_id": "$e", "key": "x"}}}),
+            json!({"type": "m.room.topic", "sender": "@a:hs", "event_id": "$t",
+                   "origin_server_ts": 5, "state_key": "", "content": {"topic": "t"}}),
+            // Missing what a history line needs.
+            json!({"type": "m.room.message", "sender": "@a:hs", "event_id": "$e",
+                   "content": {"msgtype": "m.text", "body": "no time"}}),
+        ];
+        for event in none {
+            assert!(past_message(&event, "@bot:hs").is_none(), "{event}");
+        }
     }
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use ruma::api::client::{
-    message::send_message_event, receipt::create_receipt, redact::redact_event,
-    room::get_room_event, typing::create_typing_event,
+    message::get_message_events, message::send_message_event, receipt::create_receipt,
+    redact::redact_event, room::get_room_event, typing::create_typing_event,
 };
 use ruma::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, UInt, UserId};
 use serde_json::Value as JsonValue;
@@ -77,6 +77,36 @@ impl HomeserverClient {
         let resp = self.call("event", as_user, Token::Appservice, req).await?;
         serde_json::from_str(resp.event.json().get())
             .map_err(|e| MatrixError::Decode(Reason::because("event", e)))
+    }
+
+    /// `GET /rooms/{room}/messages?dir=b&limit={limit}&from={from}`: one page of the room's
+    /// timeline as raw JSON, newest first, from the latest event (or from `from`, a token
+    /// an earlier page ended with), as seen by `as_user` (the bot when `None`); with the
+    /// token where the next older page starts, `None` at the room's start.
+    pub async fn timeline_page(
+        &self,
+        as_user: Option<&UserId>,
+        room: &RoomId,
+        from: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<JsonValue>, Option<String>), MatrixError> {
+        let mut req = get_message_events::v3::Request::backward(room.to_owned())
+            .from(from.map(str::to_owned));
+        req.limit = UInt::from(limit);
+        let resp = self
+            .call("messages", as_user, Token::Appservice, req)
+            .await?;
+        let events = resp
+            .chunk
+            .iter()
+            .map(|e| {
+                serde_json::from_str(e.json().get())
+                    .map_err(|e| MatrixError::Decode(Reason::because("timeline event", e)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // An empty page also means the start was reached.
+        let next = resp.end.filter(|_| !events.is_empty());
+        Ok((events, next))
     }
 
     // ----- ephemeral -----

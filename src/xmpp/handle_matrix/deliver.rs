@@ -4,16 +4,6 @@
 
 use super::*;
 
-/// An XMPP message ID derived from a Matrix event ID (FNV-1a, 64 bits).
-pub(super) fn stable_id(event_id: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in event_id.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("isthmus-{hash:016x}")
-}
-
 impl Client {
     /// How to name message `target` in `portal`: in an external group chat, by the room's
     /// stanza-id when the bridge knows it (XEP-0424, 0444 and 0461 ask for it there), else

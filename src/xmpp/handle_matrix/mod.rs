@@ -23,10 +23,11 @@ use xmpp_parsers::stanza_id::OriginId;
 
 mod deliver;
 
-use self::deliver::{direct_payloads, displayed, oob, stable_id};
+use self::deliver::{direct_payloads, displayed, oob};
 use super::Shared;
 use super::account::Account;
 use super::component::Outgoing;
+use super::ids::stable_id;
 use super::presence::{presence_stanza, subscription_stanza};
 use super::{fidelity, hosted, muc};
 use crate::network::contacts as roster;

@@ -87,7 +87,60 @@ impl Handler {
             .named(Some(nick)),
         )
         .await;
-        out
+        if !joined {
+            return out;
+        }
+        self.end_join(p, room, from, out)
+    }
+
+    /// Ends a join (XEP-0045 §7.2): after the occupant list, the room's latest messages as
+    /// the join asked for them, then its subject, both read from the Matrix room. In the
+    /// background, so that the link reads on meanwhile; everything goes out on the link's
+    /// one queue, so the order holds.
+    fn end_join(&self, p: Presence, room: BareJid, to: Jid, mut out: Vec<Stanza>) -> Vec<Stanza> {
+        let (count, since) = hosted::history_wanted(&p, crate::network::now_ms());
+        let (Ok(tasks), Some(sink)) = (self.shared.tasks(), self.shared.sink.get()) else {
+            out.push(hosted::subject_message(&room, &to, ""));
+            return out;
+        };
+        let shared = Arc::clone(&self.shared);
+        let sink = sink.clone();
+        tasks.spawn_loop(async move {
+            let chat = RemoteChatId::new(room.to_string());
+            let history = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                sink.group_history(&chat, count),
+            )
+            .await
+            .unwrap_or_default();
+            for m in history.messages.iter().filter(|m| m.timestamp_ms >= since) {
+                let nick = shared
+                    .hosted
+                    .member_nick(room.as_str(), &m.sender.user_id)
+                    .unwrap_or_else(|| muc::nick_for(&m.sender.displayname, &m.sender.user_id));
+                let body = match &m.content.attachment {
+                    Some(a) => a.url.clone(),
+                    None => convert::outbound_body(&m.content),
+                };
+                let id = super::super::ids::stable_id(&m.event_id);
+                out.extend(hosted::history_message(
+                    &room,
+                    &to,
+                    &nick,
+                    &id,
+                    body,
+                    m.timestamp_ms,
+                ));
+            }
+            let topic = history.topic.as_deref().unwrap_or("");
+            out.push(hosted::subject_message(&room, &to, topic));
+            for stanza in out {
+                if shared.out.send((stanza, None)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Vec::new()
     }
 
     /// A message from an XMPP occupant to a hosted group chat: reflected to every occupant
