@@ -1154,6 +1154,24 @@ async fn a_joiner_of_a_hosted_room_gets_its_latest_messages_and_topic() {
         Vec::<String>::new(),
         "since a later date"
     );
+
+    // A new topic reaches the occupants as a change of subject, from alice's nick.
+    let changed = format!("a new topic {}", unique());
+    alice
+        .ok(
+            "PUT",
+            &format!("/rooms/{}/state/m.room.topic/", enc(&hosted.room)),
+            Some(&serde_json::json!({ "topic": changed })),
+        )
+        .await;
+    carol
+        .wait("the change of subject", |e| {
+            e.name() == "message"
+                && e.attr("from") == Some(alice_nick.as_str())
+                && e.children()
+                    .any(|c| c.name() == "subject" && c.text() == changed)
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -23,6 +23,7 @@ use ruma::events::room::encryption::RoomEncryptionEventContent;
 use ruma::events::room::member::RoomMemberEventContent;
 use ruma::events::room::message::RoomMessageEventContent;
 use ruma::events::room::redaction::RoomRedactionEventContent;
+use ruma::events::room::topic::RoomTopicEventContent;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
@@ -87,6 +88,8 @@ pub enum EventKind {
     Encryption(Box<RoomEncryptionEventContent>),
     /// `m.room.encrypted`: a message the bridge cannot read; its content is not needed.
     Encrypted,
+    /// `m.room.topic` with the empty state key: the room's topic changed.
+    Topic(Box<RoomTopicEventContent>),
     /// Any other type, by name: accepted, and not bridged.
     Other(String),
 }
@@ -101,6 +104,7 @@ impl EventKind {
             EventKind::Redaction(_) => "m.room.redaction",
             EventKind::Encryption(_) => "m.room.encryption",
             EventKind::Encrypted => "m.room.encrypted",
+            EventKind::Topic(_) => "m.room.topic",
             EventKind::Other(name) => name,
         }
     }
@@ -207,6 +211,7 @@ fn read_kind(
         }
         "m.room.encryption" if state_key == Some("") => EventKind::Encryption(typed(content)?),
         "m.room.encrypted" => EventKind::Encrypted,
+        "m.room.topic" if state_key == Some("") => EventKind::Topic(typed(content)?),
         other => EventKind::Other(other.to_owned()),
     })
 }
@@ -286,6 +291,22 @@ mod tests {
         assert!(matches!(ev.kind, EventKind::Encryption(_)));
         let ev = read(&event("m.room.encrypted", "", r#"{"anything":1}"#)).unwrap();
         assert!(matches!(ev.kind, EventKind::Encrypted));
+
+        let ev = read(&event(
+            "m.room.topic",
+            r#","state_key":"""#,
+            r#"{"topic":"what we do"}"#,
+        ))
+        .unwrap();
+        assert!(matches!(&ev.kind, EventKind::Topic(t) if t.topic == "what we do"));
+        // A topic with another state key is not the room's.
+        let ev = read(&event(
+            "m.room.topic",
+            r#","state_key":"x""#,
+            r#"{"topic":"not the room's"}"#,
+        ))
+        .unwrap();
+        assert!(matches!(&ev.kind, EventKind::Other(k) if k == "m.room.topic"));
     }
 
     #[test]

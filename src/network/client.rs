@@ -206,6 +206,17 @@ pub trait NetworkClient: Send + Sync {
         Ok(())
     }
 
+    /// The topic of a group portal's room changed on Matrix (`user` changed it; empty: no
+    /// topic). The default does nothing; a network shows it where it can.
+    async fn set_topic(
+        &self,
+        _portal: &PortalRef,
+        _user: &MatrixSender,
+        _topic: &str,
+    ) -> Result<(), NetworkError> {
+        Ok(())
+    }
+
     /// A Matrix user left a group portal. The default does nothing.
     async fn leave_chat(
         &self,

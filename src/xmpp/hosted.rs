@@ -409,6 +409,22 @@ pub(super) fn subject_message(room: &BareJid, to: &Jid, subject: &str) -> Stanza
 }
 
 /// An error presence refusing a join.
+/// A change of subject, from the nick of the member who made it (XEP-0045 §8.1); `None`
+/// when the nick makes no address.
+pub(super) fn subject_change(
+    room: &BareJid,
+    nick: &str,
+    to: &Jid,
+    subject: &str,
+) -> Option<Stanza> {
+    let from = Jid::from_str(&format!("{room}/{nick}")).ok()?;
+    let mut m = Message::new(Some(to.clone()));
+    m.type_ = MessageType::Groupchat;
+    m.from = Some(from);
+    m.subjects.insert(Lang::default(), subject.to_owned());
+    Some(m.into())
+}
+
 pub(super) fn join_error(from: &Jid, to: &Jid, condition: DefinedCondition, text: &str) -> Stanza {
     let mut p = Presence::new(PresenceType::Error);
     p.from = Some(from.clone());

@@ -97,6 +97,36 @@ impl Bridge {
         Ok(())
     }
 
+    /// A group portal's topic changed on Matrix: the network shows the new one where it
+    /// can (see [`NetworkClient::set_topic`]), said by the user who changed it.
+    pub(super) async fn topic_changed(
+        &self,
+        ev: &MatrixEvent,
+        topic: &str,
+    ) -> Result<(), BridgeError> {
+        let Some(p) = self.portals.by_room(&ev.room_id)? else {
+            return Ok(());
+        };
+        if p.kind != ChatKind::Group {
+            return Ok(());
+        }
+        let Ok((client, false)) = self.client_for(&p, &ev.sender) else {
+            return Ok(());
+        };
+        let user = self.matrix_sender(&ev.sender).await;
+        match client.set_topic(&portal_ref(&p), &user, topic).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_transient() => Err(BridgeError::Network {
+                network: p.key.network.clone(),
+                source: e,
+            }),
+            Err(e) => {
+                debug!(room_id = %ev.room_id, error = %crate::error::chain(&e), "a change of topic was not bridged");
+                Ok(())
+            }
+        }
+    }
+
     async fn bot_invited(
         &self,
         seq: u64,

@@ -61,6 +61,7 @@ impl Bridge {
             EventKind::Redaction(content) => self.handle_redaction(seq, ev, content).await,
             EventKind::Encryption(_) => self.encryption_turned_on(seq, ev).await.map(drop),
             EventKind::Encrypted => self.encrypted_event(seq, ev).await,
+            EventKind::Topic(content) => self.topic_changed(ev, &content.topic).await,
             EventKind::Other(_) => Ok(()),
         }
     }

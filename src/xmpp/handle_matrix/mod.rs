@@ -317,6 +317,26 @@ impl NetworkClient for Client {
         Ok(())
     }
 
+    async fn set_topic(
+        &self,
+        portal: &PortalRef,
+        user: &MatrixSender,
+        topic: &str,
+    ) -> Result<(), NetworkError> {
+        // A hosted room's occupants see the new subject from the nick of who set it
+        // (XEP-0045 §8.1). A group chat hosted elsewhere keeps its own subject.
+        let Some(room) = self.hosted(portal) else {
+            return Ok(());
+        };
+        let nick = self.member_nick(&room, user);
+        for to in self.shared.hosted.occupants(room.as_str()) {
+            if let Some(stanza) = hosted::subject_change(&room, &nick, &to, topic) {
+                self.send(stanza).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn join_chat(&self, portal: &PortalRef, user: &MatrixSender) -> Result<(), NetworkError> {
         self.group_chats()?;
         if let Some(room) = self.hosted(portal) {
