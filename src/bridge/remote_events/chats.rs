@@ -267,17 +267,17 @@ impl Bridge {
             let found = self
                 .rooms
                 .latest_events(&rid, limit, limit * 10, |event| {
-                    let (sender, event_id, msgtype, ts) = past_message(event, bot.as_str())?;
-                    let content = self.outgoing_content(&msgtype)?;
-                    Some((sender, event_id, content, ts))
+                    let past = past_message(event, bot.as_str())?;
+                    let content = self.outgoing_content(&past.msgtype)?;
+                    Some((past, content))
                 })
                 .await?;
-            for (sender, event_id, content, timestamp_ms) in found.into_iter().rev() {
+            for (past, content) in found.into_iter().rev() {
                 messages.push(crate::network::PastMessage {
-                    sender: self.matrix_sender(&sender).await,
-                    event_id,
+                    sender: self.matrix_sender(&past.sender).await,
+                    event_id: past.event_id,
                     content,
-                    timestamp_ms,
+                    timestamp_ms: past.sent_ms,
                 });
             }
         }
@@ -339,37 +339,44 @@ impl Bridge {
     }
 }
 
-/// What a timeline event read from the homeserver shows in a room's history: its sender,
-/// ID, message and time; `None` for anything else (state, reactions, edits, redacted
-/// events, the bot's notices, content that does not read).
-fn past_message(
-    event: &serde_json::Value,
-    bot: &str,
-) -> Option<(
-    String,
-    String,
-    ruma::events::room::message::MessageType,
-    u64,
-)> {
+/// A message of a room's history, as read from the homeserver.
+struct PastEvent {
+    sender: String,
+    event_id: String,
+    msgtype: ruma::events::room::message::MessageType,
+    sent_ms: u64,
+}
+
+/// What a timeline event read from the homeserver shows in a room's history; `None` for
+/// anything else (state, reactions, edits, redacted events, the bot's notices, an event
+/// that does not read).
+fn past_message(event: &serde_json::Value, bot: &str) -> Option<PastEvent> {
     use ruma::events::room::message::{Relation, RoomMessageEventContent};
+    #[derive(serde::Deserialize)]
+    struct Timeline {
+        #[serde(rename = "type")]
+        kind: String,
+        sender: String,
+        event_id: String,
+        origin_server_ts: u64,
+        content: RoomMessageEventContent,
+    }
     if event.get("type")?.as_str()? != "m.room.message" {
         return None;
     }
-    let sender = event.get("sender")?.as_str()?;
-    if sender == bot {
+    let e: Timeline = serde_json::from_value(event.clone()).ok()?;
+    if e.kind != "m.room.message"
+        || e.sender == bot
+        || matches!(e.content.relates_to, Some(Relation::Replacement(_)))
+    {
         return None;
     }
-    let content: RoomMessageEventContent =
-        serde_json::from_value(event.get("content")?.clone()).ok()?;
-    if matches!(content.relates_to, Some(Relation::Replacement(_))) {
-        return None;
-    }
-    Some((
-        sender.to_owned(),
-        event.get("event_id")?.as_str()?.to_owned(),
-        content.msgtype,
-        event.get("origin_server_ts")?.as_u64()?,
-    ))
+    Some(PastEvent {
+        sender: e.sender,
+        event_id: e.event_id,
+        msgtype: e.content.msgtype,
+        sent_ms: e.origin_server_ts,
+    })
 }
 
 #[cfg(test)]
@@ -385,8 +392,11 @@ mod tests {
                    "origin_server_ts": 5, "content": content})
         };
         let plain = text("@a:hs", json!({"msgtype": "m.text", "body": "hi"}));
-        let (sender, id, _, ts) = past_message(&plain, "@bot:hs").expect("a text message");
-        assert_eq!((sender.as_str(), id.as_str(), ts), ("@a:hs", "$e", 5));
+        let past = past_message(&plain, "@bot:hs").expect("a text message");
+        assert_eq!(
+            (past.sender.as_str(), past.event_id.as_str(), past.sent_ms),
+            ("@a:hs", "$e", 5)
+        );
         let emote = text("@a:hs", json!({"msgtype": "m.emote", "body": "waves"}));
         assert!(past_message(&emote, "@bot:hs").is_some());
         let none = [
