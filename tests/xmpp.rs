@@ -997,18 +997,7 @@ async fn the_first_joiner_of_a_hosted_room_sees_its_matrix_members() {
     let _bridge = hosted.bridge(|cfg| cfg).await;
     let muc = hosted.muc.clone();
     let mut carol = XmppUser::login("carol").await;
-    carol
-        .send_xml(&format!(
-            "<presence to='{muc}/carol' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
-        ))
-        .await;
-    let (before, _own) = carol
-        .wait_with_earlier("carol's own presence (status 110)", |e| {
-            e.name() == "presence"
-                && e.attr("from") == Some(format!("{muc}/carol").as_str())
-                && String::from(e).contains("code='110'")
-        })
-        .await;
+    let (before, _) = join_muc(&mut carol, &muc, "carol", "").await;
     let occupants: Vec<&str> = before
         .iter()
         .filter(|e| e.name() == "presence")
@@ -1023,20 +1012,20 @@ async fn the_first_joiner_of_a_hosted_room_sees_its_matrix_members() {
     }
 }
 
-/// Joins `muc` as `nick` with `history` inside the MUC element; returns, in order, what the
-/// user got from its own presence (status 110) to the subject that ends the join, and the
-/// subject.
-async fn join_hosted(
+/// Joins hosted room `muc` as `nick`, with `history` inside the MUC element; returns what the
+/// user got before its own presence (the occupant list) and that presence, which must carry
+/// status 110.
+async fn join_muc(
     user: &mut XmppUser,
     muc: &str,
     nick: &str,
     history: &str,
-) -> (Vec<Element>, String) {
+) -> (Vec<Element>, Element) {
     user.send_xml(&format!(
         "<presence to='{muc}/{nick}' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'>{history}</x></presence>"
     ))
     .await;
-    let (_, own) = user
+    let (before, own) = user
         .wait_with_earlier("its own presence (status 110)", |e| {
             e.name() == "presence" && e.attr("from") == Some(format!("{muc}/{nick}").as_str())
         })
@@ -1046,6 +1035,18 @@ async fn join_hosted(
         "{}",
         String::from(&own)
     );
+    (before, own)
+}
+
+/// Like [`join_muc`]; returns, in order, what the user got after its own presence up to the
+/// subject that ends the join, and the subject.
+async fn join_hosted(
+    user: &mut XmppUser,
+    muc: &str,
+    nick: &str,
+    history: &str,
+) -> (Vec<Element>, String) {
+    join_muc(user, muc, nick, history).await;
     let (between, subject) = user
         .wait_with_earlier("the subject that ends the join", |e| {
             e.name() == "message" && e.children().any(|c| c.name() == "subject")
@@ -1182,21 +1183,7 @@ async fn xmpp_user_joins_a_matrix_room_hosted_as_a_group_chat() {
     let _bridge = hosted.bridge(|cfg| cfg).await;
     let (room, muc) = (hosted.room.clone(), hosted.muc.clone());
     let mut carol = XmppUser::login("carol").await;
-    carol
-        .send_xml(&format!(
-            "<presence to='{muc}/carol' xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
-        ))
-        .await;
-    let (before, own) = carol
-        .wait_with_earlier("carol's own presence with status 110", |e| {
-            e.name() == "presence" && e.attr("from") == Some(format!("{muc}/carol").as_str())
-        })
-        .await;
-    assert!(
-        String::from(&own).contains("code='110'"),
-        "{}",
-        String::from(&own)
-    );
+    let (before, _) = join_muc(&mut carol, &muc, "carol", "").await;
     // The Matrix member is in the occupant list, before carol's own presence.
     let alice_nick = alice.localpart.clone();
     assert!(
