@@ -14,7 +14,7 @@
 //! | `handle_sip.rs` | SIP → bridge |
 //! | `handle_matrix.rs` | bridge → SIP |
 //! | `presence/` | presence subscriptions both ways, kept across restarts |
-//! | `account.rs` | users' own SIP accounts: REGISTER with digest, refresh, messages as the account |
+//! | `account/` | users' own SIP accounts: REGISTER with digest, refresh, messages as the account; the login form and flow (`password.rs`) |
 
 mod account;
 pub(crate) mod body;
