@@ -60,6 +60,13 @@ pub trait RemoteEventHandler: Send + Sync {
         Vec::new()
     }
 
+    /// The direct chats Matrix user `user_id` has on `network` (the remote chat of each of
+    /// their direct portals there): for a login that, once connected, follows the user's
+    /// contacts (their presence, say). Empty when the store cannot tell.
+    async fn direct_chats(&self, _network: &NetworkId, _user_id: &str) -> Vec<RemoteChatId> {
+        Vec::new()
+    }
+
     /// Reports the state of a login (`Some`) or of the bridge-wide link (`None`).
     async fn report_state(
         &self,
@@ -180,6 +187,11 @@ impl EventSink {
     /// The Matrix members of a group chat's room; see [`RemoteEventHandler::group_members`].
     pub async fn group_members(&self, chat: &RemoteChatId) -> Vec<MatrixSender> {
         self.handler.group_members(&self.network, chat).await
+    }
+
+    /// A Matrix user's direct chats; see [`RemoteEventHandler::direct_chats`].
+    pub async fn direct_chats(&self, user_id: &str) -> Vec<RemoteChatId> {
+        self.handler.direct_chats(&self.network, user_id).await
     }
 
     /// Reports a state change.
