@@ -1,8 +1,10 @@
 //! Own-account mode: a Matrix user's own SIP account. The bridge REGISTERs a contact for the
 //! account at its own endpoint (digest authentication, refreshed at three quarters of the
 //! granted time), sends the user's messages as the account, and turns what reaches the
-//! contact into the user's direct chats. The password lives in the login data, which the
-//! core seals at rest.
+//! contact into the user's direct chats. Once connected, it watches the presence of the
+//! contacts of the user's direct chats as the account (`presence::watch_contacts`), and
+//! after a first message to a contact; at logout those watches end. The password lives in
+//! the login data, which the core seals at rest.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,12 +16,13 @@ use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, Method};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::body;
 use super::endpoint::{Outgoing, SendError};
 use super::ids;
+use super::presence::{self, OwnAccount};
 use crate::backoff::Policy;
 use crate::network::kit::login;
 use crate::network::kit::registry::Entry;
@@ -61,9 +64,9 @@ pub(crate) struct Account {
     /// The Matrix user.
     user: String,
     data: AccountData,
-    credential: Credential,
-    /// The user part of the registered contact (routes incoming requests to this account).
-    contact_user: String,
+    /// The account as its presence subscriptions use it; its key is the user part of the
+    /// registered contact (routes incoming requests to this account).
+    own: Arc<OwnAccount>,
     call_id: String,
     cseq: tokio::sync::Mutex<u32>,
     state: StateCell,
@@ -87,12 +90,17 @@ impl Account {
             .endpoint()
             .map(|e| e.call_id())
             .unwrap_or_else(|_| format!("{contact_user}@isthmus"));
+        let own = Arc::new(OwnAccount {
+            key: contact_user,
+            aor: ids::contact_uri(&data.address),
+            credential,
+            proxy: data.proxy,
+        });
         Arc::new(Self {
             shared,
             user: user.to_owned(),
             data,
-            credential,
-            contact_user,
+            own,
             call_id,
             cseq: tokio::sync::Mutex::new(0),
             state: StateCell::new(BridgeState::Connecting),
@@ -101,7 +109,21 @@ impl Account {
     }
 
     fn aor_uri(&self) -> String {
-        ids::contact_uri(&self.data.address)
+        self.own.aor.clone()
+    }
+
+    /// Watches, as the account, the contacts of the user's direct chats: in the background,
+    /// each time the account connects.
+    fn watch_contacts(self: &Arc<Self>) {
+        let Ok(tasks) = self.shared.tasks() else {
+            return;
+        };
+        let account = self.clone();
+        // Cancellable at any wait: a watch is stored before its SUBSCRIBE goes out, and the
+        // next connection refreshes those of the account.
+        tasks.spawn_loop(async move {
+            presence::watch_contacts(&account.shared, &account.user, &account.own).await;
+        });
     }
 
     /// Registers the contact for `expires` seconds (0 removes it); returns the time granted.
@@ -131,11 +153,11 @@ impl Account {
                 call_id: Some(self.call_id.clone()),
                 cseq,
                 headers: vec![
-                    Header::Contact(ep.contact(&self.contact_user).into()),
+                    Header::Contact(ep.contact(&self.own.key).into()),
                     Header::Expires(asked.into()),
                 ],
                 body: Vec::new(),
-                credential: Some(&self.credential),
+                credential: Some(&self.own.credential),
                 proxy: self.data.proxy,
             };
             let answer = match ep.send(out).await {
@@ -150,7 +172,7 @@ impl Account {
                 200..=299 => {
                     // The registrar states the granted time as the `expires` of our binding
                     // in the 200's Contact list (RFC 3261 §10.2.4), else in Expires.
-                    let ours = format!("{}@", self.contact_user);
+                    let ours = format!("{}@", self.own.key);
                     let from_contact =
                         super::headers::header_values(&answer.response.headers, "Contact")
                             .into_iter()
@@ -229,7 +251,11 @@ impl Account {
             match self.register(self.shared.register_seconds).await {
                 Ok(granted) => {
                     retry.reset();
+                    let reconnected = self.state.get() != BridgeState::Connected;
                     self.set_state(BridgeState::Connected, None).await;
+                    if reconnected {
+                        self.watch_contacts();
+                    }
                     wait = Duration::from_secs((granted.saturating_mul(3) / 4).max(5));
                 }
                 Err(NetworkError::BadCredentials(why)) => {
@@ -252,11 +278,11 @@ impl Account {
     /// change), so only this one keeps the binding.
     fn track(self: &Arc<Self>) {
         self.shared.accounts.track(
-            &self.contact_user,
+            &self.own.key,
             Entry {
                 user: self.user.clone(),
                 stop: self.stop.clone(),
-                account: (),
+                account: self.own.clone(),
             },
         );
     }
@@ -289,7 +315,7 @@ impl Account {
             cseq: 1,
             headers: vec![Header::ContentType(content_type.into())],
             body,
-            credential: Some(&self.credential),
+            credential: Some(&self.own.credential),
             proxy: self.data.proxy,
         };
         super::handle_matrix::outcome(ep.send(out).await).map(|()| call_id)
@@ -328,6 +354,17 @@ impl NetworkClient for Account {
             .map(RemoteMessageId::new)
         })
         .await?;
+        // After the first message, watch the contact's presence as the account (once: the
+        // watch is kept).
+        let (shared, own) = (self.shared.clone(), self.own.clone());
+        let (user, contact) = (self.user.clone(), portal.chat.as_str().to_owned());
+        if let Ok(tasks) = self.shared.tasks() {
+            tasks.spawn_loop(async move {
+                if let Err(e) = presence::watch(&shared, &user, &contact, Some(&own)).await {
+                    debug!(error = %crate::error::chain(&e), %contact, "could not subscribe to a contact's presence through an account");
+                }
+            });
+        }
         Ok(first.unwrap_or_else(|| RemoteMessageId::new("")))
     }
 
@@ -358,7 +395,7 @@ impl NetworkClient for Account {
         sender: &MatrixSender,
         presence: &crate::network::Presence,
     ) -> Result<(), NetworkError> {
-        super::presence::publish(&self.shared, &sender.user_id, presence).await
+        presence::publish(&self.shared, &sender.user_id, presence).await
     }
 
     async fn answer_contact_request(
@@ -367,7 +404,7 @@ impl NetworkClient for Account {
         contact: &RemoteUserId,
         accept: bool,
     ) -> Result<(), NetworkError> {
-        super::presence::answer(&self.shared, &user.user_id, contact.as_str(), accept).await
+        presence::answer(&self.shared, &user.user_id, contact.as_str(), accept).await
     }
 
     async fn contacts(
@@ -380,9 +417,11 @@ impl NetworkClient for Account {
     async fn logout(&self) -> Result<(), NetworkError> {
         self.stop.send_replace(true);
         // Watchers of the account stop seeing the Matrix user's presence.
-        super::presence::end_watchers_of(&self.shared, &self.aor_uri()).await;
+        presence::end_watchers_of(&self.shared, &self.aor_uri()).await;
+        // What the account watched is no longer seen through it.
+        presence::unwatch_account(&self.shared, &self.user, &self.own).await;
         // Only this login's entry: a newer login of the same account keeps its own.
-        self.shared.accounts.untrack(&self.contact_user, &self.stop);
+        self.shared.accounts.untrack(&self.own.key, &self.stop);
         let r = self.register(0).await.map(|_| ());
         info!(user = %self.user, address = %self.data.address, "SIP account unregistered");
         r

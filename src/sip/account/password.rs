@@ -93,6 +93,7 @@ impl PasswordAccounts for Accounts {
         account.track();
         account.state.set(BridgeState::Connected);
         info!(user = %user, address = %account.data.address, granted, "SIP account registered");
+        account.watch_contacts();
         self.0.tasks()?.spawn_loop(
             account
                 .clone()
