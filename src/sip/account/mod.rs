@@ -418,8 +418,16 @@ impl NetworkClient for Account {
         self.stop.send_replace(true);
         // Watchers of the account stop seeing the Matrix user's presence.
         presence::end_watchers_of(&self.shared, &self.aor_uri()).await;
-        // What the account watched is no longer seen through it.
-        presence::unwatch_account(&self.shared, &self.user, &self.own).await;
+        // What the account watched is no longer seen through it (unless a newer login of the
+        // account holds it now, and its watches with it).
+        let holds = self
+            .shared
+            .accounts
+            .account_of(&self.own.key, &self.user)
+            .is_some_and(|own| Arc::ptr_eq(&own, &self.own));
+        if holds {
+            presence::unwatch_account(&self.shared, &self.user, &self.own).await;
+        }
         // Only this login's entry: a newer login of the same account keeps its own.
         self.shared.accounts.untrack(&self.own.key, &self.stop);
         let r = self.register(0).await.map(|_| ());

@@ -175,7 +175,11 @@ pub(in crate::sip) async fn watch(
             .lock()
             .expect("refused lock")
             .contains(&refusal(&w));
-        if existing || refused {
+        // An account watches only while its user's login holds it (a watch started as the
+        // login connected may come after its logout).
+        let unheld =
+            account.is_some_and(|own| shared.accounts.account_of(&own.key, user).is_none());
+        if existing || refused || unheld {
             return Ok(());
         }
         save(shared, &format!("{WATCH}{}", w.dialog.call_id), &w)?;
