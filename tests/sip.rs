@@ -11,7 +11,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::sipp::{self, MessageSink, Notifier, Watcher};
-use common::{BOT, BridgeProcess, MatrixUser, command, enc, management_room, serial, unique};
+use common::{
+    BOT, BridgeProcess, MatrixUser, command, enc, ghost_presence, ghost_presence_within,
+    management_room, serial, unique,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -918,4 +921,90 @@ async fn messages_and_subscriptions_to_matrix_users_who_do_not_exist_get_404() {
         .await;
     let watcher = Watcher::subscribe(&sender, &target, 600);
     assert!(matches!(watcher.status(WAIT).await, 200 | 202));
+}
+
+/// What a user's own account watches is that login's: once the account is connected it
+/// subscribes, as the account, to the contacts of the user's direct chats; a contact's ghost
+/// comes online through it; at logout the subscription ends and that ghost is left to the
+/// homeserver's timeout, while a contact watched through the gateway stays online.
+#[tokio::test(flavor = "multi_thread")]
+async fn own_account_watches_its_contacts_and_their_presence_ends_with_the_login() {
+    let _s = serial();
+    sipp::require_kamailio();
+    let bridge = BridgeProcess::start_with(|cfg| {
+        cfg.replacen(
+            "  permissions:\n",
+            "  presence_refresh_seconds: 4\n  permissions:\n",
+            1,
+        )
+    })
+    .await;
+    common::wait_logins(&bridge, "sip", "CONNECTED", 1).await;
+    sipp::unregister_all("erin").await;
+    sipp::unregister_all("carol").await;
+    // bob has an IM client (for alice's message) and a presence agent; carol only the latter.
+    let _bob_im = sip_user("bob", 15096).await;
+    let bob = Notifier::start(15095, true, "through the gateway").await;
+    assert_eq!(sipp::register("bob", 15095, 300).await, 200);
+    let carol = Notifier::start(15094, true, "through the account").await;
+    assert_eq!(sipp::register("carol", 15094, 300).await, 200);
+
+    // bob is watched through the gateway, after alice's first message.
+    let (alice, bob_room, bob_ghost) = dm_with("sownwatch", "bob").await;
+    alice
+        .send_text(&bob_room, &format!("hello bob {}", unique()))
+        .await;
+    let sub = bob.wait(WAIT).await;
+    assert_eq!(sub.from, sipp::gateway_uri(&alice.localpart));
+    ghost_presence_within(&bob_ghost, "online", WAIT).await;
+
+    // alice has a direct chat with carol, not written in yet: nobody watches carol.
+    let carol_ghost = sip_ghost("carol");
+    let carol_room = alice.create_dm(&carol_ghost).await;
+    alice.wait_joined(&carol_room, &carol_ghost, WAIT).await;
+
+    // alice logs in with erin's account: it watches carol, as the account.
+    let mgmt = management_room(&alice).await;
+    command(&alice, &mgmt, "login sip").await;
+    command(&alice, &mgmt, "sip:erin@corp.localhost").await;
+    command(&alice, &mgmt, "-").await;
+    command(&alice, &mgmt, &sipp::password("erin")).await;
+    let done = command(&alice, &mgmt, "-").await;
+    assert!(done.contains("erin@corp.localhost"), "{done}");
+    let sub = carol.wait(WAIT).await;
+    assert_eq!(
+        sub.from,
+        sipp::uri("erin"),
+        "carol is watched as the account"
+    );
+    assert_eq!(sub.event, "presence");
+    ghost_presence_within(&carol_ghost, "online", WAIT).await;
+    assert_eq!(
+        ghost_presence(&carol_ghost).await.1.as_deref(),
+        Some("through the account")
+    );
+
+    // The login goes: the account's subscription ends, carol's ghost is left to the
+    // homeserver's timeout (30 s after the last update), bob's is kept online.
+    let out = command(&alice, &mgmt, "logout sip").await;
+    assert!(out.contains("erin"), "{out}");
+    let end = carol.wait_unsubscribed(WAIT).await;
+    assert_eq!(end.from, sipp::uri("erin"), "the account unsubscribes");
+    ghost_presence_within(&carol_ghost, "offline", Duration::from_secs(75)).await;
+    assert_eq!(
+        ghost_presence(&bob_ghost).await,
+        ("online".to_owned(), Some("through the gateway".to_owned())),
+        "the contact watched through the gateway"
+    );
+    assert!(
+        carol
+            .requests()
+            .iter()
+            .filter(|m| m.method() == Some("SUBSCRIBE"))
+            .all(|m| m.header_uri("From") == sipp::uri("erin")),
+        "carol was only ever watched as the account"
+    );
+    for user in ["bob", "carol"] {
+        sipp::unregister_all(user).await;
+    }
 }

@@ -167,6 +167,23 @@ impl RemoteEventHandler for CoreSink {
         }
     }
 
+    async fn direct_chats(
+        &self,
+        network: &NetworkId,
+        user_id: &str,
+    ) -> Vec<crate::network::RemoteChatId> {
+        let Some(bridge) = self.bridge.upgrade() else {
+            return Vec::new();
+        };
+        match bridge.portals.direct_chats(network, user_id) {
+            Ok(chats) => chats,
+            Err(e) => {
+                tracing::debug!(error = %crate::error::chain(&e), user = user_id, "could not list a user's direct chats");
+                Vec::new()
+            }
+        }
+    }
+
     async fn matrix_presence(&self, user_id: &str) -> Option<crate::network::Presence> {
         let bridge = self.bridge.upgrade()?;
         bridge.matrix_presence(user_id).await

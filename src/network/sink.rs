@@ -76,6 +76,13 @@ pub trait RemoteEventHandler: Send + Sync {
         RoomHistory::default()
     }
 
+    /// The direct chats Matrix user `user_id` has on `network` (the remote chat of each of
+    /// their direct portals there): for a login that, once connected, follows the user's
+    /// contacts (their presence, say). Empty when the store cannot tell.
+    async fn direct_chats(&self, _network: &NetworkId, _user_id: &str) -> Vec<RemoteChatId> {
+        Vec::new()
+    }
+
     /// Reports the state of a login (`Some`) or of the bridge-wide link (`None`).
     async fn report_state(
         &self,
@@ -202,6 +209,11 @@ impl EventSink {
     /// [`RemoteEventHandler::group_history`].
     pub async fn group_history(&self, chat: &RemoteChatId, limit: u32) -> RoomHistory {
         self.handler.group_history(&self.network, chat, limit).await
+    }
+
+    /// A Matrix user's direct chats; see [`RemoteEventHandler::direct_chats`].
+    pub async fn direct_chats(&self, user_id: &str) -> Vec<RemoteChatId> {
+        self.handler.direct_chats(&self.network, user_id).await
     }
 
     /// Reports a state change.

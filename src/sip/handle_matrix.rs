@@ -161,7 +161,7 @@ impl NetworkClient for Gateway {
                 let (user, contact) = (message.sender.user_id.clone(), contact.to_owned());
                 if let Ok(tasks) = self.shared.tasks() {
                     tasks.spawn_loop(async move {
-                        if let Err(e) = presence::watch(&shared, &user, &contact).await {
+                        if let Err(e) = presence::watch(&shared, &user, &contact, None).await {
                             debug!(error = %crate::error::chain(&e), %contact, "could not subscribe to a contact's presence");
                         }
                     });

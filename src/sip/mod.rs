@@ -14,7 +14,7 @@
 //! | `handle_sip.rs` | SIP → bridge |
 //! | `handle_matrix.rs` | bridge → SIP |
 //! | `presence/` | presence subscriptions both ways, kept across restarts |
-//! | `account.rs` | users' own SIP accounts: REGISTER with digest, refresh, messages as the account |
+//! | `account/` | users' own SIP accounts: REGISTER with digest, refresh, messages as the account; the login form and flow (`password.rs`) |
 
 mod account;
 pub(crate) mod body;
@@ -66,15 +66,15 @@ pub(crate) struct Shared {
     register_seconds: u32,
     /// Own accounts by the user part of their registered contact, with the stop switch of
     /// their registration loops.
-    accounts: Registry<()>,
+    accounts: Registry<Arc<presence::OwnAccount>>,
     state: state::StateCell,
     /// Last presence published per Matrix user.
     presence: Mutex<HashMap<String, Presence>>,
     /// Serialises changes to the stored subscriptions.
     subscriptions: tokio::sync::Mutex<()>,
-    /// (Matrix user, contact) pairs whose contact refused a presence subscription in this
-    /// run: not asked again on every message.
-    refused: Mutex<std::collections::HashSet<(String, String)>>,
+    /// (Matrix user, contact, own account or `None` for the gateway address) whose contact
+    /// refused a presence subscription in this run: not asked again on every message.
+    refused: Mutex<std::collections::HashSet<(String, String, Option<String>)>>,
 }
 
 impl Shared {

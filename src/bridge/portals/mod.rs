@@ -108,6 +108,15 @@ impl Portals {
         self.store.list_portals()
     }
 
+    /// The remote chats of `user`'s direct portals on `network`.
+    pub(super) fn direct_chats(
+        &self,
+        network: &NetworkId,
+        user: &str,
+    ) -> Result<Vec<crate::network::RemoteChatId>, StoreError> {
+        Ok(direct_chats_among(self.all()?, network, user))
+    }
+
     /// The portal `key` as stored now, if it still stands for Matrix room `room`.
     pub(super) fn in_room(
         &self,
@@ -277,4 +286,52 @@ fn check_on_queue(key: &PortalKey, what: &str) {
         error!(portal = %key, what, "a portal changed off its queue");
     }
     debug_assert!(on_queue, "portal {key} {what} off its queue");
+}
+
+/// The remote chats of `user`'s direct portals on `network` among `portals`.
+fn direct_chats_among(
+    portals: Vec<PortalRecord>,
+    network: &NetworkId,
+    user: &str,
+) -> Vec<crate::network::RemoteChatId> {
+    portals
+        .into_iter()
+        .filter(|p| {
+            p.kind == ChatKind::Direct
+                && &p.key.network == network
+                && p.key.receiver.as_deref() == Some(user)
+        })
+        .map(|p| p.key.chat)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_direct_chats_are_their_direct_portals_on_the_network() {
+        let alice = "@alice:localhost";
+        let portals = [
+            ("sip", "bob@x", Some(alice), ChatKind::Direct),
+            ("sip", "bob@x", Some("@dave:localhost"), ChatKind::Direct),
+            ("xmpp", "erin@x", Some(alice), ChatKind::Direct),
+            ("sip", "room", None, ChatKind::Fanout),
+            ("sip", "carol@x", Some(alice), ChatKind::Direct),
+        ]
+        .into_iter()
+        .map(|(network, chat, receiver, kind)| {
+            PortalRecord::new(
+                PortalKey::new(network, chat, receiver),
+                "!r:localhost",
+                kind,
+            )
+        })
+        .collect();
+        let chats: Vec<String> = direct_chats_among(portals, &NetworkId::new("sip"), alice)
+            .into_iter()
+            .map(|c| c.as_str().to_owned())
+            .collect();
+        assert_eq!(chats, ["bob@x", "carol@x"]);
+    }
 }

@@ -67,6 +67,15 @@ impl<A: Clone> Registry<A> {
         self.lock().get(key).map(|e| e.user.clone())
     }
 
+    /// What the connector keeps for login `key` while it is `user`'s (an account another
+    /// user's newer login took over, or one logged out, is nobody's handle for `user`).
+    pub fn account_of(&self, key: &str, user: &str) -> Option<A> {
+        self.lock()
+            .get(key)
+            .filter(|e| e.user == user)
+            .map(|e| e.account.clone())
+    }
+
     /// Whether `key` is in use.
     pub fn contains(&self, key: &str) -> bool {
         self.lock().contains_key(key)
@@ -120,12 +129,16 @@ mod tests {
         assert!(*first.stop.borrow(), "the older login is stopped");
         assert!(!*second.stop.borrow());
         assert_eq!(r.user_of("acct").as_deref(), Some("@b:hs"));
+        // Its handle is the newer login's user's only.
+        assert_eq!(r.account_of("acct", "@b:hs"), Some(2));
+        assert_eq!(r.account_of("acct", "@a:hs"), None);
         // The older login's logout leaves the newer alone.
         assert!(!r.untrack("acct", &first.stop));
         assert!(r.contains("acct"));
         assert!(r.untrack("acct", &second.stop));
         assert!(!r.contains("acct"));
         assert_eq!(r.user_of("acct"), None);
+        assert_eq!(r.account_of("acct", "@b:hs"), None);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! Both kinds of dialog are stored in the connector's storage under their Call-ID, refreshed
 //! before they expire, and so survive a restart of the bridge.
 //!
-//! `notifier.rs` serves the watchers; `subscriber.rs` keeps the bridge's own subscriptions.
+//! `notifier.rs` serves the watchers; `subscriber.rs` keeps the bridge's own subscriptions;
+//! `own.rs` the identity each subscribes as, and those of users' own accounts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +23,11 @@ use crate::network::now_ms;
 use crate::sip::Shared;
 
 mod notifier;
+mod own;
 mod subscriber;
 
 pub(super) use self::notifier::{answer, end_watchers_of, publish, subscribe_in};
+pub(super) use self::own::{OwnAccount, unwatch_account, watch_contacts};
 pub(super) use self::subscriber::{notify_in, watch};
 
 fn sink_err(e: impl std::error::Error + Send + Sync + 'static) -> NetworkError {
@@ -41,13 +44,15 @@ fn save<T: Serialize>(shared: &Shared, key: &str, value: &T) -> Result<(), Netwo
     shared.store()?.put(key, &v).map_err(sink_err)
 }
 
-/// The subscription stored under `key` with its dialog's next CSeq taken and stored, under
-/// the subscriptions lock so that two requests of one dialog never share a CSeq; `None` when
-/// it is gone.
+/// The subscription stored under `key` with the next `numbers` CSeqs of its dialog taken
+/// (the first is returned; a request that may be challenged keeps a second for its answer)
+/// and stored, under the subscriptions lock so that two requests of one dialog never share
+/// a CSeq; `None` when it is gone.
 async fn take_cseq<T>(
     shared: &Shared,
     key: &str,
     dialog: impl FnOnce(&mut T) -> &mut crate::sip::dialog::Dialog,
+    numbers: u32,
 ) -> Result<Option<(T, u32)>, NetworkError>
 where
     T: Serialize + for<'de> Deserialize<'de>,
@@ -56,7 +61,11 @@ where
     let Some(mut stored) = load::<T>(shared, key) else {
         return Ok(None);
     };
-    let cseq = dialog(&mut stored).next_cseq();
+    let dialog = dialog(&mut stored);
+    let cseq = dialog.next_cseq();
+    for _ in 1..numbers {
+        dialog.next_cseq();
+    }
     save(shared, key, &stored)?;
     Ok(Some((stored, cseq)))
 }

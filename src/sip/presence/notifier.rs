@@ -334,7 +334,7 @@ async fn notify_with(
     end: Option<&str>,
 ) -> Result<(), NetworkError> {
     let key = format!("{WATCHER}{call_id}");
-    let Some((w, cseq)) = take_cseq(shared, &key, |w: &mut Watcher| &mut w.dialog).await? else {
+    let Some((w, cseq)) = take_cseq(shared, &key, |w: &mut Watcher| &mut w.dialog, 1).await? else {
         return Ok(());
     };
     // What this NOTIFY tells: every change owed up to now (its state is read below).

@@ -1,6 +1,12 @@
 //! Matrix users watching SIP contacts: the bridge subscribes (RFC 6665) on a user's behalf
 //! after their first message to a contact, refreshes the subscription, and turns NOTIFYs
 //! into ghost presence.
+//!
+//! A watch subscribes as one identity: the user's gateway address (the bridge-wide link), or
+//! the user's own account (its address of record, with its credentials and proxy), which
+//! watches the contacts of the user's direct chats once it is connected. What an account's
+//! watch tells is that login's (`RemoteEvent::via`): the core forgets it when the login goes
+//! down, and at logout the account's watches are unsubscribed.
 
 use std::sync::Arc;
 
@@ -10,6 +16,7 @@ use rsipstack::transaction::transaction::Transaction;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+use super::own::{OwnAccount, Subscriber, subscriber, told_via};
 use super::{all, load, save, sink_err, take_cseq};
 use crate::network::contacts;
 use crate::network::now_ms;
@@ -17,20 +24,28 @@ use crate::network::{NetworkError, RemoteEvent, RemoteEventKind};
 use crate::sip::Shared;
 use crate::sip::body;
 use crate::sip::dialog::Dialog;
-use crate::sip::endpoint::Outgoing;
+use crate::sip::endpoint::{Answer, Outgoing};
 use crate::sip::headers;
 use crate::sip::ids;
 
 /// A Matrix user watching a SIP contact.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Watch {
-    user: String,
-    contact: String,
+pub(super) struct Watch {
+    pub(super) user: String,
+    pub(super) contact: String,
+    /// The user's own account it subscribes as (its key, [`OwnAccount::key`]); `None`: the
+    /// user's gateway address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) account: Option<String>,
+    /// Unsubscribed (its account logged out): it shows nothing any more, and is forgotten
+    /// when the final NOTIFY comes or, at the latest, when `dialog.expires_at_ms` passes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) ending: bool,
     /// The subscription dialog (we are the subscriber).
-    dialog: Dialog,
+    pub(super) dialog: Dialog,
 }
 
-const WATCH: &str = "watch:";
+pub(super) const WATCH: &str = "watch:";
 
 /// NOTIFY for one of our own subscriptions.
 pub(in crate::sip) async fn notify_in(
@@ -70,16 +85,23 @@ pub(in crate::sip) async fn notify_in(
         }
     }
     tx.reply(StatusCode::OK).await?;
+    let via = told_via(shared, &w);
     let presence = if state.starts_with("terminated") {
         let _guard = shared.subscriptions.lock().await;
         if let Ok(store) = shared.store() {
             let _ = store.delete(&key);
-            let _ = contacts::update(store, &w.user, &w.contact, |s| {
-                s.to = false;
-                s.asked_out = false;
-            });
+            if !w.ending {
+                let _ = contacts::update(store, &w.user, &w.contact, |s| {
+                    s.to = false;
+                    s.asked_out = false;
+                });
+            }
         }
-        info!(contact = %w.contact, user = %w.user, %state, "presence subscription ended by the contact");
+        if !w.ending {
+            info!(contact = %w.contact, user = %w.user, %state, "presence subscription ended by the contact");
+        }
+        None
+    } else if via.is_err() {
         None
     } else {
         if state.starts_with("active")
@@ -97,8 +119,8 @@ pub(in crate::sip) async fn notify_in(
             }
         }
     };
-    if let (Some(p), Some(sink)) = (presence, shared.sink.get()) {
-        let ev = RemoteEvent::direct(&w.contact, &w.user, RemoteEventKind::Presence(p));
+    if let (Some(p), Some(sink), Ok(via)) = (presence, shared.sink.get(), via) {
+        let ev = RemoteEvent::direct(&w.contact, &w.user, RemoteEventKind::Presence(p)).via(via);
         if let Err(e) = sink.push(ev).await {
             warn!(error = %crate::error::chain(&e), "could not store a presence update");
         }
@@ -106,17 +128,20 @@ pub(in crate::sip) async fn notify_in(
     Ok(())
 }
 
-/// Subscribes to a contact's presence for a Matrix user, unless already subscribed.
+/// Subscribes to a contact's presence for a Matrix user, as their gateway address (`account`
+/// `None`) or as their own account, unless that identity already watches the contact.
 pub(in crate::sip) async fn watch(
     shared: &Shared,
     user: &str,
     contact: &str,
+    account: Option<&OwnAccount>,
 ) -> Result<(), NetworkError> {
     let ep = shared.endpoint()?;
-    let Some(local_uri) = shared.addressing.puppet_uri(user) else {
-        return Err(NetworkError::InvalidInput(
-            "this Matrix user has no SIP address".into(),
-        ));
+    let local_uri = match account {
+        Some(own) => own.aor.clone(),
+        None => shared.addressing.puppet_uri(user).ok_or_else(|| {
+            NetworkError::InvalidInput("this Matrix user has no SIP address".into())
+        })?,
     };
     let target = ids::contact_uri(contact);
     let dialog = Dialog {
@@ -134,6 +159,8 @@ pub(in crate::sip) async fn watch(
     let w = Watch {
         user: user.to_owned(),
         contact: contact.to_owned(),
+        account: account.map(|a| a.key.clone()),
+        ending: false,
         dialog,
     };
     {
@@ -142,13 +169,17 @@ pub(in crate::sip) async fn watch(
         // a contact that refused is not asked again (until the user writes after a restart).
         let existing = all::<Watch>(shared, WATCH)
             .into_iter()
-            .any(|(_, w)| w.user == user && w.contact == contact);
+            .any(|(_, o)| same_watch(&o, &w));
         let refused = shared
             .refused
             .lock()
             .expect("refused lock")
-            .contains(&(user.to_owned(), contact.to_owned()));
-        if existing || refused {
+            .contains(&refusal(&w));
+        // An account watches only while its user's login holds it (a watch started as the
+        // login connected may come after its logout).
+        let unheld =
+            account.is_some_and(|own| shared.accounts.account_of(&own.key, user).is_none());
+        if existing || refused || unheld {
             return Ok(());
         }
         save(shared, &format!("{WATCH}{}", w.dialog.call_id), &w)?;
@@ -157,23 +188,32 @@ pub(in crate::sip) async fn watch(
     subscribe_out(shared, &w.dialog.call_id).await
 }
 
-/// Sends (or refreshes) our SUBSCRIBE for a stored watch.
-async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkError> {
-    let key = format!("{WATCH}{call_id}");
-    let Some((w, cseq)) = take_cseq(shared, &key, |w: &mut Watch| &mut w.dialog).await? else {
-        return Ok(());
-    };
+/// Whether `a` and `b` watch the same contact for the same user as the same identity (an
+/// ending watch watches nothing).
+fn same_watch(a: &Watch, b: &Watch) -> bool {
+    !a.ending && a.user == b.user && a.contact == b.contact && a.account == b.account
+}
+
+/// How a contact's refusal of `w` is remembered: per user, contact and identity.
+fn refusal(w: &Watch) -> (String, String, Option<String>) {
+    (w.user.clone(), w.contact.clone(), w.account.clone())
+}
+
+/// Sends a SUBSCRIBE on `w`'s dialog as `sub`, asking for `expires` seconds (0 ends it).
+pub(super) async fn send_subscribe(
+    shared: &Shared,
+    w: &Watch,
+    sub: &Subscriber,
+    cseq: u32,
+    expires: u32,
+) -> Result<Answer, NetworkError> {
     let ep = shared.endpoint()?;
-    let local_user = shared
-        .addressing
-        .puppet_user(&w.user)
-        .unwrap_or_else(|| "isthmus".into());
     let mut headers = w.dialog.route_headers();
     headers.extend([
         Header::Event("presence".into()),
         Header::Accept(body::PIDF.into()),
-        Header::Expires(shared.subscription_seconds.into()),
-        Header::Contact(ep.contact(&local_user).into()),
+        Header::Expires(expires.into()),
+        Header::Contact(ep.contact(&sub.contact_user).into()),
     ]);
     let out = Outgoing {
         method: Method::Subscribe,
@@ -184,15 +224,34 @@ async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkErro
         cseq,
         headers,
         body: Vec::new(),
-        credential: None,
-        proxy: None,
+        credential: sub.credential.as_ref(),
+        proxy: sub.proxy,
     };
-    let answer = ep
-        .send(out)
+    ep.send(out)
         .await
-        .map_err(|e| NetworkError::Transient(crate::error::Reason::from_error(e)))?;
+        .map_err(|e| NetworkError::Transient(crate::error::Reason::from_error(e)))
+}
+
+/// Sends (or refreshes) our SUBSCRIBE for a stored watch, as the identity it subscribes as;
+/// nothing for a watch that has none now (its account is not in use) or that is ending.
+pub(super) async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkError> {
+    let key = format!("{WATCH}{call_id}");
+    let Some(found) = load::<Watch>(shared, &key) else {
+        return Ok(());
+    };
+    let Some(sub) = subscriber(shared, &found).filter(|_| !found.ending) else {
+        return Ok(());
+    };
+    // A watch with credentials keeps a second number for the answer to a challenge.
+    let numbers = if sub.credential.is_some() { 2 } else { 1 };
+    let Some((w, cseq)) = take_cseq(shared, &key, |w: &mut Watch| &mut w.dialog, numbers).await?
+    else {
+        return Ok(());
+    };
+    let answer = send_subscribe(shared, &w, &sub, cseq, shared.subscription_seconds).await?;
     let _guard = shared.subscriptions.lock().await;
-    let Some(mut w) = load::<Watch>(shared, &key) else {
+    // Gone, or ended (its account logged out) while the SUBSCRIBE was out.
+    let Some(mut w) = load::<Watch>(shared, &key).filter(|w| !w.ending) else {
         return Ok(());
     };
     if (200..300).contains(&answer.code) {
@@ -245,21 +304,40 @@ async fn subscribe_out(shared: &Shared, call_id: &str) -> Result<(), NetworkErro
                 .refused
                 .lock()
                 .expect("refused lock")
-                .insert((w.user.clone(), w.contact.clone()));
+                .insert(refusal(&w));
         }
         info!(contact = %w.contact, code = answer.code, "presence subscription not accepted");
         drop(_guard);
         if restart {
-            return Box::pin(watch(shared, &w.user, &w.contact)).await;
+            let own = match &w.account {
+                Some(key) => match shared.accounts.account_of(key, &w.user) {
+                    Some(own) => Some(own),
+                    None => return Ok(()),
+                },
+                None => None,
+            };
+            return Box::pin(watch(shared, &w.user, &w.contact, own.as_deref())).await;
         }
         Ok(())
     }
 }
 
 /// Refreshes our subscriptions when a quarter of their time is left (or they were never
-/// confirmed).
+/// confirmed); forgets those that ended: an unsubscribed one whose final NOTIFY did not come,
+/// and an account's whose login is gone once its time ran out.
 pub(super) async fn refresh_due(shared: &Shared, now: u64) {
-    for (_, w) in all::<Watch>(shared, WATCH) {
+    for (key, w) in all::<Watch>(shared, WATCH) {
+        let gone = w.ending || subscriber(shared, &w).is_none();
+        if gone {
+            if w.dialog.expires_at_ms <= now {
+                let _guard = shared.subscriptions.lock().await;
+                if let Ok(store) = shared.store() {
+                    let _ = store.delete(&key);
+                }
+                debug!(contact = %w.contact, user = %w.user, "ended presence subscription forgotten");
+            }
+            continue;
+        }
         // A quarter of the time the notifier granted.
         let period = w.dialog.granted_s.max(40).saturating_mul(1000);
         let due =

@@ -1,8 +1,10 @@
 //! Own-account mode: a Matrix user's own SIP account. The bridge REGISTERs a contact for the
 //! account at its own endpoint (digest authentication, refreshed at three quarters of the
 //! granted time), sends the user's messages as the account, and turns what reaches the
-//! contact into the user's direct chats. The password lives in the login data, which the
-//! core seals at rest.
+//! contact into the user's direct chats. Once connected, it watches the presence of the
+//! contacts of the user's direct chats as the account (`presence::watch_contacts`), and
+//! after a first message to a contact; at logout those watches end. The password lives in
+//! the login data, which the core seals at rest.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,14 +16,15 @@ use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, Method};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::body;
 use super::endpoint::{Outgoing, SendError};
 use super::ids;
+use super::presence::{self, OwnAccount};
 use crate::backoff::Policy;
-use crate::network::kit::login::{self, Field, Form, PasswordAccounts, Values};
+use crate::network::kit::login;
 use crate::network::kit::registry::Entry;
 use crate::network::kit::send::send_parts;
 use crate::network::kit::state::StateCell;
@@ -29,6 +32,10 @@ use crate::network::{
     BridgeState, ChatKind, LoginData, MatrixSender, MessageKind, NetworkClient, NetworkError,
     OutgoingMessage, PortalRef, RemoteMessageId, RemoteUserId, contacts,
 };
+
+mod password;
+
+pub(super) use self::password::Accounts;
 
 /// Delays between registration attempts after a passing failure: every 10 s.
 const REGISTER_RETRY: Policy = Policy::constant(Duration::from_secs(10));
@@ -57,9 +64,9 @@ pub(crate) struct Account {
     /// The Matrix user.
     user: String,
     data: AccountData,
-    credential: Credential,
-    /// The user part of the registered contact (routes incoming requests to this account).
-    contact_user: String,
+    /// The account as its presence subscriptions use it; its key is the user part of the
+    /// registered contact (routes incoming requests to this account).
+    own: Arc<OwnAccount>,
     call_id: String,
     cseq: tokio::sync::Mutex<u32>,
     state: StateCell,
@@ -83,12 +90,17 @@ impl Account {
             .endpoint()
             .map(|e| e.call_id())
             .unwrap_or_else(|_| format!("{contact_user}@isthmus"));
+        let own = Arc::new(OwnAccount {
+            key: contact_user,
+            aor: ids::contact_uri(&data.address),
+            credential,
+            proxy: data.proxy,
+        });
         Arc::new(Self {
             shared,
             user: user.to_owned(),
             data,
-            credential,
-            contact_user,
+            own,
             call_id,
             cseq: tokio::sync::Mutex::new(0),
             state: StateCell::new(BridgeState::Connecting),
@@ -97,7 +109,21 @@ impl Account {
     }
 
     fn aor_uri(&self) -> String {
-        ids::contact_uri(&self.data.address)
+        self.own.aor.clone()
+    }
+
+    /// Watches, as the account, the contacts of the user's direct chats: in the background,
+    /// each time the account connects.
+    fn watch_contacts(self: &Arc<Self>) {
+        let Ok(tasks) = self.shared.tasks() else {
+            return;
+        };
+        let account = self.clone();
+        // Cancellable at any wait: a watch is stored before its SUBSCRIBE goes out, and the
+        // next connection refreshes those of the account.
+        tasks.spawn_loop(async move {
+            presence::watch_contacts(&account.shared, &account.user, &account.own).await;
+        });
     }
 
     /// Registers the contact for `expires` seconds (0 removes it); returns the time granted.
@@ -127,11 +153,11 @@ impl Account {
                 call_id: Some(self.call_id.clone()),
                 cseq,
                 headers: vec![
-                    Header::Contact(ep.contact(&self.contact_user).into()),
+                    Header::Contact(ep.contact(&self.own.key).into()),
                     Header::Expires(asked.into()),
                 ],
                 body: Vec::new(),
-                credential: Some(&self.credential),
+                credential: Some(&self.own.credential),
                 proxy: self.data.proxy,
             };
             let answer = match ep.send(out).await {
@@ -146,7 +172,7 @@ impl Account {
                 200..=299 => {
                     // The registrar states the granted time as the `expires` of our binding
                     // in the 200's Contact list (RFC 3261 §10.2.4), else in Expires.
-                    let ours = format!("{}@", self.contact_user);
+                    let ours = format!("{}@", self.own.key);
                     let from_contact =
                         super::headers::header_values(&answer.response.headers, "Contact")
                             .into_iter()
@@ -225,7 +251,11 @@ impl Account {
             match self.register(self.shared.register_seconds).await {
                 Ok(granted) => {
                     retry.reset();
+                    let reconnected = self.state.get() != BridgeState::Connected;
                     self.set_state(BridgeState::Connected, None).await;
+                    if reconnected {
+                        self.watch_contacts();
+                    }
                     wait = Duration::from_secs((granted.saturating_mul(3) / 4).max(5));
                 }
                 Err(NetworkError::BadCredentials(why)) => {
@@ -248,11 +278,11 @@ impl Account {
     /// change), so only this one keeps the binding.
     fn track(self: &Arc<Self>) {
         self.shared.accounts.track(
-            &self.contact_user,
+            &self.own.key,
             Entry {
                 user: self.user.clone(),
                 stop: self.stop.clone(),
-                account: (),
+                account: self.own.clone(),
             },
         );
     }
@@ -285,7 +315,7 @@ impl Account {
             cseq: 1,
             headers: vec![Header::ContentType(content_type.into())],
             body,
-            credential: Some(&self.credential),
+            credential: Some(&self.own.credential),
             proxy: self.data.proxy,
         };
         super::handle_matrix::outcome(ep.send(out).await).map(|()| call_id)
@@ -324,6 +354,17 @@ impl NetworkClient for Account {
             .map(RemoteMessageId::new)
         })
         .await?;
+        // After the first message, watch the contact's presence as the account (once: the
+        // watch is kept).
+        let (shared, own) = (self.shared.clone(), self.own.clone());
+        let (user, contact) = (self.user.clone(), portal.chat.as_str().to_owned());
+        if let Ok(tasks) = self.shared.tasks() {
+            tasks.spawn_loop(async move {
+                if let Err(e) = presence::watch(&shared, &user, &contact, Some(&own)).await {
+                    debug!(error = %crate::error::chain(&e), %contact, "could not subscribe to a contact's presence through an account");
+                }
+            });
+        }
         Ok(first.unwrap_or_else(|| RemoteMessageId::new("")))
     }
 
@@ -354,7 +395,7 @@ impl NetworkClient for Account {
         sender: &MatrixSender,
         presence: &crate::network::Presence,
     ) -> Result<(), NetworkError> {
-        super::presence::publish(&self.shared, &sender.user_id, presence).await
+        presence::publish(&self.shared, &sender.user_id, presence).await
     }
 
     async fn answer_contact_request(
@@ -363,7 +404,7 @@ impl NetworkClient for Account {
         contact: &RemoteUserId,
         accept: bool,
     ) -> Result<(), NetworkError> {
-        super::presence::answer(&self.shared, &user.user_id, contact.as_str(), accept).await
+        presence::answer(&self.shared, &user.user_id, contact.as_str(), accept).await
     }
 
     async fn contacts(
@@ -376,114 +417,21 @@ impl NetworkClient for Account {
     async fn logout(&self) -> Result<(), NetworkError> {
         self.stop.send_replace(true);
         // Watchers of the account stop seeing the Matrix user's presence.
-        super::presence::end_watchers_of(&self.shared, &self.aor_uri()).await;
+        presence::end_watchers_of(&self.shared, &self.aor_uri()).await;
+        // What the account watched is no longer seen through it (unless a newer login of the
+        // account holds it now, and its watches with it).
+        let holds = self
+            .shared
+            .accounts
+            .account_of(&self.own.key, &self.user)
+            .is_some_and(|own| Arc::ptr_eq(&own, &self.own));
+        if holds {
+            presence::unwatch_account(&self.shared, &self.user, &self.own).await;
+        }
         // Only this login's entry: a newer login of the same account keeps its own.
-        self.shared.accounts.untrack(&self.contact_user, &self.stop);
+        self.shared.accounts.untrack(&self.own.key, &self.stop);
         let r = self.register(0).await.map(|_| ());
         info!(user = %self.user, address = %self.data.address, "SIP account unregistered");
         r
-    }
-}
-
-/// The login form: address, authentication user, password, outbound proxy.
-const FORM: Form = Form {
-    instructions: "Log in with your own SIP account. Send `-` for an optional value to use the default.",
-    fields: &[
-        Field::required(
-            "address",
-            "SIP address (sip:you@example.org)",
-            "the SIP address",
-        ),
-        Field::optional("auth_user", "authentication user (`-`: the address's user)"),
-        Field::secret("password", "password", "the password"),
-        Field::optional(
-            "proxy",
-            "outbound proxy host:port (`-`: the bridge's proxy)",
-        ),
-    ],
-};
-
-/// Users' own SIP accounts, for the password flow.
-#[derive(Clone)]
-pub(super) struct Accounts(pub Arc<Shared>);
-
-/// Reads the values of a login into account data.
-fn parse_input(shared: &Shared, values: &Values) -> Result<AccountData, NetworkError> {
-    let address = shared
-        .addressing
-        .contact(values.required("address")?)
-        .map_err(|e| NetworkError::InvalidInput(crate::error::Reason::from_error(e)))?;
-    let password = values.required("password")?.to_owned();
-    let proxy = values
-        .optional("proxy")
-        .map(|p| {
-            p.parse::<SocketAddr>().map_err(|_| {
-                NetworkError::InvalidInput(
-                    format!("{p:?} is not a proxy address such as 192.0.2.10:5060").into(),
-                )
-            })
-        })
-        .transpose()?;
-    // The bridge only speaks to proxies the administrator trusts (and accepts requests only
-    // from them).
-    if let Some(p) = proxy
-        && p != shared.proxy
-        && !shared.trusted.contains(&p.ip())
-    {
-        return Err(NetworkError::InvalidInput(format!(
-            "the bridge may not use {p} as a proxy; ask its administrator to add {} to sip.trusted",
-            p.ip()
-        ).into()));
-    }
-    Ok(AccountData {
-        address,
-        auth_user: values.optional("auth_user").map(str::to_owned),
-        password,
-        proxy,
-    })
-}
-
-#[async_trait]
-impl PasswordAccounts for Accounts {
-    const NETWORK: &'static str = super::NETWORK;
-    type Data = AccountData;
-
-    fn form(&self) -> Form {
-        FORM
-    }
-
-    async fn log_in(
-        &self,
-        user: &str,
-        values: &Values,
-    ) -> Result<(LoginData, Arc<dyn NetworkClient>), NetworkError> {
-        let data = parse_input(&self.0, values)?;
-        let account = Account::new(self.0.clone(), user, data);
-        // Tracked (and an earlier login of the account replaced) only once registered, so a
-        // failed attempt leaves a working login alone.
-        let granted = account.register(self.0.register_seconds).await?;
-        account.track();
-        account.state.set(BridgeState::Connected);
-        info!(user = %user, address = %account.data.address, granted, "SIP account registered");
-        self.0.tasks()?.spawn_loop(
-            account
-                .clone()
-                .keep_registered(Duration::from_secs((granted.saturating_mul(3) / 4).max(5))),
-        );
-        Ok((account.login_data(), account))
-    }
-
-    /// Restores a stored account: registers in the background and reports the state.
-    fn restore(
-        &self,
-        user: &str,
-        data: AccountData,
-    ) -> Result<Arc<dyn NetworkClient>, NetworkError> {
-        let account = Account::new(self.0.clone(), user, data);
-        account.track();
-        self.0
-            .tasks()?
-            .spawn_loop(account.clone().keep_registered(Duration::ZERO));
-        Ok(account)
     }
 }
