@@ -10,7 +10,7 @@
 //! Both kinds of dialog are stored in the connector's storage under their Call-ID, refreshed
 //! before they expire, and so survive a restart of the bridge.
 //!
-//! `notifier.rs` serves the watchers; `subscriber.rs` keeps the bridge's own subscriptions;
+//! `notifier/` serves the watchers; `subscriber.rs` keeps the bridge's own subscriptions;
 //! `own.rs` the identity each subscribes as, and those of users' own accounts.
 
 use std::sync::Arc;
