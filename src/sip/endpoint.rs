@@ -171,6 +171,23 @@ impl<'a> Outgoing<'a> {
             proxy: None,
         }
     }
+
+    /// A `method` request inside `dialog`, numbered `cseq`: to its remote target, along its
+    /// route set (the Route headers come first in `headers`), no body, no credential.
+    pub fn in_dialog(dialog: &'a super::dialog::Dialog, method: Method, cseq: u32) -> Self {
+        Self {
+            method,
+            uri: &dialog.remote_target,
+            from: dialog.local_header(),
+            to: dialog.remote_header(),
+            call_id: Some(dialog.call_id.clone()),
+            cseq,
+            headers: dialog.route_headers(),
+            body: Vec::new(),
+            credential: None,
+            proxy: None,
+        }
+    }
 }
 
 /// The bridge's SIP endpoint.
@@ -184,6 +201,25 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// For unit tests: an endpoint over UDP on a free port of 127.0.0.1, sending through
+    /// `proxy` (a socket the test reads).
+    #[cfg(test)]
+    pub(crate) async fn start_for_test(
+        proxy: SocketAddr,
+        tasks: &crate::tasks::Tasks,
+    ) -> (Self, TransactionReceiver) {
+        Self::start(
+            "127.0.0.1:0".parse().expect("an address"),
+            proxy,
+            SipTransport::Udp,
+            None,
+            "isthmus-test",
+            tasks,
+        )
+        .await
+        .expect("start a test endpoint")
+    }
+
     /// Binds TCP (and UDP when that is the proxy's transport) on `listen` and starts the
     /// endpoint's loop in `tasks`. Incoming requests come
     /// out of the returned receiver.
@@ -454,16 +490,7 @@ mod tests {
         let proxy = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = proxy.local_addr().unwrap();
         let tasks = crate::tasks::Tasks::new();
-        let (ep, _incoming) = Endpoint::start(
-            "127.0.0.1:0".parse().unwrap(),
-            proxy_addr,
-            SipTransport::Udp,
-            None,
-            "isthmus-test",
-            &tasks,
-        )
-        .await
-        .unwrap();
+        let (ep, _incoming) = Endpoint::start_for_test(proxy_addr, &tasks).await;
         let ep = Arc::new(ep);
         let uri = format!("sip:{proxy_addr}");
         let sending = tokio::spawn({

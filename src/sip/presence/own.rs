@@ -68,17 +68,17 @@ pub(super) fn subscriber(shared: &Shared, w: &Watch) -> Option<Subscriber> {
     }
 }
 
-/// The Matrix user a NOTIFY on `w` is told through (`RemoteEvent::via`): `Ok(None)` for the
-/// gateway, `Ok(Some(user))` for an account in use by its user, `Err(())` when it tells
-/// nothing (an ending watch, or an account no longer in use).
-pub(super) fn told_via<'w>(shared: &Shared, w: &'w Watch) -> Result<Option<&'w str>, ()> {
+/// What a NOTIFY on `w` is told through (`RemoteEvent::via`): `Some(None)` the gateway,
+/// `Some(Some(user))` the login of `user`, whose account it is and who holds it; `None` when
+/// it tells nothing (an ending watch, or an account no longer in use).
+pub(super) fn told_via<'w>(shared: &Shared, w: &'w Watch) -> Option<Option<&'w str>> {
     if w.ending {
-        return Err(());
+        return None;
     }
     match &w.account {
-        None => Ok(None),
-        Some(key) if shared.accounts.account_of(key, &w.user).is_some() => Ok(Some(&w.user)),
-        Some(_) => Err(()),
+        None => Some(None),
+        Some(key) if shared.accounts.account_of(key, &w.user).is_some() => Some(Some(&w.user)),
+        Some(_) => None,
     }
 }
 

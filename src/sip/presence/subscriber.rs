@@ -101,7 +101,7 @@ pub(in crate::sip) async fn notify_in(
             info!(contact = %w.contact, user = %w.user, %state, "presence subscription ended by the contact");
         }
         None
-    } else if via.is_err() {
+    } else if via.is_none() {
         None
     } else {
         if state.starts_with("active")
@@ -119,7 +119,7 @@ pub(in crate::sip) async fn notify_in(
             }
         }
     };
-    if let (Some(p), Some(sink), Ok(via)) = (presence, shared.sink.get(), via) {
+    if let (Some(p), Some(sink), Some(via)) = (presence, shared.sink.get(), via) {
         let ev = RemoteEvent::direct(&w.contact, &w.user, RemoteEventKind::Presence(p)).via(via);
         if let Err(e) = sink.push(ev).await {
             warn!(error = %crate::error::chain(&e), "could not store a presence update");
@@ -208,25 +208,15 @@ pub(super) async fn send_subscribe(
     expires: u32,
 ) -> Result<Answer, NetworkError> {
     let ep = shared.endpoint()?;
-    let mut headers = w.dialog.route_headers();
-    headers.extend([
+    let mut out = Outgoing::in_dialog(&w.dialog, Method::Subscribe, cseq);
+    out.headers.extend([
         Header::Event("presence".into()),
         Header::Accept(body::PIDF.into()),
         Header::Expires(expires.into()),
         Header::Contact(ep.contact(&sub.contact_user).into()),
     ]);
-    let out = Outgoing {
-        method: Method::Subscribe,
-        uri: &w.dialog.remote_target,
-        from: w.dialog.local_header(),
-        to: w.dialog.remote_header(),
-        call_id: Some(w.dialog.call_id.clone()),
-        cseq,
-        headers,
-        body: Vec::new(),
-        credential: sub.credential.as_ref(),
-        proxy: sub.proxy,
-    };
+    out.credential = sub.credential.as_ref();
+    out.proxy = sub.proxy;
     ep.send(out)
         .await
         .map_err(|e| NetworkError::Transient(crate::error::Reason::from_error(e)))

@@ -365,34 +365,23 @@ async fn notify_with(
     } else {
         (format!("pending;expires={left}"), None)
     };
-    let mut headers = w.dialog.route_headers();
-    headers.push(Header::Event("presence".into()));
-    headers.push(Header::SubscriptionState(state.clone().into()));
+    let mut out = Outgoing::in_dialog(&w.dialog, Method::Notify, cseq);
+    out.headers.push(Header::Event("presence".into()));
+    out.headers
+        .push(Header::SubscriptionState(state.clone().into()));
     // NOTIFY refreshes the dialog's target (RFC 6665): it carries our Contact.
     let local_user = shared
         .addressing
         .puppet_user(&w.user)
         .unwrap_or_else(|| "isthmus".into());
-    headers.push(Header::Contact(
-        shared.endpoint()?.contact(&local_user).into(),
-    ));
-    if body.is_some() {
-        headers.push(Header::ContentType(body::PIDF.into()));
-    }
     let ep = shared.endpoint()?;
+    out.headers
+        .push(Header::Contact(ep.contact(&local_user).into()));
+    if let Some(body) = body {
+        out.headers.push(Header::ContentType(body::PIDF.into()));
+        out.body = body;
+    }
     debug!(call_id, state, "sending a NOTIFY to a watcher");
-    let out = Outgoing {
-        method: Method::Notify,
-        uri: &w.dialog.remote_target,
-        from: w.dialog.local_header(),
-        to: w.dialog.remote_header(),
-        call_id: Some(w.dialog.call_id.clone()),
-        cseq,
-        headers,
-        body: body.unwrap_or_default(),
-        credential: None,
-        proxy: None,
-    };
     let answer = ep
         .send(out)
         .await
