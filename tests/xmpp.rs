@@ -2950,20 +2950,7 @@ async fn own_account_reads_contacts_published_avatars() {
     let bridge = own_account_bridge().await;
     // frank (from his own client) sees grace's presence; grace publishes an avatar
     // (XEP-0084).
-    let mut frank_phone = XmppUser::login("frank").await;
-    let mut grace = XmppUser::login("grace").await;
-    frank_phone
-        .send_xml("<presence xmlns='jabber:client' to='grace@localhost' type='subscribe'/>")
-        .await;
-    // Approved (slixmpp approves by itself): grace's presence reaches frank.
-    frank_phone
-        .wait("grace's presence", |e| {
-            e.name() == "presence"
-                && e.attr("type").is_none()
-                && e.attr("from")
-                    .is_some_and(|f| f.starts_with("grace@localhost/"))
-        })
-        .await;
+    let (_frank_phone, mut grace) = frank_sees_grace().await;
     let mut picture = tiny_png();
     picture.extend_from_slice(b" grace's avatar");
     publish_avatar(&mut grace, &picture, "1").await;
@@ -2988,6 +2975,25 @@ async fn own_account_reads_contacts_published_avatars() {
     wait_xmpp_connected(&bridge, 1).await;
 }
 
+/// frank, from his own client, asks for grace's presence; the server approves it (slixmpp
+/// approves by itself) and her presence reaches him. Returns both clients, still connected.
+async fn frank_sees_grace() -> (XmppUser, XmppUser) {
+    let mut frank_phone = XmppUser::login("frank").await;
+    let grace = XmppUser::login("grace").await;
+    frank_phone
+        .send_xml("<presence xmlns='jabber:client' to='grace@localhost' type='subscribe'/>")
+        .await;
+    frank_phone
+        .wait("grace's presence", |e| {
+            e.name() == "presence"
+                && e.attr("type").is_none()
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with("grace@localhost/"))
+        })
+        .await;
+    (frank_phone, grace)
+}
+
 /// What an own account told of its contacts' presence is that login's: once the login is
 /// gone, the contact it showed online is no longer kept online (the homeserver's timeout
 /// shows it offline), while a contact online through the gateway stays online, its
@@ -3004,19 +3010,7 @@ async fn own_account_presence_ends_with_its_login_and_the_gateways_stays() {
     })
     .await;
     // frank (from his own client) sees grace's presence.
-    let mut frank_phone = XmppUser::login("frank").await;
-    let _grace = XmppUser::login("grace").await;
-    frank_phone
-        .send_xml("<presence xmlns='jabber:client' to='grace@localhost' type='subscribe'/>")
-        .await;
-    frank_phone
-        .wait("grace's presence", |e| {
-            e.name() == "presence"
-                && e.attr("type").is_none()
-                && e.attr("from")
-                    .is_some_and(|f| f.starts_with("grace@localhost/"))
-        })
-        .await;
+    let (_frank_phone, _grace) = frank_sees_grace().await;
 
     // dave is online to alice through the gateway.
     let alice = MatrixUser::register("xpvia").await;
